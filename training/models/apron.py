@@ -1,0 +1,170 @@
+"""APRON: Audio PROtotypical Network for controllable music recommendation.
+
+Öncel, Penaloza, Wu, Gupta, Ravanelli, Charlin, Subakan (2025). Equation numbers below refer to
+`../shared/papers/apron.txt`.
+
+Each item's content features x_j are expressed as attention weights over K prototypes (the
+features of one real item per tag), per head (Eq. 12). A user's profile is the sum of those
+weights over the history (Eq. 13, before the value projection): an [H, K] matrix a person can
+read ("40 % jazz") and edit. The scorer normalises each head's weights to shares, forms
+u = concat_h sum_k share_{h,k} P~_{k,h} (Eq. 13-14) and maps u to item logits with f (Eq. 6).
+
+The key and value of prototype k share one matrix A^p_{k,h} (the paper found this more
+controllable); A^x_h projects the items' features in head h.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
+
+
+@dataclass(frozen=True)
+class APRONConfig:
+    n_items: int
+    n_tags: int  # K: one prototype per tag
+    feature_dim: int  # D of the raw content features
+    n_heads: int = 16  # H (paper: 16)
+    head_dim: int = 64  # D' of each head's key/value space
+    hidden_dims: tuple[int, ...] = (600,)  # f's hidden layers
+    dropout: float = 0.5  # input corruption of the history while training
+    lambda_sep: float = 1.0  # λ1, Eq. 11
+    lambda_ctrl: float = 0.005  # λ2, Eq. 11
+    recsys_loss: str = "multinomial"  # Eq. 7's divergence: "multinomial" or "bce"
+    eps: float = 1e-8  # inside Hellinger's square roots: sqrt'(0) is infinite
+
+    @property
+    def chunk_dim(self) -> int:
+        """D / H, rounding up: features are zero-padded to H equal chunks (Eq. 12's P_{k,h})."""
+        return math.ceil(self.feature_dim / self.n_heads)
+
+
+class APRON(nn.Module):
+    name: ClassVar[str] = "apron"
+    config_class: ClassVar[type] = APRONConfig
+    controllable: ClassVar[bool] = True
+
+    def __init__(self, config: APRONConfig):
+        super().__init__()
+        self.config = config
+        n, k, h, c, d = config.n_items, config.n_tags, config.n_heads, config.chunk_dim, config.head_dim
+        # Data-derived buffers: shapes from the config, values from from_data() or a checkpoint.
+        self.register_buffer("item_features", torch.zeros(n, config.feature_dim))
+        self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
+        self.register_buffer("feature_std", torch.ones(config.feature_dim))
+        self.register_buffer("prototype_items", torch.zeros(k, dtype=torch.long))
+        self.register_buffer("item_tags", torch.zeros(n, k))  # binary tag membership, for T(ŷ)
+        self.prototype_projection = nn.Parameter(torch.randn(k, h, c, d) / math.sqrt(c))  # A^p_{k,h}
+        self.item_projection = nn.Parameter(torch.randn(h, c, d) / math.sqrt(c))  # A^x_h
+        self.f = mlp([h * d, *config.hidden_dims, n])  # Eq. 6
+        self.tag_classifier = nn.Linear(d, k)  # φ, Eq. 10
+
+    @classmethod
+    def from_data(cls, dataset: Any, features: np.ndarray | None, **hyperparameters: Any) -> APRON:
+        if features is None:
+            raise ValueError("APRON needs content features: run `apron features` first")
+        config = APRONConfig(
+            n_items=dataset.n_items, n_tags=dataset.n_tags, feature_dim=features.shape[1], **hyperparameters
+        )
+        model = cls(config)
+        mean, std = standardize_stats(features)
+        model.item_features.copy_(torch.from_numpy(features.astype(np.float32)))
+        model.feature_mean.copy_(torch.from_numpy(mean))
+        model.feature_std.copy_(torch.from_numpy(std))
+        model.prototype_items.copy_(torch.as_tensor(dataset.prototype_items, dtype=torch.long))
+        model.item_tags.copy_(torch.from_numpy((dataset.item_tags.toarray() > 0).astype(np.float32)))
+        return model
+
+    def _chunks(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, D) raw features -> (N, H, D/H) standardised chunks."""
+        x = (features - self.feature_mean) / self.feature_std
+        x = F.pad(x, (0, self.config.n_heads * self.config.chunk_dim - self.config.feature_dim))
+        return x.view(-1, self.config.n_heads, self.config.chunk_dim)
+
+    def prototype_values(self) -> torch.Tensor:
+        """P~_{k,h} = P_{k,h} A^p_{k,h}, the keys and values of Eq. 12-13. -> (K, H, D')"""
+        prototypes = self._chunks(self.item_features[self.prototype_items])  # (K, H, C)
+        return torch.einsum("khc,khcd->khd", prototypes, self.prototype_projection)
+
+    def encode_items(self, features: torch.Tensor) -> torch.Tensor:
+        """Eq. 12: per-head softmax over prototypes of each item. (N, D) -> (N, H, K)"""
+        queries = torch.einsum("nhc,hcd->nhd", self._chunks(features), self.item_projection)  # (N, H, D')
+        logits = torch.einsum("nhd,khd->nhk", queries, self.prototype_values())
+        return torch.softmax(logits / math.sqrt(self.config.head_dim), dim=-1)
+
+    def item_prototype_weights(self) -> torch.Tensor:
+        """Eq. 12 for every catalog item. -> (N, H, K)"""
+        return self.encode_items(self.item_features)
+
+    def profile_weights(self, x: torch.Tensor, item_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Eq. 13 before the value projection: sum of the history's prototype weights. (B, N) -> (B, H, K)"""
+        if item_weights is None:
+            item_weights = self.item_prototype_weights()
+        return torch.einsum("bn,nhk->bhk", x, item_weights)
+
+    def score(self, profile_weights: torch.Tensor) -> torch.Tensor:
+        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6). (B, H, K) -> (B, N)"""
+        shares = profile_shares(profile_weights)
+        u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values())  # (B, H, D')
+        return self.f(u.flatten(1))  # Eq. 14 concatenates the heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(self.profile_weights(x))
+
+    def logits_without_tag(self, x: torch.Tensor, tag: int) -> torch.Tensor:
+        """Eq. 17's modified model: tag's prototype weight dropped in every head."""
+        weights = self.profile_weights(x).clone()
+        weights[:, :, tag] = 0.0
+        return self.score(weights)
+
+    def loss(self, x: torch.Tensor, anneal: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Eq. 11: L = L_RecSys + λ1 L_prototype-sep + λ2 L_controllability."""
+        cfg = self.config
+        weights = self.profile_weights(drop_history(x, cfg.dropout, self.training))
+        logits = self.score(weights)
+        if cfg.recsys_loss == "bce":
+            recsys = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).mean()
+        else:
+            recsys = multinomial_nll(logits, x)  # Eq. 7
+        separability = self.separability_loss()
+        controllability = self.controllability_loss(weights, logits)
+        total = recsys + cfg.lambda_sep * separability + cfg.lambda_ctrl * controllability
+        parts = {"recsys": recsys.item(), "sep": separability.item(), "ctrl": controllability.item()}
+        return total, parts
+
+    def separability_loss(self) -> torch.Tensor:
+        """Eq. 10: φ(P~_{k,h}) classified as tag k, cross-entropy over all (k, h)."""
+        values = self.prototype_values()  # (K, H, D')
+        k, h = values.shape[:2]
+        logits = self.tag_classifier(values).reshape(k * h, k)
+        targets = torch.arange(k, device=values.device).repeat_interleave(h)
+        return F.cross_entropy(logits, targets)
+
+    def controllability_loss(self, weights: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """Eq. 9: Hellinger distance between the profile's tag distribution and T(ŷ).
+
+        T(ŷ) is made differentiable as the expected tag distribution of an item drawn from
+        softmax(logits): sum_i ŷ_i · tags_i / |tags_i|, normalised over tags."""
+        eps = self.config.eps
+        profile = profile_shares(weights).mean(dim=1)  # (B, K): heads averaged
+        tag_rows = self.item_tags / self.item_tags.sum(-1, keepdim=True).clamp_min(1.0)  # (N, K)
+        tag_mass = torch.softmax(logits, dim=-1) @ tag_rows  # (B, K)
+        target = tag_mass / tag_mass.sum(-1, keepdim=True).clamp_min(eps)
+        squared = (torch.sqrt(profile + eps) - torch.sqrt(target + eps)).pow(2).sum(-1)
+        return (torch.sqrt(squared + eps) / math.sqrt(2.0)).mean()
+
+
+def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each head's weights as shares summing to 1 over prototypes. (..., H, K) -> (..., H, K)
+
+    Edits act on weights; the scorer only sees shares, so scaling one prototype re-normalises the
+    others (its mass is redistributed proportionally) and an empty history maps to zeros."""
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(eps)

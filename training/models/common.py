@@ -1,0 +1,54 @@
+"""Pieces shared by several models: written once here and imported (never pasted per model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def mlp(dims: list[int], activation: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers of the given widths with `activation` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        layers.append(nn.Linear(d_in, d_out))
+        if i < len(dims) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+def multinomial_nll(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mult-VAE/DAE likelihood (Liang et al. 2018, Eq. 2): -sum_i x_i log softmax(logits)_i, batch mean."""
+    return -(F.log_softmax(logits, dim=-1) * x).sum(dim=-1).mean()
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, training: bool) -> torch.Tensor:
+    """z = mu + eps * sigma while training; the mean at evaluation (deterministic forward)."""
+    if not training:
+        return mu
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, I)) summed over latent dims, batch mean."""
+    return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)).mean()
+
+
+def drop_history(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Denoising input corruption: each interaction is dropped with probability p while training.
+
+    Models normalise their input afterwards, so no 1/(1-p) rescaling is needed."""
+    if not training or p <= 0:
+        return x
+    return x * (torch.rand_like(x) >= p).to(x.dtype)
+
+
+def standardize_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and std over items.
+
+    Raw (L2-normalised) sentence embeddings left the prototype attention uniform in an earlier
+    prototype; z-scoring each dimension gives the attention logits a usable scale."""
+    mean = features.mean(axis=0).astype(np.float32)
+    std = features.std(axis=0).astype(np.float32)
+    return mean, np.where(std > 1e-6, std, 1.0).astype(np.float32)
