@@ -44,4 +44,8 @@ class UserFacingError(Exception):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Re-enter through the importable module so `cli.UserFacingError` raised by the stages is the
+    # class main() catches (under `python cli.py` this file is `__main__`, a second copy).
+    import cli
+
+    sys.exit(cli.main())

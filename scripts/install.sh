@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything the project needs from nothing: a venv from Debian's python3.11 (the
-# tritonserver python-backend stub needs Debian's 3.11, see DEVELOPERS.md), the project, and the
+# tritonserver python-backend stub needs Debian's 3.11, see export/README.md), the project, and the
 # tritonserver binary from the nvidia-pytriton wheel, kept apart from the venv (it pins numpy<2).
 set -euo pipefail
 cd "$(dirname "$0")/.."

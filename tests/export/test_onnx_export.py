@@ -1,0 +1,155 @@
+"""ONNX graphs vs the PyTorch APRON model, in-process with ONNX Runtime (no server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from export import contract
+from export.onnx_export import (
+    ExportedGraphs,
+    check_parity,
+    export_onnx,
+    random_histories,
+    session,
+    tolerances,
+)
+from tests.export.fixtures import TINY, TINY_K_MAX
+from training.checkpoint import load_checkpoint
+from training.models.apron import APRON
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint: Path) -> APRON:
+    return load_checkpoint(tiny_checkpoint)[0]
+
+
+@pytest.fixture(scope="module")
+def graphs(model: APRON) -> ExportedGraphs:
+    return export_onnx(model, k_max=TINY_K_MAX)
+
+
+def multi_hot(histories: np.ndarray, n_items: int) -> torch.Tensor:
+    x = torch.zeros(len(histories), n_items)
+    for row, ids in enumerate(histories):
+        x[row, ids[ids >= 0]] = 1.0
+    return x
+
+
+def reference_top_k(
+    model: APRON, weights: torch.Tensor, exclude: torch.Tensor, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """torch.topk of the PyTorch model's log-softmax scores with `exclude` (B, N) masked out."""
+    with torch.no_grad():
+        scores = F.log_softmax(model.score(weights), dim=-1).masked_fill(exclude > 0, float("-inf"))
+        values, ids = torch.topk(scores, k, dim=-1)
+    return ids.numpy(), values.numpy()
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_parity_within_tolerance(model: APRON, fp16: bool) -> None:
+    graphs = export_onnx(model, k_max=TINY_K_MAX, fp16=fp16)
+    results = check_parity(graphs, model, fp16=fp16, batch=12, seed=3)
+    assert {(r.model, r.tensor) for r in results} >= {
+        (contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS),
+        (contract.SCORER_MODEL, contract.TOP_SCORES),
+        (contract.ITEM_ENCODER_MODEL, contract.ITEM_PROTOTYPE_WEIGHTS),
+    }
+    atol, _ = tolerances(fp16)
+    for result in results:
+        assert result.ok, str(result)
+        assert result.max_abs_error <= atol * 50, str(result)  # scores are ~|5|: atol + rtol * 5 at most
+    if not fp16:  # fp32 graphs must be much tighter than the tolerance
+        assert max(r.max_abs_error for r in results) < 1e-4
+
+
+def test_profile_matches_model_at_any_batch_and_length(model: APRON, graphs: ExportedGraphs) -> None:
+    profile = session(graphs.onnx[contract.PROFILE_MODEL])
+    rng = np.random.default_rng(1)
+    for batch, length in [(1, 1), (5, 17), (9, 80)]:
+        histories = random_histories(TINY["n_items"], batch, length, rng)
+        histories[-1, 0] = histories[-1, 1] if length > 1 else histories[-1, 0]  # a duplicate counts once
+        weights, lengths = profile.run(None, {contract.HISTORY_IDS: histories})
+        x = multi_hot(histories, TINY["n_items"])
+        with torch.no_grad():
+            expected = model.profile_weights(x).numpy()
+        assert weights.shape == (batch, TINY["n_heads"], TINY["n_tags"])
+        np.testing.assert_allclose(weights, expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(lengths[:, 0], x.sum(-1).numpy().astype(np.int64))
+
+
+def test_out_of_range_ids_are_ignored(graphs: ExportedGraphs) -> None:
+    profile = session(graphs.onnx[contract.PROFILE_MODEL])
+    clean = np.array([[3, 7, -1, -1]], dtype=np.int64)
+    noisy = np.array([[3, 7, TINY["n_items"], -5]], dtype=np.int64)
+    a, b = profile.run(None, {contract.HISTORY_IDS: clean}), profile.run(None, {contract.HISTORY_IDS: noisy})
+    np.testing.assert_array_equal(a[0], b[0])
+    assert b[1][0, 0] == 2
+
+
+def test_scorer_top_k_equals_torch_topk_with_history_excluded(model: APRON, graphs: ExportedGraphs) -> None:
+    histories = random_histories(TINY["n_items"], 10, 40, np.random.default_rng(2))
+    x = multi_hot(histories, TINY["n_items"])
+    with torch.no_grad():
+        weights = model.profile_weights(x)
+    top_ids, top_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
+        None, {contract.PROFILE_WEIGHTS: weights.numpy(), contract.EXCLUDE_IDS: histories}
+    )
+    expected_ids, expected_scores = reference_top_k(model, weights, x, TINY_K_MAX)
+    assert top_ids.shape == top_scores.shape == (10, TINY_K_MAX)
+    np.testing.assert_array_equal(top_ids, expected_ids)
+    np.testing.assert_allclose(top_scores, expected_scores, rtol=1e-5, atol=1e-5)
+    for row, ids in enumerate(histories):
+        assert not set(top_ids[row]) & set(ids[ids >= 0].tolist())
+    assert np.all(np.diff(top_scores, axis=1) <= 0)  # best first
+
+
+def test_dropping_a_prototype_changes_top_k_like_pytorch(model: APRON, graphs: ExportedGraphs) -> None:
+    histories = random_histories(TINY["n_items"], 12, 30, np.random.default_rng(4))[1:]  # non-empty rows
+    x = multi_hot(histories, TINY["n_items"])
+    scorer = session(graphs.onnx[contract.SCORER_MODEL])
+    with torch.no_grad():
+        weights = model.profile_weights(x)
+    tag = int(weights.sum(dim=(0, 1)).argmax())  # the prototype these users lean on most
+    dropped = weights.clone()
+    dropped[:, :, tag] = 0.0  # the gateway's edit "scale 0" of DESIGN.md section 2
+    before, _ = scorer.run(None, {contract.PROFILE_WEIGHTS: weights.numpy(), contract.EXCLUDE_IDS: histories})
+    after, after_scores = scorer.run(
+        None, {contract.PROFILE_WEIGHTS: dropped.numpy(), contract.EXCLUDE_IDS: histories}
+    )
+    with torch.no_grad():
+        expected = F.log_softmax(model.logits_without_tag(x, tag), dim=-1).masked_fill(x > 0, float("-inf"))
+        expected_scores, expected_ids = torch.topk(expected, TINY_K_MAX, dim=-1)
+    np.testing.assert_array_equal(after, expected_ids.numpy())
+    np.testing.assert_allclose(after_scores, expected_scores.numpy(), rtol=1e-5, atol=1e-5)
+    changed = [len(set(b) ^ set(a)) for b, a in zip(before, after, strict=True)]
+    assert sum(changed) > 0, "dropping the dominant prototype changed no recommendation"
+
+
+def test_empty_history_and_k_max_clamped_to_catalog(model: APRON) -> None:
+    graphs = export_onnx(model, k_max=10_000)
+    assert graphs.k_max == TINY["n_items"]
+    empty = np.full((2, 3), contract.PAD_ID, dtype=np.int64)
+    weights, lengths = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, {contract.HISTORY_IDS: empty})
+    assert np.all(weights == 0) and np.all(lengths == 0)
+    top_ids, top_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
+        None, {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: empty}
+    )
+    assert top_ids.shape == (2, TINY["n_items"]) and np.isfinite(top_scores).all()
+    assert sorted(top_ids[0].tolist()) == list(range(TINY["n_items"]))
+    np.testing.assert_allclose(np.exp(top_scores).sum(-1), 1.0, rtol=1e-4)  # log-softmax over the catalog
+
+
+def test_item_encoder_matches_catalog_table(model: APRON, graphs: ExportedGraphs) -> None:
+    """New-item path: encoding a catalog item's features gives that item's row of the table."""
+    encoder = session(graphs.onnx[contract.ITEM_ENCODER_MODEL])
+    ids = np.array([0, 5, 77])
+    (encoded,) = encoder.run(None, {contract.ITEM_FEATURES: model.item_features[ids].numpy()})
+    with torch.no_grad():
+        table = model.item_prototype_weights()[ids].numpy()
+    np.testing.assert_allclose(encoded, table, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(encoded.sum(-1), 1.0, rtol=1e-5)  # Eq. 12: a softmax over prototypes

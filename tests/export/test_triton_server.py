@@ -1,0 +1,140 @@
+"""A real tritonserver (nvidia-pytriton's binary, python-backend variant) serves the exported
+repository: same numbers as in-process ONNX Runtime, dynamic batching visible in its statistics."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from export import contract
+from export.onnx_export import random_histories, session
+from export.triton_server import TritonServer, TritonServerError, run_triton_server
+from tests.export.fixtures import TINY, TINY_K_MAX
+
+DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+
+
+def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+    client = grpcclient.InferenceServerClient(url)
+    tensors = []
+    for name, value in inputs.items():
+        tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype])
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
+    return [result.as_numpy(name) for name in outputs]
+
+
+def local(repository: Path, model: str) -> object:
+    return session((repository / model / "1" / contract.ONNX_FILENAME).read_bytes())
+
+
+def model_stats(url: str, model: str) -> tuple[int, int, dict[int, int]]:
+    """(inference_count, execution_count, {batch size: executions}) as Triton reports them."""
+    stats = grpcclient.InferenceServerClient(url).get_inference_statistics(model, as_json=True)[
+        "model_stats"
+    ][0]
+    batches = {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats.get("batch_stats", [])}
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0)), batches
+
+
+def test_server_answers_like_in_process_onnxruntime(
+    triton_server: TritonServer, python_repository: Path
+) -> None:
+    url = triton_server.grpc_url
+    histories = random_histories(TINY["n_items"], 6, 25, np.random.default_rng(7))
+    weights, lengths = infer(
+        url,
+        contract.PROFILE_MODEL,
+        {contract.HISTORY_IDS: histories},
+        [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH],
+    )
+    expected = local(python_repository, contract.PROFILE_MODEL).run(None, {contract.HISTORY_IDS: histories})
+    np.testing.assert_allclose(weights, expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(lengths, expected[1])
+    assert weights.shape == (6, TINY["n_heads"], TINY["n_tags"]) and weights[1:].sum() > 0
+
+    edited = weights.copy()
+    edited[:, :, 2] *= 0.0  # the gateway's edit path: profile -> edit -> scorer
+    scorer_inputs = {contract.PROFILE_WEIGHTS: edited, contract.EXCLUDE_IDS: histories}
+    top_ids, top_scores = infer(
+        url, contract.SCORER_MODEL, scorer_inputs, [contract.TOP_IDS, contract.TOP_SCORES]
+    )
+    expected_ids, expected_scores = local(python_repository, contract.SCORER_MODEL).run(None, scorer_inputs)
+    np.testing.assert_array_equal(top_ids, expected_ids)
+    np.testing.assert_allclose(top_scores, expected_scores, rtol=1e-6, atol=1e-6)
+    assert top_ids.shape == (6, TINY_K_MAX)
+
+    # the ensemble (no edits) = profile -> scorer with the history excluded
+    ens_ids, ens_scores = infer(
+        url,
+        contract.ENSEMBLE_MODEL,
+        {contract.HISTORY_IDS: histories},
+        [contract.TOP_IDS, contract.TOP_SCORES],
+    )
+    direct = local(python_repository, contract.SCORER_MODEL).run(
+        None, {contract.PROFILE_WEIGHTS: expected[0], contract.EXCLUDE_IDS: histories}
+    )
+    np.testing.assert_array_equal(ens_ids, direct[0])
+    np.testing.assert_allclose(ens_scores, direct[1], rtol=1e-6, atol=1e-6)
+
+    features = np.random.default_rng(8).normal(size=(3, TINY["feature_dim"])).astype(np.float32)
+    (encoded,) = infer(
+        url,
+        contract.ITEM_ENCODER_MODEL,
+        {contract.ITEM_FEATURES: features},
+        [contract.ITEM_PROTOTYPE_WEIGHTS],
+    )
+    (expected_encoded,) = local(python_repository, contract.ITEM_ENCODER_MODEL).run(
+        None, {contract.ITEM_FEATURES: features}
+    )
+    np.testing.assert_allclose(encoded, expected_encoded, rtol=1e-6, atol=1e-7)
+
+
+def test_concurrent_requests_are_dynamically_batched(
+    triton_server: TritonServer, python_repository: Path
+) -> None:
+    url = triton_server.grpc_url
+    histories = random_histories(TINY["n_items"], 32, 12, np.random.default_rng(9))
+    histories[:, 0] = np.arange(32)  # every row non-empty; same length so Triton may batch them
+    inferences_before, executions_before, batches_before = model_stats(url, contract.PROFILE_MODEL)
+
+    def one(row: int) -> tuple[np.ndarray, np.ndarray]:
+        weights, lengths = infer(
+            url,
+            contract.PROFILE_MODEL,
+            {contract.HISTORY_IDS: histories[row : row + 1]},
+            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH],
+        )
+        return weights, lengths
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = list(pool.map(one, range(32)))
+    inferences, executions, batches = model_stats(url, contract.PROFILE_MODEL)
+    expected = local(python_repository, contract.PROFILE_MODEL).run(None, {contract.HISTORY_IDS: histories})
+    np.testing.assert_allclose(np.concatenate([a[0] for a in answers]), expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([a[1] for a in answers]), expected[1])
+
+    assert inferences - inferences_before == 32
+    new_executions = executions - executions_before
+    assert 1 <= new_executions < 32, f"32 concurrent requests ran in {new_executions} executions: no batching"
+    merged = {size: count - batches_before.get(size, 0) for size, count in batches.items()}
+    assert any(size > 1 and count > 0 for size, count in merged.items()), merged
+    assert sum(size * count for size, count in merged.items()) == 32
+
+
+def test_server_that_fails_to_load_raises_with_its_log(tmp_path: Path) -> None:
+    (tmp_path / "broken" / "1").mkdir(parents=True)
+    (tmp_path / "broken" / "1" / "model.py").write_text('raise RuntimeError("deliberately broken model")\n')
+    (tmp_path / "broken" / "config.pbtxt").write_text(
+        'name: "broken"\nbackend: "python"\nmax_batch_size: 0\n'
+    )
+    with (
+        pytest.raises(TritonServerError, match="deliberately broken model"),
+        run_triton_server(tmp_path, startup_timeout=60),
+    ):
+        pass
