@@ -58,4 +58,4 @@ def test_loss_is_finite_and_decreases() -> None:
     with torch.no_grad():
         after = model.eval().loss(x)[0].item()
     assert set(parts) == {"recsys", "sep", "ctrl"}
-    assert after < 0.8 * before
+    assert after < 0.9 * before
