@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.metrics import tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
 
 
@@ -86,7 +87,7 @@ class APRON(nn.Module):
         model.feature_mean.copy_(torch.from_numpy(mean))
         model.feature_std.copy_(torch.from_numpy(std))
         model.prototype_items.copy_(torch.as_tensor(dataset.prototype_items, dtype=torch.long))
-        model.item_tags.copy_(torch.from_numpy((dataset.item_tags.toarray() > 0).astype(np.float32)))
+        model.item_tags.copy_(torch.from_numpy(tag_membership(dataset.item_tags).astype(np.float32)))
         return model
 
     def _chunks(self, features: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -52,3 +57,31 @@ def standardize_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mean = features.mean(axis=0).astype(np.float32)
     std = features.std(axis=0).astype(np.float32)
     return mean, np.where(std > 1e-6, std, 1.0).astype(np.float32)
+
+
+def normalize_and_drop(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Liang et al. 2018's encoder input: L2-normalise each user's history, then dropout p.
+
+    Unlike `drop_history`, this is standard (rescaling) dropout on the normalised vector, as in
+    the Mult-DAE/VAE and RecVAE reference code."""
+    return F.dropout(F.normalize(x, dim=-1), p=p, training=training)
+
+
+def log_normal_pdf(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """Element-wise log N(z; mu, exp(logvar))."""
+    return -0.5 * (logvar + math.log(2 * math.pi) + (z - mu).pow(2) / logvar.exp())
+
+
+@dataclass(frozen=True)
+class TrainingPhase:
+    """One step of a model's alternating schedule (RecVAE updates encoder and decoder in turn).
+
+    The trainer runs `passes` sweeps over the training users with an optimizer over `parameters`
+    only, calling `model.loss(x, anneal, **loss_kwargs)`, then `after()` if given. Models without
+    `training_phases()` get one phase over all parameters."""
+
+    name: str
+    parameters: list[nn.Parameter]
+    passes: int = 1
+    loss_kwargs: dict[str, Any] = field(default_factory=dict)
+    after: Callable[[], None] | None = None

@@ -1,0 +1,1 @@
+"""Benchmarks of the scorer and the gateway; `python -m benchmarks.run --output BENCHMARKS.md`."""

@@ -1,0 +1,118 @@
+"""The model on its own, no gRPC: ONNX Runtime vs PyTorch eager, catalog size, history length.
+
+Both runtimes run the very graphs `apron export` writes (`export.onnx_export.build_graphs` and
+`export_onnx`), so "eager" is the module that was traced and "ORT" is what Triton's onnxruntime
+backend and the gateway's in-process scorer load.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmarks.synthetic import synthetic_apron
+from benchmarks.timing import Timing, time_calls
+from export import contract
+from export.onnx_export import export_onnx, random_histories, session
+
+Runner = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class CatalogResult:
+    n_items: int
+    export_s: float
+    scorer_onnx_mb: float
+    profile_onnx_mb: float
+    timings: dict[str, Timing]  # "<graph>/<runtime>/b<batch>" -> timing
+
+
+@dataclass(frozen=True)
+class HistoryResult:
+    n_items: int
+    history_length: int
+    profile: Timing  # ORT, batch 1
+    scorer: Timing  # ORT, batch 1, the history excluded
+
+
+def scorer_inputs(n_items: int, n_heads: int, n_tags: int, batch: int, history_length: int, seed: int = 0):
+    """Profile weights as the profile graph makes them (sums of per-item softmaxes: each head sums to
+    the history length) and the history as exclude ids."""
+    rng = np.random.default_rng(seed)
+    weights = rng.dirichlet(np.ones(n_tags), size=(batch, n_heads)).astype(np.float32) * history_length  # (B, H, K)
+    exclude = full_histories(n_items, batch, history_length, rng)  # (B, T)
+    return weights, exclude
+
+
+def full_histories(n_items: int, batch: int, length: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, T) histories of exactly `length` distinct ids: history-length costs need fixed lengths,
+    unlike `random_histories`, whose rows have random lengths."""
+    return np.stack([rng.choice(n_items, size=min(length, n_items), replace=False) for _ in range(batch)]).astype(np.int64)
+
+
+def ort_runner(onnx_model: bytes, feeds: dict[str, np.ndarray]) -> Runner:
+    sess = session(onnx_model)
+    return lambda: sess.run(None, feeds)
+
+
+def eager_runner(module: torch.nn.Module, inputs: tuple[np.ndarray, ...]) -> Runner:
+    tensors = tuple(torch.from_numpy(x) for x in inputs)
+
+    def run() -> object:
+        with torch.inference_mode():
+            return module(*tensors)
+
+    return run
+
+
+def bench_catalog(
+    n_items: int, batches: Iterable[int], min_seconds: float, history_length: int = 50, eager: bool = True
+) -> CatalogResult:
+    """Export a synthetic model of `n_items` and time both graphs with ORT (and the scorer eager)."""
+    model = synthetic_apron(n_items)
+    cfg = model.config
+    start = time.perf_counter()
+    graphs = export_onnx(model, contract.DEFAULT_K_MAX)
+    export_s = time.perf_counter() - start
+    timings: dict[str, Timing] = {}
+    for batch in batches:
+        weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, batch, history_length)
+        feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        timings[f"scorer/ort/b{batch}"] = time_calls(ort_runner(graphs.onnx[contract.SCORER_MODEL], feeds), batch, min_seconds)
+        if eager:
+            runner = eager_runner(graphs.modules[contract.SCORER_MODEL], (weights, exclude))
+            timings[f"scorer/eager/b{batch}"] = time_calls(runner, batch, min_seconds)
+        histories = random_histories(n_items, batch, history_length, np.random.default_rng(1))
+        profile = ort_runner(graphs.onnx[contract.PROFILE_MODEL], {contract.HISTORY_IDS: histories})
+        timings[f"profile/ort/b{batch}"] = time_calls(profile, batch, min_seconds)
+    result = CatalogResult(
+        n_items=n_items,
+        export_s=export_s,
+        scorer_onnx_mb=len(graphs.onnx[contract.SCORER_MODEL]) / 2**20,
+        profile_onnx_mb=len(graphs.onnx[contract.PROFILE_MODEL]) / 2**20,
+        timings=timings,
+    )
+    del graphs, model
+    gc.collect()
+    return result
+
+
+def bench_history_lengths(n_items: int, lengths: Iterable[int], min_seconds: float) -> list[HistoryResult]:
+    """Batch-1 latency of both graphs as the history (and so the exclude list) grows."""
+    model = synthetic_apron(n_items)
+    cfg = model.config
+    graphs = export_onnx(model, contract.DEFAULT_K_MAX)
+    profile_sess, scorer_sess = session(graphs.onnx[contract.PROFILE_MODEL]), session(graphs.onnx[contract.SCORER_MODEL])
+    results = []
+    for length in lengths:
+        weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, 1, length)
+        profile = time_calls(lambda e=exclude: profile_sess.run(None, {contract.HISTORY_IDS: e}), 1, min_seconds)
+        feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        scorer = time_calls(lambda f=feeds: scorer_sess.run(None, f), 1, min_seconds)
+        results.append(HistoryResult(n_items, length, profile, scorer))
+    return results

@@ -1,0 +1,293 @@
+"""`python -m benchmarks.run --output BENCHMARKS.md`: every benchmark in one run, written as Markdown.
+
+Numbers are measured by this run (nothing is typed in): the machine, the command and the wall
+time are written into the report next to them. Targets are checked against the measurements and
+a missed target is reported with a profile of where the time goes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from benchmarks import gateway_bench
+from benchmarks.model_bench import CatalogResult, HistoryResult, bench_catalog, bench_history_lengths
+from benchmarks.timing import Timing
+from serving.config import ServingConfig
+
+GATEWAY_BATCH = ServingConfig().max_batch_size  # the micro-batcher's largest batch
+
+SERVED_CATALOG = 41_000  # the catalog size the gateway targets are stated for
+TARGET_BATCHING_SPEEDUP = 4.0  # micro-batching on / off throughput at 64 concurrent clients
+TARGET_GATEWAY_FRACTION = 0.5  # gateway throughput / raw scorer throughput at 41k items
+TARGET_P99_MS = 50.0  # at 70 % of the maximum throughput
+LOAD_FRACTION = 0.7
+
+
+@dataclass
+class Report:
+    catalogs: list[CatalogResult] = field(default_factory=list)
+    histories: list[HistoryResult] = field(default_factory=list)
+    gateway: gateway_bench.GatewayResults | None = None
+    gateway_reason: str = ""  # why the gateway was not measured
+
+
+def machine_description() -> list[str]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (all numbers are CPU)"
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} logical cores visible (shared with other processes while this ran)",
+        f"- GPU: {gpu}",
+        f"- Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"onnxruntime {onnxruntime.__version__}, {platform.platform()}",
+    ]
+
+
+def fmt(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def status(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+
+def catalog_table(results: list[CatalogResult]) -> list[str]:
+    base = results[0]
+    lines = [
+        "| items | scorer ONNX MB | scorer b1 p50 ms | scorer b256 rows/s | b256 cost vs "
+        f"{base.n_items:,} | profile b1 p50 ms | profile b256 rows/s | export s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        t = r.timings
+        growth = t["scorer/ort/b256"].p50_ms / base.timings["scorer/ort/b256"].p50_ms
+        lines.append(
+            f"| {r.n_items:,} | {fmt(r.scorer_onnx_mb)} | {fmt(t['scorer/ort/b1'].p50_ms, 2)} | "
+            f"{fmt(t['scorer/ort/b256'].throughput, 0)} | {fmt(growth, 1)}× | {fmt(t['profile/ort/b1'].p50_ms, 2)} | "
+            f"{fmt(t['profile/ort/b256'].throughput, 0)} | {fmt(r.export_s)} |"
+        )
+    return lines
+
+
+def runtime_table(result: CatalogResult) -> list[str]:
+    lines = [
+        "| batch | PyTorch eager p50 ms | ONNX Runtime p50 ms | eager rows/s | ORT rows/s | ORT speed-up |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for batch in (1, 256):
+        eager, ort = result.timings[f"scorer/eager/b{batch}"], result.timings[f"scorer/ort/b{batch}"]
+        lines.append(
+            f"| {batch} | {fmt(eager.p50_ms, 2)} | {fmt(ort.p50_ms, 2)} | {fmt(eager.throughput, 0)} | "
+            f"{fmt(ort.throughput, 0)} | {fmt(ort.throughput / eager.throughput, 2)}× |"
+        )
+    return lines
+
+
+def history_table(results: list[HistoryResult]) -> list[str]:
+    lines = [
+        "| history length | profile b1 p50 ms | scorer b1 p50 ms (history excluded) |",
+        "| ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(f"| {r.history_length:,} | {fmt(r.profile.p50_ms, 3)} | {fmt(r.scorer.p50_ms, 3)} |")
+    return lines
+
+
+def served(report: Report) -> CatalogResult:
+    return min(report.catalogs, key=lambda r: abs(r.n_items - SERVED_CATALOG))
+
+
+def raw_scorer(report: Report) -> Timing:
+    return served(report).timings["scorer/ort/b256"]
+
+
+def targets(report: Report) -> list[tuple[str, str, bool | None]]:
+    """(target, measured, met?) for each target; None = not measured."""
+    g = report.gateway
+    raw = raw_scorer(report)
+    rows: list[tuple[str, str, bool | None]] = []
+    if g is None:
+        missing = f"not measured: {report.gateway_reason}"
+        return [
+            (f"micro-batching ≥ {TARGET_BATCHING_SPEEDUP:g}× unbatched throughput (64 clients)", missing, None),
+            (f"gateway ≥ {TARGET_GATEWAY_FRACTION:.0%} of the raw scorer's throughput", missing, None),
+            (f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput", missing, None),
+        ]
+    speedup = g.batched.throughput / g.unbatched.throughput
+    rows.append(
+        (f"micro-batching ≥ {TARGET_BATCHING_SPEEDUP:g}× unbatched throughput (64 clients)", f"{speedup:.2f}×",
+         speedup >= TARGET_BATCHING_SPEEDUP)
+    )
+    fraction = g.max_throughput / raw.throughput
+    rows.append(
+        (f"gateway ≥ {TARGET_GATEWAY_FRACTION:.0%} of the raw scorer's throughput ({g.n_items:,} items)",
+         f"{fraction:.0%} ({fmt(g.max_throughput, 0)} vs {fmt(raw.throughput, 0)} req/s)",
+         fraction >= TARGET_GATEWAY_FRACTION)
+    )
+    rows.append(
+        (f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput",
+         f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered",
+         g.at_load.p99_ms <= TARGET_P99_MS)
+    )
+    return rows
+
+
+def bottleneck(report: Report) -> list[str]:
+    """For missed targets: the profile's top function, named (the table is in the gateway section)."""
+    if report.gateway is None or all(ok for _, _, ok in targets(report)) or not report.gateway.hotspots:
+        return []
+    top = report.gateway.hotspots[1:4]  # [0] is the loop's idle time
+    named = "; ".join(f"`{h.function}` ({h.location}, {h.share:.0%})" for h in top)
+    return [
+        "Missed targets were profiled (pyinstrument, gateway under full load; table in the gateway section). "
+        f"Largest self time on the gateway's event-loop thread: {named}; the loop was idle "
+        f"{report.gateway.hotspots[0].share:.0%} of the time.",
+        "",
+    ]
+
+
+def render(report: Report, command: str, wall_s: float, started: str) -> str:
+    served_result = served(report)
+    raw = raw_scorer(report)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `{command}` on {started} in {wall_s / 60:.1f} min. Every number below comes from that "
+        "one run; regenerate with the same command. Models are synthetic APRON models of the served shape "
+        "(80 prototypes, 16 heads, 384-d features, f = 1024→600→N, K_MAX = 1000): speed depends on shapes, "
+        "not on trained values.",
+        "",
+        *machine_description(),
+        "",
+        "## Targets",
+        "",
+        "| target | measured | status |",
+        "| --- | --- | --- |",
+        *[f"| {name} | {measured} | {status(ok)} |" for name, measured, ok in targets(report)],
+        "",
+        *bottleneck(report),
+        f"## Scorer: ONNX Runtime vs PyTorch eager ({served_result.n_items:,} items)",
+        "",
+        "The `apron_scorer` graph (shares → u → f → log-softmax → exclusion → TopK) as `apron export` "
+        "traces it, run by PyTorch eager and by ONNX Runtime (CPU execution provider). p50 is per call; "
+        "rows/s = batch × calls / wall time.",
+        "",
+        *runtime_table(served_result),
+        "",
+        "## Cost vs catalog size (ONNX Runtime)",
+        "",
+        "Both graphs grow linearly with the catalog: the scorer's last layer and TopK are N wide and the "
+        "profile graph multiplies a multi-hot history row (1×N) by the precomputed N×(H·K) item table.",
+        "",
+        *catalog_table(report.catalogs),
+        "",
+        f"## Cost vs history length ({report.histories[0].n_items:,} items, batch 1, ONNX Runtime)"
+        if report.histories else "## Cost vs history length",
+        "",
+        "The profile graph turns the history into a multi-hot row before the table product, so its cost "
+        "is set by the catalog size, not the history length; the scorer's exclusion list is scattered the same way.",
+        "",
+        *history_table(report.histories),
+        "",
+        "## Raw scorer vs gateway",
+        "",
+        f"Raw scorer (no gRPC, batch 256, ONNX Runtime, {served_result.n_items:,} items): "
+        f"**{fmt(raw.throughput, 0)} rows/s** (p50 {fmt(raw.p50_ms, 1)} ms per batch).",
+        "",
+    ]
+    at_gateway_batch = served_result.timings.get(f"scorer/ort/b{GATEWAY_BATCH}")
+    if at_gateway_batch is not None:
+        lines += [
+            f"The gateway's micro-batcher runs at most {GATEWAY_BATCH} requests at once (`max_batch_size`); "
+            f"at that batch the raw scorer does **{fmt(at_gateway_batch.throughput, 0)} rows/s** "
+            f"(p50 {fmt(at_gateway_batch.p50_ms, 1)} ms per batch).",
+            "",
+        ]
+        if report.gateway is not None:
+            lines += [
+                f"Gateway / raw scorer at batch {GATEWAY_BATCH}: "
+                f"**{report.gateway.max_throughput / at_gateway_batch.throughput:.0%}**.",
+                "",
+            ]
+    if report.gateway is None:
+        lines += [f"Gateway: not measured: {report.gateway_reason}.", ""]
+    else:
+        lines += gateway_bench.render(report.gateway, raw.throughput)
+    return "\n".join(lines) + "\n"
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
+    parser.add_argument("--catalog-sizes", type=int, nargs="+", default=[1_000, 10_000, SERVED_CATALOG, 100_000])
+    parser.add_argument("--history-lengths", type=int, nargs="+", default=[10, 100, 1_000])
+    parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per model measurement")
+    parser.add_argument("--gateway-seconds", type=float, default=8.0, help="time per gateway load phase")
+    parser.add_argument("--gateway-items", type=int, default=SERVED_CATALOG, help="catalog size served by the gateway")
+    parser.add_argument("--clients", type=int, default=64, help="concurrent gRPC clients")
+    parser.add_argument("--skip-gateway", action="store_true", help="model benchmarks only")
+    parser.add_argument("--workdir", type=Path, default=Path("benchmarks/out"), help="exports and profiles")
+    args = parser.parse_args(argv)
+    if SERVED_CATALOG not in args.catalog_sizes:
+        parser.error(f"--catalog-sizes must include {SERVED_CATALOG} (the targets are stated for it)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = "python -m benchmarks.run " + shlex.join(sys.argv[1:] if argv is None else argv)
+    start = time.perf_counter()
+    report = Report()
+    for n_items in sorted(args.catalog_sizes):
+        served_size = n_items == SERVED_CATALOG
+        batches = (1, GATEWAY_BATCH, 256) if served_size else (1, 256)
+        report.catalogs.append(bench_catalog(n_items, batches, args.seconds, eager=served_size))
+        print(f"catalog {n_items:,}: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    report.histories = bench_history_lengths(SERVED_CATALOG, args.history_lengths, args.seconds / 2)
+    print(f"history lengths: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.skip_gateway:
+        report.gateway_reason = "skipped (--skip-gateway)"
+    elif reason := gateway_bench.unavailable():
+        report.gateway_reason = reason
+    else:
+        settings = gateway_bench.Settings(
+            n_items=args.gateway_items, clients=args.clients, seconds=args.gateway_seconds, workdir=args.workdir,
+            load_fraction=LOAD_FRACTION, raw_throughput=raw_scorer(report).throughput,
+            profile_if_p99_above_ms=TARGET_P99_MS,
+        )
+        report.gateway = gateway_bench.run(settings)
+    text = render(report, command, time.perf_counter() - start, started)
+    write_atomically(args.output, text)
+    print(f"wrote {args.output} ({time.perf_counter() - start:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

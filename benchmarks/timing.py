@@ -1,0 +1,53 @@
+"""Timers and summaries shared by every benchmark: one way to time a call and to report it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Latencies of repeated calls that each handled `batch` requests."""
+
+    latencies_s: np.ndarray  # (calls,)
+    batch: int
+    wall_s: float  # wall time of the whole run (calls may overlap when concurrent)
+
+    @property
+    def calls(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def throughput(self) -> float:
+        """Requests (rows) per second over the run's wall time."""
+        return self.calls * self.batch / self.wall_s
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.latencies_s, q) * 1e3)
+
+    @property
+    def p50_ms(self) -> float:
+        return self.percentile_ms(50)
+
+    @property
+    def p99_ms(self) -> float:
+        return self.percentile_ms(99)
+
+
+def time_calls(fn: Callable[[], object], batch: int, min_seconds: float, min_calls: int = 5, warmup: int = 2) -> Timing:
+    """Call `fn` back to back until both `min_seconds` and `min_calls` are reached (after warm-up)."""
+    for _ in range(warmup):
+        fn()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        latencies.append(time.perf_counter() - t0)
+        if len(latencies) >= min_calls and time.perf_counter() - start >= min_seconds:
+            break
+    return Timing(np.asarray(latencies), batch, time.perf_counter() - start)

@@ -1,0 +1,34 @@
+"""Container health check: exit 0 when the gateway's gRPC health service answers SERVING.
+
+Docker runs it inside the gateway container (`HEALTHCHECK` in deploy/Dockerfile); it reads the
+same APRON_PORT the gateway binds (serving/config.py), so the two cannot disagree.
+
+    python deploy/healthcheck.py [HOST:PORT]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from serving.config import ServingConfig, env_name
+
+
+def main(argv: list[str]) -> int:
+    target = argv[1] if len(argv) > 1 else f"127.0.0.1:{os.environ.get(env_name('port'), ServingConfig.port)}"
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+        except grpc.RpcError as error:
+            print(f"{target}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print(f"{target}: {health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)}")
+    return 0 if serving else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

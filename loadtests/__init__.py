@@ -1,0 +1,1 @@
+"""Locust load tests of the gateway (`loadtests/locustfile.py`, defaults in `loadtests/locust.conf`)."""

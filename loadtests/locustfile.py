@@ -1,0 +1,240 @@
+"""Locust load test of the APRON gateway over gRPC (grpcio under gevent).
+
+    locust -f loadtests/locustfile.py --config loadtests/locust.conf --host 127.0.0.1:50051 \
+        --dataset artifacts/data/lastfm --token "$(apron token ...)"
+
+Each simulated user is one test user of a prepared dataset (its `test_tr` fold-in history, as the
+catalog's item ids) and runs a weighted mix of calls:
+
+| task | what it exercises | weight option |
+| --- | --- | --- |
+| `recommend-cached` | Recommend with the history the cache already holds (profile from Redis) | `--weight-cached` |
+| `recommend-fresh` | Recommend with a history the cache has not seen (profile computed: a miss) | `--weight-fresh` |
+| `recommend-edit` | Recommend with one-off edits of random prototypes | `--weight-edit` |
+| `edit-profile` | EditProfile: store an edit (or reset) | `--weight-edit-profile` |
+| `get-profile` | GetProfile | `--weight-get-profile` |
+
+Every RPC's latency and failure goes to Locust's `events.request` (by the client interceptor
+below, as in Locust's gRPC example), so Locust's own stats, `--csv` and `--html` report them. At
+the end, `check_thresholds` sets the exit code when the failure ratio or p99 break the limits
+given with `--max-failure-ratio` / `--max-p99-ms`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.experimental.gevent as grpc_gevent
+from locust import User, constant, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+
+from loadtests.mix import TASKS, task_weights
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+
+grpc_gevent.init_gevent()  # before any channel exists: gRPC's I/O then yields to gevent
+
+log = logging.getLogger("apron.loadtest")
+
+@events.init_command_line_parser.add_listener
+def add_options(parser: Any) -> None:
+    group = parser.add_argument_group("APRON")
+    group.add_argument("--dataset", type=str, env_var="APRON_LOADTEST_DATASET", default="",
+                       help="processed dataset directory (apron prepare): its test users are the simulated users")
+    group.add_argument("--k", type=int, env_var="APRON_LOADTEST_K", default=10, help="items per Recommend")
+    group.add_argument("--max-test-users", type=int, default=0, help="use at most this many test users (0: all)")
+    group.add_argument("--token", type=str, env_var="APRON_LOADTEST_TOKEN", default="",
+                       help="bearer token (a `service` role token) sent with every call; empty: none")
+    group.add_argument("--rpc-timeout", type=float, default=10.0, help="client deadline per call (seconds)")
+    group.add_argument("--edits-per-call", type=int, default=2, help="one-off edits per recommend-edit call")
+    for name, (option, weight) in TASKS.items():
+        group.add_argument("--" + option.replace("_", "-"), type=float, default=weight,
+                           help=f"relative weight of the {name} task")
+    group.add_argument("--max-failure-ratio", type=float, default=0.01,
+                       help="exit non-zero when failures / requests exceed this")
+    group.add_argument("--max-p99-ms", type=float, default=0.0,
+                       help="exit non-zero when the p99 of all requests exceeds this (0: no limit)")
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def threshold_failures(environment: Environment) -> list[str]:
+    """Why the run failed its thresholds (empty: it passed). Uses Locust's own aggregated stats."""
+    options, total = environment.parsed_options, environment.stats.total
+    if total.num_requests == 0:
+        return ["no request was made"]
+    reasons = []
+    if total.fail_ratio > options.max_failure_ratio:
+        reasons.append(f"failure ratio {total.fail_ratio:.4f} > --max-failure-ratio {options.max_failure_ratio}")
+    p99 = total.get_response_time_percentile(0.99)
+    if options.max_p99_ms > 0 and p99 > options.max_p99_ms:
+        reasons.append(f"p99 {p99:.1f} ms > --max-p99-ms {options.max_p99_ms}")
+    return reasons
+
+
+@events.quitting.add_listener
+def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
+    if environment.parsed_options is None:  # used as a library, not from the command line
+        return
+    reasons = threshold_failures(environment)
+    for reason in reasons:
+        log.error("threshold broken: %s", reason)
+    if reasons:
+        environment.process_exit_code = 1
+    else:
+        log.info("thresholds met")
+
+
+# ----------------------------------------------------------------------------- test users
+
+
+class TestUsers:
+    """The dataset's test users as (user id, history of catalog item ids); loaded once per process."""
+
+    def __init__(self, dataset: Path, max_users: int = 0):
+        from training.data.dataset import ProcessedDataset  # here: locust --help must not need it
+
+        data = ProcessedDataset.load(dataset)
+        matrix = data.test_tr
+        rows = [r for r in range(matrix.shape[0]) if matrix.indptr[r + 1] > matrix.indptr[r]]
+        if max_users:
+            rows = rows[:max_users]
+        if not rows:
+            raise ValueError(f"{dataset}: test_tr has no user with a history")
+        ids = data.item_ids
+        self.histories = [[ids[i] for i in matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]]] for r in rows]
+        self.user_ids = [f"{data.name}-test-{r}" for r in rows]
+        self.all_items = list(ids)
+
+
+_test_users: TestUsers | None = None
+
+
+@events.init.add_listener
+def load_test_users(environment: Environment, **_kwargs: Any) -> None:
+    global _test_users
+    options = environment.parsed_options
+    if options is None or not options.dataset:
+        return
+    _test_users = TestUsers(Path(options.dataset), options.max_test_users)
+    task_weights(options)  # fail at start, not in every user
+    log.info("loaded %d test users from %s", len(_test_users.user_ids), options.dataset)
+
+
+# ----------------------------------------------------------------------------- gRPC client
+
+
+class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
+    """Reports every unary call to Locust (`events.request`) with its latency and any gRPC error.
+
+    One interceptor per simulated user, whose calls are sequential: `name` is the task's label for
+    the next call (several tasks share one RPC method)."""
+
+    def __init__(self, environment: Environment):
+        self.environment = environment
+        self.name = ""
+
+    def intercept_unary_unary(self, continuation: Callable, client_call_details: Any, request: Any) -> Any:
+        start = time.perf_counter()
+        call = continuation(client_call_details, request)
+        exception, length = None, 0
+        try:
+            length = call.result().ByteSize()  # blocks this greenlet only; raises grpc.RpcError on failure
+        except grpc.RpcError as error:
+            exception = error
+        self.environment.events.request.fire(
+            request_type="grpc",
+            name=self.name or client_call_details.method.rsplit("/", 1)[-1],
+            response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=length,
+            exception=exception,
+            context={},
+        )
+        return call  # the stub calls .result() on it: the response, or the same RpcError again
+
+
+class ApronUser(User):
+    """One dataset test user calling the gateway with the weighted task mix, back to back."""
+
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        if _test_users is None:
+            raise StopUser("no test users: pass --dataset with a prepared dataset directory")
+        if not self.host:
+            raise StopUser("no target: pass --host HOST:PORT of the gateway")
+        self.options = options
+        self.weights = task_weights(options)
+        self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
+        channel = grpc.insecure_channel(self.host.removeprefix("grpc://"))
+        self.interceptor = LocustInterceptor(self.environment)
+        self.channel = grpc.intercept_channel(channel, self.interceptor)
+        self.stub = pb_grpc.RecommenderStub(self.channel)
+        index = random.randrange(len(_test_users.user_ids))
+        self.user_id = _test_users.user_ids[index]
+        self.history = _test_users.histories[index]
+        self.fresh_round = 0
+        reply = self.call("ListPrototypes", self.stub.ListPrototypes, pb.ListPrototypesRequest())
+        if reply is None:
+            raise StopUser("ListPrototypes failed")
+        self.prototypes = [p.name for p in reply.prototypes]
+        self.k = min(options.k, reply.k_max)
+        self.recommend_cached()  # fills the cache, so that the cached task and GetProfile find a profile
+
+    def on_stop(self) -> None:
+        self.channel.close()
+
+    def call(self, name: str, method: Callable, request: Any) -> Any:
+        self.interceptor.name = name
+        try:
+            return method(request, metadata=self.metadata, timeout=self.options.rpc_timeout)
+        except grpc.RpcError:
+            return None  # already reported to Locust by the interceptor
+
+    @task
+    def one_call(self) -> None:
+        name = random.choices(list(self.weights), weights=list(self.weights.values()))[0]
+        getattr(self, name.replace("-", "_"))()
+
+    def recommend_cached(self) -> None:
+        request = pb.RecommendRequest(user_id=self.user_id, history=self.history, k=self.k)
+        self.call("Recommend cached", self.stub.Recommend, request)
+
+    def recommend_fresh(self) -> None:
+        """A history no one has sent before: the user's own minus one item, plus a random catalog item,
+        under a new user id (so the cached profile of the real user is not replaced)."""
+        self.fresh_round += 1
+        history = list(self.history)
+        if len(history) > 1:
+            history.pop(random.randrange(len(history)))
+        history.append(random.choice(_test_users.all_items))
+        user_id = f"{self.user_id}-fresh-{id(self)}-{self.fresh_round}"
+        self.call("Recommend fresh", self.stub.Recommend, pb.RecommendRequest(user_id=user_id, history=history, k=self.k))
+
+    def random_edits(self, count: int) -> list[pb.Edit]:
+        names = random.sample(self.prototypes, min(count, len(self.prototypes)))
+        # scale 0 removes a prototype; never remove every one (INVALID_ARGUMENT: a head with no mass)
+        scales = (0.0, 0.5, 2.0, 4.0) if len(names) < len(self.prototypes) else (0.5, 2.0, 4.0)
+        return [pb.Edit(prototype=name, scale=random.choice(scales)) for name in names]
+
+    def recommend_edit(self) -> None:
+        edits = self.random_edits(self.options.edits_per_call)
+        request = pb.RecommendRequest(user_id=self.user_id, history=self.history, k=self.k, edits=edits)
+        self.call("Recommend one-off edits", self.stub.Recommend, request)
+
+    def edit_profile(self) -> None:
+        reset = random.random() < 0.2  # keeps the stored edits from piling up over a long run
+        request = pb.EditProfileRequest(user_id=self.user_id, edits=[] if reset else self.random_edits(1), reset=reset)
+        self.call("EditProfile", self.stub.EditProfile, request)
+
+    def get_profile(self) -> None:
+        self.call("GetProfile", self.stub.GetProfile, pb.GetProfileRequest(user_id=self.user_id))

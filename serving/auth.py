@@ -1,0 +1,416 @@
+"""Who may call the gateway: signed bearer tokens (JWT) in gRPC metadata, with two roles.
+
+A call carries `authorization: Bearer <jwt>`. The token is signed with a configured key (HS256 with
+a shared secret, or RS256 / ES256 / EdDSA verified with a public key file) and must hold the claims
+`sub` (the user id), `iss` (the configured issuer), `exp` and `role`:
+
+- `user`: may read, edit and get recommendations for the profile whose `user_id` equals `sub`;
+- `service`: may call for any user (other back ends, batch jobs, the load tests).
+
+Two layers, so the rules stay a pure function that tests can call directly:
+
+1. `AuthInterceptor` (grpc.aio) verifies the token of every call except health checks and
+   reflection, answers UNAUTHENTICATED for a missing or bad one, and runs the handler with the
+   caller's `Principal` in a context variable;
+2. the servicer calls `authorize(current_principal(), method, user_id)`, which raises `AccessDenied`
+   (PERMISSION_DENIED) when a `user` asks for someone else's profile.
+
+With auth switched off (`--no-auth`, an explicit choice that logs a warning) no interceptor is
+installed, `current_principal()` is None and `authorize` allows everything.
+
+The embedded default needs no setup: without a configured key, `verification_key()` uses a random
+development secret created once at `artifacts/auth/jwt_secret` (mode 0600); `apron serve` prints a
+service token for it and `apron token --sub USER --role user` mints more.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import inspect
+import logging
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from serving.config import ServingConfig
+from serving.errors import ApronError
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "authorization"  # gRPC metadata keys are lower case
+DEFAULT_ISSUER = "apron"
+DEFAULT_DEV_SECRET = Path("artifacts") / "auth" / "jwt_secret"  # relative to the working directory
+DEV_TOKEN_SUBJECT = "apron-dev"
+DEV_TOKEN_TTL_S = 30 * 24 * 3600.0  # the printed quick-start token: a month, then `apron token`
+# Clock skew tolerated between the token's issuer and this server (seconds).
+LEEWAY_S = 30.0
+
+# Calls anyone may make without a token: load balancers' health checks and grpcurl's reflection.
+PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# RPCs that read or change one user's profile: a `user` may call them for its own `sub` only.
+USER_SCOPED_METHODS = frozenset({"GetProfile", "EditProfile", "Recommend"})
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True)
+class Principal:
+    subject: str  # the token's `sub`: a user id, or a service's name
+    role: Role
+
+
+class AuthError(Exception):
+    """A missing, malformed, expired or wrongly signed token (-> UNAUTHENTICATED)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class AccessDenied(ApronError):
+    """A valid caller asking for a profile that is not theirs (-> PERMISSION_DENIED)."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class AuthConfigError(ValueError):
+    """The key material in the configuration cannot be used (missing file, wrong key type...)."""
+
+
+# ----------------------------------------------------------------------------- the rule
+
+
+def authorize(principal: Principal | None, method: str, user_id: str) -> None:
+    """Raise AccessDenied unless `principal` may call `method` (short name, e.g. "EditProfile")
+    for `user_id`. `principal` None means auth is off: everything is allowed."""
+    if principal is None or principal.role is Role.SERVICE or method not in USER_SCOPED_METHODS:
+        return
+    if principal.subject != user_id:
+        raise AccessDenied(
+            f"a user token for {principal.subject!r} may not call {method} for another user's profile"
+        )
+
+
+_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("apron_principal", default=None)
+
+
+def current_principal() -> Principal | None:
+    """The verified caller of the RPC being handled (None when auth is off)."""
+    return _principal.get()
+
+
+# ----------------------------------------------------------------------------- keys and tokens
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    key: Any  # bytes (HMAC secret) or a cryptography public key
+    algorithms: tuple[str, ...]  # exactly the ones this key may verify: no algorithm confusion
+
+
+def _algorithms_for(public_key: Any) -> tuple[str, ...]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        return ("RS256",)
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        if public_key.curve.name not in by_curve:
+            raise AuthConfigError(f"unsupported EC curve {public_key.curve.name} for JWT")
+        return (by_curve[public_key.curve.name],)
+    if isinstance(public_key, ed25519.Ed25519PublicKey):
+        return ("EdDSA",)
+    raise AuthConfigError(f"unsupported public key type {type(public_key).__name__} for JWT")
+
+
+def load_public_key(path: str | Path) -> VerificationKey:
+    """A PEM public key file (RSA, EC P-256/384/521 or Ed25519) and the one algorithm it verifies."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise AuthConfigError(f"JWT public key {path}: {error.strerror}") from error
+    try:
+        public_key = serialization.load_pem_public_key(data)
+    except ValueError as error:
+        raise AuthConfigError(f"JWT public key {path}: not a PEM public key ({error})") from error
+    return VerificationKey(public_key, _algorithms_for(public_key))
+
+
+def secret_key(secret: str | bytes) -> VerificationKey:
+    secret = secret.encode() if isinstance(secret, str) else secret
+    if len(secret) < 32:  # RFC 7518 §3.2: an HS256 key must have at least 256 bits
+        raise AuthConfigError(f"the JWT secret has {len(secret)} bytes; HS256 needs at least 32")
+    return VerificationKey(secret, ("HS256",))
+
+
+def dev_secret(path: str | Path = DEFAULT_DEV_SECRET) -> bytes:
+    """The development secret at `path`, created (random, mode 0600) on first use."""
+    path = Path(path)
+    if path.exists():
+        return path.read_bytes().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    # Written to a temp file then linked into place: two processes starting at once agree on one secret.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.write(fd, secret)
+        os.close(fd)
+        try:
+            os.link(tmp, path)  # fails if another process won the race; then read theirs
+        except FileExistsError:
+            return path.read_bytes().strip()
+    finally:
+        os.unlink(tmp)
+    return secret
+
+
+def read_secret_file(path: str | Path) -> VerificationKey:
+    """A configured HS256 secret (surrounding whitespace ignored); errors name the file."""
+    try:
+        data = Path(path).read_bytes().strip()
+    except OSError as error:
+        raise AuthConfigError(f"JWT secret file {path}: {error.strerror}") from error
+    try:
+        return secret_key(data)
+    except AuthConfigError as error:
+        raise AuthConfigError(f"JWT secret file {path}: {error}") from error
+
+
+def verification_key(public_key: str = "", secret_file: str = "") -> tuple[VerificationKey, bool]:
+    """The key that verifies tokens, and whether it is the development secret: a public key file,
+    else a secret file, else the development secret (created when missing)."""
+    if public_key and secret_file:
+        raise AuthConfigError("configure either a JWT public key or a secret file, not both")
+    if public_key:
+        return load_public_key(public_key), False
+    if secret_file:
+        return read_secret_file(secret_file), False
+    return secret_key(dev_secret(DEFAULT_DEV_SECRET)), True
+
+
+def mint_token(
+    signing_key: Any,
+    subject: str,
+    role: Role | str,
+    *,
+    issuer: str = DEFAULT_ISSUER,
+    ttl_s: float = 3600.0,
+    algorithm: str = "HS256",
+    now: float | None = None,
+) -> str:
+    """A signed token for `subject` with `role` (HS256 secret, or a private key for RS/ES/EdDSA)."""
+    issued = time.time() if now is None else now
+    claims = {
+        "sub": subject,
+        "role": Role(role).value,
+        "iss": issuer,
+        "iat": int(issued),
+        "exp": int(issued + ttl_s),
+    }
+    return jwt.encode(claims, signing_key, algorithm=algorithm)
+
+
+def load_private_key(path: str | Path) -> tuple[Any, str]:
+    """A PEM private key file (for `apron token` with RS/ES/EdDSA) and the algorithm it signs with."""
+    path = Path(path)
+    try:
+        private_key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as error:
+        raise AuthConfigError(f"JWT private key {path}: {error.strerror}") from error
+    except (ValueError, TypeError) as error:
+        raise AuthConfigError(f"JWT private key {path}: not an unencrypted PEM private key ({error})") from error
+    return private_key, _algorithms_for(private_key.public_key())[0]
+
+
+def mint_with_configured_key(
+    subject: str,
+    role: Role | str,
+    *,
+    secret_file: str = "",
+    private_key: str = "",
+    issuer: str = DEFAULT_ISSUER,
+    ttl_s: float = 3600.0,
+) -> str:
+    """`apron token`: sign with a private key file, else a secret file, else the development secret
+    (the one `apron serve` verifies with when no key is configured; created if missing)."""
+    if private_key:
+        key, algorithm = load_private_key(private_key)
+        return mint_token(key, subject, role, issuer=issuer, ttl_s=ttl_s, algorithm=algorithm)
+    secret = (read_secret_file(secret_file) if secret_file else secret_key(dev_secret(DEFAULT_DEV_SECRET))).key
+    return mint_token(secret, subject, role, issuer=issuer, ttl_s=ttl_s)
+
+
+class TokenVerifier:
+    """Checks a token's signature, issuer, expiry and role; returns the Principal or raises AuthError."""
+
+    def __init__(self, key: VerificationKey, issuer: str = DEFAULT_ISSUER, leeway_s: float = LEEWAY_S):
+        self.key = key
+        self.issuer = issuer
+        self.leeway_s = leeway_s
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self.key.key,
+                algorithms=list(self.key.algorithms),
+                issuer=self.issuer,
+                leeway=self.leeway_s,
+                options={"require": ["sub", "iss", "exp", "role"]},
+            )
+        except jwt.ExpiredSignatureError as error:
+            raise AuthError("the bearer token has expired") from error
+        except jwt.InvalidIssuerError as error:
+            raise AuthError(f"the bearer token was not issued by {self.issuer!r}") from error
+        except jwt.InvalidTokenError as error:
+            raise AuthError(f"invalid bearer token: {error}") from error
+        subject, role = claims["sub"], claims["role"]
+        if not isinstance(subject, str) or not subject:
+            raise AuthError("the bearer token's `sub` must be a non-empty string")
+        if role not in Role._value2member_map_:
+            raise AuthError(f"the bearer token's role {role!r} is not one of {[r.value for r in Role]}")
+        return Principal(subject, Role(role))
+
+    def verify_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
+        values = [value for key, value in (metadata or ()) if key == METADATA_KEY]
+        if not values:
+            raise AuthError("missing bearer token: send metadata `authorization: Bearer <token>`")
+        if len(values) > 1:
+            raise AuthError("more than one `authorization` metadata entry")
+        value = values[0].decode("latin-1") if isinstance(values[0], bytes) else values[0]
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError("the `authorization` metadata must be `Bearer <token>`")
+        return self.verify(token.strip())
+
+
+# ----------------------------------------------------------------------------- the interceptor
+
+
+def _wrap_unary(behavior: Callable, principal: Principal) -> Callable:
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        reset = _principal.set(principal)
+        try:
+            result = behavior(request_or_iterator, context)
+            return await result if inspect.isawaitable(result) else result
+        finally:
+            _principal.reset(reset)
+
+    return handler
+
+
+def _wrap_streaming(behavior: Callable, principal: Principal) -> Callable:
+    if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes via context.write
+        return _wrap_unary(behavior, principal)
+
+    async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        reset = _principal.set(principal)
+        try:
+            async for response in behavior(request_or_iterator, context):
+                yield response
+        finally:
+            _principal.reset(reset)
+
+    return handler
+
+
+def _with_behavior(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Callable], Callable]
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour replaced by `wrap(behaviour)`, same streaming kind and codecs."""
+    codecs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **codecs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **codecs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **codecs)
+    return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Verifies every call's bearer token (except health and reflection) before its handler runs."""
+
+    def __init__(self, verifier: TokenVerifier, on_reject: Callable[[str], None] | None = None):
+        self.verifier = verifier
+        self.on_reject = on_reject  # e.g. a metric counter; called with the RPC's full method name
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
+            return handler  # unknown methods get UNIMPLEMENTED from grpc itself
+        try:
+            principal = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
+        except AuthError as error:
+            if self.on_reject is not None:
+                self.on_reject(method)
+            message = str(error)  # `error` is unbound once the except block ends
+            return _with_behavior(handler, lambda _behavior: _rejecting(message))
+        streaming = handler.response_streaming
+        return _with_behavior(
+            handler, lambda behavior: (_wrap_streaming if streaming else _wrap_unary)(behavior, principal)
+        )
+
+
+def _rejecting(message: str) -> Callable:
+    async def handler(_request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return handler
+
+
+def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """Call metadata that carries `token` (for clients: `stub.Method(request, metadata=...)`)."""
+    return ((METADATA_KEY, f"Bearer {token}"),)
+
+
+def warn_auth_disabled() -> None:
+    log.warning(
+        "authentication is OFF (--no-auth): any caller can read and change every user's profile; "
+        "never run like this outside a trusted test network"
+    )
+
+
+@dataclass(frozen=True)
+class AuthSetup:
+    interceptors: tuple[grpc.aio.ServerInterceptor, ...]
+    service_token: str | None  # minted only for the development secret, for the quick start
+
+
+def setup(config: ServingConfig, on_reject: Callable[[str], None] | None = None) -> AuthSetup:
+    """The gateway's auth from its configuration: the interceptor (none with --no-auth, which logs a
+    warning) and, with the development secret, a service token to print."""
+    if not config.auth:
+        warn_auth_disabled()
+        return AuthSetup((), None)
+    key, is_dev = verification_key(config.jwt_public_key, config.jwt_secret_file)
+    interceptor = AuthInterceptor(TokenVerifier(key, config.jwt_issuer), on_reject)
+    token = None
+    if is_dev:
+        log.warning(
+            "auth uses the development secret %s: configure --jwt-secret-file or --jwt-public-key in production",
+            DEFAULT_DEV_SECRET,
+        )
+        token = mint_token(
+            key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer, ttl_s=DEV_TOKEN_TTL_S
+        )
+    return AuthSetup((interceptor,), token)

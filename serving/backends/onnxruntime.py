@@ -1,0 +1,110 @@
+"""In-process ONNX Runtime backend: the repository's `apron_profile` and `apron_scorer` graphs, each
+behind its own micro-batcher (`serving/batching.py`), so concurrent requests share one run.
+
+A batch's histories / exclusions are padded with PAD_ID to the batch's longest row; the graphs
+ignore PAD_ID (DESIGN.md section 4), so padding never changes an answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from export import contract
+from serving.backends.base import Scorer, pad_rows
+from serving.batching import BatchObserver, MicroBatcher
+from serving.catalog import ServedModel
+from serving.config import ServingConfig
+
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def onnx_path(repository: str | Path, model_name: str, version: int) -> Path:
+    return Path(repository) / model_name / str(version) / contract.ONNX_FILENAME
+
+
+def load_session(path: Path, device: str = "cpu", threads: int = 0) -> ort.InferenceSession:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the repository lacks this model version's ONNX graph")
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise RuntimeError(
+            f"--ort-device cuda: this onnxruntime has no CUDA provider (available: {ort.get_available_providers()}); "
+            "install onnxruntime-gpu or use --ort-device cpu"
+        )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
+
+
+class OnnxRuntimeScorer(Scorer):
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        profile_session: ort.InferenceSession,
+        scorer_session: ort.InferenceSession,
+        *,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.002,
+        observer: BatchObserver | None = None,
+    ):
+        self.profile_session = profile_session
+        self.scorer_session = scorer_session
+        self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
+            self._run_profiles,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            name=contract.PROFILE_MODEL,
+            observer=observer,
+        )
+        self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
+            self._run_scorer,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            name=contract.SCORER_MODEL,
+            observer=observer,
+        )
+
+    @classmethod
+    def from_config(cls, config: ServingConfig, model: ServedModel, observer: BatchObserver | None = None) -> OnnxRuntimeScorer:
+        sessions = [
+            load_session(onnx_path(config.repository, name, model.version), config.ort_device, config.ort_threads)
+            for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL)
+        ]
+        return cls(
+            *sessions,
+            max_batch_size=config.max_batch_size,
+            max_wait_s=config.max_batch_wait_ms / 1000.0,
+            observer=observer,
+        )
+
+    # Run in the batchers' worker threads: one ONNX Runtime call per batch.
+    def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        weights, lengths = self.profile_session.run(
+            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH], {contract.HISTORY_IDS: pad_rows(histories)}
+        )  # (B, H, K), (B, 1)
+        return [(weights[i], int(lengths[i, 0])) for i in range(len(histories))]
+
+    def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        weights = np.stack([w for w, _ in requests]).astype(np.float32, copy=False)  # (B, H, K)
+        exclude = pad_rows([e for _, e in requests])  # (B, E)
+        top_ids, top_scores = self.scorer_session.run(
+            [contract.TOP_IDS, contract.TOP_SCORES], {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        )  # (B, K_MAX) each
+        return [(top_ids[i], top_scores[i]) for i in range(len(requests))]
+
+    async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
+        return await self._profiles.submit(np.asarray(history_ids, dtype=np.int64).reshape(-1))
+
+    async def top_k(self, weights: np.ndarray, exclude_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = await self._scores.submit(
+            (np.asarray(weights, dtype=np.float32), np.asarray(exclude_ids, dtype=np.int64).reshape(-1))
+        )
+        return ids[:k], scores[:k]
+
+    async def close(self) -> None:
+        await self._profiles.close()
+        await self._scores.close()

@@ -1,0 +1,69 @@
+"""What the gateway knows about the served model: read from `apron_metadata.json`, never retyped.
+
+`ServedModel` maps the catalog's original item ids to the internal indices the graphs take, and tag
+names to prototype indices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.metadata import ExportMetadata, read_metadata
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    metadata: ExportMetadata
+    item_index: dict[str, int] = field(repr=False)
+    tag_index: dict[str, int] = field(repr=False)
+
+    @classmethod
+    def from_metadata(cls, metadata: ExportMetadata) -> ServedModel:
+        return cls(
+            metadata=metadata,
+            item_index={item: i for i, item in enumerate(metadata.item_ids)},
+            tag_index={tag: k for k, tag in enumerate(metadata.tag_names)},
+        )
+
+    @classmethod
+    def load(cls, repository: str | Path, version: int = 0) -> ServedModel:
+        """The repository's newest model (`version` 0) or the given version's metadata."""
+        return cls.from_metadata(read_metadata(repository, version or None))
+
+    @property
+    def version(self) -> int:
+        return self.metadata.model_version
+
+    @property
+    def n_heads(self) -> int:
+        return self.metadata.n_heads
+
+    @property
+    def n_prototypes(self) -> int:
+        return self.metadata.n_prototypes
+
+    @property
+    def k_max(self) -> int:
+        return self.metadata.k_max
+
+    @property
+    def tag_names(self) -> list[str]:
+        return self.metadata.tag_names
+
+    def history_indices(self, history: list[str]) -> tuple[np.ndarray, int]:
+        """Original item ids -> (sorted distinct internal indices, number of unknown ids ignored).
+
+        Duplicates count once, as in the binary fold-in vector the model was trained on."""
+        known = [self.item_index[item] for item in history if item in self.item_index]
+        return np.unique(np.asarray(known, dtype=np.int64)), len(history) - len(known)
+
+
+def history_digest(indices: np.ndarray) -> str:
+    """Identity of a history: sha256 of its sorted distinct internal indices (order and
+    duplicates do not change the profile, so they do not change the digest either)."""
+    canonical = np.unique(np.asarray(indices, dtype=np.int64))
+    return hashlib.sha256(canonical.astype("<i8").tobytes()).hexdigest()

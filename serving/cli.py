@@ -1,0 +1,204 @@
+"""`apron serve` (the gateway) and `apron client recommend|edit|profile|prototypes` (try it by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from cli import UserFacingError
+
+# Mistakes in the setup that `apron serve` reports in one line (exit 2) rather than a traceback.
+STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError, RuntimeError)
+
+
+def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
+    _add_serve(subparsers)
+    _add_client(subparsers)
+    _add_token(subparsers)
+
+
+# ----------------------------------------------------------------------------- serve
+
+
+def _add_serve(subparsers: argparse._SubParsersAction) -> None:
+    from serving.config import add_arguments
+
+    parser = subparsers.add_parser(
+        "serve",
+        help="run the gRPC recommendation gateway (apron.v1.Recommender)",
+        description=(
+            "Run the gateway. With no flags: in-process ONNX Runtime, a private redis-server, and a demo "
+            "model built into ./model_repository when it holds none. Every option below can also be set "
+            "by its APRON_* environment variable."
+        ),
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from serving.config import ServingConfig
+    from serving.logs import configure_logging
+    from serving.server import serve
+
+    try:
+        config = ServingConfig.from_args(args)
+    except ValueError as error:
+        raise UserFacingError(str(error)) from error
+    configure_logging(config.log_level, config.log_format)
+    try:
+        serve(config)
+    except UserFacingError:
+        raise
+    except STARTUP_ERRORS as error:  # no model, redis-server missing, port taken, bad key file...
+        raise UserFacingError(f"cannot start the gateway: {error}") from error
+    return 0
+
+
+# ----------------------------------------------------------------------------- client
+
+
+def _tag_values(pairs: list[str], flag: str) -> dict[str, float]:
+    values = {}
+    for pair in pairs:
+        tag, sep, raw = pair.rpartition("=")
+        try:
+            if not sep or not tag:
+                raise ValueError
+            values[tag] = float(raw)
+        except ValueError:
+            raise UserFacingError(f"{flag} {pair!r}: expected TAG=NUMBER, e.g. {flag} jazz=0") from None
+    return values
+
+
+def _add_client(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("client", help="call a running gateway: recommend, edit, profile, prototypes")
+    parser.add_argument("--target", default=os.environ.get("APRON_TARGET", "127.0.0.1:50051"), help="gateway host:port [env APRON_TARGET]")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("APRON_TOKEN", ""),
+        help="bearer token [env APRON_TOKEN]; default: a service token signed with the local development secret, if any",
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, help="call deadline in seconds")
+    parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
+    commands = parser.add_subparsers(dest="client_command", required=True, metavar="CALL")
+
+    recommend = commands.add_parser("recommend", help="top-k items for a user")
+    recommend.add_argument("--user", required=True)
+    recommend.add_argument("--history", action="append", default=[], metavar="ITEM_ID", help="a heard item (repeatable)")
+    recommend.add_argument("--k", type=int, default=10)
+    recommend.add_argument("--scale", action="append", default=[], metavar="TAG=S", help="one-off scale edit (repeatable)")
+    recommend.add_argument("--weight", action="append", default=[], metavar="TAG=W", help="one-off share edit (repeatable)")
+    recommend.add_argument("--include-heard", action="store_true", help="allow items of the history")
+
+    edit = commands.add_parser("edit", help="store profile edits (or reset them)")
+    edit.add_argument("--user", required=True)
+    edit.add_argument("--scale", action="append", default=[], metavar="TAG=S", help="multiply a prototype's weight (0 removes it)")
+    edit.add_argument("--weight", action="append", default=[], metavar="TAG=W", help="set a prototype's share in [0, 1]")
+    edit.add_argument("--reset", action="store_true", help="delete the stored edits first")
+
+    profile = commands.add_parser("profile", help="a user's profile with stored edits")
+    profile.add_argument("--user", required=True)
+
+    commands.add_parser("prototypes", help="the served model's prototypes (tags)")
+    parser.set_defaults(func=_run_client)
+
+
+def _run_client(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToJson
+
+    from serving.client import ApronClient, development_token
+
+    token = args.token or development_token()
+    with ApronClient(args.target, token=token, timeout_s=args.timeout) as client:
+        try:
+            if args.client_command == "recommend":
+                from serving.client import make_edits
+
+                edits = make_edits(_tag_values(args.scale, "--scale"), _tag_values(args.weight, "--weight"))
+                response: Any = client.recommend(args.user, args.k, args.history, edits, args.include_heard)
+            elif args.client_command == "edit":
+                response = client.edit(
+                    args.user, _tag_values(args.scale, "--scale"), _tag_values(args.weight, "--weight"), args.reset
+                )
+            elif args.client_command == "profile":
+                response = client.profile(args.user)
+            else:
+                response = client.prototypes()
+        except grpc.RpcError as error:
+            raise UserFacingError(f"{error.code().name}: {error.details()}") from None
+    if args.json:
+        print(MessageToJson(response, preserving_proto_field_name=True))
+    else:
+        print(format_response(args.client_command, response))
+    return 0
+
+
+def format_profile(profile: Any) -> list[str]:
+    lines = [f"profile (history of {profile.history_length} items): prototype  share  (before edits)  prototype item"]
+    for w in sorted(profile.weights, key=lambda w: -w.weight):
+        edit = w.edit.WhichOneof("change") if w.HasField("edit") else None
+        note = f"  [{edit} {getattr(w.edit, edit):g}]" if edit else ""
+        lines.append(f"  {w.prototype:<24} {w.weight:6.1%}  ({w.base_weight:6.1%})  {w.prototype_item_id}{note}")
+    return lines
+
+
+def format_response(command: str, response: Any) -> str:
+    lines: list[str] = []
+    if command == "recommend":
+        source = "cached" if response.profile_from_cache else "computed"
+        ignored = f", {response.ignored_history_items} unknown history ids ignored" if response.ignored_history_items else ""
+        lines.append(f"model version {response.model_version}, profile {source}{ignored}")
+        lines += [f"  {rank:3d}. {item.item_id:<20} {item.score:8.3f}  {item.name}" for rank, item in enumerate(response.items, 1)]
+        lines += format_profile(response.profile)
+    elif command in ("edit", "profile"):
+        stored = ", ".join(f"{e.prototype}: {e.WhichOneof('change')} {getattr(e, e.WhichOneof('change')):g}" for e in response.stored_edits)
+        lines.append(f"model version {response.model_version}; stored edits: {stored or 'none'}")
+        if response.HasField("profile"):
+            lines += format_profile(response.profile)
+        else:
+            lines.append("no profile yet: the edits apply once a recommend call sends the user's history")
+    else:
+        lines.append(f"model version {response.model_version}, k_max {response.k_max}; prototypes:")
+        lines += [f"  {p.name:<24} {p.group:<12} {p.item_id:<20} {p.item_name}" for p in response.prototypes]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- token (reliability)
+
+
+def _add_token(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "token",
+        help="mint a signed bearer token (JWT) for the gateway",
+        description=(
+            "Print a token for `--sub`. Signed with --private-key (RS256/ES256/EdDSA), else --secret-file "
+            "(HS256), else the development secret that `apron serve` uses when no key is configured."
+        ),
+    )
+    parser.add_argument("--sub", required=True, help="the user id (role user) or the service's name")
+    parser.add_argument("--role", choices=["user", "service"], default="user", help="user: own profile only; service: any")
+    parser.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires (default 3600)")
+    parser.add_argument("--issuer", default=os.environ.get("APRON_JWT_ISSUER", "apron"), help="`iss` claim [env APRON_JWT_ISSUER]")
+    parser.add_argument(
+        "--secret-file", default=os.environ.get("APRON_JWT_SECRET_FILE", ""), help="HS256 secret [env APRON_JWT_SECRET_FILE]"
+    )
+    parser.add_argument("--private-key", default="", help="PEM private key whose public key the gateway has")
+    parser.set_defaults(func=_run_token)
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from serving import auth
+
+    if args.ttl <= 0:
+        raise UserFacingError(f"--ttl must be positive, got {args.ttl:g}")
+    try:
+        token = auth.mint_with_configured_key(
+            args.sub, args.role, secret_file=args.secret_file, private_key=args.private_key, issuer=args.issuer, ttl_s=args.ttl
+        )
+    except auth.AuthConfigError as error:
+        raise UserFacingError(str(error)) from error
+    print(token)
+    return 0

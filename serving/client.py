@@ -1,0 +1,87 @@
+"""A small synchronous Python client of `apron.v1.Recommender`, for scripts and people trying it.
+
+    with ApronClient("127.0.0.1:50051", token=...) as client:
+        client.recommend("alice", history=["track-0001", "track-0002"], k=10)
+        client.edit("alice", scale={"jazz": 0.0})
+        client.recommend("alice", k=10)      # the stored edit applies
+        client.edit("alice", reset=True)
+
+Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the server sent them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import grpc
+
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+
+DEFAULT_TARGET = "127.0.0.1:50051"
+
+
+def make_edits(scale: Mapping[str, float] | None = None, weight: Mapping[str, float] | None = None) -> list[pb.Edit]:
+    """{"jazz": 0.0} scales and {"rock": 0.3} shares -> `Edit` messages."""
+    edits = [pb.Edit(prototype=tag, scale=value) for tag, value in (scale or {}).items()]
+    edits += [pb.Edit(prototype=tag, weight=value) for tag, value in (weight or {}).items()]
+    return edits
+
+
+def development_token(secret_path: str | Path | None = None, subject: str = "apron-client") -> str | None:
+    """A short-lived service token signed with the local development secret, when that secret
+    exists (it is created by `apron serve` with default auth settings); None otherwise."""
+    from serving import auth
+
+    path = Path(secret_path or auth.DEFAULT_DEV_SECRET)
+    if not path.is_file():
+        return None
+    return auth.mint_token(auth.read_secret_file(path).key, subject, auth.Role.SERVICE, ttl_s=600.0)
+
+
+class ApronClient:
+    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout_s: float = 10.0):
+        self.channel = grpc.insecure_channel(target)
+        self.stub = pb_grpc.RecommenderStub(self.channel)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout_s = timeout_s
+
+    def _call(self, method: str, request: object) -> object:
+        return getattr(self.stub, method)(request, timeout=self.timeout_s, metadata=self.metadata)
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        history: Iterable[str] = (),
+        edits: Iterable[pb.Edit] = (),
+        include_heard: bool = False,
+    ) -> pb.RecommendResponse:
+        request = pb.RecommendRequest(user_id=user_id, k=k, history=list(history), edits=list(edits), include_heard=include_heard)
+        return self._call("Recommend", request)
+
+    def edit(
+        self,
+        user_id: str,
+        scale: Mapping[str, float] | None = None,
+        weight: Mapping[str, float] | None = None,
+        reset: bool = False,
+    ) -> pb.EditProfileResponse:
+        request = pb.EditProfileRequest(user_id=user_id, edits=make_edits(scale, weight), reset=reset)
+        return self._call("EditProfile", request)
+
+    def profile(self, user_id: str) -> pb.GetProfileResponse:
+        return self._call("GetProfile", pb.GetProfileRequest(user_id=user_id))
+
+    def prototypes(self) -> pb.ListPrototypesResponse:
+        return self._call("ListPrototypes", pb.ListPrototypesRequest())
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> ApronClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

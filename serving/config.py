@@ -1,0 +1,156 @@
+"""The gateway's configuration, defined once: every field has a default, a `--flag`, an `APRON_*`
+environment variable and a help line.
+
+Precedence: command-line flag > environment variable > default. `apron serve --help` lists every
+field with its variable and default (`add_arguments`); `ServingConfig.from_args` builds the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("onnxruntime", "triton")
+ORT_DEVICES = ("cpu", "cuda")
+LOG_FORMATS = ("json", "text")
+ENV_PREFIX = "APRON_"
+
+
+def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    repository: str = _option("model_repository", "model repository written by `apron export` (holds apron_metadata.json)")
+    model_version: int = _option(0, "model version to serve (0: the newest in the repository)")
+    build_demo: bool = _option(
+        True, "when the repository holds no model, train and export a small demo model into it first"
+    )
+    host: str = _option("127.0.0.1", "address the gRPC server binds (0.0.0.0 / [::] for every interface)")
+    port: int = _option(50051, "gRPC port (0: any free port)")
+    metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
+    redis_url: str = _option(
+        "", "Redis URL, e.g. redis://redis:6379/0 (empty: start a private redis-server for this process)"
+    )
+    redis_aof: bool = _option(False, "with the private redis-server: persist with an append-only file")
+    redis_dir: str = _option("", "with the private redis-server: its data directory (empty: a temp dir)")
+    backend: str = _option("onnxruntime", "inference backend", BACKENDS)
+    triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
+    ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
+    ort_threads: int = _option(0, "ONNX Runtime intra-op threads (0: its default)")
+    max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
+    max_batch_wait_ms: float = _option(2.0, "micro-batcher: longest a request waits for others to join its batch")
+    cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
+    max_history: int = _option(10_000, "most history ids one request may carry")
+    max_edits: int = _option(256, "most edits one request may carry")
+    max_message_bytes: int = _option(4 * 1024 * 1024, "largest gRPC request accepted (bytes)")
+    request_timeout_s: float = _option(10.0, "longest a call may run, whatever deadline the client sets (seconds)")
+    shutdown_grace_s: float = _option(10.0, "on SIGTERM: how long in-flight calls may finish (seconds)")
+    log_level: str = _option("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = _option("json", "log line format", LOG_FORMATS)
+    # --- reliability and security (serving/auth.py, serving/tls.py, serving/limits.py) ---
+    auth: bool = _option(True, "require signed bearer tokens (JWT); --no-auth lets anyone read and edit any profile")
+    jwt_secret_file: str = _option(
+        "", "HS256 secret file for tokens (empty: a development secret created at artifacts/auth/jwt_secret)"
+    )
+    jwt_public_key: str = _option("", "PEM public key (RSA / EC / Ed25519) that verifies tokens instead of a secret")
+    jwt_issuer: str = _option("apron", "the `iss` claim every token must carry")
+    tls_cert: str = _option("", "PEM server certificate chain: serve TLS (with --tls-key)")
+    tls_key: str = _option("", "PEM private key of --tls-cert")
+    tls_client_ca: str = _option("", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
+    edit_rate: float = _option(10.0, "EditProfile calls per second per user, refilled continuously (0: no limit)")
+    edit_burst: int = _option(30, "EditProfile calls one user may make at once before --edit-rate applies")
+    triton_fallback: bool = _option(
+        False, "--backend triton: score with in-process ONNX Runtime while Triton is unreachable (off: UNAVAILABLE)"
+    )
+    # --- end reliability and security ---
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+        positive = ("max_batch_size", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together (set both to serve TLS, or neither)")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingConfig:
+        """Defaults < APRON_* variables < keyword overrides."""
+        values = env_values(os.environ if environ is None else environ)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ServingConfig:
+        """From a namespace built by `add_arguments` (whose defaults already include APRON_*)."""
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def env_name(field_name: str) -> str:
+    return ENV_PREFIX + field_name.upper()
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+_TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _kind(f: dataclasses.Field) -> type:
+    """A field's type (annotations are strings under `from __future__ import annotations`)."""
+    return _TYPES[f.type] if isinstance(f.type, str) else f.type
+
+
+def _parse(f: dataclasses.Field, raw: str) -> Any:
+    kind = _kind(f)
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{env_name(f.name)}={raw!r}: expected true/false")
+    try:
+        return kind(raw)
+    except ValueError as error:
+        raise ValueError(f"{env_name(f.name)}={raw!r}: expected {kind.__name__}") from error
+
+
+def env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The fields set by APRON_* variables, parsed to their types (ValueError names the variable)."""
+    return {f.name: _parse(f, environ[env_name(f.name)]) for f in dataclasses.fields(ServingConfig) if env_name(f.name) in environ}
+
+
+def add_arguments(parser: argparse.ArgumentParser, environ: Mapping[str, str] | None = None) -> None:
+    """One flag per field; its default is the APRON_* variable when set, else the field's default.
+
+    A bad APRON_* value is reported through `parser.error` (exit 2, naming the variable)."""
+    try:
+        from_env = env_values(os.environ if environ is None else environ)
+    except ValueError as error:
+        parser.error(str(error))
+    group = parser.add_argument_group("gateway configuration (flag > environment variable > default)")
+    for f in dataclasses.fields(ServingConfig):
+        default = from_env.get(f.name, f.default)
+        help_text = f"{f.metadata['help']} [env {env_name(f.name)}; default: {f.default!r}]"
+        if _kind(f) is bool:
+            group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        else:
+            group.add_argument(
+                flag_name(f.name), type=_kind(f), default=default, choices=f.metadata.get("choices"), help=help_text
+            )

@@ -1,0 +1,110 @@
+"""Profile edits on `[H, K]` prototype weights (pure functions; semantics in recommender.proto).
+
+The scorer only sees shares (each head's weights divided by their sum over K, DESIGN.md section 2),
+so every edit is defined on shares:
+
+- `scale: s` multiplies prototype k's weight in every head by s, before shares are formed; the
+  other prototypes absorb the difference in proportion to their shares. s = 0 removes k.
+- `weight: w` sets k's share to w in every head; the other prototypes are rescaled by
+  (1 - sum of set shares) / (their current sum), so each head still sums to 1 and their ratios
+  are kept.
+
+Scales go first, then shares are formed, then set weights. The reported share of a prototype is
+the mean over heads of its per-head shares (so reported shares also sum to 1).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+EditKind = Literal["scale", "weight"]
+EDIT_KINDS: tuple[str, ...] = ("scale", "weight")
+# Below this a head's remaining mass counts as none: float64 shares of removed prototypes are exact
+# zeros, so only a genuinely empty head falls under it.
+MIN_MASS = 1e-12
+
+
+class EditError(ValueError):
+    """The edits would leave a head with no mass, or ask for more than the whole head."""
+
+
+@dataclass(frozen=True)
+class EditSpec:
+    prototype: str  # tag name: stored edits survive model upgrades that renumber prototypes
+    kind: EditKind
+    value: float
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "value": self.value}, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, prototype: str, text: str | bytes) -> EditSpec:
+        data = json.loads(text)
+        if data.get("kind") not in EDIT_KINDS or not isinstance(data.get("value"), int | float):
+            raise ValueError(f"stored edit for {prototype!r} is not a valid edit: {data!r}")
+        return cls(prototype, data["kind"], float(data["value"]))
+
+
+def shares(weights: np.ndarray) -> np.ndarray:
+    """(H, K) weights -> (H, K) shares; a head without mass keeps zero shares."""
+    weights = np.asarray(weights, dtype=np.float64)
+    totals = weights.sum(axis=-1, keepdims=True)  # (H, 1)
+    return np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
+
+
+def mean_shares(head_shares: np.ndarray) -> np.ndarray:
+    """(H, K) per-head shares -> (K,) reported shares (mean over heads)."""
+    return np.asarray(head_shares, dtype=np.float64).mean(axis=0)
+
+
+def merge_edits(stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> dict[str, EditSpec]:
+    """Stored edits with one-off edits taking the place of the stored edit for the same prototype."""
+    return {**stored, **one_off}
+
+
+def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: Mapping[str, int]) -> np.ndarray:
+    """(H, K) profile weights + edits by tag name -> (H, K) edited shares (float64, heads sum to 1).
+
+    Edits naming tags this model does not have are skipped (stored edits outlive model versions;
+    requests are validated against `tag_index` before they get here). Raises EditError when a
+    head would be left without mass."""
+    weights = np.asarray(weights, dtype=np.float64)  # (H, K)
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise ValueError("profile weights must be finite and non-negative")
+    known = [(tag_index[e.prototype], e) for e in edits.values() if e.prototype in tag_index]
+    scale = np.ones(weights.shape[-1])
+    for k, edit in known:
+        if edit.kind == "scale":
+            scale[k] = edit.value
+    edited = shares(weights * scale)  # (H, K)
+    if np.any(edited.sum(axis=-1) < MIN_MASS):
+        raise EditError("these edits remove every prototype that has weight in the profile")
+
+    targets = {k: edit.value for k, edit in known if edit.kind == "weight"}
+    if not targets:
+        return edited
+    set_mask = np.zeros(weights.shape[-1], dtype=bool)
+    set_mask[list(targets)] = True
+    target_total = sum(targets.values())
+    if target_total > 1 + 1e-9:
+        names = ", ".join(f"{e.prototype}={e.value:g}" for _, e in known if e.kind == "weight")
+        raise EditError(f"set weights sum to {target_total:g} > 1 ({names})")
+    rest = edited[:, ~set_mask].sum(axis=-1, keepdims=True)  # (H, 1): mass of the prototypes not set
+    remaining = max(0.0, 1.0 - target_total)
+    if remaining > MIN_MASS and np.any(rest < MIN_MASS):
+        raise EditError(
+            f"set weights sum to {target_total:g} < 1, but no other prototype has weight left to take "
+            f"the remaining {remaining:g}"
+        )
+    # (Eq. of the proto comment) others keep their ratios and fill what the set shares leave.
+    factor = np.divide(remaining, rest, out=np.zeros_like(rest), where=rest >= MIN_MASS)  # (H, 1)
+    result = edited * factor
+    result[:, set_mask] = np.array([targets[k] for k in np.flatnonzero(set_mask)])
+    if np.any(result.sum(axis=-1) < MIN_MASS):
+        raise EditError("these edits leave the profile with no weight at all")
+    return result / result.sum(axis=-1, keepdims=True)  # exact sums despite rounding

@@ -1,0 +1,124 @@
+"""Per-user rate limit on EditProfile: a token bucket per user id, answered with RESOURCE_EXHAUSTED
+and a `retry-after-ms` hint.
+
+The other request limits (message size, history length, edits per request, k) are checked where the
+request is validated (`serving/validation.py`, the server's message-size options); this module holds
+the one limit that needs state.
+
+The buckets live in the gateway's memory: with N replicas behind a load balancer a user gets at most
+N times the rate, which is what the limit is for (protecting Redis and the scorer from one runaway
+client), not billing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from serving.config import ServingConfig
+from serving.errors import ApronError
+
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata on RESOURCE_EXHAUSTED from the rate limiter
+
+
+class RateLimited(ApronError):
+    """A user over the EditProfile rate; `retry_after_s` says when a retry will be accepted."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_AFTER_KEY, str(math.ceil(self.retry_after_s * 1000))),)
+
+
+def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """grpc server options that reject larger requests (and never send larger responses)."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float  # clock reading when `tokens` was last brought up to date
+
+
+class RateLimiter:
+    """Token bucket per key (user id): `rate_per_s` tokens a second, at most `burst` saved up.
+
+    Memory is bounded by `max_keys`: the least recently used buckets are dropped first. A bucket
+    unused for burst / rate seconds is full again, so dropping it changes nothing; only when more
+    than `max_keys` users are active within that window does a dropped user get a fresh burst.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        setting: str = "--edit-rate",
+    ):
+        if not (rate_per_s > 0 and burst >= 1 and max_keys >= 1):
+            raise ValueError(
+                f"rate limit needs rate > 0, burst >= 1, max_keys >= 1; got {rate_per_s}, {burst}, {max_keys}"
+            )
+        self.rate_per_s = rate_per_s
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self.clock = clock
+        self.setting = setting
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def try_acquire(self, key: str, cost: float = 1.0) -> float:
+        """Take `cost` tokens from `key`'s bucket: 0.0 when allowed, else the seconds to wait (no
+        tokens are taken from a refused request, so retrying after that wait succeeds)."""
+        now = self.clock()
+        bucket = self._buckets.pop(key, None)
+        if bucket is None:
+            bucket = _Bucket(self.burst, now)
+        else:
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate_per_s)
+            bucket.updated = now
+        self._buckets[key] = bucket  # most recently used goes last
+        while len(self._buckets) > self.max_keys:
+            self._buckets.popitem(last=False)
+        if bucket.tokens >= cost:
+            bucket.tokens -= cost
+            return 0.0
+        return (cost - bucket.tokens) / self.rate_per_s
+
+    def check(self, key: str, context: grpc.aio.ServicerContext | None = None, cost: float = 1.0) -> None:
+        """Raise RateLimited (RESOURCE_EXHAUSTED, with the wait) when `key` is over its rate; with
+        `context`, the wait also goes into the call's trailing metadata (`retry-after-ms`)."""
+        wait_s = self.try_acquire(key, cost)
+        if wait_s > 0:
+            error = RateLimited(
+                f"too many edits for this user: at most {self.rate_per_s:g}/s with bursts of {self.burst:g} "
+                f"({self.setting}); retry in {wait_s:.2f} s",
+                retry_after_s=wait_s,
+            )
+            if context is not None:
+                context.set_trailing_metadata(error.trailing_metadata())
+            raise error
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def edit_limiter(config: ServingConfig) -> RateLimiter | None:
+    """The EditProfile limiter `config` asks for (None with --edit-rate 0)."""
+    if config.edit_rate == 0:
+        return None
+    return RateLimiter(config.edit_rate, config.edit_burst, setting="--edit-rate / --edit-burst")

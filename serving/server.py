@@ -1,0 +1,207 @@
+"""Building, starting and stopping the gateway.
+
+    server, port = await create_server(config)   # binds the port (0: a free one), nothing runs yet
+    await server.start()                         # backend ready, gRPC serving, /metrics up, health SERVING
+    await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
+
+`serve(config)` is `apron serve`: it runs until SIGTERM / SIGINT and then stops gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from serving import auth, tls
+from serving.backends import create_scorer
+from serving.backends.base import Scorer
+from serving.cache import RedisStore
+from serving.catalog import ServedModel
+from serving.config import ServingConfig
+from serving.metrics import Metrics
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.redis_process import RedisProcess
+from serving.servicer import RecommenderServicer
+
+log = logging.getLogger("apron.gateway")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
+
+
+def load_model(config: ServingConfig) -> ServedModel:
+    """The repository's model; with `build_demo` and no model there, a demo model is built first."""
+    from export.metadata import metadata_path
+
+    if config.build_demo and not metadata_path(config.repository).is_file():
+        from serving.demo import build_demo_repository
+
+        log.info("no model in %s: building the demo model (a minute or two, once)", config.repository)
+        build_demo_repository(config.repository)
+    return ServedModel.load(config.repository, config.model_version)
+
+
+@dataclass
+class ApronServer:
+    config: ServingConfig
+    grpc_server: grpc.aio.Server
+    port: int
+    model: ServedModel
+    scorer: Scorer
+    redis: Redis
+    metrics: Metrics
+    health: health.aio.HealthServicer
+    redis_process: RedisProcess | None = None
+    service_token: str | None = None  # reliability: printed for the development key only
+    metrics_port: int | None = None
+
+    async def start(self) -> None:
+        try:  # reliability: start without Redis; Recommend answers uncached until it is back
+            await self.redis.ping()
+        except (RedisConnectionError, RedisTimeoutError) as error:
+            log.warning("Redis unreachable at start (%s): profiles are computed uncached and "
+                        "EditProfile answers UNAVAILABLE until it is back", error)
+        await self.scorer.start()
+        await self.grpc_server.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
+        self.metrics.model_info.labels(str(self.model.version), self.scorer.backend).set(1)
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "port": self.port,
+                    "metrics_port": self.metrics_port,
+                    "model_version": self.model.version,
+                    "backend": self.scorer.backend,
+                    "redis": "private redis-server" if self.redis_process else self.config.redis_url,
+                }
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let in-flight calls finish for `grace` seconds (new ones are
+        refused), then close the backend, Redis and the metrics endpoint."""
+        grace = self.config.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self.grpc_server.stop(grace)
+        await self.scorer.close()
+        await self.redis.aclose()
+        if self.redis_process is not None:
+            self.redis_process.stop()
+        self.metrics.shutdown()
+        log.info("stopped", extra={"fields": {"port": self.port}})
+
+    async def wait_for_termination(self) -> None:
+        await self.grpc_server.wait_for_termination()
+
+
+async def create_server(
+    config: ServingConfig,
+    *,
+    model: ServedModel | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> tuple[ApronServer, int]:
+    """Everything the gateway needs, wired and bound to `config.port` (0: a free port)."""
+    if model is None:
+        model = await asyncio.to_thread(load_model, config)
+    redis_process = None
+    redis_url = config.redis_url
+    if not redis_url:  # the embedded default: a private redis-server for this process
+        redis_process = RedisProcess(
+            data_dir=config.redis_dir or None, aof=config.redis_aof
+        ).start()
+        redis_url = redis_process.url
+    try:
+        metrics = Metrics()
+        scorer = create_scorer(config, model, metrics)
+        # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command)
+        redis = Redis.from_url(
+            redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=2.0,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
+        )  # fmt: skip
+        servicer = RecommenderServicer(config, model, scorer, RedisStore(redis, config.cache_ttl_s), metrics)
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", config.max_message_bytes),
+        ]
+        security = auth.setup(config)  # reliability: token check (none with --no-auth)
+        server = grpc.aio.server(interceptors=[*security.interceptors, *interceptors], options=options)
+        pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
+        port = tls.bind(server, f"{config.host}:{config.port}", config)  # reliability: TLS when configured
+        if port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+    except BaseException:
+        if redis_process is not None:
+            redis_process.stop()
+        raise
+    gateway = ApronServer(
+        config, server, port, model, scorer, redis, metrics, health_servicer, redis_process, security.service_token
+    )
+    return gateway, port
+
+
+def usage_hint(server: ApronServer) -> str:
+    """How to call the running gateway, with real ids from its catalog."""
+    meta = server.model.metadata
+    address = f"{server.config.host}:{server.port}"
+    history = " ".join(f"--history {item}" for item in meta.prototype_item_ids[:3])
+    tag = meta.tag_names[0]
+    metrics = f"http://{server.config.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    return "\n".join(
+        [
+            f"APRON gateway on {address} (model version {meta.model_version}, {server.scorer.backend} backend, "
+            f"{len(meta.tag_names)} prototypes, {meta.n_items} items); metrics: {metrics}",
+            "try it:",
+            f"  apron client --target {address} prototypes",
+            f"  apron client --target {address} recommend --user alice {history} --k 10",
+            f"  apron client --target {address} edit --user alice --scale {tag}=0",
+            f"  apron client --target {address} recommend --user alice --k 10",
+            f"  grpcurl -plaintext -d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+            "stop with Ctrl-C (in-flight calls are drained)",
+        ]
+    )
+
+
+async def _serve(config: ServingConfig) -> None:
+    server, _ = await create_server(config)
+    await server.start()
+    print(usage_hint(server), flush=True)
+    if server.service_token:  # reliability: the quick start works with auth on
+        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    waiter = asyncio.create_task(server.wait_for_termination())
+    await asyncio.wait([waiter, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
+    log.info("shutting down: draining in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+    await server.stop()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiter
+
+
+def serve(config: ServingConfig) -> None:
+    asyncio.run(_serve(config))

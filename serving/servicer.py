@@ -1,0 +1,249 @@
+"""`apron.v1.Recommender`: thin handlers over validation -> profile cache -> edits -> scorer -> top-k.
+
+Every handler runs inside `_boundary`, the only place where exceptions become gRPC status codes,
+RPC metrics are recorded, deadlines are enforced and the access log is written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import grpc
+import numpy as np
+import redis.exceptions
+
+from serving import auth, limits
+from serving.backends.base import Scorer
+from serving.cache import ProfileCache, ProfileRecord, RedisStore
+from serving.catalog import ServedModel
+from serving.config import ServingConfig
+from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
+from serving.errors import ApronError, FailedPrecondition, InvalidArgument, NotFound
+from serving.metrics import Metrics
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.topk import select_top_k
+from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
+
+log = logging.getLogger("apron.gateway")
+Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _boundary(method: str) -> Callable[[Handler], Handler]:
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def wrapped(self: RecommenderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code, message = grpc.StatusCode.OK, ""
+            in_flight = self.metrics.in_flight.labels(method)
+            in_flight.inc()
+            try:
+                # the client's deadline when it set one (grpc reports none as None or as ~forever),
+                # never more than the server's own limit
+                remaining = context.time_remaining()
+                limit = self.config.request_timeout_s
+                async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
+                    response = await handler(self, request, context)
+                if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
+                    raise TimeoutError
+                return response
+            except (ApronError, auth.AccessDenied) as error:
+                code, message = error.code, str(error)
+            except TimeoutError:
+                code, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish before the deadline"
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+                code, message = grpc.StatusCode.UNAVAILABLE, f"the profile store (Redis) is unavailable: {error}"
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the client went away (or the server is stopping)
+                raise
+            except Exception:
+                log.exception("unhandled error in %s", method, extra={"fields": {"method": method}})
+                code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
+            finally:
+                seconds = time.perf_counter() - start
+                in_flight.dec()
+                self.metrics.rpc_latency.labels(method, code.name).observe(seconds)
+                fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3)}
+                if code is not grpc.StatusCode.OK:
+                    fields["error"] = message
+                log.info("rpc", extra={"fields": fields})
+            await context.abort(code, message)
+
+        return wrapped
+
+    return decorate
+
+
+def edit_to_proto(edit: EditSpec) -> pb.Edit:
+    return pb.Edit(prototype=edit.prototype, **{edit.kind: edit.value})
+
+
+def edits_from_proto(edits: Any) -> list[tuple[str, str | None, float]]:
+    """Repeated `Edit` -> (prototype, "scale" | "weight" | None, value) for validation."""
+    triples = []
+    for edit in edits:
+        kind = edit.WhichOneof("change")
+        triples.append((edit.prototype, kind, getattr(edit, kind) if kind else math.nan))
+    return triples
+
+
+class RecommenderServicer(pb_grpc.RecommenderServicer):
+    def __init__(
+        self,
+        config: ServingConfig,
+        model: ServedModel,
+        scorer: Scorer,
+        store: RedisStore,
+        metrics: Metrics,
+    ):
+        self.config = config
+        self.model = model
+        self.scorer = scorer
+        self.store = store
+        self.metrics = metrics
+        self.profiles = ProfileCache(store, scorer, model.version, (model.n_heads, model.n_prototypes), metrics)
+        self.edit_limiter = limits.edit_limiter(config)  # reliability: per-user EditProfile rate (None: off)
+
+    # ------------------------------------------------------------------------------ helpers
+
+    def _edited(self, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> np.ndarray:
+        """(H, K) shares after the edits; a stored set that alone empties the profile is the
+        server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault."""
+        try:
+            return apply_edits(record.weights, merge_edits(stored, one_off), self.model.tag_index)
+        except EditError as error:
+            if one_off:
+                try:
+                    apply_edits(record.weights, stored, self.model.tag_index)
+                except EditError:
+                    pass
+                else:
+                    raise InvalidArgument(f"edits: {error}") from error
+            raise FailedPrecondition(
+                f"the stored edits cannot apply to this profile ({error}); change them or reset with EditProfile"
+            ) from error
+
+    def _profile(self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec]) -> pb.Profile:
+        meta = self.model.metadata
+        weight, base = mean_shares(edited), mean_shares(shares(record.weights))  # (K,) each
+        profile = pb.Profile(history_length=record.history_length)
+        for k, tag in enumerate(meta.tag_names):
+            entry = profile.weights.add(
+                prototype=tag,
+                weight=float(weight[k]),
+                base_weight=float(base[k]),
+                prototype_item_id=meta.prototype_item_ids[k],
+            )
+            if tag in edits:
+                entry.edit.CopyFrom(edit_to_proto(edits[tag]))
+        return profile
+
+    def _stored_list(self, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
+        """Stored edits in prototype order; edits of tags this model lacks at the end."""
+        order = self.model.tag_index
+        ranked = sorted(stored.values(), key=lambda e: (order.get(e.prototype, len(order)), e.prototype))
+        return [edit_to_proto(e) for e in ranked]
+
+    def _count_edits(self, edits: Mapping[str, EditSpec], scope: str) -> None:
+        for edit in edits.values():
+            self.metrics.edits.labels(edit.kind, scope).inc()
+
+    # ------------------------------------------------------------------------------ RPCs
+
+    @_boundary("Recommend")
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        user = validate_user_id(request.user_id)
+        auth.authorize(auth.current_principal(), "Recommend", user)
+        k = validate_k(request.k, self.model.k_max)
+        validate_history(request.history, self.config.max_history)
+        one_off = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
+
+        history, ignored = None, 0
+        if request.history:
+            history, ignored = self.model.history_indices(list(request.history))
+            if history.size == 0:
+                raise InvalidArgument(
+                    f"none of the {len(request.history)} history ids is in the catalog of model version "
+                    f"{self.model.version}; send ids from the catalog (e.g. a prototype's item_id in ListPrototypes)"
+                )
+        record, from_cache = await self.profiles.resolve(user, history)
+        stored = await self.profiles.edits_or_none(user)  # reliability: {} while Redis is down
+        edited = self._edited(record, stored, one_off)  # (H, K)
+        self._count_edits(one_off, "one_off")
+
+        exclude = np.zeros(0, np.int64) if request.include_heard else record.history_ids
+        ids, scores = await self.scorer.top_k(edited.astype(np.float32), exclude, k)
+        ids, scores = select_top_k(ids, scores, k)
+        meta = self.model.metadata
+        return pb.RecommendResponse(
+            items=[
+                pb.ScoredItem(item_id=meta.item_ids[i], score=float(s), name=meta.item_names[i])
+                for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
+            ],
+            profile=self._profile(record, edited, merge_edits(stored, one_off)),
+            model_version=self.model.version,
+            profile_from_cache=from_cache,
+            ignored_history_items=ignored,
+        )
+
+    @_boundary("EditProfile")
+    async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> pb.EditProfileResponse:
+        user = validate_user_id(request.user_id)
+        auth.authorize(auth.current_principal(), "EditProfile", user)
+        if self.edit_limiter is not None:
+            self.edit_limiter.check(user, context)  # RESOURCE_EXHAUSTED + retry-after-ms
+        edits = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
+        if not edits and not request.reset:
+            raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
+        record = await self.profiles.cached(user)
+        if record is not None:  # refuse, before storing anything, edits that would empty the profile
+            before = {} if request.reset else await self.store.get_edits(user)
+            try:
+                apply_edits(record.weights, merge_edits(before, edits), self.model.tag_index)
+            except EditError as error:
+                raise InvalidArgument(f"edits: {error}; nothing was stored") from error
+        stored = await self.store.store_edits(user, edits, reset=request.reset)
+        if request.reset:
+            self.metrics.edits.labels("reset", "stored").inc()
+        self._count_edits(edits, "stored")
+        response = pb.EditProfileResponse(stored_edits=self._stored_list(stored), model_version=self.model.version)
+        if record is not None:
+            response.profile.CopyFrom(self._profile(record, self._edited(record, stored, {}), stored))
+        return response
+
+    @_boundary("GetProfile")
+    async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
+        user = validate_user_id(request.user_id)
+        auth.authorize(auth.current_principal(), "GetProfile", user)
+        record = await self.profiles.cached(user)
+        if record is None:
+            raise NotFound(
+                f"no profile for user {user!r} under model version {self.model.version}: "
+                "a Recommend call with the user's history creates it"
+            )
+        stored = await self.store.get_edits(user)
+        return pb.GetProfileResponse(
+            profile=self._profile(record, self._edited(record, stored, {}), stored),
+            stored_edits=self._stored_list(stored),
+            model_version=self.model.version,
+        )
+
+    @_boundary("ListPrototypes")
+    async def ListPrototypes(
+        self, request: pb.ListPrototypesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPrototypesResponse:
+        meta = self.model.metadata
+        return pb.ListPrototypesResponse(
+            prototypes=[
+                pb.Prototype(name=tag, group=group, item_id=meta.item_ids[item], item_name=meta.item_names[item])
+                for tag, group, item in zip(meta.tag_names, meta.tag_groups, meta.prototype_items, strict=True)
+            ],
+            model_version=self.model.version,
+            k_max=self.model.k_max,
+        )

@@ -1,0 +1,82 @@
+"""Request validation: pure functions that raise `InvalidArgument` with a message naming the field.
+
+They take plain values (no protobuf, no gRPC), so they are unit-tested directly; the servicer
+converts messages and calls them before anything touches Redis or a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from serving.edits import EDIT_KINDS, EditSpec
+from serving.errors import InvalidArgument
+
+MAX_USER_ID_BYTES = 256
+# Listing every valid prototype name is helpful for a few dozen tags and useless for thousands.
+MAX_NAMES_LISTED = 100
+
+
+def validate_user_id(user_id: str) -> str:
+    if not user_id or not user_id.strip():
+        raise InvalidArgument("user_id is required (got an empty string)")
+    if len(user_id.encode()) > MAX_USER_ID_BYTES:
+        raise InvalidArgument(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES} are allowed")
+    if any(ord(c) < 32 for c in user_id):
+        raise InvalidArgument("user_id must not contain control characters")
+    return user_id
+
+
+def validate_k(k: int, k_max: int) -> int:
+    if not 1 <= k <= k_max:
+        raise InvalidArgument(f"k must be in [1, {k_max}] (the served model's k_max), got {k}")
+    return k
+
+
+def validate_history(history: Sequence[str], max_history: int) -> Sequence[str]:
+    if len(history) > max_history:
+        raise InvalidArgument(f"history has {len(history)} items; at most {max_history} are allowed per request")
+    return history
+
+
+def _valid_names(tag_names: Iterable[str]) -> str:
+    names = list(tag_names)
+    listed = ", ".join(names[:MAX_NAMES_LISTED])
+    more = f" (and {len(names) - MAX_NAMES_LISTED} more; see ListPrototypes)" if len(names) > MAX_NAMES_LISTED else ""
+    return listed + more
+
+
+def validate_edit(index: int, prototype: str, kind: str | None, value: float, tag_index: Mapping[str, int]) -> EditSpec:
+    """One edit; `index` is its position in the request's `edits` (for the message)."""
+    where = f"edits[{index}]"
+    if not prototype:
+        raise InvalidArgument(f"{where}.prototype is required; valid names: {_valid_names(tag_index)}")
+    if prototype not in tag_index:
+        raise InvalidArgument(f"{where}.prototype {prototype!r} is not a prototype of this model; valid names: {_valid_names(tag_index)}")
+    if kind not in EDIT_KINDS:
+        raise InvalidArgument(f"{where} ({prototype}) must set `scale` or `weight`")
+    if math.isnan(value) or math.isinf(value):
+        raise InvalidArgument(f"{where}.{kind} ({prototype}) must be a finite number, got {value}")
+    if kind == "scale" and value < 0:
+        raise InvalidArgument(f"{where}.scale ({prototype}) must be >= 0 (0 removes the prototype), got {value:g}")
+    if kind == "weight" and not 0 <= value <= 1:
+        raise InvalidArgument(f"{where}.weight ({prototype}) is a share and must be in [0, 1], got {value:g}")
+    return EditSpec(prototype, kind, float(value))  # type: ignore[arg-type]
+
+
+def validate_edits(
+    edits: Sequence[tuple[str, str | None, float]], tag_index: Mapping[str, int], max_edits: int
+) -> dict[str, EditSpec]:
+    """(prototype, kind, value) triples -> edits by tag name; one edit per prototype per request."""
+    if len(edits) > max_edits:
+        raise InvalidArgument(f"{len(edits)} edits in one request; at most {max_edits} are allowed")
+    result: dict[str, EditSpec] = {}
+    for index, (prototype, kind, value) in enumerate(edits):
+        edit = validate_edit(index, prototype, kind, value, tag_index)
+        if edit.prototype in result:
+            raise InvalidArgument(f"edits[{index}]: prototype {prototype!r} is edited twice in one request")
+        result[edit.prototype] = edit
+    total = sum(e.value for e in result.values() if e.kind == "weight")
+    if total > 1 + 1e-9:
+        raise InvalidArgument(f"the `weight` edits sum to {total:g}; shares can sum to at most 1")
+    return result

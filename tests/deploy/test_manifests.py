@@ -1,0 +1,309 @@
+"""The deployment files against the code: every port, path, variable and metric name they use is the
+one serving/config.py, serving/metrics.py, export/ and Triton actually use (no drift).
+
+There is no Docker engine or Kubernetes cluster here: these tests parse the files; the
+Prometheus and Triton tests next to them run the real servers."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from cli import build_parser
+from export import contract
+from export.triton_repository import parse_config
+from serving import auth
+from serving.config import ServingConfig, env_name
+from serving.metrics import Metrics
+from tests.deploy.conftest import DEPLOY, RECORDED_NAME, ROOT, load_yaml_documents, metric_names
+from tests.deploy.prometheus_server import require_tool
+
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def gateway_config(environment: dict[str, str]) -> ServingConfig:
+    """The config the gateway builds from these variables; unknown APRON_* names are drift."""
+    known = {env_name(name) for name in ServingConfig.__dataclass_fields__}
+    unknown = sorted(key for key in environment if key.startswith("APRON_") and key not in known)
+    assert not unknown, f"variables serving/config.py does not read: {unknown}"
+    return ServingConfig.from_env({key: str(value) for key, value in environment.items()})
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    values = [arg.split("=", 1)[1] for arg in args if arg.startswith(flag + "=")]
+    assert len(values) == 1, f"{flag} must appear once in {args}"
+    return values[0]
+
+
+def export_default_repository() -> Path:
+    """Where `apron export` writes by default (its --repository default), from the parser itself."""
+    parser = build_parser()
+    args = parser.parse_args(["export", "checkpoint.pt"])
+    return (ROOT / args.repository).resolve()
+
+
+# ----------------------------------------------------------------------------- docker compose
+
+
+def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert set(services) == {"triton", "redis", "gateway", "prometheus", "grafana"}
+    gateway = services["gateway"]
+    config = gateway_config(gateway["environment"])
+    assert config.host == "0.0.0.0"  # reachable from the other containers
+    assert config.backend == "triton" and not config.build_demo
+    assert f"{config.port}:{config.port}" in gateway["ports"]
+
+    triton_host, triton_port = config.triton_url.rsplit(":", 1)
+    triton = services[triton_host]
+    assert flag_value(triton["command"], "--grpc-port") == triton_port
+
+    redis = urlparse(config.redis_url)
+    assert redis.scheme == "redis" and redis.hostname in services and redis.port == 6379
+    assert gateway["depends_on"] == {"triton": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+    assert gateway["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+
+    assert config.auth  # production keeps auth on, with a real secret rather than the development one
+    (secret,) = gateway["secrets"]
+    assert config.jwt_secret_file == f"/run/secrets/{secret}"
+    assert (DEPLOY / compose["secrets"][secret]["file"]).resolve() == (ROOT / auth.DEFAULT_DEV_SECRET).resolve()
+
+
+def test_compose_model_repository_is_the_one_export_writes(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    repository = flag_value(services["triton"]["command"], "--model-repository")
+    for name in ("triton", "gateway"):
+        mounts = {target.split(":")[0]: source for source, target in (v.split(":", 1) for v in services[name]["volumes"])}
+        assert (DEPLOY / mounts[repository]).resolve() == export_default_repository(), name
+    assert gateway_config(services["gateway"]["environment"]).repository == repository
+
+
+def test_compose_triton_gpu_health_and_redis_aof(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    triton = services["triton"]
+    assert triton["image"].startswith("nvcr.io/nvidia/tritonserver:") and triton["image"].endswith("-py3")
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    http_port = flag_value(triton["command"], "--http-port")
+    assert f"localhost:{http_port}/v2/health/ready" in " ".join(triton["healthcheck"]["test"])
+    assert flag_value(triton["command"], "--strict-readiness") == "true"
+
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    for name in ("triton", "redis", "prometheus"):
+        assert "healthcheck" in services[name], name
+
+
+def test_compose_prometheus_and_grafana_mount_files_that_exist(compose: dict[str, Any]) -> None:
+    for name in ("prometheus", "grafana"):
+        for volume in compose["services"][name]["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).exists(), f"{name} mounts {source}, which does not exist"
+    assert (DEPLOY / "prometheus" / "prometheus.yml").is_file()
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def test_dockerfile_is_slim_non_root_health_checked_and_matches_config() -> None:
+    instructions = dockerfile_instructions()
+    final_stage = instructions[max(i for i, (op, _) in enumerate(instructions) if op == "FROM") :]
+    assert final_stage[0][1].startswith("python:3.11-slim")
+    user = [arg for op, arg in final_stage if op == "USER"]
+    assert user and not user[-1].startswith(("root", "0"))
+    assert any(op == "HEALTHCHECK" and "healthcheck.py" in arg for op, arg in final_stage)
+
+    environment: dict[str, str] = {}
+    for op, arg in final_stage:
+        if op == "ENV":
+            environment.update(item.split("=", 1) for item in shlex.split(arg))
+    config = gateway_config(environment)
+    exposed = {int(port) for op, arg in final_stage if op == "EXPOSE" for port in arg.split()}
+    assert exposed == {config.port, config.metrics_port}
+    assert config.host == "0.0.0.0" and not config.build_demo
+
+    for op, arg in instructions:  # everything copied from the build context exists
+        if op == "COPY" and "--from" not in arg:
+            sources = [a for a in shlex.split(arg) if not a.startswith("--")][:-1]
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such path in the repository"
+
+
+# ----------------------------------------------------------------------------- Kubernetes
+
+
+def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    return obj["spec"]["template"]["spec"]["containers"]
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_k8s_every_container_has_requests_and_probes(k8s: dict) -> None:
+    workloads = [obj for (kind, _), obj in k8s.items() if kind in ("Deployment", "StatefulSet")]
+    assert {obj["metadata"]["name"] for obj in workloads} == {"apron-gateway", "triton", "redis"}
+    for obj in workloads:
+        for container in containers(obj):
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), container["name"]
+            assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
+
+
+def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) -> None:
+    config = gateway_config(k8s[("ConfigMap", "apron-gateway")]["data"])
+    deployment = k8s[("Deployment", "apron-gateway")]
+    (container,) = containers(deployment)
+    assert container["envFrom"] == [{"configMapRef": {"name": "apron-gateway"}}]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["grpc"]["port"] == config.port  # grpc.health.v1 of the gateway
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(config.metrics_port)
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    service = k8s[("Service", "apron-gateway")]
+    assert {p["port"] for p in service["spec"]["ports"]} == {config.port, config.metrics_port}
+    hpa = k8s[("HorizontalPodAutoscaler", "apron-gateway")]
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "apron-gateway"}
+    assert hpa["spec"]["minReplicas"] >= 2
+
+    triton_host, triton_port = config.triton_url.rsplit(":", 1)
+    triton_service = k8s[("Service", triton_host)]
+    assert int(triton_port) in {p["port"] for p in triton_service["spec"]["ports"]}
+    redis = urlparse(config.redis_url)
+    assert redis.hostname.split(".")[-1] in {name for kind, name in k8s if kind == "Service"}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert config.repository in mounts
+    assert config.auth and str(Path(config.jwt_public_key).parent) in mounts
+    # the same settings as compose, apart from where Redis lives
+    compose_env = compose["services"]["gateway"]["environment"]
+    own = {env_name("redis_url"), env_name("jwt_secret_file")}  # where Redis and the key live
+    differing = {k for k in compose_env if k not in own and str(compose_env[k]) != k8s[("ConfigMap", "apron-gateway")]["data"].get(k)}
+    assert not differing, f"compose and Kubernetes disagree on {differing}"
+
+
+def test_k8s_triton_gpu_health_and_repository(k8s: dict, compose: dict[str, Any]) -> None:
+    (container,) = containers(k8s[("Deployment", "triton")])
+    assert container["image"] == compose["services"]["triton"]["image"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {name: int(flag_value(container["args"], f"--{name}-port")) for name in ("http", "grpc", "metrics")}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    repository = flag_value(container["args"], "--model-repository")
+    assert repository in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def test_k8s_redis_persists_with_aof(k8s: dict, compose: dict[str, Any]) -> None:
+    redis_conf = k8s[("ConfigMap", "redis-config")]["data"]["redis.conf"]
+    settings = dict(line.split("#")[0].split(None, 1) for line in redis_conf.splitlines() if line.strip())
+    assert settings["appendonly"].strip() == "yes"
+    statefulset = k8s[("StatefulSet", "redis")]
+    (container,) = containers(statefulset)
+    assert container["image"] == compose["services"]["redis"]["image"]
+    assert settings["dir"].strip() in {m["mountPath"] for m in container["volumeMounts"]}
+    assert statefulset["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+# ----------------------------------------------------------------------------- Prometheus, alerts, dashboard
+
+
+def test_prometheus_scrapes_the_ports_compose_uses(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
+    gateway = gateway_config(compose["services"]["gateway"]["environment"])
+    assert jobs["apron-gateway"] == [f"gateway:{gateway.metrics_port}"]
+    triton_metrics = flag_value(compose["services"]["triton"]["command"], "--metrics-port")
+    assert jobs["triton"] == [f"triton:{triton_metrics}"]
+    for rule_file in config["rule_files"]:
+        assert (DEPLOY / "prometheus" / rule_file).is_file()
+
+
+def gateway_metric_families() -> set[str]:
+    """Every sample name the gateway's registry can expose (histograms' and counters' suffixes)."""
+    names = set()
+    for family in Metrics().registry.collect():
+        if family.type == "histogram":
+            names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
+        elif family.type == "counter":
+            names.update((family.name + "_total", family.name + "_created"))
+        else:
+            names.add(family.name)
+    return names
+
+
+def test_alert_and_dashboard_metrics_exist_in_the_gateway(alert_rules: dict, dashboard_expressions: list[str]) -> None:
+    rules = [rule for group in alert_rules["groups"] for rule in group["rules"]]
+    expressions = [rule["expr"] for rule in rules] + dashboard_expressions
+    used = {name for name in metric_names(expressions) if name.startswith("apron_")}
+    missing = used - gateway_metric_families()
+    assert not missing, f"not exported by serving/metrics.py: {missing}"
+    assert {"apron_rpc_duration_seconds_bucket", "apron_profile_cache_requests_total"} <= used
+
+    recorded = {rule["record"] for rule in rules if "record" in rule}
+    referenced = {name for expr in expressions for name in RECORDED_NAME.findall(expr)}
+    assert referenced <= recorded, f"recording rules used but not defined: {referenced - recorded}"
+    alerts = {rule["alert"] for rule in rules if "alert" in rule}
+    assert {"ApronHighP99Latency", "ApronHighErrorRatio", "ApronLowCacheHitRatio", "TritonHighQueueTime"} <= alerts
+
+
+def test_error_ratio_counts_only_real_grpc_status_codes(alert_rules: dict) -> None:
+    import grpc
+
+    rules = {rule.get("record"): rule["expr"] for group in alert_rules["groups"] for rule in group["rules"]}
+    (codes,) = re.findall(r'code=~"([^"]+)"', rules["apron:rpc_server_error_ratio:rate5m"])
+    assert set(codes.split("|")) <= {code.name for code in grpc.StatusCode}
+
+
+def test_promtool_checks_config_and_rules() -> None:
+    promtool = require_tool("promtool")
+    for command in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"]):
+        result = subprocess.run([promtool, *command], cwd=DEPLOY / "prometheus", capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ----------------------------------------------------------------------------- the Triton repository
+
+
+def test_exported_config_names_match_the_models(python_repository: Path) -> None:
+    """What Triton loads from the repository compose/k8s mount: one folder per contract model, each
+    config.pbtxt naming its own folder."""
+    folders = {p.name for p in python_repository.iterdir() if p.is_dir()}
+    assert folders == set(contract.MODELS)
+    for name in folders:
+        assert parse_config(python_repository / name / "config.pbtxt").name == name
+    assert (python_repository / contract.METADATA_FILENAME).is_file()
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(DEPLOY).as_posix() for p in DEPLOY.rglob("*.y*ml")))
+def test_every_yaml_file_parses(path: str) -> None:
+    assert load_yaml_documents(DEPLOY / path)
+
+
+def test_readme_names_only_real_metrics_and_variables() -> None:
+    text = (DEPLOY / "README.md").read_text()
+    not_metrics = set(contract.MODELS) | {Path(contract.METADATA_FILENAME).stem}  # model / file names
+    metrics = {name for name in metric_names([text]) if name.startswith("apron_")} - not_metrics
+    families = {family.name for family in Metrics().registry.collect()}
+    assert metrics and metrics <= families | gateway_metric_families(), metrics - families - gateway_metric_families()
+    variables = set(re.findall(r"\bAPRON_[A-Z_]+\b", text))
+    known = {env_name(name) for name in ServingConfig.__dataclass_fields__}
+    assert variables and variables <= known, f"not in serving/config.py: {variables - known}"

@@ -1,0 +1,101 @@
+"""`apron serve` as a real subprocess on free ports, for tests that signal it or must survive what
+a client sends: started with flags, ready when its gRPC health check says SERVING, stopped with
+SIGTERM (then SIGKILL if it hangs)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from export.triton_server import free_ports
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# `python -c` rather than `python cli.py`: run as __main__, cli.py's UserFacingError would be a
+# different class from the one the stages import.
+APRON = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())"]
+
+
+class GatewayProcessError(RuntimeError):
+    pass
+
+
+@dataclass
+class GatewayProcess:
+    process: subprocess.Popen
+    port: int
+    metrics_port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def health(self, timeout: float = 2.0) -> int | None:
+        """The health check's status, or None when the server does not answer."""
+        return health_status(self.target, timeout)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM and wait; the exit code (SIGKILL after `timeout`, which fails the caller's check)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def run_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> Iterator[GatewayProcess]:
+    """`apron serve ARGS --port P --metrics-port M` until the block exits."""
+    port, metrics_port = free_ports(2)
+    command = [*APRON, "serve", "--port", str(port), "--metrics-port", str(metrics_port), "--log-format", "text", *args]
+    log_path = log_dir / f"gateway-{port}.log"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
+    gateway = GatewayProcess(process, port, metrics_port, log_path)
+    try:
+        wait_serving(gateway.target, process, log_path, startup_timeout)
+        yield gateway
+    finally:
+        gateway.terminate()
+
+
+def health_status(target: str, timeout: float = 2.0) -> int | None:
+    """The gRPC health check's status at `target`, or None when nothing answers."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout).status
+        except grpc.RpcError:
+            return None
+
+
+def wait_serving(target: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
+    """Poll until `target` reports SERVING; GatewayProcessError with the log tail if the process
+    exits first or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while health_status(target) != health_pb2.HealthCheckResponse.SERVING:
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        if process.poll() is not None:
+            raise GatewayProcessError(f"apron serve exited with {process.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise GatewayProcessError(f"apron serve not SERVING after {timeout:.0f} s:\n{tail}")
+        time.sleep(0.1)

@@ -1,0 +1,283 @@
+"""serving/auth.py: the token rules (pure) and the interceptor on a real grpc.aio server.
+
+The interceptor is tested on a two-method toy service (raw bytes, no proto) so these tests do not
+depend on the gateway; tests/reliability/test_gateway_access.py checks the same rules end to end."""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import time
+
+import grpc
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from serving import auth
+from serving.auth import AccessDenied, AuthError, Principal, Role, TokenVerifier
+
+SECRET = b"s" * 32
+
+
+def verifier(issuer: str = "apron") -> TokenVerifier:
+    return TokenVerifier(auth.secret_key(SECRET), issuer=issuer)
+
+
+# ----------------------------------------------------------------------------- authorize
+
+
+@pytest.mark.parametrize("method", ["GetProfile", "EditProfile", "Recommend"])
+def test_user_may_only_touch_own_profile(method: str) -> None:
+    alice = Principal("alice", Role.USER)
+    auth.authorize(alice, method, "alice")
+    with pytest.raises(AccessDenied, match="another user's profile"):
+        auth.authorize(alice, method, "bob")
+    with pytest.raises(AccessDenied):
+        auth.authorize(alice, method, "")  # an empty id is not "mine" either
+
+
+def test_service_may_call_for_anyone_and_lists_need_no_match() -> None:
+    auth.authorize(Principal("batch", Role.SERVICE), "EditProfile", "bob")
+    auth.authorize(Principal("alice", Role.USER), "ListPrototypes", "")
+    auth.authorize(None, "EditProfile", "bob")  # auth off
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def test_round_trip_hs256() -> None:
+    token = auth.mint_token(SECRET, "alice", "user")
+    assert verifier().verify(token) == Principal("alice", Role.USER)
+
+
+@pytest.mark.parametrize(
+    ("make_token", "message"),
+    [
+        (lambda: auth.mint_token(SECRET, "alice", "user", ttl_s=-120), "expired"),
+        (lambda: auth.mint_token(SECRET, "alice", "user", issuer="mallory"), "not issued by"),
+        (lambda: auth.mint_token(b"x" * 32, "alice", "user"), "Signature verification failed"),
+        (lambda: auth.mint_token(SECRET, "alice", "admin"), None),  # mint refuses unknown roles
+        (
+            lambda: jwt.encode({"sub": "a", "iss": "apron", "exp": time.time() + 60, "role": "root"}, SECRET),
+            "role",
+        ),
+        (lambda: jwt.encode({"sub": "a", "iss": "apron", "exp": time.time() + 60}, SECRET), "role"),
+        (lambda: jwt.encode({"sub": "a", "iss": "apron", "role": "user"}, SECRET), "exp"),
+        (
+            lambda: jwt.encode({"sub": "", "iss": "apron", "exp": time.time() + 60, "role": "user"}, SECRET),
+            "(?i)sub",
+        ),
+        (
+            lambda: jwt.encode({"sub": 7, "iss": "apron", "exp": time.time() + 60, "role": "user"}, SECRET),
+            "(?i)sub",
+        ),
+        # alg=none must never pass, whatever the payload says
+        (
+            lambda: jwt.encode(
+                {"sub": "a", "iss": "apron", "exp": time.time() + 60, "role": "service"},
+                None,
+                algorithm="none",
+            ),
+            "not allowed",
+        ),
+        (lambda: "not.a.jwt", "invalid bearer token"),
+    ],
+)
+def test_bad_tokens_are_rejected(make_token, message: str | None) -> None:
+    if message is None:
+        with pytest.raises(ValueError):
+            make_token()
+        return
+    with pytest.raises(AuthError, match=message):
+        verifier().verify(make_token())
+
+
+def test_public_key_verification_and_no_algorithm_confusion(tmp_path) -> None:
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "rsa.pub").write_bytes(public_pem)
+    key = auth.load_public_key(tmp_path / "rsa.pub")
+    assert key.algorithms == ("RS256",)
+    rs_verifier = TokenVerifier(key)
+    token = auth.mint_token(private, "svc", "service", algorithm="RS256")
+    assert rs_verifier.verify(token) == Principal("svc", Role.SERVICE)
+    # The classic confusion attack: an HS256 token "signed" with the public key's PEM as the secret.
+    # (built by hand: PyJWT itself refuses to sign with a PEM as an HMAC secret)
+    header, payload = (
+        base64.urlsafe_b64encode(part).rstrip(b"=")
+        for part in (
+            b'{"alg":"HS256","typ":"JWT"}',
+            b'{"sub":"svc","iss":"apron","exp":9999999999,"role":"service"}',
+        )
+    )
+    signature = base64.urlsafe_b64encode(hmac.digest(public_pem, header + b"." + payload, "sha256")).rstrip(
+        b"="
+    )
+    forged = b".".join([header, payload, signature]).decode()
+    with pytest.raises(AuthError):
+        rs_verifier.verify(forged)
+
+    ec_private = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.pub").write_bytes(
+        ec_private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    ec_key = auth.load_public_key(tmp_path / "ec.pub")
+    assert ec_key.algorithms == ("ES256",)
+    assert (
+        TokenVerifier(ec_key).verify(auth.mint_token(ec_private, "bob", "user", algorithm="ES256")).subject
+        == "bob"
+    )
+
+
+def test_key_configuration_errors_name_the_file(tmp_path) -> None:
+    with pytest.raises(auth.AuthConfigError, match="missing.pem"):
+        auth.load_public_key(tmp_path / "missing.pem")
+    (tmp_path / "junk.pem").write_text("hello")
+    with pytest.raises(auth.AuthConfigError, match="junk.pem: not a PEM public key"):
+        auth.load_public_key(tmp_path / "junk.pem")
+    with pytest.raises(auth.AuthConfigError, match="at least 32"):
+        auth.secret_key("short")
+
+
+def test_metadata_parsing() -> None:
+    token = auth.mint_token(SECRET, "alice", "user")
+    assert verifier().verify_metadata(auth.bearer_metadata(token)).subject == "alice"
+    assert verifier().verify_metadata([("authorization", f"bearer   {token} ")]).subject == "alice"
+    for metadata, message in [
+        ([], "missing bearer token"),
+        (None, "missing bearer token"),
+        ([("authorization", token)], "must be `Bearer <token>`"),
+        ([("authorization", "Basic abc")], "must be `Bearer <token>`"),
+        ([("authorization", "Bearer ")], "must be `Bearer <token>`"),
+        ([*auth.bearer_metadata(token), *auth.bearer_metadata(token)], "more than one"),
+    ]:
+        with pytest.raises(AuthError, match=message):
+            verifier().verify_metadata(metadata)
+
+
+def test_dev_secret_is_created_once_and_private(tmp_path) -> None:
+    path = tmp_path / "auth" / "jwt_secret"
+    first = auth.dev_secret(path)
+    second = auth.dev_secret(path)
+    assert first == second and len(first) >= 32
+    assert path.stat().st_mode & 0o077 == 0  # readable by its owner only
+    assert [p.name for p in path.parent.iterdir()] == ["jwt_secret"]  # no temp file left behind
+    auth.secret_key(first)  # long enough for HS256
+
+
+def test_verification_key_resolution(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    key, is_dev = auth.verification_key()
+    assert is_dev and key.key == (tmp_path / auth.DEFAULT_DEV_SECRET).read_bytes()
+    (tmp_path / "secret").write_text("z" * 40 + "\n")
+    key, is_dev = auth.verification_key(secret_file="secret")
+    assert not is_dev and key.key == b"z" * 40 and key.algorithms == ("HS256",)
+    (tmp_path / "short").write_text("z" * 8)
+    with pytest.raises(auth.AuthConfigError, match="secret file short: .*at least 32"):
+        auth.verification_key(secret_file="short")
+    with pytest.raises(auth.AuthConfigError, match="secret file absent"):
+        auth.verification_key(secret_file="absent")
+    with pytest.raises(auth.AuthConfigError, match="not both"):
+        auth.verification_key(public_key="a.pem", secret_file="secret")
+
+
+# ----------------------------------------------------------------------------- interceptor
+
+
+def _whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    principal = auth.current_principal()
+    return f"{principal.subject}/{principal.role.value}".encode() if principal else b"nobody"
+
+
+async def _whoami_stream(request: bytes, context: grpc.aio.ServicerContext):
+    for _ in range(2):
+        yield _whoami(request, context)
+
+
+async def _edit(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    try:
+        auth.authorize(auth.current_principal(), "EditProfile", request.decode())
+    except AccessDenied as error:
+        await context.abort(error.code, str(error))
+    return b"ok"
+
+
+@pytest.fixture
+async def toy_server():
+    rejected: list[str] = []
+    server = grpc.aio.server(interceptors=[auth.AuthInterceptor(verifier(), on_reject=rejected.append)])
+    handlers = {
+        "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
+        "WhoamiStream": grpc.unary_stream_rpc_method_handler(_whoami_stream),
+        "EditProfile": grpc.unary_unary_rpc_method_handler(_edit),
+    }
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("toy.Toy", handlers)])
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        yield channel, rejected
+    await server.stop(None)
+
+
+async def test_interceptor_end_to_end(toy_server) -> None:
+    channel, rejected = toy_server
+    whoami = channel.unary_unary("/toy.Toy/Whoami")
+    stream = channel.unary_stream("/toy.Toy/WhoamiStream")
+    edit = channel.unary_unary("/toy.Toy/EditProfile")
+    alice = auth.bearer_metadata(auth.mint_token(SECRET, "alice", "user"))
+    service = auth.bearer_metadata(auth.mint_token(SECRET, "batch", "service"))
+
+    assert await whoami(b"", metadata=alice, timeout=10) == b"alice/user"
+    assert [r async for r in stream(b"", metadata=service, timeout=10)] == [b"batch/service"] * 2
+    assert await edit(b"alice", metadata=alice, timeout=10) == b"ok"
+    assert await edit(b"bob", metadata=service, timeout=10) == b"ok"
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await edit(b"bob", metadata=alice, timeout=10)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    for metadata in [None, auth.bearer_metadata(auth.mint_token(b"y" * 32, "alice", "service"))]:
+        for call in (whoami, edit):
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await call(b"bob", metadata=metadata, timeout=10)
+            assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            _ = [r async for r in stream(b"", metadata=metadata, timeout=10)]
+        assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert rejected == ["/toy.Toy/Whoami", "/toy.Toy/EditProfile", "/toy.Toy/WhoamiStream"] * 2
+
+    # Health checks need no token; the principal does not leak from one call into the next.
+    check = health_pb2_grpc.HealthStub(channel).Check
+    assert (
+        await check(health_pb2.HealthCheckRequest(), timeout=10)
+    ).status == health_pb2.HealthCheckResponse.SERVING
+    assert auth.current_principal() is None
+
+
+def test_setup_from_config(tmp_path, monkeypatch, caplog) -> None:
+    """The embedded default prints a working service token; --no-auth installs nothing and warns."""
+    from serving.config import ServingConfig
+
+    monkeypatch.chdir(tmp_path)
+    dev = auth.setup(ServingConfig())
+    key, is_dev = auth.verification_key()
+    assert is_dev and len(dev.interceptors) == 1
+    assert TokenVerifier(key).verify(dev.service_token) == Principal(auth.DEV_TOKEN_SUBJECT, Role.SERVICE)
+
+    (tmp_path / "secret").write_bytes(SECRET)
+    configured = auth.setup(ServingConfig(jwt_secret_file=str(tmp_path / "secret"), jwt_issuer="corp"))
+    assert configured.service_token is None  # only the development key gets a printed token
+    assert configured.interceptors[0].verifier.verify(auth.mint_token(SECRET, "a", "user", issuer="corp")).subject == "a"
+
+    with caplog.at_level("WARNING"):
+        off = auth.setup(ServingConfig(auth=False))
+    assert off.interceptors == () and off.service_token is None
+    assert "authentication is OFF" in caplog.text

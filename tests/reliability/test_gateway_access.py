@@ -1,0 +1,181 @@
+"""Access control, TLS and limits on the real gateway (in-process, ONNX Runtime, real Redis).
+
+The rules themselves are unit-tested in test_auth.py / test_limits.py; here the whole stack answers:
+UNAUTHENTICATED without a valid token, PERMISSION_DENIED for another user's profile (and nothing is
+stored), health and reflection open to all, and each limit with its own clear status."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from serving import auth, tls
+from serving.config import ServingConfig
+from serving.limits import RETRY_AFTER_KEY
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.redis_process import RedisProcess
+from serving.server import create_server
+from tests.reliability.certs import make_pki
+from tests.reliability.conftest import Tokens
+from tests.serving.conftest import gateway_config, liked_history
+
+TIMEOUT = 20.0  # generous: a loaded 2-core CI machine
+
+
+def open_channel(target: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    return grpc.aio.secure_channel(target, credentials) if credentials else grpc.aio.insecure_channel(target)
+
+
+@contextlib.asynccontextmanager
+async def gateway_channel(
+    config: ServingConfig, credentials: grpc.ChannelCredentials | None = None
+) -> AsyncIterator[tuple[grpc.aio.Channel, str]]:
+    """A started gateway, a channel to it and its address."""
+    server, port = await create_server(config)
+    await server.start()
+    target = f"127.0.0.1:{port}"
+    channel = open_channel(target, credentials)
+    try:
+        yield channel, target
+    finally:
+        await channel.close()
+        await server.stop(1.0)
+
+
+def secured(repository: Path, redis: RedisProcess, tokens: Tokens, **overrides: object) -> ServingConfig:
+    return gateway_config(repository, redis.url, auth=True, jwt_secret_file=str(tokens.path), **overrides)
+
+
+async def code_of(call: grpc.aio.UnaryUnaryMultiCallable, request: object, **kwargs: object) -> grpc.StatusCode:
+    try:
+        await call(request, timeout=TIMEOUT, **kwargs)
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+async def test_tokens_and_roles(python_repository, redis_server, tokens: Tokens, main_tags) -> None:
+    history = liked_history(main_tags, 0, 1)
+    recommend = pb.RecommendRequest(user_id="alice", history=history, k=5)
+    edit_bob = pb.EditProfileRequest(user_id="bob", edits=[pb.Edit(prototype="tag2", scale=0.5)])
+    async with gateway_channel(secured(python_repository, redis_server, tokens)) as (channel, target):
+        stub = pb_grpc.RecommenderStub(channel)
+        alice, service = tokens.user("alice"), tokens.service()
+
+        # No token, a token signed with another key, an expired one, another issuer's: UNAUTHENTICATED.
+        wrong_key = auth.bearer_metadata(auth.mint_token(b"k" * 32, "alice", "service"))
+        expired = auth.bearer_metadata(auth.mint_token(tokens.secret, "alice", "user", ttl_s=-3600))
+        foreign = auth.bearer_metadata(auth.mint_token(tokens.secret, "alice", "service", issuer="someone-else"))
+        for metadata in (None, wrong_key, expired, foreign, (("authorization", "alice"),)):
+            assert await code_of(stub.Recommend, recommend, metadata=metadata) == grpc.StatusCode.UNAUTHENTICATED
+            assert await code_of(stub.EditProfile, edit_bob, metadata=metadata) == grpc.StatusCode.UNAUTHENTICATED
+            assert await code_of(stub.ListPrototypes, pb.ListPrototypesRequest(), metadata=metadata) == (
+                grpc.StatusCode.UNAUTHENTICATED
+            )
+
+        # A user: their own profile only.
+        assert await code_of(stub.Recommend, recommend, metadata=alice) == grpc.StatusCode.OK
+        assert await code_of(stub.GetProfile, pb.GetProfileRequest(user_id="alice"), metadata=alice) == grpc.StatusCode.OK
+        own_edit = pb.EditProfileRequest(user_id="alice", edits=[pb.Edit(prototype="tag1", scale=2.0)])
+        assert await code_of(stub.EditProfile, own_edit, metadata=alice) == grpc.StatusCode.OK
+        assert await code_of(stub.ListPrototypes, pb.ListPrototypesRequest(), metadata=alice) == grpc.StatusCode.OK
+        bob_recommend = pb.RecommendRequest(user_id="bob", history=history, k=5)
+        assert await code_of(stub.Recommend, bob_recommend, metadata=alice) == grpc.StatusCode.PERMISSION_DENIED
+        assert await code_of(stub.GetProfile, pb.GetProfileRequest(user_id="bob"), metadata=alice) == (
+            grpc.StatusCode.PERMISSION_DENIED
+        )
+        assert await code_of(stub.EditProfile, edit_bob, metadata=alice) == grpc.StatusCode.PERMISSION_DENIED
+
+        # A service: anyone. Alice's denied edit of bob's profile stored nothing.
+        assert await code_of(stub.Recommend, bob_recommend, metadata=service) == grpc.StatusCode.OK
+        bob = await stub.GetProfile(pb.GetProfileRequest(user_id="bob"), metadata=service, timeout=TIMEOUT)
+        assert list(bob.stored_edits) == []
+        mine = await stub.GetProfile(pb.GetProfileRequest(user_id="alice"), metadata=service, timeout=TIMEOUT)
+        assert [(e.prototype, e.scale) for e in mine.stored_edits] == [("tag1", 2.0)]
+
+        # Health checks and reflection need no token.
+        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=TIMEOUT
+        )
+        services = [s.name async for r in reflect for s in r.list_services_response.service]
+        assert "apron.v1.Recommender" in services
+
+
+async def test_mutual_tls_gateway(python_repository, redis_server, tokens: Tokens, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path / "pki")
+    config = secured(
+        python_repository,
+        redis_server,
+        tokens,
+        tls_cert=str(pki.server.cert),
+        tls_key=str(pki.server.key),
+        tls_client_ca=str(pki.ca.cert),
+    )
+    good = tls.channel_credentials(pki.ca.cert, pki.client.cert, pki.client.key)
+    async with gateway_channel(config, good) as (channel, target):
+        stub = pb_grpc.RecommenderStub(channel)
+        prototypes = await stub.ListPrototypes(pb.ListPrototypesRequest(), metadata=tokens.service(), timeout=TIMEOUT)
+        assert len(prototypes.prototypes) == 6
+        # TLS does not replace the token: a client with a certificate but no token is still refused.
+        assert await code_of(stub.ListPrototypes, pb.ListPrototypesRequest()) == grpc.StatusCode.UNAUTHENTICATED
+        for credentials in (None, tls.channel_credentials(pki.ca.cert)):  # plaintext; TLS without a client cert
+            async with open_channel(target, credentials) as other:
+                call = pb_grpc.RecommenderStub(other).ListPrototypes
+                assert await code_of(call, pb.ListPrototypesRequest(), metadata=tokens.service()) == (
+                    grpc.StatusCode.UNAVAILABLE
+                )
+
+
+async def test_limits_answer_clear_statuses(python_repository, redis_server, tokens: Tokens, main_tags) -> None:
+    config = secured(
+        python_repository, redis_server, tokens, max_message_bytes=16_384, max_history=50, max_edits=3,
+        edit_rate=2.0, edit_burst=3,
+    )  # fmt: skip
+    history = liked_history(main_tags, 0, 1)
+    async with gateway_channel(config) as (channel, target):
+        stub = pb_grpc.RecommenderStub(channel)
+        service = tokens.service()
+
+        async def status(call, request) -> tuple[grpc.StatusCode, str]:
+            try:
+                await call(request, metadata=service, timeout=TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                return error.code(), error.details() or ""
+            return grpc.StatusCode.OK, ""
+
+        huge = pb.RecommendRequest(user_id="u-limits", history=["x" * 100] * 200, k=5)  # ~20 kB > 16 kB
+        assert (await status(stub.Recommend, huge))[0] == grpc.StatusCode.RESOURCE_EXHAUSTED
+        long = pb.RecommendRequest(user_id="u-limits", history=[*history] * 5, k=5)  # 55 > 50
+        code, details = await status(stub.Recommend, long)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "history" in details and "50" in details
+        code, details = await status(stub.Recommend, pb.RecommendRequest(user_id="u-limits", history=history, k=21))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "k must be in [1, 20]" in details
+        many = [pb.Edit(prototype=f"tag{t}", scale=1.0) for t in range(4)]
+        code, details = await status(stub.EditProfile, pb.EditProfileRequest(user_id="u-limits", edits=many))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "4 edits" in details
+
+        # The rate limit: the rest of the burst of 3 (one went on the request above), then
+        # RESOURCE_EXHAUSTED with a retry hint; another user is unaffected; after the hint, accepted.
+        edit = pb.EditProfileRequest(user_id="u-limits", edits=[pb.Edit(prototype="tag0", scale=1.5)])
+        assert [(await status(stub.EditProfile, edit))[0] for _ in range(2)] == [grpc.StatusCode.OK] * 2
+        call = stub.EditProfile(edit, metadata=service, timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await call
+        assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--edit-rate" in limited.value.details()
+        retry_ms = int(dict(await call.trailing_metadata())[RETRY_AFTER_KEY])
+        assert 0 < retry_ms <= 500  # one token every 0.5 s
+        other = pb.EditProfileRequest(user_id="u-other", edits=[pb.Edit(prototype="tag0", scale=1.5)])
+        assert (await status(stub.EditProfile, other))[0] == grpc.StatusCode.OK
+        await asyncio.sleep(retry_ms / 1000 + 0.05)
+        assert (await status(stub.EditProfile, edit))[0] == grpc.StatusCode.OK

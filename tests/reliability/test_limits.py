@@ -1,0 +1,70 @@
+"""serving/limits.py: the per-user token bucket (with a fake clock) and the count checks."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from serving.limits import RETRY_AFTER_KEY, RateLimited, RateLimiter, message_size_options
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_burst_then_steady_rate_per_user() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=2.0, burst=3, clock=clock)
+    assert [limiter.try_acquire("alice") for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.try_acquire("alice") == pytest.approx(0.5)  # one token per 0.5 s
+    assert limiter.try_acquire("bob") == 0.0  # users do not share a bucket
+    clock.now += 0.5
+    assert limiter.try_acquire("alice") == 0.0
+    assert limiter.try_acquire("alice") == pytest.approx(0.5)
+    clock.now += 100.0  # refills up to the burst, not beyond
+    assert [limiter.try_acquire("alice") for _ in range(4)] == [0.0, 0.0, 0.0, pytest.approx(0.5)]
+
+
+def test_refused_requests_take_no_tokens() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=1.0, burst=1, clock=clock)
+    assert limiter.try_acquire("a") == 0.0
+    for _ in range(10):  # hammering while refused does not push the wait further out
+        assert limiter.try_acquire("a") == pytest.approx(1.0)
+    clock.now += 1.0
+    assert limiter.try_acquire("a") == 0.0
+
+
+def test_check_raises_resource_exhausted_with_retry_hint() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=4.0, burst=1, clock=clock, setting="--edit-rate")
+    limiter.check("alice")
+    with pytest.raises(RateLimited) as error:
+        limiter.check("alice")
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--edit-rate" in str(error.value) and "retry in 0.25 s" in str(error.value)
+    assert error.value.trailing_metadata() == ((RETRY_AFTER_KEY, "250"),)
+
+
+def test_memory_is_bounded() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(rate_per_s=1.0, burst=1, max_keys=100, clock=clock)
+    for user in range(10_000):
+        limiter.try_acquire(f"user{user}")
+    assert len(limiter) == 100
+    assert limiter.try_acquire("user9999") == pytest.approx(1.0)  # recent users keep their state
+
+
+def test_bad_parameters_and_size_options() -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(rate_per_s=0, burst=1)
+    with pytest.raises(ValueError):
+        RateLimiter(rate_per_s=1, burst=0.5)
+    assert dict(message_size_options(1024)) == {
+        "grpc.max_receive_message_length": 1024,
+        "grpc.max_send_message_length": 1024,
+    }

@@ -1,0 +1,82 @@
+"""`apron serve` and `apron client` as a person runs them: real processes, real sockets, auth on
+with the development secret (the embedded default), a private redis-server, SIGTERM to stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def apron(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=60, **kwargs
+    )
+
+
+@pytest.fixture
+def served(python_repository: Path, tmp_path: Path):  # noqa: F811
+    """`apron serve` on free ports in tmp_path (where its development secret is created)."""
+    env = {**os.environ, "APRON_LOG_FORMAT": "text"}
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--repository", str(python_repository), "--port", "0", "--metrics-port", "0", "--no-build-demo"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    target, deadline = None, time.monotonic() + 60
+    while target is None and time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line and process.poll() is not None:
+            break
+        match = re.search(r"APRON gateway on (\S+)", line)
+        target = match[1] if match else None
+    assert target, f"apron serve did not start: {process.stderr.read() if process.poll() is not None else ''}"
+    yield target, process
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def test_serve_and_client_round_trip(served: tuple[str, subprocess.Popen], tmp_path: Path) -> None:
+    target, process = served
+    history = ["--history", "track-0000", "--history", "track-0006", "--history", "track-0007"]
+    first = apron("client", "--target", target, "--json", "recommend", "--user", "alice", *history, "--k", "5", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert len(answer["items"]) == 5 and answer["model_version"] == "1"
+
+    edit = apron("client", "--target", target, "edit", "--user", "alice", "--scale", "tag0=0", cwd=tmp_path)
+    assert edit.returncode == 0, edit.stderr
+    assert "stored edits: tag0: scale 0" in edit.stdout and "[scale 0]" in edit.stdout
+
+    profile = apron("client", "--target", target, "profile", "--user", "alice", cwd=tmp_path)
+    assert profile.returncode == 0 and "tag0" in profile.stdout
+    prototypes = apron("client", "--target", target, "prototypes", cwd=tmp_path)
+    assert prototypes.returncode == 0 and "k_max 20" in prototypes.stdout
+
+    # client mistakes: one clear line, exit 2
+    bad = apron("client", "--target", target, "recommend", "--user", "alice", "--k", "0", cwd=tmp_path)
+    assert bad.returncode == 2 and "INVALID_ARGUMENT: k must be in [1, 20]" in bad.stderr
+    unknown = apron("client", "--target", target, "edit", "--user", "alice", "--scale", "jazz", cwd=tmp_path)
+    assert unknown.returncode == 2 and "expected TAG=NUMBER" in unknown.stderr
+    # auth is on: without the development secret (another directory) the call is refused
+    stranger = apron("client", "--target", target, "prototypes", cwd=tmp_path.parent)
+    assert stranger.returncode == 2 and "UNAUTHENTICATED" in stranger.stderr
+
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 0
+    assert "stopped" in process.stderr.read()
+
+
+def test_serve_reports_a_missing_model(tmp_path: Path) -> None:
+    result = apron("serve", "--repository", str(tmp_path / "nothing"), "--no-build-demo", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "apron_metadata.json does not exist" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,49 @@
+"""Configuration (serving/config.py): one definition, flags > APRON_* variables > defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from serving.config import ServingConfig, add_arguments, env_name
+
+
+def parse(argv: list[str], environ: dict[str, str]) -> ServingConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, environ)
+    return ServingConfig.from_args(parser.parse_args(argv))
+
+
+def test_precedence_flag_over_env_over_default() -> None:
+    env = {"APRON_PORT": "6000", "APRON_BACKEND": "triton", "APRON_REDIS_AOF": "true", "APRON_MAX_BATCH_WAIT_MS": "0.5"}
+    config = parse([], env)
+    assert (config.port, config.backend, config.redis_aof, config.max_batch_wait_ms) == (6000, "triton", True, 0.5)
+    config = parse(["--port", "7000", "--no-redis-aof", "--backend", "onnxruntime"], env)
+    assert (config.port, config.backend, config.redis_aof) == (7000, "onnxruntime", False)
+    assert parse([], {}) == ServingConfig()
+
+
+def test_every_field_has_flag_env_and_help(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser(prog="apron serve")
+    add_arguments(parser, {})
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(ServingConfig):
+        assert "--" + field.name.replace("_", "-") in text
+        assert env_name(field.name) in text
+        assert field.metadata["help"].split()[0] in text
+
+
+def test_bad_values_are_named() -> None:
+    with pytest.raises(ValueError, match="APRON_PORT='http'"):
+        ServingConfig.from_env({"APRON_PORT": "http"})
+    with pytest.raises(ValueError, match="backend must be one of onnxruntime, triton"):
+        ServingConfig.from_env({"APRON_BACKEND": "tensorflow"})
+    with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
+        ServingConfig(max_batch_size=0)
+    parser = argparse.ArgumentParser()
+    with pytest.raises(SystemExit):
+        add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})

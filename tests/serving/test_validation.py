@@ -1,0 +1,76 @@
+"""Request validation (serving/validation.py): every mistake names its field."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from serving.edits import EditSpec
+from serving.errors import InvalidArgument
+from serving.topk import select_top_k
+from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
+
+TAGS = {"jazz": 0, "rock": 1}
+
+
+@pytest.mark.parametrize(
+    ("user_id", "match"), [("", "user_id is required"), ("   ", "user_id is required"), ("a" * 300, "300 bytes"), ("a\nb", "control")]
+)
+def test_bad_user_ids(user_id: str, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        validate_user_id(user_id)
+
+
+def test_k_range() -> None:
+    assert validate_k(1, 10) == 1 and validate_k(10, 10) == 10
+    for k in (0, -3, 11):
+        with pytest.raises(InvalidArgument, match=r"k must be in \[1, 10\]"):
+            validate_k(k, 10)
+
+
+def test_history_size_limit() -> None:
+    validate_history(["a"] * 5, 5)
+    with pytest.raises(InvalidArgument, match="6 items; at most 5"):
+        validate_history(["a"] * 6, 5)
+
+
+def test_valid_edits() -> None:
+    edits = validate_edits([("jazz", "scale", 0.0), ("rock", "weight", 0.4)], TAGS, 8)
+    assert edits == {"jazz": EditSpec("jazz", "scale", 0.0), "rock": EditSpec("rock", "weight", 0.4)}
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (("polka", "scale", 1.0), r"edits\[0\]\.prototype 'polka' is not a prototype.*valid names: jazz, rock"),
+        (("", "scale", 1.0), r"edits\[0\]\.prototype is required"),
+        (("jazz", None, math.nan), "must set `scale` or `weight`"),
+        (("jazz", "scale", math.nan), "finite"),
+        (("jazz", "scale", math.inf), "finite"),
+        (("jazz", "scale", -0.5), r"scale \(jazz\) must be >= 0"),
+        (("jazz", "weight", 1.5), r"weight \(jazz\) is a share and must be in \[0, 1\]"),
+        (("jazz", "weight", -0.1), r"must be in \[0, 1\]"),
+    ],
+)
+def test_bad_edits(edit: tuple, match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        validate_edits([edit], TAGS, 8)
+
+
+def test_edit_set_rules() -> None:
+    with pytest.raises(InvalidArgument, match="edited twice"):
+        validate_edits([("jazz", "scale", 1.0), ("jazz", "weight", 0.2)], TAGS, 8)
+    with pytest.raises(InvalidArgument, match="sum to 1.3"):
+        validate_edits([("jazz", "weight", 0.8), ("rock", "weight", 0.5)], TAGS, 8)
+    with pytest.raises(InvalidArgument, match="3 edits in one request; at most 2"):
+        validate_edits([("jazz", "scale", 1.0)] * 3, TAGS, 2)
+
+
+def test_top_k_drops_excluded_and_cuts() -> None:
+    ids = np.array([5, 3, 9, 1, 0])
+    scores = np.array([-1.0, -2.0, -3.0, -np.inf, -np.inf], dtype=np.float32)
+    got_ids, got_scores = select_top_k(ids, scores, 4)
+    assert got_ids.tolist() == [5, 3, 9] and np.isfinite(got_scores).all()
+    assert select_top_k(ids, scores, 2)[0].tolist() == [5, 3]

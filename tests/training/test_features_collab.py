@@ -1,0 +1,48 @@
+"""Collaborative features: truncated SVD of the training users only."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import cli
+from training.data.dataset import ProcessedDataset
+from training.data.raw import DataError
+from training.features.collab import collab_features
+
+
+def test_features_are_the_item_side_of_the_best_rank_k_factorisation() -> None:
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((rng.random((60, 25)) < 0.3).astype(np.float32))
+    features, meta = collab_features(train, dim=5, seed=0)
+    assert features.shape == (25, 5) and features.dtype == np.float32
+    _, singular, vt = np.linalg.svd(train.toarray())
+    np.testing.assert_allclose(meta["singular_values"], singular[:5], rtol=1e-6)
+    # V S V^T is sign-free: compare it with the dense SVD's
+    expected = vt[:5].T @ np.diag(singular[:5]) @ vt[:5]
+    np.testing.assert_allclose(features @ features.T, expected, atol=1e-4)
+    again, _ = collab_features(train, dim=5, seed=0)
+    np.testing.assert_array_equal(features, again)
+    with pytest.raises(DataError, match=r"collab dim must be in \[1, 24\]"):
+        collab_features(train, dim=25)
+
+
+def test_apron_features_collab_uses_training_users_and_groups_items_by_planted_tag(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    argv = ["prepare", "--dataset", "synthetic", "--out", str(out), "--n-items", "200", "--n-users", "2000"]
+    assert cli.main([*argv, "--n-tags", "5", "--generator-seed", "1"]) == 0
+    assert cli.main(["features", str(out), "--kind", "collab", "--dim", "8"]) == 0
+    dataset = ProcessedDataset.load(out)
+    features = dataset.load_features("collab")
+    assert features.shape == (dataset.n_items, 8)
+    expected, _ = collab_features(dataset.train, dim=8)  # from the train matrix alone
+    np.testing.assert_array_equal(features, expected)
+
+    # items that share a planted tag are more alike than items that share none
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    cosine = unit @ unit.T
+    tags = dataset.item_tags.toarray() > 0
+    share = (tags.astype(int) @ tags.T.astype(int)) > 0
+    off_diagonal = ~np.eye(len(tags), dtype=bool)
+    assert cosine[share & off_diagonal].mean() > cosine[~share].mean() + 0.2

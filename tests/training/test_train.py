@@ -1,0 +1,98 @@
+"""The trainer: seeding, early stopping, best-state restore, and the `apron train` CLI."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import cli
+from tests.training.model_helpers import SMALL, synthetic_dataset
+from training.checkpoint import load_checkpoint
+from training.train import train, validation_ndcg
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory):
+    return synthetic_dataset(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _train(dataset, name: str = "multivae", **kwargs):
+    options = {"epochs": 3, "batch_size": 64, "lr": 3e-3, "seed": 0, "patience": 5, "progress": False}
+    options.update(kwargs)
+    return train(dataset, name, features_kind="synthetic", device="cpu", hyperparameters=SMALL[name], **options)
+
+
+def test_same_seed_same_model_other_seed_differs(dataset) -> None:
+    first, first_info = _train(dataset, seed=3)
+    again, again_info = _train(dataset, seed=3)
+    other, _ = _train(dataset, seed=4)
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert first_info.train["history"] == again_info.train["history"]
+    assert any(
+        not torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values(), strict=True)
+    )
+
+
+def test_early_stopping_when_validation_stalls(dataset) -> None:
+    # lr = 0: the model never changes, so epoch 1 stays the best and training stops after `patience` more
+    _, info = _train(dataset, epochs=20, lr=0.0, patience=2)
+    assert info.train["best_epoch"] == 1
+    assert info.train["epochs_run"] == 3
+    assert len(info.train["history"]) == 3
+
+
+def test_returns_the_best_epoch_state(dataset) -> None:
+    model, info = _train(dataset, epochs=6)
+    history = info.train["history"]
+    best = max(history, key=lambda epoch: epoch["val_ndcg@100"])
+    assert info.train["best_epoch"] == best["epoch"]
+    assert validation_ndcg(model, dataset, torch.device("cpu")) == pytest.approx(best["val_ndcg@100"])
+    assert info.metrics["val_ndcg@100"] == pytest.approx(best["val_ndcg@100"])
+    assert info.train["wall_time_s"] > 0 and info.train["device"] == "cpu"
+    assert info.config["latent_dim"] == SMALL["multivae"]["latent_dim"]
+
+
+def test_multivae_beta_is_annealed(dataset) -> None:
+    _, info = _train(dataset, epochs=4, anneal_steps=20)
+    betas = [epoch["beta"] for epoch in info.train["history"]]
+    assert betas == sorted(betas) and betas[0] < betas[-1] <= 0.2 + 1e-9
+
+
+def test_cli_train_writes_a_loadable_checkpoint(dataset, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "model.pt"
+    code = cli.main(
+        ["train", str(dataset.path), "--model", "apron", "--features", "synthetic", "--epochs", "2",
+         "--batch-size", "64", "--seed", "1", "--quiet", "--device", "cpu",
+         "--set", "n_heads=4", "--set", "head_dim=8", "--set", "hidden_dims=32,", "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["checkpoint"] == str(out) and summary["epochs_run"] == 2
+    model, info = load_checkpoint(out)
+    assert model.config.n_heads == 4 and model.config.hidden_dims == (32,)
+    assert info.train["seed"] == 1 and info.train["features_kind"] == "synthetic"
+
+
+def test_cli_train_rejects_unknown_hyperparameter(dataset, tmp_path: Path, capsys) -> None:
+    code = cli.main(
+        ["train", str(dataset.path), "--model", "multidae", "--set", "n_heads=4", "--out", str(tmp_path / "m.pt")]
+    )
+    assert code == 2
+    assert "multidae has no such hyperparameter" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_train_reports_missing_features(dataset, tmp_path: Path, capsys) -> None:
+    code = cli.main(["train", str(dataset.path), "--model", "apron", "--features", "audio", "--out", str(tmp_path / "m.pt")])
+    assert code == 2
+    assert "audio" in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""MacridVAE and SEM-MacridVAE: macro-micro disentangled VAEs with concept prototypes.
+
+MacridVAE: Ma, Zhou, Cui, Yang, Zhu (2019), "Learning Disentangled Representations for
+Recommendation" (NeurIPS). SEM-MacridVAE: Wang, Chen, Zhou, Ma, Zhu (2023), "Disentangled
+Representation Learning for Recommendation" (TPAMI), Algorithm 1. Equation numbers refer to the
+SEM-MacridVAE paper (`../shared/papers/sem-macridvae.txt`):
+- Eq. 6: each item's concept c_i ~ Categorical(softmax(cos(h_i, m_k) / τ)) (Gumbel-softmax while
+  training, the softmax itself at evaluation);
+- Eq. 9: one Gaussian component z^(k) per concept, encoded from the history restricted to the
+  concept's items, mean normalised to the unit sphere, σ = σ0·exp(-b/2);
+- Eq. 7-8: p(i | z) ∝ sum_k c_{i,k} exp(cos(z^(k), h_i) / τ), a softmax over items;
+- Eq. 5: the β-weighted ELBO (β annealed by the trainer, as in the authors' code).
+
+SEM-MacridVAE is the same model with semantics (section 3.4): item embeddings h_i initialised from
+a PCA of the items' content features (Eq. 10), prototype m_k from the mean of the items carrying
+tag k as a main tag (`training.metrics.tag_membership`; tag membership instead of k-means, so that
+concept k *is* tag k), and categorical supervision (Eq. 11): cross-entropy between each tagged item's concept distribution and its
+dominant tag. K is the number of tags.
+
+Controllability (APRON's Eq. 17 for SEM-MacridVAE): dropping tag τ zeroes the concept component
+z^(τ) before decoding, so cos(z^(τ), h_i) = 0 and concept τ's items lose the user's preference for
+them (their term becomes c_{i,τ}·exp(0)) while all other concepts are unchanged.
+
+Engineering choice: one input-dropout mask is shared by the K concept encoders (the authors' code
+draws one per concept); it lets the encoder run as a single sparse product instead of K dense ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.metrics import tag_membership
+from training.models.common import multinomial_nll, reparameterize
+
+
+@dataclass(frozen=True)
+class MacridVAEConfig:
+    n_items: int
+    n_concepts: int  # K
+    embedding_dim: int = 100  # d, per concept
+    tau: float = 0.1  # temperature of every cosine similarity (Eq. 6, 8)
+    std0: float = 0.075  # σ0: prior std and encoder std scale (Eq. 9)
+    dropout: float = 0.5  # on each concept's normalised history
+    beta: float = 0.2  # annealing cap of the KL weight (Eq. 5)
+    gumbel: bool = True  # sample c_i with Gumbel-softmax while training (Eq. 6)
+    semantic: bool = False  # SEM-MacridVAE: categorical supervision (Eq. 11)
+    category_weight: float = 1.0  # weight of Eq. 11's mean cross-entropy over tagged items
+
+
+class MacridVAE(nn.Module):
+    name: ClassVar[str] = "macridvae"
+    config_class: ClassVar[type] = MacridVAEConfig
+    controllable: ClassVar[bool] = False  # its concepts are unnamed: Δ@k is not defined
+    uses_features: ClassVar[bool] = False
+
+    def __init__(self, config: MacridVAEConfig):
+        super().__init__()
+        self.config = config
+        n, k, d = config.n_items, config.n_concepts, config.embedding_dim
+        self.items = nn.Parameter(nn.init.xavier_normal_(torch.empty(n, d)))  # h_i (decoder)
+        self.prototypes = nn.Parameter(nn.init.xavier_normal_(torch.empty(k, d)))  # m_k
+        self.context = nn.Parameter(nn.init.xavier_normal_(torch.empty(n, d)))  # t_i (encoder)
+        self.context_bias = nn.Parameter(torch.zeros(d))
+        self.f_nn = nn.Linear(d, 2 * d)  # f_nn: R^d -> R^2d, shared by the concepts (Eq. 9)
+        # Eq. 11's targets: each item's dominant tag, -1 for untagged items (SEM only).
+        self.register_buffer("item_category", torch.full((n,), -1, dtype=torch.long))
+
+    @classmethod
+    def from_data(cls, dataset: Any, features: np.ndarray | None = None, **hyperparameters: Any) -> MacridVAE:
+        hyperparameters.setdefault("n_concepts", dataset.n_tags)  # the same K as SEM-MacridVAE
+        return cls(MacridVAEConfig(n_items=dataset.n_items, **hyperparameters))
+
+    def concept_logits(self) -> torch.Tensor:
+        """Eq. 6: s_{i,k} = cos(h_i, m_k) / τ. -> (N, K)"""
+        return F.normalize(self.items, dim=-1) @ F.normalize(self.prototypes, dim=-1).T / self.config.tau
+
+    def log_concepts(self) -> torch.Tensor:
+        """log c_i: a Gumbel-softmax sample while training, the softmax (mode) at evaluation. (N, K)"""
+        logits = self.concept_logits()
+        if self.training and self.config.gumbel:
+            logits = logits - torch.log(-torch.log(torch.rand_like(logits).clamp_min(1e-20)))
+        return F.log_softmax(logits, dim=-1)
+
+    def encode(self, x: torch.Tensor, concepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 9 for every concept. x (B, N), concepts c (N, K) -> mu (B, K, d), log(σ²/σ0²) (B, K, d)"""
+        n, k, d = self.config.n_items, self.config.n_concepts, self.config.embedding_dim
+        kept = F.dropout(torch.ones_like(x), self.config.dropout, self.training) * x  # shared mask
+        # sum_i x_i c_{i,k} t_i / ||x ⊙ c_k||: one sparse product for all K concepts
+        weighted_context = (concepts[:, :, None] * self.context[:, None, :]).reshape(n, k * d)
+        numerator = torch.sparse.mm(kept.to_sparse(), weighted_context).view(-1, k, d)  # (B, K, d)
+        norm = torch.sqrt(x @ concepts.pow(2)).clamp_min(1e-8)  # (B, K)
+        h = torch.tanh(numerator / norm[:, :, None] + self.context_bias)
+        a, b = self.f_nn(h).chunk(2, dim=-1)
+        return F.normalize(a, dim=-1), -b  # μ = a / ||a||; log σ² - log σ0² = -b
+
+    def decode(self, z: torch.Tensor, log_concepts: torch.Tensor) -> torch.Tensor:
+        """Eq. 7-8: log sum_k c_{i,k} exp(cos(z^(k), h_i) / τ). z (B, K, d) -> logits (B, N)"""
+        similarity = torch.einsum("bkd,nd->bkn", F.normalize(z, dim=-1), F.normalize(self.items, dim=-1))
+        return torch.logsumexp(similarity / self.config.tau + log_concepts.T[None], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_concepts = self.log_concepts()
+        mu, log_var_ratio = self.encode(x, log_concepts.exp())
+        std = self.config.std0 * torch.exp(0.5 * log_var_ratio)
+        return self.decode(reparameterize(mu, 2 * torch.log(std), self.training), log_concepts)
+
+    def logits_without_tag(self, x: torch.Tensor, tag: int) -> torch.Tensor:
+        """The same scores with concept `tag`'s component z^(tag) zeroed before decoding."""
+        log_concepts = self.log_concepts()
+        mu, _ = self.encode(x, log_concepts.exp())
+        mu = mu.clone()
+        mu[:, tag] = 0.0
+        return self.decode(mu, log_concepts)
+
+    def loss(self, x: torch.Tensor, anneal: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.config
+        log_concepts = self.log_concepts()
+        mu, log_var_ratio = self.encode(x, log_concepts.exp())
+        std = cfg.std0 * torch.exp(0.5 * log_var_ratio)
+        logits = self.decode(reparameterize(mu, 2 * torch.log(std), self.training), log_concepts)
+        nll = multinomial_nll(logits, x)
+        # KL(N(μ, σ²) || N(0, σ0²)) without the ||μ||² term: μ is on the unit sphere, so it is constant.
+        kl = 0.5 * (-log_var_ratio + log_var_ratio.exp() - 1).sum(dim=(1, 2)).mean()
+        beta = cfg.beta * anneal
+        total = nll + beta * kl
+        parts = {"nll": nll.item(), "kl": kl.item(), "beta": beta}
+        if cfg.semantic:
+            category = self.category_loss()  # Eq. 11
+            total = total + cfg.category_weight * category
+            parts["category"] = category.item()
+        return total, parts
+
+    def category_loss(self) -> torch.Tensor:
+        """Eq. 11: cross-entropy between p(c_i) and the dominant tag of every tagged item."""
+        tagged = self.item_category >= 0
+        if not bool(tagged.any()):
+            return torch.zeros((), device=self.items.device)
+        return F.cross_entropy(self.concept_logits()[tagged], self.item_category[tagged])
+
+
+class SemMacridVAE(MacridVAE):
+    """SEM-MacridVAE: MacridVAE with semantic initialisation and categorical supervision."""
+
+    name: ClassVar[str] = "sem-macridvae"
+    controllable: ClassVar[bool] = True
+    uses_features: ClassVar[bool] = True
+
+    @classmethod
+    def from_data(
+        cls, dataset: Any, features: np.ndarray | None = None, **hyperparameters: Any
+    ) -> SemMacridVAE:
+        if features is None:
+            raise ValueError("SEM-MacridVAE needs content features: run `apron features` first")
+        if hyperparameters.get("n_concepts", dataset.n_tags) != dataset.n_tags:
+            raise ValueError("SEM-MacridVAE has one concept per tag: n_concepts must equal the tag count")
+        hyperparameters.update(n_concepts=dataset.n_tags, semantic=True)
+        config = MacridVAEConfig(n_items=dataset.n_items, **hyperparameters)
+        model = cls(config)
+        tags = dataset.item_tags.toarray()  # (N, K) tag counts
+        items = pca_embeddings(features, config.embedding_dim, seed=0)  # Eq. 10
+        membership = tag_membership(dataset.item_tags).astype(np.float32)  # main tags, as in evaluation
+        counts = membership.sum(0)
+        prototypes = (membership.T @ items) / np.maximum(counts, 1)[:, None]  # mean item of each tag
+        with torch.no_grad():
+            model.items.copy_(torch.from_numpy(items))
+            has_items = torch.from_numpy(counts > 0)
+            model.prototypes[has_items] = torch.from_numpy(prototypes[counts > 0].astype(np.float32))
+            dominant = np.where(tags.max(1) > 0, tags.argmax(1), -1)
+            model.item_category.copy_(torch.from_numpy(dominant.astype(np.int64)))
+        return model
+
+
+def pca_embeddings(features: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
+    """Eq. 10: project centred features on their top `dim` principal axes. (N, D) -> (N, dim)
+
+    When the features have fewer than `dim` informative axes, the remaining columns get small
+    random values so that the cosine geometry stays defined."""
+    centred = features.astype(np.float64) - features.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    rank = min(dim, vt.shape[0])
+    projected = centred @ vt[:rank].T  # (N, rank)
+    if rank < dim:
+        rng = np.random.default_rng(seed)
+        scale = projected.std() * 1e-2 if projected.size else 1e-2
+        projected = np.hstack([projected, rng.normal(scale=scale, size=(len(features), dim - rank))])
+    return projected.astype(np.float32)
