@@ -186,14 +186,16 @@ def usage_hint(server: ApronServer) -> str:
 
 async def _serve(config: ServingConfig) -> None:
     server, _ = await create_server(config)
-    await server.start()
-    print(usage_hint(server), flush=True)
-    if server.service_token:  # reliability: the quick start works with auth on
-        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
+    # Handlers before the banner: a SIGTERM sent as soon as it is printed must still drain and
+    # stop the private redis-server, not kill the process with it orphaned.
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
+    await server.start()
+    print(usage_hint(server), flush=True)
+    if server.service_token:  # reliability: the quick start works with auth on
+        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
     waiter = asyncio.create_task(server.wait_for_termination())
     await asyncio.wait([waiter, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
