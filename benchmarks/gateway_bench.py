@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import psutil
 
 from benchmarks.load import closed_loop, open_loop
 from benchmarks.timing import Timing
@@ -57,6 +58,41 @@ class Hotspot:
 
 
 @dataclass(frozen=True)
+class CpuUse:
+    """CPU seconds each process spent during one closed-loop run: where the cores went."""
+
+    gateway_s: float  # the gateway process, all threads (event loop + ONNX Runtime's)
+    redis_s: float  # its private redis-server
+    load_s: float  # the load generator (this process)
+    wall_s: float
+    requests: int
+
+    @property
+    def busy(self) -> float:
+        """Share of all the machine's cores busy with the three processes."""
+        return (self.gateway_s + self.redis_s + self.load_s) / (self.wall_s * (os.cpu_count() or 1))
+
+    def ms_per_request(self, seconds: float) -> float:
+        return seconds / self.requests * 1e3
+
+
+@dataclass(frozen=True)
+class GatewayHandle:
+    address: str
+    pid: int
+
+    def cpu_s(self) -> tuple[float, float]:
+        """(gateway process, its children) user + system CPU seconds so far."""
+
+        def total(process: psutil.Process) -> float:
+            times = process.cpu_times()
+            return times.user + times.system
+
+        process = psutil.Process(self.pid)
+        return total(process), sum(total(child) for child in process.children(recursive=True))
+
+
+@dataclass(frozen=True)
 class GatewayResults:
     n_items: int
     clients: int
@@ -70,6 +106,7 @@ class GatewayResults:
     at_load: Timing  # open loop at offered_rate
     hotspots: list[Hotspot]  # the gateway's main thread under full load (pyinstrument)
     profiled_s: float
+    cpu: CpuUse  # during the batched closed-loop run
 
     @property
     def max_throughput(self) -> float:
@@ -111,8 +148,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def gateway_process(repository: Path, secret: Path, max_batch_size: int, profile_to: Path | None = None) -> Iterator[str]:
-    """The gateway serving `repository` in a child process until the block exits; yields its address."""
+def gateway_process(
+    repository: Path, secret: Path, max_batch_size: int, profile_to: Path | None = None
+) -> Iterator[GatewayHandle]:
+    """The gateway serving `repository` in a child process until the block exits."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving.config import env_name
@@ -144,7 +183,7 @@ def gateway_process(repository: Path, secret: Path, max_batch_size: int, profile
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield address
+        yield GatewayHandle(address, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:
@@ -212,36 +251,49 @@ def run(settings: Settings) -> GatewayResults:
     max_batch = ServingConfig().max_batch_size
     seconds, clients = settings.seconds, settings.clients
 
-    async def batched_phases(address: str) -> tuple[Timing, Timing, Timing, Timing, float]:
+    async def measured_closed_loop(client: Client, gateway: GatewayHandle) -> tuple[Timing, CpuUse]:
+        (gateway0, redis0), load0, start = gateway.cpu_s(), time.process_time(), time.perf_counter()
+        timing = await closed_loop(client.cached, clients, seconds)
+        (gateway1, redis1), load1 = gateway.cpu_s(), time.process_time()
+        # closed_loop's warm-up (same load, not timed) is inside the CPU window: scale it out
+        share = timing.wall_s / (time.perf_counter() - start)
+        cpu = CpuUse(
+            gateway_s=(gateway1 - gateway0) * share, redis_s=(redis1 - redis0) * share, load_s=(load1 - load0) * share,
+            wall_s=timing.wall_s, requests=timing.calls,
+        )  # fmt: skip
+        return timing, cpu
+
+    async def batched_phases(gateway: GatewayHandle) -> tuple[Timing, CpuUse, Timing, Timing, Timing, float]:
+        address = gateway.address
         client = Client(address, token, item_ids)
         await client.warm()
-        batched = await closed_loop(client.cached, clients, seconds)
+        batched, cpu = await measured_closed_loop(client, gateway)
         hit = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.2)
         miss = await closed_loop(client.miss, 1, seconds / 2, warmup_s=0.2)
         rate = settings.load_fraction * batched.throughput
         at_load = await open_loop(client.cached, rate, seconds)
         await client.channel.close()
-        return batched, hit, miss, at_load, rate
+        return batched, cpu, hit, miss, at_load, rate
 
-    async def saturate(address: str) -> Timing:
-        client = Client(address, token, item_ids)
+    async def saturate(gateway: GatewayHandle) -> Timing:
+        client = Client(gateway.address, token, item_ids)
         await client.warm()
         timing = await closed_loop(client.cached, clients, seconds)
         await client.channel.close()
         return timing
 
-    with gateway_process(repository, secret, max_batch) as address:
-        batched, hit, miss, at_load, rate = asyncio.run(batched_phases(address))
-    with gateway_process(repository, secret, 1) as address:
-        unbatched = asyncio.run(saturate(address))
+    with gateway_process(repository, secret, max_batch) as gateway:
+        batched, cpu, hit, miss, at_load, rate = asyncio.run(batched_phases(gateway))
+    with gateway_process(repository, secret, 1) as gateway:
+        unbatched = asyncio.run(saturate(gateway))
     profile = repository.parent / "gateway-profile.json"
-    with gateway_process(repository, secret, max_batch, profile_to=profile) as address:
-        asyncio.run(saturate(address))
+    with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
+        asyncio.run(saturate(gateway))
     hotspots, profiled_s = hotspots_from(profile)
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=hit, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction, at_load=at_load,
-        hotspots=hotspots, profiled_s=profiled_s,
+        hotspots=hotspots, profiled_s=profiled_s, cpu=cpu,
     )  # fmt: skip
 
 
@@ -304,6 +356,23 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         "",
         f"{fmt(g.offered_rate, 0)} req/s offered for {g.at_load.calls} calls: p50 {fmt(g.at_load.p50_ms)} ms, "
         f"p99 {fmt(g.at_load.p99_ms)} ms (latency from each request's scheduled start).",
+        "",
+        f"### Where the CPU goes ({g.clients} clients, cached profiles, {fmt(g.cpu.wall_s)} s)",
+        "",
+        "CPU seconds of each process during the micro-batched closed-loop run above (psutil / "
+        "`time.process_time`), per request and as a share of all the machine's cores.",
+        "",
+        "| process | CPU ms per request | share of the machine's cores |",
+        "| --- | ---: | ---: |",
+        *[
+            f"| {name} | {fmt(g.cpu.ms_per_request(seconds), 2)} | {seconds / (g.cpu.wall_s * (os.cpu_count() or 1)):.0%} |"
+            for name, seconds in (
+                ("gateway (event loop + ONNX Runtime threads)", g.cpu.gateway_s),
+                ("its redis-server", g.cpu.redis_s),
+                (f"load generator ({g.clients} gRPC clients)", g.cpu.load_s),
+            )
+        ],
+        f"| all three | {fmt(g.cpu.ms_per_request(g.cpu.gateway_s + g.cpu.redis_s + g.cpu.load_s), 2)} | {g.cpu.busy:.0%} |",
         "",
         f"### Where the gateway's time goes (pyinstrument, {g.clients} clients, {fmt(g.profiled_s)} s of the main thread)",
         "",

@@ -154,12 +154,20 @@ def bottleneck(report: Report) -> list[str]:
     """For missed targets: the profile's top function, named (the table is in the gateway section)."""
     if report.gateway is None or all(ok for _, _, ok in targets(report)) or not report.gateway.hotspots:
         return []
-    top = report.gateway.hotspots[1:4]  # [0] is the loop's idle time
+    g = report.gateway
+    top = g.hotspots[1:4]  # [0] is the loop's idle time
     named = "; ".join(f"`{h.function}` ({h.location}, {h.share:.0%})" for h in top)
+    cpu = g.cpu
+    cores = os.cpu_count() or 1
     return [
-        "Missed targets were profiled (pyinstrument, gateway under full load; table in the gateway section). "
+        "Missed targets were profiled (pyinstrument and per-process CPU time, gateway under full load; "
+        f"tables in the gateway section). At {fmt(g.max_throughput, 0)} req/s the {cores} cores were "
+        f"{cpu.busy:.0%} busy: the gateway used {fmt(cpu.ms_per_request(cpu.gateway_s), 2)} CPU ms per request, "
+        f"its Redis {fmt(cpu.ms_per_request(cpu.redis_s), 2)} and the co-located load generator "
+        f"{fmt(cpu.ms_per_request(cpu.load_s), 2)}. The gateway alone on all {cores} cores would top out near "
+        f"{fmt(cores / (cpu.gateway_s + cpu.redis_s) * cpu.requests, 0)} req/s (CPU-bound estimate, not measured). "
         f"Largest self time on the gateway's event-loop thread: {named}; the loop was idle "
-        f"{report.gateway.hotspots[0].share:.0%} of the time.",
+        f"{g.hotspots[0].share:.0%} of the time.",
         "",
     ]
 
