@@ -43,6 +43,11 @@ class ServingConfig:
     triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
     ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
     ort_threads: int = _option(0, "ONNX Runtime intra-op threads (0: its default)")
+    ort_spinning: bool = _option(
+        False,
+        "let ONNX Runtime's idle worker threads spin for work (faster alone on a machine; off: they leave the "
+        "CPU to the event loop between batches)",
+    )
     max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
     max_batch_wait_ms: float = _option(2.0, "micro-batcher: longest a request waits for others to join its batch")
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")

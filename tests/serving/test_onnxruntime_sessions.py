@@ -1,0 +1,37 @@
+"""ONNX Runtime sessions as the gateway opens them: spinning off unless asked, threads as set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from serving.backends.onnxruntime import load_session
+
+
+@pytest.fixture
+def identity_model(tmp_path: Path) -> Path:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 3])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [x], [y])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
+def test_spinning_and_threads_reach_the_session(identity_model: Path, spinning: bool, entry: str) -> None:
+    session = load_session(identity_model, threads=1, spinning=spinning)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry
+    assert options.intra_op_num_threads == 1
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0], x)
+
+
+def test_missing_graph_is_named(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="model.onnx does not exist"):
+        load_session(tmp_path / "model.onnx")
