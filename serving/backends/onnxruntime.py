@@ -7,6 +7,7 @@ ignore PAD_ID (DESIGN.md section 4), so padding never changes an answer.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,11 @@ def onnx_path(repository: str | Path, model_name: str, version: int) -> Path:
     return Path(repository) / model_name / str(version) / contract.ONNX_FILENAME
 
 
+def default_threads() -> int:
+    """All the cores this process may use but one, which the event loop needs."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
 def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: the repository lacks this model version's ONNX graph")
@@ -34,7 +40,10 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
             "install onnxruntime-gpu or use --ort-device cpu"
         )
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    # ONNX Runtime's default takes every core, and the event loop (gRPC, Redis, edits) then preempts
+    # its workers mid-batch; one pair of runs on 2 cores: 1 thread instead of 2 gave 560 vs 429 req/s
+    # and 2.9 vs 3.9 CPU ms per request (`python -m benchmarks.run`, APRON_ORT_THREADS=1 vs 0 before).
+    options.intra_op_num_threads = threads or default_threads()
     # Spinning workers burn CPU between batches that the gateway's event loop needs to gather the
     # next batch. One pair of runs on 2 shared cores (`python -m benchmarks.run`, APRON_ORT_SPINNING
     # true vs false): gateway CPU per request 4.55 -> 4.19 ms, p99 at 70% load 69 -> 49 ms (noisy).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,9 @@ def test_spinning_and_threads_reach_the_session(identity_model: Path, spinning: 
 def test_missing_graph_is_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="model.onnx does not exist"):
         load_session(tmp_path / "model.onnx")
+
+
+def test_default_threads_leave_a_core_to_the_event_loop(identity_model: Path) -> None:
+    cores = len(os.sched_getaffinity(0))
+    options = load_session(identity_model).get_session_options()
+    assert options.intra_op_num_threads == max(1, cores - 1)
