@@ -85,11 +85,17 @@ class RedisStore:
         self.redis = redis  # decode_responses=False: weights are bytes
         self.ttl_s = ttl_s
 
-    async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> ProfileRecord | None:
+    async def get_profile(
+        self, model_version: int, user_id: str, shape: tuple[int, int]
+    ) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
+        """The cached profile (None: none or unusable) and the stored edits, in one round trip:
+        a Recommend's only Redis read on a cache hit. No MULTI/EXEC: each HGETALL is atomic on its
+        own (a reset plus its new edits is one transaction in `store_edits`), and the two keys need
+        no common snapshot."""
         key = profile_key(model_version, user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            fields, _ = await pipe.hgetall(key).expire(key, self.ttl_s).execute()
-        return ProfileRecord.from_redis(fields, shape) if fields else None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            fields, _, edits = await pipe.hgetall(key).expire(key, self.ttl_s).hgetall(edits_key(user_id)).execute()
+        return (ProfileRecord.from_redis(fields, shape) if fields else None), _decode_edits(edits)
 
     async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> None:
         key = profile_key(model_version, user_id)
@@ -138,24 +144,30 @@ class ProfileCache:
         if self.metrics is not None:
             self.metrics.cache.labels(result).inc()
 
-    async def cached(self, user_id: str) -> ProfileRecord | None:
+    async def cached(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
+        """The cached profile (None when there is none) and the stored edits."""
         return await self.store.get_profile(self.model_version, user_id, self.shape)
 
-    async def resolve(self, user_id: str, history_ids: np.ndarray | None) -> tuple[ProfileRecord, bool]:
-        """(profile, came from the cache). `history_ids` None: the cached profile or NotFound.
+    async def resolve(
+        self, user_id: str, history_ids: np.ndarray | None
+    ) -> tuple[ProfileRecord, bool, dict[str, EditSpec]]:
+        """(profile, came from the cache, stored edits). `history_ids` None: the cached profile or NotFound.
 
         Same history as cached (same digest): a hit. New history: computed, and it replaces the
-        cached one. With Redis down, a history is still answered: computed and not stored (counted
-        as "unavailable"); without a history there is nothing to compute from (UNAVAILABLE)."""
+        cached one. With Redis down, a history is still answered: computed and not stored, with no
+        stored edits (counted as "unavailable"; the response's profile then shows no edit, which
+        tells the client they were not applied); without a history there is nothing to compute
+        from (UNAVAILABLE)."""
         try:
-            cached = await self.cached(user_id)
+            cached, edits = await self.cached(user_id)
         except STORE_DOWN:
             if history_ids is None:
                 raise
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
             digest = history_digest(history_ids)
-            return ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64)), False
+            record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
+            return record, False, {}
         if history_ids is None:
             if cached is None:
                 self._count("miss")
@@ -164,11 +176,11 @@ class ProfileCache:
                     "send the user's history once (RecommendRequest.history) to create it"
                 )
             self._count("hit")
-            return cached, True
+            return cached, True, edits
         digest = history_digest(history_ids)
         if cached is not None and cached.digest == digest:
             self._count("hit")
-            return cached, True
+            return cached, True, edits
         self._count("miss")
         weights, length = await self.scorer.profile(history_ids)
         record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
@@ -176,13 +188,4 @@ class ProfileCache:
             await self.store.put_profile(self.model_version, user_id, record)
         except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
             self._count("unavailable")
-        return record, False
-
-    async def edits_or_none(self, user_id: str) -> dict[str, EditSpec]:
-        """Stored edits for Recommend. With Redis down: none (counted), so Recommend still answers;
-        its profile then shows no stored edit, which tells the client they were not applied."""
-        try:
-            return await self.store.get_edits(user_id)
-        except STORE_DOWN:
-            self._count("unavailable")
-            return {}
+        return record, False, edits

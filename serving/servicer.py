@@ -172,8 +172,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     f"none of the {len(request.history)} history ids is in the catalog of model version "
                     f"{self.model.version}; send ids from the catalog (e.g. a prototype's item_id in ListPrototypes)"
                 )
-        record, from_cache = await self.profiles.resolve(user, history)
-        stored = await self.profiles.edits_or_none(user)  # reliability: {} while Redis is down
+        record, from_cache, stored = await self.profiles.resolve(user, history)  # stored: {} while Redis is down
         edited = self._edited(record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")
 
@@ -201,9 +200,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         edits = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
         if not edits and not request.reset:
             raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
-        record = await self.profiles.cached(user)
+        record, before = await self.profiles.cached(user)
         if record is not None:  # refuse, before storing anything, edits that would empty the profile
-            before = {} if request.reset else await self.store.get_edits(user)
+            if request.reset:
+                before = {}
             try:
                 apply_edits(record.weights, merge_edits(before, edits), self.model.tag_index)
             except EditError as error:
@@ -221,13 +221,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
-        record = await self.profiles.cached(user)
+        record, stored = await self.profiles.cached(user)
         if record is None:
             raise NotFound(
                 f"no profile for user {user!r} under model version {self.model.version}: "
                 "a Recommend call with the user's history creates it"
             )
-        stored = await self.store.get_edits(user)
         return pb.GetProfileResponse(
             profile=self._profile(record, self._edited(record, stored, {}), stored),
             stored_edits=self._stored_list(stored),
