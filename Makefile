@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 LOADTEST_HOST ?= 127.0.0.1:50051
+LOADTEST_DATASET ?= artifacts/data/demo
 LOADTEST_ARGS ?=
 
 .PHONY: install system serve test lint proto proto-check results benchmarks loadtest
@@ -39,6 +40,10 @@ results: $(PY)
 benchmarks: $(PY)
 	$(PY) -m benchmarks.run --output BENCHMARKS.md
 
-# Against a gateway you started (make serve); writes loadtests/out/. Exits non-zero on broken thresholds.
+# Against a gateway you started (by default the demo of `make serve`, whose dataset's test users it
+# simulates, with a service token signed by the development secret); starts nothing itself.
+# Writes loadtests/out/; exits non-zero when a threshold breaks, e.g.
+#   make loadtest LOADTEST_ARGS="--users 64 --run-time 2m --max-p99-ms 50"
 loadtest: $(PY)
-	$(VENV)/bin/locust --config loadtests/locust.conf --host $(LOADTEST_HOST) $(LOADTEST_ARGS)
+	$(VENV)/bin/locust --config loadtests/locust.conf --host $(LOADTEST_HOST) --dataset $(LOADTEST_DATASET) \
+		--token "$$($(VENV)/bin/apron token --sub loadtest --role service)" $(LOADTEST_ARGS)

@@ -4,6 +4,8 @@ command works on a fresh clone: synthetic data -> a few epochs of APRON -> expor
 It runs the project's own commands in-process (`apron prepare`, `apron train`, then the export
 function), in a temp dir beside the repository, and exports into the repository last, which
 `export` itself stages and renames, so an interrupted build leaves no half-written repository.
+The synthetic dataset is kept in `artifacts/data/demo` beside the repository: its test users are
+the simulated users of `make loadtest` against the demo.
 The python-backend variant is exported: its `model.onnx` files serve the in-process backend, and
 the bundled CPU tritonserver can serve the same repository.
 """
@@ -37,6 +39,10 @@ def _run(argv: list[str]) -> None:
         raise RuntimeError(f"demo build: `apron {' '.join(argv)}` exited with {code}")
 
 
+def demo_dataset_dir(repository: str | Path) -> Path:
+    return Path(repository).absolute().parent / "artifacts" / "data" / "demo"
+
+
 def build_demo_repository(repository: str | Path, settings: DemoSettings = DemoSettings()) -> Path:
     from export.cli import export_checkpoint
     from export.triton_repository import RepositorySettings
@@ -59,6 +65,11 @@ def build_demo_repository(repository: str | Path, settings: DemoSettings = DemoS
         ])  # fmt: skip
         log.info("demo: exporting to %s", repository)
         export_checkpoint(checkpoint, repository, k_max=settings.k_max, settings=RepositorySettings(backend="python"))
+        dataset = demo_dataset_dir(repository)
+        shutil.rmtree(dataset, ignore_errors=True)  # a stale one would not match the new catalog
+        dataset.parent.mkdir(parents=True, exist_ok=True)
+        data.rename(dataset)
+        log.info("demo: its dataset (the simulated users of `make loadtest`) is in %s", dataset)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return repository

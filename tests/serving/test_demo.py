@@ -3,6 +3,7 @@ APRON on synthetic data, export it, and serve it."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,10 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from serving.demo import DemoSettings, build_demo_repository
+from serving.demo import DemoSettings, build_demo_repository, demo_dataset_dir
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from tests.serving.conftest import gateway_config, running_gateway
+from training.data.dataset import ProcessedDataset
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,6 +25,8 @@ async def test_demo_repository_is_built_and_served(tmp_path: Path, redis_server:
     repository = build_demo_repository(tmp_path / "model_repository", DemoSettings(n_items=300, n_users=600, n_tags=8, epochs=2))
     assert (repository / "apron_metadata.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
+    demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
+    assert demo_data.item_ids == json.loads((repository / "apron_metadata.json").read_text())["item_ids"]
     async with running_gateway(gateway_config(repository, redis_server.url)) as gateway:
         prototypes = await gateway.stub.ListPrototypes(pb.ListPrototypesRequest())
         assert len(prototypes.prototypes) == 8
