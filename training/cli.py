@@ -56,6 +56,11 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=split.seed, help="split seed")
     parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse interactions whose item id the item file lacks (default: drop them with a warning giving the count)",
+    )
+    parser.add_argument(
         "--min-tag-share",
         type=float,
         default=0.5,
@@ -96,7 +101,9 @@ def _run_prepare(args: argparse.Namespace) -> int:
         )
         name = args.path.name if args.dataset == "movielens" and args.path else args.dataset
         out = args.out or Path("artifacts") / "data" / name
-        dataset = prepare(args.dataset, out, args.path, filters, split, args.min_tag_share, synthetic)
+        dataset = prepare(
+            args.dataset, out, args.path, filters, split, args.min_tag_share, synthetic, strict=args.strict
+        )
     except (DataError, ValueError) as error:
         raise UserFacingError(str(error)) from error
     c = dataset.counts
@@ -122,6 +129,12 @@ def _add_features(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--layers", default="-1", help="hidden layers to average, N or START:STOP (audio; default last)")
     parser.add_argument("--chunk-seconds", type=float, default=10.0, help="audio window length (audio)")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (MERT-v1)")
+    parser.add_argument(
+        "--strip-tags",
+        action="store_true",
+        help="text: remove the tag names and the sentences about tags ('tagged with ...') before embedding; "
+        "writes features/text-stripped (train with --features text-stripped)",
+    )
     parser.add_argument("--dim", type=int, default=64, help="SVD rank (collab)")
     parser.add_argument("--seed", type=int, default=0, help="SVD start vector seed (collab)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -134,10 +147,17 @@ def _run_features(args: argparse.Namespace) -> int:
 
     try:
         dataset = ProcessedDataset.load(args.dataset)
-        if args.kind == "text":
-            from training.features.text import text_features
+        kind = args.kind
+        if args.strip_tags and kind != "text":
+            raise UserFacingError("--strip-tags applies to --kind text only")
+        if kind == "text":
+            from training.features.text import STRIPPED_KIND, text_features
 
-            features, meta = text_features(dataset.texts, args.model_path, args.batch_size, args.device, not args.quiet)
+            strip = dataset.tag_names if args.strip_tags else None
+            features, meta = text_features(
+                dataset.texts, args.model_path, args.batch_size, args.device, not args.quiet, strip_tags=strip
+            )
+            kind = STRIPPED_KIND if args.strip_tags else kind
         elif args.kind == "audio":
             from training.features.audio import AudioConfig, audio_features, parse_layers
 
@@ -151,7 +171,7 @@ def _run_features(args: argparse.Namespace) -> int:
             from training.features.collab import collab_features
 
             features, meta = collab_features(dataset.train, args.dim, args.seed)
-        path = write_features(args.dataset, args.kind, features, meta, dataset.fingerprint, dataset.n_items)
+        path = write_features(args.dataset, kind, features, meta, dataset.fingerprint, dataset.n_items)
     except (DataError, ValueError) as error:
         raise UserFacingError(str(error)) from error
     print(f"wrote {path}: {features.shape[0]:,} items x {features.shape[1]} dims")
@@ -171,8 +191,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--features",
         default="text",
-        choices=["text", "audio", "collab", "synthetic"],
-        help="content features for apron / sem-macridvae (default: text)",
+        choices=["text", "text-stripped", "audio", "collab", "synthetic"],
+        help="content features for apron / sem-macridvae (default: text; text-stripped: `apron features --kind text --strip-tags`)",
     )
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)

@@ -85,6 +85,8 @@ def evaluate_model(
     result[f"delta@{CONTROL_K}"] = control.delta
     result[f"delta@{CONTROL_K}_stderr"] = control.delta_stderr
     result[f"pct_delta@{CONTROL_K}"] = control.pct_delta
+    result[f"delta_eq16@{CONTROL_K}"] = control.delta_eq16  # Eq. 16 as printed: unnormalised DCG_t
+    result[f"delta_eq16@{CONTROL_K}_stderr"] = control.delta_eq16_stderr
     result["per_tag"] = [
         {**asdict(t), "tag": dataset.tag_names[t.tag], "tag_index": t.tag, "group": dataset.tag_groups[t.tag]}
         for t in control.per_tag
@@ -116,7 +118,7 @@ def controllability(
         )
         if result is not None:
             per_tag.append(result)
-    return summarize_controllability(per_tag)
+    return summarize_controllability(per_tag, k)
 
 
 def load_dataset_for(info_dataset: dict[str, Any], dataset_dir: str | Path | None) -> Any:

@@ -110,17 +110,35 @@ def tag_delta(full_ndcg: np.ndarray, modified_ndcg: np.ndarray, tag: int) -> Tag
     return TagDelta(tag, float((full - modified).mean()), float(full.mean()), float(modified.mean()), int(keep.sum()))
 
 
+def ideal_tag_dcg(k: int) -> float:
+    """DCG@k of a list whose k items all carry τ: sum_{i=1..k} 1 / log2(i + 1) (≈ 6.04 at k = 20).
+
+    `tag_ndcg_at_k` divides Eq. 15 by it; multiplying back gives Eq. 16's DCG as the paper writes it."""
+    return float(_discounts(k).sum())
+
+
 @dataclass(frozen=True)
 class Controllability:
-    delta: float  # Δ@k: mean of Δ@k(τ) over the tags with at least one counted user
+    delta: float  # Δ@k: mean of Δ@k(τ) over the tags with at least one counted user (NDCG_t normalised)
     delta_stderr: float  # standard error of that mean over tags
     pct_delta: float  # %Δ@k = 100 · mean_τ Δ@k(τ) / mean_τ NDCG_t^F@k(τ)
     per_tag: list[TagDelta]
+    delta_eq16: float = float("nan")  # Δ@k with Eq. 16 as written (unnormalised DCG_t): delta · ideal DCG@k
+    delta_eq16_stderr: float = float("nan")
 
 
-def summarize_controllability(per_tag: list[TagDelta]) -> Controllability:
-    """Averages Eq. 17 over tags. %Δ@k divides the mean drop by the mean full tag-wise NDCG, both
-    averaged over the same tags, i.e. the share of the tag-wise NDCG that dropping a prototype removes."""
+def summarize_controllability(per_tag: list[TagDelta], k: int | None = None) -> Controllability:
+    """Averages Eq. 17 over tags: the project's definition of Δ@k and %Δ@k.
+
+        Δ@k(τ)  = mean_{u ∈ U_τ'} [NDCG_t^F@k(τ, u) − NDCG_t^M@k(τ, u)]      (Eq. 17; U_τ' = U_τ less the
+                                                                              users with 0 in both terms)
+        Δ@k     = mean_τ Δ@k(τ)                                              (over tags with U_τ' ≠ ∅)
+        %Δ@k    = 100 · mean_τ Δ@k(τ) / mean_τ NDCG_t^F@k(τ)                 (ratio of the two tag means)
+
+    i.e. the share of the tag-wise NDCG that dropping a prototype removes. NDCG_t is normalised by
+    the ideal DCG@k (so Δ@k ∈ [-1, 1]); Eq. 16 as printed is the unnormalised DCG_t, reported as
+    `delta_eq16` = Δ@k · ideal_tag_dcg(k) when `k` is given. %Δ@k is the same under both, since the
+    normalisation is one constant for every user and tag."""
     if not per_tag:
         return Controllability(float("nan"), float("nan"), float("nan"), [])
     deltas = np.array([t.delta for t in per_tag])
@@ -128,7 +146,8 @@ def summarize_controllability(per_tag: list[TagDelta]) -> Controllability:
     mean_delta, stderr = mean_stderr(deltas)
     mean_full = fulls.mean()
     pct = 100.0 * mean_delta / mean_full if mean_full > 0 else float("nan")
-    return Controllability(mean_delta, stderr, float(pct), per_tag)
+    scale = ideal_tag_dcg(k) if k is not None else float("nan")
+    return Controllability(mean_delta, stderr, float(pct), per_tag, mean_delta * scale, stderr * scale)
 
 
 def mean_stderr(values: np.ndarray) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from training.data.dataset import ProcessedDataset
 from training.data.sources import prepare
 from training.data.synthetic import SyntheticConfig
 
-MODEL_NAMES = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "apron")
+MODEL_NAMES = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "sem-macridvae-tags", "apron")
 
 # Small widths so that every model trains in seconds on 2 CPU cores.
 SMALL: dict[str, dict[str, Any]] = {
@@ -18,6 +18,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "recvae": {"hidden_dim": 64, "latent_dim": 16, "n_layers": 3},
     "macridvae": {"embedding_dim": 16},
     "sem-macridvae": {"embedding_dim": 16},
+    "sem-macridvae-tags": {"embedding_dim": 16},
     "apron": {"n_heads": 4, "head_dim": 16, "hidden_dims": (64,)},
 }
 

@@ -11,7 +11,7 @@ import cli
 from training.data.dataset import ProcessedDataset, build_dataset
 from training.data.lastfm import DEFAULT_FILTERS, load_lastfm
 from training.data.prototypes import main_tags
-from training.data.raw import DataError
+from training.data.raw import DataError, DataWarning
 from training.data.splits import FilterConfig, SplitConfig
 
 LASTFM = Path(__file__).parents[2].parent / "shared" / "data" / "lastfm-2k"
@@ -159,14 +159,26 @@ def test_unknown_artist_and_bad_json_are_located(tmp_path: Path) -> None:
     root = write_lastfm(tmp_path / "lfm", **{"artist_descriptions.json": '{"1": "x",\n "2": }'})
     with pytest.raises(DataError, match=r"artist_descriptions\.json line 2: invalid JSON"):
         load_lastfm(root, n_tags=3)
-    root = write_lastfm(tmp_path / "lfm2")
+
+
+def test_plays_of_artists_missing_from_artists_dat_are_dropped_with_a_count_or_refused(tmp_path: Path) -> None:
+    root = write_lastfm(tmp_path / "lfm")
+    clean = load_lastfm(root, n_tags=3)
     with (root / "user_artists.dat").open("a") as handle:
-        handle.write("5\t99\t1\n")
-    last_line = len((root / "user_artists.dat").read_text().splitlines())
+        handle.write("5\t99\t1\n6\t99\t4\n6\t98\t2\n")
+    first_line = len((root / "user_artists.dat").read_text().splitlines()) - 2
+    with pytest.warns(DataWarning, match=r"user_artists\.dat: dropped 3 rows whose artistID \(2 distinct, first at "
+                      rf"line {first_line}\) is not in artists\.dat"):  # fmt: skip
+        raw = load_lastfm(root, n_tags=3)
+    assert _pairs(raw) == _pairs(clean)  # the known artists' plays are all kept
     with pytest.raises(
-        DataError, match=rf"user_artists\.dat line {last_line}: artistID 99 is not in artists\.dat"
+        DataError, match=rf"user_artists\.dat line {first_line}: artistID 99 is not in artists\.dat"
     ):
-        load_lastfm(root, n_tags=3)
+        load_lastfm(root, n_tags=3, strict=True)
+
+
+def _pairs(raw) -> list[tuple[int, int, float]]:
+    return sorted(zip(raw.users.tolist(), raw.items.tolist(), raw.play_counts.tolist(), strict=True))
 
 
 def test_a_tag_left_without_items_is_named(tmp_path: Path) -> None:

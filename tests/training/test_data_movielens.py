@@ -7,7 +7,7 @@ import pytest
 
 from training.data.dataset import build_dataset
 from training.data.movielens import DEFAULT_FILTERS, detect_layout, load_movielens
-from training.data.raw import DataError
+from training.data.raw import DataError, DataWarning
 from training.data.splits import SplitConfig
 
 ML1M = Path(__file__).parents[2].parent / "shared" / "data" / "ml-1m-implicit"
@@ -125,8 +125,39 @@ def test_movielens_errors_name_file_and_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"ratings\.dat line 2: rating must be a number, got 'x'"):
         load_movielens(tmp_path)
     (tmp_path / "ratings.dat").write_text("1::1::5::0\n1::7::5::0\n")
-    with pytest.raises(DataError, match=r"ratings\.dat line 2: movie 7 is not in the movies file"):
-        load_movielens(tmp_path)
+    with pytest.raises(DataError, match=r"ratings\.dat line 2: movie id 7 is not in movies\.dat"):
+        load_movielens(tmp_path, strict=True)
     (tmp_path / "movies.dat").write_text("1::A (1990)::Drama\n2::B (1991)\n")
     with pytest.raises(DataError, match=r"movies\.dat line 2: expected 3 '::'-separated fields, got 2"):
         load_movielens(tmp_path)
+
+
+@pytest.mark.parametrize("layout", ["ml-1m", "ml-100k", "ml-20m", "ml-1m-implicit"])
+def test_ratings_of_movies_missing_from_the_movies_file_are_dropped_with_a_count(tmp_path: Path, layout: str) -> None:
+    """Published copies sometimes rate ids their item file lacks: dropped and counted, or refused."""
+    extra = [(1, 8, 5), (2, 8, 2), (3, 9, 4)]  # 3 rows, 2 unknown ids, one of them a low rating
+    ratings = RATINGS + extra
+    movies = "".join(f"{m}::{t}::{'|'.join(g)}\n" for m, t, g in MOVIES)
+    if layout == "ml-1m":
+        (tmp_path / "ratings.dat").write_text("".join(f"{u}::{m}::{r}::0\n" for u, m, r in ratings))
+        (tmp_path / "movies.dat").write_text(movies)
+        item_file, data_file = "movies.dat", "ratings.dat"
+    elif layout == "ml-1m-implicit":
+        pairs = sorted(POSITIVE) + [(u, m) for u, m, _ in extra]
+        (tmp_path / "interactions.tsv").write_text("user_id\tmovie_id\n" + "".join(f"{u}\t{m}\n" for u, m in pairs))
+        (tmp_path / "movies.dat").write_text(movies)
+        item_file, data_file = "movies.dat", "interactions.tsv"
+    elif layout == "ml-20m":
+        (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n" + "".join(f"{u},{m},{r},1\n" for u, m, r in ratings))
+        (tmp_path / "movies.csv").write_text("movieId,title,genres\n" + "".join(f'{m},"{t}",{"|".join(g) or "Drama"}\n' for m, t, g in MOVIES))
+        item_file, data_file = "movies.csv", "ratings.csv"
+    else:
+        (tmp_path / "u.data").write_text("".join(f"{u}\t{m}\t{r}\t0\n" for u, m, r in ratings))
+        flags = "|".join(["0"] * 19)
+        (tmp_path / "u.item").write_text("".join(f"{m}|{t}|01-Jan-1995||http://x|{flags}\n" for m, t, _ in MOVIES))
+        item_file, data_file = "u.item", "u.data"
+    with pytest.warns(DataWarning, match=rf"{data_file}: dropped 3 rows whose movie.id \(2 distinct.*not in {item_file}"):
+        raw = load_movielens(tmp_path)
+    assert _interactions(raw) == POSITIVE
+    with pytest.raises(DataError, match=rf"{data_file} line \d+: movie.id 8 is not in {item_file}"):
+        load_movielens(tmp_path, strict=True)

@@ -43,3 +43,22 @@ def test_apron_features_text_writes_features_for_a_prepared_dataset(tmp_path: Pa
     meta = json.loads((out / "features" / "text.json").read_text())
     assert meta["encoder"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert meta["model_path"] == str(default_model_path()) and meta["dim"] == 384
+
+
+def test_strip_tag_words_removes_tag_sentences_and_tag_names() -> None:
+    from training.features.text import strip_tag_words
+
+    tags = ["jazz", "synth pop", "80s", "female vocalists", "Sci-Fi"]
+    texts = [
+        "Nova is a Synth-Pop act from the 1980s. Their work has been tagged with labels such as 'jazz', "
+        "'synth pop' and '80s', reflecting their range. Fans of Nova enjoy Duran Duran, who share similar tags. "
+        "Their sound mixes JAZZ chords with synthpop hooks and female vocalists.",
+        "A Sci-Fi thriller about jazzmen in space.",
+        "No labels here.",
+    ]
+    stripped = strip_tag_words(texts, tags)
+    assert stripped[0] == "Nova is a act from the 1980s. Their sound mixes chords with hooks and."
+    assert "tagged" not in stripped[0] and "Duran" not in stripped[0]  # both tag sentences gone
+    assert stripped[1] == "A thriller about jazzmen in space."  # whole words only: "jazzmen" stays
+    assert stripped[2] == "No labels here."
+    assert strip_tag_words(texts, []) == texts

@@ -9,6 +9,7 @@ import scipy.sparse as sp
 from training.metrics import (
     TagDelta,
     exclude_history,
+    ideal_tag_dcg,
     mean_stderr,
     ndcg_at_k,
     recall_at_k,
@@ -100,3 +101,16 @@ def test_controllability_summary_by_hand() -> None:
     assert summary.delta_stderr == pytest.approx(0.1)  # std([0.1, 0.3], ddof=1) / sqrt(2)
     assert summary.pct_delta == pytest.approx(100 * 0.2 / 0.3)
     assert math.isnan(summarize_controllability([]).delta)
+
+
+def test_eq16_delta_is_the_unnormalised_dcg_and_leaves_pct_delta_unchanged() -> None:
+    ideal = 1 + 1 / LOG2_3 + 1 / math.log2(4)  # k = 3
+    assert ideal_tag_dcg(3) == pytest.approx(ideal)
+    # one user, top 3 = items 0, 2, 4: tag on items 0 and 4 -> DCG_t = 1 + 1/log2(4)
+    tag_items = np.array([1, 0, 0, 0, 1], dtype=bool)
+    assert tag_ndcg_at_k(SCORES, tag_items, 3)[0] * ideal == pytest.approx(1.5)
+    per_tag = [TagDelta(0, 0.1, 0.35, 0.25, 2), TagDelta(1, 0.3, 0.25, -0.05, 4)]
+    summary = summarize_controllability(per_tag, k=3)
+    assert summary.delta_eq16 == pytest.approx(0.2 * ideal)
+    assert summary.delta_eq16_stderr == pytest.approx(0.1 * ideal)
+    assert summary.pct_delta == pytest.approx(summarize_controllability(per_tag).pct_delta)

@@ -21,6 +21,7 @@ import numpy as np
 from training.data.raw import (
     DataError,
     RawDataset,
+    UnknownIds,
     parse_float,
     parse_int,
     read_rows,
@@ -55,8 +56,13 @@ def tag_group(name: str) -> str:
     return TAG_GROUPS.get(name, DEFAULT_GROUP)
 
 
-def load_lastfm(path: str | Path, n_tags: int = N_TAGS, require_description: bool = True) -> RawDataset:
-    """Read the Last.fm 2K directory `path` into the common raw form (artists are the items)."""
+def load_lastfm(
+    path: str | Path, n_tags: int = N_TAGS, require_description: bool = True, strict: bool = False
+) -> RawDataset:
+    """Read the Last.fm 2K directory `path` into the common raw form (artists are the items).
+
+    Play counts of artists that `artists.dat` lacks are dropped with a DataWarning giving their
+    count (`strict=True`: a DataError naming the first such line)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root} is not a directory: expected the HetRec Last.fm 2K files there")
@@ -77,16 +83,19 @@ def load_lastfm(path: str | Path, n_tags: int = N_TAGS, require_description: boo
 
     plays_file = root / "user_artists.dat"
     users, items, counts = [], [], []
+    unknown = UnknownIds(plays_file, artists_file.name, "artistID", strict)
     for line, fields in read_rows(
         plays_file, "the play counts (userID, artistID, weight)", "\t", 3, header=True
     ):
         artist = parse_int(fields[1], plays_file, line, "artistID")
         if artist not in names:
-            raise DataError(f"{plays_file} line {line}: artistID {artist} is not in {artists_file.name}")
-        if artist in index:
+            unknown.add(artist, line)
+        elif artist in index:
             users.append(parse_int(fields[0], plays_file, line, "userID"))
             items.append(index[artist])
             counts.append(parse_float(fields[2], plays_file, line, "weight"))
+
+    unknown.report()
 
     tagged_file = root / "user_taggedartists.dat"
     tagged_artists, tagged_tags = [], []

@@ -25,6 +25,7 @@ import numpy as np
 from training.data.raw import (
     DataError,
     RawDataset,
+    UnknownIds,
     parse_float,
     parse_int,
     read_rows,
@@ -62,24 +63,29 @@ def detect_layout(root: Path) -> str:
     raise DataError(f"{root} holds no MovieLens files: expected one of {expected}")
 
 
-def load_movielens(path: str | Path, min_rating: float = MIN_RATING, name: str | None = None) -> RawDataset:
-    """Read a MovieLens directory of any layout above into the common raw form."""
+def load_movielens(
+    path: str | Path, min_rating: float = MIN_RATING, name: str | None = None, strict: bool = False
+) -> RawDataset:
+    """Read a MovieLens directory of any layout above into the common raw form.
+
+    Interactions with a movie id the movies file lacks are dropped with a DataWarning giving their
+    count (`strict=True`: a DataError naming the first such line)."""
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root} is not a directory: expected MovieLens files there")
     layout = detect_layout(root)
     if layout == "ml-1m-implicit":
         movies = _read_movies_dat(root / "movies.dat")
-        users, movie_ids = _read_interactions_tsv(root / "interactions.tsv", movies)
+        users, movie_ids = _read_interactions_tsv(root / "interactions.tsv", movies, strict)
     elif layout == "ml-100k":
         movies = _read_u_item(root / "u.item", _ml100k_genres(root / "u.genre"))
-        users, movie_ids = _read_ratings(root / "u.data", "\t", movies, min_rating)
+        users, movie_ids = _read_ratings(root / "u.data", "\t", movies, min_rating, strict, "u.item")
     elif layout == "ml-1m":
         movies = _read_movies_dat(root / "movies.dat")
-        users, movie_ids = _read_ratings(root / "ratings.dat", "::", movies, min_rating)
+        users, movie_ids = _read_ratings(root / "ratings.dat", "::", movies, min_rating, strict, "movies.dat")
     else:
         movies = _read_movies_csv(root / "movies.csv")
-        users, movie_ids = _read_ratings(root / "ratings.csv", ",", movies, min_rating)
+        users, movie_ids = _read_ratings(root / "ratings.csv", ",", movies, min_rating, strict, "movies.csv")
 
     descriptions_file = root / "movie_descriptions.json"
     descriptions = (
@@ -187,30 +193,38 @@ def _read_u_item(path: Path, genre_names: list[str]) -> Movies:
     return movies
 
 
-def _read_interactions_tsv(path: Path, movies: Movies) -> Interactions:
+def _read_interactions_tsv(path: Path, movies: Movies, strict: bool) -> Interactions:
     users, movie_ids = [], []
+    unknown = UnknownIds(path, "movies.dat", "movie_id", strict)
     for line, (user, movie) in read_rows(path, "the interactions (user_id, movie_id)", "\t", 2, header=True):
-        movie_ids.append(_known_movie(parse_int(movie, path, line, "movie_id"), movies, path, line))
-        users.append(parse_int(user, path, line, "user_id"))
+        user_id, movie_id = parse_int(user, path, line, "user_id"), parse_int(movie, path, line, "movie_id")
+        if movie_id not in movies:
+            unknown.add(movie_id, line)
+            continue
+        users.append(user_id)
+        movie_ids.append(movie_id)
+    unknown.report()
     return users, movie_ids
 
 
-def _read_ratings(path: Path, sep: str, movies: Movies, min_rating: float) -> Interactions:
-    """Users and movies of the ratings >= min_rating (Liang et al.'s binarisation)."""
+def _read_ratings(
+    path: Path, sep: str, movies: Movies, min_rating: float, strict: bool, movies_file: str
+) -> Interactions:
+    """Users and movies of the ratings >= min_rating (Liang et al.'s binarisation); ratings of
+    movies that `movies_file` lacks are dropped and counted (any rating: the file is at fault)."""
     users, movie_ids = [], []
     header = path.suffix == ".csv"
+    unknown = UnknownIds(path, movies_file, "movie id", strict)
     for line, (user, movie, rating, _) in read_rows(
         path, "the ratings (user, movie, rating, timestamp)", sep, 4, header=header
     ):
         user_id = parse_int(user, path, line, "user id")
-        movie_id = _known_movie(parse_int(movie, path, line, "movie id"), movies, path, line)
-        if parse_float(rating, path, line, "rating") >= min_rating:
+        movie_id = parse_int(movie, path, line, "movie id")
+        positive = parse_float(rating, path, line, "rating") >= min_rating
+        if movie_id not in movies:
+            unknown.add(movie_id, line)
+        elif positive:
             users.append(user_id)
             movie_ids.append(movie_id)
+    unknown.report()
     return users, movie_ids
-
-
-def _known_movie(movie: int, movies: Movies, path: Path, line: int) -> int:
-    if movie not in movies:
-        raise DataError(f"{path} line {line}: movie {movie} is not in the movies file")
-    return movie

@@ -8,6 +8,7 @@ Every parse error names the file and line; a missing file names what it was need
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,45 @@ import scipy.sparse as sp
 
 class DataError(ValueError):
     """Bad or missing input data; the message names the file (and line) at fault."""
+
+
+class DataWarning(UserWarning):
+    """Input the loader repaired (e.g. dropped rows); the message gives the count and the file."""
+
+
+class UnknownIds:
+    """Rows of an interactions file whose item id the item file lacks.
+
+    Published MovieLens copies (and Last.fm 2K's play counts) sometimes rate ids that their item
+    file does not list. By default such rows are dropped and `report()` warns once with their
+    count; `strict=True` raises a DataError at the first one instead, naming its line."""
+
+    def __init__(self, path: Path, item_file: str, what: str, strict: bool):
+        self.path, self.item_file, self.what, self.strict = path, item_file, what, strict
+        self.rows, self.ids = 0, set[int]()
+        self.first_line: int | None = None
+
+    def add(self, item: int, line: int) -> None:
+        if self.strict:
+            raise DataError(
+                f"{self.path} line {line}: {self.what} {item} is not in {self.item_file} "
+                "(without --strict such rows are dropped with a warning)"
+            )
+        self.rows += 1
+        self.ids.add(item)
+        if self.first_line is None:
+            self.first_line = line
+
+    def report(self) -> int:
+        """Warn (DataWarning) when rows were dropped; returns how many."""
+        if self.rows:
+            warnings.warn(
+                f"{self.path}: dropped {self.rows:,} rows whose {self.what} ({len(self.ids):,} distinct, first at "
+                f"line {self.first_line}) is not in {self.item_file}; pass --strict to refuse such files",
+                DataWarning,
+                stacklevel=3,
+            )
+        return self.rows
 
 
 @dataclass

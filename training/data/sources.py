@@ -17,7 +17,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"  # ../shared/data beside the 
 
 @dataclass(frozen=True)
 class Source:
-    load: Callable[[Path], RawDataset] | None  # None: generated, not read (synthetic)
+    load: Callable[..., RawDataset] | None  # (path, strict=...) -> raw; None: generated (synthetic)
     default_filters: FilterConfig
 
 
@@ -41,13 +41,17 @@ def prepare(
     split: SplitConfig | None = None,
     min_tag_share: float = 0.5,
     synthetic_config: synthetic.SyntheticConfig | None = None,
+    strict: bool = False,
 ) -> ProcessedDataset:
-    """Load `name` (from `path`, default ../shared/data/<name>), filter, split, save to `out`."""
+    """Load `name` (from `path`, default ../shared/data/<name>), filter, split, save to `out`.
+
+    `strict`: refuse interactions with item ids the item file lacks (default: drop them with a
+    DataWarning giving their count)."""
     source = SOURCES[name]
     if source.load is None:
         raw = synthetic.generate(synthetic_config or synthetic.SyntheticConfig()).raw
     else:
-        raw = source.load(Path(path) if path is not None else default_path(name))
+        raw = source.load(Path(path) if path is not None else default_path(name), strict=strict)
     dataset, features = build_dataset(
         raw, filters or source.default_filters, split or SplitConfig(), min_tag_share
     )

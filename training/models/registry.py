@@ -12,7 +12,8 @@ MODELS: dict[str, str] = {
     "multivae": "training.models.multivae:MultiVAE",
     "recvae": "training.models.recvae:RecVAE",
     "macridvae": "training.models.macridvae:MacridVAE",
-    "sem-macridvae": "training.models.macridvae:SemMacridVAE",
+    "sem-macridvae": "training.models.macridvae:SemMacridVAE",  # the APRON paper's: k-means init only
+    "sem-macridvae-tags": "training.models.macridvae:TagSupervisedMacridVAE",  # + tag prototypes, Eq. 11
 }
 
 
