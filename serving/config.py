@@ -49,7 +49,14 @@ class ServingConfig:
         "CPU to the event loop between batches)",
     )
     max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
-    max_batch_wait_ms: float = _option(2.0, "micro-batcher: longest a request waits for others to join its batch")
+    max_batch_wait_ms: float = _option(
+        0.0,
+        "micro-batcher: longest a request waits for others to join its batch (0: an idle scorer runs a request at "
+        "once; requests arriving during a run form the next batch)",
+    )
+    max_queue: int = _option(
+        256, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
+    )
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
     max_history: int = _option(10_000, "most history ids one request may carry")
     max_edits: int = _option(256, "most edits one request may carry")
@@ -80,7 +87,7 @@ class ServingConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        positive = ("max_batch_size", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
+        positive = ("max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

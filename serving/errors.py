@@ -36,3 +36,16 @@ class Unavailable(ApronError):
     """A dependency (Redis, Triton) cannot be reached; the client may retry."""
 
     code = grpc.StatusCode.UNAVAILABLE
+
+
+RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata on RESOURCE_EXHAUSTED: when a retry will be accepted
+
+
+class ResourceExhausted(ApronError):
+    """Over a limit (rate, concurrency, queue); the client may retry after `retry_after_s`."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

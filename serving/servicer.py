@@ -24,7 +24,14 @@ from serving.cache import ProfileCache, ProfileRecord, RedisStore
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
-from serving.errors import ApronError, FailedPrecondition, InvalidArgument, NotFound
+from serving.errors import (
+    RETRY_AFTER_KEY,
+    ApronError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from serving.metrics import Metrics
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
@@ -53,6 +60,9 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
                     raise TimeoutError
                 return response
+            except ResourceExhausted as error:
+                code, message = error.code, str(error)
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, str(math.ceil(error.retry_after_s * 1000))),))
             except (ApronError, auth.AccessDenied) as error:
                 code, message = error.code, str(error)
             except TimeoutError:

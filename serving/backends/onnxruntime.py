@@ -61,8 +61,9 @@ class OnnxRuntimeScorer(Scorer):
         scorer_session: ort.InferenceSession,
         *,
         max_batch_size: int = 32,
-        max_wait_s: float = 0.002,
+        max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
+        max_queue: int = 256,
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session
@@ -72,6 +73,7 @@ class OnnxRuntimeScorer(Scorer):
             max_wait_s=max_wait_s,
             name=contract.PROFILE_MODEL,
             observer=observer,
+            max_queue=max_queue,
         )
         self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._run_scorer,
@@ -79,6 +81,7 @@ class OnnxRuntimeScorer(Scorer):
             max_wait_s=max_wait_s,
             name=contract.SCORER_MODEL,
             observer=observer,
+            max_queue=max_queue,
         )
 
     @classmethod
@@ -94,6 +97,7 @@ class OnnxRuntimeScorer(Scorer):
             max_batch_size=config.max_batch_size,
             max_wait_s=config.max_batch_wait_ms / 1000.0,
             observer=observer,
+            max_queue=config.max_queue,
         )
 
     # Run in the batchers' worker threads: one ONNX Runtime call per batch.

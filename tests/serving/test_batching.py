@@ -1,93 +1,184 @@
-"""The asyncio micro-batcher (serving/batching.py) with a plain function as the model."""
+"""The asyncio micro-batcher's policy (serving/batching.py), with a plain function as the model.
+
+No timing windows: the model blocks on a `threading.Event` the test controls, so "a run is in
+progress" is a state the test creates and ends, and every wait is on a condition with a deadline.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
-from serving.batching import BatcherClosed, MicroBatcher
+from serving.batching import BatcherClosed, MicroBatcher, retry_after_s
+from serving.errors import ResourceExhausted
+
+DEADLINE_S = 30.0
 
 
-class Recorder:
-    """A 'model' that doubles its inputs and records each run's batch."""
+class GatedModel:
+    """A 'model' that doubles its inputs, records each batch, and, while the gate is closed, holds
+    every run until the test opens it."""
 
-    def __init__(self, delay: float = 0.0):
+    def __init__(self, gated: bool = True):
         self.batches: list[list[int]] = []
-        self.delay = delay
         self.threads: set[str] = set()
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)  # released once per run that has begun
+        if not gated:
+            self.gate.set()
 
     def __call__(self, items: list[int]) -> list[int]:
         self.threads.add(threading.current_thread().name)
-        time.sleep(self.delay)
         self.batches.append(list(items))
+        self.started.release()
+        if not self.gate.wait(DEADLINE_S):
+            raise TimeoutError("the test never opened the gate")
         return [2 * x for x in items]
 
-
-async def test_concurrent_requests_share_one_run() -> None:
-    model = Recorder()
-    observed = []
-    batcher = MicroBatcher(
-        model, max_batch_size=8, max_wait_s=0.05, name="m", observer=lambda *args: observed.append(args)
-    )
-    results = await asyncio.gather(*(batcher.submit(i) for i in range(8)))
-    await batcher.close()
-    assert results == [2 * i for i in range(8)]
-    assert model.batches == [list(range(8))]  # one run, arrival order kept
-    name, size, run_seconds, waits = observed[0]
-    assert (name, size, len(waits)) == ("m", 8, 8) and run_seconds >= 0
-    assert all(t.startswith("apron-m") for t in model.threads)  # off the event loop
+    async def run_started(self) -> None:
+        """Wait (off the event loop) until a run has begun."""
+        if not await asyncio.to_thread(self.started.acquire, timeout=DEADLINE_S):
+            raise TimeoutError("no run started")
 
 
-async def test_max_batch_size_splits_and_max_wait_bounds_the_wait() -> None:
-    model = Recorder()
-    batcher = MicroBatcher(model, max_batch_size=4, max_wait_s=0.01, name="m")
-    await asyncio.gather(*(batcher.submit(i) for i in range(10)))
-    assert [len(b) for b in model.batches] == [4, 4, 2]
-    start = time.perf_counter()
-    assert await batcher.submit(7) == 14  # alone: dispatched after max_wait, not stuck waiting for company
-    assert time.perf_counter() - start < 0.5
+async def until(condition, what: str) -> None:
+    """Yield to the event loop until `condition()` holds (deadline: DEADLINE_S)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(0)
+
+
+async def test_an_idle_batcher_runs_a_request_at_once_alone() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    first = asyncio.create_task(batcher.submit(1))
+    await model.run_started()  # dispatched with no other request coming: nothing waited for company
+    assert model.batches == [[1]]
+    model.gate.set()
+    assert await first == 2
     await batcher.close()
 
 
 async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
-    model = Recorder(delay=0.1)
-    batcher = MicroBatcher(model, max_batch_size=16, max_wait_s=0.0, name="m")
+    model = GatedModel()
+    observed = []
+    batcher = MicroBatcher(model, max_batch_size=16, name="m", observer=lambda *args: observed.append(args))
     first = asyncio.create_task(batcher.submit(0))
-    await asyncio.sleep(0.03)  # the first run is in progress
-    rest = await asyncio.gather(*(batcher.submit(i) for i in range(1, 6)))
-    assert await first == 0 and rest == [2, 4, 6, 8, 10]
-    assert model.batches == [[0], [1, 2, 3, 4, 5]]
+    await model.run_started()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+    await until(lambda: batcher.queued == 5, "the five requests queue behind the run")
+    model.gate.set()
+    assert await first == 0 and await asyncio.gather(*rest) == [2, 4, 6, 8, 10]
+    assert model.batches == [[0], [1, 2, 3, 4, 5]]  # one run for all that came during the first, in order
+    assert [(name, size, len(waits)) for name, size, _, waits in observed] == [("m", 1, 1), ("m", 5, 5)]
+    assert all(t.startswith("apron-m") for t in model.threads)  # off the event loop
     await batcher.close()
+
+
+async def test_the_next_batch_is_capped_at_max_batch_size() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=4, name="m")
+    first = asyncio.create_task(batcher.submit(0))
+    await model.run_started()
+    rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 11)]
+    await until(lambda: batcher.queued == 10, "ten requests queue")
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [len(b) for b in model.batches] == [1, 4, 4, 2]
+    await batcher.close()
+
+
+async def test_concurrent_submissions_on_an_idle_batcher_share_one_run() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    # gather starts all eight before the collector task first runs: they are one batch
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(8))) == [2 * i for i in range(8)]
+    assert model.batches == [list(range(8))]
+    await batcher.close()
+
+
+async def test_max_wait_holds_a_partial_batch_until_it_fills() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=3, max_wait_s=DEADLINE_S, name="m")
+    first = asyncio.create_task(batcher.submit(1))
+    await until(lambda: batcher.queued == 1, "the first request queues")
+    second = asyncio.create_task(batcher.submit(2))
+    await until(lambda: batcher.queued == 2, "the second request queues")
+    assert model.batches == []  # waiting for company, as configured
+    assert await asyncio.gather(first, second, batcher.submit(3)) == [2, 4, 6]
+    assert model.batches == [[1, 2, 3]]
+    await batcher.close()
+
+
+async def test_a_full_queue_sheds_with_resource_exhausted_and_a_retry_after() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=2, max_queue=3, name="m")
+    first = asyncio.create_task(batcher.submit(0))
+    await model.run_started()
+    queued = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await until(lambda: batcher.queued == 3, "the queue fills")
+    with pytest.raises(ResourceExhausted) as refused:
+        await batcher.submit(99)
+    assert refused.value.retry_after_s > 0
+    assert "--max-queue 3" in str(refused.value)
+    assert batcher.queued == 3  # the refused request took no place
+    model.gate.set()
+    assert await first == 0 and await asyncio.gather(*queued) == [2, 4, 6]
+    assert await batcher.submit(5) == 10  # room again once the queue drains
+    assert model.batches == [[0], [1, 2], [3], [5]]
+    await batcher.close()
+
+
+def test_retry_after_counts_the_batches_ahead_and_the_run_in_progress() -> None:
+    # 5 queued at 2 per batch: 3 batches of 10 ms, after the 4 ms left of the current 10 ms run
+    assert retry_after_s(5, 2, 0.010, 0.006) == pytest.approx(0.034)
+    # a run already past the average stretches every estimate to its length so far
+    assert retry_after_s(2, 2, 0.010, 0.050) == pytest.approx(0.050)
+    # nothing known yet (no run finished): still a positive hint
+    assert retry_after_s(1, 8, 0.0, None) > 0
 
 
 async def test_a_failing_run_fails_every_caller_of_the_batch() -> None:
     def broken(items: list[int]) -> list[int]:
         raise ValueError("model exploded")
 
-    batcher = MicroBatcher(broken, max_batch_size=4, max_wait_s=0.01, name="m")
+    batcher = MicroBatcher(broken, max_batch_size=4, name="m")
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ValueError) and "exploded" in str(r) for r in results)
     await batcher.close()
 
 
-async def test_cancelled_callers_are_skipped() -> None:
-    model = Recorder()
-    batcher = MicroBatcher(model, max_batch_size=8, max_wait_s=0.05, name="m")
+async def test_callers_that_gave_up_while_queued_are_skipped() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    first = asyncio.create_task(batcher.submit(0))
+    await model.run_started()
     doomed = asyncio.create_task(batcher.submit(99))
     kept = asyncio.create_task(batcher.submit(1))
-    await asyncio.sleep(0)
+    await until(lambda: batcher.queued == 2, "both queue")
     doomed.cancel()
-    assert await kept == 2
-    assert model.batches == [[1]]
+    model.gate.set()
+    assert await first == 0 and await kept == 2
+    assert model.batches == [[0], [1]]
     await batcher.close()
 
 
-async def test_closed_batcher_refuses_work() -> None:
-    batcher = MicroBatcher(Recorder(), max_batch_size=2, max_wait_s=0.0, name="m")
-    assert await batcher.submit(1) == 2
+async def test_close_fails_queued_callers_and_refuses_new_work() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=1, name="m")
+    running = asyncio.create_task(batcher.submit(0))
+    await model.run_started()
+    waiting = asyncio.create_task(batcher.submit(1))
+    await until(lambda: batcher.queued == 1, "the second request queues")
+    model.gate.set()  # close() waits for the worker thread; the run must be able to end
     await batcher.close()
+    results = await asyncio.gather(running, waiting, return_exceptions=True)
+    assert all(isinstance(r, BatcherClosed) or r == 0 for r in results)
+    assert isinstance(results[1], BatcherClosed)
     with pytest.raises(BatcherClosed):
         await batcher.submit(2)
