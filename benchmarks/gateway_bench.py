@@ -31,6 +31,7 @@ import psutil
 
 from benchmarks.load import closed_loop, open_loop
 from benchmarks.timing import Timing
+from common.net import free_port
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
 HISTORY_LENGTH = 50
@@ -129,7 +130,7 @@ def unavailable() -> str:
 
 def export_repository(n_items: int, workdir: Path) -> Path:
     from benchmarks.synthetic import synthetic_checkpoint
-    from export.cli import export_checkpoint
+    from export.pipeline import export_checkpoint
     from export.triton_repository import RepositorySettings
 
     target = workdir / f"gateway-{n_items}"
@@ -137,14 +138,6 @@ def export_repository(n_items: int, workdir: Path) -> Path:
     checkpoint = synthetic_checkpoint(target / "apron.pt", n_items)
     export_checkpoint(checkpoint, target / "model_repository", settings=RepositorySettings(backend="onnxruntime"))
     return target / "model_repository"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

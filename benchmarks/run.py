@@ -13,7 +13,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from benchmarks import gateway_bench
 from benchmarks.model_bench import CatalogResult, HistoryResult, bench_catalog, bench_history_lengths
 from benchmarks.timing import Timing
+from common.files import atomic_write_text
 from serving.config import ServingConfig
 
 GATEWAY_BATCH = ServingConfig().max_batch_size  # the micro-batcher's largest batch
@@ -242,14 +242,6 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
@@ -292,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report.gateway = gateway_bench.run(settings)
     text = render(report, command, time.perf_counter() - start, started)
-    write_atomically(args.output, text)
+    atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({time.perf_counter() - start:.0f} s)")
     return 0
 

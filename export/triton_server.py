@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -33,6 +32,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from common.net import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTRITON_ROOT = PROJECT_ROOT / "third_party" / "pytriton"
@@ -54,15 +55,6 @@ class TritonServer:
 
     def log_tail(self, lines: int = 40) -> str:
         return _tail(self.log_path, lines)
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the OS hands out as free now (bound together so they differ, then released)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def python_backend_directory(target: Path, python_version: str = "3.11") -> Path:

@@ -6,16 +6,10 @@ import argparse
 import os
 from typing import Any
 
-from cli import UserFacingError
+from common.errors import UserFacingError
 
 # Mistakes in the setup that `apron serve` reports in one line (exit 2) rather than a traceback.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError, RuntimeError)
-
-
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    _add_serve(subparsers)
-    _add_client(subparsers)
-    _add_token(subparsers)
 
 
 # ----------------------------------------------------------------------------- serve
@@ -47,6 +41,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserFacingError(str(error)) from error
     configure_logging(config.log_level, config.log_format)
+    if config.build_demo:
+        _ensure_demo_model(config)
     try:
         serve(config)
     except UserFacingError:
@@ -54,6 +50,35 @@ def _run_serve(args: argparse.Namespace) -> int:
     except STARTUP_ERRORS as error:  # no model, redis-server missing, port taken, bad key file...
         raise UserFacingError(f"cannot start the gateway: {error}") from error
     return 0
+
+
+def _ensure_demo_model(config: Any) -> None:
+    """With no model in the repository, build the demo model there. The builder (export/demo.py)
+    trains with torch, so it is imported only here, only when needed: a gateway serving an
+    exported model never loads the training stack."""
+    from export.metadata import metadata_path
+
+    if metadata_path(config.repository).is_file():
+        return
+    import logging
+
+    try:
+        from export.demo import build_demo_repository
+        from export.pipeline import ExportError
+        from training.data.raw import DataError
+    except ModuleNotFoundError as error:  # a gateway-only install (the `serve` extra)
+        raise UserFacingError(
+            f"no model in {config.repository}, and building the demo model needs the 'train' extra "
+            f"(module {error.name} is missing): export a model there, or pip install 'apron-recsys[train]'"
+        ) from error
+
+    logging.getLogger("apron.gateway").info(
+        "no model in %s: building the demo model (a minute or two, once)", config.repository
+    )
+    try:
+        build_demo_repository(config.repository)
+    except (ExportError, DataError) as error:
+        raise UserFacingError(f"cannot build the demo model: {error}") from error
 
 
 # ----------------------------------------------------------------------------- client
@@ -202,3 +227,6 @@ def _run_token(args: argparse.Namespace) -> int:
         raise UserFacingError(str(error)) from error
     print(token)
     return 0
+
+
+COMMANDS = {"serve": _add_serve, "client": _add_client, "token": _add_token}

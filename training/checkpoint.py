@@ -4,8 +4,6 @@ training code's arguments (DESIGN.md section 3)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from common.files import atomic_path
 from training.models.registry import model_class
 
 FORMAT = "apron-checkpoint/1"
@@ -54,14 +53,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, info: Checkpoint) -> Pat
         "metrics": info.metrics,
         "train": info.train,
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

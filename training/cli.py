@@ -1,6 +1,7 @@
 """`apron` subcommands of the training stage: prepare, features, train, evaluate, results.
 
-Each subcommand is registered by its own `_add_*` function; `add_subcommands` calls them all.
+Each subcommand is registered by its own `_add_*` function, listed in `COMMANDS` (read by the root
+`cli.py`, which builds only the parser of the command being run).
 """
 
 from __future__ import annotations
@@ -14,18 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli import UserFacingError
-
-
-def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
-    # --- data stage ---
-    _add_prepare(subparsers)
-    _add_features(subparsers)
-    # --- models stage ---
-    _add_train(subparsers)
-    _add_evaluate(subparsers)
-    _add_results(subparsers)
-
+from common.errors import UserFacingError
 
 # ----------------------------------------------------------------------------- prepare
 
@@ -332,3 +322,14 @@ def _run_results(output: str) -> int:
     from training.results import main
 
     return main(["--output", output])
+
+
+COMMANDS = {
+    # --- data stage ---
+    "prepare": _add_prepare,
+    "features": _add_features,
+    # --- models stage ---
+    "train": _add_train,
+    "evaluate": _add_evaluate,
+    "results": _add_results,
+}

@@ -150,7 +150,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Load, evaluate and (for controllable models) draw the per-tag Δ chart to `plot`."""
     from training.checkpoint import load_checkpoint
-    from training.train import resolve_device
+    from training.device import resolve_device
 
     model, info = load_checkpoint(checkpoint)
     torch_device = resolve_device(device)

@@ -19,7 +19,6 @@ import os
 import platform
 import shlex
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,11 +26,13 @@ from typing import Any
 
 import torch
 
+from common.files import atomic_write_text
 from training.checkpoint import save_checkpoint
+from training.device import machine_description, resolve_device
 from training.evaluate import CONTROL_K, evaluate_model
 from training.metrics import TAG_MIN_SHARE
 from training.plots import plot_tag_deltas
-from training.train import machine_description, resolve_device, train
+from training.train import train
 
 MODELS = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "apron")
 LABELS = {
@@ -301,20 +302,7 @@ def write_report(results: dict[str, Any], output: Path, command: str) -> Path:
             f"{'N/A' if delta is None else f'{delta:.5f}'} | {'N/A' if pct is None else f'{pct:.2f}'} |"
         )
     lines.append("")
-    return _atomic_text(output, "\n".join(lines))
-
-
-def _atomic_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_text(output, "\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         results["total_wall_time_s"] = round(time.perf_counter() - start, 1)
         results["date"] = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         results["command"] = command
-        _atomic_text(store, json.dumps(results, indent=1, default=_json_default))
+        atomic_write_text(store, json.dumps(results, indent=1, default=_json_default))
     path = write_report(results, args.output, results.get("command", command))
     print(f"[results] wrote {path}")
     return 0

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import platform
 import random
 import time
 from typing import Any
@@ -22,22 +20,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from training.checkpoint import Checkpoint, dataset_summary
+from training.device import machine_description, resolve_device
 from training.evaluate import score_users
 from training.metrics import exclude_history, mean_stderr, ndcg_at_k
 from training.models.common import TrainingPhase
 from training.models.registry import model_class
 
 VALIDATION_K = 100
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """'auto' (or None) picks CUDA when present, else the CPU."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
-    return resolved
 
 
 def seed_everything(seed: int) -> None:
@@ -164,11 +153,3 @@ def train(
         },
     )
     return model, info
-
-
-def machine_description(device: torch.device) -> str:
-    """e.g. 'Linux-6.1 x86_64, 2 CPUs, cpu' or '..., cuda (NVIDIA H100)'."""
-    name = str(device)
-    if device.type == "cuda":
-        name += f" ({torch.cuda.get_device_name(device)})"
-    return f"{platform.system()}-{platform.release()} {platform.machine()}, {os.cpu_count()} CPUs, {name}"

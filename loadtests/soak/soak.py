@@ -109,7 +109,7 @@ def memory_verdict(samples: list[tuple[float, int]], max_growth: float) -> dict[
 @contextlib.contextmanager
 def own_gateway(repository: str, serve_args: list[str], log_path: Path) -> Iterator[tuple[str, int, str]]:
     """`apron serve` on a free port with a fresh secret: (target, pid, service token)."""
-    from export.triton_server import free_ports
+    from common.net import free_ports
     from serving import auth
     from tests.reliability.gateway_process import APRON, wait_serving
 

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -20,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from common.net import free_port
+
 
 def require_tool(name: str) -> str:
     """The tool's path; without it, fail in CI (scripts/install_system.sh installs it) and skip locally."""
@@ -30,12 +31,6 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,10 @@ def test_dockerfile_is_slim_non_root_health_checked_and_matches_config() -> None
     assert exposed == {config.port, config.metrics_port}
     assert config.host == "0.0.0.0" and not config.build_demo
 
+    installs = [arg for op, arg in instructions if op == "RUN" and "pip install" in arg]
+    assert installs == ['pip install ".[serve]"']  # the gateway extra only: no torch, no transformers (tests/test_layout.py)
+    assert not any(word in arg for _, arg in instructions for word in ("torch", "transformers"))
+
     for op, arg in instructions:  # everything copied from the build context exists
         if op == "COPY" and "--from" not in arg:
             sources = [a for a in shlex.split(arg) if not a.startswith("--")][:-1]

@@ -21,7 +21,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from export.cli import ExportResult, export_checkpoint
+from export.pipeline import ExportResult, export_checkpoint
 from export.triton_repository import RepositorySettings
 from export.triton_server import TritonServer, run_triton_server
 from training.checkpoint import Checkpoint, save_checkpoint

@@ -14,6 +14,7 @@ import cli
 from export import contract
 from export.metadata import MetadataError, read_metadata
 from export.onnx_export import ParityResult
+from export.pipeline import ExportError
 from export.triton_repository import RepositorySettings, model_configs, parse_config
 from tests.export.fixtures import TINY, TINY_K_MAX, export_tiny_repository
 
@@ -157,7 +158,7 @@ def test_changed_config_refused_without_touching_repository(tiny_checkpoint: Pat
     repository = tmp_path / "repo"
     export_tiny_repository(tiny_checkpoint, repository)
     before = snapshot(repository)
-    with pytest.raises(cli.UserFacingError, match="differs from this export's config"):
+    with pytest.raises(ExportError, match="differs from this export's config"):
         export_tiny_repository(tiny_checkpoint, repository, k_max=TINY_K_MAX + 1)
     assert snapshot(repository) == before
 
@@ -204,11 +205,11 @@ def test_non_apron_checkpoints_refused(
 def test_parity_failure_writes_nothing(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import export.cli
+    import export.pipeline
 
     failing = [ParityResult(contract.SCORER_MODEL, contract.TOP_SCORES, 0.5, 0.1, False)]
-    monkeypatch.setattr(export.cli, "check_parity", lambda *args, **kwargs: failing)
-    with pytest.raises(cli.UserFacingError, match="ONNX Runtime disagrees with PyTorch; nothing written"):
+    monkeypatch.setattr(export.pipeline, "check_parity", lambda *args, **kwargs: failing)
+    with pytest.raises(ExportError, match="ONNX Runtime disagrees with PyTorch; nothing written"):
         export_tiny_repository(tiny_checkpoint, tmp_path / "repo")
     assert list(tmp_path.iterdir()) == []
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from export.triton_server import free_ports
+from common.net import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # `python -c` rather than `python cli.py`: run as __main__, cli.py's UserFacingError would be a

@@ -15,8 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
+from common.net import free_port
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from serving.redis_process import RedisProcess, free_port
+from serving.redis_process import RedisProcess
 from tests.reliability.faults import Outcome, call, eventually
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from export.triton_server import free_ports, run_triton_server
+from common.net import free_ports
+from export.triton_server import run_triton_server
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.reliability.faults import call, eventually
 from tests.serving.conftest import gateway_config, liked_history, running_gateway

@@ -1,4 +1,4 @@
-"""The demo path of `apron serve` (serving/demo.py): with no model in the repository, train a small
+"""The demo path of `apron serve` (export/demo.py, built by serving/cli.py): with no model in the repository, train a small
 APRON on synthetic data, export it, and serve it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from serving.demo import DemoSettings, build_demo_repository, demo_dataset_dir
+from export.demo import DemoSettings, build_demo_repository, demo_dataset_dir
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from tests.serving.conftest import gateway_config, running_gateway

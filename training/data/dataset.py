@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -27,6 +26,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from common.files import atomic_path, atomic_write_text
 from training.data.prototypes import choose_prototypes
 from training.data.raw import DataError, RawDataset
 from training.data.splits import (
@@ -303,8 +303,9 @@ def write_features(
         "n_items": n_items,
         "dataset_fingerprint": fingerprint,
     }
-    _atomic_write(array_file, lambda handle: np.save(handle, features.astype(np.float32)))
-    _atomic_write(meta_file, lambda handle: handle.write(json.dumps(full_meta, indent=1).encode()))
+    with atomic_path(array_file, suffix=".npy") as tmp:
+        np.save(tmp, features.astype(np.float32))
+    atomic_write_text(meta_file, json.dumps(full_meta, indent=1))
     return array_file
 
 
@@ -312,18 +313,6 @@ def _feature_files(dataset_dir: Path, kind: str) -> tuple[Path, Path]:
     if not _KIND.match(kind):
         raise ValueError(f"feature kind must be lowercase letters, digits, '-' or '_', got {kind!r}")
     return dataset_dir / "features" / f"{kind}.npy", dataset_dir / "features" / f"{kind}.json"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _replace_dir(staging: Path, path: Path) -> None:
