@@ -18,7 +18,7 @@ import torch
 from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import Timing, time_calls
 from export import contract
-from export.onnx_export import export_onnx, random_histories, session
+from export.onnx_export import export_onnx, ragged, random_histories, session
 
 Runner = Callable[[], object]
 
@@ -55,6 +55,12 @@ def full_histories(n_items: int, batch: int, length: int, rng: np.random.Generat
     return np.stack([rng.choice(n_items, size=min(length, n_items), replace=False) for _ in range(batch)]).astype(np.int64)
 
 
+def profile_feeds(histories: np.ndarray) -> dict[str, np.ndarray]:
+    """Padded (B, T) rows -> apron_profile's ragged inputs (padding dropped)."""
+    ids, ends = ragged(histories)
+    return {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
+
+
 def ort_runner(onnx_model: bytes, feeds: dict[str, np.ndarray]) -> Runner:
     sess = session(onnx_model)
     return lambda: sess.run(None, feeds)
@@ -88,7 +94,7 @@ def bench_catalog(
             runner = eager_runner(graphs.modules[contract.SCORER_MODEL], (weights, exclude))
             timings[f"scorer/eager/b{batch}"] = time_calls(runner, batch, min_seconds)
         histories = random_histories(n_items, batch, history_length, np.random.default_rng(1))
-        profile = ort_runner(graphs.onnx[contract.PROFILE_MODEL], {contract.HISTORY_IDS: histories})
+        profile = ort_runner(graphs.onnx[contract.PROFILE_MODEL], profile_feeds(histories))
         timings[f"profile/ort/b{batch}"] = time_calls(profile, batch, min_seconds)
     result = CatalogResult(
         n_items=n_items,
@@ -111,7 +117,8 @@ def bench_history_lengths(n_items: int, lengths: Iterable[int], min_seconds: flo
     results = []
     for length in lengths:
         weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, 1, length)
-        profile = time_calls(lambda e=exclude: profile_sess.run(None, {contract.HISTORY_IDS: e}), 1, min_seconds)
+        history = profile_feeds(exclude)
+        profile = time_calls(lambda f=history: profile_sess.run(None, f), 1, min_seconds)
         feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
         scorer = time_calls(lambda f=feeds: scorer_sess.run(None, f), 1, min_seconds)
         results.append(HistoryResult(n_items, length, profile, scorer))

@@ -6,7 +6,10 @@ apron_metadata.json; `serving/` imports them to build requests. Nothing here imp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 # Models in the Triton repository (folder name = model name).
 PROFILE_MODEL = "apron_profile"  # history ids -> per-head prototype weights (Eq. 13 before A^v)
@@ -17,7 +20,11 @@ MODELS = (PROFILE_MODEL, SCORER_MODEL, ITEM_ENCODER_MODEL, ENSEMBLE_MODEL)
 ONNX_MODELS = (PROFILE_MODEL, SCORER_MODEL, ITEM_ENCODER_MODEL)  # the ensemble has no graph of its own
 
 # Tensor names (identical for the onnxruntime and python-backend variants).
-HISTORY_IDS = "history_ids"  # int64 (B, T), internal item indices, padded with PAD_ID
+# apron_profile's histories are ragged: a Triton request carries one history (1, T); the graph
+# gets a batch's histories one after another (T_total,) plus each one's end offset, which Triton's
+# ragged batching fills in (batch_input BATCH_ACCUMULATED_ELEMENT_COUNT, INT32 or FP32 only).
+HISTORY_IDS = "history_ids"  # int64: internal item indices; PAD_ID and ids outside [0, N) are ignored
+HISTORY_ENDS = "history_ends"  # int32 (B,): end offset of each history in history_ids (graph input)
 PROFILE_WEIGHTS = "profile_weights"  # fp32 (B, H, K)
 HISTORY_LENGTH = "history_length"  # int64 (B, 1): distinct valid ids in the history
 EXCLUDE_IDS = "exclude_ids"  # int64 (B, E), padded with PAD_ID
@@ -32,7 +39,8 @@ ONNX_OPSET = 17
 ONNX_FILENAME = "model.onnx"
 PYTHON_BACKEND_FILENAME = "model.py"
 METADATA_FILENAME = "apron_metadata.json"
-METADATA_FORMAT = "apron-metadata/1"
+METADATA_FORMAT = "apron-metadata/2"  # 2: apron_profile takes ragged histories (history_ends)
+TORCH_WEIGHTS_FILENAME = "model.safetensors"  # beside model.onnx: the torch backend's weights
 
 
 @dataclass(frozen=True)
@@ -40,14 +48,31 @@ class TensorSpec:
     name: str
     dtype: str  # numpy dtype name: "int64" | "float32"
     dims: tuple[int, ...]  # without the batch axis; -1 = variable
+    ragged: bool = False  # Triton concatenates requests' values (allow_ragged_batch) instead of stacking
+
+
+@dataclass(frozen=True)
+class BatchInputSpec:
+    """A graph input that Triton computes from the formed batch (config.pbtxt `batch_input`)."""
+
+    name: str
+    dtype: str
+    kind: str  # Triton's BatchInput.Kind name
+    source: str  # the ragged input it describes
+
+
+BATCH_INPUTS = {
+    PROFILE_MODEL: (BatchInputSpec(HISTORY_ENDS, "int32", "BATCH_ACCUMULATED_ELEMENT_COUNT", HISTORY_IDS),),
+}
 
 
 def model_io(n_heads: int, n_prototypes: int, feature_dim: int, k_max: int) -> dict[str, tuple]:
-    """(inputs, outputs) per model, shapes without the batch axis (Triton's `dims`)."""
+    """(inputs, outputs) per model as a Triton request sees them, shapes without the batch axis
+    (Triton's `dims`). apron_profile's graph also takes BATCH_INPUTS, and its history_ids is flat."""
     h, k = n_heads, n_prototypes
     return {
         PROFILE_MODEL: (
-            (TensorSpec(HISTORY_IDS, "int64", (-1,)),),
+            (TensorSpec(HISTORY_IDS, "int64", (-1,), ragged=True),),
             (TensorSpec(PROFILE_WEIGHTS, "float32", (h, k)), TensorSpec(HISTORY_LENGTH, "int64", (1,))),
         ),
         SCORER_MODEL: (
@@ -63,3 +88,11 @@ def model_io(n_heads: int, n_prototypes: int, feature_dim: int, k_max: int) -> d
             (TensorSpec(TOP_IDS, "int64", (k_max,)), TensorSpec(TOP_SCORES, "float32", (k_max,))),
         ),
     }
+
+
+def ragged_batch(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """1-D id arrays -> apron_profile's graph inputs: (history_ids (T_total,) int64, the rows one
+    after another; history_ends (B,) int32, each row's end offset). Nothing is padded."""
+    ends = np.cumsum([len(row) for row in rows], dtype=np.int64).astype(np.int32)
+    ids = np.concatenate([np.asarray(row, dtype=np.int64).reshape(-1) for row in rows]) if rows else np.zeros(0, np.int64)
+    return ids, ends

@@ -51,7 +51,10 @@ class ExportMetadata:
     def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> ExportMetadata:
         if not isinstance(data, dict) or data.get("format") != contract.METADATA_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise MetadataError(f"{source}: format is {found!r}, expected {contract.METADATA_FORMAT!r}")
+            raise MetadataError(
+                f"{source}: format is {found!r}, expected {contract.METADATA_FORMAT!r}; "
+                "export the checkpoint again with this version (`apron export`)"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         required = {
             f.name
@@ -104,7 +107,10 @@ def tensor_table(io: dict[str, tuple]) -> dict[str, dict[str, list[dict[str, Any
     """contract.model_io(...) -> the JSON-friendly `tensors` field (dims include the batch axis as -1)."""
     return {
         model: {
-            direction: [{"name": s.name, "dtype": s.dtype, "dims": [-1, *s.dims]} for s in specs]
+            direction: [
+                {"name": s.name, "dtype": s.dtype, "dims": [-1, *s.dims], **({"ragged": True} if s.ragged else {})}
+                for s in specs
+            ]
             for direction, specs in zip(("inputs", "outputs"), io[model], strict=True)
         }
         for model in io

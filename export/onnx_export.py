@@ -1,16 +1,13 @@
 """APRON -> three ONNX graphs with the tensor names of `export/contract.py`, plus a parity check.
 
-- `apron_profile`: the catalog's per-item prototype weights (Eq. 12) depend only on the item and
-  the prototypes, so they are computed once here and stored as a constant (N, H*K) table; the graph
-  turns padded history ids into a multi-hot row and sums the table's rows (Eq. 13 before the
-  value projection). A multi-hot row, not a gather + sum, keeps duplicates counted once, exactly
-  like the binary fold-in vector `APRON.profile_weights` is trained on.
-- `apron_scorer`: `APRON.score` (shares, u, f: Eq. 13-14, 6) on possibly edited weights, then a
-  log-softmax over the catalog, -inf at excluded ids and an in-graph TopK(K_MAX).
+- `apron_profile` and `apron_scorer` are `export/served_model.py`'s modules (one definition of the
+  serving math, which the torch backend runs too), built here from the trained APRON: the catalog's
+  per-item prototype weights (Eq. 12) depend only on the item and the prototypes, so they are
+  computed once into a constant (N, H*K) table that the profile gathers ragged histories from.
 - `apron_item_encoder`: `APRON.encode_items` (Eq. 12) for items that are not in the catalog.
 
-Graphs are exported to bytes and checked against PyTorch with ONNX Runtime before anything is
-written (`check_parity`).
+Graphs are exported to bytes, with each served module's weights (`model.safetensors`), and checked
+against PyTorch with ONNX Runtime before anything is written (`check_parity`).
 """
 
 from __future__ import annotations
@@ -27,73 +24,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import contract
+from export.served_model import (
+    ServedProfile,
+    ServedScorer,
+    load_tensors,
+    profile_from_tensors,
+    profile_tensors,
+    scorer_from_tensors,
+    scorer_tensors,
+    weights_bytes,
+)
 from training.models.apron import APRON
 
 
 def history_multi_hot(ids: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Padded ids (B, T) -> binary (B, N). Padding and ids outside [0, N) set nothing.
-
-    Invalid ids are scattered into an extra column N that is dropped: ONNX has no masked scatter."""
+    """Padded ids (B, T) -> binary (B, N): the fold-in vector APRON is trained on (parity reference).
+    Padding and ids outside [0, N) set nothing."""
     valid = (ids >= 0) & (ids < n_items)
     columns = torch.where(valid, ids, torch.full_like(ids, n_items))  # (B, T)
     rows = torch.zeros(ids.shape[0], n_items + 1, dtype=torch.float32, device=ids.device)
     return rows.scatter(1, columns, 1.0)[:, :n_items]  # (B, N)
 
 
-class ProfileGraph(nn.Module):
-    """history_ids (B, T) -> profile_weights (B, H, K), history_length (B, 1)."""
-
-    def __init__(self, model: APRON, dtype: torch.dtype = torch.float32):
-        super().__init__()
-        cfg = model.config
-        self.n_items, self.n_heads, self.n_prototypes = cfg.n_items, cfg.n_heads, cfg.n_tags
-        self.dtype = dtype
-        with torch.no_grad():
-            table = model.item_prototype_weights().reshape(cfg.n_items, -1)  # (N, H*K), Eq. 12
-        self.register_buffer("item_table", table.to(dtype))
-
-    def forward(self, history_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        multi_hot = history_multi_hot(history_ids, self.n_items)  # (B, N)
-        weights = multi_hot.to(self.dtype) @ self.item_table  # (B, H*K), Eq. 13's sum over the history
-        weights = weights.float().view(-1, self.n_heads, self.n_prototypes)  # (B, H, K)
-        return weights, multi_hot.sum(-1, keepdim=True).long()  # (B, H, K), (B, 1)
+def activation_name(model: APRON) -> str:
+    """f's hidden activation (training/models/common.py's `mlp`), by name for the weights file."""
+    names = {nn.Tanh: "tanh", nn.ReLU: "relu"}
+    found = {names.get(type(m)) for m in model.f if not isinstance(m, nn.Linear)}
+    if len(found) > 1 or None in found:
+        raise ValueError(f"f's activations {found} cannot be exported (known: {sorted(names.values())})")
+    return found.pop() if found else "tanh"
 
 
-class HalfPrecision(nn.Module):
-    """Runs `module` in fp16 between fp32 tensors: the heavy layers get fp16, the interface stays fp32."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = copy.deepcopy(module).half()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.module(x.half()).float()
+def served_profile(model: APRON, dtype: torch.dtype = torch.float32) -> ServedProfile:
+    cfg = model.config
+    with torch.no_grad():
+        table = model.item_prototype_weights().reshape(cfg.n_items, -1)  # (N, H*K), Eq. 12
+    return ServedProfile(table.to(dtype), cfg.n_heads, cfg.n_tags).eval()
 
 
-class ScorerGraph(nn.Module):
-    """profile_weights (B, H, K), exclude_ids (B, E) -> top_ids (B, K_MAX), top_scores (B, K_MAX).
-
-    With fp16 only f (Eq. 6, nearly all of the scorer's work) runs in half precision: shares of an
-    empty history need the 1e-12 clamp of `profile_shares`, which fp16 rounds to 0 (0/0 = NaN)."""
-
-    def __init__(self, model: APRON, k_max: int, fp16: bool = False):
-        super().__init__()
-        self.model = copy.deepcopy(model).eval()
-        if fp16:
-            self.model.f = HalfPrecision(self.model.f)
-        self.n_items, self.k_max = model.config.n_items, k_max
-
-    def scores(self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor) -> torch.Tensor:
-        """Log-softmax over the catalog, -inf where excluded. (B, N)"""
-        logits = self.model.score(profile_weights)  # (B, N)
-        excluded = history_multi_hot(exclude_ids, self.n_items) > 0  # (B, N)
-        return F.log_softmax(logits, dim=-1).masked_fill(excluded, float("-inf"))
-
-    def forward(
-        self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        top_scores, top_ids = self.scores(profile_weights, exclude_ids).topk(self.k_max, dim=-1)
-        return top_ids, top_scores  # (B, K_MAX) each, best first
+def served_scorer(model: APRON, k_max: int, f_dtype: torch.dtype = torch.float32) -> ServedScorer:
+    with torch.no_grad():
+        values = model.prototype_values()  # (K, H, D')
+        layers = [(m.weight.detach(), m.bias.detach()) for m in model.f if isinstance(m, nn.Linear)]
+        return ServedScorer(values, layers, k_max, activation_name(model), f_dtype).eval()
 
 
 class ItemEncoderGraph(nn.Module):
@@ -108,24 +81,65 @@ class ItemEncoderGraph(nn.Module):
         return self.model.encode_items(item_features)  # (B, H, K), Eq. 12
 
 
+def ragged(histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Padded rows (B, T) -> (ids (T_total,), ends (B,) int32) without the padding: the graph's
+    ragged inputs (padding would be ignored anyway; dropping it is what saves the work)."""
+    return contract.ragged_batch([row[row != contract.PAD_ID] for row in histories])
+
+
 @dataclass(frozen=True)
 class ExportedGraphs:
-    """Serialized ONNX models by model name, plus the PyTorch modules they came from."""
+    """Serialized ONNX models by model name, the PyTorch modules they came from, and the served
+    modules' weights files (`model.safetensors`, fp32) for the torch backend."""
 
     onnx: dict[str, bytes]
     modules: dict[str, nn.Module]
     k_max: int  # effective: min(requested K_MAX, n_items)
+    weights: dict[str, bytes]
 
 
 def build_graphs(
     model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = False
 ) -> dict[str, nn.Module]:
+    """With fp16 the catalog table and f (nearly all of the work) are half precision; every graph's
+    inputs and outputs stay fp32."""
     model = model.eval()
+    dtype = torch.float16 if fp16 else torch.float32
     return {
-        contract.PROFILE_MODEL: ProfileGraph(model, torch.float16 if fp16 else torch.float32).eval(),
-        contract.SCORER_MODEL: ScorerGraph(model, min(k_max, model.config.n_items), fp16).eval(),
+        contract.PROFILE_MODEL: served_profile(model, dtype),
+        contract.SCORER_MODEL: served_scorer(model, k_max, dtype),
         contract.ITEM_ENCODER_MODEL: ItemEncoderGraph(model).eval(),
     }
+
+
+def example_inputs(model: APRON) -> dict[str, tuple[torch.Tensor, ...]]:
+    """Tracing inputs: batch 3 (one history empty) and lengths > 1, so no axis is traced as a constant."""
+    cfg = model.config
+    return {
+        contract.PROFILE_MODEL: (torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 4], dtype=torch.int32)),
+        contract.SCORER_MODEL: (torch.rand(3, cfg.n_heads, cfg.n_tags), torch.tensor([[0, -1], [1, 2], [-1, -1]])),
+        contract.ITEM_ENCODER_MODEL: (torch.randn(3, cfg.feature_dim),),
+    }
+
+
+def graph_axes(name: str, io_specs: dict[str, tuple]) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
+    """(input names, output names, dynamic axes) of a graph: the request tensors of
+    `contract.model_io`, except that ragged inputs are flat and the batch inputs are added."""
+    inputs, outputs = io_specs[name]
+    dynamic_axes: dict[str, dict[int, str]] = {spec.name: {0: "batch"} for spec in outputs}
+    for spec in inputs:
+        if spec.ragged:
+            dynamic_axes[spec.name] = {0: f"{spec.name}_total"}
+            continue
+        dynamic_axes[spec.name] = {0: "batch"}
+        for axis, dim in enumerate(spec.dims, start=1):
+            if dim == -1:
+                dynamic_axes[spec.name][axis] = f"{spec.name}_length"
+    batch_inputs = contract.BATCH_INPUTS.get(name, ())
+    for spec in batch_inputs:
+        dynamic_axes[spec.name] = {0: "batch"}
+    input_names = [spec.name for spec in inputs] + [spec.name for spec in batch_inputs]
+    return input_names, [spec.name for spec in outputs], dynamic_axes
 
 
 def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = False) -> ExportedGraphs:
@@ -134,20 +148,11 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = 
         raise ValueError(f"K_MAX must be at least 1, got {k_max}")
     cfg = model.config
     modules = build_graphs(model, k_max, fp16)
-    examples = {  # batch 2 and lengths > 1 so that no axis is traced as a constant 1
-        contract.PROFILE_MODEL: (torch.tensor([[0, 1, -1], [2, -1, -1]]),),
-        contract.SCORER_MODEL: (torch.rand(2, cfg.n_heads, cfg.n_tags), torch.tensor([[0, -1], [1, 2]])),
-        contract.ITEM_ENCODER_MODEL: (torch.randn(2, cfg.feature_dim),),
-    }
+    examples = example_inputs(model)
     io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, min(k_max, cfg.n_items))
     onnx_bytes = {}
     for name, module in modules.items():
-        inputs, outputs = io_specs[name]
-        dynamic_axes = {spec.name: {0: "batch"} for spec in (*inputs, *outputs)}
-        for spec in inputs:
-            for axis, dim in enumerate(spec.dims, start=1):
-                if dim == -1:
-                    dynamic_axes[spec.name][axis] = f"{spec.name}_length"
+        input_names, output_names, dynamic_axes = graph_axes(name, io_specs)
         buffer = io.BytesIO()
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
@@ -156,14 +161,18 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = 
                 examples[name],
                 buffer,
                 dynamo=False,  # the dynamo exporter needs onnxscript; dynamic_axes are all we need
-                input_names=[spec.name for spec in inputs],
-                output_names=[spec.name for spec in outputs],
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_axes=dynamic_axes,
                 opset_version=contract.ONNX_OPSET,
                 do_constant_folding=True,
             )
         onnx_bytes[name] = buffer.getvalue()
-    return ExportedGraphs(onnx=onnx_bytes, modules=modules, k_max=min(k_max, cfg.n_items))
+    weights = {
+        contract.PROFILE_MODEL: weights_bytes(*profile_tensors(modules[contract.PROFILE_MODEL])),
+        contract.SCORER_MODEL: weights_bytes(*scorer_tensors(modules[contract.SCORER_MODEL])),
+    }
+    return ExportedGraphs(onnx=onnx_bytes, modules=modules, k_max=min(k_max, cfg.n_items), weights=weights)
 
 
 @dataclass(frozen=True)
@@ -219,6 +228,15 @@ def random_histories(n_items: int, batch: int, max_length: int, rng: np.random.G
     return histories
 
 
+def noisy_histories(histories: np.ndarray, n_items: int, rng: np.random.Generator) -> np.ndarray:
+    """The same histories with repeats, padding and out-of-catalog ids mixed in (all ignored):
+    (B, 2T + 2), shuffled per row."""
+    noisy = np.concatenate(
+        [histories, histories, np.full((len(histories), 1), n_items), np.full((len(histories), 1), -7)], axis=1
+    )
+    return rng.permuted(noisy, axis=1)
+
+
 def check_parity(
     graphs: ExportedGraphs,
     model: APRON,
@@ -227,19 +245,23 @@ def check_parity(
     max_length: int = 64,
     seed: int = 0,
 ) -> list[ParityResult]:
-    """ONNX Runtime vs the PyTorch APRON model on random histories of real catalog items.
+    """ONNX Runtime vs the PyTorch APRON model on random histories of real catalog items, and the
+    torch backend's weights files (rebuilt from their bytes) vs ONNX Runtime.
 
     The references are the model's own methods (`profile_weights`, `score`, `encode_items`), not
-    the export wrappers, so a wrapper bug fails here too."""
+    the export wrappers, so a wrapper bug fails here too. The profile graph gets ragged histories
+    with repeats, padding and invalid ids mixed in, which must change nothing."""
     cfg = model.config
     rng = np.random.default_rng(seed)
     histories = random_histories(cfg.n_items, batch, max_length, rng)
     ids = torch.from_numpy(histories)
+    flat, ends = ragged(noisy_histories(histories, cfg.n_items, rng))
+    profile_inputs = {contract.HISTORY_IDS: flat, contract.HISTORY_ENDS: ends}
     results = []
     with torch.no_grad():
         x = history_multi_hot(ids, cfg.n_items)  # (B, N) binary fold-in rows
         weights = model.profile_weights(x)  # (B, H, K)
-        profile = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, {contract.HISTORY_IDS: histories})
+        profile = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, profile_inputs)
         results.append(
             compare(contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, profile[0], weights.numpy(), fp16)
         )
@@ -255,9 +277,8 @@ def check_parity(
 
         scores = F.log_softmax(model.score(weights), dim=-1).masked_fill(x > 0, float("-inf"))  # (B, N)
         top_scores, _ = scores.topk(graphs.k_max, dim=-1)
-        top_ids, onnx_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
-            None, {contract.PROFILE_WEIGHTS: weights.numpy(), contract.EXCLUDE_IDS: histories}
-        )
+        scorer_inputs = {contract.PROFILE_WEIGHTS: weights.numpy(), contract.EXCLUDE_IDS: histories}
+        top_ids, onnx_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(None, scorer_inputs)
         results.append(
             compare(contract.SCORER_MODEL, contract.TOP_SCORES, onnx_scores, top_scores.numpy(), fp16)
         )
@@ -265,6 +286,31 @@ def check_parity(
         at_ids = torch.gather(scores, 1, torch.from_numpy(top_ids)).numpy()
         results.append(
             compare(contract.SCORER_MODEL, "score_at_" + contract.TOP_IDS, onnx_scores, at_ids, fp16)
+        )
+
+        # the torch backend's files, in the precision the graphs were exported with
+        dtype = torch.float16 if fp16 else torch.float32
+        served = profile_from_tensors(*load_tensors(graphs.weights[contract.PROFILE_MODEL]), dtype)
+        torch_weights, torch_lengths = served(torch.from_numpy(flat), torch.from_numpy(ends))
+        results.append(
+            compare("torch:" + contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, torch_weights.numpy(), profile[0], fp16)
+        )
+        results.append(
+            compare("torch:" + contract.PROFILE_MODEL, contract.HISTORY_LENGTH, torch_lengths.numpy(), profile[1], False)
+        )
+        scorer = scorer_from_tensors(*load_tensors(graphs.weights[contract.SCORER_MODEL]), dtype)
+        torch_ids, torch_scores = scorer(weights, ids)
+        results.append(
+            compare("torch:" + contract.SCORER_MODEL, contract.TOP_SCORES, torch_scores.numpy(), onnx_scores, fp16)
+        )
+        results.append(
+            compare(
+                "torch:" + contract.SCORER_MODEL,
+                "score_at_" + contract.TOP_IDS,
+                torch_scores.numpy(),
+                torch.gather(scores, 1, torch_ids).numpy(),
+                fp16,
+            )
         )
 
         features = model.item_features[torch.from_numpy(rng.choice(cfg.n_items, size=batch))]

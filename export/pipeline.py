@@ -148,7 +148,14 @@ def export_checkpoint(
     configs = model_configs(cfg.n_heads, cfg.n_tags, cfg.feature_dim, graphs.k_max, settings)
     try:
         write_repository(
-            repository, graphs.onnx, configs, metadata.to_json(), version, settings, allow_other_models
+            repository,
+            graphs.onnx,
+            configs,
+            metadata.to_json(),
+            version,
+            settings,
+            allow_other_models,
+            weights=graphs.weights,
         )
     except RepositoryError as error:
         raise ExportError(str(error)) from error

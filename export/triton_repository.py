@@ -7,8 +7,8 @@ Layout (Triton's contract: folder name = model name, numeric version folders):
     model_repository/
       apron_metadata.json            newest version's metadata (export/metadata.py)
       apron_metadata.v<N>.json       every version's metadata, kept side by side
-      apron_profile/config.pbtxt     + <N>/model.onnx   (+ <N>/model.py for the python backend)
-      apron_scorer/config.pbtxt      + <N>/model.onnx   (...)
+      apron_profile/config.pbtxt     + <N>/model.onnx + <N>/model.safetensors (+ <N>/model.py for the python backend)
+      apron_scorer/config.pbtxt      + <N>/model.onnx + <N>/model.safetensors (...)
       apron_item_encoder/config.pbtxt + <N>/model.onnx  (...)
       apron_recommend/config.pbtxt   + <N>/              the ensemble: profile -> scorer
 
@@ -34,7 +34,8 @@ from export.metadata import versioned_metadata_name
 PYTHON_BACKEND_MODEL = Path(__file__).parent / "python_backend" / contract.PYTHON_BACKEND_FILENAME
 BACKENDS = ("onnxruntime", "python")
 GPU_ACCELERATORS = ("cuda", "tensorrt")
-DATA_TYPES = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32}
+DATA_TYPES = {"int64": mc.TYPE_INT64, "float32": mc.TYPE_FP32, "int32": mc.TYPE_INT32}
+RAGGED_ENDS_PARAMETER = "ragged_ends"  # python backend: the graph input it fills like Triton's batch_input
 
 
 class RepositoryError(ValueError):
@@ -86,7 +87,9 @@ def _add_tensors(
     config: mc.ModelConfig, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...]
 ) -> None:
     for spec in inputs:
-        config.input.add(name=spec.name, data_type=DATA_TYPES[spec.dtype], dims=list(spec.dims))
+        config.input.add(
+            name=spec.name, data_type=DATA_TYPES[spec.dtype], dims=list(spec.dims), allow_ragged_batch=spec.ragged
+        )
     for spec in outputs:
         config.output.add(name=spec.name, data_type=DATA_TYPES[spec.dtype], dims=list(spec.dims))
 
@@ -103,6 +106,16 @@ def onnx_model_config(
     else:
         config.platform = "onnxruntime_onnx"
     _add_tensors(config, inputs, outputs)
+    for batch_input in contract.BATCH_INPUTS.get(name, ()):
+        if settings.backend == "python":  # the python backend gets each request on its own: model.py
+            config.parameters[RAGGED_ENDS_PARAMETER].string_value = batch_input.name  # computes it
+        else:  # the onnxruntime backend concatenates the ragged input and Triton adds the offsets
+            config.batch_input.add(
+                kind=mc.BatchInput.Kind.Value(batch_input.kind),
+                target_name=[batch_input.name],
+                data_type=DATA_TYPES[batch_input.dtype],
+                source_input=[batch_input.source],
+            )
     config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     config.instance_group.add(kind=settings.kind, count=settings.instance_count)
@@ -204,6 +217,8 @@ def write_repository(
     version: int,
     settings: RepositorySettings,
     allow_other_models: bool = False,
+    *,
+    weights: dict[str, bytes] | None = None,
 ) -> Path:
     """Add `version` of every model to the repository: staged beside it, then renamed into place.
 
@@ -216,7 +231,7 @@ def write_repository(
     repository.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=repository.parent, prefix=f".{repository.name}.staging-"))
     try:
-        _stage(staging, onnx_models, configs, metadata_json, version, settings)
+        _stage(staging, onnx_models, configs, metadata_json, version, settings, weights or {})
         if not repository.exists() or not any(repository.iterdir()):
             if repository.exists():
                 repository.rmdir()  # empty: replaced by the staged tree in one rename
@@ -235,6 +250,7 @@ def _stage(
     metadata_json: str,
     version: int,
     settings: RepositorySettings,
+    weights: dict[str, bytes],
 ) -> None:
     for name, config in configs.items():
         version_dir = staging / name / str(version)
@@ -244,6 +260,8 @@ def _stage(
             (version_dir / contract.ONNX_FILENAME).write_bytes(onnx_models[name])
             if settings.backend == "python":
                 shutil.copyfile(PYTHON_BACKEND_MODEL, version_dir / contract.PYTHON_BACKEND_FILENAME)
+        if name in weights:  # the torch backend's weights; Triton ignores other files in a version
+            (version_dir / contract.TORCH_WEIGHTS_FILENAME).write_bytes(weights[name])
     (staging / versioned_metadata_name(version)).write_text(metadata_json)
     (staging / contract.METADATA_FILENAME).write_text(metadata_json)
 

@@ -20,7 +20,10 @@ those calls see an item size of 0 (inputs come back with wrong strides, outputs 
 DLPack goes through numpy's stable C entry points and works with numpy 1 and 2 alike.
 
 Dynamic batching hands `execute` several requests at once; requests whose inputs have the same
-non-batch shapes are concatenated and run in one ONNX Runtime call, then split back.
+non-batch shapes are concatenated and run in one ONNX Runtime call, then split back. A ragged
+model (config parameter `ragged_ends`, apron_profile) takes one row per request; all requests'
+values are concatenated into one flat input and the named graph input gets each request's end
+offset, as Triton's BATCH_ACCUMULATED_ELEMENT_COUNT batch input does for the onnxruntime backend.
 """
 
 from __future__ import annotations
@@ -84,8 +87,55 @@ class TritonPythonModel:
             args["model_repository"], args["model_version"], parameters.get("onnx_file", "model.onnx")
         )
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.ragged_ends = parameters.get("ragged_ends")
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.ragged_ends:
+            return self._execute_ragged(requests)
+        return self._execute_stacked(requests)
+
+    def _execute_ragged(self, requests: list[Any]) -> list[Any]:
+        """One run for all requests: values concatenated, end offsets computed here."""
+        responses: list[Any] = [None] * len(requests)
+        rows: list[int] = []
+        values: dict[str, list[np.ndarray]] = {name: [] for name in self.input_names}
+        ends: list[int] = []
+        for index, request in enumerate(requests):
+            inputs = {
+                name: to_numpy(pb_utils.get_input_tensor_by_name(request, name)) for name in self.input_names
+            }
+            batch = {array.shape[0] for array in inputs.values()}
+            if batch != {1}:
+                responses[index] = pb_utils.InferenceResponse(
+                    output_tensors=[],
+                    error=pb_utils.TritonError(
+                        f"this model takes one row per request (batch axis 1), got {sorted(batch)}; send "
+                        "several requests instead: Triton batches them"
+                    ),
+                )
+                continue
+            for name, array in inputs.items():
+                values[name].append(array.reshape(-1))
+            ends.append((ends[-1] if ends else 0) + inputs[self.input_names[0]].size)
+            rows.append(index)
+        if not rows:
+            return responses
+        feed = {name: np.concatenate(arrays) for name, arrays in values.items()}
+        feed[self.ragged_ends] = np.asarray(ends, dtype=np.int32)
+        try:
+            outputs = self.session.run(self.output_names, feed)
+        except Exception as error:  # ONNX Runtime rejects the input: answer every request with it
+            for i in rows:
+                responses[i] = pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(str(error)))
+            return responses
+        for row, i in enumerate(rows):
+            tensors = [
+                to_triton(name, value[row : row + 1]) for name, value in zip(self.output_names, outputs, strict=True)
+            ]
+            responses[i] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _execute_stacked(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}  # same non-batch shapes -> one ONNX Runtime call
         arrays = []

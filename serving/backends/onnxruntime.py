@@ -1,8 +1,9 @@
 """In-process ONNX Runtime backend: the repository's `apron_profile` and `apron_scorer` graphs, each
 behind its own micro-batcher (`serving/batching.py`), so concurrent requests share one run.
 
-A batch's histories / exclusions are padded with PAD_ID to the batch's longest row; the graphs
-ignore PAD_ID (DESIGN.md section 4), so padding never changes an answer.
+A batch's histories go to `apron_profile` ragged (one after another plus end offsets, nothing
+padded); exclusions are padded with PAD_ID to the batch's longest row, which the scorer ignores
+(DESIGN.md section 4).
 """
 
 from __future__ import annotations
@@ -102,8 +103,9 @@ class OnnxRuntimeScorer(Scorer):
 
     # Run in the batchers' worker threads: one ONNX Runtime call per batch.
     def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        ids, ends = contract.ragged_batch(histories)  # (T_total,), (B,)
         weights, lengths = self.profile_session.run(
-            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH], {contract.HISTORY_IDS: pad_rows(histories)}
+            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH], {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
         )  # (B, H, K), (B, 1)
         return [(weights[i], int(lengths[i, 0])) for i in range(len(histories))]
 

@@ -1,8 +1,9 @@
 """Triton backend: `apron_profile` and `apron_scorer` over tritonclient's asyncio gRPC client.
 
-Each call sends one user (batch axis 1); Triton's dynamic batcher merges concurrent calls. Requests
-are batched only with others of the same shape, so histories and exclusions are padded with
-PAD_ID to the next power of two: similar lengths meet in one batch, and PAD_ID changes nothing.
+Each call sends one user (batch axis 1); Triton's dynamic batcher merges concurrent calls.
+Histories go as they are: `apron_profile`'s input is ragged (Triton concatenates any lengths).
+The scorer batches only requests of the same shape, so exclusions are padded with PAD_ID to the
+next power of two: similar lengths meet in one batch, and PAD_ID changes nothing.
 The model version comes from apron_metadata.json, so the gateway's metadata (tags, item ids)
 always matches the graphs that answer.
 """
@@ -77,7 +78,7 @@ class TritonScorer(Scorer):
         return [result.as_numpy(o) for o in outputs]
 
     async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
-        history = pad_rows([np.asarray(history_ids, dtype=np.int64).reshape(-1)], bucket=True)  # (1, T)
+        history = pad_rows([np.asarray(history_ids, dtype=np.int64).reshape(-1)])  # (1, T), T >= 1
         weights, length = await self._infer(
             contract.PROFILE_MODEL, {contract.HISTORY_IDS: history}, (contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH)
         )

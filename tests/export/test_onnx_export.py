@@ -14,6 +14,7 @@ from export.onnx_export import (
     ExportedGraphs,
     check_parity,
     export_onnx,
+    ragged,
     random_histories,
     session,
     tolerances,
@@ -31,6 +32,12 @@ def model(tiny_checkpoint: Path) -> APRON:
 @pytest.fixture(scope="module")
 def graphs(model: APRON) -> ExportedGraphs:
     return export_onnx(model, k_max=TINY_K_MAX)
+
+
+def profile_feed(histories: np.ndarray) -> dict[str, np.ndarray]:
+    """Padded rows -> apron_profile's ragged inputs."""
+    ids, ends = ragged(histories)
+    return {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
 
 
 def multi_hot(histories: np.ndarray, n_items: int) -> torch.Tensor:
@@ -73,7 +80,7 @@ def test_profile_matches_model_at_any_batch_and_length(model: APRON, graphs: Exp
     for batch, length in [(1, 1), (5, 17), (9, 80)]:
         histories = random_histories(TINY["n_items"], batch, length, rng)
         histories[-1, 0] = histories[-1, 1] if length > 1 else histories[-1, 0]  # a duplicate counts once
-        weights, lengths = profile.run(None, {contract.HISTORY_IDS: histories})
+        weights, lengths = profile.run(None, profile_feed(histories))
         x = multi_hot(histories, TINY["n_items"])
         with torch.no_grad():
             expected = model.profile_weights(x).numpy()
@@ -86,9 +93,41 @@ def test_out_of_range_ids_are_ignored(graphs: ExportedGraphs) -> None:
     profile = session(graphs.onnx[contract.PROFILE_MODEL])
     clean = np.array([[3, 7, -1, -1]], dtype=np.int64)
     noisy = np.array([[3, 7, TINY["n_items"], -5]], dtype=np.int64)
-    a, b = profile.run(None, {contract.HISTORY_IDS: clean}), profile.run(None, {contract.HISTORY_IDS: noisy})
+    raw = {contract.HISTORY_ENDS: np.array([4], np.int32)}  # padding sent as is, not dropped
+    a = profile.run(None, {contract.HISTORY_IDS: clean[0], **raw})
+    b = profile.run(None, {contract.HISTORY_IDS: noisy[0], **raw})
     np.testing.assert_array_equal(a[0], b[0])
-    assert b[1][0, 0] == 2
+    assert a[1][0, 0] == b[1][0, 0] == 2 and a[0].sum() > 0
+
+
+def test_ragged_rows_are_independent_and_repeats_count_once(graphs: ExportedGraphs) -> None:
+    """Empty rows anywhere, the same id in several rows, repeats within a row, ids past the last
+    end offset: each row's profile is the one it gets alone."""
+    profile = session(graphs.onnx[contract.PROFILE_MODEL])
+    rows = [[], [5, 9, 5, 5], [9], [], [9, 5, -1, 200, 9], []]
+    ids = np.array([i for row in rows for i in row], np.int64)
+    ends = np.cumsum([len(row) for row in rows]).astype(np.int32)
+    weights, lengths = profile.run(None, {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends})
+    for row, history in enumerate(rows):
+        alone = profile.run(
+            None, {contract.HISTORY_IDS: np.array(history, np.int64), contract.HISTORY_ENDS: np.array([len(history)], np.int32)}
+        )
+        np.testing.assert_allclose(weights[row], alone[0][0], rtol=1e-6, atol=1e-7)
+        assert lengths[row, 0] == alone[1][0, 0] == len({i for i in history if 0 <= i < TINY["n_items"]})
+    np.testing.assert_allclose(weights[1], weights[4], rtol=1e-6)  # {5, 9} either way
+    assert weights[1].sum() > 0 and np.all(weights[[0, 3, 5]] == 0)
+    trailing = profile.run(  # ids after the last end belong to no row
+        None, {contract.HISTORY_IDS: np.array([5, 9, 7], np.int64), contract.HISTORY_ENDS: np.array([2], np.int32)}
+    )
+    np.testing.assert_allclose(trailing[0][0], weights[1], rtol=1e-6)
+
+
+def test_profile_graph_gathers_instead_of_multiplying_the_catalog(graphs: ExportedGraphs) -> None:
+    """O(history), not O(catalog): the table is read with Gather, never multiplied by a dense row."""
+    import onnx
+
+    ops = {node.op_type for node in onnx.load_from_string(graphs.onnx[contract.PROFILE_MODEL]).graph.node}
+    assert "Gather" in ops and not ops & {"MatMul", "Gemm", "Einsum"}, ops
 
 
 def test_scorer_top_k_equals_torch_topk_with_history_excluded(model: APRON, graphs: ExportedGraphs) -> None:
@@ -134,7 +173,7 @@ def test_empty_history_and_k_max_clamped_to_catalog(model: APRON) -> None:
     graphs = export_onnx(model, k_max=10_000)
     assert graphs.k_max == TINY["n_items"]
     empty = np.full((2, 3), contract.PAD_ID, dtype=np.int64)
-    weights, lengths = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, {contract.HISTORY_IDS: empty})
+    weights, lengths = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, profile_feed(empty))
     assert np.all(weights == 0) and np.all(lengths == 0)
     top_ids, top_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
         None, {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: empty}

@@ -51,6 +51,12 @@ def test_python_repository_layout_and_configs_parse(python_repository: Path) -> 
         (contract.TOP_IDS, [TINY_K_MAX]),
         (contract.TOP_SCORES, [TINY_K_MAX]),
     ]
+    profile = parse_config(python_repository / contract.PROFILE_MODEL / "config.pbtxt")
+    assert [(t.name, t.allow_ragged_batch) for t in profile.input] == [(contract.HISTORY_IDS, True)]
+    assert profile.parameters["ragged_ends"].string_value == contract.HISTORY_ENDS  # model.py fills it
+    assert not profile.batch_input  # the python backend does not use Triton's batch inputs
+    for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL):  # the torch backend's weights
+        assert (python_repository / name / "1" / contract.TORCH_WEIGHTS_FILENAME).stat().st_size > 0
     ensemble = parse_config(python_repository / contract.ENSEMBLE_MODEL / "config.pbtxt")
     assert ensemble.platform == "ensemble"
     steps = ensemble.ensemble_scheduling.step
@@ -68,6 +74,11 @@ def test_onnxruntime_gpu_configs() -> None:
         assert config.dynamic_batching.max_queue_delay_microseconds == 1000
         (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator
         assert accelerator.name == "tensorrt" and accelerator.parameters["precision_mode"] == "FP16"
+    profile = text_format.Parse(text_format.MessageToString(configs[contract.PROFILE_MODEL]), mc.ModelConfig())
+    assert profile.input[0].name == contract.HISTORY_IDS and profile.input[0].allow_ragged_batch
+    (ends,) = profile.batch_input  # Triton computes the graph's second input from the formed batch
+    assert ends.kind == mc.BatchInput.BATCH_ACCUMULATED_ELEMENT_COUNT and ends.data_type == mc.TYPE_INT32
+    assert list(ends.target_name) == [contract.HISTORY_ENDS] and list(ends.source_input) == [contract.HISTORY_IDS]
     cuda = model_configs(4, 6, 48, 100, RepositorySettings())[contract.SCORER_MODEL]
     assert cuda.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "cuda"
     with pytest.raises(ValueError, match="preferred batch sizes"):
@@ -103,6 +114,9 @@ def test_read_metadata_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(MetadataError, match=r"apron_metadata.json: not valid JSON \(line 2"):
         read_metadata(tmp_path)
     (tmp_path / contract.METADATA_FILENAME).write_text('{"format": "apron-metadata/1", "n_items": 3}')
+    with pytest.raises(MetadataError, match="apron-metadata/1.*export the checkpoint again"):
+        read_metadata(tmp_path)  # an older export: its profile graph takes padded histories
+    (tmp_path / contract.METADATA_FILENAME).write_text(f'{{"format": "{contract.METADATA_FORMAT}", "n_items": 3}}')
     with pytest.raises(MetadataError, match="missing field"):
         read_metadata(tmp_path)
 

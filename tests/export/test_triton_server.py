@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from export import contract
-from export.onnx_export import random_histories, session
+from export.onnx_export import ragged, random_histories, session
 from export.triton_server import TritonServer, TritonServerError, run_triton_server
 from tests.export.fixtures import TINY, TINY_K_MAX
 
 DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
+PROFILE_OUTPUTS = [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH]
 
 
 def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -33,6 +35,27 @@ def local(repository: Path, model: str) -> object:
     return session((repository / model / "1" / contract.ONNX_FILENAME).read_bytes())
 
 
+def profile_each(url: str, histories: np.ndarray, workers: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """apron_profile takes one history per request, as long as it is (padding dropped, at least one
+    entry): concurrent requests of different lengths, stacked back into (B, H, K), (B, 1)."""
+
+    def one(row: np.ndarray) -> list[np.ndarray]:
+        history = row[row != contract.PAD_ID]
+        history = history if len(history) else np.array([contract.PAD_ID])
+        return infer(url, contract.PROFILE_MODEL, {contract.HISTORY_IDS: history[None]}, PROFILE_OUTPUTS)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        answers = list(pool.map(one, histories))
+    return np.concatenate([a[0] for a in answers]), np.concatenate([a[1] for a in answers])
+
+
+def local_profile(repository: Path, histories: np.ndarray) -> list[np.ndarray]:
+    ids, ends = ragged(histories)
+    return local(repository, contract.PROFILE_MODEL).run(
+        None, {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
+    )
+
+
 def model_stats(url: str, model: str) -> tuple[int, int, dict[int, int]]:
     """(inference_count, execution_count, {batch size: executions}) as Triton reports them."""
     stats = grpcclient.InferenceServerClient(url).get_inference_statistics(model, as_json=True)[
@@ -47,13 +70,8 @@ def test_server_answers_like_in_process_onnxruntime(
 ) -> None:
     url = triton_server.grpc_url
     histories = random_histories(TINY["n_items"], 6, 25, np.random.default_rng(7))
-    weights, lengths = infer(
-        url,
-        contract.PROFILE_MODEL,
-        {contract.HISTORY_IDS: histories},
-        [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH],
-    )
-    expected = local(python_repository, contract.PROFILE_MODEL).run(None, {contract.HISTORY_IDS: histories})
+    weights, lengths = profile_each(url, histories)
+    expected = local_profile(python_repository, histories)
     np.testing.assert_allclose(weights, expected[0], rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(lengths, expected[1])
     assert weights.shape == (6, TINY["n_heads"], TINY["n_tags"]) and weights[1:].sum() > 0
@@ -69,13 +87,12 @@ def test_server_answers_like_in_process_onnxruntime(
     np.testing.assert_allclose(top_scores, expected_scores, rtol=1e-6, atol=1e-6)
     assert top_ids.shape == (6, TINY_K_MAX)
 
-    # the ensemble (no edits) = profile -> scorer with the history excluded
-    ens_ids, ens_scores = infer(
-        url,
-        contract.ENSEMBLE_MODEL,
-        {contract.HISTORY_IDS: histories},
-        [contract.TOP_IDS, contract.TOP_SCORES],
-    )
+    # the ensemble (no edits) = profile -> scorer with the history excluded; one history per request
+    ensemble = [
+        infer(url, contract.ENSEMBLE_MODEL, {contract.HISTORY_IDS: row[None]}, [contract.TOP_IDS, contract.TOP_SCORES])
+        for row in histories
+    ]
+    ens_ids, ens_scores = (np.concatenate([e[i] for e in ensemble]) for i in (0, 1))
     direct = local(python_repository, contract.SCORER_MODEL).run(
         None, {contract.PROFILE_WEIGHTS: expected[0], contract.EXCLUDE_IDS: histories}
     )
@@ -100,24 +117,13 @@ def test_concurrent_requests_are_dynamically_batched(
 ) -> None:
     url = triton_server.grpc_url
     histories = random_histories(TINY["n_items"], 32, 12, np.random.default_rng(9))
-    histories[:, 0] = np.arange(32)  # every row non-empty; same length so Triton may batch them
+    histories[:, 0] = np.arange(32)  # every row non-empty; lengths differ: the input is ragged
     inferences_before, executions_before, batches_before = model_stats(url, contract.PROFILE_MODEL)
-
-    def one(row: int) -> tuple[np.ndarray, np.ndarray]:
-        weights, lengths = infer(
-            url,
-            contract.PROFILE_MODEL,
-            {contract.HISTORY_IDS: histories[row : row + 1]},
-            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH],
-        )
-        return weights, lengths
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        answers = list(pool.map(one, range(32)))
+    weights, lengths = profile_each(url, histories)
     inferences, executions, batches = model_stats(url, contract.PROFILE_MODEL)
-    expected = local(python_repository, contract.PROFILE_MODEL).run(None, {contract.HISTORY_IDS: histories})
-    np.testing.assert_allclose(np.concatenate([a[0] for a in answers]), expected[0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(np.concatenate([a[1] for a in answers]), expected[1])
+    expected = local_profile(python_repository, histories)
+    np.testing.assert_allclose(weights, expected[0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(lengths, expected[1])
 
     assert inferences - inferences_before == 32
     new_executions = executions - executions_before
@@ -125,6 +131,14 @@ def test_concurrent_requests_are_dynamically_batched(
     merged = {size: count - batches_before.get(size, 0) for size, count in batches.items()}
     assert any(size > 1 and count > 0 for size, count in merged.items()), merged
     assert sum(size * count for size, count in merged.items()) == 32
+
+
+def test_profile_request_with_several_rows_is_refused(triton_server: TritonServer) -> None:
+    """A ragged input cannot tell rows apart inside one request (Triton's batch input counts
+    requests), so a (2, T) request is an error that says what to send instead."""
+    rows = np.array([[1, 2], [3, -1]], np.int64)
+    with pytest.raises(InferenceServerException, match="one row per request"):
+        infer(triton_server.grpc_url, contract.PROFILE_MODEL, {contract.HISTORY_IDS: rows}, PROFILE_OUTPUTS)
 
 
 def test_server_that_fails_to_load_raises_with_its_log(tmp_path: Path) -> None:

@@ -1,0 +1,231 @@
+"""The served APRON: `apron_profile` and `apron_scorer` as torch modules built from exported tensors.
+
+One definition of the serving math (DESIGN.md section 4): `export/onnx_export.py` traces these
+modules to the ONNX graphs, and the torch backend (`serving/backends/torch.py`) runs them from the
+weights the export writes beside the graphs (`model.safetensors` in each version folder). Nothing
+here imports the training code, so a server needs only these tensors.
+
+- `ServedProfile` (Eq. 13 before the value projection): the catalog's per-item prototype weights
+  (Eq. 12) are a constant (N, H*K) table; a profile sums the history's rows. The histories of a
+  batch arrive ragged: `history_ids` (T,) holds them one after another and `history_ends` (B,) the
+  end offset of each (Triton's BATCH_ACCUMULATED_ELEMENT_COUNT), so nothing is padded to the
+  longest history and the work is O(T), not O(catalog). Duplicates count once and ids outside
+  [0, N) are ignored, exactly like the binary fold-in vector `APRON.profile_weights` is trained on:
+  ids are keyed by (row, id), sorted, and only the first of equal keys is summed.
+- `ServedScorer` (Eq. 13-14, 6): shares per head, u, f(u), then the log-softmax score of the top
+  K_MAX items over the whole catalog, excluded ids at -inf.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def ragged_rows(history_ends: torch.Tensor, total: int | torch.Tensor) -> torch.Tensor:
+    """End offsets (B,) of ragged rows -> the row of each of the `total` flat positions. (T,)
+
+    A +1 at each end offset, then a running sum: position j lies in row #{ends <= j}. Empty rows
+    repeat an offset and are skipped; offsets past `total` are clamped, so no index is out of range.
+    """
+    ends = history_ends.long().clamp(0, total)  # (B,)
+    marks = torch.zeros(total + 1, dtype=torch.long, device=ends.device).scatter_add(0, ends, torch.ones_like(ends))
+    return marks.cumsum(0)[:total]  # (T,)
+
+
+def distinct_valid(
+    history_ids: torch.Tensor, rows: torch.Tensor, n_rows: int | torch.Tensor, n_items: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(item, row, weight) per flat position: weight 1 at the first occurrence of each valid
+    (row, id) pair, 0 for repeats, padding, ids outside [0, n_items) and positions past the last row.
+
+    Sorting the keys row * n_items + id (invalid = -1) puts equal pairs side by side; a key that
+    differs from its predecessor is a first occurrence. Static shapes throughout, so it can be
+    traced to ONNX and captured in a CUDA graph."""
+    valid = (history_ids >= 0) & (history_ids < n_items) & (rows < n_rows)  # (T,)
+    keys = torch.where(valid, rows * n_items + history_ids, torch.full_like(history_ids, -1))
+    keys, _ = keys.sort()  # (T,)
+    previous = torch.cat([torch.full_like(keys[:1], -1), keys])[:-1]  # (T,)
+    weight = (keys != previous) & (keys >= 0)  # (T,)
+    keys = keys.clamp_min(0)  # invalid positions read item 0 with weight 0
+    return keys % n_items, keys // n_items, weight
+
+
+class ServedProfile(nn.Module):
+    """history_ids (T,), history_ends (B,) -> profile_weights (B, H, K) fp32, history_length (B, 1)."""
+
+    def __init__(self, item_table: torch.Tensor, n_heads: int, n_prototypes: int):
+        super().__init__()
+        self.n_items, self.n_heads, self.n_prototypes = item_table.shape[0], n_heads, n_prototypes
+        self.register_buffer("item_table", item_table)  # (N, H*K), Eq. 12 for every catalog item
+
+    def forward(
+        self, history_ids: torch.Tensor, history_ends: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_rows, total = history_ends.shape[0], history_ids.shape[0]
+        rows = ragged_rows(history_ends, total)  # (T,)
+        items, rows, weight = distinct_valid(history_ids, rows, n_rows, self.n_items)  # (T,) each
+        weight = weight.float()
+        # fp32 sums even with an fp16 table: the gather is O(history), precision costs nothing here
+        gathered = self.item_table[items].float() * weight[:, None]  # (T, H*K)
+        width = self.item_table.shape[1]
+        weights = torch.zeros(n_rows, width, dtype=torch.float32, device=gathered.device).scatter_add(
+            0, rows[:, None].expand(-1, width), gathered
+        )  # (B, H*K), Eq. 13's sum over the history
+        lengths = torch.zeros(n_rows, dtype=torch.float32, device=gathered.device).scatter_add(0, rows, weight)
+        return weights.view(-1, self.n_heads, self.n_prototypes), lengths.long()[:, None]  # (B, H, K), (B, 1)
+
+
+def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Each head's weights as shares summing to 1 (training/models/apron.py's, repeated here so the
+    served model needs no training code; tests/export checks both against each other)."""
+    return weights / weights.sum(dim=-1, keepdim=True).clamp_min(eps)
+
+
+def exclusion_mask(exclude_ids: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Padded ids (B, E) -> bool (B, N), True at excluded items. Padding and ids outside [0, N) set
+    nothing: they are scattered into an extra column N that is dropped (ONNX has no masked scatter)."""
+    valid = (exclude_ids >= 0) & (exclude_ids < n_items)
+    columns = torch.where(valid, exclude_ids, torch.full_like(exclude_ids, n_items))  # (B, E)
+    mask = torch.zeros(exclude_ids.shape[0], n_items + 1, dtype=torch.bool, device=exclude_ids.device)
+    return mask.scatter(1, columns, torch.ones_like(columns, dtype=torch.bool))[:, :n_items]  # (B, N)
+
+
+def activation_module(name: str) -> nn.Module:
+    modules = {"tanh": nn.Tanh, "relu": nn.ReLU}
+    if name not in modules:
+        raise ValueError(f"unknown activation {name!r} (known: {', '.join(modules)})")
+    return modules[name]()
+
+
+class ServedScorer(nn.Module):
+    """profile_weights (B, H, K), exclude_ids (B, E) -> top_ids (B, K_MAX), top_scores (B, K_MAX).
+
+    `f_dtype` runs f (Eq. 6, nearly all of the work) in half precision between fp32 tensors: shares
+    stay fp32 because the 1e-12 clamp of an empty history rounds to 0 in fp16 (0/0 = NaN). The
+    ranking uses the logits themselves and the score subtracts their fp32 log-sum-exp, which equals
+    the log-softmax without writing a second (B, N) tensor."""
+
+    def __init__(
+        self,
+        prototype_values: torch.Tensor,
+        layers: list[tuple[torch.Tensor, torch.Tensor]],
+        k_max: int,
+        activation: str = "tanh",
+        f_dtype: torch.dtype = torch.float32,
+    ):
+        super().__init__()
+        self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
+        modules: list[nn.Module] = []
+        for index, (weight, bias) in enumerate(layers):
+            linear = nn.Linear(weight.shape[1], weight.shape[0])
+            with torch.no_grad():
+                linear.weight.copy_(weight)
+                linear.bias.copy_(bias)
+            modules.append(linear)
+            if index < len(layers) - 1:
+                modules.append(activation_module(activation))
+        self.f = nn.Sequential(*modules).to(f_dtype).requires_grad_(False)
+        self.f_dtype = f_dtype
+        self.activation = activation
+        self.n_items = layers[-1][0].shape[0]
+        self.k_max = min(k_max, self.n_items)
+
+    def logits(self, profile_weights: torch.Tensor) -> torch.Tensor:
+        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype. (B, H, K) -> (B, N)"""
+        shares = profile_shares(profile_weights.float())
+        u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
+        return self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
+
+    def forward(
+        self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.logits(profile_weights)  # (B, N)
+        normaliser = logits.float().logsumexp(dim=-1, keepdim=True)  # (B, 1): log-softmax over the catalog
+        masked = logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf"))
+        top_logits, top_ids = masked.topk(self.k_max, dim=-1)  # (B, K_MAX), best first
+        return top_ids, top_logits.float() - normaliser
+
+    def scores(self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor) -> torch.Tensor:
+        """Every item's score (B, N): what `forward`'s top K_MAX are taken from (tests, parity)."""
+        logits = self.logits(profile_weights).float()
+        return F.log_softmax(logits, dim=-1).masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf"))
+
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(m.weight, m.bias) for m in self.f if isinstance(m, nn.Linear)]
+
+
+# ---- the weights file (`model.safetensors` beside each graph's model.onnx) -------------------------
+
+WEIGHTS_FORMAT = "apron-torch-weights/1"
+ITEM_TABLE = "item_table"
+PROTOTYPE_VALUES = "prototype_values"
+
+
+def profile_tensors(profile: ServedProfile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, string metadata) of the profile's weights file; always fp32 (the dtype is a
+    serving choice: the torch backend casts on load)."""
+    metadata = {"format": WEIGHTS_FORMAT, "n_heads": str(profile.n_heads), "n_prototypes": str(profile.n_prototypes)}
+    return {ITEM_TABLE: profile.item_table.float().contiguous()}, metadata
+
+
+def scorer_tensors(scorer: ServedScorer) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {PROTOTYPE_VALUES: scorer.prototype_values.float().contiguous()}
+    for index, (weight, bias) in enumerate(scorer.layers()):
+        tensors[f"f.{index}.weight"] = weight.float().contiguous()
+        tensors[f"f.{index}.bias"] = bias.float().contiguous()
+    metadata = {"format": WEIGHTS_FORMAT, "activation": scorer.activation, "k_max": str(scorer.k_max)}
+    return tensors, metadata
+
+
+def weights_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata=metadata)
+
+
+def _check_format(metadata: dict[str, str] | None, source: str) -> dict[str, str]:
+    if not metadata or metadata.get("format") != WEIGHTS_FORMAT:
+        found = (metadata or {}).get("format")
+        raise ValueError(
+            f"{source}: weights format is {found!r}, expected {WEIGHTS_FORMAT!r}; re-run `apron export`"
+        )
+    return metadata
+
+
+def load_tensors(source: str | bytes, device: str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A weights file (path) or its bytes -> (tensors on `device`, metadata)."""
+    from safetensors import safe_open
+    from safetensors.torch import load
+
+    if isinstance(source, bytes):
+        tensors = load(source)
+        # safetensors' bytes loader drops the metadata: read the header (8-byte length + JSON) here
+        size = int.from_bytes(source[:8], "little")
+        metadata = json.loads(source[8 : 8 + size]).get("__metadata__")
+        name = "<bytes>"
+    else:
+        with safe_open(source, framework="pt", device=device) as handle:
+            metadata = handle.metadata()
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        name = str(source)
+    return {key: value.to(device) for key, value in tensors.items()}, _check_format(metadata, name)
+
+
+def profile_from_tensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], dtype: torch.dtype = torch.float32
+) -> ServedProfile:
+    return ServedProfile(tensors[ITEM_TABLE].to(dtype), int(metadata["n_heads"]), int(metadata["n_prototypes"]))
+
+
+def scorer_from_tensors(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str], f_dtype: torch.dtype = torch.float32
+) -> ServedScorer:
+    n_layers = sum(1 for key in tensors if key.startswith("f.") and key.endswith(".weight"))
+    layers = [(tensors[f"f.{i}.weight"], tensors[f"f.{i}.bias"]) for i in range(n_layers)]
+    return ServedScorer(
+        tensors[PROTOTYPE_VALUES], layers, int(metadata["k_max"]), metadata["activation"], f_dtype
+    ).to(tensors[PROTOTYPE_VALUES].device)
