@@ -34,7 +34,18 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
         "each dataset's own (lastfm-2k: 5/5, MovieLens and synthetic: 5/0; the paper's MSD used 20/200).",
     )
     parser.add_argument("--dataset", required=True, choices=sorted(SOURCES))
-    parser.add_argument("--path", type=Path, help="source directory (default: ../shared/data/<dataset> beside the repo)")
+    parser.add_argument(
+        "--path",
+        type=Path,
+        help="source directory (default: ../shared/data/<dataset> beside the repo; lastfm-2k: else a copy "
+        "downloaded earlier into artifacts/downloads/, else a download from GroupLens)",
+    )
+    parser.add_argument(
+        "--url", help="lastfm-2k: download the HetRec 2011 zip from URL (file:// works) instead of using a local copy"
+    )
+    parser.add_argument(
+        "--sha256", help="lastfm-2k: the zip's expected SHA-256 (default: GroupLens' zip's, for the default URL)"
+    )
     parser.add_argument("--out", type=Path, help="output directory (default: artifacts/data/<name>)")
     parser.add_argument("--min-user-interactions", type=int, help="keep users with at least N items")
     parser.add_argument("--min-item-users", type=int, help="keep items with at least N users")
@@ -92,7 +103,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
         name = args.path.name if args.dataset == "movielens" and args.path else args.dataset
         out = args.out or Path("artifacts") / "data" / name
         dataset = prepare(
-            args.dataset, out, args.path, filters, split, args.min_tag_share, synthetic, strict=args.strict
+            args.dataset, out, args.path, filters, split, args.min_tag_share, synthetic, strict=args.strict,
+            url=args.url, sha256=args.sha256,
         )
     except (DataError, ValueError) as error:
         raise UserFacingError(str(error)) from error

@@ -9,12 +9,20 @@ Tags follow the APRON paper (Sec. 4, "the 80 most commonly used tags according t
 `n_tags` tags with the most `user_taggedartists` rows over all artists; an artist's count for a tag
 is how many users gave it that tag. The paper removed songs without audio before filtering; here
 the descriptions play the audio's role, so by default only described artists are items.
+
+`artist_descriptions.json` is an optional extra: GroupLens' zip (`apron prepare --dataset
+lastfm-2k` downloads it, training/data/download.py) does not have it. Without it every named
+artist is an item (the listener filter then keeps about the same artists), and an artist's text
+is its name and its most given top tags ("Miles Davis. Tags: jazz, trumpet, ..."): text features
+then carry the tags and nothing more, so controllability with `--kind text` is an upper bound;
+`--kind collab` (from the listening matrix alone) needs no text at all.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -73,12 +81,13 @@ def load_lastfm(
     ):
         names[parse_int(fields[0], artists_file, line, "id")] = fields[1]
     descriptions_file = root / "artist_descriptions.json"
+    described = descriptions_file.exists()  # absent from GroupLens' zip: texts from names + tags then
     descriptions = {
         parse_int(k, descriptions_file, None, "every key (an artistID)"): v
         for k, v in read_text_map(descriptions_file, "the artists' descriptions (artistID -> text)").items()
-    }
+    } if described else {}  # fmt: skip
 
-    item_ids = sorted(a for a in names if a in descriptions) if require_description else sorted(names)
+    item_ids = sorted(a for a in names if a in descriptions) if require_description and described else sorted(names)
     index = {artist: i for i, artist in enumerate(item_ids)}
 
     plays_file = root / "user_artists.dat"
@@ -113,6 +122,8 @@ def load_lastfm(
         if tag in tag_column and artist in index
     ]
     rows, cols = zip(*pairs, strict=True) if pairs else ((), ())
+    item_tags = tag_matrix(list(rows), list(cols), [1.0] * len(rows), len(item_ids), len(tag_ids))
+    texts = [descriptions.get(a) or _name_and_tags(names[a], item_tags[i], tag_names) for i, a in enumerate(item_ids)]
 
     return RawDataset(
         name="lastfm-2k",
@@ -122,11 +133,18 @@ def load_lastfm(
         play_counts=np.asarray(counts, dtype=np.float32),
         item_ids=[str(a) for a in item_ids],
         item_names=[names[a] for a in item_ids],
-        item_texts=[descriptions.get(a) or names[a] for a in item_ids],
-        item_tags=tag_matrix(list(rows), list(cols), [1.0] * len(rows), len(item_ids), len(tag_ids)),
+        item_texts=texts,
+        item_tags=item_tags,
         tag_names=tag_names,
         tag_groups=[tag_group(name) for name in tag_names],
     )
+
+
+def _name_and_tags(name: str, tag_row: Any, tag_names: list[str], n: int = 5) -> str:
+    """An artist's text without a description: its name and its `n` most given top tags."""
+    counts = tag_row.toarray().ravel()
+    top = [tag_names[k] for k in np.argsort(-counts, kind="stable")[:n] if counts[k] > 0]
+    return f"{name}. Tags: {', '.join(top)}." if top else name
 
 
 def _top_tags(root: Path, usage: Counter[int], n_tags: int) -> tuple[list[int], list[str]]:
