@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from training.metrics import (
+    TAG_MIN_SHARE,
     exclude_history,
     mean_stderr,
     ndcg_at_k,
@@ -62,8 +63,11 @@ def evaluate_model(
     split: str = "test",
     device: torch.device | str = "cpu",
     batch_size: int = 512,
+    tag_min_share: float = TAG_MIN_SHARE,
 ) -> dict[str, Any]:
-    """The metrics of one model on `split` ('test' or 'val'), as a JSON-ready dict."""
+    """The metrics of one model on `split` ('test' or 'val'), as a JSON-ready dict.
+
+    `tag_min_share`: which tags an item carries in T(·) (`training.metrics.tag_membership`)."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', not {split!r}")
     fold_in: sp.csr_matrix = getattr(dataset, f"{split}_tr")
@@ -81,7 +85,7 @@ def evaluate_model(
     if not getattr(model, "controllable", False):
         result.update({f"delta@{CONTROL_K}": NOT_APPLICABLE, f"pct_delta@{CONTROL_K}": NOT_APPLICABLE})
         return result
-    control = controllability(model, dataset, fold_in, scores, device, batch_size)
+    control = controllability(model, dataset, fold_in, scores, device, batch_size, tag_min_share=tag_min_share)
     result[f"delta@{CONTROL_K}"] = control.delta
     result[f"delta@{CONTROL_K}_stderr"] = control.delta_stderr
     result[f"pct_delta@{CONTROL_K}"] = control.pct_delta
@@ -102,9 +106,10 @@ def controllability(
     device: torch.device | str = "cpu",
     batch_size: int = 512,
     k: int = CONTROL_K,
+    tag_min_share: float = TAG_MIN_SHARE,
 ):
     """Eq. 17 for every tag, averaged (see `training.metrics.summarize_controllability`)."""
-    tag_items = tag_membership(dataset.item_tags).T  # (K, N) boolean
+    tag_items = tag_membership(dataset.item_tags, tag_min_share).T  # (K, N) boolean
     listened = (fold_in @ sp.csr_matrix(tag_items.T.astype(np.float32))).toarray() > 0  # (U, K)
     per_tag = []
     for tag in range(tag_items.shape[0]):

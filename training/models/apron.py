@@ -11,6 +11,22 @@ u = concat_h sum_k share_{h,k} P~_{k,h} (Eq. 13-14) and maps u to item logits wi
 
 The key and value of prototype k share one matrix A^p_{k,h} (the paper found this more
 controllable); A^x_h projects the items' features in head h.
+
+Switches (config fields; the default is this project's tuned behaviour unless marked "paper"):
+- `prototype_init`: "copy" (default: A^p_{k,h} starts as a copy of A^x_h) or "random" (paper);
+- `profile`: "mean" (default: each head's weights as shares, i.e. the history's mean) or "sum"
+  (paper, Eq. 13 as printed; a training/evaluation ablation: the gateway's edits work on shares);
+- `drop_renormalise`: True (default: dropping a prototype hands its mass to the others in
+  proportion, as the gateway's scale-0 edit does) or False (its mass is just removed);
+- `tag_min_share`: which tags an item carries for T(ŷ) (default 0.5 of its top tag; 0 = any count);
+- `attention` / `attention_temperature`: "softmax" (paper) or "sparsemax" over prototypes, logits
+  divided by temperature · sqrt(D') (1.0: paper);
+- `lambda_tag_attention`: weight of a cross-entropy pulling each tagged item's attention (mean
+  over heads) towards its tags (0: paper, off);
+- `edit_penalty`: γ ≥ 0; the scorer subtracts γ · (the item's mean attention on prototypes whose
+  share is exactly 0) from its logit, so "less τ" (a scale-0 edit) also pushes down the items that
+  the model itself sees as τ. Inactive for unedited softmax profiles (no share is 0); part of
+  `score`, so export and serving run it too (0: paper, off).
 """
 
 from __future__ import annotations
@@ -24,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.metrics import tag_membership
+from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
 
 
@@ -41,6 +57,22 @@ class APRONConfig:
     lambda_ctrl: float = 0.005  # λ2, Eq. 11
     recsys_loss: str = "multinomial"  # Eq. 7's divergence: "multinomial" or "bce"
     eps: float = 1e-8  # inside Hellinger's square roots: sqrt'(0) is infinite
+    prototype_init: str = "copy"  # "copy" of A^x (default) | "random" (paper)
+    profile: str = "mean"  # "mean" (shares, default) | "sum" (Eq. 13)
+    drop_renormalise: bool = True  # dropping a prototype renormalises the others (default)
+    tag_min_share: float = TAG_MIN_SHARE  # tag membership for T(ŷ) (0: any count)
+    attention: str = "softmax"  # "softmax" (paper) | "sparsemax" over the K prototypes
+    attention_temperature: float = 1.0  # Eq. 12's logits / (temperature · sqrt(D'))
+    lambda_tag_attention: float = 0.0  # weight of the item-attention tag supervision (off)
+    edit_penalty: float = 0.0  # γ: logit − γ · attention on zero-share prototypes (off)
+
+    def __post_init__(self) -> None:
+        choices = {"prototype_init": ("copy", "random"), "profile": ("mean", "sum"), "attention": ("softmax", "sparsemax")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"APRON {name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.attention_temperature <= 0 or self.edit_penalty < 0 or self.lambda_tag_attention < 0:
+            raise ValueError("APRON attention_temperature must be > 0, edit_penalty and lambda_tag_attention >= 0")
 
     @property
     def chunk_dim(self) -> int:
@@ -66,11 +98,15 @@ class APRON(nn.Module):
         self.register_buffer("item_tags", torch.zeros(n, k))  # binary tag membership, for T(ŷ)
         item_projection = torch.randn(h, c, d) / math.sqrt(c)
         self.item_projection = nn.Parameter(item_projection)  # A^x_h
-        # A^p_{k,h} starts as a copy of A^x_h: each initial attention logit is then a similarity
-        # between the item's and the prototype's feature chunks, so items start out attending to
-        # the prototypes they resemble. Independent random A^p_{k,h} route items to prototypes at
-        # random, and training never recovers a tag-aligned routing (Δ@20 ≈ 0 on lastfm-2k).
-        self.prototype_projection = nn.Parameter(item_projection.expand(k, h, c, d).clone())  # A^p_{k,h}
+        # "copy": A^p_{k,h} starts as a copy of A^x_h: each initial attention logit is then a
+        # similarity between the item's and the prototype's feature chunks, so items start out
+        # attending to the prototypes they resemble. "random" (the paper): independent random
+        # A^p_{k,h} route items to prototypes at random (see RESULTS.md's ablation rows).
+        if config.prototype_init == "copy":
+            prototype_projection = item_projection.expand(k, h, c, d).clone()
+        else:
+            prototype_projection = torch.randn(k, h, c, d) / math.sqrt(c)
+        self.prototype_projection = nn.Parameter(prototype_projection)  # A^p_{k,h}
         self.f = mlp([h * d, *config.hidden_dims, n])  # Eq. 6
         self.tag_classifier = nn.Linear(d, k)  # φ, Eq. 10
 
@@ -87,7 +123,8 @@ class APRON(nn.Module):
         model.feature_mean.copy_(torch.from_numpy(mean))
         model.feature_std.copy_(torch.from_numpy(std))
         model.prototype_items.copy_(torch.as_tensor(dataset.prototype_items, dtype=torch.long))
-        model.item_tags.copy_(torch.from_numpy(tag_membership(dataset.item_tags).astype(np.float32)))
+        membership = tag_membership(dataset.item_tags, config.tag_min_share)
+        model.item_tags.copy_(torch.from_numpy(membership.astype(np.float32)))
         return model
 
     def _chunks(self, features: torch.Tensor) -> torch.Tensor:
@@ -105,7 +142,8 @@ class APRON(nn.Module):
         """Eq. 12: per-head softmax over prototypes of each item. (N, D) -> (N, H, K)"""
         queries = torch.einsum("nhc,hcd->nhd", self._chunks(features), self.item_projection)  # (N, H, D')
         logits = torch.einsum("nhd,khd->nhk", queries, self.prototype_values())
-        return torch.softmax(logits / math.sqrt(self.config.head_dim), dim=-1)
+        logits = logits / (self.config.attention_temperature * math.sqrt(self.config.head_dim))
+        return sparsemax(logits) if self.config.attention == "sparsemax" else torch.softmax(logits, dim=-1)
 
     def item_prototype_weights(self) -> torch.Tensor:
         """Eq. 12 for every catalog item. -> (N, H, K)"""
@@ -117,25 +155,49 @@ class APRON(nn.Module):
             item_weights = self.item_prototype_weights()
         return torch.einsum("bn,nhk->bhk", x, item_weights)
 
+    def shares(self, profile_weights: torch.Tensor) -> torch.Tensor:
+        """What u is built from: per-head shares ("mean") or the summed weights themselves ("sum")."""
+        return profile_shares(profile_weights) if self.config.profile == "mean" else profile_weights
+
     def score(self, profile_weights: torch.Tensor) -> torch.Tensor:
         """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6). (B, H, K) -> (B, N)"""
-        shares = profile_shares(profile_weights)
+        return self.score_shares(self.shares(profile_weights))
+
+    def score_shares(self, shares: torch.Tensor) -> torch.Tensor:
+        """u = concat_h sum_k shares_{h,k} P~_{k,h} (Eq. 13-14), then f (Eq. 6), then the edit penalty."""
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values())  # (B, H, D')
-        return self.f(u.flatten(1))  # Eq. 14 concatenates the heads
+        logits = self.f(u.flatten(1))  # Eq. 14 concatenates the heads
+        if self.config.edit_penalty > 0:
+            removed = (shares == 0).to(logits.dtype)  # (B, H, K): prototypes edited (or fallen) to 0
+            item_weights = self.item_prototype_weights()  # (N, H, K)
+            on_removed = torch.einsum("bhk,nhk->bn", removed, item_weights) / self.config.n_heads
+            logits = logits - self.config.edit_penalty * on_removed
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.score(self.profile_weights(x))
 
     def logits_without_tag(self, x: torch.Tensor, tag: int) -> torch.Tensor:
-        """Eq. 17's modified model: tag's prototype weight dropped in every head."""
-        weights = self.profile_weights(x).clone()
-        weights[:, :, tag] = 0.0
-        return self.score(weights)
+        """Eq. 17's modified model: tag's prototype weight dropped in every head.
+
+        drop_renormalise=True: the remaining prototypes keep each head's total (the gateway's
+        scale-0 edit); False: the dropped share is simply missing from u (Eq. 13 without it)."""
+        weights = self.profile_weights(x)
+        if not self.config.drop_renormalise:
+            shares = self.shares(weights).clone()
+            shares[:, :, tag] = 0.0
+            return self.score_shares(shares)
+        dropped = weights.clone()
+        dropped[:, :, tag] = 0.0
+        if self.config.profile == "sum":  # "mean" renormalises inside score
+            dropped = dropped * (weights.sum(-1, keepdim=True) / dropped.sum(-1, keepdim=True).clamp_min(1e-12))
+        return self.score(dropped)
 
     def loss(self, x: torch.Tensor, anneal: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
         """Eq. 11: L = L_RecSys + λ1 L_prototype-sep + λ2 L_controllability."""
         cfg = self.config
-        weights = self.profile_weights(drop_history(x, cfg.dropout, self.training))
+        item_weights = self.item_prototype_weights()  # (N, H, K), once per batch
+        weights = self.profile_weights(drop_history(x, cfg.dropout, self.training), item_weights)
         logits = self.score(weights)
         if cfg.recsys_loss == "bce":
             recsys = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).mean()
@@ -145,7 +207,19 @@ class APRON(nn.Module):
         controllability = self.controllability_loss(weights, logits)
         total = recsys + cfg.lambda_sep * separability + cfg.lambda_ctrl * controllability
         parts = {"recsys": recsys.item(), "sep": separability.item(), "ctrl": controllability.item()}
+        if cfg.lambda_tag_attention > 0:
+            tag_attention = self.tag_attention_loss(item_weights)
+            total = total + cfg.lambda_tag_attention * tag_attention
+            parts["tag_attention"] = tag_attention.item()
         return total, parts
+
+    def tag_attention_loss(self, item_weights: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy from each tagged item's tag distribution (its tags, uniform) to its
+        attention over prototypes (mean over heads): items attend to their own tags' prototypes."""
+        tagged = self.item_tags.sum(-1) > 0  # (N,)
+        target = self.item_tags[tagged] / self.item_tags[tagged].sum(-1, keepdim=True)  # (N', K)
+        attention = item_weights[tagged].mean(dim=1)  # (N', K)
+        return -(target * torch.log(attention + 1e-6)).sum(-1).mean()
 
     def separability_loss(self) -> torch.Tensor:
         """Eq. 10: φ(P~_{k,h}) classified as tag k, cross-entropy over all (k, h)."""
@@ -167,6 +241,18 @@ class APRON(nn.Module):
         target = tag_mass / tag_mass.sum(-1, keepdim=True).clamp_min(eps)
         squared = (torch.sqrt(profile + eps) - torch.sqrt(target + eps)).pow(2).sum(-1)
         return (torch.sqrt(squared + eps) / math.sqrt(2.0)).mean()
+
+
+def sparsemax(logits: torch.Tensor) -> torch.Tensor:
+    """Sparsemax over the last dimension (Martins & Astudillo 2016): the Euclidean projection onto
+    the simplex, so weak prototypes get exactly 0. (..., K) -> (..., K)"""
+    sorted_logits, _ = torch.sort(logits, dim=-1, descending=True)
+    cumulative = sorted_logits.cumsum(dim=-1)
+    ranks = torch.arange(1, logits.shape[-1] + 1, device=logits.device, dtype=logits.dtype)
+    support = (1 + ranks * sorted_logits > cumulative).to(logits.dtype)  # (..., K), a prefix of ones
+    size = support.sum(dim=-1, keepdim=True)  # (..., 1)
+    threshold = (torch.gather(cumulative, -1, size.long() - 1) - 1) / size
+    return torch.clamp(logits - threshold, min=0.0)
 
 
 def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
