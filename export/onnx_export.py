@@ -63,10 +63,17 @@ def served_profile(model: APRON, dtype: torch.dtype = torch.float32) -> ServedPr
 
 
 def served_scorer(model: APRON, k_max: int, f_dtype: torch.dtype = torch.float32) -> ServedScorer:
+    cfg = model.config
+    if getattr(cfg, "profile", "mean") != "mean":
+        # the gateway's profiles and edits are shares (DESIGN.md section 2): a summed profile
+        # (an ablation of Eq. 13) would be scored on other inputs than it was trained on
+        raise ValueError(f"APRON with profile={cfg.profile!r} cannot be served: only 'mean' profiles can")
     with torch.no_grad():
         values = model.prototype_values()  # (K, H, D')
         layers = [(m.weight.detach(), m.bias.detach()) for m in model.f if isinstance(m, nn.Linear)]
-        return ServedScorer(values, layers, k_max, activation_name(model), f_dtype).eval()
+        penalty = float(getattr(cfg, "edit_penalty", 0.0))
+        item_weights = model.item_prototype_weights() if penalty > 0 else None  # (N, H, K)
+        return ServedScorer(values, layers, k_max, activation_name(model), f_dtype, penalty, item_weights).eval()
 
 
 class ItemEncoderGraph(nn.Module):

@@ -116,9 +116,17 @@ class ServedScorer(nn.Module):
         k_max: int,
         activation: str = "tanh",
         f_dtype: torch.dtype = torch.float32,
+        edit_penalty: float = 0.0,
+        item_weights: torch.Tensor | None = None,
     ):
         super().__init__()
         self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
+        # APRON's optional edit penalty (training/models/apron.py `score_shares`): γ · each item's
+        # mean attention on the prototypes whose share is 0 is subtracted from its logit.
+        if edit_penalty > 0 and item_weights is None:
+            raise ValueError("an edit penalty needs the items' prototype weights (N, H, K)")
+        self.edit_penalty = float(edit_penalty)
+        self.register_buffer("item_weights", None if edit_penalty <= 0 else item_weights.float())  # (N, H, K)
         modules: list[nn.Module] = []
         for index, (weight, bias) in enumerate(layers):
             linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -138,7 +146,12 @@ class ServedScorer(nn.Module):
         """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype. (B, H, K) -> (B, N)"""
         shares = profile_shares(profile_weights.float())
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
-        return self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
+        logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
+        if self.item_weights is not None:
+            removed = (shares == 0).float()  # (B, H, K): prototypes an edit set to 0
+            on_removed = torch.einsum("bhk,nhk->bn", removed, self.item_weights) / self.item_weights.shape[1]
+            logits = logits - (self.edit_penalty * on_removed).to(logits.dtype)
+        return logits
 
     def forward(
         self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor
@@ -163,6 +176,7 @@ class ServedScorer(nn.Module):
 WEIGHTS_FORMAT = "apron-torch-weights/1"
 ITEM_TABLE = "item_table"
 PROTOTYPE_VALUES = "prototype_values"
+ITEM_WEIGHTS = "item_weights"  # only with an edit penalty
 
 
 def profile_tensors(profile: ServedProfile) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -178,6 +192,9 @@ def scorer_tensors(scorer: ServedScorer) -> tuple[dict[str, torch.Tensor], dict[
         tensors[f"f.{index}.weight"] = weight.float().contiguous()
         tensors[f"f.{index}.bias"] = bias.float().contiguous()
     metadata = {"format": WEIGHTS_FORMAT, "activation": scorer.activation, "k_max": str(scorer.k_max)}
+    if scorer.item_weights is not None:
+        tensors[ITEM_WEIGHTS] = scorer.item_weights.float().contiguous()
+        metadata["edit_penalty"] = repr(scorer.edit_penalty)
     return tensors, metadata
 
 
@@ -227,5 +244,6 @@ def scorer_from_tensors(
     n_layers = sum(1 for key in tensors if key.startswith("f.") and key.endswith(".weight"))
     layers = [(tensors[f"f.{i}.weight"], tensors[f"f.{i}.bias"]) for i in range(n_layers)]
     return ServedScorer(
-        tensors[PROTOTYPE_VALUES], layers, int(metadata["k_max"]), metadata["activation"], f_dtype
-    ).to(tensors[PROTOTYPE_VALUES].device)
+        tensors[PROTOTYPE_VALUES], layers, int(metadata["k_max"]), metadata["activation"], f_dtype,
+        float(metadata.get("edit_penalty", 0.0)), tensors.get(ITEM_WEIGHTS),
+    ).to(tensors[PROTOTYPE_VALUES].device)  # fmt: skip

@@ -16,6 +16,7 @@ from export.onnx_export import (
     export_onnx,
     ragged,
     random_histories,
+    served_scorer,
     session,
     tolerances,
 )
@@ -192,3 +193,42 @@ def test_item_encoder_matches_catalog_table(model: APRON, graphs: ExportedGraphs
         table = model.item_prototype_weights()[ids].numpy()
     np.testing.assert_allclose(encoded, table, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(encoded.sum(-1), 1.0, rtol=1e-5)  # Eq. 12: a softmax over prototypes
+
+
+def _with_config(model: APRON, **changes: object) -> APRON:
+    """The same weights under a config with `changes` (an APRON option)."""
+    import dataclasses
+
+    other = APRON(dataclasses.replace(model.config, **changes))
+    other.load_state_dict(model.state_dict())
+    return other.eval()
+
+
+def test_edit_penalty_is_exported_and_served_like_pytorch(model: APRON) -> None:
+    """APRON's optional edit penalty lives in `score`; the ONNX scorer and the weights file carry it."""
+    from export.served_model import scorer_from_tensors, scorer_tensors
+
+    penalised = _with_config(model, edit_penalty=10.0)
+    graphs = export_onnx(penalised, k_max=TINY_K_MAX)
+    histories = random_histories(TINY["n_items"], 8, 30, np.random.default_rng(5))[1:]
+    x = multi_hot(histories, TINY["n_items"])
+    with torch.no_grad():
+        weights = penalised.profile_weights(x)
+    tag = int(weights.sum(dim=(0, 1)).argmax())
+    dropped = weights.clone()
+    dropped[:, :, tag] = 0.0
+    ids, scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
+        None, {contract.PROFILE_WEIGHTS: dropped.numpy(), contract.EXCLUDE_IDS: histories}
+    )
+    expected_ids, expected_scores = reference_top_k(penalised, dropped, x, TINY_K_MAX)
+    np.testing.assert_array_equal(ids, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
+    _, plain_scores = reference_top_k(model, dropped, x, TINY_K_MAX)
+    assert not np.allclose(plain_scores, expected_scores)  # the penalty changed the served scores
+    served = scorer_from_tensors(*scorer_tensors(served_scorer(penalised, TINY_K_MAX)))
+    torch.testing.assert_close(served.logits(dropped), penalised.score(dropped), rtol=1e-5, atol=1e-5)
+
+
+def test_summed_profiles_are_refused_by_the_export(model: APRON) -> None:
+    with pytest.raises(ValueError, match="profile='sum' cannot be served"):
+        served_scorer(_with_config(model, profile="sum"), TINY_K_MAX)
