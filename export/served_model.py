@@ -153,14 +153,22 @@ class ServedScorer(nn.Module):
             logits = logits - (self.edit_penalty * on_removed).to(logits.dtype)
         return logits
 
+    def normalised_logits(self, profile_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits (B, N) in f's dtype, their fp32 log-sum-exp (B, 1)): the log-softmax over the
+        whole catalog is logits - normaliser, excluded items included in the normaliser."""
+        logits = self.logits(profile_weights)
+        return logits, logits.float().logsumexp(dim=-1, keepdim=True)
+
+    def top(self, masked_logits: torch.Tensor, normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with excluded items at -inf -> (top_ids, top_scores) (B, K_MAX), best first."""
+        top_logits, top_ids = masked_logits.topk(self.k_max, dim=-1)
+        return top_ids, top_logits.float() - normaliser
+
     def forward(
         self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.logits(profile_weights)  # (B, N)
-        normaliser = logits.float().logsumexp(dim=-1, keepdim=True)  # (B, 1): log-softmax over the catalog
-        masked = logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf"))
-        top_logits, top_ids = masked.topk(self.k_max, dim=-1)  # (B, K_MAX), best first
-        return top_ids, top_logits.float() - normaliser
+        logits, normaliser = self.normalised_logits(profile_weights)  # (B, N), (B, 1)
+        return self.top(logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf")), normaliser)
 
     def scores(self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor) -> torch.Tensor:
         """Every item's score (B, N): what `forward`'s top K_MAX are taken from (tests, parity)."""

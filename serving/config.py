@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-BACKENDS = ("onnxruntime", "triton")
+BACKENDS = ("onnxruntime", "triton", "torch")
+TORCH_DEVICES = ("cpu", "cuda")
+TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 ORT_DEVICES = ("cpu", "cuda")
 LOG_FORMATS = ("json", "text")
 ENV_PREFIX = "APRON_"
@@ -48,6 +50,11 @@ class ServingConfig:
         "let ONNX Runtime's idle worker threads spin for work (faster alone on a machine; off: they leave the "
         "CPU to the event loop between batches)",
     )
+    device: str = _option("cpu", "torch device for --backend torch", TORCH_DEVICES)
+    torch_dtype: str = _option(
+        "auto", "--backend torch: precision of the catalog table and f (auto: float16 on cuda, float32 on cpu)", TORCH_DTYPES
+    )
+    cuda_graphs: bool = _option(True, "--backend torch --device cuda: replay one CUDA graph per batch-size bucket")
     max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
     max_batch_wait_ms: float = _option(
         0.0,

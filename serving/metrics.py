@@ -54,9 +54,11 @@ class Metrics:
         self._server: WSGIServer | None = None
 
     # -- observers handed to the backends
-    def observe_batch(self, model: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float]) -> None:
+    def observe_batch(
+        self, model: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float], backend: str = "onnxruntime"
+    ) -> None:
         self.batch_size.labels(model).observe(batch_size)
-        self.inference_latency.labels(model, "onnxruntime").observe(run_seconds)
+        self.inference_latency.labels(model, backend).observe(run_seconds)
         for wait in queue_waits:
             self.queue_wait.labels(model).observe(wait)
 

@@ -1,7 +1,10 @@
-"""Inference backends behind one `Scorer` interface (`base.py`): in-process ONNX Runtime with the
-gateway's micro-batcher, or Triton over gRPC with Triton's dynamic batcher."""
+"""Inference backends behind one `Scorer` interface (`base.py`): in-process ONNX Runtime or torch
+(`export/served_model.py` on CPU or CUDA) with the gateway's micro-batcher, or Triton over gRPC
+with Triton's dynamic batcher. torch is imported only when its backend is chosen."""
 
 from __future__ import annotations
+
+import functools
 
 from serving.backends.base import Scorer
 from serving.catalog import ServedModel
@@ -15,6 +18,15 @@ def create_scorer(config: ServingConfig, model: ServedModel, metrics: Metrics | 
         from serving.backends.onnxruntime import OnnxRuntimeScorer
 
         return OnnxRuntimeScorer.from_config(config, model, metrics.observe_batch if metrics else None)
+    if config.backend == "torch":
+        try:
+            from serving.backends.torch import TorchScorer
+        except ModuleNotFoundError as error:  # a serve-only install (the gateway image) has no torch
+            raise RuntimeError(
+                f"--backend torch needs {error.name}: pip install 'apron-recsys[serve-torch]'"
+            ) from error
+        observer = functools.partial(metrics.observe_batch, backend=TorchScorer.backend) if metrics else None
+        return TorchScorer.from_config(config, model, observer)
     if config.backend == "triton":
         from serving.backends.triton import TritonScorer
 

@@ -8,10 +8,12 @@ servicer and the profile cache never see it.
 from __future__ import annotations
 
 import abc
+import os
 
 import numpy as np
 
 from export import contract
+from serving.batching import BatchObserver, MicroBatcher
 
 
 class Scorer(abc.ABC):
@@ -34,6 +36,58 @@ class Scorer(abc.ABC):
         """Release sessions, threads and connections."""
 
 
+class BatchedScorer(Scorer):
+    """An in-process scorer: each graph behind its own micro-batcher (`serving/batching.py`), so
+    concurrent requests share one run. Subclasses implement the two batch runs, which the batchers
+    call in their worker threads."""
+
+    def __init__(
+        self,
+        *,
+        max_batch_size: int = 32,
+        max_wait_s: float = 0.0,
+        observer: BatchObserver | None = None,
+        max_queue: int = 256,
+    ):
+        self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
+            self._run_profiles,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            name=contract.PROFILE_MODEL,
+            observer=observer,
+            max_queue=max_queue,
+        )
+        self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
+            self._run_scorer,
+            max_batch_size=max_batch_size,
+            max_wait_s=max_wait_s,
+            name=contract.SCORER_MODEL,
+            observer=observer,
+            max_queue=max_queue,
+        )
+
+    @abc.abstractmethod
+    def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """One apron_profile run: histories (T_i,) -> (weights (H, K), distinct valid ids) each."""
+
+    @abc.abstractmethod
+    def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One apron_scorer run: (weights (H, K), exclude (E,)) -> (ids (K_MAX,), scores (K_MAX,)) each."""
+
+    async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
+        return await self._profiles.submit(np.asarray(history_ids, dtype=np.int64).reshape(-1))
+
+    async def top_k(self, weights: np.ndarray, exclude_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids, scores = await self._scores.submit(
+            (np.asarray(weights, dtype=np.float32), np.asarray(exclude_ids, dtype=np.int64).reshape(-1))
+        )
+        return ids[:k], scores[:k]
+
+    async def close(self) -> None:
+        await self._profiles.close()
+        await self._scores.close()
+
+
 def pad_rows(rows: list[np.ndarray], min_width: int = 1, bucket: bool = False) -> np.ndarray:
     """1-D int64 id arrays -> (B, T) padded with PAD_ID to the longest row (at least `min_width`;
     with `bucket`, to the next power of two so that requests of similar length share a shape)."""
@@ -44,3 +98,8 @@ def pad_rows(rows: list[np.ndarray], min_width: int = 1, bucket: bool = False) -
     for i, row in enumerate(rows):
         out[i, : len(row)] = row
     return out
+
+
+def default_threads() -> int:
+    """All the cores this process may use but one, which the event loop needs."""
+    return max(1, len(os.sched_getaffinity(0)) - 1)

@@ -8,15 +8,14 @@ padded); exclusions are padded with PAD_ID to the batch's longest row, which the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from export import contract
-from serving.backends.base import Scorer, pad_rows
-from serving.batching import BatchObserver, MicroBatcher
+from serving.backends.base import BatchedScorer, default_threads, pad_rows
+from serving.batching import BatchObserver
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
 
@@ -25,11 +24,6 @@ PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", 
 
 def onnx_path(repository: str | Path, model_name: str, version: int) -> Path:
     return Path(repository) / model_name / str(version) / contract.ONNX_FILENAME
-
-
-def default_threads() -> int:
-    """All the cores this process may use but one, which the event loop needs."""
-    return max(1, len(os.sched_getaffinity(0)) - 1)
 
 
 def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
@@ -53,7 +47,7 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
     return ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
 
 
-class OnnxRuntimeScorer(Scorer):
+class OnnxRuntimeScorer(BatchedScorer):
     backend = "onnxruntime"
 
     def __init__(
@@ -68,22 +62,7 @@ class OnnxRuntimeScorer(Scorer):
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session
-        self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
-            self._run_profiles,
-            max_batch_size=max_batch_size,
-            max_wait_s=max_wait_s,
-            name=contract.PROFILE_MODEL,
-            observer=observer,
-            max_queue=max_queue,
-        )
-        self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
-            self._run_scorer,
-            max_batch_size=max_batch_size,
-            max_wait_s=max_wait_s,
-            name=contract.SCORER_MODEL,
-            observer=observer,
-            max_queue=max_queue,
-        )
+        super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
 
     @classmethod
     def from_config(cls, config: ServingConfig, model: ServedModel, observer: BatchObserver | None = None) -> OnnxRuntimeScorer:
@@ -116,16 +95,3 @@ class OnnxRuntimeScorer(Scorer):
             [contract.TOP_IDS, contract.TOP_SCORES], {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
         )  # (B, K_MAX) each
         return [(top_ids[i], top_scores[i]) for i in range(len(requests))]
-
-    async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
-        return await self._profiles.submit(np.asarray(history_ids, dtype=np.int64).reshape(-1))
-
-    async def top_k(self, weights: np.ndarray, exclude_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        ids, scores = await self._scores.submit(
-            (np.asarray(weights, dtype=np.float32), np.asarray(exclude_ids, dtype=np.int64).reshape(-1))
-        )
-        return ids[:k], scores[:k]
-
-    async def close(self) -> None:
-        await self._profiles.close()
-        await self._scores.close()

@@ -27,7 +27,8 @@ from tests.export.fixtures import (  # noqa: F401  (pytest finds fixtures by nam
     triton_server,
 )
 
-BACKENDS = ("onnxruntime", "triton")
+BACKENDS = ("onnxruntime", "triton", "torch")
+IN_PROCESS = ("onnxruntime", "torch")  # backends behind the gateway's own micro-batcher
 
 
 @pytest.fixture(scope="session")
@@ -110,7 +111,7 @@ def backend_config(request: pytest.FixtureRequest, python_repository: Path, redi
     if request.param == "triton":
         triton = request.getfixturevalue("triton_server")
         return gateway_config(python_repository, redis_server.url, "triton", triton.grpc_url)
-    return gateway_config(python_repository, redis_server.url)
+    return gateway_config(python_repository, redis_server.url, request.param)
 
 
 @pytest.fixture
@@ -136,4 +137,4 @@ def user_id(request: pytest.FixtureRequest) -> str:
     return f"user-{request.node.nodeid}"
 
 
-__all__ = ["pb", "Gateway", "running_gateway", "gateway_config", "liked_history", "item_index"]
+__all__ = ["pb", "IN_PROCESS", "Gateway", "running_gateway", "gateway_config", "liked_history", "item_index"]

@@ -15,7 +15,7 @@ import pytest
 from serving.cache import edits_key, profile_key
 from serving.config import ServingConfig
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from tests.serving.conftest import Gateway, item_index, liked_history, running_gateway
+from tests.serving.conftest import IN_PROCESS, Gateway, item_index, liked_history, running_gateway
 
 LIKED, OTHER = 0, 1  # tags of the test user's history (tag0 mostly, some tag1)
 
@@ -139,7 +139,7 @@ async def test_concurrent_requests_are_batched(
         ]
         responses = await asyncio.gather(*calls)
         assert all(len(r.items) == 5 for r in responses)
-        if config.backend == "onnxruntime":  # the gateway's micro-batcher: fewer runs than requests
+        if config.backend in IN_PROCESS:  # the gateway's micro-batcher: fewer runs than requests
             for model in ("apron_profile", "apron_scorer"):
                 runs = gateway.metric("apron_inference_batch_size_count", model=model)
                 requests = gateway.metric("apron_inference_batch_size_sum", model=model)
@@ -181,7 +181,7 @@ async def test_metrics_expose_the_histograms(gateway: Gateway, main_tags: np.nda
     backend = gateway.server.scorer.backend
     assert gateway.metric("apron_inference_duration_seconds_count", model="apron_scorer", backend=backend) >= 1
     assert gateway.metric("apron_rpcs_in_flight", method="Recommend") == 0
-    if backend == "onnxruntime":
+    if backend in IN_PROCESS:
         assert gateway.metric("apron_batch_queue_wait_seconds_count", model="apron_profile") >= 1
 
 
@@ -190,9 +190,10 @@ async def test_both_backends_give_the_same_answers(
 ) -> None:
     triton = request.getfixturevalue("triton_server")
     triton_config = dataclasses.replace(ort_config, backend="triton", triton_url=triton.grpc_url)
+    torch_config = dataclasses.replace(ort_config, backend="torch")
     edits = [pb.Edit(prototype="tag1", scale=0.0), pb.Edit(prototype="tag4", weight=0.3)]
     answers = {}
-    for config in (ort_config, triton_config):
+    for config in (ort_config, triton_config, torch_config):
         async with running_gateway(config) as gateway:
             for u, (liked, other) in enumerate([(0, 1), (2, 5), (4, 3)]):
                 history = liked_history(main_tags, liked, other, seed=u)
@@ -204,9 +205,10 @@ async def test_both_backends_give_the_same_answers(
     for (backend, u, tag), ort in answers.items():
         if backend != "onnxruntime":
             continue
-        other = answers["triton", u, tag]
-        assert [i.item_id for i in ort.items] == [i.item_id for i in other.items], (u, tag)
-        np.testing.assert_allclose([i.score for i in ort.items], [i.score for i in other.items], atol=1e-5)
-        np.testing.assert_allclose(
-            [w.weight for w in ort.profile.weights], [w.weight for w in other.profile.weights], atol=1e-6
-        )
+        for other_backend in ("triton", "torch"):
+            other = answers[other_backend, u, tag]
+            assert [i.item_id for i in ort.items] == [i.item_id for i in other.items], (other_backend, u, tag)
+            np.testing.assert_allclose([i.score for i in ort.items], [i.score for i in other.items], atol=1e-5)
+            np.testing.assert_allclose(
+                [w.weight for w in ort.profile.weights], [w.weight for w in other.profile.weights], atol=1e-6
+            )
