@@ -520,6 +520,8 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
                 f"| {_epochs(rows)} |"
             )
         lines.append("")
+    if sweep:
+        lines += _tried_lines(sweep)
     if live:
         lines += _live_lines(live)
     lines += _not_run(records)
@@ -537,6 +539,41 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
         )
     lines.append("")
     return atomic_write_text(output, "\n".join(lines))
+
+
+SWEEP_NDCG_SLACK = 0.01  # an option "keeps accuracy" when its val NDCG@100 is at most this below the tuned row's
+
+
+def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """What was tried for the goal, with the verdict of each option computed from the sweep rows."""
+    lines = [
+        "### What was tried for the goal (validation users; computed from the sweep table)",
+        "",
+        "Options (config switches of `training/models/apron.py`): sharper attention (temperature, sparsemax), "
+        "supervising each item's attention over prototypes with its tags (`lambda_tag_attention`), and an edit "
+        "penalty in the scorer (`edit_penalty` γ: an item loses γ × its own attention on prototypes whose share "
+        "is 0, so a scale-0 edit pushes down what the model itself sees as that tag; served by the gateway too). "
+        "Not tried: heads per tag group (no CPU time left on the shared machine). An option keeps accuracy when "
+        f"its val NDCG@100 is at most {SWEEP_NDCG_SLACK} below the tuned row's on the same features.",
+        "",
+    ]
+    for features in ("collab", "text-stripped"):
+        base_rows = sweep.get(f"{features}:tuned")
+        base = aggregate(base_rows, "ndcg@100") if base_rows else None
+        if base is None:
+            continue
+        for variant in [v for v in SWEEP if v.features == features and v.key in sweep and not v.key.endswith(":tuned")]:
+            ndcg, pct = aggregate(sweep[variant.key], "ndcg@100"), aggregate(sweep[variant.key], "pct_delta@20")
+            base_pct = aggregate(base_rows, "pct_delta@20")
+            keeps = ndcg.mean >= base.mean - SWEEP_NDCG_SLACK
+            gain = pct.mean - base_pct.mean if pct and base_pct else float("nan")
+            verdict = ("worked" if keeps and gain >= 5 else "failed: accuracy fell" if not keeps
+                       else "failed: %Δ@20 moved < 5 points")  # fmt: skip
+            lines.append(
+                f"- {features}, {variant.label}: val NDCG@100 {ndcg.mean:.4f} (tuned {base.mean:.4f}), val %Δ@20 "
+                f"{_fmt(pct.mean if pct else None, 1)} (tuned {_fmt(base_pct.mean if base_pct else None, 1)}): {verdict}."
+            )
+    return [*lines, ""]
 
 
 def _epochs(rows: list[dict[str, Any]]) -> str:

@@ -58,7 +58,15 @@ def test_goal_met_and_missed_are_computed() -> None:
 
 
 def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> None:
-    text = write_report(_records(0.44, 45.0), tmp_path / "RESULTS.md").read_text()
+    sweep = [_record("sweep", "collab:tuned", 0, 0.44, 12.0, "collab", "apron"),
+             _record("sweep", "collab:tagatt1-pen20", 0, 0.435, 60.0, "collab", "apron"),
+             _record("sweep", "collab:sparsemax", 0, 0.40, 70.0, "collab", "apron"),
+             _record("sweep", "collab:temp0.25", 0, 0.44, 14.0, "collab", "apron")]  # fmt: skip
+    text = write_report(_records(0.44, 45.0) + sweep, tmp_path / "RESULTS.md").read_text()
+    assert "## Sweep: APRON options on lastfm-2k, VALIDATION users" in text
+    assert "collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20 60.0" in text
+    assert "sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 (tuned 12.0): failed: accuracy fell" in text
+    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 (tuned 12.0): failed: %Δ@20 moved" in text
     assert "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20 (↑) | Δ@20 Eq. 16 (↑) | %Δ@20 (↑) |" in text
     assert "| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] | N/A |" in text
     assert "| 0, 1, 2 |" in text and "test machine" in text
