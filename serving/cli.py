@@ -63,7 +63,7 @@ def _ensure_demo_model(config: Any) -> None:
     import logging
 
     try:
-        from export.demo import build_demo_repository
+        from export.demo import DemoSettings, build_demo_repository
         from export.pipeline import ExportError
         from training.data.raw import DataError
     except ModuleNotFoundError as error:  # a gateway-only install (the `serve` extra)
@@ -76,7 +76,7 @@ def _ensure_demo_model(config: Any) -> None:
         "no model in %s: building the demo model (a minute or two, once)", config.repository
     )
     try:
-        build_demo_repository(config.repository)
+        build_demo_repository(config.repository, DemoSettings(dataset=config.demo_dataset))
     except (ExportError, DataError) as error:
         raise UserFacingError(f"cannot build the demo model: {error}") from error
 
@@ -187,7 +187,7 @@ def format_response(command: str, response: Any) -> str:
             lines.append("no profile yet: the edits apply once a recommend call sends the user's history")
     else:
         lines.append(f"model version {response.model_version}, k_max {response.k_max}; prototypes:")
-        lines += [f"  {p.name:<24} {p.group:<12} {p.item_id:<20} {p.item_name}" for p in response.prototypes]
+        lines += [f"  {p.name:<24} {p.group:<15} {p.item_id:<20} {p.item_name}" for p in response.prototypes]
     return "\n".join(lines)
 
 

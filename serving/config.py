@@ -33,6 +33,12 @@ class ServingConfig:
     build_demo: bool = _option(
         True, "when the repository holds no model, train and export a small demo model into it first"
     )
+    demo_dataset: str = _option(
+        "auto",
+        "the demo model's data: lastfm-2k (real artists, Last.fm tags; downloaded when there is no copy), "
+        "synthetic, or auto (lastfm-2k when a copy is on this machine, else synthetic)",
+        ("auto", "lastfm-2k", "synthetic"),
+    )
     host: str = _option("127.0.0.1", "address the gRPC server binds (0.0.0.0 / [::] for every interface)")
     port: int = _option(50051, "gRPC port (0: any free port)")
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")

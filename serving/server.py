@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shlex
 import signal
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -156,23 +159,50 @@ async def create_server(
     return gateway, port
 
 
+def apron_command() -> str:
+    """The `apron` command as this process was started (`.venv/bin/apron` under `make serve`), so
+    the printed lines run as they are from the same directory; `apron` when started otherwise."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return shlex.quote(argv0) if Path(argv0).name == "apron" else "apron"
+
+
+def try_it_lines(
+    address: str, tag_names: list[str], prototype_item_ids: list[str], token: str | None, auth: bool, apron: str = "apron"
+) -> list[str]:
+    """Commands that work exactly as printed against the gateway at `address`: a list for a
+    history of the three most used tags' prototype items, an edit that removes the first of
+    those tags, and the list again, which the edit changes (tests/serving/test_demo.py runs them).
+    `apron client` finds a token itself (APRON_TOKEN, else one minted from the development secret);
+    grpcurl is given the development `token` when there is one, else $APRON_TOKEN."""
+    history = " ".join(f"--history {item}" for item in prototype_item_ids[:3])
+    tag = tag_names[0]
+    tag_arg = shlex.quote(tag)  # "female vocalists" is one shell word
+    header = ""
+    if auth:
+        header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" '
+    return [
+        f"{apron} client --target {address} prototypes",
+        f"{apron} client --target {address} recommend --user alice {history} --k 10",
+        f"{apron} client --target {address} edit --user alice --scale {tag_arg}=0",
+        f"{apron} client --target {address} recommend --user alice --k 10",
+        f"grpcurl -plaintext {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+    ]
+
+
 def usage_hint(server: ApronServer) -> str:
     """How to call the running gateway, with real ids from its catalog."""
     meta = server.model.metadata
     address = f"{server.config.host}:{server.port}"
-    history = " ".join(f"--history {item}" for item in meta.prototype_item_ids[:3])
-    tag = meta.tag_names[0]
     metrics = f"http://{server.config.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
+    lines = try_it_lines(
+        address, meta.tag_names, meta.prototype_item_ids, server.service_token, server.config.auth, apron_command()
+    )
     return "\n".join(
         [
             f"APRON gateway on {address} (model version {meta.model_version}, {server.scorer.backend} backend, "
             f"{len(meta.tag_names)} prototypes, {meta.n_items} items); metrics: {metrics}",
             "try it:",
-            f"  apron client --target {address} prototypes",
-            f"  apron client --target {address} recommend --user alice {history} --k 10",
-            f"  apron client --target {address} edit --user alice --scale {tag}=0",
-            f"  apron client --target {address} recommend --user alice --k 10",
-            f"  grpcurl -plaintext -d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+            *(f"  {line}" for line in lines),
             "stop with Ctrl-C (in-flight calls are drained)",
         ]
     )
