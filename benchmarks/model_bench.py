@@ -123,3 +123,84 @@ def bench_history_lengths(n_items: int, lengths: Iterable[int], min_seconds: flo
         scorer = time_calls(lambda f=feeds: scorer_sess.run(None, f), 1, min_seconds)
         results.append(HistoryResult(n_items, length, profile, scorer))
     return results
+
+
+PROFILE_CATALOGS = (1_000, 10_000, 40_940, 100_000)
+
+
+@dataclass(frozen=True)
+class ProfileScaling:
+    """apron_profile (ONNX Runtime, batch 1, one history of `history_length`) per catalog size."""
+
+    history_length: int
+    timings: dict[int, Timing]  # n_items -> timing
+
+    def ratio(self, large: int, small: int) -> float:
+        """p50 at `large` items over p50 at `small` items (target: ≤ 2 for 100k vs 1k)."""
+        return self.timings[large].p50_ms / self.timings[small].p50_ms
+
+
+def bench_profile_scaling(
+    catalogs: Iterable[int] = PROFILE_CATALOGS, min_seconds: float = 1.0, history_length: int = 50
+) -> ProfileScaling:
+    """The exported profile graph over random tables of the project's width (H·K = 16·80): its
+    cost must follow the history, not the catalog (the graph gathers the history's rows)."""
+    from benchmarks.gpu_scorer import random_served
+    from export.onnx_export import trace_graph
+
+    timings = {}
+    rng = np.random.default_rng(0)
+    for n_items in catalogs:
+        profile, _ = random_served(n_items, 1, seed=0)
+        io_specs = contract.model_io(profile.n_heads, profile.n_prototypes, 1, 1)
+        example = (torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 4], dtype=torch.int32))
+        sess = session(trace_graph(contract.PROFILE_MODEL, profile.eval(), example, io_specs))
+        feeds = profile_feeds(full_histories(n_items, 1, history_length, rng))
+        timings[n_items] = time_calls(lambda s=sess, f=feeds: s.run(None, f), 1, min_seconds)
+        del profile, sess
+        gc.collect()
+    return ProfileScaling(history_length, timings)
+
+
+def bench_torch_vs_ort(
+    n_items: int, batches: Iterable[int], min_seconds: float, history_length: int = 50
+) -> dict[str, Timing]:
+    """The scorer as the two in-process backends run it on CPU, fp32, same exported model:
+    ONNX Runtime's session vs the torch backend's `TorchModel.top_k` ("<backend>/b<batch>")."""
+    from serving.backends.torch import TorchModel
+
+    batches = list(batches)
+    model = synthetic_apron(n_items)
+    cfg = model.config
+    graphs = export_onnx(model, contract.DEFAULT_K_MAX)
+    scorer_sess = session(graphs.onnx[contract.SCORER_MODEL])
+    torch_model = TorchModel(graphs.modules[contract.PROFILE_MODEL], graphs.modules[contract.SCORER_MODEL], "cpu", max(batches))
+    torch_model.capture()
+    timings: dict[str, Timing] = {}
+    for batch in batches:
+        weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, batch, history_length)
+        feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        timings[f"onnxruntime/b{batch}"] = time_calls(lambda f=feeds: scorer_sess.run(None, f), batch, min_seconds)
+        rows = list(exclude)
+        timings[f"torch/b{batch}"] = time_calls(lambda w=weights, r=rows: torch_model.top_k(w, r), batch, min_seconds)
+    return timings
+
+
+def main() -> int:
+    """`python -m benchmarks.model_bench`: the profile's catalog scaling and ORT vs torch on CPU."""
+    import os
+
+    scaling = bench_profile_scaling()
+    print(f"machine: {os.cpu_count()} cores; apron_profile, ONNX Runtime, batch 1, history {scaling.history_length}")
+    for n_items, timing in scaling.timings.items():
+        print(f"  {n_items:>7} items: p50 {timing.p50_ms:.3f} ms")
+    ratio = scaling.ratio(max(scaling.timings), min(scaling.timings))
+    print(f"  {max(scaling.timings)} / {min(scaling.timings)} items: {ratio:.2f}x (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+    print("scorer, 40,940 items, fp32 CPU: ONNX Runtime vs torch backend")
+    for name, timing in bench_torch_vs_ort(40_940, (1, 32), 1.0).items():
+        print(f"  {name:>16}: p50 {timing.p50_ms:.2f} ms, {timing.throughput:.0f} rows/s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

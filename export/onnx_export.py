@@ -149,6 +149,26 @@ def graph_axes(name: str, io_specs: dict[str, tuple]) -> tuple[list[str], list[s
     return input_names, [spec.name for spec in outputs], dynamic_axes
 
 
+def trace_graph(name: str, module: nn.Module, example: tuple[torch.Tensor, ...], io_specs: dict[str, tuple]) -> bytes:
+    """One graph to ONNX bytes, with the names and dynamic axes of `graph_axes`."""
+    input_names, output_names, dynamic_axes = graph_axes(name, io_specs)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        torch.onnx.export(
+            module,
+            example,
+            buffer,
+            dynamo=False,  # the dynamo exporter needs onnxscript; dynamic_axes are all we need
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=contract.ONNX_OPSET,
+            do_constant_folding=True,
+        )
+    return buffer.getvalue()
+
+
 def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = False) -> ExportedGraphs:
     """Trace the three graphs to ONNX bytes with a dynamic batch axis on every input."""
     if k_max < 1:
@@ -157,24 +177,7 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = 
     modules = build_graphs(model, k_max, fp16)
     examples = example_inputs(model)
     io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, min(k_max, cfg.n_items))
-    onnx_bytes = {}
-    for name, module in modules.items():
-        input_names, output_names, dynamic_axes = graph_axes(name, io_specs)
-        buffer = io.BytesIO()
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                module,
-                examples[name],
-                buffer,
-                dynamo=False,  # the dynamo exporter needs onnxscript; dynamic_axes are all we need
-                input_names=input_names,
-                output_names=output_names,
-                dynamic_axes=dynamic_axes,
-                opset_version=contract.ONNX_OPSET,
-                do_constant_folding=True,
-            )
-        onnx_bytes[name] = buffer.getvalue()
+    onnx_bytes = {name: trace_graph(name, module, examples[name], io_specs) for name, module in modules.items()}
     weights = {
         contract.PROFILE_MODEL: weights_bytes(*profile_tensors(modules[contract.PROFILE_MODEL])),
         contract.SCORER_MODEL: weights_bytes(*scorer_tensors(modules[contract.SCORER_MODEL])),

@@ -40,6 +40,7 @@ from serving.catalog import ServedModel
 from serving.config import ServingConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = ("auto", *DTYPES)
 
 
 def weights_path(repository: str | Path, model_name: str, version: int) -> Path:
@@ -80,6 +81,7 @@ class TorchModel:
         device: str = "cpu",
         max_batch_size: int = 32,
         cuda_graphs: bool = True,
+        buckets: list[int] | None = None,
     ):
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
@@ -89,8 +91,10 @@ class TorchModel:
         self.k_max = scorer.k_max
         self.buckets = {
             size: _Bucket(size, torch.zeros(size, self.n_heads, self.n_prototypes, device=self.device))
-            for size in batch_buckets(max_batch_size)
+            for size in sorted(buckets or batch_buckets(max_batch_size))
         }
+        if max(self.buckets) < max_batch_size:
+            raise ValueError(f"the largest bucket {max(self.buckets)} is smaller than max_batch_size {max_batch_size}")
         self.cuda_graphs = cuda_graphs and self.cuda
         # pinned staging for host->device and device->host copies (CUDA only: pinning needs a driver)
         self._pinned_weights = torch.zeros(max_batch_size, self.n_heads, self.n_prototypes, pin_memory=self.cuda)

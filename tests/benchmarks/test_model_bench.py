@@ -1,0 +1,27 @@
+"""The model benchmarks run (tiny sizes, CPU): speed is measured by running them, not asserted here."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import gpu_scorer
+from benchmarks.model_bench import bench_profile_scaling, bench_torch_vs_ort
+
+
+def test_gpu_scorer_smoke_test_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--device cpu` runs the GPU benchmark's code path (minus CUDA graphs) end to end."""
+    assert gpu_scorer.main(["--device", "cpu", "--items", "300", "--batches", "1", "3", "--calls", "2", "--k", "10"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert lines[0]["device"] == "cpu"
+    rows = lines[1:]
+    assert [(r["items"], r["batch"]) for r in rows] == [(300, 1), (300, 3)]
+    assert all(r["scorer_ms"] > 0 and r["ceiling_ms"] > 0 and r["ratio"] > 0 and r["dtype"] == "float32" for r in rows)
+
+
+def test_profile_scaling_and_backends_report_every_shape() -> None:
+    scaling = bench_profile_scaling((200, 3000), min_seconds=0.01, history_length=20)
+    assert set(scaling.timings) == {200, 3000} and scaling.ratio(3000, 200) > 0
+    timings = bench_torch_vs_ort(300, (1, 2), min_seconds=0.01, history_length=10)
+    assert set(timings) == {"onnxruntime/b1", "torch/b1", "onnxruntime/b2", "torch/b2"}
