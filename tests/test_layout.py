@@ -146,3 +146,13 @@ def test_a_serve_only_install_runs_the_gateway_and_names_the_missing_extra(tmp_p
     assert result.returncode == 0, result.stderr
     assert "apron train: error: needs the 'train' extra (pip install 'apron-recsys[train]')" in result.stderr
     assert "apron serve: error: no model in" in result.stderr and "needs the 'train' extra" in result.stderr
+
+
+def test_every_top_level_folder_has_a_readme_with_numbered_commands() -> None:
+    folders = [*PACKAGES, "proto", "deploy", "scripts"]
+    missing = [f for f in folders if not (ROOT / f / "README.md").is_file()]
+    assert not missing, f"no README.md in {missing}"
+    import re
+
+    unnumbered = [f for f in folders if not re.search(r"^(# )?1\. ", (ROOT / f / "README.md").read_text(), re.MULTILINE)]
+    assert not unnumbered, f"READMEs without numbered commands: {unnumbered}"
