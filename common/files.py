@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,3 +45,18 @@ def atomic_write_bytes(path: str | Path, data: bytes, mode: int = FILE_MODE) -> 
 
 def atomic_write_text(path: str | Path, text: str, mode: int = FILE_MODE) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
+
+
+def replace_dir(staging: Path, path: Path) -> None:
+    """Rename `staging` to `path`; an existing `path` is moved aside first and deleted after."""
+    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
+    if path.exists():
+        path.rename(old)
+    try:
+        staging.rename(path)
+    except BaseException:
+        if old.exists():
+            old.rename(path)
+        raise
+    if old.exists():
+        shutil.rmtree(old)

@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import replace_dir
+
 log = logging.getLogger("apron.demo")
 
 
@@ -125,9 +127,8 @@ def build_demo_repository(repository: str | Path, settings: DemoSettings = DemoS
         log.info("demo: exporting to %s", repository)
         export_checkpoint(checkpoint, repository, k_max=settings.k_max, settings=RepositorySettings(backend="python"))
         kept = demo_dataset_dir(repository)
-        shutil.rmtree(kept, ignore_errors=True)  # a stale one would not match the new catalog
         kept.parent.mkdir(parents=True, exist_ok=True)
-        data.rename(kept)
+        replace_dir(data, kept)  # a stale one would not match the new catalog
         log.info("demo: its dataset (the simulated users of `make loadtest`) is in %s", kept)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

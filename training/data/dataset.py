@@ -18,7 +18,6 @@ import json
 import re
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from common.files import atomic_path, atomic_write_text
+from common.files import atomic_path, atomic_write_text, replace_dir
 from training.data.prototypes import choose_prototypes
 from training.data.raw import DataError, RawDataset
 from training.data.splits import (
@@ -127,7 +126,7 @@ class ProcessedDataset:
             (staging / "dataset.json").write_text(
                 json.dumps(self.metadata(), ensure_ascii=False), encoding="utf-8"
             )
-            _replace_dir(staging, path)
+            replace_dir(staging, path)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
@@ -315,19 +314,6 @@ def _feature_files(dataset_dir: Path, kind: str) -> tuple[Path, Path]:
     return dataset_dir / "features" / f"{kind}.npy", dataset_dir / "features" / f"{kind}.json"
 
 
-def _replace_dir(staging: Path, path: Path) -> None:
-    """Rename `staging` to `path`; an existing `path` is moved aside first and deleted after."""
-    old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-    if path.exists():
-        path.rename(old)
-    try:
-        staging.rename(path)
-    except BaseException:
-        if old.exists():
-            old.rename(path)
-        raise
-    if old.exists():
-        shutil.rmtree(old)
 
 
 def _load_npz(path: Path) -> sp.csr_matrix:

@@ -20,6 +20,7 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from common.files import atomic_path, replace_dir
 from training.data.raw import DataError
 
 LASTFM_URL = "https://files.grouplens.org/datasets/hetrec2011/hetrec2011-lastfm-2k.zip"
@@ -83,24 +84,23 @@ def _fetch(url: str, target: Path, progress: bool, local_hint: Path | None) -> s
     from tqdm.auto import tqdm
 
     hasher = hashlib.sha256()
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(name)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, open(fd, "wb") as out:
+        with (
+            atomic_path(target, suffix=".part") as tmp,  # a cut download never leaves a partial zip
+            urllib.request.urlopen(url, timeout=30) as response,
+            open(tmp, "wb") as out,
+        ):
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {url}", disable=not progress) as bar:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     hasher.update(chunk)
                     bar.update(len(chunk))
-        tmp.replace(target)
     except (urllib.error.URLError, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         where = f"put the HetRec files in {local_hint} (or pass --path DIR), or " if local_hint else ""
         raise DownloadError(f"cannot download {url} ({reason}): {where}pass --url to a copy you can reach "
                             "(file:///path/to/hetrec2011-lastfm-2k.zip works)") from error
-    finally:
-        tmp.unlink(missing_ok=True)
     return hasher.hexdigest()
 
 
@@ -120,8 +120,7 @@ def _extract(zip_path: Path, target: Path) -> Path:
                         shutil.copyfileobj(source, out)
         except zipfile.BadZipFile as error:
             raise DownloadError(f"{zip_path} is not a zip file ({error})") from error
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        replace_dir(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
