@@ -41,6 +41,9 @@ class ServingConfig:
     )
     host: str = _option("127.0.0.1", "address the gRPC server binds (0.0.0.0 / [::] for every interface)")
     port: int = _option(50051, "gRPC port (0: any free port)")
+    workers: int = _option(
+        1, "gateway processes sharing the port (SO_REUSEPORT, Linux): an event loop each, one Redis, /metrics summed over them"
+    )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
     redis_url: str = _option(
         "", "Redis URL, e.g. redis://redis:6379/0 (empty: start a private redis-server for this process)"
@@ -78,6 +81,9 @@ class ServingConfig:
     shutdown_grace_s: float = _option(10.0, "on SIGTERM: how long in-flight calls may finish (seconds)")
     log_level: str = _option("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _option("json", "log line format", LOG_FORMATS)
+    access_log_rate: float = _option(
+        0.01, "share of successful RPCs written to the access log, at random (failed RPCs are always logged; 1: all)"
+    )
     # --- reliability and security (serving/auth.py, serving/tls.py, serving/limits.py) ---
     auth: bool = _option(True, "require signed bearer tokens (JWT); --no-auth lets anyone read and edit any profile")
     jwt_secret_file: str = _option(
@@ -100,13 +106,15 @@ class ServingConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        positive = ("max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
+        positive = ("workers", "max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.access_log_rate <= 1:
+            raise ValueError(f"access_log_rate must be between 0 and 1, got {self.access_log_rate}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (set both to serve TLS, or neither)")
         if self.tls_client_ca and not self.tls_cert:

@@ -16,6 +16,7 @@ the mean over heads of its per-head shares (so reported shares also sum to 1).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -54,6 +55,8 @@ def shares(weights: np.ndarray) -> np.ndarray:
     """(H, K) weights -> (H, K) shares; a head without mass keeps zero shares."""
     weights = np.asarray(weights, dtype=np.float64)
     totals = weights.sum(axis=-1, keepdims=True)  # (H, 1)
+    if totals.min() > 0:  # the usual case, without the masked divide's cost (a per-request path)
+        return weights / totals
     return np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
 
 
@@ -74,14 +77,15 @@ def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: M
     requests are validated against `tag_index` before they get here). Raises EditError when a
     head would be left without mass."""
     weights = np.asarray(weights, dtype=np.float64)  # (H, K)
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+    if not (weights.min() >= 0 and math.isfinite(weights.max())):  # NaN fails the first test, inf the second
         raise ValueError("profile weights must be finite and non-negative")
     known = [(tag_index[e.prototype], e) for e in edits.values() if e.prototype in tag_index]
-    scale = np.ones(weights.shape[-1])
-    for k, edit in known:
-        if edit.kind == "scale":
-            scale[k] = edit.value
-    edited = shares(weights * scale)  # (H, K)
+    scales = {k: edit.value for k, edit in known if edit.kind == "scale"}
+    if scales:
+        scale = np.ones(weights.shape[-1])
+        scale[list(scales)] = list(scales.values())
+        weights = weights * scale
+    edited = shares(weights)  # (H, K)
     if np.any(edited.sum(axis=-1) < MIN_MASS):
         raise EditError("these edits remove every prototype that has weight in the profile")
 

@@ -23,7 +23,16 @@ class Metrics:
         self.rpc_latency = Histogram(
             "apron_rpc_duration_seconds", "gRPC call latency", ["method", "code"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("apron_rpcs_in_flight", "gRPC calls being handled", ["method"], registry=r)
+        # multiprocess_mode: how `--workers` sums a gauge over processes (ignored by one process)
+        self.in_flight = Gauge(
+            "apron_rpcs_in_flight", "gRPC calls being handled", ["method"], registry=r, multiprocess_mode="livesum"
+        )
+        self.worker_rpcs = Gauge(
+            "apron_worker_rpcs",
+            "RPCs this gateway process has answered (with --workers: one series per worker pid)",
+            registry=r,
+            multiprocess_mode="all",
+        )
         self.inference_latency = Histogram(
             "apron_inference_duration_seconds",
             "one inference run (a whole batch for the in-process backend, one call for Triton)",
@@ -47,7 +56,9 @@ class Metrics:
         self.edits = Counter(
             "apron_profile_edits", "edits by kind (scale / weight / reset) and where they apply", ["kind", "scope"], registry=r
         )
-        self.model_info = Gauge("apron_model_info", "the served model version (value 1)", ["version", "backend"], registry=r)
+        self.model_info = Gauge(
+            "apron_model_info", "the served model version (value 1)", ["version", "backend"], registry=r, multiprocess_mode="max"
+        )
         self.fallbacks = Counter(  # reliability: --triton-fallback at work
             "apron_backend_fallbacks", "inference calls served in-process while Triton was unreachable", ["method"], registry=r
         )

@@ -4,7 +4,8 @@
     await server.start()                         # backend ready, gRPC serving, /metrics up, health SERVING
     await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
 
-`serve(config)` is `apron serve`: it runs until SIGTERM / SIGINT and then stops gracefully.
+`serve(config)` is `apron serve`: it runs until SIGTERM / SIGINT and then stops gracefully; with
+`--workers N` it runs N such gateways in processes sharing the port (`serving/workers.py`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +136,8 @@ async def create_server(
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", config.max_message_bytes),
+            # --workers: every worker listens on the port; one gateway alone refuses a taken port
+            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
         ]
         security = auth.setup(config)  # reliability: token check (none with --no-auth)
         server = grpc.aio.server(interceptors=[*security.interceptors, *interceptors], options=options)
@@ -189,17 +192,17 @@ def try_it_lines(
     ]
 
 
-def usage_hint(server: ApronServer) -> str:
+def usage_hint(
+    config: ServingConfig, port: int, metrics_port: int | None, model: ServedModel, backend: str, service_token: str | None
+) -> str:
     """How to call the running gateway, with real ids from its catalog."""
-    meta = server.model.metadata
-    address = f"{server.config.host}:{server.port}"
-    metrics = f"http://{server.config.host}:{server.metrics_port}/metrics" if server.metrics_port else "off"
-    lines = try_it_lines(
-        address, meta.tag_names, meta.prototype_item_ids, server.service_token, server.config.auth, apron_command()
-    )
+    meta = model.metadata
+    address = f"{config.host}:{port}"
+    metrics = f"http://{config.host}:{metrics_port}/metrics" if metrics_port else "off"
+    lines = try_it_lines(address, meta.tag_names, meta.prototype_item_ids, service_token, config.auth, apron_command())
     return "\n".join(
         [
-            f"APRON gateway on {address} (model version {meta.model_version}, {server.scorer.backend} backend, "
+            f"APRON gateway on {address} (model version {meta.model_version}, {backend} backend, "
             f"{len(meta.tag_names)} prototypes, {meta.n_items} items); metrics: {metrics}",
             "try it:",
             *(f"  {line}" for line in lines),
@@ -208,7 +211,9 @@ def usage_hint(server: ApronServer) -> str:
     )
 
 
-async def _serve(config: ServingConfig) -> None:
+async def run_until_signalled(config: ServingConfig, on_serving: Callable[[], None] | None = None) -> None:
+    """One gateway until SIGTERM / SIGINT, then a graceful stop. Without `on_serving` it prints the
+    banner once serving (`apron serve`); a `--workers` process calls `on_serving` instead."""
     server, _ = await create_server(config)
     # Handlers before the banner: a SIGTERM sent as soon as it is printed must still drain and
     # stop the private redis-server, not kill the process with it orphaned.
@@ -217,9 +222,13 @@ async def _serve(config: ServingConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     await server.start()
-    print(usage_hint(server), flush=True)
-    if server.service_token:  # reliability: the quick start works with auth on
-        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
+    if on_serving is not None:
+        on_serving()
+    else:
+        banner = usage_hint(config, server.port, server.metrics_port, server.model, server.scorer.backend, server.service_token)
+        print(banner, flush=True)
+        if server.service_token:  # reliability: the quick start works with auth on
+            print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
     waiter = asyncio.create_task(server.wait_for_termination())
     await asyncio.wait([waiter, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
@@ -230,4 +239,10 @@ async def _serve(config: ServingConfig) -> None:
 
 
 def serve(config: ServingConfig) -> None:
-    asyncio.run(_serve(config))
+    """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes."""
+    if config.workers > 1:
+        from serving.workers import run_workers
+
+        run_workers(config)
+        return
+    asyncio.run(run_until_signalled(config))

@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import math
+import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -33,6 +34,7 @@ from serving.errors import (
     ResourceExhausted,
 )
 from serving.metrics import Metrics
+from serving.profile_encoding import ProfileEncoder
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.topk import select_top_k
@@ -79,10 +81,13 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 seconds = time.perf_counter() - start
                 in_flight.dec()
                 self.metrics.rpc_latency.labels(method, code.name).observe(seconds)
-                fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3)}
-                if code is not grpc.StatusCode.OK:
-                    fields["error"] = message
-                log.info("rpc", extra={"fields": fields})
+                self.metrics.worker_rpcs.inc()
+                if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
+                    fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "error": message}
+                    log.info("rpc", extra={"fields": fields})
+                elif self.access_log_rate and random.random() < self.access_log_rate:
+                    fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "sampled": self.access_log_rate}
+                    log.info("rpc", extra={"fields": fields})
             await context.abort(code, message)
 
         return wrapped
@@ -118,6 +123,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.store = store
         self.metrics = metrics
         self.profiles = ProfileCache(store, scorer, model.version, (model.n_heads, model.n_prototypes), metrics)
+        self.profile_encoder = ProfileEncoder(model.metadata.tag_names, model.metadata.prototype_item_ids)
+        self.access_log_rate = config.access_log_rate
         self.edit_limiter = limits.edit_limiter(config)  # reliability: per-user EditProfile rate (None: off)
 
     # ------------------------------------------------------------------------------ helpers
@@ -140,19 +147,10 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ) from error
 
     def _profile(self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec]) -> pb.Profile:
-        meta = self.model.metadata
-        weight, base = mean_shares(edited), mean_shares(shares(record.weights))  # (K,) each
-        profile = pb.Profile(history_length=record.history_length)
-        for k, tag in enumerate(meta.tag_names):
-            entry = profile.weights.add(
-                prototype=tag,
-                weight=float(weight[k]),
-                base_weight=float(base[k]),
-                prototype_item_id=meta.prototype_item_ids[k],
-            )
-            if tag in edits:
-                entry.edit.CopyFrom(edit_to_proto(edits[tag]))
-        return profile
+        weight = mean_shares(edited)  # (K,)
+        base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
+        shown = {tag: edit_to_proto(edit) for tag, edit in edits.items()}
+        return self.profile_encoder.encode(weight, base, record.history_length, shown)
 
     def _stored_list(self, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
         """Stored edits in prototype order; edits of tags this model lacks at the end."""

@@ -1,0 +1,75 @@
+"""The `Profile` message of a response, built from one byte template per model instead of 80
+`PrototypeWeight` messages per call.
+
+Every response carries the user's profile (K prototype entries: name, share, base share, the
+prototype's item id, its edit). Building K messages field by field in Python costs ~0.2-0.3 ms per
+response at K = 80, most of a cached Recommend's own CPU. Only two numbers per entry change between
+calls, so the encoder serializes the K entries once with sentinel values and, per call, writes the
+shares into the template's bytes (protobuf's wire format stores a `double` as 8 little-endian
+bytes after its tag byte) and parses the result: one numpy scatter and one C-level parse.
+`tests/serving/test_profile_encoding.py` checks it against the field-by-field message.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+
+# Values that cannot be a share (shares are in [0, 1]), so their bytes only occur where they were put.
+_WEIGHT_SENTINEL = -1234.5678125
+_BASE_SENTINEL = -8765.4321875
+_FIXED64 = 1  # wire type of a double
+
+
+def _field_key(number: int) -> bytes:
+    return bytes([number << 3 | _FIXED64])  # fields 2 and 3: one-byte keys
+
+
+class ProfileEncoder:
+    """`encode(weight, base, history_length, edits)` -> `pb.Profile` for one model's prototypes
+    (distinct tag names, as the export guarantees)."""
+
+    def __init__(self, tag_names: Sequence[str], prototype_item_ids: Sequence[str]):
+        self._index = {tag: k for k, tag in enumerate(tag_names)}
+        template = pb.Profile(
+            weights=[
+                pb.PrototypeWeight(prototype=tag, weight=_WEIGHT_SENTINEL, base_weight=_BASE_SENTINEL, prototype_item_id=item)
+                for tag, item in zip(tag_names, prototype_item_ids, strict=True)
+            ]
+        ).SerializeToString()
+        weight_field = pb.PrototypeWeight.DESCRIPTOR.fields_by_name["weight"].number
+        base_field = pb.PrototypeWeight.DESCRIPTOR.fields_by_name["base_weight"].number
+        weight_at = _offsets(template, _field_key(weight_field) + struct.pack("<d", _WEIGHT_SENTINEL))
+        base_at = _offsets(template, _field_key(base_field) + struct.pack("<d", _BASE_SENTINEL))
+        if len(weight_at) != len(self._index) or len(base_at) != len(self._index):
+            raise RuntimeError("profile template: the sentinel values were not found once per prototype")
+        byte = np.arange(8)
+        self._weight_bytes = (np.asarray(weight_at) + 1)[:, None] + byte  # (K, 8) positions of each double
+        self._base_bytes = (np.asarray(base_at) + 1)[:, None] + byte  # (K, 8)
+        self._template = np.frombuffer(template, dtype=np.uint8)
+
+    def encode(self, weight: np.ndarray, base: np.ndarray, history_length: int, edits: Mapping[str, pb.Edit]) -> pb.Profile:
+        """weight, base: (K,) shares in prototype order; `edits`: the edit shown on each edited
+        prototype, by tag name (tags this model lacks are skipped)."""
+        encoded = self._template.copy()
+        encoded[self._weight_bytes] = np.ascontiguousarray(weight, dtype="<f8").view(np.uint8).reshape(-1, 8)
+        encoded[self._base_bytes] = np.ascontiguousarray(base, dtype="<f8").view(np.uint8).reshape(-1, 8)
+        profile = pb.Profile.FromString(encoded.tobytes())
+        profile.history_length = history_length
+        for tag, edit in edits.items():
+            k = self._index.get(tag)
+            if k is not None:
+                profile.weights[k].edit.CopyFrom(edit)
+        return profile
+
+
+def _offsets(data: bytes, pattern: bytes) -> list[int]:
+    found, start = [], data.find(pattern)
+    while start >= 0:
+        found.append(start)
+        start = data.find(pattern, start + 1)
+    return found

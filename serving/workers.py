@@ -1,0 +1,167 @@
+"""`apron serve --workers N`: N gateway processes on one port, one Redis, one `/metrics`.
+
+One Python process tops out at one event loop's worth of gRPC, protobuf and Redis work, whatever the
+cores. With N workers the kernel spreads new connections over N processes that each listen on the
+same port (SO_REUSEPORT, Linux), each a complete gateway (`serving.server`) with its own scorer
+sessions and micro-batchers; they share:
+
+- the port: the parent reserves it (a bound, not listening, SO_REUSEPORT socket, so `--port 0` picks
+  one free port for all) and the workers bind it with `grpc.so_reuseport`;
+- Redis: `--redis-url`, or one private redis-server the parent starts for all of them;
+- the metrics: the workers write prometheus_client's multiprocess files into a directory the
+  parent creates (PROMETHEUS_MULTIPROC_DIR) and removes; the parent alone serves `/metrics`, summed
+  over workers (`apron_worker_rpcs` keeps one series per worker pid).
+
+The parent prints the banner once all workers serve, forwards SIGTERM / SIGINT (each worker drains
+its in-flight calls), and stops everything when any worker dies: a supervisor (Kubernetes, systemd)
+restarts the whole group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from serving.config import ServingConfig
+
+log = logging.getLogger("apron.gateway")
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+START_TIMEOUT_S = 600.0  # a worker loads the model and warms its sessions before it serves
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process exited before it served, or while the others were serving."""
+
+
+@contextlib.contextmanager
+def reserved_port(host: str, port: int) -> Iterator[int]:
+    """Hold `host:port` (0: a free port) with an SO_REUSEPORT socket that never listens, so that the
+    workers can bind the same port and no other program takes it meanwhile."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host.strip("[]"), port))
+        yield sock.getsockname()[1]
+
+
+def _worker_main(config: ServingConfig, ready: Any) -> None:
+    """A worker process: one gateway until SIGTERM / SIGINT (spawned: nothing is inherited)."""
+    import asyncio
+
+    from serving.logs import configure_logging
+    from serving.server import run_until_signalled
+
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(run_until_signalled(config, on_serving=ready.set))
+
+
+def run_workers(config: ServingConfig) -> None:
+    """`apron serve --workers N` (N > 1): runs until SIGTERM / SIGINT or a worker's death."""
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    from serving import auth
+    from serving.redis_process import RedisProcess
+    from serving.server import load_model, usage_hint
+
+    model = load_model(config)  # builds the demo model once, before N workers look for it
+    security = auth.setup(config)  # creates the development secret once (the workers read it)
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
+    redis_process = None
+    workers: list[BaseProcess] = []
+    metrics_server = None
+    try:
+        redis_url = config.redis_url
+        if not redis_url:
+            redis_process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
+            redis_url = redis_process.url
+        with reserved_port(config.host, config.port) as port:
+            worker_config = dataclasses.replace(
+                config, port=port, redis_url=redis_url, metrics_port=-1, build_demo=False, model_version=model.version,
+                # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
+                ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
+            )  # fmt: skip
+            os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus_client when a worker imports it
+            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked gRPC or ORT state
+            ready = []
+            for _ in range(config.workers):
+                event = context.Event()
+                process = context.Process(target=_worker_main, args=(worker_config, event), name="apron-worker")
+                process.start()
+                workers.append(process)
+                ready.append(event)
+            _wait_until_serving(workers, ready, lambda: stopping)
+        if config.metrics_port >= 0:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+            metrics_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+        metrics_port = metrics_server.server_port if metrics_server is not None else None
+        backend = f"{config.backend} × {config.workers} workers"
+        print(usage_hint(config, port, metrics_port, model, backend, security.service_token), flush=True)
+        print(f"worker pids: {' '.join(str(p.pid) for p in workers)}", flush=True)
+        if security.service_token:
+            print(f"development service token (any user; `apron token --sub USER` mints more):\n  {security.service_token}", flush=True)
+        while not stopping:
+            dead = [p for p in workers if not p.is_alive()]
+            if dead:
+                raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
+            multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
+        log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+    finally:
+        _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        if redis_process is not None:
+            redis_process.stop()
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wait_until_serving(workers: list[BaseProcess], ready: list[Any], stopping: Any) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not all(event.is_set() for event in ready):
+        for process in workers:
+            if not process.is_alive():
+                raise WorkerFailed(f"gateway worker {process.pid} exited with {process.exitcode} before serving (see its log above)")
+        if stopping():
+            return
+        if time.monotonic() > deadline:
+            raise WorkerFailed(f"gateway workers not serving after {START_TIMEOUT_S:.0f} s")
+        multiprocessing.connection.wait([p.sentinel for p in workers], timeout=0.2)
+
+
+def _stop_workers(workers: list[BaseProcess], grace_s: float, metrics_dir: str) -> None:
+    from prometheus_client import multiprocess
+
+    for process in workers:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: the worker drains, then exits
+    for process in workers:
+        process.join(grace_s + 30.0)
+        if process.is_alive():
+            log.warning("gateway worker %s did not stop in time: killed", process.pid)
+            process.kill()
+            process.join()
+        if process.pid is not None:
+            multiprocess.mark_process_dead(process.pid, metrics_dir)

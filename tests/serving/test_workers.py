@@ -1,0 +1,118 @@
+"""`apron serve --workers 2` as a real process tree: two worker processes on one port (SO_REUSEPORT),
+one real Redis, and `/metrics` summed over both by the parent."""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.redis_process import RedisProcess
+from tests.serving.conftest import liked_history
+
+DEADLINE_S = 240.0
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Lines:
+    """A process's stdout, line by line, read by a thread so that waits can have a deadline."""
+
+    def __init__(self, stream):
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, deadline: float) -> re.Match[str]:
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"no line matching {pattern!r}; output so far:\n{''.join(self.seen)}") from None
+            self.seen.append(line)
+            if match := re.search(pattern, line):
+                return match
+
+
+@contextlib.contextmanager
+def serve_workers(repository: Path, redis_url: str) -> Iterator[tuple[subprocess.Popen, Lines]]:
+    command = [
+        sys.executable, "-m", "cli", "serve", "--workers", "2", "--port", "0", "--metrics-port", "0",
+        "--repository", str(repository), "--redis-url", redis_url, "--no-build-demo", "--no-auth",
+        "--log-format", "text", "--access-log-rate", "0",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        yield process, Lines(process.stdout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def samples(metrics_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def test_two_workers_share_the_port_redis_and_metrics(
+    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
+) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    with serve_workers(python_repository, redis_server.url) as (process, output):
+        banner = output.wait_for(r"APRON gateway on ([\d.]+:\d+) .*metrics: (http://\S+/metrics)", deadline)
+        address, metrics_url = banner.group(1), banner.group(2)
+        worker_pids = {int(pid) for pid in output.wait_for(r"worker pids: ([\d ]+)", deadline).group(1).split()}
+        assert len(worker_pids) == 2 and all(psutil.Process(pid).ppid() == process.pid for pid in worker_pids)
+
+        history = liked_history(main_tags, 0, 1)
+        calls, answered = 0, set()
+        while answered != worker_pids:  # new connections until the kernel has given some to each worker
+            assert time.monotonic() < deadline, f"only workers {answered} of {worker_pids} answered in {calls} calls"
+            with grpc.insecure_channel(address) as channel:  # a new channel is a new TCP connection
+                reply = pb_grpc.RecommenderStub(channel).Recommend(
+                    pb.RecommendRequest(user_id=user_id, history=history, k=3), timeout=60
+                )
+            assert len(reply.items) == 3
+            assert reply.profile_from_cache == (calls > 0)  # one Redis: cached by the first call, whichever worker asks
+            calls += 1
+            answered = {int(labels["pid"]) for labels, value in samples(metrics_url, "apron_worker_rpcs") if value > 0}
+
+        # the parent's /metrics sums every worker's histograms and counters
+        recommends = sum(
+            value
+            for labels, value in samples(metrics_url, "apron_rpc_duration_seconds_count")
+            if labels == {"method": "Recommend", "code": "OK"}
+        )
+        assert recommends == calls
+        per_worker = {int(labels["pid"]): value for labels, value in samples(metrics_url, "apron_worker_rpcs")}
+        assert sum(per_worker.values()) == calls and set(per_worker) == worker_pids
+        cache = {labels["result"]: value for labels, value in samples(metrics_url, "apron_profile_cache_requests_total")}
+        assert (cache.get("miss"), cache.get("hit")) == (1, calls - 1)
+
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
+    assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids)
