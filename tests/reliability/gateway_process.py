@@ -20,9 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from common.net import free_ports
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-# `python -c` rather than `python cli.py`: run as __main__, cli.py's UserFacingError would be a
-# different class from the one the stages import.
-APRON = [sys.executable, "-c", "import sys, cli; sys.exit(cli.main())"]
+APRON = [sys.executable, str(PROJECT_ROOT / "cli.py")]
 
 
 class GatewayProcessError(RuntimeError):
