@@ -34,7 +34,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from serving.config import ServingConfig
     from serving.logs import configure_logging
-    from serving.server import serve
+    from serving.workers import serve
 
     try:
         config = ServingConfig.from_args(args)

@@ -4,8 +4,9 @@
     await server.start()                         # backend ready, gRPC serving, /metrics up, health SERVING
     await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
 
-`serve(config)` is `apron serve`: it runs until SIGTERM / SIGINT and then stops gracefully; with
-`--workers N` it runs N such gateways in processes sharing the port (`serving/workers.py`).
+`run_until_signalled(config)` is one `apron serve` process: it runs until SIGTERM / SIGINT and then
+stops gracefully; `serving.workers.serve(config)` runs it, or with `--workers N` N such gateways in
+processes sharing the port (the workers import this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -236,13 +237,3 @@ async def run_until_signalled(config: ServingConfig, on_serving: Callable[[], No
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiter
-
-
-def serve(config: ServingConfig) -> None:
-    """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes."""
-    if config.workers > 1:
-        from serving.workers import run_workers
-
-        run_workers(config)
-        return
-    asyncio.run(run_until_signalled(config))

@@ -67,6 +67,18 @@ def _worker_main(config: ServingConfig, ready: Any) -> None:
     asyncio.run(run_until_signalled(config, on_serving=ready.set))
 
 
+def serve(config: ServingConfig) -> None:
+    """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes."""
+    if config.workers > 1:
+        run_workers(config)
+        return
+    import asyncio
+
+    from serving.server import run_until_signalled
+
+    asyncio.run(run_until_signalled(config))
+
+
 def run_workers(config: ServingConfig) -> None:
     """`apron serve --workers N` (N > 1): runs until SIGTERM / SIGINT or a worker's death."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
