@@ -2,11 +2,15 @@
 
 Keys:
 
-- `apron:profile:{model_version}:{user}`: a hash holding the profile weights (H, K) float32, the
+Both keys of a user carry the user id as a Redis Cluster hash tag (`{user}`): they live in one slot,
+so a Recommend's read of both stays one round trip on a cluster too (`--redis-cluster`), and the
+MULTI/EXEC writes stay valid there. (The first layout had no braces: `migrate_legacy_edits`.)
+
+- `apron:profile:<model_version>:{<user>}`: a hash holding the profile weights (H, K) float32, the
   history length, the digest of the history it came from, and that history's item indices
   (needed to exclude heard items when a later call sends no history). It has a TTL, refreshed on
   every read. Keying by model version means a new model never serves another model's weights.
-- `apron:edits:{user}`: a hash with field = tag name and value = the edit as JSON. There is no TTL
+- `apron:edits:{<user>}`: a hash with field = tag name and value = the edit as JSON. There is no TTL
   and no model version, so edits survive upgrades. Each edit is one HSET of its field, which is
   atomic, and a reset is DEL, so concurrent editors of different tags never overwrite each other
   (no read-modify-write).
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis.exceptions
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from serving.backends.base import Scorer
 from serving.catalog import history_digest
@@ -36,12 +40,44 @@ PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
 
 
+KEYS_VERSION_KEY = "apron:keys-version"  # "2": hash-tagged keys; absent: maybe keys of the first layout
+KEYS_VERSION = "2"
+
+
 def profile_key(model_version: int, user_id: str) -> str:
-    return f"{PROFILE_PREFIX}:{model_version}:{user_id}"
+    return f"{PROFILE_PREFIX}:{model_version}:{{{user_id}}}"
 
 
 def edits_key(user_id: str) -> str:
-    return f"{EDITS_PREFIX}:{user_id}"
+    return f"{EDITS_PREFIX}:{{{user_id}}}"
+
+
+async def migrate_legacy_edits(redis: Redis) -> int:
+    """Move the stored edits of the first key layout (`apron:edits:<user>`, before hash tags) to
+    `apron:edits:{<user>}`, once per Redis (then KEYS_VERSION_KEY is set); returns how many users'
+    edits were moved. Run by a single-node gateway at start, before it serves; a Redis Cluster
+    deployment starts with the new layout. Never loses an edit: each old field is copied with
+    HSETNX (an edit already stored under the new key, necessarily newer, wins) before the old key
+    is deleted, so two gateways migrating at once, or one serving meanwhile, are harmless. Keys
+    already of the new form are left alone (an old-layout user id that itself looks like `{...}`
+    keeps its edits under the old key). Cached profiles are not moved: a miss recomputes them and
+    the old ones expire."""
+    if await redis.get(KEYS_VERSION_KEY) == KEYS_VERSION.encode():
+        return 0
+    moved = 0
+    prefix = f"{EDITS_PREFIX}:".encode()
+    async for key in redis.scan_iter(match=f"{EDITS_PREFIX}:*", count=1000):
+        user = key[len(prefix) :].decode(errors="replace")
+        if user.startswith("{") and user.endswith("}") or "\ufffd" in user:  # new form; not a user id we wrote
+            continue
+        fields = await redis.hgetall(key)
+        async with redis.pipeline(transaction=True) as pipe:
+            for field, value in fields.items():
+                pipe.hsetnx(edits_key(user), field, value)
+            await pipe.delete(key).execute()
+        moved += 1
+    await redis.set(KEYS_VERSION_KEY, KEYS_VERSION)
+    return moved
 
 
 @dataclass(frozen=True)
@@ -81,8 +117,8 @@ class ProfileRecord:
 class RedisStore:
     """Profiles and edits in Redis; no model logic."""
 
-    def __init__(self, redis: Redis, ttl_s: int):
-        self.redis = redis  # decode_responses=False: weights are bytes
+    def __init__(self, redis: Redis | RedisCluster, ttl_s: int):
+        self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
 
     async def get_profile(

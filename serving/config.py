@@ -48,6 +48,11 @@ class ServingConfig:
     redis_url: str = _option(
         "", "Redis URL, e.g. redis://redis:6379/0 (empty: start a private redis-server for this process)"
     )
+    redis_cluster: bool = _option(
+        False,
+        "--redis-url names a node of a Redis Cluster: use redis-py's cluster client (a user's keys share one "
+        "hash slot, so a Recommend still reads in one round trip)",
+    )
     redis_aof: bool = _option(False, "with the private redis-server: persist with an append-only file")
     redis_dir: str = _option("", "with the private redis-server: its data directory (empty: a temp dir)")
     backend: str = _option("onnxruntime", "inference backend", BACKENDS)
@@ -113,6 +118,8 @@ class ServingConfig:
         for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.redis_cluster and not self.redis_url:
+            raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
         if not 0 <= self.access_log_rate <= 1:
             raise ValueError(f"access_log_rate must be between 0 and 1, got {self.access_log_rate}")
         if bool(self.tls_cert) != bool(self.tls_key):

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common.net import free_port
@@ -53,7 +53,14 @@ def _ping(port: int) -> bool:
 
 
 class RedisProcess:
-    def __init__(self, port: int = 0, data_dir: str | Path | None = None, aof: bool = False, binary: str | Path | None = None):
+    def __init__(
+        self,
+        port: int = 0,
+        data_dir: str | Path | None = None,
+        aof: bool = False,
+        binary: str | Path | None = None,
+        extra_args: Sequence[str] = (),  # more redis-server options, e.g. ("--cluster-enabled", "yes")
+    ):
         self.binary = Path(binary) if binary else find_redis_server()
         self.requested_port = port
         self.port = 0
@@ -61,6 +68,7 @@ class RedisProcess:
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else None
         self.process: subprocess.Popen | None = None
+        self.extra_args = list(extra_args)
 
     @property
     def url(self) -> str:
@@ -81,6 +89,7 @@ class RedisProcess:
             "--appendfsync", "everysec",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout

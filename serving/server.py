@@ -24,16 +24,17 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from serving import auth, tls
 from serving.backends import create_scorer
 from serving.backends.base import Scorer
-from serving.cache import RedisStore
+from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.metrics import Metrics
@@ -59,7 +60,7 @@ class ApronServer:
     port: int
     model: ServedModel
     scorer: Scorer
-    redis: Redis
+    redis: Redis | RedisCluster
     metrics: Metrics
     health: health.aio.HealthServicer
     redis_process: RedisProcess | None = None
@@ -69,7 +70,11 @@ class ApronServer:
     async def start(self) -> None:
         try:  # reliability: start without Redis; Recommend answers uncached until it is back
             await self.redis.ping()
-        except (RedisConnectionError, RedisTimeoutError) as error:
+            if not self.config.redis_cluster:
+                moved = await migrate_legacy_edits(self.redis)
+                if moved:
+                    log.info("stored edits moved to hash-tagged keys", extra={"fields": {"users": moved}})
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as error:
             log.warning("Redis unreachable at start (%s): profiles are computed uncached and "
                         "EditProfile answers UNAVAILABLE until it is back", error)
         await self.scorer.start()
@@ -129,7 +134,8 @@ async def create_server(
         metrics = Metrics()
         scorer = create_scorer(config, model, metrics)
         # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command)
-        redis = Redis.from_url(
+        client = RedisCluster if config.redis_cluster else Redis  # the cluster client finds the other nodes itself
+        redis = client.from_url(
             redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=2.0,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
