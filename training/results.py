@@ -273,14 +273,15 @@ def execute(job: Job, seed: int, dataset: Any, work: Path, figures: Path, device
         "dataset_info": {"fingerprint": dataset.fingerprint, "n_items": dataset.n_items, "n_tags": dataset.n_tags,
                          "users": {s: int(getattr(dataset, s).shape[0]) for s in ("train", "val_tr", "test_tr")}},
     }  # fmt: skip
-    if job.part == "main" and seed == 0:
-        record["checkpoint"] = str(save_checkpoint(work / "checkpoints" / job.dataset / f"{job.model}.pt", model, info))
-        if per_tag:
-            from training.plots import plot_tag_deltas
+    if job.part != "sweep" and seed == 0:  # for `apron export` and benchmarks.live_controllability
+        name = job.model if job.part == "main" else f"apron-{job.row}"
+        record["checkpoint"] = str(save_checkpoint(work / "checkpoints" / job.dataset / f"{name}.pt", model, info))
+    if job.part == "main" and seed == 0 and per_tag:
+        from training.plots import plot_tag_deltas
 
-            figure = figures / f"{job.dataset}-{job.model}-tag-delta.png"
-            title = f"{LABELS[job.model]} on {job.dataset}: Δ@{CONTROL_K} per tag (test users, seed 0)"
-            record["figure"] = str(plot_tag_deltas(per_tag, figure, title))
+        figure = figures / f"{job.dataset}-{job.model}-tag-delta.png"
+        title = f"{LABELS[job.model]} on {job.dataset}: Δ@{CONTROL_K} per tag (test users, seed 0)"
+        record["figure"] = str(plot_tag_deltas(per_tag, figure, title))
     if per_tag:
         record["per_tag"] = per_tag
     atomic_write_text(job.path(work, seed), json.dumps(record, indent=1, default=_json_default))
