@@ -147,6 +147,8 @@ ABLATIONS: tuple[Variant, ...] = (
     ),
     # issue 10's goal: tag-free features with the controllability options chosen by the sweep
     Variant("goal-collab", "collab + tag-supervised attention + edit penalty", dict(CONTROLLABLE), "collab"),
+    Variant("goal-collab-paper", "collab + paper H = 16, λ2 = 0.005 + tag-supervised attention + edit penalty",
+            {**PAPER_APRON, **CONTROLLABLE}, "collab"),  # fmt: skip
     Variant(
         "goal-text-stripped",
         "text-stripped + tag-supervised attention + edit penalty",
@@ -167,6 +169,8 @@ _SWEEP_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("tagatt1-pen50", "tag attention λ=1 + edit penalty γ=50", {"lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
     ("sparse-tagatt1-pen20", "sparsemax + tag attention λ=1 + penalty γ=20",
      {"attention": "sparsemax", "lambda_tag_attention": 1.0, "edit_penalty": 20.0}),
+    ("paper-tagatt1-pen20", "paper H=16, λ2=0.005 + tag attention λ=1 + penalty γ=20",
+     {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 20.0}),
 )  # fmt: skip
 SWEEP: tuple[Variant, ...] = tuple(
     Variant(f"{features}:{key}", label, options, features)
