@@ -18,10 +18,20 @@ Every RPC's latency and failure goes to Locust's `events.request` (by the client
 below, as in Locust's gRPC example), so Locust's own stats, `--csv` and `--html` report them. At
 the end, `check_thresholds` sets the exit code when the failure ratio or p99 break the limits
 given with `--max-failure-ratio` / `--max-p99-ms`.
+
+A call the gateway sheds (RESOURCE_EXHAUSTED with `retry-after-ms`: a rate or concurrency limit)
+is handled as a real client would: wait that long, then retry (at most `--max-throttled-retries`
+times). Such calls are counted as throttled, apart from Locust's requests and failures, and the
+counts are logged at the end (`throttled: ...`) and written to `<csv prefix>_throttled.json`.
+
+`--min-requests N` ends the run before `--run-time` once every task in the mix has N requests: a
+smoke run then waits on what it needs, not on the clock.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import random
 import time
@@ -29,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gevent
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
@@ -36,12 +47,25 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadtests.mix import TASKS, task_weights
+from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
 grpc_gevent.init_gevent()  # before any channel exists: gRPC's I/O then yields to gevent
 
 log = logging.getLogger("apron.loadtest")
+
+# Locust's name for each task's calls (several tasks share one RPC method)
+TASK_LABELS = {
+    "recommend-cached": "Recommend cached",
+    "recommend-fresh": "Recommend fresh",
+    "recommend-edit": "Recommend one-off edits",
+    "edit-profile": "EditProfile",
+    "get-profile": "GetProfile",
+}
+# calls answered RESOURCE_EXHAUSTED + retry-after-ms, by label (retried, not failures)
+throttled: collections.Counter[str] = collections.Counter()
+
 
 @events.init_command_line_parser.add_listener
 def add_options(parser: Any) -> None:
@@ -61,6 +85,10 @@ def add_options(parser: Any) -> None:
                        help="exit non-zero when failures / requests exceed this")
     group.add_argument("--max-p99-ms", type=float, default=0.0,
                        help="exit non-zero when the p99 of all requests exceeds this (0: no limit)")
+    group.add_argument("--max-throttled-retries", type=int, default=100,
+                       help="retries of a call shed with RESOURCE_EXHAUSTED (after its retry-after-ms) before it fails")
+    group.add_argument("--min-requests", type=int, default=0,
+                       help="end the run once every task with a weight > 0 has this many requests (0: run for --run-time)")
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -84,6 +112,9 @@ def threshold_failures(environment: Environment) -> list[str]:
 def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
     if environment.parsed_options is None:  # used as a library, not from the command line
         return
+    log.info("throttled: %s", json.dumps(dict(throttled), sort_keys=True))
+    if environment.parsed_options.csv_prefix:
+        Path(f"{environment.parsed_options.csv_prefix}_throttled.json").write_text(json.dumps(dict(throttled)))
     reasons = threshold_failures(environment)
     for reason in reasons:
         log.error("threshold broken: %s", reason)
@@ -91,6 +122,31 @@ def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
         environment.process_exit_code = 1
     else:
         log.info("thresholds met")
+
+
+def tasks_done(environment: Environment, min_requests: int) -> bool:
+    """Whether every task with a weight > 0 has at least `min_requests` requests."""
+    weights = task_weights(environment.parsed_options)
+    for name, weight in weights.items():
+        entry = environment.stats.entries.get((TASK_LABELS[name], "grpc"))  # .get(): never adds an empty row
+        if weight > 0 and (entry is None or entry.num_requests < min_requests):
+            return False
+    return True
+
+
+@events.test_start.add_listener
+def stop_at_min_requests(environment: Environment, **_kwargs: Any) -> None:
+    options = environment.parsed_options
+    if options is None or options.min_requests <= 0 or environment.runner is None:
+        return
+
+    def watch() -> None:
+        while not tasks_done(environment, options.min_requests):
+            gevent.sleep(0.1)
+        log.info("every task has %d requests: ending the run", options.min_requests)
+        environment.runner.quit()
+
+    gevent.spawn(watch)
 
 
 # ----------------------------------------------------------------------------- test users
@@ -150,6 +206,9 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
             length = call.result().ByteSize()  # blocks this greenlet only; raises grpc.RpcError on failure
         except grpc.RpcError as error:
             exception = error
+            if retry_after_s(error) is not None:  # shed by the gateway: the caller retries
+                throttled[self.name] += 1
+                return call
         self.environment.events.request.fire(
             request_type="grpc",
             name=self.name or client_call_details.method.rsplit("/", 1)[-1],
@@ -159,6 +218,15 @@ class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
             context={},
         )
         return call  # the stub calls .result() on it: the response, or the same RpcError again
+
+
+def retry_after_s(error: grpc.RpcError) -> float | None:
+    """The wait the gateway asks for when it sheds a call (RESOURCE_EXHAUSTED + retry-after-ms),
+    else None (a message-size RESOURCE_EXHAUSTED has no hint: it is the request's fault)."""
+    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    hint = dict(error.trailing_metadata() or ()).get(RETRY_AFTER_KEY)
+    return None if hint is None else int(hint) / 1000.0
 
 
 class ApronUser(User):
@@ -194,11 +262,23 @@ class ApronUser(User):
         self.channel.close()
 
     def call(self, name: str, method: Callable, request: Any) -> Any:
+        """The response, or None after a failure (which the interceptor reported). A shed call is
+        retried after the wait the gateway asked for, as a real client would."""
         self.interceptor.name = name
-        try:
-            return method(request, metadata=self.metadata, timeout=self.options.rpc_timeout)
-        except grpc.RpcError:
-            return None  # already reported to Locust by the interceptor
+        for attempt in range(self.options.max_throttled_retries + 1):
+            try:
+                return method(request, metadata=self.metadata, timeout=self.options.rpc_timeout)
+            except grpc.RpcError as error:
+                wait_s = retry_after_s(error)
+                if wait_s is None:
+                    return None  # already reported to Locust by the interceptor
+                if attempt < self.options.max_throttled_retries:
+                    gevent.sleep(wait_s * random.uniform(1.0, 1.1))  # jitter: users shed together spread out
+        self.environment.events.request.fire(
+            request_type="grpc", name=name, response_time=0.0, response_length=0, context={},
+            exception=RuntimeError(f"still RESOURCE_EXHAUSTED after {self.options.max_throttled_retries} retries"),
+        )  # fmt: skip
+        return None
 
     @task
     def one_call(self) -> None:
@@ -207,7 +287,7 @@ class ApronUser(User):
 
     def recommend_cached(self) -> None:
         request = pb.RecommendRequest(user_id=self.user_id, history=self.history, k=self.k)
-        self.call("Recommend cached", self.stub.Recommend, request)
+        self.call(TASK_LABELS["recommend-cached"], self.stub.Recommend, request)
 
     def recommend_fresh(self) -> None:
         """A history no one has sent before: the user's own minus one item, plus a random catalog item,
@@ -218,23 +298,26 @@ class ApronUser(User):
             history.pop(random.randrange(len(history)))
         history.append(random.choice(_test_users.all_items))
         user_id = f"{self.user_id}-fresh-{id(self)}-{self.fresh_round}"
-        self.call("Recommend fresh", self.stub.Recommend, pb.RecommendRequest(user_id=user_id, history=history, k=self.k))
+        self.call(TASK_LABELS["recommend-fresh"], self.stub.Recommend, pb.RecommendRequest(user_id=user_id, history=history, k=self.k))
 
-    def random_edits(self, count: int) -> list[pb.Edit]:
+    def random_edits(self, count: int, remove: bool = True) -> list[pb.Edit]:
+        """`count` edits of random prototypes. Scale 0 removes a prototype: never every one
+        (INVALID_ARGUMENT: a head with no mass), so only one-off edits remove (`remove`), never
+        stored ones, which pile up between resets."""
         names = random.sample(self.prototypes, min(count, len(self.prototypes)))
-        # scale 0 removes a prototype; never remove every one (INVALID_ARGUMENT: a head with no mass)
-        scales = (0.0, 0.5, 2.0, 4.0) if len(names) < len(self.prototypes) else (0.5, 2.0, 4.0)
+        removing = remove and len(names) < len(self.prototypes)
+        scales = (0.0, 0.5, 2.0, 4.0) if removing else (0.5, 2.0, 4.0)
         return [pb.Edit(prototype=name, scale=random.choice(scales)) for name in names]
 
     def recommend_edit(self) -> None:
         edits = self.random_edits(self.options.edits_per_call)
         request = pb.RecommendRequest(user_id=self.user_id, history=self.history, k=self.k, edits=edits)
-        self.call("Recommend one-off edits", self.stub.Recommend, request)
+        self.call(TASK_LABELS["recommend-edit"], self.stub.Recommend, request)
 
     def edit_profile(self) -> None:
         reset = random.random() < 0.2  # keeps the stored edits from piling up over a long run
-        request = pb.EditProfileRequest(user_id=self.user_id, edits=[] if reset else self.random_edits(1), reset=reset)
-        self.call("EditProfile", self.stub.EditProfile, request)
+        request = pb.EditProfileRequest(user_id=self.user_id, edits=[] if reset else self.random_edits(1, remove=False), reset=reset)
+        self.call(TASK_LABELS["edit-profile"], self.stub.EditProfile, request)
 
     def get_profile(self) -> None:
-        self.call("GetProfile", self.stub.GetProfile, pb.GetProfileRequest(user_id=self.user_id))
+        self.call(TASK_LABELS["get-profile"], self.stub.GetProfile, pb.GetProfileRequest(user_id=self.user_id))

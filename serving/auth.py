@@ -7,16 +7,23 @@ a shared secret, or RS256 / ES256 / EdDSA verified with a public key file) and m
 - `user`: may read, edit and get recommendations for the profile whose `user_id` equals `sub`;
 - `service`: may call for any user (other back ends, batch jobs, the load tests).
 
-Two layers, so the rules stay a pure function that tests can call directly:
+Two layers, so the rules stay a pure function that tests can call directly; neither decides a
+status code: they raise, and the servicer's one error boundary maps, logs and counts:
 
 1. `AuthInterceptor` (grpc.aio) verifies the token of every call except health checks and
-   reflection, answers UNAUTHENTICATED for a missing or bad one, and runs the handler with the
-   caller's `Principal` in a context variable;
-2. the servicer calls `authorize(current_principal(), method, user_id)`, which raises `AccessDenied`
-   (PERMISSION_DENIED) when a `user` asks for someone else's profile.
+   reflection, and runs the handler with the verified `Principal`, or with the `AuthError` of a
+   missing or bad token, in a context variable;
+2. the servicer's boundary calls `current_principal()`, which raises that `AuthError`
+   (UNAUTHENTICATED), and its handlers call `authorize(principal, method, user_id)`, which raises
+   `AccessDenied` (PERMISSION_DENIED) when a `user` asks for someone else's profile. Both fail
+   closed: no verified caller, no access.
 
-With auth switched off (`--no-auth`, an explicit choice that logs a warning) no interceptor is
-installed, `current_principal()` is None and `authorize` allows everything.
+Tokens must also carry `iat`, may live at most `--jwt-max-lifetime-s` (exp - iat), and must name
+`--jwt-audience` in `aud` when one is configured.
+
+With auth switched off (`--no-auth`, an explicit choice that logs a warning, and refused beyond
+loopback without `--insecure-dev`) no interceptor is installed and the boundary runs every call as
+`ANONYMOUS`, a service principal.
 
 The embedded default needs no setup: without a configured key, `verification_key()` uses a random
 development secret created once at `artifacts/auth/jwt_secret` (mode 0600); `apron serve` prints a
@@ -52,7 +59,8 @@ METADATA_KEY = "authorization"  # gRPC metadata keys are lower case
 DEFAULT_ISSUER = "apron"
 DEFAULT_DEV_SECRET = Path("artifacts") / "auth" / "jwt_secret"  # relative to the working directory
 DEV_TOKEN_SUBJECT = "apron-dev"
-DEV_TOKEN_TTL_S = 30 * 24 * 3600.0  # the printed quick-start token: a month, then `apron token`
+DEV_TOKEN_TTL_S = 7 * 24 * 3600.0  # the printed quick-start token: a week, then `apron token`
+DEFAULT_MAX_LIFETIME_S = 30 * 24 * 3600.0  # longest exp - iat accepted unless configured
 # Clock skew tolerated between the token's issuer and this server (seconds).
 LEEWAY_S = 30.0
 
@@ -73,7 +81,7 @@ class Principal:
     role: Role
 
 
-class AuthError(Exception):
+class AuthError(ApronError):
     """A missing, malformed, expired or wrongly signed token (-> UNAUTHENTICATED)."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
@@ -94,8 +102,10 @@ class AuthConfigError(ValueError):
 
 def authorize(principal: Principal | None, method: str, user_id: str) -> None:
     """Raise AccessDenied unless `principal` may call `method` (short name, e.g. "EditProfile")
-    for `user_id`. `principal` None means auth is off: everything is allowed."""
-    if principal is None or principal.role is Role.SERVICE or method not in USER_SCOPED_METHODS:
+    for `user_id`. Fails closed: no principal (no verified caller) may call nothing."""
+    if principal is None:
+        raise AccessDenied(f"no verified caller for {method}: access is denied")
+    if principal.role is Role.SERVICE or method not in USER_SCOPED_METHODS:
         return
     if principal.subject != user_id:
         raise AccessDenied(
@@ -103,12 +113,30 @@ def authorize(principal: Principal | None, method: str, user_id: str) -> None:
         )
 
 
-_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("apron_principal", default=None)
+# with --no-auth: every call runs as this service principal (an explicit choice, never a default)
+ANONYMOUS = Principal("anonymous", Role.SERVICE)
+
+# The caller of the RPC being handled, as the interceptor found it: a Principal, the AuthError of
+# its token, or None (no interceptor ran).
+_principal: contextvars.ContextVar[Principal | AuthError | None] = contextvars.ContextVar("apron_principal", default=None)
 
 
 def current_principal() -> Principal | None:
-    """The verified caller of the RPC being handled (None when auth is off)."""
-    return _principal.get()
+    """The verified caller of the RPC being handled; raises the AuthError of a missing or bad token;
+    None when no interceptor ran (auth off, or outside an RPC)."""
+    caller = _principal.get()
+    if isinstance(caller, AuthError):
+        raise AuthError(str(caller))
+    return caller
+
+
+def assume(principal: Principal) -> contextvars.Token:
+    """Run the rest of this RPC as `principal` (the boundary, with auth off); `reset` undoes it."""
+    return _principal.set(principal)
+
+
+def reset(token: contextvars.Token) -> None:
+    _principal.reset(token)
 
 
 # ----------------------------------------------------------------------------- keys and tokens
@@ -208,16 +236,19 @@ def mint_token(
     ttl_s: float = 3600.0,
     algorithm: str = "HS256",
     now: float | None = None,
+    audience: str = "",
 ) -> str:
     """A signed token for `subject` with `role` (HS256 secret, or a private key for RS/ES/EdDSA)."""
     issued = time.time() if now is None else now
-    claims = {
+    claims: dict[str, Any] = {
         "sub": subject,
         "role": Role(role).value,
         "iss": issuer,
         "iat": int(issued),
         "exp": int(issued + ttl_s),
     }
+    if audience:
+        claims["aud"] = audience
     return jwt.encode(claims, signing_key, algorithm=algorithm)
 
 
@@ -241,40 +272,65 @@ def mint_with_configured_key(
     private_key: str = "",
     issuer: str = DEFAULT_ISSUER,
     ttl_s: float = 3600.0,
+    audience: str = "",
 ) -> str:
     """`apron token`: sign with a private key file, else a secret file, else the development secret
     (the one `apron serve` verifies with when no key is configured; created if missing)."""
     if private_key:
         key, algorithm = load_private_key(private_key)
-        return mint_token(key, subject, role, issuer=issuer, ttl_s=ttl_s, algorithm=algorithm)
+        return mint_token(key, subject, role, issuer=issuer, ttl_s=ttl_s, algorithm=algorithm, audience=audience)
     secret = (read_secret_file(secret_file) if secret_file else secret_key(dev_secret(DEFAULT_DEV_SECRET))).key
-    return mint_token(secret, subject, role, issuer=issuer, ttl_s=ttl_s)
+    return mint_token(secret, subject, role, issuer=issuer, ttl_s=ttl_s, audience=audience)
 
 
 class TokenVerifier:
-    """Checks a token's signature, issuer, expiry and role; returns the Principal or raises AuthError."""
+    """Checks a token's signature, issuer, audience (when configured), issue time, expiry, lifetime
+    and role; returns the Principal or raises AuthError."""
 
-    def __init__(self, key: VerificationKey, issuer: str = DEFAULT_ISSUER, leeway_s: float = LEEWAY_S):
+    def __init__(
+        self,
+        key: VerificationKey,
+        issuer: str = DEFAULT_ISSUER,
+        leeway_s: float = LEEWAY_S,
+        *,
+        audience: str = "",
+        max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+    ):
         self.key = key
         self.issuer = issuer
         self.leeway_s = leeway_s
+        self.audience = audience
+        self.max_lifetime_s = max_lifetime_s
 
     def verify(self, token: str) -> Principal:
+        required = ["sub", "iss", "iat", "exp", "role", *(["aud"] if self.audience else [])]
         try:
             claims = jwt.decode(
                 token,
                 self.key.key,
                 algorithms=list(self.key.algorithms),
                 issuer=self.issuer,
+                audience=self.audience or None,
                 leeway=self.leeway_s,
-                options={"require": ["sub", "iss", "exp", "role"]},
+                # without a configured audience a token naming one is still accepted (not ours to judge)
+                options={"require": required, "verify_aud": bool(self.audience)},
             )
         except jwt.ExpiredSignatureError as error:
             raise AuthError("the bearer token has expired") from error
         except jwt.InvalidIssuerError as error:
             raise AuthError(f"the bearer token was not issued by {self.issuer!r}") from error
+        except jwt.InvalidAudienceError as error:
+            raise AuthError(f"the bearer token is not meant for audience {self.audience!r}") from error
+        except jwt.ImmatureSignatureError as error:
+            raise AuthError("the bearer token's `iat` is in the future") from error
         except jwt.InvalidTokenError as error:
             raise AuthError(f"invalid bearer token: {error}") from error
+        lifetime = claims["exp"] - claims["iat"]
+        if lifetime > self.max_lifetime_s:
+            raise AuthError(
+                f"the bearer token lives {lifetime / 3600:.0f} h (exp - iat); at most "
+                f"{self.max_lifetime_s / 3600:g} h are accepted (--jwt-max-lifetime-s): mint a shorter one"
+            )
         subject, role = claims["sub"], claims["role"]
         if not isinstance(subject, str) or not subject:
             raise AuthError("the bearer token's `sub` must be a non-empty string")
@@ -298,9 +354,12 @@ class TokenVerifier:
 # ----------------------------------------------------------------------------- the interceptor
 
 
-def _wrap_unary(behavior: Callable, principal: Principal) -> Callable:
+Caller = Principal | AuthError
+
+
+def _wrap_unary(behavior: Callable, caller: Caller) -> Callable:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        reset = _principal.set(principal)
+        reset = _principal.set(caller)
         try:
             result = behavior(request_or_iterator, context)
             return await result if inspect.isawaitable(result) else result
@@ -310,12 +369,12 @@ def _wrap_unary(behavior: Callable, principal: Principal) -> Callable:
     return handler
 
 
-def _wrap_streaming(behavior: Callable, principal: Principal) -> Callable:
+def _wrap_streaming(behavior: Callable, caller: Caller) -> Callable:
     if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes via context.write
-        return _wrap_unary(behavior, principal)
+        return _wrap_unary(behavior, caller)
 
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        reset = _principal.set(principal)
+        reset = _principal.set(caller)
         try:
             async for response in behavior(request_or_iterator, context):
                 yield response
@@ -343,11 +402,12 @@ def _with_behavior(
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Verifies every call's bearer token (except health and reflection) before its handler runs."""
+    """Verifies every call's bearer token (except health and reflection) and runs its handler with
+    the verified Principal, or the token's AuthError, as `current_principal()`: the handler's error
+    boundary, not this interceptor, answers UNAUTHENTICATED (and logs and counts it)."""
 
-    def __init__(self, verifier: TokenVerifier, on_reject: Callable[[str], None] | None = None):
+    def __init__(self, verifier: TokenVerifier):
         self.verifier = verifier
-        self.on_reject = on_reject  # e.g. a metric counter; called with the RPC's full method name
 
     async def intercept_service(
         self,
@@ -358,24 +418,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler  # unknown methods get UNIMPLEMENTED from grpc itself
+        caller: Caller
         try:
-            principal = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
+            caller = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
         except AuthError as error:
-            if self.on_reject is not None:
-                self.on_reject(method)
-            message = str(error)  # `error` is unbound once the except block ends
-            return _with_behavior(handler, lambda _behavior: _rejecting(message))
+            caller = error
         streaming = handler.response_streaming
-        return _with_behavior(
-            handler, lambda behavior: (_wrap_streaming if streaming else _wrap_unary)(behavior, principal)
-        )
-
-
-def _rejecting(message: str) -> Callable:
-    async def handler(_request: Any, context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    return handler
+        return _with_behavior(handler, lambda behavior: (_wrap_streaming if streaming else _wrap_unary)(behavior, caller))
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
@@ -396,14 +445,17 @@ class AuthSetup:
     service_token: str | None  # minted only for the development secret, for the quick start
 
 
-def setup(config: ServingConfig, on_reject: Callable[[str], None] | None = None) -> AuthSetup:
+def setup(config: ServingConfig) -> AuthSetup:
     """The gateway's auth from its configuration: the interceptor (none with --no-auth, which logs a
     warning) and, with the development secret, a service token to print."""
     if not config.auth:
         warn_auth_disabled()
         return AuthSetup((), None)
     key, is_dev = verification_key(config.jwt_public_key, config.jwt_secret_file)
-    interceptor = AuthInterceptor(TokenVerifier(key, config.jwt_issuer), on_reject)
+    verifier = TokenVerifier(
+        key, config.jwt_issuer, audience=config.jwt_audience, max_lifetime_s=config.jwt_max_lifetime_s
+    )
+    interceptor = AuthInterceptor(verifier)
     token = None
     if is_dev:
         log.warning(
@@ -411,6 +463,7 @@ def setup(config: ServingConfig, on_reject: Callable[[str], None] | None = None)
             DEFAULT_DEV_SECRET,
         )
         token = mint_token(
-            key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer, ttl_s=DEV_TOKEN_TTL_S
-        )
+            key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer,
+            ttl_s=min(DEV_TOKEN_TTL_S, config.jwt_max_lifetime_s), audience=config.jwt_audience,
+        )  # fmt: skip
     return AuthSetup((interceptor,), token)

@@ -53,8 +53,12 @@ class ServingConfig:
         "--redis-url names a node of a Redis Cluster: use redis-py's cluster client (a user's keys share one "
         "hash slot, so a Recommend still reads in one round trip)",
     )
-    redis_aof: bool = _option(False, "with the private redis-server: persist with an append-only file")
-    redis_dir: str = _option("", "with the private redis-server: its data directory (empty: a temp dir)")
+    redis_aof: bool = _option(
+        True, "with the private redis-server: persist with an append-only file (fsync every second)"
+    )
+    redis_dir: str = _option(
+        "artifacts/redis", "with the private redis-server: its data directory, kept across restarts (empty: a temp dir)"
+    )
     backend: str = _option("onnxruntime", "inference backend", BACKENDS)
     triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
     ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
@@ -96,6 +100,10 @@ class ServingConfig:
     )
     jwt_public_key: str = _option("", "PEM public key (RSA / EC / Ed25519) that verifies tokens instead of a secret")
     jwt_issuer: str = _option("apron", "the `iss` claim every token must carry")
+    jwt_audience: str = _option("", "the `aud` claim every token must carry (empty: not checked)")
+    jwt_max_lifetime_s: float = _option(
+        30 * 24 * 3600.0, "longest token lifetime accepted, exp - iat (seconds): a token minted for years is refused"
+    )
     tls_cert: str = _option("", "PEM server certificate chain: serve TLS (with --tls-key)")
     tls_key: str = _option("", "PEM private key of --tls-cert")
     tls_client_ca: str = _option("", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
@@ -111,7 +119,10 @@ class ServingConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
-        positive = ("workers", "max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s", "edit_burst")
+        positive = (
+            "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s",
+            "edit_burst", "jwt_max_lifetime_s",
+        )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

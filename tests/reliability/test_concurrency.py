@@ -3,7 +3,8 @@
 50 clients (each on its own channel) edit 50 different tags of the same user at once, for several
 rounds; every acknowledged edit must be stored. Meanwhile other clients read the profile through
 Recommend and GetProfile while a writer keeps replacing a three-tag edit set: every read must show
-the three tags edited together with one value."""
+the three tags edited together with one value. Both run until enough has happened (counts), never
+for a fixed time."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import scipy.sparse as sp
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from tests.export import fixtures as export_fixtures
+from tests.polling import eventually
 from tests.serving.conftest import gateway_config, running_gateway
 
 pytestmark = pytest.mark.timeout(300)
@@ -111,16 +113,19 @@ async def test_readers_never_see_half_an_edit(wide_repository: Path, redis_serve
         stop = asyncio.Event()
         snapshots: list[tuple[str, dict[str, float]]] = []
 
-        async def writer() -> int:
+        steps = 0
+
+        async def writer() -> None:
+            nonlocal steps
             async with grpc.aio.insecure_channel(target) as channel:
-                stub, step = pb_grpc.RecommenderStub(channel), 0
+                stub = pb_grpc.RecommenderStub(channel)
                 while not stop.is_set():
-                    step += 1
+                    step = steps + 1
                     scale = float(step % 7)  # 0 removes the three tags together, which must also be whole
                     edits = [pb.Edit(prototype=tag, scale=scale) for tag in tags]
                     # A reset plus the new set in one call: a reader sees the old set or the new one.
                     await stub.EditProfile(pb.EditProfileRequest(user_id=user, edits=edits, reset=True), timeout=20)
-                return step
+                    steps = step
 
         async def reader(kind: str) -> None:
             async with grpc.aio.insecure_channel(target) as channel:
@@ -133,15 +138,18 @@ async def test_readers_never_see_half_an_edit(wide_repository: Path, redis_serve
                         weights = (await stub.GetProfile(pb.GetProfileRequest(user_id=user), timeout=20)).profile.weights
                     snapshots.append((kind, {w.prototype: w.edit.scale for w in weights if w.HasField("edit")}))
 
-        readers = [asyncio.create_task(reader(kind)) for kind in ("recommend", "get", "recommend", "get")]
-        writers = [asyncio.create_task(writer())]
-        await asyncio.sleep(3.0)
-        stop.set()
-        steps = await asyncio.gather(*writers)
-        await asyncio.gather(*readers)
+        def enough() -> bool:  # counts, not a time window: a slow machine just takes longer
+            values = {next(iter(e.values()), None) for _, e in snapshots}
+            return steps >= 20 and len(snapshots) >= 40 and len(values) > 1
 
-    assert steps[0] >= 20 and len(snapshots) >= 40, (steps, len(snapshots))
+        tasks = [asyncio.create_task(reader(kind)) for kind in ("recommend", "get", "recommend", "get")]
+        tasks.append(asyncio.create_task(writer()))
+        try:
+            await eventually(enough, "20 edits written and 40 reads that saw more than one of them", timeout=240)
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+
     for kind, edits in snapshots:
         assert set(edits) == set(tags), (kind, edits)  # never a missing tag (half-applied reset + set)
         assert len(set(edits.values())) == 1, (kind, edits)  # never two values from two different edits
-    assert len({next(iter(e.values())) for _, e in snapshots}) > 1  # the readers did see edits change

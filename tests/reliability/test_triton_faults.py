@@ -18,7 +18,8 @@ import pytest
 from common.net import free_ports
 from export.triton_server import run_triton_server
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from tests.reliability.faults import call, eventually
+from tests.polling import eventually
+from tests.reliability.faults import call
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 pytestmark = pytest.mark.timeout(480)
@@ -56,8 +57,8 @@ async def test_triton_killed_frozen_and_restarted(python_repository: Path, redis
                 assert frozen.code == grpc.StatusCode.DEADLINE_EXCEEDED and frozen.seconds < 2.0 + 2.0, frozen
             finally:
                 triton.process.send_signal(signal.SIGCONT)
-            await eventually(lambda: _idle(plain), what="no Recommend left in flight after the deadline")
-            await eventually(lambda: _ok(plain, request), what="Recommend answers again after SIGCONT")
+            await eventually(lambda: _idle(plain), "no Recommend left in flight after the deadline")
+            await eventually(lambda: _ok(plain, request), "Recommend answers again after SIGCONT")
 
             # Dead Triton: UNAVAILABLE at once, every time; EditProfile does not need it.
             triton.process.send_signal(signal.SIGKILL)
@@ -76,13 +77,13 @@ async def test_triton_killed_frozen_and_restarted(python_repository: Path, redis
 
             # Triton returns on the same port: both gateways recover without a restart.
             stack.enter_context(run_triton_server(python_repository, extra_args=port_flag))
-            waited = await eventually(lambda: _ok(plain, request), what="Recommend after Triton restarted")
+            waited = await eventually(lambda: _ok(plain, request), "Recommend after Triton restarted")
             after = await call(plain.stub.Recommend, request, DEADLINE_S)
             assert items(after) == items(before)
             fallbacks = fallback.metric("apron_backend_fallbacks_total")
             assert (await call(fallback.stub.Recommend, request, DEADLINE_S)).code == OK
             await eventually(
-                lambda: _served_by_triton(fallback, request, fallbacks), what="the fallback gateway back on Triton"
+                lambda: _served_by_triton(fallback, request, fallbacks), "the fallback gateway back on Triton"
             )
             print(f"recovered {waited:.1f} s after Triton was ready again")
 

@@ -17,11 +17,11 @@ def parse(argv: list[str], environ: dict[str, str]) -> ServingConfig:
 
 
 def test_precedence_flag_over_env_over_default() -> None:
-    env = {"APRON_PORT": "6000", "APRON_BACKEND": "triton", "APRON_REDIS_AOF": "true", "APRON_MAX_BATCH_WAIT_MS": "0.5"}
+    env = {"APRON_PORT": "6000", "APRON_BACKEND": "triton", "APRON_REDIS_AOF": "false", "APRON_MAX_BATCH_WAIT_MS": "0.5"}
     config = parse([], env)
-    assert (config.port, config.backend, config.redis_aof, config.max_batch_wait_ms) == (6000, "triton", True, 0.5)
-    config = parse(["--port", "7000", "--no-redis-aof", "--backend", "onnxruntime"], env)
-    assert (config.port, config.backend, config.redis_aof) == (7000, "onnxruntime", False)
+    assert (config.port, config.backend, config.redis_aof, config.max_batch_wait_ms) == (6000, "triton", False, 0.5)
+    config = parse(["--port", "7000", "--redis-aof", "--backend", "onnxruntime"], env)
+    assert (config.port, config.backend, config.redis_aof) == (7000, "onnxruntime", True)
     assert parse([], {}) == ServingConfig()
 
 

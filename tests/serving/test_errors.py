@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from serving.config import ServingConfig
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from tests.polling import eventually
 from tests.serving.conftest import Gateway, liked_history, running_gateway
 
 Code = grpc.StatusCode
@@ -181,21 +182,41 @@ async def test_health_and_reflection(ort_gateway: Gateway) -> None:
 
 
 async def test_shutdown_drains_in_flight_calls(ort_config: ServingConfig, main_tags: np.ndarray, user_id: str) -> None:
-    config = dataclasses.replace(ort_config, max_batch_size=64, max_batch_wait_ms=300.0)  # calls wait in the batcher
-    async with running_gateway(config) as gateway:
+    async with running_gateway(ort_config) as gateway:
+        # Hold every Recommend inside the scorer until released: the calls are certainly in flight
+        # when the stop begins, whatever the machine's speed.
+        release, scorer = asyncio.Event(), gateway.server.scorer
+        top_k = scorer.top_k
+
+        async def held_top_k(*args: object, **kwargs: object) -> object:
+            await release.wait()
+            return await top_k(*args, **kwargs)
+
+        scorer.top_k = held_top_k  # type: ignore[method-assign]
         calls = [
             asyncio.ensure_future(
                 gateway.stub.Recommend(pb.RecommendRequest(user_id=f"{user_id}-{u}", history=liked_history(main_tags, u, 5 - u), k=3))
             )
             for u in range(5)
         ]
-        await asyncio.sleep(0.1)
-        assert gateway.metric("apron_rpcs_in_flight", method="Recommend") == 5
-        await gateway.server.stop(5.0)  # graceful: the waiting calls finish
+        await eventually(lambda: gateway.metric("apron_rpcs_in_flight", method="Recommend") == 5, "5 calls in flight")
+        stopping = asyncio.ensure_future(gateway.server.stop(60.0))  # graceful: the held calls may finish
+        refused = pb.ListPrototypesRequest()
+        await eventually(lambda: _refused(gateway, refused), "new calls refused once the stop began")
+        assert not any(call.done() for call in calls)
+        release.set()
         responses = await asyncio.gather(*calls)
         assert all(len(r.items) == 3 for r in responses)
-        code, _ = await status_of(gateway.stub.ListPrototypes(pb.ListPrototypesRequest()))
-        assert code == Code.UNAVAILABLE
+        await stopping
+
+
+async def _refused(gateway: Gateway, request: pb.ListPrototypesRequest) -> bool:
+    try:
+        await gateway.stub.ListPrototypes(request, timeout=10)
+    except grpc.aio.AioRpcError as error:
+        assert error.code() == Code.UNAVAILABLE, error
+        return True
+    return False
 
 
 async def test_list_prototypes(ort_gateway: Gateway) -> None:

@@ -1,12 +1,16 @@
-"""The private redis-server (serving/redis_process.py): starts on a free port, AOF persists."""
+"""The private redis-server (serving/redis_process.py): a Unix socket of its own, AOF persists, one
+server per data directory, and a killed server is reaped and restarted with its data."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
+import pytest
 import redis
 
-from serving.redis_process import RedisProcess
+from serving.redis_process import RedisProcess, RedisServerError
 
 
 def test_private_redis_with_aof_keeps_data_across_restarts(tmp_path: Path) -> None:
@@ -23,9 +27,38 @@ def test_private_redis_with_aof_keeps_data_across_restarts(tmp_path: Path) -> No
         client.close()
 
 
-def test_temp_dir_is_removed_and_ports_differ() -> None:
+def test_temp_dir_is_removed_and_sockets_differ() -> None:
     with RedisProcess() as first, RedisProcess() as second:
-        assert first.port != second.port
+        assert first.socket_path != second.socket_path
         temp_dir = first.data_dir
-        assert redis.Redis(port=first.port).ping()
+        assert redis.Redis.from_url(first.url).ping()
+        assert redis.Redis(unix_socket_path=str(second.socket_path)).ping()
     assert temp_dir is not None and not temp_dir.exists()
+
+
+def test_one_server_per_data_directory(tmp_path: Path) -> None:
+    with RedisProcess(data_dir=tmp_path / "redis"), pytest.raises(RedisServerError, match="--redis-dir"):
+        RedisProcess(data_dir=tmp_path / "redis").start()
+    with RedisProcess(data_dir=tmp_path / "redis") as again:  # free again once the first stopped
+        assert redis.Redis.from_url(again.url).ping()
+
+
+def test_killed_server_is_reaped_and_restarted_with_its_data(tmp_path: Path) -> None:
+    with RedisProcess(data_dir=tmp_path / "redis", aof=True) as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("acknowledged", "yes")  # the reply came: Redis wrote it to its AOF first
+        dead = server.pid
+        assert dead is not None
+        os.kill(dead, signal.SIGKILL)
+        server.process.wait()  # type: ignore[union-attr]
+        assert not server.running()
+        server.restart()
+        assert server.running() and server.pid != dead and server.restarts == 1
+        assert client.get("acknowledged") == b"yes"  # same socket: the old client reconnects
+        client.close()
+
+
+def test_long_data_directory_gets_a_short_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    with RedisProcess(data_dir=deep) as server:
+        assert len(str(server.socket_path)) <= 100 and redis.Redis.from_url(server.url).ping()

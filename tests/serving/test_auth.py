@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from serving import auth
 from serving.auth import AccessDenied, AuthError, Principal, Role, TokenVerifier
+from serving.errors import ApronError
 
 SECRET = b"s" * 32
 
@@ -42,7 +43,13 @@ def test_user_may_only_touch_own_profile(method: str) -> None:
 def test_service_may_call_for_anyone_and_lists_need_no_match() -> None:
     auth.authorize(Principal("batch", Role.SERVICE), "EditProfile", "bob")
     auth.authorize(Principal("alice", Role.USER), "ListPrototypes", "")
-    auth.authorize(None, "EditProfile", "bob")  # auth off
+    auth.authorize(auth.ANONYMOUS, "EditProfile", "bob")  # what the boundary runs as with --no-auth
+
+
+@pytest.mark.parametrize("method", ["GetProfile", "EditProfile", "Recommend", "ListPrototypes"])
+def test_no_principal_fails_closed(method: str) -> None:
+    with pytest.raises(AccessDenied, match="no verified caller"):
+        auth.authorize(None, method, "bob")
 
 
 # ----------------------------------------------------------------------------- tokens
@@ -61,17 +68,24 @@ def test_round_trip_hs256() -> None:
         (lambda: auth.mint_token(b"x" * 32, "alice", "user"), "Signature verification failed"),
         (lambda: auth.mint_token(SECRET, "alice", "admin"), None),  # mint refuses unknown roles
         (
-            lambda: jwt.encode({"sub": "a", "iss": "apron", "exp": time.time() + 60, "role": "root"}, SECRET),
+            lambda: jwt.encode({"sub": "a", "iss": "apron", "iat": time.time(), "exp": time.time() + 60, "role": "root"}, SECRET),
             "role",
         ),
-        (lambda: jwt.encode({"sub": "a", "iss": "apron", "exp": time.time() + 60}, SECRET), "role"),
-        (lambda: jwt.encode({"sub": "a", "iss": "apron", "role": "user"}, SECRET), "exp"),
+        (lambda: jwt.encode({"sub": "a", "iss": "apron", "iat": time.time(), "exp": time.time() + 60}, SECRET), "role"),
+        (lambda: jwt.encode({"sub": "a", "iss": "apron", "exp": time.time() + 60, "role": "user"}, SECRET), "iat"),
+        (  # an issue time in the future (beyond the leeway)
+            lambda: jwt.encode({"sub": "a", "iss": "apron", "iat": time.time() + 600, "exp": time.time() + 900, "role": "user"}, SECRET),
+            "iat",
+        ),
+        # a token for 35 years (exp in 2061): over the maximum lifetime however valid its signature
+        (lambda: auth.mint_token(SECRET, "alice", "service", ttl_s=35 * 365 * 86400), "at most 720 h"),
+        (lambda: jwt.encode({"sub": "a", "iss": "apron", "iat": time.time(), "role": "user"}, SECRET), "exp"),
         (
-            lambda: jwt.encode({"sub": "", "iss": "apron", "exp": time.time() + 60, "role": "user"}, SECRET),
+            lambda: jwt.encode({"sub": "", "iss": "apron", "iat": time.time(), "exp": time.time() + 60, "role": "user"}, SECRET),
             "(?i)sub",
         ),
         (
-            lambda: jwt.encode({"sub": 7, "iss": "apron", "exp": time.time() + 60, "role": "user"}, SECRET),
+            lambda: jwt.encode({"sub": 7, "iss": "apron", "iat": time.time(), "exp": time.time() + 60, "role": "user"}, SECRET),
             "(?i)sub",
         ),
         # alg=none must never pass, whatever the payload says
@@ -95,6 +109,24 @@ def test_bad_tokens_are_rejected(make_token, message: str | None) -> None:
         verifier().verify(make_token())
 
 
+def test_audience_is_required_when_configured() -> None:
+    strict = TokenVerifier(auth.secret_key(SECRET), audience="apron-gateway")
+    assert strict.verify(auth.mint_token(SECRET, "alice", "user", audience="apron-gateway")).subject == "alice"
+    with pytest.raises(AuthError, match="audience 'apron-gateway'"):
+        strict.verify(auth.mint_token(SECRET, "alice", "user", audience="billing"))
+    with pytest.raises(AuthError, match="aud"):
+        strict.verify(auth.mint_token(SECRET, "alice", "user"))  # none at all
+    # without a configured audience, one in the token is not checked
+    assert verifier().verify(auth.mint_token(SECRET, "alice", "user", audience="billing")).subject == "alice"
+
+
+def test_max_lifetime_is_configurable() -> None:
+    short = TokenVerifier(auth.secret_key(SECRET), max_lifetime_s=600)
+    assert short.verify(auth.mint_token(SECRET, "alice", "user", ttl_s=600)).subject == "alice"
+    with pytest.raises(AuthError, match="--jwt-max-lifetime-s"):
+        short.verify(auth.mint_token(SECRET, "alice", "user", ttl_s=601))
+
+
 def test_public_key_verification_and_no_algorithm_confusion(tmp_path) -> None:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = private.public_key().public_bytes(
@@ -112,7 +144,7 @@ def test_public_key_verification_and_no_algorithm_confusion(tmp_path) -> None:
         base64.urlsafe_b64encode(part).rstrip(b"=")
         for part in (
             b'{"alg":"HS256","typ":"JWT"}',
-            b'{"sub":"svc","iss":"apron","exp":9999999999,"role":"service"}',
+            b'{"sub":"svc","iss":"apron","iat":1900000000,"exp":1900000600,"role":"service"}',
         )
     )
     signature = base64.urlsafe_b64encode(hmac.digest(public_pem, header + b"." + payload, "sha256")).rstrip(
@@ -191,32 +223,49 @@ def test_verification_key_resolution(tmp_path, monkeypatch) -> None:
 # ----------------------------------------------------------------------------- interceptor
 
 
-def _whoami(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+# The toy service's own error boundary, as the servicer's: the interceptor decides no status, the
+# handlers raise, and the boundary maps (and records the rejection).
+rejected: list[str] = []
+
+
+def _boundary(name: str, handler):
+    async def wrapped(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await handler(request)
+        except ApronError as error:
+            rejected.append(name)
+            await context.abort(error.code, str(error))
+
+    return wrapped
+
+
+async def _whoami(request: bytes) -> bytes:
     principal = auth.current_principal()
     return f"{principal.subject}/{principal.role.value}".encode() if principal else b"nobody"
 
 
 async def _whoami_stream(request: bytes, context: grpc.aio.ServicerContext):
-    for _ in range(2):
-        yield _whoami(request, context)
-
-
-async def _edit(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     try:
-        auth.authorize(auth.current_principal(), "EditProfile", request.decode())
-    except AccessDenied as error:
+        for _ in range(2):
+            yield await _whoami(request)
+    except ApronError as error:
+        rejected.append("WhoamiStream")
         await context.abort(error.code, str(error))
+
+
+async def _edit(request: bytes) -> bytes:
+    auth.authorize(auth.current_principal(), "EditProfile", request.decode())
     return b"ok"
 
 
 @pytest.fixture
 async def toy_server():
-    rejected: list[str] = []
-    server = grpc.aio.server(interceptors=[auth.AuthInterceptor(verifier(), on_reject=rejected.append)])
+    rejected.clear()
+    server = grpc.aio.server(interceptors=[auth.AuthInterceptor(verifier())])
     handlers = {
-        "Whoami": grpc.unary_unary_rpc_method_handler(_whoami),
+        "Whoami": grpc.unary_unary_rpc_method_handler(_boundary("Whoami", _whoami)),
         "WhoamiStream": grpc.unary_stream_rpc_method_handler(_whoami_stream),
-        "EditProfile": grpc.unary_unary_rpc_method_handler(_edit),
+        "EditProfile": grpc.unary_unary_rpc_method_handler(_boundary("EditProfile", _edit)),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("toy.Toy", handlers)])
     health_servicer = health.aio.HealthServicer()
@@ -243,6 +292,8 @@ async def test_interceptor_end_to_end(toy_server) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await edit(b"bob", metadata=alice, timeout=10)
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert rejected == ["EditProfile"]
+    rejected.clear()
 
     for metadata in [None, auth.bearer_metadata(auth.mint_token(b"y" * 32, "alice", "service"))]:
         for call in (whoami, edit):
@@ -252,7 +303,7 @@ async def test_interceptor_end_to_end(toy_server) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             _ = [r async for r in stream(b"", metadata=metadata, timeout=10)]
         assert missing.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert rejected == ["/toy.Toy/Whoami", "/toy.Toy/EditProfile", "/toy.Toy/WhoamiStream"] * 2
+    assert rejected == ["Whoami", "EditProfile", "WhoamiStream"] * 2
 
     # Health checks need no token; the principal does not leak from one call into the next.
     check = health_pb2_grpc.HealthStub(channel).Check

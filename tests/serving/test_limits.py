@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from serving.limits import RETRY_AFTER_KEY, RateLimited, RateLimiter, message_size_options
+from serving.errors import ResourceExhausted
+from serving.limits import RateLimiter, message_size_options
 
 
 class FakeClock:
@@ -43,11 +44,11 @@ def test_check_raises_resource_exhausted_with_retry_hint() -> None:
     clock = FakeClock()
     limiter = RateLimiter(rate_per_s=4.0, burst=1, clock=clock, setting="--edit-rate")
     limiter.check("alice")
-    with pytest.raises(RateLimited) as error:
+    with pytest.raises(ResourceExhausted) as error:
         limiter.check("alice")
     assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "--edit-rate" in str(error.value) and "retry in 0.25 s" in str(error.value)
-    assert error.value.trailing_metadata() == ((RETRY_AFTER_KEY, "250"),)
+    assert error.value.retry_after_s == pytest.approx(0.25)
 
 
 def test_memory_is_bounded() -> None:
