@@ -7,7 +7,7 @@ LOADTEST_HOST ?= 127.0.0.1:50051
 LOADTEST_DATASET ?= artifacts/data/demo
 LOADTEST_ARGS ?=
 
-.PHONY: install system serve test lint proto proto-check results benchmarks loadtest
+.PHONY: install system serve test lint proto proto-check results benchmarks loadtest deploy-secrets k8s-secrets
 
 $(PY): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -47,3 +47,14 @@ benchmarks: $(PY)
 loadtest: $(PY)
 	$(VENV)/bin/locust --config loadtests/locust.conf --host $(LOADTEST_HOST) --dataset $(LOADTEST_DATASET) \
 		--token "$$($(VENV)/bin/apron token --sub loadtest --role service)" $(LOADTEST_ARGS)
+
+# Secrets for compose / Kubernetes, generated here at deploy time, never committed (deploy/secrets/):
+# a JWT secret, a private CA and the gateway's TLS certificate, Grafana's admin password.
+deploy-secrets: $(PY)
+	$(PY) deploy/make_secrets.py --out deploy/secrets
+
+# The same files as Kubernetes Secrets (namespace apron; needs kubectl and a cluster). The gateway
+# verifies tokens with a public key there (apron-jwt: jwt_public_key.pem, from your token issuer).
+k8s-secrets: deploy-secrets
+	kubectl -n apron create secret tls apron-tls --cert=deploy/secrets/tls.crt --key=deploy/secrets/tls.key \
+		--dry-run=client -o yaml | kubectl apply -f -

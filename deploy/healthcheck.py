@@ -1,7 +1,9 @@
 """Container health check: exit 0 when the gateway's gRPC health service answers SERVING.
 
-Docker runs it inside the gateway container (`HEALTHCHECK` in deploy/Dockerfile); it reads the
-same APRON_PORT the gateway binds (serving/config.py), so the two cannot disagree.
+Docker runs it inside the gateway container (`HEALTHCHECK` in deploy/Dockerfile) and Kubernetes as
+its exec probes; it reads the same APRON_PORT the gateway binds and, when the gateway serves TLS
+(APRON_TLS_CERT), speaks TLS to it, trusting APRON_TLS_CA or else the CA in the certificate chain
+(serving/config.py), so the two cannot disagree.
 
     python deploy/healthcheck.py [HOST:PORT]
 """
@@ -14,14 +16,23 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving import tls
 from serving.config import ServingConfig, env_name
+
+
+def channel(target: str) -> grpc.Channel:
+    certificate = os.environ.get(env_name("tls_cert"), "")
+    if not certificate:
+        return grpc.insecure_channel(target)
+    trusted = os.environ.get("APRON_TLS_CA") or certificate  # the chain's CA (deploy/make_secrets.py)
+    return grpc.secure_channel(target, tls.channel_credentials(trusted))
 
 
 def main(argv: list[str]) -> int:
     target = argv[1] if len(argv) > 1 else f"127.0.0.1:{os.environ.get(env_name('port'), ServingConfig.port)}"
-    with grpc.insecure_channel(target) as channel:
+    with channel(target) as open_channel:
         try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
+            reply = health_pb2_grpc.HealthStub(open_channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=3)
         except grpc.RpcError as error:
             print(f"{target}: {error.code().name}: {error.details()}", file=sys.stderr)
             return 1

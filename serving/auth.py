@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import inspect
+import ipaddress
 import logging
 import os
 import secrets
@@ -439,6 +440,47 @@ def warn_auth_disabled() -> None:
     )
 
 
+class UnsafeExposure(AuthConfigError):
+    """Development auth (its secret, or none) on an address other than loopback."""
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: reachable from this machine only. Anything else, including
+    0.0.0.0 / [::] (every interface) and other host names, is not."""
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def uses_dev_secret(config: ServingConfig) -> bool:
+    return config.auth and not (config.jwt_public_key or config.jwt_secret_file)
+
+
+def check_exposure(config: ServingConfig) -> None:
+    """Refuse (UnsafeExposure, naming the fix) to serve beyond loopback with the development secret,
+    which anyone with a checkout of the project can sign tokens with, or with auth off, unless
+    `insecure_dev` says so explicitly."""
+    if is_loopback(config.host) or config.insecure_dev:
+        return
+    if not config.auth:
+        raise UnsafeExposure(
+            f"refusing to serve on {config.host} with authentication off (--no-auth): anyone who can reach "
+            "the port could read and change every profile. Turn auth on with --jwt-secret-file or "
+            "--jwt-public-key, bind --host 127.0.0.1, or pass --insecure-dev on a trusted test network"
+        )
+    if uses_dev_secret(config):
+        raise UnsafeExposure(
+            f"refusing to serve on {config.host} with the development secret ({DEFAULT_DEV_SECRET}): tokens "
+            "for it can be minted by anyone with this checkout. Configure --jwt-secret-file (e.g. the one "
+            "`make deploy-secrets` writes) or --jwt-public-key, bind --host 127.0.0.1, or pass --insecure-dev "
+            "on a trusted test network"
+        )
+
+
 @dataclass(frozen=True)
 class AuthSetup:
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
@@ -447,7 +489,9 @@ class AuthSetup:
 
 def setup(config: ServingConfig) -> AuthSetup:
     """The gateway's auth from its configuration: the interceptor (none with --no-auth, which logs a
-    warning) and, with the development secret, a service token to print."""
+    warning) and, with the development secret on loopback, a service token to print. Raises
+    UnsafeExposure for development auth beyond loopback (`check_exposure`)."""
+    check_exposure(config)
     if not config.auth:
         warn_auth_disabled()
         return AuthSetup((), None)
@@ -462,6 +506,7 @@ def setup(config: ServingConfig) -> AuthSetup:
             "auth uses the development secret %s: configure --jwt-secret-file or --jwt-public-key in production",
             DEFAULT_DEV_SECRET,
         )
+    if is_dev and is_loopback(config.host):  # printed where only this machine's users can see and use it
         token = mint_token(
             key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer,
             ttl_s=min(DEV_TOKEN_TTL_S, config.jwt_max_lifetime_s), audience=config.jwt_audience,

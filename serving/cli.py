@@ -41,6 +41,12 @@ def _run_serve(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserFacingError(str(error)) from error
     configure_logging(config.log_level, config.log_format)
+    from serving.auth import check_exposure
+
+    try:
+        check_exposure(config)  # before anything slow: development auth never leaves loopback
+    except ValueError as error:
+        raise UserFacingError(str(error)) from error
     if config.build_demo:
         _ensure_demo_model(config)
     try:
@@ -107,6 +113,13 @@ def _add_client(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--timeout", type=float, default=10.0, help="call deadline in seconds")
     parser.add_argument("--json", action="store_true", help="print the raw response as JSON")
+    parser.add_argument(
+        "--tls-ca", default=os.environ.get("APRON_TLS_CA", ""),
+        help="speak TLS, trusting this PEM CA (e.g. deploy/secrets/ca.crt) [env APRON_TLS_CA]",
+    )  # fmt: skip
+    parser.add_argument("--tls", action="store_true", help="speak TLS, trusting the system's CAs")
+    parser.add_argument("--tls-client-cert", default="", help="PEM client certificate (mutual TLS; with --tls-client-key)")
+    parser.add_argument("--tls-client-key", default="", help="PEM key of --tls-client-cert")
     commands = parser.add_subparsers(dest="client_command", required=True, metavar="CALL")
 
     recommend = commands.add_parser("recommend", help="top-k items for a user")
@@ -134,10 +147,19 @@ def _run_client(args: argparse.Namespace) -> int:
     import grpc
     from google.protobuf.json_format import MessageToJson
 
+    from serving import tls
     from serving.client import ApronClient, development_token
 
     token = args.token or development_token()
-    with ApronClient(args.target, token=token, timeout_s=args.timeout) as client:
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_client_cert or args.tls_client_key:
+        try:
+            credentials = tls.channel_credentials(
+                args.tls_ca or None, args.tls_client_cert or None, args.tls_client_key or None
+            )
+        except tls.TLSConfigError as error:
+            raise UserFacingError(str(error)) from error
+    with ApronClient(args.target, token=token, timeout_s=args.timeout, credentials=credentials) as client:
         try:
             if args.client_command == "recommend":
                 from serving.client import make_edits
@@ -211,6 +233,9 @@ def _add_token(subparsers: argparse._SubParsersAction) -> None:
         "--secret-file", default=os.environ.get("APRON_JWT_SECRET_FILE", ""), help="HS256 secret [env APRON_JWT_SECRET_FILE]"
     )
     parser.add_argument("--private-key", default="", help="PEM private key whose public key the gateway has")
+    parser.add_argument(
+        "--audience", default=os.environ.get("APRON_JWT_AUDIENCE", ""), help="`aud` claim [env APRON_JWT_AUDIENCE]"
+    )
     parser.set_defaults(func=_run_token)
 
 
@@ -221,8 +246,9 @@ def _run_token(args: argparse.Namespace) -> int:
         raise UserFacingError(f"--ttl must be positive, got {args.ttl:g}")
     try:
         token = auth.mint_with_configured_key(
-            args.sub, args.role, secret_file=args.secret_file, private_key=args.private_key, issuer=args.issuer, ttl_s=args.ttl
-        )
+            args.sub, args.role, secret_file=args.secret_file, private_key=args.private_key, issuer=args.issuer,
+            ttl_s=args.ttl, audience=args.audience,
+        )  # fmt: skip
     except auth.AuthConfigError as error:
         raise UserFacingError(str(error)) from error
     print(token)

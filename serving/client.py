@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 
+from serving import auth
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -32,8 +33,6 @@ def make_edits(scale: Mapping[str, float] | None = None, weight: Mapping[str, fl
 def development_token(secret_path: str | Path | None = None, subject: str = "apron-client") -> str | None:
     """A short-lived service token signed with the local development secret, when that secret
     exists (it is created by `apron serve` with default auth settings); None otherwise."""
-    from serving import auth
-
     path = Path(secret_path or auth.DEFAULT_DEV_SECRET)
     if not path.is_file():
         return None
@@ -41,10 +40,18 @@ def development_token(secret_path: str | Path | None = None, subject: str = "apr
 
 
 class ApronClient:
-    def __init__(self, target: str = DEFAULT_TARGET, token: str | None = None, timeout_s: float = 10.0):
-        self.channel = grpc.insecure_channel(target)
+    """`credentials` (e.g. `serving.tls.channel_credentials(ca)`) for TLS; plaintext without."""
+
+    def __init__(
+        self,
+        target: str = DEFAULT_TARGET,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
+        self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
         self.stub = pb_grpc.RecommenderStub(self.channel)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata = auth.bearer_metadata(token) if token else ()
         self.timeout_s = timeout_s
 
     def _call(self, method: str, request: object) -> object:

@@ -104,11 +104,21 @@ class ServingConfig:
     jwt_max_lifetime_s: float = _option(
         30 * 24 * 3600.0, "longest token lifetime accepted, exp - iat (seconds): a token minted for years is refused"
     )
+    insecure_dev: bool = _option(
+        False,
+        "allow the development secret or --no-auth on an address other than loopback (a trusted test network "
+        "only: anyone who can reach the port can mint a token or needs none)",
+    )
     tls_cert: str = _option("", "PEM server certificate chain: serve TLS (with --tls-key)")
     tls_key: str = _option("", "PEM private key of --tls-cert")
     tls_client_ca: str = _option("", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
     edit_rate: float = _option(10.0, "EditProfile calls per second per user, refilled continuously (0: no limit)")
     edit_burst: int = _option(30, "EditProfile calls one user may make at once before --edit-rate applies")
+    recommend_rate: float = _option(0.0, "Recommend calls per second per user, refilled continuously (0: no limit)")
+    recommend_burst: int = _option(50, "Recommend calls one user may make at once before --recommend-rate applies")
+    max_concurrent_rpcs: int = _option(
+        256, "most calls handled at once; more are shed with RESOURCE_EXHAUSTED and a retry-after (0: no limit)"
+    )
     triton_fallback: bool = _option(
         False, "--backend triton: score with in-process ONNX Runtime while Triton is unreachable (off: UNAVAILABLE)"
     )
@@ -121,12 +131,13 @@ class ServingConfig:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
             "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s",
-            "edit_burst", "jwt_max_lifetime_s",
+            "edit_burst", "recommend_burst", "jwt_max_lifetime_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate"):
+        for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
+                     "recommend_rate", "max_concurrent_rpcs"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:

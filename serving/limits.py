@@ -1,9 +1,13 @@
-"""Per-user rate limit on EditProfile: a token bucket per user id, answered with RESOURCE_EXHAUSTED
-and a `retry-after-ms` hint.
+"""The limits that need state, all raising `ResourceExhausted` with the wait a retry needs (the
+servicer's boundary answers RESOURCE_EXHAUSTED with `retry-after-ms`):
+
+- `RateLimiter`: a token bucket per user id, for EditProfile (`--edit-rate`) and, optionally,
+  Recommend (`--recommend-rate`); charged only once a request has been validated;
+- `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once; more are shed at once
+  (load shedding) rather than queued, with a retry-after of the recent mean call duration.
 
 The other request limits (message size, history length, edits per request, k) are checked where the
-request is validated (`serving/validation.py`, the server's message-size options); this module holds
-the one limit that needs state.
+request is validated (`serving/validation.py`, the server's message-size options).
 
 The buckets live in the gateway's memory: with N replicas behind a load balancer a user gets at most
 N times the rate, which is what the limit is for (protecting Redis and the scorer from one runaway
@@ -103,3 +107,46 @@ def edit_limiter(config: ServingConfig) -> RateLimiter | None:
     if config.edit_rate == 0:
         return None
     return RateLimiter(config.edit_rate, config.edit_burst, setting="--edit-rate / --edit-burst")
+
+
+def recommend_limiter(config: ServingConfig) -> RateLimiter | None:
+    """The per-user Recommend limiter `config` asks for (None with --recommend-rate 0, the default)."""
+    if config.recommend_rate == 0:
+        return None
+    return RateLimiter(
+        config.recommend_rate, config.recommend_burst, setting="--recommend-rate / --recommend-burst", what="recommendations"
+    )
+
+
+class ConcurrencyLimit:
+    """At most `limit` calls at once (asyncio: one event loop, no lock needed). `enter()` raises
+    ResourceExhausted when full; `leave(seconds)` frees the slot and updates the mean call
+    duration that the retry-after hint uses (a slot frees about that soon)."""
+
+    SMOOTHING = 0.05  # weight of the newest call in the moving mean
+    MIN_RETRY_S = 0.005
+
+    def __init__(self, limit: int):
+        if limit < 1:
+            raise ValueError(f"a concurrency limit must be at least 1, got {limit}")
+        self.limit = limit
+        self.active = 0
+        self.mean_s = 0.01
+
+    def enter(self) -> None:
+        if self.active >= self.limit:
+            retry_s = max(self.MIN_RETRY_S, self.mean_s)
+            raise ResourceExhausted(
+                f"the gateway is at its limit of {self.limit} calls at once (--max-concurrent-rpcs); "
+                f"retry in {retry_s * 1000:.0f} ms",
+                retry_after_s=retry_s,
+            )
+        self.active += 1
+
+    def leave(self, seconds: float) -> None:
+        self.active -= 1
+        self.mean_s += self.SMOOTHING * (seconds - self.mean_s)
+
+
+def concurrency_limit(config: ServingConfig) -> ConcurrencyLimit | None:
+    return ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None

@@ -68,7 +68,11 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
             # with auth off every call runs as the anonymous service (explicit); with auth on, the
             # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
             as_anonymous = None if self.config.auth else auth.assume(auth.ANONYMOUS)
+            admitted = False
             try:
+                if self.concurrency is not None:  # load shedding: refuse at once rather than queue
+                    self.concurrency.enter()
+                    admitted = True
                 if auth.current_principal() is None:  # fail closed: auth on, but no interceptor ran
                     raise auth.AuthError("no verified caller: the gateway checked no token for this call")
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
@@ -99,6 +103,8 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 if as_anonymous is not None:
                     auth.reset(as_anonymous)
                 seconds = time.perf_counter() - start
+                if admitted:
+                    self.concurrency.leave(seconds)  # type: ignore[union-attr]
                 in_flight.dec()
                 self.metrics.rpc_latency.labels(method, code.name).observe(seconds)
                 if code in REJECTIONS:
@@ -148,6 +154,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.profile_encoder = ProfileEncoder(model.metadata.tag_names, model.metadata.prototype_item_ids)
         self.access_log_rate = config.access_log_rate
         self.edit_limiter = limits.edit_limiter(config)  # reliability: per-user EditProfile rate (None: off)
+        self.recommend_limiter = limits.recommend_limiter(config)  # per-user Recommend rate (None: off)
+        self.concurrency = limits.concurrency_limit(config)  # calls at once (None: no limit)
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -213,6 +221,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                     f"none of the {len(request.history)} history ids is in the catalog of model version "
                     f"{self.model.version}; send ids from the catalog (e.g. a prototype's item_id in ListPrototypes)"
                 )
+        if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
+            self.recommend_limiter.check(user)
         record, from_cache, stored = await self.profiles.resolve(user, history)  # stored: {} while Redis is down
         edited = self._edited(record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")

@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from cli import build_parser
+from deploy import make_secrets
 from export import contract
 from export.triton_repository import parse_config
 from serving import auth
@@ -59,7 +60,7 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     config = gateway_config(gateway["environment"])
     assert config.host == "0.0.0.0"  # reachable from the other containers
     assert config.backend == "triton" and not config.build_demo
-    assert f"{config.port}:{config.port}" in gateway["ports"]
+    assert gateway["ports"] == [f"{config.port}:{config.port}"]
 
     triton_host, triton_port = config.triton_url.rsplit(":", 1)
     triton = services[triton_host]
@@ -70,10 +71,29 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     assert gateway["depends_on"] == {"triton": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
     assert gateway["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
 
-    assert config.auth  # production keeps auth on, with a real secret rather than the development one
-    (secret,) = gateway["secrets"]
-    assert config.jwt_secret_file == f"/run/secrets/{secret}"
-    assert (DEPLOY / compose["secrets"][secret]["file"]).resolve() == (ROOT / auth.DEFAULT_DEV_SECRET).resolve()
+    # Production keeps auth on, with a secret generated at deploy time: never the development one,
+    # which anyone with a checkout can sign tokens with (and `apron serve` refuses beyond loopback).
+    assert config.auth
+    auth.check_exposure(config)
+    sources = {name: (DEPLOY / compose["secrets"][name]["file"]).resolve() for name in gateway["secrets"]}
+    assert set(sources) == {"apron_jwt_secret", "apron_tls_cert", "apron_tls_key"}
+    assert config.jwt_secret_file == "/run/secrets/apron_jwt_secret"
+    assert sources["apron_jwt_secret"] != (ROOT / auth.DEFAULT_DEV_SECRET).resolve()
+    generated = {path.name for path in sources.values()}
+    assert all(path.parent == DEPLOY / "secrets" for path in sources.values()) and generated <= set(make_secrets.FILES)
+    assert "deploy/secrets/" in (ROOT / ".gitignore").read_text().split()  # generated, never committed
+    # TLS on the published port
+    assert (config.tls_cert, config.tls_key) == ("/run/secrets/apron_tls_cert", "/run/secrets/apron_tls_key")
+
+
+def test_compose_publishes_only_the_gateway_and_grafana_needs_a_login(compose: dict[str, Any]) -> None:
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"gateway"}  # Triton's unauthenticated 8001, Redis, Prometheus: network-internal
+    grafana = compose["services"]["grafana"]["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    (password,) = compose["services"]["grafana"]["secrets"]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == f"/run/secrets/{password}"
+    assert (DEPLOY / compose["secrets"][password]["file"]).resolve().parent == DEPLOY / "secrets"
 
 
 def test_compose_model_repository_is_the_one_export_writes(compose: dict[str, Any]) -> None:
@@ -177,8 +197,15 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     assert container["envFrom"] == [{"configMapRef": {"name": "apron-gateway"}}]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    # TLS on the gRPC port from the Secret apron-tls; the probes speak it through deploy/healthcheck.py
+    # (Kubernetes' native gRPC probe is plaintext only), which the image copies to /app
+    assert config.tls_cert and config.tls_key
+    tls_volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
+    assert tls_volume["secret"]["secretName"] == "apron-tls"
+    tls_mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")["mountPath"]
+    assert {str(Path(config.tls_cert).parent), str(Path(config.tls_key).parent)} == {tls_mount}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["grpc"]["port"] == config.port  # grpc.health.v1 of the gateway
+        assert container[probe]["exec"]["command"] == ["python", "/app/healthcheck.py"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(config.metrics_port)
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -199,7 +226,7 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     assert config.auth and str(Path(config.jwt_public_key).parent) in mounts
     # the same settings as compose, apart from where Redis lives
     compose_env = compose["services"]["gateway"]["environment"]
-    own = {env_name("redis_url"), env_name("jwt_secret_file")}  # where Redis and the key live
+    own = {env_name(name) for name in ("redis_url", "jwt_secret_file", "tls_cert", "tls_key")}  # where things live
     differing = {k for k in compose_env if k not in own and str(compose_env[k]) != k8s[("ConfigMap", "apron-gateway")]["data"].get(k)}
     assert not differing, f"compose and Kubernetes disagree on {differing}"
 

@@ -6,6 +6,7 @@ stored), health and reflection open to all, and each limit with its own clear st
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,8 +23,9 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
 from serving.server import create_server
-from tests.reliability.certs import make_pki
+from tests.polling import eventually
 from tests.reliability.conftest import Tokens
+from tests.serving.certs import make_pki
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 TIMEOUT = 20.0  # generous: a loaded 2-core CI machine
@@ -212,3 +214,48 @@ async def test_limits_answer_clear_statuses(python_repository, redis_server, tok
         assert 0 < retry_ms <= 1000_000  # one token every 1000 s
         other = pb.EditProfileRequest(user_id="u-other", edits=[pb.Edit(prototype="tag0", scale=1.5)])
         assert (await status(stub.EditProfile, other))[0] == grpc.StatusCode.OK
+
+
+async def test_load_shedding_answers_resource_exhausted_with_retry_after(python_repository, redis_server, main_tags) -> None:
+    """At --max-concurrent-rpcs calls at once the next is shed (not queued); a per-user Recommend
+    rate is charged only after validation. Held calls, not timing, make the gateway busy."""
+    config = gateway_config(
+        python_repository, redis_server.url, max_concurrent_rpcs=2, recommend_rate=0.001, recommend_burst=2
+    )
+    history = liked_history(main_tags, 0, 1)
+    async with running_gateway(config) as gateway:
+        stub, release = gateway.stub, asyncio.Event()
+        top_k = gateway.server.scorer.top_k
+
+        async def held_top_k(*args: object, **kwargs: object) -> object:
+            await release.wait()
+            return await top_k(*args, **kwargs)
+
+        gateway.server.scorer.top_k = held_top_k  # type: ignore[method-assign]
+        held = [
+            asyncio.ensure_future(stub.Recommend(pb.RecommendRequest(user_id=f"busy-{i}", history=history, k=5), timeout=TIMEOUT))
+            for i in range(2)
+        ]
+        await eventually(lambda: gateway.metric("apron_rpcs_in_flight", method="Recommend") == 2, "2 calls in flight")
+        call = stub.ListPrototypes(pb.ListPrototypesRequest(), timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as shed:
+            await call
+        assert shed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-concurrent-rpcs" in shed.value.details()
+        assert int(dict(await call.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+        release.set()
+        assert all(len(response.items) == 5 for response in await asyncio.gather(*held))
+        assert (await code_of(stub.ListPrototypes, pb.ListPrototypesRequest())) == grpc.StatusCode.OK  # a slot again
+
+        # per-user Recommend rate: an invalid request is not charged; the burst of 2, then shed
+        user = pb.RecommendRequest(user_id="rated", history=history, k=5)
+        assert await code_of(stub.Recommend, pb.RecommendRequest(user_id="rated", history=history, k=0)) == (
+            grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert [await code_of(stub.Recommend, user) for _ in range(2)] == [grpc.StatusCode.OK] * 2
+        call = stub.Recommend(user, timeout=TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as limited:
+            await call
+        assert limited.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--recommend-rate" in limited.value.details()
+        assert int(dict(await call.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+        assert await code_of(stub.Recommend, pb.RecommendRequest(user_id="other", history=history, k=5)) == grpc.StatusCode.OK
+        assert gateway.metric("apron_rpc_rejections_total", code="RESOURCE_EXHAUSTED") == 2

@@ -313,6 +313,30 @@ async def test_interceptor_end_to_end(toy_server) -> None:
     assert auth.current_principal() is None
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"])
+def test_loopback_hosts(host: str) -> None:
+    assert auth.is_loopback(host)
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "[::]", "", "10.0.0.5", "gateway", "example.com"])
+def test_development_auth_is_refused_beyond_loopback(host: str, tmp_path, monkeypatch) -> None:
+    from serving.config import ServingConfig
+
+    monkeypatch.chdir(tmp_path)
+    assert not auth.is_loopback(host)
+    for config, message in [
+        (ServingConfig(host=host), "development secret"),
+        (ServingConfig(host=host, auth=False), "authentication off"),
+    ]:
+        with pytest.raises(auth.UnsafeExposure, match=message) as refused:
+            auth.setup(config)
+        assert "--jwt-secret-file" in str(refused.value) and "--insecure-dev" in str(refused.value)
+    # said explicitly: allowed, but the development token is never printed beyond loopback
+    assert auth.setup(ServingConfig(host=host, insecure_dev=True)).service_token is None
+    (tmp_path / "secret").write_bytes(SECRET)
+    auth.check_exposure(ServingConfig(host=host, jwt_secret_file=str(tmp_path / "secret")))  # a real key: fine
+
+
 def test_setup_from_config(tmp_path, monkeypatch, caplog) -> None:
     """The embedded default prints a working service token; --no-auth installs nothing and warns."""
     from serving.config import ServingConfig

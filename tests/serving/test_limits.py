@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from serving.errors import ResourceExhausted
-from serving.limits import RateLimiter, message_size_options
+from serving.limits import ConcurrencyLimit, RateLimiter, message_size_options
 
 
 class FakeClock:
@@ -69,3 +69,20 @@ def test_bad_parameters_and_size_options() -> None:
         "grpc.max_receive_message_length": 1024,
         "grpc.max_send_message_length": 1024,
     }
+
+
+def test_concurrency_limit_sheds_with_a_retry_hint() -> None:
+    limit = ConcurrencyLimit(2)
+    limit.enter()
+    limit.enter()
+    with pytest.raises(ResourceExhausted, match="--max-concurrent-rpcs") as shed:
+        limit.enter()
+    assert shed.value.retry_after_s >= ConcurrencyLimit.MIN_RETRY_S and limit.active == 2  # a shed call holds no slot
+    limit.leave(0.2)
+    limit.enter()  # a freed slot is taken again
+    before = limit.mean_s
+    limit.leave(1.0)
+    limit.leave(1.0)
+    assert limit.active == 0 and limit.mean_s > before  # the hint follows how long calls take
+    with pytest.raises(ValueError):
+        ConcurrencyLimit(0)

@@ -7,7 +7,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from serving import tls
-from tests.reliability.certs import make_pki
+from tests.serving.certs import make_pki
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,71 @@
+"""Secrets for a deployment, generated at deploy time and never committed (`make deploy-secrets`):
+
+    deploy/secrets/jwt_secret               HS256 secret the gateway verifies tokens with (and `apron token
+                                            --secret-file` signs with)
+    deploy/secrets/ca.crt, ca.key           a private CA (keep ca.key off the servers)
+    deploy/secrets/tls.crt, tls.key         the gateway's certificate (chain: leaf + CA) and key, for the
+                                            names compose and Kubernetes reach it by
+    deploy/secrets/grafana_admin_password   Grafana's admin login
+
+Existing files are kept (rerunning changes nothing) unless --force. Compose mounts them as secrets;
+for Kubernetes: `make k8s-secrets` (kubectl create secret ... from these files).
+
+    python deploy/make_secrets.py [--out deploy/secrets] [--name gateway.example.com] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from serving.pki import SERVER_NAMES, issue, make_ca
+
+DEPLOY = Path(__file__).resolve().parent
+# how compose (service `gateway`) and Kubernetes (Service `apron-gateway`, namespace `apron`) reach it
+GATEWAY_NAMES = (
+    *SERVER_NAMES, "gateway", "apron-gateway", "apron-gateway.apron", "apron-gateway.apron.svc",
+    "apron-gateway.apron.svc.cluster.local",
+)  # fmt: skip
+FILES = ("jwt_secret", "ca.crt", "ca.key", "tls.crt", "tls.key", "grafana_admin_password")
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def make_secrets(out: Path, names: tuple[str, ...] = GATEWAY_NAMES, force: bool = False) -> list[Path]:
+    """Write the files of a deployment into `out`; the ones written (none when all exist)."""
+    out.mkdir(parents=True, exist_ok=True)
+    os.chmod(out, 0o700)
+    if not force and all((out / name).is_file() for name in FILES):
+        return []
+    _write_private(out / "jwt_secret", secrets.token_hex(32) + "\n")
+    _write_private(out / "grafana_admin_password", secrets.token_urlsafe(24) + "\n")
+    ca = make_ca(out, "apron CA")
+    ca.pem.cert.rename(out / "ca.crt")
+    ca.pem.key.rename(out / "ca.key")
+    server = issue(out, "tls", ca, server_names=names)
+    # the chain (leaf, then CA): clients that trust the CA verify it, and a client given only this
+    # file (the health check) finds the CA in it
+    server.cert.write_bytes(server.cert.read_bytes() + (out / "ca.crt").read_bytes())
+    return [out / name for name in FILES]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=DEPLOY / "secrets", help="where to write (default deploy/secrets)")
+    parser.add_argument("--name", action="append", default=[], help="another DNS name or IP of the gateway (repeatable)")
+    parser.add_argument("--force", action="store_true", help="replace existing secrets (every token and client must change)")
+    args = parser.parse_args(argv)
+    written = make_secrets(args.out, (*GATEWAY_NAMES, *args.name), args.force)
+    print(f"wrote {', '.join(p.name for p in written)} in {args.out}" if written else f"{args.out}: secrets exist (--force replaces them)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""`make deploy-secrets` (deploy/make_secrets.py) and what uses its files: a gateway serving TLS with
+the generated certificate and secret, the container health check and `apron client` speaking TLS
+to it, and `apron serve` refusing development auth beyond loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+
+from deploy import healthcheck, make_secrets
+from serving import auth, tls
+from serving.client import ApronClient
+from serving.redis_process import RedisProcess
+from tests.serving.conftest import gateway_config, running_gateway
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_secrets_are_private_and_kept(tmp_path: Path) -> None:
+    out = tmp_path / "secrets"
+    written = make_secrets.make_secrets(out)
+    assert {p.name for p in written} == set(make_secrets.FILES)
+    assert out.stat().st_mode & 0o077 == 0
+    for name in ("jwt_secret", "ca.key", "tls.key", "grafana_admin_password"):
+        assert (out / name).stat().st_mode & 0o077 == 0, name
+    before = {name: (out / name).read_bytes() for name in make_secrets.FILES}
+    assert make_secrets.make_secrets(out) == []  # rerunning changes nothing
+    assert {name: (out / name).read_bytes() for name in make_secrets.FILES} == before
+    auth.read_secret_file(out / "jwt_secret")  # a usable HS256 secret
+
+
+async def test_gateway_health_check_and_client_speak_tls(
+    python_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "secrets"
+    make_secrets.make_secrets(out)
+    with RedisProcess() as redis:
+        config = gateway_config(
+            python_repository, redis.url, auth=True, jwt_secret_file=str(out / "jwt_secret"),
+            tls_cert=str(out / "tls.crt"), tls_key=str(out / "tls.key"),
+        )  # fmt: skip
+        async with running_gateway(config) as gateway:
+            target = f"127.0.0.1:{gateway.port}"  # (sync clients run in threads: the gateway shares this loop)
+            monkeypatch.setenv("APRON_TLS_CERT", str(out / "tls.crt"))
+            check = ["healthcheck", target]
+            assert await asyncio.to_thread(healthcheck.main, check) == 0  # TLS, trusting the chain's CA
+            monkeypatch.delenv("APRON_TLS_CERT")
+            assert await asyncio.to_thread(healthcheck.main, check) == 1  # plaintext is refused
+
+            token = auth.mint_token(auth.read_secret_file(out / "jwt_secret").key, "ops", "service")
+            credentials = tls.channel_credentials(out / "ca.crt")
+            with ApronClient(target, token=token, credentials=credentials) as client:
+                prototypes = await asyncio.to_thread(client.prototypes)
+                assert len(prototypes.prototypes) == 6
+            with ApronClient(target, token=token) as plaintext, pytest.raises(grpc.RpcError) as refused:
+                await asyncio.to_thread(plaintext.prototypes)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ([], "development secret"),
+        (["--no-auth"], "authentication off"),
+    ],
+)
+def test_serve_refuses_development_auth_beyond_loopback(tmp_path: Path, flags: list[str], message: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "serve", "--host", "0.0.0.0", "--port", "0", *flags],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "APRON_LOG_FORMAT": "text"},
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert message in result.stderr and "--jwt-secret-file" in result.stderr and "--insecure-dev" in result.stderr
+    assert not (tmp_path / "model_repository").exists()  # refused before building anything
