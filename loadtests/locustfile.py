@@ -47,6 +47,7 @@ from locust.env import Environment
 from locust.exception import StopUser
 
 from loadtests.mix import TASKS, task_weights
+from serving.client import channel_options
 from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
@@ -243,7 +244,8 @@ class ApronUser(User):
         self.options = options
         self.weights = task_weights(options)
         self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
-        channel = grpc.insecure_channel(self.host.removeprefix("grpc://"))
+        # as a real client: every address of the host, NOT_SERVING replicas skipped, UNAVAILABLE retried
+        channel = grpc.insecure_channel(self.host.removeprefix("grpc://"), options=channel_options())
         self.interceptor = LocustInterceptor(self.environment)
         self.channel = grpc.intercept_channel(channel, self.interceptor)
         self.stub = pb_grpc.RecommenderStub(self.channel)

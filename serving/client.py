@@ -11,6 +11,7 @@ Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the serve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -21,6 +22,31 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# How clients call the gateway (gRPC service config): spread over every address of the target
+# (e.g. "ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several records), skip replicas whose
+# health service says NOT_SERVING (a draining or Redis-less gateway), and retry UNAVAILABLE with
+# backoff: every RPC is idempotent (an edit sets values; storing it twice changes nothing).
+SERVICE_CONFIG = {
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [
+        {
+            "name": [{"service": "apron.v1.Recommender"}],
+            "retryPolicy": {
+                "maxAttempts": 5,
+                "initialBackoff": "0.05s",
+                "maxBackoff": "1s",
+                "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }
+    ],
+}
+
+
+def channel_options() -> list[tuple[str, object]]:
+    """grpc channel options carrying SERVICE_CONFIG (for any client of the gateway)."""
+    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
 
 
 def make_edits(scale: Mapping[str, float] | None = None, weight: Mapping[str, float] | None = None) -> list[pb.Edit]:
@@ -49,7 +75,10 @@ class ApronClient:
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ):
-        self.channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+        options = channel_options()
+        self.channel = (
+            grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
+        )
         self.stub = pb_grpc.RecommenderStub(self.channel)
         self.metadata = auth.bearer_metadata(token) if token else ()
         self.timeout_s = timeout_s

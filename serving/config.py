@@ -88,6 +88,16 @@ class ServingConfig:
     max_message_bytes: int = _option(4 * 1024 * 1024, "largest gRPC request accepted (bytes)")
     request_timeout_s: float = _option(10.0, "longest a call may run, whatever deadline the client sets (seconds)")
     shutdown_grace_s: float = _option(10.0, "on SIGTERM: how long in-flight calls may finish (seconds)")
+    reuse_port: bool = _option(
+        False,
+        "let another gateway listen on the same port (SO_REUSEPORT): start the new one, then SIGTERM the old one "
+        "for a restart without refused connections (off: a taken port is an error)",
+    )
+    drain_delay_s: float = _option(
+        0.0,
+        "on SIGTERM: keep serving this long after health turns NOT_SERVING, so load balancers and "
+        "health-checking clients move away before new calls are refused (seconds; rolling restarts)",
+    )
     log_level: str = _option("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = _option("json", "log line format", LOG_FORMATS)
     access_log_rate: float = _option(
@@ -137,7 +147,7 @@ class ServingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
-                     "recommend_rate", "max_concurrent_rpcs"):  # fmt: skip
+                     "recommend_rate", "max_concurrent_rpcs", "drain_delay_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:

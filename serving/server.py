@@ -107,9 +107,10 @@ class ApronServer:
             },
         )
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Report NOT_SERVING, let in-flight calls finish for `grace` seconds (new ones are
-        refused), then close the backend, Redis and the metrics endpoint."""
+    async def stop(self, grace: float | None = None, drain_delay_s: float = 0.0) -> None:
+        """Report NOT_SERVING, keep serving for `drain_delay_s` (clients move away), let in-flight
+        calls finish for `grace` seconds (new ones are refused), then close the backend, Redis and
+        the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
         if self._watch_task is not None:  # first: nothing may set SERVING again, or restart Redis
             self._watch_task.cancel()
@@ -117,6 +118,8 @@ class ApronServer:
                 await self._watch_task
             self._watch_task = None
         await self.health.enter_graceful_shutdown()
+        if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
+            await asyncio.sleep(drain_delay_s)
         await self.grpc_server.stop(grace)
         await self.scorer.close()
         await self.redis.aclose()
@@ -156,7 +159,7 @@ async def create_server(
         options = [
             *limits.message_size_options(config.max_message_bytes),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
-            ("grpc.so_reuseport", 1 if config.workers > 1 else 0),
+            ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
         ]
         security = auth.setup(config)  # reliability: token check (none with --no-auth)
         server = grpc.aio.server(interceptors=[*security.interceptors, *interceptors], options=options)
@@ -251,7 +254,7 @@ async def run_until_signalled(config: ServingConfig, on_serving: Callable[[], No
     waiter = asyncio.create_task(server.wait_for_termination())
     await asyncio.wait([waiter, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
     log.info("shutting down: draining in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
-    await server.stop()
+    await server.stop(drain_delay_s=config.drain_delay_s)
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await waiter

@@ -136,6 +136,9 @@ def run_workers(config: ServingConfig) -> None:
             if dead:
                 raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
             multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
+            if redis_process is not None and not redis_process.running():  # reliability: reap, restart
+                log.error("the private redis-server died: restarting it (same socket, same AOF)")
+                redis_process.restart()
         log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
     finally:
         _stop_workers(workers, config.shutdown_grace_s, metrics_dir)

@@ -109,26 +109,22 @@ def memory_verdict(samples: list[tuple[float, int]], max_growth: float) -> dict[
 @contextlib.contextmanager
 def own_gateway(repository: str, serve_args: list[str], log_path: Path) -> Iterator[tuple[str, int, str]]:
     """`apron serve` on a free port with a fresh secret: (target, pid, service token)."""
-    from common.net import free_ports
     from serving import auth
-    from tests.reliability.gateway_process import APRON, wait_serving
+    from tests.reliability.gateway_process import start_gateway
 
-    secret = Path(tempfile.mkdtemp(prefix="apron-soak-")) / "jwt_secret"
+    workdir = Path(tempfile.mkdtemp(prefix="apron-soak-"))
+    secret = workdir / "jwt_secret"
     secret.write_text(secrets.token_hex(32))
-    (port,) = free_ports(1)
-    command = [
-        *APRON, "serve", "--repository", repository, "--port", str(port), "--metrics-port", "-1",
-        "--jwt-secret-file", str(secret), "--log-level", "WARNING", "--edit-rate", "0", *serve_args,
+    args = [
+        "--repository", str(Path(repository).absolute()), "--metrics-port", "-1", "--jwt-secret-file", str(secret),
+        "--edit-rate", "0", "--redis-dir", str(workdir / "redis"), *serve_args,
     ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    gateway = start_gateway(args, log_path.parent, startup_timeout=300)
     try:
-        wait_serving(f"127.0.0.1:{port}", process, log_path, timeout=300)
         token = auth.mint_token(auth.read_secret_file(secret).key, "soak", auth.Role.SERVICE, ttl_s=24 * 3600)
-        yield f"127.0.0.1:{port}", process.pid, token
+        yield gateway.target, gateway.process.pid, token
     finally:
-        process.terminate()
-        process.wait(60)
+        gateway.terminate()
 
 
 def main(argv: list[str] | None = None) -> int:
