@@ -99,6 +99,9 @@ def _tail(path: Path, lines: int) -> str:
         return "(no log)"
 
 
+PORT_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
 def run_triton_server(
     repository: str | Path,
@@ -123,49 +126,62 @@ def run_triton_server(
     backends = (
         Path(backend_directory) if backend_directory else python_backend_directory(workdir / "backends")
     )
-    grpc_port, http_port, metrics_port = free_ports(3)
-    command = [
-        str(binary),
-        f"--model-repository={repository}",
-        f"--backend-directory={backends}",
-        f"--grpc-port={grpc_port}",
-        f"--http-port={http_port}",
-        f"--metrics-port={metrics_port}",
-        "--http-address=127.0.0.1",
-        "--grpc-address=127.0.0.1",
-        "--metrics-address=127.0.0.1",
-        "--allow-gpu-metrics=false",
-        f"--log-verbose={log_verbose}",
-        *extra_args,
-    ]
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(python_path), cwd=workdir
-        )
-    server = TritonServer(
-        grpc_url=f"127.0.0.1:{grpc_port}",
-        http_url=f"127.0.0.1:{http_port}",
-        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-        repository=repository,
-        log_path=log_path,
-        process=process,
-    )
+    server: TritonServer | None = None
     try:
-        deadline = time.monotonic() + startup_timeout
-        while not _ready(http_port):
-            if process.poll() is not None:
-                raise TritonServerError(
-                    f"tritonserver exited with code {process.returncode}:\n{server.log_tail()}"
+        # The ports are picked free, then bound by tritonserver (it cannot bind port 0 and say which
+        # it got): another program may take one in between. Then the start is retried on new ports.
+        for attempt in range(PORT_ATTEMPTS):
+            grpc_port, http_port, metrics_port = free_ports(3)
+            command = [
+                str(binary),
+                f"--model-repository={repository}",
+                f"--backend-directory={backends}",
+                f"--grpc-port={grpc_port}",
+                f"--http-port={http_port}",
+                f"--metrics-port={metrics_port}",
+                "--http-address=127.0.0.1",
+                "--grpc-address=127.0.0.1",
+                "--metrics-address=127.0.0.1",
+                "--allow-gpu-metrics=false",
+                f"--log-verbose={log_verbose}",
+                *extra_args,
+            ]
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(python_path), cwd=workdir
                 )
-            if time.monotonic() > deadline:
-                raise TritonServerError(
-                    f"tritonserver not ready after {startup_timeout:.0f} s:\n{server.log_tail()}"
-                )
-            time.sleep(0.1)
+            server = TritonServer(
+                grpc_url=f"127.0.0.1:{grpc_port}",
+                http_url=f"127.0.0.1:{http_port}",
+                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                repository=repository,
+                log_path=log_path,
+                process=process,
+            )
+            try:
+                _wait_ready(server, http_port, startup_timeout)
+                break
+            except TritonServerError:
+                _stop(process)
+                if attempt + 1 < PORT_ATTEMPTS and "already in use" in server.log_tail():
+                    continue
+                raise
+        assert server is not None
         yield server
     finally:
-        _stop(process)
+        if server is not None:
+            _stop(server.process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _wait_ready(server: TritonServer, http_port: int, startup_timeout: float) -> None:
+    deadline = time.monotonic() + startup_timeout
+    while not _ready(http_port):
+        if server.process.poll() is not None:
+            raise TritonServerError(f"tritonserver exited with code {server.process.returncode}:\n{server.log_tail()}")
+        if time.monotonic() > deadline:
+            raise TritonServerError(f"tritonserver not ready after {startup_timeout:.0f} s:\n{server.log_tail()}")
+        time.sleep(0.1)
 
 
 def _stop(process: subprocess.Popen, grace: float = 15.0) -> None:

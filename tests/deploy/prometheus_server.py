@@ -51,44 +51,56 @@ class Prometheus:
         return self.api("query", query=expression)["result"]
 
 
+PORT_ATTEMPTS = 3
+
+
 @contextlib.contextmanager
-def run_prometheus(config: dict[str, Any], workdir: Path, timeout_s: float = 30.0) -> Iterator[Prometheus]:
+def run_prometheus(config: dict[str, Any], workdir: Path, timeout_s: float = 120.0) -> Iterator[Prometheus]:
     """Start `prometheus` with `config` (rule_files are resolved relative to `workdir`)."""
     binary = require_tool("prometheus")
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-    port = free_port()
     log = workdir / "prometheus.log"
-    with log.open("wb") as log_file:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={config_path}",
-                f"--storage.tsdb.path={workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--web.enable-lifecycle",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    # Prometheus cannot report a port 0 it bound: a free port is picked, and if another program
+    # takes it before Prometheus binds it, the start is retried on another.
+    for attempt in range(PORT_ATTEMPTS):
+        port = free_port()
+        with log.open("wb") as log_file:
+            process = subprocess.Popen(
+                [
+                    binary,
+                    f"--config.file={config_path}",
+                    f"--storage.tsdb.path={workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--web.enable-lifecycle",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
         url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-                with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
-                    if response.status == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"prometheus not ready after {timeout_s}s:\n{log.read_text()[-3000:]}")
-                time.sleep(0.2)
-            yield Prometheus(url, log)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                if attempt + 1 < PORT_ATTEMPTS and "address already in use" in log.read_text():
+                    break
+                raise RuntimeError(f"prometheus exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
+                if response.status == 200:
+                    break
+            if time.monotonic() > deadline:
                 process.kill()
                 process.wait()
+                raise TimeoutError(f"prometheus not ready after {timeout_s}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        if process.poll() is None:
+            break
+    try:
+        yield Prometheus(url, log)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -51,7 +51,7 @@ def deploy_config(targets: dict[str, str], workdir: Path) -> dict[str, Any]:
     return config
 
 
-def wait_for(prometheus: Prometheus, expression: str, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+def wait_for(prometheus: Prometheus, expression: str, timeout_s: float = 120.0) -> list[dict[str, Any]]:
     """The query's result once it has a sample with a number (rates are NaN until two scrapes saw a change)."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -104,11 +104,17 @@ def test_prometheus_reads_a_gateway_histogram_back(python_repository: Path, tmp_
         with run_prometheus(deploy_config({"apron-gateway": target}, tmp_path), tmp_path) as prometheus:
             assert wait_for(prometheus, 'up{job="apron-gateway"} == 1')  # scraped before the traffic: rates see it
             gateway_traffic(gateway, calls=5, pause_s=0.6)
-            buckets = wait_for(prometheus, 'apron_rpc_duration_seconds_bucket{method="Recommend",code="OK",le="+Inf"}')
+            # `== 5`: a scrape after the last call (an earlier one may have seen fewer)
+            buckets = wait_for(prometheus, 'apron_rpc_duration_seconds_bucket{method="Recommend",code="OK",le="+Inf"} == 5')
             assert float(buckets[0]["value"][1]) == 5
             hits = wait_for(prometheus, 'apron_profile_cache_requests_total{result="hit"}')
             assert float(hits[0]["value"][1]) >= 1
-            p99 = wait_for(prometheus, 'apron:rpc_p99_seconds:rate5m{method="Recommend"}')  # the recording rule
+            # the recording rule needs two scrapes that saw the count change: traffic until it has a value
+            rule = 'apron:rpc_p99_seconds:rate5m{method="Recommend"}'
+            deadline = time.monotonic() + 120
+            while not (p99 := [r for r in prometheus.query(rule) if not math.isnan(float(r["value"][1]))]):
+                assert time.monotonic() < deadline, f"no value for {rule}:\n{prometheus.log.read_text()[-2000:]}"
+                gateway_traffic(gateway, calls=1, pause_s=0.5)
             assert 0 < float(p99[0]["value"][1]) < 10
 
 
