@@ -111,7 +111,8 @@ async def _measure(repository: Path, case: LiveCase, k: int) -> Controllability:
 
     with RedisProcess() as redis:
         config = ServingConfig(repository=str(repository), build_demo=False, port=0, metrics_port=0,
-                               redis_url=redis.url, backend="onnxruntime", log_format="text", auth=False)  # fmt: skip
+                               redis_url=redis.url, backend="onnxruntime", log_format="text", auth=False,
+                               edit_rate=0.0)  # one client measuring, not a per-user limits test  # fmt: skip
         server, port = await create_server(config)
         await server.start()
         try:
