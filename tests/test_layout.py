@@ -86,6 +86,7 @@ def test_gateway_and_serve_help_import_no_torch() -> None:
         "import sys, contextlib, io\n"
         "import serving.server\n"
         "assert 'torch' not in sys.modules, 'import serving.server loaded torch'\n"
+        "assert not [m for m in sys.modules if m.split('.')[0] == 'training'], 'the gateway image has no training/'\n"
         "import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "    cli.main(['serve', '--help'])\n"
