@@ -3,8 +3,10 @@ cache hit vs miss latency, maximum throughput next to the raw scorer's, p99 at 7
 pyinstrument profile of the gateway's event loop under full load.
 
 The gateway (`serving.server`, in-process ONNX Runtime backend, its private redis-server, auth on)
-runs in its own process so that the load generator does not share its GIL; on a 2-core machine
-both still share the CPU, which the report says.
+runs in its own process. The load generator is a multi-process asyncio gRPC driver
+(`benchmarks.load.run_load`: spawned processes, each an event loop with its own channels, started
+together), so it is not capped by one Python process; on a 2-core machine gateway and load still
+share the CPU, which the report says.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import grpc
 import numpy as np
 import psutil
 
-from benchmarks.load import closed_loop, open_loop
+from benchmarks.load import closed_loop, run_load
 from benchmarks.timing import Timing
 from common.net import free_port
 
@@ -48,6 +50,7 @@ class Settings:
     load_fraction: float
     raw_throughput: float
     profile_if_p99_above_ms: float
+    load_processes: int = 2  # the load generator's processes (each an asyncio loop with its own channels)
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ class CpuUse:
 
     gateway_s: float  # the gateway process, all threads (event loop + ONNX Runtime's)
     redis_s: float  # its private redis-server
-    load_s: float  # the load generator (this process)
+    load_s: float  # the load generator's processes
     wall_s: float
     requests: int
 
@@ -108,6 +111,7 @@ class GatewayResults:
     hotspots: list[Hotspot]  # the gateway's main thread under full load (pyinstrument)
     profiled_s: float
     cpu: CpuUse  # during the batched closed-loop run
+    load_processes: int
 
     @property
     def max_throughput(self) -> float:
@@ -191,27 +195,38 @@ def gateway_process(
 
 
 class Client:
-    """Recommend calls of benchmark users over one channel, with a service token."""
+    """Recommend calls of benchmark users over `channels` connections (requests take turns), with a
+    service token. The same `seed` gives the same users' histories in every process."""
 
-    def __init__(self, address: str, token: str, item_ids: list[str], seed: int = 0):
+    def __init__(self, address: str, token: str, item_ids: list[str], seed: int = 0, channels: int = 1):
         from serving import auth
         from serving.proto_gen.apron.v1 import recommender_pb2 as pb
         from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
         self.pb = pb
-        self.channel = grpc.aio.insecure_channel(address)
-        self.stub = pb_grpc.RecommenderStub(self.channel)
+        # separate subchannel pools: each channel is its own TCP connection (with --workers, the
+        # kernel spreads connections, not calls, over the gateway processes)
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
+        ]
+        self.stubs = [pb_grpc.RecommenderStub(channel) for channel in self.channels]
         self.metadata = auth.bearer_metadata(token)
         self.rng = np.random.default_rng(seed)
         self.item_ids = item_ids
         self.histories = [self.random_history() for _ in range(N_USERS)]
         self.fresh = 0
+        self.sent = 0
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
 
     def random_history(self) -> list[str]:
         return [self.item_ids[i] for i in self.rng.choice(len(self.item_ids), HISTORY_LENGTH, replace=False)]
 
     async def recommend(self, user_id: str, history: list[str], expect_cached: bool | None) -> None:
-        reply = await self.stub.Recommend(
+        self.sent += 1
+        reply = await self.stubs[self.sent % len(self.stubs)].Recommend(
             self.pb.RecommendRequest(user_id=user_id, history=history, k=K), metadata=self.metadata, timeout=30
         )
         if len(reply.items) != K or (expect_cached is not None and reply.profile_from_cache != expect_cached):
@@ -231,6 +246,19 @@ class Client:
             await self.recommend(f"bench-{user}", self.histories[user], expect_cached=None)
 
 
+@dataclass(frozen=True)
+class ClientSource:
+    """Builds a `Client` inside a load process (`benchmarks.load.run_load`: spawned, so picklable)."""
+
+    address: str
+    token: str
+    item_ids: list[str]
+    channels: int = 4
+
+    def open(self) -> Client:
+        return Client(self.address, self.token, self.item_ids, seed=0, channels=self.channels)
+
+
 def run(settings: Settings) -> GatewayResults:
     from export.metadata import metadata_path
     from serving import auth
@@ -244,49 +272,52 @@ def run(settings: Settings) -> GatewayResults:
     max_batch = ServingConfig().max_batch_size
     seconds, clients = settings.seconds, settings.clients
 
-    async def measured_closed_loop(client: Client, gateway: GatewayHandle) -> tuple[Timing, CpuUse]:
-        (gateway0, redis0), load0, start = gateway.cpu_s(), time.process_time(), time.perf_counter()
-        timing = await closed_loop(client.cached, clients, seconds)
-        (gateway1, redis1), load1 = gateway.cpu_s(), time.process_time()
-        # closed_loop's warm-up (same load, not timed) is inside the CPU window: scale it out
-        share = timing.wall_s / (time.perf_counter() - start)
+    processes = settings.load_processes
+
+    def saturate(gateway: GatewayHandle) -> tuple[Timing, CpuUse]:
+        """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
+        source = ClientSource(gateway.address, token, item_ids)
+        (gateway0, redis0), start = gateway.cpu_s(), time.perf_counter()
+        load = run_load(source, "cached", processes, seconds, clients=clients)
+        (gateway1, redis1) = gateway.cpu_s()
+        # the load's start-up and warm-up (same load, not timed) are inside the CPU window: scale them out
+        share = load.timing.wall_s / (time.perf_counter() - start)
         cpu = CpuUse(
-            gateway_s=(gateway1 - gateway0) * share, redis_s=(redis1 - redis0) * share, load_s=(load1 - load0) * share,
-            wall_s=timing.wall_s, requests=timing.calls,
+            gateway_s=(gateway1 - gateway0) * share, redis_s=(redis1 - redis0) * share, load_s=load.cpu_s,
+            wall_s=load.timing.wall_s, requests=load.timing.calls,
         )  # fmt: skip
-        return timing, cpu
+        return load.timing, cpu
 
-    async def batched_phases(gateway: GatewayHandle) -> tuple[Timing, CpuUse, Timing, Timing, Timing, float]:
-        address = gateway.address
-        client = Client(address, token, item_ids)
-        await client.warm()
-        batched, cpu = await measured_closed_loop(client, gateway)
-        hit = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.2)
-        miss = await closed_loop(client.miss, 1, seconds / 2, warmup_s=0.2)
-        rate = settings.load_fraction * batched.throughput
-        at_load = await open_loop(client.cached, rate, seconds)
-        await client.channel.close()
-        return batched, cpu, hit, miss, at_load, rate
-
-    async def saturate(gateway: GatewayHandle) -> Timing:
+    async def warm(gateway: GatewayHandle) -> None:
         client = Client(gateway.address, token, item_ids)
         await client.warm()
-        timing = await closed_loop(client.cached, clients, seconds)
-        await client.channel.close()
-        return timing
+        await client.close()
+
+    async def one_client(gateway: GatewayHandle) -> tuple[Timing, Timing]:
+        client = Client(gateway.address, token, item_ids)
+        hit = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.2)
+        miss = await closed_loop(client.miss, 1, seconds / 2, warmup_s=0.2)
+        await client.close()
+        return hit, miss
 
     with gateway_process(repository, secret, max_batch) as gateway:
-        batched, cpu, hit, miss, at_load, rate = asyncio.run(batched_phases(gateway))
+        asyncio.run(warm(gateway))
+        batched, cpu = saturate(gateway)
+        hit, miss = asyncio.run(one_client(gateway))
+        rate = settings.load_fraction * batched.throughput
+        at_load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate).timing
     with gateway_process(repository, secret, 1) as gateway:
-        unbatched = asyncio.run(saturate(gateway))
+        asyncio.run(warm(gateway))
+        unbatched, _ = saturate(gateway)
     profile = repository.parent / "gateway-profile.json"
     with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
-        asyncio.run(saturate(gateway))
+        asyncio.run(warm(gateway))
+        saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=hit, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction, at_load=at_load,
-        hotspots=hotspots, profiled_s=profiled_s, cpu=cpu,
+        hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes,
     )  # fmt: skip
 
 
@@ -323,8 +354,8 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
     g = results
     lines = [
         f"Gateway (gRPC, {g.n_items:,} items, in-process ONNX Runtime backend, private redis-server, auth on; "
-        f"Recommend with a {HISTORY_LENGTH}-item history and k = {K}; the load generator runs on the same "
-        f"{os.cpu_count()} cores): **{fmt(g.max_throughput, 0)} req/s** at {g.clients} concurrent clients = "
+        f"Recommend with a {HISTORY_LENGTH}-item history and k = {K}; the load generator, a multi-process "
+        f"asyncio gRPC driver ({g.load_processes} processes), runs on the same {os.cpu_count()} cores): **{fmt(g.max_throughput, 0)} req/s** at {g.clients} concurrent clients = "
         f"**{g.max_throughput / raw_throughput:.0%}** of the raw scorer's {fmt(raw_throughput, 0)} rows/s.",
         "",
         f"### Micro-batching on vs off ({g.clients} concurrent clients, cached profiles)",
@@ -352,8 +383,8 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         "",
         f"### Where the CPU goes ({g.clients} clients, cached profiles, {fmt(g.cpu.wall_s)} s)",
         "",
-        "CPU seconds of each process during the micro-batched closed-loop run above (psutil / "
-        "`time.process_time`), per request and as a share of all the machine's cores.",
+        "CPU seconds of each process during the micro-batched closed-loop run above (psutil for the gateway "
+        "and its Redis, `time.process_time` in each load process), per request and as a share of all the machine's cores.",
         "",
         "| process | CPU ms per request | share of the machine's cores |",
         "| --- | ---: | ---: |",
@@ -362,7 +393,7 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
             for name, seconds in (
                 ("gateway (event loop + ONNX Runtime threads)", g.cpu.gateway_s),
                 ("its redis-server", g.cpu.redis_s),
-                (f"load generator ({g.clients} gRPC clients)", g.cpu.load_s),
+                (f"load generator ({g.load_processes} processes, {g.clients} gRPC clients)", g.cpu.load_s),
             )
         ],
         f"| all three | {fmt(g.cpu.ms_per_request(g.cpu.gateway_s + g.cpu.redis_s + g.cpu.load_s), 2)} | {g.cpu.busy:.0%} |",

@@ -1,4 +1,6 @@
-"""Closed- and open-loop load on an async call: the two ways the gateway benchmarks drive traffic.
+"""Closed- and open-loop load on an async call: the two ways the gateway benchmarks drive traffic,
+from one event loop (`closed_loop`, `open_loop`) or from several spawned processes (`run_load`:
+the multi-process asyncio gRPC driver of `make benchmarks`).
 
 Closed loop (`clients` callers, each sending its next request when the last one returns) finds the
 maximum throughput; open loop (requests started at a fixed rate whatever the replies do) measures
@@ -8,8 +10,12 @@ latency at a given load without the coordinated-omission bias of a closed loop.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import queue
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,3 +70,104 @@ async def open_loop(call: Call, rate: float, seconds: float) -> Timing:
 
     latencies = await asyncio.gather(*(one(i) for i in range(n)))
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- many load processes
+
+
+class CallSource(Protocol):
+    """What a load process needs, picklable (processes are spawned): `open()` builds, inside the
+    process's own event loop, an object whose method `method` is the call, and `close` ends it."""
+
+    def open(self) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ProcessLoad:
+    """Load from several processes, each an asyncio loop with its own gRPC channels."""
+
+    timing: Timing  # all processes' latencies; wall time from the common start to the last end
+    cpu_s: float  # CPU seconds the load processes spent during the measured window
+    processes: int
+
+
+def run_load(
+    source: CallSource,
+    method: str,
+    processes: int,
+    seconds: float,
+    *,
+    clients: int = 0,
+    rate: float = 0.0,
+    warmup_s: float = 1.0,
+) -> ProcessLoad:
+    """Closed loop with `clients` callers in all (`rate` 0) or open loop at `rate` requests/s in
+    all, split evenly over `processes` spawned processes that start together (a barrier). One
+    Python process drives at most a few thousand gRPC calls a second: several let the load
+    generator reach beyond the gateway it measures, on a machine with the cores for both."""
+    if (clients > 0) == (rate > 0):
+        raise ValueError("give clients (closed loop) or rate (open loop), not both")
+    processes = max(1, min(processes, clients) if clients else processes)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    start = context.Barrier(processes)
+    shares = [clients // processes + (i < clients % processes) for i in range(processes)] if clients else [0] * processes
+    workers = [
+        context.Process(
+            target=_load_process,
+            args=(source, method, shares[i], rate / processes, seconds, warmup_s, start, results),
+            name=f"apron-load-{i}",
+        )
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        parts = []
+        deadline = time.monotonic() + seconds + warmup_s + 300  # spawning and importing take a while
+        while len(parts) < len(workers):
+            try:
+                parts.append(results.get(timeout=1.0))
+            except queue.Empty:
+                failed = [w for w in workers if w.exitcode not in (None, 0)]
+                if failed or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"load process {failed[0].name} exited with {failed[0].exitcode}" if failed else "load processes hung"
+                    ) from None
+    finally:
+        for worker in workers:
+            worker.join(60)
+            if worker.is_alive():
+                worker.kill()
+    errors = [part for part in parts if isinstance(part, str)]
+    if errors:
+        raise RuntimeError(f"a load process failed: {errors[0]}")
+    latencies = np.concatenate([part[0] for part in parts])
+    wall_s = max(part[1] for part in parts)
+    return ProcessLoad(Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes)
+
+
+def _load_process(
+    source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any, results: Any
+) -> None:
+    try:
+        results.put(asyncio.run(_load(source, method, clients, rate, seconds, warmup_s, start)))
+    except Exception as error:  # reported to the parent, which raises
+        results.put(f"{type(error).__name__}: {error}")
+
+
+async def _load(
+    source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
+) -> tuple[np.ndarray, float, float]:
+    opened = source.open()
+    call = getattr(opened, method)
+    await asyncio.to_thread(start.wait)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if clients:
+        timing = await closed_loop(call, clients, seconds, warmup_s)
+    else:
+        timing = await open_loop(call, rate, seconds)
+    # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
+    cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
+    await opened.close()
+    return timing.latencies_s, timing.wall_s, cpu_s
