@@ -36,6 +36,7 @@ from benchmarks.timing import Timing
 from common.net import free_port
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
+STARTUP_FUNCTIONS = ("<module>", "create_server", "load_model", "start")  # before serving (server.py), imports
 HISTORY_LENGTH = 50
 N_USERS = 256
 K = 10
@@ -321,24 +322,38 @@ def run(settings: Settings) -> GatewayResults:
     )  # fmt: skip
 
 
+def is_idle(function: str, location: str) -> bool:
+    """The event loop waiting in its selector (pyinstrument names the C call, or, for time inside it,
+    `[self]` of selectors.py)."""
+    return function in IDLE_FUNCTIONS or (function == "[self]" and location.startswith("selectors.py"))
+
+
 def hotspots_from(profile: Path, top: int = 10) -> tuple[list[Hotspot], float]:
     """Self time per function from pyinstrument's JSON tree (the gateway's main thread, which runs
-    the event loop: gRPC, protobuf, Redis, edits, batching; ONNX Runtime's own threads are not in it)."""
+    the event loop: gRPC, protobuf, Redis, edits, batching; ONNX Runtime's own threads are not in it).
+    Start-up (imports, building the server, loading and warming the model) is left out: the table
+    is about serving."""
     root = json.loads(profile.read_text())["root_frame"]
     self_time: dict[tuple[str, str], float] = defaultdict(float)
+    startup = 0.0
 
     def walk(frame: dict) -> None:
+        nonlocal startup
+        function = frame.get("function", "?")
+        if function in STARTUP_FUNCTIONS and frame is not root:  # the root is the entry script's <module>
+            startup += frame["time"]
+            return
         children = frame.get("children", [])
         own = frame["time"] - sum(child["time"] for child in children)
-        key = (frame.get("function", "?"), f"{frame.get('file_path_short', '?')}:{frame.get('line_no', '?')}")
+        key = (function, f"{frame.get('file_path_short', '?')}:{frame.get('line_no', '?')}")
         self_time[key] += max(own, 0.0)
         for child in children:
             walk(child)
 
     walk(root)
-    total = root["time"]
-    idle = sum(t for (function, _), t in self_time.items() if function in IDLE_FUNCTIONS)
-    ranked = sorted(((key, t) for key, t in self_time.items() if key[0] not in IDLE_FUNCTIONS), key=lambda kv: -kv[1])
+    total = root["time"] - startup
+    idle = sum(t for key, t in self_time.items() if is_idle(*key))
+    ranked = sorted(((key, t) for key, t in self_time.items() if not is_idle(*key)), key=lambda kv: -kv[1])
     hotspots = [Hotspot("(event loop idle: waiting for I/O or inference threads)", "selector", idle, idle / total)]
     return hotspots + [Hotspot(f, loc, t, t / total) for (f, loc), t in ranked[:top]], total
 
@@ -398,7 +413,8 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         ],
         f"| all three | {fmt(g.cpu.ms_per_request(g.cpu.gateway_s + g.cpu.redis_s + g.cpu.load_s), 2)} | {g.cpu.busy:.0%} |",
         "",
-        f"### Where the gateway's time goes (pyinstrument, {g.clients} clients, {fmt(g.profiled_s)} s of the main thread)",
+        f"### Where the gateway's time goes (pyinstrument, {g.clients} clients, {fmt(g.profiled_s)} s of the main thread "
+        "after start-up)",
         "",
         "Self time per function on the gateway's event-loop thread; ONNX Runtime's inference runs in its "
         "own threads and shows up here only as the time the loop waits.",
