@@ -60,10 +60,11 @@ class RedisWatch:
         self.on_change = on_change  # called with True (Redis answers) / False (it does not)
         self.interval_s = interval_s
         self.up: bool | None = None  # unknown until the first check
+        self._closing = asyncio.Event()
 
     async def check(self) -> bool:
         """One round: restart a dead private server, PING, report a change. Whether Redis answers."""
-        if self.process is not None and not self.process.running():
+        if self.process is not None and not self.process.running() and not self._closing.is_set():
             code = self.process.process.returncode if self.process.process is not None else None
             log.error("the private redis-server died (exit code %s): restarting it", code)
             await self._report(False)
@@ -81,6 +82,8 @@ class RedisWatch:
         return up
 
     async def _report(self, up: bool) -> None:
+        if self._closing.is_set():  # the gateway is stopping: health is its to set now
+            return
         if up != self.up:
             self.up = up
             if not up:
@@ -88,7 +91,16 @@ class RedisWatch:
             await self.on_change(up)
 
     async def run(self) -> None:
-        """Check every `interval_s` until cancelled."""
-        while True:
-            await asyncio.sleep(self.interval_s)
-            await self.check()
+        """Check every `interval_s` until `close()`."""
+        while not self._closing.is_set():
+            try:  # the wait ends early on close(): no cancellation needed (redis-py may swallow one)
+                await asyncio.wait_for(self._closing.wait(), self.interval_s)
+            except TimeoutError:
+                await self.check()
+
+    async def close(self, task: asyncio.Task, timeout_s: float = 5.0) -> None:
+        """Stop `task` (running `run()`): ask, wait for it, cancel only if it does not end."""
+        self._closing.set()
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            task.cancel()

@@ -112,10 +112,8 @@ class ApronServer:
         calls finish for `grace` seconds (new ones are refused), then close the backend, Redis and
         the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
-        if self._watch_task is not None:  # first: nothing may set SERVING again, or restart Redis
-            self._watch_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch_task
+        if self._watch_task is not None and self.redis_watch is not None:  # first: nothing may set
+            await self.redis_watch.close(self._watch_task)  # SERVING again, or restart Redis
             self._watch_task = None
         await self.health.enter_graceful_shutdown()
         if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
