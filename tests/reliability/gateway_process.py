@@ -74,7 +74,8 @@ def run_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120
 
 def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> GatewayProcess:
     """A started `apron serve` (the caller stops it: `terminate()`), SERVING."""
-    command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", *args]
+    # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine (ARGS may lower it)
+    command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=log_dir, prefix="gateway-", suffix=".log")
     os.close(fd)

@@ -37,8 +37,9 @@ def gateway_args(repository: Path, tokens: Tokens, *extra: str) -> list[str]:
 async def load(target: str, tokens: Tokens, repository: Path, main_tags) -> tuple[EditAudit, RecommendLoad]:
     token = auth.mint_token(tokens.secret, "faults", auth.Role.SERVICE)
     history = liked_history(main_tags, 0, 1)
-    audit = EditAudit(target, token, ServedModel.load(repository).metadata.tag_names, history)
-    readers = RecommendLoad(target, token, history)
+    # client deadlines far beyond any call on a loaded machine: a failure here is a real one
+    audit = EditAudit(target, token, ServedModel.load(repository).metadata.tag_names, history, timeout_s=120)
+    readers = RecommendLoad(target, token, history, timeout_s=120)
     await audit.start()
     await readers.start()
     return audit, readers

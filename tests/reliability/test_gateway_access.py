@@ -220,7 +220,8 @@ async def test_load_shedding_answers_resource_exhausted_with_retry_after(python_
     """At --max-concurrent-rpcs calls at once the next is shed (not queued); a per-user Recommend
     rate is charged only after validation. Held calls, not timing, make the gateway busy."""
     config = gateway_config(
-        python_repository, redis_server.url, max_concurrent_rpcs=2, recommend_rate=0.001, recommend_burst=2
+        python_repository, redis_server.url, max_concurrent_rpcs=2, recommend_rate=0.001, recommend_burst=2,
+        request_timeout_s=600.0,  # held calls must not hit the server's own deadline on a slow machine
     )
     history = liked_history(main_tags, 0, 1)
     async with running_gateway(config) as gateway:

@@ -99,6 +99,7 @@ def gateway_config(repository: Path, redis_url: str, backend: str = "onnxruntime
         backend=backend,
         log_format="text",
         auth=False,  # tokens and roles are tested in tests/reliability
+        request_timeout_s=120.0,  # the server's own deadline: far beyond any call on a loaded CI machine
     )
     if triton_url:
         overrides["triton_url"] = triton_url

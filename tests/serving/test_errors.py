@@ -182,7 +182,8 @@ async def test_health_and_reflection(ort_gateway: Gateway) -> None:
 
 
 async def test_shutdown_drains_in_flight_calls(ort_config: ServingConfig, main_tags: np.ndarray, user_id: str) -> None:
-    async with running_gateway(ort_config) as gateway:
+    # the server's own deadline far beyond the test's waits: a held call must not time out on a slow machine
+    async with running_gateway(dataclasses.replace(ort_config, request_timeout_s=600.0)) as gateway:
         # Hold every Recommend inside the scorer until released: the calls are certainly in flight
         # when the stop begins, whatever the machine's speed.
         release, scorer = asyncio.Event(), gateway.server.scorer
