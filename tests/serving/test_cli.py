@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def apron(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=60, **kwargs
+        [sys.executable, str(ROOT / "cli.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=300, **kwargs
     )
 
 
@@ -31,7 +31,7 @@ def served(python_repository: Path, tmp_path: Path):  # noqa: F811
         [sys.executable, str(ROOT / "cli.py"), "serve", "--repository", str(python_repository), "--port", "0", "--metrics-port", "0", "--no-build-demo"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    target, deadline = None, time.monotonic() + 60
+    target, deadline = None, time.monotonic() + 300  # a condition: ends once the banner is printed
     while target is None and time.monotonic() < deadline:
         line = process.stdout.readline()
         if not line and process.poll() is not None:
