@@ -190,25 +190,34 @@ def apron_command() -> str:
 
 
 def try_it_lines(
-    address: str, tag_names: list[str], prototype_item_ids: list[str], token: str | None, auth: bool, apron: str = "apron"
+    address: str,
+    tag_names: list[str],
+    prototype_item_ids: list[str],
+    token: str | None,
+    auth: bool,
+    apron: str = "apron",
+    tls: bool = False,
 ) -> list[str]:
     """Commands that work exactly as printed against the gateway at `address`: a list for a
     history of the three most used tags' prototype items, an edit that removes the first of
     those tags, and the list again, which the edit changes (tests/serving/test_demo.py runs them).
     `apron client` finds a token itself (APRON_TOKEN, else one minted from the development secret);
-    grpcurl is given the development `token` when there is one, else $APRON_TOKEN."""
+    grpcurl is given the development `token` when there is one, else $APRON_TOKEN. With `tls` the
+    lines trust the CA in $APRON_TLS_CA (the gateway knows its certificate, not who signed it)."""
     history = " ".join(f"--history {item}" for item in prototype_item_ids[:3])
     tag = tag_names[0]
     tag_arg = shlex.quote(tag)  # "female vocalists" is one shell word
     header = ""
     if auth:
         header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" '
+    client = f"{apron} client --target {address}" + (' --tls-ca "$APRON_TLS_CA"' if tls else "")
+    transport = '-cacert "$APRON_TLS_CA"' if tls else "-plaintext"
     return [
-        f"{apron} client --target {address} prototypes",
-        f"{apron} client --target {address} recommend --user alice {history} --k 10",
-        f"{apron} client --target {address} edit --user alice --scale {tag_arg}=0",
-        f"{apron} client --target {address} recommend --user alice --k 10",
-        f"grpcurl -plaintext {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+        f"{client} prototypes",
+        f"{client} recommend --user alice {history} --k 10",
+        f"{client} edit --user alice --scale {tag_arg}=0",
+        f"{client} recommend --user alice --k 10",
+        f"grpcurl {transport} {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
     ]
 
 
@@ -219,7 +228,10 @@ def usage_hint(
     meta = model.metadata
     address = f"{config.host}:{port}"
     metrics = f"http://{config.host}:{metrics_port}/metrics" if metrics_port else "off"
-    lines = try_it_lines(address, meta.tag_names, meta.prototype_item_ids, service_token, config.auth, apron_command())
+    tls = bool(config.tls_cert)
+    lines = try_it_lines(address, meta.tag_names, meta.prototype_item_ids, service_token, config.auth, apron_command(), tls)
+    if tls:
+        lines.insert(0, "export APRON_TLS_CA=<the PEM CA that signed --tls-cert>   # the gateway speaks TLS")
     return "\n".join(
         [
             f"APRON gateway on {address} (model version {meta.model_version}, {backend} backend, "

@@ -14,29 +14,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from export.demo import DemoSettings, build_demo_repository, demo_dataset_dir, lastfm_copy
+from export.demo import lastfm_copy
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from serving.redis_process import RedisProcess
-from tests.serving.conftest import gateway_config, running_gateway
-from training.data.dataset import ProcessedDataset
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-async def test_demo_repository_is_built_and_served(tmp_path: Path, redis_server: RedisProcess) -> None:
-    repository = build_demo_repository(tmp_path / "model_repository", DemoSettings(dataset="synthetic", n_items=300, n_users=600, n_tags=8, epochs=2))
-    assert (repository / "apron_metadata.json").is_file()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
-    demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
-    assert demo_data.item_ids == json.loads((repository / "apron_metadata.json").read_text())["item_ids"]
-    async with running_gateway(gateway_config(repository, redis_server.url)) as gateway:
-        prototypes = await gateway.stub.ListPrototypes(pb.ListPrototypesRequest())
-        assert len(prototypes.prototypes) == 8
-        history = [p.item_id for p in prototypes.prototypes[:3]]
-        response = await gateway.stub.Recommend(pb.RecommendRequest(user_id="demo", history=history, k=10))
-        assert len(response.items) == 10 and not {i.item_id for i in response.items} & set(history)
 
 
 def apron_executable() -> list[str]:
@@ -140,10 +121,12 @@ def test_try_it_lines_without_a_development_token_or_auth() -> None:
     assert "authorization" not in try_it_lines("h:1", tags, items, None, auth=False)[4]
 
 
-def test_demo_dataset_choice() -> None:
-    from export.demo import resolve_dataset
 
-    assert resolve_dataset("auto") == ("lastfm-2k" if lastfm_copy() else "synthetic")
-    assert resolve_dataset("synthetic") == "synthetic" and resolve_dataset("lastfm-2k") == "lastfm-2k"
-    with pytest.raises(ValueError, match="demo dataset must be one of auto, lastfm-2k, synthetic"):
-        DemoSettings(dataset="msd")
+def test_try_it_lines_speak_tls_when_the_gateway_does() -> None:
+    from serving.server import try_it_lines
+
+    tags, items = ["rock", "80s", "jazz"], ["1", "2", "3"]
+    lines = try_it_lines("gw:50051", tags, items, None, auth=True, tls=True)
+    assert all('--tls-ca "$APRON_TLS_CA"' in line for line in lines[:4]), lines
+    assert lines[4].startswith('grpcurl -cacert "$APRON_TLS_CA" ') and "-plaintext" not in lines[4]
+    assert all("--tls-ca" not in line for line in try_it_lines("gw:1", tags, items, None, auth=True))

@@ -1,0 +1,38 @@
+"""export/demo.py: the demo model repository `apron serve` builds when it has none."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from export.demo import DemoSettings, build_demo_repository, demo_dataset_dir, lastfm_copy
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.redis_process import RedisProcess
+from tests.serving.conftest import gateway_config, running_gateway
+from training.data.dataset import ProcessedDataset
+
+
+async def test_demo_repository_is_built_and_served(tmp_path: Path) -> None:
+    repository = build_demo_repository(tmp_path / "model_repository", DemoSettings(dataset="synthetic", n_items=300, n_users=600, n_tags=8, epochs=2))
+    assert (repository / "apron_metadata.json").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
+    demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
+    assert demo_data.item_ids == json.loads((repository / "apron_metadata.json").read_text())["item_ids"]
+    with RedisProcess() as redis_server:
+        async with running_gateway(gateway_config(repository, redis_server.url)) as gateway:
+            prototypes = await gateway.stub.ListPrototypes(pb.ListPrototypesRequest())
+            assert len(prototypes.prototypes) == 8
+            history = [p.item_id for p in prototypes.prototypes[:3]]
+            response = await gateway.stub.Recommend(pb.RecommendRequest(user_id="demo", history=history, k=10))
+            assert len(response.items) == 10 and not {i.item_id for i in response.items} & set(history)
+
+
+def test_demo_dataset_choice() -> None:
+    from export.demo import resolve_dataset
+
+    assert resolve_dataset("auto") == ("lastfm-2k" if lastfm_copy() else "synthetic")
+    assert resolve_dataset("synthetic") == "synthetic" and resolve_dataset("lastfm-2k") == "lastfm-2k"
+    with pytest.raises(ValueError, match="demo dataset must be one of auto, lastfm-2k, synthetic"):
+        DemoSettings(dataset="msd")
