@@ -34,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -62,23 +63,43 @@ class Writer:
     failures: list[tuple[float, float, str]] = field(default_factory=list)  # (start, end, code)
 
 
-class EditAudit:
+class _ClientLoop:
+    """Tasks calling the gateway back to back over one channel until `stop()` (the subclass's
+    `_tasks_for(stub)` says which)."""
+
+    def __init__(self, target: str, token: str, timeout_s: float):
+        self.target, self.timeout_s = target, timeout_s
+        self.metadata = auth.bearer_metadata(token)
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self.channel: grpc.aio.Channel | None = None
+
+    def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        self._tasks = [asyncio.create_task(call) for call in self._tasks_for(pb_grpc.RecommenderStub(self.channel))]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+        if self.channel is not None:
+            await self.channel.close()
+
+
+class EditAudit(_ClientLoop):
     """`n` writers storing distinct, growing scales, back to back, until `stop()`."""
 
     def __init__(
         self, target: str, token: str, tags: Sequence[str], history: Sequence[str], n: int = 6, timeout_s: float = 10.0
     ):
-        self.target, self.timeout_s, self.history = target, timeout_s, list(history)
-        self.metadata = auth.bearer_metadata(token)
+        super().__init__(target, token, timeout_s)
+        self.history = list(history)
         self.writers = [Writer(f"audit-{i % 3}", tags[i % len(tags)]) for i in range(n)]
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self.channel: grpc.aio.Channel | None = None
 
-    async def start(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
-        stub = pb_grpc.RecommenderStub(self.channel)
-        self._tasks = [asyncio.create_task(self._write(stub, writer)) for writer in self.writers]
+    def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
+        return [self._write(stub, writer) for writer in self.writers]
 
     async def _write(self, stub: pb_grpc.RecommenderStub, writer: Writer) -> None:
         step = 0
@@ -95,12 +116,6 @@ class EditAudit:
                 await asyncio.sleep(0.05)
             else:
                 writer.acknowledged.append(scale)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        if self.channel is not None:
-            await self.channel.close()
 
     def acknowledged(self) -> int:
         return sum(len(w.acknowledged) for w in self.writers)
@@ -131,21 +146,16 @@ class EditAudit:
         return sum(len(w.failures) for w in self.writers)
 
 
-class RecommendLoad:
+class RecommendLoad(_ClientLoop):
     """`n` clients calling Recommend (with a history) back to back until `stop()`; every status kept."""
 
     def __init__(self, target: str, token: str, history: Sequence[str], n: int = 4, timeout_s: float = 10.0):
-        self.target, self.history, self.n, self.timeout_s = target, list(history), n, timeout_s
-        self.metadata = auth.bearer_metadata(token)
+        super().__init__(target, token, timeout_s)
+        self.history, self.n = list(history), n
         self.codes: list[str] = []
-        self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self.channel: grpc.aio.Channel | None = None
 
-    async def start(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
-        stub = pb_grpc.RecommenderStub(self.channel)
-        self._tasks = [asyncio.create_task(self._call(stub, i)) for i in range(self.n)]
+    def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
+        return [self._call(stub, i) for i in range(self.n)]
 
     async def _call(self, stub: pb_grpc.RecommenderStub, i: int) -> None:
         request = pb.RecommendRequest(user_id=f"reader-{i}", history=self.history, k=5)
@@ -155,12 +165,6 @@ class RecommendLoad:
                 self.codes.append("OK")
             except grpc.aio.AioRpcError as error:
                 self.codes.append(error.code().name)
-
-    async def stop(self) -> None:
-        self._stop.set()
-        await asyncio.gather(*self._tasks)
-        if self.channel is not None:
-            await self.channel.close()
 
 
 # ----------------------------------------------------------------------------- processes
