@@ -47,6 +47,24 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
     return ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
 
 
+def run_bound(session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """`session.run` through an IO binding: the inputs are copied to the session's device once and
+    the outputs are allocated by ONNX Runtime on the host, so on the CUDA provider only the small
+    (B, K_MAX) top-k tensors come back and no output is first materialised on the device and then
+    copied by a second, implicit synchronisation. On the CPU provider it equals `session.run`."""
+    binding = session.io_binding()
+    for name, array in feeds.items():
+        binding.bind_cpu_input(name, np.ascontiguousarray(array))
+    for name in outputs:
+        binding.bind_output(name, "cpu")
+    session.run_with_iobinding(binding)
+    return binding.copy_outputs_to_cpu()
+
+
+def _run_plain(session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session.run(outputs, feeds)
+
+
 class OnnxRuntimeScorer(BatchedScorer):
     backend = "onnxruntime"
 
@@ -62,6 +80,9 @@ class OnnxRuntimeScorer(BatchedScorer):
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session
+        # the CUDA provider runs through IO bindings (one host<->device copy each way per batch)
+        on_cuda = scorer_session.get_providers()[0] == "CUDAExecutionProvider"
+        self._run = run_bound if on_cuda else _run_plain
         super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
 
     @classmethod
@@ -83,15 +104,19 @@ class OnnxRuntimeScorer(BatchedScorer):
     # Run in the batchers' worker threads: one ONNX Runtime call per batch.
     def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:
         ids, ends = contract.ragged_batch(histories)  # (T_total,), (B,)
-        weights, lengths = self.profile_session.run(
-            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH], {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
+        weights, lengths = self._run(
+            self.profile_session,
+            [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH],
+            {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends},
         )  # (B, H, K), (B, 1)
         return [(weights[i], int(lengths[i, 0])) for i in range(len(histories))]
 
     def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         weights = np.stack([w for w, _ in requests]).astype(np.float32, copy=False)  # (B, H, K)
         exclude = pad_rows([e for _, e in requests])  # (B, E)
-        top_ids, top_scores = self.scorer_session.run(
-            [contract.TOP_IDS, contract.TOP_SCORES], {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        top_ids, top_scores = self._run(
+            self.scorer_session,
+            [contract.TOP_IDS, contract.TOP_SCORES],
+            {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude},
         )  # (B, K_MAX) each
         return [(top_ids[i], top_scores[i]) for i in range(len(requests))]

@@ -42,3 +42,24 @@ def test_default_threads_leave_a_core_to_the_event_loop(identity_model: Path) ->
     cores = len(os.sched_getaffinity(0))
     options = load_session(identity_model).get_session_options()
     assert options.intra_op_num_threads == max(1, cores - 1)
+
+
+def test_io_bound_runs_answer_as_plain_runs(python_repository: Path) -> None:
+    """The IO-binding path (`run_bound`, what the CUDA provider uses) gives exactly `session.run`'s
+    arrays for both served graphs, ragged histories and padded exclusions included."""
+    from export import contract
+    from serving.backends.onnxruntime import onnx_path, run_bound
+    from serving.catalog import ServedModel
+
+    version = ServedModel.load(python_repository).version
+    profile, scorer = (load_session(onnx_path(python_repository, name, version)) for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL))
+    ids, ends = contract.ragged_batch([np.array([1, 2, 2, 7]), np.array([], np.int64), np.array([3])])
+    feeds = {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
+    outputs = [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH]
+    for bound, plain in zip(run_bound(profile, outputs, feeds), profile.run(outputs, feeds), strict=True):
+        np.testing.assert_array_equal(bound, plain)
+    weights = profile.run([contract.PROFILE_WEIGHTS], feeds)[0]
+    feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: np.array([[1, 2], [-1, -1], [3, -1]], np.int64)}
+    outputs = [contract.TOP_IDS, contract.TOP_SCORES]
+    for bound, plain in zip(run_bound(scorer, outputs, feeds), scorer.run(outputs, feeds), strict=True):
+        np.testing.assert_array_equal(bound, plain)
