@@ -577,8 +577,8 @@ def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
             base_pct = aggregate(base_rows, "pct_delta@20")
             keeps = ndcg.mean >= base.mean - SWEEP_NDCG_SLACK
             gain = pct.mean - base_pct.mean if pct and base_pct else float("nan")
-            verdict = ("worked" if keeps and gain >= 5 else "failed: accuracy fell" if not keeps
-                       else "failed: %Δ@20 moved < 5 points")  # fmt: skip
+            verdict = (f"helped (%Δ@20 {gain:+.1f} points, accuracy kept)" if keeps and gain >= 5
+                       else "failed: accuracy fell" if not keeps else "failed: %Δ@20 moved < 5 points")  # fmt: skip
             lines.append(
                 f"- {features}, {variant.label}: val NDCG@100 {ndcg.mean:.4f} (tuned {base.mean:.4f}), val %Δ@20 "
                 f"{_fmt(pct.mean if pct else None, 1)} (tuned {_fmt(base_pct.mean if base_pct else None, 1)}): {verdict}."
