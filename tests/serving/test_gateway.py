@@ -14,6 +14,7 @@ import pytest
 
 from serving.cache import edits_key, profile_key
 from serving.config import ServingConfig
+from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.serving.conftest import IN_PROCESS, Gateway, item_index, liked_history, running_gateway
 
@@ -214,3 +215,32 @@ async def test_both_backends_give_the_same_answers(
             np.testing.assert_allclose(
                 [w.weight for w in ort.profile.weights], [w.weight for w in other.profile.weights], atol=1e-6
             )
+
+
+async def test_a_full_batch_queue_answers_resource_exhausted_with_retry_after(
+    ort_config: ServingConfig, main_tags: np.ndarray, user_id: str
+) -> None:
+    # One place in the profile graph's queue, and a batch of two that waits (far longer than the
+    # test) for its second request: the first request to reach the batcher holds the place, the
+    # other is refused at once, whichever order they arrive in.
+    config = dataclasses.replace(
+        ort_config, max_batch_size=2, max_queue=1, max_batch_wait_ms=600_000.0, request_timeout_s=600.0
+    )
+    async with running_gateway(config) as gateway:
+        calls = [
+            gateway.stub.Recommend(
+                pb.RecommendRequest(user_id=f"{user_id}-{u}", history=liked_history(main_tags, u, u + 1), k=3)
+            )
+            for u in range(2)
+        ]
+        tasks = [asyncio.ensure_future(call.code()) for call in calls]
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        (refused,) = [calls[tasks.index(task)] for task in done]
+        assert await refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-queue 1" in await refused.details()
+        retry_after_ms = dict(await refused.trailing_metadata())[RETRY_AFTER_KEY]
+        assert int(retry_after_ms) >= 1
+        assert len(pending) == 1  # the other still waits in the batcher
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
