@@ -158,6 +158,8 @@ def gateway_process(
     settings = {
         "repository": repository, "port": port, "metrics_port": -1, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
+        # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
+        "redis_dir": "", "redis_aof": "false",
     }  # fmt: skip
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
