@@ -28,7 +28,7 @@ from serving.cache import (
 from serving.config import ServingConfig
 from serving.edits import EditSpec
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from serving.redis_process import RedisProcess
+from serving.redis_process import RedisProcess, RedisServerError
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 SLOTS = 16384
@@ -55,6 +55,25 @@ def cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+def start_cluster_node(data: Path, args: tuple[str, ...], attempts: int = 5) -> RedisProcess:
+    """A cluster node on a checked-free port pair. The pair cannot be held while redis-server binds
+    it, so a node that lost its port to another process (it exits, or a foreign server answers the
+    PING: the pid tells) is started again on another pair."""
+    for attempt in range(attempts):
+        node = RedisProcess(port=cluster_port(), data_dir=data, extra_args=args)
+        try:
+            node.start()
+        except RedisServerError:
+            if attempt == attempts - 1:
+                raise
+            continue
+        with redis.Redis(port=node.port) as client:
+            if client.info("server")["process_id"] == node.pid:
+                return node
+        node.stop(remove_data=False)
+    raise RedisServerError(f"no cluster node started on a free port pair in {attempts} attempts")
+
+
 @pytest.fixture(scope="module")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisProcess]]:
     """Three cluster-enabled redis-servers, each owning a third of the slots, in state ok."""
@@ -63,7 +82,9 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Red
         for i in range(NODES):
             data = tmp_path_factory.mktemp(f"cluster-node-{i}")
             args = ("--cluster-enabled", "yes", "--cluster-config-file", str(data / "nodes.conf"))
-            nodes.append(stack.enter_context(RedisProcess(port=cluster_port(), data_dir=data, extra_args=args)))
+            node = start_cluster_node(data, args)
+            stack.callback(node.stop)
+            nodes.append(node)
         clients = [redis.Redis(port=node.port) for node in nodes]
         for i, client in enumerate(clients):
             client.execute_command("CLUSTER ADDSLOTS", *range(i * SLOTS // NODES, (i + 1) * SLOTS // NODES))
