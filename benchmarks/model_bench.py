@@ -162,6 +162,26 @@ def bench_profile_scaling(
     return ProfileScaling(history_length, timings)
 
 
+def bench_profile_batches(
+    n_items: int = 40_940, batches: Iterable[int] = (1, 32, 256), min_seconds: float = 1.0, history_length: int = 50
+) -> dict[int, Timing]:
+    """The exported profile graph at the gateway's batch sizes (random table of the served width,
+    `history_length` distinct ids per row): how the per-row sums scale with the batch."""
+    from benchmarks.gpu_scorer import random_served
+    from export.onnx_export import trace_graph
+
+    profile, _ = random_served(n_items, 1, seed=0)
+    io_specs = contract.model_io(profile.n_heads, profile.n_prototypes, 1, 1)
+    example = (torch.tensor([0, 1, 2, 1]), torch.tensor([2, 2, 4], dtype=torch.int32))
+    sess = session(trace_graph(contract.PROFILE_MODEL, profile.eval(), example, io_specs))
+    rng = np.random.default_rng(0)
+    timings = {}
+    for batch in batches:
+        feeds = profile_feeds(full_histories(n_items, batch, history_length, rng))
+        timings[batch] = time_calls(lambda f=feeds: sess.run(None, f), batch, min_seconds)
+    return timings
+
+
 def bench_torch_vs_ort(
     n_items: int, batches: Iterable[int], min_seconds: float, history_length: int = 50
 ) -> dict[str, Timing]:
@@ -196,6 +216,9 @@ def main() -> int:
         print(f"  {n_items:>7} items: p50 {timing.p50_ms:.3f} ms")
     ratio = scaling.ratio(max(scaling.timings), min(scaling.timings))
     print(f"  {max(scaling.timings)} / {min(scaling.timings)} items: {ratio:.2f}x (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+    print("apron_profile, ONNX Runtime, 40,940 items, 50-item histories, by batch size")
+    for batch, timing in bench_profile_batches().items():
+        print(f"  batch {batch:>4}: p50 {timing.p50_ms:.2f} ms, {timing.throughput:.0f} rows/s")
     print("scorer, 40,940 items, fp32 CPU: ONNX Runtime vs torch backend")
     for name, timing in bench_torch_vs_ort(40_940, (1, 32), 1.0).items():
         print(f"  {name:>16}: p50 {timing.p50_ms:.2f} ms, {timing.throughput:.0f} rows/s")

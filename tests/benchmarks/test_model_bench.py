@@ -7,7 +7,7 @@ import json
 import pytest
 
 from benchmarks import gpu_scorer
-from benchmarks.model_bench import bench_profile_scaling, bench_torch_vs_ort
+from benchmarks.model_bench import bench_profile_batches, bench_profile_scaling, bench_torch_vs_ort
 
 
 def test_gpu_scorer_smoke_test_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
@@ -23,5 +23,7 @@ def test_gpu_scorer_smoke_test_on_cpu(capsys: pytest.CaptureFixture[str]) -> Non
 def test_profile_scaling_and_backends_report_every_shape() -> None:
     scaling = bench_profile_scaling((200, 3000), min_seconds=0.01, history_length=20)
     assert set(scaling.timings) == {200, 3000} and scaling.ratio(3000, 200) > 0
+    batches = bench_profile_batches(500, (1, 4), min_seconds=0.01, history_length=10)
+    assert set(batches) == {1, 4} and all(t.throughput > 0 for t in batches.values())
     timings = bench_torch_vs_ort(300, (1, 2), min_seconds=0.01, history_length=10)
     assert set(timings) == {"onnxruntime/b1", "torch/b1", "onnxruntime/b2", "torch/b2"}
