@@ -14,7 +14,7 @@ from training.data.prototypes import main_tags
 from training.data.raw import DataError, DataWarning
 from training.data.splits import FilterConfig, SplitConfig
 
-LASTFM = Path(__file__).parents[2].parent / "shared" / "data" / "lastfm-2k"
+LASTFM = Path(__file__).parents[3].parent / "shared" / "data" / "lastfm-2k"
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def hetrec_zip(tmp_path: Path) -> tuple[Path, str]:
     if all((SHARED / name).is_file() for name in LASTFM_FILES):
         source = SHARED
     else:  # a machine without ../shared: the loader tests' small directory
-        from tests.training.test_data_lastfm import write_lastfm
+        from tests.training.data.test_lastfm import write_lastfm
 
         source = write_lastfm(tmp_path / "small")
     path = tmp_path / "served" / "hetrec2011-lastfm-2k.zip"

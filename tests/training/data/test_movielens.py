@@ -10,7 +10,7 @@ from training.data.movielens import DEFAULT_FILTERS, detect_layout, load_moviele
 from training.data.raw import DataError, DataWarning
 from training.data.splits import SplitConfig
 
-ML1M = Path(__file__).parents[2].parent / "shared" / "data" / "ml-1m-implicit"
+ML1M = Path(__file__).parents[3].parent / "shared" / "data" / "ml-1m-implicit"
 
 
 def test_real_ml1m_implicit_matches_the_data_readme() -> None:
