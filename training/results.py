@@ -7,8 +7,11 @@ Three parts, each runnable alone (so they can run in the background while others
     python -m training.results --part sweep     --seeds 0       # APRON options on lastfm-2k, VALIDATION users
     python -m training.results --report-only                    # RESULTS.md from the saved runs
 
-Every (part, dataset, row, seed) writes one JSON under `artifacts/results/runs/` and is skipped
-when that JSON exists (`--force` reruns it), so an interrupted run resumes and parts add up.
+Every (part, dataset, row, seed) writes one JSON record under `docs/results/runs/` (committed: it
+is the measurement RESULTS.md is assembled from, so a later session adds seeds or rows instead of
+retraining everything) and is skipped when that JSON exists (`--force` reruns it), so an
+interrupted run resumes and parts add up. Checkpoints stay under `artifacts/results/` (built, not
+committed).
 RESULTS.md is assembled from whatever runs exist; rows or seeds that were not run are listed as
 such, never filled in. Datasets and their text features are prepared when missing.
 """
@@ -171,6 +174,21 @@ _SWEEP_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
      {"attention": "sparsemax", "lambda_tag_attention": 1.0, "edit_penalty": 20.0}),
     ("paper-tagatt1-pen20", "paper H=16, λ2=0.005 + tag attention λ=1 + penalty γ=20",
      {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 20.0}),
+    # second round (2026-11-23): the paper's H = 16 was the most accurate base, but its heads spread
+    # each item's attention thinner, so the same γ removes less; stronger γ or tag supervision
+    ("tagatt1-pen100", "tag attention λ=1 + edit penalty γ=100", {"lambda_tag_attention": 1.0, "edit_penalty": 100.0}),
+    ("paper-tagatt1-pen50", "paper H=16, λ2=0.005 + tag attention λ=1 + penalty γ=50",
+     {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
+    ("paper-tagatt1-pen100", "paper H=16, λ2=0.005 + tag attention λ=1 + penalty γ=100",
+     {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 100.0}),
+    ("paper-tagatt5-pen50", "paper H=16, λ2=0.005 + tag attention λ=5 + penalty γ=50",
+     {**PAPER_APRON, "lambda_tag_attention": 5.0, "edit_penalty": 50.0}),
+    ("h32-tagatt1-pen50", "H=32, λ2=0.005 + tag attention λ=1 + penalty γ=50",
+     {"n_heads": 32, "lambda_ctrl": 0.005, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
+    ("paper-groups4-tagatt1-pen50", "paper H=16, λ2=0.005 + heads per tag group (G=4) + tag attention λ=1 + γ=50",
+     {**PAPER_APRON, "tag_groups": 4, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
+    ("paper-groups8-tagatt1-pen50", "paper H=16, λ2=0.005 + heads per tag group (G=8) + tag attention λ=1 + γ=50",
+     {**PAPER_APRON, "tag_groups": 8, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
 )  # fmt: skip
 SWEEP: tuple[Variant, ...] = tuple(
     Variant(f"{features}:{key}", label, options, features)
@@ -189,8 +207,8 @@ class Job:
     run: Run
     split: str  # "test", or "val" for the sweep
 
-    def path(self, work: Path, seed: int) -> Path:
-        return work / "runs" / self.part / self.dataset / self.row.replace(":", "_") / f"seed{seed}.json"
+    def path(self, runs: Path, seed: int) -> Path:
+        return runs / self.part / self.dataset / self.row.replace(":", "_") / f"seed{seed}.json"
 
 
 def jobs(part: str, datasets: list[str], models: list[str] | None = None) -> list[Job]:
@@ -239,8 +257,10 @@ def ensure_dataset(name: str, root: Path, features: set[str], progress: bool) ->
     return dataset
 
 
-def execute(job: Job, seed: int, dataset: Any, work: Path, figures: Path, device: str, progress: bool) -> dict[str, Any]:
-    """Train, evaluate on `job.split`, and write the run's JSON."""
+def execute(
+    job: Job, seed: int, dataset: Any, runs: Path, work: Path, figures: Path, device: str, progress: bool
+) -> dict[str, Any]:
+    """Train, evaluate on `job.split`, write the run's JSON record under runs (checkpoints under work)."""
     from training.checkpoint import save_checkpoint
 
     run = job.run
@@ -288,13 +308,13 @@ def execute(job: Job, seed: int, dataset: Any, work: Path, figures: Path, device
         record["figure"] = str(plot_tag_deltas(per_tag, figure, title))
     if per_tag:
         record["per_tag"] = per_tag
-    atomic_write_text(job.path(work, seed), json.dumps(record, indent=1, default=_json_default))
+    atomic_write_text(job.path(runs, seed), json.dumps(record, indent=1, default=_json_default))
     return record
 
 
 def run_part(
-    part: str, datasets: list[str], models: list[str] | None, seeds: list[int], data_root: Path, work: Path,
-    figures: Path, device: str, progress: bool, force: bool, rows: list[str] | None = None,
+    part: str, datasets: list[str], models: list[str] | None, seeds: list[int], data_root: Path, runs: Path,
+    work: Path, figures: Path, device: str, progress: bool, force: bool, rows: list[str] | None = None,
 ) -> None:  # fmt: skip
     selected = [j for j in jobs(part, datasets, models) if j.dataset in datasets]
     if rows:  # shell-style patterns on the row keys, e.g. 'collab:*'
@@ -304,11 +324,11 @@ def run_part(
         dataset = ensure_dataset(name, data_root, features, progress)
         for seed in seeds:  # seed-major: a partial run has every row for the first seeds
             for job in (j for j in selected if j.dataset == name):
-                path = job.path(work, seed)
+                path = job.path(runs, seed)
                 if path.is_file() and not force:
                     continue
                 print(f"[results] {part} {name} {job.row} seed {seed}", flush=True)
-                record = execute(job, seed, dataset, work, figures, device, progress)
+                record = execute(job, seed, dataset, runs, work, figures, device, progress)
                 print(f"[results]   {_summary(record)}", flush=True)
 
 
@@ -323,8 +343,8 @@ def _summary(record: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- report
 
 
-def load_records(work: Path) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted((work / "runs").glob("*/*/*/seed*.json"))]
+def load_records(runs: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text(encoding="utf-8")) for p in sorted(runs.glob("*/*/*/seed*.json"))]
 
 
 @dataclass(frozen=True)
@@ -559,11 +579,12 @@ def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
     lines = [
         "### What was tried for the goal (validation users; computed from the sweep table)",
         "",
-        "Options (config switches of `training/models/apron.py`): sharper attention (temperature, sparsemax), "
+        "Options (config switches of `training/models/apron.py`): the paper's H and λ2, more heads, sharper attention (temperature, sparsemax), "
         "supervising each item's attention over prototypes with its tags (`lambda_tag_attention`), and an edit "
         "penalty in the scorer (`edit_penalty` γ: an item loses γ × its own attention on prototypes whose share "
-        "is 0, so a scale-0 edit pushes down what the model itself sees as that tag; served by the gateway too). "
-        "Not tried: heads per tag group (no CPU time left on the shared machine). An option keeps accuracy when "
+        "is 0, so a scale-0 edit pushes down what the model itself sees as that tag; served by the gateway too), and "
+        "heads per tag group (`tag_groups` G: tags clustered by the items they share, head h attends only to "
+        "group h mod G). An option keeps accuracy when "
         f"its val NDCG@100 is at most {SWEEP_NDCG_SLACK} below the tuned row's on the same features.",
         "",
     ]
@@ -645,7 +666,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), help="main part only")
     parser.add_argument("--rows", nargs="+", default=None, help="only the rows whose key matches (e.g. 'collab:*')")
     parser.add_argument("--data-root", type=Path, default=Path("artifacts") / "data")
-    parser.add_argument("--work", type=Path, default=Path("artifacts") / "results")
+    parser.add_argument("--runs", type=Path, default=Path("docs") / "results" / "runs",
+                        help="the runs' JSON records (committed; RESULTS.md is assembled from them)")  # fmt: skip
+    parser.add_argument("--work", type=Path, default=Path("artifacts") / "results", help="checkpoints")
     parser.add_argument("--figures", type=Path, default=Path("docs") / "figures")
     parser.add_argument("--live", type=Path, default=Path("artifacts") / "results" / "live_controllability.json",
                         help="the live-controllability JSON to include when present")  # fmt: skip
@@ -663,12 +686,12 @@ def main(argv: list[str] | None = None) -> int:
         for part in PARTS if args.part == "all" else (args.part,):
             seeds = args.seeds if args.seeds is not None else ([0] if part == "sweep" else [0, 1, 2])
             datasets = [SWEEP_DATASET] if part == "sweep" else args.datasets
-            run_part(part, datasets, args.models, seeds, args.data_root, args.work, args.figures, args.device,
+            run_part(part, datasets, args.models, seeds, args.data_root, args.runs, args.work, args.figures, args.device,
                      not args.quiet, args.force, args.rows)  # fmt: skip
     if args.no_report:
         return 0
     live = json.loads(args.live.read_text(encoding="utf-8")) if args.live.is_file() else None
-    path = write_report(load_records(args.work), args.output, live)
+    path = write_report(load_records(args.runs), args.output, live)
     print(f"[results] wrote {path} ({shlex.join(sys.argv[1:] if argv is None else argv)})")
     return 0
 

@@ -237,3 +237,23 @@ def test_edit_penalty_is_exported_and_served_like_pytorch(model: APRON) -> None:
 def test_summed_profiles_are_refused_by_the_export(model: APRON) -> None:
     with pytest.raises(ValueError, match="profile='sum' cannot be served"):
         served_scorer(_with_config(model, profile="sum"), TINY_K_MAX)
+
+
+def test_heads_per_tag_group_export_their_mask(model: APRON) -> None:
+    """A model with tag groups: the catalog table, the new-item encoder and the scorer all carry the
+    head mask (exact zeros outside each head's group), because they are traced from the model."""
+    import dataclasses
+
+    grouped = APRON(dataclasses.replace(model.config, tag_groups=2))
+    grouped.load_state_dict(model.state_dict(), strict=False)  # head_mask stays all-True here ...
+    grouped.head_mask[0, 1:] = False  # ... so give head 0 one prototype and check it is exported
+    grouped.eval()
+    graphs = export_onnx(grouped, k_max=TINY_K_MAX)
+    encoder = session(graphs.onnx[contract.ITEM_ENCODER_MODEL])
+    ids = np.array([0, 5, 77])
+    (encoded,) = encoder.run(None, {contract.ITEM_FEATURES: grouped.item_features[ids].numpy()})
+    encoded = encoded.reshape(len(ids), grouped.config.n_heads, grouped.config.n_tags)
+    np.testing.assert_allclose(encoded[:, 0, 0], 1.0, rtol=1e-6)
+    assert (encoded[:, 0, 1:] == 0).all()
+    with torch.no_grad():
+        np.testing.assert_allclose(encoded, grouped.encode_items(grouped.item_features[ids]).numpy(), atol=1e-6)

@@ -1,10 +1,11 @@
 """APRON's config switches (ablations and controllability options) on a small synthetic dataset."""
 
+import numpy as np
 import pytest
 import torch
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
-from training.models.apron import profile_shares, sparsemax
+from training.models.apron import profile_shares, sparsemax, tag_groups
 from training.train import build_model
 
 
@@ -107,3 +108,41 @@ def test_edit_penalty_pushes_down_items_attending_to_a_removed_prototype(dataset
         on_tag = plain.item_prototype_weights()[:, :, tag].mean(-1)  # (N,)
     difference = drop[0] - drop[1]  # the penalty, per user and item
     torch.testing.assert_close(difference, 50.0 * on_tag.expand_as(difference), rtol=1e-4, atol=1e-4)
+
+
+def test_tag_groups_cluster_tags_that_share_items() -> None:
+    """Two blocks of tags given to disjoint items, plus a tag given to no item: k-means on the
+    membership columns finds the blocks, every group is non-empty, and the result is deterministic."""
+    membership = np.zeros((40, 7))
+    membership[:20, [0, 2, 4]] = np.random.default_rng(0).random((20, 3)) < 0.7
+    membership[20:, [1, 3, 5]] = np.random.default_rng(1).random((20, 3)) < 0.7
+    membership[0, :] = membership[0, :] * 0  # an item with no tags
+    groups = tag_groups(membership, 2)
+    assert groups.shape == (7,)
+    assert len(set(groups[[0, 2, 4]])) == 1 and len(set(groups[[1, 3, 5]])) == 1 and groups[0] != groups[1]
+    np.testing.assert_array_equal(tag_groups(membership, 2), groups)
+    assert sorted(set(tag_groups(membership, 7))) == list(range(7))  # as many groups as tags: one each
+
+
+def test_heads_per_tag_group_attend_only_to_their_group(dataset) -> None:
+    model = _model(dataset, tag_groups=2)
+    assert model.config.n_heads >= 2
+    mask = model.head_mask  # (H, K): head h may attend to prototype k
+    assert bool(mask.any(-1).all()) and bool(mask.any(0).all())  # no empty head, no orphan prototype
+    assert not bool((mask[0] & mask[1]).any())  # heads 0 and 1 see disjoint groups ...
+    assert all(torch.equal(mask[h], mask[h % 2]) for h in range(mask.shape[0]))  # ... head h sees group h mod 2
+    with torch.no_grad():
+        weights = model.item_prototype_weights()  # (N, H, K)
+    assert bool((weights[:, ~mask] == 0).all())  # exact zeros outside the head's group
+    torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:2]))
+    x = torch.from_numpy(dataset.test_tr[:6].toarray())
+    tag = 0
+    with torch.no_grad():
+        weights = model.profile_weights(x)
+        dropped = weights.clone()
+        dropped[:, :, tag] = 0.0
+    untouched = ~mask[:, tag]  # the heads of other groups never saw tag 0
+    torch.testing.assert_close(model.shares(dropped)[:, untouched], model.shares(weights)[:, untouched])
+    assert "head_mask" in model.state_dict() and "head_mask" not in _model(dataset).state_dict()
+    with pytest.raises(ValueError, match="tag_groups"):
+        _model(dataset, tag_groups=model.config.n_heads + 1)

@@ -80,12 +80,14 @@ def test_a_run_is_trained_evaluated_saved_and_reported(tmp_path: Path) -> None:
     dataset = synthetic_dataset(tmp_path / "data")
     run = Run(epochs=2, features="synthetic", hyperparameters={**SMALL["apron"], "edit_penalty": 5.0})
     job = Job("ablations", "lastfm-2k", "goal-collab", "tiny goal row", "apron", run, "test")
-    record = execute(job, 1, dataset, tmp_path / "work", tmp_path / "figures", "cpu", progress=False)
-    assert job.path(tmp_path / "work", 1).is_file()
+    runs = tmp_path / "runs"
+    record = execute(job, 1, dataset, runs, tmp_path / "work", tmp_path / "figures", "cpu", progress=False)
+    assert job.path(runs, 1).is_file()
+    assert not (tmp_path / "work" / "runs").exists()  # records and checkpoints live apart
     assert record["metrics"]["n_users"] > 0 and 0 <= record["metrics"]["ndcg@100"] <= 1
     assert record["metrics"]["delta_eq16@20"] == pytest.approx(record["metrics"]["delta@20"] * 7.0403, rel=1e-3)
     assert record["settings"]["hyperparameters"]["edit_penalty"] == 5.0
-    loaded = load_records(tmp_path / "work")
+    loaded = load_records(runs)
     assert [r["row"] for r in loaded] == ["goal-collab"]
     text = write_report(loaded, tmp_path / "RESULTS.md").read_text()
     assert "| tuned APRON" not in text and "collab + tag-supervised attention + edit penalty" in text

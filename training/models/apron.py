@@ -23,6 +23,10 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
   divided by temperature · sqrt(D') (1.0: paper);
 - `lambda_tag_attention`: weight of a cross-entropy pulling each tagged item's attention (mean
   over heads) towards its tags (0: paper, off);
+- `tag_groups`: G ≥ 0 (0: off, the paper): tags are clustered into G groups by the items they
+  share (k-means on the tag-membership columns) and head h attends only to the prototypes of group
+  h mod G, so a head is "the genre head" or "the era head" and dropping τ moves only its group's
+  heads (the issue's "heads per tag group"; needs H ≥ G);
 - `edit_penalty`: γ ≥ 0; the scorer subtracts γ · (the item's mean attention on prototypes whose
   share is exactly 0) from its logit, so "less τ" (a scale-0 edit) also pushes down the items that
   the model itself sees as τ. Inactive for unedited softmax profiles (no share is 0); part of
@@ -65,6 +69,7 @@ class APRONConfig:
     attention_temperature: float = 1.0  # Eq. 12's logits / (temperature · sqrt(D'))
     lambda_tag_attention: float = 0.0  # weight of the item-attention tag supervision (off)
     edit_penalty: float = 0.0  # γ: logit − γ · attention on zero-share prototypes (off)
+    tag_groups: int = 0  # G: head h attends only to the prototypes of tag group h mod G (0: off)
 
     def __post_init__(self) -> None:
         choices = {"prototype_init": ("copy", "random"), "profile": ("mean", "sum"), "attention": ("softmax", "sparsemax")}
@@ -73,6 +78,8 @@ class APRONConfig:
                 raise ValueError(f"APRON {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.attention_temperature <= 0 or self.edit_penalty < 0 or self.lambda_tag_attention < 0:
             raise ValueError("APRON attention_temperature must be > 0, edit_penalty and lambda_tag_attention >= 0")
+        if not 0 <= self.tag_groups <= min(self.n_heads, self.n_tags):
+            raise ValueError(f"APRON tag_groups must be in [0, min(n_heads, n_tags)], got {self.tag_groups}")
 
     @property
     def chunk_dim(self) -> int:
@@ -96,6 +103,8 @@ class APRON(nn.Module):
         self.register_buffer("feature_std", torch.ones(config.feature_dim))
         self.register_buffer("prototype_items", torch.zeros(k, dtype=torch.long))
         self.register_buffer("item_tags", torch.zeros(n, k))  # binary tag membership, for T(ŷ)
+        if config.tag_groups:  # only then, so checkpoints without groups keep their state dict
+            self.register_buffer("head_mask", torch.ones(h, k, dtype=torch.bool))  # may head h attend to k?
         item_projection = torch.randn(h, c, d) / math.sqrt(c)
         self.item_projection = nn.Parameter(item_projection)  # A^x_h
         # "copy": A^p_{k,h} starts as a copy of A^x_h: each initial attention logit is then a
@@ -125,6 +134,10 @@ class APRON(nn.Module):
         model.prototype_items.copy_(torch.as_tensor(dataset.prototype_items, dtype=torch.long))
         membership = tag_membership(dataset.item_tags, config.tag_min_share)
         model.item_tags.copy_(torch.from_numpy(membership.astype(np.float32)))
+        if config.tag_groups:
+            groups = torch.from_numpy(tag_groups(membership, config.tag_groups))  # (K,)
+            heads = torch.arange(config.n_heads) % config.tag_groups  # (H,)
+            model.head_mask.copy_(heads[:, None] == groups[None, :])
         return model
 
     def _chunks(self, features: torch.Tensor) -> torch.Tensor:
@@ -143,6 +156,8 @@ class APRON(nn.Module):
         queries = torch.einsum("nhc,hcd->nhd", self._chunks(features), self.item_projection)  # (N, H, D')
         logits = torch.einsum("nhd,khd->nhk", queries, self.prototype_values())
         logits = logits / (self.config.attention_temperature * math.sqrt(self.config.head_dim))
+        if self.config.tag_groups:  # exact zeros outside the head's group, for softmax and sparsemax
+            logits = logits.masked_fill(~self.head_mask, -1e4)
         return sparsemax(logits) if self.config.attention == "sparsemax" else torch.softmax(logits, dim=-1)
 
     def item_prototype_weights(self) -> torch.Tensor:
@@ -241,6 +256,32 @@ class APRON(nn.Module):
         target = tag_mass / tag_mass.sum(-1, keepdim=True).clamp_min(eps)
         squared = (torch.sqrt(profile + eps) - torch.sqrt(target + eps)).pow(2).sum(-1)
         return (torch.sqrt(squared + eps) / math.sqrt(2.0)).mean()
+
+
+def tag_groups(membership: np.ndarray, n_groups: int, iterations: int = 50) -> np.ndarray:
+    """Cluster the K tags into n_groups by the items they are given to: spherical k-means on the
+    (N, K) membership's columns, seeded deterministically by farthest points. -> (K,) group ids,
+    every group non-empty."""
+    vectors = membership.T.astype(np.float64)  # (K, N)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True).clip(min=1e-12)
+    centres = [int(np.argmax(vectors.sum(1)))]  # the most shared tag, then the least similar ones
+    while len(centres) < n_groups:
+        similarity = (vectors @ vectors[centres].T).max(axis=1)
+        similarity[centres] = np.inf
+        centres.append(int(np.argmin(similarity)))
+    means = vectors[centres]
+    assignment = np.zeros(len(vectors), dtype=np.int64)
+    for step in range(iterations):
+        similarity = vectors @ means.T  # (K, G)
+        for g in range(n_groups):  # no group may empty: seed it with its own centre tag
+            similarity[centres[g], g] = np.inf
+        new = similarity.argmax(axis=1)
+        if step and np.array_equal(new, assignment):
+            break
+        assignment = new
+        means = np.stack([vectors[assignment == g].mean(0) for g in range(n_groups)])
+        means /= np.linalg.norm(means, axis=1, keepdims=True).clip(min=1e-12)
+    return assignment
 
 
 def sparsemax(logits: torch.Tensor) -> torch.Tensor:
