@@ -166,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", type=Path, default=None, help="its processed dataset (default: the recorded path)")
     parser.add_argument("--k", type=int, default=CONTROL_K)
     parser.add_argument("--max-users", type=int, default=None, help="only the first N test users")
-    parser.add_argument("--output", type=Path, default=Path("artifacts") / "results" / "live_controllability.json")
+    parser.add_argument("--output", type=Path, default=Path("docs") / "results" / "live_controllability.json",
+                        help="the record RESULTS.md includes (committed, like the runs)")
     args = parser.parse_args(argv)
     summary = run(args.checkpoint, args.dataset, args.k, args.max_users)
     from common.files import atomic_write_text

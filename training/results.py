@@ -207,6 +207,16 @@ class Job:
     run: Run
     split: str  # "test", or "val" for the sweep
 
+    def settings(self) -> dict[str, Any]:
+        """What a record stores of how it was trained; a record is reused only when they are equal."""
+        run = self.run
+        hyperparameters = dict(run.hyperparameters)
+        if self.model == "apron" and run.tag_min_share != TAG_MIN_SHARE:
+            hyperparameters["tag_min_share"] = run.tag_min_share
+        settings = {"epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr, "patience": run.patience,
+                    "hyperparameters": hyperparameters, "tag_min_share": run.tag_min_share}  # fmt: skip
+        return json.loads(json.dumps(settings, default=_json_default))  # as it reads back from JSON
+
     def path(self, runs: Path, seed: int) -> Path:
         return runs / self.part / self.dataset / self.row.replace(":", "_") / f"seed{seed}.json"
 
@@ -264,9 +274,8 @@ def execute(
     from training.checkpoint import save_checkpoint
 
     run = job.run
-    hyperparameters = dict(run.hyperparameters)
-    if job.model == "apron" and run.tag_min_share != TAG_MIN_SHARE:
-        hyperparameters["tag_min_share"] = run.tag_min_share
+    settings = job.settings()
+    hyperparameters = settings["hyperparameters"]
     start = time.perf_counter()
     model, info = train(
         dataset,
@@ -288,8 +297,7 @@ def execute(
         "part": job.part, "dataset": job.dataset, "row": job.row, "label": job.label, "model": job.model,
         "seed": seed, "split": job.split, "metrics": metrics,
         "features": run.features if getattr(model, "uses_features", False) else None,
-        "settings": {"epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr, "patience": run.patience,
-                     "hyperparameters": hyperparameters, "tag_min_share": run.tag_min_share},
+        "settings": settings,
         "epochs_run": info.train["epochs_run"], "best_epoch": info.train["best_epoch"],
         "train_wall_time_s": info.train["wall_time_s"], "total_wall_time_s": round(time.perf_counter() - start, 1),
         "machine": machine_description(torch_device), "torch": torch.__version__, "python": platform.python_version(),
@@ -325,11 +333,26 @@ def run_part(
         for seed in seeds:  # seed-major: a partial run has every row for the first seeds
             for job in (j for j in selected if j.dataset == name):
                 path = job.path(runs, seed)
-                if path.is_file() and not force:
+                if not needs_run(job, path, force):
                     continue
                 print(f"[results] {part} {name} {job.row} seed {seed}", flush=True)
                 record = execute(job, seed, dataset, runs, work, figures, device, progress)
                 print(f"[results]   {_summary(record)}", flush=True)
+
+
+def needs_run(job: Job, path: Path, force: bool) -> bool:
+    """A run is made unless its record exists with the job's settings: a row whose settings were
+    changed in this file is rerun, so no report mixes records of two different rows."""
+    if force or not path.is_file():
+        return True
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded == job.settings():
+        return False
+    print(f"[results] {path} was recorded with other settings than the row has now: rerunning it", flush=True)
+    return True
 
 
 def _summary(record: dict[str, Any]) -> str:
@@ -670,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="the runs' JSON records (committed; RESULTS.md is assembled from them)")  # fmt: skip
     parser.add_argument("--work", type=Path, default=Path("artifacts") / "results", help="checkpoints")
     parser.add_argument("--figures", type=Path, default=Path("docs") / "figures")
-    parser.add_argument("--live", type=Path, default=Path("artifacts") / "results" / "live_controllability.json",
+    parser.add_argument("--live", type=Path, default=Path("docs") / "results" / "live_controllability.json",
                         help="the live-controllability JSON to include when present")  # fmt: skip
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")

@@ -1,11 +1,12 @@
 """RESULTS.md generation: per-run JSONs aggregated over seeds, the goal verdict computed from them."""
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
-from training.results import Job, Run, aggregate, execute, goal_lines, load_records, write_report
+from training.results import Job, Run, aggregate, execute, goal_lines, load_records, needs_run, write_report
 
 INFO = {"fingerprint": "f" * 64, "n_items": 2813, "n_tags": 80, "users": {"train": 1487, "val_tr": 186, "test_tr": 186}}
 
@@ -91,3 +92,17 @@ def test_a_run_is_trained_evaluated_saved_and_reported(tmp_path: Path) -> None:
     assert [r["row"] for r in loaded] == ["goal-collab"]
     text = write_report(loaded, tmp_path / "RESULTS.md").read_text()
     assert "| tuned APRON" not in text and "collab + tag-supervised attention + edit penalty" in text
+
+
+def test_a_record_is_reused_only_with_the_rows_current_settings(tmp_path: Path) -> None:
+    job = Job("sweep", "lastfm-2k", "collab:x", "x", "apron", Run(epochs=3, hyperparameters={"edit_penalty": 20.0}), "val")
+    path = job.path(tmp_path, 0)
+    assert needs_run(job, path, force=False)  # no record
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings": job.settings()}))
+    assert not needs_run(job, path, force=False)
+    assert needs_run(job, path, force=True)
+    changed = Job("sweep", "lastfm-2k", "collab:x", "x", "apron", Run(epochs=3, hyperparameters={"edit_penalty": 50.0}), "val")
+    assert needs_run(changed, path, force=False)  # the row's settings changed since it was recorded
+    path.write_text("{not json")
+    assert needs_run(job, path, force=False)
