@@ -137,7 +137,7 @@ def _add_features(subparsers: argparse._SubParsersAction) -> None:
         help="text: remove the tag names and the sentences about tags ('tagged with ...') before embedding; "
         "writes features/text-stripped (train with --features text-stripped)",
     )
-    parser.add_argument("--dim", type=int, default=64, help="SVD rank (collab)")
+    parser.add_argument("--dim", type=int, default=64, help="SVD rank (collab; other than 64 writes features/collab-<dim>)")
     parser.add_argument("--seed", type=int, default=0, help="SVD start vector seed (collab)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_features)
@@ -170,9 +170,10 @@ def _run_features(args: argparse.Namespace) -> int:
                 dataset.item_ids, args.audio_dir, args.mert_path, config, args.device, not args.quiet
             )
         else:
-            from training.features.collab import collab_features
+            from training.features.collab import collab_features, collab_kind
 
             features, meta = collab_features(dataset.train, args.dim, args.seed)
+            kind = collab_kind(args.dim)
         path = write_features(args.dataset, kind, features, meta, dataset.fingerprint, dataset.n_items)
     except (DataError, ValueError) as error:
         raise UserFacingError(str(error)) from error
@@ -193,8 +194,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--features",
         default="text",
-        choices=["text", "text-stripped", "audio", "collab", "synthetic"],
-        help="content features for apron / sem-macridvae (default: text; text-stripped: `apron features --kind text --strip-tags`)",
+        help="content features for apron / sem-macridvae: text (default), text-stripped (`apron features --kind text "
+        "--strip-tags`), audio, collab, collab-<dim> (`apron features --kind collab --dim <dim>`), synthetic",
     )
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=128)

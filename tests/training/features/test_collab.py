@@ -9,7 +9,7 @@ import scipy.sparse as sp
 import cli
 from training.data.dataset import ProcessedDataset
 from training.data.raw import DataError
-from training.features.collab import collab_features
+from training.features.collab import collab_features, collab_kind, parse_collab_kind
 
 
 def test_features_are_the_item_side_of_the_best_rank_k_factorisation() -> None:
@@ -34,7 +34,7 @@ def test_apron_features_collab_uses_training_users_and_groups_items_by_planted_t
     assert cli.main([*argv, "--n-tags", "5", "--generator-seed", "1"]) == 0
     assert cli.main(["features", str(out), "--kind", "collab", "--dim", "8"]) == 0
     dataset = ProcessedDataset.load(out)
-    features = dataset.load_features("collab")
+    features = dataset.load_features("collab-8")  # a rank other than 64 names its own features
     assert features.shape == (dataset.n_items, 8)
     expected, _ = collab_features(dataset.train, dim=8)  # from the train matrix alone
     np.testing.assert_array_equal(features, expected)
@@ -46,3 +46,8 @@ def test_apron_features_collab_uses_training_users_and_groups_items_by_planted_t
     share = (tags.astype(int) @ tags.T.astype(int)) > 0
     off_diagonal = ~np.eye(len(tags), dtype=bool)
     assert cosine[share & off_diagonal].mean() > cosine[~share].mean() + 0.2
+
+
+def test_collab_kinds_name_their_rank() -> None:
+    assert collab_kind() == "collab" and collab_kind(256) == "collab-256"
+    assert [parse_collab_kind(k) for k in ("collab", "collab-256", "collab-0", "collab-x", "text")] == [64, 256, None, None, None]
