@@ -452,10 +452,13 @@ def goal_lines(records: list[dict[str, Any]]) -> list[str]:
     missing = [LABELS[m] for m in BASELINES if m not in baselines]
     lines = [f"- **Provisional: the baselines {', '.join(missing)} were not run**, so the bar below is over "
              f"{', '.join(LABELS[m] for m in baselines)} only and a verdict of met may not hold."] if missing else []
+    best_features = main[best][0].get("features")
+    uses = (f" Its own input includes `{best_features}` features, which name the tags; the goal holds APRON to "
+            "tag-free features only." if best_features and not is_tag_free(best_features) else "")  # fmt: skip
     lines += [
         f"- Best baseline on {GOAL_DATASET}: {LABELS[best]}, NDCG@100 {_cell(b)} over {b.n_seeds} seed(s); "
         f"the accuracy bar is its mean − 1 per-user s.e. = {threshold:.4f} (mean − 1 s.e. over seeds: "
-        f"{b.mean - (b.seed_stderr if not math.isnan(b.seed_stderr) else 0):.4f})."
+        f"{b.mean - (b.seed_stderr if not math.isnan(b.seed_stderr) else 0):.4f}).{uses}"
     ]
     for rows in candidates.values():
         ndcg, pct = aggregate(rows, "ndcg@100"), aggregate(rows, f"pct_delta@{CONTROL_K}")
