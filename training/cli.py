@@ -120,6 +120,8 @@ def _run_prepare(args: argparse.Namespace) -> int:
 
 
 def _add_features(subparsers: argparse._SubParsersAction) -> None:
+    from training.features.kinds import COLLAB_DEFAULT_DIM
+
     parser = subparsers.add_parser("features", help="compute content features/<kind>.npy for a processed dataset")
     parser.add_argument("dataset", metavar="DATASET_DIR", type=Path, help="a directory written by `apron prepare`")
     parser.add_argument("--kind", required=True, choices=["text", "audio", "collab"])
@@ -137,7 +139,8 @@ def _add_features(subparsers: argparse._SubParsersAction) -> None:
         help="text: remove the tag names and the sentences about tags ('tagged with ...') before embedding; "
         "writes features/text-stripped (train with --features text-stripped)",
     )
-    parser.add_argument("--dim", type=int, default=64, help="SVD rank (collab; other than 64 writes features/collab-<dim>)")
+    parser.add_argument("--dim", type=int, default=COLLAB_DEFAULT_DIM,
+                        help=f"SVD rank (collab; other than {COLLAB_DEFAULT_DIM} writes features/collab-<dim>)")
     parser.add_argument("--seed", type=int, default=0, help="SVD start vector seed (collab)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_features)
@@ -153,7 +156,8 @@ def _run_features(args: argparse.Namespace) -> int:
         if args.strip_tags and kind != "text":
             raise UserFacingError("--strip-tags applies to --kind text only")
         if kind == "text":
-            from training.features.text import STRIPPED_KIND, text_features
+            from training.features.kinds import STRIPPED_KIND
+            from training.features.text import text_features
 
             strip = dataset.tag_names if args.strip_tags else None
             features, meta = text_features(
@@ -170,7 +174,8 @@ def _run_features(args: argparse.Namespace) -> int:
                 dataset.item_ids, args.audio_dir, args.mert_path, config, args.device, not args.quiet
             )
         else:
-            from training.features.collab import collab_features, collab_kind
+            from training.features.collab import collab_features
+            from training.features.kinds import collab_kind
 
             features, meta = collab_features(dataset.train, args.dim, args.seed)
             kind = collab_kind(args.dim)
@@ -185,6 +190,7 @@ def _run_features(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from training.features.kinds import feature_kind
     from training.models.registry import MODELS
 
     parser = subparsers.add_parser("train", help="train a model on a processed dataset and save a checkpoint")
@@ -194,6 +200,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--features",
         default="text",
+        type=feature_kind,
         help="content features for apron / sem-macridvae: text (default), text-stripped (`apron features --kind text "
         "--strip-tags`), audio, collab, collab-<dim> (`apron features --kind collab --dim <dim>`), synthetic",
     )

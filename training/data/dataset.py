@@ -35,6 +35,7 @@ from training.data.splits import (
     interaction_matrix,
     split_users,
 )
+from training.features.kinds import features_command
 
 FORMAT = "apron-dataset/1"
 SPLITS = ("train", "val_tr", "val_te", "test_tr", "test_te")
@@ -189,7 +190,7 @@ class ProcessedDataset:
             raise DataError("this dataset has not been saved: features live in its directory")
         array_file, meta_file = _feature_files(self.path, kind)
         if not (array_file.is_file() and meta_file.is_file()):
-            raise DataError(f"{array_file} not found: run `apron features {self.path} --kind {kind}` first")
+            raise DataError(f"{array_file} not found: run `{features_command(self.path, kind)}` first")
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("dataset_fingerprint") != self.fingerprint:
             raise DataError(

@@ -8,7 +8,6 @@ item loading is positive) so the same data and seed give the same features.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
@@ -16,24 +15,10 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
 from training.data.raw import DataError
-
-DEFAULT_DIM = 64
-
-
-def collab_kind(dim: int = DEFAULT_DIM) -> str:
-    """The features' name: `collab` at the default rank, `collab-<dim>` otherwise (both tag-free)."""
-    return "collab" if dim == DEFAULT_DIM else f"collab-{dim}"
+from training.features.kinds import COLLAB_DEFAULT_DIM
 
 
-def parse_collab_kind(kind: str) -> int | None:
-    """`collab` -> 64, `collab-256` -> 256, anything else -> None."""
-    if kind == "collab":
-        return DEFAULT_DIM
-    match = re.fullmatch(r"collab-([1-9][0-9]*)", kind)
-    return int(match.group(1)) if match else None
-
-
-def collab_features(train: sp.csr_matrix, dim: int = DEFAULT_DIM, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+def collab_features(train: sp.csr_matrix, dim: int = COLLAB_DEFAULT_DIM, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """float32 [n_items, dim] item factors of the train matrix, and their metadata."""
     if not 1 <= dim < min(train.shape):
         raise DataError(

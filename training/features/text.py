@@ -63,7 +63,6 @@ def encode_texts(
     return embeddings
 
 
-STRIPPED_KIND = "text-stripped"  # the features kind `apron features --kind text --strip-tags` writes
 # A sentence that talks about tags ("Their work has been tagged with labels such as 'jazz' ...",
 # "... who share similar tags") goes whole: it lists the tags in its own words.
 _TAG_SENTENCE = re.compile(r"\btagg(?:ed|ing)\b|\btags?\b", re.IGNORECASE)

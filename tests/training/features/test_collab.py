@@ -1,5 +1,6 @@
 """Collaborative features: truncated SVD of the training users only."""
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,14 @@ import scipy.sparse as sp
 import cli
 from training.data.dataset import ProcessedDataset
 from training.data.raw import DataError
-from training.features.collab import collab_features, collab_kind, parse_collab_kind
+from training.features.collab import collab_features
+from training.features.kinds import (
+    collab_kind,
+    feature_kind,
+    features_command,
+    is_tag_free,
+    parse_collab_kind,
+)
 
 
 def test_features_are_the_item_side_of_the_best_rank_k_factorisation() -> None:
@@ -51,3 +59,26 @@ def test_apron_features_collab_uses_training_users_and_groups_items_by_planted_t
 def test_collab_kinds_name_their_rank() -> None:
     assert collab_kind() == "collab" and collab_kind(256) == "collab-256"
     assert [parse_collab_kind(k) for k in ("collab", "collab-256", "collab-0", "collab-x", "text")] == [64, 256, None, None, None]
+
+
+def test_feature_kinds_are_checked_and_their_command_named() -> None:
+    assert is_tag_free("collab") and is_tag_free("collab-256") and is_tag_free("text-stripped")
+    assert not is_tag_free("text") and not is_tag_free(None)
+    assert feature_kind("collab-256") == "collab-256" and feature_kind("text") == "text"
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown features 'colab'.*collab-<dim>"):
+        feature_kind("colab")
+    assert features_command("d", "collab-256") == "apron features d --kind collab --dim 256"
+    assert features_command("d", "text-stripped") == "apron features d --kind text --strip-tags"
+    assert features_command("d", "collab") == "apron features d --kind collab"
+
+
+def test_missing_features_name_the_command_that_writes_them(tmp_path: Path) -> None:
+    out = tmp_path / "syn"
+    argv = ["prepare", "--dataset", "synthetic", "--out", str(out), "--n-items", "60", "--n-users", "300"]
+    assert cli.main([*argv, "--n-tags", "3", "--generator-seed", "1"]) == 0
+    with pytest.raises(DataError, match=f"run `apron features {out} --kind collab --dim 16` first"):
+        ProcessedDataset.load(out).load_features("collab-16")
+    train = ["train", str(out), "--model", "apron", "--out", str(tmp_path / "m.pt"), "--features", "colab"]
+    with pytest.raises(SystemExit) as usage:  # argparse's usage error, before any data is read
+        cli.main(train)
+    assert usage.value.code == 2
