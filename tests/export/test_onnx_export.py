@@ -257,3 +257,21 @@ def test_heads_per_tag_group_export_their_mask(model: APRON) -> None:
     assert (encoded[:, 0, 1:] == 0).all()
     with torch.no_grad():
         np.testing.assert_allclose(encoded, grouped.encode_items(grouped.item_features[ids]).numpy(), atol=1e-6)
+
+
+def test_heads_reading_all_features_export_like_the_model(model: APRON) -> None:
+    """head_features="full" changes the shape of A^x and A^p; the traced item encoder follows it."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    full = APRON(dataclasses.replace(model.config, head_features="full"))
+    for name in ("item_features", "feature_mean", "feature_std", "prototype_items", "item_tags"):
+        getattr(full, name).copy_(getattr(model, name))
+    full.eval()
+    graphs = export_onnx(full, k_max=TINY_K_MAX)
+    encoder = session(graphs.onnx[contract.ITEM_ENCODER_MODEL])
+    ids = np.array([0, 5, 77])
+    (encoded,) = encoder.run(None, {contract.ITEM_FEATURES: full.item_features[ids].numpy()})
+    with torch.no_grad():
+        expected = full.encode_items(full.item_features[ids]).numpy()
+    np.testing.assert_allclose(encoded.reshape(expected.shape), expected, atol=1e-6)

@@ -146,3 +146,19 @@ def test_heads_per_tag_group_attend_only_to_their_group(dataset) -> None:
     assert "head_mask" in model.state_dict() and "head_mask" not in _model(dataset).state_dict()
     with pytest.raises(ValueError, match="tag_groups"):
         _model(dataset, tag_groups=model.config.n_heads + 1)
+
+
+def test_full_head_features_let_every_head_read_every_feature(dataset) -> None:
+    """head_features="chunk" (Eq. 12): head h reads only its D/H slice; "full": all D features."""
+    chunked, full = _model(dataset), _model(dataset, head_features="full")
+    assert full.item_projection.shape[1] == full.config.feature_dim > chunked.item_projection.shape[1]
+    features = full.item_features[:3].clone()
+    changed = features.clone()
+    changed[:, 0] += 5.0 * full.feature_std[0]  # a feature of head 0's slice only
+    with torch.no_grad():
+        for model, heads_moved in ((chunked, {0}), (full, set(range(full.config.n_heads)))):
+            before, after = model.encode_items(features), model.encode_items(changed)
+            moved = {h for h in range(model.config.n_heads) if not torch.allclose(before[:, h], after[:, h])}
+            assert moved == heads_moved
+    with pytest.raises(ValueError, match="head_features"):
+        _model(dataset, head_features="half")

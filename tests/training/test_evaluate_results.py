@@ -58,6 +58,29 @@ def test_goal_met_and_missed_are_computed() -> None:
     assert "not run yet" in "\n".join(goal_lines([]))
 
 
+def test_the_verdict_is_the_row_chosen_on_validation_not_the_best_test_row() -> None:
+    """Two tag-free test rows; the sweep (validation users) picks the one whose settings it tried with
+    %Δ@20 >= 40 and the highest val NDCG@100, and the verdict is that row's, even when the other row
+    looks better on the test users."""
+    records = _records(goal_ndcg=0.40, goal_pct=45.0)  # goal-collab: misses on accuracy
+    lucky = {"hyperparameters": {"edit_penalty": 99.0}}
+    for seed in range(3):
+        met = _record("ablations", "goal-lucky", seed, 0.45, 60.0, "collab", "apron", "lucky row")
+        met["settings"] = {**met["settings"], **lucky}
+        records.append(met)
+    chosen_val = _record("sweep", "collab:chosen", 0, 0.46, 50.0, "collab", "apron")  # settings of goal-collab
+    records += [chosen_val, _record("sweep", "collab:weak", 0, 0.47, 20.0, "collab", "apron")]
+    for r in records[-2:]:
+        r["split"] = "val"
+    text = "\n".join(goal_lines(records))
+    assert "**Chosen on validation** (`collab:chosen`): goal row" in text
+    assert "lucky row (collab, 3 seed(s))" in text and "goal **met**" in text  # the lucky row alone would meet
+    verdict = [line for line in text.splitlines() if line.startswith("- **Verdict**")]
+    assert len(verdict) == 1 and "goal **missed**" in verdict[0] and "0.0500 below MacridVAE's mean" in verdict[0]
+    records = [r for r in records if r["row"] != "goal-collab"]  # the chosen settings have no test row
+    assert "run its ablation row" in "\n".join(goal_lines(records))
+
+
 def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> None:
     sweep = [_record("sweep", "collab:tuned", 0, 0.44, 12.0, "collab", "apron"),
              _record("sweep", "collab:tagatt1-pen20", 0, 0.435, 60.0, "collab", "apron"),

@@ -70,9 +70,11 @@ class APRONConfig:
     lambda_tag_attention: float = 0.0  # weight of the item-attention tag supervision (off)
     edit_penalty: float = 0.0  # γ: logit − γ · attention on zero-share prototypes (off)
     tag_groups: int = 0  # G: head h attends only to the prototypes of tag group h mod G (0: off)
+    head_features: str = "chunk"  # "chunk": head h reads the h-th D/H slice (Eq. 12) | "full": all D
 
     def __post_init__(self) -> None:
-        choices = {"prototype_init": ("copy", "random"), "profile": ("mean", "sum"), "attention": ("softmax", "sparsemax")}
+        choices = {"prototype_init": ("copy", "random"), "profile": ("mean", "sum"), "attention": ("softmax", "sparsemax"),
+                   "head_features": ("chunk", "full")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"APRON {name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -83,7 +85,11 @@ class APRONConfig:
 
     @property
     def chunk_dim(self) -> int:
-        """D / H, rounding up: features are zero-padded to H equal chunks (Eq. 12's P_{k,h})."""
+        """What each head reads: D / H, rounding up (features are zero-padded to H equal chunks,
+        Eq. 12's P_{k,h}), or all D ("full": with few feature dimensions, e.g. a rank-64 SVD and
+        H = 16, a 4-dimensional slice is too little to tell which tag an item carries)."""
+        if self.head_features == "full":
+            return self.feature_dim
         return math.ceil(self.feature_dim / self.n_heads)
 
 
@@ -141,8 +147,10 @@ class APRON(nn.Module):
         return model
 
     def _chunks(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, D) raw features -> (N, H, D/H) standardised chunks."""
+        """(N, D) raw features -> (N, H, chunk_dim) standardised chunks."""
         x = (features - self.feature_mean) / self.feature_std
+        if self.config.head_features == "full":
+            return x.unsqueeze(1).expand(-1, self.config.n_heads, -1)
         x = F.pad(x, (0, self.config.n_heads * self.config.chunk_dim - self.config.feature_dim))
         return x.view(-1, self.config.n_heads, self.config.chunk_dim)
 
