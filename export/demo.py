@@ -42,6 +42,10 @@ class DemoSettings:
     lastfm_epochs: int = 3  # ~10 s of CPU each (2,823 artists, 80 prototypes); validation NDCG@100 ~0.4 after 2
     k_max: int = 100
     seed: int = 0
+    # APRON's named settings (training/models/apron.py PRESETS): "controllable" is the goal row of
+    # RESULTS.md (heads read all features, tag-supervised attention, edit penalty), so the demo's
+    # "less jazz" edits visibly remove jazz
+    preset: str = "controllable"
     # lastfm-2k: collaborative content features (an SVD of the listening matrix, seconds on a CPU)
     # rather than sentence-encoded descriptions (minutes), so the demo builds fast on 2 cores.
     collab_dim: int = 64
@@ -53,6 +57,10 @@ class DemoSettings:
     def __post_init__(self) -> None:
         if self.dataset not in DEMO_DATASETS:
             raise ValueError(f"demo dataset must be one of {', '.join(DEMO_DATASETS)}, got {self.dataset!r}")
+        from training.models.apron import PRESETS
+
+        if self.preset not in PRESETS:
+            raise ValueError(f"demo preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
 
 
 def demo_dataset_dir(repository: str | Path) -> Path:
@@ -97,6 +105,7 @@ def _prepare(out: Path, dataset: str, settings: DemoSettings) -> str:
 def _train(data: Path, checkpoint: Path, features_kind: str, settings: DemoSettings) -> None:
     from training.checkpoint import save_checkpoint
     from training.data.dataset import ProcessedDataset
+    from training.models.apron import PRESETS
     from training.train import train
 
     epochs = settings.epochs if features_kind == "synthetic" else settings.lastfm_epochs
@@ -107,6 +116,7 @@ def _train(data: Path, checkpoint: Path, features_kind: str, settings: DemoSetti
         features_kind=features_kind,
         epochs=epochs,
         seed=settings.seed,
+        hyperparameters=PRESETS[settings.preset],
         device="cpu",
         progress=False,
     )

@@ -191,6 +191,7 @@ def _run_features(args: argparse.Namespace) -> int:
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
     from training.features.kinds import feature_kind
+    from training.models.apron import PRESETS
     from training.models.registry import MODELS
 
     parser = subparsers.add_parser("train", help="train a model on a processed dataset and save a checkpoint")
@@ -219,6 +220,12 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="a model hyperparameter, e.g. --set n_heads=8 --set hidden_dims=600,300 (repeatable)",
     )
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="apron only: named hyperparameters (training/models/apron.py PRESETS; --set overrides them); "
+        "controllable = every head reads all features, tag-supervised attention, edit penalty γ = 50",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_train)
 
@@ -238,6 +245,17 @@ def parse_overrides(pairs: list[str], model_name: str) -> dict[str, Any]:
             raise UserFacingError(f"--set {key}: {model_name} has no such hyperparameter; known: {', '.join(fields)}")
         hyperparameters[key] = _parse_value(raw.strip())
     return hyperparameters
+
+
+def preset_hyperparameters(preset: str | None, model_name: str) -> dict[str, Any]:
+    """`--preset NAME` -> APRON's named hyperparameters; refused for other models."""
+    if preset is None:
+        return {}
+    if model_name != "apron":
+        raise UserFacingError(f"--preset {preset}: presets are APRON's; {model_name} takes --set KEY=VALUE")
+    from training.models.apron import PRESETS
+
+    return dict(PRESETS[preset])
 
 
 def _parse_value(raw: str) -> Any:
@@ -262,7 +280,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.checkpoint import save_checkpoint
     from training.train import train
 
-    hyperparameters = parse_overrides(args.overrides, args.model)
+    hyperparameters = {**preset_hyperparameters(args.preset, args.model), **parse_overrides(args.overrides, args.model)}
     dataset = _load_dataset(args.dataset)
     try:
         model, info = train(

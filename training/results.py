@@ -40,6 +40,7 @@ from training.device import machine_description, resolve_device
 from training.evaluate import CONTROL_K, evaluate_model
 from training.features.kinds import STRIPPED_KIND, is_tag_free, parse_collab_kind
 from training.metrics import TAG_MIN_SHARE, mean_stderr
+from training.models.apron import PRESETS
 from training.train import train
 
 MODELS = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "sem-macridvae-tags", "apron")
@@ -160,7 +161,7 @@ ABLATIONS: tuple[Variant, ...] = (
             {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}, "collab-256"),  # fmt: skip
     # third round: every head reads all of the rank-64 SVD (head_features="full")
     Variant("goal-collab-full", "collab, heads read all features + paper H = 16, λ2 = 0.005 + tag-supervised attention + edit penalty γ = 50",
-            {**PAPER_APRON, "head_features": "full", "lambda_tag_attention": 1.0, "edit_penalty": 50.0}, "collab"),  # fmt: skip
+            {**PAPER_APRON, **PRESETS["controllable"]}, "collab"),  # fmt: skip
     Variant(
         "goal-text-stripped",
         "text-stripped + tag-supervised attention + edit penalty",
@@ -203,7 +204,7 @@ _SWEEP_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     # check which of H and λ2 buys the paper settings' accuracy
     ("paper-full", "paper H=16, λ2=0.005, every head reads all features", {**PAPER_APRON, "head_features": "full"}),
     ("paper-full-tagatt1-pen50", "paper H=16, λ2=0.005, heads read all features + tag attention λ=1 + γ=50",
-     {**PAPER_APRON, "head_features": "full", "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
+     {**PAPER_APRON, **PRESETS["controllable"]}),  # the preset is this row's settings (chosen here)
     ("h16-ctrl10-tagatt1-pen50", "H=16, λ2=10 + tag attention λ=1 + penalty γ=50",
      {"n_heads": 16, "lambda_ctrl": 10.0, "lambda_tag_attention": 1.0, "edit_penalty": 50.0}),
     ("h8-tagatt1-pen50", "H=8, λ2=0.005 + tag attention λ=1 + penalty γ=50",

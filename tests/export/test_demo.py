@@ -12,6 +12,7 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from tests.serving.conftest import gateway_config, running_gateway
 from training.data.dataset import ProcessedDataset
+from training.models.apron import PRESETS
 
 
 async def test_demo_repository_is_built_and_served(tmp_path: Path) -> None:
@@ -19,7 +20,9 @@ async def test_demo_repository_is_built_and_served(tmp_path: Path) -> None:
     assert (repository / "apron_metadata.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
     demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
-    assert demo_data.item_ids == json.loads((repository / "apron_metadata.json").read_text())["item_ids"]
+    metadata = json.loads((repository / "apron_metadata.json").read_text())
+    assert demo_data.item_ids == metadata["item_ids"]
+    assert metadata["checkpoint"]["train"]["hyperparameters"] == PRESETS["controllable"]  # the demo's default preset
     with RedisProcess() as redis_server:
         async with running_gateway(gateway_config(repository, redis_server.url)) as gateway:
             prototypes = await gateway.stub.ListPrototypes(pb.ListPrototypesRequest())
@@ -36,3 +39,5 @@ def test_demo_dataset_choice() -> None:
     assert resolve_dataset("synthetic") == "synthetic" and resolve_dataset("lastfm-2k") == "lastfm-2k"
     with pytest.raises(ValueError, match="demo dataset must be one of auto, lastfm-2k, synthetic"):
         DemoSettings(dataset="msd")
+    with pytest.raises(ValueError, match="demo preset must be one of paper, controllable"):
+        DemoSettings(preset="best")

@@ -73,13 +73,17 @@ def test_cli_train_writes_a_loadable_checkpoint(dataset, tmp_path: Path, capsys)
     code = cli.main(
         ["train", str(dataset.path), "--model", "apron", "--features", "synthetic", "--epochs", "2",
          "--batch-size", "64", "--seed", "1", "--quiet", "--device", "cpu",
-         "--set", "n_heads=4", "--set", "head_dim=8", "--set", "hidden_dims=32,", "--out", str(out)]
+         "--set", "n_heads=4", "--set", "head_dim=8", "--set", "hidden_dims=32,", "--out", str(out),
+         "--preset", "controllable", "--set", "edit_penalty=10"]
     )  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["checkpoint"] == str(out) and summary["epochs_run"] == 2
     model, info = load_checkpoint(out)
     assert model.config.n_heads == 4 and model.config.hidden_dims == (32,)
+    # the preset's settings, except where --set overrides one
+    assert (model.config.head_features, model.config.lambda_tag_attention) == ("full", 1.0)
+    assert model.config.edit_penalty == 10
     assert info.train["seed"] == 1 and info.train["features_kind"] == "synthetic"
 
 
@@ -89,6 +93,15 @@ def test_cli_train_rejects_unknown_hyperparameter(dataset, tmp_path: Path, capsy
     )
     assert code == 2
     assert "multidae has no such hyperparameter" in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_train_refuses_a_preset_for_a_baseline(dataset, tmp_path: Path, capsys) -> None:
+    code = cli.main(
+        ["train", str(dataset.path), "--model", "multidae", "--preset", "controllable", "--out", str(tmp_path / "m.pt")]
+    )
+    assert code == 2
+    assert "presets are APRON's" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
 
 

@@ -29,8 +29,17 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
   heads (the issue's "heads per tag group"; needs H ≥ G);
 - `edit_penalty`: γ ≥ 0; the scorer subtracts γ · (the item's mean attention on prototypes whose
   share is exactly 0) from its logit, so "less τ" (a scale-0 edit) also pushes down the items that
-  the model itself sees as τ. Inactive for unedited softmax profiles (no share is 0); part of
-  `score`, so export and serving run it too (0: paper, off).
+  the model itself sees as τ. Unedited profiles rarely have a zero share: only when the attention of
+  every history item on that prototype underflows to 0 (seen in training, on short corrupted
+  histories; no lastfm-2k test profile of the goal model has one). Part of `score`, so export and
+  serving run it too (0: paper, off);
+- `head_features`: "chunk" (paper: head h reads the h-th D/H slice of the features, Eq. 12's
+  P_{k,h}) or "full" (every head reads all D: with a rank-64 SVD and H = 16 a slice is 4 numbers,
+  too few to tell an item's tags apart, and the tag-supervised attention then stays diffuse).
+
+`PRESETS` names the combinations worth a name: "paper" (the config's defaults) and
+"controllable" (chosen on lastfm-2k's validation users; RESULTS.md's goal rows): `apron train
+--preset controllable`.
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ from torch import nn
 
 from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    # The selection rule of issue 10 (RESULTS.md, sweep on lastfm-2k's validation users, tag-free
+    # features): of the options with val %Δ@20 >= 40, the highest val NDCG@100.
+    "controllable": {"head_features": "full", "lambda_tag_attention": 1.0, "edit_penalty": 50.0},
+}
 
 
 @dataclass(frozen=True)
