@@ -81,7 +81,19 @@ class ServedProfile(nn.Module):
         selection = (rows[None, :] == batch_rows).float() * weight.float()[None, :]  # (B, T)
         weights = selection @ self.item_table[items].float()  # (B, H*K), Eq. 13's sum over each history
         lengths = selection.sum(1).round().long()  # (B,) distinct valid ids
-        return weights.reshape(-1, self.n_heads, self.n_prototypes), lengths[:, None]  # (B, H, K), (B, 1)
+        weights = floor_profile(weights.reshape(-1, self.n_heads, self.n_prototypes))
+        return weights, lengths[:, None]  # (B, H, K), (B, 1)
+
+
+PROFILE_FLOOR = 1e-30  # training/models/apron.py's: only an edit makes a share exactly 0
+
+
+def floor_profile(weights: torch.Tensor) -> torch.Tensor:
+    """Every prototype of a head with mass weighs at least PROFILE_FLOOR, so the edit penalty sees
+    removed prototypes only, never attention that underflowed (an fp16 table underflows below 6e-8;
+    training/models/apron.py's, repeated like profile_shares)."""
+    has_mass = weights.sum(dim=-1, keepdim=True) > 0
+    return torch.where(has_mass, weights.clamp_min(PROFILE_FLOOR), weights)
 
 
 def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -153,7 +165,7 @@ class ServedScorer(nn.Module):
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
         logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
         if self.item_weights is not None:
-            removed = (shares == 0).float()  # (B, H, K): prototypes an edit set to 0
+            removed = (shares == 0).float()  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
             on_removed = torch.einsum("bhk,nhk->bn", removed, self.item_weights) / self.item_weights.shape[1]
             logits = logits - (self.edit_penalty * on_removed).to(logits.dtype)
         return logits

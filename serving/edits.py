@@ -52,12 +52,14 @@ class EditSpec:
 
 
 def shares(weights: np.ndarray) -> np.ndarray:
-    """(H, K) weights -> (H, K) shares; a head without mass keeps zero shares."""
+    """(H, K) weights -> (H, K) shares; a head without mass keeps zero shares. A head's mass below
+    MIN_MASS is none: the profile model floors every prototype at 1e-30 (export/served_model.py
+    PROFILE_FLOOR), so a head whose real weight an edit removed holds only those floors."""
     weights = np.asarray(weights, dtype=np.float64)
     totals = weights.sum(axis=-1, keepdims=True)  # (H, 1)
-    if totals.min() > 0:  # the usual case, without the masked divide's cost (a per-request path)
+    if totals.min() > MIN_MASS:  # the usual case, without the masked divide's cost (a per-request path)
         return weights / totals
-    return np.divide(weights, totals, out=np.zeros_like(weights), where=totals > 0)
+    return np.divide(weights, totals, out=np.zeros_like(weights), where=totals > MIN_MASS)
 
 
 def mean_shares(head_shares: np.ndarray) -> np.ndarray:

@@ -275,3 +275,25 @@ def test_heads_reading_all_features_export_like_the_model(model: APRON) -> None:
     with torch.no_grad():
         expected = full.encode_items(full.item_features[ids]).numpy()
     np.testing.assert_allclose(encoded.reshape(expected.shape), expected, atol=1e-6)
+
+
+def test_served_profiles_are_floored_like_the_model(model: APRON) -> None:
+    """A catalog table with exact zeros (sharp attention, or fp16 underflow): the profile graph floors
+    every prototype of a non-empty history at the model's PROFILE_FLOOR, so only an edit makes a
+    share 0 for the edit penalty; an empty history stays 0."""
+    from export import served_model
+    from training.models import apron
+
+    assert served_model.PROFILE_FLOOR == apron.PROFILE_FLOOR
+    table = torch.zeros(6, 2 * 3)
+    table[torch.arange(6), torch.arange(6) % 3] = 1.0  # one-hot attention in head 0 ...
+    table[torch.arange(6), 3 + torch.arange(6) % 3] = 1.0  # ... and in head 1: exact zeros elsewhere
+    profile = served_model.ServedProfile(table, n_heads=2, n_prototypes=3)
+    ids, ends = torch.tensor([0, 3, 1]), torch.tensor([2, 3, 3])  # histories [0, 3], [1], []
+    weights, lengths = profile(ids, ends)
+    expected = apron.floor_profile(torch.stack([table[[0, 3]].sum(0), table[1], torch.zeros(6)]).reshape(3, 2, 3))
+    torch.testing.assert_close(weights, expected)
+    assert (weights[:2] > 0).all() and (weights[2] == 0).all() and lengths.flatten().tolist() == [2, 1, 0]
+    graph = session(export_onnx(model, k_max=TINY_K_MAX).onnx[contract.PROFILE_MODEL])
+    (onnx_weights, _) = graph.run(None, profile_feed(np.array([[0, -1], [5, 7]])))
+    assert (onnx_weights > 0).all()

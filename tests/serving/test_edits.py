@@ -117,3 +117,13 @@ def test_edited_heads_are_distributions(w: np.ndarray, scales: list[float], targ
     for k, s in enumerate(scales[:4]):
         if s == 0:
             assert np.all(result[:, k] == 0)
+
+
+def test_a_head_left_with_only_the_profile_floor_has_no_mass() -> None:
+    """The profile model floors every prototype at 1e-30; removing a head's only real weight leaves
+    floors alone, which count as no mass (the error, not a uniform profile of floors)."""
+    floored = np.array([[2.0, 1e-30, 1e-30, 1e-30], [1.0, 1.0, 1e-30, 1e-30]])
+    with pytest.raises(EditError, match="remove every prototype"):
+        apply_edits(floored, {"jazz": scale("jazz", 0.0)}, TAGS)
+    kept = apply_edits(floored, {"80s": scale("80s", 0.0)}, TAGS)
+    assert kept[0, 0] == pytest.approx(1.0) and kept[0, 2] == 0.0

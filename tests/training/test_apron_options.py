@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
-from training.models.apron import profile_shares, sparsemax, tag_groups
+from training.models.apron import PROFILE_FLOOR, profile_shares, sparsemax, tag_groups
 from training.train import build_model
 
 
@@ -162,3 +162,23 @@ def test_full_head_features_let_every_head_read_every_feature(dataset) -> None:
             assert moved == heads_moved
     with pytest.raises(ValueError, match="head_features"):
         _model(dataset, head_features="half")
+
+
+def test_only_edits_make_a_share_zero_so_the_penalty_ignores_underflowed_attention(dataset) -> None:
+    """Sharp attention underflows to exact 0 for most prototypes; profiles are floored, so an unedited
+    profile has no zero share and the edit penalty leaves its scores alone, while a dropped
+    prototype is still exactly 0 and still penalised. An empty history stays all 0."""
+    plain, penalised = _model(dataset, attention_temperature=1e-3), _model(dataset, attention_temperature=1e-3, edit_penalty=50.0)
+    penalised.load_state_dict(plain.state_dict())
+    x = torch.zeros(3, dataset.n_items)
+    x[0, 0] = x[1, 1] = x[1, 2] = 1.0  # one- and two-item histories; row 2 is empty
+    with torch.no_grad():
+        assert (plain.item_prototype_weights()[:2] == 0).float().mean() > 0.5  # underflow is real here
+        weights = plain.profile_weights(x)
+        assert (weights[:2] > 0).all() and (weights[2] == 0).all()
+        assert weights[:2].min() == pytest.approx(PROFILE_FLOOR)
+        torch.testing.assert_close(penalised(x[:2]), plain(x[:2]))  # unedited: no penalty at all
+        tag = int(weights[0].sum(0).argmax())
+        difference = plain.logits_without_tag(x[:1], tag) - penalised.logits_without_tag(x[:1], tag)
+        on_tag = plain.item_prototype_weights()[:, :, tag].mean(-1)
+    torch.testing.assert_close(difference[0], 50.0 * on_tag, rtol=1e-4, atol=1e-4)

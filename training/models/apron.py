@@ -29,10 +29,9 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
   heads (the issue's "heads per tag group"; needs H ≥ G);
 - `edit_penalty`: γ ≥ 0; the scorer subtracts γ · (the item's mean attention on prototypes whose
   share is exactly 0) from its logit, so "less τ" (a scale-0 edit) also pushes down the items that
-  the model itself sees as τ. Unedited profiles rarely have a zero share: only when the attention of
-  every history item on that prototype underflows to 0 (seen in training, on short corrupted
-  histories; no lastfm-2k test profile of the goal model has one). Part of `score`, so export and
-  serving run it too (0: paper, off);
+  the model itself sees as τ. Only edits make a share 0: profiles are floored at PROFILE_FLOOR, so
+  attention that underflows to 0 never counts as removed. Part of `score`, so export and serving
+  run it too (0: paper, off);
 - `head_features`: "chunk" (paper: head h reads the h-th D/H slice of the features, Eq. 12's
   P_{k,h}) or "full" (every head reads all D: with a rank-64 SVD and H = 16 a slice is 4 numbers,
   too few to tell an item's tags apart, and the tag-supervised attention then stays diffuse).
@@ -55,6 +54,13 @@ from torch import nn
 
 from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
+
+# Every prototype's weight in a non-empty history's profile is at least this, so a share of exactly
+# 0 always means an edit removed the prototype (the edit penalty's signal), never that softmax
+# attention underflowed to 0 (sharp heads, sparsemax, or an fp16 catalog table at serving time):
+# without it the penalty also filtered unedited lists of short histories. A float32 normal number,
+# far below any real attention mass; export/served_model.py repeats it (tests/export check both).
+PROFILE_FLOOR = 1e-30
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
@@ -192,7 +198,7 @@ class APRON(nn.Module):
         """Eq. 13 before the value projection: sum of the history's prototype weights. (B, N) -> (B, H, K)"""
         if item_weights is None:
             item_weights = self.item_prototype_weights()
-        return torch.einsum("bn,nhk->bhk", x, item_weights)
+        return floor_profile(torch.einsum("bn,nhk->bhk", x, item_weights))
 
     def shares(self, profile_weights: torch.Tensor) -> torch.Tensor:
         """What u is built from: per-head shares ("mean") or the summed weights themselves ("sum")."""
@@ -318,6 +324,13 @@ def sparsemax(logits: torch.Tensor) -> torch.Tensor:
     size = support.sum(dim=-1, keepdim=True)  # (..., 1)
     threshold = (torch.gather(cumulative, -1, size.long() - 1) - 1) / size
     return torch.clamp(logits - threshold, min=0.0)
+
+
+def floor_profile(weights: torch.Tensor) -> torch.Tensor:
+    """(..., H, K) summed weights -> the same, at least PROFILE_FLOOR in every head that has mass
+    (an empty history stays all 0)."""
+    has_mass = weights.sum(dim=-1, keepdim=True) > 0
+    return torch.where(has_mass, weights.clamp_min(PROFILE_FLOOR), weights)
 
 
 def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
