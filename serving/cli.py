@@ -183,12 +183,23 @@ def _run_client(args: argparse.Namespace) -> int:
     return 0
 
 
+SHOWN_SHARE = 0.0005  # rows that would print as 0.0% both before and after edits are counted, not listed
+
+
 def format_profile(profile: Any) -> list[str]:
+    """The profile's rows by share; prototypes at 0.0% (a sharp model gives a short history only a
+    few) are summarised in one line unless an edit names them."""
     lines = [f"profile (history of {profile.history_length} items): prototype  share  (before edits)  prototype item"]
-    for w in sorted(profile.weights, key=lambda w: -w.weight):
+    hidden = 0
+    for w in sorted(profile.weights, key=lambda w: (-w.weight, -w.base_weight)):
         edit = w.edit.WhichOneof("change") if w.HasField("edit") else None
+        if not edit and max(w.weight, w.base_weight) < SHOWN_SHARE:
+            hidden += 1
+            continue
         note = f"  [{edit} {getattr(w.edit, edit):g}]" if edit else ""
         lines.append(f"  {w.prototype:<24} {w.weight:6.1%}  ({w.base_weight:6.1%})  {w.prototype_item_id}{note}")
+    if hidden:
+        lines.append(f"  ... and {hidden} more prototypes at 0.0%")
     return lines
 
 

@@ -80,3 +80,22 @@ def test_serve_reports_a_missing_model(tmp_path: Path) -> None:
     result = apron("serve", "--repository", str(tmp_path / "nothing"), "--no-build-demo", "--port", "0", cwd=tmp_path)
     assert result.returncode == 2
     assert "apron_metadata.json does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_profile_rows_at_zero_are_summarised_unless_edited() -> None:
+    """A sharp model puts a short history on a few prototypes: the client lists those, the edited
+    ones (even at 0.0%), and counts the rest in one line."""
+    from serving.cli import format_profile
+    from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+
+    profile = pb.Profile(history_length=2, weights=[
+        pb.PrototypeWeight(prototype="80s", weight=0.75, base_weight=0.5, prototype_item_id="157"),
+        pb.PrototypeWeight(prototype="jazz", weight=0.0, base_weight=0.5, prototype_item_id="903",
+                           edit=pb.Edit(prototype="jazz", scale=0.0)),
+        pb.PrototypeWeight(prototype="rock", weight=0.25, base_weight=0.0, prototype_item_id="154"),
+        pb.PrototypeWeight(prototype="metal", weight=0.0, base_weight=0.0, prototype_item_id="707"),
+        pb.PrototypeWeight(prototype="punk", weight=1e-31, base_weight=1e-31, prototype_item_id="1513"),
+    ])  # fmt: skip
+    lines = format_profile(profile)
+    assert [line.split()[0] for line in lines[1:-1]] == ["80s", "rock", "jazz"]
+    assert "[scale 0]" in lines[3] and lines[-1] == "  ... and 2 more prototypes at 0.0%"
