@@ -69,8 +69,10 @@ def test_the_verdict_is_the_row_chosen_on_validation_not_the_best_test_row() -> 
         met["settings"] = {**met["settings"], **lucky}
         records.append(met)
     chosen_val = _record("sweep", "collab:chosen", 0, 0.46, 50.0, "collab", "apron")  # settings of goal-collab
-    records += [chosen_val, _record("sweep", "collab:weak", 0, 0.47, 20.0, "collab", "apron")]
-    for r in records[-2:]:
+    tie = _record("sweep", "collab:tie", 0, 0.46, 45.0, "collab", "apron")  # same val NDCG, less %Δ@20
+    tie["settings"] = {**tie["settings"], **lucky}
+    records += [tie, chosen_val, _record("sweep", "collab:weak", 0, 0.47, 20.0, "collab", "apron")]
+    for r in records[-3:]:
         r["split"] = "val"
     text = "\n".join(goal_lines(records))
     assert "**Chosen on validation** (`collab:chosen`): goal row" in text
