@@ -219,7 +219,7 @@ _SWEEP_OPTIONS: tuple[tuple[str, str, dict[str, Any]], ...] = (
 SWEEP_FEATURES: dict[str, tuple[str, ...] | None] = {
     "collab": None,
     "text-stripped": None,
-    "collab-256": ("tuned", "paper", "paper-tagatt1-pen50", "paper-tagatt1-pen100", "paper-full-tagatt1-pen50"),
+    "collab-256": ("tuned", "paper", "paper-tagatt1-pen50", "paper-tagatt1-pen100"),
 }
 SWEEP: tuple[Variant, ...] = tuple(
     Variant(f"{features}:{key}", label, options, features)
