@@ -64,8 +64,8 @@ PROFILE_FLOOR = 1e-30
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {},
-    # The selection rule of issue 10 (RESULTS.md, sweep on lastfm-2k's validation users, tag-free
-    # features): of the options with val %Δ@20 >= 40, the highest val NDCG@100.
+    # the option that issue 10's selection rule (training.results.goal_choice, on the sweep's
+    # lastfm-2k validation users, tag-free features) picked; RESULTS.md prints the choice
     "controllable": {"head_features": "full", "lambda_tag_attention": 1.0, "edit_penalty": 50.0},
 }
 
