@@ -6,7 +6,20 @@ from pathlib import Path
 import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
-from training.results import Job, Run, aggregate, execute, goal_lines, load_records, needs_run, write_report
+from training.results import (
+    ABLATIONS,
+    Job,
+    Run,
+    aggregate,
+    carry_over,
+    execute,
+    goal_lines,
+    jobs,
+    load_records,
+    needs_run,
+    same_run_as,
+    write_report,
+)
 
 INFO = {"fingerprint": "f" * 64, "n_items": 2813, "n_tags": 80, "users": {"train": 1487, "val_tr": 186, "test_tr": 186}}
 
@@ -131,3 +144,50 @@ def test_a_record_is_reused_only_with_the_rows_current_settings(tmp_path: Path) 
     assert needs_run(changed, path, force=False)  # the row's settings changed since it was recorded
     path.write_text("{not json")
     assert needs_run(job, path, force=False)
+
+
+def _write_record(path: Path, job: Job, epochs: int, epochs_run: int) -> None:
+    settings = {**job.settings(), "epochs": epochs}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "epochs_run": epochs_run, "best_epoch": epochs_run - 3}))
+
+
+@pytest.mark.parametrize(
+    ("model", "epochs_run", "reused"),
+    [
+        ("apron", 40, True),  # early stopping ended it before its cap of 60: the same run under 150
+        ("apron", 60, False),  # it ran to its cap: a higher cap would have trained on
+        ("multivae", 40, False),  # β's annealing is stretched over the cap: another run under 150
+    ],
+)
+def test_an_early_stopped_record_carries_over_to_a_raised_cap(tmp_path: Path, model: str, epochs_run: int, reused: bool) -> None:
+    job = Job("main", "ml-1m-implicit", model, model, model, Run(epochs=150, batch_size=256), "test")
+    path = job.path(tmp_path, 2)
+    _write_record(path, job, epochs=60, epochs_run=epochs_run)
+    assert needs_run(job, path, force=False) is not reused
+    carry_over(job, path)
+    record = json.loads(path.read_text())
+    if reused:  # rewritten with the row's settings, keeping the cap it ran under
+        assert record["settings"] == job.settings() and record["ran_under_cap"] == 60
+        assert not needs_run(job, path, force=False)
+    else:
+        assert record["settings"]["epochs"] == 60 and "ran_under_cap" not in record
+
+
+def test_a_record_with_a_lower_cap_and_other_settings_is_rerun(tmp_path: Path) -> None:
+    job = Job("main", "ml-1m-implicit", "apron", "apron", "apron", Run(epochs=150, lr=5e-4), "test")
+    path = job.path(tmp_path, 0)
+    other = Job("main", "ml-1m-implicit", "apron", "apron", "apron", Run(epochs=150, lr=1e-3), "test")
+    _write_record(path, other, epochs=60, epochs_run=40)
+    assert needs_run(job, path, force=False)
+
+
+def test_an_ablation_that_trains_the_tuned_model_is_reported_not_trained_twice(tmp_path: Path) -> None:
+    by_key = {v.key: v for v in ABLATIONS}
+    # ml-1m-implicit's tuned APRON has the model defaults, which are the paper's H and λ2
+    assert same_run_as("ml-1m-implicit", by_key["paper-hparams"]) is by_key["tuned"]
+    assert same_run_as("ml-1m-implicit", by_key["goal-collab-paper"]) is by_key["goal-collab"]
+    assert same_run_as("lastfm-2k", by_key["paper-hparams"]) is None  # lastfm's tuned row is H = 4, λ2 = 10
+    assert same_run_as("ml-1m-implicit", by_key["paper-all"]) is None
+    assert "paper-hparams" not in {j.row for j in jobs("ablations", ["ml-1m-implicit"])}
+    assert "paper-hparams" in {j.row for j in jobs("ablations", ["lastfm-2k"])}

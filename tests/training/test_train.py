@@ -9,6 +9,7 @@ import torch
 import cli
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.checkpoint import load_checkpoint
+from training.results import CAP_FREE_MODELS
 from training.train import train, validation_ndcg
 
 
@@ -41,6 +42,22 @@ def test_same_seed_same_model_other_seed_differs(dataset) -> None:
     assert any(
         not torch.equal(a, b) for a, b in zip(first.state_dict().values(), other.state_dict().values(), strict=True)
     )
+
+
+@pytest.mark.parametrize("name", sorted(CAP_FREE_MODELS))
+def test_a_cap_free_models_epochs_do_not_depend_on_the_cap(dataset, name: str) -> None:
+    """What lets `make results` keep an early-stopped record when a cap is raised (`carries_over`)."""
+    _, short = _train(dataset, name, epochs=2, patience=50)
+    _, long = _train(dataset, name, epochs=4, patience=50)
+    assert short.train["history"] == long.train["history"][:2]
+
+
+def test_an_annealed_model_trains_differently_under_another_cap(dataset) -> None:
+    # MultiVAE's β reaches its cap after 80 % of the planned updates: not in CAP_FREE_MODELS
+    assert "multivae" not in CAP_FREE_MODELS
+    _, short = _train(dataset, "multivae", epochs=2, patience=50)
+    _, long = _train(dataset, "multivae", epochs=4, patience=50)
+    assert short.train["history"][1] != long.train["history"][1]
 
 
 def test_early_stopping_when_validation_stalls(dataset) -> None:
