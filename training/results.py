@@ -605,6 +605,7 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
         f"- T(·): an item carries τ when τ was given at least {TAG_MIN_SHARE:.0%} as often as its most given tag "
         "(Last.fm: ~2.9 tags per item; MovieLens genres are all kept), except in the `any count` ablation row "
         "(~8 tags per item on Last.fm). N/A: the model has no tag prototypes.",
+        *_carried_lines(records),
         "- Features: `text` = all-MiniLM-L6-v2 embeddings of the item descriptions, which on Last.fm were written "
         "from the tags and name them (`../shared/data/README.md`): not comparable with the paper's MERT audio. "
         "`text-stripped` = the same with tag names and sentences about tags removed (`apron features --kind "
@@ -793,6 +794,17 @@ def _live_lines(live: dict[str, Any]) -> list[str]:
         f"| {_fmt(live['live']['delta'])} | {_fmt(live['offline']['pct_delta'], 1)} | {_fmt(live['live']['pct_delta'], 1)} |",
         "",
     ]
+
+
+def _carried_lines(records: list[dict[str, Any]]) -> list[str]:
+    """Which records were kept when their row's epoch cap was raised, said where the caps are read."""
+    carried = sorted(f"{r['part']}/{r['dataset']}/{r['row']} seed {r['seed']} (stopped at {r['epochs_run']}, cap "
+                     f"{r['ran_under_cap']} -> {r['settings']['epochs']})" for r in records if "ran_under_cap" in r)  # fmt: skip
+    if not carried:
+        return []
+    return [f"- Kept when their cap was raised ({len(carried)} records): early stopping had ended them before "
+            "the lower cap, and the model's training does not depend on the cap (`training.results.carries_over`), "
+            f"so each is the run the raised cap makes: {'; '.join(carried)}."]  # fmt: skip
 
 
 def _not_run(records: list[dict[str, Any]]) -> list[str]:

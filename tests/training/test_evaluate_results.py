@@ -191,3 +191,12 @@ def test_an_ablation_that_trains_the_tuned_model_is_reported_not_trained_twice(t
     assert same_run_as("ml-1m-implicit", by_key["paper-all"]) is None
     assert "paper-hparams" not in {j.row for j in jobs("ablations", ["ml-1m-implicit"])}
     assert "paper-hparams" in {j.row for j in jobs("ablations", ["lastfm-2k"])}
+
+
+def test_the_report_names_the_records_kept_under_a_raised_cap(tmp_path: Path) -> None:
+    records = _records(0.44, 45.0)
+    records[0] = {**records[0], "ran_under_cap": 30}
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    assert "Kept when their cap was raised (1 records)" in text
+    assert "main/lastfm-2k/multivae seed 0 (stopped at 12, cap 30 -> 50)" in text
+    assert "Kept when" not in write_report(_records(0.44, 45.0), tmp_path / "R2.md").read_text()
