@@ -666,8 +666,9 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
                 "| Row | features | NDCG@100 (↑) | Recall@20 (↑) | Δ@20 (↑) | %Δ@20 (↑) | seeds | changed settings |",
                 "| --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
-            for variant in [v for v in ABLATIONS if v.key in ablations or same_run_as(name, v)]:
-                if (same := same_run_as(name, variant)) is not None:
+            same_as = {v.key: same_run_as(name, v) for v in ABLATIONS}
+            for variant in [v for v in ABLATIONS if v.key in ablations or same_as[v.key]]:
+                if (same := same_as[variant.key]) is not None:
                     lines.append(f"| {variant.label} | same run as \"{same.label}\": the two rows' settings are "
                                  f"equal on {name} (its defaults), so it is not trained twice | | | | | | - |")  # fmt: skip
                     continue
@@ -802,7 +803,7 @@ def _carried_lines(records: list[dict[str, Any]]) -> list[str]:
                      f"{r['ran_under_cap']} -> {r['settings']['epochs']})" for r in records if "ran_under_cap" in r)  # fmt: skip
     if not carried:
         return []
-    return [f"- Kept when their cap was raised ({len(carried)} records): early stopping had ended them before "
+    return [f"- Records kept when their cap was raised: {len(carried)}. Early stopping had ended them before "
             "the lower cap, and the model's training does not depend on the cap (`training.results.carries_over`), "
             f"so each is the run the raised cap makes: {'; '.join(carried)}."]  # fmt: skip
 

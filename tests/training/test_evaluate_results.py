@@ -197,6 +197,17 @@ def test_the_report_names_the_records_kept_under_a_raised_cap(tmp_path: Path) ->
     records = _records(0.44, 45.0)
     records[0] = {**records[0], "ran_under_cap": 30}
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
-    assert "Kept when their cap was raised (1 records)" in text
+    assert "Records kept when their cap was raised: 1." in text
     assert "main/lastfm-2k/multivae seed 0 (stopped at 12, cap 30 -> 50)" in text
-    assert "Kept when" not in write_report(_records(0.44, 45.0), tmp_path / "R2.md").read_text()
+    assert "kept when" not in write_report(_records(0.44, 45.0), tmp_path / "R2.md").read_text()
+
+
+def test_not_run_counts_only_records_with_the_rows_current_settings(tmp_path: Path) -> None:
+    """A record whose row's settings changed since is listed as not run, with its seeds named."""
+    job = next(j for j in jobs("main", ["lastfm-2k"]) if j.row == "multivae")
+    current = [{**_record("main", "multivae", seed, 0.42), "settings": job.settings()} for seed in (0, 1)]
+    stale = {**_record("main", "multivae", 2, 0.42), "settings": {**job.settings(), "lr": 0.123}}
+    text = write_report([*current, stale], tmp_path / "RESULTS.md").read_text()
+    assert "- main/lastfm-2k/multivae: 2 of 3 seeds (run with other settings than the row has now: seed 2)" in text
+    stale["settings"] = job.settings()
+    assert "main/lastfm-2k/multivae:" not in write_report([*current, stale], tmp_path / "R2.md").read_text()
