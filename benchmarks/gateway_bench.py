@@ -33,7 +33,7 @@ import psutil
 
 from benchmarks.load import closed_loop, run_load
 from benchmarks.timing import Timing
-from common.net import free_port
+from common.net import free_ports
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
 STARTUP_FUNCTIONS = ("<module>", "create_server", "load_model", "start")  # before serving (server.py), imports
@@ -85,6 +85,7 @@ class CpuUse:
 class GatewayHandle:
     address: str
     pid: int
+    metrics_url: str  # its Prometheus /metrics
 
     def cpu_s(self) -> tuple[float, float]:
         """(gateway process, its children) user + system CPU seconds so far."""
@@ -154,9 +155,9 @@ def gateway_process(
 
     from serving.config import env_name
 
-    port = free_port()
+    port, metrics_port = free_ports(2)
     settings = {
-        "repository": repository, "port": port, "metrics_port": -1, "build_demo": "false",
+        "repository": repository, "port": port, "metrics_port": metrics_port, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
         # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
         "redis_dir": "", "redis_aof": "false",
@@ -183,7 +184,7 @@ def gateway_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield GatewayHandle(address, process.pid)
+        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:

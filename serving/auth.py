@@ -51,6 +51,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from serving import stages
 from serving.config import ServingConfig
 from serving.errors import ApronError
 
@@ -358,21 +359,22 @@ class TokenVerifier:
 Caller = Principal | AuthError
 
 
-def _wrap_unary(behavior: Callable, caller: Caller) -> Callable:
+def _wrap_unary(behavior: Callable, caller: Caller, clock: stages.StageClock) -> Callable:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        reset = _principal.set(caller)
+        reset, reset_clock = _principal.set(caller), stages.attach(clock)
         try:
             result = behavior(request_or_iterator, context)
             return await result if inspect.isawaitable(result) else result
         finally:
+            stages.end(reset_clock)
             _principal.reset(reset)
 
     return handler
 
 
-def _wrap_streaming(behavior: Callable, caller: Caller) -> Callable:
+def _wrap_streaming(behavior: Callable, caller: Caller, clock: stages.StageClock) -> Callable:
     if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes via context.write
-        return _wrap_unary(behavior, caller)
+        return _wrap_unary(behavior, caller, clock)
 
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         reset = _principal.set(caller)
@@ -419,13 +421,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler  # unknown methods get UNIMPLEMENTED from grpc itself
+        clock = stages.StageClock(time.perf_counter())  # the call's stages start with its token check
         caller: Caller
         try:
             caller = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
         except AuthError as error:
             caller = error
-        streaming = handler.response_streaming
-        return _with_behavior(handler, lambda behavior: (_wrap_streaming if streaming else _wrap_unary)(behavior, caller))
+        clock.mark(stages.AUTH)
+        wrap = _wrap_streaming if handler.response_streaming else _wrap_unary
+        return _with_behavior(handler, lambda behavior: wrap(behavior, caller, clock))
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:

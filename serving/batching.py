@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from serving import stages as stage_clock
 from serving.errors import ResourceExhausted
 
 T = TypeVar("T")
@@ -48,6 +49,8 @@ class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     queued_at: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # perf_counter when its batch's run started and ended (the caller's stages)
+    ended: float = 0.0
 
 
 class BatcherClosed(RuntimeError):
@@ -73,6 +76,7 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
         observer: BatchObserver | None = None,
         max_queue: int = 1024,
+        stages: tuple[str, str, str] | None = None,
     ):
         if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1:
             raise ValueError(
@@ -85,6 +89,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_queue = max_queue
         self.name = name
         self.observer = observer
+        self.stages = stages  # (queue, run, resume): what a request's stage clock is charged (serving/stages.py)
         self._pending: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"apron-{name}")
@@ -115,9 +120,12 @@ class MicroBatcher(Generic[T, R]):
         if self._task is None:  # created lazily: it must live on the loop that serves the requests
             self._task = asyncio.create_task(self._collect(), name=f"apron-{self.name}-collector")
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(item, future))
+        entry = _Pending(item, future)
+        self._pending.append(entry)
         self._wakeup.set()
-        return await future
+        result = await future
+        stage_clock.mark_batch(self.stages, entry.started, entry.ended)
+        return result
 
     async def _collect(self) -> None:
         while True:
@@ -163,8 +171,10 @@ class MicroBatcher(Generic[T, R]):
             self._run_s = seconds if self._run_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_s + RUN_TIME_SMOOTHING * seconds
             if self.observer is not None:
                 self.observer(self.name, len(batch), seconds, waits)
+        ended = start + seconds
         for entry, result in zip(batch, results, strict=True):
             if not entry.future.done():
+                entry.started, entry.ended = start, ended
                 entry.future.set_result(result)
 
     async def close(self) -> None:

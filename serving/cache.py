@@ -28,6 +28,7 @@ import numpy as np
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 
+from serving import stages
 from serving.backends.base import Scorer
 from serving.catalog import history_digest
 from serving.edits import EditSpec
@@ -38,6 +39,7 @@ from serving.metrics import Metrics
 STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
+CACHE_RESULTS = ("hit", "miss", "unavailable")  # apron_profile_cache_requests{result}
 
 
 KEYS_VERSION_KEY = "apron:keys-version"  # "2": hash-tagged keys; absent: maybe keys of the first layout
@@ -175,14 +177,19 @@ class ProfileCache:
         self.model_version = model_version
         self.shape = shape  # (H, K)
         self.metrics = metrics
+        # each result's counter resolved once, not per lookup
+        self._counters = {result: metrics.cache.labels(result) for result in CACHE_RESULTS} if metrics else {}
 
     def _count(self, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.cache.labels(result).inc()
+        counter = self._counters.get(result)
+        if counter is not None:
+            counter.inc()
 
     async def cached(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """The cached profile (None when there is none) and the stored edits."""
-        return await self.store.get_profile(self.model_version, user_id, self.shape)
+        found = await self.store.get_profile(self.model_version, user_id, self.shape)
+        stages.mark(stages.REDIS_READ)
+        return found
 
     async def resolve(
         self, user_id: str, history_ids: np.ndarray | None
@@ -197,10 +204,12 @@ class ProfileCache:
         try:
             cached, edits = await self.cached(user_id)
         except STORE_DOWN:
+            stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
+            stages.mark(stages.PROFILE)
             digest = history_digest(history_ids)
             record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
@@ -219,9 +228,11 @@ class ProfileCache:
             return cached, True, edits
         self._count("miss")
         weights, length = await self.scorer.profile(history_ids)
+        stages.mark(stages.PROFILE)
         record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
         try:
             await self.store.put_profile(self.model_version, user_id, record)
         except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
             self._count("unavailable")
+        stages.mark(stages.REDIS_WRITE)
         return record, False, edits

@@ -1,19 +1,54 @@
 """Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`).
 
-Every name starts with `apron_`. Histograms: RPC latency by method and status code, inference
-latency and batch size by model, queue wait in the micro-batcher. Counters: profile cache hits and
-misses, edits by kind. Gauge: RPCs in flight by method.
+Every name starts with `apron_`. Histograms: RPC latency by method and status code, each RPC's
+stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
+micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauge: RPCs in flight by method.
+
+The per-call series are reached through label children resolved once (`for_method`, `StageRecorder`):
+`labels()` validates and locks on every call, which a cached Recommend should not pay a dozen times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from serving.stages import StageRecorder
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# a stage of a cached call takes from microseconds (validation) to the model's milliseconds
+STAGE_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class MethodMetrics:
+    """One RPC method's per-call series, each resolved once (a status code's on its first call):
+    the boundary's metric work per call is `inc` / `dec` / `observe` on these children."""
+
+    def __init__(self, metrics: Metrics, method: str):
+        self.method = method
+        self.in_flight = metrics.in_flight.labels(method)
+        self._metrics = metrics
+        self._latency: dict[grpc.StatusCode, Any] = {}
+        self._rejections: dict[grpc.StatusCode, Any] = {}
+
+    def latency(self, code: grpc.StatusCode) -> Any:
+        child = self._latency.get(code)
+        if child is None:
+            child = self._latency[code] = self._metrics.rpc_latency.labels(self.method, code.name)
+        return child
+
+    def rejections(self, code: grpc.StatusCode) -> Any:
+        child = self._rejections.get(code)
+        if child is None:
+            child = self._rejections[code] = self._metrics.rejections.labels(self.method, code.name)
+        return child
 
 
 class Metrics:
@@ -66,7 +101,23 @@ class Metrics:
         self.fallbacks = Counter(  # reliability: --triton-fallback at work
             "apron_backend_fallbacks", "inference calls served in-process while Triton was unreachable", ["method"], registry=r
         )
+        self.stage_seconds = Histogram(
+            "apron_stage_seconds",
+            "one stage of an RPC (serving/stages.py: auth, redis_read, scorer_run, response, ...)",
+            ["method", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stages = StageRecorder(self.stage_seconds)
+        self._methods: dict[str, MethodMetrics] = {}
         self._server: WSGIServer | None = None
+
+    def for_method(self, method: str) -> MethodMetrics:
+        """`method`'s per-call series (created on its first call, then reused)."""
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods[method] = MethodMetrics(self, method)
+        return found
 
     # -- observers handed to the backends
     def observe_batch(
@@ -74,8 +125,9 @@ class Metrics:
     ) -> None:
         self.batch_size.labels(model).observe(batch_size)
         self.inference_latency.labels(model, backend).observe(run_seconds)
+        queue_wait = self.queue_wait.labels(model)  # once per batch, not per request
         for wait in queue_waits:
-            self.queue_wait.labels(model).observe(wait)
+            queue_wait.observe(wait)
 
     def observe_inference(self, model: str, seconds: float, backend: str = "triton") -> None:
         self.inference_latency.labels(model, backend).observe(seconds)

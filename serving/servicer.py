@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import redis.exceptions
 
-from serving import auth, limits
+from serving import auth, limits, stages
 from serving.backends.base import Scorer
 from serving.cache import ProfileCache, ProfileRecord, RedisStore
 from serving.catalog import ServedModel
@@ -37,12 +37,18 @@ from serving.errors import (
     ResourceExhausted,
 )
 from serving.metrics import Metrics
-from serving.profile_encoding import ProfileEncoder
+from serving.profile_encoding import ALL_PROTOTYPES, ProfileEncoder, ProfileSelection
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_watch import reachable
 from serving.topk import select_top_k
-from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
+from serving.validation import (
+    validate_edits,
+    validate_history,
+    validate_k,
+    validate_profile_view,
+    validate_user_id,
+)
 
 log = logging.getLogger("apron.gateway")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -63,8 +69,14 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
         async def wrapped(self: RecommenderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code, message = grpc.StatusCode.OK, ""
-            in_flight = self.metrics.in_flight.labels(method)
-            in_flight.inc()
+            series = self.metrics.for_method(method)
+            series.in_flight.inc()
+            # the interceptor's clock (auth, then gRPC's dispatch up to here); with auth off, one from here
+            clock, own_clock = stages.current(), None
+            if clock is None:
+                clock, own_clock = stages.begin(start)
+            else:
+                clock.mark(stages.DISPATCH, start)
             # with auth off every call runs as the anonymous service (explicit); with auth on, the
             # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
             as_anonymous = None if self.config.auth else auth.assume(auth.ANONYMOUS)
@@ -80,9 +92,11 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 remaining = context.time_remaining()
                 limit = self.config.request_timeout_s
                 async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
+                    clock.mark(stages.ADMISSION)
                     response = await handler(self, request, context)
                 if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
                     raise TimeoutError
+                clock.mark(stages.RESPONSE)
                 return response
             except ResourceExhausted as error:
                 code, message = error.code, str(error)
@@ -102,13 +116,15 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
             finally:
                 if as_anonymous is not None:
                     auth.reset(as_anonymous)
-                seconds = time.perf_counter() - start
+                if code is not grpc.StatusCode.OK:
+                    clock.mark(stages.ERROR)
+                seconds = clock.last - start
                 if admitted:
                     self.concurrency.leave(seconds)  # type: ignore[union-attr]
-                in_flight.dec()
-                self.metrics.rpc_latency.labels(method, code.name).observe(seconds)
+                series.in_flight.dec()
+                series.latency(code).observe(seconds)
                 if code in REJECTIONS:
-                    self.metrics.rejections.labels(method, code.name).inc()
+                    series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "error": message}
@@ -116,6 +132,10 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 elif self.access_log_rate and random.random() < self.access_log_rate:
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "sampled": self.access_log_rate}
                     log.info("rpc", extra={"fields": fields})
+                clock.mark(stages.RECORD)
+                self.metrics.stages.observe(method, clock)
+                if own_clock is not None:
+                    stages.end(own_clock)
             await context.abort(code, message)
 
         return wrapped
@@ -176,11 +196,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 f"the stored edits cannot apply to this profile ({error}); change them or reset with EditProfile"
             ) from error
 
-    def _profile(self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec]) -> pb.Profile:
+    def _profile(
+        self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec], view: ProfileSelection = ALL_PROTOTYPES
+    ) -> pb.Profile | None:
+        if not view.shown:
+            return None
         weight = mean_shares(edited)  # (K,)
         base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
         shown = {tag: edit_to_proto(edit) for tag, edit in edits.items()}
-        return self.profile_encoder.encode(weight, base, record.history_length, shown)
+        return self.profile_encoder.encode(weight, base, record.history_length, shown, view.top_n)
 
     def _stored_list(self, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
         """Stored edits in prototype order; edits of tags this model lacks at the end."""
@@ -212,6 +236,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         k = validate_k(request.k, self.model.k_max)
         validate_history(request.history, self.config.max_history)
         one_off = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
+        view = validate_profile_view(request.profile_view, request.profile_top_n)
 
         history, ignored = None, 0
         if request.history:
@@ -223,12 +248,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 )
         if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.recommend_limiter.check(user)
+        stages.mark(stages.VALIDATE)
         record, from_cache, stored = await self.profiles.resolve(user, history)  # stored: {} while Redis is down
         edited = self._edited(record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")
 
         exclude = np.zeros(0, np.int64) if request.include_heard else record.history_ids
-        ids, scores = await self.scorer.top_k(edited.astype(np.float32), exclude, k)
+        shares32 = edited.astype(np.float32)
+        stages.mark(stages.EDITS)
+        ids, scores = await self.scorer.top_k(shares32, exclude, k)
+        stages.mark(stages.SCORER)
         ids, scores = select_top_k(ids, scores, k)
         meta = self.model.metadata
         return pb.RecommendResponse(
@@ -236,7 +265,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 pb.ScoredItem(item_id=meta.item_ids[i], score=float(s), name=meta.item_names[i])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
             ],
-            profile=self._profile(record, edited, merge_edits(stored, one_off)),
+            profile=self._profile(record, edited, merge_edits(stored, one_off), view),
             model_version=self.model.version,
             profile_from_cache=from_cache,
             ignored_history_items=ignored,
@@ -251,6 +280,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
         if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.edit_limiter.check(user)
+        stages.mark(stages.VALIDATE)
         return await self._after_reconnect(lambda: self._edit_profile(user, edits, request.reset))
 
     async def _edit_profile(self, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
@@ -262,7 +292,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 apply_edits(record.weights, merge_edits(before, edits), self.model.tag_index)
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
+            stages.mark(stages.EDITS)
         stored = await self.store.store_edits(user, edits, reset=reset)
+        stages.mark(stages.REDIS_WRITE)
         if reset:
             self.metrics.edits.labels("reset", "stored").inc()
         self._count_edits(edits, "stored")
@@ -275,14 +307,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
+        stages.mark(stages.VALIDATE)
         record, stored = await self._after_reconnect(lambda: self.profiles.cached(user))
         if record is None:
             raise NotFound(
                 f"no profile for user {user!r} under model version {self.model.version}: "
                 "a Recommend call with the user's history creates it"
             )
+        edited = self._edited(record, stored, {})
+        stages.mark(stages.EDITS)
         return pb.GetProfileResponse(
-            profile=self._profile(record, self._edited(record, stored, {}), stored),
+            profile=self._profile(record, edited, stored),
             stored_edits=self._stored_list(stored),
             model_version=self.model.version,
         )

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from export import contract
+from serving import stages
 from serving.batching import BatchObserver, MicroBatcher
 
 
@@ -56,6 +57,7 @@ class BatchedScorer(Scorer):
             name=contract.PROFILE_MODEL,
             observer=observer,
             max_queue=max_queue,
+            stages=stages.PROFILE_BATCH,
         )
         self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._run_scorer,
@@ -64,6 +66,7 @@ class BatchedScorer(Scorer):
             name=contract.SCORER_MODEL,
             observer=observer,
             max_queue=max_queue,
+            stages=stages.SCORER_BATCH,
         )
 
     @abc.abstractmethod
