@@ -14,18 +14,36 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
+import psutil
 
 from benchmarks.timing import Timing
 
 Call = Callable[[int], Awaitable[object]]  # request number -> the RPC
 
 
-async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0) -> Timing:
+@dataclass
+class LoadStats:
+    """What a run saw beyond its measured latencies: every completed call (warm-up included, to set
+    against a server's own counters) and, in an open loop, how late each request was sent."""
+
+    calls: int = 0
+    send_lags_s: list[float] = field(default_factory=list)
+    machine_idle: float = float("nan")  # share of all the machine's cores idle in the measured window
+
+
+def _machine_times() -> tuple[float, float]:
+    """(idle, all) CPU seconds of the whole machine so far (every process, every core)."""
+    times = psutil.cpu_times()
+    return times.idle + getattr(times, "iowait", 0.0), sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+
+
+async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0, stats: LoadStats | None = None) -> Timing:
     """`clients` concurrent callers for `seconds` (after `warmup_s`); failures raise."""
+    stats = stats if stats is not None else LoadStats()
     latencies: list[float] = []
     counter = iter(range(1 << 62))
     measuring = False
@@ -38,26 +56,31 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
                 return
             t0 = time.perf_counter()
             await call(next(counter))
+            stats.calls += 1
             if measuring:
                 latencies.append(time.perf_counter() - t0)
 
-    async def clock() -> tuple[float, float]:
+    async def clock() -> tuple[float, tuple[float, float]]:
         nonlocal measuring, stop_at
         await asyncio.sleep(warmup_s)
         start = time.perf_counter()
         stop_at = start + seconds
         measuring = True
-        return start, stop_at
+        return start, _machine_times()
 
     clock_task = asyncio.ensure_future(clock())
     await asyncio.gather(*(client() for _ in range(clients)))
-    start, _ = clock_task.result()
+    start, (idle0, all0) = clock_task.result()
+    idle1, all1 = _machine_times()
+    stats.machine_idle = (idle1 - idle0) / max(all1 - all0, 1e-9)
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
 
 
-async def open_loop(call: Call, rate: float, seconds: float) -> Timing:
+async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | None = None) -> Timing:
     """Start one request every 1/rate seconds for `seconds`; latency is measured from the scheduled
-    start, so a stalled server shows up in the percentiles instead of slowing the sender."""
+    start, so a stalled server shows up in the percentiles instead of slowing the sender (how late
+    the sender itself was goes to `stats.send_lags_s`)."""
+    stats = stats if stats is not None else LoadStats()
     interval = 1.0 / rate
     n = max(1, int(rate * seconds))
     start = time.perf_counter()
@@ -65,7 +88,9 @@ async def open_loop(call: Call, rate: float, seconds: float) -> Timing:
     async def one(i: int) -> float:
         scheduled = start + i * interval
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        stats.send_lags_s.append(time.perf_counter() - scheduled)
         await call(i)
+        stats.calls += 1
         return time.perf_counter() - scheduled
 
     latencies = await asyncio.gather(*(one(i) for i in range(n)))
@@ -89,6 +114,9 @@ class ProcessLoad:
     timing: Timing  # all processes' latencies; wall time from the common start to the last end
     cpu_s: float  # CPU seconds the load processes spent during the measured window
     processes: int
+    calls_all: int = 0  # completed calls, warm-up included
+    send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
+    machine_idle: float = float("nan")  # closed loop: share of the machine's cores idle while measured
 
 
 def run_load(
@@ -144,7 +172,11 @@ def run_load(
         raise RuntimeError(f"a load process failed: {errors[0]}")
     latencies = np.concatenate([part[0] for part in parts])
     wall_s = max(part[1] for part in parts)
-    return ProcessLoad(Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes)
+    return ProcessLoad(
+        Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
+        calls_all=sum(part[3] for part in parts), send_lags_s=np.concatenate([part[4] for part in parts]),
+        machine_idle=float(np.mean([part[5] for part in parts])),
+    )  # fmt: skip
 
 
 def _load_process(
@@ -158,16 +190,17 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float]:
+) -> tuple[np.ndarray, float, float, int, np.ndarray, float]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    stats = LoadStats()
     if clients:
-        timing = await closed_loop(call, clients, seconds, warmup_s)
+        timing = await closed_loop(call, clients, seconds, warmup_s, stats)
     else:
-        timing = await open_loop(call, rate, seconds)
+        timing = await open_loop(call, rate, seconds, stats)
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
-    return timing.latencies_s, timing.wall_s, cpu_s
+    return timing.latencies_s, timing.wall_s, cpu_s, stats.calls, np.asarray(stats.send_lags_s), stats.machine_idle

@@ -10,6 +10,8 @@ The per-call series are reached through label children resolved once (`for_metho
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -49,6 +51,29 @@ class MethodMetrics:
         if child is None:
             child = self._rejections[code] = self._metrics.rejections.labels(self.method, code.name)
         return child
+
+
+class GcTimer:
+    """Times every garbage collection of this process (`gc.callbacks`) into `histogram`'s child for
+    its generation, from `start()` until `stop()`."""
+
+    def __init__(self, histogram: Histogram):
+        self._children = [histogram.labels(str(generation)) for generation in range(3)]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+
+    def start(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def stop(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
 
 
 class Metrics:
@@ -109,6 +134,15 @@ class Metrics:
             registry=r,
         )
         self.stages = StageRecorder(self.stage_seconds)
+        self.gc_pauses = Histogram(  # garbage collections stop the event loop: a tail-latency suspect
+            "apron_gc_pause_seconds",
+            "one garbage collection in the gateway process, by generation (0, 1, 2)",
+            ["generation"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self._gc_timer = GcTimer(self.gc_pauses)
+        self._gc_timer.start()  # until shutdown(): also in --workers processes, which serve no /metrics
         self._methods: dict[str, MethodMetrics] = {}
         self._server: WSGIServer | None = None
 
@@ -139,6 +173,7 @@ class Metrics:
         return int(self._server.server_port)
 
     def shutdown(self) -> None:
+        self._gc_timer.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
