@@ -14,15 +14,31 @@ MULTI/EXEC writes stay valid there. (The first layout had no braces: `migrate_le
   and no model version, so edits survive upgrades. Each edit is one HSET of its field, which is
   atomic, and a reset is DEL, so concurrent editors of different tags never overwrite each other
   (no read-modify-write).
+- `apron:version:{<user>}`: a random token that every write of the user's profile or edits
+  replaces in the same transaction (versioned reads, below). Same TTL as the profile.
 
 `ProfileCache` wraps the scorer: it answers from Redis when the history is the cached one, and
 otherwise asks the scorer and stores the result. The scorer knows nothing of Redis.
+
+Versioned reads: each gateway process keeps the profiles and edits it read last (`ProfileCache`,
+a bounded LRU), with the version they were read at. A later read of the same user asks Redis for
+the version only (one GET, a few bytes) and uses its copy when the version is unchanged; otherwise,
+or when its copy is older than `refresh_s` (which also refreshes the TTLs), it reads the profile,
+the edits and the version in one atomic script. Because every write replaces the version in the
+transaction that changes the data, an EditProfile acknowledged by any worker or replica is seen by
+the very next read on every other one: there is no invalidation message to wait for, and nothing to
+lose. The copy lets a process compute what follows from a profile (its shares, the encoded
+response profile: `ProfileRecord.memo`) once per version instead of once per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.exceptions
@@ -35,11 +51,17 @@ from serving.edits import EditSpec
 from serving.errors import NotFound
 from serving.metrics import Metrics
 
+T = TypeVar("T")
 # Redis unreachable or too slow (the servicer answers UNAVAILABLE for them, except where noted).
 STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
+VERSION_PREFIX = "apron:version"
+MEMO_KEYS = 8  # values remembered per profile record (ProfileRecord.memo)
+LOCAL_PROFILES = 4096  # profiles a gateway process keeps (ProfileCache), least recently used dropped
+LOCAL_REFRESH_S = 600.0  # a kept profile is read in full again after this long (refreshing its TTL)
 CACHE_RESULTS = ("hit", "miss", "unavailable")  # apron_profile_cache_requests{result}
+PROFILE_READS = ("version", "full")  # apron_profile_reads{kind}: a kept copy confirmed by its version, a full read
 
 
 KEYS_VERSION_KEY = "apron:keys-version"  # "2": hash-tagged keys; absent: maybe keys of the first layout
@@ -52,6 +74,10 @@ def profile_key(model_version: int, user_id: str) -> str:
 
 def edits_key(user_id: str) -> str:
     return f"{EDITS_PREFIX}:{{{user_id}}}"
+
+
+def version_key(user_id: str) -> str:
+    return f"{VERSION_PREFIX}:{{{user_id}}}"
 
 
 async def migrate_legacy_edits(redis: Redis) -> int:
@@ -88,6 +114,20 @@ class ProfileRecord:
     history_length: int  # distinct valid items the profile was computed from
     digest: str  # catalog.history_digest of the history
     history_ids: np.ndarray  # (T,) int64 internal indices of that history
+    # values computed from this record (and the edits named in the key) by its users, kept while the
+    # record is: a profile read once serves many calls (`memoized`)
+    memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def memoized(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for, the same value afterwards (a few keys per
+        record: the memo is emptied beyond MEMO_KEYS)."""
+        try:
+            return self.memo[key]
+        except KeyError:
+            if len(self.memo) >= MEMO_KEYS:
+                self.memo.clear()
+            value = self.memo[key] = compute()
+            return value
 
     def to_redis(self) -> dict[str, bytes | str | int]:
         return {
@@ -116,42 +156,87 @@ class ProfileRecord:
             return None
 
 
+@dataclass(frozen=True)
+class StoredProfile:
+    """A user's state in Redis as one atomic read saw it."""
+
+    version: bytes  # the user's version token at that moment
+    record: ProfileRecord | None  # the cached profile (None: none, or unusable)
+    edits: dict[str, EditSpec]  # the stored edits
+    read_at: float = field(default_factory=time.monotonic)
+
+
+# One atomic read of a user's profile, edits and version, refreshing the TTLs; a user without a
+# version gets the caller's fresh one (ARGV[2]). KEYS: profile, edits, version; ARGV: ttl, version.
+READ_SCRIPT = """
+local version = redis.call('GET', KEYS[3])
+if version then
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+else
+  version = ARGV[2]
+  redis.call('SET', KEYS[3], version, 'EX', ARGV[1])
+end
+local profile = redis.call('HGETALL', KEYS[1])
+if #profile > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return {version, profile, redis.call('HGETALL', KEYS[2])}
+"""
+
+
+def new_version() -> bytes:
+    """A version token: random, so a version key that expired and came back never repeats an old one."""
+    return secrets.token_hex(8).encode()
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A script's HGETALL reply (field, value, field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
 class RedisStore:
-    """Profiles and edits in Redis; no model logic."""
+    """Profiles, edits and their versions in Redis; no model logic."""
 
     def __init__(self, redis: Redis | RedisCluster, ttl_s: int):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
+        self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
 
-    async def get_profile(
-        self, model_version: int, user_id: str, shape: tuple[int, int]
-    ) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
-        """The cached profile (None: none or unusable) and the stored edits, in one round trip:
-        a Recommend's only Redis read on a cache hit. No MULTI/EXEC: each HGETALL is atomic on its
-        own (a reset plus its new edits is one transaction in `store_edits`), and the two keys need
-        no common snapshot."""
-        key = profile_key(model_version, user_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            fields, _, edits = await pipe.hgetall(key).expire(key, self.ttl_s).hgetall(edits_key(user_id)).execute()
-        return (ProfileRecord.from_redis(fields, shape) if fields else None), _decode_edits(edits)
+    async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> StoredProfile:
+        """The cached profile, the stored edits and their version, in one round trip (one script,
+        atomic: the three belong together), refreshing the profile's and the version's TTL."""
+        keys = [profile_key(model_version, user_id), edits_key(user_id), version_key(user_id)]
+        version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
+        record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
+        return StoredProfile(version, record, _decode_edits(_pairs(edits)))
 
-    async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> None:
-        key = profile_key(model_version, user_id)
+    async def get_version(self, user_id: str) -> bytes | None:
+        """The user's version token (None: none), one small GET: enough to tell whether a copy read
+        at some version is still what Redis holds."""
+        return await self.redis.get(version_key(user_id))
+
+    async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> StoredProfile:
+        """Replace the cached profile; returns the state it leaves (the new version, with the edits
+        read in the same transaction)."""
+        key, version = profile_key(model_version, user_id), new_version()
         async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
-            await pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s).execute()
+            pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s)
+            results = await pipe.set(version_key(user_id), version, ex=self.ttl_s).hgetall(edits_key(user_id)).execute()
+        return StoredProfile(version, record, _decode_edits(results[-1]))
 
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
         return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
     async def store_edits(self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False) -> dict[str, EditSpec]:
-        """Reset (DEL) and/or set each edit's field (HSET) in one transaction; returns every stored
-        edit afterwards (read inside the same transaction)."""
+        """Reset (DEL) and/or set each edit's field (HSET) and replace the version in one
+        transaction; returns every stored edit afterwards (read inside the same transaction)."""
         key = edits_key(user_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             if reset:
                 pipe.delete(key)
             if edits:
                 pipe.hset(key, mapping={tag: edit.to_json() for tag, edit in edits.items()})
+            pipe.set(version_key(user_id), new_version(), ex=self.ttl_s)
             pipe.hgetall(key)
             results = await pipe.execute()
         return _decode_edits(results[-1])
@@ -169,16 +254,62 @@ def _decode_edits(fields: Mapping[bytes, bytes]) -> dict[str, EditSpec]:
 
 
 class ProfileCache:
-    """A user's profile: from Redis when the history matches, else from the scorer (then cached)."""
+    """A user's profile: from Redis when the history matches, else from the scorer (then cached).
 
-    def __init__(self, store: RedisStore, scorer: Scorer, model_version: int, shape: tuple[int, int], metrics: Metrics | None = None):
+    Keeps the `local_entries` users it read last (versioned reads: the module docstring); 0 keeps
+    none (every read is a full one)."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        scorer: Scorer,
+        model_version: int,
+        shape: tuple[int, int],
+        metrics: Metrics | None = None,
+        *,
+        local_entries: int = LOCAL_PROFILES,
+        refresh_s: float = LOCAL_REFRESH_S,
+    ):
         self.store = store
         self.scorer = scorer
         self.model_version = model_version
         self.shape = shape  # (H, K)
         self.metrics = metrics
-        # each result's counter resolved once, not per lookup
+        self.local_entries = local_entries
+        self.refresh_s = min(refresh_s, store.ttl_s / 2)  # a kept copy never outlives its TTL unread
+        self._local: OrderedDict[str, StoredProfile] = OrderedDict()
+        # each counter resolved once, not per lookup
         self._counters = {result: metrics.cache.labels(result) for result in CACHE_RESULTS} if metrics else {}
+        self._reads = {kind: metrics.profile_reads.labels(kind) for kind in PROFILE_READS} if metrics else {}
+
+    def _remember(self, user_id: str, stored: StoredProfile) -> None:
+        if self.local_entries <= 0:
+            return
+        self._local[user_id] = stored
+        self._local.move_to_end(user_id)
+        while len(self._local) > self.local_entries:
+            self._local.popitem(last=False)
+
+    async def _read(self, user_id: str) -> StoredProfile:
+        """The user's state: the kept copy when Redis still holds its version, else a full read."""
+        kept = self._local.get(user_id)
+        if (
+            kept is not None
+            and time.monotonic() - kept.read_at < self.refresh_s
+            and await self.store.get_version(user_id) == kept.version
+        ):
+            self._local.move_to_end(user_id)
+            self._count_read("version")
+            return kept
+        stored = await self.store.get_profile(self.model_version, user_id, self.shape)
+        self._count_read("full")
+        self._remember(user_id, stored)
+        return stored
+
+    def _count_read(self, kind: str) -> None:
+        counter = self._reads.get(kind)
+        if counter is not None:
+            counter.inc()
 
     def _count(self, result: str) -> None:
         counter = self._counters.get(result)
@@ -187,9 +318,9 @@ class ProfileCache:
 
     async def cached(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """The cached profile (None when there is none) and the stored edits."""
-        found = await self.store.get_profile(self.model_version, user_id, self.shape)
+        stored = await self._read(user_id)
         stages.mark(stages.REDIS_READ)
-        return found
+        return stored.record, stored.edits
 
     async def resolve(
         self, user_id: str, history_ids: np.ndarray | None
@@ -231,8 +362,11 @@ class ProfileCache:
         stages.mark(stages.PROFILE)
         record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
         try:
-            await self.store.put_profile(self.model_version, user_id, record)
+            stored = await self.store.put_profile(self.model_version, user_id, record)
         except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
             self._count("unavailable")
+        else:
+            self._remember(user_id, stored)
+            edits = stored.edits  # as the write left them (another process may have stored some since our read)
         stages.mark(stages.REDIS_WRITE)
         return record, False, edits

@@ -113,6 +113,13 @@ class Metrics:
         self.cache = Counter(
             "apron_profile_cache_requests", "profile lookups by result (hit / miss / unavailable: Redis down, served uncached)", ["result"], registry=r
         )
+        self.profile_reads = Counter(
+            "apron_profile_reads",
+            "Redis reads of a profile by kind: version (this process's copy confirmed by the user's version, one GET) or "
+            "full (profile, edits and version in one script)",
+            ["kind"],
+            registry=r,
+        )
         self.edits = Counter(
             "apron_profile_edits", "edits by kind (scale / weight / reset) and where they apply", ["kind", "scope"], registry=r
         )

@@ -143,6 +143,12 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
     return decorate
 
 
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A memoized array, shared by every call that asks for it: nobody may change it."""
+    array.setflags(write=False)
+    return array
+
+
 def edit_to_proto(edit: EditSpec) -> pb.Edit:
     return pb.Edit(prototype=edit.prototype, **{edit.kind: edit.value})
 
@@ -181,7 +187,14 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     def _edited(self, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> np.ndarray:
         """(H, K) shares after the edits; a stored set that alone empties the profile is the
-        server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault."""
+        server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault.
+        Without one-off edits: computed once per profile copy and stored edits (`ProfileRecord.memo`)."""
+        if not one_off:
+            key = ("edited", self.model.version, frozenset(stored.values()))
+            return record.memoized(key, lambda: _read_only(self._apply_edits(record, stored, one_off)))
+        return self._apply_edits(record, stored, one_off)
+
+    def _apply_edits(self, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> np.ndarray:
         try:
             return apply_edits(record.weights, merge_edits(stored, one_off), self.model.tag_index)
         except EditError as error:
@@ -199,12 +212,19 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     def _profile(
         self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec], view: ProfileSelection = ALL_PROTOTYPES
     ) -> pb.Profile | None:
+        """The response's profile; `edited` follows from `record` and `edits`, so the message is built
+        once per profile copy, edits and view (`ProfileRecord.memo`: shared, never changed; responses
+        copy it)."""
         if not view.shown:
             return None
-        weight = mean_shares(edited)  # (K,)
-        base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
-        shown = {tag: edit_to_proto(edit) for tag, edit in edits.items()}
-        return self.profile_encoder.encode(weight, base, record.history_length, shown, view.top_n)
+
+        def build() -> pb.Profile:
+            weight = mean_shares(edited)  # (K,)
+            base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
+            shown = {tag: edit_to_proto(edit) for tag, edit in edits.items()}
+            return self.profile_encoder.encode(weight, base, record.history_length, shown, view.top_n)
+
+        return record.memoized(("profile", self.model.version, frozenset(edits.values()), view.top_n), build)
 
     def _stored_list(self, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
         """Stored edits in prototype order; edits of tags this model lacks at the end."""
