@@ -33,10 +33,12 @@ response profile: `ProfileRecord.memo`) once per version instead of once per cal
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -195,43 +197,64 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
 
 
 class RedisStore:
-    """Profiles, edits and their versions in Redis; no model logic."""
+    """Profiles, edits and their versions in Redis; no model logic.
 
-    def __init__(self, redis: Redis | RedisCluster, ttl_s: int):
+    `timeout_s`: the longest one operation may take before it fails with redis' TimeoutError
+    (UNAVAILABLE), enforced here with `asyncio.timeout`. Give it when the client has no
+    `socket_timeout` of its own: redis-py wraps every command's send in `asyncio.wait_for` when it
+    has one, a task per command on Python 3.11, which doubles the CPU of a small GET. None: the
+    client's own socket timeout applies."""
+
+    def __init__(self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
         self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        if self.timeout_s is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                yield
+        except TimeoutError as error:  # this operation's own limit (a caller's deadline arrives as cancellation)
+            raise redis.exceptions.TimeoutError(f"Redis did not answer within {self.timeout_s:g} s") from error
 
     async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> StoredProfile:
         """The cached profile, the stored edits and their version, in one round trip (one script,
         atomic: the three belong together), refreshing the profile's and the version's TTL."""
         keys = [profile_key(model_version, user_id), edits_key(user_id), version_key(user_id)]
-        version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
+        async with self._deadline():
+            version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
         record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
         return StoredProfile(version, record, _decode_edits(_pairs(edits)))
 
     async def get_version(self, user_id: str) -> bytes | None:
         """The user's version token (None: none), one small GET: enough to tell whether a copy read
         at some version is still what Redis holds."""
-        return await self.redis.get(version_key(user_id))
+        async with self._deadline():
+            return await self.redis.get(version_key(user_id))
 
     async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> StoredProfile:
         """Replace the cached profile; returns the state it leaves (the new version, with the edits
         read in the same transaction)."""
         key, version = profile_key(model_version, user_id), new_version()
-        async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
+        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
             pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s)
             results = await pipe.set(version_key(user_id), version, ex=self.ttl_s).hgetall(edits_key(user_id)).execute()
         return StoredProfile(version, record, _decode_edits(results[-1]))
 
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
-        return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
+        async with self._deadline():
+            return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
     async def store_edits(self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False) -> dict[str, EditSpec]:
         """Reset (DEL) and/or set each edit's field (HSET) and replace the version in one
         transaction; returns every stored edit afterwards (read inside the same transaction)."""
         key = edits_key(user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:
             if reset:
                 pipe.delete(key)
             if edits:
@@ -323,9 +346,10 @@ class ProfileCache:
         return stored.record, stored.edits
 
     async def resolve(
-        self, user_id: str, history_ids: np.ndarray | None
+        self, user_id: str, history_ids: np.ndarray | None, digest: str | None = None
     ) -> tuple[ProfileRecord, bool, dict[str, EditSpec]]:
-        """(profile, came from the cache, stored edits). `history_ids` None: the cached profile or NotFound.
+        """(profile, came from the cache, stored edits). `history_ids` None: the cached profile or NotFound;
+        `digest`: its history_digest when the caller knows it.
 
         Same history as cached (same digest): a hit. New history: computed, and it replaces the
         cached one. With Redis down, a history is still answered: computed and not stored, with no
@@ -341,7 +365,7 @@ class ProfileCache:
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
             stages.mark(stages.PROFILE)
-            digest = history_digest(history_ids)
+            digest = digest or history_digest(history_ids)
             record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
         if history_ids is None:
@@ -353,7 +377,7 @@ class ProfileCache:
                 )
             self._count("hit")
             return cached, True, edits
-        digest = history_digest(history_ids)
+        digest = digest or history_digest(history_ids)
         if cached is not None and cached.digest == digest:
             self._count("hit")
             return cached, True, edits

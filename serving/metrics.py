@@ -19,7 +19,7 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from serving.stages import StageRecorder
+from serving.stages import StageClock, StageRecorder
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # a stage of a cached call takes from microseconds (validation) to the model's milliseconds
@@ -54,18 +54,27 @@ class MethodMetrics:
 
 
 class GcTimer:
-    """Times every garbage collection of this process (`gc.callbacks`) into `histogram`'s child for
-    its generation, from `start()` until `stop()`."""
+    """Times every garbage collection of this process (`gc.callbacks`), from `start()` until `stop()`.
+
+    A collection can start anywhere, also inside prometheus_client while it holds a lock, so the
+    callback only appends to a list (atomic under the GIL, no lock of ours); `flush()`, called from
+    ordinary code, moves the pauses into `histogram`'s child for their generation."""
 
     def __init__(self, histogram: Histogram):
         self._children = [histogram.labels(str(generation)) for generation in range(3)]
         self._started = 0.0
+        self._pauses: list[tuple[int, float]] = []  # (generation, seconds) not yet observed
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self._children[info["generation"]].observe(time.perf_counter() - self._started)
+            self._pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def flush(self) -> None:
+        while self._pauses:
+            generation, seconds = self._pauses.pop()
+            self._children[generation].observe(seconds)
 
     def start(self) -> None:
         if self not in gc.callbacks:
@@ -74,6 +83,7 @@ class GcTimer:
     def stop(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+        self.flush()
 
 
 class Metrics:
@@ -152,6 +162,11 @@ class Metrics:
         self._gc_timer.start()  # until shutdown(): also in --workers processes, which serve no /metrics
         self._methods: dict[str, MethodMetrics] = {}
         self._server: WSGIServer | None = None
+
+    def observe_call(self, method: str, clock: StageClock) -> None:
+        """A finished call's stages, and the garbage collections since the last call."""
+        self.stages.observe(method, clock)
+        self._gc_timer.flush()
 
     def for_method(self, method: str) -> MethodMetrics:
         """`method`'s per-call series (created on its first call, then reused)."""

@@ -133,7 +133,7 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "sampled": self.access_log_rate}
                     log.info("rpc", extra={"fields": fields})
                 clock.mark(stages.RECORD)
-                self.metrics.stages.observe(method, clock)
+                self.metrics.observe_call(method, clock)
                 if own_clock is not None:
                     stages.end(own_clock)
             await context.abort(code, message)
@@ -258,9 +258,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         one_off = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
         view = validate_profile_view(request.profile_view, request.profile_top_n)
 
-        history, ignored = None, 0
+        history, ignored, digest = None, 0, None
         if request.history:
-            history, ignored = self.model.history_indices(list(request.history))
+            history, ignored, digest = self.model.history(request.history)
             if history.size == 0:
                 raise InvalidArgument(
                     f"none of the {len(request.history)} history ids is in the catalog of model version "
@@ -269,7 +269,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.recommend_limiter.check(user)
         stages.mark(stages.VALIDATE)
-        record, from_cache, stored = await self.profiles.resolve(user, history)  # stored: {} while Redis is down
+        record, from_cache, stored = await self.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
         edited = self._edited(record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")
 

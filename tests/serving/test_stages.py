@@ -132,3 +132,14 @@ async def test_without_auth_the_clock_starts_at_the_boundary(python_repository: 
         assert observed(before, stage_counts(gateway, "Recommend")) == dict.fromkeys(
             CACHED_RECOMMEND - {stages.AUTH, stages.DISPATCH}, 1
         )
+
+
+async def test_garbage_collections_are_timed_by_generation(python_repository: Path, redis_server: RedisProcess, main_tags) -> None:
+    import gc
+
+    config = gateway_config(python_repository, redis_server.url)  # in this process: its collections are ours
+    async with running_gateway(config) as gateway:
+        before = gateway.metric("apron_gc_pause_seconds_count", generation="2")
+        gc.collect()  # a full collection; observed by the next call's bookkeeping
+        await gateway.stub.ListPrototypes(pb.ListPrototypesRequest())
+        assert gateway.metric("apron_gc_pause_seconds_count", generation="2") >= before + 1

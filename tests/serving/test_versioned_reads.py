@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 
 from serving.cache import ProfileCache, ProfileRecord, RedisStore, version_key
 from serving.catalog import history_digest
@@ -146,3 +147,34 @@ def test_two_workers_see_each_others_writes_at_once(python_repository: Path, red
         finally:
             for channel in channels.values():
                 channel.close()
+
+
+async def test_the_stores_own_timeout_fails_a_silent_redis_as_unavailable() -> None:
+    """With `timeout_s` (and no socket timeout on the client), a Redis that accepts the connection
+    but never answers fails the operation with redis' TimeoutError, which the servicer answers as
+    UNAVAILABLE, not the caller's DEADLINE_EXCEEDED."""
+    import asyncio
+
+    import redis.exceptions
+    from redis.asyncio import Redis
+
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # keep the connection open, answer nothing
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}", socket_timeout=None)
+    store = RedisStore(client, ttl_s=600, timeout_s=0.2)
+    try:
+        for operation in (store.get_version("u"), store.get_profile(1, "u", (2, 3)), store.store_edits("u", {}, reset=True)):
+            with pytest.raises(redis.exceptions.TimeoutError, match="did not answer within 0.2 s"):
+                await operation
+        assert accepted  # it was the answer that never came, not the connection
+    finally:
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
