@@ -21,7 +21,7 @@ otherwise asks the scorer and stores the result. The scorer knows nothing of Red
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,6 +138,18 @@ class RedisStore:
         async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
             await pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s).execute()
 
+    async def find_history(self, user_id: str, versions: list[int]) -> tuple[int, np.ndarray] | None:
+        """The history stored with the user's cached profile under the first of `versions` that has
+        one (newest first is the caller's order): (that version, its internal item indices)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for version in versions:
+                pipe.hmget(profile_key(version, user_id), "history")
+            found = await pipe.execute()
+        for version, (history,) in zip(versions, found, strict=True):
+            if history is not None:
+                return version, np.frombuffer(history, dtype="<i4").astype(np.int64)
+        return None
+
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
         return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
@@ -166,8 +178,15 @@ def _decode_edits(fields: Mapping[bytes, bytes]) -> dict[str, EditSpec]:
     return edits
 
 
+# (user id) -> the user's history in this version's catalog, from a profile cached under another
+# version (serving/models.py), or None
+Recover = Callable[[str], Awaitable[np.ndarray | None]]
+
+
 class ProfileCache:
-    """A user's profile: from Redis when the history matches, else from the scorer (then cached)."""
+    """A user's profile: from Redis when the history matches, else from the scorer (then cached).
+    A user with no profile under this version but one under another gets it recomputed from that
+    one's history (`recover`, set by serving/models.py) rather than NOT_FOUND."""
 
     def __init__(self, store: RedisStore, scorer: Scorer, model_version: int, shape: tuple[int, int], metrics: Metrics | None = None):
         self.store = store
@@ -175,14 +194,40 @@ class ProfileCache:
         self.model_version = model_version
         self.shape = shape  # (H, K)
         self.metrics = metrics
+        self.recover: Recover | None = None
+        self._version_label = str(model_version)
 
     def _count(self, result: str) -> None:
         if self.metrics is not None:
-            self.metrics.cache.labels(result).inc()
+            self.metrics.cache.labels(result, self._version_label).inc()
 
     async def cached(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """The cached profile (None when there is none) and the stored edits."""
         return await self.store.get_profile(self.model_version, user_id, self.shape)
+
+    async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
+        """`cached`, and when this version has no profile, one recomputed from another version's history."""
+        record, edits = await self.cached(user_id)
+        if record is None:
+            record = await self._recovered(user_id)
+        return record, edits
+
+    async def _recovered(self, user_id: str) -> ProfileRecord | None:
+        history = await self.recover(user_id) if self.recover is not None else None
+        if history is None:
+            return None
+        self._count("recovered")
+        return await self._compute_and_store(user_id, history)
+
+    async def _compute_and_store(self, user_id: str, history_ids: np.ndarray) -> ProfileRecord:
+        weights, length = await self.scorer.profile(history_ids)
+        digest = history_digest(history_ids)
+        record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
+        try:
+            await self.store.put_profile(self.model_version, user_id, record)
+        except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
+            self._count("unavailable")
+        return record
 
     async def resolve(
         self, user_id: str, history_ids: np.ndarray | None
@@ -205,6 +250,8 @@ class ProfileCache:
             record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
         if history_ids is None:
+            if cached is None and (recovered := await self._recovered(user_id)) is not None:
+                return recovered, False, edits
             if cached is None:
                 self._count("miss")
                 raise NotFound(
@@ -218,10 +265,4 @@ class ProfileCache:
             self._count("hit")
             return cached, True, edits
         self._count("miss")
-        weights, length = await self.scorer.profile(history_ids)
-        record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
-        try:
-            await self.store.put_profile(self.model_version, user_id, record)
-        except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
-            self._count("unavailable")
-        return record, False, edits
+        return await self._compute_and_store(user_id, history_ids), False, edits

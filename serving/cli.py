@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from serving.resources import Serving
 
 # Mistakes in the setup that `apron serve` reports in one line (exit 2) rather than a traceback.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError, RuntimeError)
@@ -34,7 +40,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from serving.config import ServingConfig
     from serving.logs import configure_logging
-    from serving.workers import serve
+    from serving.runtime import serve
 
     try:
         config = ServingConfig.from_args(args)
@@ -50,12 +56,80 @@ def _run_serve(args: argparse.Namespace) -> int:
     if config.build_demo:
         _ensure_demo_model(config)
     try:
-        serve(config)
+        serve(config, print_banner)
     except UserFacingError:
         raise
     except STARTUP_ERRORS as error:  # no model, redis-server missing, port taken, bad key file...
         raise UserFacingError(f"cannot start the gateway: {error}") from error
     return 0
+
+
+def apron_command() -> str:
+    """The `apron` command as this process was started (`.venv/bin/apron` under `make serve`), so
+    the printed lines run as they are from the same directory; `apron` when started otherwise."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return shlex.quote(argv0) if Path(argv0).name == "apron" else "apron"
+
+
+def try_it_lines(
+    address: str,
+    tag_names: list[str],
+    prototype_item_ids: list[str],
+    token: str | None,
+    auth: bool,
+    apron: str = "apron",
+    tls: bool = False,
+) -> list[str]:
+    """Commands that work exactly as printed against the gateway at `address`: a list for a
+    history of the three most used tags' prototype items, an edit that removes the first of
+    those tags, and the list again, which the edit changes (tests/serving/test_demo.py runs them).
+    `apron client` finds a token itself (APRON_TOKEN, else one minted from the development secret);
+    grpcurl is given the development `token` when there is one, else $APRON_TOKEN. With `tls` the
+    lines trust the CA in $APRON_TLS_CA (the gateway knows its certificate, not who signed it)."""
+    history = " ".join(f"--history {item}" for item in prototype_item_ids[:3])
+    tag = tag_names[0]
+    tag_arg = shlex.quote(tag)  # "female vocalists" is one shell word
+    header = ""
+    if auth:
+        header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" '
+    client = f"{apron} client --target {address}" + (' --tls-ca "$APRON_TLS_CA"' if tls else "")
+    transport = '-cacert "$APRON_TLS_CA"' if tls else "-plaintext"
+    return [
+        f"{client} prototypes",
+        f"{client} recommend --user alice {history} --k 10",
+        f"{client} edit --user alice --scale {tag_arg}=0",
+        f"{client} recommend --user alice --k 10",
+        f"grpcurl {transport} {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+    ]
+
+
+def usage_hint(serving: Serving) -> str:
+    """How to call the running gateway, with real ids from its catalog."""
+    config = serving.config
+    address = f"{config.host}:{serving.port}"
+    metrics = f"http://{config.host}:{serving.metrics_port}/metrics" if serving.metrics_port else "off"
+    tls = bool(config.tls_cert)
+    lines = try_it_lines(address, serving.tag_names, serving.prototype_item_ids, serving.service_token, config.auth, apron_command(), tls)
+    if tls:
+        lines.insert(0, "export APRON_TLS_CA=<the PEM CA that signed --tls-cert>   # the gateway speaks TLS")
+    return "\n".join(
+        [
+            f"APRON gateway on {address} (model version {serving.model_version}, {serving.backend} backend, "
+            f"{len(serving.tag_names)} prototypes, {serving.n_items} items); metrics: {metrics}",
+            "try it:",
+            *(f"  {line}" for line in lines),
+            "stop with Ctrl-C (in-flight calls are drained); roll out a newer exported version with SIGHUP",
+        ]
+    )
+
+
+def print_banner(serving: Serving) -> None:
+    """`apron serve`'s banner, once the gateway (every worker) serves."""
+    print(usage_hint(serving), flush=True)
+    if serving.worker_pids:
+        print(f"worker pids: {' '.join(map(str, serving.worker_pids))}", flush=True)
+    if serving.service_token:  # reliability: the quick start works with auth on
+        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {serving.service_token}", flush=True)
 
 
 def _ensure_demo_model(config: Any) -> None:

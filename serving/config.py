@@ -20,6 +20,9 @@ TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 ORT_DEVICES = ("cpu", "cuda")
 LOG_FORMATS = ("json", "text")
 ENV_PREFIX = "APRON_"
+# One default per fact: the backends' and the micro-batcher's own defaults are these.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_QUEUE = 256
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -29,7 +32,19 @@ def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> 
 @dataclass(frozen=True)
 class ServingConfig:
     repository: str = _option("model_repository", "model repository written by `apron export` (holds apron_metadata.json)")
-    model_version: int = _option(0, "model version to serve (0: the newest in the repository)")
+    model_version: int = _option(
+        0,
+        "model version to serve, pinned: SIGHUP and --watch-repository keep it (0: the newest in the repository, "
+        "and SIGHUP or the watch roll out a newer one without a restart)",
+    )
+    watch_repository: bool = _option(
+        False, "roll out a newer model version as soon as the repository holds one (polled every --watch-interval-s)"
+    )
+    watch_interval_s: float = _option(2.0, "how often --watch-repository looks for a newer version (seconds)")
+    ab_version: int = _option(
+        0, "A/B split: a second model version that answers --ab-share of the users (by a hash of the user id; 0: none)"
+    )
+    ab_share: float = _option(0.0, "A/B split: share of users, in [0, 1], that --ab-version answers")
     build_demo: bool = _option(
         True, "when the repository holds no model, train and export a small demo model into it first"
     )
@@ -73,14 +88,14 @@ class ServingConfig:
         "auto", "--backend torch: precision of the catalog table and f (auto: float16 on cuda, float32 on cpu)", TORCH_DTYPES
     )
     cuda_graphs: bool = _option(True, "--backend torch --device cuda: replay one CUDA graph per batch-size bucket")
-    max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
+    max_batch_size: int = _option(DEFAULT_MAX_BATCH_SIZE, "micro-batcher (in-process backends): most requests in one run")
     max_batch_wait_ms: float = _option(
         0.0,
         "micro-batcher: longest a request waits for others to join its batch (0: an idle scorer runs a request at "
         "once; requests arriving during a run form the next batch)",
     )
     max_queue: int = _option(
-        256, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
+        DEFAULT_MAX_QUEUE, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
     )
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
     max_history: int = _option(10_000, "most history ids one request may carry")
@@ -152,6 +167,14 @@ class ServingConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
+        if not 0 <= self.ab_share <= 1:
+            raise ValueError(f"ab_share must be between 0 and 1, got {self.ab_share}")
+        if (self.ab_version > 0) != (self.ab_share > 0):
+            raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
+        if self.ab_version < 0:
+            raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
+        if self.watch_interval_s <= 0:
+            raise ValueError(f"watch_interval_s must be above 0, got {self.watch_interval_s}")
         if not 0 <= self.access_log_rate <= 1:
             raise ValueError(f"access_log_rate must be between 0 and 1, got {self.access_log_rate}")
         if bool(self.tls_cert) != bool(self.tls_key):

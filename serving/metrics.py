@@ -21,7 +21,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.rpc_latency = Histogram(
-            "apron_rpc_duration_seconds", "gRPC call latency", ["method", "code"], buckets=LATENCY_BUCKETS, registry=r
+            "apron_rpc_duration_seconds", "gRPC call latency, by the model version that answered (none: refused before one was chosen)",
+            ["method", "code", "version"], buckets=LATENCY_BUCKETS, registry=r
         )
         # multiprocess_mode: how `--workers` sums a gauge over processes (ignored by one process)
         self.in_flight = Gauge(
@@ -51,14 +52,23 @@ class Metrics:
             registry=r,
         )
         self.cache = Counter(
-            "apron_profile_cache_requests", "profile lookups by result (hit / miss / unavailable: Redis down, served uncached)", ["result"], registry=r
+            "apron_profile_cache_requests",
+            "profile lookups by model version and result (hit / miss / recovered: recomputed from the history cached under "
+            "another version / unavailable: Redis down, served uncached)",
+            ["result", "version"], registry=r,
         )
         self.edits = Counter(
             "apron_profile_edits", "edits by kind (scale / weight / reset) and where they apply", ["kind", "scope"], registry=r
         )
         self.model_info = Gauge(
-            "apron_model_info", "the served model version (value 1)", ["version", "backend"], registry=r, multiprocess_mode="max"
-        )
+            "apron_model_info",
+            "the served model versions: the primary (value 1) and an A/B candidate (value: its share of users)",
+            ["version", "backend", "role"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.model_loads = Counter(
+            "apron_model_loads", "model rollouts (SIGHUP, the admin RPC, the repository watch) by result: ok / failed",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.rejections = Counter(  # reliability: refused callers (bad token, not theirs, over a limit)
             "apron_rpc_rejections", "calls refused by status code: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED",
             ["method", "code"], registry=r,

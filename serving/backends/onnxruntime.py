@@ -17,7 +17,7 @@ from export import contract
 from serving.backends.base import BatchedScorer, default_threads, pad_rows
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, ServingConfig
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -73,10 +73,10 @@ class OnnxRuntimeScorer(BatchedScorer):
         profile_session: ort.InferenceSession,
         scorer_session: ort.InferenceSession,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session

@@ -37,7 +37,7 @@ from export.served_model import (
 from serving.backends.base import BatchedScorer, default_threads
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, ServingConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TORCH_DTYPES = ("auto", *DTYPES)
@@ -79,7 +79,7 @@ class TorchModel:
         profile: ServedProfile,
         scorer: ServedScorer,
         device: str = "cpu",
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         cuda_graphs: bool = True,
         buckets: list[int] | None = None,
     ):
@@ -109,7 +109,7 @@ class TorchModel:
         version: int,
         device: str = "cpu",
         dtype: str = "auto",
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         cuda_graphs: bool = True,
     ) -> TorchModel:
         if device == "cuda" and not torch.cuda.is_available():
@@ -202,10 +202,10 @@ class TorchScorer(BatchedScorer):
         self,
         model: TorchModel,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self.model = model
         super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)

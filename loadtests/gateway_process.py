@@ -1,4 +1,6 @@
-"""`apron serve` as a real subprocess, for tests that signal it or must survive what a client sends:
+"""`apron serve` as a real subprocess, for the fault, shedding and soak runs (`loadtests/`) and the
+tests that signal it or must survive what a client sends (installed with the package, so the
+`loadtests` commands run outside a checkout too):
 started with flags on port 0 (the ports it bound are read back from its log), ready when its gRPC
 health check says SERVING, stopped with SIGTERM (then SIGKILL if it hangs)."""
 
@@ -19,8 +21,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-APRON = [sys.executable, str(PROJECT_ROOT / "cli.py")]
+# where this code was imported from (a checkout, or site-packages): the gateway runs the same code
+CODE_ROOT = Path(__file__).resolve().parents[1]
+APRON = [sys.executable, "-m", "cli"]
 # the text log line `start()` writes once it serves: the ports it bound
 SERVING_LINE = re.compile(r"apron\.gateway: serving port=(\d+) metrics_port=(\d+|None)")
 
@@ -80,7 +83,7 @@ def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 1
     fd, name = tempfile.mkstemp(dir=log_dir, prefix="gateway-", suffix=".log")
     os.close(fd)
     log_path = Path(name)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
     try:
