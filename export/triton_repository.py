@@ -5,9 +5,11 @@ renamed into place; nothing existing is ever overwritten).
 Layout (Triton's contract: folder name = model name, numeric version folders):
 
     model_repository/
+      README.md                      the layout for operators (committed; not a model)
       apron_metadata.json            newest version's metadata (export/metadata.py)
       apron_metadata.v<N>.json       every version's metadata, kept side by side
-      apron_profile/config.pbtxt     + <N>/model.onnx + <N>/model.safetensors (+ <N>/model.py for the python backend)
+      apron_profile/config.pbtxt     + <N>/model.onnx + <N>/model.safetensors (+ <N>/model.py and its
+                                       __pycache__/*.pyc for the python backend)
       apron_scorer/config.pbtxt      + <N>/model.onnx + <N>/model.safetensors (...)
       apron_item_encoder/config.pbtxt + <N>/model.onnx  (...)
       apron_recommend/config.pbtxt   + <N>/              the ensemble: profile -> scorer
