@@ -261,9 +261,10 @@ def repository_settings(repository: str | Path) -> RepositoryProfile:
         settings = settings_of_config(configs[contract.PROFILE_MODEL], fp16)
     except ValueError as error:  # RepositorySettings' own checks (a hand-edited config)
         raise RepositoryError(f"{paths[contract.PROFILE_MODEL]}: {error}") from error
-    if outputs.get(contract.TOP_IDS, [None])[0] is None:
-        raise RepositoryError(f"{paths[contract.SCORER_MODEL]} has no {contract.TOP_IDS} output")
-    return RepositoryProfile(settings, k_max=int(outputs[contract.TOP_IDS][0]))
+    top_ids = outputs.get(contract.TOP_IDS)
+    if not top_ids:
+        raise RepositoryError(f"{paths[contract.SCORER_MODEL]} has no {contract.TOP_IDS} output with a width")
+    return RepositoryProfile(settings, k_max=int(top_ids[0]))
 
 
 @dataclass(frozen=True)
