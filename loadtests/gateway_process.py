@@ -66,17 +66,22 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def run_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> Iterator[GatewayProcess]:
+def run_gateway(
+    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None
+) -> Iterator[GatewayProcess]:
     """`apron serve --port 0 --metrics-port 0 ARGS` (later flags win) until the block exits."""
-    gateway = start_gateway(args, log_dir, startup_timeout)
+    gateway = start_gateway(args, log_dir, startup_timeout, user=user)
     try:
         yield gateway
     finally:
         gateway.terminate()
 
 
-def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> GatewayProcess:
-    """A started `apron serve` (the caller stops it: `terminate()`), SERVING."""
+def start_gateway(
+    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None
+) -> GatewayProcess:
+    """A started `apron serve` (the caller stops it: `terminate()`), SERVING. `user` (uid, gid):
+    run it as that user, without supplementary groups, as a container's USER does (needs root)."""
     # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine (ARGS may lower it)
     command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -85,7 +90,8 @@ def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 1
     log_path = Path(name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
+        as_user = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, **as_user)
     try:
         port, metrics_port = wait_serving(process, log_path, startup_timeout)
     except BaseException:
