@@ -25,6 +25,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from export.metadata import ExportMetadata
 from serving import limits, tls
 from serving.admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from serving.backends import create_scorer
@@ -49,6 +50,34 @@ def load_model(config: ServingConfig) -> ServedModel:
     """The repository's model (`apron serve` builds the demo model there first when it holds none:
     serving/cli.py, so this library never imports the training stack)."""
     return ServedModel.load(config.repository, config.model_version)
+
+
+def batch_settings_warnings(config: ServingConfig, metadata: ExportMetadata) -> list[str]:
+    """Batch settings of the gateway and of its repository that cannot all hold at once, each said
+    in a line at start-up (the defaults themselves are one per fact: serving.config's
+    DEFAULT_MAX_BATCH_SIZE / DEFAULT_MAX_QUEUE for the gateway, export.triton_repository's for Triton,
+    recorded in the metadata as `triton_max_batch_size`)."""
+    found = []
+    limit = config.max_concurrent_rpcs
+    if limit and config.max_batch_size > limit:
+        found.append(
+            f"--max-batch-size {config.max_batch_size} exceeds --max-concurrent-rpcs {limit}: the micro-batcher never "
+            f"sees more than {limit} requests at once"
+        )
+    if config.max_queue < config.max_batch_size:
+        found.append(f"--max-queue {config.max_queue} is below --max-batch-size {config.max_batch_size}: a full batch can never queue")
+    triton = metadata.triton_max_batch_size
+    if config.backend == "triton" and triton and limit and limit < triton:
+        found.append(
+            f"--max-concurrent-rpcs {limit} is below Triton's max_batch_size {triton} (apron_metadata.json): one gateway "
+            "never fills Triton's batches"
+        )
+    if config.backend != "triton" and triton and config.max_batch_size > triton:
+        found.append(
+            f"--max-batch-size {config.max_batch_size} exceeds the max_batch_size {triton} this repository was exported "
+            f"with for Triton: export with --max-batch-size {config.max_batch_size} to batch alike on both"
+        )
+    return found
 
 
 def initial_routing(config: ServingConfig, repository_versions: Sequence[int]) -> Routing:
@@ -110,6 +139,8 @@ class ApronServer:
                         "answers UNAVAILABLE and health NOT_SERVING until it is back", error)
         versions = await asyncio.to_thread(available_versions, self.config.repository)
         await self.models.apply(initial_routing(self.config, versions))  # loaded and warmed before serving
+        for warning in batch_settings_warnings(self.config, self.model.metadata):
+            log.warning("batch settings: %s", warning)
         await self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)

@@ -47,3 +47,19 @@ def test_bad_values_are_named() -> None:
     parser = argparse.ArgumentParser()
     with pytest.raises(SystemExit):
         add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})
+
+
+def test_batch_settings_that_cannot_hold_together_are_named() -> None:
+    from types import SimpleNamespace
+
+    from serving.server import batch_settings_warnings
+
+    exported = SimpleNamespace(triton_max_batch_size=16)
+    assert batch_settings_warnings(ServingConfig(max_batch_size=16), exported) == []
+    assert batch_settings_warnings(ServingConfig(), SimpleNamespace(triton_max_batch_size=0)) == []  # unknown: nothing to say
+    (line,) = batch_settings_warnings(ServingConfig(max_batch_size=32), exported)
+    assert "--max-batch-size 32" in line and "export with --max-batch-size 32" in line
+    lines = batch_settings_warnings(ServingConfig(max_batch_size=8, max_concurrent_rpcs=4, max_queue=4), exported)
+    assert len(lines) == 2 and "--max-concurrent-rpcs 4" in lines[0] and "--max-queue 4" in lines[1]
+    (line,) = batch_settings_warnings(ServingConfig(backend="triton", max_concurrent_rpcs=8, max_batch_size=8), exported)
+    assert "Triton's max_batch_size 16" in line
