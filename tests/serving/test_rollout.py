@@ -5,6 +5,7 @@ the A/B split's shares. The rollout under Locust load, SIGHUP and Triton: tests/
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 from pathlib import Path
@@ -20,6 +21,7 @@ from serving.proto_gen.apron.v1 import admin_pb2 as admin
 from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
 from serving.redis_process import RedisProcess
 from tests.export.fixtures import export_tiny_repository, make_tiny_checkpoint
+from tests.polling import eventually
 from tests.serving.conftest import Gateway, gateway_config, liked_history, pb, running_gateway
 
 RENAMED = "new-sound"  # version 2 of `renamed_repository` has this prototype instead of version 1's last one
@@ -204,3 +206,24 @@ def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
     assert Routing(1, 2, 0.0).versions == (1,) and Routing(1, 2, 0.5).versions == (1, 2)
     with pytest.raises(ValueError, match="ab-share"):
         ServingConfig(ab_version=2)
+
+
+async def test_watch_repository_rolls_out_a_newly_exported_version_and_a_pin_holds(
+    tiny_checkpoint: Path, second_checkpoint: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str, tmp_path: Path
+) -> None:
+    repository = tmp_path / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    history = liked_history(main_tags, 4, 5)
+    watching = gateway_config(repository, redis_server.url, watch_repository=True, watch_interval_s=0.05)
+    pinned = gateway_config(repository, redis_server.url, model_version=1)
+    async with running_gateway(watching) as gateway, running_gateway(pinned) as pinned_gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))
+        assert first.model_version == 1
+        await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
+        await eventually(lambda: gateway.server.models.routing.primary == 2, "the watch rolled out version 2")
+        response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert response.model_version == 2
+        # SIGHUP's reload on a pinned gateway: the newest version is there, the pin holds
+        assert (await pinned_gateway.server.models.reload()).primary == 1
+        response = await pinned_gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert response.model_version == 1
