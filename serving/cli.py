@@ -214,6 +214,15 @@ def _add_client(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--user", required=True)
 
     commands.add_parser("prototypes", help="the served model's prototypes (tags)")
+
+    admin = commands.add_parser("admin", help="model rollout (a service token): status, load")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    admin_commands.add_parser("status", help="the versions served, the repository's versions, the last rollout error")
+    load = admin_commands.add_parser("load", help="roll out a version (loaded and warmed beside, then swapped), roll back with --pin")
+    load.add_argument("--version", type=int, default=0, help="the primary version (0: the newest in the repository)")
+    load.add_argument("--pin", action="store_true", help="keep it through SIGHUP and --watch-repository (a rollback)")
+    load.add_argument("--candidate", type=int, default=0, help="A/B: a second version for --share of the users")
+    load.add_argument("--share", type=float, default=0.0, help="A/B: the candidate's share of users, in [0, 1]")
     parser.set_defaults(func=_run_client)
 
 
@@ -246,6 +255,10 @@ def _run_client(args: argparse.Namespace) -> int:
                 )
             elif args.client_command == "profile":
                 response = client.profile(args.user)
+            elif args.client_command == "admin" and args.admin_command == "load":
+                response = client.load_model(args.version, args.pin, args.candidate, args.share)
+            elif args.client_command == "admin":
+                response = client.model_status()
             else:
                 response = client.prototypes()
         except grpc.RpcError as error:
@@ -292,9 +305,17 @@ def format_response(command: str, response: Any) -> str:
             lines += format_profile(response.profile)
         else:
             lines.append("no profile yet: the edits apply once a recommend call sends the user's history")
+    elif command == "admin":
+        serving = ", ".join(f"version {v.version} ({v.role}, {v.share:.0%} of users)" for v in response.serving)
+        lines.append(f"serving {serving or 'nothing'}{' (pinned)' if response.pinned else ''} on {response.backend}")
+        lines.append(f"repository versions: {', '.join(map(str, response.available_versions)) or 'none'}")
+        if response.last_error:
+            lines.append(f"last rollout failed: {response.last_error}")
     else:
         lines.append(f"model version {response.model_version}, k_max {response.k_max}; prototypes:")
         lines += [f"  {p.name:<24} {p.group:<15} {p.item_id:<20} {p.item_name}" for p in response.prototypes]
+    if command in ("recommend", "edit", "profile") and response.unapplied_edits:
+        lines.append(f"stored edits of prototypes this version lacks (kept, not applied): {', '.join(response.unapplied_edits)}")
     return "\n".join(lines)
 
 
