@@ -12,7 +12,7 @@ import asyncio
 import grpc
 
 from serving import auth, limits
-from serving.config import ServingConfig
+from serving.config import SecurityConfig, ServerConfig
 from serving.errors import FailedPrecondition, InvalidArgument
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
@@ -30,12 +30,19 @@ def require_service(method: str) -> None:
 
 
 class ModelAdminServicer(pb_grpc.ModelAdminServicer):
-    def __init__(self, config: ServingConfig, models: ModelSet, metrics: Metrics, concurrency: limits.ConcurrencyLimit | None):
-        self.config = config  # rpc_boundary reads the deadline limit and the access-log rate
+    def __init__(
+        self,
+        server: ServerConfig,
+        security: SecurityConfig,
+        models: ModelSet,
+        metrics: Metrics,
+        concurrency: limits.ConcurrencyLimit | None,
+    ):
+        self.server, self.security = server, security  # rpc_boundary: deadline, access log, auth on/off
         self.models = models
         self.metrics = metrics
         self.concurrency = concurrency
-        self.access_log_rate = config.access_log_rate
+        self.access_log_rate = server.access_log_rate
 
     async def _status(self) -> pb.ModelStatus:
         routing = self.models.routing

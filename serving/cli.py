@@ -50,7 +50,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from serving.auth import check_exposure
 
     try:
-        check_exposure(config)  # before anything slow: development auth never leaves loopback
+        check_exposure(config.security, config.host)  # before anything slow: development auth never leaves loopback
     except ValueError as error:
         raise UserFacingError(str(error)) from error
     if config.build_demo:

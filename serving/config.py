@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 BACKENDS = ("onnxruntime", "triton", "torch")
 TORCH_DEVICES = ("cpu", "cuda")
@@ -182,6 +183,32 @@ class ServingConfig:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
 
+    # The sections (each component takes only its own): built once per config, on first use.
+    @functools.cached_property
+    def model(self) -> ModelConfig:
+        return section(self, ModelConfig)
+
+    @functools.cached_property
+    def server(self) -> ServerConfig:
+        return section(self, ServerConfig)
+
+    @functools.cached_property
+    def store(self) -> StoreConfig:
+        return section(self, StoreConfig)
+
+    @functools.cached_property
+    def batching(self) -> BatchingConfig:
+        return section(self, BatchingConfig)
+
+    @functools.cached_property
+    def security(self) -> SecurityConfig:
+        return section(self, SecurityConfig)
+
+    @functools.cached_property
+    def inference(self) -> BackendConfig:
+        """The backend section (`backend` itself is the field naming the backend)."""
+        return section(self, BackendConfig)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingConfig:
         """Defaults < APRON_* variables < keyword overrides."""
@@ -193,6 +220,113 @@ class ServingConfig:
     def from_args(cls, args: argparse.Namespace) -> ServingConfig:
         """From a namespace built by `add_arguments` (whose defaults already include APRON_*)."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ----------------------------------------------------------------------------- sections
+# Each component takes only its own section (`config.server`, `config.store`, ...), never the whole
+# ServingConfig. A section names its fields; their defaults, flags, variables and help stay defined
+# once, on ServingConfig above (tests/serving/test_config.py checks every field is in one section).
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which versions of which repository are served (serving/models.py, serving/cli.py's demo)."""
+
+    repository: str
+    model_version: int
+    watch_repository: bool
+    watch_interval_s: float
+    ab_version: int
+    ab_share: float
+    build_demo: bool
+    demo_dataset: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC server and the process (serving/server.py, runtime.py, workers.py, the servicer's boundary)."""
+
+    host: str
+    port: int
+    workers: int
+    metrics_port: int
+    request_timeout_s: float
+    shutdown_grace_s: float
+    reuse_port: bool
+    drain_delay_s: float
+    max_concurrent_rpcs: int
+    log_level: str
+    log_format: str
+    access_log_rate: float
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Redis (serving/resources.py, cache.py)."""
+
+    redis_url: str
+    redis_cluster: bool
+    redis_aof: bool
+    redis_dir: str
+    cache_ttl_s: int
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The in-process backends' micro-batchers (serving/batching.py)."""
+
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue: int
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may call and how much (serving/auth.py, tls.py, limits.py, validation's limits)."""
+
+    auth: bool
+    jwt_secret_file: str
+    jwt_public_key: str
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_max_lifetime_s: float
+    insecure_dev: bool
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    edit_rate: float
+    edit_burst: int
+    recommend_rate: float
+    recommend_burst: int
+    max_history: int
+    max_edits: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """The inference backend (serving/backends/)."""
+
+    backend: str
+    triton_url: str
+    triton_fallback: bool
+    ort_device: str
+    ort_threads: int
+    ort_spinning: bool
+    device: str
+    torch_dtype: str
+    cuda_graphs: bool
+
+
+SECTIONS = {
+    "model": ModelConfig, "server": ServerConfig, "store": StoreConfig, "batching": BatchingConfig,
+    "security": SecurityConfig, "inference": BackendConfig,
+}  # fmt: skip
+S = TypeVar("S")
+
+
+def section(config: ServingConfig, kind: type[S]) -> S:
+    return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(kind)})  # type: ignore[arg-type]
 
 
 def env_name(field_name: str) -> str:

@@ -36,8 +36,8 @@ class Metrics:
         )
         self.inference_latency = Histogram(
             "apron_inference_duration_seconds",
-            "one inference run (a whole batch for the in-process backend, one call for Triton)",
-            ["model", "backend"],
+            "one inference run (a whole batch for the in-process backend, one call for Triton), by model version",
+            ["model", "backend", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -80,15 +80,21 @@ class Metrics:
 
     # -- observers handed to the backends
     def observe_batch(
-        self, model: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float], backend: str = "onnxruntime"
+        self,
+        model: str,
+        batch_size: int,
+        run_seconds: float,
+        queue_waits: Sequence[float],
+        backend: str = "onnxruntime",
+        version: str = "",
     ) -> None:
         self.batch_size.labels(model).observe(batch_size)
-        self.inference_latency.labels(model, backend).observe(run_seconds)
+        self.inference_latency.labels(model, backend, version).observe(run_seconds)
         for wait in queue_waits:
             self.queue_wait.labels(model).observe(wait)
 
-    def observe_inference(self, model: str, seconds: float, backend: str = "triton") -> None:
-        self.inference_latency.labels(model, backend).observe(seconds)
+    def observe_inference(self, model: str, seconds: float, backend: str = "triton", version: str = "") -> None:
+        self.inference_latency.labels(model, backend, version).observe(seconds)
 
     # -- the HTTP endpoint
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

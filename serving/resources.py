@@ -90,7 +90,7 @@ class Resources:
 
     @classmethod
     def open(cls, config: ServingConfig) -> Resources:
-        security = auth.setup(config)  # first: refuses development auth beyond loopback before anything starts
+        security = auth.setup(config.security, config.host)  # first: refuses development auth beyond loopback before anything starts
         if config.redis_url:
             return cls(config, security)
         process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()

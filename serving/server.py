@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -217,8 +218,9 @@ async def create_server(
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
         store = RedisStore(redis, config.cache_ttl_s)
-        models = ModelSet(config.repository, store, lambda model: create_scorer(config, model, metrics), metrics, config.backend)
-        servicer = RecommenderServicer(config, models, store, metrics)
+        make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
+        models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
+        servicer = RecommenderServicer(config.server, config.security, models, store, metrics)
         options = [
             *limits.message_size_options(config.max_message_bytes),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
@@ -226,7 +228,8 @@ async def create_server(
         ]
         server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
         pb_grpc.add_RecommenderServicer_to_server(servicer, server)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(ModelAdminServicer(config, models, metrics, servicer.concurrency), server)
+        admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready
@@ -235,7 +238,7 @@ async def create_server(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
-        port = tls.bind(server, f"{config.host}:{config.port}", config)  # reliability: TLS when configured
+        port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
     except BaseException:

@@ -24,7 +24,7 @@ import redis.exceptions
 
 from serving import auth, limits
 from serving.cache import ProfileRecord, RedisStore
-from serving.config import ServingConfig
+from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
 from serving.errors import (
     RETRY_AFTER_KEY,
@@ -66,7 +66,7 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
             in_flight.inc()
             # with auth off every call runs as the anonymous service (explicit); with auth on, the
             # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
-            as_anonymous = None if self.config.auth else auth.assume(auth.ANONYMOUS)
+            as_anonymous = None if self.security.auth else auth.assume(auth.ANONYMOUS)
             admitted = False
             try:
                 if self.concurrency is not None:  # load shedding: refuse at once rather than queue
@@ -77,7 +77,7 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
-                limit = self.config.request_timeout_s
+                limit = self.server.request_timeout_s
                 async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
                     response = await handler(self, request, context)
                 if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
@@ -140,15 +140,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Each call takes the model version that answers its user once (`models.use`) and keeps it to
     its end: a rollout meanwhile never mixes two versions in one answer."""
 
-    def __init__(self, config: ServingConfig, models: ModelSet, store: RedisStore, metrics: Metrics):
-        self.config = config
+    def __init__(self, server: ServerConfig, security: SecurityConfig, models: ModelSet, store: RedisStore, metrics: Metrics):
+        self.server = server  # rpc_boundary: the deadline limit, the access-log rate
+        self.security = security  # auth on or off; request size limits
         self.models = models
         self.store = store
         self.metrics = metrics
-        self.access_log_rate = config.access_log_rate
-        self.edit_limiter = limits.edit_limiter(config)  # reliability: per-user EditProfile rate (None: off)
-        self.recommend_limiter = limits.recommend_limiter(config)  # per-user Recommend rate (None: off)
-        self.concurrency = limits.concurrency_limit(config)  # calls at once (None: no limit)
+        self.access_log_rate = server.access_log_rate
+        self.edit_limiter = limits.edit_limiter(security)  # reliability: per-user EditProfile rate (None: off)
+        self.recommend_limiter = limits.recommend_limiter(security)  # per-user Recommend rate (None: off)
+        self.concurrency = limits.concurrency_limit(server)  # calls at once (None: no limit)
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -219,8 +220,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     async def _recommend(self, served: LoadedModel, user: str, request: pb.RecommendRequest) -> pb.RecommendResponse:
         model = served.model
         k = validate_k(request.k, model.k_max)
-        validate_history(request.history, self.config.max_history)
-        one_off = validate_edits(edits_from_proto(request.edits), model.tag_index, self.config.max_edits)
+        validate_history(request.history, self.security.max_history)
+        one_off = validate_edits(edits_from_proto(request.edits), model.tag_index, self.security.max_edits)
 
         history, ignored = None, 0
         if request.history:
@@ -257,7 +258,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "EditProfile", user)
         with self.models.use(user) as served:
-            edits = validate_edits(edits_from_proto(request.edits), served.model.tag_index, self.config.max_edits)
+            edits = validate_edits(edits_from_proto(request.edits), served.model.tag_index, self.security.max_edits)
             if not edits and not request.reset:
                 raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
             if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing

@@ -15,7 +15,7 @@ import numpy as np
 
 from export import contract
 from serving.batching import BatchObserver, MicroBatcher
-from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
 
 
 class Scorer(abc.ABC):
@@ -43,6 +43,11 @@ class Scorer(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release sessions, threads and connections."""
+
+
+def batcher_options(batching: BatchingConfig) -> dict[str, float | int]:
+    """A BatchedScorer's keyword arguments from the gateway's batching section."""
+    return {"max_batch_size": batching.max_batch_size, "max_wait_s": batching.max_batch_wait_ms / 1000.0, "max_queue": batching.max_queue}
 
 
 class BatchedScorer(Scorer):

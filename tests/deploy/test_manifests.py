@@ -81,7 +81,7 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     # Production keeps auth on, with a secret generated at deploy time: never the development one,
     # which anyone with a checkout can sign tokens with (and `apron serve` refuses beyond loopback).
     assert config.auth
-    auth.check_exposure(config)
+    auth.check_exposure(config.security, config.host)
     sources = {name: (DEPLOY / compose["secrets"][name]["file"]).resolve() for name in gateway["secrets"]}
     assert set(sources) == {"apron_jwt_secret", "apron_tls_cert", "apron_tls_key"}
     assert config.jwt_secret_file == "/run/secrets/apron_jwt_secret"

@@ -144,8 +144,7 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
 ) -> None:
     repository = tmp_path / "model_repository"
     shutil.copytree(two_versions, repository)
-    for graph in repository.glob("apron_scorer/2/*"):  # version 2's scorer is gone: it cannot load
-        graph.unlink()
+    shutil.rmtree(repository / "apron_scorer" / "2")  # version 2's scorer is gone: it cannot load
     config = gateway_config(repository, redis_server.url, model_version=1)
     async with running_gateway(config) as gateway:
         with pytest.raises(grpc.aio.AioRpcError) as failed:
