@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 
 from serving.config import ServingConfig
 from serving.models import ModelLoadError
@@ -34,12 +35,30 @@ def serve(config: ServingConfig, on_serving: OnServing | None = None) -> None:
     """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes,
     until SIGTERM / SIGINT (or a worker's death)."""
     model = load_model(config)  # a repository without the model is refused before anything starts
-    if config.workers > 1:
+    with unwinding_on_sigterm():
+        if config.workers > 1:
+            with Resources.open(config) as resources:
+                run_workers(resources, model, worker_main, on_serving)
+            return
         with Resources.open(config) as resources:
-            run_workers(resources, model, worker_main, on_serving)
-        return
-    with Resources.open(config) as resources:
-        asyncio.run(run_gateway(resources.config, resources, on_serving))
+            asyncio.run(run_gateway(resources.config, resources, on_serving))
+
+
+@contextlib.contextmanager
+def unwinding_on_sigterm() -> Iterator[None]:
+    """Until the gateway's own handlers take over (run_gateway's, the --workers parent's): SIGTERM
+    unwinds like Ctrl-C, so a private redis-server already started is stopped, never orphaned, and
+    SIGHUP is ignored (before serving there is nothing to roll out)."""
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, unwind), signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_IGN)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 async def run_gateway(config: ServingConfig, resources: Resources, on_serving: OnServing | None = None) -> None:
@@ -89,5 +108,5 @@ def worker_main(config: ServingConfig, ready: object) -> None:
     from serving.logs import configure_logging
 
     configure_logging(config.log_level, config.log_format)
-    with Resources.open(config) as resources:  # owns nothing but the key: redis_url is set
+    with unwinding_on_sigterm(), Resources.open(config) as resources:  # owns nothing but the key: redis_url is set
         asyncio.run(run_gateway(config, resources, lambda _serving: ready.set()))  # type: ignore[attr-defined]
