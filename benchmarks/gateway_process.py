@@ -2,7 +2,7 @@
 only (serving/config.py), so the benchmark can run it, plain or under pyinstrument, in its own process."""
 
 from serving.config import ServingConfig
-from serving.workers import serve
+from serving.runtime import serve
 
 if __name__ == "__main__":
     serve(ServingConfig.from_env())

@@ -9,35 +9,51 @@ pipeline (torch) only when the command runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.errors import UserFacingError
 from export import contract
 
+if TYPE_CHECKING:
+    from export.triton_repository import RepositorySettings
+
+
+def resolve_settings(args: argparse.Namespace) -> tuple[RepositorySettings, int]:
+    """(RepositorySettings, K_MAX): the defaults, or `--like REPO`'s settings, with every flag
+    given on the command line on top (the flags default to None: "not given")."""
+    from export.triton_repository import RepositoryError, RepositorySettings, repository_settings
+
+    if args.like is not None:
+        try:
+            profile = repository_settings(args.like)
+        except RepositoryError as error:
+            raise UserFacingError(f"--like: {error}") from error
+        base, k_max = profile.settings, profile.k_max
+    else:
+        base, k_max = RepositorySettings(), contract.DEFAULT_K_MAX
+    # each RepositorySettings field has a flag whose dest is the field's name
+    named = (f.name for f in dataclasses.fields(RepositorySettings))
+    given = {name: getattr(args, name) for name in named if getattr(args, name) is not None}
+    if "preferred_batch_sizes" in given:
+        given["preferred_batch_sizes"] = tuple(given["preferred_batch_sizes"])
+    try:
+        settings = dataclasses.replace(base, **given)
+    except ValueError as error:
+        raise UserFacingError(str(error)) from error
+    return settings, k_max if args.k_max is None else args.k_max
+
 
 def _handle(args: argparse.Namespace) -> int:
     from export.pipeline import ExportError, export_checkpoint
-    from export.triton_repository import RepositorySettings
 
-    try:
-        settings = RepositorySettings(
-            backend=args.triton_backend,
-            max_batch_size=args.max_batch_size,
-            preferred_batch_sizes=tuple(args.preferred_batch_sizes),
-            max_queue_delay_us=args.max_queue_delay_us,
-            instance_kind=args.instance_kind,
-            instance_count=args.instance_count,
-            gpu_accelerator=args.gpu_accelerator,
-            fp16=args.fp16,
-            cpu_threads=args.cpu_threads,
-        )
-    except ValueError as error:
-        raise UserFacingError(str(error)) from error
+    settings, k_max = resolve_settings(args)
     try:
         result = export_checkpoint(
             args.checkpoint,
             args.repository,
-            k_max=args.k_max,
+            k_max=k_max,
             version=args.version,
             settings=settings,
             allow_other_models=args.allow_other_models,
@@ -49,7 +65,7 @@ def _handle(args: argparse.Namespace) -> int:
     print(
         f"exported version {result.version} to {result.repository} ({settings.backend} backend, {meta.precision}): "
         f"{', '.join(contract.MODELS)}; H={meta.n_heads} K={meta.n_prototypes} K_MAX={meta.k_max} "
-        f"items={meta.n_items}"
+        f"items={meta.n_items}; Triton keeps the latest {settings.keep_versions} version(s) loaded"
     )
     return 0
 
@@ -70,27 +86,67 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--version", type=int, default=None, help="model version (default: next free number)")
     parser.add_argument(
-        "--k-max", type=int, default=contract.DEFAULT_K_MAX, help="items returned by the scorer's TopK"
+        "--like",
+        type=Path,
+        default=None,
+        metavar="REPO",
+        help="take every setting below (K_MAX, backend, batching, instances, version policy) from the existing "
+        "repository REPO's config.pbtxt and metadata; flags given as well override it",
+    )
+    # Settings default to None ("not given", so --like can fill them); the help shows the real default.
+    parser.add_argument(
+        "--k-max", type=int, default=None, help=f"items returned by the scorer's TopK (default {contract.DEFAULT_K_MAX})"
     )
     parser.add_argument(
         "--triton-backend",
+        dest="backend",
         choices=("onnxruntime", "python"),
-        default=defaults.backend,
-        help="onnxruntime: Triton's ONNX Runtime backend (GPU); python: ONNX Runtime inside Triton's python backend (CPU)",
+        default=None,
+        help="onnxruntime: Triton's ONNX Runtime backend (GPU); python: ONNX Runtime inside Triton's python "
+        f"backend (CPU) (default {defaults.backend})",
     )
     parser.add_argument(
-        "--fp16", action="store_true", help="half-precision catalog table and f (GPU serving)"
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="half-precision catalog table and f (GPU serving; default off)",
     )
-    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size)
     parser.add_argument(
-        "--preferred-batch-sizes", type=int, nargs="+", default=list(defaults.preferred_batch_sizes)
+        "--max-batch-size",
+        type=int,
+        default=None,
+        help=f"Triton's max_batch_size, recorded in the metadata for the gateway (default {defaults.max_batch_size})",
     )
-    parser.add_argument("--max-queue-delay-us", type=int, default=defaults.max_queue_delay_us)
-    parser.add_argument("--instance-kind", choices=("auto", "gpu", "cpu"), default=defaults.instance_kind)
-    parser.add_argument("--instance-count", type=int, default=defaults.instance_count)
-    parser.add_argument("--gpu-accelerator", choices=("cuda", "tensorrt"), default=defaults.gpu_accelerator)
     parser.add_argument(
-        "--cpu-threads", type=int, default=defaults.cpu_threads, help="python backend: ORT threads"
+        "--preferred-batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"default {' '.join(map(str, defaults.preferred_batch_sizes))}",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us", type=int, default=None, help=f"default {defaults.max_queue_delay_us}"
+    )
+    parser.add_argument(
+        "--instance-kind", choices=("auto", "gpu", "cpu"), default=None, help=f"default {defaults.instance_kind}"
+    )
+    parser.add_argument("--instance-count", type=int, default=None, help=f"default {defaults.instance_count}")
+    parser.add_argument(
+        "--gpu-accelerator", choices=("cuda", "tensorrt"), default=None, help=f"default {defaults.gpu_accelerator}"
+    )
+    parser.add_argument(
+        "--cpu-threads",
+        type=int,
+        default=None,
+        help=f"python backend: ORT threads (default {defaults.cpu_threads}: ORT's own)",
+    )
+    parser.add_argument(
+        "--keep-versions",
+        type=int,
+        default=None,
+        metavar="N",
+        help="version_policy: Triton keeps the latest N versions loaded, so gateways on the previous "
+        f"version keep answering while they move to the new one (default {defaults.keep_versions})",
     )
     parser.add_argument(
         "--allow-other-models",

@@ -39,6 +39,10 @@ class ExportMetadata:
     tensors: dict[str, dict[str, list[dict[str, Any]]]]  # model -> inputs/outputs -> [{name, dtype, dims}]
     backend: str  # "onnxruntime" | "python"
     precision: str  # "fp32" | "fp16"
+    # Triton's max_batch_size in the models' config.pbtxt: a request of more rows is refused by
+    # Triton, so a gateway batching rows toward Triton checks its own batch size against it.
+    # Metadata written before this field: read_metadata takes it from the config.pbtxt; 0 = unknown.
+    triton_max_batch_size: int = 0
     pad_id: int = contract.PAD_ID
     score: str = "log_softmax over the catalog; -inf for excluded items"
     checkpoint: dict[str, Any] = field(default_factory=dict)  # path, train info, metrics
@@ -88,6 +92,22 @@ def metadata_path(repository: str | Path, version: int | None = None) -> Path:
     return Path(repository) / name
 
 
+def recorded_max_batch_size(repository: str | Path) -> int:
+    """max_batch_size of the repository's scorer config.pbtxt (shared by every version), 0 when
+    there is none: the value for metadata written before `triton_max_batch_size`. Imports
+    Triton's config proto only here, for such older metadata."""
+    path = Path(repository) / contract.SCORER_MODEL / "config.pbtxt"
+    if not path.is_file():
+        return 0
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig()).max_batch_size
+    except text_format.ParseError as error:
+        raise MetadataError(f"{path} does not parse ({error})") from error
+
+
 def read_metadata(repository: str | Path, version: int | None = None) -> ExportMetadata:
     path = metadata_path(repository, version)
     if not path.is_file():
@@ -100,6 +120,8 @@ def read_metadata(repository: str | Path, version: int | None = None) -> ExportM
         raise MetadataError(
             f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})"
         ) from error
+    if isinstance(data, dict) and "triton_max_batch_size" not in data:
+        data["triton_max_batch_size"] = recorded_max_batch_size(repository)
     return ExportMetadata.from_dict(data, str(path))
 
 

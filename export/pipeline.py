@@ -22,6 +22,7 @@ from export.onnx_export import ParityResult, check_parity, export_onnx
 from export.triton_repository import (
     RepositoryError,
     RepositorySettings,
+    check_configs,
     check_repository,
     choose_version,
     model_configs,
@@ -109,6 +110,7 @@ def build_metadata(
         tensors=tensor_table(contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, k_max)),
         backend=settings.backend,
         precision="fp16" if settings.fp16 else "fp32",
+        triton_max_batch_size=settings.max_batch_size,
         checkpoint={"path": str(checkpoint_path), "train": info.train, "metrics": info.metrics},
     )
 
@@ -127,12 +129,17 @@ def export_checkpoint(
     settings = settings or RepositorySettings()
     checkpoint, repository = Path(checkpoint), Path(repository)
     model, info = load_apron(checkpoint)
-    try:
-        version = choose_version(check_repository(repository, allow_other_models), version)
-    except RepositoryError as error:
-        raise ExportError(str(error)) from error
     if k_max < 1:
         raise ExportError(f"--k-max must be at least 1, got {k_max}")
+    cfg = model.config
+    # K_MAX is clamped to the catalog (as export_onnx does): the configs are known before the
+    # (slow) export, so a repository whose config.pbtxt differs is refused first
+    configs = model_configs(cfg.n_heads, cfg.n_tags, cfg.feature_dim, min(k_max, cfg.n_items), settings)
+    try:
+        version = choose_version(check_repository(repository, allow_other_models), version)
+        check_configs(repository, configs)
+    except RepositoryError as error:
+        raise ExportError(str(error)) from error
     graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16)
     parity = check_parity(graphs, model, fp16=settings.fp16)
     if report:
@@ -143,9 +150,7 @@ def export_checkpoint(
         raise ExportError(
             "ONNX Runtime disagrees with PyTorch; nothing written:\n  " + "\n  ".join(failed)
         )
-    cfg = model.config
     metadata = build_metadata(model, info, checkpoint, version, graphs.k_max, settings)
-    configs = model_configs(cfg.n_heads, cfg.n_tags, cfg.feature_dim, graphs.k_max, settings)
     try:
         write_repository(
             repository,

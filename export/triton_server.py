@@ -15,6 +15,22 @@ trying it:
   not the venv's: `PYTHONPATH` is set to this interpreter's site-packages so that the served
   `model.py` can import numpy and onnxruntime. (Under a tritonserver container, whose python
   already has them, pass `python_path=()`.)
+
+Model control: `--model-control-mode=poll` (`model_control_args`), the mode deploy/ runs too.
+Triton rescans the repository every `--repository-poll-secs` and loads the version folders that
+`apron export` adds (and unloads those its `version_policy` drops), so a new version is served
+beside the old one without a restart and without anyone calling Triton. Why poll rather than
+explicit mode + the repository API's load: with poll the export alone is the whole rollout on
+Triton's side, for any number of Triton replicas reading one volume, and the export job needs no
+Triton address. Triton's docs advise against poll in production because a poll may observe a
+half-made change; `apron export` never makes one: each model's new version folder appears whole
+in one rename, a config.pbtxt is never rewritten (a differing one is refused), and the root
+metadata (which the gateway follows) is renamed in last. A poll can still fall between two
+models' renames and load the new profile one interval before the new scorer, which is why the
+gateway waits for Triton's readiness of every model of its version. (Copying a repository onto
+a volume by hand must keep that rule: copy a version folder beside the model under a
+non-numeric name, which Triton ignores, then rename it.) Cost: up to one interval before a new
+version starts loading.
 """
 
 from __future__ import annotations
@@ -38,6 +54,13 @@ from common.net import free_ports
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTRITON_ROOT = PROJECT_ROOT / "third_party" / "pytriton"
 TRITONSERVER = PYTRITON_ROOT / "pytriton" / "tritonserver" / "bin" / "tritonserver"
+MODEL_CONTROL_MODE = "poll"  # deploy/ (compose, k8s) runs the same mode: tests/deploy checks it
+DEPLOY_POLL_SECS = 5  # deploy/'s --repository-poll-secs: a new version loads within 5 s of its export
+TEST_POLL_SECS = 1  # this helper's default: tests wait on readiness, a short interval keeps them quick
+
+
+def model_control_args(poll_secs: int) -> list[str]:
+    return [f"--model-control-mode={MODEL_CONTROL_MODE}", f"--repository-poll-secs={poll_secs}"]
 
 
 class TritonServerError(RuntimeError):
@@ -112,9 +135,11 @@ def run_triton_server(
     extra_args: Sequence[str] = (),
     startup_timeout: float = 120.0,
     log_verbose: int = 0,
+    poll_secs: int = TEST_POLL_SECS,
 ) -> Iterator[TritonServer]:
     """Run tritonserver on `repository` until the block exits; yields its URLs once every model is
-    ready (strict readiness: /v2/health/ready is 200 only when all models loaded).
+    ready (strict readiness: /v2/health/ready is 200 only when all models loaded). It polls the
+    repository every `poll_secs` (model-control mode poll): versions exported later get loaded.
 
     Raises TritonServerError with the server's log tail if it exits or is not ready in time."""
     binary = Path(tritonserver or os.environ.get("APRON_TRITONSERVER") or TRITONSERVER)
@@ -144,6 +169,7 @@ def run_triton_server(
                 "--metrics-address=127.0.0.1",
                 "--allow-gpu-metrics=false",
                 f"--log-verbose={log_verbose}",
+                *model_control_args(poll_secs),
                 *extra_args,
             ]
             with open(log_path, "wb") as log:

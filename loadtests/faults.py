@@ -42,6 +42,7 @@ from typing import Any
 import grpc
 import psutil
 
+from loadtests.gateway_process import start_gateway
 from serving import auth
 from serving.client import channel_options
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -153,6 +154,7 @@ class RecommendLoad(_ClientLoop):
         super().__init__(target, token, timeout_s)
         self.history, self.n = list(history), n
         self.codes: list[str] = []
+        self.versions: list[int] = []  # each OK response's model_version
 
     def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
         return [self._call(stub, i) for i in range(self.n)]
@@ -161,8 +163,9 @@ class RecommendLoad(_ClientLoop):
         request = pb.RecommendRequest(user_id=f"reader-{i}", history=self.history, k=5)
         while not self._stop.is_set():
             try:
-                await stub.Recommend(request, metadata=self.metadata, timeout=self.timeout_s)
+                response = await stub.Recommend(request, metadata=self.metadata, timeout=self.timeout_s)
                 self.codes.append("OK")
+                self.versions.append(response.model_version)
             except grpc.aio.AioRpcError as error:
                 self.codes.append(error.code().name)
 
@@ -244,7 +247,6 @@ async def _wait(check: Callable[[], bool], timeout_s: float, what: str) -> float
 
 
 async def redis_kill(args: argparse.Namespace, tags: list[str], history: list[str]) -> dict:
-    from tests.reliability.gateway_process import start_gateway
 
     with deployment(args.repository) as deploy:
         gateway = start_gateway(deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis")), deploy.workdir)
@@ -288,7 +290,6 @@ async def redis_kill(args: argparse.Namespace, tags: list[str], history: list[st
 
 
 async def gateway_restart(args: argparse.Namespace, tags: list[str], history: list[str]) -> dict:
-    from tests.reliability.gateway_process import start_gateway
 
     with deployment(args.repository) as deploy:
         gateway_args = deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"))
@@ -320,7 +321,6 @@ async def gateway_restart(args: argparse.Namespace, tags: list[str], history: li
 
 async def rolling_restart(args: argparse.Namespace, tags: list[str], history: list[str]) -> dict:
     from serving.redis_process import RedisProcess
-    from tests.reliability.gateway_process import start_gateway
 
     with deployment(args.repository) as deploy, RedisProcess(data_dir=deploy.workdir / "redis", aof=True) as redis:
         ports = [reserve_port() for _ in range(2)]
@@ -363,7 +363,73 @@ async def rolling_restart(args: argparse.Namespace, tags: list[str], history: li
     return report
 
 
-SCENARIOS = {"redis-kill": redis_kill, "gateway-restart": gateway_restart, "rolling-restart": rolling_restart}
+async def rollout(args: argparse.Namespace, tags: list[str], history: list[str]) -> dict:
+    """Version 1 -> 2 by SIGHUP, back to 1 by the admin RPC (pinned), to 2 again by the RPC, under
+    Locust, edit-auditing and Recommend load; the repository must hold versions 1 and 2."""
+    from serving.proto_gen.apron.v1 import admin_pb2 as admin
+    from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
+
+    with deployment(args.repository) as deploy:
+        gateway = start_gateway(deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), "--model-version", "1"), deploy.workdir)
+        metadata = auth.bearer_metadata(deploy.token)
+        steps: list[dict] = []
+        try:
+            load = locust(gateway.target, args.dataset, deploy.token, args.users, 5 * args.seconds, args.out)
+            audit = EditAudit(gateway.target, deploy.token, tags, history)
+            readers = RecommendLoad(gateway.target, deploy.token, history)
+            await audit.start()
+            await readers.start()
+            async with grpc.aio.insecure_channel(gateway.target) as channel:
+                stub = admin_grpc.ModelAdminStub(channel)
+
+                async def serving() -> list[int]:
+                    status = await stub.GetModelStatus(admin.GetModelStatusRequest(), metadata=metadata, timeout=60)
+                    return [v.version for v in status.serving]
+
+                async def load_model(what: str, **request: object) -> None:
+                    start = time.monotonic()
+                    status = await stub.LoadModel(admin.LoadModelRequest(**request), metadata=metadata, timeout=120)  # type: ignore[arg-type]
+                    steps.append({"step": what, "serving": [v.version for v in status.serving], "seconds": round(time.monotonic() - start, 3)})
+
+                await load_model("unpin version 1", version=1)
+                await asyncio.sleep(args.seconds)
+                start = time.monotonic()
+                gateway.process.send_signal(signal.SIGHUP)
+                while await serving() != [2]:
+                    if time.monotonic() - start > 120:
+                        raise RuntimeError("SIGHUP did not roll out version 2 within 120 s")
+                    await asyncio.sleep(0.05)
+                steps.append({"step": "SIGHUP: newest (2)", "serving": [2], "seconds": round(time.monotonic() - start, 3)})
+                await asyncio.sleep(args.seconds)
+                await load_model("rollback: version 1 pinned", version=1, pin=True)
+                await asyncio.sleep(args.seconds)
+                await load_model("rollout by RPC: newest", version=0)
+                await asyncio.sleep(args.seconds)
+            await audit.stop()
+            await readers.stop()
+            stats = locust_result(load, args.out)
+            lost = await audit.lost()
+        finally:
+            gateway.terminate()
+    failures = sum(v["failures"] for v in stats.values())
+    report = {
+        "steps": steps,
+        "recommends": len(readers.codes),
+        "recommend_failures": len([c for c in readers.codes if c != "OK"]),
+        "versions_answered": sorted(set(readers.versions)),
+        "edits_acknowledged": audit.acknowledged(),
+        "edits_failed": audit.failed(),
+        "acknowledged_edits_lost": lost,
+        "locust_failures": failures,
+        "locust": stats,
+    }
+    report["passed"] = not lost and failures == 0 and report["recommend_failures"] == 0 and audit.failed() == 0
+    return report
+
+
+SCENARIOS = {
+    "redis-kill": redis_kill, "gateway-restart": gateway_restart, "rolling-restart": rolling_restart, "rollout": rollout,
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,9 @@ times). Such calls are counted as throttled, apart from Locust's requests and fa
 counts are logged at the end (`throttled: ...`) and written to `<csv prefix>_throttled.json`.
 
 `--min-requests N` ends the run before `--run-time` once every task in the mix has N requests: a
-smoke run then waits on what it needs, not on the clock.
+smoke run then waits on what it needs, not on the clock. `--until-file PATH` also waits for PATH
+to exist: a test that drives something else under this load (a model rollout) ends the run when it
+is done, by creating the file.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def add_options(parser: Any) -> None:
                        help="retries of a call shed with RESOURCE_EXHAUSTED (after its retry-after-ms) before it fails")
     group.add_argument("--min-requests", type=int, default=0,
                        help="end the run once every task with a weight > 0 has this many requests (0: run for --run-time)")
+    group.add_argument("--until-file", type=str, default="",
+                       help="end the run once this file exists (and --min-requests is met): another program says when")
 
 
 # ----------------------------------------------------------------------------- thresholds
@@ -138,13 +142,14 @@ def tasks_done(environment: Environment, min_requests: int) -> bool:
 @events.test_start.add_listener
 def stop_at_min_requests(environment: Environment, **_kwargs: Any) -> None:
     options = environment.parsed_options
-    if options is None or options.min_requests <= 0 or environment.runner is None:
+    if options is None or (options.min_requests <= 0 and not options.until_file) or environment.runner is None:
         return
 
     def watch() -> None:
-        while not tasks_done(environment, options.min_requests):
+        while not tasks_done(environment, options.min_requests) or (options.until_file and not Path(options.until_file).exists()):
             gevent.sleep(0.1)
-        log.info("every task has %d requests: ending the run", options.min_requests)
+        log.info("every task has %d requests%s: ending the run", options.min_requests,
+                 f" and {options.until_file} exists" if options.until_file else "")
         environment.runner.quit()
 
     gevent.spawn(watch)

@@ -22,7 +22,7 @@ from serving.config import ServingConfig
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from tests.reliability.gateway_process import start_gateway
+    from loadtests.gateway_process import start_gateway
 
     rows = []
     with deployment(args.repository) as deploy:

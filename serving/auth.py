@@ -53,7 +53,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from serving import stages
-from serving.config import ServingConfig
+from serving.config import SecurityConfig
 from serving.errors import ApronError
 
 log = logging.getLogger(__name__)
@@ -500,25 +500,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def uses_dev_secret(config: ServingConfig) -> bool:
+def uses_dev_secret(config: SecurityConfig) -> bool:
     return config.auth and not (config.jwt_public_key or config.jwt_secret_file)
 
 
-def check_exposure(config: ServingConfig) -> None:
+def check_exposure(config: SecurityConfig, host: str) -> None:
     """Refuse (UnsafeExposure, naming the fix) to serve beyond loopback with the development secret,
     which anyone with a checkout of the project can sign tokens with, or with auth off, unless
     `insecure_dev` says so explicitly."""
-    if is_loopback(config.host) or config.insecure_dev:
+    if is_loopback(host) or config.insecure_dev:
         return
     if not config.auth:
         raise UnsafeExposure(
-            f"refusing to serve on {config.host} with authentication off (--no-auth): anyone who can reach "
+            f"refusing to serve on {host} with authentication off (--no-auth): anyone who can reach "
             "the port could read and change every profile. Turn auth on with --jwt-secret-file or "
             "--jwt-public-key, bind --host 127.0.0.1, or pass --insecure-dev on a trusted test network"
         )
     if uses_dev_secret(config):
         raise UnsafeExposure(
-            f"refusing to serve on {config.host} with the development secret ({DEFAULT_DEV_SECRET}): tokens "
+            f"refusing to serve on {host} with the development secret ({DEFAULT_DEV_SECRET}): tokens "
             "for it can be minted by anyone with this checkout. Configure --jwt-secret-file (e.g. the one "
             "`make deploy-secrets` writes) or --jwt-public-key, bind --host 127.0.0.1, or pass --insecure-dev "
             "on a trusted test network"
@@ -531,11 +531,11 @@ class AuthSetup:
     service_token: str | None  # minted only for the development secret, for the quick start
 
 
-def setup(config: ServingConfig) -> AuthSetup:
+def setup(config: SecurityConfig, host: str) -> AuthSetup:
     """The gateway's auth from its configuration: the interceptor (none with --no-auth, which logs a
     warning) and, with the development secret on loopback, a service token to print. Raises
     UnsafeExposure for development auth beyond loopback (`check_exposure`)."""
-    check_exposure(config)
+    check_exposure(config, host)
     if not config.auth:
         warn_auth_disabled()
         return AuthSetup((), None)
@@ -550,7 +550,7 @@ def setup(config: ServingConfig) -> AuthSetup:
             "auth uses the development secret %s: configure --jwt-secret-file or --jwt-public-key in production",
             DEFAULT_DEV_SECRET,
         )
-    if is_dev and is_loopback(config.host):  # printed where only this machine's users can see and use it
+    if is_dev and is_loopback(host):  # printed where only this machine's users can see and use it
         token = mint_token(
             key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer,
             ttl_s=min(DEV_TOKEN_TTL_S, config.jwt_max_lifetime_s), audience=config.jwt_audience,

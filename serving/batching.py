@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from serving import stages as stage_clock
+from serving.config import DEFAULT_MAX_QUEUE
 from serving.errors import ResourceExhausted
 
 T = TypeVar("T")
@@ -81,7 +82,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float = 0.0,
         name: str = "batcher",
         observer: BatchObserver | None = None,
-        max_queue: int = 1024,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         stages: tuple[str, str, str] | None = None,
     ):
         if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1:

@@ -38,7 +38,7 @@ import contextlib
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Hashable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -62,7 +62,7 @@ VERSION_PREFIX = "apron:version"
 MEMO_KEYS = 8  # values remembered per profile record (ProfileRecord.memo)
 LOCAL_PROFILES = 4096  # profiles a gateway process keeps (ProfileCache), least recently used dropped
 LOCAL_REFRESH_S = 600.0  # a kept profile is read in full again after this long (refreshing its TTL)
-CACHE_RESULTS = ("hit", "miss", "unavailable")  # apron_profile_cache_requests{result}
+CACHE_RESULTS = ("hit", "miss", "recovered", "unavailable")  # apron_profile_cache_requests{result}
 PROFILE_READS = ("version", "full")  # apron_profile_reads{kind}: a kept copy confirmed by its version, a full read
 
 
@@ -246,6 +246,18 @@ class RedisStore:
             results = await pipe.set(version_key(user_id), version, ex=self.ttl_s).hgetall(edits_key(user_id)).execute()
         return StoredProfile(version, record, _decode_edits(results[-1]))
 
+    async def find_history(self, user_id: str, versions: list[int]) -> tuple[int, np.ndarray] | None:
+        """The history stored with the user's cached profile under the first of `versions` that has
+        one (newest first is the caller's order): (that version, its internal item indices)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for version in versions:
+                pipe.hmget(profile_key(version, user_id), "history")
+            found = await pipe.execute()
+        for version, (history,) in zip(versions, found, strict=True):
+            if history is not None:
+                return version, np.frombuffer(history, dtype="<i4").astype(np.int64)
+        return None
+
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
         async with self._deadline():
             return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
@@ -276,8 +288,15 @@ def _decode_edits(fields: Mapping[bytes, bytes]) -> dict[str, EditSpec]:
     return edits
 
 
+# (user id) -> the user's history in this version's catalog, from a profile cached under another
+# version (serving/models.py), or None
+Recover = Callable[[str], Awaitable[np.ndarray | None]]
+
+
 class ProfileCache:
     """A user's profile: from Redis when the history matches, else from the scorer (then cached).
+    A user with no profile under this version but one under another gets it recomputed from that
+    one's history (`recover`, set by serving/models.py) rather than NOT_FOUND.
 
     Keeps the `local_entries` users it read last (versioned reads: the module docstring); 0 keeps
     none (every read is a full one)."""
@@ -301,8 +320,10 @@ class ProfileCache:
         self.local_entries = local_entries
         self.refresh_s = min(refresh_s, store.ttl_s / 2)  # a kept copy never outlives its TTL unread
         self._local: OrderedDict[str, StoredProfile] = OrderedDict()
+        self.recover: Recover | None = None
+        self._version_label = str(model_version)
         # each counter resolved once, not per lookup
-        self._counters = {result: metrics.cache.labels(result) for result in CACHE_RESULTS} if metrics else {}
+        self._counters = {result: metrics.cache.labels(result, self._version_label) for result in CACHE_RESULTS} if metrics else {}
         self._reads = {kind: metrics.profile_reads.labels(kind) for kind in PROFILE_READS} if metrics else {}
 
     def _remember(self, user_id: str, stored: StoredProfile) -> None:
@@ -345,6 +366,34 @@ class ProfileCache:
         stages.mark(stages.REDIS_READ)
         return stored.record, stored.edits
 
+    async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
+        """`cached`, and when this version has no profile, one recomputed from another version's history."""
+        record, edits = await self.cached(user_id)
+        if record is None:
+            record = await self._recovered(user_id)
+        return record, edits
+
+    async def _recovered(self, user_id: str) -> ProfileRecord | None:
+        history = await self.recover(user_id) if self.recover is not None else None
+        if history is None:
+            return None
+        self._count("recovered")
+        return await self._compute_and_store(user_id, history)
+
+    async def _compute_and_store(self, user_id: str, history_ids: np.ndarray, digest: str | None = None) -> ProfileRecord:
+        weights, length = await self.scorer.profile(history_ids)
+        stages.mark(stages.PROFILE)
+        digest = digest or history_digest(history_ids)
+        record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
+        try:
+            stored = await self.store.put_profile(self.model_version, user_id, record)
+        except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
+            self._count("unavailable")
+        else:
+            self._remember(user_id, stored)  # with the version and edits the write left
+        stages.mark(stages.REDIS_WRITE)
+        return record
+
     async def resolve(
         self, user_id: str, history_ids: np.ndarray | None, digest: str | None = None
     ) -> tuple[ProfileRecord, bool, dict[str, EditSpec]]:
@@ -369,6 +418,8 @@ class ProfileCache:
             record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
         if history_ids is None:
+            if cached is None and (recovered := await self._recovered(user_id)) is not None:
+                return recovered, False, edits
             if cached is None:
                 self._count("miss")
                 raise NotFound(
@@ -382,15 +433,4 @@ class ProfileCache:
             self._count("hit")
             return cached, True, edits
         self._count("miss")
-        weights, length = await self.scorer.profile(history_ids)
-        stages.mark(stages.PROFILE)
-        record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
-        try:
-            stored = await self.store.put_profile(self.model_version, user_id, record)
-        except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
-            self._count("unavailable")
-        else:
-            self._remember(user_id, stored)
-            edits = stored.edits  # as the write left them (another process may have stored some since our read)
-        stages.mark(stages.REDIS_WRITE)
-        return record, False, edits
+        return await self._compute_and_store(user_id, history_ids, digest), False, edits

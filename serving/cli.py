@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from common.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from serving.resources import Serving
 
 # Mistakes in the setup that `apron serve` reports in one line (exit 2) rather than a traceback.
 STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OSError, RuntimeError)
@@ -34,7 +40,7 @@ def _add_serve(subparsers: argparse._SubParsersAction) -> None:
 def _run_serve(args: argparse.Namespace) -> int:
     from serving.config import ServingConfig
     from serving.logs import configure_logging
-    from serving.workers import serve
+    from serving.runtime import serve
 
     try:
         config = ServingConfig.from_args(args)
@@ -44,18 +50,86 @@ def _run_serve(args: argparse.Namespace) -> int:
     from serving.auth import check_exposure
 
     try:
-        check_exposure(config)  # before anything slow: development auth never leaves loopback
+        check_exposure(config.security, config.host)  # before anything slow: development auth never leaves loopback
     except ValueError as error:
         raise UserFacingError(str(error)) from error
     if config.build_demo:
         _ensure_demo_model(config)
     try:
-        serve(config)
+        serve(config, print_banner)
     except UserFacingError:
         raise
     except STARTUP_ERRORS as error:  # no model, redis-server missing, port taken, bad key file...
         raise UserFacingError(f"cannot start the gateway: {error}") from error
     return 0
+
+
+def apron_command() -> str:
+    """The `apron` command as this process was started (`.venv/bin/apron` under `make serve`), so
+    the printed lines run as they are from the same directory; `apron` when started otherwise."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    return shlex.quote(argv0) if Path(argv0).name == "apron" else "apron"
+
+
+def try_it_lines(
+    address: str,
+    tag_names: list[str],
+    prototype_item_ids: list[str],
+    token: str | None,
+    auth: bool,
+    apron: str = "apron",
+    tls: bool = False,
+) -> list[str]:
+    """Commands that work exactly as printed against the gateway at `address`: a list for a
+    history of the three most used tags' prototype items, an edit that removes the first of
+    those tags, and the list again, which the edit changes (tests/serving/test_demo.py runs them).
+    `apron client` finds a token itself (APRON_TOKEN, else one minted from the development secret);
+    grpcurl is given the development `token` when there is one, else $APRON_TOKEN. With `tls` the
+    lines trust the CA in $APRON_TLS_CA (the gateway knows its certificate, not who signed it)."""
+    history = " ".join(f"--history {item}" for item in prototype_item_ids[:3])
+    tag = tag_names[0]
+    tag_arg = shlex.quote(tag)  # "female vocalists" is one shell word
+    header = ""
+    if auth:
+        header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" '
+    client = f"{apron} client --target {address}" + (' --tls-ca "$APRON_TLS_CA"' if tls else "")
+    transport = '-cacert "$APRON_TLS_CA"' if tls else "-plaintext"
+    return [
+        f"{client} prototypes",
+        f"{client} recommend --user alice {history} --k 10",
+        f"{client} edit --user alice --scale {tag_arg}=0",
+        f"{client} recommend --user alice --k 10",
+        f"grpcurl {transport} {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
+    ]
+
+
+def usage_hint(serving: Serving) -> str:
+    """How to call the running gateway, with real ids from its catalog."""
+    config = serving.config
+    address = f"{config.host}:{serving.port}"
+    metrics = f"http://{config.host}:{serving.metrics_port}/metrics" if serving.metrics_port else "off"
+    tls = bool(config.tls_cert)
+    lines = try_it_lines(address, serving.tag_names, serving.prototype_item_ids, serving.service_token, config.auth, apron_command(), tls)
+    if tls:
+        lines.insert(0, "export APRON_TLS_CA=<the PEM CA that signed --tls-cert>   # the gateway speaks TLS")
+    return "\n".join(
+        [
+            f"APRON gateway on {address} (model version {serving.model_version}, {serving.backend} backend, "
+            f"{len(serving.tag_names)} prototypes, {serving.n_items} items); metrics: {metrics}",
+            "try it:",
+            *(f"  {line}" for line in lines),
+            "stop with Ctrl-C (in-flight calls are drained); roll out a newer exported version with SIGHUP",
+        ]
+    )
+
+
+def print_banner(serving: Serving) -> None:
+    """`apron serve`'s banner, once the gateway (every worker) serves."""
+    print(usage_hint(serving), flush=True)
+    if serving.worker_pids:
+        print(f"worker pids: {' '.join(map(str, serving.worker_pids))}", flush=True)
+    if serving.service_token:  # reliability: the quick start works with auth on
+        print(f"development service token (any user; `apron token --sub USER` mints more):\n  {serving.service_token}", flush=True)
 
 
 def _ensure_demo_model(config: Any) -> None:
@@ -145,6 +219,15 @@ def _add_client(subparsers: argparse._SubParsersAction) -> None:
     profile.add_argument("--user", required=True)
 
     commands.add_parser("prototypes", help="the served model's prototypes (tags)")
+
+    admin = commands.add_parser("admin", help="model rollout (a service token): status, load")
+    admin_commands = admin.add_subparsers(dest="admin_command", required=True, metavar="ACTION")
+    admin_commands.add_parser("status", help="the versions served, the repository's versions, the last rollout error")
+    load = admin_commands.add_parser("load", help="roll out a version (loaded and warmed beside, then swapped), roll back with --pin")
+    load.add_argument("--version", type=int, default=0, help="the primary version (0: the newest in the repository)")
+    load.add_argument("--pin", action="store_true", help="keep it through SIGHUP and --watch-repository (a rollback)")
+    load.add_argument("--candidate", type=int, default=0, help="A/B: a second version for --share of the users")
+    load.add_argument("--share", type=float, default=0.0, help="A/B: the candidate's share of users, in [0, 1]")
     parser.set_defaults(func=_run_client)
 
 
@@ -180,6 +263,10 @@ def _run_client(args: argparse.Namespace) -> int:
                 )
             elif args.client_command == "profile":
                 response = client.profile(args.user)
+            elif args.client_command == "admin" and args.admin_command == "load":
+                response = client.load_model(args.version, args.pin, args.candidate, args.share)
+            elif args.client_command == "admin":
+                response = client.model_status()
             else:
                 response = client.prototypes()
         except grpc.RpcError as error:
@@ -226,9 +313,17 @@ def format_response(command: str, response: Any) -> str:
             lines += format_profile(response.profile)
         else:
             lines.append("no profile yet: the edits apply once a recommend call sends the user's history")
+    elif command == "admin":
+        serving = ", ".join(f"version {v.version} ({v.role}, {v.share:.0%} of users)" for v in response.serving)
+        lines.append(f"serving {serving or 'nothing'}{' (pinned)' if response.pinned else ''} on {response.backend}")
+        lines.append(f"repository versions: {', '.join(map(str, response.available_versions)) or 'none'}")
+        if response.last_error:
+            lines.append(f"last rollout failed: {response.last_error}")
     else:
         lines.append(f"model version {response.model_version}, k_max {response.k_max}; prototypes:")
         lines += [f"  {p.name:<24} {p.group:<15} {p.item_id:<20} {p.item_name}" for p in response.prototypes]
+    if command in ("recommend", "edit", "profile") and response.unapplied_edits:
+        lines.append(f"stored edits of prototypes this version lacks (kept, not applied): {', '.join(response.unapplied_edits)}")
     return "\n".join(lines)
 
 

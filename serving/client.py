@@ -18,6 +18,8 @@ from pathlib import Path
 import grpc
 
 from serving import auth
+from serving.proto_gen.apron.v1 import admin_pb2 as admin_pb
+from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -82,6 +84,7 @@ class ApronClient:
             grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         )
         self.stub = pb_grpc.RecommenderStub(self.channel)
+        self.admin = admin_grpc.ModelAdminStub(self.channel)
         self.metadata = auth.bearer_metadata(token) if token else ()
         self.timeout_s = timeout_s
 
@@ -120,6 +123,14 @@ class ApronClient:
 
     def prototypes(self) -> pb.ListPrototypesResponse:
         return self._call("ListPrototypes", pb.ListPrototypesRequest())
+
+    def load_model(self, version: int = 0, pin: bool = False, candidate: int = 0, share: float = 0.0) -> admin_pb.ModelStatus:
+        """Roll out `version` (0: the newest), or roll back with `pin`; `candidate` answers `share` of the users."""
+        request = admin_pb.LoadModelRequest(version=version, pin=pin, candidate_version=candidate, candidate_share=share)
+        return self.admin.LoadModel(request, timeout=max(self.timeout_s, 120.0), metadata=self.metadata)
+
+    def model_status(self) -> admin_pb.ModelStatus:
+        return self.admin.GetModelStatus(admin_pb.GetModelStatusRequest(), timeout=self.timeout_s, metadata=self.metadata)
 
     def close(self) -> None:
         self.channel.close()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 BACKENDS = ("onnxruntime", "triton", "torch")
 TORCH_DEVICES = ("cpu", "cuda")
@@ -20,6 +21,9 @@ TORCH_DTYPES = ("auto", "float32", "float16", "bfloat16")
 ORT_DEVICES = ("cpu", "cuda")
 LOG_FORMATS = ("json", "text")
 ENV_PREFIX = "APRON_"
+# One default per fact: the backends' and the micro-batcher's own defaults are these.
+DEFAULT_MAX_BATCH_SIZE = 32
+DEFAULT_MAX_QUEUE = 256
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -29,7 +33,19 @@ def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> 
 @dataclass(frozen=True)
 class ServingConfig:
     repository: str = _option("model_repository", "model repository written by `apron export` (holds apron_metadata.json)")
-    model_version: int = _option(0, "model version to serve (0: the newest in the repository)")
+    model_version: int = _option(
+        0,
+        "model version to serve, pinned: SIGHUP and --watch-repository keep it (0: the newest in the repository, "
+        "and SIGHUP or the watch roll out a newer one without a restart)",
+    )
+    watch_repository: bool = _option(
+        False, "roll out a newer model version as soon as the repository holds one (polled every --watch-interval-s)"
+    )
+    watch_interval_s: float = _option(2.0, "how often --watch-repository looks for a newer version (seconds)")
+    ab_version: int = _option(
+        0, "A/B split: a second model version that answers --ab-share of the users (by a hash of the user id; 0: none)"
+    )
+    ab_share: float = _option(0.0, "A/B split: share of users, in [0, 1], that --ab-version answers")
     build_demo: bool = _option(
         True, "when the repository holds no model, train and export a small demo model into it first"
     )
@@ -73,14 +89,14 @@ class ServingConfig:
         "auto", "--backend torch: precision of the catalog table and f (auto: float16 on cuda, float32 on cpu)", TORCH_DTYPES
     )
     cuda_graphs: bool = _option(True, "--backend torch --device cuda: replay one CUDA graph per batch-size bucket")
-    max_batch_size: int = _option(32, "micro-batcher (onnxruntime backend): most requests in one run")
+    max_batch_size: int = _option(DEFAULT_MAX_BATCH_SIZE, "micro-batcher (in-process backends): most requests in one run")
     max_batch_wait_ms: float = _option(
         0.0,
         "micro-batcher: longest a request waits for others to join its batch (0: an idle scorer runs a request at "
         "once; requests arriving during a run form the next batch)",
     )
     max_queue: int = _option(
-        256, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
+        DEFAULT_MAX_QUEUE, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
     )
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
     max_history: int = _option(10_000, "most history ids one request may carry")
@@ -152,12 +168,46 @@ class ServingConfig:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
+        if not 0 <= self.ab_share <= 1:
+            raise ValueError(f"ab_share must be between 0 and 1, got {self.ab_share}")
+        if (self.ab_version > 0) != (self.ab_share > 0):
+            raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
+        if self.ab_version < 0:
+            raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
+        if self.watch_interval_s <= 0:
+            raise ValueError(f"watch_interval_s must be above 0, got {self.watch_interval_s}")
         if not 0 <= self.access_log_rate <= 1:
             raise ValueError(f"access_log_rate must be between 0 and 1, got {self.access_log_rate}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together (set both to serve TLS, or neither)")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+
+    # The sections (each component takes only its own): built once per config, on first use.
+    @functools.cached_property
+    def model(self) -> ModelConfig:
+        return section(self, ModelConfig)
+
+    @functools.cached_property
+    def server(self) -> ServerConfig:
+        return section(self, ServerConfig)
+
+    @functools.cached_property
+    def store(self) -> StoreConfig:
+        return section(self, StoreConfig)
+
+    @functools.cached_property
+    def batching(self) -> BatchingConfig:
+        return section(self, BatchingConfig)
+
+    @functools.cached_property
+    def security(self) -> SecurityConfig:
+        return section(self, SecurityConfig)
+
+    @functools.cached_property
+    def inference(self) -> BackendConfig:
+        """The backend section (`backend` itself is the field naming the backend)."""
+        return section(self, BackendConfig)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> ServingConfig:
@@ -170,6 +220,113 @@ class ServingConfig:
     def from_args(cls, args: argparse.Namespace) -> ServingConfig:
         """From a namespace built by `add_arguments` (whose defaults already include APRON_*)."""
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ----------------------------------------------------------------------------- sections
+# Each component takes only its own section (`config.server`, `config.store`, ...), never the whole
+# ServingConfig. A section names its fields; their defaults, flags, variables and help stay defined
+# once, on ServingConfig above (tests/serving/test_config.py checks every field is in one section).
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which versions of which repository are served (serving/models.py, serving/cli.py's demo)."""
+
+    repository: str
+    model_version: int
+    watch_repository: bool
+    watch_interval_s: float
+    ab_version: int
+    ab_share: float
+    build_demo: bool
+    demo_dataset: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The gRPC server and the process (serving/server.py, runtime.py, workers.py, the servicer's boundary)."""
+
+    host: str
+    port: int
+    workers: int
+    metrics_port: int
+    request_timeout_s: float
+    shutdown_grace_s: float
+    reuse_port: bool
+    drain_delay_s: float
+    max_concurrent_rpcs: int
+    log_level: str
+    log_format: str
+    access_log_rate: float
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Redis (serving/resources.py, cache.py)."""
+
+    redis_url: str
+    redis_cluster: bool
+    redis_aof: bool
+    redis_dir: str
+    cache_ttl_s: int
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """The in-process backends' micro-batchers (serving/batching.py)."""
+
+    max_batch_size: int
+    max_batch_wait_ms: float
+    max_queue: int
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Who may call and how much (serving/auth.py, tls.py, limits.py, validation's limits)."""
+
+    auth: bool
+    jwt_secret_file: str
+    jwt_public_key: str
+    jwt_issuer: str
+    jwt_audience: str
+    jwt_max_lifetime_s: float
+    insecure_dev: bool
+    tls_cert: str
+    tls_key: str
+    tls_client_ca: str
+    edit_rate: float
+    edit_burst: int
+    recommend_rate: float
+    recommend_burst: int
+    max_history: int
+    max_edits: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    """The inference backend (serving/backends/)."""
+
+    backend: str
+    triton_url: str
+    triton_fallback: bool
+    ort_device: str
+    ort_threads: int
+    ort_spinning: bool
+    device: str
+    torch_dtype: str
+    cuda_graphs: bool
+
+
+SECTIONS = {
+    "model": ModelConfig, "server": ServerConfig, "store": StoreConfig, "batching": BatchingConfig,
+    "security": SecurityConfig, "inference": BackendConfig,
+}  # fmt: skip
+S = TypeVar("S")
+
+
+def section(config: ServingConfig, kind: type[S]) -> S:
+    return kind(**{f.name: getattr(config, f.name) for f in dataclasses.fields(kind)})  # type: ignore[arg-type]
 
 
 def env_name(field_name: str) -> str:

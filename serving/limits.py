@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.config import ServingConfig
+from serving.config import SecurityConfig, ServerConfig
 from serving.errors import ResourceExhausted
 
 
@@ -102,19 +102,19 @@ class RateLimiter:
         return len(self._buckets)
 
 
-def edit_limiter(config: ServingConfig) -> RateLimiter | None:
-    """The EditProfile limiter `config` asks for (None with --edit-rate 0)."""
-    if config.edit_rate == 0:
+def edit_limiter(security: SecurityConfig) -> RateLimiter | None:
+    """The EditProfile limiter `security` asks for (None with --edit-rate 0)."""
+    if security.edit_rate == 0:
         return None
-    return RateLimiter(config.edit_rate, config.edit_burst, setting="--edit-rate / --edit-burst")
+    return RateLimiter(security.edit_rate, security.edit_burst, setting="--edit-rate / --edit-burst")
 
 
-def recommend_limiter(config: ServingConfig) -> RateLimiter | None:
-    """The per-user Recommend limiter `config` asks for (None with --recommend-rate 0, the default)."""
-    if config.recommend_rate == 0:
+def recommend_limiter(security: SecurityConfig) -> RateLimiter | None:
+    """The per-user Recommend limiter `security` asks for (None with --recommend-rate 0, the default)."""
+    if security.recommend_rate == 0:
         return None
     return RateLimiter(
-        config.recommend_rate, config.recommend_burst, setting="--recommend-rate / --recommend-burst", what="recommendations"
+        security.recommend_rate, security.recommend_burst, setting="--recommend-rate / --recommend-burst", what="recommendations"
     )
 
 
@@ -148,5 +148,5 @@ class ConcurrencyLimit:
         self.mean_s += self.SMOOTHING * (seconds - self.mean_s)
 
 
-def concurrency_limit(config: ServingConfig) -> ConcurrencyLimit | None:
-    return ConcurrencyLimit(config.max_concurrent_rpcs) if config.max_concurrent_rpcs else None
+def concurrency_limit(server: ServerConfig) -> ConcurrencyLimit | None:
+    return ConcurrencyLimit(server.max_concurrent_rpcs) if server.max_concurrent_rpcs else None

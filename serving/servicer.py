@@ -1,6 +1,6 @@
 """`apron.v1.Recommender`: thin handlers over validation -> profile cache -> edits -> scorer -> top-k.
 
-Every handler runs inside `_boundary`, the only place where exceptions become gRPC status codes,
+Every handler runs inside `rpc_boundary`, the only place where exceptions become gRPC status codes,
 RPC metrics are recorded, deadlines are enforced and the access log is written. It also checks the
 caller first (the auth interceptor only records what it found) and counts every rejection (bad
 token, another user's profile, a limit) in `apron_rpc_rejections_total`; the log line carries the
@@ -23,10 +23,8 @@ import numpy as np
 import redis.exceptions
 
 from serving import auth, limits, stages
-from serving.backends.base import Scorer
-from serving.cache import ProfileCache, ProfileRecord, RedisStore
-from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.cache import ProfileRecord, RedisStore
+from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
 from serving.errors import (
     RETRY_AFTER_KEY,
@@ -37,7 +35,8 @@ from serving.errors import (
     ResourceExhausted,
 )
 from serving.metrics import Metrics
-from serving.profile_encoding import ALL_PROTOTYPES, ProfileEncoder, ProfileSelection
+from serving.models import LoadedModel, ModelSet, current_version
+from serving.profile_encoding import ALL_PROTOTYPES, ProfileSelection
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_watch import reachable
@@ -63,11 +62,12 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 RECONNECT_WAIT_S = 2.0
 
 
-def _boundary(method: str) -> Callable[[Handler], Handler]:
+def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapped(self: RecommenderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
+            version = current_version.set("none")  # the version that answers, once a handler picked it
             code, message = grpc.StatusCode.OK, ""
             series = self.metrics.for_method(method)
             series.in_flight.inc()
@@ -79,7 +79,7 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 clock.mark(stages.DISPATCH, start)
             # with auth off every call runs as the anonymous service (explicit); with auth on, the
             # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
-            as_anonymous = None if self.config.auth else auth.assume(auth.ANONYMOUS)
+            as_anonymous = None if self.security.auth else auth.assume(auth.ANONYMOUS)
             admitted = False
             try:
                 if self.concurrency is not None:  # load shedding: refuse at once rather than queue
@@ -90,7 +90,7 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
-                limit = self.config.request_timeout_s
+                limit = self.server.request_timeout_s
                 async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
                     clock.mark(stages.ADMISSION)
                     response = await handler(self, request, context)
@@ -122,7 +122,8 @@ def _boundary(method: str) -> Callable[[Handler], Handler]:
                 if admitted:
                     self.concurrency.leave(seconds)  # type: ignore[union-attr]
                 series.in_flight.dec()
-                series.latency(code).observe(seconds)
+                series.latency(code, current_version.get()).observe(seconds)
+                current_version.reset(version)
                 if code in REJECTIONS:
                     series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
@@ -163,44 +164,45 @@ def edits_from_proto(edits: Any) -> list[tuple[str, str | None, float]]:
 
 
 class RecommenderServicer(pb_grpc.RecommenderServicer):
-    def __init__(
-        self,
-        config: ServingConfig,
-        model: ServedModel,
-        scorer: Scorer,
-        store: RedisStore,
-        metrics: Metrics,
-    ):
-        self.config = config
-        self.model = model
-        self.scorer = scorer
+    """Each call takes the model version that answers its user once (`models.use`) and keeps it to
+    its end: a rollout meanwhile never mixes two versions in one answer."""
+
+    def __init__(self, server: ServerConfig, security: SecurityConfig, models: ModelSet, store: RedisStore, metrics: Metrics):
+        self.server = server  # rpc_boundary: the deadline limit, the access-log rate
+        self.security = security  # auth on or off; request size limits
+        self.models = models
         self.store = store
         self.metrics = metrics
-        self.profiles = ProfileCache(store, scorer, model.version, (model.n_heads, model.n_prototypes), metrics)
-        self.profile_encoder = ProfileEncoder(model.metadata.tag_names, model.metadata.prototype_item_ids)
-        self.access_log_rate = config.access_log_rate
-        self.edit_limiter = limits.edit_limiter(config)  # reliability: per-user EditProfile rate (None: off)
-        self.recommend_limiter = limits.recommend_limiter(config)  # per-user Recommend rate (None: off)
-        self.concurrency = limits.concurrency_limit(config)  # calls at once (None: no limit)
+        self.access_log_rate = server.access_log_rate
+        self.edit_limiter = limits.edit_limiter(security)  # reliability: per-user EditProfile rate (None: off)
+        self.recommend_limiter = limits.recommend_limiter(security)  # per-user Recommend rate (None: off)
+        self.concurrency = limits.concurrency_limit(server)  # calls at once (None: no limit)
 
     # ------------------------------------------------------------------------------ helpers
 
-    def _edited(self, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> np.ndarray:
+    @classmethod
+    def _edited(
+        cls, served: LoadedModel, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]
+    ) -> np.ndarray:
         """(H, K) shares after the edits; a stored set that alone empties the profile is the
         server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault.
-        Without one-off edits: computed once per profile copy and stored edits (`ProfileRecord.memo`)."""
+        Without one-off edits: computed once per kept profile copy and stored edits (`ProfileRecord.memo`)."""
         if not one_off:
-            key = ("edited", self.model.version, frozenset(stored.values()))
-            return record.memoized(key, lambda: _read_only(self._apply_edits(record, stored, one_off)))
-        return self._apply_edits(record, stored, one_off)
+            key = ("edited", served.model.version, frozenset(stored.values()))
+            return record.memoized(key, lambda: _read_only(cls._apply_edits(served, record, stored, one_off)))
+        return cls._apply_edits(served, record, stored, one_off)
 
-    def _apply_edits(self, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]) -> np.ndarray:
+    @staticmethod
+    def _apply_edits(
+        served: LoadedModel, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]
+    ) -> np.ndarray:
+        tag_index = served.model.tag_index
         try:
-            return apply_edits(record.weights, merge_edits(stored, one_off), self.model.tag_index)
+            return apply_edits(record.weights, merge_edits(stored, one_off), tag_index)
         except EditError as error:
             if one_off:
                 try:
-                    apply_edits(record.weights, stored, self.model.tag_index)
+                    apply_edits(record.weights, stored, tag_index)
                 except EditError:
                     pass
                 else:
@@ -209,26 +211,37 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 f"the stored edits cannot apply to this profile ({error}); change them or reset with EditProfile"
             ) from error
 
+    @staticmethod
     def _profile(
-        self, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec], view: ProfileSelection = ALL_PROTOTYPES
+        served: LoadedModel,
+        record: ProfileRecord,
+        edited: np.ndarray,
+        edits: Mapping[str, EditSpec],
+        view: ProfileSelection = ALL_PROTOTYPES,
     ) -> pb.Profile | None:
         """The response's profile; `edited` follows from `record` and `edits`, so the message is built
-        once per profile copy, edits and view (`ProfileRecord.memo`: shared, never changed; responses
-        copy it)."""
+        once per kept profile copy, edits and view (`ProfileRecord.memo`: shared, never changed;
+        responses copy it)."""
         if not view.shown:
             return None
 
         def build() -> pb.Profile:
             weight = mean_shares(edited)  # (K,)
             base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
-            shown = {tag: edit_to_proto(edit) for tag, edit in edits.items()}
-            return self.profile_encoder.encode(weight, base, record.history_length, shown, view.top_n)
+            shown = {tag: edit_to_proto(edit) for tag, edit in edits.items() if tag in served.model.tag_index}
+            return served.encoder.encode(weight, base, record.history_length, shown, view.top_n)
 
-        return record.memoized(("profile", self.model.version, frozenset(edits.values()), view.top_n), build)
+        return record.memoized(("profile", served.model.version, frozenset(edits.values()), view.top_n), build)
 
-    def _stored_list(self, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
+    @staticmethod
+    def _unapplied(served: LoadedModel, stored: Mapping[str, EditSpec]) -> list[str]:
+        """Stored edits of prototypes this version lacks (kept in Redis, reported, not applied)."""
+        return sorted(tag for tag in stored if tag not in served.model.tag_index)
+
+    @staticmethod
+    def _stored_list(served: LoadedModel, stored: Mapping[str, EditSpec]) -> list[pb.Edit]:
         """Stored edits in prototype order; edits of tags this model lacks at the end."""
-        order = self.model.tag_index
+        order = served.model.tag_index
         ranked = sorted(stored.values(), key=lambda e: (order.get(e.prototype, len(order)), e.prototype))
         return [edit_to_proto(e) for e in ranked]
 
@@ -249,67 +262,74 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     # ------------------------------------------------------------------------------ RPCs
 
-    @_boundary("Recommend")
+    @rpc_boundary("Recommend")
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "Recommend", user)
-        k = validate_k(request.k, self.model.k_max)
-        validate_history(request.history, self.config.max_history)
-        one_off = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
+        with self.models.use(user) as served:
+            return await self._recommend(served, user, request)
+
+    async def _recommend(self, served: LoadedModel, user: str, request: pb.RecommendRequest) -> pb.RecommendResponse:
+        model = served.model
+        k = validate_k(request.k, model.k_max)
+        validate_history(request.history, self.security.max_history)
+        one_off = validate_edits(edits_from_proto(request.edits), model.tag_index, self.security.max_edits)
         view = validate_profile_view(request.profile_view, request.profile_top_n)
 
         history, ignored, digest = None, 0, None
         if request.history:
-            history, ignored, digest = self.model.history(request.history)
+            history, ignored, digest = model.history(request.history)
             if history.size == 0:
                 raise InvalidArgument(
                     f"none of the {len(request.history)} history ids is in the catalog of model version "
-                    f"{self.model.version}; send ids from the catalog (e.g. a prototype's item_id in ListPrototypes)"
+                    f"{model.version}; send ids from the catalog (e.g. a prototype's item_id in ListPrototypes)"
                 )
         if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.recommend_limiter.check(user)
         stages.mark(stages.VALIDATE)
-        record, from_cache, stored = await self.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
-        edited = self._edited(record, stored, one_off)  # (H, K)
+        record, from_cache, stored = await served.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
+        edited = self._edited(served, record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")
 
         exclude = np.zeros(0, np.int64) if request.include_heard else record.history_ids
         shares32 = edited.astype(np.float32)
         stages.mark(stages.EDITS)
-        ids, scores = await self.scorer.top_k(shares32, exclude, k)
+        ids, scores = await served.scorer.top_k(shares32, exclude, k)
         stages.mark(stages.SCORER)
         ids, scores = select_top_k(ids, scores, k)
-        meta = self.model.metadata
+        meta = model.metadata
         return pb.RecommendResponse(
             items=[
                 pb.ScoredItem(item_id=meta.item_ids[i], score=float(s), name=meta.item_names[i])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
             ],
-            profile=self._profile(record, edited, merge_edits(stored, one_off), view),
-            model_version=self.model.version,
+            profile=self._profile(served, record, edited, merge_edits(stored, one_off), view),
+            model_version=model.version,
             profile_from_cache=from_cache,
             ignored_history_items=ignored,
+            unapplied_edits=self._unapplied(served, stored),
         )
 
-    @_boundary("EditProfile")
+    @rpc_boundary("EditProfile")
     async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> pb.EditProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "EditProfile", user)
-        edits = validate_edits(edits_from_proto(request.edits), self.model.tag_index, self.config.max_edits)
-        if not edits and not request.reset:
-            raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
-        if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
-            self.edit_limiter.check(user)
-        stages.mark(stages.VALIDATE)
-        return await self._after_reconnect(lambda: self._edit_profile(user, edits, request.reset))
+        with self.models.use(user) as served:
+            edits = validate_edits(edits_from_proto(request.edits), served.model.tag_index, self.security.max_edits)
+            if not edits and not request.reset:
+                raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
+            if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
+                self.edit_limiter.check(user)
+            stages.mark(stages.VALIDATE)
+            return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
 
-    async def _edit_profile(self, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
-        record, before = await self.profiles.cached(user)
+    async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
+        record, before = await served.profiles.cached_or_recovered(user)
         if record is not None:  # refuse, before storing anything, edits that would empty the profile
             if reset:
                 before = {}
             try:
-                apply_edits(record.weights, merge_edits(before, edits), self.model.tag_index)
+                apply_edits(record.weights, merge_edits(before, edits), served.model.tag_index)
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
             stages.mark(stages.EDITS)
@@ -318,40 +338,48 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if reset:
             self.metrics.edits.labels("reset", "stored").inc()
         self._count_edits(edits, "stored")
-        response = pb.EditProfileResponse(stored_edits=self._stored_list(stored), model_version=self.model.version)
+        response = pb.EditProfileResponse(
+            stored_edits=self._stored_list(served, stored),
+            model_version=served.model.version,
+            unapplied_edits=self._unapplied(served, stored),
+        )
         if record is not None:
-            response.profile.CopyFrom(self._profile(record, self._edited(record, stored, {}), stored))
+            response.profile.CopyFrom(self._profile(served, record, self._edited(served, record, stored, {}), stored))
         return response
 
-    @_boundary("GetProfile")
+    @rpc_boundary("GetProfile")
     async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
-        stages.mark(stages.VALIDATE)
-        record, stored = await self._after_reconnect(lambda: self.profiles.cached(user))
-        if record is None:
-            raise NotFound(
-                f"no profile for user {user!r} under model version {self.model.version}: "
-                "a Recommend call with the user's history creates it"
+        with self.models.use(user) as served:
+            stages.mark(stages.VALIDATE)
+            record, stored = await self._after_reconnect(lambda: served.profiles.cached_or_recovered(user))
+            if record is None:
+                raise NotFound(
+                    f"no profile for user {user!r} under model version {served.model.version}: "
+                    "a Recommend call with the user's history creates it"
+                )
+            edited = self._edited(served, record, stored, {})
+            stages.mark(stages.EDITS)
+            return pb.GetProfileResponse(
+                profile=self._profile(served, record, edited, stored),
+                stored_edits=self._stored_list(served, stored),
+                model_version=served.model.version,
+                unapplied_edits=self._unapplied(served, stored),
             )
-        edited = self._edited(record, stored, {})
-        stages.mark(stages.EDITS)
-        return pb.GetProfileResponse(
-            profile=self._profile(record, edited, stored),
-            stored_edits=self._stored_list(stored),
-            model_version=self.model.version,
-        )
 
-    @_boundary("ListPrototypes")
+    @rpc_boundary("ListPrototypes")
     async def ListPrototypes(
         self, request: pb.ListPrototypesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPrototypesResponse:
-        meta = self.model.metadata
+        model = self.models.primary.model  # no user: the primary version's (an A/B candidate's users see theirs in their profile)
+        current_version.set(str(model.version))
+        meta = model.metadata
         return pb.ListPrototypesResponse(
             prototypes=[
                 pb.Prototype(name=tag, group=group, item_id=meta.item_ids[item], item_name=meta.item_names[item])
                 for tag, group, item in zip(meta.tag_names, meta.tag_groups, meta.prototype_items, strict=True)
             ],
-            model_version=self.model.version,
-            k_max=self.model.k_max,
+            model_version=model.version,
+            k_max=model.k_max,
         )

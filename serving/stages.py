@@ -134,15 +134,22 @@ def mark_batch(stages: tuple[str, str, str] | None, started: float, ended: float
 
 
 class StageRecorder:
-    """Observes a finished call's stages into `histogram` (labels method, stage), through the
-    label children of `METHOD_STAGES` resolved here, once."""
+    """Observes a finished call's stages into `histogram` (labels method, stage), through label
+    children resolved once: those of `METHOD_STAGES` here, any other method's (the admin RPCs) or
+    stage on its first call."""
 
     def __init__(self, histogram: Histogram, method_stages: Mapping[str, Iterable[str]] = METHOD_STAGES):
+        self._histogram = histogram
         self._children = {
             method: {stage: histogram.labels(method, stage) for stage in stages} for method, stages in method_stages.items()
         }
 
     def observe(self, method: str, clock: StageClock) -> None:
-        children = self._children[method]
+        children = self._children.get(method)
+        if children is None:
+            children = self._children[method] = {}
         for stage, seconds in clock.spent.items():
-            children[stage].observe(seconds)
+            child = children.get(stage)
+            if child is None:
+                child = children[stage] = self._histogram.labels(method, stage)
+            child.observe(seconds)

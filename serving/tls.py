@@ -16,7 +16,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from serving.config import ServingConfig
+from serving.config import SecurityConfig
 
 
 class TLSConfigError(ValueError):
@@ -81,7 +81,7 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def bind(server: grpc.aio.Server, address: str, config: ServingConfig) -> int:
+def bind(server: grpc.aio.Server, address: str, config: SecurityConfig) -> int:
     """Add the gateway's port: TLS when `config.tls_cert` is set (mutual with `tls_client_ca`),
     plaintext otherwise. Returns the bound port (0 when it could not be bound)."""
     if not config.tls_cert:

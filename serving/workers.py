@@ -7,14 +7,16 @@ sessions and micro-batchers; they share:
 
 - the port: the parent reserves it (a bound, not listening, SO_REUSEPORT socket, so `--port 0` picks
   one free port for all) and the workers bind it with `grpc.so_reuseport`;
-- Redis: `--redis-url`, or one private redis-server the parent starts for all of them;
+- Redis: `--redis-url`, or the one private redis-server of the parent's runtime (`serving/runtime.py`
+  starts it and restarts it when it dies, exactly as for one process);
 - the metrics: the workers write prometheus_client's multiprocess files into a directory the
   parent creates (PROMETHEUS_MULTIPROC_DIR) and removes; the parent alone serves `/metrics`, summed
   over workers (`apron_worker_rpcs` keeps one series per worker pid).
 
-The parent prints the banner once all workers serve, forwards SIGTERM / SIGINT (each worker drains
-its in-flight calls), and stops everything when any worker dies: a supervisor (Kubernetes, systemd)
-restarts the whole group.
+This module only spawns and stops: the runtime owns Redis, the key and the signals (SIGTERM / SIGINT
+are forwarded and each worker drains its in-flight calls; SIGHUP is forwarded and each worker rolls
+out the newest model version), and the CLI prints the banner once all workers serve. Any worker's
+death stops the group: a supervisor (Kubernetes, systemd) restarts the whole group.
 """
 
 from __future__ import annotations
@@ -30,11 +32,14 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serving.config import ServingConfig
+if TYPE_CHECKING:
+    from serving.catalog import ServedModel
+    from serving.config import ServingConfig
+    from serving.resources import OnServing, Resources
 
 log = logging.getLogger("apron.gateway")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -56,58 +61,39 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def _worker_main(config: ServingConfig, ready: Any) -> None:
-    """A worker process: one gateway until SIGTERM / SIGINT (spawned: nothing is inherited)."""
-    import asyncio
-
-    from serving.logs import configure_logging
-    from serving.server import run_until_signalled
-
-    configure_logging(config.log_level, config.log_format)
-    asyncio.run(run_until_signalled(config, on_serving=ready.set))
-
-
-def serve(config: ServingConfig) -> None:
-    """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes."""
-    if config.workers > 1:
-        run_workers(config)
-        return
-    import asyncio
-
-    from serving.server import run_until_signalled
-
-    asyncio.run(run_until_signalled(config))
-
-
-def run_workers(config: ServingConfig) -> None:
-    """`apron serve --workers N` (N > 1): runs until SIGTERM / SIGINT or a worker's death."""
+def run_workers(
+    resources: Resources, model: ServedModel, worker_main: Callable[[ServingConfig, Any], None], on_serving: OnServing | None = None
+) -> None:
+    """`apron serve --workers N` (N > 1): spawns the workers on `resources` (the private Redis and
+    the key belong to the runtime, which also restarts Redis) and runs until SIGTERM / SIGINT or a
+    worker's death; SIGHUP is forwarded (each worker rolls out the newest model version)."""
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
-    from serving import auth
-    from serving.redis_process import RedisProcess
-    from serving.server import load_model, usage_hint
+    from serving.resources import Serving, forwarded_signals
 
-    model = load_model(config)  # builds the demo model once, before N workers look for it
-    security = auth.setup(config)  # creates the development secret once (the workers read it)
+    config = resources.config
     stopping = False
+    serving = False  # SIGHUP goes to the workers only once they handle it (before, it would kill them)
+    workers: list[BaseProcess] = []
 
-    def stop(signum: int, frame: object) -> None:
+    def stop() -> None:
         nonlocal stopping
         stopping = True
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    def hang_up() -> None:
+        if not serving:
+            log.warning("SIGHUP before every worker serves: ignored (each worker loads the newest version as it starts)")
+            return
+        for process in workers:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGHUP)
+
     metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
-    redis_process = None
-    workers: list[BaseProcess] = []
     metrics_server = None
     try:
-        redis_url = config.redis_url
-        if not redis_url:
-            redis_process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
-            redis_url = redis_process.url
-        with reserved_port(config.host, config.port) as port:
+        with forwarded_signals(stop, hang_up), reserved_port(config.host, config.port) as port:
             worker_config = dataclasses.replace(
-                config, port=port, redis_url=redis_url, metrics_port=-1, build_demo=False, model_version=model.version,
+                config, port=port, metrics_port=-1, build_demo=False,
                 # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
                 ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
             )  # fmt: skip
@@ -116,41 +102,37 @@ def run_workers(config: ServingConfig) -> None:
             ready = []
             for _ in range(config.workers):
                 event = context.Event()
-                process = context.Process(target=_worker_main, args=(worker_config, event), name="apron-worker")
+                process = context.Process(target=worker_main, args=(worker_config, event), name="apron-worker")
                 process.start()
                 workers.append(process)
                 ready.append(event)
             _wait_until_serving(workers, ready, lambda: stopping)
-        if config.metrics_port >= 0:
-            registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-            metrics_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
-        metrics_port = metrics_server.server_port if metrics_server is not None else None
-        backend = f"{config.backend} × {config.workers} workers"
-        print(usage_hint(config, port, metrics_port, model, backend, security.service_token), flush=True)
-        print(f"worker pids: {' '.join(str(p.pid) for p in workers)}", flush=True)
-        if security.service_token:
-            print(f"development service token (any user; `apron token --sub USER` mints more):\n  {security.service_token}", flush=True)
-        while not stopping:
-            dead = [p for p in workers if not p.is_alive()]
-            if dead:
-                raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
-            multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
-            if redis_process is not None and not redis_process.running():  # reliability: reap, restart
-                log.error("the private redis-server died: restarting it (same socket, same AOF)")
-                redis_process.restart()
-        log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+            serving = True
+            if config.metrics_port >= 0:
+                registry = CollectorRegistry()
+                multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+                metrics_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+            metrics_port = metrics_server.server_port if metrics_server is not None else None
+            if on_serving is not None and not stopping:
+                meta = model.metadata
+                on_serving(Serving(
+                    config, port, metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids, meta.n_items,
+                    f"{config.backend} × {config.workers} workers", resources.security.service_token,
+                    tuple(p.pid for p in workers if p.pid is not None),
+                ))  # fmt: skip
+            while not stopping:
+                dead = [p for p in workers if not p.is_alive()]
+                if dead:
+                    raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
+                multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
+            log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
     finally:
         _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
-        if redis_process is not None:
-            redis_process.stop()
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _wait_until_serving(workers: list[BaseProcess], ready: list[Any], stopping: Any) -> None:

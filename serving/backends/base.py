@@ -8,6 +8,7 @@ servicer and the profile cache never see it.
 from __future__ import annotations
 
 import abc
+import asyncio
 import os
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from export import contract
 from serving import stages
 from serving.batching import BatchObserver, MicroBatcher
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
 
 
 class Scorer(abc.ABC):
@@ -33,8 +35,20 @@ class Scorer(abc.ABC):
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Connect / warm up; raise if the backend cannot serve."""
 
+    async def warm_up(self, history_ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """One inference through both graphs before this scorer serves (serving/models.py):
+        (weights, history length, top-1 id, its score)."""
+        weights, length = await self.profile(history_ids)
+        ids, scores = await self.top_k(np.asarray(weights, np.float32), history_ids, 1)
+        return np.asarray(weights), length, ids, scores
+
     async def close(self) -> None:  # noqa: B027 (optional hook)
         """Release sessions, threads and connections."""
+
+
+def batcher_options(batching: BatchingConfig) -> dict[str, float | int]:
+    """A BatchedScorer's keyword arguments from the gateway's batching section."""
+    return {"max_batch_size": batching.max_batch_size, "max_wait_s": batching.max_batch_wait_ms / 1000.0, "max_queue": batching.max_queue}
 
 
 class BatchedScorer(Scorer):
@@ -45,10 +59,10 @@ class BatchedScorer(Scorer):
     def __init__(
         self,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
             self._run_profiles,
@@ -76,6 +90,18 @@ class BatchedScorer(Scorer):
     @abc.abstractmethod
     def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One apron_scorer run: (weights (H, K), exclude (E,)) -> (ids (K_MAX,), scores (K_MAX,)) each."""
+
+    async def warm_up(self, history_ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """Both batch runs called directly, in a thread: not through the micro-batchers, whose
+        batches may wait for company (--max-batch-wait-ms) and whose metrics count served calls."""
+        history = np.asarray(history_ids, dtype=np.int64).reshape(-1)
+
+        def run() -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+            [(weights, length)] = self._run_profiles([history])
+            [(ids, scores)] = self._run_scorer([(np.asarray(weights, np.float32), history)])
+            return np.asarray(weights), length, ids[:1], scores[:1]
+
+        return await asyncio.to_thread(run)
 
     async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
         return await self._profiles.submit(np.asarray(history_ids, dtype=np.int64).reshape(-1))

@@ -14,10 +14,10 @@ import numpy as np
 import onnxruntime as ort
 
 from export import contract
-from serving.backends.base import BatchedScorer, default_threads, pad_rows
+from serving.backends.base import BatchedScorer, batcher_options, default_threads, pad_rows
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -73,10 +73,10 @@ class OnnxRuntimeScorer(BatchedScorer):
         profile_session: ort.InferenceSession,
         scorer_session: ort.InferenceSession,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session
@@ -86,20 +86,16 @@ class OnnxRuntimeScorer(BatchedScorer):
         super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
 
     @classmethod
-    def from_config(cls, config: ServingConfig, model: ServedModel, observer: BatchObserver | None = None) -> OnnxRuntimeScorer:
+    def from_config(
+        cls, inference: BackendConfig, batching: BatchingConfig, repository: str, model: ServedModel, observer: BatchObserver | None = None
+    ) -> OnnxRuntimeScorer:
         sessions = [
             load_session(
-                onnx_path(config.repository, name, model.version), config.ort_device, config.ort_threads, config.ort_spinning
+                onnx_path(repository, name, model.version), inference.ort_device, inference.ort_threads, inference.ort_spinning
             )
             for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL)
         ]
-        return cls(
-            *sessions,
-            max_batch_size=config.max_batch_size,
-            max_wait_s=config.max_batch_wait_ms / 1000.0,
-            observer=observer,
-            max_queue=config.max_queue,
-        )
+        return cls(*sessions, observer=observer, **batcher_options(batching))
 
     # Run in the batchers' worker threads: one ONNX Runtime call per batch.
     def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:

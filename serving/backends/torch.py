@@ -34,10 +34,10 @@ from export.served_model import (
     profile_from_tensors,
     scorer_from_tensors,
 )
-from serving.backends.base import BatchedScorer, default_threads
+from serving.backends.base import BatchedScorer, batcher_options, default_threads
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TORCH_DTYPES = ("auto", *DTYPES)
@@ -79,7 +79,7 @@ class TorchModel:
         profile: ServedProfile,
         scorer: ServedScorer,
         device: str = "cpu",
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         cuda_graphs: bool = True,
         buckets: list[int] | None = None,
     ):
@@ -109,7 +109,7 @@ class TorchModel:
         version: int,
         device: str = "cpu",
         dtype: str = "auto",
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         cuda_graphs: bool = True,
     ) -> TorchModel:
         if device == "cuda" and not torch.cuda.is_available():
@@ -202,33 +202,29 @@ class TorchScorer(BatchedScorer):
         self,
         model: TorchModel,
         *,
-        max_batch_size: int = 32,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
-        max_queue: int = 256,
+        max_queue: int = DEFAULT_MAX_QUEUE,
     ):
         self.model = model
         super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
 
     @classmethod
-    def from_config(cls, config: ServingConfig, model: ServedModel, observer: BatchObserver | None = None) -> TorchScorer:
-        if config.device == "cpu":  # the machine's cores less one, like ONNX Runtime's default
-            torch.set_num_threads(config.ort_threads or default_threads())
+    def from_config(
+        cls, inference: BackendConfig, batching: BatchingConfig, repository: str, model: ServedModel, observer: BatchObserver | None = None
+    ) -> TorchScorer:
+        if inference.device == "cpu":  # the machine's cores less one, like ONNX Runtime's default
+            torch.set_num_threads(inference.ort_threads or default_threads())
         torch_model = TorchModel.load(
-            config.repository,
+            repository,
             model.version,
-            config.device,
-            config.torch_dtype,
-            config.max_batch_size,
-            config.cuda_graphs,
+            inference.device,
+            inference.torch_dtype,
+            batching.max_batch_size,
+            inference.cuda_graphs,
         )
-        return cls(
-            torch_model,
-            max_batch_size=config.max_batch_size,
-            max_wait_s=config.max_batch_wait_ms / 1000.0,
-            observer=observer,
-            max_queue=config.max_queue,
-        )
+        return cls(torch_model, observer=observer, **batcher_options(batching))
 
     async def start(self) -> None:
         import asyncio

@@ -20,7 +20,7 @@ from tritonclient.utils import InferenceServerException
 from export import contract
 from serving.backends.base import Scorer, pad_rows
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
+from serving.config import BackendConfig
 from serving.errors import Unavailable
 from serving.metrics import Metrics
 
@@ -36,8 +36,8 @@ class TritonScorer(Scorer):
         self._client: InferenceServerClient | None = None
 
     @classmethod
-    def from_config(cls, config: ServingConfig, model: ServedModel, metrics: Metrics | None = None) -> TritonScorer:
-        return cls(config.triton_url, model, metrics)
+    def from_config(cls, inference: BackendConfig, model: ServedModel, metrics: Metrics | None = None) -> TritonScorer:
+        return cls(inference.triton_url, model, metrics)
 
     @property
     def client(self) -> InferenceServerClient:
@@ -74,7 +74,7 @@ class TritonScorer(Scorer):
         except InferenceServerException as error:
             raise Unavailable(f"Triton {name} v{self.version} failed: {error.message()}") from error
         if self.metrics is not None:
-            self.metrics.observe_inference(name, time.perf_counter() - start)
+            self.metrics.observe_inference(name, time.perf_counter() - start, version=self.version)
         return [result.as_numpy(o) for o in outputs]
 
     async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:

@@ -16,6 +16,19 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 
 
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def image_user() -> tuple[int, int]:
+    """(uid, gid) of the gateway image's last USER instruction (deploy/Dockerfile)."""
+    users = [arg for op, arg in dockerfile_instructions() if op == "USER"]
+    uid, _, gid = users[-1].partition(":")
+    return int(uid), int(gid or uid)
+
+
 def load_yaml_documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 

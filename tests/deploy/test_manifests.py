@@ -18,12 +18,19 @@ import yaml
 
 from cli import build_parser
 from deploy import make_secrets
-from export import contract
+from export import contract, triton_server
 from export.triton_repository import parse_config
 from serving import auth
 from serving.config import ServingConfig, env_name
 from serving.metrics import Metrics
-from tests.deploy.conftest import DEPLOY, RECORDED_NAME, ROOT, load_yaml_documents, metric_names
+from tests.deploy.conftest import (
+    DEPLOY,
+    RECORDED_NAME,
+    ROOT,
+    dockerfile_instructions,
+    load_yaml_documents,
+    metric_names,
+)
 from tests.deploy.prometheus_server import require_tool
 
 HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
@@ -74,7 +81,7 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     # Production keeps auth on, with a secret generated at deploy time: never the development one,
     # which anyone with a checkout can sign tokens with (and `apron serve` refuses beyond loopback).
     assert config.auth
-    auth.check_exposure(config)
+    auth.check_exposure(config.security, config.host)
     sources = {name: (DEPLOY / compose["secrets"][name]["file"]).resolve() for name in gateway["secrets"]}
     assert set(sources) == {"apron_jwt_secret", "apron_tls_cert", "apron_tls_key"}
     assert config.jwt_secret_file == "/run/secrets/apron_jwt_secret"
@@ -131,13 +138,27 @@ def test_compose_prometheus_and_grafana_mount_files_that_exist(compose: dict[str
     assert (DEPLOY / "prometheus" / "prometheus.yml").is_file()
 
 
+def triton_commands(compose: dict[str, Any], k8s: dict) -> dict[str, list[str]]:
+    (container,) = containers(k8s[("Deployment", "triton")])
+    return {"compose": compose["services"]["triton"]["command"], "k8s": container["args"]}
+
+
+def test_triton_polls_the_repository_like_the_tests_helper(compose: dict[str, Any], k8s: dict) -> None:
+    """deploy/ runs Triton in the model-control mode export/triton_server.py runs in the tests, so
+    a version `apron export` adds is loaded beside the old one without a restart; the repository
+    is mounted read-only (nothing Triton runs writes into it, which a poll would take for a change)."""
+    for where, command in triton_commands(compose, k8s).items():
+        expected = triton_server.model_control_args(triton_server.DEPLOY_POLL_SECS)
+        assert [arg for arg in command if arg.split("=")[0] in {a.split("=")[0] for a in expected}] == expected, where
+    volumes = compose["services"]["triton"]["volumes"]
+    repository = flag_value(compose["services"]["triton"]["command"], "--model-repository")
+    assert [v for v in volumes if v.split(":")[1] == repository][0].endswith(":ro")
+    (container,) = containers(k8s[("Deployment", "triton")])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == flag_value(container["args"], "--model-repository"))
+    assert mount["readOnly"] is True
+
+
 # ----------------------------------------------------------------------------- Dockerfile
-
-
-def dockerfile_instructions() -> list[tuple[str, str]]:
-    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
 
 
 def test_dockerfile_is_slim_non_root_health_checked_and_matches_config() -> None:

@@ -29,6 +29,8 @@ from training.models.apron import APRON
 
 TINY = {"n_items": 150, "n_tags": 6, "feature_dim": 48, "n_heads": 4, "head_dim": 8, "hidden_dims": (32,)}
 TINY_K_MAX = 20
+# the committed README of the project's model_repository/, which exports and Triton must skip
+REPOSITORY_README = Path(__file__).resolve().parents[2] / "model_repository" / "README.md"
 
 
 def tiny_dataset(seed: int = 0) -> tuple[SimpleNamespace, np.ndarray, np.ndarray]:

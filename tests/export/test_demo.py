@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,14 +11,18 @@ import pytest
 from export.demo import DemoSettings, build_demo_repository, demo_dataset_dir, lastfm_copy
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
+from tests.export.fixtures import REPOSITORY_README
 from tests.serving.conftest import gateway_config, running_gateway
 from training.data.dataset import ProcessedDataset
 from training.models.apron import PRESETS
 
 
 async def test_demo_repository_is_built_and_served(tmp_path: Path) -> None:
+    """Built as `make serve` builds it: into a model_repository/ that holds only its README."""
+    (tmp_path / "model_repository").mkdir()
+    shutil.copyfile(REPOSITORY_README, tmp_path / "model_repository" / "README.md")
     repository = build_demo_repository(tmp_path / "model_repository", DemoSettings(dataset="synthetic", n_items=300, n_users=600, n_tags=8, epochs=2))
-    assert (repository / "apron_metadata.json").is_file()
+    assert (repository / "apron_metadata.json").is_file() and (repository / "README.md").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
     demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
     metadata = json.loads((repository / "apron_metadata.json").read_text())

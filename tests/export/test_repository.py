@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,10 +18,18 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 import cli
 from export import contract
+from export.cli import resolve_settings
 from export.metadata import MetadataError, read_metadata
 from export.onnx_export import ParityResult
 from export.pipeline import ExportError
-from export.triton_repository import RepositorySettings, model_configs, parse_config
+from export.triton_repository import (
+    RepositoryError,
+    RepositorySettings,
+    check_configs,
+    model_configs,
+    parse_config,
+    repository_settings,
+)
 from tests.export.fixtures import TINY, TINY_K_MAX, export_tiny_repository
 
 
@@ -38,11 +52,15 @@ def test_python_repository_layout_and_configs_parse(python_repository: Path) -> 
         assert config.name == name
         assert (python_repository / name / "1").is_dir()
         assert config.max_batch_size == 16
+        assert config.version_policy.latest.num_versions == RepositorySettings().keep_versions == 2
     for name in contract.ONNX_MODELS:
         config = parse_config(python_repository / name / "config.pbtxt")
         assert config.backend == "python"
         assert (python_repository / name / "1" / contract.ONNX_FILENAME).stat().st_size > 0
-        assert (python_repository / name / "1" / contract.PYTHON_BACKEND_FILENAME).is_file()
+        model_py = python_repository / name / "1" / contract.PYTHON_BACKEND_FILENAME
+        assert model_py.is_file()
+        # its bytecode, valid by hash: the python stub never writes into the (polled) repository
+        assert Path(importlib.util.cache_from_source(str(model_py))).is_file()
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert list(config.dynamic_batching.preferred_batch_size) == [4, 8, 16]
     scorer = parse_config(python_repository / contract.SCORER_MODEL / "config.pbtxt")
@@ -105,6 +123,7 @@ def test_metadata_describes_the_export(python_repository: Path, tiny_checkpoint:
     assert [t["name"] for t in scorer["inputs"]] == [contract.PROFILE_WEIGHTS, contract.EXCLUDE_IDS]
     assert scorer["outputs"][0] == {"name": contract.TOP_IDS, "dtype": "int64", "dims": [-1, TINY_K_MAX]}
     assert meta.backend == "python" and meta.precision == "fp32"
+    assert meta.triton_max_batch_size == 16  # the export's --max-batch-size, for the gateway's check
 
 
 def test_read_metadata_errors_name_the_file(tmp_path: Path) -> None:
@@ -168,13 +187,140 @@ def test_versions_side_by_side_and_existing_version_refused(tiny_checkpoint: Pat
     assert read_metadata(repository, version=5).model_version == 5
 
 
-def test_changed_config_refused_without_touching_repository(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_older_metadata_takes_triton_max_batch_size_from_the_config(python_repository: Path, tmp_path: Path) -> None:
+    """Metadata written before `triton_max_batch_size` existed: read from the scorer's
+    config.pbtxt, which every version shares; 0 (unknown) without one."""
+    copy = tmp_path / "repo"
+    shutil.copytree(python_repository, copy)
+    path = copy / contract.METADATA_FILENAME
+    data = json.loads(path.read_text())
+    del data["triton_max_batch_size"]
+    path.write_text(json.dumps(data))
+    assert read_metadata(copy).triton_max_batch_size == 16
+    shutil.rmtree(copy / contract.SCORER_MODEL)
+    assert read_metadata(copy).triton_max_batch_size == 0
+
+
+def test_export_is_readable_by_other_users_whatever_the_umask(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The gateway image runs as uid 10001 and Triton as its own user: folders 0755, files 0644,
+    for a new repository (and the parents it creates) and for a version added to one."""
+    repository = tmp_path / "new" / "parents" / "repo"
+    previous = os.umask(0o077)
+    try:
+        export_tiny_repository(tiny_checkpoint, repository)
+        export_tiny_repository(tiny_checkpoint, repository)  # merged into the existing repository
+    finally:
+        os.umask(previous)
+    created = [tmp_path / "new", tmp_path / "new" / "parents", *repository.rglob("*"), repository]
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in created}
+    assert {path for path, mode in modes.items() if mode != (0o755 if (tmp_path / path).is_dir() else 0o644)} == set()
+    assert (repository / contract.PROFILE_MODEL / "2" / contract.ONNX_FILENAME).is_file()
+
+
+def test_repository_readme_is_not_another_model(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """model_repository/README.md (committed) sits beside the models; an existing folder is added
+    to in place, never replaced (a container mounts it)."""
+    repository = tmp_path / "model_repository"
+    repository.mkdir()
+    (repository / "README.md").write_text("the layout\n")
+    inode = repository.stat().st_ino
+    assert export_tiny_repository(tiny_checkpoint, repository).version == 1
+    assert repository.stat().st_ino == inode and (repository / "README.md").read_text() == "the layout\n"
+    assert read_metadata(repository).model_version == 1
+
+
+def test_changed_config_refused_naming_each_field_and_flag(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     repository = tmp_path / "repo"
     export_tiny_repository(tiny_checkpoint, repository)
     before = snapshot(repository)
-    with pytest.raises(ExportError, match="differs from this export's config"):
+    with pytest.raises(ExportError, match="differs from the repository's") as refused:
         export_tiny_repository(tiny_checkpoint, repository, k_max=TINY_K_MAX + 1)
+    assert f"output[top_ids].dims: [{TINY_K_MAX}] in the repository, [{TINY_K_MAX + 1}] in this export" in str(
+        refused.value
+    )
+    assert f"--k-max {TINY_K_MAX}" in str(refused.value)
     assert snapshot(repository) == before
+
+    # `apron export` with its defaults into the tests' repository (batch 16, python backend, ...)
+    assert run_cli(str(tiny_checkpoint), "--repository", str(repository), "--keep-versions", "3") == 2
+    err = capsys.readouterr().err
+    for line in (
+        "max_batch_size: 16 in the repository, 64 in this export (apron_profile, apron_scorer, apron_item_encoder, apron_recommend)",
+        "dynamic_batching.preferred_batch_size: [4, 8, 16] in the repository, [16, 32, 64] in this export",
+        "dynamic_batching.max_queue_delay_microseconds: 20000 in the repository, 1000 in this export",
+        "version_policy.latest.num_versions: 2 in the repository, 3 in this export",
+        "backend: 'python' in the repository, (not set) in this export",
+        "instance_group[0].kind: 'KIND_CPU' in the repository, 'KIND_GPU' in this export",
+        f"output[top_ids].dims: [{TINY_K_MAX}] in the repository, [{TINY['n_items']}] in this export",  # clamped K_MAX
+    ):
+        assert line in err, line
+    flags = (
+        "--max-batch-size 16", "--preferred-batch-sizes 4 8 16", "--max-queue-delay-us 20000", "--keep-versions 2",
+        "--triton-backend python", "--instance-kind cpu", "--cpu-threads 1", f"--k-max {TINY_K_MAX}",
+        f"--like {repository}",
+    )  # fmt: skip
+    assert all(flag in err for flag in flags), err
+    assert "--gpu-accelerator" not in err  # the repository has none: the backend decides it
+    assert snapshot(repository) == before
+
+    # the flags it names make the export match; so does --like
+    listed = [arg for flag in flags[:-1] for arg in flag.split()]
+    assert run_cli(str(tiny_checkpoint), "--repository", str(repository), *listed) == 0
+    assert run_cli(str(tiny_checkpoint), "--repository", str(repository), "--like", str(repository)) == 0
+    assert read_metadata(repository).model_version == 3
+    assert {k: v for k, v in snapshot(repository).items() if k.endswith("config.pbtxt")} == {
+        k: v for k, v in before.items() if k.endswith("config.pbtxt")
+    }
+
+
+def test_shape_changes_are_named_as_needing_a_new_repository(tmp_path: Path) -> None:
+    repository = tmp_path / "repo"
+    settings = RepositorySettings(backend="python")
+    for name, config in model_configs(4, 6, 48, 20, settings).items():
+        (repository / name).mkdir(parents=True)
+        (repository / name / "config.pbtxt").write_text(text_format.MessageToString(config))
+    with pytest.raises(RepositoryError) as refused:
+        check_configs(repository, model_configs(4, 7, 48, 20, settings))  # K: 6 -> 7 prototypes
+    message = str(refused.value)
+    assert "output[profile_weights].dims: [4, 6] in the repository, [4, 7] in this export (apron_profile)" in message
+    assert "come from the checkpoint's model (H, K, D)" in message and "new repository" in message
+
+
+def test_repository_without_version_policy_keeps_one_version(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """An export written before version_policy: Triton's default is the latest 1 version, and so
+    is --like's reading of it; the default export (2) is refused with the flag to pass."""
+    repository = tmp_path / "repo"
+    export_tiny_repository(tiny_checkpoint, repository)
+    for name in contract.MODELS:
+        path = repository / name / "config.pbtxt"
+        config = parse_config(path)
+        config.ClearField("version_policy")
+        path.write_text(text_format.MessageToString(config))
+    profile = repository_settings(repository)
+    assert profile.settings.keep_versions == 1 and profile.k_max == TINY_K_MAX
+    with pytest.raises(ExportError, match=r"version_policy.latest.num_versions: 1 in the repository, 2 in this export(.|\n)*--keep-versions 1"):
+        export_tiny_repository(tiny_checkpoint, repository)
+    assert run_cli(str(tiny_checkpoint), "--repository", str(repository), "--like", str(repository)) == 0
+
+
+def test_like_reads_every_setting_and_flags_override_it(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    export_tiny_repository(tiny_checkpoint, source)  # python backend, batch 16, 20 ms, 1 thread, K_MAX 20
+    copy = tmp_path / "copy"
+    assert run_cli(str(tiny_checkpoint), "--repository", str(copy), "--like", str(source)) == 0
+    for name in contract.MODELS:
+        assert parse_config(copy / name / "config.pbtxt") == parse_config(source / name / "config.pbtxt")
+    assert read_metadata(copy).k_max == TINY_K_MAX and read_metadata(copy).triton_max_batch_size == 16
+
+    args = cli.build_parser("export").parse_args(
+        ["export", str(tiny_checkpoint), "--like", str(source), "--keep-versions", "4", "--k-max", "7"]
+    )
+    settings, k_max = resolve_settings(args)
+    assert settings == dataclasses.replace(repository_settings(source).settings, keep_versions=4) and k_max == 7
+    assert settings.backend == "python" and settings.instance_kind == "cpu" and settings.cpu_threads == 1
+    assert run_cli(str(tiny_checkpoint), "--like", str(tmp_path / "nothing")) == 2  # not a repository
 
 
 def test_repository_with_other_models_refused(

@@ -3,6 +3,7 @@ repository: same numbers as in-process ONNX Runtime, dynamic batching visible in
 
 from __future__ import annotations
 
+import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,25 +15,36 @@ from tritonclient.utils import InferenceServerException
 from export import contract
 from export.onnx_export import ragged, random_histories, session
 from export.triton_server import TritonServer, TritonServerError, run_triton_server
-from tests.export.fixtures import TINY, TINY_K_MAX
+from tests.export.fixtures import (
+    REPOSITORY_README,
+    TINY,
+    TINY_K_MAX,
+    export_tiny_repository,
+    make_tiny_checkpoint,
+)
+from tests.polling import wait_until
 
 DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 PROFILE_OUTPUTS = [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH]
 
 
-def infer(url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+def infer(
+    url: str, model: str, inputs: dict[str, np.ndarray], outputs: list[str], version: str = ""
+) -> list[np.ndarray]:
+    """One request; `version` "" is the one Triton's version policy picks (the latest loaded)."""
     client = grpcclient.InferenceServerClient(url)
     tensors = []
     for name, value in inputs.items():
         tensor = grpcclient.InferInput(name, list(value.shape), DTYPES[value.dtype])
         tensor.set_data_from_numpy(value)
         tensors.append(tensor)
-    result = client.infer(model, tensors, outputs=[grpcclient.InferRequestedOutput(n) for n in outputs])
+    requested = [grpcclient.InferRequestedOutput(n) for n in outputs]
+    result = client.infer(model, tensors, model_version=version, outputs=requested)
     return [result.as_numpy(name) for name in outputs]
 
 
-def local(repository: Path, model: str) -> object:
-    return session((repository / model / "1" / contract.ONNX_FILENAME).read_bytes())
+def local(repository: Path, model: str, version: str = "1") -> object:
+    return session((repository / model / version / contract.ONNX_FILENAME).read_bytes())
 
 
 def profile_each(url: str, histories: np.ndarray, workers: int = 16) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +164,46 @@ def test_server_that_fails_to_load_raises_with_its_log(tmp_path: Path) -> None:
         run_triton_server(tmp_path, startup_timeout=60),
     ):
         pass
+
+
+def test_version_exported_while_serving_is_loaded_beside_the_old(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """Triton polls the repository (export/triton_server.py, as deploy/ runs it): a version
+    exported into the repository it serves is loaded beside the old one (version_policy keeps the
+    latest 2), each answers when asked by number, and the old one answers throughout the load."""
+    repository = tmp_path / "model_repository"
+    repository.mkdir()
+    shutil.copyfile(REPOSITORY_README, repository / "README.md")  # as in the project's model_repository/
+    export_tiny_repository(tiny_checkpoint, repository)
+    retrained = make_tiny_checkpoint(tmp_path / "retrained.pt", seed=1)
+    rng = np.random.default_rng(11)
+    weights = rng.random((3, TINY["n_heads"], TINY["n_tags"])).astype(np.float32)
+    scorer_inputs = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: np.full((3, 1), contract.PAD_ID)}
+    outputs = [contract.TOP_IDS, contract.TOP_SCORES]
+    with run_triton_server(repository) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        assert not client.is_model_ready(contract.SCORER_MODEL, "2")
+        export_tiny_repository(retrained, repository)
+        versions = ("1", "2")
+
+        def both_ready() -> bool:
+            infer(server.grpc_url, contract.SCORER_MODEL, scorer_inputs, outputs, version="1")  # raises if v1 fails
+            return all(client.is_model_ready(model, v) for model in contract.MODELS for v in versions)
+
+        try:
+            wait_until(both_ready, "versions 1 and 2 of every model READY", timeout=120)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; Triton's log:\n{server.log_tail()}") from error
+        index = client.get_model_repository_index(as_json=True)["models"]
+        assert {(m["name"], m["version"]) for m in index if m.get("state") == "READY"} == {
+            (model, v) for model in contract.MODELS for v in versions
+        }
+        answers = {}
+        for version in versions:
+            ids, scores = infer(server.grpc_url, contract.SCORER_MODEL, scorer_inputs, outputs, version=version)
+            expected_ids, expected_scores = local(repository, contract.SCORER_MODEL, version).run(None, scorer_inputs)
+            np.testing.assert_array_equal(ids, expected_ids)
+            np.testing.assert_allclose(scores, expected_scores, rtol=1e-6, atol=1e-6)
+            answers[version] = scores
+        assert not np.allclose(answers["1"], answers["2"])  # two different models, each served by its number
+        # the default (no version asked) is the latest, as the version policy orders them
+        np.testing.assert_array_equal(infer(server.grpc_url, contract.SCORER_MODEL, scorer_inputs, outputs)[1], answers["2"])

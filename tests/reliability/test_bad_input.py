@@ -19,12 +19,12 @@ from grpc_health.v1 import health_pb2
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from loadtests.gateway_process import run_gateway
 from serving.auth import bearer_metadata
 from serving.catalog import ServedModel
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from tests.reliability.conftest import Tokens
-from tests.reliability.gateway_process import run_gateway
 
 pytestmark = pytest.mark.timeout(600)
 

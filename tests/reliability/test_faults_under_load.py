@@ -19,12 +19,12 @@ import psutil
 import pytest
 
 from loadtests.faults import EditAudit, RecommendLoad, redis_child, reserve_port
+from loadtests.gateway_process import start_gateway
 from serving import auth
 from serving.catalog import ServedModel
 from serving.redis_process import RedisProcess
 from tests.polling import eventually
 from tests.reliability.conftest import Tokens
-from tests.reliability.gateway_process import start_gateway
 from tests.serving.conftest import liked_history
 
 pytestmark = pytest.mark.timeout(420)

@@ -18,11 +18,11 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.gateway_process import GatewayProcess, run_gateway
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from tests.polling import eventually
 from tests.reliability.conftest import Tokens
-from tests.reliability.gateway_process import GatewayProcess, run_gateway
 from tests.serving.conftest import liked_history
 
 pytestmark = pytest.mark.timeout(300)

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from serving import auth
 from serving.auth import AccessDenied, AuthError, Principal, Role, TokenVerifier
+from serving.config import ServingConfig
 from serving.errors import ApronError
 from tests.polling import wait_until
 
@@ -399,12 +400,12 @@ def test_development_auth_is_refused_beyond_loopback(host: str, tmp_path, monkey
         (ServingConfig(host=host, auth=False), "authentication off"),
     ]:
         with pytest.raises(auth.UnsafeExposure, match=message) as refused:
-            auth.setup(config)
+            auth.setup(config.security, config.host)
         assert "--jwt-secret-file" in str(refused.value) and "--insecure-dev" in str(refused.value)
     # said explicitly: allowed, but the development token is never printed beyond loopback
-    assert auth.setup(ServingConfig(host=host, insecure_dev=True)).service_token is None
+    assert setup_of(ServingConfig(host=host, insecure_dev=True)).service_token is None
     (tmp_path / "secret").write_bytes(SECRET)
-    auth.check_exposure(ServingConfig(host=host, jwt_secret_file=str(tmp_path / "secret")))  # a real key: fine
+    exposure_of(ServingConfig(host=host, jwt_secret_file=str(tmp_path / "secret")))  # a real key: fine
 
 
 def test_setup_from_config(tmp_path, monkeypatch, caplog) -> None:
@@ -412,17 +413,25 @@ def test_setup_from_config(tmp_path, monkeypatch, caplog) -> None:
     from serving.config import ServingConfig
 
     monkeypatch.chdir(tmp_path)
-    dev = auth.setup(ServingConfig())
+    dev = setup_of(ServingConfig())
     key, is_dev = auth.verification_key()
     assert is_dev and len(dev.interceptors) == 1
     assert TokenVerifier(key).verify(dev.service_token) == Principal(auth.DEV_TOKEN_SUBJECT, Role.SERVICE)
 
     (tmp_path / "secret").write_bytes(SECRET)
-    configured = auth.setup(ServingConfig(jwt_secret_file=str(tmp_path / "secret"), jwt_issuer="corp"))
+    configured = setup_of(ServingConfig(jwt_secret_file=str(tmp_path / "secret"), jwt_issuer="corp"))
     assert configured.service_token is None  # only the development key gets a printed token
     assert configured.interceptors[0].verifier.verify(auth.mint_token(SECRET, "a", "user", issuer="corp")).subject == "a"
 
     with caplog.at_level("WARNING"):
-        off = auth.setup(ServingConfig(auth=False))
+        off = setup_of(ServingConfig(auth=False))
     assert off.interceptors == () and off.service_token is None
     assert "authentication is OFF" in caplog.text
+
+
+def setup_of(config: ServingConfig) -> auth.AuthSetup:
+    return auth.setup(config.security, config.host)
+
+
+def exposure_of(config: ServingConfig) -> None:
+    auth.check_exposure(config.security, config.host)

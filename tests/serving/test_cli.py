@@ -70,6 +70,18 @@ def test_serve_and_client_round_trip(served: tuple[str, subprocess.Popen], tmp_p
     prototypes = apron("client", "--target", target, "prototypes", cwd=tmp_path)
     assert prototypes.returncode == 0 and "k_max 20" in prototypes.stdout
 
+    # the rollout commands (the development token is a service token)
+    status = apron("client", "--target", target, "admin", "status", cwd=tmp_path)
+    assert status.returncode == 0 and "serving version 1 (primary, 100% of users)" in status.stdout, status.stderr
+    assert "repository versions: 1" in status.stdout
+    pinned = apron("client", "--target", target, "admin", "load", "--version", "1", "--pin", cwd=tmp_path)
+    assert pinned.returncode == 0 and "(pinned)" in pinned.stdout, pinned.stderr
+    missing = apron("client", "--target", target, "admin", "load", "--version", "9", cwd=tmp_path)
+    assert missing.returncode == 2 and "INVALID_ARGUMENT" in missing.stderr and "holds [1]" in missing.stderr
+    process.send_signal(signal.SIGHUP)  # a reload with nothing newer: the process serves on
+    again = apron("client", "--target", target, "admin", "status", cwd=tmp_path)
+    assert again.returncode == 0 and "serving version 1" in again.stdout and process.poll() is None
+
     # client mistakes: one clear line, exit 2
     bad = apron("client", "--target", target, "recommend", "--user", "alice", "--k", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "INVALID_ARGUMENT: k must be in [1, 20]" in bad.stderr

@@ -47,3 +47,34 @@ def test_bad_values_are_named() -> None:
     parser = argparse.ArgumentParser()
     with pytest.raises(SystemExit):
         add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})
+
+
+def test_batch_settings_that_cannot_hold_together_are_named() -> None:
+    from types import SimpleNamespace
+
+    from serving.server import batch_settings_warnings
+
+    exported = SimpleNamespace(triton_max_batch_size=16)
+    assert batch_settings_warnings(ServingConfig(max_batch_size=16), exported) == []
+    assert batch_settings_warnings(ServingConfig(), SimpleNamespace(triton_max_batch_size=0)) == []  # unknown: nothing to say
+    (line,) = batch_settings_warnings(ServingConfig(max_batch_size=32), exported)
+    assert "--max-batch-size 32" in line and "export with --max-batch-size 32" in line
+    lines = batch_settings_warnings(ServingConfig(max_batch_size=8, max_concurrent_rpcs=4, max_queue=4), exported)
+    assert len(lines) == 2 and "--max-concurrent-rpcs 4" in lines[0] and "--max-queue 4" in lines[1]
+    (line,) = batch_settings_warnings(ServingConfig(backend="triton", max_concurrent_rpcs=8, max_batch_size=8), exported)
+    assert "Triton's max_batch_size 16" in line
+
+
+def test_every_field_is_in_exactly_one_section_and_sections_read_the_config() -> None:
+    import collections
+
+    from serving.config import SECTIONS
+
+    counts = collections.Counter(f.name for kind in SECTIONS.values() for f in dataclasses.fields(kind))
+    fields = {f.name for f in dataclasses.fields(ServingConfig)}
+    assert set(counts) == fields, f"in no section: {fields - set(counts)}; not a field: {set(counts) - fields}"
+    assert [name for name, n in counts.items() if n > 1] == []
+    config = ServingConfig(port=0, max_batch_size=7, jwt_issuer="corp", backend="torch", redis_dir="", model_version=3)
+    assert (config.server.port, config.batching.max_batch_size, config.security.jwt_issuer) == (0, 7, "corp")
+    assert (config.inference.backend, config.store.redis_dir, config.model.model_version) == ("torch", "", 3)
+    assert dataclasses.replace(config, port=5).server.port == 5  # a replaced config has its own sections

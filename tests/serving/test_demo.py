@@ -111,7 +111,7 @@ def check_grpcurl_line(line: str, address: str, cwd: Path) -> None:
 
 
 def test_try_it_lines_without_a_development_token_or_auth() -> None:
-    from serving.server import try_it_lines
+    from serving.cli import try_it_lines
 
     tags, items = ["female vocalists", "80s", "jazz"], ["1", "2", "3"]
     with_key = try_it_lines("10.0.0.5:50051", tags, items, None, auth=True)
@@ -123,7 +123,7 @@ def test_try_it_lines_without_a_development_token_or_auth() -> None:
 
 
 def test_try_it_lines_speak_tls_when_the_gateway_does() -> None:
-    from serving.server import try_it_lines
+    from serving.cli import try_it_lines
 
     tags, items = ["rock", "80s", "jazz"], ["1", "2", "3"]
     lines = try_it_lines("gw:50051", tags, items, None, auth=True, tls=True)

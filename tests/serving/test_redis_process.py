@@ -62,3 +62,25 @@ def test_long_data_directory_gets_a_short_socket(tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     with RedisProcess(data_dir=deep) as server:
         assert len(str(server.socket_path)) <= 100 and redis.Redis.from_url(server.url).ping()
+
+
+def test_an_interrupted_start_leaves_no_server_and_the_data_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signal while redis-server starts (SIGTERM unwinds `apron serve` like this) kills it: no orphan
+    holding the AOF. The data directory is the user's alone (0700), its files 0600."""
+    import serving.redis_process as module
+
+    def interrupted(_address: object) -> bool:
+        raise KeyboardInterrupt
+
+    server = RedisProcess(data_dir=tmp_path / "redis", aof=True)
+    monkeypatch.setattr(module, "_ping", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        server.start()
+    assert server.process is not None and server.process.poll() is not None  # killed and reaped
+    server.stop(remove_data=False)  # the exiting process's part: the lock goes with it
+    monkeypatch.undo()
+    with RedisProcess(data_dir=tmp_path / "redis", aof=True) as again:  # the directory's lock is free again
+        assert redis.Redis.from_url(again.url).set("k", "v")
+    assert (tmp_path / "redis").stat().st_mode & 0o777 == 0o700
+    files = [p for p in (tmp_path / "redis").rglob("*") if p.is_file() and p.name != "gateway.lock"]
+    assert files and all(p.stat().st_mode & 0o077 == 0 for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]

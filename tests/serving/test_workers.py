@@ -105,7 +105,7 @@ def test_two_workers_share_the_port_redis_and_metrics(
         recommends = sum(
             value
             for labels, value in samples(metrics_url, "apron_rpc_duration_seconds_count")
-            if labels == {"method": "Recommend", "code": "OK"}
+            if labels == {"method": "Recommend", "code": "OK", "version": "1"}
         )
         assert recommends == calls
         per_worker = {int(labels["pid"]): value for labels, value in samples(metrics_url, "apron_worker_rpcs")}

@@ -79,18 +79,20 @@ class Profile(_message.Message):
     def __init__(self, weights: _Optional[_Iterable[_Union[PrototypeWeight, _Mapping]]] = ..., history_length: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "profile", "model_version", "profile_from_cache", "ignored_history_items")
+    __slots__ = ("items", "profile", "model_version", "profile_from_cache", "ignored_history_items", "unapplied_edits")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FROM_CACHE_FIELD_NUMBER: _ClassVar[int]
     IGNORED_HISTORY_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_EDITS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     profile: Profile
     model_version: int
     profile_from_cache: bool
     ignored_history_items: int
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ..., model_version: _Optional[int] = ..., profile_from_cache: _Optional[bool] = ..., ignored_history_items: _Optional[int] = ...) -> None: ...
+    unapplied_edits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ..., model_version: _Optional[int] = ..., profile_from_cache: _Optional[bool] = ..., ignored_history_items: _Optional[int] = ..., unapplied_edits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EditProfileRequest(_message.Message):
     __slots__ = ("user_id", "edits", "reset")
@@ -103,14 +105,16 @@ class EditProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., reset: _Optional[bool] = ...) -> None: ...
 
 class EditProfileResponse(_message.Message):
-    __slots__ = ("profile", "stored_edits", "model_version")
+    __slots__ = ("profile", "stored_edits", "model_version", "unapplied_edits")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     STORED_EDITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_EDITS_FIELD_NUMBER: _ClassVar[int]
     profile: Profile
     stored_edits: _containers.RepeatedCompositeFieldContainer[Edit]
     model_version: int
-    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., stored_edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    unapplied_edits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., stored_edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., model_version: _Optional[int] = ..., unapplied_edits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetProfileRequest(_message.Message):
     __slots__ = ("user_id",)
@@ -119,14 +123,16 @@ class GetProfileRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class GetProfileResponse(_message.Message):
-    __slots__ = ("profile", "stored_edits", "model_version")
+    __slots__ = ("profile", "stored_edits", "model_version", "unapplied_edits")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     STORED_EDITS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNAPPLIED_EDITS_FIELD_NUMBER: _ClassVar[int]
     profile: Profile
     stored_edits: _containers.RepeatedCompositeFieldContainer[Edit]
     model_version: int
-    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., stored_edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...
+    unapplied_edits: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., stored_edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., model_version: _Optional[int] = ..., unapplied_edits: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListPrototypesRequest(_message.Message):
     __slots__ = ()

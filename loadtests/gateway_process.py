@@ -1,4 +1,6 @@
-"""`apron serve` as a real subprocess, for tests that signal it or must survive what a client sends:
+"""`apron serve` as a real subprocess, for the fault, shedding and soak runs (`loadtests/`) and the
+tests that signal it or must survive what a client sends (installed with the package, so the
+`loadtests` commands run outside a checkout too):
 started with flags on port 0 (the ports it bound are read back from its log), ready when its gRPC
 health check says SERVING, stopped with SIGTERM (then SIGKILL if it hangs)."""
 
@@ -19,8 +21,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-APRON = [sys.executable, str(PROJECT_ROOT / "cli.py")]
+# where this code was imported from (a checkout, or site-packages): the gateway runs the same code
+CODE_ROOT = Path(__file__).resolve().parents[1]
+APRON = [sys.executable, "-m", "cli"]
 # the text log line `start()` writes once it serves: the ports it bound
 SERVING_LINE = re.compile(r"apron\.gateway: serving port=(\d+) metrics_port=(\d+|None)")
 
@@ -63,26 +66,32 @@ class GatewayProcess:
 
 
 @contextlib.contextmanager
-def run_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> Iterator[GatewayProcess]:
+def run_gateway(
+    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None
+) -> Iterator[GatewayProcess]:
     """`apron serve --port 0 --metrics-port 0 ARGS` (later flags win) until the block exits."""
-    gateway = start_gateway(args, log_dir, startup_timeout)
+    gateway = start_gateway(args, log_dir, startup_timeout, user=user)
     try:
         yield gateway
     finally:
         gateway.terminate()
 
 
-def start_gateway(args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0) -> GatewayProcess:
-    """A started `apron serve` (the caller stops it: `terminate()`), SERVING."""
+def start_gateway(
+    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None
+) -> GatewayProcess:
+    """A started `apron serve` (the caller stops it: `terminate()`), SERVING. `user` (uid, gid):
+    run it as that user, without supplementary groups, as a container's USER does (needs root)."""
     # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine (ARGS may lower it)
     command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=log_dir, prefix="gateway-", suffix=".log")
     os.close(fd)
     log_path = Path(name)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env)
+        as_user = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, **as_user)
     try:
         port, metrics_port = wait_serving(process, log_path, startup_timeout)
     except BaseException:

@@ -1,0 +1,340 @@
+"""The model versions a gateway serves, which one answers a user, and how a new one is rolled out.
+
+A `LoadedModel` is everything of one version: its metadata (`ServedModel`), its scorer (backend
+sessions and micro-batchers, or Triton asked for that version), its profile cache (Redis keys of
+that version) and its response encoder. `ModelSet` holds the *primary* version and, for an A/B
+split, a *candidate* that answers a stated share of users, chosen by a hash of the user id (so a
+user stays on one side as long as the split does).
+
+Rollout without a failed call (`ModelSet.apply`): the versions the new routing needs are loaded
+*beside* the serving ones — metadata read, scorer started, one warm-up inference through both
+graphs — and only then does one assignment swap the routing (atomic on the event loop). A call takes
+its `LoadedModel` once, at its start (`use`), and keeps it to its end, so in-flight calls finish on
+the version they started on; a replaced version is closed when its last call has ended. If anything
+fails while loading, the routing is left as it was and the error says why (log line, the
+`apron_model_loads_total{result="failed"}` counter, the admin RPC's status).
+
+Triggers: SIGHUP and the admin RPC (`serving/admin.py`) call `apply`; `--watch-repository` polls the
+repository for a newer version. `--model-version N` (and the admin RPC) pins a version: neither
+SIGHUP nor the watch moves a pinned primary.
+
+Profiles survive a version change (`recover_history`): a cached profile is keyed by version, so a
+user known only under an earlier version has no profile under the new one; instead of NOT_FOUND the
+history stored with the old profile is mapped, through the old version's item ids, into the new
+catalog, and the profile is computed again. Stored edits are keyed by prototype name and carry no
+version: they apply wherever the new model has that prototype, and the others are kept in Redis
+and listed in each response's `unapplied_edits`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.metadata import MetadataError
+from serving.backends.base import Scorer
+from serving.cache import STORE_DOWN, ProfileCache, RedisStore
+from serving.catalog import ServedModel
+from serving.metrics import Metrics
+from serving.profile_encoding import ProfileEncoder
+
+log = logging.getLogger("apron.gateway")
+_VERSIONED = re.compile(r"^apron_metadata\.v(\d+)\.json$")
+WATCH_INTERVAL_S = 2.0
+# the version that answered the call being handled ("none" before one was chosen): the RPC metrics' label
+current_version: contextvars.ContextVar[str] = contextvars.ContextVar("apron_model_version", default="none")
+
+
+class ModelLoadError(RuntimeError):
+    """A version could not be loaded or warmed: the routing was left as it was."""
+
+
+def available_versions(repository: str | Path) -> list[int]:
+    """The versions whose metadata the repository holds (`apron_metadata.v<N>.json`), ascending."""
+    try:
+        names = [p.name for p in Path(repository).iterdir()]
+    except OSError:
+        return []
+    return sorted(int(m[1]) for name in names if (m := _VERSIONED.match(name)))
+
+
+def user_bucket(user_id: str) -> float:
+    """A user's place in [0, 1): the first 8 bytes of sha256(user id). Stable across processes,
+    replicas and restarts (Python's hash() is salted per process), uniform over user ids."""
+    digest = hashlib.sha256(user_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which versions answer: `primary` for everyone but the candidate's share."""
+
+    primary: int
+    candidate: int = 0  # 0: no A/B split
+    share: float = 0.0  # of users sent to the candidate
+    pinned: bool = False  # SIGHUP and --watch-repository leave a pinned primary alone
+
+    def __post_init__(self) -> None:
+        if self.primary < 1 or self.candidate < 0:
+            raise ValueError(f"model versions are positive integers, got {self.primary} and {self.candidate}")
+        if not 0.0 <= self.share <= 1.0:
+            raise ValueError(f"the candidate's share of users must be in [0, 1], got {self.share}")
+        if self.share > 0 and not self.candidate:
+            raise ValueError("a share of users for a candidate needs the candidate's version")
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        split = self.candidate and self.candidate != self.primary and self.share > 0
+        return (self.primary, self.candidate) if split else (self.primary,)
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    model: ServedModel
+    scorer: Scorer
+    profiles: ProfileCache
+    encoder: ProfileEncoder
+    in_flight: int = 0
+    retired: bool = False
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def version(self) -> int:
+        return self.model.version
+
+
+ScorerFactory = Callable[[ServedModel], Scorer]
+
+
+class ModelSet:
+    def __init__(
+        self,
+        repository: str | Path,
+        store: RedisStore,
+        make_scorer: ScorerFactory,
+        metrics: Metrics,
+        backend: str,
+    ):
+        self.repository = Path(repository)
+        self.store = store
+        self.make_scorer = make_scorer
+        self.metrics = metrics
+        self.backend = backend
+        self.routing: Routing | None = None
+        self._loaded: dict[int, LoadedModel] = {}
+        self._primary: LoadedModel | None = None
+        self._candidate: LoadedModel | None = None
+        self._lock = asyncio.Lock()
+        self._metadata: dict[int, ServedModel] = {}  # older versions' catalogs, for recover_history
+        self.last_error = ""
+        self._published: set[tuple[str, str, str]] = set()
+        self._failed_newest = 0  # the watch does not retry a version that failed until it changes
+
+    # ------------------------------------------------------------------------------ the request path
+
+    @property
+    def primary(self) -> LoadedModel:
+        if self._primary is None:
+            raise RuntimeError("no model loaded yet")
+        return self._primary
+
+    def route(self, user_id: str) -> LoadedModel:
+        routing, candidate = self.routing, self._candidate
+        if candidate is not None and routing is not None and user_bucket(user_id) < routing.share:
+            return candidate
+        return self.primary
+
+    @contextlib.contextmanager
+    def use(self, user_id: str) -> Iterator[LoadedModel]:
+        """The version that answers `user_id`, held until the block ends (a rollout meanwhile
+        closes it only after this call)."""
+        served = self.route(user_id)
+        served.in_flight += 1
+        current_version.set(str(served.version))
+        try:
+            yield served
+        finally:
+            served.in_flight -= 1
+            if served.retired and served.in_flight == 0:
+                asyncio.get_running_loop().create_task(self._close(served))
+
+    # ------------------------------------------------------------------------------ rollout
+
+    def newest_version(self) -> int:
+        versions = available_versions(self.repository)
+        if not versions:
+            raise ModelLoadError(f"{self.repository} holds no model version (no apron_metadata.v<N>.json)")
+        return versions[-1]
+
+    async def apply(self, routing: Routing) -> Routing:
+        """Load what `routing` needs beside the serving versions, warm it, then swap. Raises
+        ModelLoadError (routing unchanged) when a version cannot be loaded or warmed."""
+        async with self._lock:
+            fresh: list[LoadedModel] = []
+            try:
+                for version in routing.versions:
+                    if version not in self._loaded:
+                        fresh.append(await self._load(version))
+                        self._loaded[version] = fresh[-1]
+            except Exception as error:
+                for served in fresh:
+                    self._loaded.pop(served.version, None)
+                    await self._close(served)
+                self.last_error = str(error)
+                self.metrics.model_loads.labels("failed").inc()
+                log.error("model rollout failed, still serving %s: %s", self._describe(self.routing), error)
+                raise ModelLoadError(str(error)) from error
+            previous = self.routing
+            self._primary = self._loaded[routing.primary]
+            self._candidate = self._loaded[routing.candidate] if len(routing.versions) == 2 else None
+            self.routing = routing
+            self.last_error = ""
+            for version, served in list(self._loaded.items()):
+                if version not in routing.versions:
+                    del self._loaded[version]
+                    served.retired = True
+                    if served.in_flight == 0:
+                        await self._close(served)
+            self._publish_info()
+            if fresh or previous != routing:
+                self.metrics.model_loads.labels("ok").inc()
+                log.info("model routing", extra={"fields": {"now": self._describe(routing), "before": self._describe(previous)}})
+            return routing
+
+    async def reload(self) -> Routing:
+        """SIGHUP / the watch: the newest version becomes primary unless a version is pinned."""
+        routing = self.routing
+        if routing is not None and routing.pinned:
+            return await self.apply(routing)  # loads nothing new; a failed candidate is retried
+        newest = self.newest_version()
+        candidate = routing.candidate if routing is not None and routing.candidate != newest else 0
+        share = routing.share if candidate else 0.0
+        return await self.apply(Routing(newest, candidate, share, pinned=False))
+
+    async def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
+        """--watch-repository: roll out a newer version as soon as the repository holds one (until cancelled)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            routing = self.routing
+            if routing is None or routing.pinned:
+                continue
+            try:
+                newest = await asyncio.to_thread(self.newest_version)
+            except ModelLoadError:
+                continue
+            if newest != routing.primary and newest != self._failed_newest:
+                try:
+                    await self.reload()
+                except ModelLoadError:
+                    self._failed_newest = newest  # logged and counted; tried again once the repository changes
+
+    async def close(self) -> None:
+        async with self._lock:
+            for served in list(self._loaded.values()):
+                await self._close(served)
+            self._loaded.clear()
+
+    async def _load(self, version: int) -> LoadedModel:
+        model = await asyncio.to_thread(ServedModel.load, self.repository, version)
+        scorer = self.make_scorer(model)
+        try:
+            await scorer.start()
+            await warm_up(scorer, model)
+        except BaseException:
+            await scorer.close()
+            raise
+        profiles = ProfileCache(self.store, scorer, model.version, (model.n_heads, model.n_prototypes), self.metrics)
+        profiles.recover = lambda user, served=model: self.recover_history(served, user)
+        encoder = ProfileEncoder(model.metadata.tag_names, model.metadata.prototype_item_ids)
+        return LoadedModel(model, scorer, profiles, encoder)
+
+    async def _close(self, served: LoadedModel) -> None:
+        if served.closed.is_set():
+            return
+        served.closed.set()
+        await served.scorer.close()
+
+    def _publish_info(self) -> None:
+        """apron_model_info: 1 for the primary, the share for a candidate, 0 for what was served
+        before (set to 0 rather than removed: --workers sums the series of all processes)."""
+        routing = self.routing
+        if routing is None:
+            return
+        now = {(str(routing.primary), self.backend, "primary"): 1.0}
+        if self._candidate is not None:
+            now[(str(routing.candidate), self.backend, "candidate")] = routing.share
+        for labels in self._published - now.keys():
+            self.metrics.model_info.labels(*labels).set(0)
+        for labels, value in now.items():
+            self.metrics.model_info.labels(*labels).set(value)
+        self._published = set(now)
+
+    @staticmethod
+    def _describe(routing: Routing | None) -> str:
+        if routing is None:
+            return "nothing"
+        text = f"version {routing.primary}" + (" (pinned)" if routing.pinned else "")
+        if len(routing.versions) == 2:
+            text += f", {routing.share:.0%} of users on version {routing.candidate}"
+        return text
+
+    # ------------------------------------------------------------------------------ profiles across versions
+
+    async def recover_history(self, model: ServedModel, user_id: str) -> np.ndarray | None:
+        """The user's history in `model`'s catalog, from their newest cached profile under another
+        version (None: there is none, or its catalog is gone from the repository)."""
+        others = [v for v in reversed(available_versions(self.repository)) if v != model.version]
+        if not others:
+            return None
+        try:
+            found = await self.store.find_history(user_id, others)
+        except STORE_DOWN:
+            return None
+        if found is None:
+            return None
+        version, old_ids = found
+        old = self._metadata.get(version) or self._loaded_model(version)
+        if old is None:
+            try:
+                old = await asyncio.to_thread(ServedModel.load, self.repository, version)
+            except (MetadataError, OSError):
+                return None
+            self._metadata = {version: old}  # one older catalog kept: the usual rollout has one
+        item_ids = [old.metadata.item_ids[i] for i in old_ids.tolist() if 0 <= i < old.metadata.n_items]
+        indices, _ = model.history_indices(item_ids)
+        return indices if indices.size else None
+
+    def _loaded_model(self, version: int) -> ServedModel | None:
+        served = self._loaded.get(version)
+        return served.model if served is not None else None
+
+    def status(self) -> dict[str, object]:
+        routing = self.routing
+        return {
+            "routing": routing,
+            "available": available_versions(self.repository),
+            "last_error": self.last_error,
+        }
+
+
+async def warm_up(scorer: Scorer, model: ServedModel) -> None:
+    """One inference through both graphs with the prototypes' items as a history: a version whose
+    graphs do not answer as its metadata says is never swapped in."""
+    history = np.unique(np.asarray(model.metadata.prototype_items, dtype=np.int64))
+    weights, length, ids, scores = await scorer.warm_up(history)
+    if weights.shape != (model.n_heads, model.n_prototypes) or length < 1:
+        raise ModelLoadError(
+            f"version {model.version}: the profile graph answered shape {weights.shape} for {length} items, "
+            f"expected ({model.n_heads}, {model.n_prototypes}) from apron_metadata"
+        )
+    if len(ids) != 1 or not 0 <= int(ids[0]) < model.metadata.n_items or not np.isfinite(scores[0]):
+        raise ModelLoadError(f"version {model.version}: the scorer graph answered {ids!r} {scores!r} for a warm-up profile")

@@ -1,0 +1,228 @@
+"""Model rollout inside one gateway (serving/models.py, serving/admin.py), over real sockets with a
+real redis-server: a second version loaded beside the first and swapped in through the admin RPC,
+profiles and edits carried across versions, a load that fails leaving the old version serving, and
+the A/B split's shares. The rollout under Locust load, SIGHUP and Triton: tests/reliability/test_rollout.py."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from serving.config import ServingConfig
+from serving.models import Routing, available_versions, user_bucket
+from serving.proto_gen.apron.v1 import admin_pb2 as admin
+from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
+from serving.redis_process import RedisProcess
+from tests.export.fixtures import export_tiny_repository, make_tiny_checkpoint
+from tests.polling import eventually
+from tests.serving.conftest import Gateway, gateway_config, liked_history, pb, running_gateway
+
+RENAMED = "new-sound"  # version 2 of `renamed_repository` has this prototype instead of version 1's last one
+
+
+@pytest.fixture(scope="module")
+def second_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same catalog and prototypes as `tiny_checkpoint`, trained longer: other scores."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("checkpoint-v2") / "apron.pt", steps=45)
+
+
+@pytest.fixture(scope="module")
+def two_versions(tiny_checkpoint: Path, second_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repository = tmp_path_factory.mktemp("two-versions") / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    export_tiny_repository(second_checkpoint, repository)
+    assert available_versions(repository) == [1, 2]
+    return repository
+
+
+@pytest.fixture(scope="module")
+def renamed_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 2 lacks version 1's last prototype (its tag vocabulary changed)."""
+    directory = tmp_path_factory.mktemp("renamed")
+    saved = torch.load(tiny_checkpoint, weights_only=False)
+    saved["dataset"]["tag_names"][-1] = RENAMED
+    torch.save(saved, directory / "renamed.pt")
+    repository = directory / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    export_tiny_repository(directory / "renamed.pt", repository)
+    return repository
+
+
+def admin_stub(gateway: Gateway) -> admin_grpc.ModelAdminStub:
+    return admin_grpc.ModelAdminStub(gateway.channel)
+
+
+def serving(status: admin.ModelStatus) -> dict[str, int]:
+    return {v.role: v.version for v in status.serving}
+
+
+async def test_admin_rpc_rolls_out_and_back_and_a_v1_profile_is_recomputed(
+    two_versions: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str
+) -> None:
+    config = gateway_config(two_versions, redis_server.url, model_version=1)  # pinned to version 1 at start
+    history = liked_history(main_tags, 2, 3)
+    async with running_gateway(config) as gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))
+        assert first.model_version == 1
+        tag = first.profile.weights[2].prototype  # the liked tag: it has weight
+        await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=tag, scale=0)]))
+
+        status = await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2))
+        assert serving(status) == {"primary": 2} and not status.pinned and list(status.available_versions) == [1, 2]
+        # the user had a profile under version 1 only: recomputed from its stored history, not NOT_FOUND
+        after = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert after.model_version == 2 and not after.profile_from_cache
+        assert after.profile.history_length == first.profile.history_length
+        heard = set(history)
+        assert not heard & {item.item_id for item in after.items}  # the old history is still excluded
+        edited = {w.prototype: w for w in after.profile.weights}[tag]  # the stored edit applies to version 2
+        assert edited.weight == 0 and edited.edit.scale == 0 and edited.base_weight > 0
+        assert list(after.unapplied_edits) == []
+        assert gateway.metric("apron_profile_cache_requests_total", result="recovered", version="2") == 1
+        again = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert again.profile_from_cache and [i.item_id for i in again.items] == [i.item_id for i in after.items]
+
+        status = await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=1, pin=True))  # rollback
+        assert serving(status) == {"primary": 1} and status.pinned
+        back = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert back.model_version == 1 and back.profile_from_cache  # version 1's profile is still cached
+        info = {labels["version"]: value for labels, value in model_info(gateway)}
+        assert info == {"1": 1.0, "2": 0.0}
+        assert gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", version="2") == 2
+        assert gateway.metric("apron_model_loads_total", result="ok") >= 2
+
+
+def model_info(gateway: Gateway) -> list[tuple[dict[str, str], float]]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(gateway.metrics_text())
+        for sample in family.samples
+        if sample.name == "apron_model_info"
+    ]
+
+
+async def test_an_edit_of_a_prototype_the_new_version_lacks_is_kept_and_reported(
+    renamed_repository: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str
+) -> None:
+    config = gateway_config(renamed_repository, redis_server.url, model_version=1)
+    async with running_gateway(config) as gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 5, 0), k=5))
+        lost_tag, kept_tag = first.profile.weights[5].prototype, first.profile.weights[0].prototype
+        assert lost_tag != RENAMED
+        edits = [pb.Edit(prototype=lost_tag, scale=0.5), pb.Edit(prototype=kept_tag, scale=2.0)]
+        await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=edits))
+
+        await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2))
+        response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert response.model_version == 2 and list(response.unapplied_edits) == [lost_tag]
+        shown = {w.prototype: w for w in response.profile.weights}
+        assert lost_tag not in shown and RENAMED in shown and shown[kept_tag].edit.scale == 2.0
+        profile = await gateway.stub.GetProfile(pb.GetProfileRequest(user_id=user_id))
+        assert list(profile.unapplied_edits) == [lost_tag]
+        assert {e.prototype for e in profile.stored_edits} == {lost_tag, kept_tag}  # kept, not dropped
+        # version 2 refuses a new edit of a prototype it lacks, naming it
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=lost_tag, scale=0)]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and lost_tag in refused.value.details()
+
+        await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=1, pin=True))  # back: the edit applies again
+        back = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert list(back.unapplied_edits) == [] and {w.prototype: w for w in back.profile.weights}[lost_tag].edit.scale == 0.5
+
+
+async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
+    two_versions: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str, tmp_path: Path
+) -> None:
+    repository = tmp_path / "model_repository"
+    shutil.copytree(two_versions, repository)
+    shutil.rmtree(repository / "apron_scorer" / "2")  # version 2's scorer is gone: it cannot load
+    config = gateway_config(repository, redis_server.url, model_version=1)
+    async with running_gateway(config) as gateway:
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2))
+        assert failed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "still serves" in failed.value.details()
+        status = await admin_stub(gateway).GetModelStatus(admin.GetModelStatusRequest())
+        assert serving(status) == {"primary": 1} and status.last_error
+        response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 1, 2), k=5))
+        assert response.model_version == 1
+        assert gateway.metric("apron_model_loads_total", result="failed") == 1
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=7))
+        assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "[1, 2]" in unknown.value.details()
+
+
+def share_bounds(n: int, p: float, z: float = 5.0) -> tuple[float, float]:
+    """Where the count of n Bernoulli(p) draws falls but with probability ~6e-7 (z = 5)."""
+    sd = math.sqrt(n * p * (1 - p))
+    return n * p - z * sd, n * p + z * sd
+
+
+async def test_ab_split_serves_the_stated_share_stable_per_user(
+    two_versions: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str
+) -> None:
+    config = gateway_config(two_versions, redis_server.url, model_version=1, ab_version=2, ab_share=0.3)
+    users = [f"{user_id}-{i}" for i in range(1000)]
+    history = liked_history(main_tags, 0, 1)
+    async with running_gateway(config) as gateway:
+        first = {}
+        for user in users:
+            response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user, history=history, k=1))
+            first[user] = response.model_version
+        on_candidate = sum(v == 2 for v in first.values())
+        low, high = share_bounds(len(users), 0.3)
+        assert low <= on_candidate <= high, f"{on_candidate} of {len(users)} users on the candidate"
+        assert set(first.values()) == {1, 2}
+        for user in users[:200]:  # stable: the same user lands on the same side again, cached there
+            response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user, k=1))
+            assert response.model_version == first[user] and response.profile_from_cache
+        assert all(first[u] == (2 if user_bucket(u) < 0.3 else 1) for u in users)
+        by_version = {v: gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", version=v) for v in "12"}
+        assert by_version["2"] == on_candidate + sum(first[u] == 2 for u in users[:200])
+        info = {labels["role"]: (labels["version"], value) for labels, value in model_info(gateway)}
+        assert info == {"primary": ("1", 1.0), "candidate": ("2", 0.3)}
+
+
+def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
+    buckets = np.array([user_bucket(f"user-{i}") for i in range(20_000)])
+    counts, _ = np.histogram(buckets, bins=10, range=(0, 1))
+    low, high = share_bounds(20_000, 0.1)
+    assert ((low <= counts) & (counts <= high)).all(), counts
+    assert user_bucket("alice") == user_bucket("alice")
+    with pytest.raises(ValueError, match="share"):
+        Routing(1, 2, 1.5)
+    with pytest.raises(ValueError, match="candidate"):
+        Routing(1, 0, 0.2)
+    assert Routing(1, 2, 0.0).versions == (1,) and Routing(1, 2, 0.5).versions == (1, 2)
+    with pytest.raises(ValueError, match="ab-share"):
+        ServingConfig(ab_version=2)
+
+
+async def test_watch_repository_rolls_out_a_newly_exported_version_and_a_pin_holds(
+    tiny_checkpoint: Path, second_checkpoint: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str, tmp_path: Path
+) -> None:
+    repository = tmp_path / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    history = liked_history(main_tags, 4, 5)
+    watching = gateway_config(repository, redis_server.url, watch_repository=True, watch_interval_s=0.05)
+    pinned = gateway_config(repository, redis_server.url, model_version=1)
+    async with running_gateway(watching) as gateway, running_gateway(pinned) as pinned_gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))
+        assert first.model_version == 1
+        await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
+        await eventually(lambda: gateway.server.models.routing.primary == 2, "the watch rolled out version 2")
+        response = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert response.model_version == 2
+        # SIGHUP's reload on a pinned gateway: the newest version is there, the pin holds
+        assert (await pinned_gateway.server.models.reload()).primary == 1
+        response = await pinned_gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        assert response.model_version == 1
