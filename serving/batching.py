@@ -9,6 +9,10 @@ The policy is adaptive, with no timer in the common path:
   the batch size follows the load instead of a timer;
 - `max_wait_s` > 0 (off by default) additionally holds a batch that is not full until its oldest
   item has waited that long, trading a lone request's latency for bigger batches;
+- a batch whose recent runs took less than `inline_below_s` (a few tenths of a millisecond: a small
+  catalog, one caller) runs on the event loop itself: handing it to the worker thread and back
+  would cost more than the run (a thread wake-up, a self-pipe write, one loop iteration each way);
+  longer runs, and every run under load, stay in the worker thread;
 - the queue is bounded (`max_queue` waiting items): a request beyond it is refused at once with
   `ResourceExhausted`, whose `retry_after_s` is the time the queue ahead of it needs (batches ahead
   × the run time of recent batches), so overload sheds load instead of growing every caller's
@@ -44,6 +48,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 RUN_TIME_SMOOTHING = 0.2  # weight of the newest batch in the run-time average behind retry-after
+# Runs this short run on the event loop (MicroBatcher.inline_below_s): on the 2-core machine a trip
+# to the worker thread and back cost 60-100 µs of CPU and 0.2-0.4 ms of latency per batch (the
+# stages scorer_queue and scorer_resume of BENCHMARKS.md's request-path table).
+INLINE_BELOW_S = 0.0005
 MIN_RETRY_AFTER_S = 0.001
 
 
@@ -84,6 +92,7 @@ class MicroBatcher(Generic[T, R]):
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         stages: tuple[str, str, str] | None = None,
+        inline_below_s: float = INLINE_BELOW_S,
     ):
         if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1:
             raise ValueError(
@@ -97,6 +106,7 @@ class MicroBatcher(Generic[T, R]):
         self.name = name
         self.observer = observer
         self.stages = stages  # (queue, run, resume): what a request's stage clock is charged (serving/stages.py)
+        self.inline_below_s = inline_below_s  # runs shorter than this (recently) run on the event loop (0: never)
         self._pending: collections.deque[_Pending[T, R]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"apron-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that serves the requests (first submit)
@@ -129,9 +139,8 @@ class MicroBatcher(Generic[T, R]):
         loop = self._loop = asyncio.get_running_loop()
         entry = _Pending(item, loop.create_future())
         self._pending.append(entry)
-        if self._running is None and not self._dispatch_scheduled:
-            self._dispatch_scheduled = True  # at the end of this loop iteration: what arrives meanwhile joins
-            loop.call_soon(self._dispatch)
+        if self._running is None:
+            self._schedule()  # at the end of this loop iteration: what arrives meanwhile joins
         result = await entry.future
         stage_clock.mark_batch(self.stages, entry.started, entry.ended)
         return result
@@ -163,7 +172,28 @@ class MicroBatcher(Generic[T, R]):
             return
         self._running = batch
         self._run_started = time.perf_counter()
+        if 0 < self._run_s < self.inline_below_s:  # cheaper here than a trip to the worker thread and back
+            results, error = self._run([entry.item for entry in batch])
+            self._finish(batch, results, error, self._run_started, time.perf_counter(), then_dispatch=False)
+            if self._pending:
+                self._schedule()
+            return
         self._executor.submit(self._work, batch, [entry.item for entry in batch], self._loop)
+
+    def _schedule(self) -> None:
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)  # type: ignore[union-attr]
+
+    def _run(self, items: list[T]) -> tuple[Sequence[R] | None, Exception | None]:
+        """`run(items)` checked: (results, None), or (None, the error every caller of the batch gets)."""
+        try:
+            results = self.run(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"{self.name}: run returned {len(results)} results for {len(items)} items")
+        except Exception as error:
+            return None, error
+        return results, None
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -172,19 +202,18 @@ class MicroBatcher(Generic[T, R]):
     def _work(self, batch: list[_Pending[T, R]], items: list[T], loop: asyncio.AbstractEventLoop) -> None:
         """One run, in the worker thread; its outcome goes back to the loop in one callback."""
         start = time.perf_counter()
-        results: Sequence[R] | None = None
-        error: BaseException | None = None
-        try:
-            results = self.run(items)
-            if len(results) != len(items):
-                raise RuntimeError(f"{self.name}: run returned {len(results)} results for {len(items)} items")
-        except Exception as exc:  # every caller of the batch gets the failure
-            error = exc
+        results, error = self._run(items)
         with contextlib.suppress(RuntimeError):  # the loop is gone (closed during the run): nobody waits
             loop.call_soon_threadsafe(self._finish, batch, results, error, start, time.perf_counter())
 
     def _finish(
-        self, batch: list[_Pending[T, R]], results: Sequence[R] | None, error: BaseException | None, start: float, ended: float
+        self,
+        batch: list[_Pending[T, R]],
+        results: Sequence[R] | None,
+        error: BaseException | None,
+        start: float,
+        ended: float,
+        then_dispatch: bool = True,
     ) -> None:
         """On the loop: every caller's result, the run's metrics, and the next batch at once."""
         if self._running is batch:
@@ -202,7 +231,7 @@ class MicroBatcher(Generic[T, R]):
                 entry.future.set_result(result)  # type: ignore[arg-type]
         if self.observer is not None:
             self.observer(self.name, len(batch), seconds, [start - entry.queued_at for entry in batch])
-        if self._pending and not self._closed:
+        if then_dispatch and self._pending and not self._closed:
             self._dispatch()
 
     async def close(self) -> None:
