@@ -19,6 +19,11 @@ here imports the training code, so a server needs only these tensors.
   with the square of the batch, still 5x faster than the scatter at batch 256.
 - `ServedScorer` (Eq. 13-14, 6): shares per head, u, f(u), then the log-softmax score of the top
   K_MAX items over the whole catalog, excluded ids at -inf.
+- `edit_penalty` (APRON's optional γ, training/models/apron.py imports it from here, so the training
+  model, the graphs and the torch backend share one definition): the cost of an edit, not of the
+  catalog. A batch with no removed prototype skips it (an ONNX `If`); otherwise it gathers only the
+  removed prototypes' rows of two tables laid out (prototype, item) once, at export or load
+  (`penalty_tables`), and multiplies them by the batch's 0/1 removal columns.
 """
 
 from __future__ import annotations
@@ -102,6 +107,50 @@ def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def penalty_tables(item_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The items' prototype weights W (N, H, K) -> the edit penalty's tables, rows by prototype:
+    (every_head (K, N): W's mean over heads, for a prototype removed in every head, which is what
+    an edit does; per_head (H*K, N): W itself, row h*K + k, for a prototype removed in some heads
+    only, which only an fp32 share that underflowed after a `weight` edit or a client's own profile
+    produce). Both are contiguous, so a removed prototype's row is one N-long read."""
+    n_items = item_weights.shape[0]
+    every_head = item_weights.mean(dim=1).t().contiguous()
+    per_head = item_weights.permute(1, 2, 0).reshape(-1, n_items).contiguous()
+    return every_head, per_head
+
+
+def _removed_rows_product(selection: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """0/1 selection (B, R0) over the rows of table (R0, N) -> selection @ table (B, N), reading only
+    the rows some batch row selects: a Gather of R rows and a (B, R) x (R, N) product."""
+    rows = selection.any(dim=0).nonzero().squeeze(1).to(table.device)  # (R,)
+    chosen = selection.to(table.device).index_select(1, rows).to(table.dtype)  # (B, R)
+    return chosen @ table.index_select(0, rows)  # (B, N)
+
+
+@torch.jit.script_if_tracing
+def edit_penalty(
+    logits: torch.Tensor, removed: torch.Tensor, every_head: torch.Tensor, per_head: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """logits (B, N) - γ · (1/H) sum_{h,k} removed[b, h, k] W[n, h, k]: each item loses γ times its mean
+    attention over heads on the prototypes whose share is 0 (`removed` (B, H, K) bool: profiles are
+    floored, so only an edit makes a share 0). Tables: `penalty_tables`, on any device; `removed` may
+    live on the host (the torch backend decides there, without a device synchronisation).
+
+    Exact factorisation: a prototype removed in every head contributes its `every_head` row (the
+    mean over heads), one removed in some heads its `per_head` rows divided by H. Each part is an
+    `If` in the traced graph (this function is scripted when traced), so a batch with nothing
+    removed does no penalty work and one with R removed rows reads R rows of N, not the (N, H, K)
+    catalog."""
+    every = removed.all(dim=1)  # (B, K): removed in every head
+    partial = (removed & ~every.unsqueeze(1)).flatten(1)  # (B, H*K): removed in some heads only
+    if bool(every.any()):
+        logits = logits - (gamma * _removed_rows_product(every, every_head)).to(logits.dtype)
+    if bool(partial.any()):
+        penalty = _removed_rows_product(partial, per_head) * (gamma / removed.shape[1])
+        logits = logits - penalty.to(logits.dtype)
+    return logits
+
+
 def exclusion_mask(exclude_ids: torch.Tensor, n_items: int) -> torch.Tensor:
     """Padded ids (B, E) -> bool (B, N), True at excluded items. Padding and ids outside [0, N) set
     nothing: they are scattered into an extra column N that is dropped (ONNX has no masked scatter)."""
@@ -138,12 +187,16 @@ class ServedScorer(nn.Module):
     ):
         super().__init__()
         self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
-        # APRON's optional edit penalty (training/models/apron.py `score_shares`): γ · each item's
-        # mean attention on the prototypes whose share is 0 is subtracted from its logit.
+        # APRON's optional edit penalty (`edit_penalty`): γ · each item's mean attention on the
+        # prototypes whose share is 0 is subtracted from its logit. Its tables are laid out here,
+        # once per load; the weights file keeps the (N, H, K) item weights they come from.
         if edit_penalty > 0 and item_weights is None:
             raise ValueError("an edit penalty needs the items' prototype weights (N, H, K)")
         self.edit_penalty = float(edit_penalty)
-        self.register_buffer("item_weights", None if edit_penalty <= 0 else item_weights.float())  # (N, H, K)
+        tables = penalty_tables(item_weights.float()) if edit_penalty > 0 else (None, None)
+        self.register_buffer("every_head", tables[0])  # (K, N)
+        self.register_buffer("per_head", tables[1])  # (H*K, N)
+        self.n_heads = prototype_values.shape[1]
         modules: list[nn.Module] = []
         for index, (weight, bias) in enumerate(layers):
             linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -159,22 +212,52 @@ class ServedScorer(nn.Module):
         self.n_items = layers[-1][0].shape[0]
         self.k_max = min(k_max, self.n_items)
 
-    def logits(self, profile_weights: torch.Tensor) -> torch.Tensor:
-        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype. (B, H, K) -> (B, N)"""
+    @property
+    def penalised(self) -> bool:
+        return self.every_head is not None
+
+    def removed(self, profile_weights: torch.Tensor) -> torch.Tensor:
+        """(B, H, K) weights -> bool (B, H, K): the prototypes whose share is 0 (profiles are floored,
+        so only an edit removes one; an empty profile has every share 0)."""
+        return profile_shares(profile_weights.float()) == 0
+
+    def logits(self, profile_weights: torch.Tensor, penalise: bool = True) -> torch.Tensor:
+        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype, then the edit penalty
+        (unless `penalise` is False: see `penalise_rows`). (B, H, K) -> (B, N)"""
         shares = profile_shares(profile_weights.float())
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
         logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
-        if self.item_weights is not None:
-            removed = (shares == 0).float()  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
-            on_removed = torch.einsum("bhk,nhk->bn", removed, self.item_weights) / self.item_weights.shape[1]
-            logits = logits - (self.edit_penalty * on_removed).to(logits.dtype)
+        if penalise and self.every_head is not None:
+            logits = edit_penalty(logits, shares == 0, self.every_head, self.per_head, self.edit_penalty)
         return logits
 
-    def normalised_logits(self, profile_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalised_logits(
+        self, profile_weights: torch.Tensor, penalise: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, N) in f's dtype, their fp32 log-sum-exp (B, 1)): the log-softmax over the
         whole catalog is logits - normaliser, excluded items included in the normaliser."""
-        logits = self.logits(profile_weights)
+        logits = self.logits(profile_weights, penalise)
         return logits, logits.float().logsumexp(dim=-1, keepdim=True)
+
+    def penalise_rows(
+        self, logits: torch.Tensor, normaliser: torch.Tensor, removed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`normalised_logits(..., penalise=False)`'s outputs + `removed(weights)` -> what
+        `normalised_logits(weights)` returns: the torch backend's CUDA graphs cannot branch on the
+        data, so it applies the penalty after them, to the rows with a removed prototype only (their
+        logits in place, their normaliser recomputed). `removed` may be on the host."""
+        if self.every_head is None:
+            return logits, normaliser
+        rows = removed.flatten(1).any(dim=1).nonzero().squeeze(1)  # (R,) rows with an edit
+        if rows.numel() == 0:
+            return logits, normaliser
+        on_device = rows.to(logits.device)
+        edited = edit_penalty(
+            logits.index_select(0, on_device), removed.index_select(0, rows), self.every_head, self.per_head,
+            self.edit_penalty,
+        )  # fmt: skip
+        logits.index_copy_(0, on_device, edited)
+        return logits, normaliser.index_copy(0, on_device, edited.float().logsumexp(dim=-1, keepdim=True))
 
     def top(self, masked_logits: torch.Tensor, normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits with excluded items at -inf -> (top_ids, top_scores) (B, K_MAX), best first."""
@@ -217,8 +300,10 @@ def scorer_tensors(scorer: ServedScorer) -> tuple[dict[str, torch.Tensor], dict[
         tensors[f"f.{index}.weight"] = weight.float().contiguous()
         tensors[f"f.{index}.bias"] = bias.float().contiguous()
     metadata = {"format": WEIGHTS_FORMAT, "activation": scorer.activation, "k_max": str(scorer.k_max)}
-    if scorer.item_weights is not None:
-        tensors[ITEM_WEIGHTS] = scorer.item_weights.float().contiguous()
+    if scorer.per_head is not None:  # the (N, H, K) weights the tables are laid out from at load
+        n_items = scorer.per_head.shape[1]
+        weights = scorer.per_head.reshape(scorer.n_heads, -1, n_items).permute(2, 0, 1)
+        tensors[ITEM_WEIGHTS] = weights.float().contiguous()
         metadata["edit_penalty"] = repr(scorer.edit_penalty)
     return tensors, metadata
 
