@@ -22,8 +22,8 @@ here imports the training code, so a server needs only these tensors.
 - `edit_penalty` (APRON's optional γ, training/models/apron.py imports it from here, so the training
   model, the graphs and the torch backend share one definition): the cost of an edit, not of the
   catalog. A batch with no removed prototype skips it (an ONNX `If`); otherwise it gathers only the
-  removed prototypes' rows of two tables laid out (prototype, item) once, at export or load
-  (`penalty_tables`), and multiplies them by the batch's 0/1 removal columns.
+  removed prototypes' rows of a table laid out (prototype, item) once, at export or load
+  (`penalty_table`), and multiplies them by the batch's removal columns.
 """
 
 from __future__ import annotations
@@ -107,48 +107,39 @@ def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
-def penalty_tables(item_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The items' prototype weights W (N, H, K) -> the edit penalty's tables, rows by prototype:
-    (every_head (K, N): W's mean over heads, for a prototype removed in every head, which is what
-    an edit does; per_head (H*K, N): W itself, row h*K + k, for a prototype removed in some heads
-    only, which only an fp32 share that underflowed after a `weight` edit or a client's own profile
-    produce). Both are contiguous, so a removed prototype's row is one N-long read."""
+def penalty_table(item_weights: torch.Tensor) -> torch.Tensor:
+    """The items' prototype weights W (N, H, K) -> the edit penalty's table (K + H*K, N), laid out by
+    prototype: row k is W[:, :, k]'s mean over heads (prototype k removed in every head, which is
+    what an edit does), row K + h*K + k is W[:, h, k] (removed in head h only: an fp32 share that
+    underflowed after a `weight` edit, or a client's own profile). Contiguous, so a removed
+    prototype costs one N-long read."""
     n_items = item_weights.shape[0]
-    every_head = item_weights.mean(dim=1).t().contiguous()
-    per_head = item_weights.permute(1, 2, 0).reshape(-1, n_items).contiguous()
-    return every_head, per_head
-
-
-def _removed_rows_product(selection: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """0/1 selection (B, R0) over the rows of table (R0, N) -> selection @ table (B, N), reading only
-    the rows some batch row selects: a Gather of R rows and a (B, R) x (R, N) product."""
-    rows = selection.any(dim=0).nonzero().squeeze(1).to(table.device)  # (R,)
-    chosen = selection.to(table.device).index_select(1, rows).to(table.dtype)  # (B, R)
-    return chosen @ table.index_select(0, rows)  # (B, N)
+    every_head = item_weights.mean(dim=1).t()  # (K, N)
+    per_head = item_weights.permute(1, 2, 0).reshape(-1, n_items)  # (H*K, N)
+    return torch.cat([every_head, per_head]).contiguous()
 
 
 @torch.jit.script_if_tracing
-def edit_penalty(
-    logits: torch.Tensor, removed: torch.Tensor, every_head: torch.Tensor, per_head: torch.Tensor, gamma: float
-) -> torch.Tensor:
+def edit_penalty(logits: torch.Tensor, removed: torch.Tensor, table: torch.Tensor, gamma: float) -> torch.Tensor:
     """logits (B, N) - γ · (1/H) sum_{h,k} removed[b, h, k] W[n, h, k]: each item loses γ times its mean
     attention over heads on the prototypes whose share is 0 (`removed` (B, H, K) bool: profiles are
-    floored, so only an edit makes a share 0). Tables: `penalty_tables`, on any device; `removed` may
-    live on the host (the torch backend decides there, without a device synchronisation).
+    floored, so only an edit makes a share 0). `table`: `penalty_table(W)`, on any device; `removed`
+    may live on the host (the torch backend decides there, without a device synchronisation).
 
-    Exact factorisation: a prototype removed in every head contributes its `every_head` row (the
-    mean over heads), one removed in some heads its `per_head` rows divided by H. Each part is an
-    `If` in the traced graph (this function is scripted when traced), so a batch with nothing
-    removed does no penalty work and one with R removed rows reads R rows of N, not the (N, H, K)
-    catalog."""
+    Exact factorisation: a prototype removed in every head selects its mean-over-heads row with
+    weight 1, one removed in some heads its per-head rows with weight 1/H. The work is one `If` in
+    the traced graph (this function is scripted when traced): a batch with nothing removed skips
+    it, one with removals Gathers only the R rows its batch selects and multiplies (B, R) x (R, N),
+    never reading the (N, H, K) catalog."""
+    if not bool(removed.any()):
+        return logits
     every = removed.all(dim=1)  # (B, K): removed in every head
     partial = (removed & ~every.unsqueeze(1)).flatten(1)  # (B, H*K): removed in some heads only
-    if bool(every.any()):
-        logits = logits - (gamma * _removed_rows_product(every, every_head)).to(logits.dtype)
-    if bool(partial.any()):
-        penalty = _removed_rows_product(partial, per_head) * (gamma / removed.shape[1])
-        logits = logits - penalty.to(logits.dtype)
-    return logits
+    selection = torch.cat([every.to(table.dtype), partial.to(table.dtype) / removed.shape[1]], dim=1)  # (B, K + H*K)
+    rows = (selection > 0).any(dim=0).nonzero().squeeze(1)  # (R,) the rows some batch row selects
+    chosen = selection.index_select(1, rows).to(table.device)  # (B, R)
+    penalty = chosen @ table.index_select(0, rows.to(table.device))  # (B, N)
+    return logits - (gamma * penalty).to(logits.dtype)
 
 
 def exclusion_mask(exclude_ids: torch.Tensor, n_items: int) -> torch.Tensor:
@@ -188,15 +179,14 @@ class ServedScorer(nn.Module):
         super().__init__()
         self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
         # APRON's optional edit penalty (`edit_penalty`): γ · each item's mean attention on the
-        # prototypes whose share is 0 is subtracted from its logit. Its tables are laid out here,
-        # once per load; the weights file keeps the (N, H, K) item weights they come from.
+        # prototypes whose share is 0 is subtracted from its logit. Its table is laid out here,
+        # once per export or load; the weights file keeps the (N, H, K) item weights it comes from.
         if edit_penalty > 0 and item_weights is None:
             raise ValueError("an edit penalty needs the items' prototype weights (N, H, K)")
         self.edit_penalty = float(edit_penalty)
-        tables = penalty_tables(item_weights.float()) if edit_penalty > 0 else (None, None)
-        self.register_buffer("every_head", tables[0])  # (K, N)
-        self.register_buffer("per_head", tables[1])  # (H*K, N)
-        self.n_heads = prototype_values.shape[1]
+        table = penalty_table(item_weights.float()) if edit_penalty > 0 else None
+        self.register_buffer("penalty_table", table)  # (K + H*K, N)
+        self.n_heads, self.n_prototypes = prototype_values.shape[1], prototype_values.shape[0]
         modules: list[nn.Module] = []
         for index, (weight, bias) in enumerate(layers):
             linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -214,7 +204,7 @@ class ServedScorer(nn.Module):
 
     @property
     def penalised(self) -> bool:
-        return self.every_head is not None
+        return self.penalty_table is not None
 
     def removed(self, profile_weights: torch.Tensor) -> torch.Tensor:
         """(B, H, K) weights -> bool (B, H, K): the prototypes whose share is 0 (profiles are floored,
@@ -227,8 +217,8 @@ class ServedScorer(nn.Module):
         shares = profile_shares(profile_weights.float())
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
         logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
-        if penalise and self.every_head is not None:
-            logits = edit_penalty(logits, shares == 0, self.every_head, self.per_head, self.edit_penalty)
+        if penalise and self.penalty_table is not None:
+            logits = edit_penalty(logits, shares == 0, self.penalty_table, self.edit_penalty)
         return logits
 
     def normalised_logits(
@@ -246,16 +236,15 @@ class ServedScorer(nn.Module):
         `normalised_logits(weights)` returns: the torch backend's CUDA graphs cannot branch on the
         data, so it applies the penalty after them, to the rows with a removed prototype only (their
         logits in place, their normaliser recomputed). `removed` may be on the host."""
-        if self.every_head is None:
+        if self.penalty_table is None:
             return logits, normaliser
         rows = removed.flatten(1).any(dim=1).nonzero().squeeze(1)  # (R,) rows with an edit
         if rows.numel() == 0:
             return logits, normaliser
         on_device = rows.to(logits.device)
         edited = edit_penalty(
-            logits.index_select(0, on_device), removed.index_select(0, rows), self.every_head, self.per_head,
-            self.edit_penalty,
-        )  # fmt: skip
+            logits.index_select(0, on_device), removed.index_select(0, rows), self.penalty_table, self.edit_penalty
+        )
         logits.index_copy_(0, on_device, edited)
         return logits, normaliser.index_copy(0, on_device, edited.float().logsumexp(dim=-1, keepdim=True))
 
@@ -300,9 +289,9 @@ def scorer_tensors(scorer: ServedScorer) -> tuple[dict[str, torch.Tensor], dict[
         tensors[f"f.{index}.weight"] = weight.float().contiguous()
         tensors[f"f.{index}.bias"] = bias.float().contiguous()
     metadata = {"format": WEIGHTS_FORMAT, "activation": scorer.activation, "k_max": str(scorer.k_max)}
-    if scorer.per_head is not None:  # the (N, H, K) weights the tables are laid out from at load
-        n_items = scorer.per_head.shape[1]
-        weights = scorer.per_head.reshape(scorer.n_heads, -1, n_items).permute(2, 0, 1)
+    if scorer.penalty_table is not None:  # the (N, H, K) weights it is laid out from at load
+        per_head = scorer.penalty_table[scorer.n_prototypes :]  # (H*K, N)
+        weights = per_head.reshape(scorer.n_heads, scorer.n_prototypes, -1).permute(2, 0, 1)
         tensors[ITEM_WEIGHTS] = weights.float().contiguous()
         metadata["edit_penalty"] = repr(scorer.edit_penalty)
     return tensors, metadata

@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.served_model import edit_penalty, penalty_tables
+from export.served_model import edit_penalty, penalty_table
 from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
 
@@ -216,8 +216,8 @@ class APRON(nn.Module):
         logits = self.f(u.flatten(1))  # Eq. 14 concatenates the heads
         removed = shares == 0  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
         if self.config.edit_penalty > 0 and bool(removed.any()):  # the catalog's attention only when needed
-            tables = penalty_tables(self.item_prototype_weights())  # (K, N), (H*K, N)
-            logits = edit_penalty(logits, removed, *tables, self.config.edit_penalty)
+            table = penalty_table(self.item_prototype_weights())  # (K + H*K, N)
+            logits = edit_penalty(logits, removed, table, self.config.edit_penalty)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
