@@ -243,12 +243,18 @@ def bench_edit_penalty(
 ) -> PenaltyResult:
     """The scorer of APRON's `controllable` preset (training/models/apron.py PRESETS: edit penalty
     γ = 50) vs the same synthetic weights exported with γ = 0, on unedited profiles (no share 0) and
-    on edited ones (one tag removed in every head of every row, the gateway's "less τ"): ONNX
-    Runtime runs the exported graph (what Triton and the in-process backend serve), "torch" the
-    torch backend's `TorchModel.top_k` on CPU. Every runner is called in turn, call after call
-    (`time_alternating`), so load from other processes falls on penalised and plain alike."""
+    on edited ones (one tag removed in every head of every row, the gateway's "less τ"). Both run as
+    `apron serve` runs them: "onnxruntime" the exported scorer graph in the in-process backend's
+    session (`load_session`: the cores less one, no spinning; Triton's python backend runs the same
+    graph), "torch" the torch backend's `TorchModel.top_k` on CPU with as many threads. Every runner
+    is called in turn, call after call (`time_alternating`), so load from other processes falls on
+    penalised and plain alike."""
     import dataclasses
+    import tempfile
+    from pathlib import Path
 
+    from serving.backends.base import default_threads
+    from serving.backends.onnxruntime import load_session
     from serving.backends.torch import TorchModel
     from training.models.apron import APRON, PRESETS
 
@@ -258,31 +264,39 @@ def bench_edit_penalty(
     plain.load_state_dict(penalised.state_dict())
     cfg = penalised.config
     runners: dict[tuple[str, str], Callable[[np.ndarray, np.ndarray], object]] = {}
-    for variant, model in (("penalty", penalised), ("plain", plain.eval())):
-        graphs = export_onnx(model, k_max)
-        if "onnxruntime" in runtimes:
-            sess = session(graphs.onnx[contract.SCORER_MODEL])
-            runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
-                None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
-            )
-        if "torch" in runtimes:
-            modules = graphs.modules
-            torch_model = TorchModel(modules[contract.PROFILE_MODEL], modules[contract.SCORER_MODEL], "cpu", max(batches))
-            torch_model.capture()
-            runners[("torch", variant)] = lambda w, e, m=torch_model: m.top_k(w, list(e))
-        del graphs
-        gc.collect()
-    timings: dict[tuple[str, str, str, int], Timing] = {}
-    for batch in batches:
-        weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, batch, history_length)
-        edited = weights.copy()
-        edited[:, :, 0] = 0.0  # tag 0 removed in every head: the scale-0 edit
-        for runner in runners.values():
-            runner(edited, exclude)  # both branches warm before either is timed
-        for case, profile in (("unedited", weights), ("edited", edited)):
-            calls = {key: (lambda r=runner, w=profile, e=exclude: r(w, e)) for key, runner in runners.items()}
-            for (runtime, variant), timing in time_alternating(calls, batch, min_seconds).items():
-                timings[(runtime, variant, case, batch)] = timing
+    threads = torch.get_num_threads()
+    torch.set_num_threads(default_threads())
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            for variant, model in (("penalty", penalised), ("plain", plain.eval())):
+                graphs = export_onnx(model, k_max)
+                if "onnxruntime" in runtimes:
+                    path = Path(directory) / f"{variant}.onnx"
+                    path.write_bytes(graphs.onnx[contract.SCORER_MODEL])
+                    sess = load_session(path)
+                    runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
+                        None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
+                    )
+                if "torch" in runtimes:
+                    modules = graphs.modules
+                    torch_model = TorchModel(modules[contract.PROFILE_MODEL], modules[contract.SCORER_MODEL], "cpu", max(batches))
+                    torch_model.capture()
+                    runners[("torch", variant)] = lambda w, e, m=torch_model: m.top_k(w, list(e))
+                del graphs
+                gc.collect()
+        timings: dict[tuple[str, str, str, int], Timing] = {}
+        for batch in batches:
+            weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, batch, history_length)
+            edited = weights.copy()
+            edited[:, :, 0] = 0.0  # tag 0 removed in every head: the scale-0 edit
+            for runner in runners.values():
+                runner(edited, exclude)  # both branches warm before either is timed
+            for case, profile in (("unedited", weights), ("edited", edited)):
+                calls = {key: (lambda r=runner, w=profile, e=exclude: r(w, e)) for key, runner in runners.items()}
+                for (runtime, variant), timing in time_alternating(calls, batch, min_seconds).items():
+                    timings[(runtime, variant, case, batch)] = timing
+    finally:
+        torch.set_num_threads(threads)
     return PenaltyResult(n_items, cfg.edit_penalty, min(k_max, n_items), timings)
 
 

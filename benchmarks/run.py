@@ -284,10 +284,11 @@ def penalty_lines(results: list[PenaltyResult]) -> list[str]:
         "APRON's `controllable` preset subtracts γ · each item's mean attention on removed prototypes "
         f"(γ = {results[0].gamma:g}); the same synthetic weights exported with γ = 0 are the reference. "
         "`unedited`: no share is 0 (the graph's `If` skips the penalty); `edited`: one tag removed in every "
-        "head of every row (its row of the precomputed (K, N) table is gathered). ONNX Runtime runs the "
-        "`apron_scorer` graph, torch the torch backend's `TorchModel.top_k` (CPU, fp32); the runners are "
-        f"called in turn, call after call (`model_bench.bench_edit_penalty`). K_MAX {results[0].k_max}; "
-        f"{DEMO_CATALOG:,} items is the demo model's catalog (`make serve`).",
+        "head of every row (its row of the precomputed penalty table is gathered). ONNX Runtime runs the "
+        "`apron_scorer` graph in the in-process backend's session, torch the torch backend's "
+        "`TorchModel.top_k` (CPU, fp32), both with the threads `apron serve` gives them (the cores less "
+        "one); the four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
+        f"K_MAX {results[0].k_max}; {DEMO_CATALOG:,} items is the demo model's catalog (`make serve`).",
         "",
         "| items | runtime | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
         "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
