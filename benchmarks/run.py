@@ -22,10 +22,13 @@ import torch
 
 from benchmarks import gateway_bench
 from benchmarks.model_bench import (
+    PENALTY_CASES,
     CatalogResult,
     HistoryResult,
+    PenaltyResult,
     ProfileScaling,
     bench_catalog,
+    bench_edit_penalty,
     bench_history_lengths,
     bench_profile_scaling,
 )
@@ -41,6 +44,9 @@ TARGET_GATEWAY_FRACTION = 0.7  # gateway throughput / raw scorer throughput at t
 TARGET_P99_MS = 50.0  # at 70 % of the maximum throughput
 TARGET_ONE_CLIENT_MARGIN_MS = 1.0  # one client's cached p50 over the scorer's batch-1 p50
 TARGET_PROFILE_GROWTH = 2.0  # profile graph batch-1 cost at 100k items over its cost at 1k
+TARGET_PENALTY_RATIO = 1.2  # the controllable preset's scorer over the same scorer without the edit penalty
+PENALTY_BATCHES = (1, 32)
+DEMO_CATALOG = 2_813  # `make serve`'s demo model (Last.fm 2K's artists)
 LOAD_FRACTION = 0.7
 
 
@@ -51,6 +57,7 @@ class Report:
     gateway: gateway_bench.GatewayResults | None = None
     gateway_reason: str = ""  # why the gateway was not measured
     profile_scaling: ProfileScaling | None = None
+    penalties: list[PenaltyResult] = field(default_factory=list)
     load_average: tuple[float, float, float] = field(default_factory=os.getloadavg)  # at the start of the run
 
 
@@ -186,6 +193,23 @@ def cpu_targets(report: Report) -> list[tuple[str, str, bool | None]]:
     return rows
 
 
+def penalty_target(report: Report) -> tuple[str, str, bool | None]:
+    """Issue 19's edit-penalty row: its worst ratio over batch 1 and 32, edited and not (ONNX Runtime)."""
+    name = (
+        f"edit penalty: the `controllable` preset's scorer at {SERVED_CATALOG:,} items ≤ {TARGET_PENALTY_RATIO:g}× "
+        "the same scorer without it (γ = 0), batch 1 and 32, with and without a removed prototype (ONNX Runtime)"
+    )
+    result = next((r for r in report.penalties if r.n_items == SERVED_CATALOG), None)
+    if result is None or "onnxruntime" not in result.runtimes:
+        return name, f"not measured: no run at {SERVED_CATALOG:,} items", None
+    ratios = {(case, batch): result.ratio("onnxruntime", case, batch) for batch in result.batches for case in PENALTY_CASES}
+    worst = max(ratios, key=ratios.__getitem__)
+    measured = f"worst {ratios[worst]:.2f}× (b{worst[1]} {worst[0]}); " + ", ".join(
+        f"b{batch} {case} {ratio:.2f}×" for (case, batch), ratio in ratios.items()
+    )
+    return name, measured, ratios[worst] <= TARGET_PENALTY_RATIO
+
+
 def gpu_targets() -> list[tuple[str, str, bool | None]]:
     """The GPU rows of issue 13. `benchmarks.run` measures none of them: they need the lent GPU
     machine (`python -m benchmarks.gpu_scorer` times the scorer there); never filled in by hand."""
@@ -208,7 +232,7 @@ def gpu_targets() -> list[tuple[str, str, bool | None]]:
 
 def targets(report: Report) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met?) for each target; None = not measured."""
-    return cpu_targets(report) + gpu_targets()
+    return [*cpu_targets(report), penalty_target(report), *gpu_targets()]
 
 
 def bottleneck(report: Report) -> list[str]:
@@ -251,6 +275,37 @@ def profile_scaling_lines(scaling: ProfileScaling | None) -> list[str]:
     ]
 
 
+def penalty_lines(results: list[PenaltyResult]) -> list[str]:
+    if not results:
+        return []
+    lines = [
+        "## Edit penalty: the cost of an edit, not of the catalog",
+        "",
+        "APRON's `controllable` preset subtracts γ · each item's mean attention on removed prototypes "
+        f"(γ = {results[0].gamma:g}); the same synthetic weights exported with γ = 0 are the reference. "
+        "`unedited`: no share is 0 (the graph's `If` skips the penalty); `edited`: one tag removed in every "
+        "head of every row (its row of the precomputed penalty table is gathered). ONNX Runtime runs the "
+        "`apron_scorer` graph in the in-process backend's session, torch the torch backend's "
+        "`TorchModel.top_k` (CPU, fp32), both with the threads `apron serve` gives them (the cores less "
+        "one); the four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
+        f"K_MAX {results[0].k_max}; {DEMO_CATALOG:,} items is the demo model's catalog (`make serve`).",
+        "",
+        "| items | runtime | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
+        "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        for runtime in result.runtimes:
+            for batch in result.batches:
+                for case in PENALTY_CASES:
+                    penalty = result.timings[(runtime, "penalty", case, batch)]
+                    plain = result.timings[(runtime, "plain", case, batch)]
+                    lines.append(
+                        f"| {result.n_items:,} | {runtime} | {batch} | {case} | {fmt(penalty.p50_ms, 2)} | "
+                        f"{fmt(plain.p50_ms, 2)} | {result.ratio(runtime, case, batch):.2f}× |"
+                    )
+    return [*lines, ""]
+
+
 def render(report: Report, command: str, wall_s: float, started: str) -> str:
     served_result = served(report)
     raw = raw_scorer(report)
@@ -289,6 +344,7 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         *catalog_table(report.catalogs),
         "",
         *profile_scaling_lines(report.profile_scaling),
+        *penalty_lines(report.penalties),
         f"## Cost vs history length ({report.histories[0].n_items:,} items, batch 1, ONNX Runtime)"
         if report.histories else "## Cost vs history length",
         "",
@@ -332,6 +388,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per model measurement")
     parser.add_argument("--gateway-seconds", type=float, default=8.0, help="time per gateway load phase")
     parser.add_argument("--gateway-items", type=int, default=SERVED_CATALOG, help="catalog size served by the gateway")
+    parser.add_argument(
+        "--penalty-items", type=int, nargs="*", default=[DEMO_CATALOG, SERVED_CATALOG],
+        help="catalog sizes of the edit-penalty benchmark (the target is stated for 41000)",
+    )  # fmt: skip
     parser.add_argument("--clients", type=int, default=64, help="concurrent gRPC clients")
     parser.add_argument(
         "--load-processes", type=int, default=max(2, (os.cpu_count() or 2) // 4),
@@ -360,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"history lengths: done ({time.perf_counter() - start:.0f} s)", flush=True)
     report.profile_scaling = bench_profile_scaling(sorted(args.catalog_sizes), args.seconds / 2)
     print(f"profile scaling: done ({time.perf_counter() - start:.0f} s)", flush=True)
+    for n_items in args.penalty_items:
+        report.penalties.append(bench_edit_penalty(n_items, PENALTY_BATCHES, args.seconds * 2))
+        print(f"edit penalty, {n_items:,} items: done ({time.perf_counter() - start:.0f} s)", flush=True)
     if args.skip_gateway:
         report.gateway_reason = "skipped (--skip-gateway)"
     elif reason := gateway_bench.unavailable():
