@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from benchmarks.synthetic import synthetic_apron
-from benchmarks.timing import Timing, time_calls
+from benchmarks.timing import Timing, time_alternating, time_calls
 from export import contract
 from export.onnx_export import export_onnx, ragged, random_histories, session
 
@@ -206,6 +206,100 @@ def bench_torch_vs_ort(
     return timings
 
 
+PENALTY_RUNTIMES = ("onnxruntime", "torch")
+PENALTY_CASES = ("unedited", "edited")  # no share 0 / one prototype removed in every head of every row
+
+
+@dataclass(frozen=True)
+class PenaltyResult:
+    """The `controllable` preset's scorer (edit penalty γ > 0) against the same weights with γ = 0,
+    timed in one process: `timings[(runtime, "penalty" | "plain", case, batch)]`."""
+
+    n_items: int
+    gamma: float
+    k_max: int
+    timings: dict[tuple[str, str, str, int], Timing]
+
+    @property
+    def batches(self) -> list[int]:
+        return sorted({key[3] for key in self.timings})
+
+    @property
+    def runtimes(self) -> list[str]:
+        return [r for r in PENALTY_RUNTIMES if any(key[0] == r for key in self.timings)]
+
+    def ratio(self, runtime: str, case: str, batch: int) -> float:
+        """p50 with the penalty over p50 without it (target: ≤ 1.2 at 41k items)."""
+        return self.timings[(runtime, "penalty", case, batch)].p50_ms / self.timings[(runtime, "plain", case, batch)].p50_ms
+
+
+def bench_edit_penalty(
+    n_items: int,
+    batches: Iterable[int] = (1, 32),
+    min_seconds: float = 1.0,
+    runtimes: Iterable[str] = PENALTY_RUNTIMES,
+    k_max: int = contract.DEFAULT_K_MAX,
+    history_length: int = 50,
+) -> PenaltyResult:
+    """The scorer of APRON's `controllable` preset (training/models/apron.py PRESETS: edit penalty
+    γ = 50) vs the same synthetic weights exported with γ = 0, on unedited profiles (no share 0) and
+    on edited ones (one tag removed in every head of every row, the gateway's "less τ"). Both run as
+    `apron serve` runs them: "onnxruntime" the exported scorer graph in the in-process backend's
+    session (`load_session`: the cores less one, no spinning; Triton's python backend runs the same
+    graph), "torch" the torch backend's `TorchModel.top_k` on CPU with as many threads. Every runner
+    is called in turn, call after call (`time_alternating`), so load from other processes falls on
+    penalised and plain alike."""
+    import dataclasses
+    import tempfile
+    from pathlib import Path
+
+    from serving.backends.base import default_threads
+    from serving.backends.onnxruntime import load_session
+    from serving.backends.torch import TorchModel
+    from training.models.apron import APRON, PRESETS
+
+    batches, runtimes = list(batches), list(runtimes)
+    penalised = synthetic_apron(n_items, **PRESETS["controllable"])
+    plain = APRON(dataclasses.replace(penalised.config, edit_penalty=0.0))
+    plain.load_state_dict(penalised.state_dict())
+    cfg = penalised.config
+    runners: dict[tuple[str, str], Callable[[np.ndarray, np.ndarray], object]] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(default_threads())
+    try:
+        with tempfile.TemporaryDirectory() as directory:
+            for variant, model in (("penalty", penalised), ("plain", plain.eval())):
+                graphs = export_onnx(model, k_max)
+                if "onnxruntime" in runtimes:
+                    path = Path(directory) / f"{variant}.onnx"
+                    path.write_bytes(graphs.onnx[contract.SCORER_MODEL])
+                    sess = load_session(path)
+                    runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
+                        None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
+                    )
+                if "torch" in runtimes:
+                    modules = graphs.modules
+                    torch_model = TorchModel(modules[contract.PROFILE_MODEL], modules[contract.SCORER_MODEL], "cpu", max(batches))
+                    torch_model.capture()
+                    runners[("torch", variant)] = lambda w, e, m=torch_model: m.top_k(w, list(e))
+                del graphs
+                gc.collect()
+        timings: dict[tuple[str, str, str, int], Timing] = {}
+        for batch in batches:
+            weights, exclude = scorer_inputs(n_items, cfg.n_heads, cfg.n_tags, batch, history_length)
+            edited = weights.copy()
+            edited[:, :, 0] = 0.0  # tag 0 removed in every head: the scale-0 edit
+            for runner in runners.values():
+                runner(edited, exclude)  # both branches warm before either is timed
+            for case, profile in (("unedited", weights), ("edited", edited)):
+                calls = {key: (lambda r=runner, w=profile, e=exclude: r(w, e)) for key, runner in runners.items()}
+                for (runtime, variant), timing in time_alternating(calls, batch, min_seconds).items():
+                    timings[(runtime, variant, case, batch)] = timing
+    finally:
+        torch.set_num_threads(threads)
+    return PenaltyResult(n_items, cfg.edit_penalty, min(k_max, n_items), timings)
+
+
 def main() -> int:
     """`python -m benchmarks.model_bench`: the profile's catalog scaling and ORT vs torch on CPU."""
     import os
@@ -222,6 +316,16 @@ def main() -> int:
     print("scorer, 40,940 items, fp32 CPU: ONNX Runtime vs torch backend")
     for name, timing in bench_torch_vs_ort(40_940, (1, 32), 1.0).items():
         print(f"  {name:>16}: p50 {timing.p50_ms:.2f} ms, {timing.throughput:.0f} rows/s")
+    for n_items, batches, k_max in ((41_000, (1, 32), contract.DEFAULT_K_MAX), (2_813, (1,), 100)):
+        result = bench_edit_penalty(n_items, batches, 1.5, k_max=k_max)
+        print(f"scorer of the controllable preset (γ = {result.gamma:g}) vs γ = 0, {n_items:,} items, K_MAX {result.k_max}")
+        for runtime in result.runtimes:
+            for batch in result.batches:
+                for case in PENALTY_CASES:
+                    penalty = result.timings[(runtime, "penalty", case, batch)].p50_ms
+                    plain = result.timings[(runtime, "plain", case, batch)].p50_ms
+                    print(f"  {runtime:>11} b{batch:<3} {case:>8}: p50 {penalty:.2f} vs {plain:.2f} ms = "
+                          f"{result.ratio(runtime, case, batch):.2f}x")  # fmt: skip
     return 0
 
 

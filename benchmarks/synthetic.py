@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -40,11 +41,14 @@ def synthetic_dataset(n_items: int, n_tags: int = N_TAGS, seed: int = 0) -> Simp
     )
 
 
-def synthetic_apron(n_items: int, n_tags: int = N_TAGS, feature_dim: int = FEATURE_DIM, seed: int = 0) -> APRON:
+def synthetic_apron(
+    n_items: int, n_tags: int = N_TAGS, feature_dim: int = FEATURE_DIM, seed: int = 0, **hyperparameters: Any
+) -> APRON:
+    """`hyperparameters`: APRON config fields (a preset of training/models/apron.py PRESETS, say)."""
     torch.manual_seed(seed)
     dataset = synthetic_dataset(n_items, n_tags, seed)
     features = np.random.default_rng(seed).normal(size=(n_items, feature_dim)).astype(np.float32)
-    return APRON.from_data(dataset, features).eval()
+    return APRON.from_data(dataset, features, **hyperparameters).eval()
 
 
 def synthetic_checkpoint(path: Path, n_items: int, seed: int = 0) -> Path:

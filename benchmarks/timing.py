@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,3 +51,24 @@ def time_calls(fn: Callable[[], object], batch: int, min_seconds: float, min_cal
         if len(latencies) >= min_calls and time.perf_counter() - start >= min_seconds:
             break
     return Timing(np.asarray(latencies), batch, time.perf_counter() - start)
+
+
+def time_alternating(
+    fns: Mapping[Hashable, Callable[[], object]], batch: int, min_seconds: float, min_calls: int = 5, warmup: int = 2
+) -> dict[Hashable, Timing]:
+    """Call each of `fns` once per round, round after round, until `min_seconds` (all of them
+    together) and `min_calls` rounds are reached: a ratio of two of them is then measured under
+    the same load from other processes, call by call. Each Timing's wall time is its own calls'."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    latencies: dict[Hashable, list[float]] = {key: [] for key in fns}
+    start = time.perf_counter()
+    while True:
+        for key, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            latencies[key].append(time.perf_counter() - t0)
+        if len(latencies[next(iter(fns))]) >= min_calls and time.perf_counter() - start >= min_seconds:
+            break
+    return {key: Timing(np.asarray(values), batch, float(np.sum(values))) for key, values in latencies.items()}

@@ -19,6 +19,11 @@ here imports the training code, so a server needs only these tensors.
   with the square of the batch, still 5x faster than the scatter at batch 256.
 - `ServedScorer` (Eq. 13-14, 6): shares per head, u, f(u), then the log-softmax score of the top
   K_MAX items over the whole catalog, excluded ids at -inf.
+- `edit_penalty` (APRON's optional γ, training/models/apron.py imports it from here, so the training
+  model, the graphs and the torch backend share one definition): the cost of an edit, not of the
+  catalog. A batch with no removed prototype skips it (an ONNX `If`); otherwise it gathers only the
+  removed prototypes' rows of a table laid out (prototype, item) once, at export or load
+  (`penalty_table`), and multiplies them by the batch's removal columns.
 """
 
 from __future__ import annotations
@@ -102,6 +107,41 @@ def profile_shares(weights: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return weights / weights.sum(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def penalty_table(item_weights: torch.Tensor) -> torch.Tensor:
+    """The items' prototype weights W (N, H, K) -> the edit penalty's table (K + H*K, N), laid out by
+    prototype: row k is W[:, :, k]'s mean over heads (prototype k removed in every head, which is
+    what an edit does), row K + h*K + k is W[:, h, k] (removed in head h only: an fp32 share that
+    underflowed after a `weight` edit, or a client's own profile). Contiguous, so a removed
+    prototype costs one N-long read."""
+    n_items = item_weights.shape[0]
+    every_head = item_weights.mean(dim=1).t()  # (K, N)
+    per_head = item_weights.permute(1, 2, 0).reshape(-1, n_items)  # (H*K, N)
+    return torch.cat([every_head, per_head]).contiguous()
+
+
+@torch.jit.script_if_tracing
+def edit_penalty(logits: torch.Tensor, removed: torch.Tensor, table: torch.Tensor, gamma: float) -> torch.Tensor:
+    """logits (B, N) - γ · (1/H) sum_{h,k} removed[b, h, k] W[n, h, k]: each item loses γ times its mean
+    attention over heads on the prototypes whose share is 0 (`removed` (B, H, K) bool: profiles are
+    floored, so only an edit makes a share 0). `table`: `penalty_table(W)`, on any device; `removed`
+    may live on the host (the torch backend decides there, without a device synchronisation).
+
+    Exact factorisation: a prototype removed in every head selects its mean-over-heads row with
+    weight 1, one removed in some heads its per-head rows with weight 1/H. The work is one `If` in
+    the traced graph (this function is scripted when traced): a batch with nothing removed skips
+    it, one with removals Gathers only the R rows its batch selects and multiplies (B, R) x (R, N),
+    never reading the (N, H, K) catalog."""
+    if not bool(removed.any()):
+        return logits
+    every = removed.all(dim=1)  # (B, K): removed in every head
+    partial = (removed & ~every.unsqueeze(1)).flatten(1)  # (B, H*K): removed in some heads only
+    selection = torch.cat([every.to(table.dtype), partial.to(table.dtype) / removed.shape[1]], dim=1)  # (B, K + H*K)
+    rows = (selection > 0).any(dim=0).nonzero().squeeze(1)  # (R,) the rows some batch row selects
+    chosen = selection.index_select(1, rows).to(table.device)  # (B, R)
+    penalty = chosen @ table.index_select(0, rows.to(table.device))  # (B, N)
+    return logits - (gamma * penalty).to(logits.dtype)
+
+
 def exclusion_mask(exclude_ids: torch.Tensor, n_items: int) -> torch.Tensor:
     """Padded ids (B, E) -> bool (B, N), True at excluded items. Padding and ids outside [0, N) set
     nothing: they are scattered into an extra column N that is dropped (ONNX has no masked scatter)."""
@@ -138,12 +178,15 @@ class ServedScorer(nn.Module):
     ):
         super().__init__()
         self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
-        # APRON's optional edit penalty (training/models/apron.py `score_shares`): γ · each item's
-        # mean attention on the prototypes whose share is 0 is subtracted from its logit.
+        # APRON's optional edit penalty (`edit_penalty`): γ · each item's mean attention on the
+        # prototypes whose share is 0 is subtracted from its logit. Its table is laid out here,
+        # once per export or load; the weights file keeps the (N, H, K) item weights it comes from.
         if edit_penalty > 0 and item_weights is None:
             raise ValueError("an edit penalty needs the items' prototype weights (N, H, K)")
         self.edit_penalty = float(edit_penalty)
-        self.register_buffer("item_weights", None if edit_penalty <= 0 else item_weights.float())  # (N, H, K)
+        table = penalty_table(item_weights.float()) if edit_penalty > 0 else None
+        self.register_buffer("penalty_table", table)  # (K + H*K, N)
+        self.n_heads, self.n_prototypes = prototype_values.shape[1], prototype_values.shape[0]
         modules: list[nn.Module] = []
         for index, (weight, bias) in enumerate(layers):
             linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -159,22 +202,51 @@ class ServedScorer(nn.Module):
         self.n_items = layers[-1][0].shape[0]
         self.k_max = min(k_max, self.n_items)
 
-    def logits(self, profile_weights: torch.Tensor) -> torch.Tensor:
-        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype. (B, H, K) -> (B, N)"""
+    @property
+    def penalised(self) -> bool:
+        return self.penalty_table is not None
+
+    def removed(self, profile_weights: torch.Tensor) -> torch.Tensor:
+        """(B, H, K) weights -> bool (B, H, K): the prototypes whose share is 0 (profiles are floored,
+        so only an edit removes one; an empty profile has every share 0)."""
+        return profile_shares(profile_weights.float()) == 0
+
+    def logits(self, profile_weights: torch.Tensor, penalise: bool = True) -> torch.Tensor:
+        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype, then the edit penalty
+        (unless `penalise` is False: see `penalise_rows`). (B, H, K) -> (B, N)"""
         shares = profile_shares(profile_weights.float())
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
         logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
-        if self.item_weights is not None:
-            removed = (shares == 0).float()  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
-            on_removed = torch.einsum("bhk,nhk->bn", removed, self.item_weights) / self.item_weights.shape[1]
-            logits = logits - (self.edit_penalty * on_removed).to(logits.dtype)
+        if penalise and self.penalty_table is not None:
+            logits = edit_penalty(logits, shares == 0, self.penalty_table, self.edit_penalty)
         return logits
 
-    def normalised_logits(self, profile_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def normalised_logits(
+        self, profile_weights: torch.Tensor, penalise: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits (B, N) in f's dtype, their fp32 log-sum-exp (B, 1)): the log-softmax over the
         whole catalog is logits - normaliser, excluded items included in the normaliser."""
-        logits = self.logits(profile_weights)
+        logits = self.logits(profile_weights, penalise)
         return logits, logits.float().logsumexp(dim=-1, keepdim=True)
+
+    def penalise_rows(
+        self, logits: torch.Tensor, normaliser: torch.Tensor, removed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`normalised_logits(..., penalise=False)`'s outputs + `removed(weights)` -> what
+        `normalised_logits(weights)` returns: the torch backend's CUDA graphs cannot branch on the
+        data, so it applies the penalty after them, to the rows with a removed prototype only (their
+        logits in place, their normaliser recomputed). `removed` may be on the host."""
+        if self.penalty_table is None:
+            return logits, normaliser
+        rows = removed.flatten(1).any(dim=1).nonzero().squeeze(1)  # (R,) rows with an edit
+        if rows.numel() == 0:
+            return logits, normaliser
+        on_device = rows.to(logits.device)
+        edited = edit_penalty(
+            logits.index_select(0, on_device), removed.index_select(0, rows), self.penalty_table, self.edit_penalty
+        )
+        logits.index_copy_(0, on_device, edited)
+        return logits, normaliser.index_copy(0, on_device, edited.float().logsumexp(dim=-1, keepdim=True))
 
     def top(self, masked_logits: torch.Tensor, normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits with excluded items at -inf -> (top_ids, top_scores) (B, K_MAX), best first."""
@@ -217,8 +289,10 @@ def scorer_tensors(scorer: ServedScorer) -> tuple[dict[str, torch.Tensor], dict[
         tensors[f"f.{index}.weight"] = weight.float().contiguous()
         tensors[f"f.{index}.bias"] = bias.float().contiguous()
     metadata = {"format": WEIGHTS_FORMAT, "activation": scorer.activation, "k_max": str(scorer.k_max)}
-    if scorer.item_weights is not None:
-        tensors[ITEM_WEIGHTS] = scorer.item_weights.float().contiguous()
+    if scorer.penalty_table is not None:  # the (N, H, K) weights it is laid out from at load
+        per_head = scorer.penalty_table[scorer.n_prototypes :]  # (H*K, N)
+        weights = per_head.reshape(scorer.n_heads, scorer.n_prototypes, -1).permute(2, 0, 1)
+        tensors[ITEM_WEIGHTS] = weights.float().contiguous()
         metadata["edit_penalty"] = repr(scorer.edit_penalty)
     return tensors, metadata
 

@@ -7,6 +7,10 @@ CPU: fp32, eager. CUDA (written for the lent H100; NOT run on a GPU here, CI has
 - one CUDA graph per batch-size bucket (powers of two up to --max-batch-size, captured at start):
   shares -> u -> f -> log-sum-exp into static buffers. A batch is padded with zero rows to its
   bucket (a zero profile scores finite numbers that nobody reads);
+- APRON's edit penalty branches on the data (it costs nothing unless a prototype was removed), which
+  a captured graph cannot: the graphs score without it, and the rows whose host-side shares have a
+  0 get it afterwards (`ServedScorer.penalise_rows`: the removed prototypes' table rows, their
+  log-sum-exp again);
 - exclusions are written as -inf into the graph's logits by one `index_put_` of the batch's valid
   (row, id) pairs, then top-k runs on the GPU: exclusion lists have any length, so they stay out of
   the captured graph instead of multiplying the graphs by length buckets;
@@ -129,8 +133,9 @@ class TorchModel:
     # ---- scorer: a graph (or eager run) per bucket, then exclusions and top-k ------------------
 
     def _fill(self, bucket: _Bucket) -> None:
-        """The bucket's static computation: weights -> logits, normaliser (what a graph captures)."""
-        bucket.logits, bucket.normaliser = self.scorer_module.normalised_logits(bucket.weights)
+        """The bucket's static computation: weights -> logits, normaliser (what a graph captures),
+        without the edit penalty, which `top_k` adds to the rows that need it."""
+        bucket.logits, bucket.normaliser = self.scorer_module.normalised_logits(bucket.weights, penalise=False)
 
     def capture(self) -> None:
         """Warm up and capture one CUDA graph per bucket (on CPU: one eager warm-up run each)."""
@@ -162,8 +167,9 @@ class TorchModel:
         valid = (columns >= 0) & (columns < self.scorer_module.n_items)  # padding / unknown ids exclude nothing
         with self._lock, torch.inference_mode():
             bucket = self._bucket(batch)
+            host = torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32))
             staged = self._pinned_weights[:batch]
-            staged.copy_(torch.from_numpy(np.ascontiguousarray(weights, dtype=np.float32)))
+            staged.copy_(host)
             bucket.weights[:batch].copy_(staged, non_blocking=True)
             bucket.weights[batch:].zero_()  # padding rows: a zero profile, never read
             if bucket.graph is not None:
@@ -171,11 +177,15 @@ class TorchModel:
             else:
                 self._fill(bucket)
             logits = bucket.logits[:batch]  # (B, N), a view of the static buffer
+            normaliser = bucket.normaliser[:batch]
+            if self.scorer_module.penalised:  # decided on the host copy: no device synchronisation
+                removed = self.scorer_module.removed(host)
+                logits, normaliser = self.scorer_module.penalise_rows(logits, normaliser, removed)
             if valid.any():
                 index = torch.from_numpy(np.stack([rows[valid], columns[valid]]))  # (2, E_valid)
                 index = index.pin_memory().to(self.device, non_blocking=True) if self.cuda else index
                 logits.index_put_((index[0], index[1]), torch.tensor(float("-inf"), dtype=logits.dtype, device=self.device))
-            ids, scores = self.scorer_module.top(logits, bucket.normaliser[:batch])  # on the device
+            ids, scores = self.scorer_module.top(logits, normaliser)  # on the device
             out_ids, out_scores = self._pinned_ids[:batch], self._pinned_scores[:batch]
             out_ids.copy_(ids, non_blocking=True)
             out_scores.copy_(scores, non_blocking=True)

@@ -14,16 +14,19 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     code = main(
         ["--output", str(output), "--workdir", str(tmp_path / "work"), "--catalog-sizes", "1000", "41000",
          "--history-lengths", "10", "--seconds", "0.05", "--gateway-seconds", "1", "--gateway-items", "500",
-         "--clients", "4"]
+         "--clients", "4", "--penalty-items", "600"]
     )  # fmt: skip
     assert code == 0
     text = output.read_text()
     for heading in ("## Targets", "## Scorer: ONNX Runtime vs PyTorch eager", "## Cost vs catalog size",
                     "## Cost vs history length", "## Raw scorer vs gateway", "### Micro-batching on vs off",
-                    "### Profile cache hit vs miss", "### Where the CPU goes"):  # fmt: skip
+                    "### Profile cache hit vs miss", "### Where the CPU goes",
+                    "## Edit penalty: the cost of an edit, not of the catalog"):  # fmt: skip
         assert heading in text, heading
     ratio = re.search(r"\| ratio on / off \| ([0-9.]+)× \|", text)
     assert ratio and float(ratio.group(1)) > 0
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
     assert busy and 0 < int(busy.group(1)) <= 100
     assert "nan" not in text.lower()
+    assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
+    assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2

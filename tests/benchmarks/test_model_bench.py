@@ -7,7 +7,13 @@ import json
 import pytest
 
 from benchmarks import gpu_scorer
-from benchmarks.model_bench import bench_profile_batches, bench_profile_scaling, bench_torch_vs_ort
+from benchmarks.model_bench import (
+    PENALTY_CASES,
+    bench_edit_penalty,
+    bench_profile_batches,
+    bench_profile_scaling,
+    bench_torch_vs_ort,
+)
 
 
 def test_gpu_scorer_smoke_test_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,3 +33,12 @@ def test_profile_scaling_and_backends_report_every_shape() -> None:
     assert set(batches) == {1, 4} and all(t.throughput > 0 for t in batches.values())
     timings = bench_torch_vs_ort(300, (1, 2), min_seconds=0.01, history_length=10)
     assert set(timings) == {"onnxruntime/b1", "torch/b1", "onnxruntime/b2", "torch/b2"}
+
+
+def test_edit_penalty_benchmark_times_both_variants_of_every_case() -> None:
+    result = bench_edit_penalty(300, (1, 3), min_seconds=0.01, k_max=20)
+    assert result.gamma > 0 and result.k_max == 20 and result.runtimes == ["onnxruntime", "torch"]
+    keys = {(r, v, c, b) for r in result.runtimes for v in ("penalty", "plain") for c in PENALTY_CASES for b in (1, 3)}
+    assert set(result.timings) == keys
+    assert all(t.calls >= 5 and t.batch == key[3] for key, t in result.timings.items())
+    assert all(result.ratio(r, c, b) > 0 for r in result.runtimes for c in PENALTY_CASES for b in (1, 3))

@@ -24,7 +24,7 @@ import torch
 from export.pipeline import ExportResult, export_checkpoint
 from export.triton_repository import RepositorySettings
 from export.triton_server import TritonServer, run_triton_server
-from training.checkpoint import Checkpoint, save_checkpoint
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.models.apron import APRON
 
 TINY = {"n_items": 150, "n_tags": 6, "feature_dim": 48, "n_heads": 4, "head_dim": 8, "hidden_dims": (32,)}
@@ -125,6 +125,34 @@ def python_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFa
     """A python-backend repository (version 1) of the tiny checkpoint. Treat as read-only."""
     repository = tmp_path_factory.mktemp("repository") / "model_repository"
     export_tiny_repository(tiny_checkpoint, repository)
+    return repository
+
+
+EDIT_PENALTY = 10.0  # γ of `penalised_checkpoint`
+
+
+def with_options(checkpoint: Path, path: Path, **options: object) -> Path:
+    """The checkpoint's weights under an APRON config with `options` changed, saved to `path`."""
+    import dataclasses
+
+    model, info = load_checkpoint(checkpoint)
+    changed = APRON(dataclasses.replace(model.config, **options))
+    changed.load_state_dict(model.state_dict())
+    return save_checkpoint(path, changed.eval(), info)
+
+
+@pytest.fixture(scope="session")
+def penalised_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with APRON's edit penalty on (γ = EDIT_PENALTY)."""
+    return with_options(tiny_checkpoint, tmp_path_factory.mktemp("penalised") / "apron.pt", edit_penalty=EDIT_PENALTY)
+
+
+@pytest.fixture(scope="session")
+def penalised_repository(penalised_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A python-backend repository of `penalised_checkpoint` whose K_MAX is the whole catalog, so
+    every item's score comes back. Treat as read-only."""
+    repository = tmp_path_factory.mktemp("penalised_repository") / "model_repository"
+    export_tiny_repository(penalised_checkpoint, repository, k_max=TINY["n_items"])
     return repository
 
 

@@ -20,6 +20,7 @@ from export.onnx_export import (
     session,
     tolerances,
 )
+from tests.edit_penalty import edited_batches, reference_logits, reference_scores
 from tests.export.fixtures import TINY, TINY_K_MAX
 from training.checkpoint import load_checkpoint
 from training.models.apron import APRON
@@ -209,29 +210,96 @@ def _with_config(model: APRON, **changes: object) -> APRON:
     return other.eval()
 
 
-def test_edit_penalty_is_exported_and_served_like_pytorch(model: APRON) -> None:
-    """APRON's optional edit penalty lives in `score`; the ONNX scorer and the weights file carry it."""
-    from export.served_model import scorer_from_tensors, scorer_tensors
+@pytest.fixture(scope="module")
+def penalised(model: APRON) -> APRON:
+    return _with_config(model, edit_penalty=10.0)
 
-    penalised = _with_config(model, edit_penalty=10.0)
-    graphs = export_onnx(penalised, k_max=TINY_K_MAX)
-    histories = random_histories(TINY["n_items"], 8, 30, np.random.default_rng(5))[1:]
-    x = multi_hot(histories, TINY["n_items"])
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_edit_penalty_matches_the_whole_table_formula_in_every_runtime(penalised: APRON, fp16: bool) -> None:
+    """ONNX Runtime, the traced module and the torch backend's weights file score every edit case
+    (tests/edit_penalty.py) like the einsum over the whole (N, H, K) table that the penalty was
+    before it became the cost of an edit; the weights file keeps the (N, H, K) weights."""
+    from export.served_model import ITEM_WEIGHTS, load_tensors, scorer_from_tensors
+
+    n_items = TINY["n_items"]
+    graphs = export_onnx(penalised, k_max=n_items, fp16=fp16)  # every item's score, sorted
+    onnx_scorer = session(graphs.onnx[contract.SCORER_MODEL])
+    tensors, metadata = load_tensors(graphs.weights[contract.SCORER_MODEL])
     with torch.no_grad():
-        weights = penalised.profile_weights(x)
-    tag = int(weights.sum(dim=(0, 1)).argmax())
-    dropped = weights.clone()
-    dropped[:, :, tag] = 0.0
-    ids, scores = session(graphs.onnx[contract.SCORER_MODEL]).run(
-        None, {contract.PROFILE_WEIGHTS: dropped.numpy(), contract.EXCLUDE_IDS: histories}
-    )
-    expected_ids, expected_scores = reference_top_k(penalised, dropped, x, TINY_K_MAX)
-    np.testing.assert_array_equal(ids, expected_ids)
-    np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-5)
-    _, plain_scores = reference_top_k(model, dropped, x, TINY_K_MAX)
-    assert not np.allclose(plain_scores, expected_scores)  # the penalty changed the served scores
-    served = scorer_from_tensors(*scorer_tensors(served_scorer(penalised, TINY_K_MAX)))
-    torch.testing.assert_close(served.logits(dropped), penalised.score(dropped), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(tensors[ITEM_WEIGHTS], penalised.item_prototype_weights(), rtol=0, atol=0)
+    dtype = torch.float16 if fp16 else torch.float32
+    from_file = scorer_from_tensors(tensors, metadata, dtype)
+    histories = random_histories(n_items, 6, 30, np.random.default_rng(5))[1:]  # 5 non-empty rows
+    with torch.no_grad():
+        weights = penalised.profile_weights(multi_hot(histories, n_items))
+    no_exclusions = np.full((len(histories), 1), contract.PAD_ID, np.int64)
+    atol, rtol = tolerances(fp16)
+    modules = {"traced module": graphs.modules[contract.SCORER_MODEL], "weights file": from_file}
+    for case, batch in edited_batches(weights).items():
+        with torch.no_grad():
+            expected = reference_logits(penalised, batch)
+            for name, module in modules.items():
+                logits = module.logits(batch).float()
+                torch.testing.assert_close(logits, expected, rtol=rtol, atol=atol * 10, msg=f"{case}: {name}")
+        feeds = {contract.PROFILE_WEIGHTS: batch.numpy(), contract.EXCLUDE_IDS: no_exclusions}
+        _, top_scores = onnx_scorer.run(None, feeds)
+        expected_scores = reference_scores(penalised, batch).numpy()
+        np.testing.assert_allclose(top_scores, expected_scores, rtol=rtol, atol=atol * 10, err_msg=case)
+
+
+def _nodes(graph: object, inside_if: bool = False) -> list[tuple[object, bool]]:
+    """Every node of an ONNX graph with its subgraphs', and whether it sits inside an `If` branch."""
+    import onnx
+
+    found = []
+    for node in graph.node:
+        found.append((node, inside_if))
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                found += _nodes(attribute.g, inside_if or node.op_type == "If")
+    return found
+
+
+def _nodes_run(onnx_model: bytes, feeds: dict[str, np.ndarray], directory: Path) -> set[str]:
+    """The names of the nodes ONNX Runtime ran for `feeds` (its profiler, subgraphs included)."""
+    import json
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.enable_profiling = True
+    options.profile_file_prefix = str(directory / "scorer")
+    runner = ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+    runner.run(None, feeds)
+    events = json.loads(Path(runner.end_profiling()).read_text())
+    suffix = "_kernel_time"
+    return {e["name"].removesuffix(suffix) for e in events if e.get("cat") == "Node" and e["name"].endswith(suffix)}
+
+
+def test_a_batch_without_removal_never_reads_the_penalty_table(penalised: APRON, tmp_path: Path) -> None:
+    """The scorer graph reads its penalty table only through a Gather inside an `If` branch, and
+    ONNX Runtime runs it only for a batch with a removed prototype: an unedited batch pays no
+    penalty work, an edited one reads the removed prototypes' rows."""
+    import onnx
+
+    graphs = export_onnx(penalised, k_max=TINY_K_MAX)
+    scorer = graphs.onnx[contract.SCORER_MODEL]
+    readers = [(node, inside) for node, inside in _nodes(onnx.load_from_string(scorer).graph)
+               if "penalty_table" in node.input]  # fmt: skip
+    assert len(readers) == 1 and all(node.op_type == "Gather" and inside for node, inside in readers), readers
+    table_gathers = {node.name for node, _ in readers}
+    histories = random_histories(TINY["n_items"], 6, 30, np.random.default_rng(5))[1:]
+    with torch.no_grad():
+        weights = penalised.profile_weights(multi_hot(histories, TINY["n_items"]))
+    batches = edited_batches(weights)
+    feeds = {
+        case: {contract.PROFILE_WEIGHTS: batches[case].numpy(), contract.EXCLUDE_IDS: histories}
+        for case in ("none", "some heads")
+    }
+    assert not table_gathers & _nodes_run(scorer, feeds["none"], tmp_path)
+    assert table_gathers <= _nodes_run(scorer, feeds["some heads"], tmp_path)
 
 
 def test_summed_profiles_are_refused_by_the_export(model: APRON) -> None:

@@ -4,17 +4,20 @@ repository: same numbers as in-process ONNX Runtime, dynamic batching visible in
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from export import contract
-from export.onnx_export import ragged, random_histories, session
+from export.onnx_export import history_multi_hot, ragged, random_histories, session
 from export.triton_server import TritonServer, TritonServerError, run_triton_server
+from tests.edit_penalty import edited_batches, reference_scores
 from tests.export.fixtures import (
     REPOSITORY_README,
     TINY,
@@ -23,6 +26,7 @@ from tests.export.fixtures import (
     make_tiny_checkpoint,
 )
 from tests.polling import wait_until
+from training.checkpoint import load_checkpoint
 
 DTYPES = {np.dtype(np.int64): "INT64", np.dtype(np.float32): "FP32"}
 PROFILE_OUTPUTS = [contract.PROFILE_WEIGHTS, contract.HISTORY_LENGTH]
@@ -207,3 +211,32 @@ def test_version_exported_while_serving_is_loaded_beside_the_old(tiny_checkpoint
         assert not np.allclose(answers["1"], answers["2"])  # two different models, each served by its number
         # the default (no version asked) is the latest, as the version policy orders them
         np.testing.assert_array_equal(infer(server.grpc_url, contract.SCORER_MODEL, scorer_inputs, outputs)[1], answers["2"])
+
+
+@pytest.fixture(scope="module")
+def penalised_server(penalised_repository: Path) -> Iterator[TritonServer]:
+    with run_triton_server(penalised_repository) as server:
+        yield server
+
+
+def test_edit_penalty_is_served_like_the_whole_table_formula(
+    penalised_server: TritonServer, penalised_repository: Path, penalised_checkpoint: Path
+) -> None:
+    """The python backend runs the scorer graph whose edit penalty skips unedited batches and reads
+    only removed prototypes' rows: every edit case scores like the einsum reference over the whole
+    (N, H, K) table and like in-process ONNX Runtime (K_MAX is the whole catalog here)."""
+    model, _ = load_checkpoint(penalised_checkpoint)
+    n_items = TINY["n_items"]
+    histories = random_histories(n_items, 6, 30, np.random.default_rng(13))[1:]  # 5 non-empty rows
+    with torch.no_grad():
+        weights = model.profile_weights(history_multi_hot(torch.from_numpy(histories), n_items))
+    excluded = history_multi_hot(torch.from_numpy(histories), n_items) > 0
+    outputs = [contract.TOP_IDS, contract.TOP_SCORES]
+    for case, batch in edited_batches(weights).items():
+        inputs = {contract.PROFILE_WEIGHTS: batch.numpy(), contract.EXCLUDE_IDS: histories}
+        top_ids, top_scores = infer(penalised_server.grpc_url, contract.SCORER_MODEL, inputs, outputs)
+        expected_ids, expected_scores = local(penalised_repository, contract.SCORER_MODEL).run(None, inputs)
+        np.testing.assert_array_equal(top_ids, expected_ids, err_msg=case)
+        np.testing.assert_allclose(top_scores, expected_scores, rtol=1e-6, atol=1e-6, err_msg=case)
+        reference = reference_scores(model, batch, excluded).numpy()
+        np.testing.assert_allclose(top_scores, reference, rtol=1e-5, atol=1e-4, err_msg=case)

@@ -21,6 +21,8 @@ from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
 from serving.server import ApronServer, create_server
 from tests.export.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
+    penalised_checkpoint,
+    penalised_repository,
     python_repository,
     tiny_checkpoint,
     tiny_dataset,

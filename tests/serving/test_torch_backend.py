@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from export import contract
-from export.onnx_export import random_histories, session
+from export.onnx_export import history_multi_hot, random_histories, session
 from serving.backends.torch import TorchModel, batch_buckets, weights_path
+from tests.edit_penalty import edited_batches, reference_scores
 from tests.export.fixtures import TINY, TINY_K_MAX
+from training.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +79,28 @@ def test_missing_weights_name_the_fix(python_repository: Path, tmp_path: Path) -
     weights_path(copy, contract.SCORER_MODEL, 1).unlink()
     with pytest.raises(FileNotFoundError, match="export the checkpoint again"):
         TorchModel.load(copy, 1, "cpu")
+
+
+def test_edit_penalty_matches_the_whole_table_formula(penalised_checkpoint: Path, penalised_repository: Path) -> None:
+    """The bucket step (what a CUDA graph captures) scores without the edit penalty; the rows with
+    a removed prototype get it afterwards. Every edit case scores like the einsum reference over the
+    whole (N, H, K) table and like ONNX Runtime, in a batch padded to its bucket (5 -> 8) and with
+    the history excluded."""
+    model, _ = load_checkpoint(penalised_checkpoint)
+    assert model.config.edit_penalty > 0
+    torch_model = TorchModel.load(penalised_repository, 1, "cpu", max_batch_size=8)
+    torch_model.capture()
+    n_items = TINY["n_items"]
+    histories = random_histories(n_items, 6, 30, np.random.default_rng(11))[1:]  # 5 non-empty rows
+    excludes = [row[row >= 0] for row in histories]
+    with torch.no_grad():
+        weights = model.profile_weights(history_multi_hot(torch.from_numpy(histories), n_items))
+    excluded = history_multi_hot(torch.from_numpy(histories), n_items) > 0
+    for case, batch in edited_batches(weights).items():
+        _, scores = torch_model.top_k(batch.numpy(), excludes)
+        expected = reference_scores(model, batch, excluded).numpy()
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-4, err_msg=case)
+        _, onnx_scores = ort(penalised_repository, contract.SCORER_MODEL).run(
+            None, {contract.PROFILE_WEIGHTS: batch.numpy(), contract.EXCLUDE_IDS: histories}
+        )
+        np.testing.assert_allclose(scores, onnx_scores, rtol=1e-5, atol=1e-5, err_msg=case)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.edit_penalty import edited_batches, reference_logits
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.models.apron import PROFILE_FLOOR, profile_shares, sparsemax, tag_groups
 from training.train import build_model
@@ -182,3 +183,30 @@ def test_only_edits_make_a_share_zero_so_the_penalty_ignores_underflowed_attenti
         difference = plain.logits_without_tag(x[:1], tag) - penalised.logits_without_tag(x[:1], tag)
         on_tag = plain.item_prototype_weights()[:, :, tag].mean(-1)
     torch.testing.assert_close(difference[0], 50.0 * on_tag, rtol=1e-4, atol=1e-4)
+
+
+def test_edit_penalty_equals_the_whole_table_formula_and_trains_alike(dataset) -> None:
+    """The factorised penalty (only the removed prototypes' rows, nothing when none is removed)
+    scores and back-propagates like the einsum over the whole (N, H, K) table it replaced."""
+    plain = _model(dataset)
+    penalised = _model(dataset, edit_penalty=50.0)
+    penalised.load_state_dict(plain.state_dict())
+    x = torch.from_numpy(dataset.test_tr[:6].toarray())
+    with torch.no_grad():
+        weights = penalised.profile_weights(x)
+        for case, batch in edited_batches(weights).items():
+            expected = reference_logits(penalised, batch)
+            torch.testing.assert_close(penalised.score(batch), expected, rtol=1e-5, atol=1e-4, msg=case)
+            if case == "none":
+                torch.testing.assert_close(expected, plain.score(batch))  # no share is 0: no penalty
+            else:
+                assert not torch.allclose(expected, plain.score(batch)), case  # the case does remove
+    batch = edited_batches(weights)["some heads"]
+    gradients = []
+    for logits in (lambda: penalised.score(batch), lambda: reference_logits(penalised, batch)):
+        penalised.zero_grad()
+        logits().square().mean().backward()
+        gradients.append({name: p.grad.clone() for name, p in penalised.named_parameters() if p.grad is not None})
+    assert gradients[0].keys() == gradients[1].keys() and gradients[0]["item_projection"].abs().max() > 0
+    for name, gradient in gradients[0].items():
+        torch.testing.assert_close(gradient, gradients[1][name], rtol=1e-4, atol=1e-6, msg=name)

@@ -31,7 +31,8 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
   share is exactly 0) from its logit, so "less τ" (a scale-0 edit) also pushes down the items that
   the model itself sees as τ. Only edits make a share 0: profiles are floored at PROFILE_FLOOR, so
   attention that underflows to 0 never counts as removed. Part of `score`, so export and serving
-  run it too (0: paper, off);
+  run it too (0: paper, off); the math is export/served_model.py's `edit_penalty`, defined once for
+  the model, the graphs and the torch backend: it costs nothing when no share is 0;
 - `head_features`: "chunk" (paper: head h reads the h-th D/H slice of the features, Eq. 12's
   P_{k,h}) or "full" (every head reads all D: with a rank-64 SVD and H = 16 a slice is 4 numbers,
   too few to tell an item's tags apart, and the tag-supervised attention then stays diffuse).
@@ -52,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.served_model import edit_penalty, penalty_table
 from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
 
@@ -212,11 +214,10 @@ class APRON(nn.Module):
         """u = concat_h sum_k shares_{h,k} P~_{k,h} (Eq. 13-14), then f (Eq. 6), then the edit penalty."""
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values())  # (B, H, D')
         logits = self.f(u.flatten(1))  # Eq. 14 concatenates the heads
-        if self.config.edit_penalty > 0:
-            removed = (shares == 0).to(logits.dtype)  # (B, H, K): prototypes edited (or fallen) to 0
-            item_weights = self.item_prototype_weights()  # (N, H, K)
-            on_removed = torch.einsum("bhk,nhk->bn", removed, item_weights) / self.config.n_heads
-            logits = logits - self.config.edit_penalty * on_removed
+        removed = shares == 0  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
+        if self.config.edit_penalty > 0 and bool(removed.any()):  # the catalog's attention only when needed
+            table = penalty_table(self.item_prototype_weights())  # (K + H*K, N)
+            logits = edit_penalty(logits, removed, table, self.config.edit_penalty)
         return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
