@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -330,8 +331,12 @@ def run(settings: Settings) -> GatewayResults:
         before, (gateway0, redis0) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
         load = run_load(source, "cached", processes, seconds, clients=clients)
         after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
-        split = request_path.stage_split(request_path.delta(before, after), "Recommend")
-        phase = PathPhase(f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0)
+        samples = request_path.delta(before, after)
+        split = request_path.stage_split(samples, "Recommend")
+        phase = PathPhase(
+            f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
+            request_path.mean_batch(samples),
+        )  # fmt: skip
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
             load_ms=load.cpu_s / load.timing.calls * 1e3, rate=load.timing.throughput, wall_s=load.timing.wall_s,
@@ -351,8 +356,9 @@ def run(settings: Settings) -> GatewayResults:
         timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2)
         after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
         await client.close()
-        split = request_path.stage_split(request_path.delta(before, after), method)
-        return PathPhase(title, 1, timing, split, gateway1 - gateway0, redis1 - redis0)
+        samples = request_path.delta(before, after)
+        split = request_path.stage_split(samples, method)
+        return PathPhase(title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples))
 
     async def misses(gateway: GatewayHandle) -> Timing:
         client = Client(gateway.address, token, item_ids)
@@ -362,13 +368,10 @@ def run(settings: Settings) -> GatewayResults:
 
     def open_loop_at(gateway: GatewayHandle, rate: float) -> TailEvidence:
         before, (gateway0, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
-        start = time.perf_counter()
-        load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate)
-        wall = time.perf_counter() - start
+        with request_path.SchedulingProbe() as probe:
+            load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate)
         after, (gateway1, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
-        return request_path.tail_evidence(
-            load, request_path.delta(before, after), gateway_cpu_share=(gateway1 - gateway0) / (wall * (os.cpu_count() or 1))
-        )
+        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, probe)
 
     with gateway_process(repository, secret, max_batch) as gateway:
         asyncio.run(warm(gateway))
@@ -541,6 +544,7 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None) -> list[s
         "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| gateway CPU per call / echo server CPU per call | "
         + " | ".join(f"{p.cpu_ms_per_call / echo.cpu_ms_per_call:.1f}×" for p in ordered.values()) + " |",
+        "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
         *tail_lines(g, tail),
@@ -562,13 +566,21 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s. The client's latency is from each request's "
         "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
         "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
-        "request after its scheduled time (its own event loop busy, or the cores taken).",
+        "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "
+        "is how late the machine woke an otherwise idle thread that sleeps 1 ms at a time "
+        "(`request_path.SchedulingProbe`), i.e. how long a runnable process waited for a core.",
         "",
         "| | p50 ms | p99 ms |",
         "| --- | ---: | ---: |",
         f"| client, from the scheduled start | {fmt(client.p50_ms, 1)} | {fmt(client.p99_ms, 1)} |",
         f"| the gateway's own RPC duration (bucket bound) | ≤ {fmt(tail.server_p50_ms, 1)} | ≤ {fmt(tail.server_p99_ms, 1)} |",
         f"| load generator's send lag | {fmt(tail.send_lag_ms[0], 1)} | {fmt(tail.send_lag_ms[1], 1)} |",
+        f"| the machine's scheduling delay (a 1 ms sleep's overrun; max {fmt(tail.scheduling_ms[2], 1)} ms) | "
+        f"{fmt(tail.scheduling_ms[0], 2)} | {fmt(tail.scheduling_ms[1], 1)} |",
+        "",
+        "| calls slower than | as the client saw them | the gateway's own RPC duration |",
+        "| --- | ---: | ---: |",
+        *[f"| {threshold:g} ms | {client:.2%} | {server:.2%} |" for threshold, (client, server) in tail.over_ms.items()],
         "",
         f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests on average. CPU: the "
         f"gateway {tail.gateway_cpu_share:.0%} and the load generator {tail.load_cpu_share:.0%} of the machine's cores. "

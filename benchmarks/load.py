@@ -117,6 +117,7 @@ class ProcessLoad:
     calls_all: int = 0  # completed calls, warm-up included
     send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
     machine_idle: float = float("nan")  # closed loop: share of the machine's cores idle while measured
+    window: tuple[float, float] = (0.0, 0.0)  # perf_counter (system-wide on Linux) of the measured start and end
 
 
 def run_load(
@@ -176,6 +177,7 @@ def run_load(
         Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
         calls_all=sum(part[3] for part in parts), send_lags_s=np.concatenate([part[4] for part in parts]),
         machine_idle=float(np.mean([part[5] for part in parts])),
+        window=(min(part[6] for part in parts), max(part[6] + part[1] for part in parts)),
     )  # fmt: skip
 
 
@@ -190,7 +192,7 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, int, np.ndarray, float]:
+) -> tuple[np.ndarray, float, float, int, np.ndarray, float, float]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
@@ -203,4 +205,5 @@ async def _load(
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
-    return timing.latencies_s, timing.wall_s, cpu_s, stats.calls, np.asarray(stats.send_lags_s), stats.machine_idle
+    measured_from = time.perf_counter() - timing.wall_s
+    return timing.latencies_s, timing.wall_s, cpu_s, stats.calls, np.asarray(stats.send_lags_s), stats.machine_idle, measured_from

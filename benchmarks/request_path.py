@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
@@ -201,6 +203,11 @@ def stage_split(samples: Snapshot, method: str) -> StageSplit:
     return StageSplit(method, calls, dict(counts), dict(seconds))
 
 
+def mean_batch(samples: Snapshot, model: str = "apron_scorer") -> float:
+    runs = total(samples, "apron_inference_batch_size_count", model=model)
+    return total(samples, "apron_inference_batch_size_sum", model=model) / runs if runs else float("nan")
+
+
 def bucket_quantile(samples: Snapshot, name: str, q: float, **labels: str) -> float:
     """The upper bound of the histogram bucket holding quantile `q` (seconds; inf beyond the last)."""
     buckets: dict[float, float] = defaultdict(float)
@@ -231,10 +238,43 @@ class PathPhase:
     split: StageSplit
     gateway_cpu_s: float  # the gateway process over the phase (all threads), and its redis-server
     redis_cpu_s: float
+    mean_batch: float  # requests per apron_scorer run
 
     @property
     def cpu_ms_per_call(self) -> float:
         return self.gateway_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
+
+
+class SchedulingProbe:
+    """How late the machine runs a thread that asks to wake up every millisecond: a thread of this
+    (otherwise idle) process sleeps 1 ms again and again and records by how much each sleep
+    overran, with its time (perf_counter, system-wide on Linux). Run beside a load, it measures how
+    long any runnable process waited for a core meanwhile: the other processes' share of a tail."""
+
+    def __init__(self, sleep_s: float = 0.001):
+        self.sleep_s = sleep_s
+        self.samples: list[tuple[float, float]] = []  # (woke at, overran by)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="apron-scheduling-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            time.sleep(self.sleep_s)
+            woke = time.perf_counter()
+            self.samples.append((woke, woke - before - self.sleep_s))
+
+    def __enter__(self) -> SchedulingProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def overruns_ms(self, window: tuple[float, float]) -> np.ndarray:
+        start, end = window
+        return np.asarray([late * 1e3 for woke, late in self.samples if start <= woke <= end])
 
 
 @dataclass(frozen=True)
@@ -252,6 +292,8 @@ class TailEvidence:
     wall_s: float
     load_cpu_share: float  # the load generator's share of the machine's cores
     gateway_cpu_share: float
+    scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
+    over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
 
 
 def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
@@ -280,22 +322,53 @@ def stage_rows(splits: Mapping[str, StageSplit], method_stages: Mapping[str, tup
     return lines
 
 
-def tail_evidence(load: ProcessLoad, samples: Snapshot, gateway_cpu_share: float) -> TailEvidence:
-    """The open-loop run's client latencies beside what the gateway and the load generator saw."""
+def share_over(samples: Snapshot, name: str, threshold_s: float, **labels: str) -> float:
+    """Share of a histogram's observations above `threshold_s` (a bucket bound)."""
+    below = count = 0.0
+    for (sample, ls), value in samples.items():
+        label = dict(ls)
+        if sample == f"{name}_bucket" and all(label.get(k) == x for k, x in labels.items()):
+            if label["le"] == "+Inf":
+                count += value
+            elif abs(float(label["le"]) - threshold_s) < 1e-12:
+                below += value
+    return 1 - below / count if count else float("nan")
+
+
+TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
+
+
+def tail_evidence(load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, probe: SchedulingProbe) -> TailEvidence:
+    """The open-loop run's client latencies beside what the gateway, the load generator and the
+    machine's scheduler saw."""
     lags = load.send_lags_s
     batches = total(samples, "apron_inference_batch_size_count", model="apron_scorer")
-    requests = total(samples, "apron_inference_batch_size_sum", model="apron_scorer")
     cores = os.cpu_count() or 1
+    split = stage_split(samples, "Recommend")
+    overruns = probe.overruns_ms(load.window)
+    latencies_ms = load.timing.latencies_s * 1e3
     return TailEvidence(
         client=load.timing,
         send_lag_ms=(float(np.percentile(lags, 50) * 1e3), float(np.percentile(lags, 99) * 1e3)) if len(lags) else (0.0, 0.0),
         server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, method="Recommend") * 1e3,
         server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, method="Recommend") * 1e3,
-        split=stage_split(samples, "Recommend"),
-        mean_batch=requests / batches if batches else float("nan"),
+        split=split,
+        mean_batch=mean_batch(samples),
         batches=int(batches),
         gc=gc_pauses(samples),
         wall_s=load.timing.wall_s,
         load_cpu_share=load.cpu_s / (load.timing.wall_s * cores),
-        gateway_cpu_share=gateway_cpu_share,
+        # the gateway's CPU per call it answered, at the offered rate (its whole-window CPU includes idle start-up)
+        gateway_cpu_share=gateway_cpu_s / max(split.calls, 1) * load.timing.throughput / cores,
+        scheduling_ms=(
+            (float(np.percentile(overruns, 50)), float(np.percentile(overruns, 99)), float(overruns.max()))
+            if len(overruns) else (float("nan"),) * 3
+        ),
+        over_ms={
+            threshold: (
+                float(np.mean(latencies_ms > threshold)),
+                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, method="Recommend"),
+            )
+            for threshold in TAIL_THRESHOLDS_MS
+        },
     )

@@ -168,6 +168,57 @@ class StoredProfile:
     read_at: float = field(default_factory=time.monotonic)
 
 
+class VersionReads:
+    """Version reads that share round trips: a read while none is in flight goes at once (one GET),
+    and the reads that arrive while one is in flight go together when it returns (one MGET), so
+    under load a process pays one round trip per batch of calls, not per call, and a lone call
+    waits for nothing."""
+
+    def __init__(self, store: RedisStore):
+        self.store = store
+        self._busy = False
+        self._waiting: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # the MGETs in flight (a task each: no caller owns them)
+
+    async def get(self, user_id: str) -> bytes | None:
+        if self._busy:
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((user_id, future))
+            return await future
+        self._busy = True
+        try:
+            return await self.store.get_one_version(user_id)
+        finally:  # also when this caller gave up: the ones waiting behind it still get their read
+            self._next()
+
+    def _next(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
+        batch, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._read_many(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_many(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            versions = await self.store.get_versions([user_id for user_id, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # every caller of the batch gets the failure (STORE_DOWN: served uncached)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for (_, future), version in zip(batch, versions, strict=True):
+                if not future.done():
+                    future.set_result(version)
+        finally:
+            self._next()
+
+
 # One atomic read of a user's profile, edits and version, refreshing the TTLs; a user without a
 # version gets the caller's fresh one (ARGV[2]). KEYS: profile, edits, version; ARGV: ttl, version.
 READ_SCRIPT = """
@@ -210,6 +261,7 @@ class RedisStore:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
+        self._versions = VersionReads(self)
 
     @contextlib.asynccontextmanager
     async def _deadline(self) -> AsyncIterator[None]:
@@ -232,10 +284,21 @@ class RedisStore:
         return StoredProfile(version, record, _decode_edits(_pairs(edits)))
 
     async def get_version(self, user_id: str) -> bytes | None:
-        """The user's version token (None: none), one small GET: enough to tell whether a copy read
-        at some version is still what Redis holds."""
+        """The user's version token (None: none): enough to tell whether a copy read at some
+        version is still what Redis holds. Concurrent calls share round trips (`VersionReads`)."""
+        return await self._versions.get(user_id)
+
+    async def get_one_version(self, user_id: str) -> bytes | None:
         async with self._deadline():
             return await self.redis.get(version_key(user_id))
+
+    async def get_versions(self, user_ids: list[str]) -> list[bytes | None]:
+        """Many users' versions in one round trip (MGET; on a cluster, one per node)."""
+        keys = [version_key(user_id) for user_id in user_ids]
+        async with self._deadline():
+            if isinstance(self.redis, RedisCluster):
+                return list(await self.redis.mget_nonatomic(keys))
+            return list(await self.redis.mget(keys))
 
     async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> StoredProfile:
         """Replace the cached profile; returns the state it leaves (the new version, with the edits

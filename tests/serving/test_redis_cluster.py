@@ -130,6 +130,8 @@ async def test_profiles_and_edits_on_a_cluster(redis_cluster: list[RedisProcess]
             assert key_slot(version_key(user).encode()) == key_slot(edits_key(user).encode())
             owners.add(client.get_node_from_key(edits_key(user)).port)
         assert len(owners) > 1  # the users really are spread over the nodes
+        # concurrent reads' versions in one call, whichever nodes hold them
+        assert await store.get_versions(list(USERS)) == [await store.get_one_version(user) for user in USERS]
     finally:
         await client.aclose()
 

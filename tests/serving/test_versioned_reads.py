@@ -178,3 +178,37 @@ async def test_the_stores_own_timeout_fails_a_silent_redis_as_unavailable() -> N
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_concurrent_version_reads_share_one_round_trip(redis_server: RedisProcess) -> None:
+    """A version read while none is in flight is one GET; the reads that arrive meanwhile go
+    together as one MGET when it returns, each with its own user's version."""
+    import asyncio
+
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, decode_responses=False)
+    store = RedisStore(client, ttl_s=600)
+    users = [f"coalesced-{i}-{time.monotonic_ns()}" for i in range(6)]
+    calls: list[tuple[str, int]] = []
+    one, many = store.get_one_version, store.get_versions
+
+    async def counted_one(user_id: str) -> bytes | None:
+        calls.append(("GET", 1))
+        return await one(user_id)
+
+    async def counted_many(user_ids: list[str]) -> list[bytes | None]:
+        calls.append(("MGET", len(user_ids)))
+        return await many(user_ids)
+
+    store.get_one_version, store.get_versions = counted_one, counted_many  # type: ignore[method-assign]
+    try:
+        for user in users[:5]:
+            await store.store_edits(user, {}, reset=True)  # gives each a version
+        expected = [await client.get(version_key(user)) for user in users]
+        calls.clear()
+        assert await asyncio.gather(*(store.get_version(user) for user in users)) == expected
+        assert calls == [("GET", 1), ("MGET", 5)] and expected[-1] is None  # a user without a version: None
+        assert await store.get_version(users[0]) == expected[0] and calls[-1] == ("GET", 1)  # alone again
+    finally:
+        await client.aclose()
