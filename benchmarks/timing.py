@@ -51,3 +51,24 @@ def time_calls(fn: Callable[[], object], batch: int, min_seconds: float, min_cal
         if len(latencies) >= min_calls and time.perf_counter() - start >= min_seconds:
             break
     return Timing(np.asarray(latencies), batch, time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- report cells
+
+
+def status(ok: bool | None) -> str:
+    """A target's status in the reports' Targets tables (None: not measured)."""
+    return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+
+def target_row(name: str, measured: str, ok: bool | None) -> str:
+    """One row of a Targets table (| target | measured | status |)."""
+    return f"| {name} | {measured} | {status(ok)} |"
+
+
+CORE_SHARES_HEADER = "cores idle | gateway processes | load generator | other processes"
+
+
+def core_shares(idle: float, gateway: float, load: float) -> str:
+    """Where all the machine's cores went during a run, as CORE_SHARES_HEADER's cells (other = the rest)."""
+    return f"{idle:.0%} | {gateway:.0%} | {load:.0%} | {1.0 - idle - gateway - load:.0%}"
