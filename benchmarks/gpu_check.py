@@ -169,7 +169,7 @@ def build_wheels(python_version: str, shared: Path) -> dict[str, Any]:
         raise SystemExit(f"carried wheels need more than is carried: {missing} (add them to CARRIED)")
     shutil.rmtree(CARRY, ignore_errors=True)
     CARRY.mkdir()
-    shutil.copy2(ceiling, CARRY / CEILING_SCRIPT)
+    shutil.copyfile(ceiling, CARRY / CEILING_SCRIPT)
     manifest = {"python": python_version, "wheels": wheels, "pins": pins}
     atomic_write_text(WHEELHOUSE / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     size_mb = sum(p.stat().st_size for folder in (WHEELHOUSE, CARRY) for p in folder.rglob("*") if p.is_file()) / 2**20
@@ -332,9 +332,16 @@ def stage(record: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
     return entry.get("status", "not run"), entry.get("result", {})
 
 
+STATUS_PHRASES = {"ok": "ran", "skipped": "was skipped", "failed": "failed", "timeout": "ran out of time", "not run": "did not run"}
+
+
+def stage_phrase(record: dict[str, Any], name: str) -> str:
+    """e.g. "the scorer stage ran out of time"."""
+    return f"the {name} stage {STATUS_PHRASES[stage(record, name)[0]]}"
+
+
 def why_missing(record: dict[str, Any], name: str, what: str) -> str:
-    status, _ = stage(record, name)
-    return f"not measured: the {name} stage {'ran' if status in ('ok', 'skipped') else 'was ' + status} without {what}"
+    return f"not measured: {stage_phrase(record, name)} without {what}"
 
 
 def scorer_target(record: dict[str, Any], items: int) -> tuple[str, bool | None]:
@@ -400,14 +407,14 @@ def read_record(path: Path = RECORD) -> dict[str, Any] | None:
 
 
 def parity_lines(record: dict[str, Any]) -> list[str]:
-    status, result = stage(record, "parity")
+    _, result = stage(record, "parity")
     if not result.get("dtypes"):
-        return [f"Not measured: the parity stage was {status}.", ""]
+        return [f"Not measured: {stage_phrase(record, 'parity')}.", ""]
     return [
         f"One model ({result['items']:,} items, random weights of the served shape) exported as `apron export` "
         "writes the torch backend's weights (`model.safetensors`, float32), loaded by the torch backend on the "
         f"CPU in float32 (the reference) and on {record['device']} in each dtype. Batches {result['batches']}, "
-        "each row excluding 50 ids (and two invalid ones), one empty profile. Exact: share of positions holding "
+        f"each row excluding {result['excluded_per_row']} ids (and two invalid ones), one empty profile. Exact: share of positions holding "
         "the reference's id; score error: the largest |score − the reference's score of the same item|; slack: "
         "how far a returned item's reference score falls below the reference's k-th best. Passed: no excluded "
         "item returned, scores in order, error and slack within the dtype's tolerance.",
@@ -426,18 +433,20 @@ def parity_lines(record: dict[str, Any]) -> list[str]:
 def scorer_lines(record: dict[str, Any]) -> list[str]:
     status, result = stage(record, "scorer")
     if not result.get("rows"):
-        return [f"Not measured: the scorer stage was {status}.", ""]
+        return [f"Not measured: {stage_phrase(record, 'scorer')}.", ""]
     _, ceiling = stage(record, "ceiling")
     reference = {
         (line["items"], line["batch"]): line["ms_graph"]
         for line in ceiling.get("lines", [])
         if line.get("dtype") == "float16" and "ms_graph" in line
     }
+    first = result["rows"][0]
     return [
-        "`benchmarks/gpu_scorer.py`: the torch backend's `top_k` (fp16 CUDA graph, 50 exclusions per row, top-k, "
-        "results back to the host) against gpu_ceiling.py's step (addmm + top-100, fp16, CUDA graph) timed back to "
-        "back in one process; the last column is `gpu_ceiling.py` itself, run unchanged in the ceiling stage "
-        f"({stage(record, 'ceiling')[0]}).",
+        f"`benchmarks/gpu_scorer.py` on {first['device']}: the torch backend's `top_k` ({first['dtype']}, one CUDA graph "
+        f"per batch bucket on CUDA, {result['excluded_per_row']} exclusions per row, top-{first['k']}, results back to "
+        f"the host) against gpu_ceiling.py's step (addmm + top-{first['k']} in the same dtype, a CUDA graph on CUDA) "
+        "timed back to back in one process; the last column is `gpu_ceiling.py` itself (float16, graph replay), run "
+        f"unchanged in the ceiling stage ({STATUS_PHRASES[stage(record, 'ceiling')[0]]}).",
         "",
         "| items | batch | scorer ms | ceiling ms | scorer q/s | ceiling q/s | scorer / ceiling | gpu_ceiling.py ms |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -447,7 +456,7 @@ def scorer_lines(record: dict[str, Any]) -> list[str]:
             f"{reference.get((r['items'], r['batch']), '–')} |"
             for r in result["rows"]
         ],
-        *([] if status == "ok" else ["", f"The scorer stage was {status}: the rows above are those it finished."]),
+        *([] if status == "ok" else ["", f"{stage_phrase(record, 'scorer').capitalize()}: the rows above are those it finished."]),
         "",
     ]
 
@@ -456,7 +465,7 @@ def gateway_lines(record: dict[str, Any]) -> list[str]:
     status, result = stage(record, "gateway")
     runs = [r for r in result.get("runs", []) if r.get("saturation")]
     if not runs:
-        return [f"Not measured: the gateway stage was {status}.", ""]
+        return [f"Not measured: {stage_phrase(record, 'gateway')}.", ""]
     first = runs[0]["saturation"][0]
     lines = [
         f"`apron serve --backend torch --device {record['mode']} --workers {first['workers']}` (one worker per core, "
@@ -479,7 +488,9 @@ def gateway_lines(record: dict[str, Any]) -> list[str]:
         for r in runs
         if "one_client" in r
     ]
-    return [*lines, *([] if status == "ok" else ["", f"The gateway stage was {status}: the runs above are those it finished."]), ""]
+    if status != "ok":
+        lines += ["", f"{stage_phrase(record, 'gateway').capitalize()}: the runs above are those it finished."]
+    return [*lines, ""]
 
 
 def section(record: dict[str, Any] | None) -> list[str]:

@@ -147,7 +147,7 @@ def check_parity(device: str, plan: Plan, workdir: Path, output: Output) -> None
         with torch.inference_mode():
             every = reference.scorer_module.scores(torch.from_numpy(weights), padded).numpy()  # (B, N)
         cases.append((weights, excludes, reference.top_k(weights, excludes)[0], every))
-    output.save(device=device_name(device), items=n_items, batches=list(PARITY_BATCHES), dtypes=[])
+    output.save(device=device_name(device), items=n_items, batches=list(PARITY_BATCHES), excluded_per_row=EXCLUDED_PER_ROW, dtypes=[])
     for chosen in dict.fromkeys(str(resolve_dtype(d, device)).removeprefix("torch.") for d in PARITY_DTYPES):
         model = TorchModel.load(repository, 1, device, chosen, max_batch_size=max_batch)
         model.capture()
@@ -163,9 +163,9 @@ def check_parity(device: str, plan: Plan, workdir: Path, output: Output) -> None
 
 
 def bench_scorer(device: str, plan: Plan, workdir: Path, output: Output) -> None:
-    from benchmarks.gpu_scorer import bench
+    from benchmarks.gpu_scorer import EXCLUDED_PER_ROW, bench
 
-    output.save(device=device_name(device), catalogs=list(plan.catalogs), rows=[])
+    output.save(device=device_name(device), catalogs=list(plan.catalogs), excluded_per_row=EXCLUDED_PER_ROW, rows=[])
     for row in bench(device, plan.catalogs, plan.scorer_batches, calls=plan.scorer_calls):
         output.save(rows=[*output.data["rows"], dataclasses.asdict(row)])
 
