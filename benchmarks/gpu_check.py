@@ -255,6 +255,7 @@ def run_stage(command: list[str], env: dict[str, str], limit_s: float, log: Path
     """One stage in its own process group: (status, seconds, its result file, the log's tail on failure).
     Whatever it leaves running is stopped, on success too."""
     start = time.monotonic()
+    result.unlink(missing_ok=True)  # an earlier run's, in a reused folder
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -308,7 +309,10 @@ def run_check(device: str, quick: bool, out: Path, workdir: Path, budget_s: floa
         if left < MIN_STAGE_S:
             record["stages"][stage.name] = {"status": "not run", "error": f"the {budget_s:.0f} s budget was spent"}
         else:
-            installed = install(WHEELHOUSE, SITE) if stage.name == "install" else {}
+            try:
+                installed = install(WHEELHOUSE, SITE) if stage.name == "install" else {}
+            except (OSError, ValueError, zipfile.BadZipFile) as error:  # the stage still runs: it names what is missing
+                installed = {"installed": [], "note": f"unpacking wheelhouse/ failed: {type(error).__name__}: {error}"}
             site = SITE if installed.get("installed") else site
             command_line = [sys.executable, "-m", "benchmarks.gpu_stages", stage.name, "--device", device,
                             "--out", str(out / "stages"), "--workdir", str(workdir), *(["--quick"] if quick else [])]  # fmt: skip

@@ -14,6 +14,7 @@ defaults: H = 16 heads of 64, f = 1024 -> 600 -> N, K = 80 prototypes): speed de
     python -m benchmarks.gpu_scorer                       # on the GPU machine: JSON lines
     python -m benchmarks.gpu_scorer --device cpu --items 2000 --batches 1 4 --calls 3   # smoke test
 
+`make gpu-check` (benchmarks/gpu_check.py) runs it on the GPU machine with the rest of the GPU check.
 NOT RUN ON A GPU HERE: the machine this was written on has no GPU, so no GPU figure in this
 repository comes from it yet; `--device cpu` only checks that the script runs (tests do that).
 """

@@ -69,6 +69,11 @@ def target_row(name: str, measured: str, ok: bool | None) -> str:
 CORE_SHARES_HEADER = "cores idle | gateway processes | load generator | other processes"
 
 
+def other_share(idle: float, gateway: float, load: float) -> float:
+    """The cores' share that went to other processes: what idle, the gateway and the load generator leave."""
+    return 1.0 - idle - gateway - load
+
+
 def core_shares(idle: float, gateway: float, load: float) -> str:
-    """Where all the machine's cores went during a run, as CORE_SHARES_HEADER's cells (other = the rest)."""
-    return f"{idle:.0%} | {gateway:.0%} | {load:.0%} | {1.0 - idle - gateway - load:.0%}"
+    """Where all the machine's cores went during a run, as CORE_SHARES_HEADER's cells."""
+    return f"{idle:.0%} | {gateway:.0%} | {load:.0%} | {other_share(idle, gateway, load):.0%}"

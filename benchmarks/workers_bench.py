@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks.gateway_bench import Client, ClientSource, GatewayHandle, export_repository, gateway_process
 from benchmarks.load import closed_loop, run_load
-from benchmarks.timing import CORE_SHARES_HEADER, Timing, core_shares
+from benchmarks.timing import CORE_SHARES_HEADER, Timing, core_shares, other_share
 
 PROC_STAT = Path("/proc/stat")
 SAMPLE_INTERVAL_S = 0.1
@@ -123,7 +123,7 @@ class Saturation:
     cores: int
     idle: float  # share of all cores idle (/proc/stat)
     gateway: float  # share of all cores used by the gateway's processes
-    load: float  # share of all cores used by the load generator (the rest: `timing.core_shares`)
+    load: float  # share of all cores used by the load generator (the rest: `timing.other_share`)
 
 
 @dataclass
@@ -231,7 +231,9 @@ def render(results: WorkersResults) -> list[str]:
         f"{base.cores} cores, so the load generator's share is part of what saturation costs. Shares of all the "
         "cores over each measured window: idle from /proc/stat (every process on the machine counts: it was "
         "shared with other sessions), the gateway's process tree (parent, workers, Redis) and the load "
-        "processes from their own CPU time; other = what remains (other processes, this benchmark's own).",
+        "processes from their own CPU time; other = what remains (other processes, this benchmark's own). Where "
+        "other processes take a share, they run on cores the gateway left idle or took from it: the idle share "
+        "is then lower, and the throughput lower, than on a machine of its own.",
         "",
         f"| workers | req/s | p50 ms | p99 ms | {CORE_SHARES_HEADER} |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -253,7 +255,9 @@ def targets(results: WorkersResults | None, reason: str) -> list[tuple[str, str,
     row = next((r for r in results.rows if r.workers == cores), None) if results else None
     if row is None:
         return [(name, f"not measured: {reason or f'no run with {cores} workers'}", None)]
-    measured = f"{row.idle:.0%} idle at {row.throughput:,.0f} req/s, {row.clients} clients (load generator {row.load:.0%})"
+    other = other_share(row.idle, row.gateway, row.load)
+    measured = (f"{row.idle:.0%} idle at {row.throughput:,.0f} req/s, {row.clients} clients (gateway {row.gateway:.0%}, "
+                f"load generator {row.load:.0%}, other processes on the shared machine {other:.0%})")  # fmt: skip
     return [(name, measured, row.idle < TARGET_IDLE)]
 
 
