@@ -103,6 +103,16 @@ def test_landing_rewrites_only_the_gpu_rows_and_section(quick_run: tuple[dict[st
     assert gpu_check.main(arguments) == 0 and benchmarks.read_text() == after  # landing twice changes nothing
 
 
+def test_a_report_without_a_gpu_section_gets_one_at_its_end(quick_run: tuple[dict[str, Any], Path]) -> None:
+    record, _ = quick_run
+    text = "# Benchmarks\n\n| target | measured | status |\n| --- | --- | --- |\n| GPU: old | old | old |\n\n## Last\n\nend\n"
+    spliced = gpu_check.splice(text, record)
+    assert spliced.startswith("# Benchmarks\n") and "| GPU: old" not in spliced and "## Last\n\nend\n\n" + gpu_check.SECTION in spliced
+    assert gpu_check.splice(spliced, record) == spliced
+    with pytest.raises(SystemExit, match="GPU:"):
+        gpu_check.splice("# Benchmarks\n", record)
+
+
 def make_wheel(folder: Path) -> Path:
     wheel = folder / "tool-1.0-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
