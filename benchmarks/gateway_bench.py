@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,9 +147,14 @@ def export_repository(n_items: int, workdir: Path) -> Path:
 
 @contextmanager
 def gateway_process(
-    repository: Path, secret: Path, max_batch_size: int, profile_to: Path | None = None
+    repository: Path,
+    secret: Path,
+    max_batch_size: int,
+    profile_to: Path | None = None,
+    more_settings: Mapping[str, object] | None = None,
 ) -> Iterator[GatewayHandle]:
-    """The gateway serving `repository` in a child process until the block exits."""
+    """The gateway serving `repository` in a child process until the block exits; `more_settings`
+    are further ServingConfig fields (e.g. workers, backend, device)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving.config import env_name
@@ -159,8 +164,11 @@ def gateway_process(
         "repository": repository, "port": port, "metrics_port": -1, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
         # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
-        "redis_dir": "", "redis_aof": "false",
+        "redis_dir": "", "redis_aof": "false", **(more_settings or {}),
     }  # fmt: skip
+    # with --workers N the port answers once the first worker serves; the parent prints its worker
+    # pids once all do, and only then are new connections spread over all of them
+    all_serving = b"worker pids:" if int(str(settings.get("workers", 1))) > 1 else b""
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
     if profile_to is not None:
@@ -176,7 +184,7 @@ def gateway_process(
             try:
                 with grpc.insecure_channel(address) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING and all_serving in Path(log.name).read_bytes():
                     break
             except grpc.RpcError:
                 pass

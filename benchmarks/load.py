@@ -89,6 +89,9 @@ class ProcessLoad:
     timing: Timing  # all processes' latencies; wall time from the common start to the last end
     cpu_s: float  # CPU seconds the load processes spent during the measured window
     processes: int
+    # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
+    # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
+    window: tuple[float, float] = (0.0, 0.0)
 
 
 def run_load(
@@ -144,7 +147,8 @@ def run_load(
         raise RuntimeError(f"a load process failed: {errors[0]}")
     latencies = np.concatenate([part[0] for part in parts])
     wall_s = max(part[1] for part in parts)
-    return ProcessLoad(Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes)
+    window = (min(part[3] for part in parts), max(part[4] for part in parts))
+    return ProcessLoad(Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes, window)
 
 
 def _load_process(
@@ -158,7 +162,7 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float]:
+) -> tuple[np.ndarray, float, float, float, float]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
@@ -167,7 +171,8 @@ async def _load(
         timing = await closed_loop(call, clients, seconds, warmup_s)
     else:
         timing = await open_loop(call, rate, seconds)
+    ended = time.monotonic()
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
-    return timing.latencies_s, timing.wall_s, cpu_s
+    return timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended
