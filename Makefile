@@ -74,3 +74,8 @@ deploy-secrets: $(PY)
 k8s-secrets: deploy-secrets
 	kubectl -n apron create secret tls apron-tls --cert=deploy/secrets/tls.crt --key=deploy/secrets/tls.key \
 		--dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n apron create secret generic apron-redis --from-file=password=deploy/secrets/redis_password \
+		--dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n apron create secret generic apron-redis-tls --from-file=tls.crt=deploy/secrets/redis.crt \
+		--from-file=tls.key=deploy/secrets/redis.key --from-file=ca.crt=deploy/secrets/ca.crt \
+		--dry-run=client -o yaml | kubectl apply -f -
