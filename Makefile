@@ -7,7 +7,7 @@ LOADTEST_HOST ?= 127.0.0.1:50051
 LOADTEST_DATASET ?= artifacts/data/demo
 LOADTEST_ARGS ?=
 
-.PHONY: install system serve test lint proto proto-check results benchmarks loadtest deploy-secrets k8s-secrets
+.PHONY: install system serve test lint proto proto-check results benchmarks gpu-wheels gpu-check gpu-land loadtest deploy-secrets k8s-secrets
 
 $(PY): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -40,6 +40,22 @@ results: $(PY)
 benchmarks: $(PY)
 	$(PY) -m benchmarks.run --output BENCHMARKS.md
 
+# The GPU check (benchmarks/README.md). Here: `make gpu-wheels` builds the git-ignored folders a CUDA
+# machine without network needs (wheelhouse/: the wheels it lacks, ~20 MiB; gpu_carry/: gpu_ceiling.py
+# from ../shared/perf). There: `make gpu-check` (its own python3, no venv; 8 minutes at most) writes
+# GPU_OUT/gpu_check.json and .md. Here again: `make gpu-land` keeps that record in docs/results/ and
+# writes its figures into BENCHMARKS.md.
+GPU_PY ?= python3
+GPU_OUT ?= benchmarks/out/gpu-check
+gpu-wheels: $(PY)
+	$(PY) -m benchmarks.gpu_check wheels
+
+gpu-check:
+	$(GPU_PY) -m benchmarks.gpu_check run --out $(GPU_OUT)
+
+gpu-land: $(PY)
+	$(PY) -m benchmarks.gpu_check land $(GPU_OUT)/gpu_check.json
+
 # Against a gateway you started (by default the demo of `make serve`, whose dataset's test users it
 # simulates, with a service token signed by the development secret); starts nothing itself.
 # Writes loadtests/out/; exits non-zero when a threshold breaks, e.g.
@@ -57,4 +73,9 @@ deploy-secrets: $(PY)
 # verifies tokens with a public key there (apron-jwt: jwt_public_key.pem, from your token issuer).
 k8s-secrets: deploy-secrets
 	kubectl -n apron create secret tls apron-tls --cert=deploy/secrets/tls.crt --key=deploy/secrets/tls.key \
+		--dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n apron create secret generic apron-redis --from-file=password=deploy/secrets/redis_password \
+		--dry-run=client -o yaml | kubectl apply -f -
+	kubectl -n apron create secret generic apron-redis-tls --from-file=tls.crt=deploy/secrets/redis.crt \
+		--from-file=tls.key=deploy/secrets/redis.key --from-file=ca.crt=deploy/secrets/ca.crt \
 		--dry-run=client -o yaml | kubectl apply -f -

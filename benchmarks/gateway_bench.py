@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +78,6 @@ class CpuUse:
     load_ms: float  # the load generator's processes
     rate: float  # requests per second in the measured window
     wall_s: float
-    machine_idle: float  # share of the machine's cores idle in the measured window (every process counted)
 
     def share(self, ms: float) -> float:
         """Share of all the machine's cores that `ms` per request takes at this rate."""
@@ -171,9 +170,14 @@ def export_repository(n_items: int, workdir: Path) -> Path:
 
 @contextmanager
 def gateway_process(
-    repository: Path, secret: Path, max_batch_size: int, profile_to: Path | None = None
+    repository: Path,
+    secret: Path,
+    max_batch_size: int,
+    profile_to: Path | None = None,
+    more_settings: Mapping[str, object] | None = None,
 ) -> Iterator[GatewayHandle]:
-    """The gateway serving `repository` in a child process until the block exits."""
+    """The gateway serving `repository` in a child process until the block exits; `more_settings`
+    are further ServingConfig fields (e.g. workers, backend, device)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving.config import env_name
@@ -183,8 +187,11 @@ def gateway_process(
         "repository": repository, "port": port, "metrics_port": metrics_port, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
         # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
-        "redis_dir": "", "redis_aof": "false",
+        "redis_dir": "", "redis_aof": "false", **(more_settings or {}),
     }  # fmt: skip
+    # with --workers N the port answers once the first worker serves; the parent prints its worker
+    # pids once all do, and only then are new connections spread over all of them
+    all_serving = b"worker pids:" if int(str(settings.get("workers", 1))) > 1 else b""
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
     if profile_to is not None:
@@ -200,7 +207,7 @@ def gateway_process(
             try:
                 with grpc.insecure_channel(address) as channel:
                     reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                if reply.status == health_pb2.HealthCheckResponse.SERVING and all_serving in Path(log.name).read_bytes():
                     break
             except grpc.RpcError:
                 pass
@@ -340,7 +347,6 @@ def run(settings: Settings) -> GatewayResults:
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
             load_ms=load.cpu_s / load.timing.calls * 1e3, rate=load.timing.throughput, wall_s=load.timing.wall_s,
-            machine_idle=load.machine_idle,
         )  # fmt: skip
         return load.timing, cpu, phase
 
@@ -497,7 +503,6 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
             )
         ],
         f"| all three | {fmt(cpu.total_ms, 2)} | {cpu.busy:.0%} |",
-        f"| the machine's idle cores (every process counted) | | {cpu.machine_idle:.0%} |",
         "",
         f"### Where the gateway's time goes (pyinstrument, {g.n_items:,} items, {g.clients} clients, "
         f"{fmt(g.profiled_s)} s of the main thread after start-up)",

@@ -14,6 +14,7 @@ defaults: H = 16 heads of 64, f = 1024 -> 600 -> N, K = 80 prototypes): speed de
     python -m benchmarks.gpu_scorer                       # on the GPU machine: JSON lines
     python -m benchmarks.gpu_scorer --device cpu --items 2000 --batches 1 4 --calls 3   # smoke test
 
+`make gpu-check` (benchmarks/gpu_check.py) runs it on the GPU machine with the rest of the GPU check.
 NOT RUN ON A GPU HERE: the machine this was written on has no GPU, so no GPU figure in this
 repository comes from it yet; `--device cpu` only checks that the script runs (tests do that).
 """
@@ -21,18 +22,21 @@ repository comes from it yet; `--device cpu` only checks that the script runs (t
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from benchmarks.gpu_check import CATALOGS
+from export import contract
 from export.served_model import ServedProfile, ServedScorer
-from serving.backends.torch import TORCH_DTYPES, TorchModel, resolve_dtype
+from serving.backends.torch import TORCH_DTYPES, TorchModel, resolve_dtype, weights_path
 
-CATALOGS = (40_940, 1_000_000)  # gpu_ceiling.py's sizes (Last.fm-2k's 40,940 items, and 1M)
 BATCHES = (1, 256, 1024)
 HEADS, HEAD_DIM, HIDDEN, PROTOTYPES = 16, 64, 600, 80  # APRONConfig defaults, 80 tags
 EXCLUDED_PER_ROW = 50
@@ -123,13 +127,13 @@ def bench(
     dtype: str = "auto",
     calls: int = 50,
     seed: int = 0,
-) -> list[Row]:
-    """One Row per (catalog, batch); the scorer and the ceiling timed back to back in this process."""
+) -> Iterator[Row]:
+    """One Row per (catalog, batch) as each is measured; the scorer and the ceiling timed back to
+    back in this process."""
     target = torch.device(device)
     chosen = resolve_dtype(dtype, target.type)
     time_ms = timer(target)
     rng = np.random.default_rng(seed)
-    rows = []
     for n_items in catalogs:
         profile, scorer = random_served(n_items, k, chosen, seed)
         model = TorchModel(profile, scorer, device, max(batches), cuda_graphs=True, buckets=sorted(set(batches)))
@@ -140,14 +144,48 @@ def bench(
             repeats = max(3, calls // 2) if batch >= 1024 else calls
             scorer_ms = time_ms(lambda m=model, w=weights, e=excludes: m.top_k(w, e), repeats, 3)
             ceiling_ms = time_ms(ceiling_step(target, chosen, batch, n_items, k), repeats, 3)
-            rows.append(
-                Row(device, n_items, batch, k, str(chosen).removeprefix("torch."), round(scorer_ms, 4), round(ceiling_ms, 4),
-                    round(batch / scorer_ms * 1e3), round(batch / ceiling_ms * 1e3), round(ceiling_ms / scorer_ms, 3))
-            )  # fmt: skip
+            yield Row(device, n_items, batch, k, str(chosen).removeprefix("torch."), round(scorer_ms, 4),
+                      round(ceiling_ms, 4), round(batch / scorer_ms * 1e3), round(batch / ceiling_ms * 1e3),
+                      round(ceiling_ms / scorer_ms, 3))  # fmt: skip
         del model, profile, scorer
         if target.type == "cuda":
             torch.cuda.empty_cache()
-    return rows
+
+
+def write_repository(
+    repository: Path, n_items: int, dtype: torch.dtype = torch.float32, k_max: int = contract.DEFAULT_K_MAX, seed: int = 0
+) -> Path:
+    """A model repository the torch backend serves (`apron serve --backend torch`): `random_served`'s
+    modules in the export's weights files (export/served_model.py) and an `apron_metadata.json`, no
+    ONNX graphs. At 1M items an ONNX export passes protobuf's 2 GB limit, and the export needs the
+    training stack; the torch backend reads only these files. `dtype` is the stored tensors' type:
+    the export writes float32; float16 halves what each of N gateway workers holds on the GPU while
+    it loads (the float32 tensors and their float16 copy)."""
+    from export.metadata import ExportMetadata, tensor_table, versioned_metadata_name
+    from export.served_model import profile_tensors, scorer_tensors, weights_bytes
+
+    k_max = min(k_max, n_items)
+    profile, scorer = random_served(n_items, k_max, seed=seed)
+    prototype_items = np.random.default_rng(seed).choice(n_items, PROTOTYPES, replace=False).tolist()
+    item_ids = [f"item{i}" for i in range(n_items)]
+    metadata = ExportMetadata(
+        model_version=1, created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        dataset_name=f"random-{n_items}", dataset_fingerprint=f"random-{n_items}-seed{seed}", n_items=n_items,
+        n_heads=HEADS, n_prototypes=PROTOTYPES, k_max=k_max,
+        feature_dim=0,  # no apron_item_encoder in this repository
+        tag_names=[f"tag{k}" for k in range(PROTOTYPES)], tag_groups=["genre"] * PROTOTYPES,
+        prototype_items=prototype_items, prototype_item_ids=[item_ids[i] for i in prototype_items],
+        item_ids=item_ids, item_names=[f"Item {i}" for i in range(n_items)],
+        tensors=tensor_table(contract.model_io(HEADS, PROTOTYPES, 0, k_max)), backend="torch",
+        precision="fp32" if dtype == torch.float32 else "fp16", checkpoint={"random": True, "seed": seed},
+    )  # fmt: skip
+    for name, (tensors, info) in ((contract.PROFILE_MODEL, profile_tensors(profile)), (contract.SCORER_MODEL, scorer_tensors(scorer))):
+        path = weights_path(repository, name, metadata.model_version)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(weights_bytes({key: value.to(dtype) for key, value in tensors.items()}, info))
+    for name in (contract.METADATA_FILENAME, versioned_metadata_name(metadata.model_version)):
+        (repository / name).write_text(metadata.to_json())
+    return repository
 
 
 def main(argv: Sequence[str] | None = None) -> int:

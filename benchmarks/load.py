@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-import psutil
 
 from benchmarks.timing import Timing
 
@@ -32,13 +31,6 @@ class LoadStats:
 
     calls: int = 0
     send_lags_s: list[float] = field(default_factory=list)
-    machine_idle: float = float("nan")  # share of all the machine's cores idle in the measured window
-
-
-def _machine_times() -> tuple[float, float]:
-    """(idle, all) CPU seconds of the whole machine so far (every process, every core)."""
-    times = psutil.cpu_times()
-    return times.idle + getattr(times, "iowait", 0.0), sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
 async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0, stats: LoadStats | None = None) -> Timing:
@@ -60,19 +52,17 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
             if measuring:
                 latencies.append(time.perf_counter() - t0)
 
-    async def clock() -> tuple[float, tuple[float, float]]:
+    async def clock() -> tuple[float, float]:
         nonlocal measuring, stop_at
         await asyncio.sleep(warmup_s)
         start = time.perf_counter()
         stop_at = start + seconds
         measuring = True
-        return start, _machine_times()
+        return start, stop_at
 
     clock_task = asyncio.ensure_future(clock())
     await asyncio.gather(*(client() for _ in range(clients)))
-    start, (idle0, all0) = clock_task.result()
-    idle1, all1 = _machine_times()
-    stats.machine_idle = (idle1 - idle0) / max(all1 - all0, 1e-9)
+    start, _ = clock_task.result()
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
 
 
@@ -116,8 +106,9 @@ class ProcessLoad:
     processes: int
     calls_all: int = 0  # completed calls, warm-up included
     send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
-    machine_idle: float = float("nan")  # closed loop: share of the machine's cores idle while measured
-    window: tuple[float, float] = (0.0, 0.0)  # perf_counter (system-wide on Linux) of the measured start and end
+    # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
+    # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
+    window: tuple[float, float] = (0.0, 0.0)
 
 
 def run_load(
@@ -175,9 +166,8 @@ def run_load(
     wall_s = max(part[1] for part in parts)
     return ProcessLoad(
         Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
-        calls_all=sum(part[3] for part in parts), send_lags_s=np.concatenate([part[4] for part in parts]),
-        machine_idle=float(np.mean([part[5] for part in parts])),
-        window=(min(part[6] for part in parts), max(part[6] + part[1] for part in parts)),
+        calls_all=sum(part[5] for part in parts), send_lags_s=np.concatenate([part[6] for part in parts]),
+        window=(min(part[3] for part in parts), max(part[4] for part in parts)),
     )  # fmt: skip
 
 
@@ -192,7 +182,7 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, int, np.ndarray, float, float]:
+) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
@@ -202,8 +192,11 @@ async def _load(
         timing = await closed_loop(call, clients, seconds, warmup_s, stats)
     else:
         timing = await open_loop(call, rate, seconds, stats)
+    ended = time.monotonic()
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
-    measured_from = time.perf_counter() - timing.wall_s
-    return timing.latencies_s, timing.wall_s, cpu_s, stats.calls, np.asarray(stats.send_lags_s), stats.machine_idle, measured_from
+    return (
+        timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended,
+        stats.calls, np.asarray(stats.send_lags_s),
+    )  # fmt: skip

@@ -20,7 +20,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from benchmarks import gateway_bench
+from benchmarks import gateway_bench, gpu_check, workers_bench
 from benchmarks.model_bench import (
     PENALTY_CASES,
     CatalogResult,
@@ -32,7 +32,7 @@ from benchmarks.model_bench import (
     bench_history_lengths,
     bench_profile_scaling,
 )
-from benchmarks.timing import Timing
+from benchmarks.timing import Timing, target_row
 from common.files import atomic_write_text
 from serving.config import ServingConfig
 
@@ -52,7 +52,6 @@ LOAD_FRACTION = 0.7
 TARGET_CPU_VS_ECHO = 2.0  # gateway CPU per cached Recommend / the echo server's CPU per call
 TARGET_RECOMMEND_MARGIN_MS = 0.5  # one client: Recommend p50 <= echo p50 + scorer batch-1 p50 + this
 TARGET_GET_PROFILE_MARGIN_MS = 0.3  # one client: GetProfile p50 <= echo p50 + this
-TARGET_MAX_IDLE = 0.10  # at saturation (64 clients): share of the machine's cores idle
 
 
 @dataclass
@@ -63,6 +62,7 @@ class Report:
     gateway_reason: str = ""  # why the gateway was not measured
     profile_scaling: ProfileScaling | None = None
     penalties: list[PenaltyResult] = field(default_factory=list)
+    workers: workers_bench.WorkersResults | None = None  # the scale-out rows (gateway_reason when None)
     load_average: tuple[float, float, float] = field(default_factory=os.getloadavg)  # at the start of the run
 
 
@@ -86,10 +86,6 @@ def machine_description() -> list[str]:
 
 def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
-
-
-def status(ok: bool | None) -> str:
-    return "not measured" if ok is None else ("met" if ok else "**missed**")
 
 
 def catalog_table(results: list[CatalogResult]) -> list[str]:
@@ -233,7 +229,6 @@ def path_targets(report: Report) -> list[tuple[str, str, bool | None]]:
         f"gateway CPU per cached Recommend ≤ {TARGET_CPU_VS_ECHO:g}× the bare echo server's CPU per call ({items})",
         f"one client, cached Recommend: p50 ≤ echo p50 + scorer batch-1 p50 + {TARGET_RECOMMEND_MARGIN_MS:g} ms ({items})",
         f"one client, GetProfile: p50 ≤ echo p50 + {TARGET_GET_PROFILE_MARGIN_MS:g} ms",
-        f"at saturation ({g.clients if g else 64} clients): < {TARGET_MAX_IDLE:.0%} of the cores idle ({items})",
     )
     if g is None or g.path is None:
         why = report.gateway_reason or "no request-path run"
@@ -259,10 +254,6 @@ def path_targets(report: Report) -> list[tuple[str, str, bool | None]]:
         (names[2], f"{fmt(get, 2)} ms vs {fmt(echo.one_client.p50_ms, 2)} + {TARGET_GET_PROFILE_MARGIN_MS:g} = "
          f"{fmt(bound, 2)} ms", get <= bound)
     )  # fmt: skip
-    rows.append(
-        (names[3], f"{g.cpu.machine_idle:.0%} idle (the gateway, its Redis and the load generator used {g.cpu.busy:.0%})",
-         g.cpu.machine_idle < TARGET_MAX_IDLE)
-    )  # fmt: skip
     return rows
 
 
@@ -283,29 +274,11 @@ def penalty_target(report: Report) -> tuple[str, str, bool | None]:
     return name, measured, ratios[worst] <= TARGET_PENALTY_RATIO
 
 
-def gpu_targets() -> list[tuple[str, str, bool | None]]:
-    """The GPU rows of issue 13. `benchmarks.run` measures none of them: they need the lent GPU
-    machine (`python -m benchmarks.gpu_scorer` times the scorer there); never filled in by hand."""
-    if torch.cuda.is_available():
-        reason = "not measured by this command: run `python -m benchmarks.gpu_scorer` on this machine"
-    else:
-        reason = "not measured: no GPU was lent to this task (this machine has none)"
-    rows = [
-        f"GPU: the project's scorer at batch 256 ≥ 50% of `gpu_ceiling.py`'s queries/s at the same shape, {n}"
-        for n in ("41k items", "1M items")
-    ]
-    rows += [
-        "GPU: end-to-end Recommend through the gateway (cached profiles, k = 10, gateway workers and load "
-        f"generator on the machine's 16 cores) ≥ {rate} req/s at {n}, p99 ≤ 25 ms"
-        for rate, n in (("15,000", "41k items"), ("10,000", "1M items"))
-    ]
-    rows.append("GPU: one client, cached profile, p50 ≤ 2 ms at 41k items")
-    return [(row, reason, None) for row in rows]
-
-
 def targets(report: Report) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met?) for each target; None = not measured."""
-    return [*cpu_targets(report), penalty_target(report), *gpu_targets()]
+    """(target, measured, met?) for each target; None = not measured. The GPU rows are not measured
+    by this command: they come from `make gpu-check`'s record (benchmarks/gpu_check.py)."""
+    workers = workers_bench.targets(report.workers, report.gateway_reason)
+    return [*cpu_targets(report), penalty_target(report), *workers, *gpu_check.targets(gpu_check.read_record())]
 
 
 def bottleneck(report: Report) -> list[str]:
@@ -320,8 +293,8 @@ def bottleneck(report: Report) -> list[str]:
         cpu = g.cpu
         top = "; ".join(f"`{h.function}` ({h.location}, {h.share:.0%})" for h in g.hotspots[1:4])
         lines.append(
-            f"At {g.n_items:,} items and {fmt(g.max_throughput, 0)} req/s the {cores} cores were {1 - cpu.machine_idle:.0%} "
-            f"busy ({cpu.busy:.0%} with the gateway, its Redis and the load generator): the gateway used "
+            f"At {g.n_items:,} items and {fmt(g.max_throughput, 0)} req/s the gateway, its Redis and the load generator "
+            f"used {cpu.busy:.0%} of the {cores} cores: the gateway took "
             f"{fmt(cpu.gateway_ms, 2)} CPU ms per request, its Redis {fmt(cpu.redis_ms, 2)} and the co-located load "
             f"generator {fmt(cpu.load_ms, 2)}. The gateway alone on all {cores} cores would top out near "
             f"{fmt(cores / (cpu.gateway_ms + cpu.redis_ms) * 1e3, 0)} req/s (CPU-bound estimate, not measured)."
@@ -387,7 +360,8 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         "# Benchmarks",
         "",
         f"Generated by `{command}` on {started} in {wall_s / 60:.1f} min. Every number below comes from that "
-        "one run; regenerate with the same command. Models are synthetic APRON models of the served shape "
+        "one run (the GPU rows and section excepted: they come from `make gpu-check`'s record, named there); "
+        "regenerate with the same command. Models are synthetic APRON models of the served shape "
         "(80 prototypes, 16 heads, 384-d features, f = 1024→600→N, K_MAX = 1000): speed depends on shapes, "
         "not on trained values.",
         "",
@@ -399,7 +373,7 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         "",
         "| target | measured | status |",
         "| --- | --- | --- |",
-        *[f"| {name} | {measured} | {status(ok)} |" for name, measured, ok in targets(report)],
+        *[target_row(*row) for row in targets(report)],
         "",
         *bottleneck(report),
         f"## Scorer: ONNX Runtime vs PyTorch eager ({served_result.n_items:,} items)",
@@ -455,6 +429,8 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         lines += gateway_bench.render(g, raw_here.throughput if raw_here is not None else None)
         if g.path is not None:
             lines += gateway_bench.render_path(g, scorer_batch1(report, g.n_items))
+    lines += workers_bench.render(report.workers) if report.workers else []
+    lines += gpu_check.section(gpu_check.read_record())
     return "\n".join(lines) + "\n"
 
 
@@ -518,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             report.gateways.append(gateway_bench.run(settings))
             print(f"gateway at {n_items:,} items: done ({time.perf_counter() - start:.0f} s)", flush=True)
+        report.workers = workers_bench.run(workers_bench.Settings(args.workdir, args.gateway_seconds, args.clients, args.load_processes))
     text = render(report, command, time.perf_counter() - start, started)
     atomic_write_text(args.output, text)
     print(f"wrote {args.output} ({time.perf_counter() - start:.0f} s)")

@@ -72,3 +72,29 @@ def time_alternating(
         if len(latencies[next(iter(fns))]) >= min_calls and time.perf_counter() - start >= min_seconds:
             break
     return {key: Timing(np.asarray(values), batch, float(np.sum(values))) for key, values in latencies.items()}
+
+
+# ----------------------------------------------------------------------------- report cells
+
+
+def status(ok: bool | None) -> str:
+    """A target's status in the reports' Targets tables (None: not measured)."""
+    return "not measured" if ok is None else ("met" if ok else "**missed**")
+
+
+def target_row(name: str, measured: str, ok: bool | None) -> str:
+    """One row of a Targets table (| target | measured | status |)."""
+    return f"| {name} | {measured} | {status(ok)} |"
+
+
+CORE_SHARES_HEADER = "cores idle | gateway processes | load generator | other processes"
+
+
+def other_share(idle: float, gateway: float, load: float) -> float:
+    """The cores' share that went to other processes: what idle, the gateway and the load generator leave."""
+    return 1.0 - idle - gateway - load
+
+
+def core_shares(idle: float, gateway: float, load: float) -> str:
+    """Where all the machine's cores went during a run, as CORE_SHARES_HEADER's cells."""
+    return f"{idle:.0%} | {gateway:.0%} | {load:.0%} | {other_share(idle, gateway, load):.0%}"

@@ -6,6 +6,9 @@
     deploy/secrets/tls.crt, tls.key         the gateway's certificate (chain: leaf + CA) and key, for the
                                             names compose and Kubernetes reach it by
     deploy/secrets/grafana_admin_password   Grafana's admin login
+    deploy/secrets/redis_password           Redis's AUTH password (Kubernetes: the Secret apron-redis)
+    deploy/secrets/redis.crt, redis.key     Redis's TLS certificate (chain: leaf + CA) and key, for the names
+                                            the StatefulSet's pod is reached by (Secret apron-redis-tls)
 
 Existing files are kept (rerunning changes nothing) unless --force. Compose mounts them as secrets;
 for Kubernetes: `make k8s-secrets` (kubectl create secret ... from these files).
@@ -21,7 +24,7 @@ import secrets
 import sys
 from pathlib import Path
 
-from serving.pki import SERVER_NAMES, issue, make_ca
+from serving.pki import SERVER_NAMES, issue, load_ca, make_ca
 
 DEPLOY = Path(__file__).resolve().parent
 # how compose (service `gateway`) and Kubernetes (Service `apron-gateway`, namespace `apron`) reach it
@@ -29,7 +32,9 @@ GATEWAY_NAMES = (
     *SERVER_NAMES, "gateway", "apron-gateway", "apron-gateway.apron", "apron-gateway.apron.svc",
     "apron-gateway.apron.svc.cluster.local",
 )  # fmt: skip
+REDIS_NAMES = ("redis", "redis-0.redis", "redis-0.redis.apron", "redis-0.redis.apron.svc", "redis-0.redis.apron.svc.cluster.local")
 FILES = ("jwt_secret", "ca.crt", "ca.key", "tls.crt", "tls.key", "grafana_admin_password")
+REDIS_FILES = ("redis_password", "redis.crt", "redis.key")  # added later: written when missing, the others kept
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -42,8 +47,23 @@ def make_secrets(out: Path, names: tuple[str, ...] = GATEWAY_NAMES, force: bool 
     """Write the files of a deployment into `out`; the ones written (none when all exist)."""
     out.mkdir(parents=True, exist_ok=True)
     os.chmod(out, 0o700)
-    if not force and all((out / name).is_file() for name in FILES):
-        return []
+    written = []
+    if force or not all((out / name).is_file() for name in FILES):
+        written += _make_base(out, names)
+    if force or written or not all((out / name).is_file() for name in REDIS_FILES):
+        written += _make_redis(out)
+    return written
+
+
+def _make_redis(out: Path) -> list[Path]:
+    """Redis's password and TLS certificate, signed by the deployment's CA (ca.key in `out`)."""
+    _write_private(out / "redis_password", secrets.token_urlsafe(32))  # no newline: the Secret holds it verbatim
+    server = issue(out, "redis", load_ca(out / "ca.crt", out / "ca.key"), server_names=REDIS_NAMES)
+    server.cert.write_bytes(server.cert.read_bytes() + (out / "ca.crt").read_bytes())
+    return [out / name for name in REDIS_FILES]
+
+
+def _make_base(out: Path, names: tuple[str, ...]) -> list[Path]:
     _write_private(out / "jwt_secret", secrets.token_hex(32) + "\n")
     _write_private(out / "grafana_admin_password", secrets.token_urlsafe(24) + "\n")
     ca = make_ca(out, "apron CA")

@@ -73,6 +73,14 @@ def make_ca(directory: Path, name: str = "apron CA", days: float = 365) -> Autho
     return Authority(_write(directory, name.replace(" ", "_"), cert, key), cert, key)
 
 
+def load_ca(cert: Path, key: Path) -> Authority:
+    """An existing CA from its PEM files (e.g. the deployment's, to sign one more certificate)."""
+    loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{key}: not an EC private key")
+    return Authority(Pem(cert, key), x509.load_pem_x509_certificate(cert.read_bytes()), loaded)
+
+
 def _san(names: Sequence[str]) -> x509.SubjectAlternativeName:
     entries: list[x509.GeneralName] = []
     for name in names:

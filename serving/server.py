@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,16 @@ def load_model(config: ServingConfig) -> ServedModel:
     """The repository's model (`apron serve` builds the demo model there first when it holds none:
     serving/cli.py, so this library never imports the training stack)."""
     return ServedModel.load(config.repository, config.model_version)
+
+
+def redacted_url(url: str) -> str:
+    """`url` with its password masked, for logs (a Redis URL may carry one: rediss://:PASSWORD@host)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:" if parts.username else ":"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
 
 
 def batch_settings_warnings(config: ServingConfig, metadata: ExportMetadata) -> list[str]:
@@ -159,7 +170,7 @@ class ApronServer:
                     "metrics_port": self.metrics_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
-                    "redis": "private redis-server" if self.resources.redis_process else self.config.redis_url,
+                    "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
                 }
             },
         )

@@ -3,6 +3,7 @@ the gateway section included (a real gateway process with its own redis-server).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -22,8 +23,15 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
                     "## Cost vs history length", "## Raw scorer vs gateway", "### Micro-batching on vs off",
                     "### Profile cache hit vs miss", "### Where the CPU goes", "## Request path (500 items)",
                     "### Tail latency at 70% of the maximum throughput (500 items, open loop): the evidence",
-                    "## Edit penalty: the cost of an edit, not of the catalog"):  # fmt: skip
+                    "## Edit penalty: the cost of an edit, not of the catalog",
+                    "## Scale-out: `apron serve --workers N`",
+                    "## GPU: `make gpu-check`"):  # fmt: skip
         assert heading in text, heading
+    cores = len(os.sched_getaffinity(0))
+    workers = re.findall(r"^\| (\d+) \| [0-9,]+ \| [0-9.,]+ \| [0-9.,]+ \| (\d+)% \| (\d+)% \| (\d+)% \| -?\d+% \|$", text, re.M)
+    assert [int(w[0]) for w in workers] == sorted({1, cores})
+    assert all(0 <= int(idle) <= 100 and int(gateway) > 0 and int(load) > 0 for _, idle, gateway, load in workers)
+    assert re.search(r"\| at saturation with 64 clients, `--workers \d+` .* \| \d+% idle at [0-9,]+ req/s", text)
     ratio = re.search(r"\| ratio on / off \| ([0-9.]+)× \|", text)
     assert ratio and float(ratio.group(1)) > 0
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)

@@ -211,8 +211,17 @@ def test_k8s_every_container_has_requests_and_probes(k8s: dict) -> None:
             assert "readinessProbe" in container and "livenessProbe" in container, container["name"]
 
 
+def gateway_environment(k8s: dict) -> dict[str, str]:
+    """The gateway container's APRON_* variables: its ConfigMap's, then its own `env` (Secrets as a placeholder)."""
+    (container,) = containers(k8s[("Deployment", "apron-gateway")])
+    environment = dict(k8s[("ConfigMap", "apron-gateway")]["data"])
+    for variable in container.get("env", []):
+        environment[variable["name"]] = variable.get("value", "<from a Secret>")
+    return {key: value.replace("$(REDIS_PASSWORD)", "SECRET") for key, value in environment.items() if key.startswith("APRON_")}
+
+
 def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) -> None:
-    config = gateway_config(k8s[("ConfigMap", "apron-gateway")]["data"])
+    config = gateway_config(gateway_environment(k8s))
     deployment = k8s[("Deployment", "apron-gateway")]
     (container,) = containers(deployment)
     assert container["envFrom"] == [{"configMapRef": {"name": "apron-gateway"}}]
@@ -250,6 +259,81 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     own = {env_name(name) for name in ("redis_url", "jwt_secret_file", "tls_cert", "tls_key")}  # where things live
     differing = {k for k in compose_env if k not in own and str(compose_env[k]) != k8s[("ConfigMap", "apron-gateway")]["data"].get(k)}
     assert not differing, f"compose and Kubernetes disagree on {differing}"
+
+
+def test_k8s_redis_requires_a_password_and_tls_and_the_gateway_uses_both(k8s: dict) -> None:
+    redis_conf = k8s[("ConfigMap", "redis-config")]["data"]["redis.conf"]
+    settings = dict(line.split("#")[0].split(None, 1) for line in redis_conf.splitlines() if line.strip())
+    assert settings["port"].strip() == "0" and settings["tls-port"].strip() == "6379"  # no plaintext port
+    statefulset = k8s[("StatefulSet", "redis")]
+    (container,) = containers(statefulset)
+    secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secret_env["REDIS_PASSWORD"] == {"name": "apron-redis", "key": "password"}
+    assert '--requirepass "$REDIS_PASSWORD"' in " ".join(container["args"])
+    tls_mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "tls")
+    for key in ("tls-cert-file", "tls-key-file", "tls-ca-cert-file"):
+        assert settings[key].strip().startswith(tls_mount + "/"), key
+    volumes = {v["name"]: v for v in statefulset["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "apron-redis-tls"
+    assert "--tls" in container["readinessProbe"]["exec"]["command"]
+    # the gateway: rediss:// with the same Secret's password, trusting the CA mounted from Redis's Secret
+    url = urlparse(gateway_environment(k8s)["APRON_REDIS_URL"])
+    assert url.scheme == "rediss" and url.password == "SECRET" and url.port == 6379
+    (gateway,) = containers(k8s[("Deployment", "apron-gateway")])
+    gateway_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gateway["env"] if "valueFrom" in e}
+    assert gateway_secrets["REDIS_PASSWORD"] == secret_env["REDIS_PASSWORD"]
+    ca_file = dict(part.split("=") for part in url.query.split("&"))["ssl_ca_certs"]
+    ca_mount = next(m["mountPath"] for m in gateway["volumeMounts"] if m["name"] == "redis-ca")
+    assert ca_file == f"{ca_mount}/ca.crt"
+    assert "SECRET" not in k8s[("ConfigMap", "apron-gateway")]["data"].get("APRON_REDIS_URL", "")
+
+
+def test_k8s_network_policies_admit_only_what_the_service_needs(k8s: dict) -> None:
+    policies = {name: obj["spec"] for (kind, name), obj in k8s.items() if kind == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    gateway = {"app.kubernetes.io/name": "apron-gateway"}
+
+    def rules(app: str) -> list[dict]:
+        (spec,) = [s for s in policies.values() if s["podSelector"].get("matchLabels") == {"app.kubernetes.io/name": app}]
+        return spec["ingress"]
+
+    def admitted(app: str, port: str) -> list[dict | None]:
+        """Who may reach `app`'s `port`: each rule's peer pod labels (None: anyone)."""
+        found = []
+        for rule in rules(app):
+            if port in {p["port"] for p in rule.get("ports", [])}:
+                found += [peer["podSelector"]["matchLabels"] for peer in rule["from"]] if "from" in rule else [None]
+        return found
+
+    assert admitted("redis", "redis") == [gateway]
+    assert admitted("triton", "grpc") == [gateway] and admitted("triton", "http") == []
+    assert admitted("triton", "metrics") == [prometheus] and admitted("apron-gateway", "metrics") == [prometheus]
+    assert admitted("apron-gateway", "grpc") == [None]  # the service itself: its clients are anywhere
+    # every port a policy names is a port the pods declare
+    for app, workload in (("redis", ("StatefulSet", "redis")), ("triton", ("Deployment", "triton")), ("apron-gateway", ("Deployment", "apron-gateway"))):
+        declared = {p["name"] for c in containers(k8s[workload]) for p in c["ports"]}
+        assert {p["port"] for rule in rules(app) for p in rule["ports"]} <= declared, app
+
+
+def test_k8s_disruption_budgets_and_jwt_audience(k8s: dict, compose: dict[str, Any]) -> None:
+    budgets = {name: obj["spec"] for (kind, name), obj in k8s.items() if kind == "PodDisruptionBudget"}
+    assert budgets["apron-gateway"]["minAvailable"] >= 1
+    assert set(budgets) == {"apron-gateway", "triton", "redis"}
+    for name, spec in budgets.items():
+        workload = next(obj for (kind, n), obj in k8s.items() if kind in ("Deployment", "StatefulSet") and n == name)
+        assert spec["selector"]["matchLabels"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+    # tokens must name the gateway in `aud`, in both deployments
+    assert gateway_config(gateway_environment(k8s)).jwt_audience == "apron-gateway"
+    assert compose["services"]["gateway"]["environment"]["APRON_JWT_AUDIENCE"] == "apron-gateway"
+
+
+def test_a_redis_url_is_logged_without_its_password() -> None:
+    from serving.server import redacted_url
+
+    assert redacted_url("rediss://:s3cr3t@redis-0.redis:6379/0?ssl_ca_certs=/ca.crt") == "rediss://:***@redis-0.redis:6379/0?ssl_ca_certs=/ca.crt"
+    assert redacted_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
+    assert redacted_url("redis://redis:6379/0") == "redis://redis:6379/0"
 
 
 def test_k8s_triton_gpu_health_and_repository(k8s: dict, compose: dict[str, Any]) -> None:

@@ -25,13 +25,27 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_secrets_are_private_and_kept(tmp_path: Path) -> None:
     out = tmp_path / "secrets"
     written = make_secrets.make_secrets(out)
-    assert {p.name for p in written} == set(make_secrets.FILES)
+    every = (*make_secrets.FILES, *make_secrets.REDIS_FILES)
+    assert {p.name for p in written} == set(every)
     assert out.stat().st_mode & 0o077 == 0
-    for name in ("jwt_secret", "ca.key", "tls.key", "grafana_admin_password"):
+    for name in ("jwt_secret", "ca.key", "tls.key", "grafana_admin_password", "redis_password", "redis.key"):
         assert (out / name).stat().st_mode & 0o077 == 0, name
-    before = {name: (out / name).read_bytes() for name in make_secrets.FILES}
+    before = {name: (out / name).read_bytes() for name in every}
     assert make_secrets.make_secrets(out) == []  # rerunning changes nothing
-    assert {name: (out / name).read_bytes() for name in make_secrets.FILES} == before
+    assert {name: (out / name).read_bytes() for name in every} == before
+    # an older deployment's folder without Redis's files gets them, signed by its CA, the rest kept
+    for name in make_secrets.REDIS_FILES:
+        (out / name).unlink()
+    assert {p.name for p in make_secrets.make_secrets(out)} == set(make_secrets.REDIS_FILES)
+    assert {name: (out / name).read_bytes() for name in make_secrets.FILES} == {n: before[n] for n in make_secrets.FILES}
+    assert "\n" not in (out / "redis_password").read_text()  # the Secret holds it verbatim
+    from cryptography import x509
+
+    leaf = x509.load_pem_x509_certificate((out / "redis.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    assert leaf.issuer == ca.subject
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "redis-0.redis" in names
     auth.read_secret_file(out / "jwt_secret")  # a usable HS256 secret
 
 
