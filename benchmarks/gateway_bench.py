@@ -109,6 +109,12 @@ class GatewayHandle:
         process = psutil.Process(self.pid)
         return total(process), sum(total(child) for child in process.children(recursive=True))
 
+    def loop_cpu_s(self) -> float:
+        """CPU seconds of the gateway's main thread so far: its event loop (gRPC's Python side,
+        the handlers, Redis, the metrics), without ONNX Runtime's and gRPC core's threads."""
+        main = next(thread for thread in psutil.Process(self.pid).threads() if thread.id == self.pid)
+        return main.user_time + main.system_time
+
 
 @dataclass(frozen=True)
 class GatewayResults:
@@ -335,14 +341,14 @@ def run(settings: Settings) -> GatewayResults:
     def saturate(gateway: GatewayHandle) -> tuple[Timing, CpuUse, PathPhase]:
         """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
         source = ClientSource(gateway.address, token, item_ids)
-        before, (gateway0, redis0) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         load = run_load(source, "cached", processes, seconds, clients=clients)
-        after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, "Recommend")
         phase = PathPhase(
             f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
-            request_path.mean_batch(samples),
+            request_path.mean_batch(samples), loop1 - loop0,
         )  # fmt: skip
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
@@ -358,13 +364,15 @@ def run(settings: Settings) -> GatewayResults:
     async def one_client(gateway: GatewayHandle, call: str, method: str, title: str) -> PathPhase:
         """One client, one call in flight on a persistent channel, with the gateway's stages."""
         client = Client(gateway.address, token, item_ids)
-        before, (gateway0, redis0) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2)
-        after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         await client.close()
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, method)
-        return PathPhase(title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples))
+        return PathPhase(
+            title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples), loop1 - loop0
+        )
 
     async def misses(gateway: GatewayHandle) -> Timing:
         client = Client(gateway.address, token, item_ids)
@@ -373,11 +381,11 @@ def run(settings: Settings) -> GatewayResults:
         return miss
 
     def open_loop_at(gateway: GatewayHandle, rate: float) -> TailEvidence:
-        before, (gateway0, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        before, (gateway0, _), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         with request_path.SchedulingProbe() as probe:
             load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate)
-        after, (gateway1, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
-        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, probe)
+        after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
+        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe)
 
     with gateway_process(repository, secret, max_batch) as gateway:
         asyncio.run(warm(gateway))
@@ -547,6 +555,7 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None) -> list[s
         "| outside the stages (gRPC's send, the transport, the client), mean µs | "
         + " | ".join(f"{p.timing.latencies_s.mean() * 1e6 - p.split.total_us:,.0f}" for p in ordered.values()) + " |",
         "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
+        "| of which its event-loop thread, µs | " + " | ".join(f"{p.loop_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| gateway CPU per call / echo server CPU per call | "
         + " | ".join(f"{p.cpu_ms_per_call / echo.cpu_ms_per_call:.1f}×" for p in ordered.values()) + " |",
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
@@ -610,12 +619,14 @@ def tail_reading(tail: TailEvidence) -> list[str]:
     outside = 1 - server / client if client > 0 else float("nan")
     where = (
         f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
-        "handler but before it ran or after it answered: in gRPC's queues of a gateway process waiting for a core, "
-        "the transport, or the load generator"
+        "handler but before it ran or after it answered (waiting for the gateway's event loop or for a core, the "
+        "transport, the load generator)"
         if client > 0 else f"no call took over {threshold:g} ms"
     )
     return [
-        f"Reading: {where}. Garbage collection paused the gateway {gc_s * 1e3:,.1f} ms in all "
+        f"Reading: {where}. The gateway's event-loop thread, which gRPC hands every call to, spent "
+        f"{fmt(tail.loop_ms_per_call, 2)} ms of CPU per call: at the offered rate it was busy {tail.loop_busy:.0%} of "
+        "the time, and a call that arrives while it is busy waits before its handler runs. Garbage collection paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
         f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
         f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late, and the machine "

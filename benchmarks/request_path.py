@@ -239,10 +239,15 @@ class PathPhase:
     gateway_cpu_s: float  # the gateway process over the phase (all threads), and its redis-server
     redis_cpu_s: float
     mean_batch: float  # requests per apron_scorer run
+    loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
 
     @property
     def cpu_ms_per_call(self) -> float:
         return self.gateway_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
+
+    @property
+    def loop_ms_per_call(self) -> float:
+        return self.loop_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
 
 
 class SchedulingProbe:
@@ -292,6 +297,8 @@ class TailEvidence:
     wall_s: float
     load_cpu_share: float  # the load generator's share of the machine's cores
     gateway_cpu_share: float
+    loop_ms_per_call: float  # CPU of the gateway's event-loop thread per call
+    loop_busy: float  # its share of the time at the offered rate
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
 
@@ -338,7 +345,9 @@ def share_over(samples: Snapshot, name: str, threshold_s: float, **labels: str) 
 TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
 
 
-def tail_evidence(load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, probe: SchedulingProbe) -> TailEvidence:
+def tail_evidence(
+    load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, loop_cpu_s: float, probe: SchedulingProbe
+) -> TailEvidence:
     """The open-loop run's client latencies beside what the gateway, the load generator and the
     machine's scheduler saw."""
     lags = load.send_lags_s
@@ -360,6 +369,8 @@ def tail_evidence(load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, pr
         load_cpu_share=load.cpu_s / (load.timing.wall_s * cores),
         # the gateway's CPU per call it answered, at the offered rate (its whole-window CPU includes idle start-up)
         gateway_cpu_share=gateway_cpu_s / max(split.calls, 1) * load.timing.throughput / cores,
+        loop_ms_per_call=loop_cpu_s / max(split.calls, 1) * 1e3,
+        loop_busy=loop_cpu_s / max(split.calls, 1) * load.timing.throughput,
         scheduling_ms=(
             (float(np.percentile(overruns, 50)), float(np.percentile(overruns, 99)), float(overruns.max()))
             if len(overruns) else (float("nan"),) * 3
