@@ -626,7 +626,8 @@ def tail_reading(tail: TailEvidence) -> list[str]:
     return [
         f"Reading: {where}. The gateway's event-loop thread, which gRPC hands every call to, spent "
         f"{fmt(tail.loop_ms_per_call, 2)} ms of CPU per call: at the offered rate it was busy {tail.loop_busy:.0%} of "
-        "the time, and a call that arrives while it is busy waits before its handler runs. Garbage collection paused the gateway {gc_s * 1e3:,.1f} ms in all "
+        "the time, and a call that arrives while it is busy waits before its handler runs. Garbage collection "
+        f"paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
         f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
         f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late, and the machine "
