@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -31,9 +32,11 @@ import grpc
 import numpy as np
 import psutil
 
+from benchmarks import request_path
 from benchmarks.load import closed_loop, run_load
+from benchmarks.request_path import EchoResults, PathPhase, TailEvidence
 from benchmarks.timing import Timing
-from common.net import free_port
+from common.net import free_ports
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
 STARTUP_FUNCTIONS = ("<module>", "create_server", "load_model", "start")  # before serving (server.py), imports
@@ -52,6 +55,7 @@ class Settings:
     raw_throughput: float
     profile_if_p99_above_ms: float
     load_processes: int = 2  # the load generator's processes (each an asyncio loop with its own channels)
+    request_path: bool = False  # also the echo server, the stage tables and the tail evidence (request_path.py)
 
 
 @dataclass(frozen=True)
@@ -64,27 +68,36 @@ class Hotspot:
 
 @dataclass(frozen=True)
 class CpuUse:
-    """CPU seconds each process spent during one closed-loop run: where the cores went."""
+    """CPU milliseconds per request of each process during one closed-loop run: where the cores went.
+    The gateway's and its Redis's are their CPU over the whole run (warm-up included) divided by
+    the calls the gateway answered in it (its own metrics); the load generator's, its CPU in the
+    measured window by the calls measured."""
 
-    gateway_s: float  # the gateway process, all threads (event loop + ONNX Runtime's)
-    redis_s: float  # its private redis-server
-    load_s: float  # the load generator's processes
+    gateway_ms: float  # the gateway process, all threads (event loop + ONNX Runtime's)
+    redis_ms: float  # its private redis-server
+    load_ms: float  # the load generator's processes
+    rate: float  # requests per second in the measured window
     wall_s: float
-    requests: int
+
+    def share(self, ms: float) -> float:
+        """Share of all the machine's cores that `ms` per request takes at this rate."""
+        return ms * self.rate / 1e3 / (os.cpu_count() or 1)
+
+    @property
+    def total_ms(self) -> float:
+        return self.gateway_ms + self.redis_ms + self.load_ms
 
     @property
     def busy(self) -> float:
         """Share of all the machine's cores busy with the three processes."""
-        return (self.gateway_s + self.redis_s + self.load_s) / (self.wall_s * (os.cpu_count() or 1))
-
-    def ms_per_request(self, seconds: float) -> float:
-        return seconds / self.requests * 1e3
+        return self.share(self.total_ms)
 
 
 @dataclass(frozen=True)
 class GatewayHandle:
     address: str
     pid: int
+    metrics_url: str  # its Prometheus /metrics
 
     def cpu_s(self) -> tuple[float, float]:
         """(gateway process, its children) user + system CPU seconds so far."""
@@ -113,10 +126,20 @@ class GatewayResults:
     profiled_s: float
     cpu: CpuUse  # during the batched closed-loop run
     load_processes: int
+    path: RequestPath | None = None  # with Settings.request_path
 
     @property
     def max_throughput(self) -> float:
         return self.batched.throughput
+
+
+@dataclass(frozen=True)
+class RequestPath:
+    """The request-path section: the echo floor and the gateway's phases, measured in one run."""
+
+    echo: EchoResults
+    phases: dict[str, PathPhase]  # by PHASES key
+    tail: TailEvidence
 
 
 def unavailable() -> str:
@@ -159,9 +182,9 @@ def gateway_process(
 
     from serving.config import env_name
 
-    port = free_port()
+    port, metrics_port = free_ports(2)
     settings = {
-        "repository": repository, "port": port, "metrics_port": -1, "build_demo": "false",
+        "repository": repository, "port": port, "metrics_port": metrics_port, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
         # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
         "redis_dir": "", "redis_aof": "false", **(more_settings or {}),
@@ -191,7 +214,7 @@ def gateway_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield GatewayHandle(address, process.pid)
+        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:
@@ -235,17 +258,31 @@ class Client:
     def random_history(self) -> list[str]:
         return [self.item_ids[i] for i in self.rng.choice(len(self.item_ids), HISTORY_LENGTH, replace=False)]
 
-    async def recommend(self, user_id: str, history: list[str], expect_cached: bool | None) -> None:
+    async def recommend(self, user_id: str, history: list[str], expect_cached: bool | None, view: int = 0) -> None:
         self.sent += 1
         reply = await self.stubs[self.sent % len(self.stubs)].Recommend(
-            self.pb.RecommendRequest(user_id=user_id, history=history, k=K), metadata=self.metadata, timeout=30
-        )
+            self.pb.RecommendRequest(user_id=user_id, history=history, k=K, profile_view=view),
+            metadata=self.metadata, timeout=30,
+        )  # fmt: skip
         if len(reply.items) != K or (expect_cached is not None and reply.profile_from_cache != expect_cached):
             raise RuntimeError(f"unexpected reply: {len(reply.items)} items, from cache {reply.profile_from_cache}")
 
     async def cached(self, i: int) -> None:
         user = i % N_USERS
         await self.recommend(f"bench-{user}", self.histories[user], expect_cached=True)
+
+    async def cached_no_profile(self, i: int) -> None:
+        """A cached Recommend that asks for no profile (RecommendRequest.profile_view NONE)."""
+        user = i % N_USERS
+        await self.recommend(f"bench-{user}", self.histories[user], expect_cached=True, view=self.pb.PROFILE_VIEW_NONE)
+
+    async def get_profile(self, i: int) -> None:
+        self.sent += 1
+        reply = await self.stubs[self.sent % len(self.stubs)].GetProfile(
+            self.pb.GetProfileRequest(user_id=f"bench-{i % N_USERS}"), metadata=self.metadata, timeout=30
+        )
+        if not reply.profile.weights:
+            raise RuntimeError("unexpected reply: GetProfile without a profile")
 
     async def miss(self, i: int) -> None:
         self.fresh += 1
@@ -270,6 +307,15 @@ class ClientSource:
         return Client(self.address, self.token, self.item_ids, seed=0, channels=self.channels)
 
 
+# the request-path phases: key -> (column title, Client method, method name in the gateway's metrics)
+PHASES = {
+    "one": ("1 client, Recommend", "cached", "Recommend"),
+    "one_bare": ("1 client, Recommend, profile_view NONE", "cached_no_profile", "Recommend"),
+    "get": ("1 client, GetProfile", "get_profile", "GetProfile"),
+}
+SATURATED = "saturated"
+
+
 def run(settings: Settings) -> GatewayResults:
     from export.metadata import metadata_path
     from serving import auth
@@ -282,53 +328,80 @@ def run(settings: Settings) -> GatewayResults:
     token = auth.mint_token(auth.read_secret_file(secret).key, "benchmark", auth.Role.SERVICE, ttl_s=3600)
     max_batch = ServingConfig().max_batch_size
     seconds, clients = settings.seconds, settings.clients
-
     processes = settings.load_processes
+    # the floor first, alone on the machine: a bare grpc.aio echo server
+    echo = request_path.measure_echo(clients, seconds, processes) if settings.request_path else None
 
-    def saturate(gateway: GatewayHandle) -> tuple[Timing, CpuUse]:
+    def saturate(gateway: GatewayHandle) -> tuple[Timing, CpuUse, PathPhase]:
         """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
         source = ClientSource(gateway.address, token, item_ids)
-        (gateway0, redis0), start = gateway.cpu_s(), time.perf_counter()
+        before, (gateway0, redis0) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
         load = run_load(source, "cached", processes, seconds, clients=clients)
-        (gateway1, redis1) = gateway.cpu_s()
-        # the load's start-up and warm-up (same load, not timed) are inside the CPU window: scale them out
-        share = load.timing.wall_s / (time.perf_counter() - start)
-        cpu = CpuUse(
-            gateway_s=(gateway1 - gateway0) * share, redis_s=(redis1 - redis0) * share, load_s=load.cpu_s,
-            wall_s=load.timing.wall_s, requests=load.timing.calls,
+        after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        samples = request_path.delta(before, after)
+        split = request_path.stage_split(samples, "Recommend")
+        phase = PathPhase(
+            f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
+            request_path.mean_batch(samples),
         )  # fmt: skip
-        return load.timing, cpu
+        cpu = CpuUse(
+            gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
+            load_ms=load.cpu_s / load.timing.calls * 1e3, rate=load.timing.throughput, wall_s=load.timing.wall_s,
+        )  # fmt: skip
+        return load.timing, cpu, phase
 
     async def warm(gateway: GatewayHandle) -> None:
         client = Client(gateway.address, token, item_ids)
         await client.warm()
         await client.close()
 
-    async def one_client(gateway: GatewayHandle) -> tuple[Timing, Timing]:
+    async def one_client(gateway: GatewayHandle, call: str, method: str, title: str) -> PathPhase:
+        """One client, one call in flight on a persistent channel, with the gateway's stages."""
         client = Client(gateway.address, token, item_ids)
-        hit = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.2)
+        before, (gateway0, redis0) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2)
+        after, (gateway1, redis1) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        await client.close()
+        samples = request_path.delta(before, after)
+        split = request_path.stage_split(samples, method)
+        return PathPhase(title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples))
+
+    async def misses(gateway: GatewayHandle) -> Timing:
+        client = Client(gateway.address, token, item_ids)
         miss = await closed_loop(client.miss, 1, seconds / 2, warmup_s=0.2)
         await client.close()
-        return hit, miss
+        return miss
+
+    def open_loop_at(gateway: GatewayHandle, rate: float) -> TailEvidence:
+        before, (gateway0, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        with request_path.SchedulingProbe() as probe:
+            load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate)
+        after, (gateway1, _) = request_path.scrape(gateway.metrics_url), gateway.cpu_s()
+        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, probe)
 
     with gateway_process(repository, secret, max_batch) as gateway:
         asyncio.run(warm(gateway))
-        batched, cpu = saturate(gateway)
-        hit, miss = asyncio.run(one_client(gateway))
+        batched, cpu, saturated = saturate(gateway)
+        phases = {SATURATED: saturated}
+        for key, (title, call, method) in PHASES.items():
+            if key == "one" or settings.request_path:
+                phases[key] = asyncio.run(one_client(gateway, call, method, title))
+        miss = asyncio.run(misses(gateway))
         rate = settings.load_fraction * batched.throughput
-        at_load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate).timing
+        tail = open_loop_at(gateway, rate)
     with gateway_process(repository, secret, 1) as gateway:
         asyncio.run(warm(gateway))
-        unbatched, _ = saturate(gateway)
+        unbatched, _, _ = saturate(gateway)
     profile = repository.parent / "gateway-profile.json"
     with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
+    path = RequestPath(echo, phases, tail) if echo is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
-        cache_hit=hit, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction, at_load=at_load,
-        hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes,
+        cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
+        at_load=tail.client, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
     )  # fmt: skip
 
 
@@ -375,15 +448,22 @@ def fmt(value: float, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def render(results: GatewayResults, raw_throughput: float) -> list[str]:
+def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
     g = results
+    cpu = g.cpu
+    versus_raw = (
+        f" = **{g.max_throughput / raw_throughput:.0%}** of the raw scorer's {fmt(raw_throughput, 0)} rows/s at batch 256"
+        if raw_throughput else ""
+    )
     lines = [
+        f"## Gateway at {g.n_items:,} items",
+        "",
         f"Gateway (gRPC, {g.n_items:,} items, in-process ONNX Runtime backend, private redis-server, auth on; "
         f"Recommend with a {HISTORY_LENGTH}-item history and k = {K}; the load generator, a multi-process "
-        f"asyncio gRPC driver ({g.load_processes} processes), runs on the same {os.cpu_count()} cores): **{fmt(g.max_throughput, 0)} req/s** at {g.clients} concurrent clients = "
-        f"**{g.max_throughput / raw_throughput:.0%}** of the raw scorer's {fmt(raw_throughput, 0)} rows/s.",
+        f"asyncio gRPC driver ({g.load_processes} processes), runs on the same {os.cpu_count()} cores): "
+        f"**{fmt(g.max_throughput, 0)} req/s** at {g.clients} concurrent clients{versus_raw}.",
         "",
-        f"### Micro-batching on vs off ({g.clients} concurrent clients, cached profiles)",
+        f"### Micro-batching on vs off ({g.n_items:,} items, {g.clients} concurrent clients, cached profiles)",
         "",
         "| micro-batcher | req/s | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: |",
@@ -392,7 +472,7 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         f"| off (max_batch_size 1) | {fmt(g.unbatched.throughput, 0)} | {fmt(g.unbatched.p50_ms)} | {fmt(g.unbatched.p99_ms)} |",
         f"| ratio on / off | {g.batched.throughput / g.unbatched.throughput:.2f}× | | |",
         "",
-        "### Profile cache hit vs miss (one client, sequential calls)",
+        f"### Profile cache hit vs miss ({g.n_items:,} items, one client, sequential calls)",
         "",
         "| profile | calls | p50 ms | p99 ms |",
         "| --- | ---: | ---: | ---: |",
@@ -401,30 +481,31 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         f"{fmt(g.cache_miss.p99_ms, 2)} |",
         f"| miss / hit (p50) | | {g.cache_miss.p50_ms / g.cache_hit.p50_ms:.2f}× | |",
         "",
-        f"### Latency at {g.load_fraction:.0%} of the maximum throughput (open loop)",
+        f"### Latency at {g.load_fraction:.0%} of the maximum throughput ({g.n_items:,} items, open loop)",
         "",
         f"{fmt(g.offered_rate, 0)} req/s offered for {g.at_load.calls} calls: p50 {fmt(g.at_load.p50_ms)} ms, "
         f"p99 {fmt(g.at_load.p99_ms)} ms (latency from each request's scheduled start).",
         "",
-        f"### Where the CPU goes ({g.clients} clients, cached profiles, {fmt(g.cpu.wall_s)} s)",
+        f"### Where the CPU goes ({g.n_items:,} items, {g.clients} clients, cached profiles, {fmt(cpu.wall_s)} s)",
         "",
-        "CPU seconds of each process during the micro-batched closed-loop run above (psutil for the gateway "
-        "and its Redis, `time.process_time` in each load process), per request and as a share of all the machine's cores.",
+        "CPU of each process during the micro-batched closed-loop run above (psutil for the gateway and its "
+        "Redis, over the whole run divided by the calls the gateway's metrics counted; `time.process_time` "
+        "in each load process over the measured window), per request and as a share of all the machine's cores.",
         "",
         "| process | CPU ms per request | share of the machine's cores |",
         "| --- | ---: | ---: |",
         *[
-            f"| {name} | {fmt(g.cpu.ms_per_request(seconds), 2)} | {seconds / (g.cpu.wall_s * (os.cpu_count() or 1)):.0%} |"
-            for name, seconds in (
-                ("gateway (event loop + ONNX Runtime threads)", g.cpu.gateway_s),
-                ("its redis-server", g.cpu.redis_s),
-                (f"load generator ({g.load_processes} processes, {g.clients} gRPC clients)", g.cpu.load_s),
+            f"| {name} | {fmt(ms, 2)} | {cpu.share(ms):.0%} |"
+            for name, ms in (
+                ("gateway (event loop + ONNX Runtime threads)", cpu.gateway_ms),
+                ("its redis-server", cpu.redis_ms),
+                (f"load generator ({g.load_processes} processes, {g.clients} gRPC clients)", cpu.load_ms),
             )
         ],
-        f"| all three | {fmt(g.cpu.ms_per_request(g.cpu.gateway_s + g.cpu.redis_s + g.cpu.load_s), 2)} | {g.cpu.busy:.0%} |",
+        f"| all three | {fmt(cpu.total_ms, 2)} | {cpu.busy:.0%} |",
         "",
-        f"### Where the gateway's time goes (pyinstrument, {g.clients} clients, {fmt(g.profiled_s)} s of the main thread "
-        "after start-up)",
+        f"### Where the gateway's time goes (pyinstrument, {g.n_items:,} items, {g.clients} clients, "
+        f"{fmt(g.profiled_s)} s of the main thread after start-up)",
         "",
         "Self time per function on the gateway's event-loop thread; ONNX Runtime's inference runs in its "
         "own threads and shows up here only as the time the loop waits.",
@@ -436,3 +517,86 @@ def render(results: GatewayResults, raw_throughput: float) -> list[str]:
         "",
     ]
     return lines
+
+
+def render_path(results: GatewayResults, scorer_batch1: Timing | None) -> list[str]:
+    """The request-path section: the stage tables beside the echo floor, and the tail evidence."""
+    g, path = results, results.path
+    assert path is not None
+    echo, phases, tail = path.echo, path.phases, path.tail
+    ordered = {phase.name: phase for phase in (*(phases[key] for key in PHASES if key in phases), phases[SATURATED])}
+    splits = {name: phase.split for name, phase in ordered.items()}
+    batch1 = f"; the raw scorer at batch 1: p50 {fmt(scorer_batch1.p50_ms, 2)} ms" if scorer_batch1 else ""
+    lines = [
+        f"## Request path ({g.n_items:,} items)",
+        "",
+        "The floor, measured first in the same run: a bare grpc.aio unary echo server (200-byte messages, no "
+        f"work; `benchmarks/request_path.py`). One client, one call in flight: **p50 {fmt(echo.one_client.p50_ms, 2)} ms**. "
+        f"{g.clients} calls in flight from the load processes: {fmt(echo.saturated.throughput, 0)} req/s at "
+        f"**{fmt(echo.cpu_ms_per_call, 3)} server CPU ms per call**{batch1}.",
+        "",
+        "Where a call's time goes, from the gateway's own `apron_stage_seconds{method,stage}` histograms "
+        "(`serving/stages.py`; always on), read from its `/metrics` before and after each phase: mean "
+        "microseconds per call (a stage some calls skip counts 0 for them). Stages are wall time: with "
+        f"{g.clients} clients they include waiting for the event loop and the cores. The gateway's CPU "
+        "includes ONNX Runtime's threads.",
+        "",
+        *request_path.stage_rows(splits),
+        "| client latency, mean µs | " + " | ".join(f"{p.timing.latencies_s.mean() * 1e6:,.0f}" for p in ordered.values()) + " |",
+        "| client latency, p50 µs | " + " | ".join(f"{p.timing.p50_ms * 1e3:,.0f}" for p in ordered.values()) + " |",
+        "| outside the stages (gRPC's send, the transport, the client), mean µs | "
+        + " | ".join(f"{p.timing.latencies_s.mean() * 1e6 - p.split.total_us:,.0f}" for p in ordered.values()) + " |",
+        "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
+        "| gateway CPU per call / echo server CPU per call | "
+        + " | ".join(f"{p.cpu_ms_per_call / echo.cpu_ms_per_call:.1f}×" for p in ordered.values()) + " |",
+        "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
+        "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
+        "",
+        *tail_lines(g, tail),
+    ]
+    return lines
+
+
+def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
+    """Item 4 of issue 19: the open-loop run's tail beside what the gateway and the load generator saw."""
+    client = tail.client
+    gc_rows = [
+        f"| generation {generation} | {count:,.0f} | {seconds * 1e3:,.1f} | {seconds / tail.wall_s:.1%} | ≤ {p99:,.2f} |"
+        for generation, (count, seconds, p99) in tail.gc.items()
+    ]
+    top = sorted(tail.split.seconds, key=lambda stage: -tail.split.seconds[stage])[:4]
+    return [
+        f"### Tail latency at {g.load_fraction:.0%} of the maximum throughput ({g.n_items:,} items, open loop): the evidence",
+        "",
+        f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s. The client's latency is from each request's "
+        "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
+        "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
+        "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "
+        "is how late the machine woke an otherwise idle thread that sleeps 1 ms at a time "
+        "(`request_path.SchedulingProbe`), i.e. how long a runnable process waited for a core.",
+        "",
+        "| | p50 ms | p99 ms |",
+        "| --- | ---: | ---: |",
+        f"| client, from the scheduled start | {fmt(client.p50_ms, 1)} | {fmt(client.p99_ms, 1)} |",
+        f"| the gateway's own RPC duration (bucket bound) | ≤ {fmt(tail.server_p50_ms, 1)} | ≤ {fmt(tail.server_p99_ms, 1)} |",
+        f"| load generator's send lag | {fmt(tail.send_lag_ms[0], 1)} | {fmt(tail.send_lag_ms[1], 1)} |",
+        f"| the machine's scheduling delay (a 1 ms sleep's overrun; max {fmt(tail.scheduling_ms[2], 1)} ms) | "
+        f"{fmt(tail.scheduling_ms[0], 2)} | {fmt(tail.scheduling_ms[1], 1)} |",
+        "",
+        "| calls slower than | as the client saw them | the gateway's own RPC duration |",
+        "| --- | ---: | ---: |",
+        *[f"| {threshold:g} ms | {client:.2%} | {server:.2%} |" for threshold, (client, server) in tail.over_ms.items()],
+        "",
+        f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests on average. CPU: the "
+        f"gateway {tail.gateway_cpu_share:.0%} and the load generator {tail.load_cpu_share:.0%} of the machine's cores. "
+        "Largest stages per call: "
+        + ", ".join(f"`{stage}` {tail.split.per_call_us(stage) / 1e3:,.2f} ms" for stage in top)
+        + ". Garbage collections in the gateway (`apron_gc_pause_seconds`):",
+        "",
+        "| | collections | total ms | share of the run | p99 pause ms (bucket bound) |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        *gc_rows,
+        "",
+    ]
+
+

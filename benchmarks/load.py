@@ -14,7 +14,7 @@ import multiprocessing
 import queue
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,8 +24,18 @@ from benchmarks.timing import Timing
 Call = Callable[[int], Awaitable[object]]  # request number -> the RPC
 
 
-async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0) -> Timing:
+@dataclass
+class LoadStats:
+    """What a run saw beyond its measured latencies: every completed call (warm-up included, to set
+    against a server's own counters) and, in an open loop, how late each request was sent."""
+
+    calls: int = 0
+    send_lags_s: list[float] = field(default_factory=list)
+
+
+async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0, stats: LoadStats | None = None) -> Timing:
     """`clients` concurrent callers for `seconds` (after `warmup_s`); failures raise."""
+    stats = stats if stats is not None else LoadStats()
     latencies: list[float] = []
     counter = iter(range(1 << 62))
     measuring = False
@@ -38,6 +48,7 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
                 return
             t0 = time.perf_counter()
             await call(next(counter))
+            stats.calls += 1
             if measuring:
                 latencies.append(time.perf_counter() - t0)
 
@@ -55,9 +66,11 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
 
 
-async def open_loop(call: Call, rate: float, seconds: float) -> Timing:
+async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | None = None) -> Timing:
     """Start one request every 1/rate seconds for `seconds`; latency is measured from the scheduled
-    start, so a stalled server shows up in the percentiles instead of slowing the sender."""
+    start, so a stalled server shows up in the percentiles instead of slowing the sender (how late
+    the sender itself was goes to `stats.send_lags_s`)."""
+    stats = stats if stats is not None else LoadStats()
     interval = 1.0 / rate
     n = max(1, int(rate * seconds))
     start = time.perf_counter()
@@ -65,7 +78,9 @@ async def open_loop(call: Call, rate: float, seconds: float) -> Timing:
     async def one(i: int) -> float:
         scheduled = start + i * interval
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+        stats.send_lags_s.append(time.perf_counter() - scheduled)
         await call(i)
+        stats.calls += 1
         return time.perf_counter() - scheduled
 
     latencies = await asyncio.gather(*(one(i) for i in range(n)))
@@ -89,6 +104,8 @@ class ProcessLoad:
     timing: Timing  # all processes' latencies; wall time from the common start to the last end
     cpu_s: float  # CPU seconds the load processes spent during the measured window
     processes: int
+    calls_all: int = 0  # completed calls, warm-up included
+    send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
     # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
     # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
     window: tuple[float, float] = (0.0, 0.0)
@@ -147,8 +164,11 @@ def run_load(
         raise RuntimeError(f"a load process failed: {errors[0]}")
     latencies = np.concatenate([part[0] for part in parts])
     wall_s = max(part[1] for part in parts)
-    window = (min(part[3] for part in parts), max(part[4] for part in parts))
-    return ProcessLoad(Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes, window)
+    return ProcessLoad(
+        Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
+        calls_all=sum(part[5] for part in parts), send_lags_s=np.concatenate([part[6] for part in parts]),
+        window=(min(part[3] for part in parts), max(part[4] for part in parts)),
+    )  # fmt: skip
 
 
 def _load_process(
@@ -162,17 +182,21 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, float, float]:
+) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    stats = LoadStats()
     if clients:
-        timing = await closed_loop(call, clients, seconds, warmup_s)
+        timing = await closed_loop(call, clients, seconds, warmup_s, stats)
     else:
-        timing = await open_loop(call, rate, seconds)
+        timing = await open_loop(call, rate, seconds, stats)
     ended = time.monotonic()
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
-    return timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended
+    return (
+        timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended,
+        stats.calls, np.asarray(stats.send_lags_s),
+    )  # fmt: skip

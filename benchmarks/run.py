@@ -48,13 +48,17 @@ TARGET_PENALTY_RATIO = 1.2  # the controllable preset's scorer over the same sco
 PENALTY_BATCHES = (1, 32)
 DEMO_CATALOG = 2_813  # `make serve`'s demo model (Last.fm 2K's artists)
 LOAD_FRACTION = 0.7
+# issue 19, the request path, as ratios to a bare grpc.aio echo server measured in the same run
+TARGET_CPU_VS_ECHO = 2.0  # gateway CPU per cached Recommend / the echo server's CPU per call
+TARGET_RECOMMEND_MARGIN_MS = 0.5  # one client: Recommend p50 <= echo p50 + scorer batch-1 p50 + this
+TARGET_GET_PROFILE_MARGIN_MS = 0.3  # one client: GetProfile p50 <= echo p50 + this
 
 
 @dataclass
 class Report:
     catalogs: list[CatalogResult] = field(default_factory=list)
     histories: list[HistoryResult] = field(default_factory=list)
-    gateway: gateway_bench.GatewayResults | None = None
+    gateways: list[gateway_bench.GatewayResults] = field(default_factory=list)  # one per --gateway-items size
     gateway_reason: str = ""  # why the gateway was not measured
     profile_scaling: ProfileScaling | None = None
     penalties: list[PenaltyResult] = field(default_factory=list)
@@ -139,22 +143,51 @@ def gateway_batch_scorer(report: Report) -> Timing | None:
     return served(report).timings.get(f"scorer/ort/b{GATEWAY_BATCH}")
 
 
+def served_gateway(report: Report) -> gateway_bench.GatewayResults | None:
+    """The gateway run at the catalog size the throughput targets are stated for."""
+    return next((g for g in report.gateways if g.n_items == SERVED_CATALOG), None)
+
+
+def path_gateway(report: Report) -> gateway_bench.GatewayResults | None:
+    """The gateway run with the request-path section (the first --gateway-items size)."""
+    return next((g for g in report.gateways if g.path is not None), None)
+
+
+def scorer_batch1(report: Report, n_items: int) -> Timing | None:
+    found = [r for r in report.catalogs if r.n_items == n_items]
+    return found[0].timings["scorer/ort/b1"] if found else None
+
+
+def scorer_b256(report: Report, n_items: int) -> Timing | None:
+    found = [r for r in report.catalogs if r.n_items == n_items]
+    return found[0].timings["scorer/ort/b256"] if found else None
+
+
+def p99_row(g: gateway_bench.GatewayResults) -> tuple[str, str, bool | None]:
+    return (
+        f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {g.n_items:,} items",
+        f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered (p50 {fmt(g.at_load.p50_ms, 1)} ms)",
+        g.at_load.p99_ms <= TARGET_P99_MS,
+    )
+
+
 def cpu_targets(report: Report) -> list[tuple[str, str, bool | None]]:
-    """(target, measured, met?) for the CPU rows of issue 13; None = not measured."""
-    g = report.gateway
+    """(target, measured, met?) for the CPU rows of issue 13 (41k items) and issue 19 (the request
+    path, at the first gateway size); None = not measured."""
+    g = served_gateway(report)
     clients = g.clients if g is not None else 64
     batch1 = served(report).timings["scorer/ort/b1"]
     same_batch = gateway_batch_scorer(report)
     names = (
-        f"micro-batching ≥ {TARGET_BATCHING_SPEEDUP:g}× unbatched throughput ({clients} clients)",
+        f"micro-batching ≥ {TARGET_BATCHING_SPEEDUP:g}× unbatched throughput ({clients} clients, {SERVED_CATALOG:,} items)",
         f"gateway ≥ {TARGET_GATEWAY_FRACTION:.0%} of the raw scorer at the same batch size ({GATEWAY_BATCH}, "
         f"{SERVED_CATALOG:,} items)",
-        f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop)",
-        f"one client, cached profile: p50 ≤ scorer batch-1 p50 + {TARGET_ONE_CLIENT_MARGIN_MS:g} ms",
+        f"one client, cached profile: p50 ≤ scorer batch-1 p50 + {TARGET_ONE_CLIENT_MARGIN_MS:g} ms ({SERVED_CATALOG:,} items)",
     )
     rows: list[tuple[str, str, bool | None]] = []
     if g is None:
-        rows += [(name, f"not measured: {report.gateway_reason}", None) for name in names]
+        why = report.gateway_reason or f"no gateway run at {SERVED_CATALOG:,} items (--gateway-items)"
+        rows += [(name, f"not measured: {why}", None) for name in names]
     else:
         speedup = g.batched.throughput / g.unbatched.throughput
         rows.append((names[0], f"{speedup:.2f}×", speedup >= TARGET_BATCHING_SPEEDUP))
@@ -166,15 +199,13 @@ def cpu_targets(report: Report) -> list[tuple[str, str, bool | None]]:
                 (names[1], f"{fraction:.0%} ({fmt(g.max_throughput, 0)} vs {fmt(same_batch.throughput, 0)} req/s)",
                  fraction >= TARGET_GATEWAY_FRACTION)
             )  # fmt: skip
-        rows.append(
-            (names[2], f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered",
-             g.at_load.p99_ms <= TARGET_P99_MS)
-        )  # fmt: skip
         bound = batch1.p50_ms + TARGET_ONE_CLIENT_MARGIN_MS
         rows.append(
-            (names[3], f"{fmt(g.cache_hit.p50_ms, 2)} ms vs {fmt(batch1.p50_ms, 2)} + {TARGET_ONE_CLIENT_MARGIN_MS:g} ms",
+            (names[2], f"{fmt(g.cache_hit.p50_ms, 2)} ms vs {fmt(batch1.p50_ms, 2)} + {TARGET_ONE_CLIENT_MARGIN_MS:g} ms",
              g.cache_hit.p50_ms <= bound)
         )  # fmt: skip
+    rows += [p99_row(gateway) for gateway in report.gateways]
+    rows += path_targets(report)
     scaling = report.profile_scaling
     if scaling is None or len(scaling.timings) < 2:
         rows.append((f"profile graph, batch 1: cost at the largest catalog ≤ {TARGET_PROFILE_GROWTH:g}× at the smallest",
@@ -187,6 +218,42 @@ def cpu_targets(report: Report) -> list[tuple[str, str, bool | None]]:
              f"{ratio:.2f}× ({fmt(scaling.timings[large].p50_ms, 3)} vs {fmt(scaling.timings[small].p50_ms, 3)} ms)",
              ratio <= TARGET_PROFILE_GROWTH)
         )  # fmt: skip
+    return rows
+
+
+def path_targets(report: Report) -> list[tuple[str, str, bool | None]]:
+    """Issue 19's rows: the gateway against the bare echo server of the same run."""
+    g = path_gateway(report)
+    items = f"{g.n_items:,} items" if g is not None else "the first --gateway-items size"
+    names = (
+        f"gateway CPU per cached Recommend ≤ {TARGET_CPU_VS_ECHO:g}× the bare echo server's CPU per call ({items})",
+        f"one client, cached Recommend: p50 ≤ echo p50 + scorer batch-1 p50 + {TARGET_RECOMMEND_MARGIN_MS:g} ms ({items})",
+        f"one client, GetProfile: p50 ≤ echo p50 + {TARGET_GET_PROFILE_MARGIN_MS:g} ms",
+    )
+    if g is None or g.path is None:
+        why = report.gateway_reason or "no request-path run"
+        return [(name, f"not measured: {why}", None) for name in names]
+    echo, phases = g.path.echo, g.path.phases
+    cpu_ratio = g.cpu.gateway_ms / echo.cpu_ms_per_call
+    rows: list[tuple[str, str, bool | None]] = [
+        (names[0], f"{cpu_ratio:.1f}× ({fmt(g.cpu.gateway_ms, 2)} vs {fmt(echo.cpu_ms_per_call, 2)} ms)", cpu_ratio <= TARGET_CPU_VS_ECHO)
+    ]
+    batch1 = scorer_batch1(report, g.n_items)
+    recommend = phases["one"].timing.p50_ms
+    if batch1 is None:
+        rows.append((names[1], f"not measured: no scorer batch-1 run at {g.n_items:,} items (--catalog-sizes)", None))
+    else:
+        bound = echo.one_client.p50_ms + batch1.p50_ms + TARGET_RECOMMEND_MARGIN_MS
+        rows.append(
+            (names[1], f"{fmt(recommend, 2)} ms vs {fmt(echo.one_client.p50_ms, 2)} + {fmt(batch1.p50_ms, 2)} + "
+             f"{TARGET_RECOMMEND_MARGIN_MS:g} = {fmt(bound, 2)} ms", recommend <= bound)
+        )  # fmt: skip
+    get = phases["get"].timing.p50_ms
+    bound = echo.one_client.p50_ms + TARGET_GET_PROFILE_MARGIN_MS
+    rows.append(
+        (names[2], f"{fmt(get, 2)} ms vs {fmt(echo.one_client.p50_ms, 2)} + {TARGET_GET_PROFILE_MARGIN_MS:g} = "
+         f"{fmt(bound, 2)} ms", get <= bound)
+    )  # fmt: skip
     return rows
 
 
@@ -215,25 +282,26 @@ def targets(report: Report) -> list[tuple[str, str, bool | None]]:
 
 
 def bottleneck(report: Report) -> list[str]:
-    """For missed targets: the profile's top function, named (the table is in the gateway section)."""
-    if report.gateway is None or all(ok is not False for _, _, ok in targets(report)) or not report.gateway.hotspots:
+    """For missed targets: where each gateway run's CPU and event-loop time went (the tables are in
+    the gateway sections)."""
+    if all(ok is not False for _, _, ok in targets(report)):
         return []
-    g = report.gateway
-    top = g.hotspots[1:4]  # [0] is the loop's idle time
-    named = "; ".join(f"`{h.function}` ({h.location}, {h.share:.0%})" for h in top)
-    cpu = g.cpu
     cores = os.cpu_count() or 1
-    return [
-        "Missed targets were profiled (pyinstrument and per-process CPU time, gateway under full load; "
-        f"tables in the gateway section). At {fmt(g.max_throughput, 0)} req/s the {cores} cores were "
-        f"{cpu.busy:.0%} busy: the gateway used {fmt(cpu.ms_per_request(cpu.gateway_s), 2)} CPU ms per request, "
-        f"its Redis {fmt(cpu.ms_per_request(cpu.redis_s), 2)} and the co-located load generator "
-        f"{fmt(cpu.ms_per_request(cpu.load_s), 2)}. The gateway alone on all {cores} cores would top out near "
-        f"{fmt(cores / (cpu.gateway_s + cpu.redis_s) * cpu.requests, 0)} req/s (CPU-bound estimate, not measured). "
-        f"Largest self time on the gateway's event-loop thread: {named}; the loop was idle "
-        f"{g.hotspots[0].share:.0%} of the time.",
-        "",
-    ]
+    lines = ["Missed targets were profiled (per-process CPU time, the stage tables and pyinstrument, gateway under full load; "
+             "tables in the gateway sections)."]  # fmt: skip
+    for g in report.gateways:
+        cpu = g.cpu
+        top = "; ".join(f"`{h.function}` ({h.location}, {h.share:.0%})" for h in g.hotspots[1:4])
+        lines.append(
+            f"At {g.n_items:,} items and {fmt(g.max_throughput, 0)} req/s the gateway, its Redis and the load generator "
+            f"used {cpu.busy:.0%} of the {cores} cores: the gateway took "
+            f"{fmt(cpu.gateway_ms, 2)} CPU ms per request, its Redis {fmt(cpu.redis_ms, 2)} and the co-located load "
+            f"generator {fmt(cpu.load_ms, 2)}. The gateway alone on all {cores} cores would top out near "
+            f"{fmt(cores / (cpu.gateway_ms + cpu.redis_ms) * 1e3, 0)} req/s (CPU-bound estimate, not measured)."
+            + (f" Largest self time on its event-loop thread: {top}; the loop was idle {g.hotspots[0].share:.0%} of the time."
+               if g.hotspots else "")  # fmt: skip
+        )
+    return [" ".join(lines), ""]
 
 
 def profile_scaling_lines(scaling: ProfileScaling | None) -> list[str]:
@@ -340,6 +408,7 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         "",
     ]
     at_gateway_batch = served_result.timings.get(f"scorer/ort/b{GATEWAY_BATCH}")
+    served_g = served_gateway(report)
     if at_gateway_batch is not None:
         lines += [
             f"The gateway's micro-batcher runs at most {GATEWAY_BATCH} requests at once (`max_batch_size`); "
@@ -347,16 +416,19 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
             f"(p50 {fmt(at_gateway_batch.p50_ms, 1)} ms per batch).",
             "",
         ]
-        if report.gateway is not None:
+        if served_g is not None:
             lines += [
                 f"Gateway / raw scorer at batch {GATEWAY_BATCH}: "
-                f"**{report.gateway.max_throughput / at_gateway_batch.throughput:.0%}**.",
+                f"**{served_g.max_throughput / at_gateway_batch.throughput:.0%}**.",
                 "",
             ]
-    if report.gateway is None:
+    if not report.gateways:
         lines += [f"Gateway: not measured: {report.gateway_reason}.", ""]
-    else:
-        lines += gateway_bench.render(report.gateway, raw.throughput)
+    for g in report.gateways:
+        raw_here = scorer_b256(report, g.n_items)
+        lines += gateway_bench.render(g, raw_here.throughput if raw_here is not None else None)
+        if g.path is not None:
+            lines += gateway_bench.render_path(g, scorer_batch1(report, g.n_items))
     lines += workers_bench.render(report.workers) if report.workers else []
     lines += gpu_check.section(gpu_check.read_record())
     return "\n".join(lines) + "\n"
@@ -369,7 +441,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--history-lengths", type=int, nargs="+", default=[10, 100, 1_000])
     parser.add_argument("--seconds", type=float, default=1.5, help="minimum time per model measurement")
     parser.add_argument("--gateway-seconds", type=float, default=8.0, help="time per gateway load phase")
-    parser.add_argument("--gateway-items", type=int, default=SERVED_CATALOG, help="catalog size served by the gateway")
+    parser.add_argument(
+        "--gateway-items", type=int, nargs="+", default=[1_000, SERVED_CATALOG],
+        help="catalog sizes served by the gateway, one gateway run each; the first also gets the request-path "
+        "section (a bare gRPC echo server, stage tables, tail-latency evidence)",
+    )  # fmt: skip
     parser.add_argument(
         "--penalty-items", type=int, nargs="*", default=[DEMO_CATALOG, SERVED_CATALOG],
         help="catalog sizes of the edit-penalty benchmark (the target is stated for 41000)",
@@ -410,12 +486,14 @@ def main(argv: list[str] | None = None) -> int:
     elif reason := gateway_bench.unavailable():
         report.gateway_reason = reason
     else:
-        settings = gateway_bench.Settings(
-            n_items=args.gateway_items, clients=args.clients, seconds=args.gateway_seconds, workdir=args.workdir,
-            load_fraction=LOAD_FRACTION, raw_throughput=raw_scorer(report).throughput,
-            profile_if_p99_above_ms=TARGET_P99_MS, load_processes=args.load_processes,
-        )
-        report.gateway = gateway_bench.run(settings)
+        for i, n_items in enumerate(args.gateway_items):
+            settings = gateway_bench.Settings(
+                n_items=n_items, clients=args.clients, seconds=args.gateway_seconds, workdir=args.workdir,
+                load_fraction=LOAD_FRACTION, raw_throughput=raw_scorer(report).throughput,
+                profile_if_p99_above_ms=TARGET_P99_MS, load_processes=args.load_processes, request_path=i == 0,
+            )  # fmt: skip
+            report.gateways.append(gateway_bench.run(settings))
+            print(f"gateway at {n_items:,} items: done ({time.perf_counter() - start:.0f} s)", flush=True)
         report.workers = workers_bench.run(workers_bench.Settings(args.workdir, args.gateway_seconds, args.clients, args.load_processes))
     text = render(report, command, time.perf_counter() - start, started)
     atomic_write_text(args.output, text)

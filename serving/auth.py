@@ -41,6 +41,7 @@ import os
 import secrets
 import tempfile
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from serving import stages
 from serving.config import SecurityConfig
 from serving.errors import ApronError
 
@@ -64,6 +66,9 @@ DEV_TOKEN_TTL_S = 7 * 24 * 3600.0  # the printed quick-start token: a week, then
 DEFAULT_MAX_LIFETIME_S = 30 * 24 * 3600.0  # longest exp - iat accepted unless configured
 # Clock skew tolerated between the token's issuer and this server (seconds).
 LEEWAY_S = 30.0
+# Verified tokens remembered (TokenVerifier): how many, and for at most how long after their check.
+TOKEN_CACHE_SIZE = 10_000
+TOKEN_CACHE_S = 300.0
 
 # Calls anyone may make without a token: load balancers' health checks and grpcurl's reflection.
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -286,7 +291,15 @@ def mint_with_configured_key(
 
 class TokenVerifier:
     """Checks a token's signature, issuer, audience (when configured), issue time, expiry, lifetime
-    and role; returns the Principal or raises AuthError."""
+    and role; returns the Principal or raises AuthError.
+
+    A client sends the same token on every call, and checking it (a JWT decode and a signature) is
+    a large part of a cached Recommend's own cost, so tokens that passed every check are remembered
+    (`cache_size` of them, least recently used dropped first) until the earlier of their `exp` and
+    `cache_s` after the check. Every answer is the one a full check would give: a token is only
+    remembered once it passed, a later check can only fail by expiry (its `iat`, issuer, audience,
+    lifetime and role do not change, nor does this verifier's key), and a remembered token is
+    checked in full again from its `exp` on. Tokens that fail are never remembered."""
 
     def __init__(
         self,
@@ -296,14 +309,42 @@ class TokenVerifier:
         *,
         audience: str = "",
         max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
+        cache_size: int = TOKEN_CACHE_SIZE,
+        cache_s: float = TOKEN_CACHE_S,
+        clock: Callable[[], float] = time.time,
     ):
         self.key = key
         self.issuer = issuer
         self.leeway_s = leeway_s
         self.audience = audience
         self.max_lifetime_s = max_lifetime_s
+        self.cache_size = cache_size
+        self.cache_s = cache_s
+        self.clock = clock  # wall-clock seconds, as `exp` is
+        self._verified: OrderedDict[str, tuple[Principal, float]] = OrderedDict()  # token -> (caller, valid until)
+
+    @property
+    def cached(self) -> int:
+        """How many verified tokens are remembered."""
+        return len(self._verified)
 
     def verify(self, token: str) -> Principal:
+        found = self._verified.get(token)
+        if found is not None:
+            if self.clock() < found[1]:
+                self._verified.move_to_end(token)
+                return found[0]
+            del self._verified[token]  # expired or past the cap: checked in full below
+        principal, expires = self._check(token)
+        now = self.clock()
+        if self.cache_size > 0 and expires > now:  # within the leeway after exp: checked in full every time
+            self._verified[token] = (principal, min(expires, now + self.cache_s))
+            while len(self._verified) > self.cache_size:
+                self._verified.popitem(last=False)
+        return principal
+
+    def _check(self, token: str) -> tuple[Principal, float]:
+        """The full check: the caller and the token's `exp`."""
         required = ["sub", "iss", "iat", "exp", "role", *(["aud"] if self.audience else [])]
         try:
             claims = jwt.decode(
@@ -337,7 +378,7 @@ class TokenVerifier:
             raise AuthError("the bearer token's `sub` must be a non-empty string")
         if role not in Role._value2member_map_:
             raise AuthError(f"the bearer token's role {role!r} is not one of {[r.value for r in Role]}")
-        return Principal(subject, Role(role))
+        return Principal(subject, Role(role)), float(claims["exp"])
 
     def verify_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         values = [value for key, value in (metadata or ()) if key == METADATA_KEY]
@@ -358,21 +399,22 @@ class TokenVerifier:
 Caller = Principal | AuthError
 
 
-def _wrap_unary(behavior: Callable, caller: Caller) -> Callable:
+def _wrap_unary(behavior: Callable, caller: Caller, clock: stages.StageClock) -> Callable:
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-        reset = _principal.set(caller)
+        reset, reset_clock = _principal.set(caller), stages.attach(clock)
         try:
             result = behavior(request_or_iterator, context)
             return await result if inspect.isawaitable(result) else result
         finally:
+            stages.end(reset_clock)
             _principal.reset(reset)
 
     return handler
 
 
-def _wrap_streaming(behavior: Callable, caller: Caller) -> Callable:
+def _wrap_streaming(behavior: Callable, caller: Caller, clock: stages.StageClock) -> Callable:
     if not inspect.isasyncgenfunction(behavior):  # a coroutine that writes via context.write
-        return _wrap_unary(behavior, caller)
+        return _wrap_unary(behavior, caller, clock)
 
     async def handler(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
         reset = _principal.set(caller)
@@ -419,13 +461,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler  # unknown methods get UNIMPLEMENTED from grpc itself
+        clock = stages.StageClock(time.perf_counter())  # the call's stages start with its token check
         caller: Caller
         try:
             caller = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
         except AuthError as error:
             caller = error
-        streaming = handler.response_streaming
-        return _with_behavior(handler, lambda behavior: (_wrap_streaming if streaming else _wrap_unary)(behavior, caller))
+        clock.mark(stages.AUTH)
+        wrap = _wrap_streaming if handler.response_streaming else _wrap_unary
+        return _with_behavior(handler, lambda behavior: wrap(behavior, caller, clock))
 
 
 def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:

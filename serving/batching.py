@@ -1,14 +1,18 @@
 """A generic asyncio micro-batcher: concurrent requests share one model run.
 
-`await batcher.submit(item)` queues one item and returns its result. A single collector task runs
-one batch at a time in its own worker thread, so the event loop keeps accepting requests while the
-model runs. The policy is adaptive, with no timer in the common path:
+`await batcher.submit(item)` queues one item and returns its result. One batch at a time runs in
+the batcher's own worker thread, so the event loop keeps accepting requests while the model runs.
+The policy is adaptive, with no timer in the common path:
 
 - an idle batcher runs a request at once (a batch of one): a lone client pays no wait;
 - requests that arrive during a run queue up and form the next batch, up to `max_batch_size`, so
   the batch size follows the load instead of a timer;
 - `max_wait_s` > 0 (off by default) additionally holds a batch that is not full until its oldest
   item has waited that long, trading a lone request's latency for bigger batches;
+- a batch whose recent runs took less than `inline_below_s` (a few tenths of a millisecond: a small
+  catalog, one caller) runs on the event loop itself: handing it to the worker thread and back
+  would cost more than the run (a thread wake-up, a self-pipe write, one loop iteration each way);
+  longer runs, and every run under load, stay in the worker thread;
 - the queue is bounded (`max_queue` waiting items): a request beyond it is refused at once with
   `ResourceExhausted`, whose `retry_after_s` is the time the queue ahead of it needs (batches ahead
   × the run time of recent batches), so overload sheds load instead of growing every caller's
@@ -16,6 +20,12 @@ model runs. The policy is adaptive, with no timer in the common path:
 
 A caller that gives up (deadline, cancellation) before its batch is dispatched is skipped; one
 that gives up during the run simply does not read its result.
+
+Event-loop hops are part of every request's latency and of the gateway's CPU, so there is no
+collector task: a submission on an idle batcher schedules one dispatch callback for the end of the
+current loop iteration (what arrives in the same iteration shares the run); the worker thread hands
+the finished batch back with one `call_soon_threadsafe`, whose callback sets every caller's result
+and dispatches the next batch at once.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from serving import stages as stage_clock
 from serving.config import DEFAULT_MAX_QUEUE
 from serving.errors import ResourceExhausted
 
@@ -37,6 +48,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 RUN_TIME_SMOOTHING = 0.2  # weight of the newest batch in the run-time average behind retry-after
+# Runs this short run on the event loop (MicroBatcher.inline_below_s): on the 2-core machine a trip
+# to the worker thread and back cost 60-100 µs of CPU and 0.2-0.4 ms of latency per batch (the
+# stages scorer_queue and scorer_resume of BENCHMARKS.md's request-path table).
+INLINE_BELOW_S = 0.0005
 MIN_RETRY_AFTER_S = 0.001
 
 
@@ -49,6 +64,8 @@ class _Pending(Generic[T, R]):
     item: T
     future: asyncio.Future[R]
     queued_at: float = field(default_factory=time.perf_counter)
+    started: float = 0.0  # perf_counter when its batch's run started and ended (the caller's stages)
+    ended: float = 0.0
 
 
 class BatcherClosed(RuntimeError):
@@ -74,6 +91,8 @@ class MicroBatcher(Generic[T, R]):
         name: str = "batcher",
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        stages: tuple[str, str, str] | None = None,
+        inline_below_s: float = INLINE_BELOW_S,
     ):
         if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1:
             raise ValueError(
@@ -86,10 +105,14 @@ class MicroBatcher(Generic[T, R]):
         self.max_queue = max_queue
         self.name = name
         self.observer = observer
+        self.stages = stages  # (queue, run, resume): what a request's stage clock is charged (serving/stages.py)
+        self.inline_below_s = inline_below_s  # runs shorter than this (recently) run on the event loop (0: never)
         self._pending: collections.deque[_Pending[T, R]] = collections.deque()
-        self._wakeup = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"apron-{name}")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop that serves the requests (first submit)
+        self._running: list[_Pending[T, R]] | None = None  # the batch in the worker thread
+        self._dispatch_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None  # max_wait_s: the dispatch of a partial batch
         self._closed = False
         self._run_started: float | None = None  # perf_counter at the start of the run in progress
         self._run_s = 0.0  # smoothed run time of recent batches (0 until the first one finishes)
@@ -113,68 +136,114 @@ class MicroBatcher(Generic[T, R]):
                 f"(--max-queue {self.max_queue}); retry in {wait * 1000:.0f} ms",
                 retry_after_s=wait,
             )
-        if self._task is None:  # created lazily: it must live on the loop that serves the requests
-            self._task = asyncio.create_task(self._collect(), name=f"apron-{self.name}-collector")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(item, future))
-        self._wakeup.set()
-        return await future
+        loop = self._loop = asyncio.get_running_loop()
+        entry = _Pending(item, loop.create_future())
+        self._pending.append(entry)
+        if self._running is None:
+            self._schedule()  # at the end of this loop iteration: what arrives meanwhile joins
+        result = await entry.future
+        stage_clock.mark_batch(self.stages, entry.started, entry.ended)
+        return result
 
-    async def _collect(self) -> None:
-        while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
-                waited = time.perf_counter() - self._pending[0].queued_at
-                if waited < self.max_wait_s:
-                    self._wakeup.clear()  # woken by the next submit, to re-check the batch size
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.max_wait_s - waited):
-                            await self._wakeup.wait()
-                    continue
-            batch = []
-            while self._pending and len(batch) < self.max_batch_size:
-                entry = self._pending.popleft()
-                if not entry.future.done():  # skip callers that gave up
-                    batch.append(entry)
-            if batch:
-                await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
-        start = self._run_started = time.perf_counter()
-        waits = [start - entry.queued_at for entry in batch]
-        loop = asyncio.get_running_loop()
-        try:
-            results = await loop.run_in_executor(self._executor, self.run, [entry.item for entry in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"{self.name}: run returned {len(results)} results for {len(batch)} items")
-        except (Exception, asyncio.CancelledError) as error:  # every caller of the batch gets the failure
-            closed = isinstance(error, asyncio.CancelledError)
-            for entry in batch:
-                if not entry.future.done():
-                    entry.future.set_exception(BatcherClosed(f"{self.name} closed during the run") if closed else error)
-            if closed:
-                raise
+    def _dispatch(self) -> None:
+        """Start the next batch in the worker thread, if there is one to start (on the loop)."""
+        self._dispatch_scheduled = False
+        if self._running is not None or self._closed:
             return
-        finally:
-            seconds = time.perf_counter() - start
+        while self._pending and self._pending[0].future.done():  # callers that gave up
+            self._pending.popleft()
+        if not self._pending:
+            return
+        if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
+            waited = time.perf_counter() - self._pending[0].queued_at
+            if waited < self.max_wait_s:  # hold a partial batch; a filling submit dispatches earlier
+                if self._timer is None:
+                    self._timer = self._loop.call_later(self.max_wait_s - waited, self._on_timer)  # type: ignore[union-attr]
+                return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch = []
+        while self._pending and len(batch) < self.max_batch_size:
+            entry = self._pending.popleft()
+            if not entry.future.done():  # skip callers that gave up
+                batch.append(entry)
+        if not batch:
+            return
+        self._running = batch
+        self._run_started = time.perf_counter()
+        if 0 < self._run_s < self.inline_below_s:  # cheaper here than a trip to the worker thread and back
+            results, error = self._run([entry.item for entry in batch])
+            self._finish(batch, results, error, self._run_started, time.perf_counter(), then_dispatch=False)
+            if self._pending:
+                self._schedule()
+            return
+        self._executor.submit(self._work, batch, [entry.item for entry in batch], self._loop)
+
+    def _schedule(self) -> None:
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)  # type: ignore[union-attr]
+
+    def _run(self, items: list[T]) -> tuple[Sequence[R] | None, Exception | None]:
+        """`run(items)` checked: (results, None), or (None, the error every caller of the batch gets)."""
+        try:
+            results = self.run(items)
+            if len(results) != len(items):
+                raise RuntimeError(f"{self.name}: run returned {len(results)} results for {len(items)} items")
+        except Exception as error:
+            return None, error
+        return results, None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._dispatch()
+
+    def _work(self, batch: list[_Pending[T, R]], items: list[T], loop: asyncio.AbstractEventLoop) -> None:
+        """One run, in the worker thread; its outcome goes back to the loop in one callback."""
+        start = time.perf_counter()
+        results, error = self._run(items)
+        with contextlib.suppress(RuntimeError):  # the loop is gone (closed during the run): nobody waits
+            loop.call_soon_threadsafe(self._finish, batch, results, error, start, time.perf_counter())
+
+    def _finish(
+        self,
+        batch: list[_Pending[T, R]],
+        results: Sequence[R] | None,
+        error: BaseException | None,
+        start: float,
+        ended: float,
+        then_dispatch: bool = True,
+    ) -> None:
+        """On the loop: every caller's result, the run's metrics, and the next batch at once."""
+        if self._running is batch:
+            self._running = None
             self._run_started = None
-            self._run_s = seconds if self._run_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_s + RUN_TIME_SMOOTHING * seconds
-            if self.observer is not None:
-                self.observer(self.name, len(batch), seconds, waits)
-        for entry, result in zip(batch, results, strict=True):
-            if not entry.future.done():
-                entry.future.set_result(result)
+        seconds = ended - start
+        self._run_s = seconds if self._run_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_s + RUN_TIME_SMOOTHING * seconds
+        for entry, result in zip(batch, results if results is not None else [None] * len(batch), strict=True):
+            if entry.future.done():  # gave up during the run, or failed by close()
+                continue
+            if error is not None:
+                entry.future.set_exception(error)
+            else:
+                entry.started, entry.ended = start, ended
+                entry.future.set_result(result)  # type: ignore[arg-type]
+        if self.observer is not None:
+            self.observer(self.name, len(batch), seconds, [start - entry.queued_at for entry in batch])
+        if then_dispatch and self._pending and not self._closed:
+            self._dispatch()
 
     async def close(self) -> None:
-        """Stop collecting; items still waiting fail with BatcherClosed."""
+        """Stop dispatching; items still waiting, and the callers of a batch still running, fail with
+        BatcherClosed."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for entry in self._running or []:
+            if not entry.future.done():
+                entry.future.set_exception(BatcherClosed(f"{self.name} closed during the run"))
         while self._pending:
             entry = self._pending.popleft()
             if not entry.future.done():

@@ -14,30 +14,56 @@ MULTI/EXEC writes stay valid there. (The first layout had no braces: `migrate_le
   and no model version, so edits survive upgrades. Each edit is one HSET of its field, which is
   atomic, and a reset is DEL, so concurrent editors of different tags never overwrite each other
   (no read-modify-write).
+- `apron:version:{<user>}`: a random token that every write of the user's profile or edits
+  replaces in the same transaction (versioned reads, below). Same TTL as the profile.
 
 `ProfileCache` wraps the scorer: it answers from Redis when the history is the cached one, and
 otherwise asks the scorer and stores the result. The scorer knows nothing of Redis.
+
+Versioned reads: each gateway process keeps the profiles and edits it read last (`ProfileCache`,
+a bounded LRU), with the version they were read at. A later read of the same user asks Redis for
+the version only (one GET, a few bytes) and uses its copy when the version is unchanged; otherwise,
+or when its copy is older than `refresh_s` (which also refreshes the TTLs), it reads the profile,
+the edits and the version in one atomic script. Because every write replaces the version in the
+transaction that changes the data, an EditProfile acknowledged by any worker or replica is seen by
+the very next read on every other one: there is no invalidation message to wait for, and nothing to
+lose. The copy lets a process compute what follows from a profile (its shares, the encoded
+response profile: `ProfileRecord.memo`) once per version instead of once per call.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 import redis.exceptions
 from redis.asyncio import Redis, RedisCluster
 
+from serving import stages
 from serving.backends.base import Scorer
 from serving.catalog import history_digest
 from serving.edits import EditSpec
 from serving.errors import NotFound
 from serving.metrics import Metrics
 
+T = TypeVar("T")
 # Redis unreachable or too slow (the servicer answers UNAVAILABLE for them, except where noted).
 STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
+VERSION_PREFIX = "apron:version"
+MEMO_KEYS = 8  # values remembered per profile record (ProfileRecord.memo)
+LOCAL_PROFILES = 4096  # profiles a gateway process keeps (ProfileCache), least recently used dropped
+LOCAL_REFRESH_S = 600.0  # a kept profile is read in full again after this long (refreshing its TTL)
+CACHE_RESULTS = ("hit", "miss", "recovered", "unavailable")  # apron_profile_cache_requests{result}
+PROFILE_READS = ("version", "full")  # apron_profile_reads{kind}: a kept copy confirmed by its version, a full read
 
 
 KEYS_VERSION_KEY = "apron:keys-version"  # "2": hash-tagged keys; absent: maybe keys of the first layout
@@ -50,6 +76,10 @@ def profile_key(model_version: int, user_id: str) -> str:
 
 def edits_key(user_id: str) -> str:
     return f"{EDITS_PREFIX}:{{{user_id}}}"
+
+
+def version_key(user_id: str) -> str:
+    return f"{VERSION_PREFIX}:{{{user_id}}}"
 
 
 async def migrate_legacy_edits(redis: Redis) -> int:
@@ -86,6 +116,20 @@ class ProfileRecord:
     history_length: int  # distinct valid items the profile was computed from
     digest: str  # catalog.history_digest of the history
     history_ids: np.ndarray  # (T,) int64 internal indices of that history
+    # values computed from this record (and the edits named in the key) by its users, kept while the
+    # record is: a profile read once serves many calls (`memoized`)
+    memo: dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def memoized(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """`compute()` the first time `key` is asked for, the same value afterwards (a few keys per
+        record: the memo is emptied beyond MEMO_KEYS)."""
+        try:
+            return self.memo[key]
+        except KeyError:
+            if len(self.memo) >= MEMO_KEYS:
+                self.memo.clear()
+            value = self.memo[key] = compute()
+            return value
 
     def to_redis(self) -> dict[str, bytes | str | int]:
         return {
@@ -114,29 +158,156 @@ class ProfileRecord:
             return None
 
 
-class RedisStore:
-    """Profiles and edits in Redis; no model logic."""
+@dataclass(frozen=True)
+class StoredProfile:
+    """A user's state in Redis as one atomic read saw it."""
 
-    def __init__(self, redis: Redis | RedisCluster, ttl_s: int):
+    version: bytes  # the user's version token at that moment
+    record: ProfileRecord | None  # the cached profile (None: none, or unusable)
+    edits: dict[str, EditSpec]  # the stored edits
+    read_at: float = field(default_factory=time.monotonic)
+
+
+class VersionReads:
+    """Version reads that share round trips: a read while none is in flight goes at once (one GET),
+    and the reads that arrive while one is in flight go together when it returns (one MGET), so
+    under load a process pays one round trip per batch of calls, not per call, and a lone call
+    waits for nothing."""
+
+    def __init__(self, store: RedisStore):
+        self.store = store
+        self._busy = False
+        self._waiting: list[tuple[str, asyncio.Future[bytes | None]]] = []
+        self._tasks: set[asyncio.Task[None]] = set()  # the MGETs in flight (a task each: no caller owns them)
+
+    async def get(self, user_id: str) -> bytes | None:
+        if self._busy:
+            future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+            self._waiting.append((user_id, future))
+            return await future
+        self._busy = True
+        try:
+            return await self.store.get_one_version(user_id)
+        finally:  # also when this caller gave up: the ones waiting behind it still get their read
+            self._next()
+
+    def _next(self) -> None:
+        if not self._waiting:
+            self._busy = False
+            return
+        batch, self._waiting = self._waiting, []
+        task = asyncio.get_running_loop().create_task(self._read_many(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _read_many(self, batch: list[tuple[str, asyncio.Future[bytes | None]]]) -> None:
+        try:
+            versions = await self.store.get_versions([user_id for user_id, _ in batch])
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as error:  # every caller of the batch gets the failure (STORE_DOWN: served uncached)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error)
+        else:
+            for (_, future), version in zip(batch, versions, strict=True):
+                if not future.done():
+                    future.set_result(version)
+        finally:
+            self._next()
+
+
+# One atomic read of a user's profile, edits and version, refreshing the TTLs; a user without a
+# version gets the caller's fresh one (ARGV[2]). KEYS: profile, edits, version; ARGV: ttl, version.
+READ_SCRIPT = """
+local version = redis.call('GET', KEYS[3])
+if version then
+  redis.call('EXPIRE', KEYS[3], ARGV[1])
+else
+  version = ARGV[2]
+  redis.call('SET', KEYS[3], version, 'EX', ARGV[1])
+end
+local profile = redis.call('HGETALL', KEYS[1])
+if #profile > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+end
+return {version, profile, redis.call('HGETALL', KEYS[2])}
+"""
+
+
+def new_version() -> bytes:
+    """A version token: random, so a version key that expired and came back never repeats an old one."""
+    return secrets.token_hex(8).encode()
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A script's HGETALL reply (field, value, field, value, ...) as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+class RedisStore:
+    """Profiles, edits and their versions in Redis; no model logic.
+
+    `timeout_s`: the longest one operation may take before it fails with redis' TimeoutError
+    (UNAVAILABLE), enforced here with `asyncio.timeout`. Give it when the client has no
+    `socket_timeout` of its own: redis-py wraps every command's send in `asyncio.wait_for` when it
+    has one, a task per command on Python 3.11, which doubles the CPU of a small GET. None: the
+    client's own socket timeout applies."""
+
+    def __init__(self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
+        self.timeout_s = timeout_s
+        self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
+        self._versions = VersionReads(self)
 
-    async def get_profile(
-        self, model_version: int, user_id: str, shape: tuple[int, int]
-    ) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
-        """The cached profile (None: none or unusable) and the stored edits, in one round trip:
-        a Recommend's only Redis read on a cache hit. No MULTI/EXEC: each HGETALL is atomic on its
-        own (a reset plus its new edits is one transaction in `store_edits`), and the two keys need
-        no common snapshot."""
-        key = profile_key(model_version, user_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            fields, _, edits = await pipe.hgetall(key).expire(key, self.ttl_s).hgetall(edits_key(user_id)).execute()
-        return (ProfileRecord.from_redis(fields, shape) if fields else None), _decode_edits(edits)
+    @contextlib.asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        if self.timeout_s is None:
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                yield
+        except TimeoutError as error:  # this operation's own limit (a caller's deadline arrives as cancellation)
+            raise redis.exceptions.TimeoutError(f"Redis did not answer within {self.timeout_s:g} s") from error
 
-    async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> None:
-        key = profile_key(model_version, user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
-            await pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s).execute()
+    async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> StoredProfile:
+        """The cached profile, the stored edits and their version, in one round trip (one script,
+        atomic: the three belong together), refreshing the profile's and the version's TTL."""
+        keys = [profile_key(model_version, user_id), edits_key(user_id), version_key(user_id)]
+        async with self._deadline():
+            version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
+        record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
+        return StoredProfile(version, record, _decode_edits(_pairs(edits)))
+
+    async def get_version(self, user_id: str) -> bytes | None:
+        """The user's version token (None: none): enough to tell whether a copy read at some
+        version is still what Redis holds. Concurrent calls share round trips (`VersionReads`)."""
+        return await self._versions.get(user_id)
+
+    async def get_one_version(self, user_id: str) -> bytes | None:
+        async with self._deadline():
+            return await self.redis.get(version_key(user_id))
+
+    async def get_versions(self, user_ids: list[str]) -> list[bytes | None]:
+        """Many users' versions in one round trip (MGET; on a cluster, one per node)."""
+        keys = [version_key(user_id) for user_id in user_ids]
+        async with self._deadline():
+            if isinstance(self.redis, RedisCluster):
+                return list(await self.redis.mget_nonatomic(keys))
+            return list(await self.redis.mget(keys))
+
+    async def put_profile(self, model_version: int, user_id: str, record: ProfileRecord) -> StoredProfile:
+        """Replace the cached profile; returns the state it leaves (the new version, with the edits
+        read in the same transaction)."""
+        key, version = profile_key(model_version, user_id), new_version()
+        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
+            pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s)
+            results = await pipe.set(version_key(user_id), version, ex=self.ttl_s).hgetall(edits_key(user_id)).execute()
+        return StoredProfile(version, record, _decode_edits(results[-1]))
 
     async def find_history(self, user_id: str, versions: list[int]) -> tuple[int, np.ndarray] | None:
         """The history stored with the user's cached profile under the first of `versions` that has
@@ -151,17 +322,19 @@ class RedisStore:
         return None
 
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
-        return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
+        async with self._deadline():
+            return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
     async def store_edits(self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False) -> dict[str, EditSpec]:
-        """Reset (DEL) and/or set each edit's field (HSET) in one transaction; returns every stored
-        edit afterwards (read inside the same transaction)."""
+        """Reset (DEL) and/or set each edit's field (HSET) and replace the version in one
+        transaction; returns every stored edit afterwards (read inside the same transaction)."""
         key = edits_key(user_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
+        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:
             if reset:
                 pipe.delete(key)
             if edits:
                 pipe.hset(key, mapping={tag: edit.to_json() for tag, edit in edits.items()})
+            pipe.set(version_key(user_id), new_version(), ex=self.ttl_s)
             pipe.hgetall(key)
             results = await pipe.execute()
         return _decode_edits(results[-1])
@@ -186,24 +359,75 @@ Recover = Callable[[str], Awaitable[np.ndarray | None]]
 class ProfileCache:
     """A user's profile: from Redis when the history matches, else from the scorer (then cached).
     A user with no profile under this version but one under another gets it recomputed from that
-    one's history (`recover`, set by serving/models.py) rather than NOT_FOUND."""
+    one's history (`recover`, set by serving/models.py) rather than NOT_FOUND.
 
-    def __init__(self, store: RedisStore, scorer: Scorer, model_version: int, shape: tuple[int, int], metrics: Metrics | None = None):
+    Keeps the `local_entries` users it read last (versioned reads: the module docstring); 0 keeps
+    none (every read is a full one)."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        scorer: Scorer,
+        model_version: int,
+        shape: tuple[int, int],
+        metrics: Metrics | None = None,
+        *,
+        local_entries: int = LOCAL_PROFILES,
+        refresh_s: float = LOCAL_REFRESH_S,
+    ):
         self.store = store
         self.scorer = scorer
         self.model_version = model_version
         self.shape = shape  # (H, K)
         self.metrics = metrics
+        self.local_entries = local_entries
+        self.refresh_s = min(refresh_s, store.ttl_s / 2)  # a kept copy never outlives its TTL unread
+        self._local: OrderedDict[str, StoredProfile] = OrderedDict()
         self.recover: Recover | None = None
         self._version_label = str(model_version)
+        # each counter resolved once, not per lookup
+        self._counters = {result: metrics.cache.labels(result, self._version_label) for result in CACHE_RESULTS} if metrics else {}
+        self._reads = {kind: metrics.profile_reads.labels(kind) for kind in PROFILE_READS} if metrics else {}
+
+    def _remember(self, user_id: str, stored: StoredProfile) -> None:
+        if self.local_entries <= 0:
+            return
+        self._local[user_id] = stored
+        self._local.move_to_end(user_id)
+        while len(self._local) > self.local_entries:
+            self._local.popitem(last=False)
+
+    async def _read(self, user_id: str) -> StoredProfile:
+        """The user's state: the kept copy when Redis still holds its version, else a full read."""
+        kept = self._local.get(user_id)
+        if (
+            kept is not None
+            and time.monotonic() - kept.read_at < self.refresh_s
+            and await self.store.get_version(user_id) == kept.version
+        ):
+            self._local.move_to_end(user_id)
+            self._count_read("version")
+            return kept
+        stored = await self.store.get_profile(self.model_version, user_id, self.shape)
+        self._count_read("full")
+        self._remember(user_id, stored)
+        return stored
+
+    def _count_read(self, kind: str) -> None:
+        counter = self._reads.get(kind)
+        if counter is not None:
+            counter.inc()
 
     def _count(self, result: str) -> None:
-        if self.metrics is not None:
-            self.metrics.cache.labels(result, self._version_label).inc()
+        counter = self._counters.get(result)
+        if counter is not None:
+            counter.inc()
 
     async def cached(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """The cached profile (None when there is none) and the stored edits."""
-        return await self.store.get_profile(self.model_version, user_id, self.shape)
+        stored = await self._read(user_id)
+        stages.mark(stages.REDIS_READ)
+        return stored.record, stored.edits
 
     async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """`cached`, and when this version has no profile, one recomputed from another version's history."""
@@ -219,20 +443,25 @@ class ProfileCache:
         self._count("recovered")
         return await self._compute_and_store(user_id, history)
 
-    async def _compute_and_store(self, user_id: str, history_ids: np.ndarray) -> ProfileRecord:
+    async def _compute_and_store(self, user_id: str, history_ids: np.ndarray, digest: str | None = None) -> ProfileRecord:
         weights, length = await self.scorer.profile(history_ids)
-        digest = history_digest(history_ids)
+        stages.mark(stages.PROFILE)
+        digest = digest or history_digest(history_ids)
         record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
         try:
-            await self.store.put_profile(self.model_version, user_id, record)
+            stored = await self.store.put_profile(self.model_version, user_id, record)
         except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
             self._count("unavailable")
+        else:
+            self._remember(user_id, stored)  # with the version and edits the write left
+        stages.mark(stages.REDIS_WRITE)
         return record
 
     async def resolve(
-        self, user_id: str, history_ids: np.ndarray | None
+        self, user_id: str, history_ids: np.ndarray | None, digest: str | None = None
     ) -> tuple[ProfileRecord, bool, dict[str, EditSpec]]:
-        """(profile, came from the cache, stored edits). `history_ids` None: the cached profile or NotFound.
+        """(profile, came from the cache, stored edits). `history_ids` None: the cached profile or NotFound;
+        `digest`: its history_digest when the caller knows it.
 
         Same history as cached (same digest): a hit. New history: computed, and it replaces the
         cached one. With Redis down, a history is still answered: computed and not stored, with no
@@ -242,11 +471,13 @@ class ProfileCache:
         try:
             cached, edits = await self.cached(user_id)
         except STORE_DOWN:
+            stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
-            digest = history_digest(history_ids)
+            stages.mark(stages.PROFILE)
+            digest = digest or history_digest(history_ids)
             record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
         if history_ids is None:
@@ -260,9 +491,9 @@ class ProfileCache:
                 )
             self._count("hit")
             return cached, True, edits
-        digest = history_digest(history_ids)
+        digest = digest or history_digest(history_ids)
         if cached is not None and cached.digest == digest:
             self._count("hit")
             return cached, True, edits
         self._count("miss")
-        return await self._compute_and_store(user_id, history_ids), False, edits
+        return await self._compute_and_store(user_id, history_ids, digest), False, edits

@@ -7,12 +7,17 @@ names to prototype indices.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from export.metadata import ExportMetadata, read_metadata
+
+HISTORY_MEMO = 1024  # histories ServedModel.history remembers (least recently used dropped first)
 
 
 @dataclass(frozen=True)
@@ -20,6 +25,7 @@ class ServedModel:
     metadata: ExportMetadata
     item_index: dict[str, int] = field(repr=False)
     tag_index: dict[str, int] = field(repr=False)
+    _histories: OrderedDict[tuple[str, ...], History] = field(default_factory=OrderedDict, repr=False, compare=False)
 
     @classmethod
     def from_metadata(cls, metadata: ExportMetadata) -> ServedModel:
@@ -54,12 +60,35 @@ class ServedModel:
     def tag_names(self) -> list[str]:
         return self.metadata.tag_names
 
-    def history_indices(self, history: list[str]) -> tuple[np.ndarray, int]:
+    def history_indices(self, history: Sequence[str]) -> tuple[np.ndarray, int]:
         """Original item ids -> (sorted distinct internal indices, number of unknown ids ignored).
 
         Duplicates count once, as in the binary fold-in vector the model was trained on."""
-        known = [self.item_index[item] for item in history if item in self.item_index]
-        return np.unique(np.asarray(known, dtype=np.int64)), len(history) - len(known)
+        found = self.history(history)
+        return found.indices, found.ignored
+
+    def history(self, history: Sequence[str]) -> History:
+        """`history_indices` and the digest, remembered for the HISTORY_MEMO histories seen last (a
+        client that sends its whole history on every call pays the lookup once). The arrays are
+        shared: read-only."""
+        key = tuple(history)
+        found = self._histories.get(key)
+        if found is not None:
+            self._histories.move_to_end(key)
+            return found
+        known = [self.item_index[item] for item in key if item in self.item_index]
+        indices = np.unique(np.asarray(known, dtype=np.int64))
+        indices.setflags(write=False)
+        found = self._histories[key] = History(indices, len(key) - len(known), history_digest(indices))
+        while len(self._histories) > HISTORY_MEMO:
+            self._histories.popitem(last=False)
+        return found
+
+
+class History(NamedTuple):
+    indices: np.ndarray  # (T,) sorted distinct internal indices
+    ignored: int  # ids not in the catalog
+    digest: str  # history_digest(indices)
 
 
 def history_digest(indices: np.ndarray) -> str:

@@ -203,6 +203,11 @@ def _add_client(subparsers: argparse._SubParsersAction) -> None:
     recommend.add_argument("--scale", action="append", default=[], metavar="TAG=S", help="one-off scale edit (repeatable)")
     recommend.add_argument("--weight", action="append", default=[], metavar="TAG=W", help="one-off share edit (repeatable)")
     recommend.add_argument("--include-heard", action="store_true", help="allow items of the history")
+    recommend.add_argument(
+        "--profile-view", choices=["all", "top", "none"], default="all",
+        help="how much profile comes back: every prototype (default), the --profile-top-n largest shares, or none",
+    )  # fmt: skip
+    recommend.add_argument("--profile-top-n", type=int, default=5, metavar="N", help="with --profile-view top: how many (default 5)")
 
     edit = commands.add_parser("edit", help="store profile edits (or reset them)")
     edit.add_argument("--user", required=True)
@@ -248,7 +253,10 @@ def _run_client(args: argparse.Namespace) -> int:
                 from serving.client import make_edits
 
                 edits = make_edits(_tag_values(args.scale, "--scale"), _tag_values(args.weight, "--weight"))
-                response: Any = client.recommend(args.user, args.k, args.history, edits, args.include_heard)
+                top_n = args.profile_top_n if args.profile_view == "top" else 0
+                response: Any = client.recommend(
+                    args.user, args.k, args.history, edits, args.include_heard, args.profile_view, top_n
+                )
             elif args.client_command == "edit":
                 response = client.edit(
                     args.user, _tag_values(args.scale, "--scale"), _tag_values(args.weight, "--weight"), args.reset
@@ -297,7 +305,7 @@ def format_response(command: str, response: Any) -> str:
         ignored = f", {response.ignored_history_items} unknown history ids ignored" if response.ignored_history_items else ""
         lines.append(f"model version {response.model_version}, profile {source}{ignored}")
         lines += [f"  {rank:3d}. {item.item_id:<20} {item.score:8.3f}  {item.name}" for rank, item in enumerate(response.items, 1)]
-        lines += format_profile(response.profile)
+        lines += format_profile(response.profile) if response.HasField("profile") else ["profile not asked for (--profile-view none)"]
     elif command in ("edit", "profile"):
         stored = ", ".join(f"{e.prototype}: {e.WhichOneof('change')} {getattr(e, e.WhichOneof('change')):g}" for e in response.stored_edits)
         lines.append(f"model version {response.model_version}; stored edits: {stored or 'none'}")

@@ -24,6 +24,8 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "127.0.0.1:50051"
+# RecommendRequest.profile_view by the names `apron client recommend --profile-view` takes
+PROFILE_VIEWS = {"all": pb.PROFILE_VIEW_ALL, "top": pb.PROFILE_VIEW_TOP, "none": pb.PROFILE_VIEW_NONE}
 # How clients call the gateway (gRPC service config): spread over every address of the target
 # (e.g. "ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several records), skip replicas whose
 # health service says NOT_SERVING (a draining or Redis-less gateway), and retry UNAVAILABLE with
@@ -96,8 +98,14 @@ class ApronClient:
         history: Iterable[str] = (),
         edits: Iterable[pb.Edit] = (),
         include_heard: bool = False,
+        profile_view: str = "all",
+        profile_top_n: int = 0,
     ) -> pb.RecommendResponse:
-        request = pb.RecommendRequest(user_id=user_id, k=k, history=list(history), edits=list(edits), include_heard=include_heard)
+        """`profile_view`: "all" (every prototype), "top" (the `profile_top_n` largest shares) or "none"."""
+        request = pb.RecommendRequest(
+            user_id=user_id, k=k, history=list(history), edits=list(edits), include_heard=include_heard,
+            profile_view=PROFILE_VIEWS[profile_view], profile_top_n=profile_top_n,
+        )  # fmt: skip
         return self._call("Recommend", request)
 
     def edit(

@@ -1,19 +1,90 @@
 """Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`).
 
-Every name starts with `apron_`. Histograms: RPC latency by method and status code, inference
-latency and batch size by model, queue wait in the micro-batcher. Counters: profile cache hits and
-misses, edits by kind. Gauge: RPCs in flight by method.
+Every name starts with `apron_`. Histograms: RPC latency by method and status code, each RPC's
+stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
+micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauge: RPCs in flight by method.
+
+The per-call series are reached through label children resolved once (`for_method`, `StageRecorder`):
+`labels()` validates and locks on every call, which a cached Recommend should not pay a dozen times.
 """
 
 from __future__ import annotations
 
+import gc
+import time
 from collections.abc import Sequence
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
+import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from serving.stages import StageClock, StageRecorder
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# a stage of a cached call takes from microseconds (validation) to the model's milliseconds
+STAGE_BUCKETS = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class MethodMetrics:
+    """One RPC method's per-call series, each resolved once (a status code's on its first call):
+    the boundary's metric work per call is `inc` / `dec` / `observe` on these children."""
+
+    def __init__(self, metrics: Metrics, method: str):
+        self.method = method
+        self.in_flight = metrics.in_flight.labels(method)
+        self._metrics = metrics
+        self._latency: dict[tuple[grpc.StatusCode, str], Any] = {}
+        self._rejections: dict[grpc.StatusCode, Any] = {}
+
+    def latency(self, code: grpc.StatusCode, version: str) -> Any:
+        """The RPC duration histogram's child for a status code and the model version that answered."""
+        child = self._latency.get((code, version))
+        if child is None:
+            child = self._latency[code, version] = self._metrics.rpc_latency.labels(self.method, code.name, version)
+        return child
+
+    def rejections(self, code: grpc.StatusCode) -> Any:
+        child = self._rejections.get(code)
+        if child is None:
+            child = self._rejections[code] = self._metrics.rejections.labels(self.method, code.name)
+        return child
+
+
+class GcTimer:
+    """Times every garbage collection of this process (`gc.callbacks`), from `start()` until `stop()`.
+
+    A collection can start anywhere, also inside prometheus_client while it holds a lock, so the
+    callback only appends to a list (atomic under the GIL, no lock of ours); `flush()`, called from
+    ordinary code, moves the pauses into `histogram`'s child for their generation."""
+
+    def __init__(self, histogram: Histogram):
+        self._children = [histogram.labels(str(generation)) for generation in range(3)]
+        self._started = 0.0
+        self._pauses: list[tuple[int, float]] = []  # (generation, seconds) not yet observed
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self._pauses.append((info["generation"], time.perf_counter() - self._started))
+
+    def flush(self) -> None:
+        while self._pauses:
+            generation, seconds = self._pauses.pop()
+            self._children[generation].observe(seconds)
+
+    def start(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def stop(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+        self.flush()
 
 
 class Metrics:
@@ -57,6 +128,13 @@ class Metrics:
             "another version / unavailable: Redis down, served uncached)",
             ["result", "version"], registry=r,
         )
+        self.profile_reads = Counter(
+            "apron_profile_reads",
+            "Redis reads of a profile by kind: version (this process's copy confirmed by the user's version, one GET) or "
+            "full (profile, edits and version in one script)",
+            ["kind"],
+            registry=r,
+        )
         self.edits = Counter(
             "apron_profile_edits", "edits by kind (scale / weight / reset) and where they apply", ["kind", "scope"], registry=r
         )
@@ -76,7 +154,37 @@ class Metrics:
         self.fallbacks = Counter(  # reliability: --triton-fallback at work
             "apron_backend_fallbacks", "inference calls served in-process while Triton was unreachable", ["method"], registry=r
         )
+        self.stage_seconds = Histogram(
+            "apron_stage_seconds",
+            "one stage of an RPC (serving/stages.py: auth, redis_read, scorer_run, response, ...)",
+            ["method", "stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self.stages = StageRecorder(self.stage_seconds)
+        self.gc_pauses = Histogram(  # garbage collections stop the event loop: a tail-latency suspect
+            "apron_gc_pause_seconds",
+            "one garbage collection in the gateway process, by generation (0, 1, 2)",
+            ["generation"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
+        self._gc_timer = GcTimer(self.gc_pauses)
+        self._gc_timer.start()  # until shutdown(): also in --workers processes, which serve no /metrics
+        self._methods: dict[str, MethodMetrics] = {}
         self._server: WSGIServer | None = None
+
+    def observe_call(self, method: str, clock: StageClock) -> None:
+        """A finished call's stages, and the garbage collections since the last call."""
+        self.stages.observe(method, clock)
+        self._gc_timer.flush()
+
+    def for_method(self, method: str) -> MethodMetrics:
+        """`method`'s per-call series (created on its first call, then reused)."""
+        found = self._methods.get(method)
+        if found is None:
+            found = self._methods[method] = MethodMetrics(self, method)
+        return found
 
     # -- observers handed to the backends
     def observe_batch(
@@ -90,8 +198,9 @@ class Metrics:
     ) -> None:
         self.batch_size.labels(model).observe(batch_size)
         self.inference_latency.labels(model, backend, version).observe(run_seconds)
+        queue_wait = self.queue_wait.labels(model)  # once per batch, not per request
         for wait in queue_waits:
-            self.queue_wait.labels(model).observe(wait)
+            queue_wait.observe(wait)
 
     def observe_inference(self, model: str, seconds: float, backend: str = "triton", version: str = "") -> None:
         self.inference_latency.labels(model, backend, version).observe(seconds)
@@ -103,6 +212,7 @@ class Metrics:
         return int(self._server.server_port)
 
     def shutdown(self) -> None:
+        self._gc_timer.stop()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

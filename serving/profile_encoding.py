@@ -7,13 +7,18 @@ response at K = 80, most of a cached Recommend's own CPU. Only two numbers per e
 calls, so the encoder serializes the K entries once with sentinel values and, per call, writes the
 shares into the template's bytes (protobuf's wire format stores a `double` as 8 little-endian
 bytes after its tag byte) and parses the result: one numpy scatter and one C-level parse.
-`tests/serving/test_profile_encoding.py` checks it against the field-by-field message.
+
+A repeated field's bytes are its entries' bytes one after another, so a Recommend that asks for
+the top n prototypes only (`ProfileSelection`, RecommendRequest.profile_view) gets the byte ranges
+of those n entries, in share order, parsed the same way.
+`tests/serving/test_profile_encoding.py` checks both against the field-by-field message.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -29,18 +34,34 @@ def _field_key(number: int) -> bytes:
     return bytes([number << 3 | _FIXED64])  # fields 2 and 3: one-byte keys
 
 
+@dataclass(frozen=True)
+class ProfileSelection:
+    """Which prototypes a response's profile lists (RecommendRequest.profile_view)."""
+
+    shown: bool  # False: no profile at all
+    top_n: int | None = None  # None: every prototype in prototype order; n: the n largest shares, largest first
+
+
+ALL_PROTOTYPES = ProfileSelection(True)
+NO_PROFILE = ProfileSelection(False)
+
+
 class ProfileEncoder:
     """`encode(weight, base, history_length, edits)` -> `pb.Profile` for one model's prototypes
     (distinct tag names, as the export guarantees)."""
 
     def __init__(self, tag_names: Sequence[str], prototype_item_ids: Sequence[str]):
         self._index = {tag: k for k, tag in enumerate(tag_names)}
-        template = pb.Profile(
-            weights=[
-                pb.PrototypeWeight(prototype=tag, weight=_WEIGHT_SENTINEL, base_weight=_BASE_SENTINEL, prototype_item_id=item)
-                for tag, item in zip(tag_names, prototype_item_ids, strict=True)
-            ]
-        ).SerializeToString()
+        entries = [
+            pb.Profile(
+                weights=[pb.PrototypeWeight(prototype=tag, weight=_WEIGHT_SENTINEL, base_weight=_BASE_SENTINEL, prototype_item_id=item)]
+            ).SerializeToString()
+            for tag, item in zip(tag_names, prototype_item_ids, strict=True)
+        ]  # each entry with its field key and length: the template is their concatenation
+        template = b"".join(entries)
+        lengths = [len(entry) for entry in entries]
+        ends = np.cumsum(lengths).tolist()
+        self._ranges = [(end - length, end) for end, length in zip(ends, lengths, strict=True)]  # each entry's bytes
         weight_field = pb.PrototypeWeight.DESCRIPTOR.fields_by_name["weight"].number
         base_field = pb.PrototypeWeight.DESCRIPTOR.fields_by_name["base_weight"].number
         weight_at = _offsets(template, _field_key(weight_field) + struct.pack("<d", _WEIGHT_SENTINEL))
@@ -52,18 +73,28 @@ class ProfileEncoder:
         self._base_bytes = (np.asarray(base_at) + 1)[:, None] + byte  # (K, 8)
         self._template = np.frombuffer(template, dtype=np.uint8)
 
-    def encode(self, weight: np.ndarray, base: np.ndarray, history_length: int, edits: Mapping[str, pb.Edit]) -> pb.Profile:
+    def encode(
+        self, weight: np.ndarray, base: np.ndarray, history_length: int, edits: Mapping[str, pb.Edit], top_n: int | None = None
+    ) -> pb.Profile:
         """weight, base: (K,) shares in prototype order; `edits`: the edit shown on each edited
-        prototype, by tag name (tags this model lacks are skipped)."""
+        prototype, by tag name (tags this model lacks are skipped); `top_n`: list only the n
+        prototypes with the largest `weight`, largest first (equal shares in prototype order)."""
         encoded = self._template.copy()
         encoded[self._weight_bytes] = np.ascontiguousarray(weight, dtype="<f8").view(np.uint8).reshape(-1, 8)
         encoded[self._base_bytes] = np.ascontiguousarray(base, dtype="<f8").view(np.uint8).reshape(-1, 8)
-        profile = pb.Profile.FromString(encoded.tobytes())
+        data = encoded.tobytes()
+        position = self._index  # tag -> its entry in the message
+        if top_n is not None:
+            order = np.argsort(-np.asarray(weight), kind="stable")[:top_n].tolist()
+            data = b"".join([data[self._ranges[k][0] : self._ranges[k][1]] for k in order])
+            shown = {k: i for i, k in enumerate(order)}
+            position = {tag: shown[k] for tag, k in self._index.items() if k in shown}
+        profile = pb.Profile.FromString(data)
         profile.history_length = history_length
         for tag, edit in edits.items():
-            k = self._index.get(tag)
-            if k is not None:
-                profile.weights[k].edit.CopyFrom(edit)
+            i = position.get(tag)
+            if i is not None:
+                profile.weights[i].edit.CopyFrom(edit)
         return profile
 
 

@@ -22,7 +22,7 @@ import grpc
 import numpy as np
 import redis.exceptions
 
-from serving import auth, limits
+from serving import auth, limits, stages
 from serving.cache import ProfileRecord, RedisStore
 from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
@@ -36,11 +36,18 @@ from serving.errors import (
 )
 from serving.metrics import Metrics
 from serving.models import LoadedModel, ModelSet, current_version
+from serving.profile_encoding import ALL_PROTOTYPES, ProfileSelection
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_watch import reachable
 from serving.topk import select_top_k
-from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
+from serving.validation import (
+    validate_edits,
+    validate_history,
+    validate_k,
+    validate_profile_view,
+    validate_user_id,
+)
 
 log = logging.getLogger("apron.gateway")
 Handler = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -62,8 +69,14 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
             start = time.perf_counter()
             version = current_version.set("none")  # the version that answers, once a handler picked it
             code, message = grpc.StatusCode.OK, ""
-            in_flight = self.metrics.in_flight.labels(method)
-            in_flight.inc()
+            series = self.metrics.for_method(method)
+            series.in_flight.inc()
+            # the interceptor's clock (auth, then gRPC's dispatch up to here); with auth off, one from here
+            clock, own_clock = stages.current(), None
+            if clock is None:
+                clock, own_clock = stages.begin(start)
+            else:
+                clock.mark(stages.DISPATCH, start)
             # with auth off every call runs as the anonymous service (explicit); with auth on, the
             # interceptor's verdict: its AuthError is raised here (UNAUTHENTICATED)
             as_anonymous = None if self.security.auth else auth.assume(auth.ANONYMOUS)
@@ -79,9 +92,11 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                 remaining = context.time_remaining()
                 limit = self.server.request_timeout_s
                 async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
+                    clock.mark(stages.ADMISSION)
                     response = await handler(self, request, context)
                 if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
                     raise TimeoutError
+                clock.mark(stages.RESPONSE)
                 return response
             except ResourceExhausted as error:
                 code, message = error.code, str(error)
@@ -101,14 +116,16 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
             finally:
                 if as_anonymous is not None:
                     auth.reset(as_anonymous)
-                seconds = time.perf_counter() - start
+                if code is not grpc.StatusCode.OK:
+                    clock.mark(stages.ERROR)
+                seconds = clock.last - start
                 if admitted:
                     self.concurrency.leave(seconds)  # type: ignore[union-attr]
-                in_flight.dec()
-                self.metrics.rpc_latency.labels(method, code.name, current_version.get()).observe(seconds)
+                series.in_flight.dec()
+                series.latency(code, current_version.get()).observe(seconds)
                 current_version.reset(version)
                 if code in REJECTIONS:
-                    self.metrics.rejections.labels(method, code.name).inc()
+                    series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "error": message}
@@ -116,11 +133,21 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                 elif self.access_log_rate and random.random() < self.access_log_rate:
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "sampled": self.access_log_rate}
                     log.info("rpc", extra={"fields": fields})
+                clock.mark(stages.RECORD)
+                self.metrics.observe_call(method, clock)
+                if own_clock is not None:
+                    stages.end(own_clock)
             await context.abort(code, message)
 
         return wrapped
 
     return decorate
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """A memoized array, shared by every call that asks for it: nobody may change it."""
+    array.setflags(write=False)
+    return array
 
 
 def edit_to_proto(edit: EditSpec) -> pb.Edit:
@@ -153,12 +180,22 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
 
     # ------------------------------------------------------------------------------ helpers
 
-    @staticmethod
+    @classmethod
     def _edited(
-        served: LoadedModel, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]
+        cls, served: LoadedModel, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]
     ) -> np.ndarray:
         """(H, K) shares after the edits; a stored set that alone empties the profile is the
-        server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault."""
+        server's state (FAILED_PRECONDITION), a one-off edit that does it is the request's fault.
+        Without one-off edits: computed once per kept profile copy and stored edits (`ProfileRecord.memo`)."""
+        if not one_off:
+            key = ("edited", served.model.version, frozenset(stored.values()))
+            return record.memoized(key, lambda: _read_only(cls._apply_edits(served, record, stored, one_off)))
+        return cls._apply_edits(served, record, stored, one_off)
+
+    @staticmethod
+    def _apply_edits(
+        served: LoadedModel, record: ProfileRecord, stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec]
+    ) -> np.ndarray:
         tag_index = served.model.tag_index
         try:
             return apply_edits(record.weights, merge_edits(stored, one_off), tag_index)
@@ -175,11 +212,26 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ) from error
 
     @staticmethod
-    def _profile(served: LoadedModel, record: ProfileRecord, edited: np.ndarray, edits: Mapping[str, EditSpec]) -> pb.Profile:
-        weight = mean_shares(edited)  # (K,)
-        base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
-        shown = {tag: edit_to_proto(edit) for tag, edit in edits.items() if tag in served.model.tag_index}
-        return served.encoder.encode(weight, base, record.history_length, shown)
+    def _profile(
+        served: LoadedModel,
+        record: ProfileRecord,
+        edited: np.ndarray,
+        edits: Mapping[str, EditSpec],
+        view: ProfileSelection = ALL_PROTOTYPES,
+    ) -> pb.Profile | None:
+        """The response's profile; `edited` follows from `record` and `edits`, so the message is built
+        once per kept profile copy, edits and view (`ProfileRecord.memo`: shared, never changed;
+        responses copy it)."""
+        if not view.shown:
+            return None
+
+        def build() -> pb.Profile:
+            weight = mean_shares(edited)  # (K,)
+            base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
+            shown = {tag: edit_to_proto(edit) for tag, edit in edits.items() if tag in served.model.tag_index}
+            return served.encoder.encode(weight, base, record.history_length, shown, view.top_n)
+
+        return record.memoized(("profile", served.model.version, frozenset(edits.values()), view.top_n), build)
 
     @staticmethod
     def _unapplied(served: LoadedModel, stored: Mapping[str, EditSpec]) -> list[str]:
@@ -222,10 +274,11 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         k = validate_k(request.k, model.k_max)
         validate_history(request.history, self.security.max_history)
         one_off = validate_edits(edits_from_proto(request.edits), model.tag_index, self.security.max_edits)
+        view = validate_profile_view(request.profile_view, request.profile_top_n)
 
-        history, ignored = None, 0
+        history, ignored, digest = None, 0, None
         if request.history:
-            history, ignored = model.history_indices(list(request.history))
+            history, ignored, digest = model.history(request.history)
             if history.size == 0:
                 raise InvalidArgument(
                     f"none of the {len(request.history)} history ids is in the catalog of model version "
@@ -233,12 +286,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 )
         if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.recommend_limiter.check(user)
-        record, from_cache, stored = await served.profiles.resolve(user, history)  # stored: {} while Redis is down
+        stages.mark(stages.VALIDATE)
+        record, from_cache, stored = await served.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
         edited = self._edited(served, record, stored, one_off)  # (H, K)
         self._count_edits(one_off, "one_off")
 
         exclude = np.zeros(0, np.int64) if request.include_heard else record.history_ids
-        ids, scores = await served.scorer.top_k(edited.astype(np.float32), exclude, k)
+        shares32 = edited.astype(np.float32)
+        stages.mark(stages.EDITS)
+        ids, scores = await served.scorer.top_k(shares32, exclude, k)
+        stages.mark(stages.SCORER)
         ids, scores = select_top_k(ids, scores, k)
         meta = model.metadata
         return pb.RecommendResponse(
@@ -246,7 +303,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 pb.ScoredItem(item_id=meta.item_ids[i], score=float(s), name=meta.item_names[i])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
             ],
-            profile=self._profile(served, record, edited, merge_edits(stored, one_off)),
+            profile=self._profile(served, record, edited, merge_edits(stored, one_off), view),
             model_version=model.version,
             profile_from_cache=from_cache,
             ignored_history_items=ignored,
@@ -263,6 +320,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 raise InvalidArgument("EditProfile needs at least one edit, or reset: true")
             if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
                 self.edit_limiter.check(user)
+            stages.mark(stages.VALIDATE)
             return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
 
     async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
@@ -274,7 +332,9 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 apply_edits(record.weights, merge_edits(before, edits), served.model.tag_index)
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
+            stages.mark(stages.EDITS)
         stored = await self.store.store_edits(user, edits, reset=reset)
+        stages.mark(stages.REDIS_WRITE)
         if reset:
             self.metrics.edits.labels("reset", "stored").inc()
         self._count_edits(edits, "stored")
@@ -292,14 +352,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
         with self.models.use(user) as served:
+            stages.mark(stages.VALIDATE)
             record, stored = await self._after_reconnect(lambda: served.profiles.cached_or_recovered(user))
             if record is None:
                 raise NotFound(
                     f"no profile for user {user!r} under model version {served.model.version}: "
                     "a Recommend call with the user's history creates it"
                 )
+            edited = self._edited(served, record, stored, {})
+            stages.mark(stages.EDITS)
             return pb.GetProfileResponse(
-                profile=self._profile(served, record, self._edited(served, record, stored, {}), stored),
+                profile=self._profile(served, record, edited, stored),
                 stored_edits=self._stored_list(served, stored),
                 model_version=served.model.version,
                 unapplied_edits=self._unapplied(served, stored),

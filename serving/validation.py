@@ -11,10 +11,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from serving.edits import EDIT_KINDS, EditSpec
 from serving.errors import InvalidArgument
+from serving.profile_encoding import ALL_PROTOTYPES, NO_PROFILE, ProfileSelection
 
 MAX_USER_ID_BYTES = 256
 # Listing every valid prototype name is helpful for a few dozen tags and useless for thousands.
 MAX_NAMES_LISTED = 100
+# recommender.proto's ProfileView numbers (tests/serving/test_validation.py checks them against it)
+PROFILE_VIEWS = {"PROFILE_VIEW_UNSPECIFIED": 0, "PROFILE_VIEW_ALL": 1, "PROFILE_VIEW_TOP": 2, "PROFILE_VIEW_NONE": 3}
 
 
 def validate_user_id(user_id: str) -> str:
@@ -80,3 +83,16 @@ def validate_edits(
     if total > 1 + 1e-9:
         raise InvalidArgument(f"the `weight` edits sum to {total:g}; shares can sum to at most 1")
     return result
+
+
+def validate_profile_view(view: int, top_n: int) -> ProfileSelection:
+    """RecommendRequest's (profile_view, profile_top_n) -> which prototypes the response lists."""
+    if view not in PROFILE_VIEWS.values():
+        raise InvalidArgument(f"profile_view {view} is not one of {', '.join(f'{n} ({v})' for n, v in PROFILE_VIEWS.items())}")
+    if view == PROFILE_VIEWS["PROFILE_VIEW_TOP"]:
+        if top_n < 1:
+            raise InvalidArgument(f"profile_top_n must be at least 1 with PROFILE_VIEW_TOP, got {top_n}")
+        return ProfileSelection(True, top_n)
+    if top_n != 0:
+        raise InvalidArgument(f"profile_top_n ({top_n}) only applies with profile_view PROFILE_VIEW_TOP; leave it 0")
+    return NO_PROFILE if view == PROFILE_VIEWS["PROFILE_VIEW_NONE"] else ALL_PROTOTYPES

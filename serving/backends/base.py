@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from export import contract
+from serving import stages
 from serving.batching import BatchObserver, MicroBatcher
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
 
@@ -70,6 +71,7 @@ class BatchedScorer(Scorer):
             name=contract.PROFILE_MODEL,
             observer=observer,
             max_queue=max_queue,
+            stages=stages.PROFILE_BATCH,
         )
         self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._run_scorer,
@@ -78,6 +80,7 @@ class BatchedScorer(Scorer):
             name=contract.SCORER_MODEL,
             observer=observer,
             max_queue=max_queue,
+            stages=stages.SCORER_BATCH,
         )
 
     @abc.abstractmethod

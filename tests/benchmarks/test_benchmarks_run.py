@@ -21,7 +21,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     text = output.read_text()
     for heading in ("## Targets", "## Scorer: ONNX Runtime vs PyTorch eager", "## Cost vs catalog size",
                     "## Cost vs history length", "## Raw scorer vs gateway", "### Micro-batching on vs off",
-                    "### Profile cache hit vs miss", "### Where the CPU goes",
+                    "### Profile cache hit vs miss", "### Where the CPU goes", "## Request path (500 items)",
+                    "### Tail latency at 70% of the maximum throughput (500 items, open loop): the evidence",
                     "## Edit penalty: the cost of an edit, not of the catalog",
                     "## Scale-out: `apron serve --workers N`",
                     "## GPU: `make gpu-check`"):  # fmt: skip
@@ -36,5 +37,10 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
     assert busy and 0 < int(busy.group(1)) <= 100
     assert "nan" not in text.lower()
+    # the request path: the echo floor, and every stage a cached Recommend goes through, in each phase
+    assert re.search(r"One client, one call in flight: \*\*p50 [0-9.]+ ms\*\*", text)
+    for stage in ("auth", "redis_read", "scorer_run", "response", "record"):
+        assert re.search(rf"\| `{stage}` \| [0-9,]+ \| [0-9,]+ \| ", text), stage
+    assert re.search(r"\| gateway CPU per cached Recommend ≤ 2× the bare echo server's CPU per call \(500 items\) \| [0-9.]+×", text)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2

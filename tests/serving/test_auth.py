@@ -20,12 +20,82 @@ from serving import auth
 from serving.auth import AccessDenied, AuthError, Principal, Role, TokenVerifier
 from serving.config import ServingConfig
 from serving.errors import ApronError
+from tests.polling import wait_until
 
 SECRET = b"s" * 32
 
 
 def verifier(issuer: str = "apron") -> TokenVerifier:
     return TokenVerifier(auth.secret_key(SECRET), issuer=issuer)
+
+
+# ----------------------------------------------------------------------------- remembered tokens
+
+
+def counting_decode(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every full JWT decode (the check the cache saves)."""
+    calls: list[str] = []
+    decode = jwt.decode
+
+    def counted(token: str, *args: object, **kwargs: object) -> object:
+        calls.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(auth.jwt, "decode", counted)
+    return calls
+
+
+def test_a_verified_token_is_remembered_until_its_exp_then_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    strict = TokenVerifier(auth.secret_key(SECRET), leeway_s=0.0)
+    token = auth.mint_token(SECRET, "alice", "user", ttl_s=2)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    decodes = counting_decode(monkeypatch)
+    assert strict.verify(token) == strict.verify(token) == Principal("alice", Role.USER)
+    assert len(decodes) == 1 and strict.cached == 1  # the second call was answered from memory
+    wait_until(lambda: time.time() > exp, "the token's exp has passed")
+    for _ in range(2):  # refused as without the cache, and never remembered again
+        with pytest.raises(AuthError, match="has expired"):
+            strict.verify(token)
+    assert strict.cached == 0 and len(decodes) == 3
+
+
+def test_tokens_that_fail_are_never_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = counting_decode(monkeypatch)
+    checker = verifier()
+    bad = [
+        auth.mint_token(b"k" * 32, "alice", "user"),  # another key's signature
+        auth.mint_token(SECRET, "alice", "user", ttl_s=-3600),  # expired
+        auth.mint_token(SECRET, "alice", "user", issuer="someone-else"),
+        jwt.encode({"sub": "alice", "role": "admin", "iss": "apron", "iat": int(time.time()), "exp": int(time.time()) + 60},
+                   SECRET, algorithm="HS256"),  # no such role
+        auth.mint_token(SECRET, "alice", "user", ttl_s=10 * auth.DEFAULT_MAX_LIFETIME_S),  # lives too long
+    ]
+    for token in bad:
+        for _ in range(2):
+            with pytest.raises(AuthError):
+                checker.verify(token)
+    assert checker.cached == 0 and len(decodes) == 2 * len(bad)  # each refusal was a full check
+    other = TokenVerifier(auth.secret_key(b"k" * 32))  # a token one verifier remembers means nothing to another
+    good = auth.mint_token(SECRET, "alice", "user")
+    assert checker.verify(good).subject == "alice"
+    with pytest.raises(AuthError, match="invalid bearer token"):
+        other.verify(good)
+
+
+def test_remembered_tokens_are_bounded_and_checked_again_after_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = counting_decode(monkeypatch)
+    now = [time.time()]
+    checker = TokenVerifier(auth.secret_key(SECRET), cache_size=2, cache_s=60.0, clock=lambda: now[0])
+    tokens = [auth.mint_token(SECRET, f"user-{i}", "user") for i in range(3)]
+    for token in tokens:
+        checker.verify(token)
+    assert checker.cached == 2  # the least recently used one was dropped
+    checker.verify(tokens[2])
+    assert len(decodes) == 3
+    checker.verify(tokens[0])  # dropped: checked in full again
+    assert len(decodes) == 4
+    now[0] += 61.0  # past the cap, still before exp
+    assert checker.verify(tokens[0]).subject == "user-0" and len(decodes) == 5
 
 
 # ----------------------------------------------------------------------------- authorize

@@ -2,6 +2,8 @@
 
 No timing windows: the model blocks on a `threading.Event` the test controls, so "a run is in
 progress" is a state the test creates and ends, and every wait is on a condition with a deadline.
+The policy tests keep every run in the worker thread (`inline_below_s=0`: a gated run must not
+block the event loop); the inline runs have their own test.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ async def until(condition, what: str) -> None:
 
 async def test_an_idle_batcher_runs_a_request_at_once_alone() -> None:
     model = GatedModel()
-    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    batcher = MicroBatcher(model, max_batch_size=8, name="m", inline_below_s=0)
     first = asyncio.create_task(batcher.submit(1))
     await model.run_started()  # dispatched with no other request coming: nothing waited for company
     assert model.batches == [[1]]
@@ -67,7 +69,7 @@ async def test_an_idle_batcher_runs_a_request_at_once_alone() -> None:
 async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
     model = GatedModel()
     observed = []
-    batcher = MicroBatcher(model, max_batch_size=16, name="m", observer=lambda *args: observed.append(args))
+    batcher = MicroBatcher(model, max_batch_size=16, name="m", observer=lambda *args: observed.append(args), inline_below_s=0)
     first = asyncio.create_task(batcher.submit(0))
     await model.run_started()
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
@@ -82,7 +84,7 @@ async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
 
 async def test_the_next_batch_is_capped_at_max_batch_size() -> None:
     model = GatedModel()
-    batcher = MicroBatcher(model, max_batch_size=4, name="m")
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=0)
     first = asyncio.create_task(batcher.submit(0))
     await model.run_started()
     rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 11)]
@@ -95,7 +97,7 @@ async def test_the_next_batch_is_capped_at_max_batch_size() -> None:
 
 async def test_concurrent_submissions_on_an_idle_batcher_share_one_run() -> None:
     model = GatedModel(gated=False)
-    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    batcher = MicroBatcher(model, max_batch_size=8, name="m", inline_below_s=0)
     # gather starts all eight before the collector task first runs: they are one batch
     assert await asyncio.gather(*(batcher.submit(i) for i in range(8))) == [2 * i for i in range(8)]
     assert model.batches == [list(range(8))]
@@ -104,7 +106,7 @@ async def test_concurrent_submissions_on_an_idle_batcher_share_one_run() -> None
 
 async def test_max_wait_holds_a_partial_batch_until_it_fills() -> None:
     model = GatedModel(gated=False)
-    batcher = MicroBatcher(model, max_batch_size=3, max_wait_s=DEADLINE_S, name="m")
+    batcher = MicroBatcher(model, max_batch_size=3, max_wait_s=DEADLINE_S, name="m", inline_below_s=0)
     first = asyncio.create_task(batcher.submit(1))
     await until(lambda: batcher.queued == 1, "the first request queues")
     second = asyncio.create_task(batcher.submit(2))
@@ -117,7 +119,7 @@ async def test_max_wait_holds_a_partial_batch_until_it_fills() -> None:
 
 async def test_a_full_queue_sheds_with_resource_exhausted_and_a_retry_after() -> None:
     model = GatedModel()
-    batcher = MicroBatcher(model, max_batch_size=2, max_queue=3, name="m")
+    batcher = MicroBatcher(model, max_batch_size=2, max_queue=3, name="m", inline_below_s=0)
     first = asyncio.create_task(batcher.submit(0))
     await model.run_started()
     queued = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
@@ -147,7 +149,7 @@ async def test_a_failing_run_fails_every_caller_of_the_batch() -> None:
     def broken(items: list[int]) -> list[int]:
         raise ValueError("model exploded")
 
-    batcher = MicroBatcher(broken, max_batch_size=4, name="m")
+    batcher = MicroBatcher(broken, max_batch_size=4, name="m", inline_below_s=0)
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     assert all(isinstance(r, ValueError) and "exploded" in str(r) for r in results)
     await batcher.close()
@@ -155,7 +157,7 @@ async def test_a_failing_run_fails_every_caller_of_the_batch() -> None:
 
 async def test_callers_that_gave_up_while_queued_are_skipped() -> None:
     model = GatedModel()
-    batcher = MicroBatcher(model, max_batch_size=8, name="m")
+    batcher = MicroBatcher(model, max_batch_size=8, name="m", inline_below_s=0)
     first = asyncio.create_task(batcher.submit(0))
     await model.run_started()
     doomed = asyncio.create_task(batcher.submit(99))
@@ -170,7 +172,7 @@ async def test_callers_that_gave_up_while_queued_are_skipped() -> None:
 
 async def test_close_fails_queued_callers_and_refuses_new_work() -> None:
     model = GatedModel()
-    batcher = MicroBatcher(model, max_batch_size=1, name="m")
+    batcher = MicroBatcher(model, max_batch_size=1, name="m", inline_below_s=0)
     running = asyncio.create_task(batcher.submit(0))
     await model.run_started()
     waiting = asyncio.create_task(batcher.submit(1))
@@ -182,3 +184,23 @@ async def test_close_fails_queued_callers_and_refuses_new_work() -> None:
     assert isinstance(results[1], BatcherClosed)
     with pytest.raises(BatcherClosed):
         await batcher.submit(2)
+
+
+async def test_runs_shorter_than_a_thread_hop_run_on_the_event_loop() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=DEADLINE_S)  # every known run is short
+    assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
+    assert model.threads == {next(iter(model.threads))} and next(iter(model.threads)).startswith("apron-m")
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(6))) == [2 * i for i in range(6)]
+    assert threading.current_thread().name in model.threads  # then on the loop, still in batches
+    assert [len(b) for b in model.batches] == [1, 4, 2]
+    await batcher.close()
+
+    slow = GatedModel()
+    threaded = MicroBatcher(slow, max_batch_size=4, name="s", inline_below_s=1e-9)  # no real run is this short
+    first = asyncio.create_task(threaded.submit(1))
+    await slow.run_started()
+    slow.gate.set()
+    assert await first == 2 and await threaded.submit(2) == 4
+    assert all(t.startswith("apron-s") for t in slow.threads)
+    await threaded.close()

@@ -53,6 +53,14 @@ def test_serve_and_client_round_trip(served: tuple[str, subprocess.Popen], tmp_p
     answer = json.loads(first.stdout)
     assert len(answer["items"]) == 5 and answer["model_version"] == "1"
 
+    top = apron("client", "--target", target, "recommend", "--user", "alice", "--k", "3", "--profile-view", "top",
+                "--profile-top-n", "2", cwd=tmp_path)  # fmt: skip
+    assert top.returncode == 0, top.stderr
+    assert len([line for line in top.stdout.splitlines() if re.match(r"  tag\d ", line)]) <= 2
+    none = apron("client", "--target", target, "--json", "recommend", "--user", "alice", "--k", "3", "--profile-view", "none",
+                 cwd=tmp_path)  # fmt: skip
+    assert none.returncode == 0 and "profile" not in json.loads(none.stdout) and len(json.loads(none.stdout)["items"]) == 3
+
     edit = apron("client", "--target", target, "edit", "--user", "alice", "--scale", "tag0=0", cwd=tmp_path)
     assert edit.returncode == 0, edit.stderr
     assert "stored edits: tag0: scale 0" in edit.stdout and "[scale 0]" in edit.stdout

@@ -75,6 +75,17 @@ async def test_recommend_mistakes(ort_gateway: Gateway, main_tags: np.ndarray, u
             Code.INVALID_ARGUMENT,
             "remove every prototype",
         ),
+        (pb.RecommendRequest(user_id=user_id, k=5, profile_view=9), Code.INVALID_ARGUMENT, "profile_view 9 is not one of"),
+        (
+            pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_TOP),
+            Code.INVALID_ARGUMENT,
+            "profile_top_n must be at least 1",
+        ),
+        (
+            pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_NONE, profile_top_n=3),
+            Code.INVALID_ARGUMENT,
+            "profile_top_n (3) only applies with profile_view PROFILE_VIEW_TOP",
+        ),
     ]
     for request, code, text in cases:
         got_code, details = await status_of(stub.Recommend(request))

@@ -244,3 +244,25 @@ async def test_a_full_batch_queue_answers_resource_exhausted_with_retry_after(
         for call in calls:
             call.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def test_profile_view_selects_how_much_profile_comes_back(ort_gateway: Gateway, main_tags: np.ndarray, user_id: str) -> None:
+    stub, history = ort_gateway.stub, liked_history(main_tags, LIKED, OTHER)
+    await stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="tag1", scale=2.0)]))
+    default = await stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))
+    everything = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_ALL))
+    assert [w.prototype for w in default.profile.weights] == [f"tag{k}" for k in range(6)]  # unset: every prototype
+    assert everything.profile == default.profile
+
+    none = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_NONE))
+    assert not none.HasField("profile") and [i.item_id for i in none.items] == [i.item_id for i in default.items]
+    assert none.ByteSize() < default.ByteSize()
+
+    top = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_TOP, profile_top_n=2))
+    ranked = sorted(default.profile.weights, key=lambda w: -w.weight)
+    assert list(top.profile.weights) == ranked[:2]  # shares, base shares and edits as in the full profile
+    assert {w.prototype for w in top.profile.weights} == {f"tag{LIKED}", f"tag{OTHER}"}
+    assert [w.edit.scale for w in top.profile.weights if w.prototype == f"tag{OTHER}"] == [2.0]  # its edit shown
+    assert top.profile.history_length == default.profile.history_length
+    more = await stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5, profile_view=pb.PROFILE_VIEW_TOP, profile_top_n=100))
+    assert list(more.profile.weights) == ranked  # more than there are: all of them, largest first

@@ -49,3 +49,17 @@ def test_a_fresh_message_every_call() -> None:
     first = encoder.encode(ones, ones, 1, {})
     encoder.encode(zeros, zeros, 2, {})
     assert [e.weight for e in first.weights] == [1.0] * len(TAGS) and first.history_length == 1
+
+
+@pytest.mark.parametrize("top_n", [1, 3, len(TAGS), len(TAGS) + 5])
+def test_the_top_n_view_lists_the_largest_shares_first(top_n: int) -> None:
+    encoder = ProfileEncoder(TAGS, ITEMS)
+    weight = np.array([0.1, 0.3, 0.1, 0.0, 0.45, 0.05])  # ties (0.1) keep prototype order
+    base = np.array([0.2, 0.2, 0.2, 0.1, 0.2, 0.1])
+    edits = {"jazz": pb.Edit(prototype="jazz", scale=3.0), "": pb.Edit(prototype="", scale=0.0)}
+    full = field_by_field(weight, base, 9, edits)
+    order = [4, 1, 0, 2, 5, 3][:top_n]
+    got = encoder.encode(weight, base, 9, edits, top_n=top_n)
+    assert list(got.weights) == [full.weights[k] for k in order]  # edits follow their prototype
+    assert got.history_length == 9
+    assert pb.Profile.FromString(got.SerializeToString()) == got

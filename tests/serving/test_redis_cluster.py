@@ -24,6 +24,7 @@ from serving.cache import (
     edits_key,
     migrate_legacy_edits,
     profile_key,
+    version_key,
 )
 from serving.config import ServingConfig
 from serving.edits import EditSpec
@@ -121,11 +122,16 @@ async def test_profiles_and_edits_on_a_cluster(redis_cluster: list[RedisProcess]
             await store.put_profile(1, user, record)  # MULTI/EXEC: valid only within one slot
             stored = await store.store_edits(user, {"jazz": EditSpec("jazz", "scale", 0.5)})
             assert stored == {"jazz": EditSpec("jazz", "scale", 0.5)}
-            cached, edits = await store.get_profile(1, user, (2, 3))  # one pipeline, one node
+            read = await store.get_profile(1, user, (2, 3))  # one script, one node
+            cached, edits = read.record, read.edits
             assert cached is not None and cached.digest == f"digest-{n}" and cached.history_length == n + 1
             assert np.array_equal(cached.weights, record.weights) and edits == stored
+            assert await store.get_version(user) == read.version  # the version key shares the slot
+            assert key_slot(version_key(user).encode()) == key_slot(edits_key(user).encode())
             owners.add(client.get_node_from_key(edits_key(user)).port)
         assert len(owners) > 1  # the users really are spread over the nodes
+        # concurrent reads' versions in one call, whichever nodes hold them
+        assert await store.get_versions(list(USERS)) == [await store.get_one_version(user) for user in USERS]
     finally:
         await client.aclose()
 

@@ -9,8 +9,17 @@ import pytest
 
 from serving.edits import EditSpec
 from serving.errors import InvalidArgument
+from serving.profile_encoding import ALL_PROTOTYPES, NO_PROFILE, ProfileSelection
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.topk import select_top_k
-from serving.validation import validate_edits, validate_history, validate_k, validate_user_id
+from serving.validation import (
+    PROFILE_VIEWS,
+    validate_edits,
+    validate_history,
+    validate_k,
+    validate_profile_view,
+    validate_user_id,
+)
 
 TAGS = {"jazz": 0, "rock": 1}
 
@@ -74,3 +83,24 @@ def test_top_k_drops_excluded_and_cuts() -> None:
     got_ids, got_scores = select_top_k(ids, scores, 4)
     assert got_ids.tolist() == [5, 3, 9] and np.isfinite(got_scores).all()
     assert select_top_k(ids, scores, 2)[0].tolist() == [5, 3]
+
+
+def test_profile_views_are_the_protos() -> None:
+    assert {value.name: value.number for value in pb.ProfileView.DESCRIPTOR.values} == PROFILE_VIEWS
+
+
+def test_profile_view() -> None:
+    assert validate_profile_view(pb.PROFILE_VIEW_UNSPECIFIED, 0) == ALL_PROTOTYPES  # today's behaviour
+    assert validate_profile_view(pb.PROFILE_VIEW_ALL, 0) == ALL_PROTOTYPES
+    assert validate_profile_view(pb.PROFILE_VIEW_NONE, 0) == NO_PROFILE
+    assert validate_profile_view(pb.PROFILE_VIEW_TOP, 5) == ProfileSelection(True, 5)
+    for view, top_n, match in [
+        (4, 0, "profile_view 4 is not one of"),
+        (-1, 0, "profile_view -1 is not one of"),
+        (pb.PROFILE_VIEW_TOP, 0, "profile_top_n must be at least 1"),
+        (pb.PROFILE_VIEW_TOP, -2, "profile_top_n must be at least 1"),
+        (pb.PROFILE_VIEW_ALL, 3, "only applies with profile_view PROFILE_VIEW_TOP"),
+        (pb.PROFILE_VIEW_UNSPECIFIED, 1, "only applies with profile_view PROFILE_VIEW_TOP"),
+    ]:
+        with pytest.raises(InvalidArgument, match=match):
+            validate_profile_view(view, top_n)

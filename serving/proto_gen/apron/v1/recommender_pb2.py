@@ -24,39 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61pron/v1/recommender.proto\x12\x08\x61pron.v1\"F\n\x04\x45\x64it\x12\x11\n\tprototype\x18\x01 \x01(\t\x12\x0f\n\x05scale\x18\x02 \x01(\x01H\x00\x12\x10\n\x06weight\x18\x03 \x01(\x01H\x00\x42\x08\n\x06\x63hange\"u\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x1d\n\x05\x65\x64its\x18\x04 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rinclude_heard\x18\x05 \x01(\x08\":\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x82\x01\n\x0fPrototypeWeight\x12\x11\n\tprototype\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0b\x62\x61se_weight\x18\x03 \x01(\x01\x12\x19\n\x11prototype_item_id\x18\x04 \x01(\t\x12\x1c\n\x04\x65\x64it\x18\x05 \x01(\x0b\x32\x0e.apron.v1.Edit\"M\n\x07Profile\x12*\n\x07weights\x18\x01 \x03(\x0b\x32\x19.apron.v1.PrototypeWeight\x12\x16\n\x0ehistory_length\x18\x02 \x01(\x03\"\xc7\x01\n\x11RecommendResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.apron.v1.ScoredItem\x12\"\n\x07profile\x18\x02 \x01(\x0b\x32\x11.apron.v1.Profile\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1a\n\x12profile_from_cache\x18\x04 \x01(\x08\x12\x1d\n\x15ignored_history_items\x18\x05 \x01(\x05\x12\x17\n\x0funapplied_edits\x18\x06 \x03(\t\"S\n\x12\x45\x64itProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1d\n\x05\x65\x64its\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\r\n\x05reset\x18\x03 \x01(\x08\"\x8f\x01\n\x13\x45\x64itProfileResponse\x12\"\n\x07profile\x18\x01 \x01(\x0b\x32\x11.apron.v1.Profile\x12$\n\x0cstored_edits\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x17\n\x0funapplied_edits\x18\x04 \x03(\t\"$\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x8e\x01\n\x12GetProfileResponse\x12\"\n\x07profile\x18\x01 \x01(\x0b\x32\x11.apron.v1.Profile\x12$\n\x0cstored_edits\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x17\n\x0funapplied_edits\x18\x04 \x03(\t\"\x17\n\x15ListPrototypesRequest\"L\n\tPrototype\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x11\n\titem_name\x18\x04 \x01(\t\"g\n\x16ListPrototypesResponse\x12\'\n\nprototypes\x18\x01 \x03(\x0b\x32\x13.apron.v1.Prototype\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05k_max\x18\x03 \x01(\x05\x32\xbd\x02\n\x0bRecommender\x12\x44\n\tRecommend\x12\x1a.apron.v1.RecommendRequest\x1a\x1b.apron.v1.RecommendResponse\x12J\n\x0b\x45\x64itProfile\x12\x1c.apron.v1.EditProfileRequest\x1a\x1d.apron.v1.EditProfileResponse\x12G\n\nGetProfile\x12\x1b.apron.v1.GetProfileRequest\x1a\x1c.apron.v1.GetProfileResponse\x12S\n\x0eListPrototypes\x12\x1f.apron.v1.ListPrototypesRequest\x1a .apron.v1.ListPrototypesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61pron/v1/recommender.proto\x12\x08\x61pron.v1\"F\n\x04\x45\x64it\x12\x11\n\tprototype\x18\x01 \x01(\t\x12\x0f\n\x05scale\x18\x02 \x01(\x01H\x00\x12\x10\n\x06weight\x18\x03 \x01(\x01H\x00\x42\x08\n\x06\x63hange\"\xb9\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07history\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x1d\n\x05\x65\x64its\x18\x04 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rinclude_heard\x18\x05 \x01(\x08\x12+\n\x0cprofile_view\x18\x06 \x01(\x0e\x32\x15.apron.v1.ProfileView\x12\x15\n\rprofile_top_n\x18\x07 \x01(\x05\":\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04name\x18\x03 \x01(\t\"\x82\x01\n\x0fPrototypeWeight\x12\x11\n\tprototype\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x13\n\x0b\x62\x61se_weight\x18\x03 \x01(\x01\x12\x19\n\x11prototype_item_id\x18\x04 \x01(\t\x12\x1c\n\x04\x65\x64it\x18\x05 \x01(\x0b\x32\x0e.apron.v1.Edit\"M\n\x07Profile\x12*\n\x07weights\x18\x01 \x03(\x0b\x32\x19.apron.v1.PrototypeWeight\x12\x16\n\x0ehistory_length\x18\x02 \x01(\x03\"\xc7\x01\n\x11RecommendResponse\x12#\n\x05items\x18\x01 \x03(\x0b\x32\x14.apron.v1.ScoredItem\x12\"\n\x07profile\x18\x02 \x01(\x0b\x32\x11.apron.v1.Profile\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x1a\n\x12profile_from_cache\x18\x04 \x01(\x08\x12\x1d\n\x15ignored_history_items\x18\x05 \x01(\x05\x12\x17\n\x0funapplied_edits\x18\x06 \x03(\t\"S\n\x12\x45\x64itProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x1d\n\x05\x65\x64its\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\r\n\x05reset\x18\x03 \x01(\x08\"\x8f\x01\n\x13\x45\x64itProfileResponse\x12\"\n\x07profile\x18\x01 \x01(\x0b\x32\x11.apron.v1.Profile\x12$\n\x0cstored_edits\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x17\n\x0funapplied_edits\x18\x04 \x03(\t\"$\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"\x8e\x01\n\x12GetProfileResponse\x12\"\n\x07profile\x18\x01 \x01(\x0b\x32\x11.apron.v1.Profile\x12$\n\x0cstored_edits\x18\x02 \x03(\x0b\x32\x0e.apron.v1.Edit\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\x17\n\x0funapplied_edits\x18\x04 \x03(\t\"\x17\n\x15ListPrototypesRequest\"L\n\tPrototype\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x11\n\titem_name\x18\x04 \x01(\t\"g\n\x16ListPrototypesResponse\x12\'\n\nprototypes\x18\x01 \x03(\x0b\x32\x13.apron.v1.Prototype\x12\x15\n\rmodel_version\x18\x02 \x01(\x03\x12\r\n\x05k_max\x18\x03 \x01(\x05*n\n\x0bProfileView\x12\x1c\n\x18PROFILE_VIEW_UNSPECIFIED\x10\x00\x12\x14\n\x10PROFILE_VIEW_ALL\x10\x01\x12\x14\n\x10PROFILE_VIEW_TOP\x10\x02\x12\x15\n\x11PROFILE_VIEW_NONE\x10\x03\x32\xbd\x02\n\x0bRecommender\x12\x44\n\tRecommend\x12\x1a.apron.v1.RecommendRequest\x1a\x1b.apron.v1.RecommendResponse\x12J\n\x0b\x45\x64itProfile\x12\x1c.apron.v1.EditProfileRequest\x1a\x1d.apron.v1.EditProfileResponse\x12G\n\nGetProfile\x12\x1b.apron.v1.GetProfileRequest\x1a\x1c.apron.v1.GetProfileResponse\x12S\n\x0eListPrototypes\x12\x1f.apron.v1.ListPrototypesRequest\x1a .apron.v1.ListPrototypesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'apron.v1.recommender_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PROFILEVIEW']._serialized_start=1396
+  _globals['_PROFILEVIEW']._serialized_end=1506
   _globals['_EDIT']._serialized_start=40
   _globals['_EDIT']._serialized_end=110
-  _globals['_RECOMMENDREQUEST']._serialized_start=112
-  _globals['_RECOMMENDREQUEST']._serialized_end=229
-  _globals['_SCOREDITEM']._serialized_start=231
-  _globals['_SCOREDITEM']._serialized_end=289
-  _globals['_PROTOTYPEWEIGHT']._serialized_start=292
-  _globals['_PROTOTYPEWEIGHT']._serialized_end=422
-  _globals['_PROFILE']._serialized_start=424
-  _globals['_PROFILE']._serialized_end=501
-  _globals['_RECOMMENDRESPONSE']._serialized_start=504
-  _globals['_RECOMMENDRESPONSE']._serialized_end=703
-  _globals['_EDITPROFILEREQUEST']._serialized_start=705
-  _globals['_EDITPROFILEREQUEST']._serialized_end=788
-  _globals['_EDITPROFILERESPONSE']._serialized_start=791
-  _globals['_EDITPROFILERESPONSE']._serialized_end=934
-  _globals['_GETPROFILEREQUEST']._serialized_start=936
-  _globals['_GETPROFILEREQUEST']._serialized_end=972
-  _globals['_GETPROFILERESPONSE']._serialized_start=975
-  _globals['_GETPROFILERESPONSE']._serialized_end=1117
-  _globals['_LISTPROTOTYPESREQUEST']._serialized_start=1119
-  _globals['_LISTPROTOTYPESREQUEST']._serialized_end=1142
-  _globals['_PROTOTYPE']._serialized_start=1144
-  _globals['_PROTOTYPE']._serialized_end=1220
-  _globals['_LISTPROTOTYPESRESPONSE']._serialized_start=1222
-  _globals['_LISTPROTOTYPESRESPONSE']._serialized_end=1325
-  _globals['_RECOMMENDER']._serialized_start=1328
-  _globals['_RECOMMENDER']._serialized_end=1645
+  _globals['_RECOMMENDREQUEST']._serialized_start=113
+  _globals['_RECOMMENDREQUEST']._serialized_end=298
+  _globals['_SCOREDITEM']._serialized_start=300
+  _globals['_SCOREDITEM']._serialized_end=358
+  _globals['_PROTOTYPEWEIGHT']._serialized_start=361
+  _globals['_PROTOTYPEWEIGHT']._serialized_end=491
+  _globals['_PROFILE']._serialized_start=493
+  _globals['_PROFILE']._serialized_end=570
+  _globals['_RECOMMENDRESPONSE']._serialized_start=573
+  _globals['_RECOMMENDRESPONSE']._serialized_end=772
+  _globals['_EDITPROFILEREQUEST']._serialized_start=774
+  _globals['_EDITPROFILEREQUEST']._serialized_end=857
+  _globals['_EDITPROFILERESPONSE']._serialized_start=860
+  _globals['_EDITPROFILERESPONSE']._serialized_end=1003
+  _globals['_GETPROFILEREQUEST']._serialized_start=1005
+  _globals['_GETPROFILEREQUEST']._serialized_end=1041
+  _globals['_GETPROFILERESPONSE']._serialized_start=1044
+  _globals['_GETPROFILERESPONSE']._serialized_end=1186
+  _globals['_LISTPROTOTYPESREQUEST']._serialized_start=1188
+  _globals['_LISTPROTOTYPESREQUEST']._serialized_end=1211
+  _globals['_PROTOTYPE']._serialized_start=1213
+  _globals['_PROTOTYPE']._serialized_end=1289
+  _globals['_LISTPROTOTYPESRESPONSE']._serialized_start=1291
+  _globals['_LISTPROTOTYPESRESPONSE']._serialized_end=1394
+  _globals['_RECOMMENDER']._serialized_start=1509
+  _globals['_RECOMMENDER']._serialized_end=1826
 # @@protoc_insertion_point(module_scope)

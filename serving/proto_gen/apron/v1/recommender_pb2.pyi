@@ -1,10 +1,22 @@
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ProfileView(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PROFILE_VIEW_UNSPECIFIED: _ClassVar[ProfileView]
+    PROFILE_VIEW_ALL: _ClassVar[ProfileView]
+    PROFILE_VIEW_TOP: _ClassVar[ProfileView]
+    PROFILE_VIEW_NONE: _ClassVar[ProfileView]
+PROFILE_VIEW_UNSPECIFIED: ProfileView
+PROFILE_VIEW_ALL: ProfileView
+PROFILE_VIEW_TOP: ProfileView
+PROFILE_VIEW_NONE: ProfileView
 
 class Edit(_message.Message):
     __slots__ = ("prototype", "scale", "weight")
@@ -17,18 +29,22 @@ class Edit(_message.Message):
     def __init__(self, prototype: _Optional[str] = ..., scale: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "history", "k", "edits", "include_heard")
+    __slots__ = ("user_id", "history", "k", "edits", "include_heard", "profile_view", "profile_top_n")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
     EDITS_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_HEARD_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_VIEW_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_TOP_N_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history: _containers.RepeatedScalarFieldContainer[str]
     k: int
     edits: _containers.RepeatedCompositeFieldContainer[Edit]
     include_heard: bool
-    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., include_heard: _Optional[bool] = ...) -> None: ...
+    profile_view: ProfileView
+    profile_top_n: int
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., edits: _Optional[_Iterable[_Union[Edit, _Mapping]]] = ..., include_heard: _Optional[bool] = ..., profile_view: _Optional[_Union[ProfileView, str]] = ..., profile_top_n: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score", "name")

@@ -1,0 +1,374 @@
+"""The request path, stage by stage, beside a bare grpc.aio echo server measured in the same run.
+
+The floor of any Python gRPC service on a machine is a grpc.aio unary echo (the design of
+`/work/shared/perf/grpc_redis_floor.py`: 200-byte messages, no work): its p50 with one call in flight
+and its server CPU per call at saturation. The gateway's own figures are compared with them as
+ratios, which hold on any machine. Where the gateway's time goes comes from its
+`apron_stage_seconds{method,stage}` histograms (serving/stages.py), read from its `/metrics`
+before and after each phase; the tail-latency evidence from the same endpoint (RPC durations,
+batch sizes, garbage-collection pauses) and from the load generator's own send lag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import psutil
+from prometheus_client.parser import text_string_to_metric_families
+
+from benchmarks.load import ProcessLoad, closed_loop, run_load
+from benchmarks.timing import Timing
+from common.net import free_port
+from serving.stages import METHOD_STAGES
+
+ECHO_PAYLOAD = b"x" * 200  # the echo's request and response (/work/shared/perf's size)
+ECHO_METHOD = "/bench.Echo/Call"
+ECHO_CHANNELS = 4  # per load process, as the gateway's load client uses
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# ----------------------------------------------------------------------------- the echo server
+
+
+async def _echo(port: int, ready: Any) -> None:
+    server = grpc.aio.server()
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.unary_unary_rpc_method_handler(echo, request_deserializer=_identity, response_serializer=_identity)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler}),))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    ready.set()
+    await server.wait_for_termination()
+
+
+def _serve_echo(port: int, ready: Any) -> None:
+    asyncio.run(_echo(port, ready))
+
+
+@contextlib.contextmanager
+def echo_server() -> Iterator[tuple[str, int]]:
+    """A bare grpc.aio echo server in its own (spawned) process: (address, pid) until the block exits."""
+    context = multiprocessing.get_context("spawn")
+    port, ready = free_port(), context.Event()
+    process = context.Process(target=_serve_echo, args=(port, ready), name="apron-echo", daemon=True)
+    process.start()
+    try:
+        if not ready.wait(120):
+            raise RuntimeError("the echo server did not start within 120 s")
+        yield f"127.0.0.1:{port}", process.pid  # type: ignore[misc]
+    finally:
+        process.terminate()
+        process.join(30)
+
+
+class EchoClient:
+    """Echo calls over ECHO_CHANNELS connections (requests take turns)."""
+
+    def __init__(self, address: str, channels: int = ECHO_CHANNELS):
+        self.channels = [
+            grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) for _ in range(channels)
+        ]
+        self.calls = [
+            channel.unary_unary(ECHO_METHOD, request_serializer=_identity, response_deserializer=_identity)
+            for channel in self.channels
+        ]
+
+    async def call(self, i: int) -> None:
+        await self.calls[i % len(self.calls)](ECHO_PAYLOAD, timeout=30)
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+
+@dataclass(frozen=True)
+class EchoSource:
+    """Builds an `EchoClient` inside a load process (spawned, so picklable)."""
+
+    address: str
+
+    def open(self) -> EchoClient:
+        return EchoClient(self.address)
+
+
+def process_cpu_s(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
+
+
+@dataclass(frozen=True)
+class EchoResults:
+    one_client: Timing  # one call in flight, persistent channel
+    saturated: Timing  # `clients` in flight from the load processes
+    server_cpu_s: float  # the echo server's CPU over the saturated run's whole window
+    server_calls: int  # calls the server answered in that window (warm-up included)
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        return self.server_cpu_s / self.server_calls * 1e3
+
+
+def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:
+    """The echo server's one-client p50 and its CPU per call with `clients` in flight."""
+
+    async def one_client(address: str) -> Timing:
+        client = EchoClient(address, channels=1)
+        timing = await closed_loop(client.call, 1, seconds / 2, warmup_s=0.2)
+        await client.close()
+        return timing
+
+    with echo_server() as (address, pid):
+        one = asyncio.run(one_client(address))
+        cpu0 = process_cpu_s(pid)
+        load = run_load(EchoSource(address), "call", processes, seconds, clients=clients)
+        cpu1 = process_cpu_s(pid)
+    # the server answered the warm-up's calls too, at the same rate: count them by the load's own
+    # rate over the warm-up, so CPU and calls cover the same window
+    return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all)
+
+
+# ----------------------------------------------------------------------------- the gateway's /metrics
+
+
+Snapshot = dict[tuple[str, tuple[tuple[str, str], ...]], float]  # (sample name, sorted labels) -> value
+
+
+def scrape(metrics_url: str) -> Snapshot:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    samples: Snapshot = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def delta(before: Snapshot, after: Snapshot) -> Snapshot:
+    return {key: value - before.get(key, 0.0) for key, value in after.items()}
+
+
+def total(samples: Snapshot, name: str, **labels: str) -> float:
+    """Sum of the samples `name` whose labels include `labels`."""
+    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == x for k, x in labels.items()))
+
+
+@dataclass(frozen=True)
+class StageSplit:
+    """A method's stages over one phase: per stage, calls that went through it and seconds in it."""
+
+    method: str
+    calls: int  # the method's RPCs answered in the phase (any status)
+    counts: dict[str, float]
+    seconds: dict[str, float]
+
+    def per_call_us(self, stage: str) -> float:
+        """Mean microseconds of `stage` per call (a stage some calls skip counts 0 for them)."""
+        return self.seconds.get(stage, 0.0) / self.calls * 1e6 if self.calls else 0.0
+
+    @property
+    def total_us(self) -> float:
+        return sum(self.per_call_us(stage) for stage in self.seconds)
+
+
+def stage_split(samples: Snapshot, method: str) -> StageSplit:
+    counts: dict[str, float] = defaultdict(float)
+    seconds: dict[str, float] = defaultdict(float)
+    for (name, labels), value in samples.items():
+        label = dict(labels)
+        if label.get("method") != method:
+            continue
+        if name == "apron_stage_seconds_count":
+            counts[label["stage"]] += value
+        elif name == "apron_stage_seconds_sum":
+            seconds[label["stage"]] += value
+    calls = int(total(samples, "apron_rpc_duration_seconds_count", method=method))
+    return StageSplit(method, calls, dict(counts), dict(seconds))
+
+
+def mean_batch(samples: Snapshot, model: str = "apron_scorer") -> float:
+    runs = total(samples, "apron_inference_batch_size_count", model=model)
+    return total(samples, "apron_inference_batch_size_sum", model=model) / runs if runs else float("nan")
+
+
+def bucket_quantile(samples: Snapshot, name: str, q: float, **labels: str) -> float:
+    """The upper bound of the histogram bucket holding quantile `q` (seconds; inf beyond the last)."""
+    buckets: dict[float, float] = defaultdict(float)
+    for (sample, ls), value in samples.items():
+        label = dict(ls)
+        if sample == f"{name}_bucket" and all(label.get(k) == x for k, x in labels.items()):
+            buckets[float(label["le"])] += value
+    if not buckets:
+        return float("nan")
+    bounds = sorted(buckets)
+    count = buckets[bounds[-1]]
+    for bound in bounds:
+        if buckets[bound] >= q * count:
+            return bound
+    return bounds[-1]
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+@dataclass(frozen=True)
+class PathPhase:
+    """One measured phase through the gateway: the client's latencies and the gateway's stages."""
+
+    name: str
+    clients: int
+    timing: Timing  # as the client saw it
+    split: StageSplit
+    gateway_cpu_s: float  # the gateway process over the phase (all threads), and its redis-server
+    redis_cpu_s: float
+    mean_batch: float  # requests per apron_scorer run
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        return self.gateway_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
+
+
+class SchedulingProbe:
+    """How late the machine runs a thread that asks to wake up every millisecond: a thread of this
+    (otherwise idle) process sleeps 1 ms again and again and records by how much each sleep
+    overran, with its time (perf_counter, system-wide on Linux). Run beside a load, it measures how
+    long any runnable process waited for a core meanwhile: the other processes' share of a tail."""
+
+    def __init__(self, sleep_s: float = 0.001):
+        self.sleep_s = sleep_s
+        self.samples: list[tuple[float, float]] = []  # (woke at, overran by)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="apron-scheduling-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            before = time.perf_counter()
+            time.sleep(self.sleep_s)
+            woke = time.perf_counter()
+            self.samples.append((woke, woke - before - self.sleep_s))
+
+    def __enter__(self) -> SchedulingProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def overruns_ms(self, window: tuple[float, float]) -> np.ndarray:
+        start, end = window
+        return np.asarray([late * 1e3 for woke, late in self.samples if start <= woke <= end])
+
+
+@dataclass(frozen=True)
+class TailEvidence:
+    """Where the open-loop run at 70 % load spent its tail (item 4 of issue 19)."""
+
+    client: Timing  # latency from each request's scheduled start, as the load generator measured it
+    send_lag_ms: tuple[float, float]  # (p50, p99) of actual send time - scheduled send time
+    server_p50_ms: float  # the gateway's own RPC duration, upper bounds of the histogram buckets
+    server_p99_ms: float
+    split: StageSplit
+    mean_batch: float  # requests per apron_scorer run
+    batches: int
+    gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms)
+    wall_s: float
+    load_cpu_share: float  # the load generator's share of the machine's cores
+    gateway_cpu_share: float
+    scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
+    over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
+
+
+def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
+    found = {}
+    for generation in ("0", "1", "2"):
+        count = total(samples, "apron_gc_pause_seconds_count", generation=generation)
+        seconds = total(samples, "apron_gc_pause_seconds_sum", generation=generation)
+        p99 = bucket_quantile(samples, "apron_gc_pause_seconds", 0.99, generation=generation) * 1e3 if count else 0.0
+        found[generation] = (count, seconds, p99)
+    return found
+
+
+def stage_rows(splits: Mapping[str, StageSplit], method_stages: Mapping[str, tuple[str, ...]] = METHOD_STAGES) -> list[str]:
+    """The stage table: one row per stage any of `splits` went through, mean µs per call in each."""
+    order: list[str] = []
+    for split in splits.values():
+        for stage in method_stages[split.method]:
+            if stage not in order and split.counts.get(stage):
+                order.append(stage)
+    header = "| stage | " + " | ".join(splits) + " |"
+    lines = [header, "| --- |" + " ---: |" * len(splits)]
+    for stage in order:
+        cells = [f"{split.per_call_us(stage):,.0f}" if split.counts.get(stage) else "" for split in splits.values()]
+        lines.append(f"| `{stage}` | " + " | ".join(cells) + " |")
+    lines.append("| **sum of the stages** | " + " | ".join(f"**{s.total_us:,.0f}**" for s in splits.values()) + " |")
+    return lines
+
+
+def share_over(samples: Snapshot, name: str, threshold_s: float, **labels: str) -> float:
+    """Share of a histogram's observations above `threshold_s` (a bucket bound)."""
+    below = count = 0.0
+    for (sample, ls), value in samples.items():
+        label = dict(ls)
+        if sample == f"{name}_bucket" and all(label.get(k) == x for k, x in labels.items()):
+            if label["le"] == "+Inf":
+                count += value
+            elif abs(float(label["le"]) - threshold_s) < 1e-12:
+                below += value
+    return 1 - below / count if count else float("nan")
+
+
+TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
+
+
+def tail_evidence(load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, probe: SchedulingProbe) -> TailEvidence:
+    """The open-loop run's client latencies beside what the gateway, the load generator and the
+    machine's scheduler saw."""
+    lags = load.send_lags_s
+    batches = total(samples, "apron_inference_batch_size_count", model="apron_scorer")
+    cores = os.cpu_count() or 1
+    split = stage_split(samples, "Recommend")
+    overruns = probe.overruns_ms(load.window)
+    latencies_ms = load.timing.latencies_s * 1e3
+    return TailEvidence(
+        client=load.timing,
+        send_lag_ms=(float(np.percentile(lags, 50) * 1e3), float(np.percentile(lags, 99) * 1e3)) if len(lags) else (0.0, 0.0),
+        server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, method="Recommend") * 1e3,
+        server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, method="Recommend") * 1e3,
+        split=split,
+        mean_batch=mean_batch(samples),
+        batches=int(batches),
+        gc=gc_pauses(samples),
+        wall_s=load.timing.wall_s,
+        load_cpu_share=load.cpu_s / (load.timing.wall_s * cores),
+        # the gateway's CPU per call it answered, at the offered rate (its whole-window CPU includes idle start-up)
+        gateway_cpu_share=gateway_cpu_s / max(split.calls, 1) * load.timing.throughput / cores,
+        scheduling_ms=(
+            (float(np.percentile(overruns, 50)), float(np.percentile(overruns, 99)), float(overruns.max()))
+            if len(overruns) else (float("nan"),) * 3
+        ),
+        over_ms={
+            threshold: (
+                float(np.mean(latencies_ms > threshold)),
+                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, method="Recommend"),
+            )
+            for threshold in TAIL_THRESHOLDS_MS
+        },
+    )

@@ -1,0 +1,155 @@
+"""Where a request's time goes: each RPC's wall time split into named stages, always on.
+
+Every call carries a `StageClock` (in a context variable, so the profile cache, the micro-batcher
+and the handlers mark stages without passing it around). `mark(stage)` charges the time since the
+previous mark to `stage`; the servicer's boundary observes each stage once per call into the
+histogram `apron_stage_seconds{method,stage}` (the way Triton reports queue / compute_input /
+compute_infer / compute_output), through label children resolved once (`StageRecorder`), so a
+call costs a few `perf_counter` reads and one histogram observation per stage it went through.
+
+The stages of a call, in order (a stage the call did not go through is not observed):
+
+- `auth`: the interceptor verifying the bearer token (a cache hit or a JWT decode);
+- `dispatch`: gRPC's own work between the interceptor and the handler (reading and parsing the request);
+- `admission`: the boundary's concurrency limit, verified-caller check and deadline;
+- `validate`: request validation, authorization, the per-user rate limit, history ids to indices;
+- `redis_read`: the cached profile and stored edits (one round trip);
+- `profile_queue`, `profile_run`, `profile_resume`: a cache miss's `apron_profile` run in the
+  micro-batcher: waiting for a batch, the batch's inference, and the event-loop hop back;
+- `profile`: the rest of the backend's profile call (Triton: all of it);
+- `redis_write`: storing a computed profile (Recommend) or the edits (EditProfile);
+- `edits`: applying stored and one-off edits to the profile;
+- `scorer_queue`, `scorer_run`, `scorer_resume`: the same three for `apron_scorer`;
+- `scorer`: the rest of the backend's top-k call (Triton: all of it);
+- `response`: building the response message (the handler's work after its last stage);
+- `error`: a failed call, from its last completed stage to the status;
+- `record`: the boundary's bookkeeping after the handler (RPC metrics, access log).
+
+Not inside any stage: gRPC serializing and sending the response, and the transport; the benchmark
+(`BENCHMARKS.md`, "Request path") puts the stage sums beside the client's latency and a bare
+grpc.aio echo server measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from collections.abc import Iterable, Mapping
+
+from prometheus_client import Histogram
+
+AUTH = "auth"
+DISPATCH = "dispatch"
+ADMISSION = "admission"
+VALIDATE = "validate"
+REDIS_READ = "redis_read"
+PROFILE_QUEUE = "profile_queue"
+PROFILE_RUN = "profile_run"
+PROFILE_RESUME = "profile_resume"
+PROFILE = "profile"
+REDIS_WRITE = "redis_write"
+EDITS = "edits"
+SCORER_QUEUE = "scorer_queue"
+SCORER_RUN = "scorer_run"
+SCORER_RESUME = "scorer_resume"
+SCORER = "scorer"
+RESPONSE = "response"
+ERROR = "error"
+RECORD = "record"
+
+# what the micro-batcher charges for one request: waiting for a run, the run, the hop back
+PROFILE_BATCH = (PROFILE_QUEUE, PROFILE_RUN, PROFILE_RESUME)
+SCORER_BATCH = (SCORER_QUEUE, SCORER_RUN, SCORER_RESUME)
+
+_AROUND = (AUTH, DISPATCH, ADMISSION, VALIDATE)  # every method's first stages
+_AFTER = (RESPONSE, ERROR, RECORD)  # and its last
+# The stages each method can go through, in request order: the series `StageRecorder` creates.
+METHOD_STAGES: dict[str, tuple[str, ...]] = {
+    "Recommend": (
+        *_AROUND, REDIS_READ, *PROFILE_BATCH, PROFILE, REDIS_WRITE, EDITS, *SCORER_BATCH, SCORER, *_AFTER,
+    ),
+    "EditProfile": (*_AROUND, REDIS_READ, EDITS, REDIS_WRITE, *_AFTER),
+    "GetProfile": (*_AROUND, REDIS_READ, EDITS, *_AFTER),
+    "ListPrototypes": (*_AROUND, *_AFTER),
+}  # fmt: skip
+
+
+class StageClock:
+    """One call's stages: `mark(stage)` charges the time since the previous mark to `stage`."""
+
+    __slots__ = ("last", "spent")
+
+    def __init__(self, start: float):
+        self.last = start
+        self.spent: dict[str, float] = {}
+
+    def mark(self, stage: str, now: float | None = None) -> None:
+        """Charge [previous mark, `now`] (default: the current time) to `stage` and move the mark."""
+        if now is None:
+            now = time.perf_counter()
+        spent = self.spent
+        spent[stage] = spent.get(stage, 0.0) + (now - self.last)
+        self.last = now
+
+
+_clock: contextvars.ContextVar[StageClock | None] = contextvars.ContextVar("apron_stage_clock", default=None)
+
+
+def current() -> StageClock | None:
+    """The clock of the call being handled (None outside a call)."""
+    return _clock.get()
+
+
+def attach(clock: StageClock) -> contextvars.Token:
+    """Make `clock` the current call's (the auth interceptor's, for the handler); `end` undoes it."""
+    return _clock.set(clock)
+
+
+def begin(start: float) -> tuple[StageClock, contextvars.Token]:
+    """A new clock started at `start` for the rest of this call; `end(token)` removes it."""
+    clock = StageClock(start)
+    return clock, _clock.set(clock)
+
+
+def end(token: contextvars.Token) -> None:
+    _clock.reset(token)
+
+
+def mark(stage: str) -> None:
+    """Charge the time since the call's previous mark to `stage` (nothing outside a call)."""
+    clock = _clock.get()
+    if clock is not None:
+        clock.mark(stage)
+
+
+def mark_batch(stages: tuple[str, str, str] | None, started: float, ended: float) -> None:
+    """A micro-batched request back from its run: (queue, run, resume) = [previous mark, the run's
+    start], [start, end], [end, now]."""
+    clock = _clock.get()
+    if clock is not None and stages is not None:
+        queue, run, resume = stages
+        clock.mark(queue, started)
+        clock.mark(run, ended)
+        clock.mark(resume)
+
+
+class StageRecorder:
+    """Observes a finished call's stages into `histogram` (labels method, stage), through label
+    children resolved once: those of `METHOD_STAGES` here, any other method's (the admin RPCs) or
+    stage on its first call."""
+
+    def __init__(self, histogram: Histogram, method_stages: Mapping[str, Iterable[str]] = METHOD_STAGES):
+        self._histogram = histogram
+        self._children = {
+            method: {stage: histogram.labels(method, stage) for stage in stages} for method, stages in method_stages.items()
+        }
+
+    def observe(self, method: str, clock: StageClock) -> None:
+        children = self._children.get(method)
+        if children is None:
+            children = self._children[method] = {}
+        for stage, seconds in clock.spent.items():
+            child = children.get(stage)
+            if child is None:
+                child = children[stage] = self._histogram.labels(method, stage)
+            child.observe(seconds)
