@@ -57,6 +57,12 @@ def test_the_report_no_longer_draws_a_verdict_from_the_per_user_bar(tmp_path: Pa
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
     assert "goal **met**" not in text and "**lastfm-2k: no verdict**" in text
     assert "Issue 10 called the goal met on lastfm-2k with the sweep's choice `collab:tagatt1-pen20`" in text
+    assert "keep no per-user values: no paired figure yet" in text
+    for r in records:  # now with per-user values: the old row against the best baseline, paired
+        r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    assert "That row on test users against MacridVAE (main table), paired per user over 4 users: -0.0100, s.e. 0.0000" in text
+    assert "(stays below 0)" in text and "goal **met**" not in text
 
 
 def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> None:
