@@ -23,10 +23,11 @@ def test_the_mixture_equals_the_plain_expression_with_its_gradients(batch: int) 
     items = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
     log_concepts = torch.log_softmax(3 * torch.randn(30, 6, dtype=torch.float64), -1).requires_grad_()
     z.data[0, 2] = 0.0  # a zeroed concept, as logits_without_tag makes
+    tau = 0.1
     grad = torch.randn(batch, 30, dtype=torch.float64)
-    fast = ConceptMixture.apply(F.normalize(z, dim=-1) / 0.1, F.normalize(items, dim=-1), log_concepts.T.contiguous(), True)
+    fast = ConceptMixture.apply(F.normalize(z, dim=-1) / tau, F.normalize(items, dim=-1), log_concepts.T.contiguous())
     fast_grads = torch.autograd.grad(fast, (z, items, log_concepts), grad)
-    slow = reference_decode(z, items, log_concepts, 0.1)
+    slow = reference_decode(z, items, log_concepts, tau)
     slow_grads = torch.autograd.grad(slow, (z, items, log_concepts), grad)
     torch.testing.assert_close(fast, slow)
     for a, b in zip(fast_grads, slow_grads, strict=True):
@@ -34,7 +35,33 @@ def test_the_mixture_equals_the_plain_expression_with_its_gradients(batch: int) 
     assert torch.autograd.gradcheck(ConceptMixture.apply,
                                     (torch.randn(batch, 3, 4, dtype=torch.float64, requires_grad=True),
                                      torch.randn(9, 4, dtype=torch.float64, requires_grad=True),
-                                     torch.randn(3, 9, dtype=torch.float64, requires_grad=True), True))  # fmt: skip
+                                     torch.randn(3, 9, dtype=torch.float64, requires_grad=True)))  # fmt: skip
+
+
+def test_blocks_whose_terms_underflow_under_the_shared_bound_are_redone_exactly() -> None:
+    """One concept far longer than the others sets the shared bound on the logits; it is masked by
+    log c = -2000, so every other user's terms, shifted by that bound, underflow to 0 (float64):
+    those blocks take the per-entry maximum, with the same values and gradients."""
+    torch.manual_seed(0)
+    q = torch.randn(10, 4, 3, dtype=torch.float64)
+    q[0, 0] *= 1000.0
+    q.requires_grad_()
+    h = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    log_c = torch.randn(4, 7, dtype=torch.float64)
+    log_c[0] = -2000.0
+    log_c.requires_grad_()
+    logits = torch.einsum("bkd,nd->bkn", q, h) + log_c
+    bound = q.norm(dim=-1).max() * h.norm(dim=-1).max() + log_c.max()
+    assert ((logits - bound).exp().sum(dim=1) == 0).any()  # the case is real
+    grad = torch.randn(10, 7, dtype=torch.float64)
+    fast = ConceptMixture.apply(q, h, log_c)
+    slow = torch.logsumexp(logits, dim=1)
+    torch.testing.assert_close(fast, slow)
+    for a, b in zip(torch.autograd.grad(fast, (q, h, log_c), grad), torch.autograd.grad(slow, (q, h, log_c), grad),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b)
+    with torch.no_grad():
+        torch.testing.assert_close(ConceptMixture.apply(q, h, log_c), slow)
 
 
 def _loss_and_grads(model, x: torch.Tensor) -> tuple[torch.Tensor, list]:

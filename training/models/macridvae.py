@@ -24,10 +24,11 @@ them (their term becomes c_{i,k}·exp(0)) while all other concepts are unchanged
 Engineering choices: one input-dropout mask is shared by the K concept encoders (the authors' code
 draws one per concept); it lets the encoder run as a single sparse product instead of K dense ones.
 The decoder's (B, K, N) similarities are the model's cost (K = 80 concepts on lastfm-2k); the
-mixture over concepts is computed a few users at a time, in place, keeping only its softmax for
-the backward pass (`ConceptMixture`), instead of autograd's several (B, K, N) tensors: the same
-function (tests/training/test_macridvae_speed.py pins it against the plain expression), ~4x faster
-per epoch on 2 CPUs (training/README.md).
+mixture over concepts is computed one user at a time in cache and recomputed in the backward pass
+(`ConceptMixture`), instead of autograd's several (B, K, N) tensors, and the encoder gathers each
+user's items instead of a (N, K·d) table (`concept_sums`): the same functions
+(tests/training/test_macridvae_speed.py pins them against the plain expressions), measured per
+epoch in training/README.md.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class MacridVAE(nn.Module):
         """Eq. 7-8: log sum_k c_{i,k} exp(cos(z^(k), h_i) / τ). z (B, K, d) -> logits (B, N)"""
         scaled = F.normalize(z, dim=-1) / self.config.tau
         items = F.normalize(self.items, dim=-1)
-        return ConceptMixture.apply(scaled, items, log_concepts.T.contiguous(), torch.is_grad_enabled())
+        return ConceptMixture.apply(scaled, items, log_concepts.T.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_concepts = self.log_concepts()
@@ -258,40 +259,45 @@ class ConceptMixture(torch.autograd.Function):
     """out[b, n] = log sum_k exp(q[b, k] · h[n] + log_c[k, n]): Eq. 7-8's mixture with q = z / (||z|| τ),
     h the unit item embeddings and log_c = log c^T. (B, K, d), (N, d), (K, N) -> (B, N)
 
-    Equal to `torch.logsumexp(torch.einsum("bkd,nd->bkn", q, h) + log_c, dim=1)`, computed USERS users
-    at a time with in-place operations, so each (USERS, K, N) block stays in cache; when gradients
-    are wanted (`keep`), the softmax over k is kept (one (B, K, N) tensor, where autograd keeps
-    several) and the backward pass is two products with it."""
+    Equal to `torch.logsumexp(torch.einsum("bkd,nd->bkn", q, h) + log_c, dim=1)`, without ever
+    holding the (B, K, N) terms: USERS users at a time (a block stays in cache), in place, shifted
+    by one bound on every logit (max ||q|| · max ||h|| + max log_c, so no exp overflows) instead of
+    a per-entry maximum; a block whose sum underflows (a bound far above its logits) is redone with
+    the maximum. The backward pass recomputes each block's softmax over k as exp(logit − out)."""
 
-    USERS = 16  # blocks of (8, K, N): fast on lastfm-2k (K = 80, N = 2,813), 1 thread
+    USERS = 1  # users per block: a (1, K, N) block stays in L2 (fastest of 1, 2, 4, 8, 16, 32 on lastfm-2k)
 
     @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, h: torch.Tensor, log_c: torch.Tensor, keep: bool) -> torch.Tensor:
+    def forward(ctx: Any, q: torch.Tensor, h: torch.Tensor, log_c: torch.Tensor) -> torch.Tensor:
+        bound = q.norm(dim=-1).max() * h.norm(dim=-1).max() + log_c.max() if q.numel() else q.new_zeros(())
+        shifted = log_c - bound  # every logit minus the bound is <= 0
+        h_t = h.T.contiguous()
         out = q.new_empty(q.shape[0], h.shape[0])
-        weights = q.new_empty(q.shape[0], q.shape[1], h.shape[0]) if keep else None
         for start in range(0, q.shape[0], ConceptMixture.USERS):
             rows = slice(start, start + ConceptMixture.USERS)
-            block = torch.matmul(q[rows], h.T).add_(log_c)  # (b, K, N) logits of the mixture
+            total = torch.matmul(q[rows], h_t).add_(shifted).exp_().sum(dim=1)  # (b, K, N) -> (b, N)
+            if bool((total > 0).all()):
+                out[rows] = total.log_().add_(bound)
+                continue
+            block = torch.matmul(q[rows], h_t).add_(log_c)  # underflow: the per-entry maximum
             peak = block.amax(dim=1, keepdim=True)
-            total = block.sub_(peak).exp_().sum(dim=1, keepdim=True)
-            out[rows] = total.log().add_(peak).squeeze(1)
-            if weights is not None:
-                torch.div(block, total, out=weights[rows])  # softmax over k
-        ctx.save_for_backward(q, h, weights)
+            out[rows] = block.sub_(peak).exp_().sum(dim=1).log_().add_(peak.squeeze(1))
+        ctx.save_for_backward(q, h, log_c, out)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
-        q, h, weights = ctx.saved_tensors
-        grad_q, grad_h = torch.empty_like(q), torch.zeros_like(h)
-        grad_l = q.new_zeros(q.shape[1], h.shape[0])
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, h, log_c, out = ctx.saved_tensors
+        h_t = h.T.contiguous()
+        grad_q, grad_h, grad_l = torch.empty_like(q), torch.zeros_like(h), torch.zeros_like(log_c)
         for start in range(0, q.shape[0], ConceptMixture.USERS):
             rows = slice(start, start + ConceptMixture.USERS)
-            block = weights[rows] * grad[rows, None]  # d out[b, n] / d logit[b, k, n] · grad[b, n]
+            block = torch.matmul(q[rows], h_t).add_(log_c).sub_(out[rows, None]).exp_()  # softmax over k
+            block.mul_(grad[rows, None])  # d out[b, n] / d logit[b, k, n] · grad[b, n]
             grad_l += block.sum(dim=0)
             grad_q[rows] = torch.matmul(block, h)
             grad_h.addmm_(block.flatten(0, 1).T, q[rows].flatten(0, 1))  # sum over (b, k): no copy of the block
-        return grad_q, grad_h, grad_l, None
+        return grad_q, grad_h, grad_l
 
 
 def pca_embeddings(features: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:
