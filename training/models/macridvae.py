@@ -275,7 +275,8 @@ class ConceptMixture(torch.autograd.Function):
         out = q.new_empty(q.shape[0], h.shape[0])
         for start in range(0, q.shape[0], ConceptMixture.USERS):
             rows = slice(start, start + ConceptMixture.USERS)
-            total = torch.matmul(q[rows], h_t).add_(shifted).exp_().sum(dim=1)  # (b, K, N) -> (b, N)
+            block = torch.baddbmm(shifted, q[rows], h_t.expand(len(q[rows]), -1, -1))  # (b, K, N) logits − bound
+            total = block.exp_().sum(dim=1)
             if bool((total > 0).all()):
                 out[rows] = total.log_().add_(bound)
                 continue
@@ -292,9 +293,10 @@ class ConceptMixture(torch.autograd.Function):
         grad_q, grad_h, grad_l = torch.empty_like(q), torch.zeros_like(h), torch.zeros_like(log_c)
         for start in range(0, q.shape[0], ConceptMixture.USERS):
             rows = slice(start, start + ConceptMixture.USERS)
-            block = torch.matmul(q[rows], h_t).add_(log_c).sub_(out[rows, None]).exp_()  # softmax over k
+            block = torch.baddbmm(log_c, q[rows], h_t.expand(len(q[rows]), -1, -1))
+            block.sub_(out[rows, None]).exp_()  # softmax over k
             block.mul_(grad[rows, None])  # d out[b, n] / d logit[b, k, n] · grad[b, n]
-            grad_l += block.sum(dim=0)
+            grad_l += block[0] if len(block) == 1 else block.sum(dim=0)
             grad_q[rows] = torch.matmul(block, h)
             grad_h.addmm_(block.flatten(0, 1).T, q[rows].flatten(0, 1))  # sum over (b, k): no copy of the block
         return grad_q, grad_h, grad_l
