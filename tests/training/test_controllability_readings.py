@@ -12,7 +12,7 @@ import torch
 
 import cli
 from tests.training.model_helpers import SMALL, synthetic_dataset
-from training.checkpoint import save_checkpoint
+from training.checkpoint import load_checkpoint, save_checkpoint
 from training.data.hidden_labels import hidden_label_items
 from training.evaluate import evaluate_model
 from training.train import build_model, train
@@ -136,3 +136,14 @@ def test_apron_evaluate_prints_the_three_readings(trained, dataset, tmp_path: Pa
     for key in ("pct_delta@20", "pct_delta@20_intrinsic", "pct_delta@20_unlabelled", "pct_delta@20_unlabelled_intrinsic"):
         assert isinstance(out[key], float), key
     assert "per_user" not in out  # only with --per-user
+
+
+def test_apron_train_hides_labels_only_for_apron(dataset, tmp_path: Path, capsys) -> None:
+    code = cli.main(["train", str(dataset.path), "--model", "multivae", "--out", str(tmp_path / "m.pt"), "--hide-tag-labels"])
+    assert code == 2 and "only APRON" in capsys.readouterr().err
+    out = tmp_path / "apron.pt"
+    assert cli.main(["train", str(dataset.path), "--model", "apron", "--features", "synthetic", "--epochs", "1", "--quiet",
+                     "--set", "n_heads=4", "--set", "head_dim=16", "--set", "hidden_dims=64,", "--out", str(out),
+                     "--hide-tag-labels"]) == 0  # fmt: skip
+    model, _ = load_checkpoint(out)
+    assert model.config.hidden_label_share == 0.2 and model.unlabelled_items().sum() == round(0.2 * dataset.n_items)
