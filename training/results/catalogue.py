@@ -104,13 +104,15 @@ CONTROLLABLE = {"lambda_tag_attention": 1.0, "edit_penalty": 20.0}
 
 @dataclass(frozen=True)
 class Variant:
-    """An APRON row: the dataset's tuned run with some settings changed."""
+    """A row: the dataset's run of a model with some settings changed (an APRON ablation or sweep
+    option, or a configuration of a tuning sweep)."""
 
     key: str
     label: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     features: str | None = None
     tag_min_share: float | None = None
+    lr: float | None = None
 
     def run(self, base: Run) -> Run:
         return replace(
@@ -118,6 +120,7 @@ class Variant:
             hyperparameters={**base.hyperparameters, **self.hyperparameters},
             features=self.features or base.features,
             tag_min_share=base.tag_min_share if self.tag_min_share is None else self.tag_min_share,
+            lr=base.lr if self.lr is None else self.lr,
         )
 
 
@@ -220,54 +223,39 @@ SWEEP: tuple[Variant, ...] = tuple(
 # scores the test users. Options change the dataset's RUNS entry (batch size, caps, patience stay).
 
 
-@dataclass(frozen=True)
-class Option:
-    """One configuration of a tuning sweep: changes to the dataset's run of the model."""
-
-    key: str
-    label: str
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    lr: float | None = None
-    features: str | None = None
-
-    def run(self, base: Run) -> Run:
-        return replace(base, hyperparameters={**base.hyperparameters, **self.hyperparameters},
-                       lr=base.lr if self.lr is None else self.lr, features=self.features or base.features)  # fmt: skip
-
-
-def _macrid_options() -> tuple[Option, ...]:
+def _macrid_options() -> tuple[Variant, ...]:
     # d = 100 is Ma et al.'s; d = 50 was this project's earlier choice on lastfm-2k (K = 80 concepts)
     return (
-        Option("d100", "d = 100 (Ma et al.)", {"embedding_dim": 100}),
-        Option("d50", "d = 50", {"embedding_dim": 50}),
-        Option("d100-lr5e-4", "d = 100, lr 5e-4", {"embedding_dim": 100}, lr=5e-4),
-        Option("d100-beta0.1", "d = 100, β cap 0.1", {"embedding_dim": 100, "beta": 0.1}),
+        Variant("d100", "d = 100 (Ma et al.)", {"embedding_dim": 100}),
+        Variant("d50", "d = 50", {"embedding_dim": 50}),
+        Variant("d100-lr5e-4", "d = 100, lr 5e-4", {"embedding_dim": 100}, lr=5e-4),
+        Variant("d100-beta0.1", "d = 100, β cap 0.1", {"embedding_dim": 100, "beta": 0.1}),
     )
 
 
-def baseline_options(model: str, base: Run) -> tuple[Option, ...]:
+def baseline_options(model: str, base: Run) -> tuple[Variant, ...]:
     """The validation sweep of a baseline on a dataset whose run of it is `base`."""
     # Liang et al.'s Mult-DAE: lam = 0.01 / batch_size in their notebook (the loss is a batch mean)
     liang_l2 = 0.01 / base.batch_size
     options = {
         "multidae": (
-            Option("default", "λ = 0.01 (unscaled)"),
-            Option("l2-liang", f"λ = 0.01 / batch = {liang_l2:.3g} (Liang et al.)", {"l2": liang_l2}),
-            Option("l2-liang-lr5e-4", "Liang λ, lr 5e-4", {"l2": liang_l2}, lr=5e-4),
-            Option("l2-liang-drop0.2", "Liang λ, dropout 0.2", {"l2": liang_l2, "dropout": 0.2}),
+            Variant("default", "λ = 0.01 (unscaled)"),
+            Variant("l2-liang", f"λ = 0.01 / batch = {liang_l2:.3g} (Liang et al.)", {"l2": liang_l2}),
+            Variant("l2-liang-lr5e-4", "Liang λ, lr 5e-4", {"l2": liang_l2}, lr=5e-4),
+            Variant("l2-liang-drop0.2", "Liang λ, dropout 0.2", {"l2": liang_l2, "dropout": 0.2}),
         ),
         "multivae": (
-            Option("default", "β cap 0.2, dropout 0.5"),
-            Option("beta0.1", "β cap 0.1", {"beta": 0.1}),
-            Option("beta0.4", "β cap 0.4", {"beta": 0.4}),
-            Option("drop0.2", "dropout 0.2", {"dropout": 0.2}),
-            Option("lr5e-4", "lr 5e-4", lr=5e-4),
+            Variant("default", "β cap 0.2, dropout 0.5"),
+            Variant("beta0.1", "β cap 0.1", {"beta": 0.1}),
+            Variant("beta0.4", "β cap 0.4", {"beta": 0.4}),
+            Variant("drop0.2", "dropout 0.2", {"dropout": 0.2}),
+            Variant("lr5e-4", "lr 5e-4", lr=5e-4),
         ),
         "recvae": (
-            Option("default", "γ = 0.005, dropout 0.5"),
-            Option("lr1e-3", "lr 1e-3", lr=1e-3),
-            Option("drop0.3", "dropout 0.3", {"dropout": 0.3}),
-            Option("gamma0.01", "γ = 0.01 (β' = γ·|x_u|)", {"gamma": 0.01}),
+            Variant("default", "γ = 0.005, dropout 0.5"),
+            Variant("lr1e-3", "lr 1e-3", lr=1e-3),
+            Variant("drop0.3", "dropout 0.3", {"dropout": 0.3}),
+            Variant("gamma0.01", "γ = 0.01 (β' = γ·|x_u|)", {"gamma": 0.01}),
         ),
         "macridvae": _macrid_options(),
         "sem-macridvae": _macrid_options(),
@@ -279,22 +267,22 @@ def baseline_options(model: str, base: Run) -> tuple[Option, ...]:
 # APRON's goal options: tag-free features, the tag labels of 20 % of the items hidden from training,
 # and the served edit penalty γ = 50 (the selection reads the γ = 0 figure, so γ does not choose).
 GOAL_HIDDEN = {"hidden_label_share": DEFAULT_HIDDEN_SHARE}
-APRON_OPTIONS: tuple[Option, ...] = (
-    Option("collab-paper-full-tagatt1", "collab, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 1",
+APRON_OPTIONS: tuple[Variant, ...] = (
+    Variant("collab-paper-full-tagatt1", "collab, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 1",
            {**PAPER_APRON, **PRESETS["controllable"], **GOAL_HIDDEN}, features="collab"),
-    Option("collab-paper-full-tagatt5", "collab, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 5",
+    Variant("collab-paper-full-tagatt5", "collab, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 5",
            {**PAPER_APRON, **PRESETS["controllable"], "lambda_tag_attention": 5.0, **GOAL_HIDDEN}, features="collab"),
-    Option("collab-paper-full", "collab, H = 16, λ2 = 0.005, heads read all features, no tag attention",
+    Variant("collab-paper-full", "collab, H = 16, λ2 = 0.005, heads read all features, no tag attention",
            {**PAPER_APRON, "head_features": "full", "edit_penalty": 50.0, **GOAL_HIDDEN}, features="collab"),
-    Option("collab-paper-tagatt1", "collab, H = 16, λ2 = 0.005, tag attention λ = 1",
+    Variant("collab-paper-tagatt1", "collab, H = 16, λ2 = 0.005, tag attention λ = 1",
            {**PAPER_APRON, "lambda_tag_attention": 1.0, "edit_penalty": 50.0, **GOAL_HIDDEN}, features="collab"),
-    Option("text-stripped-paper-full-tagatt1", "text-stripped, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 1",
+    Variant("text-stripped-paper-full-tagatt1", "text-stripped, H = 16, λ2 = 0.005, heads read all features, tag attention λ = 1",
            {**PAPER_APRON, **PRESETS["controllable"], **GOAL_HIDDEN}, features="text-stripped"),
 )  # fmt: skip
 TUNED_MODELS = (*BASELINES, "apron")
 
 
-def tune_options(dataset: str, model: str) -> tuple[Option, ...]:
+def tune_options(dataset: str, model: str) -> tuple[Variant, ...]:
     return APRON_OPTIONS if model == "apron" else baseline_options(model, RUNS[dataset][model])
 
 
