@@ -30,7 +30,7 @@ from training.results.catalogue import (
     jobs,
     same_run_as,
 )
-from training.results.selection import final_jobs, goal_choice, is_current, protocol, tunings
+from training.results.selection import current_records, final_jobs, goal_choice, is_current, protocol, tunings
 from training.results.stats import CONFIDENCE, Cell, aggregate, paired_records
 
 
@@ -466,5 +466,12 @@ def _not_run(records: list[dict[str, Any]]) -> list[str]:
             missing.append(f"{job.part}/{job.dataset}/{job.row}: {len(seeds)} of {wanted} seeds{note}")
     if not missing and not notes:
         return []
-    return ["## Not run (yet)", "", "Runs of `make results` that are missing from this report:", "",
-            *[f"- {m}" for m in [*missing, *notes]], ""]  # fmt: skip
+    plain = []
+    for name in datasets:
+        tune = jobs("tune", [name])
+        done = sum(1 for job in tune if current_records(job, records))
+        if not any(r["part"] == "final" and r["dataset"] == name for r in records):
+            plain.append(f"- **{name}: the tuned comparison has not been run**, so there is no paired verdict there: the "
+                         f"tune part has {done} of {len(tune)} validation runs, the final part none.")  # fmt: skip
+    return ["## Not run (yet)", "", *plain, *([""] if plain else []), "Runs of `make results` that are missing from this report:",
+            "", *[f"- {m}" for m in [*missing, *notes]], ""]  # fmt: skip
