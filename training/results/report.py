@@ -183,13 +183,15 @@ def earlier_goal_lines(records: list[dict[str, Any]]) -> list[str]:
         return lines
     best = max(baselines, key=lambda m: baselines[m].mean)
     paired = paired_records(rows, main[best])
+    intrinsic = aggregate(rows, GOAL_METRIC)
+    intrinsic_note = "" if intrinsic is None else f" ({'≥' if intrinsic.mean >= GOAL_PCT_DELTA else '<'} {GOAL_PCT_DELTA:.0f})"
     if paired is None:
         return [*lines, f"- Its test records or {LABELS[best]}'s keep no per-user values: no paired figure yet."]
     return [*lines, (
         f"- That row on test users against {LABELS[best]} (main table), paired per user over {paired.n_users} users: "
         f"{paired.mean:+.4f}, s.e. {paired.stderr:.4f}, {CONFIDENCE:.0%} interval [{paired.low:+.4f}, {paired.high:+.4f}]"
         f" ({'reaches' if paired.high >= 0 else 'stays below'} 0); %Δ@20 served {pct(rows)}, intrinsic (γ = 0) "
-        f"{pct(rows, '_intrinsic')} ({len(rows)} seeds)."
+        f"{pct(rows, '_intrinsic')}{intrinsic_note}, {len(rows)} seeds; not chosen under issue 21's protocol, and the baselines were not tuned."
     )]  # fmt: skip
 
 
