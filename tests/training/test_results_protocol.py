@@ -9,7 +9,7 @@ import pytest
 from training.features.kinds import is_tag_free
 from training.metrics import mean_stderr
 from training.results.catalogue import APRON_OPTIONS, BASELINES, jobs
-from training.results.report import goal_lines, write_report
+from training.results.report import goal_lines, tuning_lines, write_report
 from training.results.selection import final_jobs, protocol, tune_choice
 from training.results.stats import paired_difference, paired_records
 
@@ -97,6 +97,8 @@ def test_the_verdict_is_the_paired_interval_and_the_intrinsic_figure() -> None:
     assert "goal **missed** (the paired interval is below 0)" in below and "(stays below 0)" in below
     weak = "\n".join(goal_lines(_tuned(apron_gap=0.0, apron_pct=35.0), DATASET))
     assert "goal **missed** — no APRON option reached" in weak
+    assert "none reached val %Δ@20 intrinsic ≥ 40: on lastfm-2k the goal is missed already" in "\n".join(
+        tuning_lines(_tuned(apron_gap=0.0, apron_pct=35.0), DATASET))
 
 
 def test_no_verdict_when_a_validation_record_postdates_the_test_records(tmp_path: Path) -> None:

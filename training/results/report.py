@@ -134,7 +134,12 @@ def tuning_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
                 f"| {pct(rows, '_intrinsic')} | {pct(rows, '_unlabelled')} / {pct(rows, '_unlabelled_intrinsic')} "
                 f"| {_epochs(rows)} | {chosen} |"
             )
-    return [*lines, ""]
+    lines.append("")
+    for t in sweeps:
+        if t.complete and t.choice is None:  # only APRON's rule can leave nothing to choose
+            lines += [f"All of {LABELS[t.model]}'s options on {dataset} are recorded and none reached val %Δ@20 intrinsic "
+                      f"≥ {GOAL_PCT_DELTA:.0f}: on {dataset} the goal is missed already on validation users.", ""]  # fmt: skip
+    return lines
 
 
 def final_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
