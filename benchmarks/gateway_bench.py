@@ -597,6 +597,30 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: |",
         *gc_rows,
         "",
+        *tail_reading(tail),
+    ]
+
+
+def tail_reading(tail: TailEvidence) -> list[str]:
+    """What the evidence says about the tail, in words computed from it (true on any machine's run)."""
+    threshold = max(tail.over_ms)
+    client, server = tail.over_ms[threshold]
+    gc_s = sum(seconds for _, seconds, _ in tail.gc.values())
+    full_collections = tail.gc.get("2", (0.0, 0.0, 0.0))[0]
+    outside = 1 - server / client if client > 0 else float("nan")
+    where = (
+        f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
+        "handler but before it ran or after it answered: in gRPC's queues of a gateway process waiting for a core, "
+        "the transport, or the load generator"
+        if client > 0 else f"no call took over {threshold:g} ms"
+    )
+    return [
+        f"Reading: {where}. Garbage collection paused the gateway {gc_s * 1e3:,.1f} ms in all "
+        f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
+        f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
+        f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late, and the machine "
+        f"woke a sleeping thread p99 {fmt(tail.scheduling_ms[1], 1)} ms (max {fmt(tail.scheduling_ms[2], 1)} ms) late.",
+        "",
     ]
 
 
