@@ -190,6 +190,7 @@ def _run_features(args: argparse.Namespace) -> int:
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from training.data.hidden_labels import DEFAULT_HIDDEN_SHARE
     from training.features.kinds import feature_kind
     from training.models.apron import PRESETS
     from training.models.registry import MODELS
@@ -225,6 +226,17 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         choices=sorted(PRESETS),
         help="apron only: named hyperparameters (training/models/apron.py PRESETS; --set overrides them); "
         "controllable = every head reads all features, tag-supervised attention, edit penalty γ = 50",
+    )
+    parser.add_argument(
+        "--hide-tag-labels",
+        nargs="?",
+        type=float,
+        const=DEFAULT_HIDDEN_SHARE,
+        default=None,
+        metavar="SHARE",
+        help=f"apron only: withhold the tag labels of this share of the items (default {DEFAULT_HIDDEN_SHARE:g}; "
+        "seeded by hidden_label_seed, never a prototype) from every tag-driven loss; `apron evaluate` then "
+        "reports pct_delta@20_unlabelled over those items",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run_train)
@@ -281,6 +293,10 @@ def _run_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     hyperparameters = {**preset_hyperparameters(args.preset, args.model), **parse_overrides(args.overrides, args.model)}
+    if args.hide_tag_labels is not None:
+        if args.model != "apron":
+            raise UserFacingError("--hide-tag-labels: only APRON trains on tag labels it can be denied")
+        hyperparameters["hidden_label_share"] = args.hide_tag_labels
     dataset = _load_dataset(args.dataset)
     try:
         model, info = train(
@@ -309,7 +325,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("evaluate", help="Recall@20/50, NDCG@100 and Δ@20 of a checkpoint, as JSON")
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="Recall@20/50, NDCG@100 and Δ@20 / %%Δ@20 (served, intrinsic γ = 0, unlabelled items) of a checkpoint, as JSON",
+    )
     parser.add_argument("checkpoint", metavar="CHECKPOINT")
     parser.add_argument("--dataset", default=None, metavar="DIR", help="processed dataset (default: the checkpoint's)")
     parser.add_argument("--split", default="test", choices=["test", "val"])
@@ -317,6 +336,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         "--plot", default=None, metavar="PATH", help="per-tag Δ@20 bar chart (default: CHECKPOINT.tag_delta.png)"
     )
     parser.add_argument("--per-tag", action="store_true", help="include every tag's Δ@20 in the JSON")
+    parser.add_argument("--per-user", action="store_true", help="include every user's NDCG@100 and Recall@20/50")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(func=_run_evaluate)
 
@@ -331,6 +351,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         raise UserFacingError(str(error)) from error
     if not args.per_tag:
         result.pop("per_tag", None)
+    if not args.per_user:
+        result.pop("per_user", None)
     json.dump(_json_safe(result), sys.stdout, indent=2)
     print()
     return 0

@@ -5,6 +5,15 @@ Protocol (Liang et al. 2018, strong generalisation): the split's `*_tr` matrix i
 history given to the model, `*_te` the held-out items to find; history items are never ranked.
 Controllability: for tag τ, U_τ = users whose fold-in history has an item carrying τ; the model
 scores them once in full and once with τ's prototype weight dropped (`logits_without_tag`).
+Three readings of it (issue 21):
+- `pct_delta@20`: as served, with APRON's edit penalty γ (a scoring term, not the paper's, that
+  demotes items attending to a removed prototype; the gateway applies it to "less X");
+- `pct_delta@20_intrinsic`: the same weights with γ = 0, the model's own controllability (equal to
+  the served figure when γ = 0 or the model has no γ);
+- `pct_delta@20_unlabelled` (and `_unlabelled_intrinsic`): counted over the items whose tag labels
+  training did not see (`hidden_label_share`), only for models trained so.
+Every record also keeps each evaluated user's NDCG@100, Recall@20 and Recall@50 (`per_user`), so
+two models on the same users can be compared by a paired statistic (`training.results.stats`).
 """
 
 from __future__ import annotations
@@ -20,6 +29,8 @@ from torch import nn
 
 from training.metrics import (
     TAG_MIN_SHARE,
+    Controllability,
+    TagDelta,
     exclude_history,
     mean_stderr,
     ndcg_at_k,
@@ -32,6 +43,7 @@ from training.metrics import (
 
 CONTROL_K = 20
 NOT_APPLICABLE = "N/A"
+PER_USER_METRICS = (("recall", recall_at_k, 20), ("recall", recall_at_k, 50), ("ndcg", ndcg_at_k, 100))
 
 
 @torch.no_grad()
@@ -67,7 +79,8 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """The metrics of one model on `split` ('test' or 'val'), as a JSON-ready dict.
 
-    `tag_min_share`: which tags an item carries in T(·) (`training.metrics.tag_membership`)."""
+    `tag_min_share`: which tags an item carries in T(·) (`training.metrics.tag_membership`).
+    `per_user`: the split's row index of every evaluated user and their values of each metric."""
     if split not in ("test", "val"):
         raise ValueError(f"split must be 'test' or 'val', not {split!r}")
     fold_in: sp.csr_matrix = getattr(dataset, f"{split}_tr")
@@ -77,25 +90,47 @@ def evaluate_model(
     scores = exclude_history(score_users(model, fold_in, device, batch_size), fold_in)
 
     result: dict[str, Any] = {"split": split, "n_users": len(users)}
-    for name, metric, k in (("recall", recall_at_k, 20), ("recall", recall_at_k, 50), ("ndcg", ndcg_at_k, 100)):
-        mean, stderr = mean_stderr(metric(scores, heldout, k))
-        result[f"{name}@{k}"] = mean
-        result[f"{name}@{k}_stderr"] = stderr
+    per_user: dict[str, Any] = {"users": users.tolist()}
+    for name, metric, k in PER_USER_METRICS:
+        values = metric(scores, heldout, k)
+        result[f"{name}@{k}"], result[f"{name}@{k}_stderr"] = mean_stderr(values)
+        per_user[f"{name}@{k}"] = [round(float(v), 6) for v in values]
+    result["per_user"] = per_user
 
     if not getattr(model, "controllable", False):
-        result.update({f"delta@{CONTROL_K}": NOT_APPLICABLE, f"pct_delta@{CONTROL_K}": NOT_APPLICABLE})
+        for key in ("delta", "pct_delta", "delta_intrinsic", "pct_delta_intrinsic"):
+            result[_control_key(key)] = NOT_APPLICABLE
         return result
-    control = controllability(model, dataset, fold_in, scores, device, batch_size, tag_min_share=tag_min_share)
-    result[f"delta@{CONTROL_K}"] = control.delta
-    result[f"delta@{CONTROL_K}_stderr"] = control.delta_stderr
-    result[f"pct_delta@{CONTROL_K}"] = control.pct_delta
+    tag_items = tag_membership(dataset.item_tags, tag_min_share)  # (N, K)
+    unlabelled = model.unlabelled_items() if hasattr(model, "unlabelled_items") else None
+    counted = {"": None} if unlabelled is None else {"": None, "_unlabelled": unlabelled}
+    served = controllability_counted(model, fold_in, scores, tag_items, counted, device, batch_size)
+    intrinsic_model = model.without_edit_penalty() if hasattr(model, "without_edit_penalty") else model
+    if intrinsic_model is model:  # no scoring-time term: the model's own figures are the served ones
+        intrinsic = served
+    else:
+        own_scores = exclude_history(score_users(intrinsic_model, fold_in, device, batch_size), fold_in)
+        intrinsic = controllability_counted(intrinsic_model, fold_in, own_scores, tag_items, counted, device, batch_size)
+    for suffix in counted:
+        for reading, control in (("", served[suffix]), ("_intrinsic", intrinsic[suffix])):
+            result[_control_key("delta", suffix + reading)] = control.delta
+            result[_control_key("delta", suffix + reading) + "_stderr"] = control.delta_stderr
+            result[_control_key("pct_delta", suffix + reading)] = control.pct_delta
+    control = served[""]
     result[f"delta_eq16@{CONTROL_K}"] = control.delta_eq16  # Eq. 16 as printed: unnormalised DCG_t
     result[f"delta_eq16@{CONTROL_K}_stderr"] = control.delta_eq16_stderr
+    if unlabelled is not None:
+        result["n_unlabelled_items"] = int(unlabelled.sum())
     result["per_tag"] = [
         {**asdict(t), "tag": dataset.tag_names[t.tag], "tag_index": t.tag, "group": dataset.tag_groups[t.tag]}
         for t in control.per_tag
     ]
     return result
+
+
+def _control_key(name: str, suffix: str = "") -> str:
+    """'pct_delta', '_intrinsic' -> 'pct_delta@20_intrinsic'."""
+    return f"{name}@{CONTROL_K}{suffix}"
 
 
 def controllability(
@@ -107,23 +142,40 @@ def controllability(
     batch_size: int = 512,
     k: int = CONTROL_K,
     tag_min_share: float = TAG_MIN_SHARE,
-):
-    """Eq. 17 for every tag, averaged (see `training.metrics.summarize_controllability`)."""
-    tag_items = tag_membership(dataset.item_tags, tag_min_share).T  # (K, N) boolean
-    listened = (fold_in @ sp.csr_matrix(tag_items.T.astype(np.float32))).toarray() > 0  # (U, K)
-    per_tag = []
-    for tag in range(tag_items.shape[0]):
+) -> Controllability:
+    """Eq. 17 for every tag over every item carrying it (`dataset.item_tags`), as the model scores."""
+    tag_items = tag_membership(dataset.item_tags, tag_min_share)
+    return controllability_counted(model, fold_in, full_scores, tag_items, {"": None}, device, batch_size, k)[""]
+
+
+def controllability_counted(
+    model: nn.Module,
+    fold_in: sp.csr_matrix,
+    full_scores: np.ndarray,
+    tag_items: np.ndarray,
+    counted: dict[str, np.ndarray | None],
+    device: torch.device | str = "cpu",
+    batch_size: int = 512,
+    k: int = CONTROL_K,
+) -> dict[str, Controllability]:
+    """Eq. 17 for every tag, averaged (`training.metrics.summarize_controllability`), once per entry
+    of `counted`: None counts every item carrying τ in NDCG_t, a boolean (N,) mask only those
+    items (the unlabelled ones). `tag_items`: boolean (N, K) membership T(·). U_τ is the same for
+    all: the users whose history has an item carrying τ."""
+    listened = (fold_in @ sp.csr_matrix(tag_items.astype(np.float32))).toarray() > 0  # (U, K)
+    per_tag: dict[str, list[TagDelta]] = {name: [] for name in counted}
+    for tag in range(tag_items.shape[1]):
         users = np.flatnonzero(listened[:, tag])  # U_τ
         if users.size == 0:
             continue
         history = fold_in[users]
         modified = exclude_history(score_users(model, history, device, batch_size, drop_tag=tag), history)
-        result = tag_delta(
-            tag_ndcg_at_k(full_scores[users], tag_items[tag], k), tag_ndcg_at_k(modified, tag_items[tag], k), tag
-        )
-        if result is not None:
-            per_tag.append(result)
-    return summarize_controllability(per_tag, k)
+        for name, mask in counted.items():
+            items = tag_items[:, tag] if mask is None else tag_items[:, tag] & mask
+            result = tag_delta(tag_ndcg_at_k(full_scores[users], items, k), tag_ndcg_at_k(modified, items, k), tag)
+            if result is not None:
+                per_tag[name].append(result)
+    return {name: summarize_controllability(deltas, k) for name, deltas in per_tag.items()}
 
 
 def load_dataset_for(info_dataset: dict[str, Any], dataset_dir: str | Path | None) -> Any:

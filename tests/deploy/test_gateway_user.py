@@ -2,7 +2,7 @@
 repository `apron export` wrote under a restrictive umask, as `docker compose up` runs it: the
 repository belongs to another user (root here) and is only readable to the gateway.
 
-A real `apron serve` process (tests/reliability/gateway_process.py) with its private
+A real `apron serve` process (loadtests/gateway_process.py) with its private
 redis-server and a JWT secret in a directory that user owns; ready when it answers ListPrototypes
 with the exported model's tags."""
 
@@ -19,12 +19,12 @@ import grpc
 import pytest
 
 from export.metadata import read_metadata
+from loadtests.gateway_process import run_gateway
 from serving import auth
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from tests.deploy.conftest import image_user
 from tests.export.fixtures import export_tiny_repository
-from tests.reliability.gateway_process import run_gateway
 
 pytestmark = pytest.mark.timeout(300)
 

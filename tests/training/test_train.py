@@ -9,7 +9,7 @@ import torch
 import cli
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.checkpoint import load_checkpoint
-from training.results import CAP_FREE_MODELS
+from training.results.catalogue import CAP_FREE_MODELS
 from training.train import train, validation_ndcg
 
 

@@ -35,7 +35,16 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
   the model, the graphs and the torch backend: it costs nothing when no share is 0;
 - `head_features`: "chunk" (paper: head h reads the h-th D/H slice of the features, Eq. 12's
   P_{k,h}) or "full" (every head reads all D: with a rank-64 SVD and H = 16 a slice is 4 numbers,
-  too few to tell an item's tags apart, and the tag-supervised attention then stays diffuse).
+  too few to tell an item's tags apart, and the tag-supervised attention then stays diffuse);
+- `hidden_label_share` / `hidden_label_seed`: the tag labels of this share of the items (drawn
+  with the seed, never a prototype: `training.data.hidden_labels`) are withheld from training: the
+  `item_tags` buffer, which every tag-driven loss and the tag groups read, has 0 rows for them, and
+  the `labelled` buffer marks which items kept theirs, so evaluation can count controllability on
+  the unlabelled items alone (new items arrive without tags). 0: every label is used.
+
+The edit penalty γ is not the paper's: it acts only when scoring, never in training, so the same
+weights score with and without it (`without_edit_penalty`); `apron evaluate` reports %Δ@20 both as
+served (γ as configured: what the gateway applies to "less X") and intrinsic (γ = 0).
 
 `PRESETS` names the combinations worth a name: "paper" (the config's defaults) and
 "controllable" (chosen on lastfm-2k's validation users; RESULTS.md's goal rows): `apron train
@@ -45,7 +54,7 @@ Switches (config fields; the default is this project's tuned behaviour unless ma
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,6 +63,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export.served_model import edit_penalty, penalty_table
+from training.data.hidden_labels import hidden_label_items
 from training.metrics import TAG_MIN_SHARE, tag_membership
 from training.models.common import drop_history, mlp, multinomial_nll, standardize_stats
 
@@ -95,6 +105,8 @@ class APRONConfig:
     edit_penalty: float = 0.0  # γ: logit − γ · attention on zero-share prototypes (off)
     tag_groups: int = 0  # G: head h attends only to the prototypes of tag group h mod G (0: off)
     head_features: str = "chunk"  # "chunk": head h reads the h-th D/H slice (Eq. 12) | "full": all D
+    hidden_label_share: float = 0.0  # share of the items whose tag labels training never sees (0: none)
+    hidden_label_seed: int = 0  # which items those are (fixed across training seeds)
 
     def __post_init__(self) -> None:
         choices = {"prototype_init": ("copy", "random"), "profile": ("mean", "sum"), "attention": ("softmax", "sparsemax"),
@@ -106,6 +118,8 @@ class APRONConfig:
             raise ValueError("APRON attention_temperature must be > 0, edit_penalty and lambda_tag_attention >= 0")
         if not 0 <= self.tag_groups <= min(self.n_heads, self.n_tags):
             raise ValueError(f"APRON tag_groups must be in [0, min(n_heads, n_tags)], got {self.tag_groups}")
+        if not 0 <= self.hidden_label_share < 1:
+            raise ValueError(f"APRON hidden_label_share must be in [0, 1), got {self.hidden_label_share}")
 
     @property
     def chunk_dim(self) -> int:
@@ -132,9 +146,12 @@ class APRON(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
         self.register_buffer("feature_std", torch.ones(config.feature_dim))
         self.register_buffer("prototype_items", torch.zeros(k, dtype=torch.long))
-        self.register_buffer("item_tags", torch.zeros(n, k))  # binary tag membership, for T(ŷ)
+        # binary tag membership as training sees it (T(ŷ), tag supervision): 0 rows for hidden labels
+        self.register_buffer("item_tags", torch.zeros(n, k))
         if config.tag_groups:  # only then, so checkpoints without groups keep their state dict
             self.register_buffer("head_mask", torch.ones(h, k, dtype=torch.bool))  # may head h attend to k?
+        if config.hidden_label_share:  # likewise: which items' labels training saw
+            self.register_buffer("labelled", torch.ones(n, dtype=torch.bool))
         item_projection = torch.randn(h, c, d) / math.sqrt(c)
         self.item_projection = nn.Parameter(item_projection)  # A^x_h
         # "copy": A^p_{k,h} starts as a copy of A^x_h: each initial attention logit is then a
@@ -163,12 +180,30 @@ class APRON(nn.Module):
         model.feature_std.copy_(torch.from_numpy(std))
         model.prototype_items.copy_(torch.as_tensor(dataset.prototype_items, dtype=torch.long))
         membership = tag_membership(dataset.item_tags, config.tag_min_share)
+        if config.hidden_label_share:  # withheld before anything tag-driven reads the membership
+            hidden = hidden_label_items(dataset.n_items, config.hidden_label_share, config.hidden_label_seed,
+                                        keep=np.asarray(dataset.prototype_items))  # fmt: skip
+            membership = membership & ~hidden[:, None]
+            model.labelled.copy_(torch.from_numpy(~hidden))
         model.item_tags.copy_(torch.from_numpy(membership.astype(np.float32)))
         if config.tag_groups:
             groups = torch.from_numpy(tag_groups(membership, config.tag_groups))  # (K,)
             heads = torch.arange(config.n_heads) % config.tag_groups  # (H,)
             model.head_mask.copy_(heads[:, None] == groups[None, :])
         return model
+
+    def unlabelled_items(self) -> np.ndarray | None:
+        """Boolean (N,): the items whose tag labels training did not see; None when all were seen."""
+        return None if not self.config.hidden_label_share else ~self.labelled.cpu().numpy()
+
+    def without_edit_penalty(self) -> APRON:
+        """The same weights scored with γ = 0: the model's own controllability, apart from the
+        served demotion (γ acts only in `score_shares`, so training is unchanged). Self when γ = 0."""
+        if self.config.edit_penalty == 0:
+            return self
+        twin = APRON(replace(self.config, edit_penalty=0.0))
+        twin.load_state_dict(self.state_dict())
+        return twin.to(self.item_features.device).train(self.training)
 
     def _chunks(self, features: torch.Tensor) -> torch.Tensor:
         """(N, D) raw features -> (N, H, chunk_dim) standardised chunks."""

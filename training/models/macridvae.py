@@ -21,8 +21,14 @@ Controllability (APRON's Eq. 17 for SEM-MacridVAE): dropping tag τ zeroes its c
 z^(k) before decoding, so cos(z^(k), h_i) = 0 and concept k's items lose the user's preference for
 them (their term becomes c_{i,k}·exp(0)) while all other concepts are unchanged.
 
-Engineering choice: one input-dropout mask is shared by the K concept encoders (the authors' code
+Engineering choices: one input-dropout mask is shared by the K concept encoders (the authors' code
 draws one per concept); it lets the encoder run as a single sparse product instead of K dense ones.
+The decoder's (B, K, N) similarities are the model's cost (K = 80 concepts on lastfm-2k); the
+mixture over concepts is computed one user at a time in cache and recomputed in the backward pass
+(`ConceptMixture`), instead of autograd's several (B, K, N) tensors, and the encoder gathers each
+user's items instead of a (N, K·d) table (`concept_sums`): the same functions
+(tests/training/test_macridvae_speed.py pins them against the plain expressions), measured per
+epoch in training/README.md.
 """
 
 from __future__ import annotations
@@ -89,11 +95,8 @@ class MacridVAE(nn.Module):
 
     def encode(self, x: torch.Tensor, concepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 9 for every concept. x (B, N), concepts c (N, K) -> mu (B, K, d), log(σ²/σ0²) (B, K, d)"""
-        n, k, d = self.config.n_items, self.config.n_concepts, self.config.embedding_dim
         kept = F.dropout(torch.ones_like(x), self.config.dropout, self.training) * x  # shared mask
-        # sum_i x_i c_{i,k} t_i / ||x ⊙ c_k||: one sparse product for all K concepts
-        weighted_context = (concepts[:, :, None] * self.context[:, None, :]).reshape(n, k * d)
-        numerator = torch.sparse.mm(kept.to_sparse(), weighted_context).view(-1, k, d)  # (B, K, d)
+        numerator = concept_sums(kept, concepts, self.context)  # sum_i x_i c_{i,k} t_i, (B, K, d)
         norm = torch.sqrt(x @ concepts.pow(2)).clamp_min(1e-8)  # (B, K)
         h = torch.tanh(numerator / norm[:, :, None] + self.context_bias)
         a, b = self.f_nn(h).chunk(2, dim=-1)
@@ -101,8 +104,9 @@ class MacridVAE(nn.Module):
 
     def decode(self, z: torch.Tensor, log_concepts: torch.Tensor) -> torch.Tensor:
         """Eq. 7-8: log sum_k c_{i,k} exp(cos(z^(k), h_i) / τ). z (B, K, d) -> logits (B, N)"""
-        similarity = torch.einsum("bkd,nd->bkn", F.normalize(z, dim=-1), F.normalize(self.items, dim=-1))
-        return torch.logsumexp(similarity / self.config.tau + log_concepts.T[None], dim=1)
+        scaled = F.normalize(z, dim=-1) / self.config.tau
+        items = F.normalize(self.items, dim=-1)
+        return ConceptMixture.apply(scaled, items, log_concepts.T.contiguous())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         log_concepts = self.log_concepts()
@@ -228,6 +232,74 @@ class TagSupervisedMacridVAE(MacridVAE):
             dominant = np.where(tags.max(1) > 0, tags.argmax(1), -1)
             model.item_category.copy_(torch.from_numpy(dominant.astype(np.int64)))
         return model
+
+
+def concept_sums(kept: torch.Tensor, concepts: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    """sum_i kept[b, i] c[i, k] t[i, :] for every user and concept. (B, N), (N, K), (N, d) -> (B, K, d)
+
+    Two exact ways, the cheaper for the batch: gather each user's items (padded to the longest
+    history) and multiply (B, K, L) by (B, L, d); or one sparse product with the (N, K·d) table of
+    c[i, k] t[i, :] (long histories, e.g. ml-1m-implicit, where padding would cost more)."""
+    (n, k), d = concepts.shape, context.shape[1]
+    rows, cols = kept.nonzero(as_tuple=True)  # row-major: each user's items are contiguous
+    counts = torch.bincount(rows, minlength=kept.shape[0])
+    longest = int(counts.max()) if rows.numel() else 0
+    if kept.shape[0] * longest * (k + d) > n * k * d:
+        table = (concepts[:, :, None] * context[:, None, :]).reshape(n, k * d)
+        return torch.sparse.mm(kept.to_sparse(), table).view(-1, k, d)
+    starts = torch.cumsum(counts, 0) - counts
+    slots = torch.arange(rows.numel(), device=kept.device) - starts[rows]  # position in the user's list
+    items = torch.zeros(kept.shape[0], longest, dtype=torch.long, device=kept.device)
+    weights = kept.new_zeros(kept.shape[0], longest)  # padding: item 0 with weight 0
+    items[rows, slots], weights[rows, slots] = cols, kept[rows, cols]
+    return torch.matmul((concepts[items] * weights[..., None]).transpose(1, 2), context[items])
+
+
+class ConceptMixture(torch.autograd.Function):
+    """out[b, n] = log sum_k exp(q[b, k] · h[n] + log_c[k, n]): Eq. 7-8's mixture with q = z / (||z|| τ),
+    h the unit item embeddings and log_c = log c^T. (B, K, d), (N, d), (K, N) -> (B, N)
+
+    Equal to `torch.logsumexp(torch.einsum("bkd,nd->bkn", q, h) + log_c, dim=1)`, without ever
+    holding the (B, K, N) terms: USERS users at a time (a block stays in cache), in place, shifted
+    by one bound on every logit (max ||q|| · max ||h|| + max log_c, so no exp overflows) instead of
+    a per-entry maximum; a block whose sum underflows (a bound far above its logits) is redone with
+    the maximum. The backward pass recomputes each block's softmax over k as exp(logit − out)."""
+
+    USERS = 1  # users per block: a (1, K, N) block stays in L2 (fastest of 1, 2, 4, 8, 16, 32 on lastfm-2k)
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, h: torch.Tensor, log_c: torch.Tensor) -> torch.Tensor:
+        bound = q.norm(dim=-1).max() * h.norm(dim=-1).max() + log_c.max() if q.numel() else q.new_zeros(())
+        shifted = log_c - bound  # every logit minus the bound is <= 0
+        h_t = h.T.contiguous()
+        out = q.new_empty(q.shape[0], h.shape[0])
+        for start in range(0, q.shape[0], ConceptMixture.USERS):
+            rows = slice(start, start + ConceptMixture.USERS)
+            block = torch.baddbmm(shifted, q[rows], h_t.expand(len(q[rows]), -1, -1))  # (b, K, N) logits − bound
+            total = block.exp_().sum(dim=1)
+            if bool((total > 0).all()):
+                out[rows] = total.log_().add_(bound)
+                continue
+            block = torch.matmul(q[rows], h_t).add_(log_c)  # underflow: the per-entry maximum
+            peak = block.amax(dim=1, keepdim=True)
+            out[rows] = block.sub_(peak).exp_().sum(dim=1).log_().add_(peak.squeeze(1))
+        ctx.save_for_backward(q, h, log_c, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, h, log_c, out = ctx.saved_tensors
+        h_t = h.T.contiguous()
+        grad_q, grad_h, grad_l = torch.empty_like(q), torch.zeros_like(h), torch.zeros_like(log_c)
+        for start in range(0, q.shape[0], ConceptMixture.USERS):
+            rows = slice(start, start + ConceptMixture.USERS)
+            block = torch.baddbmm(log_c, q[rows], h_t.expand(len(q[rows]), -1, -1))
+            block.sub_(out[rows, None]).exp_()  # softmax over k
+            block.mul_(grad[rows, None])  # d out[b, n] / d logit[b, k, n] · grad[b, n]
+            grad_l += block[0] if len(block) == 1 else block.sum(dim=0)
+            grad_q[rows] = torch.matmul(block, h)
+            grad_h.addmm_(block.flatten(0, 1).T, q[rows].flatten(0, 1))  # sum over (b, k): no copy of the block
+        return grad_q, grad_h, grad_l
 
 
 def pca_embeddings(features: np.ndarray, dim: int, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,5 @@
+import sys
+
+from training.results.runner import main
+
+sys.exit(main())

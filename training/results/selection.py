@@ -1,0 +1,161 @@
+"""Choosing on validation users, and the protocol that keeps the choice blind to test users.
+
+- `goal_choice`: issue 10's rule on the old APRON sweep (kept to describe that sweep).
+- `tune_choice`: issue 21's rule on the `tune` part: a baseline's configuration is the one with the
+  highest val NDCG@100; APRON's is, of the options whose val %Δ@20 intrinsic (γ = 0) is >= 40, the
+  one with the highest val NDCG@100 (none: the goal is missed on validation already).
+- `final_jobs`: the `final` part, one job per model with its chosen configuration. A dataset's
+  final jobs exist only once every tuning configuration of that dataset has a current record.
+- `protocol`: whether a dataset's verdict may be printed: the tuning is complete, the final
+  records have the chosen settings, and every validation record considered was written before
+  the first test record of the final part (a sweep round added after test numbers were seen
+  would select with test in view: refused).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from training.evaluate import CONTROL_K
+from training.results.catalogue import (
+    CAP_FREE_MODELS,
+    GOAL_METRIC,
+    GOAL_PCT_DELTA,
+    LABELS,
+    TUNED_MODELS,
+    Job,
+    jobs,
+)
+from training.results.stats import aggregate, record_time
+
+
+def is_current(job: Job, record: dict[str, Any]) -> bool:
+    """Whether a record is the run `job` would make now (`carries_over`: a raised cap)."""
+    return record.get("settings") == job.settings() or carries_over(job, record)
+
+
+def carries_over(job: Job, record: dict[str, Any]) -> bool:
+    """A record made under a lower epoch cap is the job's run when only the cap changed, the model's
+    training ignores the cap (CAP_FREE_MODELS) and early stopping ended the run before that cap:
+    the epochs it ran are the ones a higher cap runs, and the higher cap stops where it stopped."""
+    recorded, now = record.get("settings"), job.settings()
+    if not isinstance(recorded, dict) or job.model not in CAP_FREE_MODELS:
+        return False
+    old_cap = recorded.get("epochs")
+    return (
+        {**recorded, "epochs": now["epochs"]} == now
+        and isinstance(old_cap, int)
+        and old_cap < now["epochs"]
+        and record.get("epochs_run", old_cap) < old_cap
+    )
+
+
+def current_records(job: Job, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of `job`'s row whose settings are the job's."""
+    return [r for r in records if (r["part"], r["dataset"], r["row"]) == (job.part, job.dataset, job.row)
+            and is_current(job, r)]  # fmt: skip
+
+
+def goal_choice(sweep: dict[str, list[dict[str, Any]]]) -> str | None:
+    """Issue 10's rule on the old sweep, on validation users: of the options with val %Δ@20 >= 40
+    (served), the one with the highest val NDCG@100, ties (options that differ only in the edit
+    penalty γ, which does not change training) to the higher val %Δ@20. None: none reaches it."""
+    pct = {key: aggregate(rows, f"pct_delta@{CONTROL_K}") for key, rows in sweep.items()}
+    eligible = [key for key, cell in pct.items() if cell and cell.mean >= GOAL_PCT_DELTA]
+    ranked = sorted(eligible, key=lambda k: (aggregate(sweep[k], "ndcg@100").mean, pct[k].mean, k))
+    return ranked[-1] if ranked else None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """A model's tuning sweep on one dataset: its jobs, the current records of each, the choice."""
+
+    dataset: str
+    model: str
+    jobs: list[Job]
+    records: dict[str, list[dict[str, Any]]]  # row -> current records
+    choice: Job | None
+
+    @property
+    def complete(self) -> bool:
+        return all(self.records[j.row] for j in self.jobs)
+
+
+def tune_choice(model: str, rows: dict[str, list[dict[str, Any]]]) -> str | None:
+    """The row chosen on validation among `rows` (row -> records; see the module's rules)."""
+    ndcg = {row: aggregate(records, "ndcg@100") for row, records in rows.items() if records}
+    eligible = [row for row, cell in ndcg.items() if cell is not None]
+    if model == "apron":
+        pct = {row: aggregate(rows[row], GOAL_METRIC) for row in eligible}
+        eligible = [row for row in eligible if pct[row] is not None and pct[row].mean >= GOAL_PCT_DELTA]
+    ranked = sorted(eligible, key=lambda row: (ndcg[row].mean, row))
+    return ranked[-1] if ranked else None
+
+
+def tunings(dataset: str, records: list[dict[str, Any]]) -> list[Tuning]:
+    """Every tuned model's sweep on `dataset`, with its choice when the sweep is complete."""
+    out = []
+    for model in TUNED_MODELS:
+        model_jobs = jobs("tune", [dataset], [model])
+        current = {j.row: current_records(j, records) for j in model_jobs}
+        complete = all(current.values())
+        row = tune_choice(model, current) if complete else None
+        choice = next((j for j in model_jobs if j.row == row), None)
+        out.append(Tuning(dataset, model, model_jobs, current, choice))
+    return out
+
+
+def final_jobs(datasets: list[str], records: list[dict[str, Any]]) -> tuple[list[Job], list[str]]:
+    """The final part's jobs (the chosen configurations, test users) and why any are missing."""
+    out, notes = [], []
+    for name in datasets:
+        sweeps = tunings(name, records)
+        missing = sum(1 for t in sweeps for j in t.jobs if not t.records[j.row])
+        if missing:
+            notes.append(f"final/{name}: waits for the tune part ({missing} of {sum(len(t.jobs) for t in sweeps)} "
+                         "validation runs missing); no configuration is chosen before all are recorded")  # fmt: skip
+            continue
+        for t in sweeps:
+            if t.choice is None:
+                notes.append(f"final/{name}/{t.model}: no option reached val %Δ@20 intrinsic ≥ {GOAL_PCT_DELTA:.0f}")
+                continue
+            option = t.choice.row.split(":", 1)[1]
+            out.append(Job("final", name, t.model, f"{LABELS[t.model]} ({option})", t.model, t.choice.run, "test"))
+    return out, notes
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Whether a dataset's verdict may be printed, and if not, why."""
+
+    allowed: bool
+    reason: str
+    final: dict[str, list[dict[str, Any]]]  # model -> current final records (the chosen settings)
+
+
+def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
+    sweeps = tunings(dataset, records)
+    if not all(t.complete for t in sweeps):
+        missing = [j.row for t in sweeps for j in t.jobs if not t.records[j.row]]
+        return Protocol(False, f"the tuning sweep is incomplete ({len(missing)} validation runs missing, e.g. "
+                        f"`{missing[0]}`), so nothing is chosen yet", {})  # fmt: skip
+    chosen, _ = final_jobs([dataset], records)
+    final = {job.model: current_records(job, records) for job in chosen}
+    stale = sorted({r["row"] for r in records if (r["part"], r["dataset"]) == ("final", dataset)}
+                   - {m for m, rows in final.items() if rows})  # fmt: skip
+    all_final = [r for r in records if (r["part"], r["dataset"]) == ("final", dataset)]
+    considered = [r for t in sweeps for rows in t.records.values() for r in rows]
+    if all_final:
+        first_test = min(record_time(r) for r in all_final)
+        late = sorted({r["row"] for r in considered if record_time(r) >= first_test})
+        if late:
+            return Protocol(False, f"refused: validation records of {', '.join(f'`{x}`' for x in late)} were written "
+                            "after the first test record of the final part, so the choice could have seen test "
+                            "numbers; rerun the final part (`--part final --force`) after the tuning", final)  # fmt: skip
+    if stale:
+        return Protocol(False, f"final records of {', '.join(stale)} were made with other settings than the "
+                        "configuration chosen on validation now; rerun them", final)  # fmt: skip
+    if "apron" not in final:
+        return Protocol(True, "no APRON option reached the %Δ@20 bar on validation", final)
+    return Protocol(True, "", final)

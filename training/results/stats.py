@@ -1,0 +1,113 @@
+"""Statistics over run records: a metric over seeds (`aggregate`) and the paired per-user
+comparison of two rows scored on the same users (`paired_records`, `paired_difference`).
+
+Both models of a comparison are evaluated on the same test users, so the question "is APRON's
+NDCG@100 below the baseline's?" is answered by the per-user differences: their mean over users
+(each user's value first averaged over the row's seeds), its standard error over users and a
+95 % t interval. The per-user s.e. of each model alone mostly measures how users differ from
+one another, which both models share; it is not the uncertainty of their difference.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from training.metrics import mean_stderr
+
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One metric of one row over seeds: mean and s.e. over seeds, and the mean per-user s.e."""
+
+    mean: float
+    seed_stderr: float
+    user_stderr: float
+    n_seeds: int
+
+
+def metric_value(record: dict[str, Any], metric: str) -> Any:
+    """A record's metric. `*_intrinsic` (γ = 0) figures of records made before they were measured
+    are the served ones when the record's run had no edit penalty: the two are equal by definition."""
+    metrics = record["metrics"]
+    if metric in metrics or not metric.endswith("_intrinsic"):
+        return metrics.get(metric)
+    gamma = record.get("settings", {}).get("hyperparameters", {}).get("edit_penalty", 0.0)
+    return metrics.get(metric.removesuffix("_intrinsic")) if not gamma else None
+
+
+def aggregate(records: list[dict[str, Any]], metric: str) -> Cell | None:
+    values = [metric_value(r, metric) for r in records]
+    values = [v for v in values if isinstance(v, int | float) and not math.isnan(v)]
+    if not values:
+        return None
+    mean, seed_stderr = mean_stderr(np.array(values))
+    users = [metric_value(r, f"{metric}_stderr") for r in records]
+    users = [u for u in users if isinstance(u, int | float) and not math.isnan(u)]
+    user_stderr = float(np.mean(users)) if users else float("nan")
+    return Cell(mean, seed_stderr if len(values) > 1 else float("nan"), user_stderr, len(values))
+
+
+@dataclass(frozen=True)
+class Paired:
+    """mean_u (a_u − b_u) over the users both rows scored, its s.e. and 95 % t interval."""
+
+    mean: float
+    stderr: float
+    low: float
+    high: float
+    n_users: int
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> Paired:
+    """Paired statistic of two (U,) arrays of the same users' values (NaN users dropped)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need the same users: shapes {a.shape} and {b.shape}")
+    diff = a - b
+    diff = diff[~np.isnan(diff)]
+    if diff.size < 2:
+        raise ValueError("a paired interval needs at least 2 users")
+    mean, stderr = mean_stderr(diff)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, diff.size - 1)) * stderr
+    return Paired(mean, stderr, mean - half, mean + half, int(diff.size))
+
+
+def per_user_mean(records: list[dict[str, Any]], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(users, each user's value averaged over the records' seeds); None when a record keeps no
+    per-user values. Every record must have scored the same users."""
+    if not records or any("per_user" not in r for r in records):
+        return None
+    users = np.asarray(records[0]["per_user"]["users"])
+    values = []
+    for r in records:
+        if not np.array_equal(np.asarray(r["per_user"]["users"]), users):
+            raise ValueError(f"{r['part']}/{r['dataset']}/{r['row']} seed {r['seed']} scored other users")
+        values.append(np.asarray(r["per_user"][metric], dtype=np.float64))
+    return users, np.mean(values, axis=0)
+
+
+def paired_records(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str = "ndcg@100") -> Paired | None:
+    """The paired statistic of rows a and b (each a list of seed records) on `metric`; None when
+    either keeps no per-user values."""
+    ma, mb = per_user_mean(a, metric), per_user_mean(b, metric)
+    if ma is None or mb is None:
+        return None
+    if not np.array_equal(ma[0], mb[0]):
+        raise ValueError("the two rows were scored on different users: no paired comparison")
+    return paired_difference(ma[1], mb[1])
+
+
+def record_time(record: dict[str, Any]) -> float:
+    """When a record was written (seconds since the epoch): `created_at`, else its minute `date`."""
+    if isinstance(record.get("created_at"), int | float):
+        return float(record["created_at"])
+    when = dt.datetime.strptime(record["date"], "%Y-%m-%d %H:%M UTC").replace(tzinfo=dt.UTC)
+    return when.timestamp()
