@@ -37,6 +37,7 @@ import enum
 import inspect
 import ipaddress
 import logging
+import math
 import os
 import secrets
 import tempfile
@@ -289,6 +290,17 @@ def mint_with_configured_key(
     return mint_token(secret, subject, role, issuer=issuer, ttl_s=ttl_s, audience=audience)
 
 
+def _numeric_date(claims: dict[str, Any], name: str) -> float:
+    """A time claim as seconds since the epoch: a finite JSON number (RFC 7519 NumericDate), else AuthError."""
+    value = claims[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise AuthError(
+            f"the bearer token's `{name}` must be a NumericDate (a JSON number of seconds since the epoch), "
+            f"got the {type(value).__name__} {value!r:.40}"
+        )
+    return float(value)
+
+
 class TokenVerifier:
     """Checks a token's signature, issuer, audience (when configured), issue time, expiry, lifetime
     and role; returns the Principal or raises AuthError.
@@ -363,11 +375,17 @@ class TokenVerifier:
             raise AuthError(f"the bearer token was not issued by {self.issuer!r}") from error
         except jwt.InvalidAudienceError as error:
             raise AuthError(f"the bearer token is not meant for audience {self.audience!r}") from error
-        except jwt.ImmatureSignatureError as error:
-            raise AuthError("the bearer token's `iat` is in the future") from error
+        except jwt.ImmatureSignatureError as error:  # PyJWT says which claim: "... not yet valid (nbf)"
+            claim = "nbf" if "nbf" in str(error) else "iat"
+            raise AuthError(f"the bearer token's `{claim}` is in the future") from error
         except jwt.InvalidTokenError as error:
             raise AuthError(f"invalid bearer token: {error}") from error
-        lifetime = claims["exp"] - claims["iat"]
+        # PyJWT accepts what int() accepts ("123" included) and never looks at `role`: a signed token
+        # can still carry a claim of the wrong JSON type, which must be refused, never a TypeError
+        issued, expires = _numeric_date(claims, "iat"), _numeric_date(claims, "exp")
+        if "nbf" in claims:
+            _numeric_date(claims, "nbf")
+        lifetime = expires - issued
         if lifetime > self.max_lifetime_s:
             raise AuthError(
                 f"the bearer token lives {lifetime / 3600:.0f} h (exp - iat); at most "
@@ -376,9 +394,9 @@ class TokenVerifier:
         subject, role = claims["sub"], claims["role"]
         if not isinstance(subject, str) or not subject:
             raise AuthError("the bearer token's `sub` must be a non-empty string")
-        if role not in Role._value2member_map_:
+        if not isinstance(role, str) or role not in Role._value2member_map_:
             raise AuthError(f"the bearer token's role {role!r} is not one of {[r.value for r in Role]}")
-        return Principal(subject, Role(role)), float(claims["exp"])
+        return Principal(subject, Role(role)), expires
 
     def verify_metadata(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Principal:
         values = [value for key, value in (metadata or ()) if key == METADATA_KEY]
@@ -444,10 +462,24 @@ def _with_behavior(
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
 
 
+def _unread(handler: grpc.RpcMethodHandler, caller: AuthError, clock: stages.StageClock) -> grpc.RpcMethodHandler:
+    """The handler of a call whose token failed: its own behaviour, whose boundary answers
+    UNAUTHENTICATED (logged, counted, timed) before it touches the request, declared
+    request-streaming so that grpc never reads the body, let alone parses it: a caller without a
+    token costs no memory for what it sends (the wire protocol is the same for both kinds)."""
+    behavior = _wrap_unary(handler.stream_unary if handler.request_streaming else handler.unary_unary, caller, clock)
+
+    async def refuse(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        return await behavior(None, context)  # never iterated: nothing is read
+
+    return grpc.stream_unary_rpc_method_handler(refuse, response_serializer=handler.response_serializer)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Verifies every call's bearer token (except health and reflection) and runs its handler with
     the verified Principal, or the token's AuthError, as `current_principal()`: the handler's error
-    boundary, not this interceptor, answers UNAUTHENTICATED (and logs and counts it)."""
+    boundary, not this interceptor, answers UNAUTHENTICATED (and logs and counts it). A refused
+    call's body is never read (`_unread`)."""
 
     def __init__(self, verifier: TokenVerifier):
         self.verifier = verifier
@@ -468,6 +500,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         except AuthError as error:
             caller = error
         clock.mark(stages.AUTH)
+        if isinstance(caller, AuthError) and not handler.response_streaming:
+            return _unread(handler, caller, clock)
         wrap = _wrap_streaming if handler.response_streaming else _wrap_unary
         return _with_behavior(handler, lambda behavior: wrap(behavior, caller, clock))
 

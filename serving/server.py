@@ -37,12 +37,11 @@ from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
-from serving.proto_gen.apron.v1 import admin_pb2_grpc
+from serving.proto_gen.apron.v1 import admin_pb2
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_watch import RedisWatch
 from serving.resources import Resources, Serving
-from serving.servicer import RecommenderServicer
+from serving.servicer import RecommenderServicer, add_service
 
 log = logging.getLogger("apron.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
@@ -238,9 +237,9 @@ async def create_server(
             ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
         ]
         server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
-        pb_grpc.add_RecommenderServicer_to_server(servicer, server)
+        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
-        admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
+        add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"])
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready

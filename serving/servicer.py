@@ -21,6 +21,9 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 import redis.exceptions
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.message_factory import GetMessageClass
 
 from serving import auth, limits, stages
 from serving.cache import ProfileRecord, RedisStore
@@ -62,6 +65,45 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 RECONNECT_WAIT_S = 2.0
 
 
+class RawRequest:
+    """A request body as grpc received it, not parsed yet (`add_service`'s deserializer): the
+    boundary parses it once the caller and the load allow, so a refused call costs no parse, and an
+    undecodable body becomes INVALID_ARGUMENT there, logged and counted like any client mistake
+    (grpc's own deserializer failing is UNKNOWN "Unexpected DecodeError" with a traceback)."""
+
+    __slots__ = ("data", "message_type")
+
+    def __init__(self, message_type: type[Message], data: bytes):
+        self.message_type = message_type
+        self.data = data
+
+    def parse(self) -> Message:
+        try:
+            return self.message_type.FromString(self.data)
+        except DecodeError as error:
+            name = self.message_type.DESCRIPTOR.full_name
+            raise InvalidArgument(
+                f"the request body ({len(self.data)} bytes) is not a valid {name}: a truncated or corrupt field, "
+                f"or a string field that is not UTF-8 ({error}); send the message serialized from proto/apron/v1/"
+            ) from error
+
+
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+    """Register `servicer`'s methods of `service` (unary, each behind `rpc_boundary`) as the
+    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`)."""
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            raise ValueError(f"{service.full_name}.{method.name} streams; the boundary serves unary methods only")
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=functools.partial(RawRequest, GetMessageClass(method.input_type)),
+            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
@@ -82,17 +124,22 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
             as_anonymous = None if self.security.auth else auth.assume(auth.ANONYMOUS)
             admitted = False
             try:
+                # refuse before any work: the caller first (a refused call's body is never read), then
+                # load (the request is parsed only once admitted)
+                if auth.current_principal() is None:  # fail closed: auth on, but no interceptor ran
+                    raise auth.AuthError("no verified caller: the gateway checked no token for this call")
                 if self.concurrency is not None:  # load shedding: refuse at once rather than queue
                     self.concurrency.enter()
                     admitted = True
-                if auth.current_principal() is None:  # fail closed: auth on, but no interceptor ran
-                    raise auth.AuthError("no verified caller: the gateway checked no token for this call")
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
                 limit = self.server.request_timeout_s
                 async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
                     clock.mark(stages.ADMISSION)
+                    if isinstance(request, RawRequest):
+                        request = request.parse()
+                        clock.mark(stages.DISPATCH)  # reading (grpc) and parsing (here) the request
                     response = await handler(self, request, context)
                 if deadline.expired():  # a dependency swallowed the cancellation: the answer is late anyway
                     raise TimeoutError

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import json
 import time
 
 import grpc
@@ -178,6 +179,41 @@ def test_bad_tokens_are_rejected(make_token, message: str | None) -> None:
         return
     with pytest.raises(AuthError, match=message):
         verifier().verify(make_token())
+
+
+def signed_claims(**changes: object) -> str:
+    """A correctly signed token whose claims are a valid user token's with `changes` (any JSON
+    value: PyJWT's encode refuses some of them, so the payload is signed as raw JSON)."""
+    now = time.time()
+    claims = {"sub": "alice", "iss": "apron", "iat": int(now), "exp": int(now) + 600, "role": "user", **changes}
+    return jwt.api_jws.PyJWS().encode(json.dumps(claims).encode(), SECRET, "HS256")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"role": ["user"]}, "role"),
+        ({"role": {"user": 1}}, "role"),
+        ({"role": 1}, "role"),
+        ({"iat": str(int(time.time()))}, "`iat` must be a NumericDate"),  # int("...") passes PyJWT
+        ({"exp": str(int(time.time()) + 600)}, "`exp` must be a NumericDate"),
+        ({"nbf": str(int(time.time()))}, "`nbf` must be a NumericDate"),
+        ({"iat": True}, "`iat` must be a NumericDate"),
+        ({"exp": [1]}, "exp"),
+        ({"iat": 1e308}, "iat"),
+        ({"exp": 1e308}, "at most 720 h"),
+        ({"iss": ["apron"]}, "not issued by"),
+        ({"sub": ["alice"]}, "(?i)sub"),
+        ({"nbf": int(time.time()) + 3600}, "`nbf` is in the future"),  # not "iat"
+        ({"iat": int(time.time()) + 3600, "exp": int(time.time()) + 4000}, "`iat` is in the future"),
+    ],
+)
+def test_malformed_claims_in_a_signed_token_are_unauthenticated(changes: dict, message: str) -> None:
+    """A good signature over claims of the wrong JSON type is an AuthError (UNAUTHENTICATED) that
+    names the claim, never a TypeError (which the gateway would answer INTERNAL)."""
+    with pytest.raises(AuthError, match=message):
+        verifier().verify(signed_claims(**changes))
+    assert verifier().verify(signed_claims(nbf=int(time.time()) - 10)).subject == "alice"  # a valid nbf passes
 
 
 def test_audience_is_required_when_configured() -> None:
