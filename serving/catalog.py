@@ -16,6 +16,7 @@ from typing import NamedTuple
 import numpy as np
 
 from export.metadata import ExportMetadata, read_metadata
+from serving.validation import check_catalog_names
 
 HISTORY_MEMO = 1024  # histories ServedModel.history remembers (least recently used dropped first)
 
@@ -29,6 +30,7 @@ class ServedModel:
 
     @classmethod
     def from_metadata(cls, metadata: ExportMetadata) -> ServedModel:
+        check_catalog_names(metadata.item_ids, metadata.tag_names)  # what requests can name, and their size limit
         return cls(
             metadata=metadata,
             item_index={item: i for i, item in enumerate(metadata.item_ids)},

@@ -101,7 +101,11 @@ class ServingConfig:
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
     max_history: int = _option(10_000, "most history ids one request may carry")
     max_edits: int = _option(256, "most edits one request may carry")
-    max_message_bytes: int = _option(4 * 1024 * 1024, "largest gRPC request accepted (bytes)")
+    max_message_bytes: int = _option(
+        0,
+        "largest gRPC request accepted (bytes; 0: the largest valid request under --max-history and --max-edits, "
+        "1.35 MB with their defaults)",
+    )
     request_timeout_s: float = _option(10.0, "longest a call may run, whatever deadline the client sets (seconds)")
     shutdown_grace_s: float = _option(10.0, "on SIGTERM: how long in-flight calls may finish (seconds)")
     reuse_port: bool = _option(
@@ -156,14 +160,14 @@ class ServingConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
-            "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "max_message_bytes", "cache_ttl_s",
+            "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
-                     "recommend_rate", "max_concurrent_rpcs", "drain_delay_s"):  # fmt: skip
+                     "recommend_rate", "max_concurrent_rpcs", "drain_delay_s", "max_message_bytes"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:

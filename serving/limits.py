@@ -23,13 +23,24 @@ from dataclasses import dataclass
 
 from serving.config import SecurityConfig, ServerConfig
 from serving.errors import ResourceExhausted
+from serving.validation import largest_request_bytes
+
+GRPC_DEFAULT_MESSAGE_BYTES = 4 * 1024 * 1024  # grpc's own limit on a received message
 
 
-def message_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """grpc server options that reject larger requests (and never send larger responses)."""
+def max_request_bytes(security: SecurityConfig) -> int:
+    """`--max-message-bytes`, or with 0 (the default) the largest request validation accepts under
+    `--max-history` / `--max-edits` (`validation.largest_request_bytes`): nothing larger can succeed,
+    so nothing larger is read into memory."""
+    return security.max_message_bytes or largest_request_bytes(security.max_history, security.max_edits)
+
+
+def message_size_options(max_request: int) -> list[tuple[str, int]]:
+    """grpc server options that reject larger requests (RESOURCE_EXHAUSTED from grpc) and never send
+    a response over the larger of that and grpc's default."""
     return [
-        ("grpc.max_receive_message_length", max_message_bytes),
-        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_request),
+        ("grpc.max_send_message_length", max(max_request, GRPC_DEFAULT_MESSAGE_BYTES)),
     ]
 
 

@@ -14,6 +14,10 @@ from serving.errors import InvalidArgument
 from serving.profile_encoding import ALL_PROTOTYPES, NO_PROFILE, ProfileSelection
 
 MAX_USER_ID_BYTES = 256
+# The longest catalog item id (a history entry) and prototype (tag) name: a model whose catalog holds
+# longer ones is refused at load (`check_catalog_names`), so these bound every valid request's size.
+MAX_ITEM_ID_BYTES = 128
+MAX_PROTOTYPE_NAME_BYTES = 128
 # Listing every valid prototype name is helpful for a few dozen tags and useless for thousands.
 MAX_NAMES_LISTED = 100
 # recommender.proto's ProfileView numbers (tests/serving/test_validation.py checks them against it)
@@ -39,7 +43,52 @@ def validate_k(k: int, k_max: int) -> int:
 def validate_history(history: Sequence[str], max_history: int) -> Sequence[str]:
     if len(history) > max_history:
         raise InvalidArgument(f"history has {len(history)} items; at most {max_history} are allowed per request")
+    if history and max(map(len, history)) * 4 > MAX_ITEM_ID_BYTES:  # UTF-8 takes at most 4 bytes a character
+        for index, item in enumerate(history):
+            if len(item.encode()) > MAX_ITEM_ID_BYTES:
+                raise InvalidArgument(
+                    f"history[{index}] is {len(item.encode())} bytes; catalog item ids have at most {MAX_ITEM_ID_BYTES}"
+                )
     return history
+
+
+def check_catalog_names(item_ids: Iterable[str], tag_names: Iterable[str]) -> None:
+    """ValueError unless every catalog id and prototype name fits the request limits above (a model
+    with longer ones could not be asked for them, and the message size limit would not hold)."""
+    for what, names, limit in (("item id", item_ids, MAX_ITEM_ID_BYTES), ("prototype name", tag_names, MAX_PROTOTYPE_NAME_BYTES)):
+        longest = max(names, key=lambda name: len(name.encode()), default="")
+        if len(longest.encode()) > limit:
+            raise ValueError(f"the model's {what} {longest[:40]!r}... is {len(longest.encode())} bytes; at most {limit} are served")
+
+
+def _varint_bytes(value: int) -> int:
+    return max(1, (value.bit_length() + 6) // 7)
+
+
+def _field_bytes(payload_bytes: int) -> int:
+    """A length-delimited field numbered below 16: its tag byte, the length varint, the payload."""
+    return 1 + _varint_bytes(payload_bytes) + payload_bytes
+
+
+INT32_FIELD_BYTES = 1 + 10  # the tag, and a varint of any int32 (a negative one takes 10 bytes)
+DOUBLE_FIELD_BYTES = 1 + 8
+
+
+def largest_request_bytes(max_history: int, max_edits: int) -> int:
+    """The serialized size of the largest request validation can accept: a RecommendRequest (the
+    largest message of every service) with the longest user id, `max_history` ids of the longest
+    item id, `max_edits` edits of the longest prototype name, and every scalar at its widest. The
+    gateway's default gRPC receive limit (`--max-message-bytes 0`): 1.35 MB with the defaults."""
+    edit = _field_bytes(MAX_PROTOTYPE_NAME_BYTES) + DOUBLE_FIELD_BYTES
+    return (
+        _field_bytes(MAX_USER_ID_BYTES)  # user_id
+        + max_history * _field_bytes(MAX_ITEM_ID_BYTES)  # history
+        + INT32_FIELD_BYTES  # k
+        + max_edits * _field_bytes(edit)  # edits
+        + 2  # include_heard
+        + INT32_FIELD_BYTES  # profile_view (an enum is an int32 on the wire)
+        + INT32_FIELD_BYTES  # profile_top_n
+    )
 
 
 def _valid_names(tag_names: Iterable[str]) -> str:
@@ -54,6 +103,8 @@ def validate_edit(index: int, prototype: str, kind: str | None, value: float, ta
     where = f"edits[{index}]"
     if not prototype:
         raise InvalidArgument(f"{where}.prototype is required; valid names: {_valid_names(tag_index)}")
+    if len(prototype) * 4 > MAX_PROTOTYPE_NAME_BYTES and len(prototype.encode()) > MAX_PROTOTYPE_NAME_BYTES:
+        raise InvalidArgument(f"{where}.prototype is {len(prototype.encode())} bytes; prototype names have at most {MAX_PROTOTYPE_NAME_BYTES}")
     if prototype not in tag_index:
         raise InvalidArgument(f"{where}.prototype {prototype!r} is not a prototype of this model; valid names: {_valid_names(tag_index)}")
     if kind not in EDIT_KINDS:

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import grpc
 import pytest
 
+from serving.config import ServingConfig
 from serving.errors import ResourceExhausted
-from serving.limits import ConcurrencyLimit, RateLimiter, message_size_options
+from serving.limits import (
+    GRPC_DEFAULT_MESSAGE_BYTES,
+    ConcurrencyLimit,
+    RateLimiter,
+    max_request_bytes,
+    message_size_options,
+)
+from serving.validation import largest_request_bytes
 
 
 class FakeClock:
@@ -67,8 +77,12 @@ def test_bad_parameters_and_size_options() -> None:
         RateLimiter(rate_per_s=1, burst=0.5)
     assert dict(message_size_options(1024)) == {
         "grpc.max_receive_message_length": 1024,
-        "grpc.max_send_message_length": 1024,
+        "grpc.max_send_message_length": GRPC_DEFAULT_MESSAGE_BYTES,  # responses keep grpc's default at least
     }
+    assert dict(message_size_options(8 << 20))["grpc.max_send_message_length"] == 8 << 20
+    config = ServingConfig(max_history=100, max_edits=2)
+    assert max_request_bytes(config.security) == largest_request_bytes(100, 2)  # the default: derived
+    assert max_request_bytes(dataclasses.replace(config, max_message_bytes=5000).security) == 5000
 
 
 def test_concurrency_limit_sheds_with_a_retry_hint() -> None:

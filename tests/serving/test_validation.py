@@ -13,7 +13,12 @@ from serving.profile_encoding import ALL_PROTOTYPES, NO_PROFILE, ProfileSelectio
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.topk import select_top_k
 from serving.validation import (
+    MAX_ITEM_ID_BYTES,
+    MAX_PROTOTYPE_NAME_BYTES,
+    MAX_USER_ID_BYTES,
     PROFILE_VIEWS,
+    check_catalog_names,
+    largest_request_bytes,
     validate_edits,
     validate_history,
     validate_k,
@@ -43,6 +48,31 @@ def test_history_size_limit() -> None:
     validate_history(["a"] * 5, 5)
     with pytest.raises(InvalidArgument, match="6 items; at most 5"):
         validate_history(["a"] * 6, 5)
+    validate_history(["a" * MAX_ITEM_ID_BYTES, "é" * (MAX_ITEM_ID_BYTES // 2)], 5)
+    with pytest.raises(InvalidArgument, match=rf"history\[1\] is {MAX_ITEM_ID_BYTES + 2} bytes"):
+        validate_history(["a", "é" * (MAX_ITEM_ID_BYTES // 2 + 1)], 5)
+
+
+@pytest.mark.parametrize(("max_history", "max_edits"), [(10_000, 256), (64, 8), (0, 0), (1, 1)])
+def test_largest_request_bytes_is_the_largest_valid_request(max_history: int, max_edits: int) -> None:
+    """The default message size limit: exactly the size of the largest request validation accepts
+    (every scalar at its widest encoding), so no valid request is refused by size."""
+    edits = [pb.Edit(prototype="p" * MAX_PROTOTYPE_NAME_BYTES, scale=1.0) for _ in range(max_edits)]
+    largest = pb.RecommendRequest(
+        user_id="u" * MAX_USER_ID_BYTES, history=["i" * MAX_ITEM_ID_BYTES] * max_history, k=-1, edits=edits,
+        include_heard=True, profile_view=-1, profile_top_n=-1,
+    )  # fmt: skip
+    assert largest.ByteSize() == largest_request_bytes(max_history, max_edits)
+    for other in (pb.EditProfileRequest(user_id=largest.user_id, edits=edits, reset=True), pb.GetProfileRequest(user_id=largest.user_id)):
+        assert other.ByteSize() <= largest_request_bytes(max_history, max_edits)
+
+
+def test_catalog_names_must_fit_the_request_limits() -> None:
+    check_catalog_names(["i" * MAX_ITEM_ID_BYTES], ["t" * MAX_PROTOTYPE_NAME_BYTES])
+    with pytest.raises(ValueError, match="item id"):
+        check_catalog_names(["i" * (MAX_ITEM_ID_BYTES + 1)], ["t"])
+    with pytest.raises(ValueError, match="prototype name"):
+        check_catalog_names(["i"], ["é" * MAX_PROTOTYPE_NAME_BYTES])
 
 
 def test_valid_edits() -> None:

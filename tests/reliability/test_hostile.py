@@ -1,0 +1,62 @@
+"""A hostile caller against a real `apron serve` subprocess (loadtests/hostile.py measures the same at
+full size for RELIABILITY.md): a token-less flood of the largest bodies costs the gateway no memory
+for the bodies, while a legitimate caller keeps being answered; undecodable bodies are
+INVALID_ARGUMENT (or UNAUTHENTICATED without a token), one log line each, counted, no traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from loadtests import hostile
+from loadtests.gateway_process import GatewayProcess, run_gateway
+from serving.catalog import ServedModel
+from tests.reliability.conftest import Tokens
+
+pytestmark = pytest.mark.timeout(300)
+
+FLOOD_CALLS = 200
+# the flood's bodies: the largest the default limits accept (10,000 ids of 128 bytes, 1.3 MB); parsed,
+# 200 of them took the gateway's RSS up by several hundred MB
+FLOOD_HISTORY = 10_000
+RSS_BUDGET_BYTES = 100 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory):
+    args = ["--repository", str(python_repository), "--no-build-demo", "--redis-url", redis_server.url,
+            "--jwt-secret-file", str(tokens.path)]  # fmt: skip
+    with run_gateway(args, tmp_path_factory.mktemp("hostile-gateway")) as gateway:
+        yield gateway
+
+
+def service_token(tokens: Tokens) -> str:
+    return dict(tokens.service())["authorization"].removeprefix("Bearer ")
+
+
+async def test_tokenless_flood_of_large_bodies_costs_no_memory(gateway: GatewayProcess, tokens: Tokens, python_repository: Path):
+    history = ServedModel.load(python_repository).metadata.item_ids[:10]
+    report = await hostile.flood(
+        gateway.target, gateway.process.pid, service_token(tokens), history, calls=FLOOD_CALLS, history=FLOOD_HISTORY
+    )
+    assert report["flood_statuses"] == {"UNAUTHENTICATED": FLOOD_CALLS}, report
+    assert set(report["legitimate_statuses"]) == {"OK"}, report  # answered during the flood
+    assert report["peak_rss_growth_mb"] * 1e6 < RSS_BUDGET_BYTES, report
+    # refused by the one boundary: counted, one log line each
+    assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="UNAUTHENTICATED") >= FLOOD_CALLS
+
+
+async def test_undecodable_bodies_are_invalid_argument_without_a_traceback(gateway: GatewayProcess, tokens: Tokens):
+    before = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="INVALID_ARGUMENT")
+    lines_before = len(gateway.log().splitlines())
+    report = await hostile.garbage(gateway.target, service_token(tokens), calls=4 * len(hostile.GARBAGE))
+    for name in hostile.GARBAGE:
+        assert report["statuses"][f"{name}, valid token"] == {"INVALID_ARGUMENT": 2}, report
+        assert report["statuses"][f"{name}, no token"] == {"UNAUTHENTICATED": 2}, report
+        assert "is not a valid apron.v1.RecommendRequest" in report["details"][f"{name}, valid token"], report
+    invalid = 2 * len(hostile.GARBAGE)
+    assert gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="INVALID_ARGUMENT") - before == invalid
+    log = "\n".join(gateway.log().splitlines()[lines_before:])
+    assert "Traceback" not in log and "DecodeError" not in log, log
+    assert log.count("code=INVALID_ARGUMENT") == invalid and log.count("code=UNAUTHENTICATED") == invalid, log
