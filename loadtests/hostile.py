@@ -2,7 +2,7 @@
 
     python -m loadtests.hostile flood   --repository REPO [--calls 200] [--history 10000]
     python -m loadtests.hostile garbage --repository REPO [--calls 3000]
-    python -m loadtests.hostile burst   --repository REPO [--calls 2000]
+    python -m loadtests.hostile burst   --repository REPO [--calls 2000] [--serve "--max-concurrent-rpcs 32"]
 
 - `flood`: `--calls` concurrent Recommends without a token, each the largest body the gateway accepts
   (`--history` ids of the longest item id), while a legitimate caller keeps calling; reports the
@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -165,7 +166,10 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
     metadata = auth.bearer_metadata(token)
     opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     try:
-        await send_raw(opened[0], request, metadata)  # the profile cached: every burst call is the same work
+        for channel in opened:  # connected (and the profile cached: every burst call is the same work)
+            await send_raw(channel, request, metadata)
+
+        details: dict[str, str] = {}
 
         async def one(i: int) -> tuple[str, float, str | None]:
             call = opened[i % channels].unary_unary(RECOMMEND, request_serializer=None, response_deserializer=None)(
@@ -177,6 +181,7 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
                 code = grpc.StatusCode.OK
             except grpc.aio.AioRpcError as error:
                 code = error.code()
+                details.setdefault(code.name, error.details() or "")
             trailing = dict(await call.trailing_metadata() or ())
             return code.name, time.monotonic() - start, trailing.get("retry-after-ms")
 
@@ -196,6 +201,7 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
         "statuses": {code: len(times) for code, times in by_code.items()},
         "client_latency": {code: summarize_ms(times) for code, times in by_code.items()},
         "shed_with_retry_after": sum(1 for r in shed if r[2] is not None),
+        "details": details,
     }
 
 
@@ -212,14 +218,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--calls", type=int, default=0, help="flood 200, garbage 3000, burst 2000")
     parser.add_argument("--history", type=int, default=10_000, help="flood: ids per body (the default --max-history)")
+    parser.add_argument("--channels", type=int, default=8, help="burst: connections the calls are spread over")
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/hostile"))
-    parser.add_argument("gateway_args", nargs="*", help="more `apron serve` flags, after --")
+    parser.add_argument("--serve", default="", help='more `apron serve` flags, e.g. --serve "--max-concurrent-rpcs 32"')
     args = parser.parse_args(argv)
     calls = args.calls or {"flood": 200, "garbage": 3000, "burst": 2000}[args.scenario]
     model = ServedModel.load(args.repository)
     history = model.metadata.item_ids[:20]
     with deployment(args.repository) as deploy:
-        gateway = start_gateway(deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *args.gateway_args), deploy.workdir)
+        gateway = start_gateway(deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *shlex.split(args.serve)), deploy.workdir)
         try:
             if args.scenario == "flood":
                 report = asyncio.run(flood(gateway.target, gateway.process.pid, deploy.token, history, calls=calls, history=args.history))
@@ -230,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["log_lines"] = len(log)
                 report["tracebacks"] = sum("Traceback" in line for line in log)
             else:
-                report = asyncio.run(burst(gateway.target, deploy.token, history, calls=calls))
+                report = asyncio.run(burst(gateway.target, deploy.token, history, calls=calls, channels=args.channels))
                 count = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend")
                 total = gateway.metric("apron_rpc_duration_seconds_sum", method="Recommend")
                 report["server_mean_ms"] = round(1000 * total / count, 1) if count else None

@@ -239,6 +239,7 @@ async def create_server(
             # until the handler reads, so a call refused unread (auth.py) holds no more than that of
             # its body (with it, 200 token-less 1.3 MB calls held ~100 MB in grpc core)
             ("grpc.http2.bdp_probe", 0),
+            *limits.admission_options(),
         ]
         server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
         add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])

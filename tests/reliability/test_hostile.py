@@ -60,3 +60,21 @@ async def test_undecodable_bodies_are_invalid_argument_without_a_traceback(gatew
     log = "\n".join(gateway.log().splitlines()[lines_before:])
     assert "Traceback" not in log and "DecodeError" not in log, log
     assert log.count("code=INVALID_ARGUMENT") == invalid and log.count("code=UNAUTHENTICATED") == invalid, log
+
+
+BURST_CALLS = 2_000  # over grpc core's default pending-call limit (1,000), where it starts dropping calls
+
+
+async def test_a_burst_at_default_settings_is_answered_ok_or_shed_never_cancelled(
+    gateway: GatewayProcess, tokens: Tokens, python_repository: Path
+):
+    """2,000 Recommends sent at once: each is answered or shed at admission with RESOURCE_EXHAUSTED
+    and `retry-after-ms`, counted; none is dropped in grpc core (a bare CANCELLED, never counted)."""
+    history = ServedModel.load(python_repository).metadata.item_ids[:10]
+    shed_before = gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED")
+    report = await hostile.burst(gateway.target, service_token(tokens), history, calls=BURST_CALLS)
+    assert set(report["statuses"]) <= {"OK", "RESOURCE_EXHAUSTED"}, report
+    assert sum(report["statuses"].values()) == BURST_CALLS and report["statuses"].get("OK", 0) > 0, report
+    shed = report["statuses"].get("RESOURCE_EXHAUSTED", 0)
+    assert report["shed_with_retry_after"] == shed, report
+    assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED") - shed_before == shed
