@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shlex
 import statistics
 import sys
@@ -170,6 +171,7 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
             await send_raw(channel, request, metadata)
 
         details: dict[str, str] = {}
+        reasons: Counter = Counter()  # the setting each shed call names
 
         async def one(i: int) -> tuple[str, float, str | None]:
             call = opened[i % channels].unary_unary(RECOMMEND, request_serializer=None, response_deserializer=None)(
@@ -182,6 +184,8 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
             except grpc.aio.AioRpcError as error:
                 code = error.code()
                 details.setdefault(code.name, error.details() or "")
+                if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    reasons.update(re.findall(r"\((--[a-z-]+)\)", error.details() or "") or ["(none named)"])
             trailing = dict(await call.trailing_metadata() or ())
             return code.name, time.monotonic() - start, trailing.get("retry-after-ms")
 
@@ -201,6 +205,7 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
         "statuses": {code: len(times) for code, times in by_code.items()},
         "client_latency": {code: summarize_ms(times) for code, times in by_code.items()},
         "shed_with_retry_after": sum(1 for r in shed if r[2] is not None),
+        "shed_by": dict(reasons),
         "details": details,
     }
 
@@ -212,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests.faults import deployment
     from loadtests.gateway_process import start_gateway
     from serving.catalog import ServedModel
+    from serving.config import ServingConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", choices=["flood", "garbage", "burst"])
@@ -226,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     model = ServedModel.load(args.repository)
     history = model.metadata.item_ids[:20]
     with deployment(args.repository) as deploy:
-        gateway = start_gateway(deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *shlex.split(args.serve)), deploy.workdir)
+        defaults = ["--max-queue-delay-ms", str(ServingConfig.max_queue_delay_ms)]  # the harness sets it out of reach
+        serve = deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *defaults, *shlex.split(args.serve))
+        gateway = start_gateway(serve, deploy.workdir)
         try:
             if args.scenario == "flood":
                 report = asyncio.run(flood(gateway.target, gateway.process.pid, deploy.token, history, calls=calls, history=args.history))
@@ -238,9 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                 report["tracebacks"] = sum("Traceback" in line for line in log)
             else:
                 report = asyncio.run(burst(gateway.target, deploy.token, history, calls=calls, channels=args.channels))
-                count = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend")
-                total = gateway.metric("apron_rpc_duration_seconds_sum", method="Recommend")
-                report["server_mean_ms"] = round(1000 * total / count, 1) if count else None
+                report["server_mean_ms"] = {}
+                for code in report["statuses"]:
+                    count = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code=code)
+                    total = gateway.metric("apron_rpc_duration_seconds_sum", method="Recommend", code=code)
+                    report["server_mean_ms"][code] = round(1000 * total / count, 1) if count else None
             report["rejections_counted"] = gateway.metric("apron_rpc_rejections_total")
         finally:
             gateway.terminate()

@@ -149,6 +149,11 @@ class ServingConfig:
     max_concurrent_rpcs: int = _option(
         256, "most calls handled at once; more are shed with RESOURCE_EXHAUSTED and a retry-after (0: no limit)"
     )
+    max_queue_delay_ms: float = _option(
+        100.0,
+        "shed calls (RESOURCE_EXHAUSTED + retry-after) while calls wait longer than this to be taken up by the "
+        "gateway, in grpc's queue before the event loop: a burst is refused at once instead of queued (0: off)",
+    )
     triton_fallback: bool = _option(
         False, "--backend triton: score with in-process ONNX Runtime while Triton is unreachable (off: UNAVAILABLE)"
     )
@@ -167,7 +172,7 @@ class ServingConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
-                     "recommend_rate", "max_concurrent_rpcs", "drain_delay_s", "max_message_bytes"):  # fmt: skip
+                     "recommend_rate", "max_concurrent_rpcs", "drain_delay_s", "max_message_bytes", "max_queue_delay_ms"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:
@@ -259,6 +264,7 @@ class ServerConfig:
     reuse_port: bool
     drain_delay_s: float
     max_concurrent_rpcs: int
+    max_queue_delay_ms: float
     log_level: str
     log_format: str
     access_log_rate: float

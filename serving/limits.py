@@ -3,8 +3,10 @@ servicer's boundary answers RESOURCE_EXHAUSTED with `retry-after-ms`):
 
 - `RateLimiter`: a token bucket per user id, for EditProfile (`--edit-rate`) and, optionally,
   Recommend (`--recommend-rate`); charged only once a request has been validated;
-- `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once; more are shed at once
-  (load shedding) rather than queued, with a retry-after of the recent mean call duration.
+- `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once, and none admitted while
+  calls wait longer than `--max-queue-delay-ms` to be taken up (`QueueDelay`); more are shed at once
+  (load shedding) rather than queued, with a retry-after of the recent mean call duration (or the
+  queue's delay).
 
 The other request limits (message size, history length, edits per request, k) are checked where the
 request is validated (`serving/validation.py`, the server's message-size options).
@@ -16,6 +18,7 @@ client), not billing.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -146,18 +149,52 @@ def recommend_limiter(security: SecurityConfig) -> RateLimiter | None:
     )
 
 
+class QueueDelay:
+    """How long a call waits before the event loop takes it up: in grpc core's pending-call queue
+    (the loop accepts one call per method per turn, so a burst waits there, out of the admission
+    limit's sight) and in the loop itself. Measured by a probe call that waits in the same queue
+    (`serving/queue_probe.py`): `sent()` when it leaves, `arrived()` when the gateway takes it up.
+    The estimate is the last probe's wait, or the age of the probe still on its way if that is
+    longer (so a growing queue is seen before the probe gets through it)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.last_s = 0.0
+        self._sent_at: float | None = None
+
+    def sent(self) -> None:
+        self._sent_at = self.clock()
+
+    def arrived(self) -> None:
+        if self._sent_at is not None:
+            self.last_s = self.clock() - self._sent_at
+            self._sent_at = None
+
+    def forget(self) -> None:
+        """A probe that failed: no estimate (0) until the next one arrives."""
+        self.last_s, self._sent_at = 0.0, None
+
+    def estimate(self) -> float:
+        waiting = 0.0 if self._sent_at is None else self.clock() - self._sent_at
+        return max(self.last_s, waiting)
+
+
 class ConcurrencyLimit:
-    """At most `limit` calls at once (asyncio: one event loop, no lock needed). `enter()` raises
-    ResourceExhausted when full; `leave(seconds)` frees the slot and updates the mean call
-    duration that the retry-after hint uses (a slot frees about that soon)."""
+    """At most `limit` calls at once (asyncio: one event loop, no lock needed), and none admitted
+    while calls wait longer than `max_queue_delay_s` to be taken up (`queue`). `enter()` raises
+    ResourceExhausted when either is exceeded; `leave(seconds)` frees the slot and updates the mean
+    call duration that the retry-after hint uses (a slot frees about that soon; a queue drains in
+    about its delay)."""
 
     SMOOTHING = 0.05  # weight of the newest call in the moving mean
     MIN_RETRY_S = 0.005
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, queue: QueueDelay | None = None, max_queue_delay_s: float = 0.0):
         if limit < 1:
             raise ValueError(f"a concurrency limit must be at least 1, got {limit}")
         self.limit = limit
+        self.queue = queue if max_queue_delay_s > 0 else None
+        self.max_queue_delay_s = max_queue_delay_s
         self.active = 0
         self.mean_s = 0.01
 
@@ -169,6 +206,12 @@ class ConcurrencyLimit:
                 f"retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
+        if self.queue is not None and (delay := self.queue.estimate()) > self.max_queue_delay_s:
+            raise ResourceExhausted(
+                f"calls wait {delay * 1000:.0f} ms before the gateway takes them up, over its limit of "
+                f"{self.max_queue_delay_s * 1000:.0f} ms (--max-queue-delay-ms): overloaded; retry in {delay * 1000:.0f} ms",
+                retry_after_s=delay,
+            )
         self.active += 1
 
     def leave(self, seconds: float) -> None:
@@ -176,5 +219,12 @@ class ConcurrencyLimit:
         self.mean_s += self.SMOOTHING * (seconds - self.mean_s)
 
 
-def concurrency_limit(server: ServerConfig) -> ConcurrencyLimit | None:
-    return ConcurrencyLimit(server.max_concurrent_rpcs) if server.max_concurrent_rpcs else None
+NO_LIMIT = sys.maxsize  # --max-concurrent-rpcs 0 with a queue delay limit: count nothing
+
+
+def concurrency_limit(server: ServerConfig, queue: QueueDelay | None = None) -> ConcurrencyLimit | None:
+    """The admission limits `server` asks for (None: neither --max-concurrent-rpcs nor --max-queue-delay-ms)."""
+    max_delay_s = server.max_queue_delay_ms / 1000 if queue is not None else 0.0
+    if not server.max_concurrent_rpcs and not max_delay_s:
+        return None
+    return ConcurrencyLimit(server.max_concurrent_rpcs or NO_LIMIT, queue, max_delay_s)

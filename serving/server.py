@@ -39,6 +39,7 @@ from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.queue_probe import QueueProbe
 from serving.redis_watch import RedisWatch
 from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer, add_service
@@ -118,6 +119,7 @@ class ApronServer:
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
     redis_watch: RedisWatch | None = None
+    queue_probe: QueueProbe | None = None  # measures the wait before the loop takes a call up (admission)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -159,6 +161,8 @@ class ApronServer:
         self.redis_watch = RedisWatch(self.redis, self._set_health)
         await self.redis_watch.check()
         self._tasks.append(asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch"))
+        if self.queue_probe is not None:
+            self._tasks.append(asyncio.create_task(self.queue_probe.run(), name="apron-queue-probe"))
         if self.config.watch_repository:
             self._tasks.append(asyncio.create_task(self.models.watch(self.config.watch_interval_s), name="apron-repository-watch"))
         log.info(
@@ -188,6 +192,8 @@ class ApronServer:
         if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
         await self.grpc_server.stop(grace)
+        if self.queue_probe is not None:
+            self.queue_probe.close()
         await self.models.close()
         await self.redis.aclose()
         if self.owns_resources:
@@ -219,6 +225,7 @@ async def create_server(
     if resources is None:
         resources = Resources.open(config)
     config = dataclasses.replace(config, redis_url=resources.config.redis_url)
+    probe: QueueProbe | None = None
     try:
         metrics = Metrics()
         # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command)
@@ -230,7 +237,8 @@ async def create_server(
         store = RedisStore(redis, config.cache_ttl_s)
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
-        servicer = RecommenderServicer(config.server, config.security, models, store, metrics)
+        probe = QueueProbe() if config.max_queue_delay_ms > 0 else None  # reliability: shed a queue, never grow it
+        servicer = RecommenderServicer(config.server, config.security, models, store, metrics, probe and probe.delay)
         options = [
             *limits.message_size_options(limits.max_request_bytes(config.security)),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
@@ -241,7 +249,7 @@ async def create_server(
             ("grpc.http2.bdp_probe", 0),
             *limits.admission_options(),
         ]
-        server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
+        server = grpc.aio.server(interceptors=[*([probe] if probe else []), *resources.security.interceptors, *interceptors], options=options)
         add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
         add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"])
@@ -256,9 +264,14 @@ async def create_server(
         port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
+        if probe is not None:
+            probe.bind(server)
     except BaseException:
         if owns_resources:
             resources.close()
+        if probe is not None:
+            probe.close()
         raise
     gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources)
+    gateway.queue_probe = probe
     return gateway, port

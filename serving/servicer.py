@@ -90,7 +90,8 @@ class RawRequest:
 
 def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
     """Register `servicer`'s methods of `service` (unary, each behind `rpc_boundary`) as the
-    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`)."""
+    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`)
+    and one queue for all of them."""
     handlers = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -100,8 +101,9 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
             request_deserializer=functools.partial(RawRequest, GetMessageClass(method.input_type)),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
+    # generic only, not registered with grpc core one by one: every such call then waits in core's
+    # one pending-call queue, the queue that serving/queue_probe.py measures
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
@@ -214,7 +216,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     """Each call takes the model version that answers its user once (`models.use`) and keeps it to
     its end: a rollout meanwhile never mixes two versions in one answer."""
 
-    def __init__(self, server: ServerConfig, security: SecurityConfig, models: ModelSet, store: RedisStore, metrics: Metrics):
+    def __init__(
+        self,
+        server: ServerConfig,
+        security: SecurityConfig,
+        models: ModelSet,
+        store: RedisStore,
+        metrics: Metrics,
+        queue: limits.QueueDelay | None = None,
+    ):
         self.server = server  # rpc_boundary: the deadline limit, the access-log rate
         self.security = security  # auth on or off; request size limits
         self.models = models
@@ -223,7 +233,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.access_log_rate = server.access_log_rate
         self.edit_limiter = limits.edit_limiter(security)  # reliability: per-user EditProfile rate (None: off)
         self.recommend_limiter = limits.recommend_limiter(security)  # per-user Recommend rate (None: off)
-        self.concurrency = limits.concurrency_limit(server)  # calls at once (None: no limit)
+        self.concurrency = limits.concurrency_limit(server, queue)  # calls at once, queue delay (None: no limit)
 
     # ------------------------------------------------------------------------------ helpers
 

@@ -11,8 +11,11 @@ from serving.config import ServingConfig
 from serving.errors import ResourceExhausted
 from serving.limits import (
     GRPC_DEFAULT_MESSAGE_BYTES,
+    NO_LIMIT,
     ConcurrencyLimit,
+    QueueDelay,
     RateLimiter,
+    concurrency_limit,
     max_request_bytes,
     message_size_options,
 )
@@ -100,3 +103,55 @@ def test_concurrency_limit_sheds_with_a_retry_hint() -> None:
     assert limit.active == 0 and limit.mean_s > before  # the hint follows how long calls take
     with pytest.raises(ValueError):
         ConcurrencyLimit(0)
+
+
+def test_queue_delay_is_the_last_probe_or_the_one_still_waiting() -> None:
+    clock = FakeClock()
+    delay = QueueDelay(clock)
+    assert delay.estimate() == 0.0
+    delay.sent()
+    clock.now += 0.03
+    assert delay.estimate() == pytest.approx(0.03)  # on its way: at least its age
+    delay.arrived()
+    assert delay.last_s == pytest.approx(0.03) and delay.estimate() == pytest.approx(0.03)
+    delay.sent()
+    clock.now += 0.5  # a queue grows: seen before the probe gets through it
+    assert delay.estimate() == pytest.approx(0.5)
+    delay.arrived()
+    delay.sent()
+    clock.now += 0.001
+    delay.arrived()
+    assert delay.estimate() == pytest.approx(0.001)  # drained
+    delay.sent()
+    delay.forget()  # a failed probe: no guess
+    clock.now += 10
+    assert delay.estimate() == 0.0
+
+
+def test_admission_sheds_while_calls_wait_too_long_to_be_taken_up() -> None:
+    clock = FakeClock()
+    delay = QueueDelay(clock)
+    limit = ConcurrencyLimit(10, delay, max_queue_delay_s=0.1)
+    limit.enter()
+    delay.sent()
+    clock.now += 0.25
+    with pytest.raises(ResourceExhausted, match="--max-queue-delay-ms") as shed:
+        limit.enter()
+    assert shed.value.retry_after_s == pytest.approx(0.25) and limit.active == 1  # the queue's delay as the hint
+    delay.arrived()
+    delay.sent()
+    delay.arrived()  # the next probe passed at once
+    limit.enter()
+    assert limit.active == 2
+    off = ConcurrencyLimit(10, delay, max_queue_delay_s=0.0)  # --max-queue-delay-ms 0
+    delay.sent()
+    clock.now += 100
+    off.enter()
+
+
+def test_admission_from_the_configuration() -> None:
+    queue = QueueDelay()
+    assert concurrency_limit(ServingConfig(max_concurrent_rpcs=0, max_queue_delay_ms=0).server, queue) is None
+    only_delay = concurrency_limit(ServingConfig(max_concurrent_rpcs=0).server, queue)
+    assert only_delay is not None and only_delay.limit == NO_LIMIT and only_delay.max_queue_delay_s == pytest.approx(0.1)
+    assert concurrency_limit(ServingConfig().server, None).queue is None  # no probe: the count alone

@@ -1,0 +1,82 @@
+"""The gateway measuring its own queue: a probe call, sent to itself every `interval_s` over a
+private Unix socket, waits in the same grpc queue as every Recommender / ModelAdmin call (their
+methods are not registered with grpc core one by one, so they share its one pending-call queue:
+`servicer.add_service`) and reports how long it waited when the interceptor takes it up
+(`limits.QueueDelay`). The boundary's admission sheds calls while that wait is over
+`--max-queue-delay-ms` (`limits.ConcurrencyLimit`).
+
+Why a probe: grpc.aio takes calls from grpc core one per method per event-loop turn, so under a
+burst the calls wait in core, where neither the concurrency limit nor the process can count them;
+only a call that waits there itself can tell how long the wait is.
+
+The probe carries a random per-process key: a call from outside naming the probe method gets
+UNIMPLEMENTED and cannot move the estimate. The socket lives in a private temporary directory
+(mode 0700): only this user can connect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from serving.limits import QueueDelay
+
+METHOD = "/apron.internal.QueueProbe/Ping"  # no service implements it: only this interceptor answers
+KEY = "apron-queue-probe"
+INTERVAL_S = 0.05  # a probe at most every 50 ms: ~20 trivial calls a second
+
+
+async def _pong(request_iterator: Any, context: grpc.aio.ServicerContext) -> bytes:
+    return b""  # the (empty) body is never read
+
+
+PONG = grpc.stream_unary_rpc_method_handler(_pong)
+
+
+class QueueProbe(grpc.aio.ServerInterceptor):
+    """Installed first: takes the probe calls (recording their wait), passes every other call on."""
+
+    def __init__(self, delay: QueueDelay | None = None):
+        self.delay = delay or QueueDelay()
+        self.key = secrets.token_hex(16)
+        self._dir = Path(tempfile.mkdtemp(prefix="apron-probe-"))  # 0700
+        self.address = f"unix:{self._dir / 'probe.sock'}"
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method == METHOD and (KEY, self.key) in (handler_call_details.invocation_metadata or ()):
+            self.delay.arrived()
+            return PONG
+        return await continuation(handler_call_details)
+
+    def bind(self, server: grpc.aio.Server) -> None:
+        """Listen on the private socket too (plaintext: only this user can reach it)."""
+        if server.add_insecure_port(self.address) == 0:
+            raise OSError(f"cannot bind the queue probe's socket {self.address}")
+
+    async def run(self, interval_s: float = INTERVAL_S) -> None:
+        """Probe until cancelled: one probe in flight at a time, at most one per `interval_s`."""
+        metadata = ((KEY, self.key),)
+        async with grpc.aio.insecure_channel(self.address) as channel:
+            ping = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+            while True:
+                self.delay.sent()
+                try:
+                    await ping(b"", metadata=metadata, timeout=60)
+                except grpc.aio.AioRpcError:  # no measurement (the server stopping): never shed on a guess
+                    self.delay.forget()
+                # one probe per interval; after a slow one at once: the end of a queue is seen as soon as possible
+                await asyncio.sleep(max(0.0, interval_s - self.delay.last_s))
+
+    def close(self) -> None:
+        shutil.rmtree(self._dir, ignore_errors=True)
