@@ -154,6 +154,17 @@ class ServingConfig:
         "shed calls (RESOURCE_EXHAUSTED + retry-after) while calls wait longer than this to be taken up by the "
         "gateway, in grpc's queue before the event loop: a burst is refused at once instead of queued (0: off)",
     )
+    max_open_streams: int = _option(
+        1000,
+        "most health-watch and reflection streams open at once (they need no token); more are refused with "
+        "RESOURCE_EXHAUSTED (a client with grpc health checking holds one per connection)",
+    )
+    max_connection_idle_s: float = _option(120.0, "close a client connection with no call in flight for this long (seconds)")
+    max_connection_age_s: float = _option(
+        1800.0,
+        "ask a client to reconnect after this long (seconds; its calls get --shutdown-grace-s more): spreads clients "
+        "over new replicas and bounds what one connection holds",
+    )
     triton_fallback: bool = _option(
         False, "--backend triton: score with in-process ONNX Runtime while Triton is unreachable (off: UNAVAILABLE)"
     )
@@ -166,7 +177,8 @@ class ServingConfig:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
             "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
-            "edit_burst", "recommend_burst", "jwt_max_lifetime_s",
+            "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
+            "max_connection_age_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
@@ -265,6 +277,9 @@ class ServerConfig:
     drain_delay_s: float
     max_concurrent_rpcs: int
     max_queue_delay_ms: float
+    max_open_streams: int
+    max_connection_idle_s: float
+    max_connection_age_s: float
     log_level: str
     log_format: str
     access_log_rate: float

@@ -64,6 +64,16 @@ def admission_options() -> list[tuple[str, int]]:
     ]
 
 
+def connection_options(server: ServerConfig) -> list[tuple[str, int]]:
+    """grpc server options that bound connections: an idle one is closed, an old one asked to
+    reconnect (GOAWAY) and closed once its calls had the shutdown grace to finish."""
+    return [
+        ("grpc.max_connection_idle_ms", int(server.max_connection_idle_s * 1000)),
+        ("grpc.max_connection_age_ms", int(server.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(server.shutdown_grace_s * 1000)),
+    ]
+
+
 @dataclass
 class _Bucket:
     tokens: float

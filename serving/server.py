@@ -43,6 +43,7 @@ from serving.queue_probe import QueueProbe
 from serving.redis_watch import RedisWatch
 from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer, add_service
+from serving.streams import StreamLimit
 
 log = logging.getLogger("apron.gateway")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
@@ -248,8 +249,12 @@ async def create_server(
             # its body (with it, 200 token-less 1.3 MB calls held ~100 MB in grpc core)
             ("grpc.http2.bdp_probe", 0),
             *limits.admission_options(),
+            *limits.connection_options(config.server),
         ]
-        server = grpc.aio.server(interceptors=[*([probe] if probe else []), *resources.security.interceptors, *interceptors], options=options)
+        streams = StreamLimit(config.max_open_streams, metrics)  # reliability: token-less streams are bounded
+        server = grpc.aio.server(
+            interceptors=[*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors], options=options
+        )
         add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
         add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"])

@@ -9,11 +9,13 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtests import hostile
 from loadtests.gateway_process import GatewayProcess, run_gateway
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.polling import eventually
 from tests.reliability.conftest import Tokens
@@ -25,12 +27,14 @@ FLOOD_CALLS = 200
 # 200 of them took the gateway's RSS up by several hundred MB
 FLOOD_HISTORY = 10_000
 RSS_BUDGET_BYTES = 100 * 1024 * 1024
+OPEN_STREAMS = 4
 
 
 @pytest.fixture(scope="module")
 def gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory):
     args = ["--repository", str(python_repository), "--no-build-demo", "--redis-url", redis_server.url,
-            "--jwt-secret-file", str(tokens.path)]  # fmt: skip
+            "--jwt-secret-file", str(tokens.path), "--max-open-streams", str(OPEN_STREAMS),
+            "--max-connection-idle-s", "1"]  # fmt: skip
     with run_gateway(args, tmp_path_factory.mktemp("hostile-gateway")) as gateway:
         yield gateway
 
@@ -64,6 +68,44 @@ async def test_undecodable_bodies_are_invalid_argument_without_a_traceback(gatew
     log = "\n".join(gateway.log().splitlines()[lines_before:])
     assert "Traceback" not in log and "DecodeError" not in log, log
     assert log.count("code=INVALID_ARGUMENT") == invalid and log.count("code=UNAUTHENTICATED") == invalid, log
+
+
+async def test_token_less_streams_and_idle_connections_are_bounded(gateway: GatewayProcess):
+    """Health.Watch needs no token: at most --max-open-streams are open at once, the next is refused
+    with RESOURCE_EXHAUSTED + retry-after-ms (counted), and a slot freed is taken again; a
+    connection with no call in flight is closed after --max-connection-idle-s."""
+    request = health_pb2.HealthCheckRequest()
+    async with grpc.aio.insecure_channel(gateway.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        watches = [stub.Watch(request) for _ in range(OPEN_STREAMS)]
+        for watch in watches:
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        refused = stub.Watch(request)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await refused.read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--max-open-streams" in error.value.details()
+        assert int(dict(await refused.trailing_metadata())[RETRY_AFTER_KEY]) > 0
+        assert gateway.metric("apron_rpc_rejections_total", method="Health.Watch", code="RESOURCE_EXHAUSTED") >= 1
+        assert (await stub.Check(request, timeout=20)).status == health_pb2.HealthCheckResponse.SERVING  # unary: not a stream
+        watches.pop().cancel()
+
+        async def reopened() -> bool:
+            watch = stub.Watch(request)
+            try:
+                serving = (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            except grpc.aio.AioRpcError:
+                return False
+            watches.append(watch)
+            return serving
+
+        await eventually(reopened, "a watch admitted again once one closed", interval=0.2)
+        for watch in watches:
+            watch.cancel()
+
+    async with grpc.aio.insecure_channel(gateway.target) as idle:
+        await health_pb2_grpc.HealthStub(idle).Check(request, timeout=20)
+        assert idle.get_state() == grpc.ChannelConnectivity.READY
+        await eventually(lambda: idle.get_state() == grpc.ChannelConnectivity.IDLE, "the idle connection closed by the gateway")
 
 
 BURST_CALLS = 2_000  # over grpc core's default pending-call limit (1,000), where it starts dropping calls
