@@ -193,8 +193,7 @@ def gateway_process(
         "repository": repository, "port": port, "metrics_port": metrics_port, "build_demo": "false",
         "jwt_secret_file": secret, "max_batch_size": max_batch_size, "log_level": "WARNING",
         # an empty private Redis per gateway (a temp dir, no AOF): nothing cached by an earlier run
-        "redis_dir": "", "redis_aof": "false", "max_queue_delay_ms": 0,  # capacity is measured: nothing shed
-        **(more_settings or {}),
+        "redis_dir": "", "redis_aof": "false", **(more_settings or {}),
     }  # fmt: skip
     # with --workers N the port answers once the first worker serves; the parent prints its worker
     # pids once all do, and only then are new connections spread over all of them

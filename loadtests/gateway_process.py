@@ -96,10 +96,8 @@ def start_gateway(
 ) -> GatewayProcess:
     """A started `apron serve` (the caller stops it: `terminate()`), SERVING. `user` (uid, gid):
     run it as that user, without supplementary groups, as a container's USER does (needs root)."""
-    # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine, and
-    # --max-queue-delay-ms: no call shed because a loaded CI machine is slow to take it up (ARGS may lower both)
-    command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120",
-               "--max-queue-delay-ms", "60000", *args]  # fmt: skip
+    # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine (ARGS may lower it)
+    command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(dir=log_dir, prefix="gateway-", suffix=".log")
     os.close(fd)

@@ -2,7 +2,8 @@
 
     python -m loadtests.hostile flood   --repository REPO [--calls 200] [--history 10000]
     python -m loadtests.hostile garbage --repository REPO [--calls 3000]
-    python -m loadtests.hostile burst   --repository REPO [--calls 2000] [--serve "--max-concurrent-rpcs 32"]
+    python -m loadtests.hostile burst   --repository REPO [--calls 2000] [--serve "--max-queue-delay-ms 250"]
+    python -m loadtests.hostile bare-burst [--refuse] [--grpc-defaults]
 
 - `flood`: `--calls` concurrent Recommends without a token, each the largest body the gateway accepts
   (`--history` ids of the longest item id), while a legitimate caller keeps calling; reports the
@@ -12,6 +13,9 @@
   traceback.
 - `burst`: `--calls` Recommends sent at once at default settings; reports the statuses and the
   client's latency beside the server's own (`apron_rpc_duration_seconds`).
+- `bare-burst`: the same burst against a bare grpc.aio server (no gateway) that echoes, or refuses
+  every call at once (`--refuse`), with grpc core's default pending-call limits (`--grpc-defaults`)
+  or the gateway's: what grpc alone costs and drops.
 
 Each prints a JSON report (and writes it to OUT/<scenario>.json). The tests in
 tests/reliability/test_hostile.py run the same functions at a smaller size.
@@ -210,6 +214,46 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
     }
 
 
+# ----------------------------------------------------------------------------- a bare grpc.aio server
+
+
+async def _bare_serve(refuse: bool, grpc_defaults: bool) -> None:
+    """A grpc.aio server with nothing of the gateway: Recommend echoes its body (or is refused at
+    once with RESOURCE_EXHAUSTED); with `grpc_defaults` grpc core's own pending-call limits, else the
+    gateway's (`limits.admission_options`). Prints its port, serves until killed."""
+    from serving.limits import admission_options
+
+    async def recommend(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if refuse:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "refused")
+        return request
+
+    server = grpc.aio.server(options=[] if grpc_defaults else admission_options())
+    handlers = {"Recommend": grpc.unary_unary_rpc_method_handler(recommend)}
+    server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("apron.v1.Recommender", handlers)])
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    await server.wait_for_termination()
+
+
+def bare_burst(refuse: bool, grpc_defaults: bool, calls: int) -> dict:
+    """`burst` against a bare grpc.aio server in its own process: what grpc alone does with it."""
+    import subprocess
+
+    flags = [*(["--refuse"] if refuse else []), *(["--grpc-defaults"] if grpc_defaults else [])]
+    command = [sys.executable, "-m", "loadtests.hostile", "bare-server", *flags]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        port = int(server.stdout.readline())  # type: ignore[union-attr]
+        report = asyncio.run(burst(f"127.0.0.1:{port}", "unused", ["x"], calls=calls))
+    finally:
+        server.kill()
+        server.wait()
+    return {"server": "bare grpc.aio, " + ("refuses every call" if refuse else "echoes"),
+            "pending_limits": "grpc's defaults" if grpc_defaults else "the gateway's", **report}  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- command line
 
 
@@ -217,10 +261,11 @@ def main(argv: list[str] | None = None) -> int:
     from loadtests.faults import deployment
     from loadtests.gateway_process import start_gateway
     from serving.catalog import ServedModel
-    from serving.config import ServingConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["flood", "garbage", "burst"])
+    parser.add_argument("scenario", choices=["flood", "garbage", "burst", "bare-burst", "bare-server"])
+    parser.add_argument("--refuse", action="store_true", help="bare-burst: the bare server refuses every call at once")
+    parser.add_argument("--grpc-defaults", action="store_true", help="bare-burst: grpc core's default pending-call limits")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
     parser.add_argument("--calls", type=int, default=0, help="flood 200, garbage 3000, burst 2000")
     parser.add_argument("--history", type=int, default=10_000, help="flood: ids per body (the default --max-history)")
@@ -228,21 +273,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/hostile"))
     parser.add_argument("--serve", default="", help='more `apron serve` flags, e.g. --serve "--max-concurrent-rpcs 32"')
     args = parser.parse_args(argv)
-    calls = args.calls or {"flood": 200, "garbage": 3000, "burst": 2000}[args.scenario]
+    calls = args.calls or {"flood": 200, "garbage": 3000}.get(args.scenario, 2000)
+    if args.scenario == "bare-server":
+        asyncio.run(_bare_serve(args.refuse, args.grpc_defaults))
+        return 0
+    if args.scenario == "bare-burst":
+        return _report(args, bare_burst(args.refuse, args.grpc_defaults, calls))
     model = ServedModel.load(args.repository)
     history = model.metadata.item_ids[:20]
     with deployment(args.repository) as deploy:
-        defaults = ["--max-queue-delay-ms", str(ServingConfig.max_queue_delay_ms)]  # the harness sets it out of reach
-        serve = deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *defaults, *shlex.split(args.serve))
+        serve = deploy.gateway_args("--redis-dir", str(deploy.workdir / "redis"), *shlex.split(args.serve))
         gateway = start_gateway(serve, deploy.workdir)
         try:
             if args.scenario == "flood":
                 report = asyncio.run(flood(gateway.target, gateway.process.pid, deploy.token, history, calls=calls, history=args.history))
             elif args.scenario == "garbage":
                 lines_before = len(gateway.log().splitlines())
+                started = time.monotonic()
                 report = asyncio.run(garbage(gateway.target, deploy.token, calls=calls))
+                report["seconds"] = round(time.monotonic() - started, 2)
                 log = gateway.log().splitlines()[lines_before:]
                 report["log_lines"] = len(log)
+                report["log_bytes"] = sum(len(line) + 1 for line in log)
                 report["tracebacks"] = sum("Traceback" in line for line in log)
             else:
                 report = asyncio.run(burst(gateway.target, deploy.token, history, calls=calls, channels=args.channels))
@@ -254,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
             report["rejections_counted"] = gateway.metric("apron_rpc_rejections_total")
         finally:
             gateway.terminate()
+    return _report(args, report)
+
+
+def _report(args: argparse.Namespace, report: dict) -> int:
     report.update(scenario=args.scenario, cpus=os.cpu_count(), load_average=[round(x, 2) for x in os.getloadavg()])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.scenario}.json").write_text(json.dumps(report, indent=2))

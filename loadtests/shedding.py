@@ -3,6 +3,7 @@ with its default limits, counting the calls shed (RESOURCE_EXHAUSTED + retry-aft
 the users as a real client would) apart from failures.
 
     python -m loadtests.shedding --dataset DIR --repository REPO [--users 64 128 256 384] [--seconds 20]
+                                 [--max-concurrent-rpcs 256] [--max-queue-delay-ms 100]
 
 Each Locust user keeps at most one call in flight (it waits for each answer), so U users put at most
 U calls in flight: shedding starts once U exceeds --max-concurrent-rpcs (256 by default). Prints a
@@ -28,7 +29,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     with deployment(args.repository) as deploy:
         gateway_args = deploy.gateway_args(
             "--redis-dir", str(deploy.workdir / "redis"), "--max-concurrent-rpcs", str(args.max_concurrent_rpcs),
-            "--log-level", "INFO",
+            "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--log-level", "INFO",
         )  # fmt: skip
         gateway = start_gateway(gateway_args, deploy.workdir)
         try:
@@ -78,12 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[64, 128, 256, 384])
     parser.add_argument("--seconds", type=float, default=20.0, help="Locust run per step")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=ServingConfig.max_concurrent_rpcs)
+    parser.add_argument("--max-queue-delay-ms", type=float, default=ServingConfig.max_queue_delay_ms)
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/shedding"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args)
-    (args.out / "shedding.json").write_text(json.dumps({"max_concurrent_rpcs": args.max_concurrent_rpcs, "rows": rows}, indent=2))
-    print(f"\n--max-concurrent-rpcs {args.max_concurrent_rpcs}\n")
+    settings = {"max_concurrent_rpcs": args.max_concurrent_rpcs, "max_queue_delay_ms": args.max_queue_delay_ms}
+    (args.out / "shedding.json").write_text(json.dumps({**settings, "rows": rows}, indent=2))
+    print(f"\n--max-concurrent-rpcs {args.max_concurrent_rpcs} --max-queue-delay-ms {args.max_queue_delay_ms:g}\n")
     print("| Locust users | requests/s | p50 ms | p99 ms | shed (retried) | failures |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:

@@ -12,7 +12,7 @@ status code: they raise, and the servicer's one error boundary maps, logs and co
 
 1. `AuthInterceptor` (grpc.aio) verifies the token of every call except health checks and
    reflection, and runs the handler with the verified `Principal`, or with the `AuthError` of a
-   missing or bad token, in a context variable;
+   missing or bad token, in a context variable (then without grpc reading the body: `_unread`);
 2. the servicer's boundary calls `current_principal()`, which raises that `AuthError`
    (UNAUTHENTICATED), and its handlers call `authorize(principal, method, user_id)`, which raises
    `AccessDenied` (PERMISSION_DENIED) when a `user` asks for someone else's profile. Both fail

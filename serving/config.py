@@ -150,9 +150,10 @@ class ServingConfig:
         256, "most calls handled at once; more are shed with RESOURCE_EXHAUSTED and a retry-after (0: no limit)"
     )
     max_queue_delay_ms: float = _option(
-        100.0,
-        "shed calls (RESOURCE_EXHAUSTED + retry-after) while calls wait longer than this to be taken up by the "
-        "gateway, in grpc's queue before the event loop: a burst is refused at once instead of queued (0: off)",
+        0.0,
+        "shed every call (RESOURCE_EXHAUSTED + retry-after) while calls wait longer than this to be taken up by the "
+        "gateway, in grpc's queue before the event loop, e.g. 250: a burst is refused instead of queued, at a cost in "
+        "throughput when clients retry in a closed loop (RELIABILITY.md; 0: off)",
     )
     max_open_streams: int = _option(
         1000,

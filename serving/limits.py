@@ -3,7 +3,7 @@ servicer's boundary answers RESOURCE_EXHAUSTED with `retry-after-ms`):
 
 - `RateLimiter`: a token bucket per user id, for EditProfile (`--edit-rate`) and, optionally,
   Recommend (`--recommend-rate`); charged only once a request has been validated;
-- `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once, and none admitted while
+- `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once, and (when set) none admitted while
   calls wait longer than `--max-queue-delay-ms` to be taken up (`QueueDelay`); more are shed at once
   (load shedding) rather than queued, with a retry-after of the recent mean call duration (or the
   queue's delay).
@@ -18,6 +18,7 @@ client), not billing.
 
 from __future__ import annotations
 
+import random
 import sys
 import time
 from collections import OrderedDict
@@ -199,12 +200,19 @@ class ConcurrencyLimit:
     SMOOTHING = 0.05  # weight of the newest call in the moving mean
     MIN_RETRY_S = 0.005
 
-    def __init__(self, limit: int, queue: QueueDelay | None = None, max_queue_delay_s: float = 0.0):
+    def __init__(
+        self,
+        limit: int,
+        queue: QueueDelay | None = None,
+        max_queue_delay_s: float = 0.0,
+        draw: Callable[[], float] = random.random,
+    ):
         if limit < 1:
             raise ValueError(f"a concurrency limit must be at least 1, got {limit}")
         self.limit = limit
         self.queue = queue if max_queue_delay_s > 0 else None
         self.max_queue_delay_s = max_queue_delay_s
+        self.draw = draw  # uniform in [0, 1): the jitter of a retry-after
         self.active = 0
         self.mean_s = 0.01
 
@@ -217,10 +225,14 @@ class ConcurrencyLimit:
                 retry_after_s=retry_s,
             )
         if self.queue is not None and (delay := self.queue.estimate()) > self.max_queue_delay_s:
+            # every call taken up now waited about that long (the queue is first in, first out): all
+            # are shed until it drains; their retries, told to wait about the queue's delay with a
+            # jitter, do not come back in one wave
+            retry_s = delay * (0.5 + self.draw())
             raise ResourceExhausted(
                 f"calls wait {delay * 1000:.0f} ms before the gateway takes them up, over its limit of "
-                f"{self.max_queue_delay_s * 1000:.0f} ms (--max-queue-delay-ms): overloaded; retry in {delay * 1000:.0f} ms",
-                retry_after_s=delay,
+                f"{self.max_queue_delay_s * 1000:.0f} ms (--max-queue-delay-ms): overloaded; retry in {retry_s * 1000:.0f} ms",
+                retry_after_s=retry_s,
             )
         self.active += 1
 

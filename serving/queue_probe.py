@@ -3,7 +3,7 @@ private Unix socket, waits in the same grpc queue as every Recommender / ModelAd
 methods are not registered with grpc core one by one, so they share its one pending-call queue:
 `servicer.add_service`) and reports how long it waited when the interceptor takes it up
 (`limits.QueueDelay`). The boundary's admission sheds calls while that wait is over
-`--max-queue-delay-ms` (`limits.ConcurrencyLimit`).
+`--max-queue-delay-ms`, when set (`limits.ConcurrencyLimit`; off by default).
 
 Why a probe: grpc.aio takes calls from grpc core one per method per event-loop turn, so under a
 burst the calls wait in core, where neither the concurrency limit nor the process can count them;

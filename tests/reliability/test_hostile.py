@@ -14,7 +14,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loadtests import hostile
 from loadtests.gateway_process import GatewayProcess, run_gateway
 from serving.catalog import ServedModel
-from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.polling import eventually
@@ -111,21 +110,23 @@ async def test_token_less_streams_and_idle_connections_are_bounded(gateway: Gate
 BURST_CALLS = 2_000  # over grpc core's default pending-call limit (1,000), where it starts dropping calls
 
 
-@pytest.fixture(scope="module")
-def default_gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory):
-    """The gateway at its default admission settings (the test harness sets the queue delay out of reach)."""
+@pytest.fixture(scope="module", params=[[], ["--max-queue-delay-ms", "250"]], ids=["default", "queue-delay-250ms"])
+def admission_gateway(
+    request: pytest.FixtureRequest, python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory
+):
+    """The gateway at its default admission settings, then with the queue delay limit on."""
     args = ["--repository", str(python_repository), "--no-build-demo", "--redis-url", redis_server.url,
-            "--jwt-secret-file", str(tokens.path), "--max-queue-delay-ms", str(ServingConfig.max_queue_delay_ms)]  # fmt: skip
-    with run_gateway(args, tmp_path_factory.mktemp("default-gateway")) as gateway:
+            "--jwt-secret-file", str(tokens.path), *request.param]  # fmt: skip
+    with run_gateway(args, tmp_path_factory.mktemp("admission-gateway")) as gateway:
         yield gateway
 
 
-async def test_a_burst_at_default_settings_is_answered_ok_or_shed_never_cancelled(
-    default_gateway: GatewayProcess, tokens: Tokens, python_repository: Path
+async def test_a_burst_is_answered_ok_or_shed_never_cancelled(
+    admission_gateway: GatewayProcess, tokens: Tokens, python_repository: Path
 ):
     """2,000 Recommends sent at once: each is answered, or shed at admission with RESOURCE_EXHAUSTED
     and `retry-after-ms` and counted; none is dropped in grpc core (a bare CANCELLED, never counted)."""
-    gateway = default_gateway
+    gateway = admission_gateway
     history = ServedModel.load(python_repository).metadata.item_ids[:10]
     shed_before = gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED")
     report = await hostile.burst(gateway.target, service_token(tokens), history, calls=BURST_CALLS)

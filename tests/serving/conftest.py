@@ -102,7 +102,6 @@ def gateway_config(repository: Path, redis_url: str, backend: str = "onnxruntime
         log_format="text",
         auth=False,  # tokens and roles are tested in tests/reliability
         request_timeout_s=120.0,  # the server's own deadline: far beyond any call on a loaded CI machine
-        max_queue_delay_ms=60_000.0,  # no call shed because a loaded CI machine is slow to take it up
     )
     if triton_url:
         overrides["triton_url"] = triton_url

@@ -131,13 +131,17 @@ def test_queue_delay_is_the_last_probe_or_the_one_still_waiting() -> None:
 def test_admission_sheds_while_calls_wait_too_long_to_be_taken_up() -> None:
     clock = FakeClock()
     delay = QueueDelay(clock)
-    limit = ConcurrencyLimit(10, delay, max_queue_delay_s=0.1)
+    draws = [0.5]
+    limit = ConcurrencyLimit(10, delay, max_queue_delay_s=0.1, draw=lambda: draws[0])
     limit.enter()
     delay.sent()
     clock.now += 0.25
-    with pytest.raises(ResourceExhausted, match="--max-queue-delay-ms") as shed:
-        limit.enter()
-    assert shed.value.retry_after_s == pytest.approx(0.25) and limit.active == 1  # the queue's delay as the hint
+    for draw in (0.0, 0.5, 0.99):  # every call shed while the queue is over its limit
+        draws[0] = draw
+        with pytest.raises(ResourceExhausted, match="--max-queue-delay-ms") as shed:
+            limit.enter()
+        assert shed.value.retry_after_s == pytest.approx(0.25 * (0.5 + draw))  # the queue's delay, jittered
+    assert limit.active == 1
     delay.arrived()
     delay.sent()
     delay.arrived()  # the next probe passed at once
@@ -151,7 +155,7 @@ def test_admission_sheds_while_calls_wait_too_long_to_be_taken_up() -> None:
 
 def test_admission_from_the_configuration() -> None:
     queue = QueueDelay()
-    assert concurrency_limit(ServingConfig(max_concurrent_rpcs=0, max_queue_delay_ms=0).server, queue) is None
-    only_delay = concurrency_limit(ServingConfig(max_concurrent_rpcs=0).server, queue)
-    assert only_delay is not None and only_delay.limit == NO_LIMIT and only_delay.max_queue_delay_s == pytest.approx(0.1)
-    assert concurrency_limit(ServingConfig().server, None).queue is None  # no probe: the count alone
+    assert concurrency_limit(ServingConfig(max_concurrent_rpcs=0).server, queue) is None  # the queue delay: off by default
+    only_delay = concurrency_limit(ServingConfig(max_concurrent_rpcs=0, max_queue_delay_ms=250).server, queue)
+    assert only_delay is not None and only_delay.limit == NO_LIMIT and only_delay.max_queue_delay_s == pytest.approx(0.25)
+    assert concurrency_limit(ServingConfig(max_queue_delay_ms=250).server, None).queue is None  # no probe: the count alone
