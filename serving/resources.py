@@ -2,8 +2,10 @@
 
 - the private redis-server (the embedded default, no `--redis-url`): started once per `apron serve`,
   before any gateway, and restarted by a supervisor thread when it dies (reaped, same socket, same
-  AOF replayed). A thread, not the event loop: a restart and its AOF replay never stall calls, and
-  the `--workers` parent (which runs no event loop) uses the very same code;
+  AOF replayed). A thread, not the event loop: a restart and its AOF replay never stall calls (the
+  gateway meanwhile skips Redis: `serving/cache.py`'s `RedisStore`), however long the replay takes
+  (`RedisProcess` waits as long as the server makes progress), and the `--workers` parent (which
+  runs no event loop) uses the very same code;
 - the verification key and the development token (`auth.setup`: the development secret is created
   once, by the process that opens the resources; the workers only read it);
 - `forwarded_signals` for a process without an event loop (the `--workers` parent).
@@ -93,7 +95,8 @@ class Resources:
         security = auth.setup(config.security, config.host)  # first: refuses development auth beyond loopback before anything starts
         if config.redis_url:
             return cls(config, security)
-        process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
+        store = config.store
+        process = RedisProcess(data_dir=store.redis_dir or None, aof=store.redis_aof, maxmemory_mb=store.redis_maxmemory_mb).start()
         try:
             supervisor = RedisSupervisor(process).start()
         except BaseException:
