@@ -33,7 +33,7 @@ response profile: `ProfileRecord.memo`) once per version instead of once per cal
 Bounded and never blocking (`RedisStore`): every operation has a time limit (`timeout_s`); once Redis
 failed one (no answer, refused, LOADING) or the gateway's watch saw it down (`mark`), Redis is known
 down and every operation fails at once with `StoreSkipped` (no connection, no wait) until the watch
-sees it answer again or one trial operation, let through every `retry_s`, succeeds. Recommend with
+sees it answer again (a store without a watch lets one trial operation through every `retry_s`). Recommend with
 a history then answers uncached at once; what needs Redis answers UNAVAILABLE at once. A Redis at
 its maxmemory with nothing left to evict (only edits: they have no TTL; `serving/redis_process.py`)
 refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit, an uncached answer for a
@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -285,9 +286,12 @@ class RedisStore:
     client's own socket timeout applies.
 
     Known down (the module docstring): set by a failed operation or `mark(False)` (the gateway's
-    watch), cleared by `mark(True)` or a trial operation that succeeds (one per `retry_s`)."""
+    watch), cleared by `mark(True)` or a trial operation that succeeds: one per `retry_s` (None: no
+    trials, the watch alone says when Redis is back: no call ever waits for a Redis known down)."""
 
-    def __init__(self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None, retry_s: float = RETRY_S):
+    def __init__(
+        self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None, retry_s: float | None = RETRY_S
+    ):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
@@ -307,7 +311,7 @@ class RedisStore:
             self.down_since = None
         elif self.down_since is None:
             self.down_since = time.monotonic()
-            self._next_trial = self.down_since + self.retry_s
+            self._next_trial = math.inf if self.retry_s is None else self.down_since + self.retry_s
 
     async def reachable(self, timeout_s: float) -> bool:
         """Wait (at most `timeout_s`) until Redis answers a PING; whether it did (it is then not known down)."""
@@ -323,11 +327,8 @@ class RedisStore:
         if self.down_since is not None:
             now = time.monotonic()
             if now < self._next_trial:
-                raise StoreSkipped(
-                    f"Redis has not answered for {now - self.down_since:.1f} s, so it was not asked "
-                    f"(tried again every {self.retry_s:g} s)"
-                )
-            self._next_trial = now + self.retry_s  # this call is the trial: the others keep skipping
+                raise StoreSkipped(f"Redis has not answered for {now - self.down_since:.1f} s, so it was not asked")
+            self._next_trial = now + self.retry_s  # type: ignore[operator]  # this call is the trial: the others keep skipping
         try:
             if self.timeout_s is None:
                 yield

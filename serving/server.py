@@ -236,7 +236,8 @@ async def create_server(
             config.redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=None,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
-        store = RedisStore(redis, config.cache_ttl_s, timeout_s=config.redis_timeout_s)
+        # known down, Redis is skipped until the watch (`start`, a PING every 0.1 s) sees it answer: no trial calls
+        store = RedisStore(redis, config.cache_ttl_s, timeout_s=config.redis_timeout_s, retry_s=None)
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
         servicer = RecommenderServicer(config.server, config.security, models, store, metrics)

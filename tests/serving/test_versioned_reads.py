@@ -174,7 +174,7 @@ async def test_the_stores_own_timeout_fails_a_silent_redis_as_unavailable() -> N
         assert accepted  # it was the answer that never came, not the connection
         # Once an operation failed, Redis is known down: the next ones are skipped, not tried, until
         # a check (the gateway's watch) says it answers again.
-        skipping = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=3600.0)
+        skipping = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=None)
         with pytest.raises(redis.exceptions.TimeoutError):
             await skipping.get_edits("u")
         assert skipping.known_down
