@@ -33,11 +33,11 @@ response profile: `ProfileRecord.memo`) once per version instead of once per cal
 Bounded and never blocking (`RedisStore`): every operation has a time limit (`timeout_s`); once Redis
 failed one (no answer, refused, LOADING) or the gateway's watch saw it down (`mark`), Redis is known
 down and every operation fails at once with `StoreSkipped` (no connection, no wait) until the watch
-sees it answer again (a store without a watch lets one trial operation through every `retry_s`). Recommend with
-a history then answers uncached at once; what needs Redis answers UNAVAILABLE at once. A Redis at
-its maxmemory with nothing left to evict (only edits: they have no TTL; `serving/redis_process.py`)
-refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit, an uncached answer for a
-Recommend with a history.
+sees it answer again (a store without a watch lets one trial operation through every `retry_s`).
+Recommend with a history then answers uncached at once; what needs Redis answers UNAVAILABLE at
+once. A Redis at its maxmemory with nothing left to evict (only edits: they have no TTL;
+`serving/redis_process.py`) refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit,
+an uncached answer for a Recommend with a history.
 """
 
 from __future__ import annotations

@@ -213,10 +213,12 @@ class RedisProcess:
             time.sleep(0.01)
 
     def aof_bytes(self) -> int:
-        """The size of its append-only file(s) (0: none)."""
-        if self.data_dir is None:
-            return 0
-        return sum(p.stat().st_size for p in self.data_dir.glob("appendonly*") if p.is_file())
+        """The size of its append-only file(s) (0: none; a file renamed meanwhile counts 0, never an error)."""
+        total = 0
+        for path in self.data_dir.glob("appendonly*") if self.data_dir is not None else ():
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
 
     @property
     def pid(self) -> int | None:
