@@ -69,7 +69,7 @@ class RedisSupervisor:
             log.error("the private redis-server died (exit code %s): restarting it (same socket, same AOF)", code)
             try:
                 self.process.restart()
-            except RedisServerError as error:
+            except (RedisServerError, OSError) as error:  # OSError: it could not even be spawned (fork, files)
                 log.error("restarting the private redis-server failed (next try in %.1f s): %s", self.interval_s, error)
                 continue
             log.info("the private redis-server is back", extra={"fields": {"restarts": self.process.restarts}})
