@@ -10,7 +10,8 @@ call costs a few `perf_counter` reads and one histogram observation per stage it
 The stages of a call, in order (a stage the call did not go through is not observed):
 
 - `auth`: the interceptor verifying the bearer token (a cache hit or a JWT decode);
-- `dispatch`: gRPC's own work between the interceptor and the handler (reading and parsing the request);
+- `dispatch`: gRPC's own work between the interceptor and the handler (reading the request), and
+  parsing the request, which the boundary does once the call is admitted (`servicer.RawRequest`);
 - `admission`: the boundary's concurrency limit, verified-caller check and deadline;
 - `validate`: request validation, authorization, the per-user rate limit, history ids to indices;
 - `redis_read`: the cached profile and stored edits (one round trip);
