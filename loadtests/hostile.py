@@ -3,6 +3,7 @@
     python -m loadtests.hostile flood   --repository REPO [--calls 200] [--history 10000]
     python -m loadtests.hostile garbage --repository REPO [--calls 3000]
     python -m loadtests.hostile burst   --repository REPO [--calls 2000] [--serve "--max-queue-delay-ms 250"]
+    python -m loadtests.hostile watches --repository REPO [--calls 2000]
     python -m loadtests.hostile bare-burst [--refuse] [--grpc-defaults]
 
 - `flood`: `--calls` concurrent Recommends without a token, each the largest body the gateway accepts
@@ -13,6 +14,8 @@
   traceback.
 - `burst`: `--calls` Recommends sent at once at default settings; reports the statuses and the
   client's latency beside the server's own (`apron_rpc_duration_seconds`).
+- `watches`: `--calls` token-less Health.Watch streams opened at once and held: how many were
+  admitted and refused, and the gateway's peak RSS growth.
 - `bare-burst`: the same burst against a bare grpc.aio server (no gateway) that echoes, or refuses
   every call at once (`--refuse`), with grpc core's default pending-call limits (`--grpc-defaults`)
   or the gateway's: what grpc alone costs and drops.
@@ -214,6 +217,41 @@ async def burst(target: str, token: str, history_ids: Sequence[str], *, calls: i
     }
 
 
+async def watches(target: str, pid: int, *, calls: int, channels: int = 20) -> dict:
+    """`calls` token-less Health.Watch streams opened at once and held: how many the gateway
+    admitted, how many it refused, and its peak RSS over its RSS before."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+    streams = []
+    try:
+        before = rss_bytes(pid)
+        reset_peak_rss(pid)
+
+        async def watch(i: int) -> str:
+            stream = health_pb2_grpc.HealthStub(opened[i % channels]).Watch(health_pb2.HealthCheckRequest())
+            streams.append(stream)
+            try:
+                await stream.read()
+            except grpc.aio.AioRpcError as error:
+                return error.code().name
+            return "OPEN"
+
+        statuses = Counter(await asyncio.gather(*(watch(i) for i in range(calls))))
+        return {
+            "calls": calls,
+            "statuses": dict(statuses),
+            "rss_before_mb": round(before / 1e6, 1),
+            "peak_rss_growth_mb": round((peak_rss_bytes(pid) - before) / 1e6, 1),
+            "rss_growth_held_mb": round((rss_bytes(pid) - before) / 1e6, 1),  # the admitted streams still open
+        }
+    finally:
+        for stream in streams:
+            stream.cancel()
+        for channel in opened:
+            await channel.close()
+
+
 # ----------------------------------------------------------------------------- a bare grpc.aio server
 
 
@@ -263,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     from serving.catalog import ServedModel
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", choices=["flood", "garbage", "burst", "bare-burst", "bare-server"])
+    parser.add_argument("scenario", choices=["flood", "garbage", "burst", "watches", "bare-burst", "bare-server"])
     parser.add_argument("--refuse", action="store_true", help="bare-burst: the bare server refuses every call at once")
     parser.add_argument("--grpc-defaults", action="store_true", help="bare-burst: grpc core's default pending-call limits")
     parser.add_argument("--repository", type=Path, default=Path("model_repository"))
@@ -296,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:
                 report["log_lines"] = len(log)
                 report["log_bytes"] = sum(len(line) + 1 for line in log)
                 report["tracebacks"] = sum("Traceback" in line for line in log)
+            elif args.scenario == "watches":
+                report = asyncio.run(watches(gateway.target, gateway.process.pid, calls=calls))
             else:
                 report = asyncio.run(burst(gateway.target, deploy.token, history, calls=calls, channels=args.channels))
                 report["server_mean_ms"] = {}
