@@ -1,7 +1,7 @@
 """The gateway measuring its own queue: a probe call, sent to itself every `interval_s` over a
-private Unix socket, waits in the same grpc queue as every Recommender / ModelAdmin call (their
-methods are not registered with grpc core one by one, so they share its one pending-call queue:
-`servicer.add_service`) and reports how long it waited when the interceptor takes it up
+private Unix socket, waits in the same grpc queue as every Recommender / ModelAdmin call (with the
+probe on, their methods are not registered with grpc core one by one, so they share its one queue
+of unregistered calls: `servicer.add_service(one_queue=True)`) and reports how long it waited when the interceptor takes it up
 (`limits.QueueDelay`). The boundary's admission sheds calls while that wait is over
 `--max-queue-delay-ms`, when set (`limits.ConcurrencyLimit`; off by default).
 

@@ -264,9 +264,10 @@ async def create_server(
         server = grpc.aio.server(
             interceptors=[*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors], options=options
         )
-        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])
+        one_queue = probe is not None  # the probe measures the queue it waits in: every call's
+        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
-        add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"])
+        add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"], one_queue=one_queue)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready

@@ -87,10 +87,10 @@ class RawRequest:
             ) from error
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor) -> None:
+def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, *, one_queue: bool = False) -> None:
     """Register `servicer`'s methods of `service` (unary, each behind `rpc_boundary`) as the
-    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`)
-    and one queue for all of them."""
+    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`);
+    with `one_queue`, as generic handlers only (below)."""
     handlers = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -100,9 +100,11 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
             request_deserializer=functools.partial(RawRequest, GetMessageClass(method.input_type)),
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
-    # generic only, not registered with grpc core one by one: every such call then waits in core's
-    # one pending-call queue, the queue that serving/queue_probe.py measures
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    if not one_queue:  # registered with grpc core one by one: a pending-call queue per method
+        server.add_registered_method_handlers(service.full_name, handlers)
+    # else generic only: every call waits in core's one queue of unregistered calls, with the probe
+    # that measures it (serving/queue_probe.py)
 
 
 def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
