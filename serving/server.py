@@ -1,7 +1,7 @@
 """Building, starting and stopping one gateway (nothing process-wide: that is serving/runtime.py).
 
-    server, port = await create_server(config)   # binds the port (0: a free one), nothing runs yet
-    await server.start()                         # model versions loaded and warmed, gRPC serving, /metrics up
+    server, port = await create_server(config)   # binds the ports (0: a free one), nothing runs yet
+    await server.start()                         # model versions loaded and warmed, gRPC (+ HTTP) serving, /metrics up
     await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
 
 `serving.runtime.run_gateway` runs one until SIGTERM / SIGINT (SIGHUP: `server.models.reload()`).
@@ -35,6 +35,7 @@ from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.http import HttpServer, build_app
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2_grpc
@@ -118,6 +119,7 @@ class ApronServer:
     resources: Resources
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
+    http: HttpServer | None = None  # --http-port: the same calls as HTTP/JSON (serving/http.py)
     redis_watch: RedisWatch | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -154,6 +156,8 @@ class ApronServer:
         for warning in batch_settings_warnings(self.config, self.model.metadata):
             log.warning("batch settings: %s", warning)
         await self.grpc_server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         # reliability: health follows Redis (the runtime restarts a private redis-server that died)
@@ -168,6 +172,7 @@ class ApronServer:
                 "fields": {
                     "port": self.port,
                     "metrics_port": self.metrics_port,
+                    "http_port": self.http_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
@@ -188,13 +193,20 @@ class ApronServer:
         await self.health.enter_graceful_shutdown()
         if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
-        await self.grpc_server.stop(grace)
+        if self.http is not None:  # both drain at once
+            await asyncio.gather(self.grpc_server.stop(grace), self.http.stop(grace))
+        else:
+            await self.grpc_server.stop(grace)
         await self.models.close()
         await self.redis.aclose()
         if self.owns_resources:
             self.resources.close()
         self.metrics.shutdown()
         log.info("stopped", extra={"fields": {"port": self.port}})
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -203,7 +215,7 @@ class ApronServer:
         meta = self.model.metadata
         return Serving(
             self.config, self.port, self.metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids,
-            meta.n_items, self.scorer.backend, self.service_token,
+            meta.n_items, self.scorer.backend, self.service_token, http_port=self.http_port,
         )  # fmt: skip
 
 
@@ -252,9 +264,12 @@ async def create_server(
         port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
+        http = None
+        if config.http_port >= 0:
+            http = HttpServer(build_app(servicer, resources.security, config), config)
     except BaseException:
         if owns_resources:
             resources.close()
         raise
-    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources)
+    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources, http=http)
     return gateway, port

@@ -6,7 +6,8 @@ same port (SO_REUSEPORT, Linux), each a complete gateway (`serving.server`) with
 sessions and micro-batchers; they share:
 
 - the port: the parent reserves it (a bound, not listening, SO_REUSEPORT socket, so `--port 0` picks
-  one free port for all) and the workers bind it with `grpc.so_reuseport`;
+  one free port for all) and the workers bind it with `grpc.so_reuseport`; `--http-port` alike (each
+  worker serves HTTP/JSON on the shared port with SO_REUSEPORT, serving/http.py);
 - Redis: `--redis-url`, or the one private redis-server of the parent's runtime (`serving/runtime.py`
   starts it and restarts it when it dies, exactly as for one process);
 - the metrics: the workers write prometheus_client's multiprocess files into a directory the
@@ -61,6 +62,16 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def optional_reserved_port(host: str, port: int) -> Iterator[int]:
+    """`reserved_port` for a port that may be off (-1, kept as is)."""
+    if port < 0:
+        yield port
+        return
+    with reserved_port(host, port) as reserved:
+        yield reserved
+
+
 def run_workers(
     resources: Resources, model: ServedModel, worker_main: Callable[[ServingConfig, Any], None], on_serving: OnServing | None = None
 ) -> None:
@@ -91,9 +102,13 @@ def run_workers(
     metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
     metrics_server = None
     try:
-        with forwarded_signals(stop, hang_up), reserved_port(config.host, config.port) as port:
+        with (
+            forwarded_signals(stop, hang_up),
+            reserved_port(config.host, config.port) as port,
+            optional_reserved_port(config.host, config.http_port) as http_port,
+        ):
             worker_config = dataclasses.replace(
-                config, port=port, metrics_port=-1, build_demo=False,
+                config, port=port, http_port=http_port, metrics_port=-1, build_demo=False,
                 # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
                 ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
             )  # fmt: skip
@@ -118,7 +133,7 @@ def run_workers(
                 on_serving(Serving(
                     config, port, metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids, meta.n_items,
                     f"{config.backend} × {config.workers} workers", resources.security.service_token,
-                    tuple(p.pid for p in workers if p.pid is not None),
+                    tuple(p.pid for p in workers if p.pid is not None), http_port if http_port >= 0 else None,
                 ))  # fmt: skip
             while not stopping:
                 dead = [p for p in workers if not p.is_alive()]
