@@ -104,7 +104,7 @@ def try_it_lines(
 
 
 def http_lines(host: str, http_port: int | None, token: str | None, auth: bool, tls: bool) -> list[str]:
-    """With --http-port: the same call over HTTP/JSON and the OpenAPI document."""
+    """With --http-port: the same call over HTTP/JSON, the OpenAPI document and the control page."""
     if http_port is None:
         return []
     base = f"{'https' if tls else 'http'}://{host}:{http_port}"
@@ -112,6 +112,7 @@ def http_lines(host: str, http_port: int | None, token: str | None, auth: bool, 
     return [
         f"over HTTP/JSON (OpenAPI: {base}/v1/openapi.json):",
         f"  curl -s {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {base}/apron.v1.Recommender/Recommend",
+        f"control page (pick artists, drag a tag's share, watch the list change): {base}/",
     ]
 
 

@@ -35,6 +35,7 @@ from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.control_page import page_routes
 from serving.http import HttpServer, build_app
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
@@ -266,7 +267,7 @@ async def create_server(
             raise OSError(f"cannot bind {config.host}:{config.port}")
         http = None
         if config.http_port >= 0:
-            http = HttpServer(build_app(servicer, resources.security, config), config)
+            http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security)), config)
     except BaseException:
         if owns_resources:
             resources.close()

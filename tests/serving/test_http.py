@@ -128,6 +128,16 @@ async def test_same_request_same_answer(http_gateway: Gateway, main_tags: np.nda
     # proto3 JSON either way: lowerCamelCase names and a string int64 are the same request
     camel = await fetch_json(http_gateway.server.http_port, "/apron.v1.Recommender/Recommend", json.dumps({"userId": over_grpc, "k": "7"}))
     assert [item["item_id"] for item in camel.body["items"]] == [item.item_id for item in grpc_answer.items]
+    # SearchItems: names that start with the query first (case-folded), then the others
+    search = pb.SearchItemsRequest(query="track 1", limit=4)
+    _, _, found = await call_grpc(http_gateway, "SearchItems", search)
+    assert [item.name for item in found.items] == ["Track 1", "Track 10", "Track 11", "Track 12"]
+    searched = await call_http(http_gateway, "SearchItems", search)
+    assert json_format.Parse(json.dumps(searched.body), pb.SearchItemsResponse()) == found
+    inner = await call_http(http_gateway, "SearchItems", pb.SearchItemsRequest(query="K 4"))
+    assert [item["name"] for item in inner.body["items"]][:3] == ["Track 4", "Track 40", "Track 41"]
+    contains = await call_http(http_gateway, "SearchItems", pb.SearchItemsRequest(query="7", limit=3))
+    assert [item["name"] for item in contains.body["items"]] == ["Track 7", "Track 17", "Track 27"]
     # counted and timed like gRPC calls (one boundary)
     assert http_gateway.metric("apron_rpc_duration_seconds_count", method="EditProfile", code="OK") == 1
 
@@ -143,6 +153,9 @@ async def test_every_client_mistake_maps_with_the_same_message(http_gateway: Gat
         ("EditProfile", pb.EditProfileRequest(user_id=user_id), Code.INVALID_ARGUMENT),
         ("EditProfile", pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="tag0", weight=1.5)]), Code.INVALID_ARGUMENT),
         ("GetProfile", pb.GetProfileRequest(user_id="nobody-" + user_id), Code.NOT_FOUND),
+        ("SearchItems", pb.SearchItemsRequest(query="  "), Code.INVALID_ARGUMENT),
+        ("SearchItems", pb.SearchItemsRequest(query="x" * 257), Code.INVALID_ARGUMENT),
+        ("SearchItems", pb.SearchItemsRequest(query="track", limit=101), Code.INVALID_ARGUMENT),
     ]
     for method, request, expected in cases:
         assert await assert_same_error(http_gateway, method, request) == expected
