@@ -9,6 +9,7 @@ import dataclasses
 import http.client
 import json
 import re
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Iterable
@@ -25,7 +26,9 @@ from serving import auth
 from serving.config import ServingConfig
 from serving.http import HTTP_STATUS, OPENAPI_PATH, SERVICE, TIMEOUT_HEADER, to_json
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.server import create_server
 from tests.reliability.conftest import Tokens, tokens  # noqa: F401  (pytest finds fixtures by name)
+from tests.serving.certs import make_pki
 from tests.serving.conftest import Gateway, gateway_config, liked_history, running_gateway
 
 Code = grpc.StatusCode
@@ -263,3 +266,26 @@ async def test_openapi_describes_the_answers(http_gateway: Gateway, main_tags: n
     conforms(recommended.body, operation["responses"]["200"]["content"]["application/json"]["schema"])
     refused = await call_http(http_gateway, "Recommend", pb.RecommendRequest(user_id="", k=5))
     conforms(refused.body, operation["responses"]["400"]["content"]["application/json"]["schema"])
+
+
+def https_status(port: int, context: ssl.SSLContext) -> int:
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/apron.v1.Recommender/ListPrototypes", data=b"{}")
+    with urllib.request.urlopen(request, timeout=60, context=context) as response:
+        return response.status
+
+
+async def test_the_http_port_speaks_the_grpc_ports_tls(ort_config: ServingConfig, tmp_path) -> None:
+    pki = make_pki(tmp_path)
+    config = dataclasses.replace(
+        ort_config, http_port=0, tls_cert=str(pki.server.cert), tls_key=str(pki.server.key), tls_client_ca=str(pki.ca.cert)
+    )
+    server, _ = await create_server(config)
+    await server.start()
+    try:
+        trusting = ssl.create_default_context(cafile=str(pki.ca.cert))
+        with pytest.raises(urllib.error.URLError):  # mutual TLS: no client certificate, no answer
+            await asyncio.to_thread(https_status, server.http_port, trusting)
+        trusting.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+        assert await asyncio.to_thread(https_status, server.http_port, trusting) == 200
+    finally:
+        await server.stop(1.0)
