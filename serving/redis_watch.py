@@ -1,7 +1,8 @@
-"""The gateway's watch on Redis: health follows it.
+"""The gateway's watches on its dependencies: Redis here, the inference backend through the same `Watch`.
 
-Every `interval_s` the watch PINGs Redis (private or configured) and reports a change: the server
-sets gRPC health to NOT_SERVING while Redis does not answer, SERVING again once it does. A private
+Every `interval_s` a watch asks its probe (Redis: a PING) and reports a change to the gateway's
+health (`serving/health.py`): the `apron.redis` health service and `apron_backend_up{backend="redis"}`
+say whether Redis answers. Readiness does not follow Redis (serving/health.py says why). A private
 redis-server that died is restarted by the process's runtime (`serving/runtime.py`), not here.
 
 Recommend keeps answering while Redis is down (profiles computed uncached); EditProfile and GetProfile
@@ -43,22 +44,26 @@ async def reachable(redis: Redis | RedisCluster, timeout_s: float, poll_s: float
     return True
 
 
-class RedisWatch:
+class Watch:
+    """Polls `probe` every `interval_s` and reports each change to `on_change`."""
+
     def __init__(
         self,
-        redis: Redis | RedisCluster,
+        probe: Callable[[], Awaitable[bool]],
         on_change: Callable[[bool], Awaitable[None]],
-        interval_s: float = WATCH_INTERVAL_S,
+        interval_s: float,
+        down_message: str,
     ):
-        self.redis = redis
-        self.on_change = on_change  # called with True (Redis answers) / False (it does not)
+        self.probe = probe
+        self.on_change = on_change  # called with True (it answers) / False (it does not)
         self.interval_s = interval_s
+        self.down_message = down_message  # logged when it stops answering
         self.up: bool | None = None  # unknown until the first check
         self._closing = asyncio.Event()
 
     async def check(self) -> bool:
-        """One round: PING, report a change. Whether Redis answers."""
-        up = await ping(self.redis)
+        """One round: probe, report a change. Whether it answers."""
+        up = await self.probe()
         await self._report(up)
         return up
 
@@ -68,7 +73,7 @@ class RedisWatch:
         if up != self.up:
             self.up = up
             if not up:
-                log.warning("Redis does not answer: health NOT_SERVING until it does")
+                log.warning(self.down_message)
             await self.on_change(up)
 
     async def run(self) -> None:
@@ -85,3 +90,15 @@ class RedisWatch:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             task.cancel()
+
+
+class RedisWatch(Watch):
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        on_change: Callable[[bool], Awaitable[None]],
+        interval_s: float = WATCH_INTERVAL_S,
+    ):
+        message = "Redis does not answer: Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE, until it does"
+        super().__init__(lambda: ping(redis), on_change, interval_s, message)
+        self.redis = redis

@@ -2,7 +2,9 @@
 
     server, port = await create_server(config)   # binds the port (0: a free one), nothing runs yet
     await server.start()                         # model versions loaded and warmed, gRPC serving, /metrics up
-    await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
+    await server.stop(grace)                     # readiness NOT_SERVING, drain in-flight calls, release all
+
+Health (liveness, readiness, dependencies) is serving/health.py's; this module feeds it the facts.
 
 `serving.runtime.run_gateway` runs one until SIGTERM / SIGINT (SIGHUP: `server.models.reload()`).
 """
@@ -35,17 +37,18 @@ from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.health import RECOMMENDER, GatewayHealth
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2_grpc
-from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
-from serving.redis_watch import RedisWatch
+from serving.redis_watch import RedisWatch, Watch
 from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer
 
 log = logging.getLogger("apron.gateway")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
+SERVICE_NAME = RECOMMENDER  # "apron.v1.Recommender"
+BACKEND_WATCH_INTERVAL_S = 1.0  # the inference backend's readiness (Triton: is_model_ready) is asked this often
 
 
 def load_model(config: ServingConfig) -> ServedModel:
@@ -115,10 +118,12 @@ class ApronServer:
     redis: Redis | RedisCluster
     metrics: Metrics
     health: health.aio.HealthServicer
+    status: GatewayHealth  # what `health` (and /healthz/*, apron_backend_up) says, and why
     resources: Resources
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
     redis_watch: RedisWatch | None = None
+    _watches: list[tuple[Watch, asyncio.Task]] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -134,11 +139,6 @@ class ApronServer:
     def service_token(self) -> str | None:  # reliability: minted for the development key only
         return self.resources.security.service_token
 
-    async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
-
     async def start(self) -> None:
         try:  # reliability: start without Redis; Recommend answers uncached until it is back
             await self.redis.ping()
@@ -148,18 +148,25 @@ class ApronServer:
                     log.info("stored edits moved to hash-tagged keys", extra={"fields": {"users": moved}})
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as error:
             log.warning("Redis unreachable at start (%s): profiles are computed uncached, EditProfile "
-                        "answers UNAVAILABLE and health NOT_SERVING until it is back", error)
+                        "answers UNAVAILABLE and health service apron.redis NOT_SERVING until it is back", error)
         versions = await asyncio.to_thread(available_versions, self.config.repository)
         await self.models.apply(initial_routing(self.config, versions))  # loaded and warmed before serving
         for warning in batch_settings_warnings(self.config, self.model.metadata):
             log.warning("batch settings: %s", warning)
         await self.grpc_server.start()
         if self.config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
-        # reliability: health follows Redis (the runtime restarts a private redis-server that died)
-        self.redis_watch = RedisWatch(self.redis, self._set_health)
-        await self.redis_watch.check()
-        self._tasks.append(asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch"))
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host, self.status.http_probes())
+        # reliability: the dependencies' health is watched (the runtime restarts a private redis-server that died);
+        # readiness follows the inference backend, not Redis (serving/health.py)
+        self.redis_watch = RedisWatch(self.redis, self.status.redis_changed)
+        backend_watch = Watch(
+            self.models.healthy, self.status.inference_changed, BACKEND_WATCH_INTERVAL_S,
+            "the inference backend does not answer: readiness NOT_SERVING until it does",
+        )  # fmt: skip
+        for name, watch in (("apron-redis-watch", self.redis_watch), ("apron-backend-watch", backend_watch)):
+            await watch.check()
+            self._watches.append((watch, asyncio.create_task(watch.run(), name=name)))
+        await self.status.update(started=True)  # live; ready unless the backend does not answer
         if self.config.watch_repository:
             self._tasks.append(asyncio.create_task(self.models.watch(self.config.watch_interval_s), name="apron-repository-watch"))
         log.info(
@@ -180,13 +187,15 @@ class ApronServer:
         calls finish for `grace` seconds (new ones are refused), then close the backend, Redis and
         the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
-        if self.redis_watch is not None and self._tasks:  # first: nothing may set SERVING again
-            await self.redis_watch.close(self._tasks[0])
-        for task in self._tasks[1:]:
+        for watch, task in self._watches:  # first: nothing may set SERVING again
+            await watch.close(task)
+        self._watches.clear()
+        for task in self._tasks:
             task.cancel()
         self._tasks.clear()
-        await self.health.enter_graceful_shutdown()
-        if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
+        # readiness NOT_SERVING, liveness still SERVING: the process answers while it drains
+        await self.status.update(stopping=True)
+        if drain_delay_s:  # still serving, not ready: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
         await self.grpc_server.stop(grace)
         await self.models.close()
@@ -243,8 +252,8 @@ async def create_server(
         admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = GatewayHealth(health_servicer, metrics)
+        await status.publish()  # every service NOT_SERVING until start() has the versions warmed
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
@@ -256,5 +265,5 @@ async def create_server(
         if owns_resources:
             resources.close()
         raise
-    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources)
+    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, status, resources, owns_resources)
     return gateway, port
