@@ -37,6 +37,7 @@ from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.drain import Drain
 from serving.health import RECOMMENDER, GatewayHealth
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
@@ -123,6 +124,7 @@ class ApronServer:
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
     redis_watch: RedisWatch | None = None
+    drain: Drain = field(default_factory=Drain)  # its interceptor is on grpc_server: calls cut at the grace's end say so
     _watches: list[tuple[Watch, asyncio.Task]] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
@@ -197,7 +199,9 @@ class ApronServer:
         await self.status.update(stopping=True)
         if drain_delay_s:  # still serving, not ready: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
-        await self.grpc_server.stop(grace)
+        stopping = asyncio.create_task(self.grpc_server.stop(grace))  # new calls refused from here
+        await self.drain.finish(grace)  # in-flight calls finish; those left at the end: CANCELLED + apron-draining
+        await stopping
         await self.models.close()
         await self.redis.aclose()
         if self.owns_resources:
@@ -246,7 +250,10 @@ async def create_server(
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
             ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
         ]
-        server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
+        drain = Drain()  # innermost: it sees the servicer's own handlers
+        server = grpc.aio.server(
+            interceptors=[*resources.security.interceptors, *interceptors, drain.interceptor()], options=options
+        )
         pb_grpc.add_RecommenderServicer_to_server(servicer, server)
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
@@ -265,5 +272,7 @@ async def create_server(
         if owns_resources:
             resources.close()
         raise
-    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, status, resources, owns_resources)
+    gateway = ApronServer(
+        config, server, port, models, redis, metrics, health_servicer, status, resources, owns_resources, drain=drain
+    )
     return gateway, port
