@@ -49,15 +49,19 @@ class Watch:
 
     def __init__(
         self,
+        name: str,
         probe: Callable[[], Awaitable[bool]],
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float,
-        down_message: str,
+        while_down: str,
+        logger: logging.Logger,
     ):
+        self.name = name
         self.probe = probe
         self.on_change = on_change  # called with True (it answers) / False (it does not)
         self.interval_s = interval_s
-        self.down_message = down_message  # logged when it stops answering
+        self.while_down = while_down  # what that means, for the log line
+        self.log = logger
         self.up: bool | None = None  # unknown until the first check
         self._closing = asyncio.Event()
 
@@ -71,9 +75,11 @@ class Watch:
         if self._closing.is_set():  # the gateway is stopping: health is its to set now
             return
         if up != self.up:
-            self.up = up
+            was, self.up = self.up, up
             if not up:
-                log.warning(self.down_message)
+                self.log.warning("%s does not answer: %s", self.name, self.while_down)
+            elif was is False:
+                self.log.info("%s answers again", self.name)
             await self.on_change(up)
 
     async def run(self) -> None:
@@ -99,6 +105,6 @@ class RedisWatch(Watch):
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float = WATCH_INTERVAL_S,
     ):
-        message = "Redis does not answer: Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE, until it does"
-        super().__init__(lambda: ping(redis), on_change, interval_s, message)
+        while_down = "Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE, until it does"
+        super().__init__("Redis", lambda: ping(redis), on_change, interval_s, while_down, log)
         self.redis = redis

@@ -162,8 +162,8 @@ class ApronServer:
         # readiness follows the inference backend, not Redis (serving/health.py)
         self.redis_watch = RedisWatch(self.redis, self.status.redis_changed)
         backend_watch = Watch(
-            self.models.healthy, self.status.inference_changed, BACKEND_WATCH_INTERVAL_S,
-            "the inference backend does not answer: readiness NOT_SERVING until it does",
+            f"the inference backend ({self.config.backend})", self.models.healthy, self.status.inference_changed,
+            BACKEND_WATCH_INTERVAL_S, "readiness NOT_SERVING until it does", log,
         )  # fmt: skip
         for name, watch in (("apron-redis-watch", self.redis_watch), ("apron-backend-watch", backend_watch)):
             await watch.check()
