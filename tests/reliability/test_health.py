@@ -4,7 +4,8 @@
   `apron.v1.Recommender`, `/healthz/ready`), `/metrics` beside them and 404 for any other path;
 - external Redis down: the gateway stays live AND ready (Recommend with a history still answers),
   says so through `apron.redis` and `apron_backend_up{backend="redis"}`, and the shipped
-  `ApronClient` gets its Recommend answered (EditProfile: UNAVAILABLE after its bounded retries);
+  `ApronClient` and `apron client` get their Recommend answered (EditProfile: UNAVAILABLE after
+  its bounded retries);
 - a version whose apron_metadata does not match its graphs (profile and scorer swapped, the item
   list shortened, k_max 1e9) is refused at start with a message naming the mismatch, and refused
   at a hot rollout while the old version keeps serving.
@@ -14,7 +15,9 @@ Every wait is on a condition (a health status, a process's exit), never on the c
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,7 +27,14 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.gateway_process import GatewayProcess, GatewayProcessError, run_gateway, start_gateway
+from loadtests.gateway_process import (
+    APRON,
+    CODE_ROOT,
+    GatewayProcess,
+    GatewayProcessError,
+    run_gateway,
+    start_gateway,
+)
 from serving import auth, health
 from serving.client import RETRY_ATTEMPTS, ApronClient
 from serving.redis_process import RedisProcess
@@ -41,6 +51,11 @@ TIMEOUT_S = 60.0  # client deadlines far beyond any call on a loaded machine
 def gateway_args(repository: Path, tokens: Tokens, redis_url: str, *extra: str) -> list[str]:
     return ["--repository", str(repository), "--no-build-demo", "--jwt-secret-file", str(tokens.path),
             "--redis-url", redis_url, "--edit-rate", "0", *extra]  # fmt: skip
+
+
+def code_env() -> dict[str, str]:
+    """This checkout's code for a subprocess (`apron client`), as the gateway gets it."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def status(gateway: GatewayProcess, service: str) -> int:
@@ -96,6 +111,10 @@ def test_redis_down_the_gateway_stays_live_and_ready_and_the_client_is_answered(
             answer = client.recommend("alice", history=history, k=5)
             assert len(answer.items) == 5 and not answer.profile_from_cache
             assert client.retries == 0  # answered at once: no health-checking detour, no retry
+            command = [*APRON, "client", "--target", gateway.target, "--token", token, "recommend", "--user", "alice",
+                       *(f"--history={item}" for item in history), "--k", "5"]  # fmt: skip
+            cli = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S, env=code_env())
+            assert cli.returncode == 0 and "model version 1, profile computed" in cli.stdout, cli.stderr
 
             with pytest.raises(grpc.RpcError) as refused:
                 client.edit("alice", scale={"tag1": 0.25})
