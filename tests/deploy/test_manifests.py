@@ -404,7 +404,7 @@ def test_alert_and_dashboard_metrics_exist_in_the_gateway(alert_rules: dict, das
     referenced = {name for expr in expressions for name in RECORDED_NAME.findall(expr)}
     assert referenced <= recorded, f"recording rules used but not defined: {referenced - recorded}"
     alerts = {rule["alert"] for rule in rules if "alert" in rule}
-    assert {"ApronHighP99Latency", "ApronHighErrorRatio", "ApronLowCacheHitRatio", "TritonHighQueueTime"} <= alerts
+    assert {"ApronHighP99Latency", "ApronHighErrorRatio", "ApronLowCacheHitRatio", "TritonHighQueueTime", "ApronBackendDown"} <= alerts
 
 
 def test_error_ratio_counts_only_real_grpc_status_codes(alert_rules: dict) -> None:
