@@ -7,9 +7,9 @@ split, a *candidate* that answers a stated share of users, chosen by a hash of t
 user stays on one side as long as the split does).
 
 Rollout without a failed call (`ModelSet.apply`): the versions the new routing needs are loaded
-*beside* the serving ones — metadata read and checked against its graphs (`check_version`: item
-count, prototype count, k_max, which graph is which), scorer started, one warm-up inference through
-both graphs — and only then does one assignment swap the routing (atomic on the event loop). The
+*beside* the serving ones — metadata read and checked against its graphs (`metadata_mismatches`,
+`graph_mismatches`, `warm_up`: item count, prototype count, k_max, which graph is which), scorer
+started, one warm-up inference through both graphs — and only then does one assignment swap the routing (atomic on the event loop). The
 gateway's start is the same path: a version whose metadata does not match its graphs is refused
 with a message naming the mismatch, at start and at a hot rollout alike (the old version serves on). A call takes
 its `LoadedModel` once, at its start (`use`), and keeps it to its end, so in-flight calls finish on
@@ -363,18 +363,22 @@ def graph_mismatches(meta: ExportMetadata, graphs: dict[str, GraphSignature]) ->
     a backend without graphs, nothing to compare). Names first (a graph in the other's place is
     named as such), then every dimension both sides fix: prototype count, heads, k_max."""
     expected = contract.model_io(meta.n_heads, meta.n_prototypes, meta.feature_dim, meta.k_max)
+    batch_inputs = {spec.name for specs in contract.BATCH_INPUTS.values() for spec in specs}  # computed by Triton
+
+    def names(specs: tuple) -> set[str]:
+        return {spec.name for spec in specs}
+
     found = []
     for model, graph in graphs.items():
         inputs, outputs = expected[model]
-        batch_inputs = {b.name for b in contract.BATCH_INPUTS.get(model, ())}
-        if {t.name for t in inputs} - graph.inputs.keys() or {t.name for t in outputs} - graph.outputs.keys():
-            other = next((name for name, (i, o) in expected.items() if name != model and
-                          {t.name for t in i} | batch_inputs >= graph.inputs.keys() - batch_inputs and
-                          {t.name for t in o} <= graph.outputs.keys()), None)  # fmt: skip
+        if names(inputs) - graph.inputs.keys() or names(outputs) - graph.outputs.keys():
+            other = next((name for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL) if name != model and
+                          graph.inputs.keys() - batch_inputs <= names(expected[name][0]) and
+                          names(expected[name][1]) <= graph.outputs.keys()), None)  # fmt: skip
             what = f": it is the {other} graph (profile and scorer swapped?)" if other else ""
             found.append(
                 f"{model}'s graph takes {sorted(graph.inputs)} and gives {sorted(graph.outputs)}, expected "
-                f"{sorted(t.name for t in inputs)} -> {sorted(t.name for t in outputs)}{what}"
+                f"{sorted(names(inputs))} -> {sorted(names(outputs))}{what}"
             )
             continue
         for direction, specs, declared in (("input", inputs, graph.inputs), ("output", outputs, graph.outputs)):
