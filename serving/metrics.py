@@ -13,6 +13,7 @@ The per-call series are reached through label children resolved once (`for_metho
 from __future__ import annotations
 
 import gc
+import gzip
 import socket
 import threading
 import time
@@ -21,14 +22,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from serving.stages import StageClock, StageRecorder
 
@@ -240,16 +235,24 @@ Probe = Callable[[], bool]  # True: 200, False: 503
 HEALTH_PREFIX = "/healthz/"
 
 
-def http_answer(path: str, registry: CollectorRegistry, probes: Mapping[str, Probe]) -> tuple[int, str, bytes]:
-    """(status, content type, body) for a GET of `path`: `/metrics`, `/healthz/<probe>`, else 404."""
+def http_answer(
+    path: str, registry: CollectorRegistry, probes: Mapping[str, Probe], accept: str = "", accept_encoding: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) for a GET of `path`: `/metrics` (in the format and encoding the
+    client accepts, as prometheus_client's own server chooses them: OpenMetrics, gzip),
+    `/healthz/<probe>` (200 / 503), else 404."""
     route = path.split("?", 1)[0]
+    text = {"Content-Type": "text/plain; charset=utf-8"}
     if route == "/metrics":
-        return 200, CONTENT_TYPE_LATEST, generate_latest(registry)
+        encoder, content_type = choose_encoder(accept)
+        body, headers = encoder(registry), {"Content-Type": content_type}
+        if gzip_accepted(accept_encoding):
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        return 200, headers, body
     probe = probes.get(route.removeprefix(HEALTH_PREFIX)) if route.startswith(HEALTH_PREFIX) else None
     if probe is None:
-        return 404, "text/plain; charset=utf-8", b"not found\n"
-    ok = probe()
-    return (200, "text/plain; charset=utf-8", b"ok\n") if ok else (503, "text/plain; charset=utf-8", b"not ok\n")
+        return 404, text, b"not found\n"
+    return (200, text, b"ok\n") if probe() else (503, text, b"not ok\n")
 
 
 def serve_http(port: int, host: str, registry: CollectorRegistry, probes: Mapping[str, Probe]) -> ThreadingHTTPServer:
@@ -259,9 +262,12 @@ def serve_http(port: int, host: str, registry: CollectorRegistry, probes: Mappin
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-            status, content_type, body = http_answer(self.path, registry, probes)
+            status, headers, body = http_answer(
+                self.path, registry, probes, self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
+            )
             self.send_response(status)
-            self.send_header("Content-Type", content_type)
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)

@@ -4,6 +4,7 @@ facts make each service name SERVING, and that `/healthz/live` asks the event lo
 from __future__ import annotations
 
 import asyncio
+import gzip
 import threading
 import urllib.error
 import urllib.request
@@ -35,6 +36,10 @@ def test_http_answers_metrics_probes_and_404() -> None:
     registry = CollectorRegistry()
     probes = {"live": lambda: True, "ready": lambda: False}
     assert http_answer("/metrics", registry, probes)[0] == 200
+    # the format and encoding Prometheus asks for, as prometheus_client's own server answered them
+    _, headers, body = http_answer("/metrics", registry, probes, "application/openmetrics-text; version=1.0.0", "gzip")
+    assert headers["Content-Type"].startswith("application/openmetrics-text") and headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(body).endswith(b"# EOF\n")
     assert http_answer("/healthz/live", registry, probes)[0] == 200
     assert http_answer("/healthz/ready?verbose=1", registry, probes)[0] == 503
     for path in ("/", "/healthz", "/healthz/", "/healthz/other", "/metrics/x", "/favicon.ico"):
