@@ -5,6 +5,9 @@ health (`serving/health.py`): the `apron.redis` health service and `apron_backen
 say whether Redis answers. Readiness does not follow Redis (serving/health.py says why). A private
 redis-server that died is restarted by the process's runtime (`serving/runtime.py`), not here.
 
+Each check's result also goes to `on_check` (the gateway's `RedisStore.mark`): while Redis is known
+down the store skips it at once instead of waiting for each call's timeout.
+
 Recommend keeps answering while Redis is down (profiles computed uncached); EditProfile and GetProfile
 need Redis, and retry once after `reachable()` saw it answer again (the servicer).
 """
@@ -55,10 +58,12 @@ class Watch:
         interval_s: float,
         while_down: str,
         logger: logging.Logger,
+        on_check: Callable[[bool], None] | None = None,
     ):
         self.name = name
         self.probe = probe
         self.on_change = on_change  # called with True (it answers) / False (it does not)
+        self.on_check = on_check  # called with every check's result (changed or not)
         self.interval_s = interval_s
         self.while_down = while_down  # what that means, for the log line
         self.log = logger
@@ -68,6 +73,8 @@ class Watch:
     async def check(self) -> bool:
         """One round: probe, report a change. Whether it answers."""
         up = await self.probe()
+        if self.on_check is not None:
+            self.on_check(up)
         await self._report(up)
         return up
 
@@ -104,7 +111,8 @@ class RedisWatch(Watch):
         redis: Redis | RedisCluster,
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float = WATCH_INTERVAL_S,
+        on_check: Callable[[bool], None] | None = None,
     ):
-        while_down = "Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE, until it does"
-        super().__init__("Redis", lambda: ping(redis), on_change, interval_s, while_down, log)
+        while_down = "Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE (skipped at once), until it does"
+        super().__init__("Redis", lambda: ping(redis), on_change, interval_s, while_down, log, on_check)
         self.redis = redis
