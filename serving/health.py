@@ -114,8 +114,13 @@ class GatewayHealth:
             return bool(getattr(self.state, name))
 
         try:
-            return asyncio.run_coroutine_threadsafe(read(), loop).result(HTTP_PROBE_TIMEOUT_S)
-        except (concurrent.futures.TimeoutError, RuntimeError):
+            answer = asyncio.run_coroutine_threadsafe(read(), loop)
+        except RuntimeError:  # the loop closed meanwhile
+            return False
+        try:
+            return answer.result(HTTP_PROBE_TIMEOUT_S)
+        except concurrent.futures.TimeoutError:
+            answer.cancel()  # probes of a stuck loop do not pile up in it
             return False
 
     def http_probes(self) -> dict[str, Callable[[], bool]]:
