@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
+import contextlib
 import statistics
 import time
 from typing import Any
@@ -21,14 +21,10 @@ from typing import Any
 import grpc
 import psutil
 
-from common.net import free_port
+from benchmarks.request_path import _identity, echo_server
 
-METHOD = "/apron.bench.Echo/Call"
+SERVICE = "apron.bench.Echo"  # under the drain's TRACKED_PREFIX "/apron."
 PAYLOAD = b"x" * 200
-
-
-def _identity(data: bytes) -> bytes:
-    return data
 
 
 class PassThrough(grpc.aio.ServerInterceptor):
@@ -36,35 +32,25 @@ class PassThrough(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
-SERVERS = {  # name -> (pass-through interceptor first, drain)
-    "bare": (False, False),
-    "drain": (False, True),
-    "auth-like": (True, False),
-    "auth-like + drain": (True, True),
-}
+def bare() -> list[grpc.aio.ServerInterceptor]:
+    return []
 
 
-async def _serve(port: int, name: str, ready: Any) -> None:
+def drain() -> list[grpc.aio.ServerInterceptor]:
     from serving.drain import Drain
 
-    pass_through, drain = SERVERS[name]
-    interceptors = [PassThrough()] if pass_through else []
-    interceptors += [Drain().interceptor()] if drain else []
-    server = grpc.aio.server(interceptors=interceptors or None)
-
-    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        return request
-
-    handler = grpc.unary_unary_rpc_method_handler(echo, request_deserializer=_identity, response_serializer=_identity)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("apron.bench.Echo", {"Call": handler}),))
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    ready.set()
-    await server.wait_for_termination()
+    return [Drain().interceptor()]
 
 
-def _server_main(port: int, name: str, ready: Any) -> None:
-    asyncio.run(_serve(port, name, ready))
+def auth_like() -> list[grpc.aio.ServerInterceptor]:
+    return [PassThrough()]
+
+
+def auth_like_and_drain() -> list[grpc.aio.ServerInterceptor]:
+    return [*auth_like(), *drain()]
+
+
+SERVERS = {"bare": bare, "drain": drain, "auth-like": auth_like, "auth-like + drain": auth_like_and_drain}
 
 
 async def _block(call: Any, calls: int) -> float:
@@ -76,37 +62,27 @@ async def _block(call: Any, calls: int) -> float:
 
 
 async def measure(calls: int, rounds: int) -> dict[str, dict[str, float]]:
-    context = multiprocessing.get_context("spawn")
-    servers = {}
-    for name in SERVERS:
-        port, ready = free_port(), context.Event()
-        process = context.Process(target=_server_main, args=(port, name, ready), daemon=True)
-        process.start()
-        if not ready.wait(60):
-            raise RuntimeError(f"the {name} echo server did not start")
-        servers[name] = (port, process)
-    results: dict[str, dict[str, list[float]]] = {name: {"cpu_us": [], "latency_us": []} for name in servers}
-    channels = {name: grpc.aio.insecure_channel(f"127.0.0.1:{port}") for name, (port, _) in servers.items()}
-    try:
-        stubs = {
-            name: channel.unary_unary(METHOD, request_serializer=_identity, response_deserializer=_identity)
-            for name, channel in channels.items()
-        }
-        for name in servers:  # warm the connections and the interceptor's handler cache
-            await _block(stubs[name], 200)
-        for _ in range(rounds):
-            for name, (_, process) in servers.items():
-                cpu = psutil.Process(process.pid)
-                before = sum(cpu.cpu_times()[:2])
-                seconds = await _block(stubs[name], calls)
-                results[name]["cpu_us"].append((sum(cpu.cpu_times()[:2]) - before) / calls * 1e6)
-                results[name]["latency_us"].append(seconds / calls * 1e6)
-    finally:
-        for channel in channels.values():
-            await channel.close()
-        for _, process in servers.values():
-            process.terminate()
-            process.join(10)
+    results: dict[str, dict[str, list[float]]] = {name: {"cpu_us": [], "latency_us": []} for name in SERVERS}
+    with contextlib.ExitStack() as stack:
+        servers = {name: stack.enter_context(echo_server(SERVICE, interceptors)) for name, interceptors in SERVERS.items()}
+        channels = {name: grpc.aio.insecure_channel(address) for name, (address, _) in servers.items()}
+        try:
+            stubs = {
+                name: channel.unary_unary(f"/{SERVICE}/Call", request_serializer=_identity, response_deserializer=_identity)
+                for name, channel in channels.items()
+            }
+            for name in servers:  # warm the connections and the interceptor's handler cache
+                await _block(stubs[name], 200)
+            for _ in range(rounds):
+                for name, (_, pid) in servers.items():
+                    cpu = psutil.Process(pid)
+                    before = sum(cpu.cpu_times()[:2])
+                    seconds = await _block(stubs[name], calls)
+                    results[name]["cpu_us"].append((sum(cpu.cpu_times()[:2]) - before) / calls * 1e6)
+                    results[name]["latency_us"].append(seconds / calls * 1e6)
+        finally:
+            for channel in channels.values():
+                await channel.close()
     return {name: {key: statistics.median(values) for key, values in found.items()} for name, found in results.items()}
 
 
