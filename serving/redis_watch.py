@@ -71,8 +71,13 @@ class Watch:
         self._closing = asyncio.Event()
 
     async def check(self) -> bool:
-        """One round: probe, report a change. Whether it answers."""
-        up = await self.probe()
+        """One round: probe, report a change. Whether it answers (a probe that raises: it does not,
+        and the watch goes on: a watch that died would leave health as it last was)."""
+        try:
+            up = await self.probe()
+        except Exception:
+            self.log.exception("%s: its health probe failed", self.name)
+            up = False
         if self.on_check is not None:
             self.on_check(up)
         await self._report(up)

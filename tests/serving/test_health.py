@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import logging
 import threading
 import urllib.error
 import urllib.request
@@ -14,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from serving import health
 from serving.health import NOT_SERVING, SERVING, HealthState, statuses
 from serving.metrics import http_answer
+from serving.redis_watch import Watch
 from tests.serving.conftest import Gateway
 
 
@@ -70,3 +72,21 @@ async def test_liveness_is_the_event_loop_answering(ort_gateway: Gateway) -> Non
     assert await probing == 503  # a loop that does not run is not live
     assert await asyncio.to_thread(http_status, port, "/healthz/live") == 200
     assert await asyncio.to_thread(http_status, port, "/healthz/ready") == 200
+
+
+async def test_a_probe_that_raises_reports_down_and_the_watch_goes_on() -> None:
+    reported: list[bool] = []
+    answers = iter([True, RuntimeError("backend client broke"), True])
+
+    async def probe() -> bool:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    async def on_change(up: bool) -> None:
+        reported.append(up)
+
+    watch = Watch("a backend", probe, on_change, 1.0, "not ready", logging.getLogger("test"))
+    assert [await watch.check() for _ in range(3)] == [True, False, True]
+    assert reported == [True, False, True]
