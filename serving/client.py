@@ -96,7 +96,7 @@ def retry_delay(code: grpc.StatusCode, trailers: Mapping[str, str], attempt: int
         retry_after_ms = float(trailers.get(RETRY_AFTER_KEY, ""))
     except ValueError:
         retry_after_ms = -1.0
-    if retry_after_ms >= 0:  # NaN is not
+    if retry_after_ms >= 0:  # (NaN compares False)
         return retry_after_ms / 1000.0
     return jitter * min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * BACKOFF_MULTIPLIER ** (attempt - 1))
 
