@@ -78,8 +78,9 @@ def run_workers(
     """`apron serve --workers N` (N > 1): spawns the workers on `resources` (the private Redis and
     the key belong to the runtime, which also restarts Redis) and runs until SIGTERM / SIGINT or a
     worker's death; SIGHUP is forwarded (each worker rolls out the newest model version)."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, multiprocess
 
+    from serving.metrics import serve_http, stop_http
     from serving.resources import Serving, forwarded_signals
 
     config = resources.config
@@ -126,7 +127,10 @@ def run_workers(
             if config.metrics_port >= 0:
                 registry = CollectorRegistry()
                 multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-                metrics_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+                # the parent's probes: live while it runs; ready while every worker serves and none is stopping
+                # (each worker's own health answers on the shared gRPC port)
+                probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
+                metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
             metrics_port = metrics_server.server_port if metrics_server is not None else None
             if on_serving is not None and not stopping:
                 meta = model.metadata
@@ -144,8 +148,7 @@ def run_workers(
     finally:
         _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
         if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+            stop_http(metrics_server)
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

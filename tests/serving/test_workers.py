@@ -126,6 +126,11 @@ def test_two_workers_share_the_port_redis_and_metrics(
         assert sum(per_worker.values()) == calls and set(per_worker) == worker_pids
         cache = {labels["result"]: value for labels, value in samples(metrics_url, "apron_profile_cache_requests_total")}
         assert (cache.get("miss"), cache.get("hit")) == (1, calls - 1)
+        assert [value for labels, value in samples(metrics_url, "apron_backend_up") if labels == {"backend": "redis"}] == [1]
+        # the parent's probes beside its /metrics: live while it runs, ready while every worker serves
+        for probe in ("live", "ready"):
+            with urllib.request.urlopen(metrics_url.replace("/metrics", f"/healthz/{probe}"), timeout=10) as response:
+                assert response.status == 200, probe
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
