@@ -39,6 +39,18 @@ def max_request_bytes(security: SecurityConfig) -> int:
     return security.max_message_bytes or largest_request_bytes(security.max_history, security.max_edits)
 
 
+# The same request as compact JSON (serving/http.py) takes at most this many times its protobuf size,
+# plus a constant: a string escaped character by character ("\u0001" is 6 bytes for 1), a double
+# as up to 24 digits and a field name beside it, `"include_heard":false` for 2 bytes.
+JSON_FACTOR = 6
+JSON_OVERHEAD_BYTES = 4096
+
+
+def max_json_request_bytes(security: SecurityConfig) -> int:
+    """The HTTP/JSON body limit that matches `max_request_bytes` (compact JSON)."""
+    return JSON_FACTOR * max_request_bytes(security) + JSON_OVERHEAD_BYTES
+
+
 def message_size_options(max_request: int) -> list[tuple[str, int]]:
     """grpc server options that reject larger requests (RESOURCE_EXHAUSTED from grpc) and never send
     a response over the larger of that and grpc's default."""

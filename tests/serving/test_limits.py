@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import grpc
 import pytest
@@ -16,6 +17,7 @@ from serving.limits import (
     QueueDelay,
     RateLimiter,
     concurrency_limit,
+    max_json_request_bytes,
     max_request_bytes,
     message_size_options,
 )
@@ -159,3 +161,20 @@ def test_admission_from_the_configuration() -> None:
     only_delay = concurrency_limit(ServingConfig(max_concurrent_rpcs=0, max_queue_delay_ms=250).server, queue)
     assert only_delay is not None and only_delay.limit == NO_LIMIT and only_delay.max_queue_delay_s == pytest.approx(0.25)
     assert concurrency_limit(ServingConfig(max_queue_delay_ms=250).server, None).queue is None  # no probe: the count alone
+
+
+def test_the_json_limit_holds_the_largest_request_in_compact_json() -> None:
+    """serving/http.py's body limit: the largest valid request, every string character escaped."""
+    from google.protobuf import json_format
+
+    from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+    from serving.validation import MAX_ITEM_ID_BYTES, MAX_PROTOTYPE_NAME_BYTES, MAX_USER_ID_BYTES
+
+    config = ServingConfig(max_history=50, max_edits=8)
+    edits = [pb.Edit(prototype="\x01" * MAX_PROTOTYPE_NAME_BYTES, scale=-1.2345678901234567e-308) for _ in range(8)]
+    largest = pb.RecommendRequest(
+        user_id="u" * MAX_USER_ID_BYTES, history=["\x01" * MAX_ITEM_ID_BYTES] * 50, k=-(2**31), edits=edits,
+        include_heard=True, profile_view=3, profile_top_n=-(2**31),
+    )  # fmt: skip
+    compact = json.dumps(json_format.MessageToDict(largest), separators=(",", ":"))
+    assert "\\u0001" in compact and len(compact) <= max_json_request_bytes(config.security)
