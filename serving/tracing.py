@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from serving import stages
 
 if TYPE_CHECKING:
-    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
     from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("apron.tracing")
@@ -63,6 +63,7 @@ SPAN_STAGES: dict[str, tuple[str, dict[str, str]]] = {
     stages.SCORER_QUEUE: ("apron_scorer batch wait", {}),
     stages.SCORER_RUN: ("apron_scorer inference", {"apron.batched": "true"}),
 }
+_UNBATCHED = {"apron.batched": "false"}
 # the rest of a backend call: the inference itself when it ran outside the micro-batcher (Triton)
 REMOTE_STAGES: dict[str, tuple[str, str]] = {
     stages.PROFILE: (stages.PROFILE_RUN, "apron_profile inference"),
@@ -74,6 +75,7 @@ SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INT
 
 _tracer: Tracer | None = None  # None: tracing off
 _provider: TracerProvider | None = None
+_processors: tuple[SpanProcessor, ...] = ()
 
 
 class TracingConfigError(ValueError):
@@ -117,6 +119,7 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> bool:
     # Resource.create reads OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES; ours only fills a gap
     attributes = {} if environ.get("OTEL_SERVICE_NAME") else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
     provider = TracerProvider(resource=Resource.create(attributes))  # the sampler: OTEL_TRACES_SAMPLER
+    processors = []
     for name in names:
         exporter: SpanExporter
         if name == "otlp":
@@ -125,24 +128,27 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> bool:
             exporter = OTLPSpanExporter()  # endpoint, headers, TLS: OTEL_EXPORTER_OTLP_*
         else:
             exporter = ConsoleSpanExporter()
-        provider.add_span_processor(BatchSpanProcessor(exporter))  # exports off the event loop
-    install(provider)
+        processors.append(BatchSpanProcessor(exporter))  # exports in its own thread, off the event loop
+    install(provider, *processors)
     log.info("tracing on", extra={"fields": {"exporters": ",".join(names)}})
     return True
 
 
-def install(provider: TracerProvider) -> None:
-    """Trace every call with `provider` (tests: one with an in-memory exporter)."""
-    global _tracer, _provider
-    _provider = provider
+def install(provider: TracerProvider, *processors: SpanProcessor) -> None:
+    """Trace every call with `provider`, its spans going to `processors` (tests: one with an
+    in-memory exporter). The stage spans are handed to the processors directly (`end_call`)."""
+    global _tracer, _provider, _processors
+    for processor in processors:
+        provider.add_span_processor(processor)
+    _provider, _processors = provider, processors
     _tracer = provider.get_tracer("apron.gateway")
     stages.record_intervals(True)
 
 
 def shutdown() -> None:
     """Tracing off; spans still queued are exported first."""
-    global _tracer, _provider
-    provider, _provider, _tracer = _provider, None, None
+    global _tracer, _provider, _processors
+    provider, _provider, _tracer, _processors = _provider, None, None, ()
     stages.record_intervals(False)
     if provider is not None:
         provider.shutdown()
@@ -208,13 +214,20 @@ def trace_id(span: Span | None, metadata: Iterable[tuple[str, Any]] | None) -> s
 
 def end_call(span: Span, clock: stages.StageClock, code: str = "OK", message: str = "") -> None:
     """The spans of the stages the call went through (`SPAN_STAGES`), then the call span's end
-    (status ERROR for the codes the gRPC conventions count as a server's error)."""
+    (status ERROR for the codes the gRPC conventions count as a server's error).
+
+    The stage spans are finished when they are created, so they are built as the SDK's finished
+    span (`ReadableSpan`) and handed to the span processors at once: the SDK's live span costs tens
+    of microseconds each (locks, attribute checks, the sampler: its decision is the call span's)."""
     offset: int = getattr(span, "_apron_offset", 0) or _ns_offset()
     if span.is_recording():  # sampled: children; otherwise their work would be thrown away
-        from opentelemetry.trace import set_span_in_context
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.trace import SpanContext
 
-        assert _tracer is not None
-        parent = set_span_in_context(span)
+        assert _provider is not None
+        call = span.get_span_context()
+        new_span_id = _provider.id_generator.generate_span_id
+        resource, scope = span.resource, span.instrumentation_scope  # type: ignore[attr-defined]
         intervals = clock.intervals or []
         ran = {stage for stage, _, _ in intervals}
         for stage, start, end in intervals:
@@ -223,10 +236,20 @@ def end_call(span: Span, clock: stages.StageClock, code: str = "OK", message: st
                 remote = REMOTE_STAGES.get(stage)
                 if remote is None or remote[0] in ran:  # in-process: the batched run's span has it
                     continue
-                found = (remote[1], {"apron.batched": "false"})
+                found = (remote[1], _UNBATCHED)
             name, attributes = found
-            child = _tracer.start_span(name, context=parent, start_time=int(start * 1e9) + offset, attributes=attributes)
-            child.end(end_time=int(end * 1e9) + offset)
+            child = ReadableSpan(
+                name,
+                context=SpanContext(call.trace_id, new_span_id(), is_remote=False, trace_flags=call.trace_flags),
+                parent=call,
+                resource=resource,
+                attributes=attributes,
+                instrumentation_scope=scope,
+                start_time=int(start * 1e9) + offset,
+                end_time=int(end * 1e9) + offset,
+            )
+            for processor in _processors:
+                processor.on_end(child)
         if code in SERVER_ERRORS:
             from opentelemetry.trace import Status, StatusCode
 

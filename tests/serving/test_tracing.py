@@ -78,9 +78,7 @@ def test_traceparent_trace_id(traceparent: str | None, trace_id: str | None) -> 
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracing.install(provider)
+    tracing.install(TracerProvider(), SimpleSpanProcessor(exporter))
     try:
         yield exporter
     finally:
