@@ -60,7 +60,7 @@ def hooks_once() -> None:
     for stage in CACHED_MARKS:
         clock.mark(stage)
     if tracing.enabled():
-        span = tracing.start_call("Recommend", METADATA, clock, "OK", "1")
+        span = tracing.start_call("Recommend", METADATA, "OK", "1")
         tracing.end_call(span, clock, "OK")
 
 

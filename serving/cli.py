@@ -21,12 +21,20 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OS
 # ----------------------------------------------------------------------------- serve
 
 
+# each command's one-line help: also `apron --help`'s overview, which builds no command's parser
+HELP = {
+    "serve": "run the gRPC recommendation gateway (apron.v1.Recommender)",
+    "client": "call a running gateway: recommend, edit, profile, prototypes",
+    "token": "mint a signed bearer token (JWT) for the gateway",
+}
+
+
 def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     from serving.config import add_arguments
 
     parser = subparsers.add_parser(
         "serve",
-        help="run the gRPC recommendation gateway (apron.v1.Recommender)",
+        help=HELP["serve"],
         description=(
             "Run the gateway. With no flags: in-process ONNX Runtime, a private redis-server, and a demo "
             "model built into ./model_repository when it holds none. Every option below can also be set "
@@ -178,7 +186,7 @@ def _tag_values(pairs: list[str], flag: str) -> dict[str, float]:
 
 
 def _add_client(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("client", help="call a running gateway: recommend, edit, profile, prototypes")
+    parser = subparsers.add_parser("client", help=HELP["client"])
     parser.add_argument("--target", default=os.environ.get("APRON_TARGET", "127.0.0.1:50051"), help="gateway host:port [env APRON_TARGET]")
     parser.add_argument(
         "--token",
@@ -333,7 +341,7 @@ def format_response(command: str, response: Any) -> str:
 def _add_token(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "token",
-        help="mint a signed bearer token (JWT) for the gateway",
+        help=HELP["token"],
         description=(
             "Print a token for `--sub`. Signed with --private-key (RS256/ES256/EdDSA), else --secret-file "
             "(HS256), else the development secret that `apron serve` uses when no key is configured."

@@ -129,7 +129,7 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                     series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
                 # tracing (serving/tracing.py): the call's span, its stages' spans added at its end
-                span = tracing.start_call(method, context.invocation_metadata(), clock, code.name, served_by) if tracing.enabled() else None
+                span = tracing.start_call(method, context.invocation_metadata(), code.name, served_by) if tracing.enabled() else None
                 extra: dict[str, Any] | None = None
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     extra = {"error": message}

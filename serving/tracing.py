@@ -36,21 +36,24 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from serving import stages
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-    from opentelemetry.trace import Span, Tracer
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import SpanContext, Status
 
 log = logging.getLogger("apron.tracing")
 
 SERVICE = "apron.v1.Recommender"
 DEFAULT_SERVICE_NAME = "apron-gateway"
 TRACEPARENT = "traceparent"
-# W3C trace context: version-traceid-parentid-flags; an all-zero trace id is invalid
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+# W3C trace context: version-traceid-parentid-flags (a future version may append fields)
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:-|$)")
 EXPORTERS = ("otlp", "console")
 
 # stage -> (span name, attributes): the stages that become spans; the others stay in the call span
@@ -73,9 +76,11 @@ REMOTE_STAGES: dict[str, tuple[str, str]] = {
 # the semantic conventions' server-side errors; a client's mistake or a refusal leaves the status unset
 SERVER_ERRORS = frozenset({"UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS"})
 
-_tracer: Tracer | None = None  # None: tracing off
-_provider: TracerProvider | None = None
+_provider: TracerProvider | None = None  # None: tracing off
 _processors: tuple[SpanProcessor, ...] = ()
+_resource: Resource | None = None  # the provider's (service.name ...)
+_scope: InstrumentationScope | None = None
+_UNSET: Status | None = None
 
 
 class TracingConfigError(ValueError):
@@ -83,7 +88,7 @@ class TracingConfigError(ValueError):
 
 
 def enabled() -> bool:
-    return _tracer is not None
+    return _provider is not None
 
 
 def exporter_names(environ: Mapping[str, str]) -> list[str]:
@@ -137,18 +142,22 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> bool:
 def install(provider: TracerProvider, *processors: SpanProcessor) -> None:
     """Trace every call with `provider`, its spans going to `processors` (tests: one with an
     in-memory exporter). The stage spans are handed to the processors directly (`end_call`)."""
-    global _tracer, _provider, _processors
+    global _provider, _processors
     for processor in processors:
         provider.add_span_processor(processor)
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    from opentelemetry.trace import Status, StatusCode
+
+    global _resource, _scope, _UNSET
     _provider, _processors = provider, processors
-    _tracer = provider.get_tracer("apron.gateway")
+    _resource, _scope, _UNSET = provider.resource, InstrumentationScope("apron.gateway"), Status(StatusCode.UNSET)
     stages.record_intervals(True)
 
 
 def shutdown() -> None:
     """Tracing off; spans still queued are exported first."""
-    global _tracer, _provider, _processors
-    provider, _provider, _tracer, _processors = _provider, None, None, ()
+    global _provider, _processors
+    provider, _provider, _processors = _provider, None, ()
     stages.record_intervals(False)
     if provider is not None:
         provider.shutdown()
@@ -161,14 +170,23 @@ def metadata_traceparent(metadata: Iterable[tuple[str, Any]] | None) -> str | No
     return None
 
 
-def traceparent_trace_id(traceparent: str | None) -> str | None:
-    """The trace id of a valid W3C `traceparent` (None for none or an invalid one)."""
+def parse_traceparent(traceparent: str | None) -> tuple[str, str, int] | None:
+    """(trace id, parent span id, flags) of a valid W3C `traceparent`, else None. Pure."""
     if traceparent is None:
         return None
     match = _TRACEPARENT.match(traceparent.strip())
-    if match is None or match.group(1) == "0" * 32:
+    if match is None:
         return None
-    return match.group(1)
+    version, trace, span, flags = match.groups()
+    if version == "ff" or trace == "0" * 32 or span == "0" * 16 or (version == "00" and len(traceparent.strip()) != 55):
+        return None
+    return trace, span, int(flags, 16)
+
+
+def traceparent_trace_id(traceparent: str | None) -> str | None:
+    """The trace id of a valid W3C `traceparent` (None for none or an invalid one)."""
+    parsed = parse_traceparent(traceparent)
+    return None if parsed is None else parsed[0]
 
 
 def _ns_offset() -> int:
@@ -176,82 +194,126 @@ def _ns_offset() -> int:
     return time.time_ns() - time.perf_counter_ns()
 
 
-def start_call(method: str, metadata: Iterable[tuple[str, Any]] | None, clock: stages.StageClock, code: str, version: str) -> Span:
-    """The call's span (SERVER), started at the clock's start, its parent the caller's `traceparent`;
-    `end_call` adds the stages' spans and ends it. Only with tracing on."""
-    from opentelemetry.propagate import extract
-    from opentelemetry.trace import SpanKind
+@dataclass(slots=True)
+class CallTrace:
+    """One call's place in a trace: its span's context (`context` None: not sampled, nothing is
+    recorded) and the caller's, from `traceparent`."""
 
-    assert _tracer is not None
-    traceparent = metadata_traceparent(metadata)
-    parent = extract({TRACEPARENT: traceparent}) if traceparent is not None else None
-    offset = _ns_offset()
-    span = _tracer.start_span(
-        f"{SERVICE}/{method}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        start_time=int(clock.start * 1e9) + offset,
-        attributes={
-            "rpc.system": "grpc",
-            "rpc.service": SERVICE,
-            "rpc.method": method,
-            "rpc.grpc.status_code": code,
-            "apron.model_version": version,
-        },
+    trace_id: int
+    context: SpanContext | None
+    parent: SpanContext | None
+    attributes: dict[str, str]
+    offset_ns: int  # perf_counter ns -> wall-clock ns, read once for the call
+
+
+def parent_context(traceparent: str | None) -> SpanContext | None:
+    """The caller's span from a W3C `traceparent` (None for none or an invalid one)."""
+    parsed = parse_traceparent(traceparent)
+    if parsed is None:
+        return None
+    from opentelemetry.trace import SpanContext, TraceFlags
+
+    trace, span, flags = parsed
+    return SpanContext(int(trace, 16), int(span, 16), is_remote=True, trace_flags=TraceFlags(flags))
+
+
+def start_call(method: str, metadata: Iterable[tuple[str, Any]] | None, code: str, version: str) -> CallTrace:
+    """The call's trace: the caller's (`traceparent`) or a new one, and whether the sampler
+    (OTEL_TRACES_SAMPLER, parent-based by default) records it. Only with tracing on; `end_call`
+    records the spans."""
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, set_span_in_context
+
+    assert _provider is not None
+    parent = parent_context(metadata_traceparent(metadata))
+    trace_id = parent.trace_id if parent is not None else _provider.id_generator.generate_trace_id()
+    attributes = {
+        "rpc.system": "grpc",
+        "rpc.service": SERVICE,
+        "rpc.method": method,
+        "rpc.grpc.status_code": code,
+        "apron.model_version": version,
+    }
+    name = f"{SERVICE}/{method}"
+    sampled = _provider.sampler.should_sample(
+        set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None,
+        trace_id,
+        name,
+        SpanKind.SERVER,
+        attributes,
     )
-    span._apron_offset = offset  # type: ignore[attr-defined]  # one clock reading per call
-    return span
+    context = None
+    if sampled.decision.is_sampled():
+        if sampled.attributes:
+            attributes.update(sampled.attributes)
+        context = SpanContext(
+            trace_id,
+            _provider.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_state=sampled.trace_state,
+        )
+    return CallTrace(trace_id, context, parent, attributes, _ns_offset())
 
 
-def trace_id(span: Span | None, metadata: Iterable[tuple[str, Any]] | None) -> str | None:
-    """The trace id for the call's log line: its span's, else the caller's traceparent's."""
-    if span is not None:
-        context = span.get_span_context()
-        if context.is_valid:
-            return format(context.trace_id, "032x")
+def trace_id(call: CallTrace | None, metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+    """The trace id for the call's log line: its trace's (tracing on), else the caller's traceparent's."""
+    if call is not None:
+        return format(call.trace_id, "032x")
     return traceparent_trace_id(metadata_traceparent(metadata))
 
 
-def end_call(span: Span, clock: stages.StageClock, code: str = "OK", message: str = "") -> None:
-    """The spans of the stages the call went through (`SPAN_STAGES`), then the call span's end
-    (status ERROR for the codes the gRPC conventions count as a server's error).
+def end_call(call: CallTrace, clock: stages.StageClock, code: str = "OK", message: str = "") -> None:
+    """The call's span and the spans of the stages it went through (`SPAN_STAGES`), with their real
+    times (status ERROR for the codes the gRPC conventions count as a server's error).
 
-    The stage spans are finished when they are created, so they are built as the SDK's finished
-    span (`ReadableSpan`) and handed to the span processors at once: the SDK's live span costs tens
-    of microseconds each (locks, attribute checks, the sampler: its decision is the call span's)."""
-    offset: int = getattr(span, "_apron_offset", 0) or _ns_offset()
-    if span.is_recording():  # sampled: children; otherwise their work would be thrown away
-        from opentelemetry.sdk.trace import ReadableSpan
-        from opentelemetry.trace import SpanContext
+    Every span is finished when it is created, so each is built as the SDK's finished span
+    (`ReadableSpan`) and handed to the span processors (the export: their thread) at once: the
+    SDK's live span costs tens of microseconds more (locks, attribute checks, its tracer's work)
+    and would record nothing a finished one does not."""
+    if call.context is None:  # not sampled
+        return
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-        assert _provider is not None
-        call = span.get_span_context()
-        new_span_id = _provider.id_generator.generate_span_id
-        resource, scope = span.resource, span.instrumentation_scope  # type: ignore[attr-defined]
-        intervals = clock.intervals or []
-        ran = {stage for stage, _, _ in intervals}
-        for stage, start, end in intervals:
-            found = SPAN_STAGES.get(stage)
-            if found is None:
-                remote = REMOTE_STAGES.get(stage)
-                if remote is None or remote[0] in ran:  # in-process: the batched run's span has it
-                    continue
-                found = (remote[1], _UNBATCHED)
-            name, attributes = found
-            child = ReadableSpan(
+    assert _provider is not None
+    offset, context = call.offset_ns, call.context
+    new_span_id = _provider.id_generator.generate_span_id
+    intervals = clock.intervals or []
+    ran = {stage for stage, _, _ in intervals}
+    spans = [
+        ReadableSpan(
+            f"{SERVICE}/{call.attributes['rpc.method']}",
+            context=context,
+            parent=call.parent,
+            resource=_resource,
+            attributes=call.attributes,
+            kind=SpanKind.SERVER,
+            status=Status(StatusCode.ERROR, message) if code in SERVER_ERRORS else _UNSET,
+            instrumentation_scope=_scope,
+            start_time=int(clock.start * 1e9) + offset,
+            end_time=int(clock.last * 1e9) + offset,
+        )
+    ]
+    for stage, start, end in intervals:
+        found = SPAN_STAGES.get(stage)
+        if found is None:
+            remote = REMOTE_STAGES.get(stage)
+            if remote is None or remote[0] in ran:  # in-process: the batched run's span has it
+                continue
+            found = (remote[1], _UNBATCHED)
+        name, attributes = found
+        spans.append(
+            ReadableSpan(
                 name,
-                context=SpanContext(call.trace_id, new_span_id(), is_remote=False, trace_flags=call.trace_flags),
-                parent=call,
-                resource=resource,
+                context=SpanContext(call.trace_id, new_span_id(), is_remote=False, trace_flags=context.trace_flags),
+                parent=context,
+                resource=_resource,
                 attributes=attributes,
-                instrumentation_scope=scope,
+                instrumentation_scope=_scope,
                 start_time=int(start * 1e9) + offset,
                 end_time=int(end * 1e9) + offset,
             )
-            for processor in _processors:
-                processor.on_end(child)
-        if code in SERVER_ERRORS:
-            from opentelemetry.trace import Status, StatusCode
-
-            span.set_status(Status(StatusCode.ERROR, message))
-    span.end(end_time=int(clock.last * 1e9) + offset)
+        )
+    for processor in _processors:
+        for span in spans:
+            processor.on_end(span)

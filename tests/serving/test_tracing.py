@@ -68,6 +68,9 @@ def test_configure_from_env_installs_an_otlp_exporter_and_shutdown_removes_it() 
         (f"00-{TRACE_ID}-{PARENT_ID}-01", TRACE_ID),
         (f"00-{'0' * 32}-{PARENT_ID}-01", None),  # all-zero trace id: invalid
         ("00-xyz-00f067aa0ba902b7-01", None),
+        (f"00-{TRACE_ID}-{'0' * 16}-01", None),  # all-zero parent id: invalid
+        (f"ff-{TRACE_ID}-{PARENT_ID}-01", None),  # version ff: invalid
+        (f"01-{TRACE_ID}-{PARENT_ID}-01-future", TRACE_ID),  # a later version may append fields
         (None, None),
     ],
 )
