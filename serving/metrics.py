@@ -1,6 +1,7 @@
 """Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`).
 
-Every name starts with `apron_`. Histograms: RPC latency by method and status code, each RPC's
+Every name of ours starts with `apron_`; beside them the standard `process_*` (CPU, memory, file
+descriptors of this process; with `--workers` the parent serves the workers' files and none). Histograms: RPC latency by method and status code, each RPC's
 stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
 micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauge: RPCs in flight by method.
 
@@ -17,7 +18,15 @@ from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    start_http_server,
+)
 
 from serving.stages import StageClock, StageRecorder
 
@@ -27,6 +36,10 @@ STAGE_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# No `*_created` series: one more series per counter and histogram child, which nobody queries
+# (rate() and increase() handle resets) and which doubles what Prometheus stores for them.
+disable_created_metrics()
 
 
 class MethodMetrics:
@@ -91,6 +104,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
         self.rpc_latency = Histogram(
             "apron_rpc_duration_seconds", "gRPC call latency, by the model version that answered (none: refused before one was chosen)",
             ["method", "code", "version"], buckets=LATENCY_BUCKETS, registry=r

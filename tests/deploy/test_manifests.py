@@ -380,7 +380,7 @@ def gateway_metric_families() -> set[str]:
         if family.type == "histogram":
             names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
         elif family.type == "counter":
-            names.update((family.name + "_total", family.name + "_created"))
+            names.add(family.name + "_total")  # no _created: serving/metrics.py disables them
         else:
             names.add(family.name)
     return names
