@@ -278,12 +278,29 @@ def _run_client(args: argparse.Namespace) -> int:
             else:
                 response = client.prototypes()
         except grpc.RpcError as error:
-            raise UserFacingError(f"{error.code().name}: {error.details()}") from None
+            raise UserFacingError(rpc_error_message(error.code().name, error.details() or "", args.target)) from None
     if args.json:
         print(MessageToJson(response, preserving_proto_field_name=True))
     else:
         print(format_response(args.client_command, response))
     return 0
+
+
+# grpc's own words (lower case) when a call reached no server, as against a gateway's own UNAVAILABLE
+# (whose details may well say "Connection refused": Redis's)
+NOT_REACHED = ("failed to connect to all addresses", "connections to all backends failing", "errors resolving", "dns resolution failed")
+
+
+def rpc_error_message(code: str, details: str, target: str) -> str:
+    """A failed call as the client prints it: the status and its details, and when nothing answered
+    at `target`, what to do about it."""
+    message = f"{code}: {details}"
+    if code == "UNAVAILABLE" and any(sign in details.lower() for sign in NOT_REACHED):
+        message += (
+            f"\nnothing answers at {target}: is `apron serve` running? Start it, or pass --target HOST:PORT "
+            "(or set APRON_TARGET) to reach a gateway elsewhere"
+        )
+    return message
 
 
 SHOWN_SHARE = 0.0005  # rows that would print as 0.0% both before and after edits are counted, not listed
