@@ -4,10 +4,11 @@ them (compose: the `models` service; Kubernetes: the Job in deploy/k8s/model-rep
     python fill_models.py --into /models --url https://host/apron-model-repository-3.tar.gz --sha256 HEX
     python fill_models.py --into /models --from /baked/model_repository
     python fill_models.py --into /models --demo lastfm-2k      # build the demo model (needs the `train` extra)
+    python fill_models.py --pack model_repository --archive artifacts/apron-model-repository.tar.gz
 
 Sources:
-- `--url`: a .tar.gz of a repository `apron export` wrote (`make model-archive` makes one from
-  ./model_repository and prints its sha256). With `--sha256` the download must match it.
+- `--url`: a .tar.gz of a repository `apron export` wrote (`--pack`, which `make model-archive`
+  runs on ./model_repository, makes one and prints its sha256). With `--sha256` the download must match it.
 - `--from`: a directory holding such a repository (e.g. baked into an image).
 - `--demo DATASET`: what `apron serve` builds when it has no model (export/demo.py): lastfm-2k
   (downloaded), or synthetic (offline).
@@ -100,6 +101,16 @@ def install(source: Path, target: Path) -> bool:
     return True
 
 
+def pack(repository: Path, archive_path: Path) -> str:
+    """`repository` (what `apron export` wrote) as the .tar.gz `--url` installs; its sha256."""
+    repository_root(repository)  # refuses a directory without a model
+    archive_path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive_path, "w:gz") as archive:
+        for entry in sorted(repository.iterdir()):
+            archive.add(entry, arcname=entry.name)
+    return hashlib.sha256(archive_path.read_bytes()).hexdigest()
+
+
 def build_demo(dataset: str, into: Path) -> Path:
     from export.demo import DemoSettings, build_demo_repository
 
@@ -125,12 +136,24 @@ def fill(target: Path, url: str | None = None, sha256: str | None = None, source
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--into", type=Path, required=True, help="the model volume (mounted where Triton and the gateway read it)")
+    parser.add_argument("--into", type=Path, help="the model volume (mounted where Triton and the gateway read it)")
+    parser.add_argument("--pack", type=Path, default=None, help="instead: pack this repository into --archive, print its sha256")
+    parser.add_argument("--archive", type=Path, default=Path("artifacts/apron-model-repository.tar.gz"), help="where --pack writes")
     parser.add_argument("--url", default=os.environ.get("APRON_MODEL_URL") or None, help="a .tar.gz of a repository [env APRON_MODEL_URL]")
     parser.add_argument("--sha256", default=os.environ.get("APRON_MODEL_SHA256") or None, help="its sha256 [env APRON_MODEL_SHA256]")
     parser.add_argument("--from", dest="source", type=Path, default=None, help="a directory holding a repository")
     parser.add_argument("--demo", default=None, help="build the demo model from this dataset: lastfm-2k or synthetic")
     args = parser.parse_args(argv)
+    if args.pack is not None:
+        try:
+            sha256 = pack(args.pack, args.archive)
+        except (FillError, OSError) as error:
+            print(f"fill_models: {error}", file=sys.stderr)
+            return 1
+        print(f"{args.archive}\nsha256 {sha256}")
+        return 0
+    if args.into is None:
+        parser.error("--into is required (or --pack)")
     try:
         changed = fill(args.into, args.url, args.sha256, args.source, args.demo)
     except (FillError, OSError, tarfile.TarError) as error:

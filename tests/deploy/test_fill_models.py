@@ -35,18 +35,11 @@ def http_server(directory: Path) -> Iterator[str]:
         server.server_close()
 
 
-def archive_of(repository: Path, path: Path) -> str:
-    """`make model-archive`'s layout: the repository's entries at the archive's top. Its sha256."""
-    with tarfile.open(path, "w:gz") as archive:
-        for entry in sorted(repository.iterdir()):
-            archive.add(entry, arcname=entry.name)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def test_a_url_with_its_sha256_fills_the_volume_once(python_repository: Path, tmp_path: Path) -> None:
     served = tmp_path / "served"
     served.mkdir()
-    sha = archive_of(python_repository, served / "repo.tar.gz")
+    assert fill_models.main(["--pack", str(python_repository), "--archive", str(served / "repo.tar.gz")]) == 0  # make model-archive
+    sha = hashlib.sha256((served / "repo.tar.gz").read_bytes()).hexdigest()
     volume = tmp_path / "models"
     with http_server(served) as base:
         assert fill_models.main(["--into", str(volume), "--url", f"{base}/repo.tar.gz", "--sha256", sha]) == 0
