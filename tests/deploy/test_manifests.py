@@ -555,3 +555,16 @@ def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
     for name in ("apron-gateway", "triton"):
         assert claim_mount(k8s[("Deployment", name)])["readOnly"] is True, name
     assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_dashboard_variables_filter_only_labels_the_metrics_have() -> None:
+    """`version=~"$version"` only on series that carry `version`; `instance` is Prometheus' own."""
+    import json
+
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "apron.json").read_text())
+    labels = {m._name: set(m._labelnames) for m in vars(Metrics()).values() if hasattr(m, "_labelnames") and hasattr(m, "_name")}
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            for metric, matchers in re.findall(r"\b(apron_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\{([^}]*)\}", target["expr"]):
+                for label in re.findall(r"(\w+)\s*=~?\s*\"", matchers):
+                    assert label == "instance" or label in labels.get(metric, set()), f"{panel['title']}: {metric} has no {label}"
