@@ -541,7 +541,7 @@ def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
     into = container["command"][container["command"].index("--into") + 1]
     (source,) = container["envFrom"]
     variables = k8s[("ConfigMap", source["configMapRef"]["name"])]["data"]
-    assert set(variables) == {"APRON_MODEL_URL", "APRON_MODEL_SHA256"}  # what fill_models.main reads
+    assert set(variables) == {"MODEL_ARCHIVE_URL", "MODEL_ARCHIVE_SHA256"}  # what fill_models.main reads
     assert all(name in Path(fill_models.__file__).read_text() for name in variables)
     claim = "apron-model-repository"
     assert k8s[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
