@@ -4,12 +4,15 @@ through the SDK's in-memory exporter."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -165,3 +168,46 @@ async def test_a_triton_call_is_one_inference_span(
         assert all(
             span.attributes["apron.batched"] == "false" for span in spans.get_finished_spans() if span.name.endswith("inference")
         )
+
+
+class Collector(trace_service_pb2_grpc.TraceServiceServicer):
+    """An OTLP/gRPC trace receiver: what an OpenTelemetry Collector's otlp receiver takes."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[str, str, bytes]] = []  # (service.name, span name, trace id)
+        self.received = threading.Event()
+
+    def Export(self, request: trace_service_pb2.ExportTraceServiceRequest, context: object) -> trace_service_pb2.ExportTraceServiceResponse:
+        for resource_spans in request.resource_spans:
+            service = next(a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name")
+            for scope_spans in resource_spans.scope_spans:
+                self.spans += [(service, span.name, span.trace_id) for span in scope_spans.spans]
+        self.received.set()
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+
+async def test_the_otel_variables_send_spans_to_an_otlp_collector(
+    python_repository: Path, redis_server: RedisProcess, main_tags, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As deployed: only OTEL_* variables, the OTLP exporter, a real gRPC receiver."""
+    collector = Collector()
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        environ = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_INSECURE": "true"}
+        for key, value in environ.items():
+            monkeypatch.setenv(key, value)
+        assert tracing.configure_from_env()
+        try:
+            async with running_gateway(gateway_config(python_repository, redis_server.url)) as gateway:
+                history = liked_history(main_tags, 0, 1)
+                await gateway.stub.Recommend(pb.RecommendRequest(user_id="trace-otlp", history=history, k=5), metadata=TRACEPARENT)
+        finally:
+            tracing.shutdown()  # exports what is queued before it returns: no waiting on the batch delay
+        assert collector.received.is_set()
+        ours = [(service, name) for service, name, trace in collector.spans if trace.hex() == TRACE_ID]
+        assert ("apron-gateway", "apron.v1.Recommender/Recommend") in ours and ("apron-gateway", "redis.read") in ours
+    finally:
+        server.stop(0)
