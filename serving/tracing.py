@@ -163,9 +163,11 @@ def shutdown() -> None:
         provider.shutdown()
 
 
-def metadata_traceparent(metadata: Iterable[tuple[str, Any]] | None) -> str | None:
+def metadata_traceparent(metadata: Iterable[tuple[Any, Any]] | None) -> str | None:
+    """The `traceparent` entry of gRPC metadata or HTTP headers (str or bytes, any case: ASGI
+    headers are lower-case bytes)."""
     for key, value in metadata or ():
-        if key == TRACEPARENT:
+        if (key if isinstance(key, str) else key.decode("latin-1")).lower() == TRACEPARENT:
             return value if isinstance(value, str) else value.decode("ascii", "replace")
     return None
 

@@ -81,6 +81,14 @@ def test_traceparent_trace_id(traceparent: str | None, trace_id: str | None) -> 
     assert tracing.traceparent_trace_id(traceparent) == trace_id
 
 
+def test_traceparent_is_found_in_grpc_metadata_and_http_headers() -> None:
+    value = f"00-{TRACE_ID}-{PARENT_ID}-01"
+    assert tracing.metadata_traceparent((("authorization", "x"), ("traceparent", value))) == value
+    assert tracing.metadata_traceparent(((b"traceparent", value.encode()),)) == value  # ASGI headers
+    assert tracing.metadata_traceparent((("Traceparent", value),)) == value
+    assert tracing.metadata_traceparent(None) is None and tracing.metadata_traceparent(()) is None
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
