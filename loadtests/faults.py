@@ -4,6 +4,7 @@ an edit audit that knows every acknowledged edit (RELIABILITY.md reports these r
     python -m loadtests.faults redis-kill --dataset DIR --repository REPO [--users 8] [--seconds 20]
     python -m loadtests.faults gateway-restart --dataset DIR --repository REPO
     python -m loadtests.faults rolling-restart --dataset DIR --repository REPO
+    python -m loadtests.faults redis-reload --dataset DIR --repository REPO [--aof-mb 200]
 
 - `redis-kill`: kill -9 of the gateway's private redis-server mid-load. The gateway restarts it (same
   socket, same AOF). Pass: zero failed Recommends, no acknowledged edit lost, and the span during
@@ -14,6 +15,10 @@ an edit audit that knows every acknowledged edit (RELIABILITY.md reports these r
   the same port, SO_REUSEPORT, then the old one gets SIGTERM and drains with `--drain-delay-s`).
   Clients use serving/client.py's service config: round robin, NOT_SERVING replicas skipped,
   UNAVAILABLE retried. Pass: zero failed requests, no acknowledged edit lost.
+- `redis-reload`: the private redis-server's AOF grown to `--aof-mb` (edit-like keys), then kill -9:
+  ListPrototypes and Recommend (with a history) called back to back throughout the restart and the
+  AOF replay. Pass: every call OK (the restart and replay block nothing; Recommend answers uncached
+  while Redis is down). Reports the replay's duration and the calls' latencies during it.
 
 The edit audit: writers each own one (user, prototype) and store ever-larger scales; after the run
 each stored value must be the last acknowledged one or a later one whose reply was lost, never an
@@ -78,8 +83,11 @@ class _ClientLoop:
     def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
         raise NotImplementedError
 
+    # the clients' service config (health checked: NOT_SERVING replicas skipped, UNAVAILABLE retried)
+    service_config = True
+
     async def start(self) -> None:
-        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options())
+        self.channel = grpc.aio.insecure_channel(self.target, options=channel_options() if self.service_config else None)
         self._tasks = [asyncio.create_task(call) for call in self._tasks_for(pb_grpc.RecommenderStub(self.channel))]
 
     async def stop(self) -> None:
@@ -145,6 +153,43 @@ class EditAudit(_ClientLoop):
 
     def failed(self) -> int:
         return sum(len(w.failures) for w in self.writers)
+
+
+@dataclass
+class Call:
+    method: str
+    start: float  # monotonic
+    seconds: float
+    code: str
+
+
+class Probe(_ClientLoop):
+    """ListPrototypes and Recommend (with a history), each called back to back until `stop()`; every call
+    kept. A plain channel: what the gateway answers, not what a health-checking client makes of it."""
+
+    service_config = False
+
+    def __init__(self, target: str, token: str, history: Sequence[str], timeout_s: float = 30.0):
+        super().__init__(target, token, timeout_s)
+        self.history = list(history)
+        self.calls: list[Call] = []
+
+    def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
+        recommend = pb.RecommendRequest(user_id="probe", history=self.history, k=5)
+        return [
+            self._loop("ListPrototypes", stub.ListPrototypes, pb.ListPrototypesRequest()),
+            self._loop("Recommend", stub.Recommend, recommend),
+        ]
+
+    async def _loop(self, method: str, rpc: Any, request: Any) -> None:
+        while not self._stop.is_set():
+            start = time.monotonic()
+            try:
+                await rpc(request, metadata=self.metadata, timeout=self.timeout_s)
+                code = "OK"
+            except grpc.aio.AioRpcError as error:
+                code = error.code().name
+            self.calls.append(Call(method, start, time.monotonic() - start, code))
 
 
 class RecommendLoad(_ClientLoop):
@@ -427,8 +472,90 @@ async def rollout(args: argparse.Namespace, tags: list[str], history: list[str])
     return report
 
 
+def fill_aof(socket_path: Path, aof_mb: float) -> int:
+    """Grow the AOF in the socket's directory to `aof_mb` MiB with edit-like keys (no TTL); how many keys."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=str(socket_path))
+    client.config_set("auto-aof-rewrite-percentage", 0)  # a command log to replay, as one grown between rewrites
+    value = json.dumps({"kind": "scale", "value": 0.5}) + " " * 150  # about a stored edit's size
+    written = 0
+    try:
+        while sum(p.stat().st_size for p in socket_path.parent.glob("appendonly*")) < aof_mb * 2**20:
+            with client.pipeline(transaction=False) as pipe:
+                for i in range(written, written + 20_000):
+                    pipe.hset(f"apron:edits:{{reload-{i}}}", "tag", value)
+                pipe.execute()
+            written += 20_000
+    finally:
+        client.close()
+    return written
+
+
+def _latency(calls: list[Call], method: str) -> dict:
+    mine = sorted(c.seconds for c in calls if c.method == method)
+    if not mine:
+        return {"calls": 0}
+    codes: dict[str, int] = {}
+    for c in calls:
+        if c.method == method:
+            codes[c.code] = codes.get(c.code, 0) + 1
+    return {"calls": len(mine), "p50_ms": round(mine[len(mine) // 2] * 1000, 1), "max_ms": round(mine[-1] * 1000, 1), "codes": codes}
+
+
+async def redis_reload(args: argparse.Namespace, tags: list[str], history: list[str]) -> dict:
+    import redis
+
+    with deployment(args.repository) as deploy:
+        redis_dir = deploy.workdir / "redis"
+        gateway = start_gateway(deploy.gateway_args("--redis-dir", str(redis_dir)), deploy.workdir)
+        try:
+            start = time.monotonic()
+            keys = await asyncio.to_thread(fill_aof, redis_dir / "redis.sock", args.aof_mb)
+            fill_s = time.monotonic() - start
+            aof_bytes = sum(p.stat().st_size for p in redis_dir.glob("appendonly*"))
+            probe = Probe(gateway.target, deploy.token, history)
+            await probe.start()
+            await asyncio.sleep(1.0)  # calls before the fault, for comparison
+            old = redis_child(gateway.process.pid)
+            assert old is not None, "no private redis-server"
+            killed_at = time.monotonic()
+            old.send_signal(signal.SIGKILL)
+            client = redis.Redis(unix_socket_path=str(redis_dir / "redis.sock"), socket_timeout=1.0)
+
+            def answers() -> bool:
+                try:
+                    return bool(client.ping())
+                except redis.RedisError:
+                    return False
+
+            await _wait(lambda: (new := redis_child(gateway.process.pid)) is not None and new.pid != old.pid, 60, "a new redis-server")
+            while not await asyncio.to_thread(answers):  # PONG once the AOF is replayed
+                if time.monotonic() - killed_at > 600:
+                    raise RuntimeError("the private redis-server did not answer within 600 s of the kill")
+                await asyncio.sleep(0.05)
+            back_at = time.monotonic()
+            client.close()
+            await asyncio.sleep(1.0)
+            await probe.stop()
+        finally:
+            gateway.terminate()
+    before = [c for c in probe.calls if c.start < killed_at]
+    during = [c for c in probe.calls if killed_at <= c.start <= back_at]
+    report = {
+        "aof_mb": round(aof_bytes / 2**20, 1),
+        "keys": keys,
+        "fill_s": round(fill_s, 1),
+        "redis_answering_after_kill_s": round(back_at - killed_at, 3),
+        "before": {m: _latency(before, m) for m in ("ListPrototypes", "Recommend")},
+        "during_restart_and_replay": {m: _latency(during, m) for m in ("ListPrototypes", "Recommend")},
+    }
+    report["passed"] = bool(during) and all(c.code == "OK" for c in probe.calls)
+    return report
+
+
 SCENARIOS = {
-    "redis-kill": redis_kill, "gateway-restart": gateway_restart, "rolling-restart": rolling_restart, "rollout": rollout,
+    "redis-kill": redis_kill, "redis-reload": redis_reload, "gateway-restart": gateway_restart, "rolling-restart": rolling_restart, "rollout": rollout,
 }  # fmt: skip
 
 
@@ -440,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=8, help="Locust users")
     parser.add_argument("--seconds", type=float, default=20.0, help="load before and after the fault (each about this)")
     parser.add_argument("--drain-delay-s", type=float, default=2.0, help="rolling-restart: the gateways' --drain-delay-s")
+    parser.add_argument("--aof-mb", type=float, default=200.0, help="redis-reload: the AOF's size before the kill (MiB)")
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/faults"))
     args = parser.parse_args(argv)
     args.out = args.out / args.scenario

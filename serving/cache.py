@@ -29,12 +29,22 @@ transaction that changes the data, an EditProfile acknowledged by any worker or 
 the very next read on every other one: there is no invalidation message to wait for, and nothing to
 lose. The copy lets a process compute what follows from a profile (its shares, the encoded
 response profile: `ProfileRecord.memo`) once per version instead of once per call.
+
+Bounded and never blocking (`RedisStore`): every operation has a time limit (`timeout_s`); once Redis
+failed one (no answer, refused, LOADING) or the gateway's watch saw it down (`mark`), Redis is known
+down and every operation fails at once with `StoreSkipped` (no connection, no wait) until the watch
+sees it answer again (a store without a watch lets one trial operation through every `retry_s`).
+Recommend with a history then answers uncached at once; what needs Redis answers UNAVAILABLE at
+once. A Redis at its maxmemory with nothing left to evict (only edits: they have no TTL;
+`serving/redis_process.py`) refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit,
+an uncached answer for a Recommend with a history.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -50,12 +60,26 @@ from serving import stages
 from serving.backends.base import Scorer
 from serving.catalog import history_digest
 from serving.edits import EditSpec
-from serving.errors import NotFound
+from serving.errors import NotFound, Unavailable
 from serving.metrics import Metrics
+from serving.redis_watch import reachable
 
 T = TypeVar("T")
-# Redis unreachable or too slow (the servicer answers UNAVAILABLE for them, except where noted).
+
+
+class StoreSkipped(redis.exceptions.ConnectionError):
+    """Redis is known to be down: the operation was not tried (`RedisStore`)."""
+
+
+class StoreFull(Unavailable):
+    """Redis refused a write: its maxmemory is reached with nothing left to evict (UNAVAILABLE)."""
+
+
+# Redis unreachable, too slow, or known down (the servicer answers UNAVAILABLE for them, except where noted).
 STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+# Redis too full to store: a Recommend goes on uncached, as with STORE_DOWN.
+STORE_UNUSABLE = (*STORE_DOWN, StoreFull)
+RETRY_S = 0.5  # while Redis is known down: one operation is let through this often, to see it answer again
 PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
 VERSION_PREFIX = "apron:version"
@@ -247,6 +271,11 @@ def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
     return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
+def _is_oom(error: redis.exceptions.ResponseError) -> bool:
+    """Redis refused a write for its maxmemory (a script's refusal arrives as a plain ResponseError)."""
+    return isinstance(error, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(error)
+
+
 class RedisStore:
     """Profiles, edits and their versions in Redis; no model logic.
 
@@ -254,31 +283,79 @@ class RedisStore:
     (UNAVAILABLE), enforced here with `asyncio.timeout`. Give it when the client has no
     `socket_timeout` of its own: redis-py wraps every command's send in `asyncio.wait_for` when it
     has one, a task per command on Python 3.11, which doubles the CPU of a small GET. None: the
-    client's own socket timeout applies."""
+    client's own socket timeout applies.
 
-    def __init__(self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None):
+    Known down (the module docstring): set by a failed operation or `mark(False)` (the gateway's
+    watch), cleared by `mark(True)` or a trial operation that succeeds: one per `retry_s` (None: no
+    trials, the watch alone says when Redis is back: no call ever waits for a Redis known down)."""
+
+    def __init__(
+        self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None, retry_s: float | None = RETRY_S
+    ):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.down_since: float | None = None  # monotonic time Redis was first known down (None: not known down)
+        self._next_trial = 0.0
         self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
         self._versions = VersionReads(self)
 
+    @property
+    def known_down(self) -> bool:
+        return self.down_since is not None
+
+    def mark(self, up: bool) -> None:
+        """What a check of Redis found (the watch's PING): up clears "known down", down sets it."""
+        if up:
+            self.down_since = None
+        elif self.down_since is None:
+            self.down_since = time.monotonic()
+            self._next_trial = math.inf if self.retry_s is None else self.down_since + self.retry_s
+
+    async def reachable(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until Redis answers a PING; whether it did (it is then not known down)."""
+        up = await reachable(self.redis, timeout_s)
+        if up:
+            self.mark(True)
+        return up
+
     @contextlib.asynccontextmanager
-    async def _deadline(self) -> AsyncIterator[None]:
-        if self.timeout_s is None:
-            yield
-            return
+    async def _operation(self) -> AsyncIterator[None]:
+        """One Redis operation: skipped at once while Redis is known down (but for one trial per
+        `retry_s`), limited to `timeout_s`, and what its failure says about Redis recorded."""
+        if self.down_since is not None:
+            now = time.monotonic()
+            if now < self._next_trial:
+                raise StoreSkipped(f"Redis has not answered for {now - self.down_since:.1f} s, so it was not asked")
+            self._next_trial = now + self.retry_s  # type: ignore[operator]  # this call is the trial: the others keep skipping
         try:
-            async with asyncio.timeout(self.timeout_s):
+            if self.timeout_s is None:
                 yield
-        except TimeoutError as error:  # this operation's own limit (a caller's deadline arrives as cancellation)
-            raise redis.exceptions.TimeoutError(f"Redis did not answer within {self.timeout_s:g} s") from error
+            else:
+                try:
+                    async with asyncio.timeout(self.timeout_s):
+                        yield
+                except TimeoutError as error:  # this operation's own limit (a caller's deadline arrives as cancellation)
+                    raise redis.exceptions.TimeoutError(f"Redis did not answer within {self.timeout_s:g} s") from error
+        except STORE_DOWN:
+            self.mark(False)
+            raise
+        except redis.exceptions.ResponseError as error:
+            if _is_oom(error):
+                raise StoreFull(
+                    "the profile store (Redis) is full: its maxmemory is reached and only stored edits are left "
+                    "(cached profiles are evicted first), so nothing was stored; raise its limit "
+                    "(--redis-maxmemory-mb for the private redis-server, maxmemory for your own)"
+                ) from error
+            raise
+        self.down_since = None  # it answered
 
     async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> StoredProfile:
         """The cached profile, the stored edits and their version, in one round trip (one script,
         atomic: the three belong together), refreshing the profile's and the version's TTL."""
         keys = [profile_key(model_version, user_id), edits_key(user_id), version_key(user_id)]
-        async with self._deadline():
+        async with self._operation():
             version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
         record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
         return StoredProfile(version, record, _decode_edits(_pairs(edits)))
@@ -289,13 +366,13 @@ class RedisStore:
         return await self._versions.get(user_id)
 
     async def get_one_version(self, user_id: str) -> bytes | None:
-        async with self._deadline():
+        async with self._operation():
             return await self.redis.get(version_key(user_id))
 
     async def get_versions(self, user_ids: list[str]) -> list[bytes | None]:
         """Many users' versions in one round trip (MGET; on a cluster, one per node)."""
         keys = [version_key(user_id) for user_id in user_ids]
-        async with self._deadline():
+        async with self._operation():
             if isinstance(self.redis, RedisCluster):
                 return list(await self.redis.mget_nonatomic(keys))
             return list(await self.redis.mget(keys))
@@ -304,7 +381,7 @@ class RedisStore:
         """Replace the cached profile; returns the state it leaves (the new version, with the edits
         read in the same transaction)."""
         key, version = profile_key(model_version, user_id), new_version()
-        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
+        async with self._operation(), self.redis.pipeline(transaction=True) as pipe:  # replace, never merge, a stale hash
             pipe.delete(key).hset(key, mapping=record.to_redis()).expire(key, self.ttl_s)
             results = await pipe.set(version_key(user_id), version, ex=self.ttl_s).hgetall(edits_key(user_id)).execute()
         return StoredProfile(version, record, _decode_edits(results[-1]))
@@ -312,7 +389,7 @@ class RedisStore:
     async def find_history(self, user_id: str, versions: list[int]) -> tuple[int, np.ndarray] | None:
         """The history stored with the user's cached profile under the first of `versions` that has
         one (newest first is the caller's order): (that version, its internal item indices)."""
-        async with self.redis.pipeline(transaction=False) as pipe:
+        async with self._operation(), self.redis.pipeline(transaction=False) as pipe:
             for version in versions:
                 pipe.hmget(profile_key(version, user_id), "history")
             found = await pipe.execute()
@@ -322,14 +399,14 @@ class RedisStore:
         return None
 
     async def get_edits(self, user_id: str) -> dict[str, EditSpec]:
-        async with self._deadline():
+        async with self._operation():
             return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
     async def store_edits(self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False) -> dict[str, EditSpec]:
         """Reset (DEL) and/or set each edit's field (HSET) and replace the version in one
         transaction; returns every stored edit afterwards (read inside the same transaction)."""
         key = edits_key(user_id)
-        async with self._deadline(), self.redis.pipeline(transaction=True) as pipe:
+        async with self._operation(), self.redis.pipeline(transaction=True) as pipe:
             if reset:
                 pipe.delete(key)
             if edits:
@@ -450,7 +527,7 @@ class ProfileCache:
         record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
         try:
             stored = await self.store.put_profile(self.model_version, user_id, record)
-        except STORE_DOWN:  # Redis went away after the read: answer, the next call stores it
+        except STORE_UNUSABLE:  # Redis went away (or filled up) after the read: answer, a later call stores it
             self._count("unavailable")
         else:
             self._remember(user_id, stored)  # with the version and edits the write left
@@ -467,10 +544,10 @@ class ProfileCache:
         cached one. With Redis down, a history is still answered: computed and not stored, with no
         stored edits (counted as "unavailable"; the response's profile then shows no edit, which
         tells the client they were not applied); without a history there is nothing to compute
-        from (UNAVAILABLE)."""
+        from (UNAVAILABLE). A full Redis (`StoreFull`) is treated alike: answered, not stored."""
         try:
             cached, edits = await self.cached(user_id)
-        except STORE_DOWN:
+        except STORE_UNUSABLE:  # down, known down (skipped at once) or full (a new user's read writes its version)
             stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise

@@ -75,6 +75,17 @@ class ServingConfig:
     redis_dir: str = _option(
         "artifacts/redis", "with the private redis-server: its data directory, kept across restarts (empty: a temp dir)"
     )
+    redis_maxmemory_mb: int = _option(
+        1024,
+        "with the private redis-server: its memory limit in MiB (0: none). Full, it evicts cached profiles only "
+        "(volatile-lru: they have a TTL, stored edits have none); once only edits are left, EditProfile answers "
+        "UNAVAILABLE and Recommend answers uncached",
+    )
+    redis_timeout_s: float = _option(
+        1.0,
+        "longest one Redis operation may take (seconds): then Recommend with a history answers uncached, calls "
+        "that need Redis answer UNAVAILABLE, and Redis is skipped until it answers again",
+    )
     backend: str = _option("onnxruntime", "inference backend", BACKENDS)
     triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
     ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
@@ -164,7 +175,7 @@ class ServingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_batch_wait_ms", "request_timeout_s", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
+        for name in ("max_batch_wait_ms", "request_timeout_s", "redis_maxmemory_mb", "shutdown_grace_s", "ort_threads", "model_version", "edit_rate",
                      "recommend_rate", "max_concurrent_rpcs", "drain_delay_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -176,6 +187,8 @@ class ServingConfig:
             raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
         if self.ab_version < 0:
             raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
+        if self.redis_timeout_s <= 0:
+            raise ValueError(f"redis_timeout_s must be above 0, got {self.redis_timeout_s}")
         if self.watch_interval_s <= 0:
             raise ValueError(f"watch_interval_s must be above 0, got {self.watch_interval_s}")
         if not 0 <= self.access_log_rate <= 1:
@@ -270,6 +283,8 @@ class StoreConfig:
     redis_cluster: bool
     redis_aof: bool
     redis_dir: str
+    redis_maxmemory_mb: int
+    redis_timeout_s: float
     cache_ttl_s: int
 
 

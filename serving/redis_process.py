@@ -11,14 +11,23 @@ until it answers PING and `stop()` shuts it down.
 to the file (the kernel's page cache) before it replies, so a killed redis-server (kill -9) loses no
 acknowledged write; only a machine crash can lose the last second.
 
+`maxmemory_mb` bounds its memory with the `volatile-lru` policy: when full, Redis evicts the least
+recently used keys that have a TTL (cached profiles and their version tokens: a cache, recomputed on
+a miss) and never a key without one (stored edits, `serving/cache.py`). Once only edits are left,
+writes fail with Redis' OOM error, which the store turns into UNAVAILABLE ("the profile store is
+full"); nothing stored is ever dropped silently.
+
 `restart()` reaps a server that died and starts a new one on the same socket and directory (the AOF
-is replayed); the gateway's watchdog (`serving/redis_watch.py`) calls it.
+is replayed); the runtime's supervisor thread (`serving/resources.py`) calls it. A start waits as long
+as the server makes progress (answers LOADING, or uses CPU while it replays a large AOF): only a
+server that neither answers nor works for `timeout` seconds is given up on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import shutil
 import socket
@@ -30,6 +39,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common.net import free_port
+
+log = logging.getLogger("apron.redis")
+LOADING_LOG_INTERVAL_S = 10.0  # a long AOF replay says how far it is this often
+EVICTION_POLICY = "volatile-lru"  # only keys with a TTL (cached profiles) are evicted: never stored edits
 
 # Unix socket paths are limited to ~107 bytes (sun_path); a longer data directory gets its socket
 # in a short temp directory instead.
@@ -73,6 +86,15 @@ def _ping(address: Path | int) -> bool | None:
     return True if reply.startswith(b"+PONG") else None if reply.startswith(b"-LOADING") else False
 
 
+def _cpu_ticks(pid: int) -> int | None:
+    """The CPU time (clock ticks) process `pid` has used, from /proc (None: not on Linux, or gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
 class RedisProcess:
     def __init__(
         self,
@@ -82,12 +104,14 @@ class RedisProcess:
         *,
         port: int | None = None,  # None: a Unix socket; a number: TCP on 127.0.0.1 (0: a free port)
         extra_args: Sequence[str] = (),  # more redis-server options, e.g. ("--cluster-enabled", "yes")
+        maxmemory_mb: int = 0,  # its memory limit (EVICTION_POLICY when reached); 0: none
     ):
         self.binary = Path(binary) if binary else find_redis_server()
         self.requested_port = port
         self.port = 0
         self.extra_args = list(extra_args)
         self.aof = aof
+        self.maxmemory_mb = maxmemory_mb
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir).absolute() if data_dir else None
         self.socket_path: Path | None = None
@@ -151,6 +175,7 @@ class RedisProcess:
             "--appendfsync", "everysec",
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
+            "--maxmemory", f"{self.maxmemory_mb}mb", "--maxmemory-policy", EVICTION_POLICY,
             *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
@@ -164,20 +189,36 @@ class RedisProcess:
         return self
 
     def _wait_ready(self, timeout: float) -> None:
-        """Until PONG. `timeout` counts only while it does not answer at all: an AOF replay (it
-        answers LOADING) takes as long as the file needs, however large."""
+        """Until PONG. `timeout` counts only while the server makes no progress: an AOF replay (it
+        answers LOADING, or it uses CPU between answers) takes as long as the file needs, however
+        large; it says how far it is every LOADING_LOG_INTERVAL_S."""
         assert self.process is not None
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        deadline, cpu, next_log = start + timeout, _cpu_ticks(self.process.pid), start + LOADING_LOG_INTERVAL_S
         while (answer := _ping(self._address())) is not True:
             if self.process.poll() is not None:
                 err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
                 raise RedisServerError(f"redis-server exited with code {self.process.returncode}: {err}{self.log_tail()}")
-            if answer is None:
-                deadline = time.monotonic() + timeout  # loading: alive and making progress
-            elif time.monotonic() > deadline:
+            now, worked = time.monotonic(), _cpu_ticks(self.process.pid)
+            if answer is None or (worked is not None and cpu is not None and worked > cpu):
+                deadline = now + timeout  # loading: alive and making progress
+                if now >= next_log:
+                    next_log = now + LOADING_LOG_INTERVAL_S
+                    log.info("the private redis-server is still loading its append-only file",
+                             extra={"fields": {"seconds": round(now - start), "aof_mb": round(self.aof_bytes() / 2**20)}})
+            elif now > deadline:
                 self.stop()
-                raise RedisServerError(f"redis-server did not answer PING within {timeout:.0f} s:\n{self.log_tail()}")
+                raise RedisServerError(f"redis-server neither answered PING nor made progress for {timeout:.0f} s:\n{self.log_tail()}")
+            cpu = worked
             time.sleep(0.01)
+
+    def aof_bytes(self) -> int:
+        """The size of its append-only file(s) (0: none; a file renamed meanwhile counts 0, never an error)."""
+        total = 0
+        for path in self.data_dir.glob("appendonly*") if self.data_dir is not None else ():
+            with contextlib.suppress(OSError):
+                total += path.stat().st_size
+        return total
 
     @property
     def pid(self) -> int | None:

@@ -4,6 +4,9 @@ Every `interval_s` the watch PINGs Redis (private or configured) and reports a c
 sets gRPC health to NOT_SERVING while Redis does not answer, SERVING again once it does. A private
 redis-server that died is restarted by the process's runtime (`serving/runtime.py`), not here.
 
+Each check's result also goes to `on_check` (the gateway's `RedisStore.mark`): while Redis is known
+down the store skips it at once instead of waiting for each call's timeout.
+
 Recommend keeps answering while Redis is down (profiles computed uncached); EditProfile and GetProfile
 need Redis, and retry once after `reachable()` saw it answer again (the servicer).
 """
@@ -49,9 +52,11 @@ class RedisWatch:
         redis: Redis | RedisCluster,
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float = WATCH_INTERVAL_S,
+        on_check: Callable[[bool], None] | None = None,
     ):
         self.redis = redis
         self.on_change = on_change  # called with True (Redis answers) / False (it does not)
+        self.on_check = on_check  # called with every check's result (changed or not)
         self.interval_s = interval_s
         self.up: bool | None = None  # unknown until the first check
         self._closing = asyncio.Event()
@@ -59,6 +64,8 @@ class RedisWatch:
     async def check(self) -> bool:
         """One round: PING, report a change. Whether Redis answers."""
         up = await ping(self.redis)
+        if self.on_check is not None:
+            self.on_check(up)
         await self._report(up)
         return up
 

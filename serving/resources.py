@@ -2,8 +2,10 @@
 
 - the private redis-server (the embedded default, no `--redis-url`): started once per `apron serve`,
   before any gateway, and restarted by a supervisor thread when it dies (reaped, same socket, same
-  AOF replayed). A thread, not the event loop: a restart and its AOF replay never stall calls, and
-  the `--workers` parent (which runs no event loop) uses the very same code;
+  AOF replayed). A thread, not the event loop: a restart and its AOF replay never stall calls (the
+  gateway meanwhile skips Redis: `serving/cache.py`'s `RedisStore`), however long the replay takes
+  (`RedisProcess` waits as long as the server makes progress), and the `--workers` parent (which
+  runs no event loop) uses the very same code;
 - the verification key and the development token (`auth.setup`: the development secret is created
   once, by the process that opens the resources; the workers only read it);
 - `forwarded_signals` for a process without an event loop (the `--workers` parent).
@@ -67,7 +69,7 @@ class RedisSupervisor:
             log.error("the private redis-server died (exit code %s): restarting it (same socket, same AOF)", code)
             try:
                 self.process.restart()
-            except RedisServerError as error:
+            except (RedisServerError, OSError) as error:  # OSError: it could not even be spawned (fork, files)
                 log.error("restarting the private redis-server failed (next try in %.1f s): %s", self.interval_s, error)
                 continue
             log.info("the private redis-server is back", extra={"fields": {"restarts": self.process.restarts}})
@@ -93,7 +95,8 @@ class Resources:
         security = auth.setup(config.security, config.host)  # first: refuses development auth beyond loopback before anything starts
         if config.redis_url:
             return cls(config, security)
-        process = RedisProcess(data_dir=config.redis_dir or None, aof=config.redis_aof).start()
+        store = config.store
+        process = RedisProcess(data_dir=store.redis_dir or None, aof=store.redis_aof, maxmemory_mb=store.redis_maxmemory_mb).start()
         try:
             supervisor = RedisSupervisor(process).start()
         except BaseException:

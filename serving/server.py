@@ -45,6 +45,9 @@ from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer
 
 log = logging.getLogger("apron.gateway")
+# the one-time move of stored edits to hash-tagged keys at start (a SCAN of every edit key): given up
+# beyond this (it is safe to interrupt, and runs again at the next start)
+MIGRATE_TIMEOUT_S = 60.0
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
 
 
@@ -141,14 +144,17 @@ class ApronServer:
 
     async def start(self) -> None:
         try:  # reliability: start without Redis; Recommend answers uncached until it is back
-            await self.redis.ping()
+            # the client has no socket timeout: a hung Redis must not hang the start
+            async with asyncio.timeout(self.config.redis_timeout_s):
+                await self.redis.ping()
             if not self.config.redis_cluster:
-                moved = await migrate_legacy_edits(self.redis)
+                async with asyncio.timeout(MIGRATE_TIMEOUT_S):
+                    moved = await migrate_legacy_edits(self.redis)
                 if moved:
                     log.info("stored edits moved to hash-tagged keys", extra={"fields": {"users": moved}})
-        except (RedisConnectionError, RedisTimeoutError, RedisClusterException) as error:
+        except (RedisConnectionError, RedisTimeoutError, RedisClusterException, TimeoutError) as error:
             log.warning("Redis unreachable at start (%s): profiles are computed uncached, EditProfile "
-                        "answers UNAVAILABLE and health NOT_SERVING until it is back", error)
+                        "answers UNAVAILABLE and health NOT_SERVING until it is back", error or "no answer in time")
         versions = await asyncio.to_thread(available_versions, self.config.repository)
         await self.models.apply(initial_routing(self.config, versions))  # loaded and warmed before serving
         for warning in batch_settings_warnings(self.config, self.model.metadata):
@@ -157,7 +163,7 @@ class ApronServer:
         if self.config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
         # reliability: health follows Redis (the runtime restarts a private redis-server that died)
-        self.redis_watch = RedisWatch(self.redis, self._set_health)
+        self.redis_watch = RedisWatch(self.redis, self._set_health, on_check=self.models.store.mark)
         await self.redis_watch.check()
         self._tasks.append(asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch"))
         if self.config.watch_repository:
@@ -222,13 +228,16 @@ async def create_server(
     config = dataclasses.replace(config, redis_url=resources.config.redis_url)
     try:
         metrics = Metrics()
-        # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command)
+        # reliability: fail fast when Redis is down (redis-py's default retries for ~3 s per command).
+        # No socket timeout: the store bounds each operation itself (asyncio.timeout, --redis-timeout-s),
+        # which costs no task per command, and skips Redis at once while it is known down.
         client = RedisCluster if config.redis_cluster else Redis  # the cluster client finds the other nodes itself
         redis = client.from_url(
-            config.redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=2.0,
+            config.redis_url, decode_responses=False, socket_connect_timeout=1.0, socket_timeout=None,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
-        store = RedisStore(redis, config.cache_ttl_s)
+        # known down, Redis is skipped until the watch (`start`, a PING every 0.1 s) sees it answer: no trial calls
+        store = RedisStore(redis, config.cache_ttl_s, timeout_s=config.redis_timeout_s, retry_s=None)
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
         servicer = RecommenderServicer(config.server, config.security, models, store, metrics)

@@ -23,7 +23,7 @@ import numpy as np
 import redis.exceptions
 
 from serving import auth, limits, stages, tracing
-from serving.cache import ProfileRecord, RedisStore
+from serving.cache import ProfileRecord, RedisStore, StoreSkipped
 from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
 from serving.errors import (
@@ -39,7 +39,6 @@ from serving.models import LoadedModel, ModelSet, current_version
 from serving.profile_encoding import ALL_PROTOTYPES, ProfileSelection
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
-from serving.redis_watch import reachable
 from serving.topk import select_top_k
 from serving.validation import (
     validate_edits,
@@ -255,13 +254,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return [edit_to_proto(e) for e in ranked]
 
     async def _after_reconnect(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """`operation`, retried once when Redis failed it and answers again within RECONNECT_WAIT_S
-        (a restarted or failed-over Redis). Only for idempotent operations: a stored edit sets
-        values, so storing it twice leaves the same state."""
+        """`operation`, retried once when its connection to Redis broke and Redis answers again
+        within RECONNECT_WAIT_S (a restarted or failed-over Redis). Not when Redis was already known
+        down (skipped: UNAVAILABLE at once) or did not answer in time (its time is spent). Only for
+        idempotent operations: a stored edit sets values, so storing it twice leaves the same state."""
         try:
             return await operation()
-        except REDIS_ERRORS:
-            if not await reachable(self.store.redis, RECONNECT_WAIT_S):
+        except REDIS_ERRORS as error:
+            if isinstance(error, StoreSkipped | redis.exceptions.TimeoutError):
+                raise
+            if not await self.store.reachable(RECONNECT_WAIT_S):
                 raise
         return await operation()
 

@@ -19,6 +19,7 @@ from serving.config import ServingConfig
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
+from serving.resources import Resources
 from serving.server import ApronServer, create_server
 from tests.export.fixtures import (  # noqa: F401  (pytest finds fixtures by name)
     penalised_checkpoint,
@@ -80,8 +81,9 @@ class Gateway:
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(config: ServingConfig) -> AsyncIterator[Gateway]:
-    server, port = await create_server(config)
+async def running_gateway(config: ServingConfig, resources: Resources | None = None) -> AsyncIterator[Gateway]:
+    """A started gateway; with `resources`, on those (the caller closes them), else on its own."""
+    server, port = await create_server(config, resources=resources)
     await server.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:

@@ -84,3 +84,29 @@ def test_an_interrupted_start_leaves_no_server_and_the_data_is_private(tmp_path:
     assert (tmp_path / "redis").stat().st_mode & 0o777 == 0o700
     files = [p for p in (tmp_path / "redis").rglob("*") if p.is_file() and p.name != "gateway.lock"]
     assert files and all(p.stat().st_mode & 0o077 == 0 for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]
+
+
+def test_a_start_waits_as_long_as_the_server_makes_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large AOF's replay may leave PING unanswered for long (redis-server answers between
+    chunks): while the process uses CPU, no timeout gives up on it; one that neither answers nor
+    works for `timeout` is stopped. (`_ping` and the CPU clock stand in for a replay that long.)"""
+    import itertools
+
+    import serving.redis_process as module
+
+    polls, ticks = itertools.count(), itertools.count()
+    monkeypatch.setattr(module, "_ping", lambda _address: next(polls) >= 50)  # silent for 50 polls
+    monkeypatch.setattr(module, "_cpu_ticks", lambda _pid: next(ticks))  # working all along
+    server = RedisProcess(data_dir=tmp_path / "busy")
+    try:
+        server.start(timeout=0.0)
+        assert server.running()
+    finally:
+        server.stop()
+
+    monkeypatch.setattr(module, "_ping", lambda _address: False)
+    monkeypatch.setattr(module, "_cpu_ticks", lambda _pid: 7)  # alive, doing nothing
+    stuck = RedisProcess(data_dir=tmp_path / "stuck")
+    with pytest.raises(RedisServerError, match="nor made progress"):
+        stuck.start(timeout=0.0)
+    assert stuck.process is None  # stopped, not left running

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving.cache import ProfileCache, ProfileRecord, RedisStore, version_key
+from serving.cache import ProfileCache, ProfileRecord, RedisStore, StoreSkipped, version_key
 from serving.catalog import history_digest
 from serving.edits import EditSpec
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -166,12 +166,26 @@ async def test_the_stores_own_timeout_fails_a_silent_redis_as_unavailable() -> N
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     client = Redis.from_url(f"redis://127.0.0.1:{port}", socket_timeout=None)
-    store = RedisStore(client, ttl_s=600, timeout_s=0.2)
+    store = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=0.0)  # every operation is tried
     try:
         for operation in (store.get_version("u"), store.get_profile(1, "u", (2, 3)), store.store_edits("u", {}, reset=True)):
             with pytest.raises(redis.exceptions.TimeoutError, match="did not answer within 0.2 s"):
                 await operation
         assert accepted  # it was the answer that never came, not the connection
+        # Once an operation failed, Redis is known down: the next ones are skipped, not tried, until
+        # a check (the gateway's watch) says it answers again.
+        skipping = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=None)
+        with pytest.raises(redis.exceptions.TimeoutError):
+            await skipping.get_edits("u")
+        assert skipping.known_down
+        connections = len(accepted)
+        for operation in (skipping.get_version("u"), skipping.store_edits("u", {}, reset=True)):
+            with pytest.raises(StoreSkipped, match="not asked"):
+                await operation
+        assert len(accepted) == connections  # the skipped ones opened no connection
+        skipping.mark(True)
+        with pytest.raises(redis.exceptions.TimeoutError):  # tried again
+            await skipping.get_edits("u")
     finally:
         await client.aclose()
         for writer in accepted:
