@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     time_hooks(args.hook_calls)  # warm-up
     for _ in range(args.blocks):
         for state in ("off", "on"):
-            exporter = tracing_on(4 * args.hook_calls) if state == "on" else None
+            exporter = tracing_on(max(2048, 4 * args.hook_calls)) if state == "on" else None
             hooks[state].append(time_hooks(args.hook_calls))
             tracing.shutdown()
             assert exporter is None or exporter.spans == 4 * args.hook_calls  # call + 3 stage spans each
