@@ -36,6 +36,7 @@ import collections
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -207,7 +208,8 @@ def load_test_users(environment: Environment, **_kwargs: Any) -> None:
     try:
         _test_users = TestUsers(Path(options.dataset), options.max_test_users)
     except ValueError as error:  # DataError included; SystemExit: Locust reports a listener's Exception and runs on
-        raise SystemExit(f"loadtest: no test users in {options.dataset}: {error}\n{DATASET_HINT}") from None
+        print(f"loadtest: no test users in {options.dataset}: {error}\n{DATASET_HINT}", file=sys.stderr)
+        raise SystemExit(2) from None
     task_weights(options)  # fail at start, not in every user
     log.info("loaded %d test users from %s", len(_test_users.user_ids), options.dataset)
 

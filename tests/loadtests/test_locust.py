@@ -59,7 +59,7 @@ def locust(gateway: Gateway, dataset: Path, out: Path, *extra: str) -> subproces
 
 def test_a_missing_dataset_is_explained_without_a_traceback(gateway: Gateway, tmp_path: Path) -> None:
     result = locust(gateway, tmp_path / "no-such-dataset", tmp_path, "--min-requests", "1")
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "no test users in" in result.stderr and "LOADTEST_DATASET=DIR" in result.stderr
 
 
