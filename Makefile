@@ -19,7 +19,7 @@ system:
 	bash scripts/install_system.sh
 
 serve: $(PY)
-	$(VENV)/bin/apron serve
+	$(VENV)/bin/apron serve --http-port 8080
 
 lint: $(PY)
 	$(VENV)/bin/ruff check .

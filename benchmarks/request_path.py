@@ -19,7 +19,7 @@ import threading
 import time
 import urllib.request
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,8 @@ from common.net import free_port
 from serving.stages import METHOD_STAGES
 
 ECHO_PAYLOAD = b"x" * 200  # the echo's request and response (/work/shared/perf's size)
-ECHO_METHOD = "/bench.Echo/Call"
+ECHO_SERVICE = "bench.Echo"
+ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
 ECHO_CHANNELS = 4  # per load process, as the gateway's load client uses
 
 
@@ -45,30 +46,34 @@ def _identity(data: bytes) -> bytes:
 # ----------------------------------------------------------------------------- the echo server
 
 
-async def _echo(port: int, ready: Any) -> None:
-    server = grpc.aio.server()
+Interceptors = Callable[[], list[grpc.aio.ServerInterceptor]]  # module-level: a spawned process gets it by name
+
+
+async def _echo(port: int, ready: Any, service: str, interceptors: Interceptors | None) -> None:
+    server = grpc.aio.server(interceptors=interceptors() if interceptors else None)
 
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
     handler = grpc.unary_unary_rpc_method_handler(echo, request_deserializer=_identity, response_serializer=_identity)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler}),))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {"Call": handler}),))
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     ready.set()
     await server.wait_for_termination()
 
 
-def _serve_echo(port: int, ready: Any) -> None:
-    asyncio.run(_echo(port, ready))
+def _serve_echo(port: int, ready: Any, service: str, interceptors: Interceptors | None) -> None:
+    asyncio.run(_echo(port, ready, service, interceptors))
 
 
 @contextlib.contextmanager
-def echo_server() -> Iterator[tuple[str, int]]:
-    """A bare grpc.aio echo server in its own (spawned) process: (address, pid) until the block exits."""
+def echo_server(service: str = ECHO_SERVICE, interceptors: Interceptors | None = None) -> Iterator[tuple[str, int]]:
+    """A bare grpc.aio echo server (`/<service>/Call`, behind `interceptors()` when given) in its own
+    (spawned) process: (address, pid) until the block exits."""
     context = multiprocessing.get_context("spawn")
     port, ready = free_port(), context.Event()
-    process = context.Process(target=_serve_echo, args=(port, ready), name="apron-echo", daemon=True)
+    process = context.Process(target=_serve_echo, args=(port, ready, service, interceptors), name="apron-echo", daemon=True)
     process.start()
     try:
         if not ready.wait(120):

@@ -444,6 +444,30 @@ def _with_behavior(
     return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **codecs)
 
 
+def check_caller(
+    verifier: TokenVerifier, metadata: Iterable[tuple[str, str | bytes]] | None
+) -> tuple[Caller, stages.StageClock]:
+    """The call's verified caller (or the AuthError of its token) and its stage clock, which starts
+    with this check: the gRPC interceptor and the HTTP gateway (`serving/http.py`) alike."""
+    clock = stages.StageClock(time.perf_counter())
+    caller: Caller
+    try:
+        caller = verifier.verify_metadata(metadata)
+    except AuthError as error:
+        caller = error
+    clock.mark(stages.AUTH)
+    return caller, clock
+
+
+def as_verified_caller(
+    verifier: TokenVerifier, metadata: Iterable[tuple[str, str | bytes]] | None, behavior: Callable
+) -> Callable:
+    """`behavior` (a unary handler) run with the caller `metadata`'s token proves, exactly as the
+    interceptor runs it: for a call that did not come through gRPC (HTTP/JSON)."""
+    caller, clock = check_caller(verifier, metadata)
+    return _wrap_unary(behavior, caller, clock)
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Verifies every call's bearer token (except health and reflection) and runs its handler with
     the verified Principal, or the token's AuthError, as `current_principal()`: the handler's error
@@ -461,13 +485,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler  # unknown methods get UNIMPLEMENTED from grpc itself
-        clock = stages.StageClock(time.perf_counter())  # the call's stages start with its token check
-        caller: Caller
-        try:
-            caller = self.verifier.verify_metadata(handler_call_details.invocation_metadata)
-        except AuthError as error:
-            caller = error
-        clock.mark(stages.AUTH)
+        caller, clock = check_caller(self.verifier, handler_call_details.invocation_metadata)
         wrap = _wrap_streaming if handler.response_streaming else _wrap_unary
         return _with_behavior(handler, lambda behavior: wrap(behavior, caller, clock))
 
@@ -529,6 +547,7 @@ def check_exposure(config: SecurityConfig, host: str) -> None:
 class AuthSetup:
     interceptors: tuple[grpc.aio.ServerInterceptor, ...]
     service_token: str | None  # minted only for the development secret, for the quick start
+    verifier: TokenVerifier | None = None  # the interceptor's (None: auth off); the HTTP gateway checks with it too
 
 
 def setup(config: SecurityConfig, host: str) -> AuthSetup:
@@ -555,4 +574,4 @@ def setup(config: SecurityConfig, host: str) -> AuthSetup:
             key.key, DEV_TOKEN_SUBJECT, Role.SERVICE, issuer=config.jwt_issuer,
             ttl_s=min(DEV_TOKEN_TTL_S, config.jwt_max_lifetime_s), audience=config.jwt_audience,
         )  # fmt: skip
-    return AuthSetup((interceptor,), token)
+    return AuthSetup((interceptor,), token, verifier)

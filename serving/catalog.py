@@ -6,6 +6,7 @@ names to prototype indices.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from export.metadata import ExportMetadata, read_metadata
+from serving.search import NameIndex
 
 HISTORY_MEMO = 1024  # histories ServedModel.history remembers (least recently used dropped first)
 
@@ -59,6 +61,11 @@ class ServedModel:
     @property
     def tag_names(self) -> list[str]:
         return self.metadata.tag_names
+
+    @functools.cached_property
+    def names(self) -> NameIndex:
+        """The item names, case-folded once, for SearchItems."""
+        return NameIndex.of(self.metadata.item_names)
 
     def history_indices(self, history: Sequence[str]) -> tuple[np.ndarray, int]:
         """Original item ids -> (sorted distinct internal indices, number of unknown ids ignored).

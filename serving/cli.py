@@ -111,6 +111,19 @@ def try_it_lines(
     ]
 
 
+def http_lines(host: str, http_port: int | None, token: str | None, auth: bool, tls: bool) -> list[str]:
+    """With --http-port: the same call over HTTP/JSON, the OpenAPI document and the control page."""
+    if http_port is None:
+        return []
+    base = f"{'https' if tls else 'http'}://{host}:{http_port}"
+    header = f'-H "authorization: Bearer {token if token else "$APRON_TOKEN"}" ' if auth else ""
+    return [
+        f"over HTTP/JSON (OpenAPI: {base}/v1/openapi.json):",
+        f"  curl -s {header}-d '{{\"user_id\": \"alice\", \"k\": 5}}' {base}/apron.v1.Recommender/Recommend",
+        f"control page (pick artists, drag a tag's share, watch the list change): {base}/",
+    ]
+
+
 def usage_hint(serving: Serving) -> str:
     """How to call the running gateway, with real ids from its catalog."""
     config = serving.config
@@ -126,6 +139,7 @@ def usage_hint(serving: Serving) -> str:
             f"{len(serving.tag_names)} prototypes, {serving.n_items} items); metrics: {metrics}",
             "try it:",
             *(f"  {line}" for line in lines),
+            *http_lines(config.host, serving.http_port, serving.service_token, config.auth, tls),
             "stop with Ctrl-C (in-flight calls are drained); roll out a newer exported version with SIGHUP",
         ]
     )

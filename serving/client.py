@@ -6,18 +6,36 @@
         client.recommend("alice", k=10)      # the stored edit applies
         client.edit("alice", reset=True)
 
-Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the server sent them.
+Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the server sent them, after
+the retries that are safe (`retry_delay`): UNAVAILABLE (a replica draining or starting, Triton or
+Redis down for a moment), and CANCELLED only when the server says it cut the call while draining
+(trailer `apron-draining`, serving/drain.py); at most RETRY_ATTEMPTS attempts within the one
+`timeout_s`, with exponential backoff and jitter, or after the server's `retry-after-ms` when it
+sends one. Retrying is safe for every RPC: Recommend, GetProfile and ListPrototypes read, and an
+EditProfile *sets* each named prototype's scale or share (and `reset` deletes first), so storing
+the same request twice leaves the same stored edits as storing it once; an edit is never applied
+twice. The one thing a retry can do is what any late write does: land after another client's edit
+of the same prototype (last writer wins).
+
+Works against a degraded gateway: while Redis is down the gateway stays ready (serving/health.py)
+and Recommend with a history answers; EditProfile / GetProfile answer UNAVAILABLE once the retries
+are spent.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import grpc
 
 from serving import auth
+from serving.drain import DRAINING_KEY
+from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import admin_pb2 as admin_pb
 from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -26,21 +44,27 @@ from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 DEFAULT_TARGET = "127.0.0.1:50051"
 # RecommendRequest.profile_view by the names `apron client recommend --profile-view` takes
 PROFILE_VIEWS = {"all": pb.PROFILE_VIEW_ALL, "top": pb.PROFILE_VIEW_TOP, "none": pb.PROFILE_VIEW_NONE}
+# Retries (ApronClient's own loop, and grpc's for other clients through SERVICE_CONFIG)
+RETRY_ATTEMPTS = 5  # attempts in all, the first included
+INITIAL_BACKOFF_S = 0.05
+MAX_BACKOFF_S = 1.0
+BACKOFF_MULTIPLIER = 2.0
 # How clients call the gateway (gRPC service config): spread over every address of the target
 # (e.g. "ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several records), skip replicas whose
-# health service says NOT_SERVING (a draining or Redis-less gateway), and retry UNAVAILABLE with
+# overall health ("": readiness, serving/health.py) says NOT_SERVING (draining, or its inference
+# backend down; not Redis: a Redis-less gateway still answers Recommend), and retry UNAVAILABLE with
 # backoff: every RPC is idempotent (an edit sets values; storing it twice changes nothing).
-SERVICE_CONFIG = {
+SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "healthCheckConfig": {"serviceName": ""},
     "methodConfig": [
         {
             "name": [{"service": "apron.v1.Recommender"}],
             "retryPolicy": {
-                "maxAttempts": 5,
-                "initialBackoff": "0.05s",
-                "maxBackoff": "1s",
-                "backoffMultiplier": 2,
+                "maxAttempts": RETRY_ATTEMPTS,
+                "initialBackoff": f"{INITIAL_BACKOFF_S}s",
+                "maxBackoff": f"{MAX_BACKOFF_S}s",
+                "backoffMultiplier": BACKOFF_MULTIPLIER,
                 "retryableStatusCodes": ["UNAVAILABLE"],
             },
         }
@@ -48,9 +72,33 @@ SERVICE_CONFIG = {
 }
 
 
-def channel_options() -> list[tuple[str, object]]:
-    """grpc channel options carrying SERVICE_CONFIG (for any client of the gateway)."""
-    return [("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]
+def channel_options(retries: bool = True) -> list[tuple[str, object]]:
+    """grpc channel options carrying SERVICE_CONFIG (for any client of the gateway); `retries`
+    False: without its retry policy, for a client that retries itself (ApronClient: grpc's policy
+    cannot honour `retry-after-ms` nor tell a draining server's CANCELLED from another)."""
+    config = SERVICE_CONFIG if retries else {**SERVICE_CONFIG, "methodConfig": []}
+    return [("grpc.service_config", json.dumps(config)), ("grpc.enable_retries", 1)]
+
+
+def retry_delay(code: grpc.StatusCode, trailers: Mapping[str, str], attempt: int, jitter: float) -> float | None:
+    """Seconds to wait before retrying a call whose attempt number `attempt` (1: the first) failed
+    with `code` and `trailers`, or None: not safe to retry, or the attempts are spent. `jitter` in
+    [0, 1) scales the exponential backoff (full jitter: replicas' clients do not retry in step);
+    the server's `retry-after-ms` replaces it when present. Pure."""
+    if attempt >= RETRY_ATTEMPTS:
+        return None
+    if code is grpc.StatusCode.CANCELLED:
+        if trailers.get(DRAINING_KEY) != "1":
+            return None  # cancelled by the caller, or by grpc with no word from the server: maybe done
+    elif code is not grpc.StatusCode.UNAVAILABLE:
+        return None
+    try:
+        retry_after_ms = float(trailers.get(RETRY_AFTER_KEY, ""))
+    except ValueError:
+        retry_after_ms = -1.0
+    if retry_after_ms >= 0:  # (NaN compares False)
+        return retry_after_ms / 1000.0
+    return jitter * min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * BACKOFF_MULTIPLIER ** (attempt - 1))
 
 
 def make_edits(scale: Mapping[str, float] | None = None, weight: Mapping[str, float] | None = None) -> list[pb.Edit]:
@@ -79,17 +127,32 @@ class ApronClient:
         timeout_s: float = 10.0,
         credentials: grpc.ChannelCredentials | None = None,
     ):
-        options = channel_options()
+        options = channel_options(retries=False)  # retried by `_call`
         self.channel = (
             grpc.secure_channel(target, credentials, options) if credentials else grpc.insecure_channel(target, options)
         )
         self.stub = pb_grpc.RecommenderStub(self.channel)
         self.admin = admin_grpc.ModelAdminStub(self.channel)
         self.metadata = auth.bearer_metadata(token) if token else ()
-        self.timeout_s = timeout_s
+        self.timeout_s = timeout_s  # for a call and its retries together
+        self.retries = 0  # retried attempts, all calls together
 
-    def _call(self, method: str, request: object) -> object:
-        return getattr(self.stub, method)(request, timeout=self.timeout_s, metadata=self.metadata)
+    def _call(self, method: str, request: object) -> Any:
+        """`method`, retried as `retry_delay` says within `timeout_s` in all."""
+        call: Callable[..., Any] = getattr(self.stub, method)
+        deadline = time.monotonic() + self.timeout_s
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=self.metadata)
+            except grpc.RpcError as error:
+                trailers = {key: value for key, value in (error.trailing_metadata() or ()) if isinstance(value, str)}  # type: ignore[attr-defined]
+                delay = retry_delay(error.code(), trailers, attempt, random.random())  # type: ignore[attr-defined]
+                if delay is None or time.monotonic() + delay >= deadline:
+                    raise
+                self.retries += 1
+                time.sleep(delay)
 
     def recommend(
         self,

@@ -61,6 +61,11 @@ class ServingConfig:
         1, "gateway processes sharing the port (SO_REUSEPORT, Linux): an event loop each, one Redis, /metrics summed over them"
     )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
+    http_port: int = _option(
+        -1,
+        "HTTP/JSON port beside gRPC, same calls, tokens and limits, with /v1/openapi.json and the control page at / "
+        "(-1: off; 0: any free port); shared by --workers like the gRPC port",
+    )
     redis_url: str = _option(
         "", "Redis URL, e.g. redis://redis:6379/0 (empty: start a private redis-server for this process)"
     )
@@ -179,6 +184,8 @@ class ServingConfig:
                      "recommend_rate", "max_concurrent_rpcs", "drain_delay_s"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.http_port < -1:
+            raise ValueError(f"http_port must be -1 (off), 0 (any free port) or a port, got {self.http_port}")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
         if not 0 <= self.ab_share <= 1:
@@ -265,6 +272,7 @@ class ServerConfig:
     port: int
     workers: int
     metrics_port: int
+    http_port: int
     request_timeout_s: float
     shutdown_grace_s: float
     reuse_port: bool

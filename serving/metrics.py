@@ -1,9 +1,11 @@
-"""Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`).
+"""Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`,
+beside the HTTP health probes `/healthz/live` and `/healthz/ready`: `serve_http`).
 
 Every name of ours starts with `apron_`; beside them the standard `process_*` (CPU, memory, file
-descriptors of this process; with `--workers` the parent serves the workers' files and none). Histograms: RPC latency by method and status code, each RPC's
-stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
-micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauge: RPCs in flight by method.
+descriptors of this process; with `--workers` the parent serves the workers' files and none).
+Histograms: RPC latency by method and status code, each RPC's stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
+micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauges: RPCs in flight by
+method, each watched dependency up or down (`apron_backend_up`, serving/health.py).
 
 The per-call series are reached through label children resolved once (`for_method`, `StageRecorder`):
 `labels()` validates and locks on every call, which a cached Recommend should not pay a dozen times.
@@ -12,10 +14,13 @@ The per-call series are reached through label children resolved once (`for_metho
 from __future__ import annotations
 
 import gc
+import gzip
+import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import (
@@ -25,8 +30,8 @@ from prometheus_client import (
     Histogram,
     ProcessCollector,
     disable_created_metrics,
-    start_http_server,
 )
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from serving.stages import StageClock, StageRecorder
 
@@ -168,6 +173,10 @@ class Metrics:
         self.fallbacks = Counter(  # reliability: --triton-fallback at work
             "apron_backend_fallbacks", "inference calls served in-process while Triton was unreachable", ["method"], registry=r
         )
+        self.backend_up = Gauge(  # reliability: a degraded gateway says so without leaving the rotation
+            "apron_backend_up", "whether a dependency answers (1) or not (0): redis, inference (serving/health.py)",
+            ["backend"], registry=r, multiprocess_mode="min",
+        )  # fmt: skip
         self.stage_seconds = Histogram(
             "apron_stage_seconds",
             "one stage of an RPC (serving/stages.py: auth, redis_read, scorer_run, response, ...)",
@@ -186,7 +195,7 @@ class Metrics:
         self._gc_timer = GcTimer(self.gc_pauses)
         self._gc_timer.start()  # until shutdown(): also in --workers processes, which serve no /metrics
         self._methods: dict[str, MethodMetrics] = {}
-        self._server: WSGIServer | None = None
+        self._server: ThreadingHTTPServer | None = None
 
     def observe_call(self, method: str, clock: StageClock) -> None:
         """A finished call's stages, and the garbage collections since the last call."""
@@ -220,14 +229,74 @@ class Metrics:
         self.inference_latency.labels(model, backend, version).observe(seconds)
 
     # -- the HTTP endpoint
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Start `/metrics` on `port` (0: a free one) in a daemon thread; returns the bound port."""
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1", probes: Mapping[str, Probe] | None = None) -> int:
+        """Start `/metrics` and the `probes` (`/healthz/<name>`) on `port` (0: a free one) in a
+        daemon thread; returns the bound port."""
+        self._server = serve_http(port, host, self.registry, probes or {})
         return int(self._server.server_port)
 
     def shutdown(self) -> None:
         self._gc_timer.stop()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            stop_http(self._server)
             self._server = None
+
+
+# ------------------------------------------------------------------------------ the HTTP endpoint
+
+Probe = Callable[[], bool]  # True: 200, False: 503
+HEALTH_PREFIX = "/healthz/"
+
+
+def http_answer(
+    path: str, registry: CollectorRegistry, probes: Mapping[str, Probe], accept: str = "", accept_encoding: str = ""
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) for a GET of `path`: `/metrics` (in the format and encoding the
+    client accepts, as prometheus_client's own server chooses them: OpenMetrics, gzip),
+    `/healthz/<probe>` (200 / 503), else 404."""
+    route = path.split("?", 1)[0]
+    text = {"Content-Type": "text/plain; charset=utf-8"}
+    if route == "/metrics":
+        encoder, content_type = choose_encoder(accept)
+        body, headers = encoder(registry), {"Content-Type": content_type}
+        if gzip_accepted(accept_encoding):
+            body, headers["Content-Encoding"] = gzip.compress(body), "gzip"
+        return 200, headers, body
+    probe = probes.get(route.removeprefix(HEALTH_PREFIX)) if route.startswith(HEALTH_PREFIX) else None
+    if probe is None:
+        return 404, text, b"not found\n"
+    return (200, text, b"ok\n") if probe() else (503, text, b"not ok\n")
+
+
+def serve_http(port: int, host: str, registry: CollectorRegistry, probes: Mapping[str, Probe]) -> ThreadingHTTPServer:
+    """`/metrics` of `registry` and `/healthz/<name>` of `probes` on `port` (0: a free one), each
+    request in its own daemon thread (the standard library's server: no dependency added; a probe
+    that waits on the event loop never holds up a scrape)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            status, headers, body = http_answer(
+                self.path, registry, probes, self.headers.get("Accept", ""), self.headers.get("Accept-Encoding", "")
+            )
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (http.server's signature)
+            pass  # scrapes and probes every few seconds: not worth a log line each
+
+    class Server(ThreadingHTTPServer):
+        address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6
+        daemon_threads = True
+
+    server = Server((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="apron-metrics-http", daemon=True).start()
+    return server
+
+
+def stop_http(server: ThreadingHTTPServer) -> None:
+    server.shutdown()
+    server.server_close()

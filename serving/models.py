@@ -7,8 +7,11 @@ split, a *candidate* that answers a stated share of users, chosen by a hash of t
 user stays on one side as long as the split does).
 
 Rollout without a failed call (`ModelSet.apply`): the versions the new routing needs are loaded
-*beside* the serving ones — metadata read, scorer started, one warm-up inference through both
-graphs — and only then does one assignment swap the routing (atomic on the event loop). A call takes
+*beside* the serving ones — metadata read and checked against its graphs (`metadata_mismatches`,
+`graph_mismatches`, `warm_up`: item count, prototype count, k_max, which graph is which), scorer
+started, one warm-up inference through both graphs — and only then does one assignment swap the routing (atomic on the event loop). The
+gateway's start is the same path: a version whose metadata does not match its graphs is refused
+with a message naming the mismatch, at start and at a hot rollout alike (the old version serves on). A call takes
 its `LoadedModel` once, at its start (`use`), and keeps it to its end, so in-flight calls finish on
 the version they started on; a replaced version is closed when its last call has ended. If anything
 fails while loading, the routing is left as it was and the error says why (log line, the
@@ -40,8 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.metadata import MetadataError
-from serving.backends.base import Scorer
+from export import contract
+from export.metadata import ExportMetadata, MetadataError
+from serving.backends.base import GraphSignature, Scorer
 from serving.cache import STORE_DOWN, ProfileCache, RedisStore
 from serving.catalog import ServedModel
 from serving.metrics import Metrics
@@ -167,6 +171,11 @@ class ModelSet:
             if served.retired and served.in_flight == 0:
                 asyncio.get_running_loop().create_task(self._close(served))
 
+    async def healthy(self) -> bool:
+        """Whether every routed version's backend answers (the gateway's readiness)."""
+        served = [m for m in (self._primary, self._candidate) if m is not None]
+        return bool(served) and all([await m.scorer.healthy() for m in served])
+
     # ------------------------------------------------------------------------------ rollout
 
     def newest_version(self) -> int:
@@ -245,9 +254,11 @@ class ModelSet:
 
     async def _load(self, version: int) -> LoadedModel:
         model = await asyncio.to_thread(ServedModel.load, self.repository, version)
+        refuse_mismatches(model, metadata_mismatches(model.metadata))
         scorer = self.make_scorer(model)
         try:
             await scorer.start()
+            refuse_mismatches(model, graph_mismatches(model.metadata, await scorer.signatures()))
             await warm_up(scorer, model)
         except BaseException:
             await scorer.close()
@@ -326,15 +337,93 @@ class ModelSet:
         }
 
 
+# ------------------------------------------------------------------------------ a version's checks before it serves
+
+
+def refuse_mismatches(model: ServedModel, found: list[str]) -> None:
+    if found:
+        raise ModelLoadError(f"version {model.version} refused, its apron_metadata does not match its graphs: " + "; ".join(found))
+
+
+def metadata_mismatches(meta: ExportMetadata) -> list[str]:
+    """What in the metadata alone cannot be true of any exported model (pure)."""
+    found = []
+    if not 1 <= meta.k_max <= meta.n_items:
+        found.append(f"k_max {meta.k_max} is outside [1, n_items {meta.n_items}]")
+    if meta.n_heads < 1 or meta.n_prototypes < 1:
+        found.append(f"n_heads {meta.n_heads} and n_prototypes {meta.n_prototypes} must be positive")
+    outside = [i for i in meta.prototype_items if not 0 <= i < meta.n_items]
+    if outside:
+        found.append(f"prototype_items {outside[:5]} are outside the catalog of n_items {meta.n_items}")
+    return found
+
+
+def graph_mismatches(meta: ExportMetadata, graphs: dict[str, GraphSignature]) -> list[str]:
+    """The graphs' declared tensors against what the metadata says they are (pure; `graphs` {}:
+    a backend without graphs, nothing to compare). Names first (a graph in the other's place is
+    named as such), then every dimension both sides fix: prototype count, heads, k_max."""
+    expected = contract.model_io(meta.n_heads, meta.n_prototypes, meta.feature_dim, meta.k_max)
+    batch_inputs = {spec.name for specs in contract.BATCH_INPUTS.values() for spec in specs}  # computed by Triton
+
+    def names(specs: tuple) -> set[str]:
+        return {spec.name for spec in specs}
+
+    found = []
+    for model, graph in graphs.items():
+        inputs, outputs = expected[model]
+        if names(inputs) - graph.inputs.keys() or names(outputs) - graph.outputs.keys():
+            other = next((name for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL) if name != model and
+                          graph.inputs.keys() - batch_inputs <= names(expected[name][0]) and
+                          names(expected[name][1]) <= graph.outputs.keys()), None)  # fmt: skip
+            what = f": it is the {other} graph (profile and scorer swapped?)" if other else ""
+            found.append(
+                f"{model}'s graph takes {sorted(graph.inputs)} and gives {sorted(graph.outputs)}, expected "
+                f"{sorted(names(inputs))} -> {sorted(names(outputs))}{what}"
+            )
+            continue
+        for direction, specs, declared in (("input", inputs, graph.inputs), ("output", outputs, graph.outputs)):
+            for spec in specs:
+                if -1 in spec.dims:  # open by the contract (history length, exclusions): nothing to compare
+                    continue
+                dims = declared[spec.name][1:]  # without the batch axis
+                if len(dims) != len(spec.dims) or any(d is not None and d != e for d, e in zip(dims, spec.dims, strict=False)):
+                    found.append(f"{model} {direction} {spec.name} is {list(dims)} per user, the metadata says "
+                                 f"{list(spec.dims)} ({describe_dims(model, spec.name, meta)})")  # fmt: skip
+    return found
+
+
+def describe_dims(model: str, tensor: str, meta: ExportMetadata) -> str:
+    """Which metadata fields a tensor's dims come from, for a mismatch's message."""
+    if tensor in (contract.TOP_IDS, contract.TOP_SCORES):
+        return f"k_max {meta.k_max}"
+    if tensor == contract.PROFILE_WEIGHTS:
+        return f"n_heads {meta.n_heads}, n_prototypes {meta.n_prototypes}"
+    return model
+
+
 async def warm_up(scorer: Scorer, model: ServedModel) -> None:
     """One inference through both graphs with the prototypes' items as a history: a version whose
-    graphs do not answer as its metadata says is never swapped in."""
-    history = np.unique(np.asarray(model.metadata.prototype_items, dtype=np.int64))
-    weights, length, ids, scores = await scorer.warm_up(history)
+    graphs do not answer as its metadata says is never swapped in. The scorer is asked for k_max
+    items with every item but the metadata's last excluded: exactly that last item may score (a
+    graph with more items scores others too, one with fewer has no such item), and a graph that
+    returns fewer than k_max items cannot answer what the metadata promises."""
+    meta = model.metadata
+    history = np.unique(np.asarray(meta.prototype_items, dtype=np.int64))
+    last = meta.n_items - 1
+    # at least 2: with one item asked for, an extra item ranked second would go unseen
+    weights, length, ids, scores = await scorer.warm_up(history, np.arange(last, dtype=np.int64), max(meta.k_max, 2))
     if weights.shape != (model.n_heads, model.n_prototypes) or length < 1:
         raise ModelLoadError(
             f"version {model.version}: the profile graph answered shape {weights.shape} for {length} items, "
-            f"expected ({model.n_heads}, {model.n_prototypes}) from apron_metadata"
+            f"expected ({model.n_heads}, {model.n_prototypes}) from apron_metadata (n_heads, n_prototypes)"
         )
-    if len(ids) != 1 or not 0 <= int(ids[0]) < model.metadata.n_items or not np.isfinite(scores[0]):
-        raise ModelLoadError(f"version {model.version}: the scorer graph answered {ids!r} {scores!r} for a warm-up profile")
+    found = []
+    if len(ids) < meta.k_max:
+        found.append(f"k_max {meta.k_max}, but the scorer graph returns {len(ids)} items")
+    scored = [int(i) for i, score in zip(np.asarray(ids).tolist(), np.asarray(scores).tolist(), strict=True) if np.isfinite(score)]
+    beyond = sorted(i for i in scored if i > last)
+    if beyond:
+        found.append(f"the scorer graph scores items {beyond[:5]} beyond n_items {meta.n_items}: its catalog is larger")
+    elif scored != [last]:
+        found.append(f"the scorer graph has no item {last} (n_items {meta.n_items}): its catalog is smaller")
+    refuse_mismatches(model, found)

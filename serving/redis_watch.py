@@ -1,7 +1,8 @@
-"""The gateway's watch on Redis: health follows it.
+"""The gateway's watches on its dependencies: Redis here, the inference backend through the same `Watch`.
 
-Every `interval_s` the watch PINGs Redis (private or configured) and reports a change: the server
-sets gRPC health to NOT_SERVING while Redis does not answer, SERVING again once it does. A private
+Every `interval_s` a watch asks its probe (Redis: a PING) and reports a change to the gateway's
+health (`serving/health.py`): the `apron.redis` health service and `apron_backend_up{backend="redis"}`
+say whether Redis answers. Readiness does not follow Redis (serving/health.py says why). A private
 redis-server that died is restarted by the process's runtime (`serving/runtime.py`), not here.
 
 Each check's result also goes to `on_check` (the gateway's `RedisStore.mark`): while Redis is known
@@ -46,24 +47,37 @@ async def reachable(redis: Redis | RedisCluster, timeout_s: float, poll_s: float
     return True
 
 
-class RedisWatch:
+class Watch:
+    """Polls `probe` every `interval_s` and reports each change to `on_change`."""
+
     def __init__(
         self,
-        redis: Redis | RedisCluster,
+        name: str,
+        probe: Callable[[], Awaitable[bool]],
         on_change: Callable[[bool], Awaitable[None]],
-        interval_s: float = WATCH_INTERVAL_S,
+        interval_s: float,
+        while_down: str,
+        logger: logging.Logger,
         on_check: Callable[[bool], None] | None = None,
     ):
-        self.redis = redis
-        self.on_change = on_change  # called with True (Redis answers) / False (it does not)
+        self.name = name
+        self.probe = probe
+        self.on_change = on_change  # called with True (it answers) / False (it does not)
         self.on_check = on_check  # called with every check's result (changed or not)
         self.interval_s = interval_s
+        self.while_down = while_down  # what that means, for the log line
+        self.log = logger
         self.up: bool | None = None  # unknown until the first check
         self._closing = asyncio.Event()
 
     async def check(self) -> bool:
-        """One round: PING, report a change. Whether Redis answers."""
-        up = await ping(self.redis)
+        """One round: probe, report a change. Whether it answers (a probe that raises: it does not,
+        and the watch goes on: a watch that died would leave health as it last was)."""
+        try:
+            up = await self.probe()
+        except Exception:
+            self.log.exception("%s: its health probe failed", self.name)
+            up = False
         if self.on_check is not None:
             self.on_check(up)
         await self._report(up)
@@ -73,9 +87,11 @@ class RedisWatch:
         if self._closing.is_set():  # the gateway is stopping: health is its to set now
             return
         if up != self.up:
-            self.up = up
+            was, self.up = self.up, up
             if not up:
-                log.warning("Redis does not answer: health NOT_SERVING until it does")
+                self.log.warning("%s does not answer: %s", self.name, self.while_down)
+            elif was is False:
+                self.log.info("%s answers again", self.name)
             await self.on_change(up)
 
     async def run(self) -> None:
@@ -92,3 +108,16 @@ class RedisWatch:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             task.cancel()
+
+
+class RedisWatch(Watch):
+    def __init__(
+        self,
+        redis: Redis | RedisCluster,
+        on_change: Callable[[bool], Awaitable[None]],
+        interval_s: float = WATCH_INTERVAL_S,
+        on_check: Callable[[bool], None] | None = None,
+    ):
+        while_down = "Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE (skipped at once), until it does"
+        super().__init__("Redis", lambda: ping(redis), on_change, interval_s, while_down, log, on_check)
+        self.redis = redis

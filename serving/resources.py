@@ -43,6 +43,7 @@ class Serving:
     backend: str
     service_token: str | None
     worker_pids: tuple[int, ...] = ()
+    http_port: int | None = None  # --http-port: HTTP/JSON and the control page
 
 
 OnServing = Callable[[Serving], None]

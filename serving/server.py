@@ -1,8 +1,10 @@
 """Building, starting and stopping one gateway (nothing process-wide: that is serving/runtime.py).
 
-    server, port = await create_server(config)   # binds the port (0: a free one), nothing runs yet
-    await server.start()                         # model versions loaded and warmed, gRPC serving, /metrics up
-    await server.stop(grace)                     # health NOT_SERVING, drain in-flight calls, release all
+    server, port = await create_server(config)   # binds the ports (0: a free one), nothing runs yet
+    await server.start()                         # model versions loaded and warmed, gRPC (+ HTTP) serving, /metrics up
+    await server.stop(grace)                     # readiness NOT_SERVING, drain in-flight calls, release all
+
+Health (liveness, readiness, dependencies) is serving/health.py's; this module feeds it the facts.
 
 `serving.runtime.run_gateway` runs one until SIGTERM / SIGINT (SIGHUP: `server.models.reload()`).
 """
@@ -35,12 +37,15 @@ from serving.backends.base import Scorer
 from serving.cache import RedisStore, migrate_legacy_edits
 from serving.catalog import ServedModel
 from serving.config import ServingConfig
+from serving.control_page import page_routes
+from serving.drain import Drain
+from serving.health import RECOMMENDER, GatewayHealth
+from serving.http import HttpServer, build_app
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2_grpc
-from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
-from serving.redis_watch import RedisWatch
+from serving.redis_watch import RedisWatch, Watch
 from serving.resources import Resources, Serving
 from serving.servicer import RecommenderServicer
 
@@ -48,7 +53,8 @@ log = logging.getLogger("apron.gateway")
 # the one-time move of stored edits to hash-tagged keys at start (a SCAN of every edit key): given up
 # beyond this (it is safe to interrupt, and runs again at the next start)
 MIGRATE_TIMEOUT_S = 60.0
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Recommender"].full_name  # "apron.v1.Recommender"
+SERVICE_NAME = RECOMMENDER  # "apron.v1.Recommender"
+BACKEND_WATCH_INTERVAL_S = 1.0  # the inference backend's readiness (Triton: is_model_ready) is asked this often
 
 
 def load_model(config: ServingConfig) -> ServedModel:
@@ -118,10 +124,14 @@ class ApronServer:
     redis: Redis | RedisCluster
     metrics: Metrics
     health: health.aio.HealthServicer
+    status: GatewayHealth  # what `health` (and /healthz/*, apron_backend_up) says, and why
     resources: Resources
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
+    http: HttpServer | None = None  # --http-port: the same calls as HTTP/JSON (serving/http.py)
     redis_watch: RedisWatch | None = None
+    drain: Drain = field(default_factory=Drain)  # its interceptor is on grpc_server: calls cut at the grace's end say so
+    _watches: list[tuple[Watch, asyncio.Task]] = field(default_factory=list)
     _tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -137,11 +147,6 @@ class ApronServer:
     def service_token(self) -> str | None:  # reliability: minted for the development key only
         return self.resources.security.service_token
 
-    async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for service in ("", SERVICE_NAME):
-            await self.health.set(service, status)
-
     async def start(self) -> None:
         try:  # reliability: start without Redis; Recommend answers uncached until it is back
             # the client has no socket timeout: a hung Redis must not hang the start
@@ -154,18 +159,29 @@ class ApronServer:
                     log.info("stored edits moved to hash-tagged keys", extra={"fields": {"users": moved}})
         except (RedisConnectionError, RedisTimeoutError, RedisClusterException, TimeoutError) as error:
             log.warning("Redis unreachable at start (%s): profiles are computed uncached, EditProfile "
-                        "answers UNAVAILABLE and health NOT_SERVING until it is back", error or "no answer in time")
+                        "answers UNAVAILABLE and health service apron.redis NOT_SERVING until it is back",
+                        error or "no answer in time")
         versions = await asyncio.to_thread(available_versions, self.config.repository)
         await self.models.apply(initial_routing(self.config, versions))  # loaded and warmed before serving
         for warning in batch_settings_warnings(self.config, self.model.metadata):
             log.warning("batch settings: %s", warning)
         await self.grpc_server.start()
+        if self.http is not None:
+            await self.http.start()
         if self.config.metrics_port >= 0:
-            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host)
-        # reliability: health follows Redis (the runtime restarts a private redis-server that died)
-        self.redis_watch = RedisWatch(self.redis, self._set_health, on_check=self.models.store.mark)
-        await self.redis_watch.check()
-        self._tasks.append(asyncio.create_task(self.redis_watch.run(), name="apron-redis-watch"))
+            self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host, self.status.http_probes())
+        # reliability: the dependencies' health is watched (the runtime restarts a private redis-server that died);
+        # readiness follows the inference backend, not Redis (serving/health.py); while Redis is known down
+        # the store skips it at once (`on_check`)
+        self.redis_watch = RedisWatch(self.redis, self.status.redis_changed, on_check=self.models.store.mark)
+        backend_watch = Watch(
+            f"the inference backend ({self.config.backend})", self.models.healthy, self.status.inference_changed,
+            BACKEND_WATCH_INTERVAL_S, "readiness NOT_SERVING until it does", log,
+        )  # fmt: skip
+        for name, watch in (("apron-redis-watch", self.redis_watch), ("apron-backend-watch", backend_watch)):
+            await watch.check()
+            self._watches.append((watch, asyncio.create_task(watch.run(), name=name)))
+        await self.status.update(started=True)  # live; ready unless the backend does not answer
         if self.config.watch_repository:
             self._tasks.append(asyncio.create_task(self.models.watch(self.config.watch_interval_s), name="apron-repository-watch"))
         log.info(
@@ -174,6 +190,7 @@ class ApronServer:
                 "fields": {
                     "port": self.port,
                     "metrics_port": self.metrics_port,
+                    "http_port": self.http_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
@@ -186,21 +203,31 @@ class ApronServer:
         calls finish for `grace` seconds (new ones are refused), then close the backend, Redis and
         the metrics endpoint."""
         grace = self.config.shutdown_grace_s if grace is None else grace
-        if self.redis_watch is not None and self._tasks:  # first: nothing may set SERVING again
-            await self.redis_watch.close(self._tasks[0])
-        for task in self._tasks[1:]:
+        for watch, task in self._watches:  # first: nothing may set SERVING again
+            await watch.close(task)
+        self._watches.clear()
+        for task in self._tasks:
             task.cancel()
         self._tasks.clear()
-        await self.health.enter_graceful_shutdown()
-        if drain_delay_s:  # still serving, NOT_SERVING: health-checking clients and balancers move away
+        # readiness NOT_SERVING, liveness still SERVING: the process answers while it drains
+        await self.status.update(stopping=True)
+        if drain_delay_s:  # still serving, not ready: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
-        await self.grpc_server.stop(grace)
+        stopping = [asyncio.create_task(self.grpc_server.stop(grace))]  # new calls refused from here
+        if self.http is not None:  # the HTTP port drains beside it (uvicorn gives in-flight requests the grace)
+            stopping.append(asyncio.create_task(self.http.stop(grace)))
+        await self.drain.finish(grace)  # in-flight calls finish; those left at the end: CANCELLED + apron-draining
+        await asyncio.gather(*stopping)
         await self.models.close()
         await self.redis.aclose()
         if self.owns_resources:
             self.resources.close()
         self.metrics.shutdown()
         log.info("stopped", extra={"fields": {"port": self.port}})
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
 
     async def wait_for_termination(self) -> None:
         await self.grpc_server.wait_for_termination()
@@ -209,7 +236,7 @@ class ApronServer:
         meta = self.model.metadata
         return Serving(
             self.config, self.port, self.metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids,
-            meta.n_items, self.scorer.backend, self.service_token,
+            meta.n_items, self.scorer.backend, self.service_token, http_port=self.http_port,
         )  # fmt: skip
 
 
@@ -246,14 +273,17 @@ async def create_server(
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
             ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
         ]
-        server = grpc.aio.server(interceptors=[*resources.security.interceptors, *interceptors], options=options)
+        drain = Drain()  # innermost: it sees the servicer's own handlers
+        server = grpc.aio.server(
+            interceptors=[*resources.security.interceptors, *interceptors, drain.interceptor()], options=options
+        )
         pb_grpc.add_RecommenderServicer_to_server(servicer, server)
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
         admin_pb2_grpc.add_ModelAdminServicer_to_server(admin, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        for service in ("", SERVICE_NAME):  # NOT_SERVING until start() has the backend ready
-            await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
+        status = GatewayHealth(health_servicer, metrics)
+        await status.publish()  # every service NOT_SERVING until start() has the versions warmed
         reflection.enable_server_reflection(
             (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
@@ -261,9 +291,14 @@ async def create_server(
         port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
+        http = None
+        if config.http_port >= 0:
+            http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security)), config)
     except BaseException:
         if owns_resources:
             resources.close()
         raise
-    gateway = ApronServer(config, server, port, models, redis, metrics, health_servicer, resources, owns_resources)
+    gateway = ApronServer(
+        config, server, port, models, redis, metrics, health_servicer, status, resources, owns_resources, drain=drain, http=http
+    )
     return gateway, port

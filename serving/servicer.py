@@ -39,6 +39,7 @@ from serving.models import LoadedModel, ModelSet, current_version
 from serving.profile_encoding import ALL_PROTOTYPES, ProfileSelection
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
+from serving.search import validate_search
 from serving.topk import select_top_k
 from serving.validation import (
     validate_edits,
@@ -393,4 +394,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ],
             model_version=model.version,
             k_max=model.k_max,
+        )
+
+    @rpc_boundary("SearchItems")
+    async def SearchItems(self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext) -> pb.SearchItemsResponse:
+        model = self.models.primary.model  # no user: the primary version's catalog, as ListPrototypes
+        current_version.set(str(model.version))
+        query, limit = validate_search(request.query, request.limit)
+        stages.mark(stages.VALIDATE)
+        meta = model.metadata
+        return pb.SearchItemsResponse(
+            items=[pb.CatalogItem(item_id=meta.item_ids[i], name=meta.item_names[i]) for i in model.names.search(query, limit)],
+            model_version=model.version,
         )

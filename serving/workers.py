@@ -6,7 +6,8 @@ same port (SO_REUSEPORT, Linux), each a complete gateway (`serving.server`) with
 sessions and micro-batchers; they share:
 
 - the port: the parent reserves it (a bound, not listening, SO_REUSEPORT socket, so `--port 0` picks
-  one free port for all) and the workers bind it with `grpc.so_reuseport`;
+  one free port for all) and the workers bind it with `grpc.so_reuseport`; `--http-port` alike (each
+  worker serves HTTP/JSON on the shared port with SO_REUSEPORT, serving/http.py);
 - Redis: `--redis-url`, or the one private redis-server of the parent's runtime (`serving/runtime.py`
   starts it and restarts it when it dies, exactly as for one process);
 - the metrics: the workers write prometheus_client's multiprocess files into a directory the
@@ -61,14 +62,25 @@ def reserved_port(host: str, port: int) -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@contextlib.contextmanager
+def optional_reserved_port(host: str, port: int) -> Iterator[int]:
+    """`reserved_port` for a port that may be off (-1, kept as is)."""
+    if port < 0:
+        yield port
+        return
+    with reserved_port(host, port) as reserved:
+        yield reserved
+
+
 def run_workers(
     resources: Resources, model: ServedModel, worker_main: Callable[[ServingConfig, Any], None], on_serving: OnServing | None = None
 ) -> None:
     """`apron serve --workers N` (N > 1): spawns the workers on `resources` (the private Redis and
     the key belong to the runtime, which also restarts Redis) and runs until SIGTERM / SIGINT or a
     worker's death; SIGHUP is forwarded (each worker rolls out the newest model version)."""
-    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+    from prometheus_client import CollectorRegistry, multiprocess
 
+    from serving.metrics import serve_http, stop_http
     from serving.resources import Serving, forwarded_signals
 
     config = resources.config
@@ -91,9 +103,13 @@ def run_workers(
     metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
     metrics_server = None
     try:
-        with forwarded_signals(stop, hang_up), reserved_port(config.host, config.port) as port:
+        with (
+            forwarded_signals(stop, hang_up),
+            reserved_port(config.host, config.port) as port,
+            optional_reserved_port(config.host, config.http_port) as http_port,
+        ):
             worker_config = dataclasses.replace(
-                config, port=port, metrics_port=-1, build_demo=False,
+                config, port=port, http_port=http_port, metrics_port=-1, build_demo=False,
                 # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
                 ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
             )  # fmt: skip
@@ -111,14 +127,17 @@ def run_workers(
             if config.metrics_port >= 0:
                 registry = CollectorRegistry()
                 multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-                metrics_server, _ = start_http_server(config.metrics_port, addr=config.host, registry=registry)
+                # the parent's probes: live while it runs; ready while every worker serves and none is stopping
+                # (each worker's own health answers on the shared gRPC port)
+                probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
+                metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
             metrics_port = metrics_server.server_port if metrics_server is not None else None
             if on_serving is not None and not stopping:
                 meta = model.metadata
                 on_serving(Serving(
                     config, port, metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids, meta.n_items,
                     f"{config.backend} × {config.workers} workers", resources.security.service_token,
-                    tuple(p.pid for p in workers if p.pid is not None),
+                    tuple(p.pid for p in workers if p.pid is not None), http_port if http_port >= 0 else None,
                 ))  # fmt: skip
             while not stopping:
                 dead = [p for p in workers if not p.is_alive()]
@@ -129,8 +148,7 @@ def run_workers(
     finally:
         _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
         if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+            stop_http(metrics_server)
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,6 +18,20 @@ from export import contract
 from serving import stages
 from serving.batching import BatchObserver, MicroBatcher
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
+
+
+@dataclass(frozen=True)
+class GraphSignature:
+    """A graph's tensors as its backend declares them: name -> dims, the batch axis first, None for
+    a dimension the graph leaves open."""
+
+    inputs: dict[str, tuple[int | None, ...]]
+    outputs: dict[str, tuple[int | None, ...]]
+
+
+def static_dims(shape: object) -> tuple[int | None, ...]:
+    """A backend's shape (ints, -1, None or symbolic names) -> dims with None for every open one."""
+    return tuple(d if isinstance(d, int) and d >= 0 else None for d in shape)  # type: ignore[attr-defined]
 
 
 class Scorer(abc.ABC):
@@ -35,11 +50,24 @@ class Scorer(abc.ABC):
     async def start(self) -> None:  # noqa: B027 (optional hook)
         """Connect / warm up; raise if the backend cannot serve."""
 
-    async def warm_up(self, history_ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
-        """One inference through both graphs before this scorer serves (serving/models.py):
-        (weights, history length, top-1 id, its score)."""
+    async def signatures(self) -> dict[str, GraphSignature]:
+        """The graphs' declared inputs and outputs by model name (checked against apron_metadata
+        before the first inference: serving/models.py); {} for a backend without graphs (torch)."""
+        return {}
+
+    async def healthy(self) -> bool:
+        """Whether the backend can answer now (the gateway's readiness polls it every second): an
+        in-process backend can whenever it started; a remote one asks its server."""
+        return True
+
+    async def warm_up(
+        self, history_ids: np.ndarray, exclude_ids: np.ndarray, k: int
+    ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """One inference through both graphs before this scorer serves (serving/models.py): the
+        profile of `history_ids`, then its top `k` without `exclude_ids`: (weights, history
+        length, ids, scores), at most `k` of each (fewer when the graph returns fewer)."""
         weights, length = await self.profile(history_ids)
-        ids, scores = await self.top_k(np.asarray(weights, np.float32), history_ids, 1)
+        ids, scores = await self.top_k(np.asarray(weights, np.float32), exclude_ids, k)
         return np.asarray(weights), length, ids, scores
 
     async def close(self) -> None:  # noqa: B027 (optional hook)
@@ -91,15 +119,18 @@ class BatchedScorer(Scorer):
     def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One apron_scorer run: (weights (H, K), exclude (E,)) -> (ids (K_MAX,), scores (K_MAX,)) each."""
 
-    async def warm_up(self, history_ids: np.ndarray) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    async def warm_up(
+        self, history_ids: np.ndarray, exclude_ids: np.ndarray, k: int
+    ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
         """Both batch runs called directly, in a thread: not through the micro-batchers, whose
         batches may wait for company (--max-batch-wait-ms) and whose metrics count served calls."""
         history = np.asarray(history_ids, dtype=np.int64).reshape(-1)
+        exclude = np.asarray(exclude_ids, dtype=np.int64).reshape(-1)
 
         def run() -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
             [(weights, length)] = self._run_profiles([history])
-            [(ids, scores)] = self._run_scorer([(np.asarray(weights, np.float32), history)])
-            return np.asarray(weights), length, ids[:1], scores[:1]
+            [(ids, scores)] = self._run_scorer([(np.asarray(weights, np.float32), exclude)])
+            return np.asarray(weights), length, ids[:k], scores[:k]
 
         return await asyncio.to_thread(run)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from serving.backends.base import Scorer
+from serving.backends.base import GraphSignature, Scorer
 from serving.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ class FallbackScorer(Scorer):
                 error,
                 self.fallback.backend,
             )
+
+    async def signatures(self) -> dict[str, GraphSignature]:
+        return await self.fallback.signatures()  # the same repository's graphs; Triton may be down at start
+
+    async def healthy(self) -> bool:
+        return await self.fallback.healthy()  # whether Triton answers or not, the fallback does
 
     async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
         try:

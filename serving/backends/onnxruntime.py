@@ -14,7 +14,14 @@ import numpy as np
 import onnxruntime as ort
 
 from export import contract
-from serving.backends.base import BatchedScorer, batcher_options, default_threads, pad_rows
+from serving.backends.base import (
+    BatchedScorer,
+    GraphSignature,
+    batcher_options,
+    default_threads,
+    pad_rows,
+    static_dims,
+)
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
@@ -61,6 +68,12 @@ def run_bound(session: ort.InferenceSession, outputs: list[str], feeds: dict[str
     return binding.copy_outputs_to_cpu()
 
 
+def session_signature(session: ort.InferenceSession) -> GraphSignature:
+    return GraphSignature(
+        {t.name: static_dims(t.shape) for t in session.get_inputs()}, {t.name: static_dims(t.shape) for t in session.get_outputs()}
+    )
+
+
 def _run_plain(session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     return session.run(outputs, feeds)
 
@@ -96,6 +109,10 @@ class OnnxRuntimeScorer(BatchedScorer):
             for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL)
         ]
         return cls(*sessions, observer=observer, **batcher_options(batching))
+
+    async def signatures(self) -> dict[str, GraphSignature]:
+        return {name: session_signature(session) for name, session in
+                ((contract.PROFILE_MODEL, self.profile_session), (contract.SCORER_MODEL, self.scorer_session))}
 
     # Run in the batchers' worker threads: one ONNX Runtime call per batch.
     def _run_profiles(self, histories: list[np.ndarray]) -> list[tuple[np.ndarray, int]]:

@@ -10,6 +10,7 @@ always matches the graphs that answer.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import numpy as np
@@ -18,11 +19,13 @@ from tritonclient.grpc.aio import InferenceServerClient
 from tritonclient.utils import InferenceServerException
 
 from export import contract
-from serving.backends.base import Scorer, pad_rows
+from serving.backends.base import GraphSignature, Scorer, pad_rows, static_dims
 from serving.catalog import ServedModel
 from serving.config import BackendConfig
 from serving.errors import Unavailable
 from serving.metrics import Metrics
+
+HEALTH_TIMEOUT_S = 1.0  # a readiness poll that waits longer says Triton does not answer
 
 
 class TritonScorer(Scorer):
@@ -56,6 +59,25 @@ class TritonScorer(Scorer):
                     f"Triton at {self.url} does not serve {name} version {self.version} "
                     "(the version in apron_metadata.json); is it serving the same repository?"
                 )
+
+    async def signatures(self) -> dict[str, GraphSignature]:
+        found = {}
+        for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL):
+            try:
+                meta = await self.client.get_model_metadata(name, self.version)
+            except InferenceServerException as error:
+                raise Unavailable(f"Triton at {self.url}: no metadata of {name} v{self.version}: {error.message()}") from error
+            found[name] = GraphSignature(
+                {t.name: static_dims(t.shape) for t in meta.inputs}, {t.name: static_dims(t.shape) for t in meta.outputs}
+            )
+        return found
+
+    async def healthy(self) -> bool:
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT_S):
+                return all([await self.client.is_model_ready(name, self.version) for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL)])
+        except (InferenceServerException, TimeoutError):
+            return False
 
     async def _infer(self, name: str, arrays: dict[str, np.ndarray], outputs: tuple[str, ...]) -> list[np.ndarray]:
         inputs = []

@@ -77,6 +77,7 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     redis = urlparse(config.redis_url)
     assert redis.scheme == "redis" and redis.hostname in services and redis.port == 6379
     assert gateway["depends_on"] == {"triton": {"condition": "service_healthy"}, "redis": {"condition": "service_healthy"}}
+    assert gateway["healthcheck"]["test"] == ["CMD", "python", "healthcheck.py", "--ready"]  # readiness, not Redis
     assert gateway["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
 
     # Production keeps auth on, with a secret generated at deploy time: never the development one,
@@ -168,7 +169,7 @@ def test_dockerfile_is_slim_non_root_health_checked_and_matches_config() -> None
     assert final_stage[0][1].startswith("python:3.11-slim")
     user = [arg for op, arg in final_stage if op == "USER"]
     assert user and not user[-1].startswith(("root", "0"))
-    assert any(op == "HEALTHCHECK" and "healthcheck.py" in arg for op, arg in final_stage)
+    assert any(op == "HEALTHCHECK" and "healthcheck.py" in arg and "--ready" in arg for op, arg in final_stage)
 
     environment: dict[str, str] = {}
     for op, arg in final_stage:
@@ -228,15 +229,20 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     assert container["envFrom"] == [{"configMapRef": {"name": "apron-gateway"}}]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"grpc": config.port, "metrics": config.metrics_port}
-    # TLS on the gRPC port from the Secret apron-tls; the probes speak it through deploy/healthcheck.py
-    # (Kubernetes' native gRPC probe is plaintext only), which the image copies to /app
+    # TLS on the gRPC port from the Secret apron-tls
     assert config.tls_cert and config.tls_key
     tls_volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
     assert tls_volume["secret"]["secretName"] == "apron-tls"
     tls_mount = next(m for m in container["volumeMounts"] if m["name"] == "tls")["mountPath"]
     assert {str(Path(config.tls_cert).parent), str(Path(config.tls_key).parent)} == {tls_mount}
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["exec"]["command"] == ["python", "/app/healthcheck.py"]
+    # liveness apart from readiness, on the metrics port's plain HTTP (serving/health.py)
+    probes = {probe: container[probe]["httpGet"] for probe in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert probes == {
+        "readinessProbe": {"path": "/healthz/ready", "port": "metrics"},
+        "livenessProbe": {"path": "/healthz/live", "port": "metrics"},
+        "startupProbe": {"path": "/healthz/live", "port": "metrics"},
+    }
+    assert container["livenessProbe"]["failureThreshold"] * container["livenessProbe"]["periodSeconds"] >= 60
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == str(config.metrics_port)
     assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
@@ -399,7 +405,7 @@ def test_alert_and_dashboard_metrics_exist_in_the_gateway(alert_rules: dict, das
     referenced = {name for expr in expressions for name in RECORDED_NAME.findall(expr)}
     assert referenced <= recorded, f"recording rules used but not defined: {referenced - recorded}"
     alerts = {rule["alert"] for rule in rules if "alert" in rule}
-    assert {"ApronHighP99Latency", "ApronHighErrorRatio", "ApronLowCacheHitRatio", "TritonHighQueueTime"} <= alerts
+    assert {"ApronHighP99Latency", "ApronHighErrorRatio", "ApronLowCacheHitRatio", "TritonHighQueueTime", "ApronBackendDown"} <= alerts
 
 
 def test_error_ratio_counts_only_real_grpc_status_codes(alert_rules: dict) -> None:

@@ -64,6 +64,7 @@ async def test_gateway_health_check_and_client_speak_tls(
             monkeypatch.setenv("APRON_TLS_CERT", str(out / "tls.crt"))
             check = ["healthcheck", target]
             assert await asyncio.to_thread(healthcheck.main, check) == 0  # TLS, trusting the chain's CA
+            assert await asyncio.to_thread(healthcheck.main, ["healthcheck", "--live", target]) == 0
             monkeypatch.delenv("APRON_TLS_CERT")
             assert await asyncio.to_thread(healthcheck.main, check) == 1  # plaintext is refused
 

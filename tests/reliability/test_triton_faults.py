@@ -1,7 +1,8 @@
 """A real tritonserver killed (SIGKILL), frozen (SIGSTOP) and restarted on the same port under two
 gateways: one plain, one with `--triton-fallback`.
 
-Plain: Recommend fails fast with UNAVAILABLE while Triton is dead, DEADLINE_EXCEEDED at its deadline
+Plain: Recommend fails fast with UNAVAILABLE while Triton is dead (and readiness says NOT_SERVING,
+liveness SERVING), DEADLINE_EXCEEDED at its deadline
 while Triton hangs (never a hung request: nothing stays in flight), EditProfile keeps working (it
 needs no model), and the gateway recovers by itself once Triton is back. Fallback: Recommend keeps
 answering, with the same items (the same ONNX graphs run in-process), and each fallback is counted."""
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.net import free_ports
 from export.triton_server import run_triton_server
+from serving import health
+from serving.health import NOT_SERVING, SERVING
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.polling import eventually
 from tests.reliability.faults import call
@@ -70,6 +74,12 @@ async def test_triton_killed_frozen_and_restarted(python_repository: Path, redis
             assert [o.code for o in outages] == [UNAVAILABLE] * 5, outages
             assert "Triton" in outages[0].details
             assert (await call(plain.stub.EditProfile, edit, DEADLINE_S)).code == OK
+            # readiness follows the backend (the balancer moves away), liveness does not (no restart);
+            # the fallback gateway can still answer: it stays ready
+            await eventually(lambda: _is(plain, health.READY, NOT_SERVING), "not ready while Triton is dead")
+            assert await _status(plain, health.LIVE) == SERVING and await _status(plain, "") == NOT_SERVING
+            assert plain.metric("apron_backend_up", backend="inference") == 0
+            assert await _status(fallback, health.READY) == SERVING
 
             # The fallback gateway answers in-process, with the same items, and counts it.
             rescued = await call(fallback.stub.Recommend, request, DEADLINE_S)
@@ -80,6 +90,7 @@ async def test_triton_killed_frozen_and_restarted(python_repository: Path, redis
             # Triton returns on the same port: both gateways recover without a restart.
             stack.enter_context(run_triton_server(python_repository, extra_args=port_flag))
             waited = await eventually(lambda: _ok(plain, request), "Recommend after Triton restarted")
+            await eventually(lambda: _is(plain, health.READY, SERVING), "ready again once Triton answers")
             after = await call(plain.stub.Recommend, request, DEADLINE_S)
             assert items(after) == items(before)
             fallbacks = fallback.metric("apron_backend_fallbacks_total")
@@ -88,6 +99,15 @@ async def test_triton_killed_frozen_and_restarted(python_repository: Path, redis
                 lambda: _served_by_triton(fallback, request, fallbacks), "the fallback gateway back on Triton"
             )
             print(f"recovered {waited:.1f} s after Triton was ready again")  # reported, not asserted
+
+
+async def _status(gateway, service: str) -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    return (await health_pb2_grpc.HealthStub(gateway.channel).Check(request, timeout=OUTAGE_DEADLINE_S)).status
+
+
+async def _is(gateway, service: str, status: int) -> bool:
+    return await _status(gateway, service) == status
 
 
 async def _ok(gateway, request) -> bool:

@@ -1,9 +1,10 @@
 """`apron serve --workers 2` as a real process tree: two worker processes on one port (SO_REUSEPORT),
-one real Redis, and `/metrics` summed over both by the parent."""
+and on one HTTP/JSON port alike, one real Redis, and `/metrics` summed over both by the parent."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import queue
 import re
 import signal
@@ -54,7 +55,7 @@ class Lines:
 @contextlib.contextmanager
 def serve_workers(repository: Path, redis_url: str) -> Iterator[tuple[subprocess.Popen, Lines]]:
     command = [
-        sys.executable, "-m", "cli", "serve", "--workers", "2", "--port", "0", "--metrics-port", "0",
+        sys.executable, "-m", "cli", "serve", "--workers", "2", "--port", "0", "--metrics-port", "0", "--http-port", "0",
         "--repository", str(repository), "--redis-url", redis_url, "--no-build-demo", "--no-auth",
         "--log-format", "text", "--access-log-rate", "0",
     ]  # fmt: skip
@@ -85,6 +86,7 @@ def test_two_workers_share_the_port_redis_and_metrics(
     with serve_workers(python_repository, redis_server.url) as (process, output):
         banner = output.wait_for(r"APRON gateway on ([\d.]+:\d+) .*metrics: (http://\S+/metrics)", deadline)
         address, metrics_url = banner.group(1), banner.group(2)
+        http_base = output.wait_for(r"OpenAPI: (http://\S+)/v1/openapi.json", deadline).group(1)
         worker_pids = {int(pid) for pid in output.wait_for(r"worker pids: ([\d ]+)", deadline).group(1).split()}
         assert len(worker_pids) == 2 and all(psutil.Process(pid).ppid() == process.pid for pid in worker_pids)
 
@@ -101,6 +103,18 @@ def test_two_workers_share_the_port_redis_and_metrics(
             calls += 1
             answered = {int(labels["pid"]) for labels, value in samples(metrics_url, "apron_worker_rpcs") if value > 0}
 
+        # HTTP/JSON on the shared port: each new connection to any worker, until both have answered
+        by_grpc = {int(labels["pid"]): value for labels, value in samples(metrics_url, "apron_worker_rpcs")}
+        answered = set()
+        while answered != worker_pids:
+            assert time.monotonic() < deadline, f"only workers {answered} of {worker_pids} answered HTTP in {calls} calls"
+            body = json.dumps({"user_id": user_id, "k": 3}).encode()
+            with urllib.request.urlopen(f"{http_base}/apron.v1.Recommender/Recommend", body, timeout=60) as response:
+                assert len(json.loads(response.read())["items"]) == 3  # urlopen: one connection per request
+            calls += 1
+            counts = samples(metrics_url, "apron_worker_rpcs")
+            answered = {int(labels["pid"]) for labels, value in counts if value > by_grpc.get(int(labels["pid"]), 0)}
+
         # the parent's /metrics sums every worker's histograms and counters
         recommends = sum(
             value
@@ -112,6 +126,11 @@ def test_two_workers_share_the_port_redis_and_metrics(
         assert sum(per_worker.values()) == calls and set(per_worker) == worker_pids
         cache = {labels["result"]: value for labels, value in samples(metrics_url, "apron_profile_cache_requests_total")}
         assert (cache.get("miss"), cache.get("hit")) == (1, calls - 1)
+        assert [value for labels, value in samples(metrics_url, "apron_backend_up") if labels == {"backend": "redis"}] == [1]
+        # the parent's probes beside its /metrics: live while it runs, ready while every worker serves
+        for probe in ("live", "ready"):
+            with urllib.request.urlopen(metrics_url.replace("/metrics", f"/healthz/{probe}"), timeout=10) as response:
+                assert response.status == 200, probe
 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0

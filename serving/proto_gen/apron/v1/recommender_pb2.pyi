@@ -159,3 +159,27 @@ class ListPrototypesResponse(_message.Message):
     model_version: int
     k_max: int
     def __init__(self, prototypes: _Optional[_Iterable[_Union[Prototype, _Mapping]]] = ..., model_version: _Optional[int] = ..., k_max: _Optional[int] = ...) -> None: ...
+
+class SearchItemsRequest(_message.Message):
+    __slots__ = ("query", "limit")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    limit: int
+    def __init__(self, query: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class CatalogItem(_message.Message):
+    __slots__ = ("item_id", "name")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    name: str
+    def __init__(self, item_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class SearchItemsResponse(_message.Message):
+    __slots__ = ("items", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogItem]
+    model_version: int
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogItem, _Mapping]]] = ..., model_version: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,11 @@ class RecommenderStub:
                 request_serializer=apron_dot_v1_dot_recommender__pb2.ListPrototypesRequest.SerializeToString,
                 response_deserializer=apron_dot_v1_dot_recommender__pb2.ListPrototypesResponse.FromString,
                 _registered_method=True)
+        self.SearchItems = channel.unary_unary(
+                '/apron.v1.Recommender/SearchItems',
+                request_serializer=apron_dot_v1_dot_recommender__pb2.SearchItemsRequest.SerializeToString,
+                response_deserializer=apron_dot_v1_dot_recommender__pb2.SearchItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -87,6 +92,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchItems(self, request, context):
+        """Catalog items whose name contains a text, to pick a history by name (e.g. artists).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +121,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.ListPrototypes,
                     request_deserializer=apron_dot_v1_dot_recommender__pb2.ListPrototypesRequest.FromString,
                     response_serializer=apron_dot_v1_dot_recommender__pb2.ListPrototypesResponse.SerializeToString,
+            ),
+            'SearchItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchItems,
+                    request_deserializer=apron_dot_v1_dot_recommender__pb2.SearchItemsRequest.FromString,
+                    response_serializer=apron_dot_v1_dot_recommender__pb2.SearchItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +236,33 @@ class Recommender:
             '/apron.v1.Recommender/ListPrototypes',
             apron_dot_v1_dot_recommender__pb2.ListPrototypesRequest.SerializeToString,
             apron_dot_v1_dot_recommender__pb2.ListPrototypesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/apron.v1.Recommender/SearchItems',
+            apron_dot_v1_dot_recommender__pb2.SearchItemsRequest.SerializeToString,
+            apron_dot_v1_dot_recommender__pb2.SearchItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

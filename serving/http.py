@@ -1,0 +1,363 @@
+"""HTTP/JSON beside gRPC: the same calls through the same handlers, on `--http-port` (off by default).
+
+    POST /apron.v1.Recommender/<Method>    body: the request message in proto3 JSON -> the response's
+    GET  /v1/openapi.json                  the OpenAPI 3.1 document of those calls (from the proto)
+
+The path is the gRPC method's own path (the shape of the Connect protocol's unary JSON calls), the
+body the request message in the proto3 JSON mapping (`google.protobuf.json_format`: field names as in
+the .proto or lowerCamelCase, int64 as a string or a number, enums by name); the response uses the
+.proto field names and carries every field. There is no second copy of any logic: a request is
+parsed into the very message gRPC would deliver and handed to the servicer's method, so it runs
+inside the same `rpc_boundary` (serving/servicer.py: validation, limits, load shedding, deadline,
+metrics, access log) behind the same token check (`auth.as_verified_caller`, the interceptor's
+verifier and stage clock). `HttpContext` is the part of a grpc.aio ServicerContext those use: the
+HTTP headers are the call's metadata (`authorization`, `traceparent`), `Connect-Timeout-Ms` its
+deadline, and the boundary's `abort` becomes the HTTP error.
+
+Errors: the gRPC status mapped as google.rpc.Code documents it (`HTTP_STATUS`), the body
+`{"code": "<status in lower case>", "message": "<the gRPC status message>"}`; RESOURCE_EXHAUSTED
+adds `Retry-After` (whole seconds, rounded up) and `retry-after-ms` (the gRPC trailer's value).
+Before any handler, like gRPC's own decoding: a body that is not the request message is 400
+(invalid_argument), one over `--max-message-bytes` 413.
+
+The server is uvicorn on the gateway's own event loop (`HttpServer`, started and stopped with the
+gRPC server by serving/server.py); with `--workers N` each worker serves it on the shared port
+(SO_REUSEPORT), as it does gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+import uvicorn
+from google.protobuf import descriptor as pb_descriptor
+from google.protobuf import json_format, message_factory
+from google.protobuf.message import Message
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from serving import auth
+from serving.config import ServingConfig
+from serving.errors import RETRY_AFTER_KEY
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
+OPENAPI_PATH = "/v1/openapi.json"
+TIMEOUT_HEADER = "connect-timeout-ms"  # the Connect protocol's deadline header (milliseconds)
+JSON = "application/json"
+
+# gRPC status -> HTTP status, as google.rpc.Code (googleapis google/rpc/code.proto) maps them
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+TOO_LARGE = 413  # a body over --max-message-bytes (gRPC: RESOURCE_EXHAUSTED, which 429 would make a retry)
+
+Behavior = Callable[[Message, Any], Awaitable[Message]]
+
+
+def rpc_path(method: pb_descriptor.MethodDescriptor) -> str:
+    """`/apron.v1.Recommender/Recommend`: the gRPC method's path, the HTTP path too."""
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+class HttpAbort(Exception):
+    """The boundary's `context.abort(code, message)` for an HTTP call."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HttpContext:
+    """What `rpc_boundary`, the token check and tracing read of a grpc.aio.ServicerContext, for a
+    call that came over HTTP: the headers as invocation metadata, the deadline, the trailers (which
+    become response headers) and `abort`."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]], timeout_s: float | None, peer: str):
+        self._metadata = tuple(metadata)
+        self._deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        self._peer = peer
+        self.trailing_metadata: tuple[tuple[str, str], ...] = ()
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    def time_remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    def set_trailing_metadata(self, metadata: Iterable[tuple[str, str]]) -> None:
+        self.trailing_metadata = tuple(metadata)
+
+    def peer(self) -> str:
+        return self._peer
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Iterable[tuple[str, str]] = ()) -> None:
+        if trailing_metadata:
+            self.trailing_metadata = tuple(trailing_metadata)
+        raise HttpAbort(code, details)
+
+
+def error_response(code: grpc.StatusCode, message: str, trailing: Iterable[tuple[str, str]] = (), status: int = 0) -> Response:
+    headers = {}
+    for key, value in trailing:
+        if key == RETRY_AFTER_KEY:  # HTTP's Retry-After counts whole seconds
+            headers["retry-after"] = str(max(1, math.ceil(int(value) / 1000)))
+            headers[RETRY_AFTER_KEY] = value
+    return JSONResponse({"code": code.name.lower(), "message": message}, status or HTTP_STATUS[code], headers)
+
+
+def to_json(message: Message) -> str:
+    return json_format.MessageToJson(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None when it is over `limit` bytes (read no further than that)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        return None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
+def timeout_of(request: Request) -> float | None:
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    if not raw.isdigit() or len(raw) > 10:
+        raise ValueError(f"{TIMEOUT_HEADER} must be a whole number of milliseconds (at most 10 digits), got {raw!r}")
+    return int(raw) / 1000
+
+
+class RpcEndpoint:
+    """One gRPC method over HTTP: parse, run the servicer's method (its boundary included), answer."""
+
+    def __init__(self, method: pb_descriptor.MethodDescriptor, behavior: Behavior, verifier: auth.TokenVerifier | None, max_bytes: int):
+        self.request_class = message_factory.GetMessageClass(method.input_type)
+        self.behavior = behavior
+        self.verifier = verifier
+        self.max_bytes = max_bytes
+
+    async def handle(self, request: Request) -> Response:
+        body = await read_body(request, self.max_bytes)
+        if body is None:
+            message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
+            return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
+        try:
+            timeout_s = timeout_of(request)
+            message_in = json_format.Parse(body or b"{}", self.request_class())
+        except (ValueError, json_format.ParseError) as error:  # UnicodeDecodeError is a ValueError
+            name = self.request_class.DESCRIPTOR.full_name
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not a {name} in JSON: {error}")
+        metadata = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.headers.raw]
+        client = request.client
+        context = HttpContext(metadata, timeout_s, f"ipv4:{client.host}:{client.port}" if client else "")
+        behavior = self.behavior
+        if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
+            behavior = auth.as_verified_caller(self.verifier, metadata, behavior)
+        try:
+            response = await behavior(message_in, context)
+        except HttpAbort as error:
+            return error_response(error.code, error.message, context.trailing_metadata)
+        return Response(to_json(response), media_type=JSON)
+
+
+# ----------------------------------------------------------------------------- OpenAPI
+
+_SCALARS: dict[int, dict[str, Any]] = {
+    pb_descriptor.FieldDescriptor.TYPE_STRING: {"type": "string"},
+    pb_descriptor.FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    pb_descriptor.FieldDescriptor.TYPE_INT32: {"type": "integer", "format": "int32"},
+    # proto3 JSON: 64-bit integers are strings (a number is accepted too)
+    pb_descriptor.FieldDescriptor.TYPE_INT64: {"type": ["string", "integer"], "format": "int64"},
+    pb_descriptor.FieldDescriptor.TYPE_DOUBLE: {"type": "number", "format": "double"},
+    pb_descriptor.FieldDescriptor.TYPE_FLOAT: {"type": "number", "format": "float"},
+}
+
+
+def _field_schema(field: pb_descriptor.FieldDescriptor, schemas: dict[str, Any]) -> dict[str, Any]:
+    if field.message_type is not None:
+        _message_schema(field.message_type, schemas)
+        schema: dict[str, Any] = {"$ref": f"#/components/schemas/{field.message_type.full_name}"}
+    elif field.enum_type is not None:
+        schema = {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+    else:
+        schema = dict(_SCALARS[field.type])
+    if field.containing_oneof is not None:
+        schema["description"] = f"one of {field.containing_oneof.name}: " + ", ".join(f.name for f in field.containing_oneof.fields)
+    if field.is_repeated:
+        return {"type": "array", "items": schema}
+    return schema
+
+
+def _message_schema(message: pb_descriptor.Descriptor, schemas: dict[str, Any]) -> None:
+    if message.full_name in schemas:
+        return
+    schemas[message.full_name] = {}  # before the fields: a message that refers to itself terminates
+    properties = {field.name: _field_schema(field, schemas) for field in message.fields}
+    schemas[message.full_name] = {"type": "object", "properties": properties, "additionalProperties": False}
+
+
+def openapi_document(methods: Sequence[pb_descriptor.MethodDescriptor], auth_on: bool) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of `methods` over HTTP, built from their descriptors (the .proto is
+    the one source: its comments say what each field means)."""
+    schemas: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string", "description": "the gRPC status name in lower case, e.g. invalid_argument"},
+                "message": {"type": "string", "description": "the gRPC status message"},
+            },
+            "required": ["code", "message"],
+        }
+    }
+    paths: dict[str, Any] = {}
+    for method in methods:
+        _message_schema(method.input_type, schemas)
+        _message_schema(method.output_type, schemas)
+        errors = {
+            str(status): {"description": code.name, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for code, status in sorted(HTTP_STATUS.items(), key=lambda pair: pair[1])
+            if code is not grpc.StatusCode.OK
+        }
+        paths[rpc_path(method)] = {
+            "post": {
+                "operationId": method.name,
+                "summary": f"{method.containing_service.full_name}.{method.name} (see proto/apron/v1/recommender.proto)",
+                "requestBody": {"required": False, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{method.input_type.full_name}"}}}},
+                "parameters": [
+                    {"name": TIMEOUT_HEADER, "in": "header", "required": False, "schema": {"type": "integer"},
+                     "description": "the call's deadline in milliseconds (the server's --request-timeout-s caps it)"},
+                ],  # fmt: skip
+                "responses": {"200": {"description": "OK", "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{method.output_type.full_name}"}}}}, **errors},
+            }
+        }
+    document: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": "APRON recommender (HTTP/JSON)", "version": "v1"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if auth_on:
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+        document["security"] = [{"bearer": []}]
+    return document
+
+
+# ----------------------------------------------------------------------------- the app and its server
+
+
+def http_methods() -> list[pb_descriptor.MethodDescriptor]:
+    """Every method of apron.v1.Recommender (the admin service stays gRPC-only)."""
+    return list(SERVICE.methods)
+
+
+def build_app(servicer: object, security: auth.AuthSetup, config: ServingConfig, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+    methods = http_methods()
+    document = json.dumps(openapi_document(methods, security.verifier is not None))
+    routes: list[BaseRoute] = [
+        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, config.max_message_bytes).handle, methods=["POST"])
+        for method in methods
+    ]
+
+    async def openapi(_request: Request) -> Response:
+        return Response(document, media_type=JSON)
+
+    async def no_such_call(request: Request, error: Exception) -> Response:
+        """An unknown path (404) or method (405): still the JSON error body, naming what exists."""
+        status = error.status_code if isinstance(error, HTTPException) else 404
+        message = f"no {request.method} {request.url.path} here: calls are POST /{SERVICE.full_name}/<Method>, described at {OPENAPI_PATH}"
+        return error_response(grpc.StatusCode.UNIMPLEMENTED, message, status=status)
+
+    routes.append(Route(OPENAPI_PATH, openapi, methods=["GET"]))
+    return Starlette(routes=[*routes, *extra_routes], exception_handlers={404: no_such_call, 405: no_such_call})
+
+
+def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
+    """A listening-ready TCP socket on `host:port` (0: a free port); SO_REUSEPORT for --workers."""
+    bare = host.strip("[]")
+    family = socket.AF_INET6 if ":" in bare else socket.AF_INET
+    # proto IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on sockets that say TCP,
+    # and uvicorn writes a response's head and body apart (with Nagle on: ~40 ms per kept-alive call)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((bare, port))
+    except BaseException:
+        sock.close()
+        raise
+    sock.set_inheritable(False)
+    return sock
+
+
+class HttpServer:
+    """uvicorn serving `app` on the gateway's event loop and a socket bound at construction."""
+
+    def __init__(self, app: Starlette, config: ServingConfig):
+        self.sock = bind_socket(config.host, config.http_port, config.workers > 1 or config.reuse_port)
+        self.port: int = self.sock.getsockname()[1]
+        tls: dict[str, Any] = {}
+        if config.tls_cert:  # the same certificate (and client CA: mutual TLS) as the gRPC port
+            tls = {"ssl_certfile": config.tls_cert, "ssl_keyfile": config.tls_key}
+            if config.tls_client_ca:
+                tls |= {"ssl_ca_certs": config.tls_client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED}
+        self.uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                app, lifespan="off", log_config=None, access_log=False, server_header=False,
+                timeout_graceful_shutdown=config.shutdown_grace_s, **tls,
+            )
+        )  # fmt: skip
+        self._ticks: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.uvicorn.config.load()
+        self.uvicorn.lifespan = self.uvicorn.config.lifespan_class(self.uvicorn.config)  # "off": a no-op
+        await self.uvicorn.startup(sockets=[self.sock])
+        # uvicorn's once-a-second housekeeping (the Date header), not its signal handling: the
+        # gateway's runtime owns the signals
+        self._ticks = asyncio.create_task(self.uvicorn.main_loop(), name="apron-http-ticks")
+
+    async def stop(self, grace_s: float) -> None:
+        """New connections refused, in-flight requests given `grace_s`, then the socket closed."""
+        if self._ticks is None:
+            self.sock.close()
+            return
+        self.uvicorn.should_exit = True
+        await self._ticks
+        self.uvicorn.config.timeout_graceful_shutdown = grace_s
+        await self.uvicorn.shutdown(sockets=[self.sock])
