@@ -219,3 +219,21 @@ async def test_the_otel_variables_send_spans_to_an_otlp_collector(
         assert ("apron-gateway", "apron.v1.Recommender/Recommend") in ours and ("apron-gateway", "redis.read") in ours
     finally:
         server.stop(0)
+
+
+async def test_an_http_call_joins_the_callers_trace_too(
+    spans: InMemorySpanExporter, python_repository: Path, redis_server: RedisProcess, main_tags
+) -> None:
+    """HTTP/JSON calls run through the same boundary: `traceparent` comes from the HTTP headers."""
+    from serving.http import to_json
+    from tests.serving.test_http import fetch_json
+
+    config = gateway_config(python_repository, redis_server.url, http_port=0)
+    async with running_gateway(config) as gateway:
+        request = pb.RecommendRequest(user_id="trace-http", history=liked_history(main_tags, 0, 1), k=5)
+        spans.clear()
+        answer = await fetch_json(gateway.server.http_port, "/apron.v1.Recommender/Recommend", to_json(request), TRACEPARENT)
+        assert answer.status == 200, answer
+        call, children = call_tree(spans.get_finished_spans())
+        assert format(call.context.trace_id, "032x") == TRACE_ID and format(call.parent.span_id, "016x") == PARENT_ID
+        assert "redis.read" in children and "apron_scorer inference" in children
