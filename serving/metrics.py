@@ -3,9 +3,10 @@ beside the HTTP health probes `/healthz/live` and `/healthz/ready`: `serve_http`
 
 Every name of ours starts with `apron_`; beside them the standard `process_*` (CPU, memory, file
 descriptors of this process; with `--workers` the parent serves the workers' files and none).
-Histograms: RPC latency by method and status code, each RPC's stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
-micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauges: RPCs in flight by
-method, each watched dependency up or down (`apron_backend_up`, serving/health.py).
+Histograms: RPC latency by method and status code, each RPC's stages by method
+(`serving/stages.py`), inference latency and batch size by model, queue wait in the micro-batcher.
+Counters: profile cache hits and misses, edits by kind. Gauges: RPCs in flight by method, each
+watched dependency up or down (`apron_backend_up`, serving/health.py).
 
 The per-call series are reached through label children resolved once (`for_method`, `StageRecorder`):
 `labels()` validates and locks on every call, which a cached Recommend should not pay a dozen times.

@@ -129,7 +129,7 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                     series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
                 # tracing (serving/tracing.py): the call's span, its stages' spans added at its end
-                span = tracing.start_call(method, context.invocation_metadata(), code.name, served_by) if tracing.enabled() else None
+                trace = tracing.start_call(method, context.invocation_metadata(), code.name, served_by) if tracing.enabled() else None
                 extra: dict[str, Any] | None = None
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     extra = {"error": message}
@@ -137,12 +137,12 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                     extra = {"sampled": self.access_log_rate}
                 if extra is not None:
                     fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), **extra}
-                    if (trace_id := tracing.trace_id(span, context.invocation_metadata())) is not None:
+                    if (trace_id := tracing.trace_id(trace, context.invocation_metadata())) is not None:
                         fields["trace_id"] = trace_id
                     log.info("rpc", extra={"fields": fields})
                 clock.mark(stages.RECORD)
-                if span is not None:
-                    tracing.end_call(span, clock, code.name, message)
+                if trace is not None:
+                    tracing.end_call(trace, clock, code.name, message)
                 self.metrics.observe_call(method, clock)
                 if own_clock is not None:
                     stages.end(own_clock)
