@@ -19,10 +19,12 @@ spans with their real start and end times:
     ├── apron_scorer batch wait
     └── apron_scorer inference
 
-So tracing off costs the call nothing but a `None` check at its end, and tracing on costs one
-list append per stage and the spans themselves, created after the answer is computed (measured in
-BENCHMARKS.md's "Tracing" row). `traceparent` is read from the call's metadata
-(`context.invocation_metadata()`: gRPC metadata, or the HTTP headers of the HTTP/JSON adapter).
+So tracing off costs a call one `None` test per stage mark and one at its end; on, one list
+append per stage and the spans themselves, built as finished spans after the answer is computed
+(`python -m benchmarks.tracing_cost`; figures in serving/README.md). `traceparent` is read from the
+call's metadata (`context.invocation_metadata()`: gRPC metadata, or the HTTP headers of the
+HTTP/JSON adapter); the sampler (`OTEL_TRACES_SAMPLER`, parent-based by default) decides once per
+call. Triton is not sent the trace context: its own tracing, if on, starts its own traces.
 
 The access log line of a call carries its trace id: the span's with tracing on, the caller's
 `traceparent`'s with tracing off (the gateway then records no span, but the line still joins the
@@ -112,7 +114,8 @@ def exporter_names(environ: Mapping[str, str]) -> list[str]:
 
 def configure_from_env(environ: Mapping[str, str] | None = None) -> bool:
     """Switch tracing on when the OTEL_* variables ask for an exporter; True when on. The SDK is
-    imported only then (the gateway's start and `apron --help` do not pay for it)."""
+    imported only then (the gateway's start and `apron --help` do not pay for it). `environ` decides
+    on or off (tests); the SDK reads its own settings from the process environment."""
     environ = os.environ if environ is None else environ
     names = exporter_names(environ)
     if not names:
