@@ -7,7 +7,7 @@ LOADTEST_HOST ?= 127.0.0.1:50051
 LOADTEST_DATASET ?= artifacts/data/demo
 LOADTEST_ARGS ?=
 
-.PHONY: install system serve test lint proto proto-check results benchmarks gpu-wheels gpu-check gpu-land loadtest deploy-secrets k8s-secrets
+.PHONY: install system serve test lint proto proto-check results benchmarks gpu-wheels gpu-check gpu-land loadtest deploy-secrets k8s-secrets model-archive
 
 $(PY): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
@@ -63,6 +63,11 @@ gpu-land: $(PY)
 loadtest: $(PY)
 	$(VENV)/bin/locust --config loadtests/locust.conf --host $(LOADTEST_HOST) --dataset $(LOADTEST_DATASET) \
 		--token "$$($(VENV)/bin/apron token --sub loadtest --role service)" $(LOADTEST_ARGS)
+
+# ./model_repository as one archive for a model volume (deploy/fill_models.py --url; the Kubernetes
+# Job in deploy/k8s/model-repository.yaml): prints its path and sha256.
+model-archive: $(PY)
+	$(PY) deploy/fill_models.py --pack model_repository --archive artifacts/apron-model-repository.tar.gz
 
 # Secrets for compose / Kubernetes, generated here at deploy time, never committed (deploy/secrets/):
 # a JWT secret, a private CA and the gateway's TLS certificate, Grafana's admin password.

@@ -27,9 +27,9 @@ PROJECT_PACKAGES = ("common", "training", "export", "serving")
 AddParser = Callable[[argparse._SubParsersAction], None]
 
 
-def stage_commands() -> dict[str, tuple[AddParser, str]]:
-    """Every command name -> (the function adding its parser, the extra it needs)."""
-    commands: dict[str, tuple[AddParser, str]] = {}
+def stage_commands() -> dict[str, tuple[AddParser, str, str]]:
+    """Every command name -> (the function adding its parser, the extra it needs, its one-line help)."""
+    commands: dict[str, tuple[AddParser, str, str]] = {}
     for module_name, extra in STAGES.items():
         try:
             module = importlib.import_module(module_name)
@@ -37,19 +37,20 @@ def stage_commands() -> dict[str, tuple[AddParser, str]]:
             if error.name not in (module_name, module_name.partition(".")[0]):
                 raise
             continue  # this install does not ship the stage's code at all
-        commands.update({name: (add, extra) for name, add in module.COMMANDS.items()})
+        commands.update({name: (add, extra, module.HELP[name]) for name, add in module.COMMANDS.items()})
     return commands
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+def build_parser(command: str | None = None, overview: bool = False) -> argparse.ArgumentParser:
     """The parser; with `command`, only that command's own parser is built in full (the others
-    are bare names), so building it imports only what that command needs."""
+    are bare names), so building it imports only what that command needs. `overview` (`apron`,
+    `apron --help`): every command a bare name with its help, no stage library imported."""
     parser = argparse.ArgumentParser(prog="apron", description="APRON controllable music recommendation")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands = stage_commands()
-    for name, (add, extra) in commands.items():
-        if command in commands and command != name:
-            subparsers.add_parser(name)
+    for name, (add, extra, help_text) in commands.items():
+        if overview or (command in commands and command != name):
+            subparsers.add_parser(name, help=help_text)
             continue
         try:
             add(subparsers)
@@ -72,7 +73,7 @@ def _add_unavailable(subparsers: argparse._SubParsersAction, name: str, extra: s
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((arg for arg in argv if not arg.startswith("-")), None)  # `apron` itself has no valued options
-    args = build_parser(command).parse_args(argv)
+    args = build_parser(command, overview=command is None).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

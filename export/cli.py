@@ -14,15 +14,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.errors import UserFacingError
-from export import contract
 
 if TYPE_CHECKING:
     from export.triton_repository import RepositorySettings
 
 
+# each command's one-line help: also `apron --help`'s overview, which builds no command's parser
+HELP = {
+    "export": "checkpoint -> ONNX -> Triton model repository + apron_metadata.json",
+}
+
+
 def resolve_settings(args: argparse.Namespace) -> tuple[RepositorySettings, int]:
     """(RepositorySettings, K_MAX): the defaults, or `--like REPO`'s settings, with every flag
     given on the command line on top (the flags default to None: "not given")."""
+    from export import contract  # numpy: not for `apron --help`
     from export.triton_repository import RepositoryError, RepositorySettings, repository_settings
 
     if args.like is not None:
@@ -46,6 +52,7 @@ def resolve_settings(args: argparse.Namespace) -> tuple[RepositorySettings, int]
 
 
 def _handle(args: argparse.Namespace) -> int:
+    from export import contract  # numpy: not for `apron --help`
     from export.pipeline import ExportError, export_checkpoint
 
     settings, k_max = resolve_settings(args)
@@ -71,12 +78,13 @@ def _handle(args: argparse.Namespace) -> int:
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    from export import contract  # numpy: not for `apron --help`
     from export.triton_repository import RepositorySettings
 
     defaults = RepositorySettings()
     parser = subparsers.add_parser(
         "export",
-        help="checkpoint -> ONNX -> Triton model repository + apron_metadata.json",
+        help=HELP["export"],
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

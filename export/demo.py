@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from common.files import replace_dir
 
@@ -109,7 +111,16 @@ def _train(data: Path, checkpoint: Path, features_kind: str, settings: DemoSetti
     from training.train import train
 
     epochs = settings.epochs if features_kind == "synthetic" else settings.lastfm_epochs
-    log.info("demo: training APRON for %d epochs", epochs)
+    log.info("demo: training APRON for %d epochs (a line after each)", epochs)
+    started = time.perf_counter()
+
+    def on_epoch(record: dict[str, Any], planned: int) -> None:  # each epoch takes seconds: say so
+        ndcg = next(value for key, value in record.items() if key.startswith("val_ndcg"))
+        log.info(
+            "demo: epoch %d/%d done (%.0f s so far, validation NDCG@100 %.3f)",
+            record["epoch"], planned, time.perf_counter() - started, ndcg,
+        )  # fmt: skip
+
     model, info = train(
         ProcessedDataset.load(data),
         "apron",
@@ -119,6 +130,7 @@ def _train(data: Path, checkpoint: Path, features_kind: str, settings: DemoSetti
         hyperparameters=PRESETS[settings.preset],
         device="cpu",
         progress=False,
+        on_epoch=on_epoch,
     )
     save_checkpoint(checkpoint, model, info)
 

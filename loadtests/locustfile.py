@@ -36,18 +36,21 @@ import collections
 import json
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import gevent
+import gevent.event
 import grpc
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, constant, events, task
 from locust.env import Environment
 from locust.exception import StopUser
 
+from loadtests.catalog import DATASET_HINT, catalog_mismatch
 from loadtests.mix import TASKS, task_weights
 from serving.client import channel_options
 from serving.errors import RETRY_AFTER_KEY
@@ -117,6 +120,10 @@ def threshold_failures(environment: Environment) -> list[str]:
 def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
     if environment.parsed_options is None:  # used as a library, not from the command line
         return
+    if _stopped_because is not None:  # no measurement to judge
+        log.error("run stopped: %s", _stopped_because)
+        environment.process_exit_code = 2
+        return
     log.info("throttled: %s", json.dumps(dict(throttled), sort_keys=True))
     if environment.parsed_options.csv_prefix:
         Path(f"{environment.parsed_options.csv_prefix}_throttled.json").write_text(json.dumps(dict(throttled)))
@@ -175,9 +182,21 @@ class TestUsers:
         self.histories = [[ids[i] for i in matrix.indices[matrix.indptr[r]:matrix.indptr[r + 1]]] for r in rows]
         self.user_ids = [f"{data.name}-test-{r}" for r in rows]
         self.all_items = list(ids)
+        self.item_set = set(ids)
 
 
 _test_users: TestUsers | None = None
+_stopped_because: str | None = None  # the run cannot measure anything (stop_run)
+
+
+def stop_run(environment: Environment, message: str) -> None:
+    """End the whole run with `message` and exit code 2 (once, whichever user finds it first)."""
+    global _stopped_because
+    if _stopped_because is None:
+        _stopped_because = message
+        log.error("%s", message)
+        if environment.runner is not None:
+            gevent.spawn(environment.runner.quit)  # not from this user's greenlet, which quit() kills
 
 
 @events.init.add_listener
@@ -186,7 +205,11 @@ def load_test_users(environment: Environment, **_kwargs: Any) -> None:
     options = environment.parsed_options
     if options is None or not options.dataset:
         return
-    _test_users = TestUsers(Path(options.dataset), options.max_test_users)
+    try:
+        _test_users = TestUsers(Path(options.dataset), options.max_test_users)
+    except ValueError as error:  # DataError included; SystemExit: Locust reports a listener's Exception and runs on
+        print(f"loadtest: no test users in {options.dataset}: {error}\n{DATASET_HINT}", file=sys.stderr)
+        raise SystemExit(2) from None
     task_weights(options)  # fail at start, not in every user
     log.info("loaded %d test users from %s", len(_test_users.user_ids), options.dataset)
 
@@ -261,6 +284,12 @@ class ApronUser(User):
         reply = self.call("ListPrototypes", self.stub.ListPrototypes, pb.ListPrototypesRequest())
         if reply is None:
             raise StopUser("ListPrototypes failed")
+        mismatch = catalog_mismatch(
+            _test_users.item_set, [p.item_id for p in reply.prototypes], reply.model_version, options.dataset
+        )
+        if mismatch is not None:  # every call would fail: end the run, quietly for every user
+            stop_run(self.environment, mismatch)
+            gevent.event.Event().wait()  # until the runner's quit kills this greenlet (on_stop then runs)
         self.prototypes = [p.name for p in reply.prototypes]
         self.k = min(options.k, reply.k_max)
         self.recommend_cached()  # fills the cache, so that the cached task and GetProfile find a profile

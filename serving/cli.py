@@ -21,12 +21,20 @@ STARTUP_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, OS
 # ----------------------------------------------------------------------------- serve
 
 
+# each command's one-line help: also `apron --help`'s overview, which builds no command's parser
+HELP = {
+    "serve": "run the gRPC recommendation gateway (apron.v1.Recommender)",
+    "client": "call a running gateway: recommend, edit, profile, prototypes",
+    "token": "mint a signed bearer token (JWT) for the gateway",
+}
+
+
 def _add_serve(subparsers: argparse._SubParsersAction) -> None:
     from serving.config import add_arguments
 
     parser = subparsers.add_parser(
         "serve",
-        help="run the gRPC recommendation gateway (apron.v1.Recommender)",
+        help=HELP["serve"],
         description=(
             "Run the gateway. With no flags: in-process ONNX Runtime, a private redis-server, and a demo "
             "model built into ./model_repository when it holds none. Every option below can also be set "
@@ -192,7 +200,7 @@ def _tag_values(pairs: list[str], flag: str) -> dict[str, float]:
 
 
 def _add_client(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("client", help="call a running gateway: recommend, edit, profile, prototypes")
+    parser = subparsers.add_parser("client", help=HELP["client"])
     parser.add_argument("--target", default=os.environ.get("APRON_TARGET", "127.0.0.1:50051"), help="gateway host:port [env APRON_TARGET]")
     parser.add_argument(
         "--token",
@@ -284,12 +292,29 @@ def _run_client(args: argparse.Namespace) -> int:
             else:
                 response = client.prototypes()
         except grpc.RpcError as error:
-            raise UserFacingError(f"{error.code().name}: {error.details()}") from None
+            raise UserFacingError(rpc_error_message(error.code().name, error.details() or "", args.target)) from None
     if args.json:
         print(MessageToJson(response, preserving_proto_field_name=True))
     else:
         print(format_response(args.client_command, response))
     return 0
+
+
+# grpc's own words (lower case) when a call reached no server, as against a gateway's own UNAVAILABLE
+# (whose details may well say "Connection refused": Redis's)
+NOT_REACHED = ("failed to connect to all addresses", "connections to all backends failing", "errors resolving", "dns resolution failed")
+
+
+def rpc_error_message(code: str, details: str, target: str) -> str:
+    """A failed call as the client prints it: the status and its details, and when nothing answered
+    at `target`, what to do about it."""
+    message = f"{code}: {details}"
+    if code == "UNAVAILABLE" and any(sign in details.lower() for sign in NOT_REACHED):
+        message += (
+            f"\nnothing answers at {target}: is `apron serve` running? Start it, or pass --target HOST:PORT "
+            "(or set APRON_TARGET) to reach a gateway elsewhere"
+        )
+    return message
 
 
 SHOWN_SHARE = 0.0005  # rows that would print as 0.0% both before and after edits are counted, not listed
@@ -347,7 +372,7 @@ def format_response(command: str, response: Any) -> str:
 def _add_token(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "token",
-        help="mint a signed bearer token (JWT) for the gateway",
+        help=HELP["token"],
         description=(
             "Print a token for `--sub`. Signed with --private-key (RS256/ES256/EdDSA), else --secret-file "
             "(HS256), else the development secret that `apron serve` uses when no key is configured."

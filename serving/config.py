@@ -135,7 +135,9 @@ class ServingConfig:
         "health-checking clients move away before new calls are refused (seconds; rolling restarts)",
     )
     log_level: str = _option("INFO", "log level", ("DEBUG", "INFO", "WARNING", "ERROR"))
-    log_format: str = _option("json", "log line format", LOG_FORMATS)
+    log_format: str = _option(
+        "text", "log line format: text for a person at a terminal, json for a log pipeline (the deploy files set json)", LOG_FORMATS
+    )
     access_log_rate: float = _option(
         0.01, "share of successful RPCs written to the access log, at random (failed RPCs are always logged; 1: all)"
     )

@@ -1,10 +1,12 @@
 """Prometheus metrics of the gateway, in their own registry, served on their own port (`/metrics`,
 beside the HTTP health probes `/healthz/live` and `/healthz/ready`: `serve_http`).
 
-Every name starts with `apron_`. Histograms: RPC latency by method and status code, each RPC's
-stages by method (`serving/stages.py`), inference latency and batch size by model, queue wait in the
-micro-batcher. Counters: profile cache hits and misses, edits by kind. Gauges: RPCs in flight by
-method, each watched dependency up or down (`apron_backend_up`, serving/health.py).
+Every name of ours starts with `apron_`; beside them the standard `process_*` (CPU, memory, file
+descriptors of this process; with `--workers` the parent serves the workers' files and none).
+Histograms: RPC latency by method and status code, each RPC's stages by method
+(`serving/stages.py`), inference latency and batch size by model, queue wait in the micro-batcher.
+Counters: profile cache hits and misses, edits by kind. Gauges: RPCs in flight by method, each
+watched dependency up or down (`apron_backend_up`, serving/health.py).
 
 The per-call series are reached through label children resolved once (`for_method`, `StageRecorder`):
 `labels()` validates and locks on every call, which a cached Recommend should not pay a dozen times.
@@ -22,7 +24,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 
 from serving.stages import StageClock, StageRecorder
@@ -33,6 +42,10 @@ STAGE_BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 10.0,
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# No `*_created` series: one more series per counter and histogram child, which nobody queries
+# (rate() and increase() handle resets) and which doubles what Prometheus stores for them.
+disable_created_metrics()
 
 
 class MethodMetrics:
@@ -97,6 +110,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds...
         self.rpc_latency = Histogram(
             "apron_rpc_duration_seconds", "gRPC call latency, by the model version that answered (none: refused before one was chosen)",
             ["method", "code", "version"], buckets=LATENCY_BUCKETS, registry=r

@@ -19,9 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 
+from serving import tracing
 from serving.config import ServingConfig
 from serving.models import ModelLoadError
 from serving.resources import OnServing, Resources
@@ -35,6 +37,7 @@ def serve(config: ServingConfig, on_serving: OnServing | None = None) -> None:
     """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes,
     until SIGTERM / SIGINT (or a worker's death)."""
     model = load_model(config)  # a repository without the model is refused before anything starts
+    tracing.exporter_names(os.environ)  # so are OTEL_* variables asking for what it cannot export
     with unwinding_on_sigterm():
         if config.workers > 1:
             with Resources.open(config) as resources:
@@ -63,6 +66,14 @@ def unwinding_on_sigterm() -> Iterator[None]:
 
 async def run_gateway(config: ServingConfig, resources: Resources, on_serving: OnServing | None = None) -> None:
     """One gateway until SIGTERM / SIGINT, then a graceful stop; SIGHUP rolls out the newest model."""
+    tracing.configure_from_env()  # per process (each --workers process exports its own spans)
+    try:
+        await _run_gateway(config, resources, on_serving)
+    finally:
+        tracing.shutdown()  # spans still queued go out before the process ends
+
+
+async def _run_gateway(config: ServingConfig, resources: Resources, on_serving: OnServing | None) -> None:
     server, _ = await create_server(config, resources=resources)
     # Handlers before anything is announced: a SIGTERM sent as soon as the banner shows must still
     # drain, and the resources' owner (the caller) then stops the private redis-server.

@@ -25,7 +25,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
-from serving import auth, limits, stages
+from serving import auth, limits, stages, tracing
 from serving.cache import ProfileRecord, RedisStore, StoreSkipped
 from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
@@ -173,18 +173,27 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                 if admitted:
                     self.concurrency.leave(seconds)  # type: ignore[union-attr]
                 series.in_flight.dec()
-                series.latency(code, current_version.get()).observe(seconds)
+                served_by = current_version.get()
+                series.latency(code, served_by).observe(seconds)
                 current_version.reset(version)
                 if code in REJECTIONS:
                     series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
+                # tracing (serving/tracing.py): the call's span, its stages' spans added at its end
+                trace = tracing.start_call(method, context.invocation_metadata(), code.name, served_by) if tracing.enabled() else None
+                extra: dict[str, Any] | None = None
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
-                    fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "error": message}
-                    log.info("rpc", extra={"fields": fields})
+                    extra = {"error": message}
                 elif self.access_log_rate and random.random() < self.access_log_rate:
-                    fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), "sampled": self.access_log_rate}
+                    extra = {"sampled": self.access_log_rate}
+                if extra is not None:
+                    fields = {"method": method, "code": code.name, "ms": round(seconds * 1000, 3), **extra}
+                    if (trace_id := tracing.trace_id(trace, context.invocation_metadata())) is not None:
+                        fields["trace_id"] = trace_id
                     log.info("rpc", extra={"fields": fields})
                 clock.mark(stages.RECORD)
+                if trace is not None:
+                    tracing.end_call(trace, clock, code.name, message)
                 self.metrics.observe_call(method, clock)
                 if own_clock is not None:
                     stages.end(own_clock)

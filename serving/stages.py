@@ -75,14 +75,26 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+_record_intervals = False  # serving/tracing.py on: clocks also keep each interval, for the spans
+
+
+def record_intervals(on: bool) -> None:
+    """Clocks created from now on keep (stage, start, end) of each mark in `intervals` (tracing)."""
+    global _record_intervals
+    _record_intervals = on
+
+
 class StageClock:
     """One call's stages: `mark(stage)` charges the time since the previous mark to `stage`."""
 
-    __slots__ = ("last", "spent")
+    __slots__ = ("intervals", "last", "spent", "start")
 
     def __init__(self, start: float):
+        self.start = start
         self.last = start
         self.spent: dict[str, float] = {}
+        # with tracing on, each mark's interval in order (serving/tracing.py turns them into spans)
+        self.intervals: list[tuple[str, float, float]] | None = [] if _record_intervals else None
 
     def mark(self, stage: str, now: float | None = None) -> None:
         """Charge [previous mark, `now`] (default: the current time) to `stage` and move the mark."""
@@ -90,6 +102,8 @@ class StageClock:
             now = time.perf_counter()
         spent = self.spent
         spent[stage] = spent.get(stage, 0.0) + (now - self.last)
+        if self.intervals is not None:
+            self.intervals.append((stage, self.last, now))
         self.last = now
 
 

@@ -6,6 +6,7 @@ converts messages and calls them before anything touches Redis or a model.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -98,6 +99,23 @@ def _valid_names(tag_names: Iterable[str]) -> str:
     return listed + more
 
 
+def resolve_prototype(where: str, prototype: str, tag_index: Mapping[str, int]) -> str:
+    """The model's own spelling of `prototype`: itself, or the one tag that differs from it only in
+    case ("Jazz" -> "jazz"); none or several: InvalidArgument naming the closest names."""
+    if prototype in tag_index:
+        return prototype
+    folded = prototype.casefold()
+    same = [tag for tag in tag_index if tag.casefold() == folded]
+    if len(same) == 1:
+        return same[0]
+    if same:
+        raise InvalidArgument(f"{where}.prototype {prototype!r} is ambiguous: the model has {', '.join(map(repr, same))}; use one of them")
+    by_folded = {tag.casefold(): tag for tag in tag_index}
+    close = [by_folded[name] for name in difflib.get_close_matches(folded, list(by_folded), n=3, cutoff=0.6)]
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise InvalidArgument(f"{where}.prototype {prototype!r} is not a prototype of this model; {hint}valid names: {_valid_names(tag_index)}")
+
+
 def validate_edit(index: int, prototype: str, kind: str | None, value: float, tag_index: Mapping[str, int]) -> EditSpec:
     """One edit; `index` is its position in the request's `edits` (for the message)."""
     where = f"edits[{index}]"
@@ -105,8 +123,7 @@ def validate_edit(index: int, prototype: str, kind: str | None, value: float, ta
         raise InvalidArgument(f"{where}.prototype is required; valid names: {_valid_names(tag_index)}")
     if len(prototype) * 4 > MAX_PROTOTYPE_NAME_BYTES and len(prototype.encode()) > MAX_PROTOTYPE_NAME_BYTES:
         raise InvalidArgument(f"{where}.prototype is {len(prototype.encode())} bytes; prototype names have at most {MAX_PROTOTYPE_NAME_BYTES}")
-    if prototype not in tag_index:
-        raise InvalidArgument(f"{where}.prototype {prototype!r} is not a prototype of this model; valid names: {_valid_names(tag_index)}")
+    prototype = resolve_prototype(where, prototype, tag_index)
     if kind not in EDIT_KINDS:
         raise InvalidArgument(f"{where} ({prototype}) must set `scale` or `weight`")
     if math.isnan(value) or math.isinf(value):

@@ -20,6 +20,16 @@ from common.errors import UserFacingError
 # ----------------------------------------------------------------------------- prepare
 
 
+# each command's one-line help: also `apron --help`'s overview, which builds no command's parser
+HELP = {
+    "prepare": "read a dataset, filter, split users (Liang et al. 2018), choose prototypes, write DIR",
+    "features": "compute content features/<kind>.npy for a processed dataset",
+    "train": "train a model on a processed dataset and save a checkpoint",
+    "evaluate": "Recall@20/50, NDCG@100 and Δ@20 / %%Δ@20 (served, intrinsic γ = 0, unlabelled items) of a checkpoint, as JSON",
+    "results": "train + evaluate all models on both datasets, write RESULTS.md",
+}
+
+
 def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
     from training.data.sources import SOURCES
     from training.data.splits import SplitConfig
@@ -29,7 +39,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "prepare",
-        help="read a dataset, filter, split users (Liang et al. 2018), choose prototypes, write DIR",
+        help=HELP["prepare"],
         description="Writes the processed dataset directory of DESIGN.md section 1. Filters default to "
         "each dataset's own (lastfm-2k: 5/5, MovieLens and synthetic: 5/0; the paper's MSD used 20/200).",
     )
@@ -122,7 +132,7 @@ def _run_prepare(args: argparse.Namespace) -> int:
 def _add_features(subparsers: argparse._SubParsersAction) -> None:
     from training.features.kinds import COLLAB_DEFAULT_DIM
 
-    parser = subparsers.add_parser("features", help="compute content features/<kind>.npy for a processed dataset")
+    parser = subparsers.add_parser("features", help=HELP["features"])
     parser.add_argument("dataset", metavar="DATASET_DIR", type=Path, help="a directory written by `apron prepare`")
     parser.add_argument("--kind", required=True, choices=["text", "audio", "collab"])
     parser.add_argument("--device", default="cpu")
@@ -195,7 +205,7 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     from training.models.apron import PRESETS
     from training.models.registry import MODELS
 
-    parser = subparsers.add_parser("train", help="train a model on a processed dataset and save a checkpoint")
+    parser = subparsers.add_parser("train", help=HELP["train"])
     parser.add_argument("dataset", metavar="DATASET_DIR", help="a directory written by `apron prepare`")
     parser.add_argument("--model", required=True, choices=sorted(MODELS), help="model to train")
     parser.add_argument("--out", required=True, metavar="CHECKPOINT", help="where to write the checkpoint (.pt)")
@@ -327,7 +337,7 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="Recall@20/50, NDCG@100 and Δ@20 / %%Δ@20 (served, intrinsic γ = 0, unlabelled items) of a checkpoint, as JSON",
+        help=HELP["evaluate"],
     )
     parser.add_argument("checkpoint", metavar="CHECKPOINT")
     parser.add_argument("--dataset", default=None, metavar="DIR", help="processed dataset (default: the checkpoint's)")
@@ -373,7 +383,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _add_results(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("results", help="train + evaluate all models on both datasets, write RESULTS.md")
+    parser = subparsers.add_parser("results", help=HELP["results"])
     parser.add_argument("--output", default="RESULTS.md")
     parser.set_defaults(func=lambda args: _run_results(args.output))
 

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -67,12 +68,16 @@ def train(
     anneal_steps: int | None = None,
     weight_decay: float = 0.0,
     progress: bool = True,
+    on_epoch: Callable[[dict[str, Any], int], None] | None = None,
 ) -> tuple[nn.Module, Checkpoint]:
     """Train `model_name` on `dataset` and return the best-validation model and its checkpoint info.
 
     `anneal_steps`: updates over which `anneal` grows linearly from 0 to 1 (the models scale their
     own β cap by it). None reaches 1 after 80 % of the planned updates: Liang et al. reach their cap
-    after ~40k of ~47k updates on ML-20M; a fixed 200k would keep β near 0 on small datasets."""
+    after ~40k of ~47k updates on ML-20M; a fixed 200k would keep β near 0 on small datasets.
+
+    `on_epoch(record, epochs)`: after each epoch, its record (epoch, mean losses, validation NDCG)
+    and the planned epochs (for callers that show progress without the tqdm bar)."""
     hyperparameters = dict(hyperparameters or {})
     torch_device = resolve_device(device)
     seed_everything(seed)
@@ -121,6 +126,8 @@ def train(
             best_ndcg, best_epoch = ndcg, epoch
             best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(loss=f"{record['loss']:.3f}", ndcg=f"{ndcg:.4f}", best=f"{best_ndcg:.4f}@{best_epoch}")
+        if on_epoch is not None:
+            on_epoch(record, epochs)
         if epoch - best_epoch >= patience:
             break
     wall_time = time.perf_counter() - start

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -386,7 +387,7 @@ def gateway_metric_families() -> set[str]:
         if family.type == "histogram":
             names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
         elif family.type == "counter":
-            names.update((family.name + "_total", family.name + "_created"))
+            names.add(family.name + "_total")  # no _created: serving/metrics.py disables them
         else:
             names.add(family.name)
     return names
@@ -449,3 +450,127 @@ def test_readme_names_only_real_metrics_and_variables() -> None:
     variables = set(re.findall(r"\bAPRON_[A-Z_]+\b", text))
     known = {env_name(name) for name in ServingConfig.__dataclass_fields__}
     assert variables and variables <= known, f"not in serving/config.py: {variables - known}"
+
+
+# ----------------------------------------------------------------------------- the CPU compose, images, the model volume
+
+
+def project_version() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+@pytest.fixture(scope="session")
+def compose_cpu() -> dict[str, Any]:
+    return yaml.safe_load((DEPLOY / "docker-compose.cpu.yml").read_text())
+
+
+def resolved_service(compose_file: dict[str, Any], name: str) -> dict[str, Any]:
+    """A service with its `extends` applied (the base's keys, then its own)."""
+    service = dict(compose_file["services"][name])
+    base = service.pop("extends", None)
+    if base is None:
+        return service
+    base_file = yaml.safe_load((DEPLOY / base["file"]).read_text())
+    return {**resolved_service(base_file, base["service"]), **service}
+
+
+def test_compose_cpu_runs_the_gateway_in_process_without_triton(compose_cpu: dict[str, Any], compose: dict[str, Any]) -> None:
+    services = {name: resolved_service(compose_cpu, name) for name in compose_cpu["services"]}
+    assert set(services) == {"models", "redis", "gateway", "prometheus", "grafana"}
+    assert not any("deploy" in service for service in services.values())  # no GPU reservation anywhere
+    gateway = services["gateway"]
+    config = gateway_config(gateway["environment"])
+    assert config.backend == "onnxruntime" and config.host == "0.0.0.0" and not config.build_demo
+    assert gateway["ports"] == [f"{config.port}:{config.port}"]
+    assert gateway["depends_on"] == {
+        "models": {"condition": "service_completed_successfully"}, "redis": {"condition": "service_healthy"}
+    }
+    # the same settings as the GPU compose, apart from the backend and where Triton is
+    gpu = compose["services"]["gateway"]["environment"]
+    backend_keys = {env_name("backend"), env_name("triton_url")}
+    assert {k: v for k, v in gpu.items() if k not in backend_keys} == {k: v for k, v in gateway["environment"].items() if k not in backend_keys}
+    assert gateway["secrets"] == compose["services"]["gateway"]["secrets"] and compose_cpu["secrets"] == compose["secrets"]
+    assert services["grafana"] == compose["services"]["grafana"]
+    assert services["redis"] == compose["services"]["redis"] and services["prometheus"] == compose["services"]["prometheus"]
+    for name, service in services.items():  # every build names a Dockerfile that exists
+        if "build" in service:
+            assert (DEPLOY / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+    named = set(compose_cpu["volumes"])
+    for name, service in services.items():  # every named volume is declared; every bind mount exists
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in named if not source.startswith(".") else (DEPLOY / source).exists(), (name, volume)
+
+
+def test_compose_cpu_models_fill_the_volume_the_gateway_reads(compose_cpu: dict[str, Any]) -> None:
+    models, gateway = compose_cpu["services"]["models"], compose_cpu["services"]["gateway"]
+    repository = gateway_config(gateway["environment"]).repository
+    assert f"model-repository:{repository}:ro" in gateway["volumes"] and f"model-repository:{repository}" in models["volumes"]
+    dockerfile = (DEPLOY / models["build"]["context"] / models["build"]["dockerfile"]).read_text()
+    assert 'ENTRYPOINT ["python", "/src/fill_models.py"]' in dockerfile and "COPY deploy/fill_models.py" in dockerfile
+    command = models["command"]
+    assert command[command.index("--into") + 1] == repository and command[command.index("--demo") + 1] in {"lastfm-2k", "synthetic"}
+
+
+def test_images_carry_the_project_version(compose: dict[str, Any], compose_cpu: dict[str, Any], k8s: dict) -> None:
+    version = project_version()
+    kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
+    assert kustomization["images"] == [{"name": "apron-gateway", "newName": "apron-gateway", "newTag": version}]
+    ours = [compose["services"]["gateway"]["image"], compose_cpu["services"]["gateway"]["image"]]
+    ours += [c["image"] for (kind, _), obj in k8s.items() if kind in ("Deployment", "Job") for c in containers(obj) if "apron" in c["image"]]
+    assert ours and set(ours) == {f"apron-gateway:{version}"}
+    assert compose_cpu["services"]["models"]["image"] == f"apron-models:{version}"
+    for (kind, name), obj in k8s.items():  # no image without a tag, nowhere `latest`
+        if kind in ("Deployment", "StatefulSet", "Job"):
+            for container in containers(obj):
+                assert ":" in container["image"] and not container["image"].endswith(":latest"), (name, container["image"])
+
+
+def test_kustomize_renders_the_versioned_image() -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    rendered = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s")], capture_output=True, text=True, check=True).stdout
+    images = set(re.findall(r"image: (\S+)", rendered))
+    assert f"apron-gateway:{project_version()}" in images and not any(i.endswith(":latest") for i in images)
+
+
+def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
+    from deploy import fill_models
+
+    job = k8s[("Job", "apron-model-repository")]
+    (container,) = containers(job)
+    assert container["command"][:2] == ["python", "/app/fill_models.py"]
+    assert "COPY --chown=apron:apron deploy/fill_models.py ./fill_models.py" in (DEPLOY / "Dockerfile").read_text()
+    into = container["command"][container["command"].index("--into") + 1]
+    (source,) = container["envFrom"]
+    variables = k8s[("ConfigMap", source["configMapRef"]["name"])]["data"]
+    assert set(variables) == {"MODEL_ARCHIVE_URL", "MODEL_ARCHIVE_SHA256"}  # what fill_models.main reads
+    assert all(name in Path(fill_models.__file__).read_text() for name in variables)
+    claim = "apron-model-repository"
+    assert k8s[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+    def claim_mount(obj: dict[str, Any]) -> dict[str, Any]:
+        volume = next(v["name"] for v in obj["spec"]["template"]["spec"]["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
+        (container,) = containers(obj)
+        return next(m for m in container["volumeMounts"] if m["name"] == volume)
+
+    assert claim_mount(job)["mountPath"] == into and not claim_mount(job).get("readOnly")
+    for name in ("apron-gateway", "triton"):
+        assert claim_mount(k8s[("Deployment", name)])["readOnly"] is True, name
+    assert job["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_dashboard_variables_filter_only_labels_the_metrics_have() -> None:
+    """`version=~"$version"` only on series that carry `version`; `instance` is Prometheus' own."""
+    import json
+
+    board = json.loads((DEPLOY / "grafana" / "dashboards" / "apron.json").read_text())
+    labels = {m._name: set(m._labelnames) for m in vars(Metrics()).values() if hasattr(m, "_labelnames") and hasattr(m, "_name")}
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            for metric, matchers in re.findall(r"\b(apron_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\{([^}]*)\}", target["expr"]):
+                for label in re.findall(r"(\w+)\s*=~?\s*\"", matchers):
+                    assert label == "instance" or label in labels.get(metric, set()), f"{panel['title']}: {metric} has no {label}"

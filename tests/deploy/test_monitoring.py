@@ -131,3 +131,45 @@ def test_promtool_accepts_the_gateways_metrics(python_repository: Path) -> None:
     result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True)
     # promtool reports lint problems (naming conventions) on stdout/stderr and exits 1 for them
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def dashboard() -> dict[str, Any]:
+    import json
+
+    return json.loads((DEPLOY / "grafana" / "dashboards" / "apron.json").read_text())
+
+
+def label_values_query(definition: str) -> tuple[str, str]:
+    """Grafana's `label_values(metric, label)` -> (metric, label)."""
+    import re
+
+    match = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", definition)
+    assert match, definition
+    return match[1], match[2]
+
+
+def test_the_dashboards_variables_and_queries_work_on_a_real_gateway(python_repository: Path, tmp_path: Path) -> None:
+    """Prometheus scraping a real gateway: each variable (pod, model version) gets values, and every
+    panel query, with the variables as Grafana substitutes them, is valid PromQL; the panels for
+    refusals, shedding and fallbacks are there."""
+    board = dashboard()
+    variables = {v["name"]: label_values_query(v["definition"]) for v in board["templating"]["list"]}
+    assert set(variables) == {"pod", "version"}
+    expressions = [t["expr"] for panel in board["panels"] for t in panel["targets"]]
+    titles = " | ".join(panel["title"] for panel in board["panels"])
+    assert "apron_rpc_rejections_total" in " ".join(expressions) and "apron_backend_fallbacks_total" in " ".join(expressions)
+    assert 'code="RESOURCE_EXHAUSTED"' in " ".join(expressions) and "Shed" in titles and "fallback" in titles
+    with running_gateway(python_repository) as gateway:
+        target = f"127.0.0.1:{gateway.server.metrics_port}"
+        with run_prometheus(deploy_config({"apron-gateway": target}, tmp_path), tmp_path) as prometheus:
+            gateway_traffic(gateway, calls=2)
+            values: dict[str, set[str]] = {}
+            for name, (metric, label) in variables.items():
+                found = wait_for(prometheus, f"group by ({label}) ({metric})")
+                values[name] = {sample["metric"][label] for sample in found}
+            assert values["pod"] == {target} and values["version"] == {"1"}
+            for expression in expressions:  # as Grafana sends them with "All" selected
+                prometheus.query(expression.replace("$pod", ".*").replace("$version", ".*"))  # raises on bad PromQL
+            narrowed = 'sum(apron_rpc_duration_seconds_count{instance=~"$pod", version=~"$version"})'
+            chosen = narrowed.replace("$pod", target).replace("$version", "1")
+            assert float(wait_for(prometheus, chosen)[0]["value"][1]) >= 2  # a chosen pod and version select the calls

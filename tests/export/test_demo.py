@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -17,12 +19,16 @@ from training.data.dataset import ProcessedDataset
 from training.models.apron import PRESETS
 
 
-async def test_demo_repository_is_built_and_served(tmp_path: Path) -> None:
-    """Built as `make serve` builds it: into a model_repository/ that holds only its README."""
+async def test_demo_repository_is_built_and_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Built as `make serve` builds it: into a model_repository/ that holds only its README; a line
+    after each training epoch (the Last.fm demo trains for half a minute)."""
+    caplog.set_level(logging.INFO, logger="apron.demo")
     (tmp_path / "model_repository").mkdir()
     shutil.copyfile(REPOSITORY_README, tmp_path / "model_repository" / "README.md")
     repository = build_demo_repository(tmp_path / "model_repository", DemoSettings(dataset="synthetic", n_items=300, n_users=600, n_tags=8, epochs=2))
     assert (repository / "apron_metadata.json").is_file() and (repository / "README.md").is_file()
+    epochs = [record.getMessage() for record in caplog.records if re.match(r"demo: epoch \d+/2 done", record.getMessage())]
+    assert [line.split()[2] for line in epochs] == ["1/2", "2/2"] and all("NDCG@100" in line for line in epochs)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".apron-demo-")]  # the work dir is gone
     demo_data = ProcessedDataset.load(demo_dataset_dir(repository))  # kept for `make loadtest`
     metadata = json.loads((repository / "apron_metadata.json").read_text())

@@ -8,6 +8,7 @@ only as the deadline; the gateway's limits are set here, not taken from the defa
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -54,6 +55,30 @@ def locust(gateway: Gateway, dataset: Path, out: Path, *extra: str) -> subproces
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_dataset_is_explained_without_a_traceback(gateway: Gateway, tmp_path: Path) -> None:
+    result = locust(gateway, tmp_path / "no-such-dataset", tmp_path, "--min-requests", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no test users in" in result.stderr and "LOADTEST_DATASET=DIR" in result.stderr
+
+
+def test_a_dataset_of_another_catalog_stops_the_run_with_what_to_pass(gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
+    """The gateway serves the tiny model; the dataset's items are renamed: none is in its catalog."""
+    from training.data.dataset import ProcessedDataset
+
+    data = ProcessedDataset.load(dataset)
+    other = dataclasses.replace(data, item_ids=[f"other-{item}" for item in data.item_ids]).save(tmp_path / "other")
+    result = locust(gateway, other, tmp_path, "--min-requests", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "trained on another catalog than" in result.stderr and "LOADTEST_DATASET=DIR" in result.stderr
+
+
+def test_catalog_mismatch_is_none_for_the_served_catalog() -> None:
+    from loadtests.catalog import catalog_mismatch  # not locustfile: it patches grpc for gevent
+
+    assert catalog_mismatch({"a", "b", "c"}, ["a", "c"], 1, "d") is None
+    assert "1 of its 2 prototype items (e.g. 'x')" in (catalog_mismatch({"a"}, ["a", "x"], 1, "d") or "")
 
 
 def final_stats(out: Path) -> dict[str, dict]:

@@ -102,6 +102,23 @@ def test_serve_reports_a_missing_model(tmp_path: Path) -> None:
     assert "apron_metadata.json does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_client_that_reaches_no_gateway_says_what_to_do(tmp_path: Path) -> None:
+    from common.net import free_port
+
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = apron("client", "--target", target, "--timeout", "5", "prototypes", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "UNAVAILABLE" in result.stderr
+    assert f"nothing answers at {target}: is `apron serve` running?" in result.stderr and "--target" in result.stderr
+
+
+def test_a_gateways_own_unavailable_gets_no_connection_hint() -> None:
+    from serving.cli import rpc_error_message
+
+    redis_down = "the profile store (Redis) is unavailable: Error 111 connecting to localhost:6379. Connection refused."
+    assert rpc_error_message("UNAVAILABLE", redis_down, "h:1") == f"UNAVAILABLE: {redis_down}"
+
+
 def test_profile_rows_at_zero_are_summarised_unless_edited() -> None:
     """A sharp model puts a short history on a few prototypes: the client lists those, the edited
     ones (even at 0.0%), and counts the rest in one line."""

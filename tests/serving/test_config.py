@@ -25,6 +25,14 @@ def test_precedence_flag_over_env_over_default() -> None:
     assert parse([], {}) == ServingConfig()
 
 
+def test_logs_are_plain_text_unless_json_is_asked_for() -> None:
+    """A person at a terminal reads the banner (stdout) between log lines (stderr): both plain text;
+    a log pipeline asks for json (deploy/ sets APRON_LOG_FORMAT=json)."""
+    assert parse([], {}).log_format == "text"
+    assert parse([], {"APRON_LOG_FORMAT": "json"}).log_format == "json"
+    assert parse(["--log-format", "json"], {}).log_format == "json"
+
+
 def test_every_field_has_flag_env_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="apron serve")
     add_arguments(parser, {})

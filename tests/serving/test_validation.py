@@ -80,6 +80,25 @@ def test_valid_edits() -> None:
     assert edits == {"jazz": EditSpec("jazz", "scale", 0.0), "rock": EditSpec("rock", "weight", 0.4)}
 
 
+def test_prototype_names_match_regardless_of_case_when_unambiguous() -> None:
+    edits = validate_edits([("Jazz", "scale", 0.5), ("ROCK", "weight", 0.2)], TAGS, 8)
+    assert edits == {"jazz": EditSpec("jazz", "scale", 0.5), "rock": EditSpec("rock", "weight", 0.2)}  # the model's spelling
+    with pytest.raises(InvalidArgument, match=r"edits\[1\]: prototype 'JAZZ' is edited twice"):
+        validate_edits([("jazz", "scale", 0.5), ("JAZZ", "scale", 0.2)], TAGS, 8)
+    both = {"Rock": 0, "rock": 1, "jazz": 2}
+    assert validate_edits([("rock", "scale", 0.5)], both, 8) == {"rock": EditSpec("rock", "scale", 0.5)}  # exact wins
+    with pytest.raises(InvalidArgument, match=r"'ROCK' is ambiguous: the model has 'Rock', 'rock'"):
+        validate_edits([("ROCK", "scale", 0.5)], both, 8)
+
+
+def test_an_unknown_prototype_gets_the_closest_names() -> None:
+    tags = {"jazz": 0, "rock": 1, "hip-hop": 2, "Hard Rock": 3}
+    with pytest.raises(InvalidArgument, match=r"'hiphop' is not a prototype of this model; did you mean 'hip-hop'\? valid names"):
+        validate_edits([("hiphop", "scale", 1.0)], tags, 8)
+    with pytest.raises(InvalidArgument, match=r"'hard-rock' .*did you mean 'Hard Rock'"):
+        validate_edits([("hard-rock", "scale", 1.0)], tags, 8)
+
+
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
