@@ -108,7 +108,7 @@ async def test_edit_profile_mistakes_store_nothing(ort_gateway: Gateway, main_ta
     cases = [
         (pb.EditProfileRequest(user_id=user_id), "needs at least one edit, or reset"),
         (pb.EditProfileRequest(user_id="", edits=[pb.Edit(prototype="tag0", scale=0)]), "user_id is required"),
-        (pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="Tag0", scale=0)]), "valid names: tag0"),
+        (pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="tagz", scale=0)]), "valid names: tag0"),
         (
             pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="tag0", weight=0.7), pb.Edit(prototype="tag1", weight=0.6)]),
             "sum to 1.3",
