@@ -45,6 +45,7 @@ pytestmark = pytest.mark.timeout(300)
 
 OK, UNAVAILABLE = grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE
 FILL_VALUE = b"x" * 1024  # one filler edit's value: the store fills in a few thousand writes
+OVER_LIMIT_MARGIN = 256 * 1024  # bytes by which the full store is held over its limit (far above buffer noise)
 
 
 def edit(user: str, tag: str, scale: float) -> pb.EditProfileRequest:
@@ -87,6 +88,12 @@ async def test_a_full_private_redis_evicts_only_cached_profiles_and_never_answer
             assert [key async for key in client.scan_iter(match="apron:profile:*")] == []  # the cache was evicted...
             assert len([key async for key in client.scan_iter(match="apron:edits:*")]) == filled + 1  # ...never an edit
             assert await client.hgetall(edits_key("keeper")) != {}
+            # Redis refuses a write only while its used memory is over maxmemory, and that figure moves
+            # by a few KB (query and reply buffers): the refused 1 KB filler does not make a smaller
+            # edit's refusal certain. Set the limit well below what is used now, so that every write
+            # below is refused whatever those buffers do; the original limit comes back afterwards.
+            used = (await client.info("memory"))["used_memory"]
+            await client.config_set("maxmemory", used - OVER_LIMIT_MARGIN)
 
             outcomes = [
                 await call(stub.Recommend, pb.RecommendRequest(user_id="newcomer", history=history, k=3)),
@@ -102,6 +109,7 @@ async def test_a_full_private_redis_evicts_only_cached_profiles_and_never_answer
                 assert refused.code == UNAVAILABLE and "full" in refused.details and "maxmemory" in refused.details, refused
             assert await client.hgetall(edits_key("newcomer")) == {}
 
+            await client.config_set("maxmemory", config.redis_maxmemory_mb * 2**20)
             await client.delete(*[f"apron:edits:{{filler-{i}}}" for i in range(filled)])  # room again: all works
             assert (await call(stub.EditProfile, edit("newcomer", "tag2", 0.5))).code == OK
             assert (await stored_edits(stub, "keeper", history)) == {"tag1": 0.5}
