@@ -184,7 +184,7 @@ class RpcEndpoint:
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not a {name} in JSON: {error}")
         metadata = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.headers.raw]
         client = request.client
-        context = HttpContext(metadata, timeout_s, f"ipv4:{client.host}:{client.port}" if client else "")
+        context = HttpContext(metadata, timeout_s, grpc_peer(client.host, client.port) if client else "")
         behavior = self.behavior
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
             behavior = auth.as_verified_caller(self.verifier, metadata, behavior)
@@ -193,6 +193,12 @@ class RpcEndpoint:
         except HttpAbort as error:
             return error_response(error.code, error.message, context.trailing_metadata)
         return Response(to_json(response), media_type=JSON)
+
+
+def grpc_peer(host: str, port: int) -> str:
+    """The caller as gRPC's `context.peer()` spells it ("ipv4:127.0.0.1:5000", "ipv6:[::1]:5000"),
+    so access logs and spans read alike over both transports."""
+    return f"ipv6:[{host}]:{port}" if ":" in host else f"ipv4:{host}:{port}"
 
 
 # ----------------------------------------------------------------------------- OpenAPI

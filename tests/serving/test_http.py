@@ -293,3 +293,10 @@ async def test_the_http_port_speaks_the_grpc_ports_tls(ort_config: ServingConfig
         assert await asyncio.to_thread(https_status, server.http_port, trusting) == 200
     finally:
         await server.stop(1.0)
+
+
+def test_the_http_peer_is_spelled_as_grpc_spells_it() -> None:
+    from serving.http import grpc_peer
+
+    assert grpc_peer("127.0.0.1", 5000) == "ipv4:127.0.0.1:5000"
+    assert grpc_peer("::1", 5000) == "ipv6:[::1]:5000"  # not "ipv4:::1:5000"
