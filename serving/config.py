@@ -170,8 +170,9 @@ class ServingConfig:
     max_queue_delay_ms: float = _option(
         0.0,
         "shed every call (RESOURCE_EXHAUSTED + retry-after) while calls wait longer than this to be taken up by the "
-        "gateway, in grpc's queue before the event loop, e.g. 250: a burst is refused instead of queued, at a cost in "
-        "throughput when clients retry in a closed loop (RELIABILITY.md; 0: off)",
+        "gateway, in grpc's queue before the event loop, and a share of them (PIE) while they wait over half of it, "
+        "e.g. 250: a burst is refused instead of queued, at a cost in throughput at saturation when clients retry in "
+        "a closed loop (RELIABILITY.md; 0: off)",
     )
     max_open_streams: int = _option(
         1000,

@@ -4,9 +4,10 @@ servicer's boundary answers RESOURCE_EXHAUSTED with `retry-after-ms`):
 - `RateLimiter`: a token bucket per user id, for EditProfile (`--edit-rate`) and, optionally,
   Recommend (`--recommend-rate`); charged only once a request has been validated;
 - `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once, and (when set) none admitted while
-  calls wait longer than `--max-queue-delay-ms` to be taken up (`QueueDelay`); more are shed at once
-  (load shedding) rather than queued, with a retry-after of the recent mean call duration (or the
-  queue's delay).
+  calls wait longer than `--max-queue-delay-ms` to be taken up (`QueueDelay`); below that limit a
+  share of new calls is shed so that the wait stays near half of it (`ShedProbability`, PIE); more
+  are shed at once (load shedding) rather than queued, with a retry-after of the recent mean call
+  duration (or the queue's delay).
 
 The other request limits (message size, history length, edits per request, k) are checked where the
 request is validated (`serving/validation.py`, the server's message-size options).
@@ -202,9 +203,85 @@ class QueueDelay:
         return max(self.last_s, waiting)
 
 
+# PIE, "Proportional Integral controller Enhanced" (RFC 8033), the drop probability of an AQM,
+# here the share of new calls shed at admission. Gains per update, in probability per second of delay
+# (RFC 8033 §4.2); the update interval is the queue probe's (serving/queue_probe.py sends one each).
+PIE_ALPHA = 0.125  # how far the delay is over the target
+PIE_BETA = 1.25  # how fast it grew since the last update
+PROBE_INTERVAL_S = 0.05  # a queue probe (and a PIE update) at most every 50 ms
+# RFC 8033 §5.1's auto-tuning: a small probability moves in small steps, so light overload is shed lightly
+_PIE_SCALE = (
+    (0.000001, 1 / 2048),
+    (0.00001, 1 / 512),
+    (0.0001, 1 / 128),
+    (0.001, 1 / 32),
+    (0.01, 1 / 8),
+    (0.1, 1 / 2),
+)
+
+
+def pie_step(p: float, delay_s: float, old_delay_s: float, target_s: float) -> float:
+    """One PIE update of the shed probability `p` from the queue delay now and at the last update
+    (RFC 8033 §4.2 with §5.1's scaling; pure)."""
+    step = PIE_ALPHA * (delay_s - target_s) + PIE_BETA * (delay_s - old_delay_s)
+    for bound, scale in _PIE_SCALE:
+        if p < bound:
+            step *= scale
+            break
+    if p >= 0.1 and step > 0.02:  # §5.1: no jump from shedding some to shedding all in one update
+        step = 0.02
+    p += step
+    if delay_s == 0 and old_delay_s == 0:  # §4.2: an empty queue lets the probability decay
+        p *= 0.98
+    return min(1.0, max(0.0, p))
+
+
+class ShedProbability:
+    """The share of new calls to shed so that the queue delay settles near `target_s` with the
+    gateway still busy: PIE, updated lazily (at a call's admission, at most every `update_s`) from the
+    probe's estimate. Why not all-or-nothing at the limit: clients that retry in a closed loop then
+    come back together, the gateway idles while they wait and the queue refills in waves (RELIABILITY.md
+    measured 342 -> 113 req/s); shedding a share holds the delay with the gateway kept busy."""
+
+    def __init__(
+        self,
+        target_s: float,
+        queue: QueueDelay,
+        draw: Callable[[], float] = random.random,
+        update_s: float = PROBE_INTERVAL_S,
+    ):
+        self.target_s = target_s
+        self.queue = queue
+        self.draw = draw  # uniform in [0, 1)
+        self.update_s = update_s
+        self.p = 0.0
+        self._old_delay_s = 0.0
+        self._updated_at = queue.clock()
+
+    def update(self) -> float:
+        """The current probability, after any update that is due (one step per interval passed: a
+        gateway idle for a while catches up on the decay)."""
+        now = self.queue.clock()
+        steps = int((now - self._updated_at) / self.update_s)
+        if steps > 0:
+            delay = self.queue.estimate()
+            for _ in range(min(steps, 100)):
+                self.p = pie_step(self.p, delay, self._old_delay_s, self.target_s)
+                self._old_delay_s = delay
+            self._updated_at = now
+        return self.p
+
+    def shed(self, delay_s: float) -> bool:
+        p = self.update()
+        if delay_s < self.target_s / 2 and p < 0.2:  # RFC 8033 §4.1: a short queue is never shed
+            return False
+        return p > 0 and self.draw() < p
+
+
 class ConcurrencyLimit:
     """At most `limit` calls at once (asyncio: one event loop, no lock needed), and none admitted
-    while calls wait longer than `max_queue_delay_s` to be taken up (`queue`). `enter()` raises
+    while calls wait longer than `max_queue_delay_s` to be taken up (`queue`); below that, a share of
+    them (`ShedProbability`, targeting half the limit) so that the wait rarely reaches it. `enter()` raises
     ResourceExhausted when either is exceeded; `leave(seconds)` frees the slot and updates the mean
     call duration that the retry-after hint uses (a slot frees about that soon; a queue drains in
     about its delay)."""
@@ -224,7 +301,10 @@ class ConcurrencyLimit:
         self.limit = limit
         self.queue = queue if max_queue_delay_s > 0 else None
         self.max_queue_delay_s = max_queue_delay_s
-        self.draw = draw  # uniform in [0, 1): the jitter of a retry-after
+        self.draw = draw  # uniform in [0, 1): the jitter of a retry-after, the shedding's draw
+        self.shedding = (
+            None if self.queue is None else ShedProbability(max_queue_delay_s / 2, self.queue, draw)
+        )
         self.active = 0
         self.mean_s = 0.01
 
@@ -236,7 +316,8 @@ class ConcurrencyLimit:
                 f"retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
-        if self.queue is not None and (delay := self.queue.estimate()) > self.max_queue_delay_s:
+        delay = 0.0 if self.queue is None else self.queue.estimate()
+        if self.queue is not None and delay > self.max_queue_delay_s:
             # every call taken up now waited about that long (the queue is first in, first out): all
             # are shed until it drains; their retries, told to wait about the queue's delay with a
             # jitter, do not come back in one wave
@@ -244,6 +325,18 @@ class ConcurrencyLimit:
             raise ResourceExhausted(
                 f"calls wait {delay * 1000:.0f} ms before the gateway takes them up, over its limit of "
                 f"{self.max_queue_delay_s * 1000:.0f} ms (--max-queue-delay-ms): overloaded; retry in {retry_s * 1000:.0f} ms",
+                retry_after_s=retry_s,
+            )
+        if self.shedding is not None and self.shedding.shed(delay):
+            # a share of the calls, to hold the wait near the target with the gateway still busy; a
+            # retry meets the same share, so it is told to wait the expected attempts (1 / (1 - p))
+            # times the queue's delay: fewer retries are refused again (each costs a call's work)
+            p = self.shedding.p
+            retry_s = max(delay, self.shedding.target_s) / max(0.05, 1.0 - p) * (0.5 + self.draw())
+            raise ResourceExhausted(
+                f"calls wait {delay * 1000:.0f} ms before the gateway takes them up: overloaded, shedding "
+                f"{self.shedding.p:.0%} of new calls to hold the wait near "
+                f"{self.shedding.target_s * 1000:.0f} ms, half its limit (--max-queue-delay-ms); retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
         self.active += 1

@@ -26,11 +26,11 @@ from typing import Any
 
 import grpc
 
-from serving.limits import QueueDelay
+from serving.limits import PROBE_INTERVAL_S, QueueDelay
 
 METHOD = "/apron.internal.QueueProbe/Ping"  # no service implements it: only this interceptor answers
 KEY = "apron-queue-probe"
-INTERVAL_S = 0.05  # a probe at most every 50 ms: ~20 trivial calls a second
+INTERVAL_S = PROBE_INTERVAL_S  # ~20 trivial calls a second; the shedding updates at the same pace
 
 
 async def _pong(request_iterator: Any, context: grpc.aio.ServicerContext) -> bytes:

@@ -13,13 +13,16 @@ from serving.errors import ResourceExhausted
 from serving.limits import (
     GRPC_DEFAULT_MESSAGE_BYTES,
     NO_LIMIT,
+    PROBE_INTERVAL_S,
     ConcurrencyLimit,
     QueueDelay,
     RateLimiter,
+    ShedProbability,
     concurrency_limit,
     max_json_request_bytes,
     max_request_bytes,
     message_size_options,
+    pie_step,
 )
 from serving.validation import largest_request_bytes
 
@@ -153,6 +156,79 @@ def test_admission_sheds_while_calls_wait_too_long_to_be_taken_up() -> None:
     delay.sent()
     clock.now += 100
     off.enter()
+
+
+def test_pie_raises_the_share_while_the_wait_is_over_its_target_and_lowers_it_below() -> None:
+    """RFC 8033's update: in proportion to the delay over the target and to its growth, in small
+    steps while the probability is small, at most 0.02 at a time from 0.1 up, decaying when empty."""
+    target = 0.125
+    assert pie_step(0.0, 0.1, 0.1, target) == 0.0  # under the target: nothing to shed
+    p = 0.0
+    history = []
+    for _ in range(200):  # a standing queue of twice the target
+        p = pie_step(p, 0.25, 0.25, target)
+        history.append(p)
+    assert all(b >= a for a, b in zip(history, history[1:], strict=False)) and p == 1.0
+    assert 0 < history[0] < 1e-4  # the first step is tiny (auto-tuning), so a short excess sheds little
+    grown = [b - a for a, b in zip(history, history[1:], strict=False) if a >= 0.1]
+    assert grown and max(grown) <= 0.02 + 1e-12
+    assert pie_step(0.5, 0.05, 0.06, target) < 0.5  # under the target and shrinking: shed less
+    assert pie_step(0.5, 0.0, 0.0, target) < pie_step(0.5, 0.0, 0.0, 0.0) + 1e-12  # an empty queue decays
+    assert pie_step(0.3, 0.0, 0.0, 0.0) == pytest.approx(0.3 * 0.98)
+    assert pie_step(0.05, 2.0, 0.0, target) > pie_step(
+        0.05, 2.0, 2.0, target
+    )  # a growing queue pushes harder
+
+
+def test_shedding_holds_a_share_of_calls_and_never_a_short_queue() -> None:
+    clock = FakeClock()
+    queue = QueueDelay(clock)
+    draws = [0.5]
+    shed = ShedProbability(0.125, queue, draw=lambda: draws[0])
+    queue.sent()
+    clock.now += 0.1  # a wait under half the target... (the probe still on its way: its age)
+    for _ in range(20):
+        clock.now += PROBE_INTERVAL_S
+        queue.sent()  # ...held there
+        clock.now += 0.05
+        assert not shed.shed(queue.estimate())
+    assert shed.p == 0.0
+    for _ in range(400):  # a standing queue over the target: the share rises, one update per interval
+        queue.sent()
+        clock.now += 0.3
+        if shed.update() > 0.5:
+            break
+    assert 0.5 < shed.p < 0.9
+    draws[0] = shed.p - 0.01
+    assert shed.shed(queue.estimate())  # a draw under the share: shed
+    draws[0] = min(0.999, shed.p + 0.01)
+    assert not shed.shed(queue.estimate())  # over it: admitted
+    queue.arrived()
+    queue.sent()
+    queue.arrived()  # drained
+    p = shed.p
+    clock.now += 10 * PROBE_INTERVAL_S
+    assert shed.update() < p  # below the target the share falls back
+
+
+def test_admission_sheds_a_share_below_the_limit_with_a_retry_after() -> None:
+    clock = FakeClock()
+    delay = QueueDelay(clock)
+    draws = [0.0]
+    limit = ConcurrencyLimit(10, delay, max_queue_delay_s=0.5, draw=lambda: draws[0])
+    assert limit.shedding is not None and limit.shedding.target_s == pytest.approx(0.25)
+    limit.shedding.p = 0.5  # a share already reached
+    delay.sent()
+    clock.now += 0.3  # over the target, under the limit
+    limit.shedding._updated_at = clock.now  # no update due
+    with pytest.raises(ResourceExhausted, match="shedding 50% of new calls") as shed:
+        limit.enter()
+    assert shed.value.retry_after_s == pytest.approx(
+        0.3 / (1 - 0.5) * 0.5
+    )  # the wait x expected attempts, jittered
+    draws[0] = 0.9
+    limit.enter()  # a draw over the share: admitted
+    assert limit.active == 1
 
 
 def test_admission_from_the_configuration() -> None:
