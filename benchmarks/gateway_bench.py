@@ -527,7 +527,7 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
     return lines
 
 
-def render_path(results: GatewayResults, scorer_batch1: Timing | None) -> list[str]:
+def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_batch1_cold: Timing | None = None) -> list[str]:
     """The request-path section: the stage tables beside the echo floor, and the tail evidence."""
     g, path = results, results.path
     assert path is not None
@@ -535,6 +535,12 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None) -> list[s
     ordered = {phase.name: phase for phase in (*(phases[key] for key in PHASES if key in phases), phases[SATURATED])}
     splits = {name: phase.split for name, phase in ordered.items()}
     batch1 = f"; the raw scorer at batch 1: p50 {fmt(scorer_batch1.p50_ms, 2)} ms" if scorer_batch1 else ""
+    if scorer_batch1 and scorer_batch1_cold:
+        batch1 += (
+            f" called back to back, {fmt(scorer_batch1_cold.p50_ms, 2)} ms with its caches cold (64 MB of other memory "
+            "read before each call, as a gateway's own work between two runs does; `timing.CacheEvictor`): the "
+            "`scorer_run` stage below pays the second"
+        )
     lines = [
         f"## Request path ({g.n_items:,} items)",
         "",

@@ -153,9 +153,10 @@ def path_gateway(report: Report) -> gateway_bench.GatewayResults | None:
     return next((g for g in report.gateways if g.path is not None), None)
 
 
-def scorer_batch1(report: Report, n_items: int) -> Timing | None:
+def scorer_batch1(report: Report, n_items: int, cold: bool = False) -> Timing | None:
+    """The scorer at batch 1, back to back (warm caches) or `cold` (caches evicted before each call)."""
     found = [r for r in report.catalogs if r.n_items == n_items]
-    return found[0].timings["scorer/ort/b1"] if found else None
+    return found[0].timings.get("scorer/ort-cold/b1" if cold else "scorer/ort/b1") if found else None
 
 
 def scorer_b256(report: Report, n_items: int) -> Timing | None:
@@ -244,9 +245,11 @@ def path_targets(report: Report) -> list[tuple[str, str, bool | None]]:
         rows.append((names[1], f"not measured: no scorer batch-1 run at {g.n_items:,} items (--catalog-sizes)", None))
     else:
         bound = echo.one_client.p50_ms + batch1.p50_ms + TARGET_RECOMMEND_MARGIN_MS
+        cold = scorer_batch1(report, g.n_items, cold=True)
+        cold_note = f" (the scorer alone with cold caches: {fmt(cold.p50_ms, 2)} ms)" if cold is not None else ""
         rows.append(
             (names[1], f"{fmt(recommend, 2)} ms vs {fmt(echo.one_client.p50_ms, 2)} + {fmt(batch1.p50_ms, 2)} + "
-             f"{TARGET_RECOMMEND_MARGIN_MS:g} = {fmt(bound, 2)} ms", recommend <= bound)
+             f"{TARGET_RECOMMEND_MARGIN_MS:g} = {fmt(bound, 2)} ms{cold_note}", recommend <= bound)
         )  # fmt: skip
     get = phases["get"].timing.p50_ms
     bound = echo.one_client.p50_ms + TARGET_GET_PROFILE_MARGIN_MS
@@ -428,7 +431,7 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
         raw_here = scorer_b256(report, g.n_items)
         lines += gateway_bench.render(g, raw_here.throughput if raw_here is not None else None)
         if g.path is not None:
-            lines += gateway_bench.render_path(g, scorer_batch1(report, g.n_items))
+            lines += gateway_bench.render_path(g, scorer_batch1(report, g.n_items), scorer_batch1(report, g.n_items, cold=True))
     lines += workers_bench.render(report.workers) if report.workers else []
     lines += gpu_check.section(gpu_check.read_record())
     return "\n".join(lines) + "\n"

@@ -38,13 +38,23 @@ class Timing:
         return self.percentile_ms(99)
 
 
-def time_calls(fn: Callable[[], object], batch: int, min_seconds: float, min_calls: int = 5, warmup: int = 2) -> Timing:
-    """Call `fn` back to back until both `min_seconds` and `min_calls` are reached (after warm-up)."""
+def time_calls(
+    fn: Callable[[], object],
+    batch: int,
+    min_seconds: float,
+    min_calls: int = 5,
+    warmup: int = 2,
+    between: Callable[[], object] | None = None,
+) -> Timing:
+    """Call `fn` back to back until both `min_seconds` and `min_calls` are reached (after warm-up);
+    with `between`, that is called (untimed) before each timed call."""
     for _ in range(warmup):
         fn()
     latencies: list[float] = []
     start = time.perf_counter()
     while True:
+        if between is not None:
+            between()
         t0 = time.perf_counter()
         fn()
         latencies.append(time.perf_counter() - t0)
@@ -98,3 +108,17 @@ def other_share(idle: float, gateway: float, load: float) -> float:
 def core_shares(idle: float, gateway: float, load: float) -> str:
     """Where all the machine's cores went during a run, as CORE_SHARES_HEADER's cells."""
     return f"{idle:.0%} | {gateway:.0%} | {load:.0%} | {other_share(idle, gateway, load):.0%}"
+
+
+EVICT_BYTES = 64 * 2**20  # more than this class of machine's last-level cache
+
+
+class CacheEvictor:
+    """Reads `nbytes` of its own memory when called: what the caches held before is gone, as it is
+    for a model run that follows a server's other work (gRPC, Redis, Python) rather than another run."""
+
+    def __init__(self, nbytes: int = EVICT_BYTES):
+        self.buffer = np.ones(nbytes // 8)
+
+    def __call__(self) -> float:
+        return float(self.buffer.sum())
