@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import hashlib
 import logging
 import re
@@ -214,6 +215,15 @@ class ModelSet:
                     if served.in_flight == 0:
                         await self._close(served)
             self._publish_info()
+            if fresh:
+                # What start-up and the loaded versions made (modules, the catalog's strings, the
+                # sessions) lives as long as the process or the version: out of the cyclic collector's
+                # sight, a full collection scans only what calls create. Unfrozen, each one paused the
+                # event loop 33-69 ms (apron_gc_pause_seconds, BENCHMARKS.md's tail-latency evidence).
+                # A retired version's objects are still freed by their reference counts.
+                if previous is None:
+                    gc.collect()  # before serving: the start-up garbage is not frozen with the rest
+                gc.freeze()
             if fresh or previous != routing:
                 self.metrics.model_loads.labels("ok").inc()
                 log.info("model routing", extra={"fields": {"now": self._describe(routing), "before": self._describe(previous)}})

@@ -6,6 +6,7 @@ the A/B split's shares. The rollout under Locust load, SIGHUP and Triton: tests/
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import shutil
 from pathlib import Path
@@ -74,8 +75,11 @@ async def test_admin_rpc_rolls_out_and_back_and_a_v1_profile_is_recomputed(
         tag = first.profile.weights[2].prototype  # the liked tag: it has weight
         await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=tag, scale=0)]))
 
+        frozen = gc.get_freeze_count()
         status = await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2))
         assert serving(status) == {"primary": 2} and not status.pinned and list(status.available_versions) == [1, 2]
+        # the new version's objects are out of the cyclic collector's sight (no long full collections)
+        assert gc.get_freeze_count() > frozen
         # the user had a profile under version 1 only: recomputed from its stored history, not NOT_FOUND
         after = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
         assert after.model_version == 2 and not after.profile_from_cache
