@@ -3,7 +3,7 @@ with its default limits, counting the calls shed (RESOURCE_EXHAUSTED + retry-aft
 the users as a real client would) apart from failures.
 
     python -m loadtests.shedding --dataset DIR --repository REPO [--users 64 128 256 384] [--seconds 20]
-                                 [--max-concurrent-rpcs 256] [--max-queue-delay-ms 100]
+                                 [--max-concurrent-rpcs 256] [--max-queue-delay-ms 100] [--front 64]
 
 Each Locust user keeps at most one call in flight (it waits for each answer), so U users put at most
 U calls in flight: shedding starts once U exceeds --max-concurrent-rpcs (256 by default). Prints a
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from loadtests.faults import deployment, locust
 from serving.config import ServingConfig
+from serving.front import FrontConfig, NginxFront, free_local_address
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -32,12 +33,16 @@ def run(args: argparse.Namespace) -> list[dict]:
             "--max-queue-delay-ms", str(args.max_queue_delay_ms), "--log-level", "INFO",
         )  # fmt: skip
         gateway = start_gateway(gateway_args, deploy.workdir)
+        front = None
         try:
+            if args.front:  # Locust calls the nginx front, which passes at most --front calls at once
+                front = NginxFront(FrontConfig(listen=free_local_address(), upstream=gateway.target, max_calls=args.front)).start()
+            target = front.target if front is not None else gateway.target
             for users in args.users:
                 out = args.out / f"users-{users}"
                 out.mkdir(parents=True, exist_ok=True)
                 started = time.monotonic()
-                process = locust(gateway.target, args.dataset, deploy.token, users, args.seconds, out)
+                process = locust(target, args.dataset, deploy.token, users, args.seconds, out)
                 process.communicate(timeout=args.seconds + 600)
                 stats = json.loads((out / "locust.json").read_text())
                 throttled = json.loads((out / "locust_throttled.json").read_text())
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 })  # fmt: skip
                 print(rows[-1], flush=True)
         finally:
+            if front is not None:
+                front.stop()
             gateway.terminate()
     return rows
 
@@ -80,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="Locust run per step")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=ServingConfig.max_concurrent_rpcs)
     parser.add_argument("--max-queue-delay-ms", type=float, default=ServingConfig.max_queue_delay_ms)
+    parser.add_argument("--front", type=int, default=0, metavar="MAX_CALLS", help="through an nginx front (serving/front.py) passing at most this many calls at once (0: none)")
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/shedding"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args)
-    settings = {"max_concurrent_rpcs": args.max_concurrent_rpcs, "max_queue_delay_ms": args.max_queue_delay_ms}
+    settings = {"max_concurrent_rpcs": args.max_concurrent_rpcs, "max_queue_delay_ms": args.max_queue_delay_ms, "front_max_calls": args.front}
     (args.out / "shedding.json").write_text(json.dumps({**settings, "rows": rows}, indent=2))
-    print(f"\n--max-concurrent-rpcs {args.max_concurrent_rpcs} --max-queue-delay-ms {args.max_queue_delay_ms:g}\n")
+    front = f" --front {args.front}" if args.front else ""
+    print(f"\n--max-concurrent-rpcs {args.max_concurrent_rpcs} --max-queue-delay-ms {args.max_queue_delay_ms:g}{front}\n")
     print("| Locust users | requests/s | p50 ms | p99 ms | shed (retried) | failures |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:

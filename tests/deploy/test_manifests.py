@@ -198,6 +198,12 @@ def containers(obj: dict[str, Any]) -> list[dict[str, Any]]:
     return obj["spec"]["template"]["spec"]["containers"]
 
 
+def named(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    """The container called `name` (the gateway's pod also runs its front)."""
+    (found,) = [c for c in containers(obj) if c["name"] == name]
+    return found
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kustomization = yaml.safe_load((DEPLOY / "k8s" / "kustomization.yaml").read_text())
     files = {p.name for p in (DEPLOY / "k8s").glob("*.yaml")} - {"kustomization.yaml"}
@@ -215,7 +221,7 @@ def test_k8s_every_container_has_requests_and_probes(k8s: dict) -> None:
 
 def gateway_environment(k8s: dict) -> dict[str, str]:
     """The gateway container's APRON_* variables: its ConfigMap's, then its own `env` (Secrets as a placeholder)."""
-    (container,) = containers(k8s[("Deployment", "apron-gateway")])
+    container = named(k8s[("Deployment", "apron-gateway")], "gateway")
     environment = dict(k8s[("ConfigMap", "apron-gateway")]["data"])
     for variable in container.get("env", []):
         environment[variable["name"]] = variable.get("value", "<from a Secret>")
@@ -225,10 +231,10 @@ def gateway_environment(k8s: dict) -> dict[str, str]:
 def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) -> None:
     config = gateway_config(gateway_environment(k8s))
     deployment = k8s[("Deployment", "apron-gateway")]
-    (container,) = containers(deployment)
+    container = named(deployment, "gateway")
     assert container["envFrom"] == [{"configMapRef": {"name": "apron-gateway"}}]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"grpc": config.port, "metrics": config.metrics_port}
+    assert ports == {"upstream": config.port, "metrics": config.metrics_port}  # its clients reach the front
     # TLS on the gRPC port from the Secret apron-tls
     assert config.tls_cert and config.tls_key
     tls_volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")
@@ -286,7 +292,7 @@ def test_k8s_redis_requires_a_password_and_tls_and_the_gateway_uses_both(k8s: di
     # the gateway: rediss:// with the same Secret's password, trusting the CA mounted from Redis's Secret
     url = urlparse(gateway_environment(k8s)["APRON_REDIS_URL"])
     assert url.scheme == "rediss" and url.password == "SECRET" and url.port == 6379
-    (gateway,) = containers(k8s[("Deployment", "apron-gateway")])
+    gateway = named(k8s[("Deployment", "apron-gateway")], "gateway")
     gateway_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in gateway["env"] if "valueFrom" in e}
     assert gateway_secrets["REDIS_PASSWORD"] == secret_env["REDIS_PASSWORD"]
     ca_file = dict(part.split("=") for part in url.query.split("&"))["ssl_ca_certs"]
@@ -554,7 +560,7 @@ def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
 
     def claim_mount(obj: dict[str, Any]) -> dict[str, Any]:
         volume = next(v["name"] for v in obj["spec"]["template"]["spec"]["volumes"] if v.get("persistentVolumeClaim", {}).get("claimName") == claim)
-        (container,) = containers(obj)
+        (container,) = [c for c in containers(obj) if any(m["name"] == volume for m in c["volumeMounts"])]  # one container mounts it
         return next(m for m in container["volumeMounts"] if m["name"] == volume)
 
     assert claim_mount(job)["mountPath"] == into and not claim_mount(job).get("readOnly")
@@ -574,3 +580,30 @@ def test_dashboard_variables_filter_only_labels_the_metrics_have() -> None:
             for metric, matchers in re.findall(r"\b(apron_[a-z_]+?)(?:_total|_bucket|_count|_sum)?\{([^}]*)\}", target["expr"]):
                 for label in re.findall(r"(\w+)\s*=~?\s*\"", matchers):
                     assert label == "instance" or label in labels.get(metric, set()), f"{panel['title']}: {metric} has no {label}"
+
+
+def test_k8s_front_sheds_before_the_gateway_with_the_rendered_config(k8s: dict) -> None:
+    """The pod's front (serving/front.py) is what the Service and the NetworkPolicy expose; its
+    nginx.conf is exactly what render_nginx_conf gives for the gateway's port and TLS files."""
+    from serving.front import DEFAULT_MAX_CALLS, FrontConfig, render_nginx_conf
+
+    config = gateway_config(gateway_environment(k8s))
+    deployment = k8s[("Deployment", "apron-gateway")]
+    front = named(deployment, "front")
+    front_ports = {p["name"]: p["containerPort"] for p in front["ports"]}
+    assert set(front_ports) == {"grpc"}
+    service = k8s[("Service", "apron-gateway")]
+    grpc_port = next(p for p in service["spec"]["ports"] if p["name"] == "grpc")
+    assert grpc_port["port"] == config.port and grpc_port["targetPort"] == "grpc"  # clients keep the port, reach the front
+    mounts = {m["name"]: m["mountPath"] for m in front["volumeMounts"]}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["front-config"]["configMap"]["name"] == "apron-front"
+    assert mounts["tls"] == str(Path(config.tls_cert).parent)  # the gateway's certificate, served by the front
+    expected = render_nginx_conf(
+        FrontConfig(listen=f"0.0.0.0:{front_ports['grpc']}", upstream=f"127.0.0.1:{config.port}", max_calls=DEFAULT_MAX_CALLS,
+                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert)),
+        Path(mounts["front-tmp"]), "stderr",
+    )  # fmt: skip
+    assert k8s[("ConfigMap", "apron-front")]["data"]["nginx.conf"] == expected
+    assert front["command"] == ["nginx", "-c", f"{mounts['front-config']}/nginx.conf"]
+    assert front["securityContext"]["readOnlyRootFilesystem"] is True

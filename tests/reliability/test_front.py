@@ -1,0 +1,113 @@
+"""The nginx front (serving/front.py) before a real `apron serve`, over real sockets: a burst is
+answered or shed by the front at once with RESOURCE_EXHAUSTED and `retry-after-ms`, never queued in
+grpc core and never CANCELLED or UNAVAILABLE; what the front passes on is the gateway's own answer
+(auth, validation, OK), unchanged."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+
+from loadtests import hostile
+from loadtests.gateway_process import GatewayProcess, run_gateway
+from serving.catalog import ServedModel
+from serving.errors import RETRY_AFTER_KEY
+from serving.front import (
+    MAX_CALLS_FLAG,
+    RETRY_AFTER_MS,
+    FrontConfig,
+    NginxFront,
+    free_local_address,
+    nginx_binary,
+    render_nginx_conf,
+)
+from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from tests.reliability.conftest import Tokens
+from tests.serving.certs import make_pki
+
+pytestmark = pytest.mark.timeout(300)
+
+FRONT_MAX_CALLS = 16  # far below the gateway's own --max-concurrent-rpcs (256): every shed call is the front's
+BURST_CALLS = 2_000
+BURST_CHANNELS = 8  # hostile.burst's default: one warm-up call per channel before the burst
+
+
+@pytest.fixture(scope="module")
+def gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory):
+    args = ["--repository", str(python_repository), "--no-build-demo", "--redis-url", redis_server.url,
+            "--jwt-secret-file", str(tokens.path)]  # fmt: skip
+    with run_gateway(args, tmp_path_factory.mktemp("front-gateway")) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def front(gateway: GatewayProcess):
+    with NginxFront(FrontConfig(listen=free_local_address(), upstream=gateway.target, max_calls=FRONT_MAX_CALLS)) as front:
+        yield front
+
+
+def service_token(tokens: Tokens) -> str:
+    return dict(tokens.service())["authorization"].removeprefix("Bearer ")
+
+
+async def test_a_burst_through_the_front_is_answered_or_shed_at_once(
+    front: NginxFront, gateway: GatewayProcess, tokens: Tokens, python_repository: Path
+):
+    history = ServedModel.load(python_repository).metadata.item_ids[:10]
+    answered_before = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="OK")
+    shed_before = gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED")
+    report = await hostile.burst(front.target, service_token(tokens), history, calls=BURST_CALLS, channels=BURST_CHANNELS)
+    assert set(report["statuses"]) <= {"OK", "RESOURCE_EXHAUSTED"}, report
+    assert sum(report["statuses"].values()) == BURST_CALLS, report
+    ok, shed = report["statuses"].get("OK", 0), report["statuses"].get("RESOURCE_EXHAUSTED", 0)
+    assert ok >= 1 and shed >= 1, report  # 2,000 at once through a limit of 16: both
+    assert report["shed_with_retry_after"] == shed and report["shed_by"] == {MAX_CALLS_FLAG: shed}, report
+    # the front shed them: the gateway never saw them, and answered every call the front passed on
+    assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED") == shed_before
+    answered = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="OK") - answered_before
+    assert answered == ok + BURST_CHANNELS
+
+
+async def test_the_front_passes_the_gateways_answers_through(front: NginxFront, tokens: Tokens, python_repository: Path):
+    history = ServedModel.load(python_repository).metadata.item_ids[:5]
+    async with grpc.aio.insecure_channel(front.target) as channel:
+        recommend = channel.unary_unary(hostile.RECOMMEND, request_serializer=None, response_deserializer=None)
+        body = pb.RecommendRequest(user_id="front-user", history=history, k=3).SerializeToString()
+        reply = pb.RecommendResponse.FromString(await recommend(body, metadata=tokens.service(), timeout=30))
+        assert len(reply.items) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await recommend(body, timeout=30)  # no token: the gateway's refusal
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        bad = pb.RecommendRequest(user_id="front-user", history=history, k=-1).SerializeToString()
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await recommend(bad, metadata=tokens.service(), timeout=30)
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k" in (invalid.value.details() or "")
+
+
+def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
+    config = FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=7)
+    text = render_nginx_conf(config, tmp_path)
+    (tmp_path / "nginx.conf").write_text(text)
+    checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "limit_conn apron_calls 7;" in text and f"{MAX_CALLS_FLAG})" in text
+    assert all(f" {ms};" in text for ms in RETRY_AFTER_MS) and RETRY_AFTER_KEY in text
+    with pytest.raises(ValueError):
+        FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=0)
+    with pytest.raises(ValueError):
+        FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", tls_cert="cert.pem")  # no key
+
+
+def test_the_deploys_tls_config_is_valid_nginx(tmp_path: Path) -> None:
+    """The deploy's shape (deploy/k8s/gateway.yaml): TLS served with the gateway's certificate, TLS to
+    the gateway behind, errors to stderr."""
+    pki = make_pki(tmp_path / "pki")
+    config = FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", tls_cert=str(pki.server.cert), tls_key=str(pki.server.key), upstream_tls=True)
+    text = render_nginx_conf(config, tmp_path, "stderr")
+    (tmp_path / "nginx.conf").write_text(text)
+    checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    assert "ssl http2;" in text and "grpc_pass grpcs://" in text and "error_log stderr" in text
