@@ -109,6 +109,8 @@ http {{
     keepalive_requests 1000000;
     keepalive_time {config.max_connection_age_s:g}s;
     client_max_body_size {body};
+    # bodies stay in memory (never a temporary file: workers of a root nginx run as another user)
+    client_body_buffer_size {body};
     location / {{
       limit_conn apron_calls {config.max_calls};
       limit_conn_status 429;

@@ -85,6 +85,11 @@ async def test_the_front_passes_the_gateways_answers_through(front: NginxFront, 
         with pytest.raises(grpc.aio.AioRpcError) as invalid:
             await recommend(bad, metadata=tokens.service(), timeout=30)
         assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "k" in (invalid.value.details() or "")
+        # the longest history the gateway accepts (10,000 ids) passes the front's body limit, held in memory
+        catalog = ServedModel.load(python_repository).metadata.item_ids
+        longest = (list(catalog) * (10_000 // len(catalog) + 1))[:10_000]
+        big = pb.RecommendRequest(user_id="front-big", history=longest, k=3, include_heard=True).SerializeToString()
+        assert len(pb.RecommendResponse.FromString(await recommend(big, metadata=tokens.service(), timeout=60)).items) == 3
 
 
 def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
