@@ -63,12 +63,13 @@ def export_default_repository() -> Path:
 
 def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"triton", "redis", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"triton", "redis", "gateway", "front", "prometheus", "grafana"}
     gateway = services["gateway"]
     config = gateway_config(gateway["environment"])
     assert config.host == "0.0.0.0"  # reachable from the other containers
     assert config.backend == "triton" and not config.build_demo
-    assert gateway["ports"] == [f"{config.port}:{config.port}"]
+    assert "ports" not in gateway  # its clients reach the front
+    check_compose_front(services["front"], config, compose)
 
     triton_host, triton_port = config.triton_url.rsplit(":", 1)
     triton = services[triton_host]
@@ -95,9 +96,30 @@ def test_compose_gateway_matches_serving_config(compose: dict[str, Any]) -> None
     assert (config.tls_cert, config.tls_key) == ("/run/secrets/apron_tls_cert", "/run/secrets/apron_tls_key")
 
 
-def test_compose_publishes_only_the_gateway_and_grafana_needs_a_login(compose: dict[str, Any]) -> None:
+def check_compose_front(front: dict[str, Any], config: ServingConfig, compose: dict[str, Any]) -> None:
+    """The front publishes the gateway's port, runs the nginx.conf render_nginx_conf gives for the
+    gateway's address and TLS files, and serves the gateway's certificate."""
+    from serving.front import DEFAULT_MAX_CALLS, FrontConfig, render_nginx_conf
+
+    (published,) = front["ports"]
+    host_port, front_port = published.split(":")
+    assert int(host_port) == config.port
+    mounted = {target: DEPLOY / source for source, target, *_ in (v.split(":") for v in front["volumes"])}
+    conf = mounted["/etc/apron-front/nginx.conf"]
+    assert front["command"] == ["nginx", "-c", "/etc/apron-front/nginx.conf"]
+    expected = render_nginx_conf(
+        FrontConfig(listen=f"0.0.0.0:{front_port}", upstream=f"gateway:{config.port}", max_calls=DEFAULT_MAX_CALLS,
+                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert)),
+        Path(front["tmpfs"][0]), "stderr",
+    )  # fmt: skip
+    assert conf.read_text() == expected
+    assert set(front["secrets"]) == {Path(config.tls_cert).name, Path(config.tls_key).name} <= set(compose["secrets"])
+    assert front["depends_on"] == {"gateway": {"condition": "service_healthy"}}
+
+
+def test_compose_publishes_only_the_front_and_grafana_needs_a_login(compose: dict[str, Any]) -> None:
     published = {name for name, service in compose["services"].items() if service.get("ports")}
-    assert published == {"gateway"}  # Triton's unauthenticated 8001, Redis, Prometheus: network-internal
+    assert published == {"front"}  # the gateway behind it; Triton's unauthenticated 8001, Redis, Prometheus: network-internal
     grafana = compose["services"]["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
     (password,) = compose["services"]["grafana"]["secrets"]
@@ -484,12 +506,13 @@ def resolved_service(compose_file: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_compose_cpu_runs_the_gateway_in_process_without_triton(compose_cpu: dict[str, Any], compose: dict[str, Any]) -> None:
     services = {name: resolved_service(compose_cpu, name) for name in compose_cpu["services"]}
-    assert set(services) == {"models", "redis", "gateway", "prometheus", "grafana"}
+    assert set(services) == {"models", "redis", "gateway", "front", "prometheus", "grafana"}
     assert not any("deploy" in service for service in services.values())  # no GPU reservation anywhere
     gateway = services["gateway"]
     config = gateway_config(gateway["environment"])
     assert config.backend == "onnxruntime" and config.host == "0.0.0.0" and not config.build_demo
-    assert gateway["ports"] == [f"{config.port}:{config.port}"]
+    assert "ports" not in gateway
+    check_compose_front(services["front"], config, compose_cpu)
     assert gateway["depends_on"] == {
         "models": {"condition": "service_completed_successfully"}, "redis": {"condition": "service_healthy"}
     }
