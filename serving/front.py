@@ -119,6 +119,14 @@ http {{
       grpc_read_timeout {config.read_timeout_s:g}s;
       grpc_send_timeout {config.read_timeout_s:g}s;
     }}
+    # health watches and reflection: long-lived streams that need no token; not calls to count (a
+    # client holding a watch per connection would use up the limit), bounded by the gateway's own
+    # --max-open-streams, and idle for long (no read timeout to cut them)
+    location ~ ^/grpc\\.(health|reflection)\\. {{
+      grpc_pass {scheme}://apron_gateway;
+      grpc_read_timeout 1d;
+      grpc_send_timeout 1d;
+    }}
     location @shed {{
       default_type application/grpc;
       add_header grpc-status 8 always;

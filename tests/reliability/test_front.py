@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loadtests import hostile
 from loadtests.gateway_process import GatewayProcess, run_gateway
@@ -90,6 +91,24 @@ async def test_the_front_passes_the_gateways_answers_through(front: NginxFront, 
         longest = (list(catalog) * (10_000 // len(catalog) + 1))[:10_000]
         big = pb.RecommendRequest(user_id="front-big", history=longest, k=3, include_heard=True).SerializeToString()
         assert len(pb.RecommendResponse.FromString(await recommend(big, metadata=tokens.service(), timeout=60)).items) == 3
+
+
+async def test_health_watches_through_the_front_are_not_counted_as_calls(front: NginxFront, tokens: Tokens, python_repository: Path):
+    """More open Health.Watch streams than the front's call limit: a Recommend still gets through
+    (the watches are bounded by the gateway's --max-open-streams, not by the front)."""
+    history = ServedModel.load(python_repository).metadata.item_ids[:5]
+    async with grpc.aio.insecure_channel(front.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest()) for _ in range(FRONT_MAX_CALLS + 4)]
+        try:
+            for watch in watches:  # each open: its first answer came back through the front
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            recommend = channel.unary_unary(hostile.RECOMMEND, request_serializer=None, response_deserializer=None)
+            body = pb.RecommendRequest(user_id="front-watcher", history=history, k=3).SerializeToString()
+            assert len(pb.RecommendResponse.FromString(await recommend(body, metadata=tokens.service(), timeout=30)).items) == 3
+        finally:
+            for watch in watches:
+                watch.cancel()
 
 
 def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
