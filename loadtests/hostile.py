@@ -42,7 +42,7 @@ from pathlib import Path
 import grpc
 
 from serving import auth
-from serving.front import FrontConfig, NginxFront, free_local_address
+from serving.front import FrontConfig, NginxFront
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.validation import MAX_ITEM_ID_BYTES
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.scenario == "watches":
                 report = asyncio.run(watches(gateway.target, gateway.process.pid, calls=calls))
             elif args.front:
-                config = FrontConfig(listen=free_local_address(), upstream=gateway.target, max_calls=args.front)
+                config = FrontConfig(listen="127.0.0.1:0", upstream=gateway.target, max_calls=args.front)
                 with NginxFront(config) as front:
                     report = asyncio.run(burst(front.target, deploy.token, history, calls=calls, channels=args.channels))
                 report["front_max_calls"] = args.front

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loadtests.faults import deployment, locust
 from serving.config import ServingConfig
-from serving.front import FrontConfig, NginxFront, free_local_address
+from serving.front import FrontConfig, NginxFront
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         front = None
         try:
             if args.front:  # Locust calls the nginx front, which passes at most --front calls at once
-                front = NginxFront(FrontConfig(listen=free_local_address(), upstream=gateway.target, max_calls=args.front)).start()
+                front = NginxFront(FrontConfig(listen="127.0.0.1:0", upstream=gateway.target, max_calls=args.front)).start()
             target = front.target if front is not None else gateway.target
             for users in args.users:
                 out = args.out / f"users-{users}"

@@ -23,6 +23,7 @@ is at most `max_calls` calls at once: its queue stays short and a caller's laten
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import socket
@@ -41,11 +42,16 @@ DEFAULT_MAX_CALLS = 64  # about what the 2-core gateway serves without queueing 
 RETRY_AFTER_MS = (50, 100, 150, 200)  # one drawn per shed call
 MAX_CALLS_FLAG = "--max-calls"  # named in the shed message, as the gateway names its own settings
 START_TIMEOUT_S = 20.0
+START_ATTEMPTS = 5  # a free port picked for the front may be taken before nginx binds it: pick another
+
+
+class PortTaken(OSError):
+    """nginx could not bind its port: another process holds it."""
 
 
 @dataclass(frozen=True)
 class FrontConfig:
-    listen: str  # host:port the front serves (plaintext; TLS stays with the gateway's own port options)
+    listen: str  # host:port the front serves (NginxFront: port 0 picks a free one)
     upstream: str  # host:port of `apron serve` (plaintext, loopback or the pod's own network)
     max_calls: int = DEFAULT_MAX_CALLS
     max_body_bytes: int = 0  # 0: the largest request the gateway's default limits accept
@@ -160,15 +166,35 @@ class NginxFront:
         return self.config.listen
 
     def start(self) -> NginxFront:
+        """Start nginx and wait until it listens. A `listen` port of 0 means a free port of this
+        machine's: one is picked, and another if someone took it before nginx could bind it."""
+        pick = self.config.listen.endswith(":0")
+        for attempt in range(START_ATTEMPTS if pick else 1):
+            if pick:
+                self.config = dataclasses.replace(self.config, listen=free_local_address(self.config.listen.rsplit(":", 1)[0]))
+            try:
+                return self._start_once()
+            except PortTaken:
+                if attempt == START_ATTEMPTS - 1 or not pick:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> NginxFront:
         self.conf.write_text(render_nginx_conf(self.config, self.workdir))
         self.process = subprocess.Popen([nginx_binary(), "-p", str(self.workdir), "-c", str(self.conf)], stderr=subprocess.PIPE)
         host, port = self.config.listen.rsplit(":", 1)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:  # until the front accepts connections, or nginx exited (its error is the reason)
             if self.process.poll() is not None:
-                error = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"nginx exited with {self.process.returncode}: {error.strip()}")
+                error = (self.process.stderr.read().decode(errors="replace") if self.process.stderr else "").strip()
+                if "Address already in use" in error:
+                    raise PortTaken(error)
+                raise RuntimeError(f"nginx exited with {self.process.returncode}: {error}")
             try:
+                # its own pid file first: nginx writes it once its sockets are bound (a connection
+                # alone might reach whoever else holds the port while nginx retries its bind)
+                if (self.workdir / "nginx.pid").read_text().strip() != str(self.process.pid):
+                    raise OSError("not nginx's port yet")
                 socket.create_connection((host, int(port)), timeout=0.5).close()
                 return self
             except OSError:
@@ -198,10 +224,10 @@ class NginxFront:
         self.stop()
 
 
-def free_local_address() -> str:
+def free_local_address(host: str = "127.0.0.1") -> str:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+        s.bind((host, 0))
+        return f"{host}:{s.getsockname()[1]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from serving.front import (
     RETRY_AFTER_MS,
     FrontConfig,
     NginxFront,
-    free_local_address,
     nginx_binary,
     render_nginx_conf,
 )
@@ -46,7 +45,7 @@ def gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_fact
 
 @pytest.fixture(scope="module")
 def front(gateway: GatewayProcess):
-    with NginxFront(FrontConfig(listen=free_local_address(), upstream=gateway.target, max_calls=FRONT_MAX_CALLS)) as front:
+    with NginxFront(FrontConfig(listen="127.0.0.1:0", upstream=gateway.target, max_calls=FRONT_MAX_CALLS)) as front:
         yield front
 
 
@@ -135,3 +134,24 @@ def test_the_deploys_tls_config_is_valid_nginx(tmp_path: Path) -> None:
     checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
     assert "ssl http2;" in text and "grpc_pass grpcs://" in text and "error_log stderr" in text
+
+
+def test_a_port_taken_before_nginx_binds_it_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """listen port 0: the free port picked may be taken before nginx binds it (other tests, other
+    processes); the front then picks another rather than failing."""
+    import socket
+
+    from serving import front as front_module
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    taken = f"127.0.0.1:{held.getsockname()[1]}"
+    picks = iter([taken])
+    real = front_module.free_local_address
+    monkeypatch.setattr(front_module, "free_local_address", lambda host="127.0.0.1": next(picks, None) or real(host))
+    try:
+        with NginxFront(FrontConfig(listen="127.0.0.1:0", upstream="127.0.0.1:1")) as started:
+            assert started.target != taken and started.target.startswith("127.0.0.1:")
+    finally:
+        held.close()
