@@ -23,6 +23,7 @@ death stops the group: a supervisor (Kubernetes, systemd) restarts the whole gro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import multiprocessing
@@ -118,7 +119,7 @@ def run_workers(
             ready = []
             for _ in range(config.workers):
                 event = context.Event()
-                process = context.Process(target=worker_main, args=(worker_config, event), name="apron-worker")
+                process = context.Process(target=_worker, args=(worker_main, worker_config, event, os.getpid()), name="apron-worker")
                 process.start()
                 workers.append(process)
                 ready.append(event)
@@ -151,6 +152,29 @@ def run_workers(
             stop_http(metrics_server)
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Linux: this process gets SIGTERM (and drains) when its parent dies, even by SIGKILL
+    (prctl PR_SET_PDEATHSIG): a worker never outlives the runtime that owns its port, Redis and
+    metrics directory (orphaned workers kept serving on the shared port, and a new runtime would
+    share it with them). Elsewhere, nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request: no signal will come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(worker_main: Callable[[ServingConfig, Any], None], config: ServingConfig, ready: Any, parent_pid: int) -> None:
+    exit_with_parent(parent_pid)
+    worker_main(config, ready)
 
 
 def _wait_until_serving(workers: list[BaseProcess], ready: list[Any], stopping: Any) -> None:

@@ -135,3 +135,16 @@ def test_two_workers_share_the_port_redis_and_metrics(
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=max(1.0, deadline - time.monotonic())) == 0
     assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in worker_pids)
+
+
+def test_workers_exit_when_their_parent_is_killed(python_repository: Path, redis_server: RedisProcess) -> None:
+    """kill -9 of the runtime (OOM killer, a test's cleanup): its workers drain and exit instead of
+    serving on as orphans on the shared port."""
+    deadline = time.monotonic() + DEADLINE_S
+    with serve_workers(python_repository, redis_server.url) as (process, output):
+        worker_pids = {int(pid) for pid in output.wait_for(r"worker pids: ([\d ]+)", deadline).group(1).split()}
+        workers = [psutil.Process(pid) for pid in worker_pids]
+        process.kill()
+        process.wait()
+        _, alive = psutil.wait_procs(workers, timeout=max(1.0, deadline - time.monotonic()))
+        assert not alive, f"workers {[p.pid for p in alive]} outlived their parent"
