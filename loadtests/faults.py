@@ -200,6 +200,7 @@ class RecommendLoad(_ClientLoop):
         self.history, self.n = list(history), n
         self.codes: list[str] = []
         self.versions: list[int] = []  # each OK response's model_version
+        self.answers: list[tuple[float, int]] = []  # each OK response's call start (monotonic) and model_version
 
     def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
         return [self._call(stub, i) for i in range(self.n)]
@@ -207,10 +208,12 @@ class RecommendLoad(_ClientLoop):
     async def _call(self, stub: pb_grpc.RecommenderStub, i: int) -> None:
         request = pb.RecommendRequest(user_id=f"reader-{i}", history=self.history, k=5)
         while not self._stop.is_set():
+            start = time.monotonic()
             try:
                 response = await stub.Recommend(request, metadata=self.metadata, timeout=self.timeout_s)
                 self.codes.append("OK")
                 self.versions.append(response.model_version)
+                self.answers.append((start, response.model_version))
             except grpc.aio.AioRpcError as error:
                 self.codes.append(error.code().name)
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,9 +133,15 @@ async def rollout_under_load(
 
             status = await admin_stub.LoadModel(admin.LoadModelRequest(version=1, pin=True), metadata=service, timeout=120)
             assert [v.version for v in status.serving] == [1] and status.pinned  # rolled back
-            seen = len(readers.versions) + readers.n  # calls in flight at the swap may still answer from version 2
-            await eventually(lambda: len(readers.versions) > seen + 5, "answers after the rollback", timeout=120)
-            assert set(readers.versions[seen:]) == {1}
+            # calls started before the rollback returned may still answer from version 2 (however long
+            # they take); every call started after it answers from version 1
+            rolled_back = time.monotonic()
+
+            def after_rollback() -> list[int]:
+                return [version for start, version in list(readers.answers) if start > rolled_back]
+
+            await eventually(lambda: len(after_rollback()) > 5, "answers after the rollback", timeout=120)
+            assert set(after_rollback()) == {1}
             status = await admin_stub.LoadModel(admin.LoadModelRequest(version=0), metadata=service, timeout=120)
             assert [v.version for v in status.serving] == [2] and not status.pinned  # out again, by the RPC
             await eventually(lambda: readers.versions[-1] == 2, "answers from version 2 again", timeout=120)
