@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         help="burst: through an nginx front (serving/front.py) that passes at most this many calls at once (0: none)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.front and args.scenario != "burst":
+        parser.error("--front applies to the burst scenario only")
     calls = args.calls or {"flood": 200, "garbage": 3000}.get(args.scenario, 2000)
     if args.scenario == "bare-server":
         asyncio.run(_bare_serve(args.refuse, args.grpc_defaults))

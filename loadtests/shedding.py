@@ -87,12 +87,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="Locust run per step")
     parser.add_argument("--max-concurrent-rpcs", type=int, default=ServingConfig.max_concurrent_rpcs)
     parser.add_argument("--max-queue-delay-ms", type=float, default=ServingConfig.max_queue_delay_ms)
-    parser.add_argument("--front", type=int, default=0, metavar="MAX_CALLS", help="through an nginx front (serving/front.py) passing at most this many calls at once (0: none)")
+    parser.add_argument(
+        "--front", type=int, default=0, metavar="MAX_CALLS",
+        help="through an nginx front (serving/front.py) passing at most this many calls at once (0: none)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("loadtests/out/shedding"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = run(args)
-    settings = {"max_concurrent_rpcs": args.max_concurrent_rpcs, "max_queue_delay_ms": args.max_queue_delay_ms, "front_max_calls": args.front}
+    settings = {
+        "max_concurrent_rpcs": args.max_concurrent_rpcs, "max_queue_delay_ms": args.max_queue_delay_ms, "front_max_calls": args.front,
+    }  # fmt: skip
     (args.out / "shedding.json").write_text(json.dumps({**settings, "rows": rows}, indent=2))
     front = f" --front {args.front}" if args.front else ""
     print(f"\n--max-concurrent-rpcs {args.max_concurrent_rpcs} --max-queue-delay-ms {args.max_queue_delay_ms:g}{front}\n")

@@ -34,11 +34,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.net import free_port
 from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
 from serving.limits import max_request_bytes
 
-DEFAULT_MAX_CALLS = 64  # about what the 2-core gateway serves without queueing (RELIABILITY.md)
+DEFAULT_MAX_CALLS = 64  # Locust's throughput on the 2-core gateway peaks near 64 users (RELIABILITY.md, loadtests.shedding)
 RETRY_AFTER_MS = (50, 100, 150, 200)  # one drawn per shed call
 MAX_CALLS_FLAG = "--max-calls"  # named in the shed message, as the gateway names its own settings
 START_TIMEOUT_S = 20.0
@@ -68,6 +69,17 @@ class FrontConfig:
             raise ValueError(f"max_calls must be at least 1, got {self.max_calls}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
+        split_address(self.listen, "listen")  # a bad address: this error, not nginx's or a timeout
+        split_address(self.upstream, "upstream")
+
+
+def split_address(address: str, what: str = "address") -> tuple[str, int]:
+    """"host:port" or "[ipv6]:port" -> (host without brackets, port); ValueError naming `what` otherwise."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{what} must be host:port (an IPv6 host in brackets), got {address!r}")
+    return host, int(port)
 
 
 def render_nginx_conf(config: FrontConfig, workdir: Path, error_log: str = "") -> str:
@@ -168,10 +180,12 @@ class NginxFront:
     def start(self) -> NginxFront:
         """Start nginx and wait until it listens. A `listen` port of 0 means a free port of this
         machine's: one is picked, and another if someone took it before nginx could bind it."""
-        pick = self.config.listen.endswith(":0")
+        host, port = split_address(self.config.listen)
+        pick = port == 0
+        listen_host = self.config.listen.rpartition(":")[0]  # as given (IPv6 in brackets)
         for attempt in range(START_ATTEMPTS if pick else 1):
             if pick:
-                self.config = dataclasses.replace(self.config, listen=free_local_address(self.config.listen.rsplit(":", 1)[0]))
+                self.config = dataclasses.replace(self.config, listen=f"{listen_host}:{free_port(host)}")
             try:
                 return self._start_once()
             except PortTaken:
@@ -182,7 +196,7 @@ class NginxFront:
     def _start_once(self) -> NginxFront:
         self.conf.write_text(render_nginx_conf(self.config, self.workdir))
         self.process = subprocess.Popen([nginx_binary(), "-p", str(self.workdir), "-c", str(self.conf)], stderr=subprocess.PIPE)
-        host, port = self.config.listen.rsplit(":", 1)
+        host, port = split_address(self.config.listen)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:  # until the front accepts connections, or nginx exited (its error is the reason)
             if self.process.poll() is not None:
@@ -195,7 +209,7 @@ class NginxFront:
                 # alone might reach whoever else holds the port while nginx retries its bind)
                 if (self.workdir / "nginx.pid").read_text().strip() != str(self.process.pid):
                     raise OSError("not nginx's port yet")
-                socket.create_connection((host, int(port)), timeout=0.5).close()
+                socket.create_connection((host, port), timeout=0.5).close()
                 return self
             except OSError:
                 if time.monotonic() > deadline:
@@ -224,12 +238,6 @@ class NginxFront:
         self.stop()
 
 
-def free_local_address(host: str = "127.0.0.1") -> str:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return f"{host}:{s.getsockname()[1]}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.front", description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="host:port of apron serve")
@@ -242,14 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-log", default="", help="--print-config: where nginx logs errors (default: in --workdir)")
     parser.add_argument("--print-config", action="store_true", help="print nginx.conf (the deploy's) instead of running nginx")
     args = parser.parse_args(argv)
-    config = FrontConfig(
-        listen=args.listen, upstream=args.upstream, max_calls=args.max_calls, tls_cert=args.tls_cert, tls_key=args.tls_key,
-        upstream_tls=args.upstream_tls,
-    )  # fmt: skip
+    try:
+        config = FrontConfig(
+            listen=args.listen, upstream=args.upstream, max_calls=args.max_calls, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            upstream_tls=args.upstream_tls,
+        )  # fmt: skip
+    except ValueError as error:
+        parser.error(str(error))
     if args.print_config:
         sys.stdout.write(render_nginx_conf(config, args.workdir, args.error_log))
         return 0
-    front = NginxFront(config).start()
+    try:
+        front = NginxFront(config).start()
+    except (OSError, RuntimeError) as error:  # no nginx, a port in use, a config nginx refuses
+        parser.exit(1, f"python -m serving.front: {error}\n")
     print(f"front on {config.listen} -> {config.upstream}, at most {config.max_calls} calls at once", flush=True)
     try:
         front.process.wait()  # type: ignore[union-attr]

@@ -302,9 +302,7 @@ class ConcurrencyLimit:
         self.queue = queue if max_queue_delay_s > 0 else None
         self.max_queue_delay_s = max_queue_delay_s
         self.draw = draw  # uniform in [0, 1): the jitter of a retry-after, the shedding's draw
-        self.shedding = (
-            None if self.queue is None else ShedProbability(max_queue_delay_s / 2, self.queue, draw)
-        )
+        self.shedding = None if self.queue is None else ShedProbability(max_queue_delay_s / 2, self.queue, draw)
         self.active = 0
         self.mean_s = 0.01
 
@@ -316,8 +314,12 @@ class ConcurrencyLimit:
                 f"retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
-        delay = 0.0 if self.queue is None else self.queue.estimate()
-        if self.queue is not None and delay > self.max_queue_delay_s:
+        shedding = self.shedding  # set exactly when the queue delay limit is (its queue is self.queue)
+        if shedding is None:
+            self.active += 1
+            return
+        delay = shedding.queue.estimate()
+        if delay > self.max_queue_delay_s:
             # every call taken up now waited about that long (the queue is first in, first out): all
             # are shed until it drains; their retries, told to wait about the queue's delay with a
             # jitter, do not come back in one wave
@@ -327,16 +329,16 @@ class ConcurrencyLimit:
                 f"{self.max_queue_delay_s * 1000:.0f} ms (--max-queue-delay-ms): overloaded; retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
-        if self.shedding is not None and self.shedding.shed(delay):
+        if shedding.shed(delay):
             # a share of the calls, to hold the wait near the target with the gateway still busy; a
             # retry meets the same share, so it is told to wait the expected attempts (1 / (1 - p))
             # times the queue's delay: fewer retries are refused again (each costs a call's work)
-            p = self.shedding.p
-            retry_s = max(delay, self.shedding.target_s) / max(0.05, 1.0 - p) * (0.5 + self.draw())
+            p = shedding.p
+            retry_s = max(delay, shedding.target_s) / max(0.05, 1.0 - p) * (0.5 + self.draw())
             raise ResourceExhausted(
                 f"calls wait {delay * 1000:.0f} ms before the gateway takes them up: overloaded, shedding "
-                f"{self.shedding.p:.0%} of new calls to hold the wait near "
-                f"{self.shedding.target_s * 1000:.0f} ms, half its limit (--max-queue-delay-ms); retry in {retry_s * 1000:.0f} ms",
+                f"{p:.0%} of new calls to hold the wait near "
+                f"{shedding.target_s * 1000:.0f} ms, half its limit (--max-queue-delay-ms); retry in {retry_s * 1000:.0f} ms",
                 retry_after_s=retry_s,
             )
         self.active += 1

@@ -220,9 +220,11 @@ class ModelSet:
                 # sessions) lives as long as the process or the version: out of the cyclic collector's
                 # sight, a full collection scans only what calls create. Unfrozen, each one paused the
                 # event loop 33-69 ms (apron_gc_pause_seconds, BENCHMARKS.md's tail-latency evidence).
-                # A retired version's objects are still freed by their reference counts.
-                if previous is None:
-                    gc.collect()  # before serving: the start-up garbage is not frozen with the rest
+                # Frozen objects are never collected as cycles, so each load first thaws and collects
+                # everything once (one such pause per rollout): what the versions retired since the
+                # last load left in cycles is freed then, and nothing frozen outlives two rollouts.
+                gc.unfreeze()
+                gc.collect()
                 gc.freeze()
             if fresh or previous != routing:
                 self.metrics.model_loads.labels("ok").inc()

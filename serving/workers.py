@@ -162,6 +162,8 @@ def exit_with_parent(parent_pid: int) -> None:
     (prctl PR_SET_PDEATHSIG): a worker never outlives the runtime that owns its port, Redis and
     metrics directory (orphaned workers kept serving on the shared port, and a new runtime would
     share it with them). Elsewhere, nothing."""
+    # the signal follows the parent *thread* that started the worker: run_workers runs on the main
+    # thread (it installs the signal handlers), which lives as long as the runtime
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:

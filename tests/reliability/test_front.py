@@ -23,7 +23,9 @@ from serving.front import (
     NginxFront,
     nginx_binary,
     render_nginx_conf,
+    split_address,
 )
+from serving.front import main as front_main
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from tests.reliability.conftest import Tokens
 from tests.serving.certs import make_pki
@@ -122,6 +124,18 @@ def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=0)
     with pytest.raises(ValueError):
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", tls_cert="cert.pem")  # no key
+    for listen in ("8443", "127.0.0.1:", "127.0.0.1:http", "::1:8443x", "127.0.0.1:70000"):
+        with pytest.raises(ValueError, match="listen must be host:port"):
+            FrontConfig(listen=listen, upstream="127.0.0.1:2")
+    assert split_address("[::1]:8443") == ("::1", 8443)
+
+
+def test_the_command_line_refuses_bad_settings_with_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (["--upstream", "127.0.0.1:1", "--max-calls", "0"], ["--upstream", "gateway"]):
+        with pytest.raises(SystemExit) as exited:
+            front_main([*argv, "--print-config"])
+        assert exited.value.code == 2
+    assert "max_calls must be at least 1" in capsys.readouterr().err
 
 
 def test_the_deploys_tls_config_is_valid_nginx(tmp_path: Path) -> None:
@@ -147,9 +161,9 @@ def test_a_port_taken_before_nginx_binds_it_is_replaced(monkeypatch: pytest.Monk
     held.bind(("127.0.0.1", 0))
     held.listen()
     taken = f"127.0.0.1:{held.getsockname()[1]}"
-    picks = iter([taken])
-    real = front_module.free_local_address
-    monkeypatch.setattr(front_module, "free_local_address", lambda host="127.0.0.1": next(picks, None) or real(host))
+    picks = iter([held.getsockname()[1]])
+    real = front_module.free_port
+    monkeypatch.setattr(front_module, "free_port", lambda host="127.0.0.1": next(picks, None) or real(host))
     try:
         with NginxFront(FrontConfig(listen="127.0.0.1:0", upstream="127.0.0.1:1")) as started:
             assert started.target != taken and started.target.startswith("127.0.0.1:")
