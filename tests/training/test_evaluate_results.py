@@ -104,6 +104,37 @@ def test_a_run_is_trained_evaluated_saved_and_reported(tmp_path: Path) -> None:
     assert "| tuned APRON" not in text and "collab + tag-supervised attention + edit penalty" in text
 
 
+def test_the_final_seed_0_scores_the_tune_runs_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final part's seed 0 takes the tune part's seed-0 model (same settings and seed) instead of
+    training it again, and its test metrics are those of a fresh run: training is deterministic."""
+    dataset = synthetic_dataset(tmp_path / "data")
+    run = Run(epochs=2, hyperparameters=SMALL["multidae"])
+    tune = Job("tune", "lastfm-2k", "multidae:x", "x", "multidae", run, "val")
+    final = Job("final", "lastfm-2k", "multidae", "MultiDAE (x)", "multidae", run, "test", tuned_row="multidae:x")
+    runs, work, figures = tmp_path / "runs", tmp_path / "work", tmp_path / "figures"
+    tuned = execute(tune, 0, dataset, runs, work, figures, "cpu", progress=False)
+    assert Path(tuned["checkpoint"]).is_file()
+    reused = execute(final, 0, dataset, runs, work, figures, "cpu", progress=False)
+    assert reused["trained_in"] == str(tune.path(runs, 0))
+    assert (reused["epochs_run"], reused["best_epoch"]) == (tuned["epochs_run"], tuned["best_epoch"])
+    import training.results.runner as runner
+
+    trainings = []
+    real_train = runner.train
+    monkeypatch.setattr(runner, "train", lambda *a, **k: trainings.append(1) or real_train(*a, **k))
+    other_seed = execute(final, 1, dataset, runs, work, figures, "cpu", progress=False)  # no tune run of seed 1
+    assert "trained_in" not in other_seed and trainings == [1]
+    Path(tuned["checkpoint"]).unlink()  # no checkpoint: trained afresh, to the same numbers
+    fresh = execute(final, 0, dataset, runs, work, figures, "cpu", progress=False)
+    assert "trained_in" not in fresh and trainings == [1, 1]
+    assert fresh["metrics"] == reused["metrics"] and fresh["per_user"] == reused["per_user"]
+    changed = Job("final", "lastfm-2k", "multidae", "MultiDAE (y)", "multidae", Run(epochs=3, hyperparameters=SMALL["multidae"]),
+                  "test", tuned_row="multidae:x")  # fmt: skip
+    execute(tune, 0, dataset, runs, work, figures, "cpu", progress=False)  # its checkpoint back
+    assert "trained_in" not in execute(changed, 0, dataset, runs, work, figures, "cpu", progress=False)  # other settings
+    assert trainings == [1, 1, 1, 1]
+
+
 def test_a_record_is_reused_only_with_the_rows_current_settings(tmp_path: Path) -> None:
     job = Job("sweep", "lastfm-2k", "collab:x", "x", "apron", Run(epochs=3, hyperparameters={"edit_penalty": 20.0}), "val")
     path = job.path(tmp_path, 0)

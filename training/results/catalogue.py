@@ -307,6 +307,9 @@ class Job:
     model: str
     run: Run
     split: str  # "test", or "val" for the sweep
+    # final part: the tune row whose seed-0 run trained this very model (same settings, same seed;
+    # training is deterministic), so seed 0 scores that checkpoint instead of training it again
+    tuned_row: str | None = None
 
     def settings(self) -> dict[str, Any]:
         """What a record stores of how it was trained; a record is reused only when they are equal."""
@@ -320,6 +323,12 @@ class Job:
 
     def path(self, runs: Path, seed: int) -> Path:
         return runs / self.part / self.dataset / self.row.replace(":", "_") / f"seed{seed}.json"
+
+    def tuned_path(self, runs: Path, seed: int) -> Path | None:
+        """The record of the tune run that trained this job's model, if there is one to reuse."""
+        if self.tuned_row is None:
+            return None
+        return replace(self, part="tune", row=self.tuned_row).path(runs, seed)
 
 
 def jobs(part: str, datasets: list[str], models: list[str] | None = None) -> list[Job]:

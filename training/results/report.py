@@ -162,6 +162,12 @@ def final_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
             f"| {pct(rows, '_unlabelled')} / {pct(rows, '_unlabelled_intrinsic')} "
             f"| {', '.join(str(r['seed']) for r in rows)} | {_epochs(rows)} |"
         )
+    reused = [r for rows in check.final.values() for r in rows if r.get("trained_in")]
+    if reused:
+        names = ", ".join(sorted({LABELS[r["model"]] for r in reused}))
+        lines += ["", f"Seed 0 of {names}: the tune part's seed-0 model of the chosen configuration (same settings, "
+                  "same seed: training is deterministic), scored on the test users rather than trained again "
+                  "(`trained_in` in its record)."]  # fmt: skip
     return [*lines, ""]
 
 

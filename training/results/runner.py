@@ -16,7 +16,8 @@ retraining everything) and is skipped when that JSON exists with the row's curre
 (`--force` reruns it), so an interrupted run resumes and parts add up. Checkpoints stay under
 `artifacts/results/` (built, not committed). RESULTS.md is assembled from whatever runs exist;
 rows or seeds that were not run are listed as such, never filled in. Datasets and their features
-are prepared when missing. `final` runs only on datasets whose `tune` part is complete, and the
+are prepared when missing. `final` runs only on datasets whose `tune` part is complete (its seed 0
+scores the tune run's saved model of the chosen configuration when there is one: `tuned_model`), and the
 report prints a verdict only when every validation record it chose from predates the first test
 record of `final` (`training.results.selection.protocol`).
 """
@@ -84,29 +85,67 @@ def ensure_dataset(name: str, root: Path, features: set[str], progress: bool) ->
     return dataset
 
 
+def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> tuple[Any, Any, dict[str, Any]] | None:
+    """The model the tune part trained for this final job's seed, when its record and checkpoint
+    show the same settings, seed and dataset: (model, checkpoint info, what the record says of its
+    training). Training is deterministic for a seed (the lastfm-2k finals stopped at the tune runs'
+    epochs exactly), so this is the model a fresh run would train, at no cost."""
+    from training.checkpoint import load_checkpoint
+
+    path = job.tuned_path(runs, seed)
+    if path is None or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    checkpoint = Path(record.get("checkpoint") or "")
+    if (
+        record.get("settings") != job.settings()
+        or record.get("seed") != seed
+        or record.get("dataset_info", {}).get("fingerprint") != dataset.fingerprint
+        or not checkpoint.is_file()
+    ):
+        return None
+    torch_device = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, map_location=str(torch_device))
+    if info.dataset.get("fingerprint") != dataset.fingerprint or info.model != job.model:
+        return None
+    model.to(torch_device)
+    trained = {key: record[key] for key in ("epochs_run", "best_epoch", "train_wall_time_s", "threads")}
+    return model, info, {**trained, "trained_in": str(path)}
+
+
 def execute(
     job: Job, seed: int, dataset: Any, runs: Path, work: Path, figures: Path, device: str, progress: bool
 ) -> dict[str, Any]:
-    """Train, evaluate on `job.split`, write the run's JSON record under runs (checkpoints under work)."""
+    """Train (or take the tune part's model: `tuned_model`), evaluate on `job.split`, write the
+    run's JSON record under runs (checkpoints under work)."""
     from training.checkpoint import save_checkpoint
 
     run = job.run
     settings = job.settings()
     hyperparameters = settings["hyperparameters"]
     start = time.perf_counter()
-    model, info = train(
-        dataset,
-        job.model,
-        features_kind=run.features,
-        epochs=run.epochs,
-        batch_size=run.batch_size,
-        lr=run.lr,
-        seed=seed,
-        patience=run.patience,
-        device=device,
-        hyperparameters=hyperparameters,
-        progress=progress,
-    )
+    reused = tuned_model(job, seed, dataset, runs, device)
+    if reused is not None:
+        model, info, trained = reused
+    else:
+        model, info = train(
+            dataset,
+            job.model,
+            features_kind=run.features,
+            epochs=run.epochs,
+            batch_size=run.batch_size,
+            lr=run.lr,
+            seed=seed,
+            patience=run.patience,
+            device=device,
+            hyperparameters=hyperparameters,
+            progress=progress,
+        )
+        trained = {"epochs_run": info.train["epochs_run"], "best_epoch": info.train["best_epoch"],
+                   "train_wall_time_s": info.train["wall_time_s"], "threads": torch.get_num_threads()}  # fmt: skip
     torch_device = next(model.parameters()).device
     metrics = evaluate_model(model, dataset, job.split, torch_device, tag_min_share=run.tag_min_share)
     per_tag = metrics.pop("per_tag", None)
@@ -116,16 +155,17 @@ def execute(
         "seed": seed, "split": job.split, "metrics": metrics,
         "features": run.features if getattr(model, "uses_features", False) else None,
         "settings": settings,
-        "epochs_run": info.train["epochs_run"], "best_epoch": info.train["best_epoch"],
-        "train_wall_time_s": info.train["wall_time_s"], "total_wall_time_s": round(time.perf_counter() - start, 1),
+        **trained, "total_wall_time_s": round(time.perf_counter() - start, 1),
         "machine": machine_description(torch_device), "torch": torch.__version__, "python": platform.python_version(),
-        "threads": torch.get_num_threads(), "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "created_at": round(time.time(), 3),  # selection.protocol: validation records must precede test ones
         "dataset_info": {"fingerprint": dataset.fingerprint, "n_items": dataset.n_items, "n_tags": dataset.n_tags,
                          "users": {s: int(getattr(dataset, s).shape[0]) for s in ("train", "val_tr", "test_tr")}},
     }  # fmt: skip
-    if job.split == "test" and seed == 0:  # for `apron export` and benchmarks.live_controllability
-        name = {"main": job.model, "final": f"final-{job.model}"}.get(job.part, f"apron-{job.row}")
+    if seed == 0 and (job.split == "test" or job.part == "tune"):  # `apron export`, live_controllability, finals
+        name = {"main": job.model, "final": f"final-{job.model}", "tune": f"tune-{job.row.replace(':', '_')}"}.get(
+            job.part, f"apron-{job.row}"
+        )
         record["checkpoint"] = str(save_checkpoint(work / "checkpoints" / job.dataset / f"{name}.pt", model, info))
     if job.part == "main" and seed == 0 and per_tag:
         from training.plots import plot_tag_deltas

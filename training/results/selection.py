@@ -121,7 +121,8 @@ def final_jobs(datasets: list[str], records: list[dict[str, Any]]) -> tuple[list
                 notes.append(f"final/{name}/{t.model}: no option reached val %Δ@20 intrinsic ≥ {GOAL_PCT_DELTA:.0f}")
                 continue
             option = t.choice.row.split(":", 1)[1]
-            out.append(Job("final", name, t.model, f"{LABELS[t.model]} ({option})", t.model, t.choice.run, "test"))
+            out.append(Job("final", name, t.model, f"{LABELS[t.model]} ({option})", t.model, t.choice.run, "test",
+                           tuned_row=t.choice.row))  # fmt: skip
     return out, notes
 
 
