@@ -82,7 +82,7 @@ def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> N
     assert "### APRON ablations on lastfm-2k" in text and "goal **met**" not in text
     assert "## Not run (yet)" in text and "main/ml-1m-implicit/recvae: 0 of 3 seeds" in text
     assert "tune/ml-1m-implicit/multidae:l2-liang: 0 of 1 seeds" in text
-    assert "final/lastfm-2k: waits for the tune part" in text
+    assert "final/lastfm-2k/multidae: waits for its tune part" in text
     assert "**lastfm-2k: the tuned comparison has not been run**, so there is no paired verdict there: the tune part has 0 of 30" in text
 
 

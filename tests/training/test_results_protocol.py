@@ -113,13 +113,36 @@ def test_no_verdict_when_a_validation_record_postdates_the_test_records(tmp_path
     assert "### Tuning on lastfm-2k" in text and "### Tuned comparison on lastfm-2k" in text
 
 
-def test_final_waits_for_the_whole_tuning_sweep() -> None:
+def test_a_models_final_waits_for_its_whole_tuning_sweep() -> None:
     records = [r for r in _tuned(apron_gap=0.0, apron_pct=45.0) if r["part"] == "tune"]
     records = [r for r in records if r["row"] != "recvae:gamma0.01"]
     final, notes = final_jobs([DATASET], records)
-    assert final == [] and "final/lastfm-2k: waits for the tune part (1 of" in notes[0]
+    assert {j.model for j in final} == {*BASELINES, "apron"} - {"recvae"}  # the others' sweeps are complete
+    assert notes == ["final/lastfm-2k/recvae: waits for its tune part (1 of 4 validation runs missing); no "
+                     "configuration is chosen before all are recorded"]  # fmt: skip
+    last = {j.model: j.row for j in jobs("tune", [DATASET])}  # _tuned makes each model's last option the best
+    assert all(j.tuned_row == last[j.model] for j in final)
     check = protocol(DATASET, records)
     assert not check.allowed and "incomplete" in check.reason
+
+
+def test_apron_is_chosen_before_any_test_record_and_a_baseline_before_its_own() -> None:
+    records = _tuned(apron_gap=0.0, apron_pct=45.0)  # validation records at 100+, final records at 1000+
+    for r in records:
+        if r["part"] == "tune" and r["model"] in ("apron", "multidae"):
+            r["created_at"] -= 60.0  # APRON and MultiDAE chosen first (40+) ...
+        elif (r["part"], r["model"]) == ("final", "multidae"):
+            r["created_at"] -= 940.0  # ... then MultiDAE's test records (60+), before the other baselines' tuning
+    assert protocol(DATASET, records).allowed  # each baseline's choice still precedes its own test records
+    own = next(r for r in records if r["row"] == "multidae:default")
+    own["created_at"] = 500.0  # a MultiDAE option run after MultiDAE's test numbers: refused
+    check = protocol(DATASET, records)
+    assert not check.allowed and "`multidae:default`" in check.reason
+    own["created_at"] = 50.0
+    apron = next(r for r in records if r["part"] == "tune" and r["model"] == "apron")
+    apron["created_at"] = 70.0  # APRON chosen with MultiDAE's test numbers in view: refused
+    check = protocol(DATASET, records)
+    assert not check.allowed and f"`{apron['row']}`" in check.reason and "multi" not in check.reason
 
 
 def test_paired_records_average_each_user_over_seeds() -> None:

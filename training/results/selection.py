@@ -4,16 +4,18 @@
 - `tune_choice`: issue 21's rule on the `tune` part: a baseline's configuration is the one with the
   highest val NDCG@100; APRON's is, of the options whose val %Δ@20 intrinsic (γ = 0) is >= 40, the
   one with the highest val NDCG@100 (none: the goal is missed on validation already).
-- `final_jobs`: the `final` part, one job per model with its chosen configuration. A dataset's
-  final jobs exist only once every tuning configuration of that dataset has a current record.
+- `final_jobs`: the `final` part, one job per model with its chosen configuration. A model's
+  final job exists only once every tuning configuration of that model has a current record.
 - `protocol`: whether a dataset's verdict may be printed: the tuning is complete, the final
   records have the chosen settings, and every validation record considered was written before
-  the first test record of the final part (a sweep round added after test numbers were seen
-  would select with test in view: refused).
+  the test records it must not see (`first_test`: APRON's before any final record of the dataset,
+  a baseline's before its own), so a sweep round added after test numbers were seen, which would
+  select with test in view, is refused.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,16 +109,17 @@ def tunings(dataset: str, records: list[dict[str, Any]]) -> list[Tuning]:
 
 
 def final_jobs(datasets: list[str], records: list[dict[str, Any]]) -> tuple[list[Job], list[str]]:
-    """The final part's jobs (the chosen configurations, test users) and why any are missing."""
+    """The final part's jobs (the chosen configurations, test users) and why any are missing. A
+    model's job exists once its own tuning sweep is complete: its choice reads its validation
+    records only, so a model whose sweep is done need not wait for the others'."""
     out, notes = [], []
     for name in datasets:
-        sweeps = tunings(name, records)
-        missing = sum(1 for t in sweeps for j in t.jobs if not t.records[j.row])
-        if missing:
-            notes.append(f"final/{name}: waits for the tune part ({missing} of {sum(len(t.jobs) for t in sweeps)} "
-                         "validation runs missing); no configuration is chosen before all are recorded")  # fmt: skip
-            continue
-        for t in sweeps:
+        for t in tunings(name, records):
+            if not t.complete:
+                missing = sum(1 for j in t.jobs if not t.records[j.row])
+                notes.append(f"final/{name}/{t.model}: waits for its tune part ({missing} of {len(t.jobs)} "
+                             "validation runs missing); no configuration is chosen before all are recorded")  # fmt: skip
+                continue
             if t.choice is None:
                 notes.append(f"final/{name}/{t.model}: no option reached val %Δ@20 intrinsic ≥ {GOAL_PCT_DELTA:.0f}")
                 continue
@@ -135,6 +138,14 @@ class Protocol:
     final: dict[str, list[dict[str, Any]]]  # model -> current final records (the chosen settings)
 
 
+def first_test(model: str, final: list[dict[str, Any]]) -> float:
+    """When the first test record that `model`'s validation records must precede was written: APRON's
+    (the goal row) precede every final record of the dataset, so no test number of any model was in
+    view when its configuration was chosen; a baseline's precede its own."""
+    times = [record_time(r) for r in final if model == "apron" or r["model"] == model]
+    return min(times, default=math.inf)
+
+
 def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
     sweeps = tunings(dataset, records)
     if not all(t.complete for t in sweeps):
@@ -148,8 +159,7 @@ def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
     all_final = [r for r in records if (r["part"], r["dataset"]) == ("final", dataset)]
     considered = [r for t in sweeps for rows in t.records.values() for r in rows]
     if all_final:
-        first_test = min(record_time(r) for r in all_final)
-        late = sorted({r["row"] for r in considered if record_time(r) >= first_test})
+        late = sorted({r["row"] for r in considered if record_time(r) >= first_test(r["model"], all_final)})
         if late:
             return Protocol(False, f"refused: validation records of {', '.join(f'`{x}`' for x in late)} were written "
                             "after the first test record of the final part, so the choice could have seen test "
