@@ -13,12 +13,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import CacheEvictor, Timing, time_alternating, time_calls
 from export import contract
 from export.onnx_export import export_onnx, ragged, random_histories, session
+from serving.backends.onnxruntime import session_options
+from serving.config import ServingConfig
 
 Runner = Callable[[], object]
 
@@ -61,8 +64,17 @@ def profile_feeds(histories: np.ndarray) -> dict[str, np.ndarray]:
     return {contract.HISTORY_IDS: ids, contract.HISTORY_ENDS: ends}
 
 
-def ort_runner(onnx_model: bytes, feeds: dict[str, np.ndarray]) -> Runner:
-    sess = session(onnx_model)
+def served_session(onnx_model: bytes) -> ort.InferenceSession:
+    """A session with the settings `apron serve` gives its scorer by default (ServingConfig)."""
+    inference = ServingConfig().inference
+    options = session_options(inference.ort_threads, inference.ort_spinning)
+    return ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(
+    onnx_model: bytes, feeds: dict[str, np.ndarray], make_session: Callable[[bytes], ort.InferenceSession] = session
+) -> Runner:
+    sess = make_session(onnx_model)
     return lambda: sess.run(None, feeds)
 
 
@@ -77,9 +89,19 @@ def eager_runner(module: torch.nn.Module, inputs: tuple[np.ndarray, ...]) -> Run
 
 
 def bench_catalog(
-    n_items: int, batches: Iterable[int], min_seconds: float, history_length: int = 50, eager: bool = True
+    n_items: int,
+    batches: Iterable[int],
+    min_seconds: float,
+    history_length: int = 50,
+    eager: bool = True,
+    served_batches: Iterable[int] = (),
 ) -> CatalogResult:
-    """Export a synthetic model of `n_items` and time both graphs with ORT (and the scorer eager)."""
+    """Export a synthetic model of `n_items` and time both graphs with ORT (and the scorer eager).
+
+    ORT runs with its defaults (every core, spinning workers: the model alone at its fastest);
+    `served_batches` also time the scorer with the gateway's own session settings
+    ("scorer/ort-served/b<batch>": `session_options`, the cores less one and no spinning), which is
+    what the gateway's scorer can do at best on this machine."""
     model = synthetic_apron(n_items)
     cfg = model.config
     start = time.perf_counter()
@@ -93,6 +115,9 @@ def bench_catalog(
         timings[f"scorer/ort/b{batch}"] = time_calls(scorer, batch, min_seconds)
         if batch == 1:  # the same with cold caches, as in a gateway, where other work runs between calls
             timings["scorer/ort-cold/b1"] = time_calls(scorer, 1, min_seconds, between=CacheEvictor())
+        if batch in served_batches:
+            served = ort_runner(graphs.onnx[contract.SCORER_MODEL], feeds, served_session)
+            timings[f"scorer/ort-served/b{batch}"] = time_calls(served, batch, min_seconds)
         if eager:
             runner = eager_runner(graphs.modules[contract.SCORER_MODEL], (weights, exclude))
             timings[f"scorer/eager/b{batch}"] = time_calls(runner, batch, min_seconds)

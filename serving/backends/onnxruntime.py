@@ -41,6 +41,11 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
             f"--ort-device cuda: this onnxruntime has no CUDA provider (available: {ort.get_available_providers()}); "
             "install onnxruntime-gpu or use --ort-device cpu"
         )
+    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=PROVIDERS[device])
+
+
+def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
+    """The gateway's session settings (`--ort-threads`, `--ort-spinning`; 0 threads: the cores less one)."""
     options = ort.SessionOptions()
     # ONNX Runtime's default takes every core, and the event loop (gRPC, Redis, edits) then preempts
     # its workers mid-batch; one pair of runs on 2 cores: 1 thread instead of 2 gave 560 vs 429 req/s
@@ -51,7 +56,7 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
     # true vs false): gateway CPU per request 4.55 -> 4.19 ms, p99 at 70% load 69 -> 49 ms (noisy).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
+    return options
 
 
 def run_bound(session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

@@ -37,6 +37,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
     assert busy and 0 < int(busy.group(1)) <= 100
     assert "nan" not in text.lower()
+    # the raw scorer at the gateway's batch, also with the gateway's own session settings (the target's reference)
+    assert re.search(r"and \*\*[0-9,]+ rows/s\*\* with the gateway's own session settings \(\d+ intra-op thread", text)
     # the request path: the echo floor, and every stage a cached Recommend goes through, in each phase
     assert re.search(r"One client, one call in flight: \*\*p50 [0-9.]+ ms\*\*", text)
     for stage in ("auth", "redis_read", "scorer_run", "response", "record"):
