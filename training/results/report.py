@@ -264,8 +264,9 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
         "On each dataset: APRON on tag-free features, chosen on validation users, with the paired "
         f"{CONFIDENCE:.0%} interval of (APRON − best tuned baseline) NDCG@100 reaching 0 or above **and** %Δ@20 "
         f"intrinsic (γ = 0) ≥ {GOAL_PCT_DELTA:.0f} (the paper reports 33.8 at −5 % accuracy); %Δ@20 on unlabelled "
-        "items beside it. Every model's configuration is chosen on validation users (tuning tables) before any "
-        "test record of the final part exists; otherwise no verdict is printed.",
+        "items beside it. Every model's configuration is chosen on validation users (tuning tables): APRON's "
+        "before any test record of the final part exists, a baseline's before its own test records; otherwise no "
+        "verdict is printed.",
         "",
         *[line for name in RUNS for line in goal_lines(records, name)],
         *earlier_goal_lines(records),

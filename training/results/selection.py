@@ -162,8 +162,8 @@ def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
         late = sorted({r["row"] for r in considered if record_time(r) >= first_test(r["model"], all_final)})
         if late:
             return Protocol(False, f"refused: validation records of {', '.join(f'`{x}`' for x in late)} were written "
-                            "after the first test record of the final part, so the choice could have seen test "
-                            "numbers; rerun the final part (`--part final --force`) after the tuning", final)  # fmt: skip
+                            "after test records they must precede (APRON's: any of the final part; a baseline's: its "
+                            "own), so the choice could have seen test numbers; rerun the final part (`--part final --force`) after the tuning", final)  # fmt: skip
     if stale:
         return Protocol(False, f"final records of {', '.join(stale)} were made with other settings than the "
                         "configuration chosen on validation now; rerun them", final)  # fmt: skip
