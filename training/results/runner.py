@@ -16,10 +16,11 @@ retraining everything) and is skipped when that JSON exists with the row's curre
 (`--force` reruns it), so an interrupted run resumes and parts add up. Checkpoints stay under
 `artifacts/results/` (built, not committed). RESULTS.md is assembled from whatever runs exist;
 rows or seeds that were not run are listed as such, never filled in. Datasets and their features
-are prepared when missing. `final` runs only on datasets whose `tune` part is complete (its seed 0
-scores the tune run's saved model of the chosen configuration when there is one: `tuned_model`), and the
-report prints a verdict only when every validation record it chose from predates the first test
-record of `final` (`training.results.selection.protocol`).
+are prepared when missing. `final` runs a model once its own `tune` sweep is complete (its seed 0
+scores the tune run's saved model of the chosen configuration when there is one: `tuned_model`),
+and the report prints a verdict only when every validation record it chose from predates the test
+records it must not see: APRON's any of `final`, a baseline's its own
+(`training.results.selection.protocol`).
 """
 
 from __future__ import annotations
