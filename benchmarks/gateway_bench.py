@@ -33,8 +33,8 @@ import numpy as np
 import psutil
 
 from benchmarks import request_path
-from benchmarks.load import closed_loop, run_load
-from benchmarks.request_path import EchoResults, PathPhase, TailEvidence
+from benchmarks.load import LoadStats, closed_loop, run_load
+from benchmarks.request_path import CallSplit, EchoResults, PathPhase, TailEvidence
 from benchmarks.timing import Timing
 from common.net import free_ports
 
@@ -98,6 +98,13 @@ class GatewayHandle:
     address: str
     pid: int
     metrics_url: str  # its Prometheus /metrics
+    call_log: Path | None = None  # each call's first and last mark (request_path.CALL_LOG_ENV), when asked for
+
+    def calls(self, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float) -> CallSplit | None:
+        """Before, in and after the handler for the calls a phase sent in `window` (None without a call log)."""
+        if self.call_log is None:
+            return None
+        return request_path.call_split(self.call_log, method, window, calls, sent_sum_s, received_sum_s)
 
     def cpu_s(self) -> tuple[float, float]:
         """(gateway process, its children) user + system CPU seconds so far."""
@@ -181,9 +188,11 @@ def gateway_process(
     max_batch_size: int,
     profile_to: Path | None = None,
     more_settings: Mapping[str, object] | None = None,
+    call_log: Path | None = None,
 ) -> Iterator[GatewayHandle]:
     """The gateway serving `repository` in a child process until the block exits; `more_settings`
-    are further ServingConfig fields (e.g. workers, backend, device)."""
+    are further ServingConfig fields (e.g. workers, backend, device); with `call_log`, each call's
+    first and last mark are written there (`GatewayHandle.calls`)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from serving.config import env_name
@@ -199,6 +208,8 @@ def gateway_process(
     # pids once all do, and only then are new connections spread over all of them
     all_serving = b"worker pids:" if int(str(settings.get("workers", 1))) > 1 else b""
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
+    if call_log is not None:
+        env[request_path.CALL_LOG_ENV] = str(call_log)
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
     if profile_to is not None:
         command = [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(profile_to), "-m", "benchmarks.gateway_process"]
@@ -220,7 +231,7 @@ def gateway_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics")
+        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics", call_log)
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:
@@ -342,13 +353,16 @@ def run(settings: Settings) -> GatewayResults:
         """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
         source = ClientSource(gateway.address, token, item_ids)
         before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
+        window0 = time.perf_counter()
         load = run_load(source, "cached", processes, seconds, clients=clients)
+        window = (window0, time.perf_counter())
         after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, "Recommend")
         phase = PathPhase(
             f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
             request_path.mean_batch(samples), loop1 - loop0,
+            gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s),
         )  # fmt: skip
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
@@ -365,14 +379,17 @@ def run(settings: Settings) -> GatewayResults:
         """One client, one call in flight on a persistent channel, with the gateway's stages."""
         client = Client(gateway.address, token, item_ids)
         before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
-        timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2)
+        stats, window0 = LoadStats(), time.perf_counter()
+        timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2, stats=stats)
+        window = (window0, time.perf_counter())
         after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         await client.close()
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, method)
         return PathPhase(
-            title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples), loop1 - loop0
-        )
+            title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples), loop1 - loop0,
+            gateway.calls(method, window, stats.calls, stats.sent_sum_s, stats.received_sum_s),
+        )  # fmt: skip
 
     async def misses(gateway: GatewayHandle) -> Timing:
         client = Client(gateway.address, token, item_ids)
@@ -382,12 +399,15 @@ def run(settings: Settings) -> GatewayResults:
 
     def open_loop_at(gateway: GatewayHandle, rate: float) -> TailEvidence:
         before, (gateway0, _), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
+        window0 = time.perf_counter()
         with request_path.SchedulingProbe() as probe:
             load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, rate=rate)
+        window = (window0, time.perf_counter())
         after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
-        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe)
+        calls = gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s)
+        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls)
 
-    with gateway_process(repository, secret, max_batch) as gateway:
+    with gateway_process(repository, secret, max_batch, call_log=repository.parent / "calls.log") as gateway:
         asyncio.run(warm(gateway))
         batched, cpu, saturated = saturate(gateway)
         phases = {SATURATED: saturated}
@@ -553,13 +573,19 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "(`serving/stages.py`; always on), read from its `/metrics` before and after each phase: mean "
         "microseconds per call (a stage some calls skip counts 0 for them). Stages are wall time: with "
         f"{g.clients} clients they include waiting for the event loop and the cores. The gateway's CPU "
-        "includes ONNX Runtime's threads.",
+        "includes ONNX Runtime's threads. What lies outside the stages is split at the handler by the gateway's "
+        "call log (each call's first and last stage) against the clients' send and receipt times, one clock for "
+        "both processes (`request_path.call_split`; every call of the phase, its warm-up included).",
         "",
         *request_path.stage_rows(splits),
         "| client latency, mean µs | " + " | ".join(f"{p.timing.latencies_s.mean() * 1e6:,.0f}" for p in ordered.values()) + " |",
         "| client latency, p50 µs | " + " | ".join(f"{p.timing.p50_ms * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| outside the stages (gRPC's send, the transport, the client), mean µs | "
+        "| outside the stages, mean µs | "
         + " | ".join(f"{p.timing.latencies_s.mean() * 1e6 - p.split.total_us:,.0f}" for p in ordered.values()) + " |",
+        "| of which before the handler: the client's send to the first stage (the transport, grpc core's queue, the event loop), mean µs | "
+        + " | ".join(call_cell(p.calls, "before_us") for p in ordered.values()) + " |",
+        "| of which after it: the last stage to the client's receipt (grpc's send, the transport, the client), mean µs | "
+        + " | ".join(call_cell(p.calls, "after_us") for p in ordered.values()) + " |",
         "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| of which its event-loop thread, µs | " + " | ".join(f"{p.loop_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| gateway CPU per call / echo server CPU per call | "
@@ -570,6 +596,11 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         *tail_lines(g, tail),
     ]
     return lines
+
+
+def call_cell(calls: CallSplit | None, part: str) -> str:
+    """One part of a phase's split at the handler, µs; n/a when the gateway's call log did not hold the phase's calls."""
+    return "n/a" if calls is None else f"{getattr(calls, part):,.0f}"
 
 
 def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
@@ -629,8 +660,15 @@ def tail_reading(tail: TailEvidence) -> list[str]:
         "transport, the load generator)"
         if client > 0 else f"no call took over {threshold:g} ms"
     )
+    calls = tail.calls
+    split = (
+        f" On average a call spent {calls.before_us / 1e3:,.2f} ms from its send to the gateway's first stage, "
+        f"{calls.handler_us / 1e3:,.2f} ms in the stages and {calls.after_us / 1e3:,.2f} ms from the last stage to "
+        "its receipt (`request_path.call_split`)."
+        if calls is not None else ""
+    )
     return [
-        f"Reading: {where}. The gateway's event-loop thread, which gRPC hands every call to, spent "
+        f"Reading: {where}.{split} The gateway's event-loop thread, which gRPC hands every call to, spent "
         f"{fmt(tail.loop_ms_per_call, 2)} ms of CPU per call: at the offered rate it was busy {tail.loop_busy:.0%} of "
         "the time, and a call that arrives while it is busy waits before its handler runs. Garbage collection "
         f"paused the gateway {gc_s * 1e3:,.1f} ms in all "

@@ -1,7 +1,15 @@
 """`python -m benchmarks.gateway_process`: `apron serve` with its configuration from APRON_* variables
 only (serving/config.py), so the benchmark can run it, plain or under pyinstrument, in its own process.
-Once every worker serves it prints their pids (`worker pids: ...`), which the benchmark waits for."""
+Once every worker serves it prints their pids (`worker pids: ...`), which the benchmark waits for.
 
+With `BENCH_CALL_LOG` set to a path, each finished call appends `method start end` there
+(`serving.stages.log_calls`; one line-buffered write per call): the request-path benchmark splits
+the time outside the stages with it (`request_path.call_split`)."""
+
+import os
+
+from benchmarks.request_path import CALL_LOG_ENV
+from serving import stages
 from serving.config import ServingConfig
 from serving.resources import Serving
 from serving.runtime import serve
@@ -12,4 +20,6 @@ def announce(serving: Serving) -> None:
 
 
 if __name__ == "__main__":
+    if call_log := os.environ.get(CALL_LOG_ENV):
+        stages.log_calls(open(call_log, "a", buffering=1))  # noqa: SIM115 (the process's whole life)
     serve(ServingConfig.from_env(), announce)

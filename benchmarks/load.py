@@ -31,6 +31,10 @@ class LoadStats:
 
     calls: int = 0
     send_lags_s: list[float] = field(default_factory=list)
+    # every completed call's send and receipt, time.perf_counter summed: set against the gateway's
+    # own call log (request_path.call_split), the mean time before and after its handler
+    sent_sum_s: float = 0.0
+    received_sum_s: float = 0.0
 
 
 async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float = 1.0, stats: LoadStats | None = None) -> Timing:
@@ -48,9 +52,12 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
                 return
             t0 = time.perf_counter()
             await call(next(counter))
+            t1 = time.perf_counter()
             stats.calls += 1
+            stats.sent_sum_s += t0
+            stats.received_sum_s += t1
             if measuring:
-                latencies.append(time.perf_counter() - t0)
+                latencies.append(t1 - t0)
 
     async def clock() -> tuple[float, float]:
         nonlocal measuring, stop_at
@@ -78,10 +85,14 @@ async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | 
     async def one(i: int) -> float:
         scheduled = start + i * interval
         await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-        stats.send_lags_s.append(time.perf_counter() - scheduled)
+        sent = time.perf_counter()
+        stats.send_lags_s.append(sent - scheduled)
         await call(i)
+        received = time.perf_counter()
         stats.calls += 1
-        return time.perf_counter() - scheduled
+        stats.sent_sum_s += sent
+        stats.received_sum_s += received
+        return received - scheduled
 
     latencies = await asyncio.gather(*(one(i) for i in range(n)))
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
@@ -105,6 +116,8 @@ class ProcessLoad:
     cpu_s: float  # CPU seconds the load processes spent during the measured window
     processes: int
     calls_all: int = 0  # completed calls, warm-up included
+    sent_sum_s: float = 0.0  # their sends and receipts, time.perf_counter summed (LoadStats)
+    received_sum_s: float = 0.0
     send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
     # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
     # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
@@ -167,7 +180,7 @@ def run_load(
     return ProcessLoad(
         Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
         calls_all=sum(part[5] for part in parts), send_lags_s=np.concatenate([part[6] for part in parts]),
-        window=(min(part[3] for part in parts), max(part[4] for part in parts)),
+        sent_sum_s=sum(part[7] for part in parts), received_sum_s=sum(part[8] for part in parts), window=(min(part[3] for part in parts), max(part[4] for part in parts)),
     )  # fmt: skip
 
 
@@ -182,7 +195,7 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray]:
+) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray, float, float]:
     opened = source.open()
     call = getattr(opened, method)
     await asyncio.to_thread(start.wait)
@@ -198,5 +211,5 @@ async def _load(
     await opened.close()
     return (
         timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended,
-        stats.calls, np.asarray(stats.send_lags_s),
+        stats.calls, np.asarray(stats.send_lags_s), stats.sent_sum_s, stats.received_sum_s,
     )  # fmt: skip

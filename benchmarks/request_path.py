@@ -7,6 +7,11 @@ ratios, which hold on any machine. Where the gateway's time goes comes from its
 `apron_stage_seconds{method,stage}` histograms (serving/stages.py), read from its `/metrics`
 before and after each phase; the tail-latency evidence from the same endpoint (RPC durations,
 batch sizes, garbage-collection pauses) and from the load generator's own send lag.
+
+What lies outside the stages is split in two by the gateway's call log (`CALL_LOG_ENV`,
+`serving.stages.log_calls`: each call's first and last mark) set against the clients' own send and
+receipt times (`LoadStats`): `time.perf_counter` is CLOCK_MONOTONIC on Linux, one clock for every
+process on the machine, so the two sides' times subtract.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -37,6 +43,7 @@ ECHO_PAYLOAD = b"x" * 200  # the echo's request and response (/work/shared/perf'
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
 ECHO_CHANNELS = 4  # per load process, as the gateway's load client uses
+CALL_LOG_ENV = "BENCH_CALL_LOG"  # benchmarks/gateway_process.py: the gateway's call log goes to this path
 
 
 def _identity(data: bytes) -> bytes:
@@ -230,6 +237,40 @@ def bucket_quantile(samples: Snapshot, name: str, q: float, **labels: str) -> fl
     return bounds[-1]
 
 
+# ----------------------------------------------------------------------------- before and after the handler
+
+
+@dataclass(frozen=True)
+class CallSplit:
+    """A phase's calls, mean microseconds: from the client's send to the gateway's first mark (the
+    transport, grpc core's queue, the event loop), in the gateway's stages, and from its last mark
+    to the client's receipt (grpc's send, the transport, the client)."""
+
+    before_us: float
+    handler_us: float
+    after_us: float
+
+
+def call_split(
+    log: Path, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float
+) -> CallSplit | None:
+    """The split of the `calls` the clients sent within `window` (perf_counter; their send and
+    receipt times summed), from the gateway's log lines of `method` inside the window. None when the
+    log does not hold exactly those calls (another client's calls, a lost line): no split then."""
+    starts = ends = 0.0
+    logged = 0
+    with log.open() as lines:
+        for line in lines:
+            name, start, end = line.split()
+            if name == method and window[0] <= float(start) and float(end) <= window[1]:
+                starts, ends, logged = starts + float(start), ends + float(end), logged + 1
+    if logged != calls or calls == 0:
+        return None
+    return CallSplit(
+        before_us=(starts - sent_sum_s) / calls * 1e6, handler_us=(ends - starts) / calls * 1e6, after_us=(received_sum_s - ends) / calls * 1e6
+    )
+
+
 # ----------------------------------------------------------------------------- phases
 
 
@@ -245,6 +286,7 @@ class PathPhase:
     redis_cpu_s: float
     mean_batch: float  # requests per apron_scorer run
     loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
+    calls: CallSplit | None = None  # outside the stages: before the handler and after it
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -306,6 +348,7 @@ class TailEvidence:
     loop_busy: float  # its share of the time at the offered rate
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
+    calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
 
 
 def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
@@ -351,7 +394,7 @@ TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
 
 
 def tail_evidence(
-    load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, loop_cpu_s: float, probe: SchedulingProbe
+    load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, loop_cpu_s: float, probe: SchedulingProbe, calls: CallSplit | None = None
 ) -> TailEvidence:
     """The open-loop run's client latencies beside what the gateway, the load generator and the
     machine's scheduler saw."""
@@ -387,4 +430,5 @@ def tail_evidence(
             )
             for threshold in TAIL_THRESHOLDS_MS
         },
+        calls=calls,
     )

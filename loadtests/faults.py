@@ -199,8 +199,12 @@ class RecommendLoad(_ClientLoop):
         super().__init__(target, token, timeout_s)
         self.history, self.n = list(history), n
         self.codes: list[str] = []
-        self.versions: list[int] = []  # each OK response's model_version
         self.answers: list[tuple[float, int]] = []  # each OK response's call start (monotonic) and model_version
+
+    @property
+    def versions(self) -> list[int]:
+        """Each OK response's model_version, in the order they came."""
+        return [version for _, version in self.answers]
 
     def _tasks_for(self, stub: pb_grpc.RecommenderStub) -> list[Coroutine[Any, Any, None]]:
         return [self._call(stub, i) for i in range(self.n)]
@@ -212,7 +216,6 @@ class RecommendLoad(_ClientLoop):
             try:
                 response = await stub.Recommend(request, metadata=self.metadata, timeout=self.timeout_s)
                 self.codes.append("OK")
-                self.versions.append(response.model_version)
                 self.answers.append((start, response.model_version))
             except grpc.aio.AioRpcError as error:
                 self.codes.append(error.code().name)

@@ -26,9 +26,10 @@ The stages of a call, in order (a stage the call did not go through is not obser
 - `error`: a failed call, from its last completed stage to the status;
 - `record`: the boundary's bookkeeping after the handler (RPC metrics, access log).
 
-Not inside any stage: gRPC serializing and sending the response, and the transport; the benchmark
-(`BENCHMARKS.md`, "Request path") puts the stage sums beside the client's latency and a bare
-grpc.aio echo server measured in the same run.
+Not inside any stage: the wait before the first (the transport, grpc core's queue, the event loop)
+and gRPC serializing and sending the response after the last; the benchmark (`BENCHMARKS.md`,
+"Request path") puts the stage sums beside the client's latency and a bare grpc.aio echo server
+measured in the same run, and splits the rest at the handler with the call log (`log_calls`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from __future__ import annotations
 import contextvars
 import time
 from collections.abc import Iterable, Mapping
+from typing import TextIO
 
 from prometheus_client import Histogram
 
@@ -76,12 +78,23 @@ METHOD_STAGES: dict[str, tuple[str, ...]] = {
 
 
 _record_intervals = False  # serving/tracing.py on: clocks also keep each interval, for the spans
+_call_log: TextIO | None = None  # benchmarks: each finished call's method, first and last mark
 
 
 def record_intervals(on: bool) -> None:
     """Clocks created from now on keep (stage, start, end) of each mark in `intervals` (tracing)."""
     global _record_intervals
     _record_intervals = on
+
+
+def log_calls(sink: TextIO | None) -> None:
+    """From now on each finished call writes `method start end` (its first and last mark, by
+    `time.perf_counter`) as a line to `sink` (None: off, the default). On Linux perf_counter is
+    CLOCK_MONOTONIC, which every process on the machine shares: the request-path benchmark
+    (benchmarks/gateway_process.py) sets the lines against its clients' send and receive times to
+    split what lies outside the stages into before the handler and after it."""
+    global _call_log
+    _call_log = sink
 
 
 class StageClock:
@@ -160,6 +173,8 @@ class StageRecorder:
         }
 
     def observe(self, method: str, clock: StageClock) -> None:
+        if _call_log is not None:
+            _call_log.write(f"{method} {clock.start!r} {clock.last!r}\n")
         children = self._children.get(method)
         if children is None:
             children = self._children[method] = {}

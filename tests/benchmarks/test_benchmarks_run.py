@@ -43,8 +43,13 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     assert re.search(r"One client, one call in flight: \*\*p50 [0-9.]+ ms\*\*", text)
     for stage in ("auth", "redis_read", "scorer_run", "response", "record"):
         assert re.search(rf"\| `{stage}` \| [0-9,]+ \| [0-9,]+ \| ", text), stage
+    # outside the stages, split at the handler for every phase by the gateway's call log
+    for part in ("before the handler", "after it"):
+        row = re.search(rf"^\| of which {part}: .*$", text, re.M)
+        assert row and len(re.findall(r"\| -?[0-9,]+", row.group(0))) == 4, row
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
+    assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))
     assert re.search(r"\| gateway CPU per cached Recommend ≤ 2× the bare echo server's CPU per call \(500 items\) \| [0-9.]+×", text)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2

@@ -4,6 +4,7 @@ a real gateway (auth on, ONNX Runtime, real redis-server) records for each kind 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import astuple
 from pathlib import Path
 
 import grpc
@@ -69,6 +70,32 @@ def test_the_recorder_observes_each_stage_a_call_went_through() -> None:
     assert count(stages.VALIDATE) == 1 and count(stages.RESPONSE) == 1
     assert count(stages.REDIS_READ) == 0  # resolved at start-up, never observed
     assert registry.get_sample_value("t_stage_seconds_sum", {"method": "GetProfile", "stage": stages.RESPONSE}) == pytest.approx(0.002)
+
+
+def test_the_call_log_gets_each_finished_call_and_splits_a_phase_at_the_handler(tmp_path: Path) -> None:
+    from benchmarks.request_path import call_split
+
+    registry = CollectorRegistry()
+    recorder = stages.StageRecorder(Histogram("t_log_seconds", "test", ["method", "stage"], registry=registry))
+    log = tmp_path / "calls.log"
+    with log.open("a", buffering=1) as sink:
+        stages.log_calls(sink)
+        try:
+            for start, end, method in ((10.0, 10.5, "Recommend"), (11.0, 11.25, "Recommend"), (11.0, 11.1, "GetProfile")):
+                clock = stages.StageClock(start)
+                clock.mark(stages.RESPONSE, end)
+                recorder.observe(method, clock)
+        finally:
+            stages.log_calls(None)
+        recorder.observe("Recommend", stages.StageClock(12.0))  # off again: not logged
+    assert log.read_text().splitlines() == ["Recommend 10.0 10.5", "Recommend 11.0 11.25", "GetProfile 11.0 11.1"]
+    # two Recommend calls sent at 9.9 and 10.8, received at 10.6 and 11.5
+    split = call_split(log, "Recommend", (9.0, 12.0), 2, 9.9 + 10.8, 10.6 + 11.5)
+    assert split is not None and astuple(split) == pytest.approx((150_000, 375_000, 175_000))  # before, in, after
+    # a call outside the window is not the phase's; a count that does not match the log gives no split
+    later = call_split(log, "Recommend", (10.9, 12.0), 1, 10.8, 11.5)
+    assert later is not None and astuple(later) == pytest.approx((200_000, 250_000, 250_000))
+    assert call_split(log, "Recommend", (9.0, 12.0), 3, 0.0, 0.0) is None
 
 
 def stage_counts(gateway: Gateway, method: str) -> dict[str, float]:
