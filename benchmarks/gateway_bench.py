@@ -153,6 +153,7 @@ class RequestPath:
     echo: EchoResults
     phases: dict[str, PathPhase]  # by PHASES key
     tail: TailEvidence
+    one_server: PathPhase | None = None  # the saturated phase again with --grpc-servers 1 (serving/intake.py)
 
 
 def unavailable() -> str:
@@ -420,12 +421,18 @@ def run(settings: Settings) -> GatewayResults:
     with gateway_process(repository, secret, 1) as gateway:
         asyncio.run(warm(gateway))
         unbatched, _, _ = saturate(gateway)
+    one_server = None
+    if settings.request_path:  # the default --grpc-servers against one server (serving/intake.py)
+        one = {"grpc_servers": 1}
+        with gateway_process(repository, secret, max_batch, more_settings=one, call_log=repository.parent / "calls-1.log") as gateway:
+            asyncio.run(warm(gateway))
+            _, _, one_server = saturate(gateway)
     profile = repository.parent / "gateway-profile.json"
     with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, phases, tail) if echo is not None else None
+    path = RequestPath(echo, phases, tail, one_server) if echo is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
@@ -593,9 +600,40 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
+        *intake_lines(path.one_server, phases[SATURATED]),
         *tail_lines(g, tail),
     ]
     return lines
+
+
+def intake_lines(one: PathPhase | None, default: PathPhase) -> list[str]:
+    """`--grpc-servers 1` against the default at saturation: where the calls wait, and what it serves."""
+    from serving.config import ServingConfig
+
+    if one is None:
+        return []
+    servers = ServingConfig().grpc_servers
+
+    def row(name: str, p: PathPhase) -> str:
+        before = "n/a" if p.calls is None else fmt(p.calls.before_us / 1e3, 1)
+        return (
+            f"| {name} | {fmt(p.timing.throughput, 0)} | {fmt(p.timing.p50_ms, 1)} | {before} | {fmt(p.split.total_us / 1e3, 1)} | "
+            f"{fmt(p.cpu_ms_per_call, 2)} | {fmt(p.mean_batch, 1)} |"
+        )
+
+    return [
+        f"### One gRPC server vs `--grpc-servers {servers}` ({default.clients} clients, cached Recommend)",
+        "",
+        "grpc.aio takes one call per method per event-loop turn from grpc core, so under load calls wait there "
+        f"before any stage (`serving/intake.py`). The same closed loop against a gateway with one server, then the "
+        f"default {servers} on the port (the {default.clients}-client phase above):",
+        "",
+        "| gRPC servers | req/s | p50 ms | before the handler, mean ms | in the stages, mean ms | gateway CPU ms per call | requests per `apron_scorer` run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        row("1", one),
+        row(f"{servers} (default)", default),
+        "",
+    ]
 
 
 def call_cell(calls: CallSplit | None, part: str) -> str:

@@ -60,6 +60,13 @@ class ServingConfig:
     workers: int = _option(
         1, "gateway processes sharing the port (SO_REUSEPORT, Linux): an event loop each, one Redis, /metrics summed over them"
     )
+    grpc_servers: int = _option(
+        4,
+        "gRPC servers of the same services on the port in each gateway process (SO_REUSEPORT, Linux; a taken port "
+        "is still an error unless --reuse-port): grpc.aio takes one call per method per event-loop turn from grpc "
+        "core, so under load calls queue there before any handler runs; N servers take up to N, over N connections "
+        "at least (BENCHMARKS.md, Request path)",
+    )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
     http_port: int = _option(
         -1,
@@ -196,7 +203,7 @@ class ServingConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
-            "workers", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
+            "workers", "grpc_servers", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
             "max_connection_age_s",
         )  # fmt: skip
@@ -295,6 +302,7 @@ class ServerConfig:
     host: str
     port: int
     workers: int
+    grpc_servers: int
     metrics_port: int
     http_port: int
     request_timeout_s: float

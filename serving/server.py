@@ -41,6 +41,7 @@ from serving.control_page import page_routes
 from serving.drain import Drain
 from serving.health import RECOMMENDER, GatewayHealth
 from serving.http import HttpServer, build_app
+from serving.intake import GrpcServers, refuse_taken
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2
@@ -120,7 +121,7 @@ def initial_routing(config: ServingConfig, repository_versions: Sequence[int]) -
 @dataclass
 class ApronServer:
     config: ServingConfig
-    grpc_server: grpc.aio.Server
+    grpc_server: GrpcServers  # --grpc-servers of them on the port (serving/intake.py)
     port: int
     models: ModelSet
     redis: Redis | RedisCluster
@@ -247,6 +248,26 @@ class ApronServer:
         )  # fmt: skip
 
 
+def _grpc_server(
+    servicer: RecommenderServicer,
+    admin: ModelAdminServicer,
+    health_servicer: health.aio.HealthServicer,
+    interceptors: list[grpc.aio.ServerInterceptor],
+    options: list[tuple[str, int]],
+    one_queue: bool,
+) -> grpc.aio.Server:
+    """One grpc.aio server of the gateway's services (Recommender, ModelAdmin, health, reflection)."""
+    server = grpc.aio.server(interceptors=interceptors, options=options)
+    add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
+    add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"], one_queue=one_queue)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    return server
+
+
 async def create_server(
     config: ServingConfig,
     *,
@@ -277,10 +298,14 @@ async def create_server(
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
         probe = QueueProbe() if config.max_queue_delay_ms > 0 else None  # reliability: shed a queue, never grow it
         servicer = RecommenderServicer(config.server, config.security, models, store, metrics, probe and probe.delay)
+        # --grpc-servers N: N servers on the port (serving/intake.py), so SO_REUSEPORT whenever N > 1
+        shared_port = config.workers > 1 or config.reuse_port
+        if not shared_port:  # a clear error for a taken port, before N servers with SO_REUSEPORT could share it
+            refuse_taken(config.host, config.port)
         options = [
             *limits.message_size_options(limits.max_request_bytes(config.security)),
             # --workers: every worker listens on the port; one gateway alone refuses a taken port
-            ("grpc.so_reuseport", 1 if config.workers > 1 or config.reuse_port else 0),
+            ("grpc.so_reuseport", 1 if shared_port or config.grpc_servers > 1 else 0),
             # refuse before work: without BDP probing a stream's receive window stays grpc's 64 KiB
             # until the handler reads, so a call refused unread (auth.py) holds no more than that of
             # its body (with it, 200 token-less 1.3 MB calls held ~100 MB in grpc core)
@@ -290,27 +315,27 @@ async def create_server(
         ]
         streams = StreamLimit(config.max_open_streams, metrics)  # reliability: token-less streams are bounded
         drain = Drain()  # innermost: it sees the servicer's own handlers
-        server = grpc.aio.server(
-            interceptors=[*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors, drain.interceptor()],
-            options=options,
-        )
-        one_queue = probe is not None  # the probe measures the queue it waits in: every call's
-        add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
-        add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"], one_queue=one_queue)
         health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        one_queue = probe is not None  # the probe measures the queue it waits in: every call's
+        servers = GrpcServers([
+            _grpc_server(
+                servicer, admin, health_servicer,
+                [*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors, drain.interceptor()],
+                options, one_queue,
+            )
+            for _ in range(config.grpc_servers)
+        ])  # fmt: skip
         status = GatewayHealth(health_servicer, metrics)
         await status.publish()  # every service NOT_SERVING until start() has the versions warmed
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            server,
-        )
-        port = tls.bind(server, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
+        port = tls.bind(servers.first, f"{config.host}:{config.port}", config.security)  # reliability: TLS when configured
         if port == 0:
             raise OSError(f"cannot bind {config.host}:{config.port}")
-        if probe is not None:
-            probe.bind(server)
+        for other in servers.servers[1:]:  # the same port (0 above: the one it picked)
+            if tls.bind(other, f"{config.host}:{port}", config.security) == 0:
+                raise OSError(f"cannot bind a second gRPC server to {config.host}:{port}")
+        if probe is not None:  # the first server's queue stands for all (the kernel spreads connections evenly)
+            probe.bind(servers.first)
         http = None
         if config.http_port >= 0:
             http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security)), config)
@@ -321,7 +346,7 @@ async def create_server(
             probe.close()
         raise
     gateway = ApronServer(
-        config, server, port, models, redis, metrics, health_servicer, status, resources, owns_resources, drain=drain, http=http,
+        config, servers, port, models, redis, metrics, health_servicer, status, resources, owns_resources, drain=drain, http=http,
         queue_probe=probe,
     )
     return gateway, port
