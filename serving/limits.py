@@ -19,6 +19,7 @@ client), not billing.
 
 from __future__ import annotations
 
+import collections
 import random
 import sys
 import time
@@ -183,20 +184,29 @@ class QueueDelay:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.last_s = 0.0
+        self.last_s = 0.0  # the longest of the last waits of each queue probed (`track`)
         self._sent_at: float | None = None
+        self._recent: collections.deque[float] = collections.deque(maxlen=1)
+
+    def track(self, queues: int) -> None:
+        """Probes take turns over `queues` queues (one per gRPC server, serving/intake.py): the
+        estimate keeps the longest of their last waits, so one long queue is not forgotten while the
+        others are probed."""
+        self._recent = collections.deque(self._recent, maxlen=queues)
 
     def sent(self) -> None:
         self._sent_at = self.clock()
 
     def arrived(self) -> None:
         if self._sent_at is not None:
-            self.last_s = self.clock() - self._sent_at
+            self._recent.append(self.clock() - self._sent_at)
+            self.last_s = max(self._recent)
             self._sent_at = None
 
     def forget(self) -> None:
         """A probe that failed: no estimate (0) until the next one arrives."""
         self.last_s, self._sent_at = 0.0, None
+        self._recent.clear()
 
     def estimate(self) -> float:
         waiting = 0.0 if self._sent_at is None else self.clock() - self._sent_at

@@ -17,6 +17,8 @@ UNIMPLEMENTED and cannot move the estimate. The socket lives in a private tempor
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import secrets
 import shutil
 import tempfile
@@ -47,7 +49,7 @@ class QueueProbe(grpc.aio.ServerInterceptor):
         self.delay = delay or QueueDelay()
         self.key = secrets.token_hex(16)
         self._dir = Path(tempfile.mkdtemp(prefix="apron-probe-"))  # 0700
-        self.address = f"unix:{self._dir / 'probe.sock'}"
+        self.addresses: list[str] = []  # one private socket per bound server (`bind`)
 
     async def intercept_service(
         self,
@@ -60,16 +62,25 @@ class QueueProbe(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
     def bind(self, server: grpc.aio.Server) -> None:
-        """Listen on the private socket too (plaintext: only this user can reach it)."""
-        if server.add_insecure_port(self.address) == 0:
-            raise OSError(f"cannot bind the queue probe's socket {self.address}")
+        """Listen on a private socket of this server's own (plaintext: only this user can reach it).
+        With --grpc-servers N each server has its own queue in core (serving/intake.py): each gets a
+        socket, the probes take turns over them and the estimate is the longest of their last waits."""
+        address = f"unix:{self._dir / f'probe-{len(self.addresses)}.sock'}"
+        if server.add_insecure_port(address) == 0:
+            raise OSError(f"cannot bind the queue probe's socket {address}")
+        self.addresses.append(address)
+        self.delay.track(len(self.addresses))
 
     async def run(self, interval_s: float = INTERVAL_S) -> None:
-        """Probe until cancelled: one probe in flight at a time, at most one per `interval_s`."""
+        """Probe until cancelled: one probe in flight at a time, at most one per `interval_s`, the
+        bound servers in turn."""
         metadata = ((KEY, self.key),)
-        async with grpc.aio.insecure_channel(self.address) as channel:
-            ping = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-            while True:
+        async with contextlib.AsyncExitStack() as stack:
+            pings = []
+            for address in self.addresses:
+                channel = await stack.enter_async_context(grpc.aio.insecure_channel(address))
+                pings.append(channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None))
+            for ping in itertools.cycle(pings):
                 self.delay.sent()
                 try:
                     await ping(b"", metadata=metadata, timeout=60)

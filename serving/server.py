@@ -334,8 +334,9 @@ async def create_server(
         for other in servers.servers[1:]:  # the same port (0 above: the one it picked)
             if tls.bind(other, f"{config.host}:{port}", config.security) == 0:
                 raise OSError(f"cannot bind a second gRPC server to {config.host}:{port}")
-        if probe is not None:  # the first server's queue stands for all (the kernel spreads connections evenly)
-            probe.bind(servers.first)
+        if probe is not None:  # a private socket on each server: each has its own queue in core
+            for each in servers.servers:
+                probe.bind(each)
         http = None
         if config.http_port >= 0:
             http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security)), config)

@@ -133,6 +133,25 @@ def test_queue_delay_is_the_last_probe_or_the_one_still_waiting() -> None:
     assert delay.estimate() == 0.0
 
 
+def test_with_several_queues_the_delay_is_the_longest_of_their_last_waits() -> None:
+    clock = FakeClock()
+    delay = QueueDelay(clock)
+    delay.track(2)  # two gRPC servers, probed in turn
+
+    def probe(wait_s: float) -> None:
+        delay.sent()
+        clock.now += wait_s
+        delay.arrived()
+
+    probe(0.4)  # server 0: a long queue
+    probe(0.002)  # server 1: none; server 0's wait is still the last one seen there
+    assert delay.estimate() == pytest.approx(0.4)
+    probe(0.003)  # server 0 again, drained
+    assert delay.estimate() == pytest.approx(0.003)
+    delay.forget()
+    assert delay.estimate() == 0.0 and delay.last_s == 0.0
+
+
 def test_admission_sheds_while_calls_wait_too_long_to_be_taken_up() -> None:
     clock = FakeClock()
     delay = QueueDelay(clock)

@@ -34,7 +34,7 @@ async def test_the_probe_is_measured_private_and_transparent() -> None:
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler("toy.Toy", {"Echo": grpc.unary_unary_rpc_method_handler(_echo)})])
     port = server.add_insecure_port("127.0.0.1:0")
     probe.bind(server)
-    socket_dir = Path(probe.address.removeprefix("unix:")).parent
+    socket_dir = Path(probe.addresses[0].removeprefix("unix:")).parent
     assert stat.S_IMODE(socket_dir.stat().st_mode) == 0o700  # only this user can reach the plaintext socket
     await server.start()
     task = asyncio.create_task(probe.run(interval_s=0.01))
@@ -55,3 +55,34 @@ async def test_the_probe_is_measured_private_and_transparent() -> None:
         await server.stop(None)
         probe.close()
     assert not socket_dir.exists()
+
+
+async def test_each_server_gets_its_own_probe_socket_and_probes_take_turns() -> None:
+    probe = QueueProbe()
+    taken_up: list[int] = []
+    servers = []
+    for index in range(2):
+
+        class Counting(grpc.aio.ServerInterceptor):
+            async def intercept_service(self, continuation, details, index=index):  # type: ignore[no-untyped-def]
+                if details.method == queue_probe.METHOD:
+                    taken_up.append(index)
+                return await continuation(details)
+
+        server = grpc.aio.server(interceptors=[Counting(), probe])
+        probe.bind(server)
+        servers.append(server)
+    assert len(probe.addresses) == 2 and len(set(probe.addresses)) == 2
+    for server in servers:
+        await server.start()
+    task = asyncio.create_task(probe.run(interval_s=0.01))
+    try:
+        await eventually(lambda: len(taken_up) >= 4, "four probes taken up")
+        assert taken_up[:4] == [0, 1, 0, 1]  # one in flight at a time, the servers in turn
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        for server in servers:
+            await server.stop(None)
+        probe.close()
