@@ -17,6 +17,7 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
 from serving.server import create_server
+from tests.polling import eventually
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 SERVERS = 3
@@ -33,7 +34,7 @@ async def test_every_server_on_the_port_answers(python_repository: Path, redis_s
     config = gateway_config(python_repository, redis_server.url, grpc_servers=SERVERS)
     history = liked_history(main_tags, 0, 1)
     async with running_gateway(config) as gateway:
-        assert listening_sockets(gateway.port) == SERVERS
+        await eventually(lambda: listening_sockets(gateway.port) == SERVERS, f"{SERVERS} sockets listening on the port")
         # one connection each (no shared subchannel pool): a server that does not serve fails its share
         channels = [
             grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}", options=[("grpc.use_local_subchannel_pool", 1)])
@@ -49,7 +50,7 @@ async def test_every_server_on_the_port_answers(python_repository: Path, redis_s
                 await channel.close()
         assert all(len(reply.items) == 5 for reply in replies)
         port = gateway.port
-    assert listening_sockets(port) == 0  # stopped together
+    await eventually(lambda: listening_sockets(port) == 0, "every server's socket closed by the stop")  # stopped together
 
 
 @contextlib.contextmanager
