@@ -153,7 +153,7 @@ class RequestPath:
     echo: EchoResults
     phases: dict[str, PathPhase]  # by PHASES key
     tail: TailEvidence
-    one_server: PathPhase | None = None  # the saturated phase again with --grpc-servers 1 (serving/intake.py)
+    more_servers: PathPhase | None = None  # the saturated phase again with --grpc-servers COMPARED_SERVERS (serving/intake.py)
 
 
 def unavailable() -> str:
@@ -332,6 +332,7 @@ PHASES = {
     "get": ("1 client, GetProfile", "get_profile", "GetProfile"),
 }
 SATURATED = "saturated"
+COMPARED_SERVERS = 4  # --grpc-servers against the default in the request-path section
 
 
 def run(settings: Settings) -> GatewayResults:
@@ -421,18 +422,19 @@ def run(settings: Settings) -> GatewayResults:
     with gateway_process(repository, secret, 1) as gateway:
         asyncio.run(warm(gateway))
         unbatched, _, _ = saturate(gateway)
-    one_server = None
-    if settings.request_path:  # the default --grpc-servers against one server (serving/intake.py)
-        one = {"grpc_servers": 1}
-        with gateway_process(repository, secret, max_batch, more_settings=one, call_log=repository.parent / "calls-1.log") as gateway:
+    more_servers = None
+    if settings.request_path:  # --grpc-servers COMPARED_SERVERS against the default (serving/intake.py)
+        more = {"grpc_servers": COMPARED_SERVERS}
+        log = repository.parent / f"calls-{COMPARED_SERVERS}.log"
+        with gateway_process(repository, secret, max_batch, more_settings=more, call_log=log) as gateway:
             asyncio.run(warm(gateway))
-            _, _, one_server = saturate(gateway)
+            _, _, more_servers = saturate(gateway)
     profile = repository.parent / "gateway-profile.json"
     with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, phases, tail, one_server) if echo is not None else None
+    path = RequestPath(echo, phases, tail, more_servers) if echo is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
@@ -600,17 +602,17 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
-        *intake_lines(path.one_server, phases[SATURATED]),
+        *intake_lines(phases[SATURATED], path.more_servers),
         *tail_lines(g, tail),
     ]
     return lines
 
 
-def intake_lines(one: PathPhase | None, default: PathPhase) -> list[str]:
-    """`--grpc-servers 1` against the default at saturation: where the calls wait, and what it serves."""
+def intake_lines(default: PathPhase, more: PathPhase | None) -> list[str]:
+    """The default --grpc-servers against COMPARED_SERVERS at saturation: where the calls wait, and what it serves."""
     from serving.config import ServingConfig
 
-    if one is None:
+    if more is None:
         return []
     servers = ServingConfig().grpc_servers
 
@@ -622,16 +624,16 @@ def intake_lines(one: PathPhase | None, default: PathPhase) -> list[str]:
         )
 
     return [
-        f"### One gRPC server vs `--grpc-servers {servers}` ({default.clients} clients, cached Recommend)",
+        f"### `--grpc-servers {COMPARED_SERVERS}` vs the default {servers} ({default.clients} clients, cached Recommend)",
         "",
         "grpc.aio takes one call per method per event-loop turn from grpc core, so under load calls wait there "
-        f"before any stage (`serving/intake.py`). The same closed loop against a gateway with one server, then the "
-        f"default {servers} on the port (the {default.clients}-client phase above):",
+        f"before any stage (`serving/intake.py`). The {default.clients}-client phase above (the default), then the "
+        f"same closed loop against a gateway with {COMPARED_SERVERS} servers on the port:",
         "",
         "| gRPC servers | req/s | p50 ms | before the handler, mean ms | in the stages, mean ms | gateway CPU ms per call | requests per `apron_scorer` run |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        row("1", one),
         row(f"{servers} (default)", default),
+        row(str(COMPARED_SERVERS), more),
         "",
     ]
 

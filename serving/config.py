@@ -61,11 +61,12 @@ class ServingConfig:
         1, "gateway processes sharing the port (SO_REUSEPORT, Linux): an event loop each, one Redis, /metrics summed over them"
     )
     grpc_servers: int = _option(
-        4,
+        1,
         "gRPC servers of the same services on the port in each gateway process (SO_REUSEPORT, Linux; a taken port "
         "is still an error unless --reuse-port): grpc.aio takes one call per method per event-loop turn from grpc "
         "core, so under load calls queue there before any handler runs; N servers take up to N, over N connections "
-        "at least (BENCHMARKS.md, Request path)",
+        "at least (BENCHMARKS.md, Request path: 4 against 1). Not the default: during a --reuse-port restart a "
+        "connection the kernel gives to a closing server's socket is reset, and more sockets were seen to lengthen that",
     )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
     http_port: int = _option(
