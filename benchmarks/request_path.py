@@ -261,7 +261,10 @@ def call_split(
     logged = 0
     with log.open() as lines:
         for line in lines:
-            name, start, end = line.split()
+            fields = line.split()
+            if len(fields) != 3:  # not a whole line (the gateway still writing it): the counts decide
+                continue
+            name, start, end = fields
             if name == method and window[0] <= float(start) and float(end) <= window[1]:
                 starts, ends, logged = starts + float(start), ends + float(end), logged + 1
     if logged != calls or calls == 0:

@@ -19,6 +19,7 @@ as one server alone refuses it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Sequence
 
@@ -64,5 +65,6 @@ def refuse_taken(host: str, port: int) -> None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc binds: TIME_WAIT is no owner
         try:
             probe.bind((address, port))
-        except OSError as error:
-            raise OSError(f"cannot bind {host}:{port}: the port is taken ({error.strerror})") from error
+        except OSError as error:  # a taken port, or a host that is not an address of this machine
+            why = "the port is taken" if error.errno == errno.EADDRINUSE else "not an address to listen on here"
+            raise OSError(f"cannot bind {host}:{port}: {why} ({error.strerror or error})") from error

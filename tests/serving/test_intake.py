@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 from serving.config import ServingConfig
+from serving.intake import refuse_taken
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
@@ -71,6 +72,17 @@ async def test_a_taken_port_is_refused_however_many_servers(python_repository: P
         assert listening_sockets(port) == 1  # the other program's socket only: nothing of the gateway's left
 
 
+def test_a_host_that_is_not_this_machines_is_refused_as_such() -> None:
+    with pytest.raises(OSError, match="cannot bind 192.0.2.1:50999: not an address to listen on here"):
+        refuse_taken("192.0.2.1", 50999)  # TEST-NET-1: no machine's address
+
+
 def test_grpc_servers_must_be_at_least_one() -> None:
     with pytest.raises(ValueError, match="grpc_servers must be at least 1"):
         ServingConfig(grpc_servers=0)
+
+
+@pytest.mark.parametrize(("field", "value"), [("port", -1), ("port", 65536), ("http_port", 65536), ("metrics_port", -2)])
+def test_ports_outside_the_range_are_refused_by_the_configuration(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=f"{field} must be"):
+        ServingConfig(**{field: value})
