@@ -20,6 +20,7 @@ from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import CacheEvictor, Timing, time_alternating, time_calls
 from export import contract
 from export.onnx_export import export_onnx, ragged, random_histories, session
+from serving.backends.base import scorer_threads
 from serving.backends.onnxruntime import session_options
 from serving.config import ServingConfig
 
@@ -65,9 +66,10 @@ def profile_feeds(histories: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def served_session(onnx_model: bytes) -> ort.InferenceSession:
-    """A session with the settings `apron serve` gives its scorer by default (ServingConfig)."""
+    """A session with the settings `apron serve` gives a scorer graph of this size by default
+    (ServingConfig; `scorer_threads`)."""
     inference = ServingConfig().inference
-    options = session_options(inference.ort_threads, inference.ort_spinning)
+    options = session_options(inference.ort_threads or scorer_threads(len(onnx_model)), inference.ort_spinning)
     return ort.InferenceSession(onnx_model, options, providers=["CPUExecutionProvider"])
 
 
@@ -100,7 +102,7 @@ def bench_catalog(
 
     ORT runs with its defaults (every core, spinning workers: the model alone at its fastest);
     `served_batches` also time the scorer with the gateway's own session settings
-    ("scorer/ort-served/b<batch>": `session_options`, the cores less one and no spinning), which is
+    ("scorer/ort-served/b<batch>": `served_session`, the threads serve gives a scorer of this size and no spinning), which is
     what the gateway's scorer can do at best on this machine."""
     model = synthetic_apron(n_items)
     cfg = model.config
@@ -273,8 +275,9 @@ def bench_edit_penalty(
     γ = 50) vs the same synthetic weights exported with γ = 0, on unedited profiles (no share 0) and
     on edited ones (one tag removed in every head of every row, the gateway's "less τ"). Both run as
     `apron serve` runs them: "onnxruntime" the exported scorer graph in the in-process backend's
-    session (`load_session`: the cores less one, no spinning; Triton's python backend runs the same
-    graph), "torch" the torch backend's `TorchModel.top_k` on CPU with as many threads. Every runner
+    session (`load_session` with the threads serve gives a scorer of its size, `scorer_threads`; no
+    spinning; Triton's python backend runs the same graph), "torch" the torch backend's
+    `TorchModel.top_k` on CPU with the cores less one, as the torch backend sets them. Every runner
     is called in turn, call after call (`time_alternating`), so load from other processes falls on
     penalised and plain alike."""
     import dataclasses
@@ -301,7 +304,7 @@ def bench_edit_penalty(
                 if "onnxruntime" in runtimes:
                     path = Path(directory) / f"{variant}.onnx"
                     path.write_bytes(graphs.onnx[contract.SCORER_MODEL])
-                    sess = load_session(path)
+                    sess = load_session(path, threads=scorer_threads(path.stat().st_size))
                     runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
                         None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
                     )

@@ -34,7 +34,7 @@ from benchmarks.model_bench import (
 )
 from benchmarks.timing import Timing, target_row
 from common.files import atomic_write_text
-from serving.backends.base import default_threads
+from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
 from serving.config import ServingConfig
 
 GATEWAY_BATCH = ServingConfig().max_batch_size  # the micro-batcher's largest batch
@@ -143,6 +143,17 @@ def gateway_batch_scorer(report: Report, settings: str = "ort-served") -> Timing
     """The raw scorer at the micro-batcher's largest batch (the gateway's batch size under load),
     with the gateway's session settings ("ort-served") or ONNX Runtime's defaults ("ort")."""
     return served(report).timings.get(f"scorer/{settings}/b{GATEWAY_BATCH}")
+
+
+def served_threads(report: Report) -> str:
+    """The intra-op threads `apron serve` gives the served catalog's scorer, and why."""
+    configured = ServingConfig().inference.ort_threads
+    if configured:
+        return f"{configured} intra-op thread(s), as configured"
+    threads = scorer_threads(int(served(report).scorer_onnx_mb * 2**20))
+    if threads > default_threads():
+        return f"{threads} intra-op thread(s): every core, for a scorer graph of {WIDE_SCORER_BYTES / 2**20:g} MiB or more"
+    return f"{threads} intra-op thread(s): the cores less one, which the event loop keeps"
 
 
 def served_gateway(report: Report) -> gateway_bench.GatewayResults | None:
@@ -416,7 +427,6 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
     at_gateway_batch = gateway_batch_scorer(report, "ort")
     as_served = gateway_batch_scorer(report)
     served_g = served_gateway(report)
-    inference = ServingConfig().inference
     if at_gateway_batch is not None:
         lines += [
             f"The gateway's micro-batcher runs at most {GATEWAY_BATCH} requests at once (`max_batch_size`); "
@@ -424,8 +434,7 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
             f"defaults (every core, spinning workers; p50 {fmt(at_gateway_batch.p50_ms, 1)} ms per batch)"
             + ("." if as_served is None else
                f", and **{fmt(as_served.throughput, 0)} rows/s** with the gateway's own session settings "
-               f"({inference.ort_threads or default_threads()} intra-op thread(s): the cores less one, which the event "
-               f"loop keeps; no spinning; p50 {fmt(as_served.p50_ms, 1)} ms per batch). The second is the most the "
+               f"({served_threads(report)}; no spinning; p50 {fmt(as_served.p50_ms, 1)} ms per batch). The second is the most the "
                "gateway's scorer can do here, so the target compares with it."),
             "",
         ]  # fmt: skip

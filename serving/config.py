@@ -104,7 +104,12 @@ class ServingConfig:
     backend: str = _option("onnxruntime", "inference backend", BACKENDS)
     triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
     ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
-    ort_threads: int = _option(0, "ONNX Runtime intra-op threads per model (0: the machine's cores less one, kept for the event loop)")
+    ort_threads: int = _option(
+        0,
+        "ONNX Runtime intra-op threads per model (0: the machine's cores less one, kept for the event loop; every core "
+        "for a large scorer graph, whose runs rather than the event loop bound the gateway: serving/backends/base.py "
+        "WIDE_SCORER_BYTES)",
+    )
     ort_spinning: bool = _option(
         False,
         "let ONNX Runtime's idle worker threads spin for work (faster alone on a machine; off: they leave the "

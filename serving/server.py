@@ -199,6 +199,7 @@ class ApronServer:
                     "http_port": self.http_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
+                    "threads": self.scorer.threads,
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
                 }
             },

@@ -55,6 +55,12 @@ class Scorer(abc.ABC):
         before the first inference: serving/models.py); {} for a backend without graphs (torch)."""
         return {}
 
+    @property
+    def threads(self) -> dict[str, int]:
+        """Each graph's intra-op CPU threads by model name, for the start-up log ({}: a backend
+        that does not set them here: Triton's server, torch's process-wide setting)."""
+        return {}
+
     async def healthy(self) -> bool:
         """Whether the backend can answer now (the gateway's readiness polls it every second): an
         in-process backend can whenever it started; a remote one asks its server."""
@@ -160,6 +166,20 @@ def pad_rows(rows: list[np.ndarray], min_width: int = 1, bucket: bool = False) -
     return out
 
 
+# A scorer graph at least this large (its weights, every one of which each run reads) runs long
+# enough that the gateway waits on the scorer, not on its event loop: the scorer then gets every core.
+# Measured on 2 cores (`python -m benchmarks.threads_bench`, serving/README.md): at 1,000 and 10,000
+# items (5 and 26 MiB) the cores less one served more requests at 64 clients, at 41,000 (97 MiB)
+# every core served more, sooner, at both one client and 64. The threshold lies between.
+WIDE_SCORER_BYTES = 64 * 2**20
+
+
 def default_threads() -> int:
     """All the cores this process may use but one, which the event loop needs."""
     return max(1, len(os.sched_getaffinity(0)) - 1)
+
+
+def scorer_threads(graph_bytes: int) -> int:
+    """Intra-op threads for a scorer graph of `graph_bytes` (`--ort-threads 0`): every core for a
+    graph of WIDE_SCORER_BYTES or more, else the cores less one (`default_threads`)."""
+    return len(os.sched_getaffinity(0)) if graph_bytes >= WIDE_SCORER_BYTES else default_threads()

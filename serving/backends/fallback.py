@@ -50,6 +50,10 @@ class FallbackScorer(Scorer):
     async def signatures(self) -> dict[str, GraphSignature]:
         return await self.fallback.signatures()  # the same repository's graphs; Triton may be down at start
 
+    @property
+    def threads(self) -> dict[str, int]:
+        return self.fallback.threads  # the in-process fallback's (Triton sets its own)
+
     async def healthy(self) -> bool:
         return await self.fallback.healthy()  # whether Triton answers or not, the fallback does
 

@@ -20,6 +20,7 @@ from serving.backends.base import (
     batcher_options,
     default_threads,
     pad_rows,
+    scorer_threads,
     static_dims,
 )
 from serving.batching import BatchObserver
@@ -45,7 +46,8 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
 
 
 def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
-    """The gateway's session settings (`--ort-threads`, `--ort-spinning`; 0 threads: the cores less one)."""
+    """The gateway's session settings (`--ort-threads`, `--ort-spinning`; 0 threads: the cores less
+    one; `OnnxRuntimeScorer.from_config` gives a large scorer every core, `scorer_threads`)."""
     options = ort.SessionOptions()
     # ONNX Runtime's default takes every core, and the event loop (gRPC, Redis, edits) then preempts
     # its workers mid-batch; one pair of runs on 2 cores: 1 thread instead of 2 gave 560 vs 429 req/s
@@ -107,13 +109,22 @@ class OnnxRuntimeScorer(BatchedScorer):
     def from_config(
         cls, inference: BackendConfig, batching: BatchingConfig, repository: str, model: ServedModel, observer: BatchObserver | None = None
     ) -> OnnxRuntimeScorer:
-        sessions = [
-            load_session(
-                onnx_path(repository, name, model.version), inference.ort_device, inference.ort_threads, inference.ort_spinning
-            )
-            for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL)
-        ]
-        return cls(*sessions, observer=observer, **batcher_options(batching))
+        profile_path, scorer_path = (onnx_path(repository, name, model.version) for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL))
+        device, threads, spinning = inference.ort_device, inference.ort_threads, inference.ort_spinning
+        # the profile graph gathers a history's rows, whatever the catalog: the cores less one; the
+        # scorer reads its whole graph per run (the export keeps every weight inside the file, no
+        # external data): a large one gets every core (`scorer_threads`)
+        profile = load_session(profile_path, device, threads, spinning)
+        scorer = load_session(scorer_path, device, threads or scorer_threads(scorer_path.stat().st_size), spinning)
+        return cls(profile, scorer, observer=observer, **batcher_options(batching))
+
+    @property
+    def threads(self) -> dict[str, int]:
+        """Each graph's intra-op threads (the start-up log names them)."""
+        return {
+            name: session.get_session_options().intra_op_num_threads
+            for name, session in ((contract.PROFILE_MODEL, self.profile_session), (contract.SCORER_MODEL, self.scorer_session))
+        }
 
     async def signatures(self) -> dict[str, GraphSignature]:
         return {name: session_signature(session) for name, session in

@@ -1,4 +1,5 @@
-"""ONNX Runtime sessions as the gateway opens them: spinning off unless asked, threads as set."""
+"""ONNX Runtime sessions as the gateway opens them: spinning off unless asked, threads as set or as
+the graph's size asks (`scorer_threads`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from export import contract
+from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
 from serving.backends.onnxruntime import load_session
 
 
@@ -63,3 +66,33 @@ def test_io_bound_runs_answer_as_plain_runs(python_repository: Path) -> None:
     outputs = [contract.TOP_IDS, contract.TOP_SCORES]
     for bound, plain in zip(run_bound(scorer, outputs, feeds), scorer.run(outputs, feeds), strict=True):
         np.testing.assert_array_equal(bound, plain)
+
+
+def test_a_scorer_graph_from_the_threshold_up_gets_every_core() -> None:
+    cores = len(os.sched_getaffinity(0))
+    assert scorer_threads(WIDE_SCORER_BYTES - 1) == default_threads() == max(1, cores - 1)
+    assert scorer_threads(WIDE_SCORER_BYTES) == scorer_threads(10 * WIDE_SCORER_BYTES) == cores
+
+
+def test_from_config_gives_a_large_scorer_every_core_and_the_profile_graph_the_cores_less_one(
+    python_repository: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny repository's scorer is below the threshold: both graphs get the cores less one. With
+    the threshold below it, the scorer gets every core and the profile graph (a gather of the
+    history's rows, whatever the catalog) keeps the cores less one. A configured count wins."""
+    import serving.backends.base as base
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
+    from serving.catalog import ServedModel
+    from serving.config import ServingConfig
+
+    cores, narrow = len(os.sched_getaffinity(0)), default_threads()
+    model = ServedModel.load(python_repository)
+
+    def threads(**settings: object) -> dict[str, int]:
+        config = ServingConfig(repository=str(python_repository), **settings)  # type: ignore[arg-type]
+        return OnnxRuntimeScorer.from_config(config.inference, config.batching, str(python_repository), model).threads
+
+    assert threads() == {contract.PROFILE_MODEL: narrow, contract.SCORER_MODEL: narrow}
+    monkeypatch.setattr(base, "WIDE_SCORER_BYTES", 1)
+    assert threads() == {contract.PROFILE_MODEL: narrow, contract.SCORER_MODEL: cores}
+    assert threads(ort_threads=3) == {contract.PROFILE_MODEL: 3, contract.SCORER_MODEL: 3}

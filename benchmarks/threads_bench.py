@@ -1,0 +1,146 @@
+"""`python -m benchmarks.threads_bench`: the scorer's ONNX Runtime threads through the whole
+gateway, the cores less one against every core, at each catalog size; where
+`serving/backends/base.py`'s WIDE_SCORER_BYTES (what `--ort-threads 0` picks) comes from.
+
+For each `--items` size a synthetic model is exported as `apron serve` loads it; then gateways with
+`--ort-threads` the cores less one and every core take turns, `--rounds` times, the order swapped
+each round so that load from other processes falls on both alike. Each gateway: every benchmark
+user's profile cached, `--clients` callers in a closed loop (req/s, p50, p99, the gateway's CPU per
+call), then one client, one call in flight (p50). The table gives each setting's median over its
+rounds, and what `--ort-threads 0` picks at that size. On a machine of many cores the two settings
+differ by one thread of many; on 2 cores by half the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.gateway_bench import Client, ClientSource, export_repository, gateway_process
+from benchmarks.load import closed_loop, run_load
+from common.files import atomic_write_text
+from export import contract
+from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
+from serving.backends.onnxruntime import onnx_path
+from serving.catalog import ServedModel
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One gateway's figures."""
+
+    rate: float  # req/s at `clients`
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float  # the gateway process's CPU per call at `clients` (its threads, not its Redis)
+    one_p50_ms: float  # one client, one call in flight
+
+
+@dataclass(frozen=True)
+class SizeResult:
+    n_items: int
+    scorer_mib: float
+    auto: int  # what --ort-threads 0 gives this scorer
+    samples: dict[int, list[Sample]]  # threads -> one per round
+
+    def median(self, threads: int, field: str) -> float:
+        return float(np.median([getattr(s, field) for s in self.samples[threads]]))
+
+
+def measure_size(n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path) -> SizeResult:
+    from export.metadata import metadata_path
+    from serving import auth
+
+    repository = export_repository(n_items, workdir)
+    scorer_path = onnx_path(repository, contract.SCORER_MODEL, ServedModel.load(repository).version)
+    size = scorer_path.stat().st_size
+    item_ids = json.loads(metadata_path(repository).read_text())["item_ids"]
+    secret = repository.parent / "jwt_secret"
+    secret.write_text(secrets.token_hex(32))
+    token = auth.mint_token(auth.read_secret_file(secret).key, "benchmark", auth.Role.SERVICE, ttl_s=3600)
+    settings = sorted({default_threads(), len(os.sched_getaffinity(0))})  # one setting on a 1-core machine
+    samples: dict[int, list[Sample]] = {threads: [] for threads in settings}
+    for round_ in range(rounds):
+        for threads in settings if round_ % 2 == 0 else settings[::-1]:
+            with gateway_process(repository, secret, 32, more_settings={"ort_threads": threads}) as gateway:
+
+                async def warm() -> None:
+                    client = Client(gateway.address, token, item_ids)
+                    await client.warm()
+                    await client.close()
+
+                async def one_client() -> float:
+                    client = Client(gateway.address, token, item_ids)
+                    timing = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.3)
+                    await client.close()
+                    return timing.p50_ms
+
+                asyncio.run(warm())
+                cpu0, _ = gateway.cpu_s()
+                load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, clients=clients)
+                cpu1, _ = gateway.cpu_s()
+                sample = Sample(
+                    load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms,
+                    (cpu1 - cpu0) / load.calls_all * 1e3, asyncio.run(one_client()),
+                )  # fmt: skip
+                samples[threads].append(sample)
+                print(f"{n_items} items, {threads} thread(s), round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
+    return SizeResult(n_items, size / 2**20, scorer_threads(size), samples)
+
+
+def render(results: list[SizeResult], clients: int, rounds: int, command: str, wall_s: float, load: str) -> list[str]:
+    lines = [
+        "| items | scorer graph MiB | ONNX Runtime threads | "
+        f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | 1 client p50 ms | `--ort-threads 0` picks |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for result in results:
+        for threads in result.samples:
+            rate, p50, p99, cpu, one = (result.median(threads, f) for f in ("rate", "p50_ms", "p99_ms", "cpu_ms", "one_p50_ms"))
+            picked = "this" if threads == result.auto else ""
+            lines.append(
+                f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | "
+                f"{one:.2f} | {picked} |"
+            )
+    lines += [
+        "",
+        f"Medians of {rounds} rounds per setting, the settings alternating; `{command}`, {wall_s / 60:.1f} min on "
+        f"{os.cpu_count()} cores, the load generator on the same cores; load average {load}. `--ort-threads 0` gives a "
+        f"scorer graph of {WIDE_SCORER_BYTES / 2**20:g} MiB or more every core (serving/backends/base.py WIDE_SCORER_BYTES).",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[1000, 10000, 41000], help="catalog sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="gateways per setting and size (alternating)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
+    parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--workdir", default="benchmarks/out/threads", help="the exported repositories")
+    parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
+    args = parser.parse_args(argv)
+    started, before = time.monotonic(), os.getloadavg()[0]
+    results = [
+        measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir)) for n in args.items
+    ]
+    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
+    command = "python -m benchmarks.threads_bench " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(render(results, args.clients, args.rounds, command, time.monotonic() - started, load)) + "\n"
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""benchmarks/threads_bench.py runs real gateways with each thread setting and reports them (how
+fast is never asserted)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from benchmarks import threads_bench
+from serving.backends.base import default_threads
+
+
+def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "threads.md"
+    argv = ["--items", "300", "--rounds", "1", "--seconds", "1", "--clients", "4", "--load-processes", "1"]
+    threads_bench.main([*argv, "--workdir", str(tmp_path / "work"), "--output", str(output)])
+    text = output.read_text()
+    assert text in capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| 300 |")]
+    settings = sorted({default_threads(), len(os.sched_getaffinity(0))})
+    assert [int(row.split("|")[3]) for row in rows] == settings
+    for row in rows:
+        rate, p50, p99, cpu, one = (float(cell) for cell in row.split("|")[4:9])
+        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0
+    # 300 items make a small scorer graph: `--ort-threads 0` gives it the cores less one
+    assert [row.split("|")[3].strip() for row in rows if row.split("|")[9].strip() == "this"] == [str(default_threads())]
+    assert re.search(r"Medians of 1 rounds per setting", text)
