@@ -474,6 +474,18 @@ class ProfileCache:
         while len(self._local) > self.local_entries:
             self._local.popitem(last=False)
 
+    def held(self, user_id: str, digest: str | None) -> StoredProfile | None:
+        """The kept copy that `resolve` answers with when Redis still holds its version (a hit on a
+        copy young enough not to be read again), or None. A caller may compute with it while that
+        read is in flight, and use what it computed only once `resolve` returns this very copy
+        (its record and edits, the same objects): the servicer's `_recommend`."""
+        kept = self._local.get(user_id)
+        if kept is None or kept.record is None or time.monotonic() - kept.read_at >= self.refresh_s:
+            return None
+        if digest is not None and kept.record.digest != digest:
+            return None  # a new history: resolve computes a new profile
+        return kept
+
     async def _read(self, user_id: str) -> StoredProfile:
         """The user's state: the kept copy when Redis still holds its version, else a full read."""
         kept = self._local.get(user_id)

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from serving import auth, limits, stages, tracing
-from serving.cache import ProfileRecord, RedisStore, StoreSkipped
+from serving.cache import ProfileRecord, RedisStore, StoredProfile, StoreSkipped
 from serving.config import SecurityConfig, ServerConfig
 from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
 from serving.errors import (
@@ -358,15 +358,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if self.recommend_limiter is not None:  # charged after validation: a rejected request costs nothing
             self.recommend_limiter.check(user)
         stages.mark(stages.VALIDATE)
-        record, from_cache, stored = await served.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
-        edited = self._edited(served, record, stored, one_off)  # (H, K)
+        held = served.profiles.held(user, digest)
+        edited = self._edited_or_none(served, held, one_off) if held is not None else None
+        if held is None or edited is None:
+            record, from_cache, stored = await served.profiles.resolve(user, history, digest)  # stored: {} while Redis is down
+            edited = self._edited(served, record, stored, one_off)  # (H, K)
+            ids, scores = await self._score(served, record, edited, request.include_heard, k)
+        else:
+            record, from_cache, stored, edited, ids, scores = await self._score_while_confirming(
+                served, user, history, digest, held, edited, one_off, request.include_heard, k
+            )
         self._count_edits(one_off, "one_off")
-
-        exclude = np.zeros(0, np.int64) if request.include_heard else record.history_ids
-        shares32 = edited.astype(np.float32)
-        stages.mark(stages.EDITS)
-        ids, scores = await served.scorer.top_k(shares32, exclude, k)
-        stages.mark(stages.SCORER)
         ids, scores = select_top_k(ids, scores, k)
         meta = model.metadata
         return pb.RecommendResponse(
@@ -380,6 +382,59 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             ignored_history_items=ignored,
             unapplied_edits=self._unapplied(served, stored),
         )
+
+    @staticmethod
+    async def _score(
+        served: LoadedModel, record: ProfileRecord, edited: np.ndarray, include_heard: bool, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The scorer's top k for the edited shares, the history excluded unless `include_heard`."""
+        exclude = np.zeros(0, np.int64) if include_heard else record.history_ids
+        shares32 = edited.astype(np.float32)
+        stages.mark(stages.EDITS)
+        ids, scores = await served.scorer.top_k(shares32, exclude, k)
+        stages.mark(stages.SCORER)
+        return ids, scores
+
+    @classmethod
+    def _edited_or_none(cls, served: LoadedModel, held: StoredProfile, one_off: Mapping[str, EditSpec]) -> np.ndarray | None:
+        """The held copy's edited shares, or None when its edits do not apply: whether that is the
+        request's fault or the stored state's is for the confirmed state to say, not a copy."""
+        try:
+            return cls._edited(served, held.record, held.edits, one_off)  # type: ignore[arg-type]  # held: a record
+        except (InvalidArgument, FailedPrecondition):
+            return None
+
+    async def _score_while_confirming(
+        self,
+        served: LoadedModel,
+        user: str,
+        history: np.ndarray | None,
+        digest: str | None,
+        held: StoredProfile,
+        edited: np.ndarray,
+        one_off: Mapping[str, EditSpec],
+        include_heard: bool,
+        k: int,
+    ) -> tuple[ProfileRecord, bool, dict[str, EditSpec], np.ndarray, np.ndarray, np.ndarray]:
+        """Score the process's copy of the user's state while Redis confirms its version, so a
+        cached call pays the longer of the two round trips, not both. The answer stands only when
+        `resolve` returns that very copy (an edit acknowledged anywhere changes the version first,
+        and this read was sent after the request arrived); otherwise what it returned is scored.
+        The read's own stages overlap the scorer's and are not marked; the wait for it after the
+        scorer is `redis_read`."""
+        check = stages.unclocked_task(served.profiles.resolve(user, history, digest))
+        try:
+            ids, scores = await self._score(served, held.record, edited, include_heard, k)  # type: ignore[arg-type]
+        except BaseException:  # the scorer failed, or the call was cancelled: the read is not wanted
+            if not check.cancel() and not check.cancelled():
+                check.exception()  # it had ended: retrieved, so asyncio does not log it as lost
+            raise
+        record, from_cache, stored = await check  # a cancelled call cancels the read with it
+        stages.mark(stages.REDIS_READ)
+        if record is not held.record or stored is not held.edits:  # changed meanwhile: score what Redis holds
+            edited = self._edited(served, record, stored, one_off)
+            ids, scores = await self._score(served, record, edited, include_heard, k)
+        return record, from_cache, stored, edited, ids, scores
 
     @rpc_boundary("EditProfile")
     async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> pb.EditProfileResponse:

@@ -34,12 +34,15 @@ measured in the same run, and splits the rest at the handler with the call log (
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import time
-from collections.abc import Iterable, Mapping
-from typing import TextIO
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any, TextIO, TypeVar
 
 from prometheus_client import Histogram
+
+T = TypeVar("T")
 
 AUTH = "auth"
 DISPATCH = "dispatch"
@@ -141,6 +144,14 @@ def begin(start: float) -> tuple[StageClock, contextvars.Token]:
 
 def end(token: contextvars.Token) -> None:
     _clock.reset(token)
+
+
+def unclocked_task(coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """A task for `coroutine` whose marks go nowhere: work that overlaps the call's own stages
+    (whose marks would cut them up) and whose wait the call marks itself once it awaits it."""
+    context = contextvars.copy_context()
+    context.run(_clock.set, None)
+    return asyncio.get_running_loop().create_task(coroutine, context=context)
 
 
 def mark(stage: str) -> None:

@@ -5,6 +5,7 @@ one real redis-server, and `apron serve --workers 2`; no call waits for anything
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -226,3 +227,53 @@ async def test_concurrent_version_reads_share_one_round_trip(redis_server: Redis
         assert await store.get_version(users[0]) == expected[0] and calls[-1] == ("GET", 1)  # alone again
     finally:
         await client.aclose()
+
+
+async def test_a_cached_recommend_scores_the_kept_copy_while_redis_confirms_its_version(
+    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
+) -> None:
+    """The version read and the scorer overlap: here the read waits until the scorer has been asked
+    for this call's top k, so a gateway that read first and scored after would never answer."""
+    config = gateway_config(python_repository, redis_server.url)
+    history = liked_history(main_tags, 0, 1)
+    async with running_gateway(config) as gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))  # computed, kept
+        store, scorer = gateway.server.models.store, gateway.server.scorer
+        scoring = asyncio.Event()
+        get_version, top_k = store.get_version, scorer.top_k
+
+        async def version_once_scoring(user: str) -> bytes | None:
+            await scoring.wait()
+            return await get_version(user)
+
+        async def top_k_seen(*args: object, **kwargs: object) -> object:
+            scoring.set()
+            return await top_k(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.get_version = version_once_scoring  # type: ignore[method-assign]
+        scorer.top_k = top_k_seen  # type: ignore[method-assign]
+        # the timeout only ends a test that would otherwise hang: the call waits on no clock
+        answer = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5), timeout=60)
+        assert answer.profile_from_cache and answer.items == first.items and answer.profile == first.profile
+
+
+async def test_an_edit_elsewhere_while_a_kept_copy_is_scored_is_in_the_very_next_answer(
+    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
+) -> None:
+    """The reader scores the copy it keeps, finds the version changed by the other gateway's edit, and
+    answers with the edited profile scored again: its items are the writer's, not the copy's."""
+    config = gateway_config(python_repository, redis_server.url)
+    history = liked_history(main_tags, 0, 1)
+    request = pb.RecommendRequest(user_id=user_id, history=history, k=10)
+    async with running_gateway(config) as writer, running_gateway(config) as reader:
+        await writer.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, reset=True))
+        before = await writer.stub.Recommend(request)
+        assert (await reader.stub.Recommend(request)).items == before.items  # the reader keeps the profile
+        top = max(before.profile.weights, key=lambda w: w.weight).prototype
+        await writer.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=top, scale=0.0)]))
+        runs = reader.metric("apron_inference_batch_size_count", model="apron_scorer")
+        after = await reader.stub.Recommend(request)
+        assert reader.metric("apron_inference_batch_size_count", model="apron_scorer") == runs + 2  # the copy, then the edit
+        assert shown_edit(after.profile, top) == 0.0 and after.profile_from_cache
+        assert after.items == (await writer.stub.Recommend(request)).items
+        assert [i.item_id for i in after.items] != [i.item_id for i in before.items]  # the edit changed them
