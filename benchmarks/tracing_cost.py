@@ -20,13 +20,14 @@ import asyncio
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from benchmarks.inprocess_gateway import alternate
 from serving import stages, tracing
 
 # the stages a cached Recommend marks, in order (tests/serving/test_stages.py's CACHED_RECOMMEND)
@@ -74,57 +75,14 @@ def time_hooks(calls: int) -> float:
     return (time.perf_counter() - start) / calls * 1e6
 
 
-async def time_gateway(stub: object, request: object, calls: int) -> tuple[np.ndarray, float]:
-    """(latency per call in s, process CPU ms per call) of `calls` Recommend calls one at a time."""
-    latencies = np.empty(calls)
-    cpu = time.process_time()
-    for i in range(calls):
-        t0 = time.perf_counter()
-        await stub.Recommend(request, metadata=METADATA)  # type: ignore[attr-defined]
-        latencies[i] = time.perf_counter() - t0
-    return latencies, (time.process_time() - cpu) / calls * 1e3
+def tracing_state(server: object) -> Callable[[], None]:
+    """Tracing on in the running gateway (`inprocess_gateway.State`); switched off by `tracing.shutdown`."""
+    tracing_on()
+    return tracing.shutdown
 
 
-async def measure_gateway(calls: int, blocks: int, workdir: Path) -> dict[str, tuple[np.ndarray, float]]:
-    import grpc
-
-    from benchmarks.gateway_bench import export_repository
-    from serving.config import ServingConfig
-    from serving.proto_gen.apron.v1 import recommender_pb2 as pb
-    from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
-    from serving.redis_process import RedisProcess
-    from serving.server import create_server
-
-    repository = export_repository(1000, workdir)
-    with RedisProcess() as redis_server:
-        config = ServingConfig(
-            repository=str(repository), build_demo=False, port=0, metrics_port=0, redis_url=redis_server.url,
-            backend="onnxruntime", log_format="text", auth=False,
-        )  # fmt: skip
-        server, port = await create_server(config)
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-        stub = pb_grpc.RecommenderStub(channel)
-        history = list(server.model.metadata.item_ids[:20])
-        request = pb.RecommendRequest(user_id="tracing-bench", history=history, k=10)
-        await stub.Recommend(request)  # the profile is cached from here on
-        request = pb.RecommendRequest(user_id="tracing-bench", k=10)
-        results: dict[str, list[tuple[np.ndarray, float]]] = {"off": [], "on": []}
-        try:
-            await time_gateway(stub, request, calls // blocks)  # warm-up
-            for _ in range(blocks):
-                for state in ("off", "on"):
-                    if state == "on":
-                        tracing_on()
-                    results[state].append(await time_gateway(stub, request, calls // blocks))
-                    tracing.shutdown()
-        finally:
-            await channel.close()
-            await server.stop(1.0)
-    return {
-        state: (np.concatenate([lat for lat, _ in runs]), float(np.mean([cpu for _, cpu in runs])))
-        for state, runs in results.items()
-    }
+def tracing_off(server: object) -> Callable[[], None]:
+    return lambda: None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -147,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"hooks per cached Recommend: off {off:.2f} µs, on {on:.2f} µs (+{on - off:.1f} µs; median of {args.blocks} blocks)")
 
     with tempfile.TemporaryDirectory() as workdir:
-        gateway = asyncio.run(measure_gateway(args.calls, args.blocks, Path(workdir)))
-    (lat_off, cpu_off), (lat_on, cpu_on) = gateway["off"], gateway["on"]
+        states = {"off": tracing_off, "on": tracing_state}
+        gateway = asyncio.run(alternate(args.calls, args.blocks, Path(workdir), states, METADATA))
+    (lat_off, cpu_off, _), (lat_on, cpu_on, _) = gateway["off"], gateway["on"]
     for name, q in (("p50", 50), ("p99", 99)):
         a, b = np.percentile(lat_off, q) * 1e3, np.percentile(lat_on, q) * 1e3
         print(f"gateway {name}: off {a:.3f} ms, on {b:.3f} ms (x{b / a:.3f})")

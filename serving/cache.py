@@ -28,7 +28,10 @@ the edits and the version in one atomic script. Because every write replaces the
 transaction that changes the data, an EditProfile acknowledged by any worker or replica is seen by
 the very next read on every other one: there is no invalidation message to wait for, and nothing to
 lose. The copy lets a process compute what follows from a profile (its shares, the encoded
-response profile: `ProfileRecord.memo`) once per version instead of once per call.
+response profile: `ProfileRecord.memo`) once per version instead of once per call, and lets a
+Recommend score it while the version read is in flight (`ProfileCache.held`): the answer stands
+only when the read confirms that very copy, so the guarantee is the same and the round trip hides
+behind the scorer's (`python -m benchmarks.overlap_cost`).
 
 Bounded and never blocking (`RedisStore`): every operation has a time limit (`timeout_s`); once Redis
 failed one (no answer, refused, LOADING) or the gateway's watch saw it down (`mark`), Redis is known

@@ -14,7 +14,9 @@ The stages of a call, in order (a stage the call did not go through is not obser
   parsing the request, which the boundary does once the call is admitted (`servicer.RawRequest`);
 - `admission`: the boundary's concurrency limit, verified-caller check and deadline;
 - `validate`: request validation, authorization, the per-user rate limit, history ids to indices;
-- `redis_read`: the cached profile and stored edits (one round trip);
+- `redis_read`: the cached profile and stored edits (one round trip); for a Recommend that scores the
+  process's kept copy while Redis confirms its version (servicer `_score_while_confirming`), only
+  the wait for that read after the scorer, the part of it the scorer did not hide;
 - `profile_queue`, `profile_run`, `profile_resume`: a cache miss's `apron_profile` run in the
   micro-batcher: waiting for a batch, the batch's inference, and the event-loop hop back;
 - `profile`: the rest of the backend's profile call (Triton: all of it);

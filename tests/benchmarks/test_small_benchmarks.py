@@ -1,13 +1,18 @@
-"""benchmarks/tracing_cost.py and benchmarks/cli_startup.py run and report (how fast is never asserted)."""
+"""benchmarks/tracing_cost.py, benchmarks/overlap_cost.py and benchmarks/cli_startup.py run and report
+(how fast is never asserted)."""
 
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+from redis.asyncio import Redis
 
-from benchmarks import cli_startup, tracing_cost
+from benchmarks import cli_startup, overlap_cost, tracing_cost
 from serving import tracing
+from serving.cache import ProfileCache, ProfileRecord, RedisStore, StoredProfile
 
 
 def test_tracing_cost_reports_off_and_on(capsys: pytest.CaptureFixture[str]) -> None:
@@ -21,3 +26,24 @@ def test_tracing_cost_reports_off_and_on(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_startup_reports_a_median(capsys: pytest.CaptureFixture[str]) -> None:
     cli_startup.main(["--runs", "1"])
     assert re.search(r"apron --help \(.+\): median [\d.]+ s", capsys.readouterr().out)
+
+
+def test_overlap_cost_reports_both_orders(capsys: pytest.CaptureFixture[str]) -> None:
+    overlap_cost.main(["--calls", "20", "--blocks", "2"])
+    out = capsys.readouterr().out
+    assert re.search(r"cached Recommend p50: read, then score [\d.]+ ms, overlapped [\d.]+ ms", out)
+    assert re.search(r"overlapped lower in \d of 2 block pairs", out) and "CPU per call" in out
+
+
+def test_the_sequential_state_offers_no_kept_copy_until_switched_off() -> None:
+    """What the benchmark's "read, then score" state changes: the cache's kept copy is not offered to
+    score ahead, and it is again once the state is switched off."""
+    cache = ProfileCache(RedisStore(Redis(), ttl_s=600), scorer=None, model_version=1, shape=(1, 2))  # type: ignore[arg-type]
+    record = ProfileRecord(np.ones((1, 2), np.float32), 2, "digest", np.array([1, 2], np.int64))
+    cache._local["user"] = kept = StoredProfile(b"v1", record, {})
+    server = SimpleNamespace(models=SimpleNamespace(primary=SimpleNamespace(profiles=cache)))
+    assert cache.held("user", None) is kept and cache.held("user", "digest") is kept and cache.held("user", "other") is None
+    switch_off = overlap_cost.sequential(server)
+    assert cache.held("user", None) is None
+    switch_off()
+    assert cache.held("user", None) is kept
