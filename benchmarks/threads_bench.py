@@ -6,8 +6,9 @@ For each `--items` size a synthetic model is exported as `apron serve` loads it;
 `--ort-threads` the cores less one and every core take turns, `--rounds` times, the order swapped
 each round so that load from other processes falls on both alike. Each gateway: every benchmark
 user's profile cached, `--clients` callers in a closed loop (req/s, p50, p99, the gateway's CPU per
-call), then one client, one call in flight (p50). The table gives each setting's median over its
-rounds, and what `--ort-threads 0` picks at that size. On a machine of many cores the two settings
+call), then an open loop at `--load-fraction` of that closed loop's rate (p99 from each request's
+scheduled start, as BENCHMARKS.md's target row), then one client, one call in flight (p50). The
+table gives each setting's median over its rounds, and what `--ort-threads 0` picks at that size. On a machine of many cores the two settings
 differ by one thread of many; on 2 cores by half the machine.
 """
 
@@ -42,6 +43,8 @@ class Sample:
     p50_ms: float
     p99_ms: float
     cpu_ms: float  # the gateway process's CPU per call at `clients` (its threads, not its Redis)
+    open_rate: float  # req/s offered in the open loop (load_fraction of `rate`)
+    open_p99_ms: float
     one_p50_ms: float  # one client, one call in flight
 
 
@@ -56,7 +59,9 @@ class SizeResult:
         return float(np.median([getattr(s, field) for s in self.samples[threads]]))
 
 
-def measure_size(n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path) -> SizeResult:
+def measure_size(
+    n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path, load_fraction: float
+) -> SizeResult:
     from export.metadata import metadata_path
     from serving import auth
 
@@ -85,31 +90,39 @@ def measure_size(n_items: int, rounds: int, clients: int, seconds: float, proces
                     return timing.p50_ms
 
                 asyncio.run(warm())
+                source = ClientSource(gateway.address, token, item_ids)
                 cpu0, _ = gateway.cpu_s()
-                load = run_load(ClientSource(gateway.address, token, item_ids), "cached", processes, seconds, clients=clients)
+                load = run_load(source, "cached", processes, seconds, clients=clients)
                 cpu1, _ = gateway.cpu_s()
+                rate = load_fraction * load.timing.throughput
+                open_loop = run_load(source, "cached", processes, seconds, rate=rate).timing
                 sample = Sample(
-                    load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms,
-                    (cpu1 - cpu0) / load.calls_all * 1e3, asyncio.run(one_client()),
+                    load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
+                    rate, open_loop.p99_ms, asyncio.run(one_client()),
                 )  # fmt: skip
                 samples[threads].append(sample)
                 print(f"{n_items} items, {threads} thread(s), round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
     return SizeResult(n_items, size / 2**20, scorer_threads(size), samples)
 
 
-def render(results: list[SizeResult], clients: int, rounds: int, command: str, wall_s: float, load: str) -> list[str]:
+def render(
+    results: list[SizeResult], clients: int, rounds: int, load_fraction: float, command: str, wall_s: float, load: str
+) -> list[str]:
+    share = f"{load_fraction:.0%}"
     lines = [
         "| items | scorer graph MiB | ONNX Runtime threads | "
-        f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | 1 client p50 ms | `--ort-threads 0` picks |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | {share} of that rate, open loop: req/s | its p99 ms | "
+        "1 client p50 ms | `--ort-threads 0` picks |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for result in results:
         for threads in result.samples:
-            rate, p50, p99, cpu, one = (result.median(threads, f) for f in ("rate", "p50_ms", "p99_ms", "cpu_ms", "one_p50_ms"))
+            fields = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms")
+            rate, p50, p99, cpu, open_rate, open_p99, one = (result.median(threads, f) for f in fields)
             picked = "this" if threads == result.auto else ""
             lines.append(
                 f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | "
-                f"{one:.2f} | {picked} |"
+                f"{open_rate:.0f} | {open_p99:.1f} | {one:.2f} | {picked} |"
             )
     lines += [
         "",
@@ -127,16 +140,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
     parser.add_argument("--load-processes", type=int, default=2)
+    parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
     parser.add_argument("--workdir", default="benchmarks/out/threads", help="the exported repositories")
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
     started, before = time.monotonic(), os.getloadavg()[0]
     results = [
-        measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir)) for n in args.items
+        measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction)
+        for n in args.items
     ]
     load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
     command = "python -m benchmarks.threads_bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join(render(results, args.clients, args.rounds, command, time.monotonic() - started, load)) + "\n"
+    wall_s = time.monotonic() - started
+    text = "\n".join(render(results, args.clients, args.rounds, args.load_fraction, command, wall_s, load)) + "\n"
     if args.output:
         atomic_write_text(Path(args.output), text)
     print(text)
