@@ -15,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
@@ -202,18 +202,6 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
         return wrapped
 
     return decorate
-
-
-async def _one_turn_late(coroutine: Coroutine[Any, Any, T]) -> T:
-    """`coroutine`, one event-loop turn late. Started beside a scorer call, the read would otherwise
-    run first (its task was scheduled before the scorer's dispatch) and its Python work would delay
-    the batch's hand-over to the worker thread; a turn late, it runs while the batch does."""
-    try:
-        await asyncio.sleep(0)
-    except asyncio.CancelledError:
-        coroutine.close()  # never started: nothing to undo, and no "never awaited" warning
-        raise
-    return await coroutine
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:
@@ -434,7 +422,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         and this read was sent after the request arrived); otherwise what it returned is scored.
         The read's own stages overlap the scorer's and are not marked; the wait for it after the
         scorer is `redis_read`."""
-        check = stages.unclocked_task(_one_turn_late(served.profiles.resolve(user, history, digest)))
+        check = stages.unclocked_task(served.profiles.resolve(user, history, digest))
         try:
             ids, scores = await self._score(served, held.record, edited, include_heard, k)  # type: ignore[arg-type]
         except BaseException:  # the scorer failed, or the call was cancelled: the read is not wanted

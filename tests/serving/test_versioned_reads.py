@@ -278,26 +278,3 @@ async def test_an_edit_elsewhere_while_a_kept_copy_is_scored_is_in_the_very_next
         assert after.items == (await writer.stub.Recommend(request)).items
         assert [i.item_id for i in after.items] != [i.item_id for i in before.items]  # the edit changed them
 
-
-async def test_the_overlapped_read_starts_after_what_was_scheduled_beside_it_and_a_cancelled_one_never_starts() -> None:
-    """`_one_turn_late`: a callback scheduled after the read's task (the scorer's dispatch) runs before
-    the read begins; cancelled before its turn, the read never starts and leaves no un-awaited coroutine."""
-    from serving.servicer import _one_turn_late
-
-    order: list[str] = []
-
-    async def read() -> str:
-        order.append("read")
-        return "version"
-
-    task = asyncio.get_running_loop().create_task(_one_turn_late(read()))
-    asyncio.get_running_loop().call_soon(order.append, "dispatch")
-    assert await task == "version" and order == ["dispatch", "read"]
-
-    never = read()
-    cancelled = asyncio.get_running_loop().create_task(_one_turn_late(never))
-    await asyncio.sleep(0)  # the task is now in its turn's wait
-    cancelled.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await cancelled
-    assert never.cr_frame is None and order == ["dispatch", "read"]  # closed, never run
