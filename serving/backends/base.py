@@ -168,9 +168,10 @@ def pad_rows(rows: list[np.ndarray], min_width: int = 1, bucket: bool = False) -
 
 # A scorer graph at least this large (its weights, every one of which each run reads) runs long
 # enough that the gateway waits on the scorer, not on its event loop: the scorer then gets every core.
-# Measured on 2 cores (`python -m benchmarks.threads_bench`, serving/README.md): at 1,000 and 10,000
-# items (5 and 26 MiB) the cores less one served more requests at 64 clients, at 41,000 (97 MiB)
-# every core served more, sooner, at both one client and 64. The threshold lies between.
+# Measured on 2 cores (`python -m benchmarks.threads_bench`, three runs in serving/README.md): at
+# 10,000 items (26 MiB) the cores less one served more requests at 64 clients in every run, at 1,000
+# (5 MiB) the runs disagreed, at 41,000 (97 MiB) every core served as many or more, and one client
+# sooner, in every run. The threshold lies between 26 and 97 MiB.
 WIDE_SCORER_BYTES = 64 * 2**20
 
 
