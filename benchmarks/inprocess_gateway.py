@@ -41,6 +41,8 @@ async def alternate(
     from serving.redis_process import RedisProcess
     from serving.server import create_server
 
+    if blocks < 1 or calls < 1:
+        raise ValueError(f"alternate needs at least one block and one call, got {blocks} block(s) and {calls} call(s)")
     repository = export_repository(1000, workdir)
     per_block = max(1, calls // blocks)
     with RedisProcess() as redis_server:

@@ -275,7 +275,7 @@ def bench_edit_penalty(
     γ = 50) vs the same synthetic weights exported with γ = 0, on unedited profiles (no share 0) and
     on edited ones (one tag removed in every head of every row, the gateway's "less τ"). Both run as
     `apron serve` runs them: "onnxruntime" the exported scorer graph in the in-process backend's
-    session (`load_session` with the threads serve gives a scorer of its size, `scorer_threads`; no
+    session (`load_scorer_session`: the threads serve gives a scorer of its size; no
     spinning; Triton's python backend runs the same graph), "torch" the torch backend's
     `TorchModel.top_k` on CPU with the cores less one, as the torch backend sets them. Every runner
     is called in turn, call after call (`time_alternating`), so load from other processes falls on
@@ -285,7 +285,7 @@ def bench_edit_penalty(
     from pathlib import Path
 
     from serving.backends.base import default_threads
-    from serving.backends.onnxruntime import load_session
+    from serving.backends.onnxruntime import load_scorer_session
     from serving.backends.torch import TorchModel
     from training.models.apron import APRON, PRESETS
 
@@ -304,7 +304,7 @@ def bench_edit_penalty(
                 if "onnxruntime" in runtimes:
                     path = Path(directory) / f"{variant}.onnx"
                     path.write_bytes(graphs.onnx[contract.SCORER_MODEL])
-                    sess = load_session(path, threads=scorer_threads(path.stat().st_size))
+                    sess = load_scorer_session(path)
                     runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
                         None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
                     )

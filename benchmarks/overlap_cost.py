@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=2000, help="gateway calls per state (default 2000)")
     parser.add_argument("--blocks", type=int, default=10, help="alternating blocks per state (default 10)")
     args = parser.parse_args(argv)
+    if args.blocks < 1 or args.calls < 1:
+        parser.error("--calls and --blocks must be at least 1")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as workdir:
         states = {SEQUENTIAL: sequential, OVERLAPPED: overlapped}

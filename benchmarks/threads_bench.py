@@ -144,6 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="benchmarks/out/threads", help="the exported repositories")
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.clients < 1 or args.seconds <= 0 or args.load_processes < 1:
+        parser.error("--rounds, --clients and --load-processes must be at least 1, --seconds above 0")
+    if not 0 < args.load_fraction <= 1:
+        parser.error(f"--load-fraction is a share of the closed loop's rate: above 0, at most 1 (got {args.load_fraction})")
     started, before = time.monotonic(), os.getloadavg()[0]
     results = [
         measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction)

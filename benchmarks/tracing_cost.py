@@ -91,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hook-calls", type=int, default=20000, help="hook-only calls per block (default 20000)")
     parser.add_argument("--blocks", type=int, default=10, help="alternating blocks per state (default 10)")
     args = parser.parse_args(argv)
+    if args.blocks < 1 or args.calls < 1:
+        parser.error("--calls and --blocks must be at least 1")
     print(f"machine: {platform.machine()}, {platform.processor() or platform.platform()}, python {platform.python_version()}")
 
     hooks: dict[str, list[float]] = {"off": [], "on": []}

@@ -184,9 +184,8 @@ class QueueDelay:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
-        self.last_s = 0.0  # the longest of the last waits of each queue probed (`track`)
         self._sent_at: float | None = None
-        self._recent: collections.deque[float] = collections.deque(maxlen=1)
+        self._recent: collections.deque[float] = collections.deque(maxlen=1)  # the last wait of each queue probed
 
     def track(self, queues: int) -> None:
         """Probes take turns over `queues` queues (one per gRPC server, serving/intake.py): the
@@ -194,18 +193,22 @@ class QueueDelay:
         others are probed."""
         self._recent = collections.deque(self._recent, maxlen=queues)
 
+    @property
+    def last_s(self) -> float:
+        """The longest of the last waits of each queue probed (`track`); 0 before any or after `forget`."""
+        return max(self._recent, default=0.0)
+
     def sent(self) -> None:
         self._sent_at = self.clock()
 
     def arrived(self) -> None:
         if self._sent_at is not None:
             self._recent.append(self.clock() - self._sent_at)
-            self.last_s = max(self._recent)
             self._sent_at = None
 
     def forget(self) -> None:
         """A probe that failed: no estimate (0) until the next one arrives."""
-        self.last_s, self._sent_at = 0.0, None
+        self._sent_at = None
         self._recent.clear()
 
     def estimate(self) -> float:

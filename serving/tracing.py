@@ -12,7 +12,8 @@ the clock also keeps each stage's interval, and at the end of the call the bound
 spans with their real start and end times:
 
     apron.v1.Recommender/Recommend      (SERVER; parent: the caller's W3C `traceparent`, if any)
-    ├── redis.read                      the cached profile and stored edits (one round trip)
+    ├── redis.read                      the cached profile and stored edits (one round trip; when a
+    │                                   kept copy was scored meanwhile, the wait left after the scorer)
     ├── apron_profile batch wait        a cache miss waiting for its micro-batch
     ├── apron_profile inference         the batch's run (Triton: the whole remote call)
     ├── redis.write                     the computed profile (Recommend) or the edits (EditProfile)

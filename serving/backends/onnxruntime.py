@@ -45,9 +45,15 @@ def load_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bo
     return ort.InferenceSession(str(path), session_options(threads, spinning), providers=PROVIDERS[device])
 
 
+def load_scorer_session(path: Path, device: str = "cpu", threads: int = 0, spinning: bool = False) -> ort.InferenceSession:
+    """`load_session` for a scorer graph: 0 threads gives a large one every core (`scorer_threads`:
+    it reads its whole graph per run; the export keeps every weight inside the file)."""
+    return load_session(path, device, threads or scorer_threads(path.stat().st_size), spinning)
+
+
 def session_options(threads: int = 0, spinning: bool = False) -> ort.SessionOptions:
     """The gateway's session settings (`--ort-threads`, `--ort-spinning`; 0 threads: the cores less
-    one; `OnnxRuntimeScorer.from_config` gives a large scorer every core, `scorer_threads`)."""
+    one; `load_scorer_session` gives a large scorer every core)."""
     options = ort.SessionOptions()
     # ONNX Runtime's default takes every core, and the event loop (gRPC, Redis, edits) then preempts
     # its workers mid-batch; one pair of runs on 2 cores: 1 thread instead of 2 gave 560 vs 429 req/s
@@ -111,11 +117,9 @@ class OnnxRuntimeScorer(BatchedScorer):
     ) -> OnnxRuntimeScorer:
         profile_path, scorer_path = (onnx_path(repository, name, model.version) for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL))
         device, threads, spinning = inference.ort_device, inference.ort_threads, inference.ort_spinning
-        # the profile graph gathers a history's rows, whatever the catalog: the cores less one; the
-        # scorer reads its whole graph per run (the export keeps every weight inside the file, no
-        # external data): a large one gets every core (`scorer_threads`)
+        # the profile graph gathers a history's rows, whatever the catalog: the cores less one
         profile = load_session(profile_path, device, threads, spinning)
-        scorer = load_session(scorer_path, device, threads or scorer_threads(scorer_path.stat().st_size), spinning)
+        scorer = load_scorer_session(scorer_path, device, threads, spinning)
         return cls(profile, scorer, observer=observer, **batcher_options(batching))
 
     @property

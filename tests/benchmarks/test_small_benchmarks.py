@@ -47,3 +47,10 @@ def test_the_sequential_state_offers_no_kept_copy_until_switched_off() -> None:
     assert cache.held("user", None) is None
     switch_off()
     assert cache.held("user", None) is kept
+
+
+@pytest.mark.parametrize("main", [overlap_cost.main, tracing_cost.main])
+def test_no_blocks_is_refused_with_a_message(main, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit):
+        main(["--blocks", "0"])
+    assert "--calls and --blocks must be at least 1" in capsys.readouterr().err

@@ -31,3 +31,16 @@ def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
     # 300 items make a small scorer graph: `--ort-threads 0` gives it the cores less one
     assert [row.split("|")[3].strip() for row in rows if row.split("|")[11].strip() == "this"] == [str(default_threads())]
     assert re.search(r"Medians of 1 rounds per setting", text)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--load-fraction", "0"], "--load-fraction is a share"),
+    (["--load-fraction", "1.5"], "--load-fraction is a share"),
+    (["--rounds", "0"], "--rounds, --clients and --load-processes must be at least 1"),
+])  # fmt: skip
+def test_settings_that_measure_nothing_are_refused_before_any_gateway_starts(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        threads_bench.main(argv)
+    assert message in capsys.readouterr().err
