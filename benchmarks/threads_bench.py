@@ -15,37 +15,18 @@ differ by one thread of many; on 2 cores by half the machine.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from benchmarks.gateway_bench import Client, ClientSource, export_repository, gateway_process
-from benchmarks.load import closed_loop, run_load
+from benchmarks.settings_ab import FIELDS, Sample, Target, alternate, median
 from common.files import atomic_write_text
 from export import contract
 from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
 from serving.backends.onnxruntime import onnx_path
 from serving.catalog import ServedModel
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One gateway's figures."""
-
-    rate: float  # req/s at `clients`
-    p50_ms: float
-    p99_ms: float
-    cpu_ms: float  # the gateway process's CPU per call at `clients` (its threads, not its Redis)
-    open_rate: float  # req/s offered in the open loop (load_fraction of `rate`)
-    open_p99_ms: float
-    one_p50_ms: float  # one client, one call in flight
 
 
 @dataclass(frozen=True)
@@ -56,52 +37,19 @@ class SizeResult:
     samples: dict[int, list[Sample]]  # threads -> one per round
 
     def median(self, threads: int, field: str) -> float:
-        return float(np.median([getattr(s, field) for s in self.samples[threads]]))
+        return median(self.samples[threads], field)
 
 
 def measure_size(
     n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path, load_fraction: float
 ) -> SizeResult:
-    from export.metadata import metadata_path
-    from serving import auth
-
-    repository = export_repository(n_items, workdir)
-    scorer_path = onnx_path(repository, contract.SCORER_MODEL, ServedModel.load(repository).version)
+    target = Target.export(n_items, workdir)
+    scorer_path = onnx_path(target.repository, contract.SCORER_MODEL, ServedModel.load(target.repository).version)
     size = scorer_path.stat().st_size
-    item_ids = json.loads(metadata_path(repository).read_text())["item_ids"]
-    secret = repository.parent / "jwt_secret"
-    secret.write_text(secrets.token_hex(32))
-    token = auth.mint_token(auth.read_secret_file(secret).key, "benchmark", auth.Role.SERVICE, ttl_s=3600)
     settings = sorted({default_threads(), len(os.sched_getaffinity(0))})  # one setting on a 1-core machine
-    samples: dict[int, list[Sample]] = {threads: [] for threads in settings}
-    for round_ in range(rounds):
-        for threads in settings if round_ % 2 == 0 else settings[::-1]:
-            with gateway_process(repository, secret, 32, more_settings={"ort_threads": threads}) as gateway:
-
-                async def warm() -> None:
-                    client = Client(gateway.address, token, item_ids)
-                    await client.warm()
-                    await client.close()
-
-                async def one_client() -> float:
-                    client = Client(gateway.address, token, item_ids)
-                    timing = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.3)
-                    await client.close()
-                    return timing.p50_ms
-
-                asyncio.run(warm())
-                source = ClientSource(gateway.address, token, item_ids)
-                cpu0, _ = gateway.cpu_s()
-                load = run_load(source, "cached", processes, seconds, clients=clients)
-                cpu1, _ = gateway.cpu_s()
-                rate = load_fraction * load.timing.throughput
-                open_loop = run_load(source, "cached", processes, seconds, rate=rate).timing
-                sample = Sample(
-                    load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
-                    rate, open_loop.p99_ms, asyncio.run(one_client()),
-                )  # fmt: skip
-                samples[threads].append(sample)
-                print(f"{n_items} items, {threads} thread(s), round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
+    named = {f"{n_items} items, {threads} thread(s)": {"ort_threads": threads} for threads in settings}
+    by_name = alternate(target, named, rounds, clients, seconds, processes, load_fraction)
+    samples = {threads: by_name[name] for threads, name in zip(settings, named, strict=True)}
     return SizeResult(n_items, size / 2**20, scorer_threads(size), samples)
 
 
@@ -117,8 +65,7 @@ def render(
     ]
     for result in results:
         for threads in result.samples:
-            fields = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms")
-            rate, p50, p99, cpu, open_rate, open_p99, one = (result.median(threads, f) for f in fields)
+            rate, p50, p99, cpu, open_rate, open_p99, one = (result.median(threads, f) for f in FIELDS)
             picked = "this" if threads == result.auto else ""
             lines.append(
                 f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | "

@@ -22,7 +22,8 @@ otherwise asks the scorer and stores the result. The scorer knows nothing of Red
 
 Versioned reads: each gateway process keeps the profiles and edits it read last (`ProfileCache`,
 a bounded LRU), with the version they were read at. A later read of the same user asks Redis for
-the version only (one GET, a few bytes) and uses its copy when the version is unchanged; otherwise,
+the version only (one GET, a few bytes, on the store's own pipelined connection where it can:
+serving/redis_pipe.py) and uses its copy when the version is unchanged; otherwise,
 or when its copy is older than `refresh_s` (which also refreshes the TTLs), it reads the profile,
 the edits and the version in one atomic script. Because every write replaces the version in the
 transaction that changes the data, an EditProfile acknowledged by any worker or replica is seen by
@@ -65,6 +66,7 @@ from serving.catalog import history_digest
 from serving.edits import EditSpec
 from serving.errors import NotFound, Unavailable
 from serving.metrics import Metrics
+from serving.redis_pipe import Endpoint, RedisPipe
 from serving.redis_watch import reachable
 
 T = TypeVar("T")
@@ -293,7 +295,13 @@ class RedisStore:
     trials, the watch alone says when Redis is back: no call ever waits for a Redis known down)."""
 
     def __init__(
-        self, redis: Redis | RedisCluster, ttl_s: int, timeout_s: float | None = None, retry_s: float | None = RETRY_S
+        self,
+        redis: Redis | RedisCluster,
+        ttl_s: int,
+        timeout_s: float | None = None,
+        retry_s: float | None = RETRY_S,
+        *,
+        pipelined: bool = True,
     ):
         self.redis = redis  # decode_responses=False: weights are bytes; a cluster client works alike
         self.ttl_s = ttl_s
@@ -302,7 +310,13 @@ class RedisStore:
         self.down_since: float | None = None  # monotonic time Redis was first known down (None: not known down)
         self._next_trial = 0.0
         self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
-        self._versions = VersionReads(self)
+        self._versions = VersionReads(self)  # version reads when the pipe cannot take them
+        # version reads on their own pipelined connection (serving/redis_pipe.py): bounded by
+        # `timeout_s` (the pipe has no socket timeout), not on a cluster (a user's keys live on one
+        # of many nodes) nor with credentials it cannot present
+        usable = pipelined and timeout_s is not None and isinstance(redis, Redis)
+        endpoint = Endpoint.of(redis) if usable else None
+        self.pipe = RedisPipe(endpoint, timeout_s) if endpoint is not None else None  # type: ignore[arg-type]  # usable: a limit
 
     @property
     def known_down(self) -> bool:
@@ -315,6 +329,11 @@ class RedisStore:
         elif self.down_since is None:
             self.down_since = time.monotonic()
             self._next_trial = math.inf if self.retry_s is None else self.down_since + self.retry_s
+
+    async def aclose(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
+        await self.redis.aclose()
 
     async def reachable(self, timeout_s: float) -> bool:
         """Wait (at most `timeout_s`) until Redis answers a PING; whether it did (it is then not known down)."""
@@ -363,10 +382,28 @@ class RedisStore:
         record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
         return StoredProfile(version, record, _decode_edits(_pairs(edits)))
 
-    async def get_version(self, user_id: str) -> bytes | None:
+    def send_version_read(self, user_id: str) -> asyncio.Future[bytes | None] | None:
+        """The user's version GET, written to the pipe now, so that the caller can compute while it is
+        in flight and then `get_version(user_id, sent)`; None when it cannot be sent now (no pipe,
+        not connected yet, Redis known down): `get_version` then reads it the other way."""
+        if self.pipe is None or self.down_since is not None:
+            return None
+        return self.pipe.get(version_key(user_id).encode())
+
+    async def get_version(self, user_id: str, sent: asyncio.Future[bytes | None] | None = None) -> bytes | None:
         """The user's version token (None: none): enough to tell whether a copy read at some
-        version is still what Redis holds. Concurrent calls share round trips (`VersionReads`)."""
-        return await self._versions.get(user_id)
+        version is still what Redis holds. `sent`: the read `send_version_read` sent for it. On the
+        pipe when it is connected; otherwise on redis-py, where concurrent calls share round trips
+        (`VersionReads`)."""
+        if sent is None:
+            sent = self.send_version_read(user_id)
+            if sent is None:
+                return await self._versions.get(user_id)
+        try:  # the pipe bounds the read itself (`timeout_s`): no timer per call
+            return await sent
+        except STORE_DOWN:
+            self.mark(False)
+            raise
 
     async def get_one_version(self, user_id: str) -> bytes | None:
         async with self._operation():
@@ -489,6 +526,20 @@ class ProfileCache:
             return None  # a new history: resolve computes a new profile
         return kept
 
+    def confirm(self, user_id: str, held: StoredProfile, history_ids: np.ndarray | None, digest: str | None) -> Confirmation:
+        """`resolve(user_id, history_ids, digest)` for a caller computing with `held` meanwhile: the
+        version read is sent now and the answer awaited later (`Confirmation.result`)."""
+        return Confirmation(self, user_id, held, history_ids, digest)
+
+    def _confirmed(self, user_id: str, held: StoredProfile, version: bytes | None) -> bool:
+        """Whether Redis's `version` confirms the kept copy `held` (then counted as `resolve` counts a hit)."""
+        if version is None or version != held.version or self._local.get(user_id) is not held:
+            return False
+        self._local.move_to_end(user_id)
+        self._count_read("version")
+        self._count("hit")
+        return True
+
     async def _read(self, user_id: str) -> StoredProfile:
         """The user's state: the kept copy when Redis still holds its version, else a full read."""
         kept = self._local.get(user_id)
@@ -589,3 +640,35 @@ class ProfileCache:
             return cached, True, edits
         self._count("miss")
         return await self._compute_and_store(user_id, history_ids, digest), False, edits
+
+
+class Confirmation:
+    """A held copy's check under way (`ProfileCache.confirm`). On the pipe the version GET goes out
+    at once and is matched against the copy when the caller awaits `result` (no task: the read
+    costs a write and a callback); without the pipe, `resolve` runs as its own task meanwhile. A
+    version that differs, and a read that failed, end in `resolve` itself: the same answer, the
+    same errors, as a call that held no copy."""
+
+    def __init__(self, cache: ProfileCache, user_id: str, held: StoredProfile, history_ids: np.ndarray | None, digest: str | None):
+        self.cache, self.user_id, self.held, self.history_ids, self.digest = cache, user_id, held, history_ids, digest
+        self.sent = cache.store.send_version_read(user_id)
+        self.task = None if self.sent is not None else stages.unclocked_task(cache.resolve(user_id, history_ids, digest))
+
+    def cancel(self) -> None:
+        """The caller no longer wants it (its own work failed, or it was cancelled)."""
+        if self.sent is not None:
+            self.sent.cancel()  # its reply is read and dropped
+        elif self.task is not None and not self.task.cancel() and not self.task.cancelled():
+            self.task.exception()  # it had ended: retrieved, so asyncio does not log it as lost
+
+    async def result(self) -> tuple[ProfileRecord, bool, dict[str, EditSpec]]:
+        """What `resolve` answers: the held copy's (record, True, edits) when Redis confirmed it."""
+        if self.task is not None:
+            return await self.task  # a cancelled caller cancels the read with it
+        try:
+            version = await self.cache.store.get_version(self.user_id, self.sent)
+        except STORE_UNUSABLE:  # resolve finds Redis known down and answers as it does then
+            version = None
+        if self.cache._confirmed(self.user_id, self.held, version):
+            return self.held.record, True, self.held.edits  # type: ignore[return-value]  # held: a record
+        return await self.cache.resolve(self.user_id, self.history_ids, self.digest)

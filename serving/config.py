@@ -101,6 +101,11 @@ class ServingConfig:
         "longest one Redis operation may take (seconds): then Recommend with a history answers uncached, calls "
         "that need Redis answer UNAVAILABLE, and Redis is skipped until it answers again",
     )
+    redis_pipe: bool = _option(
+        True,
+        "read users' versions (every cached Recommend's one Redis command) on a pipelined connection of their own "
+        "(serving/redis_pipe.py) rather than redis-py's pool; not on a cluster",
+    )
     backend: str = _option("onnxruntime", "inference backend", BACKENDS)
     triton_url: str = _option("127.0.0.1:8001", "Triton gRPC address (host:port) for --backend triton")
     ort_device: str = _option("cpu", "ONNX Runtime execution provider for --backend onnxruntime", ORT_DEVICES)
@@ -340,6 +345,7 @@ class StoreConfig:
     redis_dir: str
     redis_maxmemory_mb: int
     redis_timeout_s: float
+    redis_pipe: bool
     cache_ttl_s: int
 
 

@@ -86,7 +86,16 @@ def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: M
     if scales:
         scale = np.ones(weights.shape[-1])
         scale[list(scales)] = list(scales.values())
-        weights = weights * scale
+        with np.errstate(over="ignore"):
+            scaled = weights * scale
+            overflowed = ~np.isfinite(scaled.sum(axis=-1))  # (H,)
+        if overflowed.any():
+            # scales near float64's limit (validation allows any finite one) overflow a head's mass;
+            # its shares do not change with a common factor, so such a head (a huge mass, never
+            # "none") is formed from the scales relative to the largest, over its largest term
+            relative = weights[overflowed] * (scale / scale.max())
+            scaled[overflowed] = relative / relative.max(axis=-1, keepdims=True)
+        weights = scaled
     edited = shares(weights)  # (H, K)
     if np.any(edited.sum(axis=-1) < MIN_MASS):
         raise EditError("these edits remove every prototype that has weight in the profile")

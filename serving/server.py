@@ -156,6 +156,8 @@ class ApronServer:
             # the client has no socket timeout: a hung Redis must not hang the start
             async with asyncio.timeout(self.config.redis_timeout_s):
                 await self.redis.ping()
+                if self.models.store.pipe is not None:  # the version reads' own connection (serving/redis_pipe.py)
+                    await self.models.store.pipe.connect()
             if not self.config.redis_cluster:
                 async with asyncio.timeout(MIGRATE_TIMEOUT_S):
                     moved = await migrate_legacy_edits(self.redis)
@@ -228,7 +230,7 @@ class ApronServer:
         if self.queue_probe is not None:
             self.queue_probe.close()
         await self.models.close()
-        await self.redis.aclose()
+        await self.models.store.aclose()  # its client is self.redis
         if self.owns_resources:
             self.resources.close()
         self.metrics.shutdown()
@@ -294,7 +296,9 @@ async def create_server(
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), retries=1),
         )  # fmt: skip
         # known down, Redis is skipped until the watch (`start`, a PING every 0.1 s) sees it answer: no trial calls
-        store = RedisStore(redis, config.cache_ttl_s, timeout_s=config.redis_timeout_s, retry_s=None)
+        store = RedisStore(
+            redis, config.cache_ttl_s, timeout_s=config.redis_timeout_s, retry_s=None, pipelined=config.redis_pipe
+        )
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
         probe = QueueProbe() if config.max_queue_delay_ms > 0 else None  # reliability: shed a queue, never grow it

@@ -422,14 +422,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         and this read was sent after the request arrived); otherwise what it returned is scored.
         The read's own stages overlap the scorer's and are not marked; the wait for it after the
         scorer is `redis_read`."""
-        check = stages.unclocked_task(served.profiles.resolve(user, history, digest))
+        check = served.profiles.confirm(user, held, history, digest)
         try:
             ids, scores = await self._score(served, held.record, edited, include_heard, k)  # type: ignore[arg-type]
         except BaseException:  # the scorer failed, or the call was cancelled: the read is not wanted
-            if not check.cancel() and not check.cancelled():
-                check.exception()  # it had ended: retrieved, so asyncio does not log it as lost
+            check.cancel()
             raise
-        record, from_cache, stored = await check  # a cancelled call cancels the read with it
+        record, from_cache, stored = await check.result()  # a cancelled call cancels the read with it
         stages.mark(stages.REDIS_READ)
         if record is not held.record or stored is not held.edits:  # changed meanwhile: score what Redis holds
             edited = self._edited(served, record, stored, one_off)

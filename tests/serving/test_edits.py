@@ -46,6 +46,17 @@ def test_scale_multiplies_weight_before_normalising(weights: np.ndarray) -> None
     np.testing.assert_allclose(result[1], np.array([1, 3, 1, 1]) / 6)
 
 
+def test_scales_near_the_float64_limit_give_the_same_shares_as_small_ones(weights: np.ndarray) -> None:
+    """Any finite scale is valid; two near 1.8e308 overflow a head's mass unless formed relative to
+    each other (a fuzzed EditProfile once reported a NaN share)."""
+    huge = apply_edits(weights, {"jazz": scale("jazz", 1e308), "rock": scale("rock", 5e307)}, TAGS)
+    small = apply_edits(weights, {"jazz": scale("jazz", 2.0), "rock": scale("rock", 1.0)}, TAGS)
+    assert np.isfinite(huge).all()
+    np.testing.assert_allclose(huge.sum(-1), 1.0)
+    np.testing.assert_allclose(huge[:, :2] / huge[:, :2].sum(-1, keepdims=True), small[:, :2] / small[:, :2].sum(-1, keepdims=True))
+    assert huge[:, 2:].max() < 1e-300  # the unscaled ones keep their (vanishing) shares, not NaN
+
+
 def test_weight_sets_the_share_in_every_head_and_rescales_the_others(weights: np.ndarray) -> None:
     result = apply_edits(weights, {"80s": weight("80s", 0.6)}, TAGS)
     np.testing.assert_allclose(result[:, 2], 0.6)

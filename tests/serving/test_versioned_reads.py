@@ -229,32 +229,51 @@ async def test_concurrent_version_reads_share_one_round_trip(redis_server: Redis
         await client.aclose()
 
 
+@pytest.mark.parametrize("read_on", ["pipe", "redis-py"])
 async def test_a_cached_recommend_scores_the_kept_copy_while_redis_confirms_its_version(
-    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
+    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str, read_on: str
 ) -> None:
-    """The version read and the scorer overlap: here the read waits until the scorer has been asked
-    for this call's top k, so a gateway that read first and scored after would never answer."""
+    """The version read and the scorer overlap: here the read's answer is held back until the scorer
+    has been asked for this call's top k, so a gateway that read first and scored after would never
+    answer. On the pipe the GET itself goes out before the scorer is asked; on redis-py (no pipe:
+    a cluster) the whole read runs beside it as a task."""
     config = gateway_config(python_repository, redis_server.url)
     history = liked_history(main_tags, 0, 1)
     async with running_gateway(config) as gateway:
         first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))  # computed, kept
         store, scorer = gateway.server.models.store, gateway.server.scorer
+        assert store.pipe is not None and store.pipe.connected  # connected at start
         scoring = asyncio.Event()
-        get_version, top_k = store.get_version, scorer.top_k
+        get_version, send_version_read, top_k = store.get_version, store.send_version_read, scorer.top_k
+        sent_before_scoring: list[bool] = []
+        on_pipe: list[bool] = []
 
-        async def version_once_scoring(user: str) -> bytes | None:
+        async def version_once_scoring(user: str, sent: asyncio.Future[bytes | None] | None = None) -> bytes | None:
             await scoring.wait()
-            return await get_version(user)
+            return await get_version(user, sent)
+
+        def send_noting_when(user: str) -> asyncio.Future[bytes | None] | None:
+            sent_before_scoring.append(not scoring.is_set())
+            sent = send_version_read(user)
+            on_pipe.append(sent is not None)
+            return sent
 
         async def top_k_seen(*args: object, **kwargs: object) -> object:
             scoring.set()
             return await top_k(*args, **kwargs)  # type: ignore[arg-type]
 
+        if read_on == "redis-py":
+            store.pipe = None
         store.get_version = version_once_scoring  # type: ignore[method-assign]
+        store.send_version_read = send_noting_when  # type: ignore[method-assign]
         scorer.top_k = top_k_seen  # type: ignore[method-assign]
+        reads = gateway.metric("apron_profile_reads_total", kind="version")
         # the timeout only ends a test that would otherwise hang: the call waits on no clock
         answer = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5), timeout=60)
         assert answer.profile_from_cache and answer.items == first.items and answer.profile == first.profile
+        assert gateway.metric("apron_profile_reads_total", kind="version") == reads + 1  # confirmed by its version
+        # started before the scorer was asked (without a pipe, get_version asks again inside the task)
+        assert sent_before_scoring[0] is True and on_pipe[0] == (read_on == "pipe")
 
 
 async def test_an_edit_elsewhere_while_a_kept_copy_is_scored_is_in_the_very_next_answer(

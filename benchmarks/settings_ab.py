@@ -1,0 +1,116 @@
+"""Whole gateways with settings that take turns: the A/B behind a default (`benchmarks/threads_bench.py`,
+`benchmarks/redis_pipe_cost.py`).
+
+Each gateway runs as `apron serve` does (`gateway_bench.gateway_process`, auth on, a private Redis)
+with every benchmark user's profile cached, and is measured three ways: `clients` callers in a
+closed loop (req/s, p50, p99, the gateway's CPU per call), an open loop at `load_fraction` of that
+rate (p99 from each request's scheduled start, as BENCHMARKS.md's target row), and one client with
+one call in flight (p50). The settings take turns `rounds` times, their order swapped each round,
+so that load from other processes on the machine falls on each alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.gateway_bench import Client, ClientSource, export_repository, gateway_process
+from benchmarks.load import closed_loop, run_load
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One gateway's figures."""
+
+    rate: float  # req/s at `clients`
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float  # the gateway process's CPU per call at `clients` (its threads, not its Redis)
+    open_rate: float  # req/s offered in the open loop (load_fraction of `rate`)
+    open_p99_ms: float
+    one_p50_ms: float  # one client, one call in flight
+
+
+FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms")
+
+
+def median(samples: list[Sample], field: str) -> float:
+    return float(np.median([getattr(sample, field) for sample in samples]))
+
+
+@dataclass(frozen=True)
+class Target:
+    """An exported synthetic model and what a client needs to call a gateway serving it."""
+
+    repository: Path
+    secret: Path
+    token: str
+    item_ids: list[str]
+
+    @classmethod
+    def export(cls, n_items: int, workdir: Path) -> Target:
+        from export.metadata import metadata_path
+        from serving import auth
+
+        repository = export_repository(n_items, workdir)
+        item_ids = json.loads(metadata_path(repository).read_text())["item_ids"]
+        secret = repository.parent / "jwt_secret"
+        secret.write_text(secrets.token_hex(32))
+        token = auth.mint_token(auth.read_secret_file(secret).key, "benchmark", auth.Role.SERVICE, ttl_s=3600)
+        return cls(repository, secret, token, item_ids)
+
+
+def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: float, processes: int, load_fraction: float) -> Sample:
+    """One gateway with `settings` (further ServingConfig fields), measured the three ways."""
+    with gateway_process(target.repository, target.secret, 32, more_settings=settings) as gateway:
+
+        async def warm() -> None:
+            client = Client(gateway.address, target.token, target.item_ids)
+            await client.warm()
+            await client.close()
+
+        async def one_client() -> float:
+            client = Client(gateway.address, target.token, target.item_ids)
+            timing = await closed_loop(client.cached, 1, seconds / 2, warmup_s=0.3)
+            await client.close()
+            return timing.p50_ms
+
+        asyncio.run(warm())
+        source = ClientSource(gateway.address, target.token, target.item_ids)
+        cpu0, _ = gateway.cpu_s()
+        load = run_load(source, "cached", processes, seconds, clients=clients)
+        cpu1, _ = gateway.cpu_s()
+        rate = load_fraction * load.timing.throughput
+        open_loop = run_load(source, "cached", processes, seconds, rate=rate).timing
+        return Sample(
+            load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
+            rate, open_loop.p99_ms, asyncio.run(one_client()),
+        )  # fmt: skip
+
+
+def alternate(
+    target: Target,
+    settings: Mapping[str, Mapping[str, Any]],
+    rounds: int,
+    clients: int,
+    seconds: float,
+    processes: int,
+    load_fraction: float,
+) -> dict[str, list[Sample]]:
+    """Each named setting's samples, one per round, the settings taking turns."""
+    names = list(settings)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for round_ in range(rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            sample = measure(target, settings[name], clients, seconds, processes, load_fraction)
+            samples[name].append(sample)
+            print(f"{name}, round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
+    return samples

@@ -1,0 +1,238 @@
+"""The version reads' pipelined connection (serving/redis_pipe.py) against a real redis-server:
+replies matched to requests in order, the handshake redis-py would do (AUTH with and without a
+user, SELECT, TLS), and what a lost, silent or refusing Redis does to the reads in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.exceptions
+from redis.asyncio import Redis
+
+from serving.cache import RedisStore, version_key
+from serving.redis_pipe import Endpoint, RedisPipe, encode_command
+from serving.redis_process import RedisProcess
+from tests.serving.certs import make_pki
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{time.monotonic_ns()}"
+
+
+def test_commands_are_resp_arrays_of_bulk_strings() -> None:
+    assert encode_command(b"GET", b"k") == b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
+    assert encode_command(b"AUTH", b"user", b"p w") == b"*3\r\n$4\r\nAUTH\r\n$4\r\nuser\r\n$3\r\np w\r\n"
+
+
+def test_the_endpoint_is_what_redis_py_would_connect_to() -> None:
+    unix = Endpoint.of(Redis.from_url("unix:///tmp/r.sock?db=3"))
+    assert unix is not None and (unix.path, unix.host, unix.db, unix.ssl_context) == ("/tmp/r.sock", None, 3, None)
+    tcp = Endpoint.of(Redis.from_url("redis://alice:pw@10.0.0.2:6380/1", socket_connect_timeout=0.5))
+    assert tcp is not None and (tcp.host, tcp.port, tcp.db, tcp.username, tcp.password) == ("10.0.0.2", 6380, 1, "alice", "pw")
+    assert tcp.connect_timeout_s == 0.5
+    assert tcp.handshake() == [encode_command(b"AUTH", b"alice", b"pw"), encode_command(b"SELECT", b"1")]
+    plain = Endpoint.of(Redis.from_url("redis://127.0.0.1:6379/0"))
+    assert plain is not None and plain.handshake() == []  # nothing to set up
+    assert Endpoint.of(Redis.from_url("rediss://:pw@h:6380/0")).ssl_context is not None  # type: ignore[union-attr]
+
+
+async def test_concurrent_gets_each_get_their_own_reply_over_one_connection(redis_server: RedisProcess) -> None:
+    client = Redis.from_url(redis_server.url)
+    keys = [_unique(f"pipe-{i}") for i in range(200)]
+    pipe = RedisPipe(Endpoint.of(client), 5.0)  # type: ignore[arg-type]
+    try:
+        for i, key in enumerate(keys[:150]):
+            await client.set(key, f"value-{i}".encode())
+        assert pipe.get(b"any") is None and not pipe.connected  # not connected yet: it starts connecting
+        await pipe.connect()
+        futures = [pipe.get(key.encode()) for key in keys]
+        replies = await asyncio.gather(*futures)  # type: ignore[arg-type]
+        assert replies == [f"value-{i}".encode() for i in range(150)] + [None] * 50  # in order, missing keys None
+        assert pipe.connects == 1
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_an_error_reply_fails_only_its_own_read(redis_server: RedisProcess) -> None:
+    client = Redis.from_url(redis_server.url)
+    hash_key, plain_key = _unique("pipe-hash"), _unique("pipe-plain")
+    await client.hset(hash_key, "f", "v")
+    await client.set(plain_key, b"ok")
+    pipe = RedisPipe(Endpoint.of(client), 5.0)  # type: ignore[arg-type]
+    try:
+        await pipe.connect()
+        wrong, right = pipe.get(hash_key.encode()), pipe.get(plain_key.encode())
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            await wrong  # type: ignore[misc]
+        assert await right == b"ok"  # type: ignore[misc]
+        assert pipe.connected
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_auth_with_and_without_a_user_and_select(tmp_path: Path) -> None:
+    """A password (requirepass), an ACL user, and a database other than 0, as in the URL."""
+    with RedisProcess(port=0) as server:
+        admin = Redis(host="127.0.0.1", port=server.port)
+        await admin.acl_setuser("reader", enabled=True, passwords=["+reader-pw"], keys=["*"], commands=["+@all"])
+        await admin.config_set("requirepass", "s3cret")  # the default user needs it from here on
+        await admin.aclose()
+        writer = Redis.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+        await writer.set("selected", b"in db 3")
+        try:
+            for url in (f"redis://:s3cret@127.0.0.1:{server.port}/3", f"redis://reader:reader-pw@127.0.0.1:{server.port}/3"):
+                pipe = RedisPipe(Endpoint.of(Redis.from_url(url)), 5.0)  # type: ignore[arg-type]
+                await pipe.connect()
+                assert await pipe.get(b"selected") == b"in db 3"  # type: ignore[misc]
+                await pipe.close()
+            refused = RedisPipe(Endpoint.of(Redis.from_url(f"redis://:wrong@127.0.0.1:{server.port}/3")), 5.0)  # type: ignore[arg-type]
+            with pytest.raises(redis.exceptions.ResponseError):
+                await refused.connect()
+            assert not refused.connected and refused.get(b"selected") is None  # no connection: callers go another way
+            await refused.close()
+        finally:
+            await writer.aclose()
+
+
+@pytest.fixture
+async def tls_proxy(tmp_path: Path, redis_server: RedisProcess) -> AsyncIterator[tuple[int, Path, list[bool]]]:
+    """A TLS front for the test redis-server (it has no TLS of its own here): (port, CA file, one
+    entry per TLS connection it accepted)."""
+    pki = make_pki(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    accepted: list[bool] = []
+    socket_path = str(redis_server.socket_path)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("ssl_object") is not None)
+        upstream_reader, upstream_writer = await asyncio.open_unix_connection(socket_path)
+
+        async def copy(source: asyncio.StreamReader, target: asyncio.StreamWriter) -> None:
+            while data := await source.read(65536):
+                target.write(data)
+                await target.drain()
+            target.close()
+
+        await asyncio.gather(copy(reader, upstream_writer), copy(upstream_reader, writer), return_exceptions=True)
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0, ssl=context)
+    yield server.sockets[0].getsockname()[1], pki.ca.cert, accepted
+    server.close()
+
+
+async def test_tls_with_redis_py_certificate_settings(tls_proxy: tuple[int, Path, list[bool]], redis_server: RedisProcess) -> None:
+    port, ca, accepted = tls_proxy
+    key = _unique("pipe-tls")
+    plain = Redis.from_url(redis_server.url)
+    await plain.set(key, b"over tls")
+    await plain.aclose()
+    client = Redis.from_url(f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}")
+    pipe = RedisPipe(Endpoint.of(client), 5.0)  # type: ignore[arg-type]
+    try:
+        await pipe.connect()
+        assert await pipe.get(key.encode()) == b"over tls"  # type: ignore[misc]
+        assert accepted == [True]
+    finally:
+        await pipe.close()
+    untrusting = RedisPipe(Endpoint.of(Redis.from_url(f"rediss://127.0.0.1:{port}/0")), 5.0)  # type: ignore[arg-type]
+    with pytest.raises(redis.exceptions.ConnectionError, match="could not connect"):  # the system CAs do not know ours
+        await untrusting.connect()
+    await untrusting.close()
+
+
+async def test_a_lost_connection_fails_the_reads_waiting_on_it() -> None:
+    """A Redis that reads the commands and hangs up before answering: every read waiting fails with
+    redis' ConnectionError (the store's "Redis is down")."""
+    received = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"second\r\n")  # both GETs arrived
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    pipe = RedisPipe(Endpoint(host="127.0.0.1", port=server.sockets[0].getsockname()[1]), 5.0)
+    try:
+        await pipe.connect()
+        waiting = [pipe.get(b"first"), pipe.get(b"second")]
+        for read in waiting:
+            with pytest.raises(redis.exceptions.ConnectionError, match="lost"):
+                await read  # type: ignore[misc]
+        assert received.is_set() and not pipe.connected
+    finally:
+        await pipe.close()
+        server.close()
+
+
+async def test_after_a_lost_connection_the_next_read_connects_again() -> None:
+    with RedisProcess(port=0) as server:
+        client = Redis(host="127.0.0.1", port=server.port)
+        await client.set("k", b"v")
+        pipe = RedisPipe(Endpoint.of(client), 5.0)  # type: ignore[arg-type]
+        try:
+            await pipe.connect()
+            assert await pipe.get(b"k") == b"v"  # type: ignore[misc]
+            assert await client.client_kill_filter(skipme=True) >= 1  # every client but this one: the pipe's
+            async with asyncio.timeout(30):  # a condition, not a clock: until the loss is seen
+                while pipe.connected:
+                    await asyncio.sleep(0.005)
+            assert pipe.get(b"k") is None  # the caller goes another way; a connection starts
+            await pipe.connect()
+            assert await pipe.get(b"k") == b"v" and pipe.connects == 2  # type: ignore[misc]
+        finally:
+            await pipe.close()
+            await client.aclose()
+
+
+async def test_a_silent_redis_times_out_the_read_and_drops_the_connection() -> None:
+    """Through the store (which bounds every operation): a Redis that accepts the connection and
+    never answers fails the read with redis' TimeoutError, and the pipe connects afresh after."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", socket_timeout=None)
+    store = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=0.0)
+    try:
+        assert store.pipe is not None
+        await store.pipe.connect()
+        sent = store.send_version_read("u")
+        assert sent is not None
+        with pytest.raises(redis.exceptions.TimeoutError, match="did not answer within 0.2 s"):
+            await store.get_version("u", sent)
+        assert store.known_down and not store.pipe.connected
+        assert store.send_version_read("u") is None  # known down: not even sent
+    finally:
+        await store.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+
+
+async def test_the_store_reads_versions_on_the_pipe_and_without_it_alike(redis_server: RedisProcess) -> None:
+    client = Redis.from_url(redis_server.url)
+    piped = RedisStore(client, ttl_s=600, timeout_s=5.0)
+    plain = RedisStore(client, ttl_s=600, timeout_s=5.0, pipelined=False)
+    unbounded = RedisStore(client, ttl_s=600)  # no time limit of its own: the pipe could wait forever
+    users = [_unique(f"store-pipe-{i}") for i in range(4)]
+    try:
+        assert plain.pipe is None and unbounded.pipe is None and piped.pipe is not None
+        for user in users[:3]:
+            await piped.store_edits(user, {}, reset=True)
+        await piped.pipe.connect()
+        expected = [await client.get(version_key(user)) for user in users]
+        assert expected[-1] is None and all(expected[:3])
+        assert await asyncio.gather(*(piped.get_version(user) for user in users)) == expected
+        assert await asyncio.gather(*(plain.get_version(user) for user in users)) == expected
+    finally:
+        await piped.aclose()
