@@ -28,8 +28,13 @@ HISTORY_ENDS = "history_ends"  # int32 (B,): end offset of each history in histo
 PROFILE_WEIGHTS = "profile_weights"  # fp32 (B, H, K)
 HISTORY_LENGTH = "history_length"  # int64 (B, 1): distinct valid ids in the history
 EXCLUDE_IDS = "exclude_ids"  # int64 (B, E), padded with PAD_ID
-TOP_IDS = "top_ids"  # int64 (B, K_MAX), best first
-TOP_SCORES = "top_scores"  # fp32 (B, K_MAX): log-softmax over the catalog; -inf for excluded items
+TOP_IDS = "top_ids"  # int64 (B, top_k), best first
+TOP_SCORES = "top_scores"  # fp32 (B, top_k): log-softmax over the catalog; -inf for excluded items
+# int64 (1,), optional: how many of the best items apron_scorer returns, in [1, K_MAX]. An
+# initializer that is also a graph input (ONNX's default value for an input): a caller that does not
+# feed it (Triton's config.pbtxt, an older client) gets K_MAX; the in-process backend feeds its
+# batch's largest k, so that a k = 10 request selects 10 items rather than sorting K_MAX of them.
+TOP_K = "top_k"
 ITEM_FEATURES = "item_features"  # fp32 (B, D)
 ITEM_PROTOTYPE_WEIGHTS = "item_prototype_weights"  # fp32 (B, H, K)
 

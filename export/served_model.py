@@ -248,16 +248,20 @@ class ServedScorer(nn.Module):
         logits.index_copy_(0, on_device, edited)
         return logits, normaliser.index_copy(0, on_device, edited.float().logsumexp(dim=-1, keepdim=True))
 
-    def top(self, masked_logits: torch.Tensor, normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits with excluded items at -inf -> (top_ids, top_scores) (B, K_MAX), best first."""
-        top_logits, top_ids = masked_logits.topk(self.k_max, dim=-1)
+    def top(
+        self, masked_logits: torch.Tensor, normaliser: torch.Tensor, top_k: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits with excluded items at -inf -> (top_ids, top_scores) (B, top_k; default K_MAX), best first."""
+        top_logits, top_ids = masked_logits.topk(self.k_max if top_k is None else top_k, dim=-1)
         return top_ids, top_logits.float() - normaliser
 
     def forward(
-        self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor
+        self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor, top_k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`top_k` (eager only: the export traces K_MAX and `expose_top_k` makes it the graph's
+        TOP_K input): how many items to return."""
         logits, normaliser = self.normalised_logits(profile_weights)  # (B, N), (B, 1)
-        return self.top(logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf")), normaliser)
+        return self.top(logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf")), normaliser, top_k)
 
     def scores(self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor) -> torch.Tensor:
         """Every item's score (B, N): what `forward`'s top K_MAX are taken from (tests, parity)."""

@@ -85,6 +85,10 @@ def batcher_options(batching: BatchingConfig) -> dict[str, float | int]:
     return {"max_batch_size": batching.max_batch_size, "max_wait_s": batching.max_batch_wait_ms / 1000.0, "max_queue": batching.max_queue}
 
 
+# one request to the micro-batched scorer: profile weights (H, K), excluded ids (E,), how many it wants
+ScorerRequest = tuple[np.ndarray, np.ndarray, int]
+
+
 class BatchedScorer(Scorer):
     """An in-process scorer: each graph behind its own micro-batcher (`serving/batching.py`), so
     concurrent requests share one run. Subclasses implement the two batch runs, which the batchers
@@ -107,7 +111,7 @@ class BatchedScorer(Scorer):
             max_queue=max_queue,
             stages=stages.PROFILE_BATCH,
         )
-        self._scores: MicroBatcher[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] = MicroBatcher(
+        self._scores: MicroBatcher[ScorerRequest, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._run_scorer,
             max_batch_size=max_batch_size,
             max_wait_s=max_wait_s,
@@ -122,8 +126,9 @@ class BatchedScorer(Scorer):
         """One apron_profile run: histories (T_i,) -> (weights (H, K), distinct valid ids) each."""
 
     @abc.abstractmethod
-    def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One apron_scorer run: (weights (H, K), exclude (E,)) -> (ids (K_MAX,), scores (K_MAX,)) each."""
+    def _run_scorer(self, requests: list[ScorerRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One apron_scorer run: (weights (H, K), exclude (E,), k) -> (ids, scores) each, best first,
+        at least k of them (up to K_MAX: the caller keeps the first k)."""
 
     async def warm_up(
         self, history_ids: np.ndarray, exclude_ids: np.ndarray, k: int
@@ -135,7 +140,7 @@ class BatchedScorer(Scorer):
 
         def run() -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
             [(weights, length)] = self._run_profiles([history])
-            [(ids, scores)] = self._run_scorer([(np.asarray(weights, np.float32), exclude)])
+            [(ids, scores)] = self._run_scorer([(np.asarray(weights, np.float32), exclude, k)])
             return np.asarray(weights), length, ids[:k], scores[:k]
 
         return await asyncio.to_thread(run)
@@ -145,7 +150,7 @@ class BatchedScorer(Scorer):
 
     async def top_k(self, weights: np.ndarray, exclude_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         ids, scores = await self._scores.submit(
-            (np.asarray(weights, dtype=np.float32), np.asarray(exclude_ids, dtype=np.int64).reshape(-1))
+            (np.asarray(weights, dtype=np.float32), np.asarray(exclude_ids, dtype=np.int64).reshape(-1), k)
         )
         return ids[:k], scores[:k]
 

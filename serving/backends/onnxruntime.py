@@ -17,6 +17,7 @@ from export import contract
 from serving.backends.base import (
     BatchedScorer,
     GraphSignature,
+    ScorerRequest,
     batcher_options,
     default_threads,
     pad_rows,
@@ -82,9 +83,30 @@ def run_bound(session: ort.InferenceSession, outputs: list[str], feeds: dict[str
 
 
 def session_signature(session: ort.InferenceSession) -> GraphSignature:
-    return GraphSignature(
-        {t.name: static_dims(t.shape) for t in session.get_inputs()}, {t.name: static_dims(t.shape) for t in session.get_outputs()}
-    )
+    inputs = {t.name: static_dims(t.shape) for t in session.get_inputs()}
+    outputs = {t.name: static_dims(t.shape) for t in session.get_outputs()}
+    if takes_top_k(session):  # its output width is the caller's: what it returns unasked is K_MAX
+        k_max = default_top_k(session, inputs)
+        outputs = {name: (*dims[:1], k_max) if name in (contract.TOP_IDS, contract.TOP_SCORES) else dims for name, dims in outputs.items()}
+    return GraphSignature(inputs, outputs)
+
+
+def default_top_k(session: ort.InferenceSession, inputs: dict[str, tuple[int | None, ...]]) -> int:
+    """How many items a scorer graph returns when TOP_K is not fed (its K_MAX): one run of batch 1,
+    an empty profile and no exclusion (ONNX Runtime does not show an initializer's value)."""
+    heads, prototypes = inputs[contract.PROFILE_WEIGHTS][1:]
+    feeds = {
+        contract.PROFILE_WEIGHTS: np.zeros((1, heads or 1, prototypes or 1), np.float32),
+        contract.EXCLUDE_IDS: np.full((1, 1), contract.PAD_ID, np.int64),
+    }
+    [top_ids] = session.run([contract.TOP_IDS], feeds)
+    return int(top_ids.shape[1])
+
+
+def takes_top_k(session: ort.InferenceSession) -> bool:
+    """Whether the scorer graph takes how many items to return (`contract.TOP_K`: an overridable
+    initializer holding K_MAX); a graph exported before it always returns K_MAX."""
+    return any(t.name == contract.TOP_K for t in session.get_overridable_initializers())
 
 
 def _run_plain(session: ort.InferenceSession, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -109,6 +131,7 @@ class OnnxRuntimeScorer(BatchedScorer):
         # the CUDA provider runs through IO bindings (one host<->device copy each way per batch)
         on_cuda = scorer_session.get_providers()[0] == "CUDAExecutionProvider"
         self._run = run_bound if on_cuda else _run_plain
+        self._takes_k = takes_top_k(scorer_session)
         super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
 
     @classmethod
@@ -144,12 +167,11 @@ class OnnxRuntimeScorer(BatchedScorer):
         )  # (B, H, K), (B, 1)
         return [(weights[i], int(lengths[i, 0])) for i in range(len(histories))]
 
-    def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        weights = np.stack([w for w, _ in requests]).astype(np.float32, copy=False)  # (B, H, K)
-        exclude = pad_rows([e for _, e in requests])  # (B, E)
-        top_ids, top_scores = self._run(
-            self.scorer_session,
-            [contract.TOP_IDS, contract.TOP_SCORES],
-            {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude},
-        )  # (B, K_MAX) each
+    def _run_scorer(self, requests: list[ScorerRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        weights = np.stack([w for w, _, _ in requests]).astype(np.float32, copy=False)  # (B, H, K)
+        exclude = pad_rows([e for _, e, _ in requests])  # (B, E)
+        feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+        if self._takes_k:  # the batch's largest k (validated: at most K_MAX), not K_MAX (export/contract.py)
+            feeds[contract.TOP_K] = np.array([max(k for _, _, k in requests)], dtype=np.int64)
+        top_ids, top_scores = self._run(self.scorer_session, [contract.TOP_IDS, contract.TOP_SCORES], feeds)  # (B, k) each
         return [(top_ids[i], top_scores[i]) for i in range(len(requests))]

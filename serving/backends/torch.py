@@ -38,7 +38,7 @@ from export.served_model import (
     profile_from_tensors,
     scorer_from_tensors,
 )
-from serving.backends.base import BatchedScorer, batcher_options, default_threads
+from serving.backends.base import BatchedScorer, ScorerRequest, batcher_options, default_threads
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
 from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
@@ -245,6 +245,7 @@ class TorchScorer(BatchedScorer):
         weights, lengths = self.model.profiles(histories)
         return [(weights[i], int(lengths[i])) for i in range(len(histories))]
 
-    def _run_scorer(self, requests: list[tuple[np.ndarray, np.ndarray]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        ids, scores = self.model.top_k(np.stack([w for w, _ in requests]), [e for _, e in requests])
+    def _run_scorer(self, requests: list[ScorerRequest]) -> list[tuple[np.ndarray, np.ndarray]]:
+        # K_MAX each (its CUDA graphs are captured for one output width); the caller keeps the first k
+        ids, scores = self.model.top_k(np.stack([w for w, _, _ in requests]), [e for _, e, _ in requests])
         return [(ids[i], scores[i]) for i in range(len(requests))]
