@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.settings_ab import FIELDS, Target, alternate, median
+from benchmarks.settings_ab import FIELDS, Target, add_arguments, alternate, check_arguments, median
 from common.files import atomic_write_text
 
 
@@ -104,18 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="reads at a time in the second measure")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--items", type=int, default=1000, help="the gateways' catalog size")
-    parser.add_argument("--rounds", type=int, default=3, help="gateways per setting (0: reads alone only)")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
-    parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
+    add_arguments(parser, "gateways per setting (0: reads alone only)", min_rounds=0)
     parser.add_argument("--workdir", default="benchmarks/out/redis_pipe", help="the exported repository")
     parser.add_argument("--output", default="", help="write the Markdown tables here (default: print them)")
     args = parser.parse_args(argv)
-    if min(args.reads, args.concurrency, args.blocks, args.clients, args.load_processes) < 1 or args.rounds < 0 or args.seconds <= 0:
-        parser.error("--reads, --concurrency, --blocks, --clients and --load-processes must be at least 1, --rounds 0 or more, --seconds above 0")
-    if not 0 < args.load_fraction <= 1:
-        parser.error(f"--load-fraction is a share of the closed loop's rate: above 0, at most 1 (got {args.load_fraction})")
+    if min(args.reads, args.concurrency, args.blocks) < 1:
+        parser.error("--reads, --concurrency and --blocks must be at least 1")
+    check_arguments(parser, args)
     started, before = time.monotonic(), os.getloadavg()[0]
     alone = asyncio.run(reads_alone(args.reads, args.concurrency, args.blocks))
     gateways = {}

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.settings_ab import FIELDS, Sample, Target, alternate, median
+from benchmarks.settings_ab import FIELDS, Sample, Target, add_arguments, alternate, check_arguments, median
 from common.files import atomic_write_text
 from export import contract
 from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
@@ -83,18 +83,11 @@ def render(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, nargs="+", default=[1000, 10000, 41000], help="catalog sizes")
-    parser.add_argument("--rounds", type=int, default=3, help="gateways per setting and size (alternating)")
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
-    parser.add_argument("--load-processes", type=int, default=2)
-    parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
+    add_arguments(parser, "gateways per setting and size (alternating)")
     parser.add_argument("--workdir", default="benchmarks/out/threads", help="the exported repositories")
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.clients < 1 or args.seconds <= 0 or args.load_processes < 1:
-        parser.error("--rounds, --clients and --load-processes must be at least 1, --seconds above 0")
-    if not 0 < args.load_fraction <= 1:
-        parser.error(f"--load-fraction is a share of the closed loop's rate: above 0, at most 1 (got {args.load_fraction})")
+    check_arguments(parser, args)
     started, before = time.monotonic(), os.getloadavg()[0]
     results = [
         measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction)

@@ -31,7 +31,7 @@ def test_both_ways_of_reading_get_measured_rows_alone_and_through_gateways(tmp_p
 
 @pytest.mark.parametrize(("argv", "message"), [
     (["--reads", "0"], "must be at least 1"),
-    (["--rounds", "-1"], "--rounds 0 or more"),
+    (["--rounds", "-1"], "--rounds must be at least 0"),
     (["--load-fraction", "0"], "--load-fraction is a share"),
 ])  # fmt: skip
 def test_settings_that_measure_nothing_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,8 @@ def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
 @pytest.mark.parametrize(("argv", "message"), [
     (["--load-fraction", "0"], "--load-fraction is a share"),
     (["--load-fraction", "1.5"], "--load-fraction is a share"),
-    (["--rounds", "0"], "--rounds, --clients and --load-processes must be at least 1"),
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--clients", "0"], "--clients and --load-processes at least 1"),
 ])  # fmt: skip
 def test_settings_that_measure_nothing_are_refused_before_any_gateway_starts(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
