@@ -231,7 +231,7 @@ class RedisPipe:
                 else:
                     transport, protocol = await loop.create_connection(make, endpoint.host, endpoint.port, ssl=endpoint.ssl_context)
                 for reply in [protocol.send(command) for command in endpoint.handshake()]:
-                    await reply  # AUTH refused, a bad SELECT: ResponseError, and no connection
+                    await reply  # AUTH refused, a bad SELECT: no connection (below)
         except BaseException as error:
             if transport is not None:
                 transport.abort()
@@ -239,6 +239,8 @@ class RedisPipe:
                 raise redis.exceptions.TimeoutError("connecting to Redis timed out") from error
             if isinstance(error, OSError):
                 raise redis.exceptions.ConnectionError(f"could not connect to Redis: {error}") from error
+            if isinstance(error, redis.exceptions.ResponseError):  # as redis-py: a refused set-up is no connection
+                raise redis.exceptions.AuthenticationError(f"Redis refused the connection's set-up (AUTH, SELECT): {error}") from error
             raise
         self._protocol = protocol
         self.connects += 1
