@@ -78,3 +78,14 @@ async def alternate(
         )
         for state, blocks_ in runs.items()
     }
+
+
+def comparison(result: Mapping[str, tuple[np.ndarray, float, list[float]]], first: str, second: str, what: str) -> list[str]:
+    """`alternate`'s two states side by side: p50 and p99 of `what`, and the CPU per call."""
+    (lat_a, cpu_a, _), (lat_b, cpu_b, _) = result[first], result[second]
+    lines = []
+    for name, q in (("p50", 50), ("p99", 99)):
+        a, b = np.percentile(lat_a, q) * 1e3, np.percentile(lat_b, q) * 1e3
+        lines.append(f"{what} {name}: {first} {a:.3f} ms, {second} {b:.3f} ms ({(b - a) * 1e3:+.0f} µs, x{b / a:.3f})")
+    lines.append(f"gateway + client CPU per call: {first} {cpu_a:.3f} ms, {second} {cpu_b:.3f} ms ({(cpu_b - cpu_a) * 1e3:+.0f} µs)")
+    return lines

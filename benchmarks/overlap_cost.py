@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.inprocess_gateway import alternate
+from benchmarks.inprocess_gateway import alternate, comparison
 
 SEQUENTIAL, OVERLAPPED = "read, then score", "overlapped"
 
@@ -50,16 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         states = {SEQUENTIAL: sequential, OVERLAPPED: overlapped}
         result = asyncio.run(alternate(args.calls, args.blocks, Path(workdir), states))
-    (lat_seq, cpu_seq, blocks_seq), (lat_ovl, cpu_ovl, blocks_ovl) = result[SEQUENTIAL], result[OVERLAPPED]
-    for name, q in (("p50", 50), ("p99", 99)):
-        a, b = np.percentile(lat_seq, q) * 1e3, np.percentile(lat_ovl, q) * 1e3
-        print(f"cached Recommend {name}: {SEQUENTIAL} {a:.3f} ms, {OVERLAPPED} {b:.3f} ms ({(b - a) * 1e3:+.0f} µs, x{b / a:.3f})")
-    differences = np.array(blocks_ovl) - np.array(blocks_seq)
+    print("\n".join(comparison(result, SEQUENTIAL, OVERLAPPED, "cached Recommend")))
+    differences = np.array(result[OVERLAPPED][2]) - np.array(result[SEQUENTIAL][2])
     print(
         f"block p50, {OVERLAPPED} minus {SEQUENTIAL}: median {np.median(differences) * 1e6:+.0f} µs; "
         f"{OVERLAPPED} lower in {int((differences < 0).sum())} of {len(differences)} block pairs"
     )
-    print(f"gateway + client CPU per call: {SEQUENTIAL} {cpu_seq:.3f} ms, {OVERLAPPED} {cpu_ovl:.3f} ms ({(cpu_ovl - cpu_seq) * 1e3:+.0f} µs)")
 
 
 if __name__ == "__main__":

@@ -104,13 +104,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=32, help="reads at a time in the second measure")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--items", type=int, default=1000, help="the gateways' catalog size")
-    add_arguments(parser, "gateways per setting (0: reads alone only)", min_rounds=0)
+    add_arguments(parser, "gateways per setting (0: reads alone only)")
     parser.add_argument("--workdir", default="benchmarks/out/redis_pipe", help="the exported repository")
     parser.add_argument("--output", default="", help="write the Markdown tables here (default: print them)")
     args = parser.parse_args(argv)
     if min(args.reads, args.concurrency, args.blocks) < 1:
         parser.error("--reads, --concurrency and --blocks must be at least 1")
-    check_arguments(parser, args)
+    check_arguments(parser, args, min_rounds=0)
     started, before = time.monotonic(), os.getloadavg()[0]
     alone = asyncio.run(reads_alone(args.reads, args.concurrency, args.blocks))
     gateways = {}

@@ -27,21 +27,18 @@ from benchmarks.gateway_bench import Client, ClientSource, export_repository, ga
 from benchmarks.load import closed_loop, run_load
 
 
-def add_arguments(parser: argparse.ArgumentParser, rounds_help: str, min_rounds: int = 1) -> None:
+def add_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
     """The gateway A/B's options (`check_arguments` refuses the ones that measure nothing)."""
     parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
-    parser.set_defaults(min_rounds=min_rounds)
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.rounds < args.min_rounds or args.clients < 1 or args.seconds <= 0 or args.load_processes < 1:
-        parser.error(
-            f"--rounds must be at least {args.min_rounds}, --clients and --load-processes at least 1, --seconds above 0"
-        )
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, min_rounds: int = 1) -> None:
+    if args.rounds < min_rounds or args.clients < 1 or args.seconds <= 0 or args.load_processes < 1:
+        parser.error(f"--rounds must be at least {min_rounds}, --clients and --load-processes at least 1, --seconds above 0")
     if not 0 < args.load_fraction <= 1:
         parser.error(f"--load-fraction is a share of the closed loop's rate: above 0, at most 1 (got {args.load_fraction})")
 

@@ -27,7 +27,7 @@ import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from benchmarks.inprocess_gateway import alternate
+from benchmarks.inprocess_gateway import alternate, comparison
 from serving import stages, tracing
 
 # the stages a cached Recommend marks, in order (tests/serving/test_stages.py's CACHED_RECOMMEND)
@@ -109,11 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as workdir:
         states = {"off": tracing_off, "on": tracing_state}
         gateway = asyncio.run(alternate(args.calls, args.blocks, Path(workdir), states, METADATA))
-    (lat_off, cpu_off, _), (lat_on, cpu_on, _) = gateway["off"], gateway["on"]
-    for name, q in (("p50", 50), ("p99", 99)):
-        a, b = np.percentile(lat_off, q) * 1e3, np.percentile(lat_on, q) * 1e3
-        print(f"gateway {name}: off {a:.3f} ms, on {b:.3f} ms (x{b / a:.3f})")
-    print(f"gateway + client CPU per call: off {cpu_off:.3f} ms, on {cpu_on:.3f} ms (+{(cpu_on - cpu_off) * 1000:.0f} µs)")
+    print("\n".join(comparison(gateway, "off", "on", "gateway")))
 
 
 if __name__ == "__main__":

@@ -174,9 +174,9 @@ def expose_top_k(scorer_onnx: bytes, k_max: int) -> bytes:
     that is also a graph input, and its outputs' second axis named `top_k` instead of K_MAX.
 
     A caller that does not feed TOP_K gets what the graph always returned; the in-process backend
-    feeds the largest k of its batch. On the 2-core machine (ONNX Runtime's profiler, one thread)
-    TopK at K_MAX = 1,000 was 31 % of the 1,000-item scorer's time at batch 4 (it sorts the whole
-    catalog there) and 34 % of the 41,000-item scorer's at batch 32, for requests asking for 10."""
+    feeds the largest k of its batch: TopK at K_MAX sorts min(1,000, N) items per row whatever the
+    request asks (`python -m benchmarks.scorer_ops`, figures in export/README.md: at batch 32, 56 %
+    of the 1,000-item scorer and 35 % of the 41,000-item one, against 7-8 % asking for 10)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 

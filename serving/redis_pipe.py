@@ -2,10 +2,9 @@
 
 Every cached Recommend asks Redis for one short version token (serving/cache.py, versioned reads).
 Through redis-py that GET cost about 100 µs of the event loop's CPU on the 2-core machine (a pool
-checkout, the retry wrapper, command packing, a stream reader's wake-up of the waiting task), and
-under 64 clients it was the largest single cost a call added to a bare grpc.aio call (cProfile of
-the gateway: 14 % of its event loop). `python -m benchmarks.redis_pipe_cost` measures the two
-alike.
+checkout, the retry wrapper, command packing, a stream reader's wake-up of the waiting task);
+`python -m benchmarks.redis_pipe_cost` measures the two alike, alone and through whole gateways
+(serving/README.md has its figures).
 
 Here a GET is written to the socket at once, by the caller, with no task and no pool; Redis answers
 a connection's commands in the order it got them, so replies are matched to the waiting futures
@@ -34,6 +33,8 @@ import asyncio
 import collections
 import functools
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,9 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
 CONNECT_TIMEOUT_S = 1.0  # when the client names none
+# After a failed connection, reads take the other way this long before one starts another: a pipe
+# that cannot connect (while redis-py can) must not cost every request a connection attempt.
+RECONNECT_AFTER_S = 1.0
 
 
 def encode_command(*parts: bytes) -> bytes:
@@ -69,10 +73,14 @@ class Endpoint:
     @classmethod
     def of(cls, client: Redis) -> Endpoint | None:
         """The endpoint of a (non-cluster) redis-py client; None when it authenticates another way
-        (a credential provider) than this connection knows."""
+        (a credential provider) than this connection knows, or its TLS settings do not load."""
         pool = client.connection_pool
         connection = pool.connection_class(**pool.connection_kwargs)  # not connected: only its settings are read
         if connection.credential_provider is not None and not connection.password:
+            return None
+        try:
+            context = connection.ssl_context.get() if isinstance(connection, SSLConnection) else None
+        except (OSError, ssl.SSLError):  # e.g. a missing CA file: redis-py's own connection reports it (start-up log)
             return None
         return cls(
             host=None if isinstance(connection, UnixDomainSocketConnection) else connection.host,
@@ -81,7 +89,7 @@ class Endpoint:
             db=int(connection.db or 0),
             username=connection.username,
             password=connection.password,
-            ssl_context=connection.ssl_context.get() if isinstance(connection, SSLConnection) else None,
+            ssl_context=context,
             connect_timeout_s=connection.socket_connect_timeout or CONNECT_TIMEOUT_S,
         )
 
@@ -185,12 +193,15 @@ class RedisPipe:
     `get` sends at once when connected and returns the reply's future; it returns None while there
     is no connection (and starts one), so the caller can take another way meanwhile."""
 
-    def __init__(self, endpoint: Endpoint, timeout_s: float):
+    def __init__(self, endpoint: Endpoint, timeout_s: float, clock: Callable[[], float] = time.monotonic):
         self.endpoint = endpoint
         self.timeout_s = timeout_s  # a read unanswered this long fails the connection (redis' TimeoutError)
+        self.clock = clock
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[None] | None = None
+        self._next_attempt = 0.0  # clock() before which a read starts no connection (RECONNECT_AFTER_S)
         self.connects = 0  # connections made (the first and each one after a loss)
+        self.attempts = 0  # connections tried
 
     @property
     def connected(self) -> bool:
@@ -198,27 +209,31 @@ class RedisPipe:
         return protocol is not None and protocol.lost is None and protocol.transport is not None and not protocol.transport.is_closing()
 
     def get(self, key: bytes) -> asyncio.Future[bytes | None] | None:
-        """GET `key`, sent now; None (and a connection started) when not connected."""
+        """GET `key`, sent now; None when not connected (a connection is started, unless one failed
+        less than RECONNECT_AFTER_S ago)."""
         if not self.connected:
-            self._start_connecting()
+            if self.clock() >= self._next_attempt:
+                self._start_connecting()
             return None
         return self._protocol.send(encode_command(b"GET", key))  # type: ignore[union-attr]
 
     async def connect(self) -> None:
-        """Connect now (or wait for the connection under way); raises what connecting raised."""
+        """Connect now, failed attempts or not (or wait for the connection under way); raises what
+        connecting raised."""
         self._start_connecting()
         if self._connecting is not None:
             await asyncio.shield(self._connecting)
 
     def _start_connecting(self) -> None:
         if self._connecting is None and not self.connected:
+            self.attempts += 1
             self._connecting = asyncio.get_running_loop().create_task(self._connect())
             self._connecting.add_done_callback(self._connected)
 
     def _connected(self, task: asyncio.Task[None]) -> None:
         self._connecting = None
-        if not task.cancelled():
-            task.exception()  # a failed connection is retried by the next read, not logged as lost
+        if not task.cancelled() and task.exception() is not None:  # retrieved: not logged as lost
+            self._next_attempt = self.clock() + RECONNECT_AFTER_S
 
     async def _connect(self) -> None:
         endpoint, loop = self.endpoint, asyncio.get_running_loop()

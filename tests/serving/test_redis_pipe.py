@@ -39,6 +39,8 @@ def test_the_endpoint_is_what_redis_py_would_connect_to() -> None:
     plain = Endpoint.of(Redis.from_url("redis://127.0.0.1:6379/0"))
     assert plain is not None and plain.handshake() == []  # nothing to set up
     assert Endpoint.of(Redis.from_url("rediss://:pw@h:6380/0")).ssl_context is not None  # type: ignore[union-attr]
+    # TLS settings that do not load (a missing CA file): no pipe; redis-py's connection reports the error
+    assert Endpoint.of(Redis.from_url("rediss://h:6380/0?ssl_ca_certs=/nonexistent/ca.pem")) is None
 
 
 async def test_concurrent_gets_each_get_their_own_reply_over_one_connection(redis_server: RedisProcess) -> None:
@@ -181,10 +183,11 @@ async def test_after_a_lost_connection_the_next_read_connects_again() -> None:
             await pipe.connect()
             assert await pipe.get(b"k") == b"v"  # type: ignore[misc]
             assert await client.client_kill_filter(skipme=True) >= 1  # every client but this one: the pipe's
-            async with asyncio.timeout(30):  # a condition, not a clock: until the loss is seen
-                while pipe.connected:
-                    await asyncio.sleep(0.005)
-            assert pipe.get(b"k") is None  # the caller goes another way; a connection starts
+            after = pipe.get(b"k")  # sent to a closed connection, unless its loss was already seen
+            if after is not None:
+                with pytest.raises(redis.exceptions.ConnectionError, match="lost"):
+                    await after
+            assert not pipe.connected and pipe.get(b"k") is None  # the caller goes another way; a connection starts
             await pipe.connect()
             assert await pipe.get(b"k") == b"v" and pipe.connects == 2  # type: ignore[misc]
         finally:
@@ -236,3 +239,21 @@ async def test_the_store_reads_versions_on_the_pipe_and_without_it_alike(redis_s
         assert await asyncio.gather(*(plain.get_version(user) for user in users)) == expected
     finally:
         await piped.aclose()
+
+
+async def test_a_failed_connection_is_not_tried_again_by_every_read(tmp_path: Path) -> None:
+    """While the pipe cannot connect, reads go the other way (None) and start no new attempt until
+    RECONNECT_AFTER_S has passed on its clock; `connect()` itself always tries."""
+    from serving.redis_pipe import RECONNECT_AFTER_S
+
+    now = [100.0]
+    pipe = RedisPipe(Endpoint(path=str(tmp_path / "no-redis.sock")), 5.0, clock=lambda: now[0])  # nothing listens there
+    with pytest.raises(redis.exceptions.ConnectionError, match="could not connect"):
+        await pipe.connect()
+    assert pipe.attempts == 1
+    assert [pipe.get(b"k") for _ in range(50)] == [None] * 50 and pipe.attempts == 1  # no attempt per read
+    now[0] += RECONNECT_AFTER_S
+    assert pipe.get(b"k") is None and pipe.attempts == 2  # past the pause: one more, in the background
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await pipe.connect()  # waits for that attempt (and its failure)
+    await pipe.close()

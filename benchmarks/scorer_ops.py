@@ -1,0 +1,97 @@
+"""`python -m benchmarks.scorer_ops`: where the scorer graph's time goes, operator by operator
+(ONNX Runtime's own profiler, one thread, the gateway's session settings otherwise), asking for
+`--k` items (the graph's `top_k` input, as the in-process backend feeds it) and for K_MAX (`top_k`
+not fed), at each `--items` catalog size and `--batches` batch size. What `export/onnx_export.py`'s
+`expose_top_k` rests on: TopK at K_MAX sorts min(1,000, N) items per row whatever the request asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from benchmarks.gateway_bench import K
+from benchmarks.synthetic import synthetic_apron
+from common.files import atomic_write_text
+from export import contract
+from export.onnx_export import export_onnx
+from serving.backends.onnxruntime import session_options
+
+
+def op_times(scorer_onnx: bytes, feeds: dict[str, np.ndarray], runs: int, directory: Path) -> dict[str, float]:
+    """Kernel µs per run by operator type, over `runs` profiled runs."""
+    options = session_options(1)
+    options.enable_profiling = True
+    options.profile_file_prefix = str(directory / "scorer")
+    session = ort.InferenceSession(scorer_onnx, options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, feeds)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"]
+    return {op: us / runs for op, us in totals.items()}
+
+
+def measure(items: list[int], batches: list[int], k: int, runs: int) -> list[tuple[int, int, str, dict[str, float]]]:
+    rows = []
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as directory:
+        for n_items in items:
+            model = synthetic_apron(n_items)
+            cfg = model.config
+            scorer = export_onnx(model, contract.DEFAULT_K_MAX).onnx[contract.SCORER_MODEL]
+            for batch in batches:
+                weights = rng.random((batch, cfg.n_heads, cfg.n_tags)).astype(np.float32)
+                exclude = rng.integers(0, n_items, (batch, 50)).astype(np.int64)
+                feeds = {contract.PROFILE_WEIGHTS: weights, contract.EXCLUDE_IDS: exclude}
+                for label, extra in ((f"k = {k}", {contract.TOP_K: np.array([k])}), ("K_MAX", {})):
+                    rows.append((n_items, batch, label, op_times(scorer, {**feeds, **extra}, runs, Path(directory))))
+    return rows
+
+
+def render(rows: list[tuple[int, int, str, dict[str, float]]], command: str, wall_s: float) -> list[str]:
+    lines = [
+        "| items | batch | asked | kernel µs per run | TopK µs | TopK share | largest three operators (share) |",
+        "| ---: | ---: | --- | ---: | ---: | ---: | --- |",
+    ]
+    for n_items, batch, label, ops in rows:
+        total = sum(ops.values())
+        top = ops.get("TopK", 0.0)
+        largest = ", ".join(f"{op} {us / total:.0%}" for op, us in sorted(ops.items(), key=lambda kv: -kv[1])[:3])
+        lines.append(f"| {n_items:,} | {batch} | {label} | {total:,.0f} | {top:,.0f} | {top / total:.0%} | {largest} |")
+    lines += ["", f"`{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores (one ONNX Runtime thread)."]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[1000, 41000])
+    parser.add_argument("--batches", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--k", type=int, default=K, help="items asked for (default: the gateway benchmarks' k)")
+    parser.add_argument("--runs", type=int, default=100, help="profiled runs per case")
+    parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
+    args = parser.parse_args(argv)
+    if min(*args.items, *args.batches, args.runs) < 1 or not 1 <= args.k <= min(min(args.items), contract.DEFAULT_K_MAX):
+        parser.error("--items, --batches and --runs must be at least 1, --k in [1, min(K_MAX, the smallest catalog)]")
+    started = time.monotonic()
+    rows = measure(args.items, args.batches, args.k, args.runs)
+    command = "python -m benchmarks.scorer_ops " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(render(rows, command, time.monotonic() - started)) + "\n"
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
