@@ -153,7 +153,7 @@ class RequestPath:
     echo: EchoResults
     phases: dict[str, PathPhase]  # by PHASES key
     tail: TailEvidence
-    more_servers: PathPhase | None = None  # the saturated phase again with --grpc-servers COMPARED_SERVERS (serving/intake.py)
+    own_intake: PathPhase | None = None  # the saturated phase again with --grpc-intake COMPARED_INTAKE (serving/intake.py)
 
 
 def unavailable() -> str:
@@ -332,7 +332,7 @@ PHASES = {
     "get": ("1 client, GetProfile", "get_profile", "GetProfile"),
 }
 SATURATED = "saturated"
-COMPARED_SERVERS = 4  # --grpc-servers against the default in the request-path section
+COMPARED_INTAKE = 1  # --grpc-intake against the default in the request-path section: grpc.aio's own intake alone
 
 
 def run(settings: Settings) -> GatewayResults:
@@ -422,19 +422,19 @@ def run(settings: Settings) -> GatewayResults:
     with gateway_process(repository, secret, 1) as gateway:
         asyncio.run(warm(gateway))
         unbatched, _, _ = saturate(gateway)
-    more_servers = None
-    if settings.request_path:  # --grpc-servers COMPARED_SERVERS against the default (serving/intake.py)
-        more = {"grpc_servers": COMPARED_SERVERS}
-        log = repository.parent / f"calls-{COMPARED_SERVERS}.log"
+    own_intake = None
+    if settings.request_path:  # --grpc-intake COMPARED_INTAKE against the default (serving/intake.py)
+        more = {"grpc_intake": COMPARED_INTAKE}
+        log = repository.parent / f"calls-intake-{COMPARED_INTAKE}.log"
         with gateway_process(repository, secret, max_batch, more_settings=more, call_log=log) as gateway:
             asyncio.run(warm(gateway))
-            _, _, more_servers = saturate(gateway)
+            _, _, own_intake = saturate(gateway)
     profile = repository.parent / "gateway-profile.json"
     with gateway_process(repository, secret, max_batch, profile_to=profile) as gateway:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, phases, tail, more_servers) if echo is not None else None
+    path = RequestPath(echo, phases, tail, own_intake) if echo is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
@@ -602,38 +602,41 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
-        *intake_lines(phases[SATURATED], path.more_servers),
+        *intake_lines(phases[SATURATED], path.own_intake),
         *tail_lines(g, tail),
     ]
     return lines
 
 
-def intake_lines(default: PathPhase, more: PathPhase | None) -> list[str]:
-    """The default --grpc-servers against COMPARED_SERVERS at saturation: where the calls wait, and what it serves."""
+def intake_lines(default: PathPhase, other: PathPhase | None) -> list[str]:
+    """The default --grpc-intake against COMPARED_INTAKE at saturation: where the calls wait, and what it serves."""
     from serving.config import ServingConfig
 
-    if more is None:
+    if other is None:
         return []
-    servers = ServingConfig().grpc_servers
+    depth = ServingConfig().grpc_intake
 
     def row(name: str, p: PathPhase) -> str:
         before = "n/a" if p.calls is None else fmt(p.calls.before_us / 1e3, 1)
         return (
-            f"| {name} | {fmt(p.timing.throughput, 0)} | {fmt(p.timing.p50_ms, 1)} | {before} | {fmt(p.split.total_us / 1e3, 1)} | "
-            f"{fmt(p.cpu_ms_per_call, 2)} | {fmt(p.mean_batch, 1)} |"
+            f"| {name} | {fmt(p.timing.throughput, 0)} | {fmt(p.timing.p50_ms, 1)} | {fmt(p.timing.p99_ms, 1)} | {before} | "
+            f"{fmt(p.split.total_us / 1e3, 1)} | {fmt(p.cpu_ms_per_call, 2)} | {fmt(p.mean_batch, 1)} |"
         )
 
     return [
-        f"### `--grpc-servers {COMPARED_SERVERS}` vs the default {servers} ({default.clients} clients, cached Recommend)",
+        f"### `--grpc-intake {depth}` (the default) vs {COMPARED_INTAKE} ({default.clients} clients, cached Recommend)",
         "",
-        "grpc.aio takes one call per method per event-loop turn from grpc core, so under load calls wait there "
-        f"before any stage (`serving/intake.py`). The {default.clients}-client phase above (the default), then the "
-        f"same closed loop against a gateway with {COMPARED_SERVERS} servers on the port:",
+        "grpc.aio alone keeps one request for each method's next call waiting in grpc core, and asks again only "
+        "once the call it got reached the event loop, so under load it takes one call per method per loop turn and "
+        f"the rest wait in core before any stage. The default keeps {depth} waiting per method (`serving/intake.py`). "
+        f"The {default.clients}-client phase above (the default), then the same closed loop against a gateway "
+        f"with `--grpc-intake {COMPARED_INTAKE}`:",
         "",
-        "| gRPC servers | req/s | p50 ms | before the handler, mean ms | in the stages, mean ms | gateway CPU ms per call | requests per `apron_scorer` run |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        row(f"{servers} (default)", default),
-        row(str(COMPARED_SERVERS), more),
+        "| requests waiting per method | req/s | p50 ms | p99 ms | before the handler, mean ms | in the stages, mean ms | "
+        "gateway CPU ms per call | requests per `apron_scorer` run |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        row(f"{depth} (default)", default),
+        row(f"{COMPARED_INTAKE} (grpc.aio's own)", other),
         "",
     ]
 

@@ -23,7 +23,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.settings_ab import FIELDS, Target, add_arguments, alternate, check_arguments, median
+from benchmarks.settings_ab import (
+    Target,
+    add_arguments,
+    alternate,
+    check_arguments,
+    header_cells,
+    median_cells,
+    where_and_when,
+)
 from common.files import atomic_write_text
 
 
@@ -78,22 +86,14 @@ def render(alone: dict[str, dict[int, list[tuple[float, float]]]], gateways: dic
             cpu, wall = np.median(np.array(by_width[width]), axis=0)
             cells.append(f"{cpu:.1f} | {wall:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    share = f"{args.load_fraction:.0%}"
-    lines += [
-        "",
-        f"| `--redis-pipe` | {args.clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | "
-        f"{share} of that rate, open loop: req/s | its p99 ms | 1 client p50 ms |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for name, samples in gateways.items():
-        rate, p50, p99, cpu, open_rate, open_p99, one = (median(samples, field) for field in FIELDS)
-        lines.append(f"| {name} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f} |")
+    header, align = header_cells(args.clients, args.load_fraction)
+    lines += ["", f"| `--redis-pipe` | {header} |", f"| --- | {align} |"]
+    lines += [f"| {name} | {median_cells(samples)} |" for name, samples in gateways.items()]
     command = "python -m benchmarks.redis_pipe_cost " + " ".join(sys.argv[1:])
     lines += [
         "",
         f"Medians of {args.blocks} blocks (reads) and {args.rounds} rounds (gateways, {args.items:,} items), the settings "
-        f"alternating; `{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores, the load generator on the same "
-        f"cores; load average {load}.",
+        "alternating; " + where_and_when(command, wall_s, load),
     ]
     return lines
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import sys
 from collections.abc import Mapping
@@ -34,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="each closed-loop run (one client: half of it)")
     parser.add_argument("--load-processes", type=int, default=2)
     parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
+
+
+def where_and_when(command: str, wall_s: float, load: str) -> str:
+    """The footer's account of the run: the command, how long, on what, beside what load."""
+    return (
+        f"`{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores, the load generator on the same cores; "
+        f"load average {load}."
+    )
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, min_rounds: int = 1) -> None:
@@ -61,6 +70,21 @@ FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one
 
 def median(samples: list[Sample], field: str) -> float:
     return float(np.median([getattr(sample, field) for sample in samples]))
+
+
+def header_cells(clients: int, load_fraction: float) -> tuple[str, str]:
+    """The Markdown header cells of `median_cells`' columns, and their alignment row's."""
+    return (
+        f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | "
+        f"{load_fraction:.0%} of that rate, open loop: req/s | its p99 ms | 1 client p50 ms",
+        " | ".join("---:" for _ in FIELDS),
+    )
+
+
+def median_cells(samples: list[Sample]) -> str:
+    """One setting's medians over its rounds, as Markdown cells in FIELDS' order."""
+    rate, p50, p99, cpu, open_rate, open_p99, one = (median(samples, field) for field in FIELDS)
+    return f"{rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f}"
 
 
 @dataclass(frozen=True)

@@ -66,9 +66,16 @@ class ServingConfig:
         "gRPC servers of the same services on the port in each gateway process (SO_REUSEPORT, Linux; a taken port "
         "is still an error unless --reuse-port): grpc.aio takes one call per method per event-loop turn from grpc "
         "core, so under load calls queue there before any handler runs; N servers take up to N, over N connections "
-        "at least (BENCHMARKS.md, Request path: 4 against 1). Not the default: during a --reuse-port restart a "
+        "at least (--grpc-intake does the same over any connections, and is on by default). Not the default: during a --reuse-port restart a "
         "connection the kernel gives to a closing server's socket is reset; with 4 servers a side one test run in five "
         "saw a client's retry reset so, and whether more sockets make that likelier is not measured",
+    )
+    grpc_intake: int = _option(
+        8,
+        "requests for the next call of each Recommender method that wait in grpc core at once, on each gRPC server: "
+        "grpc.aio alone keeps one, so under load it takes one call per method per event-loop turn and the rest "
+        "queue in core before any handler (serving/intake.py; BENCHMARKS.md, Request path: the default against 1). "
+        "1: grpc.aio's own intake alone; on a grpcio whose internals it was not written for, 1 with a warning",
     )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
     http_port: int = _option(
@@ -216,7 +223,7 @@ class ServingConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
-            "workers", "grpc_servers", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
+            "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
             "max_connection_age_s",
         )  # fmt: skip
@@ -319,6 +326,7 @@ class ServerConfig:
     port: int
     workers: int
     grpc_servers: int
+    grpc_intake: int
     metrics_port: int
     http_port: int
     request_timeout_s: float

@@ -41,7 +41,7 @@ from serving.control_page import page_routes
 from serving.drain import Drain
 from serving.health import RECOMMENDER, GatewayHealth
 from serving.http import HttpServer, build_app
-from serving.intake import GrpcServers, refuse_taken
+from serving.intake import CallIntake, GrpcServers, call_intake, refuse_taken
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
 from serving.proto_gen.apron.v1 import admin_pb2
@@ -258,17 +258,21 @@ def _grpc_server(
     interceptors: list[grpc.aio.ServerInterceptor],
     options: list[tuple[str, int]],
     one_queue: bool,
-) -> grpc.aio.Server:
-    """One grpc.aio server of the gateway's services (Recommender, ModelAdmin, health, reflection)."""
+    intake_depth: int,
+) -> tuple[grpc.aio.Server, CallIntake | None]:
+    """One grpc.aio server of the gateway's services (Recommender, ModelAdmin, health, reflection),
+    and the deeper intake for the Recommender's methods (None: grpc.aio's own alone)."""
+    # no maximum_concurrent_rpcs: the gateway's own limit is the servicer's (--max-concurrent-rpcs),
+    # which the deeper intake's calls meet as every other call does
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
+    methods = add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
     add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"], one_queue=one_queue)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    return server
+    return server, call_intake(server, methods, interceptors, intake_depth)
 
 
 async def create_server(
@@ -327,7 +331,7 @@ async def create_server(
             _grpc_server(
                 servicer, admin, health_servicer,
                 [*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors, drain.interceptor()],
-                options, one_queue,
+                options, one_queue, config.grpc_intake,
             )
             for _ in range(config.grpc_servers)
         ])  # fmt: skip

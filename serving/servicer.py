@@ -88,10 +88,13 @@ class RawRequest:
             ) from error
 
 
-def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, *, one_queue: bool = False) -> None:
+def add_service(
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, *, one_queue: bool = False
+) -> dict[str, grpc.RpcMethodHandler]:
     """Register `servicer`'s methods of `service` (unary, each behind `rpc_boundary`) as the
     generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`);
-    with `one_queue`, as generic handlers only (below)."""
+    with `one_queue`, as generic handlers only (below). Returns the handlers registered with grpc
+    core by fully qualified method (none with `one_queue`), for the deeper intake (serving/intake.py)."""
     handlers = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -102,8 +105,11 @@ def add_service(server: grpc.aio.Server, servicer: object, service: ServiceDescr
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    if not one_queue:  # registered with grpc core one by one: a pending-call queue per method
-        server.add_registered_method_handlers(service.full_name, handlers)
+    if one_queue:
+        return {}
+    # registered with grpc core one by one: a pending-call queue per method
+    server.add_registered_method_handlers(service.full_name, handlers)
+    return {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
     # else generic only: every call waits in core's one queue of unregistered calls, with the probe
     # that measures it (serving/queue_probe.py)
 

@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from benchmarks.gateway_bench import COMPARED_SERVERS
+from benchmarks.gateway_bench import COMPARED_INTAKE
 from benchmarks.run import main
 from serving.config import ServingConfig
 
@@ -49,9 +49,12 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     for part in ("before the handler", "after it"):
         row = re.search(rf"^\| of which {part}: .*$", text, re.M)
         assert row and len(re.findall(r"\| -?[0-9,]+", row.group(0))) == 4, row
-    # the default --grpc-servers against COMPARED_SERVERS, each with where its calls waited
-    intake = re.findall(r"^\| (\d+(?: \(default\))?) \| [0-9,]+ \| [0-9.,]+ \| ([0-9.,]+) \| [0-9.,]+ \| [0-9.,]+ \| [0-9.,]+ \|$", text, re.M)
-    assert [servers for servers, _ in intake] == [f"{ServingConfig().grpc_servers} (default)", str(COMPARED_SERVERS)], intake
+    # the default --grpc-intake against COMPARED_INTAKE, each with where its calls waited
+    intake = re.findall(
+        r"^\| (\d+ \((?:default|grpc.aio's own)\)) \| [0-9,]+ \| [0-9.,]+ \| [0-9.,]+ \| ([0-9.,]+) \| [0-9.,]+ \| [0-9.,]+ \| [0-9.,]+ \|$",
+        text, re.M,
+    )  # fmt: skip
+    assert [depth for depth, _ in intake] == [f"{ServingConfig().grpc_intake} (default)", f"{COMPARED_INTAKE} (grpc.aio's own)"], intake
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
     assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))

@@ -1,0 +1,79 @@
+"""`python -m benchmarks.intake_depth`: how many requests for each method's next call wait in grpc
+core (`--grpc-intake`, serving/intake.py), through the whole gateway; where its default comes from.
+
+A synthetic model of `--items` items is exported as `apron serve` loads it; then gateways with each
+`--depths` value take turns, `--rounds` times, the order reversed every other round so that load
+from other processes falls on each alike. Each gateway: every benchmark user's profile cached,
+`--clients` callers in a closed loop (req/s, p50, p99, the gateway's CPU per call), an open loop at
+`--load-fraction` of that closed loop's rate (p99 from each request's scheduled start), one client
+with one call in flight (p50). Depth 1 is grpc.aio's own intake alone. The open loop runs at a share
+of each setting's own rate, as BENCHMARKS.md's p99 target is, so a setting that serves more is
+offered more there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.settings_ab import (
+    Target,
+    add_arguments,
+    alternate,
+    check_arguments,
+    header_cells,
+    median_cells,
+    where_and_when,
+)
+from common.files import atomic_write_text
+from serving.config import ServingConfig
+from serving.intake import unsupported
+
+
+def render(samples: dict[int, list], args: argparse.Namespace, command: str, wall_s: float, load: str) -> list[str]:
+    default = ServingConfig().grpc_intake
+    header, align = header_cells(args.clients, args.load_fraction)
+    lines = [f"| `--grpc-intake` | {header} |", f"| ---: | {align} |"]
+    for depth, by_round in samples.items():
+        name = f"{depth} (default)" if depth == default else f"{depth} (grpc.aio's own)" if depth == 1 else str(depth)
+        lines.append(f"| {name} | {median_cells(by_round)} |")
+    lines += [
+        "",
+        f"Medians of {args.rounds} rounds per setting, the settings alternating; {args.items:,} items; "
+        + where_and_when(command, wall_s, load),
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=1000, help="the gateways' catalog size")
+    parser.add_argument("--depths", type=int, nargs="+", default=[1, 2, 4, 8, 16], help="--grpc-intake values")
+    add_arguments(parser, "gateways per setting (alternating)")
+    parser.add_argument("--workdir", default="benchmarks/out/intake", help="the exported repository")
+    parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    if min(args.depths) < 1 or len(set(args.depths)) != len(args.depths):
+        parser.error("--depths are distinct --grpc-intake values, each at least 1")
+    reason = unsupported()
+    if reason and max(args.depths) > 1:  # every setting would measure grpc.aio's own intake
+        parser.error(f"the deeper intake does not run here ({reason}): nothing to compare")
+    started, before = time.monotonic(), os.getloadavg()[0]
+    target = Target.export(args.items, Path(args.workdir))
+    named = {f"--grpc-intake {depth}": {"grpc_intake": depth} for depth in args.depths}
+    by_name = alternate(target, named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
+    samples = {depth: by_name[name] for depth, name in zip(args.depths, named, strict=True)}
+    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
+    command = "python -m benchmarks.intake_depth " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = "\n".join(render(samples, args, command, time.monotonic() - started, load)) + "\n"
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
