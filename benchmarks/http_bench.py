@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import secrets
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +38,7 @@ from benchmarks.gateway_bench import (
     gateway_process,
 )
 from benchmarks.load import closed_loop, run_load
-from benchmarks.timing import Timing
-from common.files import atomic_write_text
+from benchmarks.timing import StandaloneRun, Timing
 from common.net import free_ports
 
 N_ITEMS = 1_000
@@ -229,14 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="benchmarks/out/http", help="the exported 1,000-item repository")
     parser.add_argument("--output", default="", help="write the Markdown section here (default: print it)")
     args = parser.parse_args(argv)
-    started, before = time.monotonic(), os.getloadavg()[0]
+    run = StandaloneRun("http_bench", argv)
     rows, cost = measure(args.seconds, Path(args.workdir))
-    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
-    command = "python -m benchmarks.http_bench " + " ".join(sys.argv[1:])
-    text = "\n".join(render(rows, cost, command, time.monotonic() - started, load)) + "\n"
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-    print(text)
+    run.publish(render(rows, cost, run.command, run.wall_s, run.load()), args.output)
 
 
 if __name__ == "__main__":

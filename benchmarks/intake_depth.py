@@ -14,12 +14,10 @@ offered more there.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
-import time
 from pathlib import Path
 
 from benchmarks.settings_ab import (
+    Sample,
     Target,
     add_arguments,
     alternate,
@@ -28,12 +26,12 @@ from benchmarks.settings_ab import (
     median_cells,
     where_and_when,
 )
-from common.files import atomic_write_text
+from benchmarks.timing import StandaloneRun
 from serving.config import ServingConfig
 from serving.intake import unsupported
 
 
-def render(samples: dict[int, list], args: argparse.Namespace, command: str, wall_s: float, load: str) -> list[str]:
+def render(samples: dict[int, list[Sample]], args: argparse.Namespace, run: StandaloneRun) -> list[str]:
     default = ServingConfig().grpc_intake
     header, align = header_cells(args.clients, args.load_fraction)
     lines = [f"| `--grpc-intake` | {header} |", f"| ---: | {align} |"]
@@ -43,7 +41,7 @@ def render(samples: dict[int, list], args: argparse.Namespace, command: str, wal
     lines += [
         "",
         f"Medians of {args.rounds} rounds per setting, the settings alternating; {args.items:,} items; "
-        + where_and_when(command, wall_s, load),
+        + where_and_when(run),
     ]
     return lines
 
@@ -62,17 +60,12 @@ def main(argv: list[str] | None = None) -> None:
     reason = unsupported()
     if reason and max(args.depths) > 1:  # every setting would measure grpc.aio's own intake
         parser.error(f"the deeper intake does not run here ({reason}): nothing to compare")
-    started, before = time.monotonic(), os.getloadavg()[0]
+    run = StandaloneRun("intake_depth", argv)
     target = Target.export(args.items, Path(args.workdir))
     named = {f"--grpc-intake {depth}": {"grpc_intake": depth} for depth in args.depths}
     by_name = alternate(target, named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
     samples = {depth: by_name[name] for depth, name in zip(args.depths, named, strict=True)}
-    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
-    command = "python -m benchmarks.intake_depth " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join(render(samples, args, command, time.monotonic() - started, load)) + "\n"
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-    print(text)
+    run.publish(render(samples, args, run), args.output)
 
 
 if __name__ == "__main__":

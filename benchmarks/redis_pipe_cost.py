@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -32,7 +30,7 @@ from benchmarks.settings_ab import (
     median_cells,
     where_and_when,
 )
-from common.files import atomic_write_text
+from benchmarks.timing import StandaloneRun
 
 
 async def _reads(store: object, users: list[str], reads: int, concurrency: int) -> tuple[float, float]:
@@ -74,7 +72,7 @@ async def reads_alone(reads: int, concurrency: int, blocks: int) -> dict[str, di
     return results
 
 
-def render(alone: dict[str, dict[int, list[tuple[float, float]]]], gateways: dict[str, list], args: argparse.Namespace, wall_s: float, load: str) -> list[str]:
+def render(alone: dict[str, dict[int, list[tuple[float, float]]]], gateways: dict[str, list], args: argparse.Namespace, run: StandaloneRun) -> list[str]:
     widths = sorted(next(iter(alone.values())))
     lines = [
         "| version read | " + " | ".join(f"{w} at a time: CPU µs per read | wall µs per read" for w in widths) + " |",
@@ -89,11 +87,10 @@ def render(alone: dict[str, dict[int, list[tuple[float, float]]]], gateways: dic
     header, align = header_cells(args.clients, args.load_fraction)
     lines += ["", f"| `--redis-pipe` | {header} |", f"| --- | {align} |"]
     lines += [f"| {name} | {median_cells(samples)} |" for name, samples in gateways.items()]
-    command = "python -m benchmarks.redis_pipe_cost " + " ".join(sys.argv[1:])
     lines += [
         "",
         f"Medians of {args.blocks} blocks (reads) and {args.rounds} rounds (gateways, {args.items:,} items), the settings "
-        "alternating; " + where_and_when(command, wall_s, load),
+        "alternating; " + where_and_when(run),
     ]
     return lines
 
@@ -111,18 +108,14 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.reads, args.concurrency, args.blocks) < 1:
         parser.error("--reads, --concurrency and --blocks must be at least 1")
     check_arguments(parser, args, min_rounds=0)
-    started, before = time.monotonic(), os.getloadavg()[0]
+    run = StandaloneRun("redis_pipe_cost", argv)
     alone = asyncio.run(reads_alone(args.reads, args.concurrency, args.blocks))
     gateways = {}
     if args.rounds:
         target = Target.export(args.items, Path(args.workdir))
         settings = {"on (default)": {"redis_pipe": "true"}, "off (redis-py)": {"redis_pipe": "false"}}
         gateways = alternate(target, settings, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
-    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
-    text = "\n".join(render(alone, gateways, args, time.monotonic() - started, load)) + "\n"
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-    print(text)
+    run.publish(render(alone, gateways, args, run), args.output)
 
 
 if __name__ == "__main__":

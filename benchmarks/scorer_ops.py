@@ -11,9 +11,7 @@ import argparse
 import collections
 import json
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +19,7 @@ import onnxruntime as ort
 
 from benchmarks.gateway_bench import K
 from benchmarks.synthetic import synthetic_apron
-from common.files import atomic_write_text
+from benchmarks.timing import StandaloneRun
 from export import contract
 from export.onnx_export import export_onnx
 from serving.backends.onnxruntime import session_options
@@ -84,13 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if min(*args.items, *args.batches, args.runs) < 1 or not 1 <= args.k <= min(min(args.items), contract.DEFAULT_K_MAX):
         parser.error("--items, --batches and --runs must be at least 1, --k in [1, min(K_MAX, the smallest catalog)]")
-    started = time.monotonic()
+    run = StandaloneRun("scorer_ops", argv)
     rows = measure(args.items, args.batches, args.k, args.runs)
-    command = "python -m benchmarks.scorer_ops " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = "\n".join(render(rows, command, time.monotonic() - started)) + "\n"
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-    print(text)
+    run.publish(render(rows, run.command, run.wall_s), args.output)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ import numpy as np
 
 from benchmarks.gateway_bench import Client, ClientSource, export_repository, gateway_process
 from benchmarks.load import closed_loop, run_load
+from benchmarks.timing import StandaloneRun
 
 
 def add_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
@@ -37,11 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
     parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
 
 
-def where_and_when(command: str, wall_s: float, load: str) -> str:
-    """The footer's account of the run: the command, how long, on what, beside what load."""
+def where_and_when(run: StandaloneRun) -> str:
+    """The footer's account of a gateway A/B's run: the command, how long, on what, beside what load."""
     return (
-        f"`{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores, the load generator on the same cores; "
-        f"load average {load}."
+        f"`{run.command}`, {run.wall_s / 60:.1f} min on {os.cpu_count()} cores, the load generator on the same cores; "
+        f"load average {run.load()}."
     )
 
 

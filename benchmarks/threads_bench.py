@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.settings_ab import FIELDS, Sample, Target, add_arguments, alternate, check_arguments, median
-from common.files import atomic_write_text
+from benchmarks.settings_ab import (
+    Sample,
+    Target,
+    add_arguments,
+    alternate,
+    check_arguments,
+    header_cells,
+    median_cells,
+    where_and_when,
+)
+from benchmarks.timing import StandaloneRun
 from export import contract
 from serving.backends.base import WIDE_SCORER_BYTES, default_threads, scorer_threads
 from serving.backends.onnxruntime import onnx_path
@@ -35,9 +42,6 @@ class SizeResult:
     scorer_mib: float
     auto: int  # what --ort-threads 0 gives this scorer
     samples: dict[int, list[Sample]]  # threads -> one per round
-
-    def median(self, threads: int, field: str) -> float:
-        return median(self.samples[threads], field)
 
 
 def measure_size(
@@ -53,28 +57,19 @@ def measure_size(
     return SizeResult(n_items, size / 2**20, scorer_threads(size), samples)
 
 
-def render(
-    results: list[SizeResult], clients: int, rounds: int, load_fraction: float, command: str, wall_s: float, load: str
-) -> list[str]:
-    share = f"{load_fraction:.0%}"
+def render(results: list[SizeResult], clients: int, rounds: int, load_fraction: float, run: StandaloneRun) -> list[str]:
+    header, align = header_cells(clients, load_fraction)
     lines = [
-        "| items | scorer graph MiB | ONNX Runtime threads | "
-        f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | {share} of that rate, open loop: req/s | its p99 ms | "
-        "1 client p50 ms | `--ort-threads 0` picks |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| items | scorer graph MiB | ONNX Runtime threads | {header} | `--ort-threads 0` picks |",
+        f"| ---: | ---: | ---: | {align} | ---: |",
     ]
     for result in results:
-        for threads in result.samples:
-            rate, p50, p99, cpu, open_rate, open_p99, one = (result.median(threads, f) for f in FIELDS)
+        for threads, samples in result.samples.items():
             picked = "this" if threads == result.auto else ""
-            lines.append(
-                f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | "
-                f"{open_rate:.0f} | {open_p99:.1f} | {one:.2f} | {picked} |"
-            )
+            lines.append(f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {median_cells(samples)} | {picked} |")
     lines += [
         "",
-        f"Medians of {rounds} rounds per setting, the settings alternating; `{command}`, {wall_s / 60:.1f} min on "
-        f"{os.cpu_count()} cores, the load generator on the same cores; load average {load}. `--ort-threads 0` gives a "
+        f"Medians of {rounds} rounds per setting, the settings alternating; {where_and_when(run)} `--ort-threads 0` gives a "
         f"scorer graph of {WIDE_SCORER_BYTES / 2**20:g} MiB or more every core (serving/backends/base.py WIDE_SCORER_BYTES).",
     ]
     return lines
@@ -88,18 +83,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
-    started, before = time.monotonic(), os.getloadavg()[0]
+    run = StandaloneRun("threads_bench", argv)
     results = [
         measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction)
         for n in args.items
     ]
-    load = f"{before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
-    command = "python -m benchmarks.threads_bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    wall_s = time.monotonic() - started
-    text = "\n".join(render(results, args.clients, args.rounds, args.load_fraction, command, wall_s, load)) + "\n"
-    if args.output:
-        atomic_write_text(Path(args.output), text)
-    print(text)
+    run.publish(render(results, args.clients, args.rounds, args.load_fraction, run), args.output)
 
 
 if __name__ == "__main__":

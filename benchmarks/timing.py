@@ -2,11 +2,46 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from common.files import atomic_write_text
+
+
+@dataclass
+class StandaloneRun:
+    """One run of a standalone benchmark command (`python -m benchmarks.<module>`), started at
+    construction: its command line, its wall time and the machine's load around it, for the footer
+    under its table; `publish` writes the table where `--output` says and prints it."""
+
+    module: str
+    argv: list[str] | None = None  # main()'s argv (None: the process's own)
+    started: float = field(default_factory=time.monotonic)
+    load_before: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    @property
+    def command(self) -> str:
+        return f"python -m benchmarks.{self.module} " + " ".join(sys.argv[1:] if self.argv is None else self.argv)
+
+    @property
+    def wall_s(self) -> float:
+        return time.monotonic() - self.started
+
+    def load(self) -> str:
+        """Every process's load on the machine (1 min), when the run started and now."""
+        return f"{self.load_before:.1f} -> {os.getloadavg()[0]:.1f} (1 min)"
+
+    def publish(self, lines: list[str], output: str) -> None:
+        text = "\n".join(lines) + "\n"
+        if output:
+            atomic_write_text(Path(output), text)
+        print(text)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ ENV_PREFIX = "APRON_"
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_QUEUE = 256
 MAX_PORT = 65535
+# --grpc-intake: each request waiting in core is a task per Recommender method and server, made at start
+MAX_GRPC_INTAKE = 1024
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -235,6 +237,11 @@ class ServingConfig:
                      "max_queue_delay_ms"):  # fmt: skip
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if self.grpc_intake > MAX_GRPC_INTAKE:  # a task each per method and server: a typo must not stall the start
+            raise ValueError(
+                f"grpc_intake must be at most {MAX_GRPC_INTAKE} (requests waiting per method; 8 is the default), "
+                f"got {self.grpc_intake}"
+            )
         if not 0 <= self.port <= MAX_PORT:  # checked here, not by the first bind: a clear error, not a socket's OverflowError
             raise ValueError(f"port must be 0 (any free port) or a port up to {MAX_PORT}, got {self.port}")
         for name in ("http_port", "metrics_port"):

@@ -6,8 +6,8 @@ grpc.aio's server takes calls from grpc core one at a time per method: it asks c
 call, and only when that request completes (a hop through grpc's poller thread back to the event
 loop) does it ask again, so it takes at most one call per method per event-loop turn. While the
 loop is busy with the calls it already holds, new ones wait in core, before any handler, stage or
-limit of the gateway sees them: at saturation on the 2-core machine, about 85% of a Recommend's
-latency passed there (BENCHMARKS.md, "Request path": "before the handler").
+limit of the gateway sees them: at saturation on the 2-core machine most of a Recommend's latency
+passed there (BENCHMARKS.md, "Request path", the `--grpc-intake 1` row: "before the handler").
 
 N servers bound to the same port (SO_REUSEPORT) each ask core for their own next call, so the loop
 takes up to N per turn; the kernel spreads new connections over the N listening sockets. They share
@@ -51,10 +51,10 @@ def unsupported(version: str | None = None) -> str:
 
     version = grpc.__version__ if version is None else version
     try:
-        minor = tuple(int(part) for part in version.split(".")[:2])
+        release = tuple(int(part) for part in version.split(".")[:2])
     except ValueError:
-        minor = ()
-    if minor not in VERIFIED_GRPC:
+        release = ()
+    if release not in VERIFIED_GRPC:
         known = ", ".join(f"{major}.{minor}" for major, minor in VERIFIED_GRPC)
         return f"grpcio {version}: its grpc.aio internals were read for {known} only"
     missing = [name for name in INTERNALS if not hasattr(cygrpc, name)]
@@ -97,8 +97,9 @@ class CallIntake:
                 self._takers.append(taker)
 
     async def stop(self) -> None:
-        """After the server's stop: core fails the requests still waiting, which ends the takers;
-        any left (a server that never started) are cancelled."""
+        """After the server's stop: core fails the requests still waiting, which ends the takers; one
+        whose failure has not reached the loop yet is cancelled (grpc's callback skips a cancelled
+        future)."""
         for taker in self._takers:
             if not taker.done():
                 taker.cancel()

@@ -105,13 +105,11 @@ def add_service(
             response_serializer=GetMessageClass(method.output_type).SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    if one_queue:
-        return {}
+    if one_queue:  # generic only: every call waits in core's one queue of unregistered calls, with the
+        return {}  # probe that measures it (serving/queue_probe.py)
     # registered with grpc core one by one: a pending-call queue per method
     server.add_registered_method_handlers(service.full_name, handlers)
     return {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
-    # else generic only: every call waits in core's one queue of unregistered calls, with the probe
-    # that measures it (serving/queue_probe.py)
 
 
 def rpc_boundary(method: str) -> Callable[[Handler], Handler]:

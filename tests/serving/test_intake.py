@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from serving import intake
-from serving.config import ServingConfig
+from serving.config import MAX_GRPC_INTAKE, ServingConfig
 from serving.intake import VERIFIED_GRPC, refuse_taken, unsupported
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
@@ -91,9 +91,12 @@ def test_ports_outside_the_range_are_refused_by_the_configuration(field: str, va
         ServingConfig(**{field: value})
 
 
-def test_grpc_intake_must_be_at_least_one() -> None:
+def test_grpc_intake_must_be_at_least_one_and_at_most_the_bound() -> None:
     with pytest.raises(ValueError, match="grpc_intake must be at least 1"):
         ServingConfig(grpc_intake=0)
+    with pytest.raises(ValueError, match=f"grpc_intake must be at most {MAX_GRPC_INTAKE} .*got 1000000"):
+        ServingConfig(grpc_intake=1_000_000)  # a task per method and server each: refused before any is made
+    assert ServingConfig(grpc_intake=MAX_GRPC_INTAKE).grpc_intake == MAX_GRPC_INTAKE
 
 
 class Recording(grpc.aio.ServerInterceptor):
