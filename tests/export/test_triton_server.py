@@ -170,6 +170,29 @@ def test_server_that_fails_to_load_raises_with_its_log(tmp_path: Path) -> None:
         pass
 
 
+@pytest.mark.parametrize(("first_failure", "starts"), [
+    ("terminate called after throwing an instance of 'boost::interprocess::lock_exception'", 2),  # tried again
+    ("failed to load 'apron_scorer'", 1),  # the repository's fault: reported at once
+])  # fmt: skip
+def test_a_start_that_failed_for_a_reason_of_the_moment_is_tried_again(tmp_path: Path, first_failure: str, starts: int) -> None:
+    """A stand-in tritonserver that prints `first_failure` and exits, then a second failure: only the
+    python backend's abort at start (RETRIED_AT_START) earns a second start."""
+    count = tmp_path / "starts"
+    binary = tmp_path / "tritonserver"
+    binary.write_text(
+        f"#!/bin/sh\necho x >> {count}\n"
+        f'if [ $(wc -l < {count}) -eq 1 ]; then echo "{first_failure}"; else echo "second start failed"; fi\nexit 134\n'
+    )
+    binary.chmod(0o755)
+    expected = "second start failed" if starts == 2 else "failed to load"
+    with (
+        pytest.raises(TritonServerError, match=expected),
+        run_triton_server(tmp_path, tritonserver=binary, backend_directory=tmp_path, startup_timeout=60),
+    ):
+        pass
+    assert len(count.read_text().splitlines()) == starts
+
+
 def test_version_exported_while_serving_is_loaded_beside_the_old(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Triton polls the repository (export/triton_server.py, as deploy/ runs it): a version
     exported into the repository it serves is loaded beside the old one (version_policy keeps the
