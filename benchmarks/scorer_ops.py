@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
+from onnx import TensorProto, helper
 
 from benchmarks.gateway_bench import K
 from benchmarks.synthetic import synthetic_apron
-from benchmarks.timing import StandaloneRun
+from benchmarks.timing import StandaloneRun, time_alternating
 from export import contract
 from export.onnx_export import export_onnx
 from serving.backends.onnxruntime import session_options
@@ -58,7 +61,44 @@ def measure(items: list[int], batches: list[int], k: int, runs: int) -> list[tup
     return rows
 
 
-def render(rows: list[tuple[int, int, str, dict[str, float]]], command: str, wall_s: float) -> list[str]:
+NORMALISER_FORMS = ("ReduceLogSumExp, Sub", "LogSoftmax")
+
+
+def normaliser_graph(form: str) -> bytes:
+    """(B, N) logits -> (B, N) log-softmax in one of NORMALISER_FORMS."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", "N"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", "N"])
+    if form == NORMALISER_FORMS[0]:
+        nodes = [
+            helper.make_node("ReduceLogSumExp", ["x"], ["normaliser"], axes=[1], keepdims=1),
+            helper.make_node("Sub", ["x", "normaliser"], ["y"]),
+        ]
+    else:
+        nodes = [helper.make_node("LogSoftmax", ["x"], ["y"], axis=-1)]
+    model = helper.make_model(helper.make_graph(nodes, "normaliser", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # what every ONNX Runtime this project runs reads
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def normaliser_times(items: list[int], batches: list[int], runs: int) -> list[tuple[int, int, float, float]]:
+    """(items, batch, p50 µs per form in NORMALISER_FORMS' order), one thread."""
+    rng = np.random.default_rng(0)
+    sessions = [ort.InferenceSession(normaliser_graph(form), session_options(1), providers=["CPUExecutionProvider"]) for form in NORMALISER_FORMS]
+    rows = []
+    for n_items in items:
+        for batch in batches:
+            feeds = {"x": (3 * rng.standard_normal((batch, n_items))).astype(np.float32)}
+            [slow, fast] = [np.asarray(s.run(None, feeds)[0]) for s in sessions]
+            np.testing.assert_allclose(fast, slow, rtol=1e-4, atol=1e-4)  # the same numbers either way
+            timings = time_alternating({i: functools.partial(s.run, None, feeds) for i, s in enumerate(sessions)}, batch, 0.0, runs)
+            rows.append((n_items, batch, timings[0].p50_ms * 1e3, timings[1].p50_ms * 1e3))
+    return rows
+
+
+def render(
+    rows: list[tuple[int, int, str, dict[str, float]]], normalisers: list[tuple[int, int, float, float]], command: str, wall_s: float
+) -> list[str]:
     lines = [
         "| items | batch | asked | kernel µs per run | TopK µs | TopK share | largest three operators (share) |",
         "| ---: | ---: | --- | ---: | ---: | ---: | --- |",
@@ -68,6 +108,15 @@ def render(rows: list[tuple[int, int, str, dict[str, float]]], command: str, wal
         top = ops.get("TopK", 0.0)
         largest = ", ".join(f"{op} {us / total:.0%}" for op, us in sorted(ops.items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"| {n_items:,} | {batch} | {label} | {total:,.0f} | {top:,.0f} | {top / total:.0%} | {largest} |")
+    lines += [
+        "",
+        f"The log-softmax over the catalog alone, p50 µs per run of {NORMALISER_FORMS[0]!r} and of {NORMALISER_FORMS[1]!r} on the same logits (taking turns):",
+        "",
+        "| items | batch | ReduceLogSumExp, Sub µs | LogSoftmax µs | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for n_items, batch, slow, fast in normalisers:
+        lines.append(f"| {n_items:,} | {batch} | {slow:,.0f} | {fast:,.0f} | {slow / fast:.1f}× |")
     lines += ["", f"`{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores (one ONNX Runtime thread)."]
     return lines
 
@@ -84,7 +133,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--items, --batches and --runs must be at least 1, --k in [1, min(K_MAX, the smallest catalog)]")
     run = StandaloneRun("scorer_ops", argv)
     rows = measure(args.items, args.batches, args.k, args.runs)
-    run.publish(render(rows, run.command, run.wall_s), args.output)
+    normalisers = normaliser_times(args.items, args.batches, args.runs)
+    run.publish(render(rows, normalisers, run.command, run.wall_s), args.output)
 
 
 if __name__ == "__main__":

@@ -259,12 +259,19 @@ class ServedScorer(nn.Module):
         self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor, top_k: int | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`top_k` (eager only: the export traces K_MAX and `expose_top_k` makes it the graph's
-        TOP_K input): how many items to return."""
-        logits, normaliser = self.normalised_logits(profile_weights)  # (B, N), (B, 1)
-        return self.top(logits.masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf")), normaliser, top_k)
+        TOP_K input): how many items to return.
+
+        The scores are the log-softmax itself (ONNX `LogSoftmax`), not logits less a separate
+        log-sum-exp as the torch backend's CUDA graphs need (`normalised_logits`, `top`): ONNX
+        Runtime's CPU `ReduceLogSumExp` is several times slower than its `LogSoftmax` (7-8x at
+        (4-32, 41,000) on one thread: `python -m benchmarks.scorer_ops`, export/README.md) and was
+        29 % of the whole scorer at (32, 41,000). The same numbers: log_softmax(x) =
+        x - logsumexp(x), both over every item, the excluded included."""
+        top_scores, top_ids = self.scores(profile_weights, exclude_ids).topk(self.k_max if top_k is None else top_k, dim=-1)
+        return top_ids, top_scores
 
     def scores(self, profile_weights: torch.Tensor, exclude_ids: torch.Tensor) -> torch.Tensor:
-        """Every item's score (B, N): what `forward`'s top K_MAX are taken from (tests, parity)."""
+        """Every item's score (B, N): what `forward`'s top k are taken from."""
         logits = self.logits(profile_weights).float()
         return F.log_softmax(logits, dim=-1).masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf"))
 

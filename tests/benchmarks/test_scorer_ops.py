@@ -1,4 +1,5 @@
-"""benchmarks/scorer_ops.py profiles the scorer graph asked for k and for K_MAX (shares never asserted)."""
+"""benchmarks/scorer_ops.py profiles the scorer graph asked for k and for K_MAX, and times the
+log-softmax's two ONNX forms (shares and speeds never asserted)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,27 @@ from benchmarks import scorer_ops
 def test_each_case_gets_a_row_with_the_topk_share(tmp_path: Path) -> None:
     output = tmp_path / "ops.md"
     scorer_ops.main(["--items", "300", "--batches", "2", "--k", "5", "--runs", "3", "--output", str(output)])
-    rows = [line.split("|") for line in output.read_text().splitlines() if line.startswith("| 300 |")]
+    ops_table, normaliser_table = output.read_text().split("The log-softmax over the catalog alone")
+    rows = [line.split("|") for line in ops_table.splitlines() if line.startswith("| 300 |")]
     assert [row[3].strip() for row in rows] == ["k = 5", "K_MAX"]
     for row in rows:
         total, top = (float(cell.replace(",", "")) for cell in row[4:6])
         assert total > 0 and 0 < top <= total
+    [normaliser] = [line.split("|") for line in normaliser_table.splitlines() if line.startswith("| 300 | 2 |")]
+    slow, fast = (float(cell.replace(",", "")) for cell in normaliser[3:5])
+    assert slow > 0 and fast > 0 and normaliser[5].strip() == f"{slow / fast:.1f}×"
+
+
+def test_the_two_normaliser_forms_give_the_same_log_softmax() -> None:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    logits = np.random.default_rng(1).standard_normal((3, 50)).astype(np.float32) * 4
+    expected = torch.log_softmax(torch.from_numpy(logits), dim=-1).numpy()
+    for form in scorer_ops.NORMALISER_FORMS:
+        session = ort.InferenceSession(scorer_ops.normaliser_graph(form), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"x": logits})[0], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("argv", [["--k", "0"], ["--items", "100", "--k", "200"], ["--runs", "0"]])
