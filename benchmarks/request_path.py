@@ -44,6 +44,7 @@ ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Call"
 ECHO_CHANNELS = 4  # per load process, as the gateway's load client uses
 CALL_LOG_ENV = "BENCH_CALL_LOG"  # benchmarks/gateway_process.py: the gateway's call log goes to this path
+ALWAYS_DEFER_ENV = "BENCH_ALWAYS_DEFER"  # "1": the gateway process defers a lone call too (loop_turn_cost.py)
 
 
 def _identity(data: bytes) -> bytes:

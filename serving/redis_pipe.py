@@ -24,7 +24,8 @@ connection; the next read connects again. A caller that stops waiting leaves its
 and dropped. An error reply is a `ResponseError` for its own read only.
 
 Cheap on purpose, as it runs once per call: no task and no timer per read (one timer watches the
-oldest read in flight), and the reads sent in one event-loop iteration go out in one write.
+oldest read in flight), and under load the reads sent in one event-loop turn go out in one write
+(a lone read goes out at once: `serving/loop_turn.py`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ import hiredis
 import redis.exceptions
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+
+from serving.loop_turn import nothing_else_ready
 
 CONNECT_TIMEOUT_S = 1.0  # when the client names none
 # After a failed connection, reads take the other way this long before one starts another: a pipe
@@ -107,7 +110,8 @@ class Endpoint:
 class _Protocol(asyncio.Protocol):
     """The connection: requests written in order, replies matched to them in order.
 
-    Writes made in one event-loop iteration go out in one system call at its end. A request
+    Writes made in one event-loop turn go out in one system call at its end, or at once when no
+    other callback is ready in the turn (`serving/loop_turn.py`: none could join). A request
     unanswered `timeout_s` after it was sent fails the connection (redis' TimeoutError for every
     read on it: the replies are in order, so all behind it are late too), checked by one timer for
     the oldest request rather than one per request."""
@@ -127,9 +131,13 @@ class _Protocol(asyncio.Protocol):
     def send(self, command: bytes) -> asyncio.Future[Any]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._out:
+        if self._out:
+            self._out.append(command)
+        elif nothing_else_ready(loop):  # no other read can join this turn's write: send it now
+            self._write(command)
+        else:
             loop.call_soon(self._flush)
-        self._out.append(command)
+            self._out.append(command)
         deadline = loop.time() + self.timeout_s
         self.waiting.append((future, deadline))
         if self._timer is None:
@@ -138,8 +146,11 @@ class _Protocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         out, self._out = self._out, []
+        self._write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            self.transport.write(data)
 
     def _check(self) -> None:
         """The oldest request's deadline passed (or it was answered and the next one's is later)."""

@@ -15,6 +15,7 @@ import pytest
 
 from serving.batching import BatcherClosed, MicroBatcher, retry_after_s
 from serving.errors import ResourceExhausted
+from serving.loop_turn import nothing_else_ready
 
 DEADLINE_S = 30.0
 
@@ -184,6 +185,47 @@ async def test_close_fails_queued_callers_and_refuses_new_work() -> None:
     assert isinstance(results[1], BatcherClosed)
     with pytest.raises(BatcherClosed):
         await batcher.submit(2)
+
+
+async def test_a_lone_request_is_dispatched_without_a_loop_turn_and_concurrent_ones_still_share_a_run() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=DEADLINE_S)  # every known run is short
+    assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
+    loop = asyncio.get_running_loop()
+    await until(lambda: nothing_else_ready(loop), "no other callback ready")
+    lone = batcher.submit(3)  # driven by hand: it must finish without yielding to the loop once
+    with pytest.raises(StopIteration) as done:
+        lone.send(None)
+    assert done.value.value == 6 and model.batches[-1] == [3]
+    other = asyncio.ensure_future(batcher.submit(5))  # its first step is ready in this turn: it joins
+    assert await batcher.submit(4) == 8 and await other == 10
+    assert model.batches[-1] == [4, 5]
+    await batcher.close()
+
+
+async def test_a_lone_request_runs_on_the_loop_for_runs_a_batch_would_hand_to_the_worker() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=10.0)
+    assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
+    # recent runs took 3 x inline_below_s (a real run here is ~0 s: the smoothed time stays above it)
+    batcher._run_s = 3 * batcher.inline_below_s
+    loop = asyncio.get_running_loop()
+    await until(lambda: nothing_else_ready(loop), "no other callback ready")
+    lone = batcher.submit(3)
+    with pytest.raises(StopIteration) as done:  # alone: on the loop (under LONE_INLINE_FACTOR x)
+        lone.send(None)
+    assert done.value.value == 6 and threading.current_thread().name in model.threads
+    model.threads.clear()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]  # not alone: the worker
+    assert model.batches[-1] == [0, 1, 2] and all(t.startswith("apron-m") for t in model.threads)
+    await batcher.close()
+
+
+def test_a_loop_that_keeps_no_ready_queue_where_asyncio_does_is_never_taken_for_idle() -> None:
+    class OtherLoop:  # e.g. uvloop: its callbacks are not in a `_ready` deque
+        _ready = None
+
+    assert not nothing_else_ready(OtherLoop())  # type: ignore[arg-type]  # its callers defer, as before
 
 
 async def test_runs_shorter_than_a_thread_hop_run_on_the_event_loop() -> None:

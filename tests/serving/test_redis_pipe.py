@@ -15,6 +15,7 @@ import redis.exceptions
 from redis.asyncio import Redis
 
 from serving.cache import RedisStore, version_key
+from serving.loop_turn import nothing_else_ready
 from serving.redis_pipe import Endpoint, RedisPipe, encode_command
 from serving.redis_process import RedisProcess
 from tests.serving.certs import make_pki
@@ -56,6 +57,35 @@ async def test_concurrent_gets_each_get_their_own_reply_over_one_connection(redi
         replies = await asyncio.gather(*futures)  # type: ignore[arg-type]
         assert replies == [f"value-{i}".encode() for i in range(150)] + [None] * 50  # in order, missing keys None
         assert pipe.connects == 1
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_a_lone_read_is_written_at_once_and_the_reads_of_a_busy_turn_in_one_write(redis_server: RedisProcess) -> None:
+    client = Redis.from_url(redis_server.url)
+    pipe = RedisPipe(Endpoint.of(client), 5.0)  # type: ignore[arg-type]
+    key = _unique("pipe-turn")
+    try:
+        await client.set(key, b"v")
+        await pipe.connect()
+        transport = pipe._protocol.transport  # type: ignore[union-attr]
+        writes: list[bytes] = []
+        write = transport.write
+        transport.write = lambda data: (writes.append(bytes(data)), write(data))[1]  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        for _ in range(1000):  # until no other callback (the connection's own) is ready in this turn
+            if nothing_else_ready(loop):
+                break
+            await asyncio.sleep(0)
+        assert nothing_else_ready(loop)
+        lone = pipe.get(key.encode())
+        assert writes == [encode_command(b"GET", key.encode())]  # sent before this coroutine yields
+        loop.call_soon(lambda: None)  # another callback ready in this turn: reads wait for its end
+        busy = [pipe.get(key.encode()), pipe.get(b"missing")]
+        assert len(writes) == 1
+        assert await asyncio.gather(lone, *busy) == [b"v", b"v", None]  # type: ignore[arg-type]
+        assert writes[1:] == [encode_command(b"GET", key.encode()) + encode_command(b"GET", b"missing")]
     finally:
         await pipe.close()
         await client.aclose()
