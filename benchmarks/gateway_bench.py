@@ -150,10 +150,16 @@ class GatewayResults:
 class RequestPath:
     """The request-path section: the echo floor and the gateway's phases, measured in one run."""
 
-    echo: EchoResults
+    echo_before: EchoResults  # the floor measured before the gateway's phases
+    echo_after: EchoResults  # and after its one-client phases
     phases: dict[str, PathPhase]  # by PHASES key
     tail: TailEvidence
     own_intake: PathPhase | None = None  # the saturated phase again with --grpc-intake COMPARED_INTAKE (serving/intake.py)
+
+    @property
+    def echo(self) -> EchoResults:
+        """The floor the targets compare with: both measurements pooled (`request_path.pooled`)."""
+        return request_path.pooled(self.echo_before, self.echo_after)
 
 
 def unavailable() -> str:
@@ -348,8 +354,10 @@ def run(settings: Settings) -> GatewayResults:
     max_batch = ServingConfig().max_batch_size
     seconds, clients = settings.seconds, settings.clients
     processes = settings.load_processes
-    # the floor first, alone on the machine: a bare grpc.aio echo server
+    # the floor first, alone on the machine: a bare grpc.aio echo server (again after the gateway's
+    # one-client phases: the machine's speed drifts over a run)
     echo = request_path.measure_echo(clients, seconds, processes) if settings.request_path else None
+    echo_after = None
 
     def saturate(gateway: GatewayHandle) -> tuple[Timing, CpuUse, PathPhase]:
         """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
@@ -416,6 +424,8 @@ def run(settings: Settings) -> GatewayResults:
         for key, (title, call, method) in PHASES.items():
             if key == "one" or settings.request_path:
                 phases[key] = asyncio.run(one_client(gateway, call, method, title))
+        if settings.request_path:  # the gateway idle meanwhile
+            echo_after = request_path.measure_echo(clients, seconds, processes)
         miss = asyncio.run(misses(gateway))
         rate = settings.load_fraction * batched.throughput
         tail = open_loop_at(gateway, rate)
@@ -434,7 +444,7 @@ def run(settings: Settings) -> GatewayResults:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, phases, tail, own_intake) if echo is not None else None
+    path = RequestPath(echo, echo_after, phases, tail, own_intake) if echo is not None and echo_after is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
@@ -560,7 +570,7 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
     """The request-path section: the stage tables beside the echo floor, and the tail evidence."""
     g, path = results, results.path
     assert path is not None
-    echo, phases, tail = path.echo, path.phases, path.tail
+    echo, before, after, phases, tail = path.echo, path.echo_before, path.echo_after, path.phases, path.tail
     ordered = {phase.name: phase for phase in (*(phases[key] for key in PHASES if key in phases), phases[SATURATED])}
     splits = {name: phase.split for name, phase in ordered.items()}
     batch1 = f"; the raw scorer at batch 1: p50 {fmt(scorer_batch1.p50_ms, 2)} ms" if scorer_batch1 else ""
@@ -573,10 +583,13 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
     lines = [
         f"## Request path ({g.n_items:,} items)",
         "",
-        "The floor, measured first in the same run: a bare grpc.aio unary echo server (200-byte messages, no "
-        f"work; `benchmarks/request_path.py`). One client, one call in flight: **p50 {fmt(echo.one_client.p50_ms, 2)} ms**. "
-        f"{g.clients} calls in flight from the load processes: {fmt(echo.saturated.throughput, 0)} req/s at "
-        f"**{fmt(echo.cpu_ms_per_call, 3)} server CPU ms per call**{batch1}.",
+        "The floor, measured in the same run before the gateway's phases and again after its one-client phases, "
+        "the two pooled (the machine's speed drifts over a run): a bare grpc.aio unary echo server (200-byte "
+        f"messages, no work; `benchmarks/request_path.py`). One client, one call in flight: **p50 "
+        f"{fmt(echo.one_client.p50_ms, 2)} ms** (before {fmt(before.one_client.p50_ms, 2)}, after "
+        f"{fmt(after.one_client.p50_ms, 2)}). {g.clients} calls in flight from the load processes: "
+        f"{fmt(echo.saturated.throughput, 0)} req/s at **{fmt(echo.cpu_ms_per_call, 3)} server CPU ms per call** "
+        f"(before {fmt(before.cpu_ms_per_call, 3)}, after {fmt(after.cpu_ms_per_call, 3)}){batch1}.",
         "",
         "Where a call's time goes, from the gateway's own `apron_stage_seconds{method,stage}` histograms "
         "(`serving/stages.py`; always on), read from its `/metrics` before and after each phase: mean "

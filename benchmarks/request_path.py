@@ -158,6 +158,20 @@ def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:
     return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all)
 
 
+def pooled(before: EchoResults, after: EchoResults) -> EchoResults:
+    """Two measurements of the echo floor as one: their calls pooled (a p50 over both), the server's
+    CPU over both windows' calls. The benchmark measures the floor before and after the gateway's
+    phases, so that a machine whose speed drifts during the run moves the floor with them."""
+
+    def pool(a: Timing, b: Timing) -> Timing:
+        return Timing(np.concatenate([a.latencies_s, b.latencies_s]), a.batch, a.wall_s + b.wall_s)
+
+    return EchoResults(
+        pool(before.one_client, after.one_client), pool(before.saturated, after.saturated),
+        before.server_cpu_s + after.server_cpu_s, before.server_calls + after.server_calls,
+    )  # fmt: skip
+
+
 # ----------------------------------------------------------------------------- the gateway's /metrics
 
 
