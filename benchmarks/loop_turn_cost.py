@@ -87,7 +87,7 @@ def render(results: dict[str, list[OneClient]], args: argparse.Namespace, run: S
     lines += [
         "",
         f"Medians of {args.rounds} rounds; p50 lower at once in {lower} of {args.rounds} rounds; {args.items:,} items, "
-        f"{args.seconds:g} s per gateway; " + where_and_when(run),
+        f"{args.seconds:g} s per gateway; " + where_and_when(run, "the one client"),
     ]
     return lines
 

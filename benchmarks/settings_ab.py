@@ -38,10 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
     parser.add_argument("--load-fraction", type=float, default=0.7, help="the open loop's rate, of the closed loop's")
 
 
-def where_and_when(run: StandaloneRun) -> str:
+def where_and_when(run: StandaloneRun, callers: str = "the load generator") -> str:
     """The footer's account of a gateway A/B's run: the command, how long, on what, beside what load."""
     return (
-        f"`{run.command}`, {run.wall_s / 60:.1f} min on {os.cpu_count()} cores, the load generator on the same cores; "
+        f"`{run.command}`, {run.wall_s / 60:.1f} min on {os.cpu_count()} cores, {callers} on the same cores; "
         f"load average {run.load()}."
     )
 

@@ -21,7 +21,7 @@ def test_both_states_get_a_row_of_positive_figures(tmp_path: Path) -> None:
     for cells in rows.values():
         p50, cpu, *_, total = (float(cell.replace(",", "")) for cell in cells)
         assert p50 > 0 and cpu > 0 and total > 0
-    assert "Medians of 1 rounds" in output.read_text()
+    assert "Medians of 1 rounds" in output.read_text() and "the one client on the same cores" in output.read_text()
 
 
 @pytest.mark.parametrize("argv", [["--items", "50"], ["--rounds", "0"], ["--seconds", "0"]])
