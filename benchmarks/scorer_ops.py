@@ -3,6 +3,9 @@
 `--k` items (the graph's `top_k` input, as the in-process backend feeds it) and for K_MAX (`top_k`
 not fed), at each `--items` catalog size and `--batches` batch size. What `export/onnx_export.py`'s
 `expose_top_k` rests on: TopK at K_MAX sorts min(1,000, N) items per row whatever the request asks.
+Then two A/Bs, each pair taking turns on the same inputs: the log-softmax's two ONNX forms, and the
+whole scorer graph with u folded into f's first layer (what is exported) and without
+(`export/served_model.py`'s `fold_values`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from onnx import TensorProto, helper
 
 from benchmarks.gateway_bench import K
 from benchmarks.synthetic import synthetic_apron
-from benchmarks.timing import StandaloneRun, time_alternating
+from benchmarks.timing import CacheEvictor, StandaloneRun, time_alternating
 from export import contract
-from export.onnx_export import export_onnx
+from export.onnx_export import example_inputs, export_onnx, expose_top_k, served_scorer, trace_graph
+from export.served_model import ServedScorer
 from serving.backends.onnxruntime import session_options
 
 
@@ -96,8 +100,60 @@ def normaliser_times(items: list[int], batches: list[int], runs: int) -> list[tu
     return rows
 
 
+FOLD_FORMS = ("Einsum, then f", "folded into f")
+
+
+def fold_times(
+    items: list[int], batches: list[int], k: int, runs: int
+) -> dict[bool, list[tuple[int, int, float, float]]]:
+    """Caches cold (False: back to back, True: 64 MB read before each call, as the gateway's one
+    client sees it) -> (items, batch, p50 µs of the whole scorer graph per form in FOLD_FORMS'
+    order), one thread, asking for `k` items; both graphs' scores are checked to agree first."""
+    rng = np.random.default_rng(0)
+    rows: dict[bool, list[tuple[int, int, float, float]]] = {False: [], True: []}
+    evictor = CacheEvictor()
+    for n_items in items:
+        model = synthetic_apron(n_items)
+        cfg = model.config
+        folded = served_scorer(model, contract.DEFAULT_K_MAX)
+        unfolded = ServedScorer(folded.prototype_values, folded.layers(), folded.k_max, folded.activation, fold=False)
+        io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, folded.k_max)
+        example = example_inputs(model)[contract.SCORER_MODEL]
+        graphs = [expose_top_k(trace_graph(contract.SCORER_MODEL, m.eval(), example, io_specs), folded.k_max) for m in (unfolded, folded)]
+        sessions = [ort.InferenceSession(g, session_options(1), providers=["CPUExecutionProvider"]) for g in graphs]
+        for batch in batches:
+            feeds = {
+                contract.PROFILE_WEIGHTS: rng.random((batch, cfg.n_heads, cfg.n_tags)).astype(np.float32),
+                contract.EXCLUDE_IDS: rng.integers(0, n_items, (batch, 50)).astype(np.int64),
+                contract.TOP_K: np.array([k]),
+            }
+            [before, after] = [s.run([contract.TOP_SCORES], feeds)[0] for s in sessions]
+            np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)  # the same scores either way
+            runners = {i: functools.partial(s.run, None, feeds) for i, s in enumerate(sessions)}
+            for cold in rows:
+                timings = time_alternating(runners, batch, 0.0, runs, between=evictor if cold else None)
+                rows[cold].append((n_items, batch, timings[0].p50_ms * 1e3, timings[1].p50_ms * 1e3))
+    return rows
+
+
+def ab_table(title: str, forms: tuple[str, str], rows: list[tuple[int, int, float, float]]) -> list[str]:
+    """An A/B's rows as Markdown: p50 µs of each form and their ratio (of the unrounded times)."""
+    lines = [
+        "",
+        f"{title}, p50 µs per run of {forms[0]!r} and of {forms[1]!r} on the same inputs (taking turns):",
+        "",
+        f"| items | batch | {forms[0]} µs | {forms[1]} µs | ratio |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    return lines + [f"| {n:,} | {batch} | {slow:,.0f} | {fast:,.0f} | {slow / fast:.2f}× |" for n, batch, slow, fast in rows]
+
+
 def render(
-    rows: list[tuple[int, int, str, dict[str, float]]], normalisers: list[tuple[int, int, float, float]], command: str, wall_s: float
+    rows: list[tuple[int, int, str, dict[str, float]]],
+    normalisers: list[tuple[int, int, float, float]],
+    folds: dict[bool, list[tuple[int, int, float, float]]],
+    command: str,
+    wall_s: float,
 ) -> list[str]:
     lines = [
         "| items | batch | asked | kernel µs per run | TopK µs | TopK share | largest three operators (share) |",
@@ -108,15 +164,9 @@ def render(
         top = ops.get("TopK", 0.0)
         largest = ", ".join(f"{op} {us / total:.0%}" for op, us in sorted(ops.items(), key=lambda kv: -kv[1])[:3])
         lines.append(f"| {n_items:,} | {batch} | {label} | {total:,.0f} | {top:,.0f} | {top / total:.0%} | {largest} |")
-    lines += [
-        "",
-        f"The log-softmax over the catalog alone, p50 µs per run of {NORMALISER_FORMS[0]!r} and of {NORMALISER_FORMS[1]!r} on the same logits (taking turns):",
-        "",
-        "| items | batch | ReduceLogSumExp, Sub µs | LogSoftmax µs | ratio |",
-        "| ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for n_items, batch, slow, fast in normalisers:
-        lines.append(f"| {n_items:,} | {batch} | {slow:,.0f} | {fast:,.0f} | {slow / fast:.1f}× |")
+    lines += ab_table("The log-softmax over the catalog alone", NORMALISER_FORMS, normalisers)
+    lines += ab_table("The whole scorer graph (its top_k input fed), back to back, u", FOLD_FORMS, folds[False])
+    lines += ab_table("The whole scorer graph (its top_k input fed), its caches cold (`timing.CacheEvictor`), u", FOLD_FORMS, folds[True])
     lines += ["", f"`{command}`, {wall_s / 60:.1f} min on {os.cpu_count()} cores (one ONNX Runtime thread)."]
     return lines
 
@@ -124,7 +174,7 @@ def render(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, nargs="+", default=[1000, 41000])
-    parser.add_argument("--batches", type=int, nargs="+", default=[4, 32])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 32])
     parser.add_argument("--k", type=int, default=K, help="items asked for (default: the gateway benchmarks' k)")
     parser.add_argument("--runs", type=int, default=100, help="profiled runs per case")
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
@@ -134,7 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     run = StandaloneRun("scorer_ops", argv)
     rows = measure(args.items, args.batches, args.k, args.runs)
     normalisers = normaliser_times(args.items, args.batches, args.runs)
-    run.publish(render(rows, normalisers, run.command, run.wall_s), args.output)
+    folds = fold_times(args.items, args.batches, args.k, args.runs)
+    run.publish(render(rows, normalisers, folds, run.command, run.wall_s), args.output)
 
 
 if __name__ == "__main__":

@@ -99,11 +99,17 @@ def time_calls(
 
 
 def time_alternating(
-    fns: Mapping[Hashable, Callable[[], object]], batch: int, min_seconds: float, min_calls: int = 5, warmup: int = 2
+    fns: Mapping[Hashable, Callable[[], object]],
+    batch: int,
+    min_seconds: float,
+    min_calls: int = 5,
+    warmup: int = 2,
+    between: Callable[[], object] | None = None,
 ) -> dict[Hashable, Timing]:
     """Call each of `fns` once per round, round after round, until `min_seconds` (all of them
     together) and `min_calls` rounds are reached: a ratio of two of them is then measured under
-    the same load from other processes, call by call. Each Timing's wall time is its own calls'."""
+    the same load from other processes, call by call. Each Timing's wall time is its own calls'.
+    `between` (e.g. a CacheEvictor) runs untimed before each measured call."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -111,6 +117,8 @@ def time_alternating(
     start = time.perf_counter()
     while True:
         for key, fn in fns.items():
+            if between is not None:
+                between()
             t0 = time.perf_counter()
             fn()
             latencies[key].append(time.perf_counter() - t0)

@@ -18,7 +18,8 @@ here imports the training code, so a server needs only these tensors.
   78.9 ms with the scatter, 8.0 ms with the product). The product's B*T*H*K multiply-adds grow
   with the square of the batch, still 5x faster than the scatter at batch 256.
 - `ServedScorer` (Eq. 13-14, 6): shares per head, u, f(u), then the log-softmax score of the top
-  K_MAX items over the whole catalog, excluded ids at -inf.
+  K_MAX items over the whole catalog, excluded ids at -inf. u is linear in the shares, so it is
+  folded into f's first layer (`fold_values`) when f has a hidden layer.
 - `edit_penalty` (APRON's optional γ, training/models/apron.py imports it from here, so the training
   model, the graphs and the torch backend share one definition): the cost of an edit, not of the
   catalog. A batch with no removed prototype skips it (an ONNX `If`); otherwise it gathers only the
@@ -158,6 +159,21 @@ def activation_module(name: str) -> nn.Module:
     return modules[name]()
 
 
+def fold_values(
+    prototype_values: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f's first Linear (O, H*D') and the values P~ (K, H, D') -> one Linear (O, H*K) on the shares.
+
+    Eq. 13-14's u = concat_h sum_k s_hk P~_kh is linear in the shares s, so W1 u + b1 = F s + b1
+    with F[o, (h, k)] = sum_d W1[o, (h, d)] P~[k, h, d]: the einsum and the first layer become one
+    GEMM. Worth it only in front of a hidden layer (O = 600 < N): its A/B is in `python -m
+    benchmarks.scorer_ops` (export/README.md). The product is taken in fp32 whatever f's dtype."""
+    n_prototypes, n_heads, head_dim = prototype_values.shape
+    per_head = weight.float().reshape(weight.shape[0], n_heads, head_dim)  # (O, H, D')
+    folded = torch.einsum("khd,ohd->ohk", prototype_values.float(), per_head)  # (O, H, K)
+    return folded.reshape(weight.shape[0], n_heads * n_prototypes), bias
+
+
 class ServedScorer(nn.Module):
     """profile_weights (B, H, K), exclude_ids (B, E) -> top_ids (B, K_MAX), top_scores (B, K_MAX).
 
@@ -175,6 +191,7 @@ class ServedScorer(nn.Module):
         f_dtype: torch.dtype = torch.float32,
         edit_penalty: float = 0.0,
         item_weights: torch.Tensor | None = None,
+        fold: bool = True,
     ):
         super().__init__()
         self.register_buffer("prototype_values", prototype_values.float())  # (K, H, D'), P~_{k,h}
@@ -187,6 +204,11 @@ class ServedScorer(nn.Module):
         table = penalty_table(item_weights.float()) if edit_penalty > 0 else None
         self.register_buffer("penalty_table", table)  # (K + H*K, N)
         self.n_heads, self.n_prototypes = prototype_values.shape[1], prototype_values.shape[0]
+        # f's first layer as given (the weights file keeps it: `layers()`); what runs may be folded
+        self.register_buffer("value_layer_weight", layers[0][0].float(), persistent=False)  # (O, H*D')
+        self.folded = fold and len(layers) > 1  # `fold=False`: the A/B of `benchmarks.scorer_ops` only
+        if self.folded:
+            layers = [fold_values(prototype_values.float(), *layers[0]), *layers[1:]]
         modules: list[nn.Module] = []
         for index, (weight, bias) in enumerate(layers):
             linear = nn.Linear(weight.shape[1], weight.shape[0])
@@ -215,8 +237,11 @@ class ServedScorer(nn.Module):
         """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6) in f's dtype, then the edit penalty
         (unless `penalise` is False: see `penalise_rows`). (B, H, K) -> (B, N)"""
         shares = profile_shares(profile_weights.float())
-        u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
-        logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
+        if self.folded:  # u is folded into f's first layer (`fold_values`): f reads the shares
+            logits = self.f(shares.flatten(1).to(self.f_dtype))  # (B, H*K) -> (B, N)
+        else:
+            u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values)  # (B, H, D')
+            logits = self.f(u.flatten(1).to(self.f_dtype))  # Eq. 14 concatenates the heads
         if penalise and self.penalty_table is not None:
             logits = edit_penalty(logits, shares == 0, self.penalty_table, self.edit_penalty)
         return logits
@@ -276,7 +301,11 @@ class ServedScorer(nn.Module):
         return F.log_softmax(logits, dim=-1).masked_fill(exclusion_mask(exclude_ids, self.n_items), float("-inf"))
 
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        return [(m.weight, m.bias) for m in self.f if isinstance(m, nn.Linear)]
+        """f's layers as given to the constructor (the first one unfolded), in f's dtype."""
+        linears = [(m.weight, m.bias) for m in self.f if isinstance(m, nn.Linear)]
+        if self.folded:
+            linears[0] = (self.value_layer_weight.to(self.f_dtype), linears[0][1])
+        return linears
 
 
 # ---- the weights file (`model.safetensors` beside each graph's model.onnx) -------------------------

@@ -54,3 +54,16 @@ def test_no_blocks_is_refused_with_a_message(main, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["--blocks", "0"])
     assert "--calls and --blocks must be at least 1" in capsys.readouterr().err
+
+
+def test_time_alternating_runs_between_untimed_before_every_measured_call() -> None:
+    """`between` (a cache evictor) precedes each call, warm-up excluded, and is not in its time."""
+    from benchmarks.timing import time_alternating
+
+    events: list[str] = []
+    timings = time_alternating(
+        {"a": lambda: events.append("a"), "b": lambda: events.append("b")},
+        batch=1, min_seconds=0.0, min_calls=3, warmup=1, between=lambda: events.append("-"),
+    )  # fmt: skip
+    assert events == ["a", "b"] + ["-", "a", "-", "b"] * 3
+    assert [len(t.latencies_s) for t in timings.values()] == [3, 3]

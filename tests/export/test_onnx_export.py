@@ -248,6 +248,51 @@ def test_edit_penalty_matches_the_whole_table_formula_in_every_runtime(penalised
         np.testing.assert_allclose(top_scores, expected_scores, rtol=rtol, atol=atol * 10, err_msg=case)
 
 
+def test_u_is_folded_into_f_and_the_weights_file_keeps_f_as_trained(penalised: APRON) -> None:
+    """Eq. 13-14's u is linear in the shares, so the export folds it into f's first layer: the graph
+    has no Einsum, scores every edit case like the unfolded module (which `fold=False` keeps), and the
+    weights file still holds f's first layer as trained (apron-torch-weights/1 is unchanged)."""
+    import onnx
+
+    from export.served_model import ServedScorer, load_tensors, scorer_from_tensors
+
+    graphs = export_onnx(penalised, k_max=TINY_K_MAX)
+    ops = {node.op_type for node, _ in _nodes(onnx.load_from_string(graphs.onnx[contract.SCORER_MODEL]).graph)}
+    assert "Einsum" not in ops, ops
+    folded = graphs.modules[contract.SCORER_MODEL]
+    assert folded.folded
+    tensors, metadata = load_tensors(graphs.weights[contract.SCORER_MODEL])
+    torch.testing.assert_close(tensors["f.0.weight"], penalised.f[0].weight.detach(), rtol=0, atol=0)
+    from_file = scorer_from_tensors(tensors, metadata)
+    unfolded = ServedScorer(
+        folded.prototype_values, folded.layers(), folded.k_max, folded.activation, edit_penalty=folded.edit_penalty,
+        item_weights=penalised.item_prototype_weights().detach(), fold=False,
+    )  # fmt: skip
+    assert from_file.folded and not unfolded.folded
+    histories = random_histories(TINY["n_items"], 6, 30, np.random.default_rng(7))[1:]
+    with torch.no_grad():
+        weights = penalised.profile_weights(multi_hot(histories, TINY["n_items"]))
+        for case, batch in edited_batches(weights).items():
+            expected = reference_logits(penalised, batch)
+            for name, module in {"folded": folded, "from file": from_file, "unfolded": unfolded}.items():
+                torch.testing.assert_close(module.logits(batch), expected, rtol=1e-5, atol=1e-5, msg=f"{case}: {name}")
+
+
+def test_f_without_a_hidden_layer_is_not_folded() -> None:
+    """Folding u into a first layer that is also the last (O = N items) would only add work."""
+    from export.served_model import ServedScorer
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(6, 4, 8, generator=generator)  # (K, H, D')
+    weight, bias = torch.randn(50, 32, generator=generator), torch.randn(50, generator=generator)
+    scorer = ServedScorer(values, [(weight, bias)], k_max=10)
+    assert not scorer.folded
+    shares = torch.rand(3, 4, 6, generator=generator)
+    shares = shares / shares.sum(-1, keepdim=True)
+    expected = torch.einsum("bhk,khd->bhd", shares, values).flatten(1) @ weight.t() + bias
+    torch.testing.assert_close(scorer.logits(shares), expected, rtol=1e-5, atol=1e-5)
+
+
 def _nodes(graph: object, inside_if: bool = False) -> list[tuple[object, bool]]:
     """Every node of an ONNX graph with its subgraphs', and whether it sits inside an `If` branch."""
     import onnx
