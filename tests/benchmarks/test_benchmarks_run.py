@@ -39,6 +39,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
     assert busy and 0 < int(busy.group(1)) <= 100
     assert "nan" not in text.lower()
+    # the one-client target's context: the scorer at batch 1 with the gateway's own session settings
+    assert re.search(r"A lone call's batch of 1: p50 [0-9.]+ ms with ONNX Runtime's defaults \(the scorer alone with the gateway's own session settings: [0-9.]+ ms\)\.", text)
     # the raw scorer at the gateway's batch, also with the gateway's own session settings (the target's reference)
     assert re.search(r"and \*\*[0-9,]+ rows/s\*\* with the gateway's own session settings \(\d+ intra-op thread", text)
     # the request path: the echo floor, and every stage a cached Recommend goes through, in each phase
