@@ -27,9 +27,13 @@ from benchmarks.gateway_bench import K
 from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import CacheEvictor, StandaloneRun, time_alternating
 from export import contract
-from export.onnx_export import example_inputs, export_onnx, expose_top_k, served_scorer, trace_graph
+from export.onnx_export import ExportedGraphs, export_onnx, scorer_graph
 from export.served_model import ServedScorer
 from serving.backends.onnxruntime import session_options
+from training.models.apron import APRON
+
+# each --items size: the synthetic model and its export, built once for every measurement
+Exported = dict[int, tuple[APRON, ExportedGraphs]]
 
 
 def op_times(scorer_onnx: bytes, feeds: dict[str, np.ndarray], runs: int, directory: Path) -> dict[str, float]:
@@ -48,14 +52,13 @@ def op_times(scorer_onnx: bytes, feeds: dict[str, np.ndarray], runs: int, direct
     return {op: us / runs for op, us in totals.items()}
 
 
-def measure(items: list[int], batches: list[int], k: int, runs: int) -> list[tuple[int, int, str, dict[str, float]]]:
+def measure(exported: Exported, batches: list[int], k: int, runs: int) -> list[tuple[int, int, str, dict[str, float]]]:
     rows = []
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as directory:
-        for n_items in items:
-            model = synthetic_apron(n_items)
+        for n_items, (model, graphs) in exported.items():
             cfg = model.config
-            scorer = export_onnx(model, contract.DEFAULT_K_MAX).onnx[contract.SCORER_MODEL]
+            scorer = graphs.onnx[contract.SCORER_MODEL]
             for batch in batches:
                 weights = rng.random((batch, cfg.n_heads, cfg.n_tags)).astype(np.float32)
                 exclude = rng.integers(0, n_items, (batch, 50)).astype(np.int64)
@@ -103,24 +106,20 @@ def normaliser_times(items: list[int], batches: list[int], runs: int) -> list[tu
 FOLD_FORMS = ("Einsum, then f", "folded into f")
 
 
-def fold_times(
-    items: list[int], batches: list[int], k: int, runs: int
-) -> dict[bool, list[tuple[int, int, float, float]]]:
+def fold_times(exported: Exported, batches: list[int], k: int, runs: int) -> dict[bool, list[tuple[int, int, float, float]]]:
     """Caches cold (False: back to back, True: 64 MB read before each call, as the gateway's one
     client sees it) -> (items, batch, p50 µs of the whole scorer graph per form in FOLD_FORMS'
-    order), one thread, asking for `k` items; both graphs' scores are checked to agree first."""
+    order), one thread, asking for `k` items; both graphs' scores are checked to agree first. The
+    folded graph is the export's; the other is its module rebuilt with `fold=False`."""
     rng = np.random.default_rng(0)
     rows: dict[bool, list[tuple[int, int, float, float]]] = {False: [], True: []}
     evictor = CacheEvictor()
-    for n_items in items:
-        model = synthetic_apron(n_items)
+    for n_items, (model, graphs) in exported.items():
         cfg = model.config
-        folded = served_scorer(model, contract.DEFAULT_K_MAX)
+        folded = graphs.modules[contract.SCORER_MODEL]
         unfolded = ServedScorer(folded.prototype_values, folded.layers(), folded.k_max, folded.activation, fold=False)
-        io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, folded.k_max)
-        example = example_inputs(model)[contract.SCORER_MODEL]
-        graphs = [expose_top_k(trace_graph(contract.SCORER_MODEL, m.eval(), example, io_specs), folded.k_max) for m in (unfolded, folded)]
-        sessions = [ort.InferenceSession(g, session_options(1), providers=["CPUExecutionProvider"]) for g in graphs]
+        forms = [scorer_graph(model, unfolded.eval()), graphs.onnx[contract.SCORER_MODEL]]
+        sessions = [ort.InferenceSession(g, session_options(1), providers=["CPUExecutionProvider"]) for g in forms]
         for batch in batches:
             feeds = {
                 contract.PROFILE_WEIGHTS: rng.random((batch, cfg.n_heads, cfg.n_tags)).astype(np.float32),
@@ -182,9 +181,11 @@ def main(argv: list[str] | None = None) -> None:
     if min(*args.items, *args.batches, args.runs) < 1 or not 1 <= args.k <= min(min(args.items), contract.DEFAULT_K_MAX):
         parser.error("--items, --batches and --runs must be at least 1, --k in [1, min(K_MAX, the smallest catalog)]")
     run = StandaloneRun("scorer_ops", argv)
-    rows = measure(args.items, args.batches, args.k, args.runs)
+    models = {n_items: synthetic_apron(n_items) for n_items in args.items}
+    exported = {n_items: (model, export_onnx(model, contract.DEFAULT_K_MAX)) for n_items, model in models.items()}
+    rows = measure(exported, args.batches, args.k, args.runs)
     normalisers = normaliser_times(args.items, args.batches, args.runs)
-    folds = fold_times(args.items, args.batches, args.k, args.runs)
+    folds = fold_times(exported, args.batches, args.k, args.runs)
     run.publish(render(rows, normalisers, folds, run.command, run.wall_s), args.output)
 
 

@@ -197,6 +197,15 @@ def expose_top_k(scorer_onnx: bytes, k_max: int) -> bytes:
     return graph_model.SerializeToString()
 
 
+def scorer_graph(model: APRON, scorer: ServedScorer) -> bytes:
+    """A scorer module for `model`'s shapes traced as `apron_scorer` is, its TopK's k exposed as
+    `contract.TOP_K` (`expose_top_k`)."""
+    cfg = model.config
+    io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, scorer.k_max)
+    traced = trace_graph(contract.SCORER_MODEL, scorer, example_inputs(model)[contract.SCORER_MODEL], io_specs)
+    return expose_top_k(traced, scorer.k_max)
+
+
 def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = False) -> ExportedGraphs:
     """Trace the three graphs to ONNX bytes with a dynamic batch axis on every input."""
     if k_max < 1:
@@ -205,8 +214,10 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = 
     modules = build_graphs(model, k_max, fp16)
     examples = example_inputs(model)
     io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, min(k_max, cfg.n_items))
-    onnx_bytes = {name: trace_graph(name, module, examples[name], io_specs) for name, module in modules.items()}
-    onnx_bytes[contract.SCORER_MODEL] = expose_top_k(onnx_bytes[contract.SCORER_MODEL], min(k_max, cfg.n_items))
+    onnx_bytes = {
+        name: scorer_graph(model, module) if name == contract.SCORER_MODEL else trace_graph(name, module, examples[name], io_specs)
+        for name, module in modules.items()
+    }
     weights = {
         contract.PROFILE_MODEL: weights_bytes(*profile_tensors(modules[contract.PROFILE_MODEL])),
         contract.SCORER_MODEL: weights_bytes(*scorer_tensors(modules[contract.SCORER_MODEL])),

@@ -166,9 +166,16 @@ def fold_values(
 
     Eq. 13-14's u = concat_h sum_k s_hk P~_kh is linear in the shares s, so W1 u + b1 = F s + b1
     with F[o, (h, k)] = sum_d W1[o, (h, d)] P~[k, h, d]: the einsum and the first layer become one
-    GEMM. Worth it only in front of a hidden layer (O = 600 < N): its A/B is in `python -m
-    benchmarks.scorer_ops` (export/README.md). The product is taken in fp32 whatever f's dtype."""
+    GEMM (`python -m benchmarks.scorer_ops` times both, export/README.md). Only in front of a hidden
+    layer: F has O x H*K weights against W1's O x H*D' (1,280 against 1,024 per output here), which
+    a hidden layer's O = 600 makes small and a last layer's O = N items would not. The product is
+    taken in fp32 whatever f's dtype."""
     n_prototypes, n_heads, head_dim = prototype_values.shape
+    if weight.shape[1] != n_heads * head_dim:  # a weights file whose layers do not fit its values
+        raise ValueError(
+            f"f's first layer takes {weight.shape[1]} inputs, but the prototype values {tuple(prototype_values.shape)} "
+            f"give H * D' = {n_heads * head_dim}; re-run `apron export`"
+        )
     per_head = weight.float().reshape(weight.shape[0], n_heads, head_dim)  # (O, H, D')
     folded = torch.einsum("khd,ohd->ohk", prototype_values.float(), per_head)  # (O, H, K)
     return folded.reshape(weight.shape[0], n_heads * n_prototypes), bias
@@ -204,9 +211,9 @@ class ServedScorer(nn.Module):
         table = penalty_table(item_weights.float()) if edit_penalty > 0 else None
         self.register_buffer("penalty_table", table)  # (K + H*K, N)
         self.n_heads, self.n_prototypes = prototype_values.shape[1], prototype_values.shape[0]
-        # f's first layer as given (the weights file keeps it: `layers()`); what runs may be folded
-        self.register_buffer("value_layer_weight", layers[0][0].float(), persistent=False)  # (O, H*D')
         self.folded = fold and len(layers) > 1  # `fold=False`: the A/B of `benchmarks.scorer_ops` only
+        # when folded, f's first layer as given, which the weights file keeps (`layers()`)
+        self.register_buffer("value_layer_weight", layers[0][0].float() if self.folded else None, persistent=False)  # (O, H*D')
         if self.folded:
             layers = [fold_values(prototype_values.float(), *layers[0]), *layers[1:]]
         modules: list[nn.Module] = []
@@ -303,7 +310,7 @@ class ServedScorer(nn.Module):
     def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """f's layers as given to the constructor (the first one unfolded), in f's dtype."""
         linears = [(m.weight, m.bias) for m in self.f if isinstance(m, nn.Linear)]
-        if self.folded:
+        if self.value_layer_weight is not None:
             linears[0] = (self.value_layer_weight.to(self.f_dtype), linears[0][1])
         return linears
 

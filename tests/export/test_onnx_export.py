@@ -293,6 +293,15 @@ def test_f_without_a_hidden_layer_is_not_folded() -> None:
     torch.testing.assert_close(scorer.logits(shares), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_a_first_layer_that_does_not_fit_the_prototype_values_is_refused_by_name() -> None:
+    from export.served_model import ServedScorer
+
+    values = torch.randn(6, 4, 8)  # (K, H, D'): f's first layer must take H * D' = 32 inputs
+    layers = [(torch.randn(16, 30), torch.zeros(16)), (torch.randn(50, 16), torch.zeros(50))]
+    with pytest.raises(ValueError, match=r"takes 30 inputs, but the prototype values \(6, 4, 8\) give H \* D' = 32"):
+        ServedScorer(values, layers, k_max=10)
+
+
 def _nodes(graph: object, inside_if: bool = False) -> list[tuple[object, bool]]:
     """Every node of an ONNX graph with its subgraphs', and whether it sits inside an `If` branch."""
     import onnx
