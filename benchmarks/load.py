@@ -76,15 +76,17 @@ async def closed_loop(call: Call, clients: int, seconds: float, warmup_s: float 
 async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | None = None) -> Timing:
     """Start one request every 1/rate seconds for `seconds`; latency is measured from the scheduled
     start, so a stalled server shows up in the percentiles instead of slowing the sender (how late
-    the sender itself was goes to `stats.send_lags_s`)."""
+    the sender itself was goes to `stats.send_lags_s`).
+
+    Each request's task is created when it falls due, not all at the start: thousands of tasks
+    created at once would each take a first step (reading the clock, arming a timer) in the loop's
+    first turn, so the first requests would go out tens of ms late, together, and a burst the
+    load generator made would count in the tail as the server's."""
     stats = stats if stats is not None else LoadStats()
     interval = 1.0 / rate
     n = max(1, int(rate * seconds))
-    start = time.perf_counter()
 
-    async def one(i: int) -> float:
-        scheduled = start + i * interval
-        await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+    async def one(i: int, scheduled: float) -> float:
         sent = time.perf_counter()
         stats.send_lags_s.append(sent - scheduled)
         await call(i)
@@ -94,7 +96,15 @@ async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | 
         stats.received_sum_s += received
         return received - scheduled
 
-    latencies = await asyncio.gather(*(one(i) for i in range(n)))
+    start = time.perf_counter()
+    tasks = []
+    for i in range(n):
+        scheduled = start + i * interval
+        wait = scheduled - time.perf_counter()
+        if wait > 0:  # else it is due already (the loop was busy): sent at the loop's next turn
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+    latencies = await asyncio.gather(*tasks)
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
 
 
