@@ -60,6 +60,11 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
     assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))
-    assert re.search(r"\| gateway CPU per cached Recommend ≤ 2× the bare echo server's CPU per call \(500 items\) \| [0-9.]+×", text)
+    # each request-path target in both pairings of the floor with the gateway measured next to it
+    for target in (r"gateway CPU per cached Recommend ≤ 2× the bare echo server's CPU per call \(500 items\)",
+                   r"one client, GetProfile: p50 ≤ echo p50 \+ 0.3 ms"):  # (Recommend's needs a scorer run at 500 items)
+        row = re.search(rf"^\| {target} \| first pairing [0-9.]+(×| ms).*; second pairing [0-9.]+(×| ms).* \| (met|\*\*missed\*\*) \|$", text, re.M)
+        assert row, target
+    assert re.search(r"The Targets table pairs each floor with the gateway measured next to it: .*\(gateway CPU [0-9,]+ µs per call", text)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2
