@@ -276,7 +276,7 @@ def path_targets(report: Report) -> list[tuple[str, str, bool | None]]:
     def cpu(echo: EchoResults, phases: dict[str, PathPhase]) -> tuple[str, bool]:
         gateway = phases[SATURATED].cpu_ms_per_call
         ratio = gateway / echo.cpu_ms_per_call
-        return f"{ratio:.1f}× ({fmt(gateway, 2)} vs {fmt(echo.cpu_ms_per_call, 2)} ms)", ratio <= TARGET_CPU_VS_ECHO
+        return f"{ratio:.2f}× ({fmt(gateway, 2)} vs {fmt(echo.cpu_ms_per_call, 2)} ms)", ratio <= TARGET_CPU_VS_ECHO
 
     rows: list[tuple[str, str, bool | None]] = [(names[0], *each(cpu))]
     batch1 = scorer_batch1(report, g.n_items)
