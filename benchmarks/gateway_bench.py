@@ -135,6 +135,7 @@ class GatewayResults:
     offered_rate: float  # load_fraction × batched throughput
     load_fraction: float
     at_load: Timing  # open loop at offered_rate
+    tail: TailEvidence  # that open-loop run beside what the gateway, the load generator and the machine saw
     hotspots: list[Hotspot]  # the gateway's main thread under full load (pyinstrument)
     profiled_s: float
     cpu: CpuUse  # during the batched closed-loop run
@@ -153,7 +154,6 @@ class RequestPath:
     echo_before: EchoResults  # the floor measured before the gateway's phases
     echo_after: EchoResults  # and after its one-client phases
     phases: dict[str, PathPhase]  # by PHASES key
-    tail: TailEvidence
     own_intake: PathPhase | None = None  # the saturated phase again with --grpc-intake COMPARED_INTAKE (serving/intake.py)
     # the targets' phases (AGAIN) measured a second time, right after echo_after: a second pairing
     again: dict[str, PathPhase] = field(default_factory=dict)
@@ -460,11 +460,11 @@ def run(settings: Settings) -> GatewayResults:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, echo_after, phases, tail, own_intake, again) if echo is not None and echo_after is not None else None
+    path = RequestPath(echo, echo_after, phases, own_intake, again) if echo is not None and echo_after is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
-        at_load=tail.client, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
+        at_load=tail.client, tail=tail, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
     )  # fmt: skip
 
 
@@ -544,11 +544,7 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
         f"{fmt(g.cache_miss.p99_ms, 2)} |",
         f"| miss / hit (p50) | | {g.cache_miss.p50_ms / g.cache_hit.p50_ms:.2f}× | |",
         "",
-        f"### Latency at {g.load_fraction:.0%} of the maximum throughput ({g.n_items:,} items, open loop)",
-        "",
-        f"{fmt(g.offered_rate, 0)} req/s offered for {g.at_load.calls} calls: p50 {fmt(g.at_load.p50_ms)} ms, "
-        f"p99 {fmt(g.at_load.p99_ms)} ms (latency from each request's scheduled start).",
-        "",
+        *tail_lines(g, g.tail),
         f"### Where the CPU goes ({g.n_items:,} items, {g.clients} clients, cached profiles, {fmt(cpu.wall_s)} s)",
         "",
         "CPU of each process during the micro-batched closed-loop run above (psutil for the gateway and its "
@@ -586,7 +582,7 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
     """The request-path section: the stage tables beside the echo floor, and the tail evidence."""
     g, path = results, results.path
     assert path is not None
-    echo, before, after, phases, tail = path.echo, path.echo_before, path.echo_after, path.phases, path.tail
+    echo, before, after, phases = path.echo, path.echo_before, path.echo_after, path.phases
     ordered = {phase.name: phase for phase in (*(phases[key] for key in PHASES if key in phases), phases[SATURATED])}
     splits = {name: phase.split for name, phase in ordered.items()}
     batch1 = f"; the raw scorer at batch 1: p50 {fmt(scorer_batch1.p50_ms, 2)} ms" if scorer_batch1 else ""
@@ -633,7 +629,6 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
         *intake_lines(phases[SATURATED], path.own_intake),
-        *tail_lines(g, tail),
     ]
     return lines
 
@@ -703,7 +698,8 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
     return [
         f"### Tail latency at {g.load_fraction:.0%} of the maximum throughput ({g.n_items:,} items, open loop): the evidence",
         "",
-        f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s. The client's latency is from each request's "
+        f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s ({client.calls:,} calls): p50 "
+        f"{fmt(client.p50_ms, 1)} ms, p99 {fmt(client.p99_ms, 1)} ms. The client's latency is from each request's "
         "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
         "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
         "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "
@@ -722,7 +718,9 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         "| --- | ---: | ---: |",
         *[f"| {threshold:g} ms | {client:.2%} | {server:.2%} |" for threshold, (client, server) in tail.over_ms.items()],
         "",
-        f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests on average. CPU: the "
+        f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests and "
+        f"{fmt(tail.mean_run_ms, 2)} ms on average (`apron_inference_duration_seconds`): the scorer, one run at a "
+        f"time, was running {tail.scorer_busy:.0%} of the time. CPU: the "
         f"gateway {tail.gateway_cpu_share:.0%} and the load generator {tail.load_cpu_share:.0%} of the machine's cores. "
         "Largest stages per call: "
         + ", ".join(f"`{stage}` {tail.split.per_call_us(stage) / 1e3:,.2f} ms" for stage in top)

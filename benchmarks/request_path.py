@@ -367,6 +367,16 @@ class TailEvidence:
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
+    scorer_run_s: float = 0.0  # apron_scorer's runs, summed (apron_inference_duration_seconds)
+
+    @property
+    def mean_run_ms(self) -> float:
+        return self.scorer_run_s / self.batches * 1e3 if self.batches else float("nan")
+
+    @property
+    def scorer_busy(self) -> float:
+        """Share of the run's wall time the scorer was running a batch (one at a time)."""
+        return self.scorer_run_s / self.wall_s
 
 
 def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
@@ -449,4 +459,5 @@ def tail_evidence(
             for threshold in TAIL_THRESHOLDS_MS
         },
         calls=calls,
+        scorer_run_s=total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
     )

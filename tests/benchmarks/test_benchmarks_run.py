@@ -57,6 +57,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
         text, re.M,
     )  # fmt: skip
     assert [depth for depth, _ in intake] == [f"{ServingConfig().grpc_intake} (default)", f"{COMPARED_INTAKE} (grpc.aio's own)"], intake
+    # the open loop's tail evidence, with the scorer's share of the time running a batch
+    assert re.search(r"`apron_scorer` runs of [0-9.]+ requests and [0-9.]+ ms on average .*: the scorer, one run at a time, was running \d+% of the time", text)
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
     assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))
