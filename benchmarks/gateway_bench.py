@@ -579,7 +579,7 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
 
 
 def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_batch1_cold: Timing | None = None) -> list[str]:
-    """The request-path section: the stage tables beside the echo floor, and the tail evidence."""
+    """The request-path section: the stage tables beside the echo floor, and the two intakes at saturation."""
     g, path = results, results.path
     assert path is not None
     echo, before, after, phases = path.echo, path.echo_before, path.echo_after, path.phases
