@@ -1,18 +1,22 @@
 """The client follows the service: what `ApronClient` retries (`serving/client.py`'s `retry_delay`),
 and the draining gateway's signal that makes a CANCELLED call safe to retry (`serving/drain.py`),
 end to end: a call held in a gateway that stops is cut at the end of its grace with the trailer
-`apron-draining`, and the client's retry is answered by the replica that took over the port."""
+`apron-draining`, and the client's retry is answered by the replica that took over the port; and
+a retry waits for a connection rather than failing while grpc backs off reconnecting."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from common.net import free_port
 from serving.client import INITIAL_BACKOFF_S, MAX_BACKOFF_S, RETRY_ATTEMPTS, ApronClient, retry_delay
 from serving.drain import DRAINING_KEY, cut_at
 from serving.errors import RETRY_AFTER_KEY
@@ -20,7 +24,7 @@ from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
 from serving.server import ApronServer, create_server
-from tests.polling import eventually
+from tests.polling import eventually, wait_until
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 Code = grpc.StatusCode
@@ -85,6 +89,49 @@ async def test_a_call_cut_by_a_draining_gateway_says_so_and_the_client_retries_i
         release.set()
         if not stopped:
             await first.stop(grace=0)
+
+
+def serving_port(port: int) -> grpc.Server:
+    """A bare server on `port` that answers ListPrototypes (empty) and health checks: something to
+    connect to, for what the client does about connections."""
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    prototypes = grpc.unary_unary_rpc_method_handler(lambda request, context: b"")  # bytes in, bytes out
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("apron.v1.Recommender", {"ListPrototypes": prototypes}),))
+    health_servicer = health.HealthServicer()
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    return server
+
+
+def test_a_retry_waits_for_a_connection_while_grpc_backs_off_reconnecting() -> None:
+    """After a failed connect grpc fails calls at once for about a second while it backs off
+    reconnecting, and the client's attempts fit in less than that: retries that did not wait would
+    all fail (as when a reconnect lands on a replaced gateway's closing socket, the test above).
+    Here the server the client reached stops, and its replacement comes up on the port only after
+    the client's call failed once: the retry waits for the connection and is answered."""
+    port = free_port()
+    with ApronClient(f"127.0.0.1:{port}", timeout_s=60) as client, futures.ThreadPoolExecutor(1) as pool:
+        first = serving_port(port)
+        client.prototypes()
+        first.stop(grace=None).wait()
+        answer = pool.submit(client.prototypes)
+        wait_until(lambda: client.retries >= 1 or answer.done(), "the first attempt refused: nothing listens on the port")
+        second = serving_port(port)
+        try:
+            answer.result(timeout=60)  # raises the client's error if its retries did not wait
+        finally:
+            second.stop(grace=None).wait()
+    assert client.retries >= 1
+
+
+def test_a_client_no_server_ever_answered_fails_once_its_attempts_are_spent() -> None:
+    """Nothing listens, and nothing ever did: the attempts are spent at once, not the whole timeout
+    (`apron client` with a wrong --target says so; tests/serving/test_cli.py)."""
+    with ApronClient(f"127.0.0.1:{free_port()}", timeout_s=60) as client, pytest.raises(grpc.RpcError) as refused:
+        client.prototypes()
+    assert refused.value.code() is Code.UNAVAILABLE and client.retries == RETRY_ATTEMPTS - 1 and not client.answered
 
 
 def in_flight(server: ApronServer) -> int:
