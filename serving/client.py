@@ -11,8 +11,9 @@ the retries that are safe (`retry_delay`): UNAVAILABLE (a replica draining or st
 Redis down for a moment), and CANCELLED only when the server says it cut the call while draining
 (trailer `apron-draining`, serving/drain.py); at most RETRY_ATTEMPTS attempts within the one
 `timeout_s`, with exponential backoff and jitter, or after the server's `retry-after-ms` when it
-sends one. Once a server has answered the client, a retry first waits, within `timeout_s`, for a
-connection (a replica replaced, or restarting, on the same address). Retrying is safe for every
+sends one. Once a server has answered the client, a retry waits, within `timeout_s`, for a
+connection (a replica replaced, or restarting, on the same address): if none comes, the call ends
+DEADLINE_EXCEEDED. Retrying is safe for every
 RPC: Recommend, GetProfile and ListPrototypes read, and an EditProfile *sets* each named
 prototype's scale or share (and `reset` deletes first), so storing
 the same request twice leaves the same stored edits as storing it once; an edit is never applied
@@ -138,7 +139,7 @@ class ApronClient:
         self.metadata = auth.bearer_metadata(token) if token else ()
         self.timeout_s = timeout_s  # for a call and its retries together
         self.retries = 0  # retried attempts, all calls together
-        # a server has answered this client: its retries wait for a connection (`_connected`); one that
+        # a server has answered this client: its retries wait for a connection (`_call`); one that
         # never reached a server fails once its attempts are spent, so a wrong target says so at once
         self.answered = False
 
@@ -149,8 +150,15 @@ class ApronClient:
         attempt = 0
         while True:
             attempt += 1
+            # Once a server has answered this client, a retry waits for a connection (within the
+            # deadline) instead of failing at once: after a failed connect grpc fails calls while it
+            # backs off reconnecting (about 1 s), longer than the attempts take, so they would all be
+            # spent while the server's replacement comes up. A replica replaced on the same port
+            # (SO_REUSEPORT) can refuse the first reconnect, too: the kernel handed the connection to
+            # the old one's listening socket as it closed.
+            wait = attempt > 1 and self.answered
             try:
-                response = call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=self.metadata)
+                response = call(request, timeout=max(0.0, deadline - time.monotonic()), metadata=self.metadata, wait_for_ready=wait)
             except grpc.RpcError as error:
                 # any status but UNAVAILABLE came from a server (UNAVAILABLE may be grpc's "no connection")
                 self.answered = self.answered or error.code() is not grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
@@ -160,24 +168,9 @@ class ApronClient:
                     raise
                 self.retries += 1
                 time.sleep(delay)
-                if self.answered and not self._connected(deadline):  # none in the time left: the last answer stands
-                    raise
             else:
                 self.answered = True
                 return response
-
-    def _connected(self, deadline: float) -> bool:
-        """Whether the channel has (or gets, before `deadline`) a connection to a server. A client
-        that a server has answered waits for it before a retry: after a failed connect grpc fails
-        calls at once while it backs off reconnecting (about 1 s), which would spend the attempts in
-        a moment while the server's replacement comes up. A replica replaced on the same port
-        (SO_REUSEPORT) can refuse the first reconnect, too: the kernel handed the connection to the
-        old one's listening socket as it closed."""
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=max(0.0, deadline - time.monotonic()))
-        except grpc.FutureTimeoutError:
-            return False
-        return True
 
     def recommend(
         self,
