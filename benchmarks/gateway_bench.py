@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -134,8 +134,7 @@ class GatewayResults:
     cache_miss: Timing  # one client, a history the cache has not seen
     offered_rate: float  # load_fraction × batched throughput
     load_fraction: float
-    at_load: Timing  # open loop at offered_rate
-    tail: TailEvidence  # that open-loop run beside what the gateway, the load generator and the machine saw
+    tail: TailEvidence  # the open loop at offered_rate, beside what the gateway, the load generator and the machine saw
     hotspots: list[Hotspot]  # the gateway's main thread under full load (pyinstrument)
     profiled_s: float
     cpu: CpuUse  # during the batched closed-loop run
@@ -146,6 +145,11 @@ class GatewayResults:
     def max_throughput(self) -> float:
         return self.batched.throughput
 
+    @property
+    def at_load(self) -> Timing:
+        """The open loop's latencies, from each request's scheduled start."""
+        return self.tail.client
+
 
 @dataclass(frozen=True)
 class RequestPath:
@@ -154,9 +158,9 @@ class RequestPath:
     echo_before: EchoResults  # the floor measured before the gateway's phases
     echo_after: EchoResults  # and after its one-client phases
     phases: dict[str, PathPhase]  # by PHASES key
-    own_intake: PathPhase | None = None  # the saturated phase again with --grpc-intake COMPARED_INTAKE (serving/intake.py)
     # the targets' phases (AGAIN) measured a second time, right after echo_after: a second pairing
-    again: dict[str, PathPhase] = field(default_factory=dict)
+    again: dict[str, PathPhase]
+    own_intake: PathPhase | None = None  # the saturated phase again with --grpc-intake COMPARED_INTAKE (serving/intake.py)
 
     @property
     def echo(self) -> EchoResults:
@@ -167,7 +171,7 @@ class RequestPath:
         """The floor and the gateway measured back to back, twice: the first echo with the first
         phases, the second with their repeat. A target holds only if it holds in each, so a moment
         when the machine ran the gateway faster than the floor (or slower) decides nothing alone."""
-        return [(self.echo_before, self.phases), *([(self.echo_after, self.again)] if self.again else [])]
+        return [(self.echo_before, self.phases), (self.echo_after, self.again)]
 
 
 def unavailable() -> str:
@@ -460,11 +464,11 @@ def run(settings: Settings) -> GatewayResults:
         asyncio.run(warm(gateway))
         saturate(gateway)
     hotspots, profiled_s = hotspots_from(profile)
-    path = RequestPath(echo, echo_after, phases, own_intake, again) if echo is not None and echo_after is not None else None
+    path = RequestPath(echo, echo_after, phases, again, own_intake) if echo is not None and echo_after is not None else None
     return GatewayResults(
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
-        at_load=tail.client, tail=tail, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
+        tail=tail, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
     )  # fmt: skip
 
 
@@ -635,8 +639,6 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
 
 def pairing_lines(path: RequestPath) -> list[str]:
     """How the Targets table reads the floor: each measurement beside the gateway phases measured next to it."""
-    if not path.again:
-        return []
     again = path.again
     return [
         "The Targets table pairs each floor with the gateway measured next to it: the one before with the phases "

@@ -13,10 +13,9 @@ Redis down for a moment), and CANCELLED only when the server says it cut the cal
 `timeout_s`, with exponential backoff and jitter, or after the server's `retry-after-ms` when it
 sends one. Once a server has answered the client, a retry waits, within `timeout_s`, for a
 connection (a replica replaced, or restarting, on the same address): if none comes, the call ends
-DEADLINE_EXCEEDED. Retrying is safe for every
-RPC: Recommend, GetProfile and ListPrototypes read, and an EditProfile *sets* each named
-prototype's scale or share (and `reset` deletes first), so storing
-the same request twice leaves the same stored edits as storing it once; an edit is never applied
+DEADLINE_EXCEEDED. Retrying is safe for every RPC: Recommend, GetProfile and ListPrototypes read,
+and an EditProfile *sets* each named prototype's scale or share (and `reset` deletes first), so
+storing the same request twice leaves the same stored edits as storing it once; an edit is never applied
 twice. The one thing a retry can do is what any late write does: land after another client's edit
 of the same prototype (last writer wins).
 
