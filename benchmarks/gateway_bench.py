@@ -188,15 +188,16 @@ def unavailable() -> str:
 # ----------------------------------------------------------------------------- the gateway process
 
 
-def export_repository(n_items: int, workdir: Path) -> Path:
+def export_repository(n_items: int, workdir: Path, int8: bool = False) -> Path:
+    """A synthetic model of `n_items` exported as `apron export` does (`int8`: `--int8`)."""
     from benchmarks.synthetic import synthetic_checkpoint
     from export.pipeline import export_checkpoint
     from export.triton_repository import RepositorySettings
 
-    target = workdir / f"gateway-{n_items}"
+    target = workdir / f"gateway-{n_items}{'-int8' if int8 else ''}"
     shutil.rmtree(target, ignore_errors=True)
     checkpoint = synthetic_checkpoint(target / "apron.pt", n_items)
-    export_checkpoint(checkpoint, target / "model_repository", settings=RepositorySettings(backend="onnxruntime"))
+    export_checkpoint(checkpoint, target / "model_repository", settings=RepositorySettings(backend="onnxruntime", int8=int8))
     return target / "model_repository"
 
 

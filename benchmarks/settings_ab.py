@@ -98,11 +98,11 @@ class Target:
     item_ids: list[str]
 
     @classmethod
-    def export(cls, n_items: int, workdir: Path) -> Target:
+    def export(cls, n_items: int, workdir: Path, int8: bool = False) -> Target:
         from export.metadata import metadata_path
         from serving import auth
 
-        repository = export_repository(n_items, workdir)
+        repository = export_repository(n_items, workdir, int8)
         item_ids = json.loads(metadata_path(repository).read_text())["item_ids"]
         secret = repository.parent / "jwt_secret"
         secret.write_text(secrets.token_hex(32))
@@ -139,7 +139,7 @@ def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: 
 
 
 def alternate(
-    target: Target,
+    target: Target | Mapping[str, Target],
     settings: Mapping[str, Mapping[str, Any]],
     rounds: int,
     clients: int,
@@ -147,12 +147,14 @@ def alternate(
     processes: int,
     load_fraction: float,
 ) -> dict[str, list[Sample]]:
-    """Each named setting's samples, one per round, the settings taking turns."""
+    """Each named setting's samples, one per round, the settings taking turns; `target` is served
+    by every setting, or by name (two exports of one model, say)."""
     names = list(settings)
+    targets = target if isinstance(target, Mapping) else dict.fromkeys(names, target)
     samples: dict[str, list[Sample]] = {name: [] for name in names}
     for round_ in range(rounds):
         for name in names if round_ % 2 == 0 else names[::-1]:
-            sample = measure(target, settings[name], clients, seconds, processes, load_fraction)
+            sample = measure(targets[name], settings[name], clients, seconds, processes, load_fraction)
             samples[name].append(sample)
             print(f"{name}, round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
     return samples

@@ -81,7 +81,7 @@ def resolve_dataset(choice: str) -> str:
     return ("lastfm-2k" if lastfm_copy() else "synthetic") if choice == "auto" else choice
 
 
-def _prepare(out: Path, dataset: str, settings: DemoSettings) -> str:
+def prepare_data(out: Path, dataset: str, settings: DemoSettings) -> str:
     """The processed dataset in `out`; returns the content-feature kind to train with."""
     from training.data.sources import prepare
     from training.data.synthetic import SyntheticConfig
@@ -104,7 +104,7 @@ def _prepare(out: Path, dataset: str, settings: DemoSettings) -> str:
     return "collab"
 
 
-def _train(data: Path, checkpoint: Path, features_kind: str, settings: DemoSettings) -> None:
+def train_model(data: Path, checkpoint: Path, features_kind: str, settings: DemoSettings) -> None:
     from training.checkpoint import save_checkpoint
     from training.data.dataset import ProcessedDataset
     from training.models.apron import PRESETS
@@ -145,7 +145,7 @@ def build_demo_repository(repository: str | Path, settings: DemoSettings = DemoS
     try:
         data, checkpoint = workdir / "data", workdir / "apron.pt"
         dataset = resolve_dataset(settings.dataset)
-        _train(data, checkpoint, _prepare(data, dataset, settings), settings)
+        train_model(data, checkpoint, prepare_data(data, dataset, settings), settings)
         log.info("demo: exporting to %s", repository)
         export_checkpoint(checkpoint, repository, k_max=settings.k_max, settings=RepositorySettings(backend="python"))
         kept = demo_dataset_dir(repository)

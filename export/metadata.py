@@ -38,7 +38,7 @@ class ExportMetadata:
     item_names: list[str]
     tensors: dict[str, dict[str, list[dict[str, Any]]]]  # model -> inputs/outputs -> [{name, dtype, dims}]
     backend: str  # "onnxruntime" | "python"
-    precision: str  # "fp32" | "fp16"
+    precision: str  # "fp32" | "fp16" | "int8" (the scorer's f: export/quantize.py)
     # Triton's max_batch_size in the models' config.pbtxt: a request of more rows is refused by
     # Triton, so a gateway batching rows toward Triton checks its own batch size against it.
     # Metadata written before this field: read_metadata takes it from the config.pbtxt; 0 = unknown.

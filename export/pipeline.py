@@ -109,7 +109,7 @@ def build_metadata(
         item_names=[str(n) for n in dataset.get("item_names", item_ids)],
         tensors=tensor_table(contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, k_max)),
         backend=settings.backend,
-        precision="fp16" if settings.fp16 else "fp32",
+        precision=settings.precision,
         triton_max_batch_size=settings.max_batch_size,
         checkpoint={"path": str(checkpoint_path), "train": info.train, "metrics": info.metrics},
     )
@@ -140,8 +140,8 @@ def export_checkpoint(
         check_configs(repository, configs)
     except RepositoryError as error:
         raise ExportError(str(error)) from error
-    graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16)
-    parity = check_parity(graphs, model, fp16=settings.fp16)
+    graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16, int8=settings.int8)
+    parity = check_parity(graphs, model, fp16=settings.fp16, int8=settings.int8)
     if report:
         for result in parity:
             print(f"parity {result}")

@@ -75,10 +75,13 @@ class RepositorySettings:
     instance_count: int = 1
     gpu_accelerator: str = "cuda"  # "cuda" | "tensorrt" (onnxruntime backend on GPU only)
     fp16: bool = False
+    int8: bool = False  # the scorer's f with int8 weights (export/quantize.py): ONNX Runtime on the CPU
     cpu_threads: int = 0  # python backend: ONNX Runtime intra-op threads per instance (0 = ORT default)
     keep_versions: int = 2  # version_policy: Triton keeps the latest N versions loaded (old + new during a rollout)
 
     def __post_init__(self) -> None:
+        if self.fp16 and self.int8:
+            raise ValueError("--fp16 and --int8 exclude each other: int8 quantizes the fp32 f for the CPU, fp16 halves it for the GPU")
         if self.keep_versions < 1:
             raise ValueError(f"keep versions must be at least 1, got {self.keep_versions}")
         if self.backend not in BACKENDS:
@@ -95,6 +98,11 @@ class RepositorySettings:
             raise ValueError(
                 f"preferred batch sizes {self.preferred_batch_sizes} must lie in [1, max_batch_size={self.max_batch_size}]"
             )
+
+    @property
+    def precision(self) -> str:
+        """The graphs' precision as the metadata records it: "fp32" | "fp16" | "int8"."""
+        return "fp16" if self.fp16 else "int8" if self.int8 else "fp32"
 
     @property
     def kind(self) -> int:
@@ -208,9 +216,9 @@ class RepositoryProfile:
     k_max: int
 
 
-def settings_of_config(config: mc.ModelConfig, fp16: bool | None = None) -> RepositorySettings:
+def settings_of_config(config: mc.ModelConfig, precision: str | None = None) -> RepositorySettings:
     """The RepositorySettings that `onnx_model_config` turns into `config` (an ONNX model's).
-    `fp16` (the metadata's precision) when known: the config records it only for TensorRT."""
+    `precision` (the metadata's) when known: the config records fp16 only for TensorRT, int8 not at all."""
     defaults = RepositorySettings()
     accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
     policy = config.version_policy
@@ -232,9 +240,10 @@ def settings_of_config(config: mc.ModelConfig, fp16: bool | None = None) -> Repo
         instance_count=config.instance_group[0].count if config.instance_group else defaults.instance_count,
         gpu_accelerator=accelerators[0].name if accelerators else defaults.gpu_accelerator,
         fp16=(
-            fp16 if fp16 is not None
+            precision == "fp16" if precision is not None
             else bool(accelerators) and accelerators[0].parameters.get("precision_mode") == "FP16"
         ),
+        int8=precision == "int8",
         cpu_threads=int(threads.string_value) if threads is not None else defaults.cpu_threads,
         keep_versions=policy.latest.num_versions if policy.HasField("latest") else TRITON_DEFAULT_KEEP_VERSIONS,
     )  # fmt: skip
@@ -253,12 +262,12 @@ def repository_settings(repository: str | Path) -> RepositoryProfile:
     except text_format.ParseError as error:
         raise RepositoryError(f"{repository}: a config.pbtxt does not parse ({error})") from error
     try:
-        fp16: bool | None = read_metadata(repository).precision == "fp16"
+        precision: str | None = read_metadata(repository).precision
     except MetadataError:
-        fp16 = None
+        precision = None
     outputs = {output.name: list(output.dims) for output in configs[contract.SCORER_MODEL].output}
     try:
-        settings = settings_of_config(configs[contract.PROFILE_MODEL], fp16)
+        settings = settings_of_config(configs[contract.PROFILE_MODEL], precision)
     except ValueError as error:  # RepositorySettings' own checks (a hand-edited config)
         raise RepositoryError(f"{paths[contract.PROFILE_MODEL]}: {error}") from error
     top_ids = outputs.get(contract.TOP_IDS)

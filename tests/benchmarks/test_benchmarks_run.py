@@ -70,3 +70,9 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     assert re.search(r"The Targets table pairs each floor with the gateway measured next to it: .*\(gateway CPU [0-9,]+ µs per call", text)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2
+    # the p99 target once more, for the largest gateway size exported with --int8
+    assert re.search(
+        r"^\| p99 ≤ 50 ms at 70% of max throughput \(open loop\), 500 items, the scorer exported with `apron export --int8` .*"
+        r"\| [0-9.]+ ms at [0-9,]+ req/s offered \(closed loop: [0-9,]+ req/s at 4 clients; one client p50 [0-9.]+ ms\) \| (met|\*\*missed\*\*) \|$",
+        text, re.M,
+    )  # fmt: skip

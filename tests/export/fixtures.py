@@ -101,12 +101,13 @@ def make_tiny_checkpoint(path: Path, seed: int = 0, steps: int = 30) -> Path:
 
 
 def export_tiny_repository(
-    checkpoint: Path, repository: Path, backend: str = "python", k_max: int = TINY_K_MAX, **kwargs: object
+    checkpoint: Path, repository: Path, backend: str = "python", k_max: int = TINY_K_MAX, int8: bool = False, **kwargs: object
 ) -> ExportResult:
     """Export with small batching settings fit for tests (max batch 16, 20 ms queue delay so that
     concurrent test requests really meet in one batch)."""
     settings = RepositorySettings(
         backend=backend,
+        int8=int8,
         max_batch_size=16,
         preferred_batch_sizes=(4, 8, 16),
         max_queue_delay_us=20_000,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,7 @@ from export.onnx_export import (
     session,
     tolerances,
 )
+from export.served_model import load_tensors
 from tests.edit_penalty import edited_batches, reference_logits, reference_scores
 from tests.export.fixtures import TINY, TINY_K_MAX
 from training.checkpoint import load_checkpoint
@@ -419,3 +421,73 @@ def test_served_profiles_are_floored_like_the_model(model: APRON) -> None:
     graph = session(export_onnx(model, k_max=TINY_K_MAX).onnx[contract.PROFILE_MODEL])
     (onnx_weights, _) = graph.run(None, profile_feed(np.array([[0, -1], [5, 7]])))
     assert (onnx_weights > 0).all()
+
+
+def _ops(graph: onnx.GraphProto) -> list[str]:
+    """Every node's op type, subgraphs (the edit penalty's If branches) included."""
+    ops = []
+    for node in graph.node:
+        ops.append(node.op_type)
+        ops += [op for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH for op in _ops(attribute.g)]
+    return ops
+
+
+def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON) -> None:
+    """`--int8`: f's two layers become integer products on int8 weights and nothing else changes
+    (the penalty, the exclusions, the profile graph); its scores pass the int8 parity check and
+    fail the fp32 one, so the check tells the two apart."""
+    fp32 = export_onnx(penalised, k_max=TINY_K_MAX)
+    int8 = export_onnx(penalised, k_max=TINY_K_MAX, int8=True)
+    graph = onnx.load_from_string(int8.onnx[contract.SCORER_MODEL])
+    ops, before = _ops(graph.graph), _ops(onnx.load_from_string(fp32.onnx[contract.SCORER_MODEL]).graph)
+    assert ops.count("MatMulInteger") == 2 and "Gemm" not in ops  # f: 1280 -> hidden -> N
+    assert ops.count("MatMul") == before.count("MatMul")  # the penalty's product stays fp32
+    int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert sorted(tuple(t.dims) for t in int8_weights) == sorted(
+        (layer.in_features, layer.out_features) for layer in int8.modules[contract.SCORER_MODEL].f if isinstance(layer, torch.nn.Linear)
+    )
+    assert int8.onnx[contract.PROFILE_MODEL] == fp32.onnx[contract.PROFILE_MODEL]
+    for name in int8.weights:  # the torch backend's files stay fp32
+        (tensors8, _), (tensors32, _) = load_tensors(int8.weights[name]), load_tensors(fp32.weights[name])
+        assert tensors8.keys() == tensors32.keys() and all(torch.equal(tensors8[k], tensors32[k]) for k in tensors8)
+
+    results = check_parity(int8, penalised, int8=True, batch=12, seed=3)
+    assert all(r.ok for r in results), "\n".join(map(str, results))
+    scorer_errors = [r.max_abs_error for r in results if r.model == contract.SCORER_MODEL]
+    assert 0 < max(scorer_errors) <= tolerances(False, int8=True)[0]
+    assert not all(r.ok for r in check_parity(int8, penalised, batch=12, seed=3))  # not within fp32's 1e-4
+
+
+def test_int8_scorer_excludes_edits_and_ranks_like_the_fp32_one(penalised: APRON) -> None:
+    """Exclusions, k and the edit penalty are exact in the int8 graph; its top k is the fp32 one's
+    but for items whose fp32 scores lie within the int8 tolerance of each other."""
+    fp32 = session(export_onnx(penalised, k_max=TINY_K_MAX).onnx[contract.SCORER_MODEL])
+    int8 = session(export_onnx(penalised, k_max=TINY_K_MAX, int8=True).onnx[contract.SCORER_MODEL])
+    histories = random_histories(TINY["n_items"], 8, 30, np.random.default_rng(6))[1:]
+    with torch.no_grad():
+        weights = penalised.profile_weights(multi_hot(histories, TINY["n_items"]))
+    atol, rtol = tolerances(False, int8=True)
+    for case, batch in edited_batches(weights).items():
+        feeds = {contract.PROFILE_WEIGHTS: batch.numpy(), contract.EXCLUDE_IDS: histories}
+        (ids8, scores8), (ids32, scores32) = int8.run(None, feeds), fp32.run(None, feeds)
+        for row, history in enumerate(histories):
+            assert not set(ids8[row]) & set(history[history >= 0].tolist()), case
+            kth = scores32[row, -1]  # an item only one of the two top-k hold scores near the k-th
+            for item in set(ids8[row]) ^ set(ids32[row]):
+                fp32_score = scores32[row][ids32[row] == item][0] if item in ids32[row] else None
+                int8_score = scores8[row][ids8[row] == item][0] if item in ids8[row] else None
+                near = fp32_score if fp32_score is not None else int8_score
+                assert abs(near - kth) <= 2 * (atol + rtol * abs(kth)), (case, item)
+        np.testing.assert_allclose(scores8, scores32, atol=atol, rtol=rtol, err_msg=case)
+
+
+def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
+    from export.quantize import QuantizationError, quantize_scorer
+
+    with pytest.raises(ValueError, match="fp16 and int8 exclude each other"):
+        export_onnx(APRON.__new__(APRON), fp16=True, int8=True)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
+    no_f = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    with pytest.raises(QuantizationError, match="no f layers"):
+        quantize_scorer(no_f.SerializeToString())

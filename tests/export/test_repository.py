@@ -385,3 +385,27 @@ def test_cli_prints_parity_and_summary(
     config = parse_config(repository / contract.SCORER_MODEL / "config.pbtxt")
     assert config.platform == "onnxruntime_onnx"  # the default variant: Triton's ONNX Runtime backend
     assert not (repository / contract.SCORER_MODEL / "1" / contract.PYTHON_BACKEND_FILENAME).exists()
+
+
+def test_int8_is_recorded_read_back_by_like_and_refused_with_fp16(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    repository = tmp_path / "int8"
+    assert run_cli(str(tiny_checkpoint), "--repository", str(repository), "--triton-backend", "python", "--int8") == 0
+    out = capsys.readouterr().out
+    assert "python backend, int8)" in out and "parity apron_scorer.top_scores" in out
+    assert read_metadata(repository).precision == "int8"
+    scorer = (repository / contract.SCORER_MODEL / "1" / contract.ONNX_FILENAME).read_bytes()
+    assert b"MatMulInteger" in scorer
+    assert b"MatMulInteger" not in (repository / contract.PROFILE_MODEL / "1" / contract.ONNX_FILENAME).read_bytes()
+    assert repository_settings(repository).settings.int8 and not repository_settings(repository).settings.fp16
+
+    copy = tmp_path / "copy"
+    assert run_cli(str(tiny_checkpoint), "--repository", str(copy), "--like", str(repository)) == 0
+    assert read_metadata(copy).precision == "int8"
+    assert run_cli(str(tiny_checkpoint), "--repository", str(tmp_path / "both"), "--like", str(repository), "--fp16") == 2
+    assert "--fp16 and --int8 exclude each other" in capsys.readouterr().err
+    assert not (tmp_path / "both").exists()
+    plain = tmp_path / "plain"
+    assert run_cli(str(tiny_checkpoint), "--repository", str(plain), "--like", str(repository), "--no-int8") == 0
+    assert read_metadata(plain).precision == "fp32"

@@ -1,0 +1,105 @@
+"""int8 weights for the scorer's f on the CPU (`apron export --int8`).
+
+At 41,000 items nearly all of a scorer run is f's last layer (600 x N, about 98 MB in fp32), read
+whole on every run: on a CPU the scorer is bound by that stream, not by arithmetic. ONNX Runtime's
+dynamic quantization stores each of f's weight matrices as int8 with one scale per output channel
+(a quarter of the bytes) and quantizes the layer's input (the shares, then tanh's output) to uint8
+per run, so each layer is one integer matrix product (MatMulInteger) and a rescale.
+
+Only f is quantized: the shares, the edit penalty, the log-softmax, the exclusions and the top-k
+stay fp32, and so do the profile graph and the item encoder. What it costs in ranking is measured,
+not assumed: the export's parity check holds the int8 scores to `onnx_export.INT8_TOLERANCES` of
+the fp32 model's, and `python -m benchmarks.int8_quality` compares Recall@20/50 and NDCG@100 with
+the fp32 graph on the same test users by a paired interval (export/README.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import onnx
+
+F_NODES = "/f/"  # the traced name prefix of f's layers (ServedScorer.f)
+WEIGHT_OPS = ("Gemm", "MatMul")
+QUANTIZED_OP = "MatMulInteger"
+
+
+class QuantizationError(RuntimeError):
+    """ONNX Runtime's quantizer did not turn exactly f's layers into integer products."""
+
+
+def f_layers(graph: onnx.GraphProto) -> list[str]:
+    """Names of f's weight products in the scorer's top-level graph (one per Linear layer)."""
+    return [node.name for node in graph.node if node.op_type in WEIGHT_OPS and node.name.startswith(F_NODES)]
+
+
+def quantize_scorer(scorer_onnx: bytes) -> bytes:
+    """The scorer graph with f's weights int8 (per output channel) and its layer inputs quantized
+    to uint8 at run time; raises QuantizationError unless every one of f's layers, and nothing
+    else, became an integer product."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load_from_string(scorer_onnx)
+    layers = f_layers(model.graph)
+    if not layers:
+        raise QuantizationError("the scorer graph has no f layers to quantize (no Gemm/MatMul named /f/...)")
+    others = [node.name for node in model.graph.node if node.op_type in WEIGHT_OPS and node.name not in layers]
+    quantizer_log = logging.getLogger()  # the quantizer warns on the root logger about pre-processing
+    level = quantizer_log.level
+    quantizer_log.setLevel(logging.ERROR)
+    try:
+        with tempfile.TemporaryDirectory(prefix="apron-int8-") as work:
+            source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
+            source.write_bytes(scorer_onnx)
+            quantize_dynamic(
+                source,
+                target,
+                op_types_to_quantize=list(WEIGHT_OPS),
+                nodes_to_exclude=others,
+                per_channel=True,
+                weight_type=QuantType.QInt8,
+            )
+            quantized = onnx.load(target)
+    finally:
+        quantizer_log.setLevel(level)
+    products = [node.name for node in quantized.graph.node if node.op_type == QUANTIZED_OP]
+    if len(products) != len(layers) or not all(name.startswith(F_NODES) for name in products):
+        raise QuantizationError(
+            f"ONNX Runtime's quantizer made integer products {products} of f's layers {layers}: "
+            "this onnxruntime version quantizes differently; export without --int8"
+        )
+    sort_nodes(quantized.graph)
+    onnx.checker.check_model(quantized)
+    return quantized.SerializeToString()
+
+
+def _needs(node: onnx.NodeProto) -> set[str]:
+    """The values `node` reads: its inputs and what its subgraphs (an If's branches) read from the
+    enclosing graph (a superset: names a subgraph makes itself are no value of the outer graph)."""
+    names = {name for name in node.input if name}
+    for attribute in node.attribute:
+        if attribute.type == onnx.AttributeProto.GRAPH:
+            for inner in attribute.g.node:
+                names |= _needs(inner)
+    return names
+
+
+def sort_nodes(graph: onnx.GraphProto) -> None:
+    """Order `graph`'s nodes so that each comes after the producers of what it reads, its subgraphs'
+    outer-scope reads included: the quantizer appends the layers it rewrites at the end, after the
+    edit penalty's If whose branch reads f's output, which ONNX's checker refuses."""
+    produced_by = {output: index for index, node in enumerate(graph.node) for output in node.output if output}
+    waits_on = [{produced_by[name] for name in _needs(node) if name in produced_by} for node in graph.node]
+    order: list[int] = []
+    placed: set[int] = set()
+    while len(order) < len(graph.node):
+        ready = [i for i in range(len(graph.node)) if i not in placed and waits_on[i] <= placed]
+        if not ready:
+            raise QuantizationError("the quantized scorer graph has a cycle")
+        order += ready
+        placed |= set(ready)
+    nodes = [graph.node[i] for i in order]
+    del graph.node[:]
+    graph.node.extend(nodes)
