@@ -9,7 +9,8 @@ user's profile cached, `--clients` callers in a closed loop (req/s, p50, p99, th
 call), then an open loop at `--load-fraction` of that closed loop's rate (p99 from each request's
 scheduled start, as BENCHMARKS.md's target row), then one client, one call in flight (p50). The
 table gives each setting's median over its rounds, and what `--ort-threads 0` picks at that size. On a machine of many cores the two settings
-differ by one thread of many; on 2 cores by half the machine.
+differ by one thread of many; on 2 cores by half the machine. `--int8` exports the models with
+`apron export --int8`: a graph a quarter the size for the same catalog (export/quantize.py).
 """
 
 from __future__ import annotations
@@ -42,19 +43,20 @@ class SizeResult:
     scorer_mib: float
     auto: int  # what --ort-threads 0 gives this scorer
     samples: dict[int, list[Sample]]  # threads -> one per round
+    int8: bool = False
 
 
 def measure_size(
-    n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path, load_fraction: float
+    n_items: int, rounds: int, clients: int, seconds: float, processes: int, workdir: Path, load_fraction: float, int8: bool = False
 ) -> SizeResult:
-    target = Target.export(n_items, workdir)
+    target = Target.export(n_items, workdir, int8)
     scorer_path = onnx_path(target.repository, contract.SCORER_MODEL, ServedModel.load(target.repository).version)
     size = scorer_path.stat().st_size
     settings = sorted({default_threads(), len(os.sched_getaffinity(0))})  # one setting on a 1-core machine
     named = {f"{n_items} items, {threads} thread(s)": {"ort_threads": threads} for threads in settings}
     by_name = alternate(target, named, rounds, clients, seconds, processes, load_fraction)
     samples = {threads: by_name[name] for threads, name in zip(settings, named, strict=True)}
-    return SizeResult(n_items, size / 2**20, scorer_threads(size), samples)
+    return SizeResult(n_items, size / 2**20, scorer_threads(size), samples, int8)
 
 
 def render(results: list[SizeResult], clients: int, rounds: int, load_fraction: float, run: StandaloneRun) -> list[str]:
@@ -66,7 +68,8 @@ def render(results: list[SizeResult], clients: int, rounds: int, load_fraction: 
     for result in results:
         for threads, samples in result.samples.items():
             picked = "this" if threads == result.auto else ""
-            lines.append(f"| {result.n_items:,} | {result.scorer_mib:.1f} | {threads} | {median_cells(samples)} | {picked} |")
+            items = f"{result.n_items:,}" + (" (int8)" if result.int8 else "")
+            lines.append(f"| {items} | {result.scorer_mib:.1f} | {threads} | {median_cells(samples)} | {picked} |")
     lines += [
         "",
         f"Medians of {rounds} rounds per setting, the settings alternating; {where_and_when(run)} `--ort-threads 0` gives a "
@@ -79,13 +82,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--items", type=int, nargs="+", default=[1000, 10000, 41000], help="catalog sizes")
     add_arguments(parser, "gateways per setting and size (alternating)")
+    parser.add_argument("--int8", action="store_true", help="export the models with `apron export --int8`")
     parser.add_argument("--workdir", default="benchmarks/out/threads", help="the exported repositories")
     parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     run = StandaloneRun("threads_bench", argv)
     results = [
-        measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction)
+        measure_size(n, args.rounds, args.clients, args.seconds, args.load_processes, Path(args.workdir), args.load_fraction, args.int8)
         for n in args.items
     ]
     run.publish(render(results, args.clients, args.rounds, args.load_fraction, run), args.output)

@@ -13,15 +13,16 @@ from benchmarks import threads_bench
 from serving.backends.base import default_threads
 
 
+@pytest.mark.parametrize("int8", [False, True])
 def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], int8: bool
 ) -> None:
     output = tmp_path / "threads.md"
     argv = ["--items", "300", "--rounds", "1", "--seconds", "1", "--clients", "4", "--load-processes", "1"]
-    threads_bench.main([*argv, "--workdir", str(tmp_path / "work"), "--output", str(output)])
+    threads_bench.main([*argv, *(["--int8"] if int8 else []), "--workdir", str(tmp_path / "work"), "--output", str(output)])
     text = output.read_text()
     assert text in capsys.readouterr().out
-    rows = [line for line in text.splitlines() if line.startswith("| 300 |")]
+    rows = [line for line in text.splitlines() if line.startswith("| 300 (int8) |" if int8 else "| 300 |")]
     settings = sorted({default_threads(), len(os.sched_getaffinity(0))})
     assert [int(row.split("|")[3]) for row in rows] == settings
     for row in rows:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from export.onnx_export import tolerances
+from export.triton_server import run_triton_server
 from serving.cache import edits_key, profile_key
 from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
@@ -281,28 +282,34 @@ async def test_profile_view_selects_how_much_profile_comes_back(ort_gateway: Gat
     assert list(more.profile.weights) == ranked  # more than there are: all of them, largest first
 
 
-async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance(
+async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance_in_process_and_in_triton(
     ort_config: ServingConfig, tiny_checkpoint: Path, tmp_path: Path, main_tags: np.ndarray, user_id: str
 ) -> None:
-    """`apron export --int8` through the in-process gateway: each answer's scores, best first, lie
-    within the int8 parity tolerance of the fp32 repository's, edits and exclusions included."""
+    """`apron export --int8` through the gateway: each answer's scores, best first, lie within the
+    int8 parity tolerance of the fp32 repository's, edits and exclusions included; Triton's python
+    backend serves the same int8 graph with the in-process backend's answers."""
     int8_repository = tmp_path / "int8" / "model_repository"
     assert export_tiny_repository(tiny_checkpoint, int8_repository, int8=True).metadata.precision == "int8"
     int8_config = dataclasses.replace(ort_config, repository=str(int8_repository))
     edits = [pb.Edit(prototype="tag1", scale=0.0), pb.Edit(prototype="tag4", weight=0.3)]
     answers = {}
-    for name, config in (("fp32", ort_config), ("int8", int8_config)):
-        async with running_gateway(config) as gateway:
-            for u, (liked, other) in enumerate([(0, 1), (2, 5), (4, 3)]):
-                history = liked_history(main_tags, liked, other, seed=u)
-                for tag, one_off in (("plain", []), ("edited", edits)):
-                    request = pb.RecommendRequest(user_id=f"{user_id}-{name}-{u}", history=history, k=20, edits=one_off)
-                    response = await gateway.stub.Recommend(request)
-                    assert not {i.item_id for i in response.items} & set(history)
-                    answers[name, u, tag] = response
+    with run_triton_server(int8_repository) as triton:
+        triton_config = dataclasses.replace(int8_config, backend="triton", triton_url=triton.grpc_url)
+        for name, config in (("fp32", ort_config), ("int8", int8_config), ("int8 triton", triton_config)):
+            async with running_gateway(config) as gateway:
+                for u, (liked, other) in enumerate([(0, 1), (2, 5), (4, 3)]):
+                    history = liked_history(main_tags, liked, other, seed=u)
+                    for tag, one_off in (("plain", []), ("edited", edits)):
+                        request = pb.RecommendRequest(user_id=f"{user_id}-{name}-{u}", history=history, k=20, edits=one_off)
+                        response = await gateway.stub.Recommend(request)
+                        assert not {i.item_id for i in response.items} & set(history)
+                        answers[name, u, tag] = response
     atol, rtol = tolerances(False, int8=True)
     for (name, u, tag), fp32 in answers.items():
-        if name == "fp32":
-            int8 = answers["int8", u, tag]
-            np.testing.assert_allclose([i.score for i in int8.items], [i.score for i in fp32.items], atol=atol, rtol=rtol)
-            assert len({i.item_id for i in int8.items} & {i.item_id for i in fp32.items}) >= 15, (u, tag)
+        if name != "fp32":
+            continue
+        int8, triton_int8 = answers["int8", u, tag], answers["int8 triton", u, tag]
+        np.testing.assert_allclose([i.score for i in int8.items], [i.score for i in fp32.items], atol=atol, rtol=rtol)
+        assert len({i.item_id for i in int8.items} & {i.item_id for i in fp32.items}) >= 15, (u, tag)
+        assert [i.item_id for i in triton_int8.items] == [i.item_id for i in int8.items], (u, tag)
+        np.testing.assert_allclose([i.score for i in triton_int8.items], [i.score for i in int8.items], atol=1e-5)
