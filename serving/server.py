@@ -201,6 +201,8 @@ class ApronServer:
                     "http_port": self.http_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
+                    # the exported graphs' (fp32 | fp16 | int8: `apron export --int8`); --backend torch reads fp32 weights
+                    "graph_precision": self.model.metadata.precision,
                     "threads": self.scorer.threads,
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
                 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import urllib.request
 from pathlib import Path
@@ -283,7 +284,7 @@ async def test_profile_view_selects_how_much_profile_comes_back(ort_gateway: Gat
 
 
 async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance_in_process_and_in_triton(
-    ort_config: ServingConfig, tiny_checkpoint: Path, tmp_path: Path, main_tags: np.ndarray, user_id: str
+    ort_config: ServingConfig, tiny_checkpoint: Path, tmp_path: Path, main_tags: np.ndarray, user_id: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """`apron export --int8` through the gateway: each answer's scores, best first, lie within the
     int8 parity tolerance of the fp32 repository's, edits and exclusions included; Triton's python
@@ -293,6 +294,7 @@ async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance_in_pr
     int8_config = dataclasses.replace(ort_config, repository=str(int8_repository))
     edits = [pb.Edit(prototype="tag1", scale=0.0), pb.Edit(prototype="tag4", weight=0.3)]
     answers = {}
+    caplog.set_level(logging.INFO, logger="apron.gateway")
     with run_triton_server(int8_repository) as triton:
         triton_config = dataclasses.replace(int8_config, backend="triton", triton_url=triton.grpc_url)
         for name, config in (("fp32", ort_config), ("int8", int8_config), ("int8 triton", triton_config)):
@@ -304,6 +306,8 @@ async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance_in_pr
                         response = await gateway.stub.Recommend(request)
                         assert not {i.item_id for i in response.items} & set(history)
                         answers[name, u, tag] = response
+    started = [r.fields["graph_precision"] for r in caplog.records if r.getMessage() == "serving"]
+    assert started == ["fp32", "int8", "int8"]  # the start-up line says what each gateway serves
     atol, rtol = tolerances(False, int8=True)
     for (name, u, tag), fp32 in answers.items():
         if name != "fp32":
