@@ -251,7 +251,7 @@ class ParityResult:
 
 # The int8 scorer's scores (log-softmax, in nats) against the fp32 model's: two items swap places
 # only when their fp32 scores are this close. `python -m benchmarks.int8_quality`'s Last.fm 2K model
-# showed at most 0.10 here, and no NDCG@100 change its paired interval could tell (export/README.md).
+# showed at most 0.115 here, and no metric change its paired intervals could tell (export/README.md).
 INT8_TOLERANCES = (0.15, 0.02)
 
 
