@@ -19,6 +19,7 @@ import torch
 from export import contract
 from export.metadata import ExportMetadata, tensor_table
 from export.onnx_export import ParityResult, check_parity, export_onnx
+from export.quantize import QuantizationError
 from export.triton_repository import (
     RepositoryError,
     RepositorySettings,
@@ -140,7 +141,10 @@ def export_checkpoint(
         check_configs(repository, configs)
     except RepositoryError as error:
         raise ExportError(str(error)) from error
-    graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16, int8=settings.int8)
+    try:
+        graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16, int8=settings.int8)
+    except QuantizationError as error:
+        raise ExportError(f"--int8: {error}; nothing written") from error
     parity = check_parity(graphs, model, fp16=settings.fp16, int8=settings.int8)
     if report:
         for result in parity:

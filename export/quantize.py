@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -71,7 +72,7 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
             quantized = onnx.load(target)
     finally:
         quantizer_log.setLevel(level)
-    products = [node.name for node in quantized.graph.node if node.op_type == QUANTIZED_OP]
+    products = [node.name for node in all_nodes(quantized.graph) if node.op_type == QUANTIZED_OP]
     if len(products) != len(layers) or not all(name.startswith(F_NODES) for name in products):
         raise QuantizationError(
             f"ONNX Runtime's quantizer made integer products {products} of f's layers {layers}: "
@@ -82,14 +83,22 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
     return quantized.SerializeToString()
 
 
+def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of `graph`, its subgraphs' (an If's branches) included."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                yield from all_nodes(attribute.g)
+
+
 def _needs(node: onnx.NodeProto) -> set[str]:
     """The values `node` reads: its inputs and what its subgraphs (an If's branches) read from the
     enclosing graph (a superset: names a subgraph makes itself are no value of the outer graph)."""
     names = {name for name in node.input if name}
     for attribute in node.attribute:
         if attribute.type == onnx.AttributeProto.GRAPH:
-            for inner in attribute.g.node:
-                names |= _needs(inner)
+            names |= {name for inner in all_nodes(attribute.g) for name in inner.input if name}
     return names
 
 

@@ -21,6 +21,7 @@ from export.onnx_export import (
     session,
     tolerances,
 )
+from export.quantize import all_nodes
 from export.served_model import load_tensors
 from tests.edit_penalty import edited_batches, reference_logits, reference_scores
 from tests.export.fixtures import TINY, TINY_K_MAX
@@ -423,15 +424,6 @@ def test_served_profiles_are_floored_like_the_model(model: APRON) -> None:
     assert (onnx_weights > 0).all()
 
 
-def _ops(graph: onnx.GraphProto) -> list[str]:
-    """Every node's op type, subgraphs (the edit penalty's If branches) included."""
-    ops = []
-    for node in graph.node:
-        ops.append(node.op_type)
-        ops += [op for attribute in node.attribute if attribute.type == onnx.AttributeProto.GRAPH for op in _ops(attribute.g)]
-    return ops
-
-
 def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON) -> None:
     """`--int8`: f's two layers become integer products on int8 weights and nothing else changes
     (the penalty, the exclusions, the profile graph); its scores pass the int8 parity check and
@@ -439,7 +431,8 @@ def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON
     fp32 = export_onnx(penalised, k_max=TINY_K_MAX)
     int8 = export_onnx(penalised, k_max=TINY_K_MAX, int8=True)
     graph = onnx.load_from_string(int8.onnx[contract.SCORER_MODEL])
-    ops, before = _ops(graph.graph), _ops(onnx.load_from_string(fp32.onnx[contract.SCORER_MODEL]).graph)
+    ops = [node.op_type for node in all_nodes(graph.graph)]  # the edit penalty's If branches included
+    before = [node.op_type for node in all_nodes(onnx.load_from_string(fp32.onnx[contract.SCORER_MODEL]).graph)]
     assert ops.count("MatMulInteger") == 2 and "Gemm" not in ops  # f: 1280 -> hidden -> N
     assert ops.count("MatMul") == before.count("MatMul")  # the penalty's product stays fp32
     int8_weights = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
@@ -491,3 +484,10 @@ def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
     no_f = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
     with pytest.raises(QuantizationError, match="no f layers"):
         quantize_scorer(no_f.SerializeToString())
+    # an f layer the quantizer leaves alone (its weight is an input, not a constant): refused, not
+    # written as an "int8" graph that is not one
+    w = onnx.helper.make_tensor_value_info("w", onnx.TensorProto.FLOAT, [2, 2])
+    gemm = onnx.helper.make_node("Gemm", ["x", "w"], ["y"], name="/f/f.0/Gemm")
+    dynamic_f = onnx.helper.make_model(onnx.helper.make_graph([gemm], "g", [x, w], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    with pytest.raises(QuantizationError, match=r"made integer products \[\] of f's layers \['/f/f.0/Gemm'\]"):
+        quantize_scorer(dynamic_f.SerializeToString())

@@ -409,3 +409,18 @@ def test_int8_is_recorded_read_back_by_like_and_refused_with_fp16(
     plain = tmp_path / "plain"
     assert run_cli(str(tiny_checkpoint), "--repository", str(plain), "--like", str(repository), "--no-int8") == 0
     assert read_metadata(plain).precision == "fp32"
+
+
+def test_an_int8_quantization_that_fails_is_a_one_line_error_and_writes_nothing(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import export.onnx_export
+    from export.quantize import QuantizationError
+
+    def refuse(scorer_onnx: bytes) -> bytes:
+        raise QuantizationError("ONNX Runtime's quantizer made integer products [] of f's layers ['/f/f.0/Gemm']")
+
+    monkeypatch.setattr(export.onnx_export, "quantize_scorer", refuse)
+    assert run_cli(str(tiny_checkpoint), "--repository", str(tmp_path / "repo"), "--int8") == 2
+    assert "--int8: ONNX Runtime's quantizer made integer products []" in capsys.readouterr().err
+    assert not (tmp_path / "repo").exists()
