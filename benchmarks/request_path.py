@@ -358,6 +358,7 @@ class TailEvidence:
     split: StageSplit
     mean_batch: float  # requests per apron_scorer run
     batches: int
+    scorer_run_s: float  # apron_scorer's runs, summed (apron_inference_duration_seconds)
     gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms)
     wall_s: float
     load_cpu_share: float  # the load generator's share of the machine's cores
@@ -367,7 +368,6 @@ class TailEvidence:
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
-    scorer_run_s: float = 0.0  # apron_scorer's runs, summed (apron_inference_duration_seconds)
 
     @property
     def mean_run_ms(self) -> float:
@@ -440,6 +440,7 @@ def tail_evidence(
         split=split,
         mean_batch=mean_batch(samples),
         batches=int(batches),
+        scorer_run_s=total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
         gc=gc_pauses(samples),
         wall_s=load.timing.wall_s,
         load_cpu_share=load.cpu_s / (load.timing.wall_s * cores),
@@ -459,5 +460,4 @@ def tail_evidence(
             for threshold in TAIL_THRESHOLDS_MS
         },
         calls=calls,
-        scorer_run_s=total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
     )

@@ -59,6 +59,15 @@ TARGET_RECOMMEND_MARGIN_MS = 0.5  # one client: Recommend p50 <= echo p50 + scor
 TARGET_GET_PROFILE_MARGIN_MS = 0.3  # one client: GetProfile p50 <= echo p50 + this
 
 
+@dataclass(frozen=True)
+class Int8Gateway:
+    """`settings_ab.measure` of a gateway serving a synthetic model exported with `--int8`."""
+
+    n_items: int
+    clients: int
+    sample: settings_ab.Sample
+
+
 @dataclass
 class Report:
     catalogs: list[CatalogResult] = field(default_factory=list)
@@ -68,8 +77,7 @@ class Report:
     profile_scaling: ProfileScaling | None = None
     penalties: list[PenaltyResult] = field(default_factory=list)
     workers: workers_bench.WorkersResults | None = None  # the scale-out rows (gateway_reason when None)
-    int8: settings_ab.Sample | None = None  # a gateway serving the largest gateway size exported with --int8
-    int8_items: int = 0
+    int8: Int8Gateway | None = None  # a gateway serving the largest gateway size exported with --int8
     load_average: tuple[float, float, float] = field(default_factory=os.getloadavg)  # at the start of the run
 
 
@@ -203,12 +211,12 @@ def int8_rows(report: Report) -> list[tuple[str, str, bool | None]]:
     export choice: the fp32 row above stays the model's own; the ranking it costs: export/README.md)."""
     if report.int8 is None:
         return []
-    s = report.int8
+    n_items, clients, s = report.int8.n_items, report.int8.clients, report.int8.sample
     return [(
-        f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {report.int8_items:,} items, "
+        f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {n_items:,} items, "
         "the scorer exported with `apron export --int8` (ranking vs fp32: export/README.md, \"int8\")",
         f"{fmt(s.open_p99_ms, 1)} ms at {fmt(s.open_rate, 0)} req/s offered (closed loop: {fmt(s.rate, 0)} req/s at "
-        f"{report.gateways[-1].clients} clients; one client p50 {fmt(s.one_p50_ms, 2)} ms)",
+        f"{clients} clients; one client p50 {fmt(s.one_p50_ms, 2)} ms)",
         s.open_p99_ms <= TARGET_P99_MS,
     )]  # fmt: skip
 
@@ -569,10 +577,11 @@ def main(argv: list[str] | None = None) -> int:
             )  # fmt: skip
             report.gateways.append(gateway_bench.run(settings))
             print(f"gateway at {n_items:,} items: done ({time.perf_counter() - start:.0f} s)", flush=True)
-        report.int8_items = max(args.gateway_items)
-        int8 = settings_ab.Target.export(report.int8_items, args.workdir / "int8", int8=True)
-        report.int8 = settings_ab.measure(int8, {}, args.clients, args.gateway_seconds, args.load_processes, LOAD_FRACTION)
-        print(f"gateway at {report.int8_items:,} items, int8: done ({time.perf_counter() - start:.0f} s)", flush=True)
+        n_items = max(args.gateway_items)
+        int8 = settings_ab.Target.export(n_items, args.workdir / "int8", int8=True)
+        sample = settings_ab.measure(int8, {}, args.clients, args.gateway_seconds, args.load_processes, LOAD_FRACTION)
+        report.int8 = Int8Gateway(n_items, args.clients, sample)
+        print(f"gateway at {n_items:,} items, int8: done ({time.perf_counter() - start:.0f} s)", flush=True)
         report.workers = workers_bench.run(workers_bench.Settings(args.workdir, args.gateway_seconds, args.clients, args.load_processes))
     text = render(report, command, time.perf_counter() - start, started)
     atomic_write_text(args.output, text)

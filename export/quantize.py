@@ -62,11 +62,12 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
                 nodes_to_exclude=others,
                 per_channel=True,
                 weight_type=QuantType.QInt8,
-                # 7-bit weights: on an x86 CPU without VNNI, ONNX Runtime multiplies uint8 inputs by
-                # int8 weights in pairs summed into int16, which full-range weights can overflow
-                # (255 * 127 * 2 > 32767), silently; the graph may be served on another machine
-                # than the one that exported and checked it. Same speed here, largest parity error
-                # 0.115 instead of 0.102 on benchmarks.int8_quality's model.
+                # 7-bit weights: ONNX Runtime's quantization guide advises reduce_range on x86 CPUs
+                # without VNNI, where uint8 x int8 products are summed in pairs into int16, which
+                # full-range weights can overflow (255 * 127 * 2 > 32767) silently. Not measured here
+                # (this machine has VNNI), but the graph may be served on another machine than the one
+                # that exported and checked it. Here it runs at the same speed (benchmarks.int8_quality's
+                # scorer rows, export/README.md) with a largest parity error of 0.115 against 0.102.
                 reduce_range=True,
             )
             quantized = onnx.load(target)
