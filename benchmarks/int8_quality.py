@@ -30,12 +30,13 @@ from benchmarks.model_bench import scorer_inputs, served_session
 from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import StandaloneRun, time_alternating
 from export import contract
-from export.onnx_export import INT8_TOLERANCES, check_parity, export_onnx, session
+from export.contract import Precision
+from export.onnx_export import TOLERANCES, check_parity, export_onnx, session
 from serving.backends.base import pad_rows
 from training.metrics import ndcg_at_k, recall_at_k
 from training.results.stats import Paired, paired_difference
 
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = (Precision.FP32, Precision.INT8)
 METRICS: dict[str, tuple[Callable[..., np.ndarray], int]] = {
     "Recall@20": (recall_at_k, 20),
     "Recall@50": (recall_at_k, 50),
@@ -87,9 +88,9 @@ def ranking(work: Path, dataset: str, epochs: int) -> tuple[list[str], str]:
     fold_in, heldout = processed.test_tr.tocsr(), processed.test_te.tocsr()
     users = [u for u in range(fold_in.shape[0]) if fold_in[u].nnz and heldout[u].nnz]
     histories = [fold_in[u].indices.astype(np.int64) for u in users]
-    graphs = {precision: export_onnx(model, k_max=TOP_N, int8=precision == "int8") for precision in PRECISIONS}
+    graphs = {precision: export_onnx(model, k_max=TOP_N, precision=precision) for precision in PRECISIONS}
     served = {precision: served_answers(g.onnx, histories, heldout[users], model.config.n_items) for precision, g in graphs.items()}
-    parity = max(r.max_abs_error for r in check_parity(graphs["int8"], model, int8=True) if r.model == contract.SCORER_MODEL)
+    parity = max(r.max_abs_error for r in check_parity(graphs[Precision.INT8], model, Precision.INT8) if r.model == contract.SCORER_MODEL)
     fp32, int8 = served["fp32"], served["int8"]
     lines = [
         "| metric | fp32 | int8 | int8 − fp32, paired (95 % interval) |",
@@ -108,7 +109,7 @@ def ranking(work: Path, dataset: str, epochs: int) -> tuple[list[str], str]:
         f"{epochs} epochs. int8 keeps {agreement(int8.top_ids, fp32.top_ids):.1%} of fp32's top {AGREEMENT_K}; "
         f"the scores of the top {AGREEMENT_K} differ by {difference.mean():.3f} on average, {difference.max():.3f} at most "
         "(log-softmax, nats). The export's parity check (random histories of catalog items) found a largest "
-        f"scorer error of {parity:.3f} (tolerance {INT8_TOLERANCES[0]:g} + {INT8_TOLERANCES[1]:.0%} of the score).",
+        f"scorer error of {parity:.3f} (tolerance {TOLERANCES[Precision.INT8][0]:g} + {TOLERANCES[Precision.INT8][1]:.0%} of the score).",
     ]
     return lines, dataset
 
@@ -116,7 +117,7 @@ def ranking(work: Path, dataset: str, epochs: int) -> tuple[list[str], str]:
 def scorer_speed(n_items: int, seconds: float) -> list[str]:
     """Part 2: the scorer graph alone, fp32 and int8 calls taking turns, batch 1 and 32."""
     model = synthetic_apron(n_items)
-    sessions = {precision: served_session(export_onnx(model, int8=precision == "int8").onnx[contract.SCORER_MODEL]) for precision in PRECISIONS}
+    sessions = {precision: served_session(export_onnx(model, precision=precision).onnx[contract.SCORER_MODEL]) for precision in PRECISIONS}
     lines = [
         "| batch | fp32 p50 ms | int8 p50 ms | int8 speed-up |",
         "| ---: | ---: | ---: | ---: |",
@@ -140,7 +141,7 @@ def scorer_speed(n_items: int, seconds: float) -> list[str]:
 
 def gateways(n_items: int, work: Path, args: argparse.Namespace) -> list[str]:
     """Part 3: gateways serving the fp32 and the int8 export of one synthetic model, taking turns."""
-    targets = {precision: settings_ab.Target.export(n_items, work / precision, int8=precision == "int8") for precision in PRECISIONS}
+    targets = {precision: settings_ab.Target.export(n_items, work / precision, int8=precision is Precision.INT8) for precision in PRECISIONS}
     samples = settings_ab.alternate(
         targets, {precision: {} for precision in PRECISIONS}, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 
@@ -101,3 +102,23 @@ def ragged_batch(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     ends = np.cumsum([len(row) for row in rows], dtype=np.int64).astype(np.int32)
     ids = np.concatenate([np.asarray(row, dtype=np.int64).reshape(-1) for row in rows]) if rows else np.zeros(0, np.int64)
     return ids, ends
+
+
+class Precision(StrEnum):
+    """An export's numeric precision, as its metadata records it (`precision`)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"  # the catalog table and f in half precision (GPU)
+    INT8 = "int8"  # the scorer's f with int8 weights (export/quantize.py; ONNX Runtime on the CPU)
+
+    @classmethod
+    def of(cls, fp16: bool, int8: bool) -> Precision:
+        """From the export's two flags (`apron export --fp16 / --int8`), which exclude each other."""
+        if fp16 and int8:
+            raise ValueError("fp16 and int8 exclude each other: int8 quantizes the fp32 f (CPU), fp16 halves it (GPU)")
+        return cls.FP16 if fp16 else cls.INT8 if int8 else cls.FP32
+
+    def of_graph(self, graph: str) -> Precision:
+        """The precision of one of the export's graphs: int8 quantizes the scorer's f alone (the
+        profile graph, the item encoder and every weights file stay fp32)."""
+        return Precision.FP32 if self is Precision.INT8 and graph != SCORER_MODEL else self

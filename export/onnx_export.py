@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from export import contract
+from export.contract import Precision
 from export.quantize import quantize_scorer
 from export.served_model import (
     ServedProfile,
@@ -207,24 +208,20 @@ def scorer_graph(model: APRON, scorer: ServedScorer) -> bytes:
     return expose_top_k(traced, scorer.k_max)
 
 
-def export_onnx(
-    model: APRON, k_max: int = contract.DEFAULT_K_MAX, fp16: bool = False, int8: bool = False
-) -> ExportedGraphs:
-    """Trace the three graphs to ONNX bytes with a dynamic batch axis on every input; `int8`: the
+def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, precision: Precision = Precision.FP32) -> ExportedGraphs:
+    """Trace the three graphs to ONNX bytes with a dynamic batch axis on every input; INT8: the
     scorer graph's f with int8 weights (`export/quantize.py`; the weights files stay fp32)."""
     if k_max < 1:
         raise ValueError(f"K_MAX must be at least 1, got {k_max}")
-    if fp16 and int8:
-        raise ValueError("fp16 and int8 exclude each other: int8 quantizes the fp32 f (CPU), fp16 halves it (GPU)")
     cfg = model.config
-    modules = build_graphs(model, k_max, fp16)
+    modules = build_graphs(model, k_max, fp16=precision is Precision.FP16)
     examples = example_inputs(model)
     io_specs = contract.model_io(cfg.n_heads, cfg.n_tags, cfg.feature_dim, min(k_max, cfg.n_items))
     onnx_bytes = {
         name: scorer_graph(model, module) if name == contract.SCORER_MODEL else trace_graph(name, module, examples[name], io_specs)
         for name, module in modules.items()
     }
-    if int8:
+    if precision is Precision.INT8:
         onnx_bytes[contract.SCORER_MODEL] = quantize_scorer(onnx_bytes[contract.SCORER_MODEL])
     weights = {
         contract.PROFILE_MODEL: weights_bytes(*profile_tensors(modules[contract.PROFILE_MODEL])),
@@ -249,24 +246,17 @@ class ParityResult:
         )
 
 
-# The int8 scorer's scores (log-softmax, in nats) against the fp32 model's: two items swap places
-# only when their fp32 scores are this close. `python -m benchmarks.int8_quality`'s Last.fm 2K model
-# showed at most 0.115 here, and no metric change its paired intervals could tell (export/README.md).
-INT8_TOLERANCES = (0.15, 0.02)
+# (atol, rtol) of the parity check by precision: |onnx - torch| <= atol + rtol * |torch|. The int8
+# scorer's scores (log-softmax, in nats) against the fp32 model's: two items swap places only when
+# their fp32 scores are this close. `python -m benchmarks.int8_quality`'s Last.fm 2K model showed at
+# most 0.115 here, and no metric change its paired intervals could tell (export/README.md).
+TOLERANCES = {Precision.FP32: (1e-4, 1e-4), Precision.FP16: (5e-2, 2e-2), Precision.INT8: (0.15, 0.02)}
 
 
-def tolerances(fp16: bool, int8: bool = False) -> tuple[float, float]:
-    """(atol, rtol) of the parity check: |onnx - torch| <= atol + rtol * |torch|."""
-    if int8:
-        return INT8_TOLERANCES
-    return (5e-2, 2e-2) if fp16 else (1e-4, 1e-4)
-
-
-def compare(
-    model: str, tensor: str, actual: np.ndarray, expected: np.ndarray, fp16: bool, int8: bool = False
-) -> ParityResult:
-    """Errors over finite entries; infinities (excluded items) must sit in the same places."""
-    atol, rtol = tolerances(fp16, int8)
+def compare(model: str, tensor: str, actual: np.ndarray, expected: np.ndarray, precision: Precision) -> ParityResult:
+    """Errors over finite entries, within `precision`'s TOLERANCES; infinities (excluded items) must
+    sit in the same places."""
+    atol, rtol = TOLERANCES[precision]
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     same_shape = actual.shape == expected.shape
     finite = np.isfinite(expected) if same_shape else np.zeros((), bool)
@@ -308,21 +298,22 @@ def noisy_histories(histories: np.ndarray, n_items: int, rng: np.random.Generato
 def check_parity(
     graphs: ExportedGraphs,
     model: APRON,
-    fp16: bool = False,
+    precision: Precision = Precision.FP32,
     batch: int = 16,
     max_length: int = 64,
     seed: int = 0,
-    int8: bool = False,
 ) -> list[ParityResult]:
     """ONNX Runtime vs the PyTorch APRON model on random histories of real catalog items, and the
-    torch backend's weights files (rebuilt from their bytes) vs ONNX Runtime. `int8`: the scorer
-    graph's f is int8 (`export_onnx(int8=True)`): its scores are held to INT8_TOLERANCES of the
-    fp32 model's (the weights files, which the torch backend serves, stay fp32).
+    torch backend's weights files (rebuilt from their bytes) vs ONNX Runtime, each graph held to
+    its `precision.of_graph` TOLERANCES: with INT8 the scorer graph's scores to int8's of the fp32
+    model's (its other graphs and the weights files, which the torch backend serves, stay fp32).
 
     The references are the model's own methods (`profile_weights`, `score`, `encode_items`), not
     the export wrappers, so a wrapper bug fails here too. The profile graph gets ragged histories
     with repeats, padding and invalid ids mixed in, which must change nothing."""
     cfg = model.config
+    profile_precision, scorer_precision = precision.of_graph(contract.PROFILE_MODEL), precision.of_graph(contract.SCORER_MODEL)
+    files_precision = Precision.FP16 if precision is Precision.FP16 else Precision.FP32  # the weights files: never int8
     rng = np.random.default_rng(seed)
     histories = random_histories(cfg.n_items, batch, max_length, rng)
     ids = torch.from_numpy(histories)
@@ -334,7 +325,7 @@ def check_parity(
         weights = model.profile_weights(x)  # (B, H, K)
         profile = session(graphs.onnx[contract.PROFILE_MODEL]).run(None, profile_inputs)
         results.append(
-            compare(contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, profile[0], weights.numpy(), fp16)
+            compare(contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, profile[0], weights.numpy(), profile_precision)
         )
         results.append(
             compare(
@@ -342,7 +333,7 @@ def check_parity(
                 contract.HISTORY_LENGTH,
                 profile[1],
                 x.sum(-1, keepdim=True).numpy(),
-                False,
+                Precision.FP32,
             )
         )
 
@@ -351,28 +342,28 @@ def check_parity(
         scorer_inputs = {contract.PROFILE_WEIGHTS: weights.numpy(), contract.EXCLUDE_IDS: histories}
         top_ids, onnx_scores = session(graphs.onnx[contract.SCORER_MODEL]).run(None, scorer_inputs)
         results.append(
-            compare(contract.SCORER_MODEL, contract.TOP_SCORES, onnx_scores, top_scores.numpy(), fp16, int8)
+            compare(contract.SCORER_MODEL, contract.TOP_SCORES, onnx_scores, top_scores.numpy(), scorer_precision)
         )
         # ids are compared through their PyTorch scores, so that tied items in either order pass
         at_ids = torch.gather(scores, 1, torch.from_numpy(top_ids)).numpy()
         results.append(
-            compare(contract.SCORER_MODEL, "score_at_" + contract.TOP_IDS, onnx_scores, at_ids, fp16, int8)
+            compare(contract.SCORER_MODEL, "score_at_" + contract.TOP_IDS, onnx_scores, at_ids, scorer_precision)
         )
 
         # the torch backend's files, in the precision the graphs were exported with
-        dtype = torch.float16 if fp16 else torch.float32
+        dtype = torch.float16 if precision is Precision.FP16 else torch.float32
         served = profile_from_tensors(*load_tensors(graphs.weights[contract.PROFILE_MODEL]), dtype)
         torch_weights, torch_lengths = served(torch.from_numpy(flat), torch.from_numpy(ends))
         results.append(
-            compare("torch:" + contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, torch_weights.numpy(), profile[0], fp16)
+            compare("torch:" + contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS, torch_weights.numpy(), profile[0], profile_precision)
         )
         results.append(
-            compare("torch:" + contract.PROFILE_MODEL, contract.HISTORY_LENGTH, torch_lengths.numpy(), profile[1], False)
+            compare("torch:" + contract.PROFILE_MODEL, contract.HISTORY_LENGTH, torch_lengths.numpy(), profile[1], Precision.FP32)
         )
         scorer = scorer_from_tensors(*load_tensors(graphs.weights[contract.SCORER_MODEL]), dtype)
         torch_ids, torch_scores = scorer(weights, ids)
         results.append(
-            compare("torch:" + contract.SCORER_MODEL, contract.TOP_SCORES, torch_scores.numpy(), onnx_scores, fp16, int8)
+            compare("torch:" + contract.SCORER_MODEL, contract.TOP_SCORES, torch_scores.numpy(), onnx_scores, scorer_precision)
         )
         results.append(
             compare(
@@ -380,7 +371,7 @@ def check_parity(
                 "score_at_" + contract.TOP_IDS,
                 torch_scores.numpy(),
                 torch.gather(scores, 1, torch_ids).numpy(),
-                fp16,
+                files_precision,  # the torch scorer from its weights file against the model
             )
         )
 
@@ -395,7 +386,7 @@ def check_parity(
                 contract.ITEM_PROTOTYPE_WEIGHTS,
                 encoded[0],
                 model.encode_items(features).numpy(),
-                fp16,
+                precision.of_graph(contract.ITEM_ENCODER_MODEL),
             )
         )
     return results

@@ -142,10 +142,10 @@ def export_checkpoint(
     except RepositoryError as error:
         raise ExportError(str(error)) from error
     try:
-        graphs = export_onnx(model, k_max=k_max, fp16=settings.fp16, int8=settings.int8)
+        graphs = export_onnx(model, k_max=k_max, precision=settings.precision)
     except QuantizationError as error:
         raise ExportError(f"--int8: {error}; nothing written") from error
-    parity = check_parity(graphs, model, fp16=settings.fp16, int8=settings.int8)
+    parity = check_parity(graphs, model, precision=settings.precision)
     if report:
         for result in parity:
             print(f"parity {result}")

@@ -9,7 +9,7 @@ below) with one scale per output channel (a quarter of the bytes) and quantizes 
 
 Only f is quantized: the shares, the edit penalty, the log-softmax, the exclusions and the top-k
 stay fp32, and so do the profile graph and the item encoder. What it costs in ranking is measured,
-not assumed: the export's parity check holds the int8 scores to `onnx_export.INT8_TOLERANCES` of
+not assumed: the export's parity check holds the int8 scores to `onnx_export.TOLERANCES` of
 the fp32 model's, and `python -m benchmarks.int8_quality` compares Recall@20/50 and NDCG@100 with
 the fp32 graph on the same test users by a paired interval (export/README.md).
 """

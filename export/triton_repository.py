@@ -42,7 +42,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from common.files import FILE_MODE
 from export import contract
-from export.contract import TensorSpec
+from export.contract import Precision, TensorSpec
 from export.metadata import MetadataError, read_metadata, versioned_metadata_name
 
 PYTHON_BACKEND_MODEL = Path(__file__).parent / "python_backend" / contract.PYTHON_BACKEND_FILENAME
@@ -100,9 +100,9 @@ class RepositorySettings:
             )
 
     @property
-    def precision(self) -> str:
-        """The graphs' precision as the metadata records it: "fp32" | "fp16" | "int8"."""
-        return "fp16" if self.fp16 else "int8" if self.int8 else "fp32"
+    def precision(self) -> Precision:
+        """The graphs' precision, as the metadata records it."""
+        return Precision.of(self.fp16, self.int8)
 
     @property
     def kind(self) -> int:

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from export import contract
+from export.contract import Precision
 from export.onnx_export import (
+    TOLERANCES,
     ExportedGraphs,
     check_parity,
     export_onnx,
@@ -19,7 +21,6 @@ from export.onnx_export import (
     random_histories,
     served_scorer,
     session,
-    tolerances,
 )
 from export.quantize import all_nodes
 from export.served_model import load_tensors
@@ -64,14 +65,15 @@ def reference_top_k(
 
 @pytest.mark.parametrize("fp16", [False, True])
 def test_parity_within_tolerance(model: APRON, fp16: bool) -> None:
-    graphs = export_onnx(model, k_max=TINY_K_MAX, fp16=fp16)
-    results = check_parity(graphs, model, fp16=fp16, batch=12, seed=3)
+    precision = Precision.of(fp16, int8=False)
+    graphs = export_onnx(model, k_max=TINY_K_MAX, precision=precision)
+    results = check_parity(graphs, model, precision, batch=12, seed=3)
     assert {(r.model, r.tensor) for r in results} >= {
         (contract.PROFILE_MODEL, contract.PROFILE_WEIGHTS),
         (contract.SCORER_MODEL, contract.TOP_SCORES),
         (contract.ITEM_ENCODER_MODEL, contract.ITEM_PROTOTYPE_WEIGHTS),
     }
-    atol, _ = tolerances(fp16)
+    atol, _ = TOLERANCES[precision]
     for result in results:
         assert result.ok, str(result)
         assert result.max_abs_error <= atol * 50, str(result)  # scores are ~|5|: atol + rtol * 5 at most
@@ -226,7 +228,7 @@ def test_edit_penalty_matches_the_whole_table_formula_in_every_runtime(penalised
     from export.served_model import ITEM_WEIGHTS, load_tensors, scorer_from_tensors
 
     n_items = TINY["n_items"]
-    graphs = export_onnx(penalised, k_max=n_items, fp16=fp16)  # every item's score, sorted
+    graphs = export_onnx(penalised, k_max=n_items, precision=Precision.of(fp16, int8=False))  # every item's score, sorted
     onnx_scorer = session(graphs.onnx[contract.SCORER_MODEL])
     tensors, metadata = load_tensors(graphs.weights[contract.SCORER_MODEL])
     with torch.no_grad():
@@ -237,7 +239,7 @@ def test_edit_penalty_matches_the_whole_table_formula_in_every_runtime(penalised
     with torch.no_grad():
         weights = penalised.profile_weights(multi_hot(histories, n_items))
     no_exclusions = np.full((len(histories), 1), contract.PAD_ID, np.int64)
-    atol, rtol = tolerances(fp16)
+    atol, rtol = TOLERANCES[Precision.of(fp16, int8=False)]
     modules = {"traced module": graphs.modules[contract.SCORER_MODEL], "weights file": from_file}
     for case, batch in edited_batches(weights).items():
         with torch.no_grad():
@@ -429,7 +431,7 @@ def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON
     (the penalty, the exclusions, the profile graph); its scores pass the int8 parity check and
     fail the fp32 one, so the check tells the two apart."""
     fp32 = export_onnx(penalised, k_max=TINY_K_MAX)
-    int8 = export_onnx(penalised, k_max=TINY_K_MAX, int8=True)
+    int8 = export_onnx(penalised, k_max=TINY_K_MAX, precision=Precision.INT8)
     graph = onnx.load_from_string(int8.onnx[contract.SCORER_MODEL])
     ops = [node.op_type for node in all_nodes(graph.graph)]  # the edit penalty's If branches included
     before = [node.op_type for node in all_nodes(onnx.load_from_string(fp32.onnx[contract.SCORER_MODEL]).graph)]
@@ -444,10 +446,10 @@ def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON
         (tensors8, _), (tensors32, _) = load_tensors(int8.weights[name]), load_tensors(fp32.weights[name])
         assert tensors8.keys() == tensors32.keys() and all(torch.equal(tensors8[k], tensors32[k]) for k in tensors8)
 
-    results = check_parity(int8, penalised, int8=True, batch=12, seed=3)
+    results = check_parity(int8, penalised, Precision.INT8, batch=12, seed=3)
     assert all(r.ok for r in results), "\n".join(map(str, results))
     scorer_errors = [r.max_abs_error for r in results if r.model == contract.SCORER_MODEL]
-    assert 0 < max(scorer_errors) <= tolerances(False, int8=True)[0]
+    assert 0 < max(scorer_errors) <= TOLERANCES[Precision.INT8][0]
     assert not all(r.ok for r in check_parity(int8, penalised, batch=12, seed=3))  # not within fp32's 1e-4
 
 
@@ -455,11 +457,11 @@ def test_int8_scorer_excludes_edits_and_ranks_like_the_fp32_one(penalised: APRON
     """Exclusions, k and the edit penalty are exact in the int8 graph; its top k is the fp32 one's
     but for items whose fp32 scores lie within the int8 tolerance of each other."""
     fp32 = session(export_onnx(penalised, k_max=TINY_K_MAX).onnx[contract.SCORER_MODEL])
-    int8 = session(export_onnx(penalised, k_max=TINY_K_MAX, int8=True).onnx[contract.SCORER_MODEL])
+    int8 = session(export_onnx(penalised, k_max=TINY_K_MAX, precision=Precision.INT8).onnx[contract.SCORER_MODEL])
     histories = random_histories(TINY["n_items"], 8, 30, np.random.default_rng(6))[1:]
     with torch.no_grad():
         weights = penalised.profile_weights(multi_hot(histories, TINY["n_items"]))
-    atol, rtol = tolerances(False, int8=True)
+    atol, rtol = TOLERANCES[Precision.INT8]
     for case, batch in edited_batches(weights).items():
         feeds = {contract.PROFILE_WEIGHTS: batch.numpy(), contract.EXCLUDE_IDS: histories}
         (ids8, scores8), (ids32, scores32) = int8.run(None, feeds), fp32.run(None, feeds)
@@ -478,7 +480,7 @@ def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
     from export.quantize import QuantizationError, quantize_scorer
 
     with pytest.raises(ValueError, match="fp16 and int8 exclude each other"):
-        export_onnx(APRON.__new__(APRON), fp16=True, int8=True)
+        Precision.of(fp16=True, int8=True)
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
     no_f = onnx.helper.make_model(onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))

@@ -14,7 +14,8 @@ import grpc
 import numpy as np
 import pytest
 
-from export.onnx_export import tolerances
+from export.contract import Precision
+from export.onnx_export import TOLERANCES
 from export.triton_server import run_triton_server
 from serving.cache import edits_key, profile_key
 from serving.config import ServingConfig
@@ -308,7 +309,7 @@ async def test_an_int8_export_serves_the_fp32_answers_within_its_tolerance_in_pr
                         answers[name, u, tag] = response
     started = [r.fields["graph_precision"] for r in caplog.records if r.getMessage() == "serving"]
     assert started == ["fp32", "int8", "int8"]  # the start-up line says what each gateway serves
-    atol, rtol = tolerances(False, int8=True)
+    atol, rtol = TOLERANCES[Precision.INT8]
     for (name, u, tag), fp32 in answers.items():
         if name != "fp32":
             continue
