@@ -37,6 +37,7 @@ from benchmarks.load import LoadStats, closed_loop, run_load
 from benchmarks.request_path import CallSplit, EchoResults, PathPhase, TailEvidence
 from benchmarks.timing import Timing
 from common.net import free_ports
+from serving.batching import INLINE_BELOW_S
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
 STARTUP_FUNCTIONS = ("<module>", "create_server", "load_model", "start")  # before serving (server.py), imports
@@ -115,6 +116,10 @@ class GatewayHandle:
 
         process = psutil.Process(self.pid)
         return total(process), sum(total(child) for child in process.children(recursive=True))
+
+    def thread_cpu(self) -> request_path.ThreadCpu:
+        """The gateway process's CPU so far by thread group (event loop, gRPC core, the others) and mode."""
+        return request_path.thread_cpu(self.pid)
 
     def loop_cpu_s(self) -> float:
         """CPU seconds of the gateway's main thread so far: its event loop (gRPC's Python side,
@@ -377,16 +382,18 @@ def run(settings: Settings) -> GatewayResults:
         """Full load (closed loop, cached profiles) from the load processes, with every process's CPU."""
         source = ClientSource(gateway.address, token, item_ids)
         before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
-        window0 = time.perf_counter()
+        threads0, window0 = gateway.thread_cpu(), time.perf_counter()
         load = run_load(source, "cached", processes, seconds, clients=clients)
         window = (window0, time.perf_counter())
         after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
+        threads = gateway.thread_cpu() - threads0
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, "Recommend")
         phase = PathPhase(
             f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
             request_path.mean_batch(samples), loop1 - loop0,
-            gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s),
+            gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s), threads,
+            request_path.total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
         )  # fmt: skip
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
@@ -633,9 +640,66 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
         "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
         "",
+        *thread_lines(path),
         *intake_lines(phases[SATURATED], path.own_intake),
     ]
     return lines
+
+
+def thread_lines(path: RequestPath) -> list[str]:
+    """The saturated call's CPU by thread group and mode, the gateway's beside the echo server's: which
+    threads, and how much of it the kernel, the gateway spends beyond the floor. Both pooled over
+    their two measurements (the gateway's saturated phase and its repeat, the echo before and after)."""
+    saturated = [path.phases[SATURATED], path.again[SATURATED]]
+    if any(phase.threads is None or phase.scorer_run_s is None for phase in saturated):
+        return []
+    gateway = saturated[0].threads + saturated[1].threads  # type: ignore[operator]
+    gateway_calls = sum(phase.split.calls for phase in saturated)
+    scorer_us = sum(phase.scorer_run_s for phase in saturated) / gateway_calls * 1e6  # type: ignore[misc]
+    echo, echo_calls = path.echo.server_threads, path.echo.server_calls
+
+    def us(threads: request_path.ThreadCpu, calls: int, group: str, mode: str | None = None) -> float:
+        seconds = threads.group_s(group) if mode is None else threads.seconds[group, mode]
+        return seconds / calls * 1e6
+
+    def cell(threads: request_path.ThreadCpu, calls: int, group: str) -> str:
+        user, system = us(threads, calls, group, "user"), us(threads, calls, group, "system")
+        return f"{user + system:,.0f} ({user:,.0f} / {system:,.0f})"
+
+    rows = []
+    for group in request_path.THREAD_GROUPS:
+        extra = us(gateway, gateway_calls, group) - us(echo, echo_calls, group)
+        rows.append(f"| {group} | {cell(echo, echo_calls, group)} | {cell(gateway, gateway_calls, group)} | {extra:+,.0f} |")
+    echo_all, gateway_all = echo.total_s / echo_calls * 1e6, gateway.total_s / gateway_calls * 1e6
+    system_share = {
+        name: sum(threads.seconds[group, "system"] for group in request_path.THREAD_GROUPS) / threads.total_s
+        for name, threads in (("echo", echo), ("gateway", gateway))
+    }
+    extras = ", ".join(
+        f"{group} {us(gateway, gateway_calls, group) - us(echo, echo_calls, group):+,.0f} µs" for group in request_path.THREAD_GROUPS
+    )
+    return [
+        f"### Where a saturated call's CPU goes, by thread ({saturated[0].clients} clients, cached Recommend)",
+        "",
+        "CPU per call of each group of the process's threads, user and system (the kernel on their behalf: socket "
+        "calls, epoll and futex waits, wake-ups and the switches between threads), read from /proc over each "
+        "saturated window (`request_path.thread_cpu`): the gateway's saturated phase and its repeat pooled, beside "
+        "the echo server's two measurements pooled. gRPC core: its event engine's threads and timers. Other threads: "
+        "those started from Python (grpc.aio's completion-queue poller in both; in the gateway also the "
+        "micro-batchers' workers, which run ONNX Runtime's longer batches, and the metrics server).",
+        "",
+        "| threads | echo server µs per call (user / system) | gateway µs per call (user / system) | gateway − echo µs |",
+        "| --- | ---: | ---: | ---: |",
+        *rows,
+        f"| all | {echo_all:,.0f} | {gateway_all:,.0f} | {gateway_all - echo_all:+,.0f} |",
+        "",
+        f"A saturated call cost the gateway {gateway_all - echo_all:+,.0f} µs of CPU beyond the echo server's: {extras}. "
+        f"System time was {system_share['gateway']:.0%} of the gateway's CPU and {system_share['echo']:.0%} of the "
+        f"echo server's. The scorer's runs took {scorer_us:,.0f} µs per call (`apron_inference_duration_seconds`; "
+        f"on the event loop while recent runs took under {INLINE_BELOW_S * 1e3:g} ms, `serving/batching.py`, else "
+        "in the micro-batcher's worker thread).",
+        "",
+    ]
 
 
 def pairing_lines(path: RequestPath) -> list[str]:

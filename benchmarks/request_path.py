@@ -127,12 +127,68 @@ def process_cpu_s(pid: int) -> float:
     return times.user + times.system
 
 
+# ----------------------------------------------------------------------------- CPU by thread
+
+EVENT_LOOP, GRPC_CORE, OTHER_THREADS = "event loop", "gRPC core", "other threads"
+THREAD_GROUPS = (EVENT_LOOP, GRPC_CORE, OTHER_THREADS)
+MODES = ("user", "system")
+# gRPC core's own threads as Linux names them (/proc/<pid>/task/<tid>/comm: its event engine's
+# workers, its timer thread, its timer lifeguard). Threads started from Python are all named
+# "python" there (grpc.aio's completion-queue poller, the micro-batchers' workers, the metrics
+# server), and ONNX Runtime's intra-op pool inherits the name: they make up OTHER_THREADS.
+GRPC_CORE_PREFIXES = ("event_engine", "grpc", "lifeguard")
+
+
+def thread_group(pid: int, tid: int, name: str) -> str:
+    if tid == pid:  # the main thread: the asyncio event loop that runs every handler
+        return EVENT_LOOP
+    return GRPC_CORE if name.startswith(GRPC_CORE_PREFIXES) else OTHER_THREADS
+
+
+@dataclass(frozen=True)
+class ThreadCpu:
+    """A process's CPU seconds so far by thread group and mode: `seconds[group, "user" | "system"]`.
+    Subtract two snapshots for a window's; system time is the kernel's on the threads' behalf (the
+    socket calls, epoll, futex waits and wake-ups, the context switches between the threads)."""
+
+    seconds: Mapping[tuple[str, str], float]
+
+    def __sub__(self, earlier: ThreadCpu) -> ThreadCpu:
+        return ThreadCpu({key: value - earlier.seconds.get(key, 0.0) for key, value in self.seconds.items()})
+
+    def __add__(self, other: ThreadCpu) -> ThreadCpu:
+        return ThreadCpu({key: value + other.seconds.get(key, 0.0) for key, value in self.seconds.items()})
+
+    def group_s(self, group: str) -> float:
+        return sum(self.seconds.get((group, mode), 0.0) for mode in MODES)
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.seconds.values())
+
+
+def thread_cpu(pid: int) -> ThreadCpu:
+    """`pid`'s threads' user and system CPU seconds so far, by `thread_group` (a thread that ended
+    is not counted: take both snapshots of a window while the same threads live)."""
+    seconds = dict.fromkeys([(group, mode) for group in THREAD_GROUPS for mode in MODES], 0.0)
+    for thread in psutil.Process(pid).threads():
+        try:
+            name = Path(f"/proc/{pid}/task/{thread.id}/comm").read_text().strip()
+        except OSError:  # ended since the listing
+            continue
+        group = thread_group(pid, thread.id, name)
+        seconds[group, "user"] += thread.user_time
+        seconds[group, "system"] += thread.system_time
+    return ThreadCpu(seconds)
+
+
 @dataclass(frozen=True)
 class EchoResults:
     one_client: Timing  # one call in flight, persistent channel
     saturated: Timing  # `clients` in flight from the load processes
     server_cpu_s: float  # the echo server's CPU over the saturated run's whole window
     server_calls: int  # calls the server answered in that window (warm-up included)
+    server_threads: ThreadCpu  # the same CPU by thread group and mode
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -150,12 +206,12 @@ def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:
 
     with echo_server() as (address, pid):
         one = asyncio.run(one_client(address))
-        cpu0 = process_cpu_s(pid)
+        cpu0, threads0 = process_cpu_s(pid), thread_cpu(pid)
         load = run_load(EchoSource(address), "call", processes, seconds, clients=clients)
-        cpu1 = process_cpu_s(pid)
+        cpu1, threads1 = process_cpu_s(pid), thread_cpu(pid)
     # the server answered the warm-up's calls too, at the same rate: count them by the load's own
     # rate over the warm-up, so CPU and calls cover the same window
-    return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all)
+    return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all, threads1 - threads0)
 
 
 def pooled(before: EchoResults, after: EchoResults) -> EchoResults:
@@ -169,6 +225,7 @@ def pooled(before: EchoResults, after: EchoResults) -> EchoResults:
     return EchoResults(
         pool(before.one_client, after.one_client), pool(before.saturated, after.saturated),
         before.server_cpu_s + after.server_cpu_s, before.server_calls + after.server_calls,
+        before.server_threads + after.server_threads,
     )  # fmt: skip
 
 
@@ -305,6 +362,8 @@ class PathPhase:
     mean_batch: float  # requests per apron_scorer run
     loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
     calls: CallSplit | None = None  # outside the stages: before the handler and after it
+    threads: ThreadCpu | None = None  # the gateway's CPU by thread group and mode (saturated phases)
+    scorer_run_s: float | None = None  # apron_scorer's runs over the phase, summed (saturated phases)
 
     @property
     def cpu_ms_per_call(self) -> float:

@@ -68,6 +68,15 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
         row = re.search(rf"^\| {target} \| first pairing [0-9.]+(×| ms).*; second pairing [0-9.]+(×| ms).* \| (met|\*\*missed\*\*) \|$", text, re.M)
         assert row, target
     assert re.search(r"The Targets table pairs each floor with the gateway measured next to it: .*\(gateway CPU [0-9,]+ µs per call", text)
+    # the saturated call's CPU by thread group, the gateway's beside the echo server's, and its reading
+    for group in ("event loop", "gRPC core", "other threads"):
+        row = re.search(rf"^\| {group} \| ([0-9,]+) \(([0-9,]+) / ([0-9,]+)\) \| ([0-9,]+) \(([0-9,]+) / ([0-9,]+)\) \| [+-][0-9,]+ \|$", text, re.M)
+        assert row, group
+    loop_row = re.search(r"^\| event loop \| [0-9,]+ \([0-9,]+ / [0-9,]+\) \| ([0-9,]+) ", text, re.M)
+    assert loop_row and int(loop_row.group(1).replace(",", "")) > 0  # the gateway's loop did the calls' work
+    assert re.search(r"^A saturated call cost the gateway [+-][0-9,]+ µs of CPU beyond the echo server's: event loop [+-][0-9,]+ µs, "
+                     r"gRPC core [+-][0-9,]+ µs, other threads [+-][0-9,]+ µs\. System time was \d+% of the gateway's CPU .*"
+                     r"The scorer's runs took [0-9,]+ µs per call", text, re.M)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2
     # the p99 target once more, for the largest gateway size exported with --int8

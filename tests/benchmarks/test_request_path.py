@@ -5,15 +5,31 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.request_path import EchoResults, pooled
+from benchmarks.request_path import (
+    EVENT_LOOP,
+    GRPC_CORE,
+    OTHER_THREADS,
+    EchoResults,
+    ThreadCpu,
+    pooled,
+    thread_cpu,
+    thread_group,
+)
 from benchmarks.run import in_every_pairing
 from benchmarks.timing import Timing
 
 
 def test_two_echo_measurements_pool_their_calls_and_their_cpu() -> None:
-    before = EchoResults(Timing(np.array([1e-3, 2e-3, 3e-3]), 1, 0.006), Timing(np.full(100, 0.01), 1, 1.0), 0.05, 100)
-    after = EchoResults(Timing(np.array([4e-3, 5e-3]), 1, 0.009), Timing(np.full(50, 0.02), 1, 1.0), 0.05, 50)
+    before = EchoResults(
+        Timing(np.array([1e-3, 2e-3, 3e-3]), 1, 0.006), Timing(np.full(100, 0.01), 1, 1.0), 0.05, 100,
+        ThreadCpu({(EVENT_LOOP, "user"): 0.03, (EVENT_LOOP, "system"): 0.01, (GRPC_CORE, "user"): 0.01}),
+    )  # fmt: skip
+    after = EchoResults(
+        Timing(np.array([4e-3, 5e-3]), 1, 0.009), Timing(np.full(50, 0.02), 1, 1.0), 0.05, 50,
+        ThreadCpu({(EVENT_LOOP, "user"): 0.04, (EVENT_LOOP, "system"): 0.0, (GRPC_CORE, "user"): 0.01}),
+    )  # fmt: skip
     both = pooled(before, after)
+    assert both.server_threads.seconds[EVENT_LOOP, "user"] == 0.07 and both.server_threads.total_s == 0.1
     assert both.one_client.p50_ms == 3.0  # the median of all five calls, not a mean of two medians
     assert both.saturated.calls == 150 and both.saturated.throughput == 75.0  # over both windows
     assert both.cpu_ms_per_call == 0.1 / 150 * 1e3  # per call over both, not a mean of the two ratios
@@ -25,3 +41,37 @@ def test_a_request_path_target_is_met_only_if_met_in_every_pairing() -> None:
     assert in_every_pairing([("1.9×", True), ("2.1×", False)]) == ("first pairing 1.9×; second pairing 2.1×", False)
     assert in_every_pairing([("2.1×", False), ("1.9×", True)])[1] is False
     assert in_every_pairing([("1.9×", True), ("1.8×", True)])[1] is True
+
+
+def test_threads_are_grouped_as_the_event_loop_grpc_core_and_the_rest() -> None:
+    assert thread_group(10, 10, "python") == EVENT_LOOP  # the main thread, whatever its name
+    for name in ("event_engine", "grpc_global_tim", "lifeguard"):
+        assert thread_group(10, 11, name) == GRPC_CORE
+    assert thread_group(10, 12, "python") == OTHER_THREADS
+
+
+def test_thread_cpu_charges_a_busy_thread_to_its_group_and_a_window_subtracts() -> None:
+    """This process: a Python thread that burns CPU shows up among the other threads, not the main one's."""
+    import os
+    import threading
+
+    pid, stop = os.getpid(), threading.Event()
+    before = thread_cpu(pid)
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:  # until the kernel has charged the worker at least 0.2 s (its accounting is in clock ticks)
+        while (thread_cpu(pid) - before).group_s(OTHER_THREADS) < 0.2:
+            stop.wait(0.01)
+        window = thread_cpu(pid) - before
+    finally:
+        stop.set()
+        worker.join()
+    assert window.group_s(OTHER_THREADS) >= 0.2
+    assert window.total_s >= window.group_s(OTHER_THREADS) + window.group_s(EVENT_LOOP)
+    assert set(window.seconds) == {(group, mode) for group in (EVENT_LOOP, GRPC_CORE, OTHER_THREADS) for mode in ("user", "system")}
+    assert all(seconds >= 0 for seconds in window.seconds.values())
