@@ -410,16 +410,18 @@ def run(settings: Settings) -> GatewayResults:
         """One client, one call in flight on a persistent channel, with the gateway's stages."""
         client = Client(gateway.address, token, item_ids)
         before, (gateway0, redis0), loop0 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
-        stats, window0 = LoadStats(), time.perf_counter()
+        threads0, stats, window0 = gateway.thread_cpu(), LoadStats(), time.perf_counter()
         timing = await closed_loop(getattr(client, call), 1, seconds / 2, warmup_s=0.2, stats=stats)
         window = (window0, time.perf_counter())
         after, (gateway1, redis1), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
+        threads = gateway.thread_cpu() - threads0
         await client.close()
         samples = request_path.delta(before, after)
         split = request_path.stage_split(samples, method)
         return PathPhase(
             title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples), loop1 - loop0,
-            gateway.calls(method, window, stats.calls, stats.sent_sum_s, stats.received_sum_s),
+            gateway.calls(method, window, stats.calls, stats.sent_sum_s, stats.received_sum_s), threads,
+            request_path.total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
         )  # fmt: skip
 
     async def misses(gateway: GatewayHandle) -> Timing:
@@ -647,57 +649,64 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
 
 
 def thread_lines(path: RequestPath) -> list[str]:
-    """The saturated call's CPU by thread group and mode, the gateway's beside the echo server's: which
-    threads, and how much of it the kernel, the gateway spends beyond the floor. Both pooled over
-    their two measurements (the gateway's saturated phase and its repeat, the echo before and after)."""
-    saturated = [path.phases[SATURATED], path.again[SATURATED]]
-    if any(phase.threads is None or phase.scorer_run_s is None for phase in saturated):
-        return []
-    gateway = saturated[0].threads + saturated[1].threads  # type: ignore[operator]
-    gateway_calls = sum(phase.split.calls for phase in saturated)
-    scorer_us = sum(phase.scorer_run_s for phase in saturated) / gateway_calls * 1e6  # type: ignore[misc]
-    echo, echo_calls = path.echo.server_threads, path.echo.server_calls
+    """A call's CPU by thread group and mode, the gateway's beside the echo server's, at one client
+    and at saturation: which threads, and how much of it the kernel, the gateway spends beyond the
+    floor. Each pooled over its two measurements (a gateway phase and its repeat, the echo before
+    and after)."""
+    echo = path.echo
+    columns: dict[str, tuple[request_path.ThreadCpu, int, float | None]] = {
+        "echo server, 1 client": (echo.one_client_threads, echo.one_client_calls, None),
+    }
+    for key in ("one", "get", SATURATED):
+        if key == SATURATED:
+            columns[f"echo server, {path.phases[SATURATED].clients} clients"] = (echo.server_threads, echo.server_calls, None)
+        both = [path.phases[key], path.again[key]]
+        if any(phase.threads is None or phase.scorer_run_s is None for phase in both):
+            return []
+        threads = both[0].threads + both[1].threads  # type: ignore[operator]
+        columns[f"gateway: {both[0].name}"] = (threads, sum(p.split.calls for p in both), sum(p.scorer_run_s for p in both))  # type: ignore[misc]
 
-    def us(threads: request_path.ThreadCpu, calls: int, group: str, mode: str | None = None) -> float:
+    def us(column: str, group: str | None = None, mode: str | None = None) -> float:
+        threads, calls, _ = columns[column]
+        if group is None:
+            return threads.total_s / calls * 1e6
         seconds = threads.group_s(group) if mode is None else threads.seconds[group, mode]
         return seconds / calls * 1e6
 
-    def cell(threads: request_path.ThreadCpu, calls: int, group: str) -> str:
-        user, system = us(threads, calls, group, "user"), us(threads, calls, group, "system")
+    def cell(column: str, group: str) -> str:
+        user, system = us(column, group, "user"), us(column, group, "system")
         return f"{user + system:,.0f} ({user:,.0f} / {system:,.0f})"
 
-    rows = []
-    for group in request_path.THREAD_GROUPS:
-        extra = us(gateway, gateway_calls, group) - us(echo, echo_calls, group)
-        rows.append(f"| {group} | {cell(echo, echo_calls, group)} | {cell(gateway, gateway_calls, group)} | {extra:+,.0f} |")
-    echo_all, gateway_all = echo.total_s / echo_calls * 1e6, gateway.total_s / gateway_calls * 1e6
-    system_share = {
-        name: sum(threads.seconds[group, "system"] for group in request_path.THREAD_GROUPS) / threads.total_s
-        for name, threads in (("echo", echo), ("gateway", gateway))
-    }
-    extras = ", ".join(
-        f"{group} {us(gateway, gateway_calls, group) - us(echo, echo_calls, group):+,.0f} µs" for group in request_path.THREAD_GROUPS
-    )
+    names = list(columns)
+    rows = [f"| {group} | " + " | ".join(cell(name, group) for name in names) + " |" for group in request_path.THREAD_GROUPS]
+    rows.append("| all | " + " | ".join(f"{us(name):,.0f}" for name in names) + " |")
+    scorer = " | ".join("" if columns[name][2] is None else f"{columns[name][2] / columns[name][1] * 1e6:,.0f}" for name in names)  # type: ignore[operator]
+    rows.append(f"| of which the scorer's runs (`apron_inference_duration_seconds`, wall) | {scorer} |")
+
+    def beyond(gateway: str, floor: str) -> str:
+        parts = ", ".join(f"{group} {us(gateway, group) - us(floor, group):+,.0f} µs" for group in request_path.THREAD_GROUPS)
+        threads = columns[gateway][0]
+        system = sum(threads.seconds[group, "system"] for group in request_path.THREAD_GROUPS) / threads.total_s
+        return f"{us(gateway) - us(floor):+,.0f} µs ({parts}; system time {system:.0%} of the gateway's CPU)"
+
+    one_floor, saturated_floor = names[0], names[3]
     return [
-        f"### Where a saturated call's CPU goes, by thread ({saturated[0].clients} clients, cached Recommend)",
+        "### Where a call's CPU goes, by thread",
         "",
-        "CPU per call of each group of the process's threads, user and system (the kernel on their behalf: socket "
-        "calls, epoll and futex waits, wake-ups and the switches between threads), read from /proc over each "
-        "saturated window (`request_path.thread_cpu`): the gateway's saturated phase and its repeat pooled, beside "
-        "the echo server's two measurements pooled. gRPC core: its event engine's threads and timers. Other threads: "
-        "those started from Python (grpc.aio's completion-queue poller in both; in the gateway also the "
-        "micro-batchers' workers, which run ONNX Runtime's longer batches, and the metrics server).",
+        "CPU per call of each group of the process's threads, in µs: user + system (user / system; system is the "
+        "kernel on their behalf: socket calls, epoll and futex waits, wake-ups and the switches between threads), "
+        "read from /proc over each phase (`request_path.thread_cpu`), each phase pooled with its repeat, the echo "
+        "server's two measurements pooled. gRPC core: its event engine's threads and timers. Other threads: those "
+        "started from Python (grpc.aio's completion-queue poller in both; in the gateway also the micro-batchers' "
+        f"workers, which run the scorer unless its recent runs took under {INLINE_BELOW_S * 1e3:g} ms, when it runs "
+        "on the event loop, `serving/batching.py`; and the metrics server).",
         "",
-        "| threads | echo server µs per call (user / system) | gateway µs per call (user / system) | gateway − echo µs |",
-        "| --- | ---: | ---: | ---: |",
+        "| threads | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
         *rows,
-        f"| all | {echo_all:,.0f} | {gateway_all:,.0f} | {gateway_all - echo_all:+,.0f} |",
         "",
-        f"A saturated call cost the gateway {gateway_all - echo_all:+,.0f} µs of CPU beyond the echo server's: {extras}. "
-        f"System time was {system_share['gateway']:.0%} of the gateway's CPU and {system_share['echo']:.0%} of the "
-        f"echo server's. The scorer's runs took {scorer_us:,.0f} µs per call (`apron_inference_duration_seconds`; "
-        f"on the event loop while recent runs took under {INLINE_BELOW_S * 1e3:g} ms, `serving/batching.py`, else "
-        "in the micro-batcher's worker thread).",
+        f"Beyond the echo server's: one client, a Recommend cost the gateway {beyond(names[1], one_floor)} and a "
+        f"GetProfile {beyond(names[2], one_floor)}; at saturation a Recommend {beyond(names[4], saturated_floor)}.",
         "",
     ]
 

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.load import ProcessLoad, closed_loop, run_load
+from benchmarks.load import LoadStats, ProcessLoad, closed_loop, run_load
 from benchmarks.timing import Timing
 from common.net import free_port
 from serving.stages import METHOD_STAGES
@@ -189,6 +189,8 @@ class EchoResults:
     server_cpu_s: float  # the echo server's CPU over the saturated run's whole window
     server_calls: int  # calls the server answered in that window (warm-up included)
     server_threads: ThreadCpu  # the same CPU by thread group and mode
+    one_client_threads: ThreadCpu  # the server's CPU by thread over the one-client run (warm-up included)
+    one_client_calls: int  # the calls of that run, warm-up included
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -198,20 +200,22 @@ class EchoResults:
 def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:
     """The echo server's one-client p50 and its CPU per call with `clients` in flight."""
 
-    async def one_client(address: str) -> Timing:
+    async def one_client(address: str, stats: LoadStats) -> Timing:
         client = EchoClient(address, channels=1)
-        timing = await closed_loop(client.call, 1, seconds / 2, warmup_s=0.2)
+        timing = await closed_loop(client.call, 1, seconds / 2, warmup_s=0.2, stats=stats)
         await client.close()
         return timing
 
     with echo_server() as (address, pid):
-        one = asyncio.run(one_client(address))
+        one_threads0, one_stats = thread_cpu(pid), LoadStats()
+        one = asyncio.run(one_client(address, one_stats))
+        one_threads = thread_cpu(pid) - one_threads0
         cpu0, threads0 = process_cpu_s(pid), thread_cpu(pid)
         load = run_load(EchoSource(address), "call", processes, seconds, clients=clients)
         cpu1, threads1 = process_cpu_s(pid), thread_cpu(pid)
     # the server answered the warm-up's calls too, at the same rate: count them by the load's own
     # rate over the warm-up, so CPU and calls cover the same window
-    return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all, threads1 - threads0)
+    return EchoResults(one, load.timing, cpu1 - cpu0, load.calls_all, threads1 - threads0, one_threads, one_stats.calls)
 
 
 def pooled(before: EchoResults, after: EchoResults) -> EchoResults:
@@ -225,7 +229,8 @@ def pooled(before: EchoResults, after: EchoResults) -> EchoResults:
     return EchoResults(
         pool(before.one_client, after.one_client), pool(before.saturated, after.saturated),
         before.server_cpu_s + after.server_cpu_s, before.server_calls + after.server_calls,
-        before.server_threads + after.server_threads,
+        before.server_threads + after.server_threads, before.one_client_threads + after.one_client_threads,
+        before.one_client_calls + after.one_client_calls,
     )  # fmt: skip
 
 
@@ -362,7 +367,7 @@ class PathPhase:
     mean_batch: float  # requests per apron_scorer run
     loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
     calls: CallSplit | None = None  # outside the stages: before the handler and after it
-    threads: ThreadCpu | None = None  # the gateway's CPU by thread group and mode (saturated phases)
+    threads: ThreadCpu | None = None  # the gateway's CPU by thread group and mode over the phase
     scorer_run_s: float | None = None  # apron_scorer's runs over the phase, summed (saturated phases)
 
     @property

@@ -68,15 +68,19 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
         row = re.search(rf"^\| {target} \| first pairing [0-9.]+(×| ms).*; second pairing [0-9.]+(×| ms).* \| (met|\*\*missed\*\*) \|$", text, re.M)
         assert row, target
     assert re.search(r"The Targets table pairs each floor with the gateway measured next to it: .*\(gateway CPU [0-9,]+ µs per call", text)
-    # the saturated call's CPU by thread group, the gateway's beside the echo server's, and its reading
+    # a call's CPU by thread group, the gateway's beside the echo server's at one client and at
+    # saturation, the scorer's runs among it, and the reading of the differences
+    cell = r"[0-9,]+ \([0-9,]+ / [0-9,]+\)"
+    header = "| threads | echo server, 1 client | gateway: 1 client, Recommend | gateway: 1 client, GetProfile | echo server, 4 clients | gateway: 4 clients, Recommend |"
+    assert header in text
     for group in ("event loop", "gRPC core", "other threads"):
-        row = re.search(rf"^\| {group} \| ([0-9,]+) \(([0-9,]+) / ([0-9,]+)\) \| ([0-9,]+) \(([0-9,]+) / ([0-9,]+)\) \| [+-][0-9,]+ \|$", text, re.M)
-        assert row, group
-    loop_row = re.search(r"^\| event loop \| [0-9,]+ \([0-9,]+ / [0-9,]+\) \| ([0-9,]+) ", text, re.M)
-    assert loop_row and int(loop_row.group(1).replace(",", "")) > 0  # the gateway's loop did the calls' work
-    assert re.search(r"^A saturated call cost the gateway [+-][0-9,]+ µs of CPU beyond the echo server's: event loop [+-][0-9,]+ µs, "
-                     r"gRPC core [+-][0-9,]+ µs, other threads [+-][0-9,]+ µs\. System time was \d+% of the gateway's CPU .*"
-                     r"The scorer's runs took [0-9,]+ µs per call", text, re.M)
+        assert re.search(rf"^\| {group} \|( {cell} \|){{5}}$", text, re.M), group
+    loop = re.search(rf"^\| event loop \| {cell} \| ([0-9,]+) ", text, re.M)
+    assert loop and int(loop.group(1).replace(",", "")) > 0  # the gateway's loop did the calls' work
+    scorer = re.search(r"^\| of which the scorer's runs .* \|  \| [0-9,]+ \| ([0-9,]+) \|  \| [0-9,]+ \|$", text, re.M)
+    assert scorer and scorer.group(1) == "0"  # GetProfile runs no scorer; the echo server none at all
+    gains = r"[+-][0-9,]+ µs \(event loop [+-][0-9,]+ µs, gRPC core [+-][0-9,]+ µs, other threads [+-][0-9,]+ µs; system time \d+% of the gateway's CPU\)"
+    assert re.search(rf"^Beyond the echo server's: one client, a Recommend cost the gateway {gains} and a GetProfile {gains}; at saturation a Recommend {gains}\.$", text, re.M)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)
     assert len(re.findall(r"\| 600 \| (onnxruntime|torch) \| (1|32) \| (unedited|edited) \|", text)) == 2 * 2 * 2
     # the p99 target once more, for the largest gateway size exported with --int8

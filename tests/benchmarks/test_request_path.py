@@ -23,13 +23,16 @@ def test_two_echo_measurements_pool_their_calls_and_their_cpu() -> None:
     before = EchoResults(
         Timing(np.array([1e-3, 2e-3, 3e-3]), 1, 0.006), Timing(np.full(100, 0.01), 1, 1.0), 0.05, 100,
         ThreadCpu({(EVENT_LOOP, "user"): 0.03, (EVENT_LOOP, "system"): 0.01, (GRPC_CORE, "user"): 0.01}),
+        ThreadCpu({(EVENT_LOOP, "user"): 0.002}), 3,
     )  # fmt: skip
     after = EchoResults(
         Timing(np.array([4e-3, 5e-3]), 1, 0.009), Timing(np.full(50, 0.02), 1, 1.0), 0.05, 50,
         ThreadCpu({(EVENT_LOOP, "user"): 0.04, (EVENT_LOOP, "system"): 0.0, (GRPC_CORE, "user"): 0.01}),
+        ThreadCpu({(EVENT_LOOP, "user"): 0.001}), 2,
     )  # fmt: skip
     both = pooled(before, after)
     assert both.server_threads.seconds[EVENT_LOOP, "user"] == 0.07 and both.server_threads.total_s == 0.1
+    assert both.one_client_threads.total_s == 0.003 and both.one_client_calls == 5
     assert both.one_client.p50_ms == 3.0  # the median of all five calls, not a mean of two medians
     assert both.saturated.calls == 150 and both.saturated.throughput == 75.0  # over both windows
     assert both.cpu_ms_per_call == 0.1 / 150 * 1e3  # per call over both, not a mean of the two ratios
