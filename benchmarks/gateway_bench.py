@@ -79,6 +79,8 @@ class CpuUse:
     load_ms: float  # the load generator's processes
     rate: float  # requests per second in the measured window
     wall_s: float
+    # the gateway's CPU per request by thread group (request_path.THREAD_GROUPS), over the same window
+    gateway_threads_ms: Mapping[str, float]
 
     def share(self, ms: float) -> float:
         """Share of all the machine's cores that `ms` per request takes at this rate."""
@@ -398,6 +400,7 @@ def run(settings: Settings) -> GatewayResults:
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
             load_ms=load.cpu_s / load.timing.calls * 1e3, rate=load.timing.throughput, wall_s=load.timing.wall_s,
+            gateway_threads_ms={group: threads.group_s(group) / split.calls * 1e3 for group in request_path.THREAD_GROUPS},
         )  # fmt: skip
         return load.timing, cpu, phase
 

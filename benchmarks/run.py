@@ -21,7 +21,7 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from benchmarks import gateway_bench, gpu_check, settings_ab, workers_bench
+from benchmarks import gateway_bench, gpu_check, request_path, settings_ab, workers_bench
 from benchmarks.gateway_bench import SATURATED
 from benchmarks.model_bench import (
     PENALTY_CASES,
@@ -377,6 +377,29 @@ def bottleneck(report: Report) -> list[str]:
     return [" ".join(lines), ""]
 
 
+def ceiling_lines(cpu: gateway_bench.CpuUse, scorer: Timing) -> list[str]:
+    """What the machine's cores allow the gateway at most, from CPU per request: the raw scorer's at
+    full batches plus what the gateway spends outside its scorer (event loop, gRPC core), its Redis
+    and the co-located load generator. Why the gateway-vs-raw target can (or cannot) be met here."""
+    if scorer.cpu_s is None:
+        return []
+    cores = os.cpu_count() or 1
+    raw_ms = scorer.cpu_s / (scorer.calls * scorer.batch) * 1e3
+    threads = cpu.gateway_threads_ms
+    outside_ms = threads[request_path.EVENT_LOOP] + threads[request_path.GRPC_CORE]
+    ceiling = cores / (raw_ms + outside_ms + cpu.redis_ms + cpu.load_ms) * 1e3
+    return [
+        f"What the {cores} cores allow: the raw scorer at batch {scorer.batch} took {fmt(raw_ms, 3)} CPU ms per row (its "
+        f"process's CPU over the run, every thread). At saturation the gateway spent {fmt(outside_ms, 3)} CPU ms per "
+        f"request on its event loop and gRPC core's threads and {fmt(threads[request_path.OTHER_THREADS], 3)} on its "
+        f"other threads, the scorer's among them (`request_path.thread_cpu`); its Redis {fmt(cpu.redis_ms, 3)} and the "
+        f"co-located load generator {fmt(cpu.load_ms, 3)}. With every batch full and nothing else running, the cores "
+        f"could serve at most {fmt(ceiling, 0)} req/s: {ceiling / scorer.throughput:.0%} of the raw scorer, which has "
+        "them to itself (a CPU-bound estimate, not measured).",
+        "",
+    ]
+
+
 def profile_scaling_lines(scaling: ProfileScaling | None) -> list[str]:
     if scaling is None:
         return []
@@ -504,6 +527,8 @@ def render(report: Report, command: str, wall_s: float, started: str) -> str:
             if as_served is not None:
                 ratios.insert(0, f"**{served_g.max_throughput / as_served.throughput:.0%}** of the second")
             lines += [f"Gateway / raw scorer at batch {GATEWAY_BATCH}: {', '.join(ratios)}.", ""]
+            if as_served is not None:
+                lines += ceiling_lines(served_g.cpu, as_served)
     if not report.gateways:
         lines += [f"Gateway: not measured: {report.gateway_reason}.", ""]
     for g in report.gateways:

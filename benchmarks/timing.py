@@ -51,6 +51,7 @@ class Timing:
     latencies_s: np.ndarray  # (calls,)
     batch: int
     wall_s: float  # wall time of the whole run (calls may overlap when concurrent)
+    cpu_s: float | None = None  # this process's CPU over the run, all its threads (`time_calls`: the model's threads)
 
     @property
     def calls(self) -> int:
@@ -86,7 +87,7 @@ def time_calls(
     for _ in range(warmup):
         fn()
     latencies: list[float] = []
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     while True:
         if between is not None:
             between()
@@ -95,7 +96,8 @@ def time_calls(
         latencies.append(time.perf_counter() - t0)
         if len(latencies) >= min_calls and time.perf_counter() - start >= min_seconds:
             break
-    return Timing(np.asarray(latencies), batch, time.perf_counter() - start)
+    # with `between`, its CPU is counted too: only the runs without it are CPU per call
+    return Timing(np.asarray(latencies), batch, time.perf_counter() - start, None if between else time.process_time() - cpu)
 
 
 def time_alternating(

@@ -78,3 +78,26 @@ def test_thread_cpu_charges_a_busy_thread_to_its_group_and_a_window_subtracts() 
     assert window.total_s >= window.group_s(OTHER_THREADS) + window.group_s(EVENT_LOOP)
     assert set(window.seconds) == {(group, mode) for group in (EVENT_LOOP, GRPC_CORE, OTHER_THREADS) for mode in ("user", "system")}
     assert all(seconds >= 0 for seconds in window.seconds.values())
+
+
+def test_the_ceiling_adds_the_scorers_cpu_at_full_batches_to_what_the_gateway_spends_outside_it() -> None:
+    """2 cores (patched), a raw scorer at 1 CPU ms per row, 0.5 ms on the gateway's loop and gRPC
+    core, 0.5 ms for Redis and the load generator: at most 2 / 2 ms = 1,000 req/s, half the raw
+    scorer's 2,000 rows/s; the scorer's own threads in the gateway are not counted twice."""
+    import re
+    from unittest import mock
+
+    from benchmarks.gateway_bench import CpuUse
+    from benchmarks.run import ceiling_lines
+
+    cpu = CpuUse(
+        gateway_ms=3.0, redis_ms=0.1, load_ms=0.4, rate=500.0, wall_s=1.0,
+        gateway_threads_ms={EVENT_LOOP: 0.4, GRPC_CORE: 0.1, OTHER_THREADS: 2.5},
+    )  # fmt: skip
+    scorer = Timing(np.full(10, 0.016), 32, 0.16, cpu_s=0.32)  # 320 rows in 0.16 s on 0.32 s of CPU
+    with mock.patch("benchmarks.run.os.cpu_count", return_value=2):
+        (text, _) = ceiling_lines(cpu, scorer)
+    assert re.search(r"the raw scorer at batch 32 took 1\.000 CPU ms per row", text)
+    assert "spent 0.500 CPU ms per request on its event loop and gRPC core's threads and 2.500 on its other threads" in text
+    assert "could serve at most 1,000 req/s: 50% of the raw scorer" in text
+    assert ceiling_lines(cpu, Timing(np.full(10, 0.016), 32, 0.16)) == []  # no CPU measured: no estimate
