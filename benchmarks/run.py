@@ -277,8 +277,10 @@ def in_every_pairing(results: list[tuple[str, bool]]) -> tuple[str, bool]:
     as one cell: every figure shown, met only if met in each."""
     if len(results) == 1:
         return results[0]
-    ordinals = ("first", "second", "third")
-    text = "; ".join(f"{ordinals[i]} pairing {figure}" for i, (figure, _) in enumerate(results))
+    ordinals = ("first", "second", "third")  # beyond them, "pairing 4" and so on
+    text = "; ".join(
+        f"{ordinals[i]} pairing {figure}" if i < len(ordinals) else f"pairing {i + 1} {figure}" for i, (figure, _) in enumerate(results)
+    )
     return text, all(met for _, met in results)
 
 

@@ -44,6 +44,8 @@ def test_a_request_path_target_is_met_only_if_met_in_every_pairing() -> None:
     assert in_every_pairing([("1.9×", True), ("2.1×", False)]) == ("first pairing 1.9×; second pairing 2.1×", False)
     assert in_every_pairing([("2.1×", False), ("1.9×", True)])[1] is False
     assert in_every_pairing([("1.9×", True), ("1.8×", True)])[1] is True
+    four = in_every_pairing([("1.9×", True), ("1.8×", True), ("1.7×", True), ("2.1×", False)])
+    assert four == ("first pairing 1.9×; second pairing 1.8×; third pairing 1.7×; pairing 4 2.1×", False)
 
 
 def test_threads_are_grouped_as_the_event_loop_grpc_core_and_the_rest() -> None:
