@@ -840,7 +840,9 @@ def tail_reading(tail: TailEvidence) -> list[str]:
         f"paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
         f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
-        f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late, and the machine "
+        f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late (its own garbage "
+        f"collections, its heap frozen after set-up: {tail.load_gc_ms[0]:,} in all, {fmt(tail.load_gc_ms[1], 1)} ms, "
+        f"the longest {fmt(tail.load_gc_ms[2], 1)} ms), and the machine "
         f"woke a sleeping thread p99 {fmt(tail.scheduling_ms[1], 1)} ms (max {fmt(tail.scheduling_ms[2], 1)} ms) late.",
         "",
     ]

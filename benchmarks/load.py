@@ -10,6 +10,7 @@ latency at a given load without the coordinated-omission bias of a closed loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import queue
 import time
@@ -22,6 +23,28 @@ import numpy as np
 from benchmarks.timing import Timing
 
 Call = Callable[[int], Awaitable[object]]  # request number -> the RPC
+
+
+class GcPauses:
+    """This process's garbage collections while the block runs: each one's pause in seconds
+    (`gc.callbacks`; the callback only appends, as the gateway's own GcTimer does)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds.append(time.perf_counter() - self._started)
+
+    def __enter__(self) -> GcPauses:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 @dataclass
@@ -129,6 +152,7 @@ class ProcessLoad:
     sent_sum_s: float = 0.0  # their sends and receipts, time.perf_counter summed (LoadStats)
     received_sum_s: float = 0.0
     send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
+    gc_pauses_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the load processes' collections in the window
     # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
     # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
     window: tuple[float, float] = (0.0, 0.0)
@@ -191,6 +215,7 @@ def run_load(
         Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
         calls_all=sum(part[5] for part in parts), send_lags_s=np.concatenate([part[6] for part in parts]),
         sent_sum_s=sum(part[7] for part in parts), received_sum_s=sum(part[8] for part in parts), window=(min(part[3] for part in parts), max(part[4] for part in parts)),
+        gc_pauses_s=np.concatenate([part[9] for part in parts]),
     )  # fmt: skip
 
 
@@ -205,21 +230,29 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray, float, float]:
+) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray, float, float, np.ndarray]:
     opened = source.open()
     call = getattr(opened, method)
+    # What was imported and set up lives as long as the process: out of the collector's sight, so
+    # that a full collection does not scan it (tens of ms here) and send the next requests late,
+    # a pause of the load generator's own that would count as the server's latency (as the
+    # gateway does after start-up, serving/runtime.py). Collections that still run are timed.
+    gc.collect()
+    gc.freeze()
+    pauses = GcPauses()
     await asyncio.to_thread(start.wait)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     stats = LoadStats()
-    if clients:
-        timing = await closed_loop(call, clients, seconds, warmup_s, stats)
-    else:
-        timing = await open_loop(call, rate, seconds, stats)
+    with pauses:
+        if clients:
+            timing = await closed_loop(call, clients, seconds, warmup_s, stats)
+        else:
+            timing = await open_loop(call, rate, seconds, stats)
     ended = time.monotonic()
     # a closed loop's warm-up (same load, not timed) is inside the CPU window: scale it out
     cpu_s = (time.process_time() - cpu0) * timing.wall_s / (time.perf_counter() - wall0)
     await opened.close()
     return (
         timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended,
-        stats.calls, np.asarray(stats.send_lags_s), stats.sent_sum_s, stats.received_sum_s,
+        stats.calls, np.asarray(stats.send_lags_s), stats.sent_sum_s, stats.received_sum_s, np.asarray(pauses.seconds),
     )  # fmt: skip

@@ -431,6 +431,7 @@ class TailEvidence:
     loop_busy: float  # its share of the time at the offered rate
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
+    load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
 
     @property
@@ -523,5 +524,6 @@ def tail_evidence(
             )
             for threshold in TAIL_THRESHOLDS_MS
         },
+        load_gc_ms=(len(load.gc_pauses_s), float(load.gc_pauses_s.sum() * 1e3), float(load.gc_pauses_s.max() * 1e3) if len(load.gc_pauses_s) else 0.0),
         calls=calls,
     )

@@ -62,6 +62,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
     assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))
+    assert re.search(r"sent p99 [0-9.,]+ ms late \(its own garbage collections, its heap frozen after set-up: [0-9,]+ in all, "
+                     r"[0-9.,]+ ms, the longest [0-9.,]+ ms\)", reading.group(0))
     # each request-path target in both pairings of the floor with the gateway measured next to it
     for target in (r"gateway CPU per cached Recommend ≤ 2× the bare echo server's CPU per call \(500 items\)",
                    r"one client, GetProfile: p50 ≤ echo p50 \+ 0.3 ms"):  # (Recommend's needs a scorer run at 500 items)

@@ -1,12 +1,14 @@
-"""The load generator's open loop: requests go out on their schedule, each created when it falls due."""
+"""The load generator's open loop: requests go out on their schedule, each created when it falls due;
+its processes freeze their set-up out of the collector's sight and time the collections that run."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import time
 
-from benchmarks.load import LoadStats, open_loop
+from benchmarks.load import GcPauses, LoadStats, open_loop, run_load
 
 
 def requests_alive() -> int:
@@ -32,3 +34,36 @@ async def test_open_loop_creates_each_request_when_it_falls_due() -> None:
     # every task created up front would have all n alive at the first call, each first step delaying
     # the next request's send: a burst of the load generator's own making
     assert all(alive <= due for alive, due in seen), max(seen)
+
+
+def test_gc_pauses_times_each_collection_while_the_block_runs() -> None:
+    with GcPauses() as pauses:
+        gc.collect()
+        gc.collect(0)
+    assert len(pauses.seconds) == 2 and all(seconds >= 0 for seconds in pauses.seconds)
+    assert pauses not in gc.callbacks
+    gc.collect()
+    assert len(pauses.seconds) == 2  # nothing after the block
+
+
+class FrozenHeapCheck:
+    """A call source for `run_load` whose calls fail unless the load process froze its heap, and
+    which collects now and then, so that the process has collections to time."""
+
+    def open(self) -> FrozenHeapCheck:
+        return self
+
+    async def call(self, i: int) -> None:
+        if gc.get_freeze_count() == 0:
+            raise AssertionError("the load process's heap was not frozen before its calls")
+        if i % 20 == 0:
+            gc.collect(0)
+
+    async def close(self) -> None:
+        pass
+
+
+def test_load_processes_freeze_their_heap_and_report_their_collections() -> None:
+    load = run_load(FrozenHeapCheck(), "call", 2, 0.3, rate=200.0)
+    assert load.calls_all == len(load.timing.latencies_s) > 0  # every call passed the check
+    assert len(load.gc_pauses_s) >= 2 and (load.gc_pauses_s >= 0).all()  # each process collected at least once
