@@ -37,7 +37,7 @@ from benchmarks.load import LoadStats, closed_loop, run_load
 from benchmarks.request_path import CallSplit, EchoResults, PathPhase, TailEvidence
 from benchmarks.timing import Timing
 from common.net import free_ports
-from serving.batching import INLINE_BELOW_S
+from serving.batching import INLINE_BELOW_S, LONE_INLINE_FACTOR
 
 IDLE_FUNCTIONS = ("epoll.poll", "select.select", "poll.poll", "kqueue.control")  # the loop waiting, not working
 STARTUP_FUNCTIONS = ("<module>", "create_server", "load_model", "start")  # before serving (server.py), imports
@@ -701,8 +701,9 @@ def thread_lines(path: RequestPath) -> list[str]:
         "read from /proc over each phase (`request_path.thread_cpu`), each phase pooled with its repeat, the echo "
         "server's two measurements pooled. gRPC core: its event engine's threads and timers. Other threads: those "
         "started from Python (grpc.aio's completion-queue poller in both; in the gateway also the micro-batchers' "
-        f"workers, which run the scorer unless its recent runs took under {INLINE_BELOW_S * 1e3:g} ms, when it runs "
-        "on the event loop, `serving/batching.py`; and the metrics server).",
+        f"workers, which run the scorer unless its recent runs took under {INLINE_BELOW_S * 1e3:g} ms "
+        f"({INLINE_BELOW_S * LONE_INLINE_FACTOR * 1e3:g} ms for a lone call, nothing else ready on the loop), when it "
+        "runs on the event loop, `serving/batching.py`; and the metrics server).",
         "",
         "| threads | " + " | ".join(names) + " |",
         "| --- |" + " ---: |" * len(names),
