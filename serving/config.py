@@ -27,6 +27,11 @@ DEFAULT_MAX_QUEUE = 256
 MAX_PORT = 65535
 # --grpc-intake: each request waiting in core is a task per Recommender method and server, made at start
 MAX_GRPC_INTAKE = 1024
+# --gil-switch-interval-ms: a tenth of Python's 5 ms, so that a thread that finished its work (the
+# micro-batcher's worker with a scorer run) gets the GIL back from a busy event loop within half a
+# millisecond (benchmarks/switch_interval.py measures it against Python's own); at most a second
+GIL_SWITCH_INTERVAL_MS = 0.5
+MAX_GIL_SWITCH_INTERVAL_MS = 1000.0
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -203,6 +208,13 @@ class ServingConfig:
         "e.g. 250: a burst is refused instead of queued, at a cost in throughput at saturation when clients retry in "
         "a closed loop (RELIABILITY.md; 0: off)",
     )
+    gil_switch_interval_ms: float = _option(
+        GIL_SWITCH_INTERVAL_MS,
+        "how long a thread may hold the GIL while another waits for it (sys.setswitchinterval; Python's own: 5). "
+        "The micro-batcher's worker thread hands each finished scorer run back by taking the GIL, and while the "
+        "event loop runs Python it waits up to this long: a run then reads that much longer, and on a small catalog "
+        "the batcher stops running batches on the loop (benchmarks/switch_interval.py)",
+    )
     max_open_streams: int = _option(
         1000,
         "most health-watch and reflection streams open at once (they need no token); more are refused with "
@@ -232,6 +244,11 @@ class ServingConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.gil_switch_interval_ms <= MAX_GIL_SWITCH_INTERVAL_MS:
+            raise ValueError(
+                f"gil_switch_interval_ms must be above 0 and at most {MAX_GIL_SWITCH_INTERVAL_MS:g} "
+                f"(Python's own is 5), got {self.gil_switch_interval_ms}"
+            )
         for name in ("max_batch_wait_ms", "request_timeout_s", "redis_maxmemory_mb", "shutdown_grace_s", "ort_threads", "model_version",
                      "edit_rate", "recommend_rate", "max_concurrent_rpcs", "drain_delay_s", "max_message_bytes",
                      "max_queue_delay_ms"):  # fmt: skip
@@ -342,6 +359,7 @@ class ServerConfig:
     drain_delay_s: float
     max_concurrent_rpcs: int
     max_queue_delay_ms: float
+    gil_switch_interval_ms: float
     max_open_streams: int
     max_connection_idle_s: float
     max_connection_age_s: float

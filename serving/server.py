@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,6 +205,8 @@ class ApronServer:
                     # the exported graphs' (fp32 | fp16 | int8: `apron export --int8`); --backend torch reads fp32 weights
                     "graph_precision": self.model.metadata.precision,
                     "threads": self.scorer.threads,
+                    # the process's (`apron serve` sets --gil-switch-interval-ms; an in-process server leaves Python's)
+                    "gil_switch_interval_ms": round(sys.getswitchinterval() * 1e3, 3),
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
                 }
             },

@@ -86,3 +86,10 @@ def test_every_field_is_in_exactly_one_section_and_sections_read_the_config() ->
     assert (config.server.port, config.batching.max_batch_size, config.security.jwt_issuer) == (0, 7, "corp")
     assert (config.inference.backend, config.store.redis_dir, config.model.model_version) == ("torch", "", 3)
     assert dataclasses.replace(config, port=5).server.port == 5  # a replaced config has its own sections
+
+
+def test_the_gil_switch_interval_must_be_positive_and_at_most_a_second() -> None:
+    assert ServingConfig().server.gil_switch_interval_ms == 0.5
+    for bad in (0.0, -1.0, 1001.0):
+        with pytest.raises(ValueError, match=r"gil_switch_interval_ms must be above 0 and at most 1000 \(Python's own is 5\)"):
+            ServingConfig(gil_switch_interval_ms=bad)

@@ -1,0 +1,60 @@
+"""`python -m benchmarks.switch_interval`: the gateway's GIL switch interval (`--gil-switch-interval-ms`,
+default 0.5) against Python's own 5 ms, through whole gateways; where GIL_SWITCH_INTERVAL_MS comes from.
+
+Why it matters: the micro-batcher's worker thread hands each finished scorer run back to the event
+loop, and to do so it takes the GIL; while the loop runs Python, the worker waits up to the switch
+interval. That wait is part of the run as the batcher times it, so on a small catalog, whose runs
+take a fraction of a millisecond, a run in the worker thread reads longer than the `inline_below_s`
+that would run it on the loop (serving/batching.py), and batches stay in the worker thread, each
+waiting for the GIL again.
+
+For each `--items` size a synthetic model is exported as `apron serve` loads it; gateways with each
+interval take turns, `--rounds` times, the order swapped each round. Each gateway is measured as in
+`benchmarks/threads_bench.py` (`settings_ab.measure`): a closed loop, an open loop at
+`--load-fraction` of its rate, one client.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from benchmarks.settings_ab import (
+    Target,
+    add_arguments,
+    alternate,
+    check_arguments,
+    header_cells,
+    median_cells,
+    where_and_when,
+)
+from benchmarks.timing import StandaloneRun
+from serving.config import GIL_SWITCH_INTERVAL_MS
+
+PYTHONS_OWN_MS = 5.0  # sys.getswitchinterval() of a fresh interpreter
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, nargs="+", default=[1000], help="catalog sizes")
+    add_arguments(parser, "gateways per interval and size (alternating)")
+    parser.add_argument("--workdir", default="benchmarks/out/switch_interval", help="the exported repositories")
+    parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    run = StandaloneRun("switch_interval", argv)
+    header, align = header_cells(args.clients, args.load_fraction)
+    lines = [f"| items | GIL switch interval ms | {header} |", f"| ---: | ---: | {align} |"]
+    for n_items in args.items:
+        target = Target.export(n_items, Path(args.workdir))
+        intervals = {PYTHONS_OWN_MS: "Python's own", GIL_SWITCH_INTERVAL_MS: "the default"}
+        named = {f"{n_items} items, {ms:g} ms": {"gil_switch_interval_ms": ms} for ms in intervals}
+        samples = alternate(target, named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
+        for (ms, what), name in zip(intervals.items(), named, strict=True):
+            lines.append(f"| {n_items:,} | {ms:g} ({what}) | {median_cells(samples[name])} |")
+    lines += ["", f"Medians of {args.rounds} rounds per interval, the intervals alternating; {where_and_when(run)}"]
+    run.publish(lines, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""benchmarks/switch_interval.py runs real gateways with Python's switch interval and the default
+and reports both (how fast is never asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks import switch_interval
+
+
+def test_each_interval_gets_a_row_of_measured_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "switch.md"
+    argv = ["--items", "300", "--rounds", "1", "--seconds", "1", "--clients", "4", "--load-processes", "1"]
+    switch_interval.main([*argv, "--workdir", str(tmp_path / "work"), "--output", str(output)])
+    text = output.read_text()
+    assert text in capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| 300 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["5 (Python's own)", "0.5 (the default)"]
+    for row in rows:
+        rate, p50, p99, cpu, open_rate, open_p99, one = (float(cell) for cell in row.split("|")[3:10])
+        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0
+        assert open_rate == pytest.approx(0.7 * rate, abs=1) and open_p99 > 0
+    assert "Medians of 1 rounds per interval" in text
