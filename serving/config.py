@@ -27,10 +27,10 @@ DEFAULT_MAX_QUEUE = 256
 MAX_PORT = 65535
 # --grpc-intake: each request waiting in core is a task per Recommender method and server, made at start
 MAX_GRPC_INTAKE = 1024
-# --gil-switch-interval-ms: a tenth of Python's 5 ms, so that a thread that finished its work (the
-# micro-batcher's worker with a scorer run) gets the GIL back from a busy event loop within half a
-# millisecond (benchmarks/switch_interval.py measures it against Python's own); at most a second
-GIL_SWITCH_INTERVAL_MS = 0.5
+# --gil-switch-interval-ms: Python's own 5 ms. A tenth of it (a finished scorer run back from the
+# worker thread within half a millisecond of a busy event loop) measured no consistent difference
+# through whole gateways (benchmarks/switch_interval.py; serving/README.md); at most a second
+GIL_SWITCH_INTERVAL_MS = 5.0
 MAX_GIL_SWITCH_INTERVAL_MS = 1000.0
 
 
@@ -210,10 +210,10 @@ class ServingConfig:
     )
     gil_switch_interval_ms: float = _option(
         GIL_SWITCH_INTERVAL_MS,
-        "how long a thread may hold the GIL while another waits for it (sys.setswitchinterval; Python's own: 5). "
-        "The micro-batcher's worker thread hands each finished scorer run back by taking the GIL, and while the "
-        "event loop runs Python it waits up to this long: a run then reads that much longer, and on a small catalog "
-        "the batcher stops running batches on the loop (benchmarks/switch_interval.py)",
+        "how long a thread may hold the GIL while another waits for it (sys.setswitchinterval; the default is "
+        "Python's own). The micro-batcher's worker thread hands each finished scorer run back by taking the GIL, "
+        "and while the event loop runs Python it waits up to this long, a wait the batcher times as part of the "
+        "run; 0.5 measured no consistent difference on 2 cores (benchmarks/switch_interval.py)",
     )
     max_open_streams: int = _option(
         1000,

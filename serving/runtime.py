@@ -68,7 +68,7 @@ def unwinding_on_sigterm() -> Iterator[None]:
 async def run_gateway(config: ServingConfig, resources: Resources, on_serving: OnServing | None = None) -> None:
     """One gateway until SIGTERM / SIGINT, then a graceful stop; SIGHUP rolls out the newest model."""
     tracing.configure_from_env()  # per process (each --workers process exports its own spans)
-    sys.setswitchinterval(config.server.gil_switch_interval_ms / 1e3)  # per process too (config.py says why)
+    sys.setswitchinterval(config.server.gil_switch_interval_ms / 1e3)  # per process too (--gil-switch-interval-ms)
     try:
         await _run_gateway(config, resources, on_serving)
     finally:
