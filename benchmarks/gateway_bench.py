@@ -664,10 +664,8 @@ def thread_lines(path: RequestPath) -> list[str]:
         if key == SATURATED:
             columns[f"echo server, {path.phases[SATURATED].clients} clients"] = (echo.server_threads, echo.server_calls, None)
         both = [path.phases[key], path.again[key]]
-        if any(phase.threads is None or phase.scorer_run_s is None for phase in both):
-            return []
-        threads = both[0].threads + both[1].threads  # type: ignore[operator]
-        columns[f"gateway: {both[0].name}"] = (threads, sum(p.split.calls for p in both), sum(p.scorer_run_s for p in both))  # type: ignore[misc]
+        threads = both[0].threads + both[1].threads
+        columns[f"gateway: {both[0].name}"] = (threads, sum(p.split.calls for p in both), sum(p.scorer_run_s for p in both))
 
     def us(column: str, group: str | None = None, mode: str | None = None) -> float:
         threads, calls, _ = columns[column]
@@ -689,7 +687,7 @@ def thread_lines(path: RequestPath) -> list[str]:
     def beyond(gateway: str, floor: str) -> str:
         parts = ", ".join(f"{group} {us(gateway, group) - us(floor, group):+,.0f} µs" for group in request_path.THREAD_GROUPS)
         threads = columns[gateway][0]
-        system = sum(threads.seconds[group, "system"] for group in request_path.THREAD_GROUPS) / threads.total_s
+        system = threads.mode_s("system") / threads.total_s
         return f"{us(gateway) - us(floor):+,.0f} µs ({parts}; system time {system:.0%} of the gateway's CPU)"
 
     one_floor, saturated_floor = names[0], names[3]

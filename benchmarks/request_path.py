@@ -162,6 +162,10 @@ class ThreadCpu:
     def group_s(self, group: str) -> float:
         return sum(self.seconds.get((group, mode), 0.0) for mode in MODES)
 
+    def mode_s(self, mode: str) -> float:
+        """Every group's seconds in one mode ("user" or "system")."""
+        return sum(self.seconds.get((group, mode), 0.0) for group in THREAD_GROUPS)
+
     @property
     def total_s(self) -> float:
         return sum(self.seconds.values())
@@ -366,9 +370,9 @@ class PathPhase:
     redis_cpu_s: float
     mean_batch: float  # requests per apron_scorer run
     loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
-    calls: CallSplit | None = None  # outside the stages: before the handler and after it
-    threads: ThreadCpu | None = None  # the gateway's CPU by thread group and mode over the phase
-    scorer_run_s: float | None = None  # apron_scorer's runs over the phase, summed (saturated phases)
+    calls: CallSplit | None  # outside the stages: before the handler and after it (None without a call log)
+    threads: ThreadCpu  # the gateway's CPU by thread group and mode over the phase
+    scorer_run_s: float  # apron_scorer's runs over the phase, summed
 
     @property
     def cpu_ms_per_call(self) -> float:

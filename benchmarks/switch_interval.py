@@ -2,12 +2,12 @@
 the default (Python's own 5 ms) against a tenth of it, through whole gateways; where the default
 GIL_SWITCH_INTERVAL_MS comes from.
 
-Why it matters: the micro-batcher's worker thread hands each finished scorer run back to the event
-loop, and to do so it takes the GIL; while the loop runs Python, the worker waits up to the switch
-interval. That wait is part of the run as the batcher times it, so on a small catalog, whose runs
-take a fraction of a millisecond, a run in the worker thread reads longer than the `inline_below_s`
-that would run it on the loop (serving/batching.py), and batches stay in the worker thread, each
-waiting for the GIL again.
+Why it may matter: the micro-batcher's worker thread hands each finished scorer run back to the
+event loop, and to do so it takes the GIL; while the loop runs Python, the worker waits up to the
+switch interval. That wait is part of the run as the batcher times it (`MicroBatcher._work`), so on
+a small catalog a run in the worker thread can read longer than the `inline_below_s` that would run
+it on the loop (serving/batching.py). Whether a shorter interval helps is what this measures (it
+reports the gateways' figures, not the batcher's run times); serving/README.md has a run.
 
 For each `--items` size a synthetic model is exported as `apron serve` loads it; gateways with each
 interval take turns, `--rounds` times, the order swapped each round. Each gateway is measured as in

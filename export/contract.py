@@ -115,7 +115,7 @@ class Precision(StrEnum):
     def of(cls, fp16: bool, int8: bool) -> Precision:
         """From the export's two flags (`apron export --fp16 / --int8`), which exclude each other."""
         if fp16 and int8:
-            raise ValueError("fp16 and int8 exclude each other: int8 quantizes the fp32 f (CPU), fp16 halves it (GPU)")
+            raise ValueError("--fp16 and --int8 exclude each other: int8 quantizes the fp32 f for the CPU, fp16 halves it for the GPU")
         return cls.FP16 if fp16 else cls.INT8 if int8 else cls.FP32
 
     def of_graph(self, graph: str) -> Precision:

@@ -80,8 +80,7 @@ class RepositorySettings:
     keep_versions: int = 2  # version_policy: Triton keeps the latest N versions loaded (old + new during a rollout)
 
     def __post_init__(self) -> None:
-        if self.fp16 and self.int8:
-            raise ValueError("--fp16 and --int8 exclude each other: int8 quantizes the fp32 f for the CPU, fp16 halves it for the GPU")
+        Precision.of(self.fp16, self.int8)  # refuses both at once
         if self.keep_versions < 1:
             raise ValueError(f"keep versions must be at least 1, got {self.keep_versions}")
         if self.backend not in BACKENDS:

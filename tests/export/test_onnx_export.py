@@ -479,7 +479,7 @@ def test_int8_scorer_excludes_edits_and_ranks_like_the_fp32_one(penalised: APRON
 def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
     from export.quantize import QuantizationError, quantize_scorer
 
-    with pytest.raises(ValueError, match="fp16 and int8 exclude each other"):
+    with pytest.raises(ValueError, match="--fp16 and --int8 exclude each other"):
         Precision.of(fp16=True, int8=True)
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2])
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2])
