@@ -50,6 +50,7 @@ from starlette.routing import BaseRoute, Route
 from serving import auth, limits
 from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
+from serving.profile_encoding import Reply
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
@@ -79,7 +80,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 TOO_LARGE = 413  # a body over --max-message-bytes (gRPC: RESOURCE_EXHAUSTED, which 429 would make a retry)
 
-Behavior = Callable[[Message, Any], Awaitable[Message]]
+Behavior = Callable[[Message, Any], Awaitable[Message | Reply]]
 
 
 def rpc_path(method: pb_descriptor.MethodDescriptor) -> str:
@@ -134,7 +135,9 @@ def error_response(code: grpc.StatusCode, message: str, trailing: Iterable[tuple
     return JSONResponse({"code": code.name.lower(), "message": message}, status or HTTP_STATUS[code], headers)
 
 
-def to_json(message: Message) -> str:
+def to_json(message: Message | Reply) -> str:
+    if isinstance(message, Reply):  # its profile already encoded for gRPC: the whole message
+        message = message.message()
     return json_format.MessageToJson(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True, indent=None
     )

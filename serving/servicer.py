@@ -39,7 +39,7 @@ from serving.errors import (
 )
 from serving.metrics import Metrics
 from serving.models import LoadedModel, ModelSet, current_version
-from serving.profile_encoding import ALL_PROTOTYPES, ProfileSelection
+from serving.profile_encoding import ALL_PROTOTYPES, EncodedProfile, ProfileSelection, Reply, serialize
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.search import validate_search
@@ -102,7 +102,7 @@ def add_service(
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
             request_deserializer=functools.partial(RawRequest, GetMessageClass(method.input_type)),
-            response_serializer=GetMessageClass(method.output_type).SerializeToString,
+            response_serializer=serialize,  # a message, or a Reply with its profile already encoded
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     if one_queue:  # generic only: every call waits in core's one queue of unregistered calls, with the
@@ -290,18 +290,18 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         edited: np.ndarray,
         edits: Mapping[str, EditSpec],
         view: ProfileSelection = ALL_PROTOTYPES,
-    ) -> pb.Profile | None:
-        """The response's profile; `edited` follows from `record` and `edits`, so the message is built
-        once per kept profile copy, edits and view (`ProfileRecord.memo`: shared, never changed;
-        responses copy it)."""
+    ) -> EncodedProfile | None:
+        """The response's profile; `edited` follows from `record` and `edits`, so it is built and
+        encoded once per kept profile copy, edits and view (`ProfileRecord.memo`: shared, never
+        changed; a `Reply` sends its bytes)."""
         if not view.shown:
             return None
 
-        def build() -> pb.Profile:
+        def build() -> EncodedProfile:
             weight = mean_shares(edited)  # (K,)
             base = mean_shares(shares(record.weights)) if edits else weight  # unedited: the same shares
             shown = {tag: edit_to_proto(edit) for tag, edit in edits.items() if tag in served.model.tag_index}
-            return served.encoder.encode(weight, base, record.history_length, shown, view.top_n)
+            return EncodedProfile(served.encoder.encode(weight, base, record.history_length, shown, view.top_n))
 
         return record.memoized(("profile", served.model.version, frozenset(edits.values()), view.top_n), build)
 
@@ -338,13 +338,13 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
     # ------------------------------------------------------------------------------ RPCs
 
     @rpc_boundary("Recommend")
-    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> Reply:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "Recommend", user)
         with self.models.use(user) as served:
             return await self._recommend(served, user, request)
 
-    async def _recommend(self, served: LoadedModel, user: str, request: pb.RecommendRequest) -> pb.RecommendResponse:
+    async def _recommend(self, served: LoadedModel, user: str, request: pb.RecommendRequest) -> Reply:
         model = served.model
         k = validate_k(request.k, model.k_max)
         validate_history(request.history, self.security.max_history)
@@ -375,17 +375,17 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self._count_edits(one_off, "one_off")
         ids, scores = select_top_k(ids, scores, k)
         meta = model.metadata
-        return pb.RecommendResponse(
+        head = pb.RecommendResponse(
             items=[
                 pb.ScoredItem(item_id=meta.item_ids[i], score=float(s), name=meta.item_names[i])
                 for i, s in zip(ids.tolist(), scores.tolist(), strict=True)
             ],
-            profile=self._profile(served, record, edited, merge_edits(stored, one_off), view),
             model_version=model.version,
             profile_from_cache=from_cache,
             ignored_history_items=ignored,
             unapplied_edits=self._unapplied(served, stored),
         )
+        return Reply(head, self._profile(served, record, edited, merge_edits(stored, one_off), view))
 
     @staticmethod
     async def _score(
@@ -440,7 +440,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         return record, from_cache, stored, edited, ids, scores
 
     @rpc_boundary("EditProfile")
-    async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> pb.EditProfileResponse:
+    async def EditProfile(self, request: pb.EditProfileRequest, context: grpc.aio.ServicerContext) -> Reply:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "EditProfile", user)
         with self.models.use(user) as served:
@@ -452,7 +452,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             stages.mark(stages.VALIDATE)
             return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
 
-    async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> pb.EditProfileResponse:
+    async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> Reply:
         record, before = await served.profiles.cached_or_recovered(user)
         if record is not None:  # refuse, before storing anything, edits that would empty the profile
             if reset:
@@ -467,17 +467,16 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         if reset:
             self.metrics.edits.labels("reset", "stored").inc()
         self._count_edits(edits, "stored")
-        response = pb.EditProfileResponse(
+        head = pb.EditProfileResponse(
             stored_edits=self._stored_list(served, stored),
             model_version=served.model.version,
             unapplied_edits=self._unapplied(served, stored),
         )
-        if record is not None:
-            response.profile.CopyFrom(self._profile(served, record, self._edited(served, record, stored, {}), stored))
-        return response
+        profile = None if record is None else self._profile(served, record, self._edited(served, record, stored, {}), stored)
+        return Reply(head, profile)
 
     @rpc_boundary("GetProfile")
-    async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
+    async def GetProfile(self, request: pb.GetProfileRequest, context: grpc.aio.ServicerContext) -> Reply:
         user = validate_user_id(request.user_id)
         auth.authorize(auth.current_principal(), "GetProfile", user)
         with self.models.use(user) as served:
@@ -490,12 +489,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 )
             edited = self._edited(served, record, stored, {})
             stages.mark(stages.EDITS)
-            return pb.GetProfileResponse(
-                profile=self._profile(served, record, edited, stored),
+            head = pb.GetProfileResponse(
                 stored_edits=self._stored_list(served, stored),
                 model_version=served.model.version,
                 unapplied_edits=self._unapplied(served, stored),
             )
+            return Reply(head, self._profile(served, record, edited, stored))
 
     @rpc_boundary("ListPrototypes")
     async def ListPrototypes(

@@ -1,5 +1,5 @@
-"""benchmarks/tracing_cost.py, benchmarks/overlap_cost.py and benchmarks/cli_startup.py run and report
-(how fast is never asserted)."""
+"""benchmarks/tracing_cost.py, benchmarks/overlap_cost.py, benchmarks/cli_startup.py and
+benchmarks/reply_encoding.py run and report (how fast is never asserted)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from benchmarks import cli_startup, overlap_cost, tracing_cost
+from benchmarks import cli_startup, overlap_cost, reply_encoding, tracing_cost
 from serving import tracing
 from serving.cache import ProfileCache, ProfileRecord, RedisStore, StoredProfile
 
@@ -26,6 +26,16 @@ def test_tracing_cost_reports_off_and_on(capsys: pytest.CaptureFixture[str]) -> 
 def test_cli_startup_reports_a_median(capsys: pytest.CaptureFixture[str]) -> None:
     cli_startup.main(["--runs", "1"])
     assert re.search(r"apron --help \(.+\): median [\d.]+ s", capsys.readouterr().out)
+
+
+def test_reply_encoding_compares_two_ways_that_answer_the_same_message(capsys: pytest.CaptureFixture[str]) -> None:
+    reply_encoding.main(["--prototypes", "7", "--calls", "20", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert re.search(r"profile copied into each response: [\d.]+ µs per response", out)
+    assert re.search(r"profile sent as kept bytes \(Reply\): [\d.]+ µs per response", out)
+    assert re.search(r"difference: -?[\d.]+ µs per response, K = 7 prototypes, k = 10 items", out)
+    with pytest.raises(SystemExit):
+        reply_encoding.main(["--rounds", "0"])
 
 
 def test_overlap_cost_reports_both_orders(capsys: pytest.CaptureFixture[str]) -> None:
