@@ -3,9 +3,9 @@
 
 Each gateway runs as `apron serve` does (`gateway_bench.gateway_process`, auth on, a private Redis)
 with every benchmark user's profile cached, and is measured three ways: `clients` callers in a
-closed loop (req/s, p50, p99, the gateway's CPU per call), an open loop at `load_fraction` of that
-rate (p99 from each request's scheduled start, as BENCHMARKS.md's target row), and one client with
-one call in flight (p50). The settings take turns `rounds` times, their order swapped each round,
+closed loop (req/s, p50, p99, the gateway's CPU per call, its garbage collectors' pauses per call),
+an open loop at `load_fraction` of that rate (p99 from each request's scheduled start, as
+BENCHMARKS.md's target row), and one client with one call in flight (p50). The settings take turns `rounds` times, their order swapped each round,
 so that load from other processes on the machine falls on each alike.
 """
 
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks import request_path
 from benchmarks.gateway_bench import Client, ClientSource, export_repository, gateway_process
 from benchmarks.load import closed_loop, run_load
 from benchmarks.timing import StandaloneRun
@@ -64,9 +65,10 @@ class Sample:
     open_rate: float  # req/s offered in the open loop (load_fraction of `rate`)
     open_p99_ms: float
     one_p50_ms: float  # one client, one call in flight
+    gc_us: float  # the gateway's garbage-collection pauses per call at `clients` (apron_gc_pause_seconds)
 
 
-FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms")
+FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us")
 
 
 def median(samples: list[Sample], field: str) -> float:
@@ -77,15 +79,16 @@ def header_cells(clients: int, load_fraction: float) -> tuple[str, str]:
     """The Markdown header cells of `median_cells`' columns, and their alignment row's."""
     return (
         f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | "
-        f"{load_fraction:.0%} of that rate, open loop: req/s | its p99 ms | 1 client p50 ms",
+        f"{load_fraction:.0%} of that rate, open loop: req/s | its p99 ms | 1 client p50 ms | "
+        f"gateway GC pauses µs per call ({clients} clients)",
         " | ".join("---:" for _ in FIELDS),
     )
 
 
 def median_cells(samples: list[Sample]) -> str:
     """One setting's medians over its rounds, as Markdown cells in FIELDS' order."""
-    rate, p50, p99, cpu, open_rate, open_p99, one = (median(samples, field) for field in FIELDS)
-    return f"{rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f}"
+    rate, p50, p99, cpu, open_rate, open_p99, one, gc = (median(samples, field) for field in FIELDS)
+    return f"{rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f} | {gc:.1f}"
 
 
 @dataclass(frozen=True)
@@ -127,14 +130,16 @@ def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: 
 
         asyncio.run(warm())
         source = ClientSource(gateway.address, target.token, target.item_ids)
+        before = request_path.scrape(gateway.metrics_url)  # outside the CPU window: rendering costs the gateway
         cpu0, _ = gateway.cpu_s()
         load = run_load(source, "cached", processes, seconds, clients=clients)
         cpu1, _ = gateway.cpu_s()
+        gc_s = request_path.total(request_path.delta(before, request_path.scrape(gateway.metrics_url)), "apron_gc_pause_seconds_sum")
         rate = load_fraction * load.timing.throughput
         open_loop = run_load(source, "cached", processes, seconds, rate=rate).timing
         return Sample(
             load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
-            rate, open_loop.p99_ms, asyncio.run(one_client()),
+            rate, open_loop.p99_ms, asyncio.run(one_client()), gc_s / load.calls_all * 1e6,
         )  # fmt: skip
 
 

@@ -32,6 +32,11 @@ MAX_GRPC_INTAKE = 1024
 # through whole gateways (benchmarks/switch_interval.py; serving/README.md); at most a second
 GIL_SWITCH_INTERVAL_MS = 5.0
 MAX_GIL_SWITCH_INTERVAL_MS = 1000.0
+# --gc-gen0-threshold: Python's own is 700. Each call leaves its objects in the youngest generation
+# while other calls are in flight, so at 700 the collector ran every few calls and moved every call
+# in flight to the older generations, whose collections then scanned them again; 10,000
+# (benchmarks/gc_threshold.py; serving/README.md has its figures) collects a few times less often.
+GC_GEN0_THRESHOLD = 10_000
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -215,6 +220,13 @@ class ServingConfig:
         "and while the event loop runs Python it waits up to this long, a wait the batcher times as part of the "
         "run; 0.5 measured no consistent difference on 2 cores (benchmarks/switch_interval.py)",
     )
+    gc_gen0_threshold: int = _option(
+        GC_GEN0_THRESHOLD,
+        "how many objects (allocations less deallocations) may build up before the cyclic garbage collector "
+        "collects the youngest generation (gc.set_threshold's first value; Python's own is 700; the older "
+        "generations keep Python's own thresholds); fewer collections of the objects of the calls in flight "
+        "(benchmarks/gc_threshold.py)",
+    )
     max_open_streams: int = _option(
         1000,
         "most health-watch and reflection streams open at once (they need no token); more are refused with "
@@ -239,7 +251,7 @@ class ServingConfig:
         positive = (
             "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
-            "max_connection_age_s",
+            "max_connection_age_s", "gc_gen0_threshold",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
@@ -360,6 +372,7 @@ class ServerConfig:
     max_concurrent_rpcs: int
     max_queue_delay_ms: float
     gil_switch_interval_ms: float
+    gc_gen0_threshold: int
     max_open_streams: int
     max_connection_idle_s: float
     max_connection_age_s: float

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -69,6 +70,7 @@ async def run_gateway(config: ServingConfig, resources: Resources, on_serving: O
     """One gateway until SIGTERM / SIGINT, then a graceful stop; SIGHUP rolls out the newest model."""
     tracing.configure_from_env()  # per process (each --workers process exports its own spans)
     sys.setswitchinterval(config.server.gil_switch_interval_ms / 1e3)  # per process too (--gil-switch-interval-ms)
+    gc.set_threshold(config.server.gc_gen0_threshold, *gc.get_threshold()[1:])  # and --gc-gen0-threshold
     try:
         await _run_gateway(config, resources, on_serving)
     finally:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import gc
 import logging
 import sys
 import urllib.parse
@@ -207,6 +208,7 @@ class ApronServer:
                     "threads": self.scorer.threads,
                     # the process's (`apron serve` sets --gil-switch-interval-ms; an in-process server leaves Python's)
                     "gil_switch_interval_ms": round(sys.getswitchinterval() * 1e3, 3),
+                    "gc_gen0_threshold": gc.get_threshold()[0],  # likewise (--gc-gen0-threshold)
                     "redis": "private redis-server" if self.resources.redis_process else redacted_url(self.config.redis_url),
                 }
             },

@@ -56,7 +56,8 @@ def test_every_part_reports_both_precisions(tmp_path: Path) -> None:
         assert cells is not None and all(float(c) > 0 for c in cells.groups())
     for precision in int8_quality.PRECISIONS:
         row = next(line for line in text.splitlines() if line.startswith(f"| {precision} |"))
-        assert all(float(cell) > 0 for cell in row.split("|")[2:-1])
+        *figures, gc_us = (float(cell) for cell in row.split("|")[2:-1])  # a short run may collect nothing
+        assert all(figure > 0 for figure in figures) and gc_us >= 0
 
 
 @pytest.mark.parametrize("argv", [["--epochs", "0"], ["--items", "100"], ["--scorer-seconds", "0"]])

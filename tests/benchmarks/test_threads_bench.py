@@ -26,11 +26,11 @@ def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
     settings = sorted({default_threads(), len(os.sched_getaffinity(0))})
     assert [int(row.split("|")[3]) for row in rows] == settings
     for row in rows:
-        rate, p50, p99, cpu, open_rate, open_p99, one = (float(cell) for cell in row.split("|")[4:11])
-        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0
+        rate, p50, p99, cpu, open_rate, open_p99, one, gc_us = (float(cell) for cell in row.split("|")[4:12])
+        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0 and gc_us >= 0
         assert open_rate == pytest.approx(0.7 * rate, abs=1) and open_p99 > 0  # 70 % of its own closed loop
     # 300 items make a small scorer graph: `--ort-threads 0` gives it the cores less one
-    assert [row.split("|")[3].strip() for row in rows if row.split("|")[11].strip() == "this"] == [str(default_threads())]
+    assert [row.split("|")[3].strip() for row in rows if row.split("|")[12].strip() == "this"] == [str(default_threads())]
     assert re.search(r"Medians of 1 rounds per setting", text)
 
 

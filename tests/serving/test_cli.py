@@ -26,7 +26,7 @@ def apron(*args: str, cwd: Path, **kwargs: object) -> subprocess.CompletedProces
 @pytest.fixture
 def served(python_repository: Path, tmp_path: Path):  # noqa: F811
     """`apron serve` on free ports in tmp_path (where its development secret is created)."""
-    env = {**os.environ, "APRON_LOG_FORMAT": "text", "APRON_GIL_SWITCH_INTERVAL_MS": "0.25"}
+    env = {**os.environ, "APRON_LOG_FORMAT": "text", "APRON_GIL_SWITCH_INTERVAL_MS": "0.25", "APRON_GC_GEN0_THRESHOLD": "4321"}
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "cli.py"), "serve", "--repository", str(python_repository), "--port", "0", "--metrics-port", "0", "--no-build-demo"],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -45,13 +45,14 @@ def served(python_repository: Path, tmp_path: Path):  # noqa: F811
         process.wait()
 
 
-def test_serve_sets_the_gil_switch_interval_it_is_given(served: tuple[str, subprocess.Popen]) -> None:
-    """--gil-switch-interval-ms (here from its APRON_ variable) reaches the gateway process, whose
-    start-up line reports the interval it runs with."""
+def test_serve_sets_the_gil_switch_interval_and_gc_threshold_it_is_given(served: tuple[str, subprocess.Popen]) -> None:
+    """--gil-switch-interval-ms and --gc-gen0-threshold (here from their APRON_ variables) reach the
+    gateway process, whose start-up line reports what it runs with."""
     _, process = served
     process.terminate()
     _, stderr = process.communicate(timeout=120)
     assert re.search(r" serving .*\bgil_switch_interval_ms=0\.25\b", stderr), stderr[-2000:]
+    assert re.search(r" serving .*\bgc_gen0_threshold=4321\b", stderr), stderr[-2000:]
 
 
 def test_serve_and_client_round_trip(served: tuple[str, subprocess.Popen], tmp_path: Path) -> None:

@@ -88,6 +88,13 @@ def test_every_field_is_in_exactly_one_section_and_sections_read_the_config() ->
     assert dataclasses.replace(config, port=5).server.port == 5  # a replaced config has its own sections
 
 
+def test_the_gc_threshold_must_be_at_least_one() -> None:
+    assert ServingConfig().server.gc_gen0_threshold == 10_000  # Python's own is 700
+    for bad in (0, -5):  # 0 would turn the collector off: cycles would never be freed
+        with pytest.raises(ValueError, match=r"gc_gen0_threshold must be at least 1"):
+            ServingConfig(gc_gen0_threshold=bad)
+
+
 def test_the_gil_switch_interval_must_be_positive_and_at_most_a_second() -> None:
     assert ServingConfig().server.gil_switch_interval_ms == 5.0  # Python's own
     for bad in (0.0, -1.0, 1001.0):
