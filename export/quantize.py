@@ -16,7 +16,9 @@ the fp32 graph on the same test users by a paired interval (export/README.md).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,31 +50,25 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
     if not layers:
         raise QuantizationError("the scorer graph has no f layers to quantize (no Gemm/MatMul named /f/...)")
     others = [node.name for node in model.graph.node if node.op_type in WEIGHT_OPS and node.name not in layers]
-    quantizer_log = logging.getLogger()  # the quantizer warns on the root logger about pre-processing
-    level = quantizer_log.level
-    quantizer_log.setLevel(logging.ERROR)
-    try:
-        with tempfile.TemporaryDirectory(prefix="apron-int8-") as work:
-            source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
-            source.write_bytes(scorer_onnx)
-            quantize_dynamic(
-                source,
-                target,
-                op_types_to_quantize=list(WEIGHT_OPS),
-                nodes_to_exclude=others,
-                per_channel=True,
-                weight_type=QuantType.QInt8,
-                # 7-bit weights: ONNX Runtime's quantization guide advises reduce_range on x86 CPUs
-                # without VNNI, where uint8 x int8 products are summed in pairs into int16, which
-                # full-range weights can overflow (255 * 127 * 2 > 32767) silently. Not measured here
-                # (this machine has VNNI), but the graph may be served on another machine than the one
-                # that exported and checked it. Here it runs at the same speed (benchmarks.int8_quality's
-                # scorer rows, export/README.md) with a largest parity error of 0.115 against 0.102.
-                reduce_range=True,
-            )
-            quantized = onnx.load(target)
-    finally:
-        quantizer_log.setLevel(level)
+    with quantizer_advice_muted(), tempfile.TemporaryDirectory(prefix="apron-int8-") as work:
+        source, target = Path(work) / "fp32.onnx", Path(work) / "int8.onnx"
+        source.write_bytes(scorer_onnx)
+        quantize_dynamic(
+            source,
+            target,
+            op_types_to_quantize=list(WEIGHT_OPS),
+            nodes_to_exclude=others,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            # 7-bit weights: ONNX Runtime's quantization guide advises reduce_range on x86 CPUs
+            # without VNNI, where uint8 x int8 products are summed in pairs into int16, which
+            # full-range weights can overflow (255 * 127 * 2 > 32767) silently. Not measured here
+            # (this machine has VNNI), but the graph may be served on another machine than the one
+            # that exported and checked it. Here it runs at the same speed (benchmarks.int8_quality's
+            # scorer rows, export/README.md) with a largest parity error of 0.115 against 0.102.
+            reduce_range=True,
+        )
+        quantized = onnx.load(target)
     products = [node.name for node in all_nodes(quantized.graph) if node.op_type == QUANTIZED_OP]
     if len(products) != len(layers) or not all(name.startswith(F_NODES) for name in products):
         raise QuantizationError(
@@ -82,6 +78,35 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
     sort_nodes(quantized.graph)
     onnx.checker.check_model(quantized)
     return quantized.SerializeToString()
+
+
+class _QuantizerAdvice(logging.Filter):
+    """Drops what ONNX Runtime's quantizer itself logs below ERROR (its advice to pre-process the
+    model first, which f's plain Linear layers do not need). It logs with `logging.warning`, on the
+    root logger, and a filter there sees only records logged on the root logger itself: of those,
+    this one drops the ones logged from the quantizer's own files, whatever thread logs the rest."""
+
+    def __init__(self, package: Path):
+        super().__init__()
+        self.package = f"{package}{os.sep}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.package)
+
+
+@contextlib.contextmanager
+def quantizer_advice_muted() -> Iterator[None]:
+    """While it lasts, the root logger drops the quantizer's own notes (`_QuantizerAdvice`); its
+    level and every other record are left as they are."""
+    import onnxruntime.quantization
+
+    advice = _QuantizerAdvice(Path(onnxruntime.quantization.__file__).parent)
+    root = logging.getLogger()
+    root.addFilter(advice)
+    try:
+        yield
+    finally:
+        root.removeFilter(advice)
 
 
 def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

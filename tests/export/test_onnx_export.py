@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -426,12 +427,14 @@ def test_served_profiles_are_floored_like_the_model(model: APRON) -> None:
     assert (onnx_weights > 0).all()
 
 
-def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON) -> None:
+def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON, caplog: pytest.LogCaptureFixture) -> None:
     """`--int8`: f's two layers become integer products on int8 weights and nothing else changes
-    (the penalty, the exclusions, the profile graph); its scores pass the int8 parity check and
+    (the penalty, the exclusions, the profile graph), the quantizer's advice is not logged; its scores pass the int8 parity check and
     fail the fp32 one, so the check tells the two apart."""
     fp32 = export_onnx(penalised, k_max=TINY_K_MAX)
+    caplog.set_level(logging.INFO)
     int8 = export_onnx(penalised, k_max=TINY_K_MAX, precision=Precision.INT8)
+    assert not [r for r in caplog.records if "pre-process" in r.getMessage()]
     graph = onnx.load_from_string(int8.onnx[contract.SCORER_MODEL])
     ops = [node.op_type for node in all_nodes(graph.graph)]  # the edit penalty's If branches included
     before = [node.op_type for node in all_nodes(onnx.load_from_string(fp32.onnx[contract.SCORER_MODEL]).graph)]
@@ -493,3 +496,32 @@ def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
     dynamic_f = onnx.helper.make_model(onnx.helper.make_graph([gemm], "g", [x, w], [y]), opset_imports=[onnx.helper.make_opsetid("", 17)])
     with pytest.raises(QuantizationError, match=r"made integer products \[\] of f's layers \['/f/f.0/Gemm'\]"):
         quantize_scorer(dynamic_f.SerializeToString())
+
+
+def test_the_quantizers_advice_is_muted_for_its_own_files_only(caplog: pytest.LogCaptureFixture) -> None:
+    """`quantize_scorer` mutes what ONNX Runtime's quantizer logs on the root logger below ERROR
+    (a filter on the root logger for its own files), not by raising the root logger's level: a
+    warning from anywhere else, in any thread, still gets through while it runs."""
+    import importlib
+    import threading
+
+    from export.quantize import quantizer_advice_muted
+
+    ort_quantize = importlib.import_module("onnxruntime.quantization.quantize")  # the module (the package exports a function of that name)
+
+    root = logging.getLogger()
+    level = root.level
+    caplog.set_level(logging.WARNING)
+    with quantizer_advice_muted():
+        assert root.level == level
+        elsewhere = threading.Thread(target=logging.warning, args=("from another thread",))
+        elsewhere.start()
+        elsewhere.join()
+        logging.warning("from the caller")
+        advice = logging.LogRecord("root", logging.WARNING, ort_quantize.__file__, 1, "pre-process first", None, None)
+        failure = logging.LogRecord("root", logging.ERROR, ort_quantize.__file__, 1, "it failed", None, None)
+        root.handle(advice)
+        root.handle(failure)
+    root.handle(logging.LogRecord("root", logging.WARNING, ort_quantize.__file__, 1, "after it", None, None))
+    assert [r.getMessage() for r in caplog.records] == ["from another thread", "from the caller", "it failed", "after it"]
+    assert root.filters == []
