@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnxruntime as ort
@@ -221,13 +221,19 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, precision: Pr
         name: scorer_graph(model, module) if name == contract.SCORER_MODEL else trace_graph(name, module, examples[name], io_specs)
         for name, module in modules.items()
     }
-    if precision is Precision.INT8:
-        onnx_bytes[contract.SCORER_MODEL] = quantize_scorer(onnx_bytes[contract.SCORER_MODEL])
     weights = {
         contract.PROFILE_MODEL: weights_bytes(*profile_tensors(modules[contract.PROFILE_MODEL])),
         contract.SCORER_MODEL: weights_bytes(*scorer_tensors(modules[contract.SCORER_MODEL])),
     }
-    return ExportedGraphs(onnx=onnx_bytes, modules=modules, k_max=min(k_max, cfg.n_items), weights=weights)
+    graphs = ExportedGraphs(onnx=onnx_bytes, modules=modules, k_max=min(k_max, cfg.n_items), weights=weights)
+    return with_int8_scorer(graphs) if precision is Precision.INT8 else graphs
+
+
+def with_int8_scorer(graphs: ExportedGraphs) -> ExportedGraphs:
+    """fp32 `graphs` with the scorer's f quantized to int8 (`export/quantize.py`), all else shared:
+    what `export_onnx(..., precision=INT8)` returns, without tracing the model again."""
+    onnx_bytes = {**graphs.onnx, contract.SCORER_MODEL: quantize_scorer(graphs.onnx[contract.SCORER_MODEL])}
+    return replace(graphs, onnx=onnx_bytes)
 
 
 @dataclass(frozen=True)

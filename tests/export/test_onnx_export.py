@@ -22,6 +22,7 @@ from export.onnx_export import (
     random_histories,
     served_scorer,
     session,
+    with_int8_scorer,
 )
 from export.quantize import all_nodes
 from export.served_model import load_tensors
@@ -445,6 +446,7 @@ def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON
         (layer.in_features, layer.out_features) for layer in int8.modules[contract.SCORER_MODEL].f if isinstance(layer, torch.nn.Linear)
     )
     assert int8.onnx[contract.PROFILE_MODEL] == fp32.onnx[contract.PROFILE_MODEL]
+    assert with_int8_scorer(fp32).onnx == int8.onnx  # the same graphs from the fp32 export, not traced again
     for name in int8.weights:  # the torch backend's files stay fp32
         (tensors8, _), (tensors32, _) = load_tensors(int8.weights[name]), load_tensors(fp32.weights[name])
         assert tensors8.keys() == tensors32.keys() and all(torch.equal(tensors8[k], tensors32[k]) for k in tensors8)
