@@ -760,6 +760,19 @@ def intake_lines(default: PathPhase, other: PathPhase | None) -> list[str]:
     ]
 
 
+def loop_share(tail: TailEvidence, closed_loop_ms: float | None, load_fraction: float | None) -> str:
+    """Why the offered share of the maximum throughput takes the share of the event loop it does:
+    a call's loop CPU here against at the maximum (closed loop), where batches are larger."""
+    if not closed_loop_ms or load_fraction is None:
+        return ""
+    ratio = tail.loop_ms_per_call / closed_loop_ms
+    return (
+        f" At the maximum throughput (the closed loop, {load_fraction:.0%} of whose rate was offered) a call cost the "
+        f"loop {fmt(closed_loop_ms, 2)} ms: here each cost {ratio:.2f}× that (its batches held {fmt(tail.mean_batch, 1)} "
+        f"requests), so {load_fraction:.0%} of the rate took {tail.loop_busy:.0%} of the loop."
+    )
+
+
 def call_cell(calls: CallSplit | None, part: str) -> str:
     """One part of a phase's split at the handler, µs; n/a when the gateway's call log did not hold the phase's calls."""
     return "n/a" if calls is None else f"{getattr(calls, part):,.0f}"
@@ -808,12 +821,14 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         "| --- | ---: | ---: | ---: | ---: |",
         *gc_rows,
         "",
-        *tail_reading(tail),
+        *tail_reading(tail, g.cpu.gateway_threads_ms.get(request_path.EVENT_LOOP), g.load_fraction),
     ]
 
 
-def tail_reading(tail: TailEvidence) -> list[str]:
-    """What the evidence says about the tail, in words computed from it (true on any machine's run)."""
+def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_fraction: float | None = None) -> list[str]:
+    """What the evidence says about the tail, in words computed from it (true on any machine's run);
+    `closed_loop_ms`: the event loop's CPU per call at the maximum throughput the offered rate is a
+    share (`load_fraction`) of, which says how much of the loop that share takes."""
     threshold = max(tail.over_ms)
     client, server = tail.over_ms[threshold]
     gc_s = sum(seconds for _, seconds, _ in tail.gc.values())
@@ -835,7 +850,7 @@ def tail_reading(tail: TailEvidence) -> list[str]:
     return [
         f"Reading: {where}.{split} The gateway's event-loop thread, which gRPC hands every call to, spent "
         f"{fmt(tail.loop_ms_per_call, 2)} ms of CPU per call: at the offered rate it was busy {tail.loop_busy:.0%} of "
-        "the time, and a call that arrives while it is busy waits before its handler runs. Garbage collection "
+        f"the time, and a call that arrives while it is busy waits before its handler runs.{loop_share(tail, closed_loop_ms, load_fraction)} Garbage collection "
         f"paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
         f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "

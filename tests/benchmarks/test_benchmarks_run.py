@@ -62,6 +62,10 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     reading = re.search(r"^Reading: .*$", text, re.M)
     assert reading and "{" not in reading.group(0)  # every figure of the tail's reading filled in
     assert re.search(r"On average a call spent [0-9.,]+ ms from its send to the gateway's first stage", reading.group(0))
+    # how much of the event loop the offered share of the maximum throughput took, and why
+    assert re.search(r"At the maximum throughput \(the closed loop, \d+% of whose rate was offered\) a call cost the loop "
+                     r"[0-9.]+ ms: here each cost [0-9.]+× that \(its batches held [0-9.]+ requests\), so \d+% of the rate "
+                     r"took \d+% of the loop\.", reading.group(0))
     assert re.search(r"sent p99 [0-9.,]+ ms late \(its own garbage collections, its heap frozen after set-up: [0-9,]+ in all, "
                      r"[0-9.,]+ ms, the longest [0-9.,]+ ms\)", reading.group(0))
     # each request-path target in both pairings of the floor with the gateway measured next to it
