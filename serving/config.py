@@ -104,7 +104,8 @@ class ServingConfig:
         "hash slot, so a Recommend still reads in one round trip)",
     )
     redis_aof: bool = _option(
-        True, "with the private redis-server: persist with an append-only file (fsync every second)"
+        True, "with the private redis-server: persist with an append-only file, each write on disk before Redis "
+        "acknowledges it (appendfsync always)"
     )
     redis_dir: str = _option(
         "artifacts/redis", "with the private redis-server: its data directory, kept across restarts (empty: a temp dir)"

@@ -7,9 +7,15 @@ free one), which Redis Cluster nodes need. It uses a temp data directory unless 
 locked while the server runs, so two gateways never write one append-only file. `start()` waits
 until it answers PING and `stop()` shuts it down.
 
-`aof=True` turns on append-only persistence with `appendfsync everysec`: Redis writes each command
-to the file (the kernel's page cache) before it replies, so a killed redis-server (kill -9) loses no
-acknowledged write; only a machine crash can lose the last second.
+`aof=True` turns on append-only persistence with `appendfsync always` (APPENDFSYNC): Redis writes
+and fsyncs what each turn of its event loop changed before it replies, so an acknowledged write
+(a stored edit) survives a killed redis-server and a machine crash alike. `everysec` does not
+promise even the first: while its background fsync of the last second runs, Redis postpones writing
+new commands to the file (up to 2 s) and still replies, so a kill -9 in that window loses writes it
+acknowledged. CI saw exactly that under two parallel test runs (`tests/reliability/test_runtime.py`:
+the AOF held the profile written just before and not the edit acknowledged after it). The cost is
+one fsync per Redis event-loop turn that writes (a cache miss, an edit; a cached Recommend only
+reads): `python -m benchmarks.redis_fsync` measures it (RELIABILITY.md).
 
 `maxmemory_mb` bounds its memory with the `volatile-lru` policy: when full, Redis evicts the least
 recently used keys that have a TTL (cached profiles and their version tokens: a cache, recomputed on
@@ -43,6 +49,7 @@ from common.net import free_port
 log = logging.getLogger("apron.redis")
 LOADING_LOG_INTERVAL_S = 10.0  # a long AOF replay says how far it is this often
 EVICTION_POLICY = "volatile-lru"  # only keys with a TTL (cached profiles) are evicted: never stored edits
+APPENDFSYNC = "always"  # with AOF: every acknowledged write is on disk (the module docstring says why not everysec)
 
 # Unix socket paths are limited to ~107 bytes (sun_path); a longer data directory gets its socket
 # in a short temp directory instead.
@@ -172,7 +179,7 @@ class RedisProcess:
             "--dir", str(self.data_dir),
             "--save", "",  # no RDB snapshots: AOF (when on) is the persistence
             "--appendonly", "yes" if self.aof else "no",
-            "--appendfsync", "everysec",
+            "--appendfsync", APPENDFSYNC,
             "--daemonize", "no",
             "--logfile", str(self.data_dir / "redis.log"),
             "--maxmemory", f"{self.maxmemory_mb}mb", "--maxmemory-policy", EVICTION_POLICY,

@@ -1,5 +1,5 @@
-"""benchmarks/tracing_cost.py, benchmarks/overlap_cost.py, benchmarks/cli_startup.py and
-benchmarks/reply_encoding.py run and report (how fast is never asserted)."""
+"""benchmarks/tracing_cost.py, benchmarks/overlap_cost.py, benchmarks/cli_startup.py,
+benchmarks/reply_encoding.py and benchmarks/redis_fsync.py run and report (how fast is never asserted)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from redis.asyncio import Redis
 
-from benchmarks import cli_startup, overlap_cost, reply_encoding, tracing_cost
+from benchmarks import cli_startup, overlap_cost, redis_fsync, reply_encoding, tracing_cost
 from serving import tracing
 from serving.cache import ProfileCache, ProfileRecord, RedisStore, StoredProfile
 
@@ -36,6 +36,14 @@ def test_reply_encoding_compares_two_ways_that_answer_the_same_message(capsys: p
     assert re.search(r"difference: -?[\d.]+ µs per response, K = 7 prototypes, k = 10 items", out)
     with pytest.raises(SystemExit):
         reply_encoding.main(["--rounds", "0"])
+
+
+def test_redis_fsync_measures_each_policy_on_a_server_running_it(capsys: pytest.CaptureFixture[str]) -> None:
+    redis_fsync.main(["--calls", "5", "--rounds", "2"])
+    out = capsys.readouterr().out
+    for policy in ("always \\(the gateway's\\)", "everysec"):
+        assert re.search(rf"^\| {policy} \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$", out, re.M), policy
+    assert re.search(r"fsync of a small write on the same disk: p50 [\d.]+ ms, p99 [\d.]+ ms", out)
 
 
 def test_overlap_cost_reports_both_orders(capsys: pytest.CaptureFixture[str]) -> None:
