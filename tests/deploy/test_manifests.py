@@ -148,6 +148,7 @@ def test_compose_triton_gpu_health_and_redis_aof(compose: dict[str, Any]) -> Non
 
     command = services["redis"]["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # everysec can lose acknowledged edits
     assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
     for name in ("triton", "redis", "prometheus"):
         assert "healthcheck" in services[name], name
@@ -387,6 +388,7 @@ def test_k8s_redis_persists_with_aof(k8s: dict, compose: dict[str, Any]) -> None
     redis_conf = k8s[("ConfigMap", "redis-config")]["data"]["redis.conf"]
     settings = dict(line.split("#")[0].split(None, 1) for line in redis_conf.splitlines() if line.strip())
     assert settings["appendonly"].strip() == "yes"
+    assert settings["appendfsync"].strip() == "always"  # everysec can lose acknowledged edits
     statefulset = k8s[("StatefulSet", "redis")]
     (container,) = containers(statefulset)
     assert container["image"] == compose["services"]["redis"]["image"]
