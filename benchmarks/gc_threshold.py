@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     check_arguments(parser, args)
     if any(threshold < 1 for threshold in args.compare):
         parser.error("--compare: each threshold must be at least 1")
+    if not set(args.compare) - {GC_GEN0_THRESHOLD}:
+        parser.error(f"--compare: name a threshold other than the default {GC_GEN0_THRESHOLD}: nothing to compare")
     run = StandaloneRun("gc_threshold", argv)
     thresholds = [GC_GEN0_THRESHOLD, *(t for t in dict.fromkeys(args.compare) if t != GC_GEN0_THRESHOLD)]
     named = {f"gen0 threshold {t}": {"gc_gen0_threshold": t} for t in thresholds}

@@ -21,30 +21,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from benchmarks.timing import Timing
+from serving.metrics import GcPauses
 
 Call = Callable[[int], Awaitable[object]]  # request number -> the RPC
-
-
-class GcPauses:
-    """This process's garbage collections while the block runs: each one's pause in seconds
-    (`gc.callbacks`; the callback only appends, as the gateway's own GcTimer does)."""
-
-    def __init__(self) -> None:
-        self.seconds: list[float] = []
-        self._started = 0.0
-
-    def __call__(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._started = time.perf_counter()
-        else:
-            self.seconds.append(time.perf_counter() - self._started)
-
-    def __enter__(self) -> GcPauses:
-        gc.callbacks.append(self)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        gc.callbacks.remove(self)
 
 
 @dataclass

@@ -37,6 +37,7 @@ MAX_GIL_SWITCH_INTERVAL_MS = 1000.0
 # in flight to the older generations, whose collections then scanned them again; 10,000
 # (benchmarks/gc_threshold.py; serving/README.md has its figures) collects a few times less often.
 GC_GEN0_THRESHOLD = 10_000
+MAX_GC_GEN0_THRESHOLD = 1_000_000  # gc.set_threshold takes a C int; beyond this the young heap only grows
 
 
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -252,11 +253,16 @@ class ServingConfig:
         positive = (
             "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
-            "max_connection_age_s", "gc_gen0_threshold",
+            "max_connection_age_s",
         )  # fmt: skip
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.gc_gen0_threshold <= MAX_GC_GEN0_THRESHOLD:
+            raise ValueError(
+                f"gc_gen0_threshold must be at least 1 and at most {MAX_GC_GEN0_THRESHOLD:,} (Python's own is 700), "
+                f"got {self.gc_gen0_threshold}"
+            )
         if not 0 < self.gil_switch_interval_ms <= MAX_GIL_SWITCH_INTERVAL_MS:
             raise ValueError(
                 f"gil_switch_interval_ms must be above 0 and at most {MAX_GIL_SWITCH_INTERVAL_MS:g} "

@@ -73,28 +73,26 @@ class MethodMetrics:
         return child
 
 
-class GcTimer:
-    """Times every garbage collection of this process (`gc.callbacks`), from `start()` until `stop()`.
+class GcPauses:
+    """This process's garbage collections from `start()` until `stop()` (or over a `with` block):
+    `pauses`, (generation, seconds) each, in order (`gc.callbacks`).
 
     A collection can start anywhere, also inside prometheus_client while it holds a lock, so the
-    callback only appends to a list (atomic under the GIL, no lock of ours); `flush()`, called from
-    ordinary code, moves the pauses into `histogram`'s child for their generation."""
+    callback only appends to a list (atomic under the GIL, no lock of ours)."""
 
-    def __init__(self, histogram: Histogram):
-        self._children = [histogram.labels(str(generation)) for generation in range(3)]
+    def __init__(self) -> None:
         self._started = 0.0
-        self._pauses: list[tuple[int, float]] = []  # (generation, seconds) not yet observed
+        self.pauses: list[tuple[int, float]] = []
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         else:
-            self._pauses.append((info["generation"], time.perf_counter() - self._started))
+            self.pauses.append((info["generation"], time.perf_counter() - self._started))
 
-    def flush(self) -> None:
-        while self._pauses:
-            generation, seconds = self._pauses.pop()
-            self._children[generation].observe(seconds)
+    @property
+    def seconds(self) -> list[float]:
+        return [seconds for _, seconds in self.pauses]
 
     def start(self) -> None:
         if self not in gc.callbacks:
@@ -103,6 +101,30 @@ class GcTimer:
     def stop(self) -> None:
         if self in gc.callbacks:
             gc.callbacks.remove(self)
+
+    def __enter__(self) -> GcPauses:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class GcTimer(GcPauses):
+    """Times every garbage collection of this process into `histogram` (label: generation), from
+    `start()` until `stop()`: `flush()`, called from ordinary code, moves the pauses into it."""
+
+    def __init__(self, histogram: Histogram):
+        super().__init__()
+        self._children = [histogram.labels(str(generation)) for generation in range(3)]
+
+    def flush(self) -> None:
+        while self.pauses:
+            generation, seconds = self.pauses.pop()
+            self._children[generation].observe(seconds)
+
+    def stop(self) -> None:
+        super().stop()
         self.flush()
 
 

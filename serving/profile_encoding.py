@@ -144,7 +144,11 @@ class EncodedProfile:
         return field
 
 
-_PROFILE_FIELDS: dict[type, int] = {}  # response class -> the number of its field `profile`
+# the number of the field `profile` in each response that can carry one (a Reply's head)
+PROFILE_FIELD = {
+    kind: kind.DESCRIPTOR.fields_by_name["profile"].number
+    for kind in (pb.RecommendResponse, pb.GetProfileResponse, pb.EditProfileResponse)
+}
 
 
 class Reply:
@@ -164,11 +168,7 @@ class Reply:
         data = self.head.SerializeToString()
         if self.profile is None:
             return data
-        kind = type(self.head)
-        number = _PROFILE_FIELDS.get(kind)
-        if number is None:
-            number = _PROFILE_FIELDS[kind] = kind.DESCRIPTOR.fields_by_name["profile"].number
-        return data + self.profile.as_field(number)
+        return data + self.profile.as_field(PROFILE_FIELD[type(self.head)])
 
     def message(self) -> Message:
         return type(self.head).FromString(self.SerializeToString())

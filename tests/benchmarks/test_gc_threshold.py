@@ -26,7 +26,12 @@ def test_each_threshold_gets_a_row_of_measured_figures(tmp_path: Path, capsys: p
     assert "300 items; medians of 1 rounds per threshold" in text
 
 
-def test_a_threshold_below_one_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--compare", "0"], "each threshold must be at least 1"),
+    (["--compare"], "nothing to compare"),
+    (["--compare", str(GC_GEN0_THRESHOLD)], "nothing to compare"),
+])  # fmt: skip
+def test_settings_that_measure_nothing_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        gc_threshold.main(["--compare", "0"])
-    assert "each threshold must be at least 1" in capsys.readouterr().err
+        gc_threshold.main(argv)
+    assert message in capsys.readouterr().err

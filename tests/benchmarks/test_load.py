@@ -8,7 +8,8 @@ import gc
 import math
 import time
 
-from benchmarks.load import GcPauses, LoadStats, open_loop, run_load
+from benchmarks.load import LoadStats, open_loop, run_load
+from serving.metrics import GcPauses
 
 
 def requests_alive() -> int:

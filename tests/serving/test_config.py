@@ -88,10 +88,11 @@ def test_every_field_is_in_exactly_one_section_and_sections_read_the_config() ->
     assert dataclasses.replace(config, port=5).server.port == 5  # a replaced config has its own sections
 
 
-def test_the_gc_threshold_must_be_at_least_one() -> None:
+def test_the_gc_threshold_must_be_at_least_one_and_at_most_a_million() -> None:
     assert ServingConfig().server.gc_gen0_threshold == 10_000  # Python's own is 700
-    for bad in (0, -5):  # 0 would turn the collector off: cycles would never be freed
-        with pytest.raises(ValueError, match=r"gc_gen0_threshold must be at least 1"):
+    # 0 would turn the collector off (cycles never freed); 2**31 is past gc.set_threshold's C int
+    for bad in (0, -5, 1_000_001, 2**31):
+        with pytest.raises(ValueError, match=r"gc_gen0_threshold must be at least 1 and at most 1,000,000"):
             ServingConfig(gc_gen0_threshold=bad)
 
 
