@@ -395,7 +395,7 @@ def run(settings: Settings) -> GatewayResults:
             f"{clients} clients, Recommend", clients, load.timing, split, gateway1 - gateway0, redis1 - redis0,
             request_path.mean_batch(samples), loop1 - loop0,
             gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s), threads,
-            request_path.total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
+            *request_path.scorer_use(samples),
         )  # fmt: skip
         cpu = CpuUse(
             gateway_ms=phase.cpu_ms_per_call, redis_ms=(redis1 - redis0) / split.calls * 1e3,
@@ -424,7 +424,7 @@ def run(settings: Settings) -> GatewayResults:
         return PathPhase(
             title, 1, timing, split, gateway1 - gateway0, redis1 - redis0, request_path.mean_batch(samples), loop1 - loop0,
             gateway.calls(method, window, stats.calls, stats.sent_sum_s, stats.received_sum_s), threads,
-            request_path.total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
+            *request_path.scorer_use(samples),
         )  # fmt: skip
 
     async def misses(gateway: GatewayHandle) -> Timing:
@@ -657,7 +657,8 @@ def thread_lines(path: RequestPath) -> list[str]:
     floor. Each pooled over its two measurements (a gateway phase and its repeat, the echo before
     and after)."""
     echo = path.echo
-    columns: dict[str, tuple[request_path.ThreadCpu, int, float | None]] = {
+    # (threads, calls, the scorer's runs: (wall s, CPU s on the thread that ran them) or None for the echo)
+    columns: dict[str, tuple[request_path.ThreadCpu, int, tuple[float, float] | None]] = {
         "echo server, 1 client": (echo.one_client_threads, echo.one_client_calls, None),
     }
     for key in ("one", "get", SATURATED):
@@ -665,7 +666,9 @@ def thread_lines(path: RequestPath) -> list[str]:
             columns[f"echo server, {path.phases[SATURATED].clients} clients"] = (echo.server_threads, echo.server_calls, None)
         both = [path.phases[key], path.again[key]]
         threads = both[0].threads + both[1].threads
-        columns[f"gateway: {both[0].name}"] = (threads, sum(p.split.calls for p in both), sum(p.scorer_run_s for p in both))
+        columns[f"gateway: {both[0].name}"] = (
+            threads, sum(p.split.calls for p in both), (sum(p.scorer_run_s for p in both), sum(p.scorer_cpu_s for p in both))
+        )  # fmt: skip
 
     def us(column: str, group: str | None = None, mode: str | None = None) -> float:
         threads, calls, _ = columns[column]
@@ -681,8 +684,12 @@ def thread_lines(path: RequestPath) -> list[str]:
     names = list(columns)
     rows = [f"| {group} | " + " | ".join(cell(name, group) for name in names) + " |" for group in request_path.THREAD_GROUPS]
     rows.append("| all | " + " | ".join(f"{us(name):,.0f}" for name in names) + " |")
-    scorer = " | ".join("" if columns[name][2] is None else f"{columns[name][2] / columns[name][1] * 1e6:,.0f}" for name in names)  # type: ignore[operator]
-    rows.append(f"| of which the scorer's runs (`apron_inference_duration_seconds`, wall) | {scorer} |")
+
+    def scorer(which: int) -> str:
+        return " | ".join("" if (runs := columns[name][2]) is None else f"{runs[which] / columns[name][1] * 1e6:,.0f}" for name in names)
+
+    rows.append(f"| of which the scorer's runs, wall (`apron_inference_duration_seconds`) | {scorer(0)} |")
+    rows.append(f"| the scorer's runs, CPU of the thread that ran them (`apron_inference_thread_cpu_seconds_total`) | {scorer(1)} |")
 
     def beyond(gateway: str, floor: str) -> str:
         parts = ", ".join(f"{group} {us(gateway, group) - us(floor, group):+,.0f} µs" for group in request_path.THREAD_GROUPS)

@@ -372,7 +372,8 @@ class PathPhase:
     loop_cpu_s: float  # the gateway's main thread (its event loop) over the phase
     calls: CallSplit | None  # outside the stages: before the handler and after it (None without a call log)
     threads: ThreadCpu  # the gateway's CPU by thread group and mode over the phase
-    scorer_run_s: float  # apron_scorer's runs over the phase, summed
+    scorer_run_s: float  # apron_scorer's runs over the phase, summed (wall)
+    scorer_cpu_s: float  # their CPU on the thread that ran them (apron_inference_thread_cpu_seconds_total)
 
     @property
     def cpu_ms_per_call(self) -> float:
@@ -381,6 +382,10 @@ class PathPhase:
     @property
     def loop_ms_per_call(self) -> float:
         return self.loop_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
+
+    @property
+    def scorer_cpu_ms_per_call(self) -> float:
+        return self.scorer_cpu_s / self.split.calls * 1e3 if self.split.calls else float("nan")
 
 
 class SchedulingProbe:
@@ -446,6 +451,14 @@ class TailEvidence:
     def scorer_busy(self) -> float:
         """Share of the run's wall time the scorer was running a batch (one at a time)."""
         return self.scorer_run_s / self.wall_s
+
+
+def scorer_use(samples: Snapshot) -> tuple[float, float]:
+    """apron_scorer's runs over a phase: their wall time summed, and their CPU on the thread that ran them."""
+    return (
+        total(samples, "apron_inference_duration_seconds_sum", model="apron_scorer"),
+        total(samples, "apron_inference_thread_cpu_seconds_total", model="apron_scorer"),
+    )
 
 
 def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:

@@ -68,7 +68,9 @@ LONE_INLINE_FACTOR = 4
 
 
 class BatchObserver(Protocol):
-    def __call__(self, name: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float]) -> None: ...
+    def __call__(
+        self, name: str, batch_size: int, run_seconds: float, queue_waits: Sequence[float], cpu_seconds: float
+    ) -> None: ...
 
 
 @dataclass
@@ -191,8 +193,8 @@ class MicroBatcher(Generic[T, R]):
         self._run_started = time.perf_counter()
         limit = self.inline_below_s * (LONE_INLINE_FACTOR if alone else 1)
         if 0 < self._run_s < limit:  # cheaper here than a trip to the worker thread and back
-            results, error = self._run([entry.item for entry in batch])
-            self._finish(batch, results, error, self._run_started, time.perf_counter(), then_dispatch=False)
+            results, error, cpu = self._run([entry.item for entry in batch])
+            self._finish(batch, results, error, self._run_started, time.perf_counter(), cpu, then_dispatch=False)
             if self._pending:
                 self._schedule()
             return
@@ -203,15 +205,17 @@ class MicroBatcher(Generic[T, R]):
             self._dispatch_scheduled = True
             self._loop.call_soon(self._dispatch)  # type: ignore[union-attr]
 
-    def _run(self, items: list[T]) -> tuple[Sequence[R] | None, Exception | None]:
-        """`run(items)` checked: (results, None), or (None, the error every caller of the batch gets)."""
+    def _run(self, items: list[T]) -> tuple[Sequence[R] | None, Exception | None, float]:
+        """`run(items)` checked: (results, None), or (None, the error every caller of the batch gets),
+        with the CPU seconds the run took on this thread (a runtime's other worker threads not counted)."""
+        cpu = time.thread_time()
         try:
             results = self.run(items)
             if len(results) != len(items):
                 raise RuntimeError(f"{self.name}: run returned {len(results)} results for {len(items)} items")
         except Exception as error:
-            return None, error
-        return results, None
+            return None, error, time.thread_time() - cpu
+        return results, None, time.thread_time() - cpu
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -220,9 +224,9 @@ class MicroBatcher(Generic[T, R]):
     def _work(self, batch: list[_Pending[T, R]], items: list[T], loop: asyncio.AbstractEventLoop) -> None:
         """One run, in the worker thread; its outcome goes back to the loop in one callback."""
         start = time.perf_counter()
-        results, error = self._run(items)
+        results, error, cpu = self._run(items)
         with contextlib.suppress(RuntimeError):  # the loop is gone (closed during the run): nobody waits
-            loop.call_soon_threadsafe(self._finish, batch, results, error, start, time.perf_counter())
+            loop.call_soon_threadsafe(self._finish, batch, results, error, start, time.perf_counter(), cpu)
 
     def _finish(
         self,
@@ -231,6 +235,7 @@ class MicroBatcher(Generic[T, R]):
         error: BaseException | None,
         start: float,
         ended: float,
+        cpu_seconds: float,
         then_dispatch: bool = True,
     ) -> None:
         """On the loop: every caller's result, the run's metrics, and the next batch at once."""
@@ -248,7 +253,7 @@ class MicroBatcher(Generic[T, R]):
                 entry.started, entry.ended = start, ended
                 entry.future.set_result(result)  # type: ignore[arg-type]
         if self.observer is not None:
-            self.observer(self.name, len(batch), seconds, [start - entry.queued_at for entry in batch])
+            self.observer(self.name, len(batch), seconds, [start - entry.queued_at for entry in batch], cpu_seconds)
         if then_dispatch and self._pending and not self._closed:
             self._dispatch()
 

@@ -154,6 +154,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # the model's own CPU beside the gateway's (process_cpu_seconds_total): on the 2-core
+        # machine ONNX Runtime runs a small scorer on the calling thread, so this is all of it there
+        self.inference_thread_cpu = Counter(
+            "apron_inference_thread_cpu_seconds",
+            "CPU time of the thread that ran each in-process inference run (the event loop's or the micro-batcher's "
+            "worker); a runtime's other intra-op threads are not counted",
+            ["model", "backend"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "apron_inference_batch_size", "requests per in-process inference run", ["model"], buckets=BATCH_BUCKETS, registry=r
         )
@@ -239,11 +248,13 @@ class Metrics:
         batch_size: int,
         run_seconds: float,
         queue_waits: Sequence[float],
+        cpu_seconds: float,
         backend: str = "onnxruntime",
         version: str = "",
     ) -> None:
         self.batch_size.labels(model).observe(batch_size)
         self.inference_latency.labels(model, backend, version).observe(run_seconds)
+        self.inference_thread_cpu.labels(model, backend).inc(cpu_seconds)
         queue_wait = self.queue_wait.labels(model)  # once per batch, not per request
         for wait in queue_waits:
             queue_wait.observe(wait)

@@ -39,8 +39,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
     assert busy and 0 < int(busy.group(1)) <= 100
     assert "nan" not in text.lower()
-    # the one-client target's context: the scorer at batch 1 with the gateway's own session settings
-    assert re.search(r"A lone call's batch of 1: p50 [0-9.]+ ms with ONNX Runtime's defaults \(the scorer alone with the gateway's own session settings: [0-9.]+ ms\)\.", text)
+    # the one-client target's context: the scorer at batch 1 with the gateway's own session settings, and cold
+    assert re.search(r"A lone call's batch of 1: p50 [0-9.]+ ms with ONNX Runtime's defaults \(the scorer alone with the gateway's own session settings: [0-9.]+ ms; with its caches cold: [0-9.]+ ms\)\.", text)
     # the raw scorer at the gateway's batch, also with the gateway's own session settings (the target's reference)
     assert re.search(r"and \*\*[0-9,]+ rows/s\*\* with the gateway's own session settings \(\d+ intra-op thread", text)
     # the request path: the echo floor, and every stage a cached Recommend goes through, in each phase
@@ -83,8 +83,14 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
         assert re.search(rf"^\| {group} \|( {cell} \|){{5}}$", text, re.M), group
     loop = re.search(rf"^\| event loop \| {cell} \| ([0-9,]+) ", text, re.M)
     assert loop and int(loop.group(1).replace(",", "")) > 0  # the gateway's loop did the calls' work
-    scorer = re.search(r"^\| of which the scorer's runs .* \|  \| [0-9,]+ \| ([0-9,]+) \|  \| [0-9,]+ \|$", text, re.M)
+    scorer = re.search(r"^\| of which the scorer's runs, wall .* \|  \| [0-9,]+ \| ([0-9,]+) \|  \| [0-9,]+ \|$", text, re.M)
     assert scorer and scorer.group(1) == "0"  # GetProfile runs no scorer; the echo server none at all
+    # the runs' own CPU (apron_inference_thread_cpu_seconds_total): some for each Recommend, none for GetProfile
+    runs_cpu = re.search(r"^\| the scorer's runs, CPU of the thread that ran them .* \|  \| ([0-9,]+) \| ([0-9,]+) \|  \| ([0-9,]+) \|$", text, re.M)
+    assert runs_cpu and runs_cpu.group(2) == "0" and int(runs_cpu.group(1).replace(",", "")) > 0
+    # the CPU target read with and without the scorer's own CPU, in each pairing
+    assert re.search(r"first pairing [0-9.]+× \([0-9.]+ vs [0-9.]+ ms; less the scorer's runs, [0-9,]+ µs per call: [0-9.]+×\); "
+                     r"second pairing [0-9.]+× \([0-9.]+ vs [0-9.]+ ms; less the scorer's runs, [0-9,]+ µs per call: [0-9.]+×\)", text)
     gains = r"[+-][0-9,]+ µs \(event loop [+-][0-9,]+ µs, gRPC core [+-][0-9,]+ µs, other threads [+-][0-9,]+ µs; system time \d+% of the gateway's CPU\)"
     assert re.search(rf"^Beyond the echo server's: one client, a Recommend cost the gateway {gains} and a GetProfile {gains}; at saturation a Recommend {gains}\.$", text, re.M)
     assert re.search(r"\| edit penalty: .* \| not measured: no run at 41,000 items \| not measured \|", text)

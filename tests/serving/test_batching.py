@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -78,7 +79,7 @@ async def test_requests_arriving_during_a_run_form_the_next_batch() -> None:
     model.gate.set()
     assert await first == 0 and await asyncio.gather(*rest) == [2, 4, 6, 8, 10]
     assert model.batches == [[0], [1, 2, 3, 4, 5]]  # one run for all that came during the first, in order
-    assert [(name, size, len(waits)) for name, size, _, waits in observed] == [("m", 1, 1), ("m", 5, 5)]
+    assert [(name, size, len(waits)) for name, size, _, waits, _ in observed] == [("m", 1, 1), ("m", 5, 5)]
     assert all(t.startswith("apron-m") for t in model.threads)  # off the event loop
     await batcher.close()
 
@@ -246,3 +247,41 @@ async def test_runs_shorter_than_a_thread_hop_run_on_the_event_loop() -> None:
     assert await first == 2 and await threaded.submit(2) == 4
     assert all(t.startswith("apron-s") for t in slow.threads)
     await threaded.close()
+
+
+def burn_cpu(seconds: float) -> None:
+    """Keep this thread busy until it has used `seconds` of CPU (a condition, not a wall-clock window)."""
+    start = time.thread_time()
+    while time.thread_time() - start < seconds:
+        pass
+
+
+async def test_each_run_reports_the_cpu_its_thread_spent_in_the_worker_and_on_the_loop() -> None:
+    observed: list[tuple] = []
+
+    def model(items: list[int]) -> list[int]:
+        burn_cpu(0.002)
+        return items
+
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", observer=lambda *args: observed.append(args), inline_below_s=DEADLINE_S)
+    assert await batcher.submit(1) == 1  # the first run: in the worker thread
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 1, 2]  # short runs: on the loop
+    assert len(observed) == 2
+    for _, _, run_seconds, _, cpu_seconds in observed:
+        assert cpu_seconds >= 0.002  # what the run burnt on its thread, whichever thread that was
+        assert cpu_seconds <= run_seconds + 0.001  # one thread's CPU cannot outrun the wall time (clock granularity aside)
+    await batcher.close()
+
+
+async def test_a_failed_run_still_reports_its_cpu() -> None:
+    observed: list[tuple] = []
+
+    def broken(items: list[int]) -> list[int]:
+        burn_cpu(0.002)
+        raise ValueError("bad batch")
+
+    batcher = MicroBatcher(broken, max_batch_size=4, name="m", observer=lambda *args: observed.append(args), inline_below_s=0)
+    with pytest.raises(ValueError):
+        await batcher.submit(1)
+    assert observed and observed[0][4] >= 0.002
+    await batcher.close()

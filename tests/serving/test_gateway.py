@@ -202,6 +202,9 @@ async def test_metrics_expose_the_histograms(gateway: Gateway, main_tags: np.nda
     assert gateway.metric("apron_rpcs_in_flight", method="Recommend") == 0
     if backend in IN_PROCESS:
         assert gateway.metric("apron_batch_queue_wait_seconds_count", model="apron_profile") >= 1
+        # the runs' own CPU, beside the process's: a real run takes some, never more than the process
+        cpu = gateway.metric("apron_inference_thread_cpu_seconds_total", model="apron_scorer", backend=backend)
+        assert 0 < cpu <= gateway.metric("process_cpu_seconds_total")
 
 
 async def test_both_backends_give_the_same_answers(
