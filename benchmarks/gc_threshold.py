@@ -19,12 +19,12 @@ import argparse
 from pathlib import Path
 
 from benchmarks.settings_ab import (
+    Row,
     Target,
     add_arguments,
     alternate,
     check_arguments,
-    header_cells,
-    median_cells,
+    settings_table,
     where_and_when,
 )
 from benchmarks.timing import StandaloneRun
@@ -50,11 +50,12 @@ def main(argv: list[str] | None = None) -> None:
     thresholds = [GC_GEN0_THRESHOLD, *(t for t in dict.fromkeys(args.compare) if t != GC_GEN0_THRESHOLD)]
     named = {f"gen0 threshold {t}": {"gc_gen0_threshold": t} for t in thresholds}
     samples = alternate(Target.export(args.items, Path(args.workdir)), named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
-    header, align = header_cells(args.clients, args.load_fraction)
-    lines = [f"| gen0 threshold | {header} |", f"| ---: | {align} |"]
-    for threshold, name in zip(thresholds, named, strict=True):
-        what = "the default" if threshold == GC_GEN0_THRESHOLD else "Python's own" if threshold == PYTHONS_OWN else "compared"
-        lines.append(f"| {threshold:,} ({what}) | {median_cells(samples[name])} |")
+
+    def what(threshold: int) -> str:
+        return "the default" if threshold == GC_GEN0_THRESHOLD else "Python's own" if threshold == PYTHONS_OWN else "compared"
+
+    rows = [Row([f"{threshold:,} ({what(threshold)})"], samples[name]) for threshold, name in zip(thresholds, named, strict=True)]
+    lines = settings_table(["gen0 threshold"], rows, args.clients, args.load_fraction)
     lines += ["", f"{args.items:,} items; medians of {args.rounds} rounds per threshold, the thresholds alternating; {where_and_when(run)}"]
     run.publish(lines, args.output)
 

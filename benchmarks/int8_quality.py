@@ -148,10 +148,8 @@ def gateways(n_items: int, work: Path, args: argparse.Namespace) -> list[str]:
     samples = settings_ab.alternate(
         targets, {precision: {} for precision in PRECISIONS}, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction
     )
-    header, align = settings_ab.header_cells(args.clients, args.load_fraction)
-    lines = [f"| scorer graph | {header} |", f"| --- | {align} |"]
-    lines += [f"| {precision} | {settings_ab.median_cells(samples[precision])} |" for precision in PRECISIONS]
-    return lines
+    rows = [settings_ab.Row([str(precision)], samples[precision]) for precision in PRECISIONS]
+    return settings_ab.settings_table(["scorer graph"], rows, args.clients, args.load_fraction)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -17,13 +17,13 @@ import argparse
 from pathlib import Path
 
 from benchmarks.settings_ab import (
+    Row,
     Sample,
     Target,
     add_arguments,
     alternate,
     check_arguments,
-    header_cells,
-    median_cells,
+    settings_table,
     where_and_when,
 )
 from benchmarks.timing import StandaloneRun
@@ -33,11 +33,12 @@ from serving.intake import unsupported
 
 def render(samples: dict[int, list[Sample]], args: argparse.Namespace, run: StandaloneRun) -> list[str]:
     default = ServingConfig().grpc_intake
-    header, align = header_cells(args.clients, args.load_fraction)
-    lines = [f"| `--grpc-intake` | {header} |", f"| ---: | {align} |"]
-    for depth, by_round in samples.items():
-        name = f"{depth} (default)" if depth == default else f"{depth} (grpc.aio's own)" if depth == 1 else str(depth)
-        lines.append(f"| {name} | {median_cells(by_round)} |")
+
+    def name(depth: int) -> str:
+        return f"{depth} (default)" if depth == default else f"{depth} (grpc.aio's own)" if depth == 1 else str(depth)
+
+    rows = [Row([name(depth)], by_round) for depth, by_round in samples.items()]
+    lines = settings_table(["`--grpc-intake`"], rows, args.clients, args.load_fraction)
     lines += [
         "",
         f"Medians of {args.rounds} rounds per setting, the settings alternating; {args.items:,} items; "

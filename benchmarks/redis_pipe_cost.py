@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.settings_ab import (
+    Row,
     Target,
     add_arguments,
     alternate,
     check_arguments,
-    header_cells,
-    median_cells,
+    settings_table,
     where_and_when,
 )
 from benchmarks.timing import StandaloneRun
@@ -84,9 +84,7 @@ def render(alone: dict[str, dict[int, list[tuple[float, float]]]], gateways: dic
             cpu, wall = np.median(np.array(by_width[width]), axis=0)
             cells.append(f"{cpu:.1f} | {wall:.1f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    header, align = header_cells(args.clients, args.load_fraction)
-    lines += ["", f"| `--redis-pipe` | {header} |", f"| --- | {align} |"]
-    lines += [f"| {name} | {median_cells(samples)} |" for name, samples in gateways.items()]
+    lines += ["", *settings_table(["`--redis-pipe`"], [Row([name], samples) for name, samples in gateways.items()], args.clients, args.load_fraction)]
     lines += [
         "",
         f"Medians of {args.blocks} blocks (reads) and {args.rounds} rounds (gateways, {args.items:,} items), the settings "

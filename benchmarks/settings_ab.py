@@ -17,10 +17,10 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,6 +83,27 @@ def header_cells(clients: int, load_fraction: float) -> tuple[str, str]:
         f"gateway GC pauses µs per call ({clients} clients)",
         " | ".join("---:" for _ in FIELDS),
     )
+
+
+class Row(NamedTuple):
+    """One row of `settings_table`: its own leading cells, the samples whose medians follow them,
+    and its trailing cells (for a table with `trailing` columns)."""
+
+    cells: Sequence[str]
+    samples: list[Sample]
+    after: Sequence[str] = ()
+
+
+def settings_table(leading: Sequence[str], rows: Iterable[Row], clients: int, load_fraction: float, trailing: Sequence[str] = ()) -> list[str]:
+    """The A/B's Markdown table: the `leading` columns (a setting, its catalog...), the medians of
+    each row's samples (`median_cells`), then the `trailing` columns."""
+    header, align = header_cells(clients, load_fraction)
+    lines = [
+        "| " + " | ".join([*leading, header, *trailing]) + " |",
+        "| " + " | ".join(["---:"] * len(leading) + [align] + ["---:"] * len(trailing)) + " |",
+    ]
+    lines += ["| " + " | ".join([*row.cells, median_cells(row.samples), *row.after]) + " |" for row in rows]
+    return lines
 
 
 def median_cells(samples: list[Sample]) -> str:

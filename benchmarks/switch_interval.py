@@ -21,12 +21,12 @@ import argparse
 from pathlib import Path
 
 from benchmarks.settings_ab import (
+    Row,
     Target,
     add_arguments,
     alternate,
     check_arguments,
-    header_cells,
-    median_cells,
+    settings_table,
     where_and_when,
 )
 from benchmarks.timing import StandaloneRun
@@ -44,15 +44,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     check_arguments(parser, args)
     run = StandaloneRun("switch_interval", argv)
-    header, align = header_cells(args.clients, args.load_fraction)
-    lines = [f"| items | GIL switch interval ms | {header} |", f"| ---: | ---: | {align} |"]
+    rows = []
     for n_items in args.items:
         target = Target.export(n_items, Path(args.workdir))
         intervals = {GIL_SWITCH_INTERVAL_MS: "the default", COMPARED_MS: "compared"}
         named = {f"{n_items} items, {ms:g} ms": {"gil_switch_interval_ms": ms} for ms in intervals}
         samples = alternate(target, named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
         for (ms, what), name in zip(intervals.items(), named, strict=True):
-            lines.append(f"| {n_items:,} | {ms:g} ({what}) | {median_cells(samples[name])} |")
+            rows.append(Row([f"{n_items:,}", f"{ms:g} ({what})"], samples[name]))
+    lines = settings_table(["items", "GIL switch interval ms"], rows, args.clients, args.load_fraction)
     lines += ["", f"Medians of {args.rounds} rounds per interval, the intervals alternating; {where_and_when(run)}"]
     run.publish(lines, args.output)
 

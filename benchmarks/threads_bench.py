@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.settings_ab import (
+    Row,
     Sample,
     Target,
     add_arguments,
     alternate,
     check_arguments,
-    header_cells,
-    median_cells,
+    settings_table,
     where_and_when,
 )
 from benchmarks.timing import StandaloneRun
@@ -60,16 +60,18 @@ def measure_size(
 
 
 def render(results: list[SizeResult], clients: int, rounds: int, load_fraction: float, run: StandaloneRun) -> list[str]:
-    header, align = header_cells(clients, load_fraction)
-    lines = [
-        f"| items | scorer graph MiB | ONNX Runtime threads | {header} | `--ort-threads 0` picks |",
-        f"| ---: | ---: | ---: | {align} | ---: |",
+    rows = [
+        Row(
+            [f"{result.n_items:,}" + (" (int8)" if result.int8 else ""), f"{result.scorer_mib:.1f}", str(threads)],
+            samples,
+            ["this" if threads == result.auto else ""],
+        )
+        for result in results
+        for threads, samples in result.samples.items()
     ]
-    for result in results:
-        for threads, samples in result.samples.items():
-            picked = "this" if threads == result.auto else ""
-            items = f"{result.n_items:,}" + (" (int8)" if result.int8 else "")
-            lines.append(f"| {items} | {result.scorer_mib:.1f} | {threads} | {median_cells(samples)} | {picked} |")
+    lines = settings_table(
+        ["items", "scorer graph MiB", "ONNX Runtime threads"], rows, clients, load_fraction, trailing=["`--ort-threads 0` picks"]
+    )
     lines += [
         "",
         f"Medians of {rounds} rounds per setting, the settings alternating; {where_and_when(run)} `--ort-threads 0` gives a "
