@@ -5,7 +5,7 @@ Each gateway runs as `apron serve` does (`gateway_bench.gateway_process`, auth o
 with every benchmark user's profile cached, and is measured three ways: `clients` callers in a
 closed loop (req/s, p50, p99, the gateway's CPU per call, its garbage collectors' pauses per call),
 an open loop at `load_fraction` of that rate (p99 from each request's scheduled start, as
-BENCHMARKS.md's target row), and one client with one call in flight (p50). The settings take turns `rounds` times, their order swapped each round,
+BENCHMARKS.md's target row, and the share of its time the event loop was busy), and one client with one call in flight (p50). The settings take turns `rounds` times, their order swapped each round,
 so that load from other processes on the machine falls on each alike.
 """
 
@@ -18,7 +18,7 @@ import os
 import secrets
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,9 +66,10 @@ class Sample:
     open_p99_ms: float
     one_p50_ms: float  # one client, one call in flight
     gc_us: float  # the gateway's garbage-collection pauses per call at `clients` (apron_gc_pause_seconds)
+    open_loop_busy: float  # share of the open loop's time its event-loop thread spent on the CPU
 
 
-FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us")
+FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us", "open_loop_busy")
 
 
 def median(samples: list[Sample], field: str) -> float:
@@ -80,7 +81,7 @@ def header_cells(clients: int, load_fraction: float) -> tuple[str, str]:
     return (
         f"{clients} clients req/s | p50 ms | p99 ms | gateway CPU ms per call | "
         f"{load_fraction:.0%} of that rate, open loop: req/s | its p99 ms | 1 client p50 ms | "
-        f"gateway GC pauses µs per call ({clients} clients)",
+        f"gateway GC pauses µs per call ({clients} clients) | the gateway's event loop busy (open loop)",
         " | ".join("---:" for _ in FIELDS),
     )
 
@@ -108,8 +109,8 @@ def settings_table(leading: Sequence[str], rows: Iterable[Row], clients: int, lo
 
 def median_cells(samples: list[Sample]) -> str:
     """One setting's medians over its rounds, as Markdown cells in FIELDS' order."""
-    rate, p50, p99, cpu, open_rate, open_p99, one, gc = (median(samples, field) for field in FIELDS)
-    return f"{rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f} | {gc:.1f}"
+    rate, p50, p99, cpu, open_rate, open_p99, one, gc, busy = (median(samples, field) for field in FIELDS)
+    return f"{rate:.0f} | {p50:.1f} | {p99:.1f} | {cpu:.2f} | {open_rate:.0f} | {open_p99:.1f} | {one:.2f} | {gc:.1f} | {busy:.0%}"
 
 
 @dataclass(frozen=True)
@@ -157,10 +158,15 @@ def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: 
         cpu1, _ = gateway.cpu_s()
         gc_s = request_path.total(request_path.delta(before, request_path.scrape(gateway.metrics_url)), "apron_gc_pause_seconds_sum")
         rate = load_fraction * load.timing.throughput
-        open_loop = run_load(source, "cached", processes, seconds, rate=rate).timing
+        loop0 = gateway.loop_cpu_s()
+        offered = run_load(source, "cached", processes, seconds, rate=rate)
+        open_loop = offered.timing
+        # the loop's CPU per call (its warm-up's calls included, as in the CPU window) at the rate it
+        # served: how much of the loop, which every call needs, that rate left
+        busy = (gateway.loop_cpu_s() - loop0) / offered.calls_all * open_loop.throughput
         return Sample(
             load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
-            rate, open_loop.p99_ms, asyncio.run(one_client()), gc_s / load.calls_all * 1e6,
+            rate, open_loop.p99_ms, asyncio.run(one_client()), gc_s / load.calls_all * 1e6, busy,
         )  # fmt: skip
 
 
@@ -184,3 +190,48 @@ def alternate(
             samples[name].append(sample)
             print(f"{name}, round {round_ + 1}: {sample}", file=sys.stderr, flush=True)
     return samples
+
+
+@dataclass(frozen=True)
+class IntSetting:
+    """One integer ServingConfig field that `compare_main` measures: its default against `--compare`
+    values."""
+
+    config_field: str  # the ServingConfig field
+    column: str  # the table's first column
+    noun: str  # one value, in messages and the footer ("threshold")
+    default: int
+    compared: tuple[int, ...]  # what --compare names when not given
+    labels: Mapping[int, str] = field(default_factory=dict)  # notable values besides the default ("Python's own")
+
+    def label(self, value: int) -> str:
+        return "the default" if value == self.default else self.labels.get(value, "compared")
+
+
+def compare_main(setting: IntSetting, description: str, name: str, argv: list[str] | None) -> None:
+    """A gateway A/B's command line for one integer setting: a synthetic model of `--items` served by
+    gateways with the default and each `--compare` value, taking turns; the table is printed or
+    written to `--output`."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--items", type=int, default=1000, help="catalog size")
+    parser.add_argument("--compare", type=int, nargs="*", default=list(setting.compared), help=f"{setting.noun}s beside the default")
+    add_arguments(parser, f"gateways per {setting.noun} (alternating)")
+    parser.add_argument("--workdir", default=f"benchmarks/out/{name}", help="the exported repository")
+    parser.add_argument("--output", default="", help="write the Markdown table here (default: print it)")
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    if any(value < 1 for value in args.compare):
+        parser.error(f"--compare: each {setting.noun} must be at least 1")
+    if not set(args.compare) - {setting.default}:
+        parser.error(f"--compare: name a {setting.noun} other than the default {setting.default}: nothing to compare")
+    run = StandaloneRun(name, argv)
+    values = [setting.default, *(v for v in dict.fromkeys(args.compare) if v != setting.default)]
+    named = {f"{setting.config_field} {v}": {setting.config_field: v} for v in values}
+    samples = alternate(Target.export(args.items, Path(args.workdir)), named, args.rounds, args.clients, args.seconds, args.load_processes, args.load_fraction)
+    rows = [Row([f"{value:,} ({setting.label(value)})"], samples[key]) for value, key in zip(values, named, strict=True)]
+    lines = settings_table([setting.column], rows, args.clients, args.load_fraction)
+    lines += [
+        "",
+        f"{args.items:,} items; medians of {args.rounds} rounds per {setting.noun}, the {setting.noun}s alternating; {where_and_when(run)}",
+    ]
+    run.publish(lines, args.output)

@@ -10,11 +10,14 @@ The policy is adaptive, with no timer in the common path:
 - `max_wait_s` > 0 (off by default) additionally holds a batch that is not full until its oldest
   item has waited that long, trading a lone request's latency for bigger batches;
 - a batch whose recent runs took less than `inline_below_s` (a few tenths of a millisecond: a small
-  catalog, one caller) runs on the event loop itself: handing it to the worker thread and back
-  would cost more than the run (a thread wake-up, a self-pipe write, one loop iteration each way);
-  a lone request (nothing else ready in the loop turn) does so for runs up to LONE_INLINE_FACTOR
-  times as long, as nothing else waits on the loop; longer runs, and runs under load, stay in the
-  worker thread;
+  catalog) runs on the event loop itself when it holds at least `inline_min_batch` requests (1 by
+  default): handing it to the worker thread and back would cost more than the run (a thread
+  wake-up, a self-pipe write, one loop iteration each way); with a larger `inline_min_batch` a
+  smaller batch under load goes to the worker thread instead, leaving the loop, which every call
+  needs, to the calls that form the next batch (config.DEFAULT_INLINE_MIN_BATCH: what that buys
+  and costs); a lone request (nothing else ready in the loop turn)
+  runs on the loop for runs up to LONE_INLINE_FACTOR times as long, as nothing else waits on it;
+  longer runs stay in the worker thread;
 - the queue is bounded (`max_queue` waiting items): a request beyond it is refused at once with
   `ResourceExhausted`, whose `retry_after_s` is the time the queue ahead of it needs (batches ahead
   × the run time of recent batches), so overload sheds load instead of growing every caller's
@@ -45,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from serving import stages as stage_clock
-from serving.config import DEFAULT_MAX_QUEUE
+from serving.config import DEFAULT_INLINE_MIN_BATCH, DEFAULT_MAX_QUEUE
 from serving.errors import ResourceExhausted
 from serving.loop_turn import nothing_else_ready
 
@@ -107,11 +110,12 @@ class MicroBatcher(Generic[T, R]):
         max_queue: int = DEFAULT_MAX_QUEUE,
         stages: tuple[str, str, str] | None = None,
         inline_below_s: float = INLINE_BELOW_S,
+        inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
     ):
-        if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1:
+        if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1 or inline_min_batch < 1:
             raise ValueError(
-                f"max_batch_size and max_queue must be >= 1 and max_wait_s >= 0, got {max_batch_size}, "
-                f"{max_queue}, {max_wait_s}"
+                f"max_batch_size, max_queue and inline_min_batch must be >= 1 and max_wait_s >= 0, got {max_batch_size}, "
+                f"{max_queue}, {inline_min_batch}, {max_wait_s}"
             )
         self.run = run  # list of items -> one result per item, same order (called in a worker thread)
         self.max_batch_size = max_batch_size
@@ -121,6 +125,7 @@ class MicroBatcher(Generic[T, R]):
         self.observer = observer
         self.stages = stages  # (queue, run, resume): what a request's stage clock is charged (serving/stages.py)
         self.inline_below_s = inline_below_s  # runs shorter than this (recently) run on the event loop (0: never)
+        self.inline_min_batch = inline_min_batch  # ... once their batch holds this many (a lone request: always)
         self._pending: collections.deque[_Pending[T, R]] = collections.deque()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"apron-{name}")
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop that serves the requests (first submit)
@@ -164,8 +169,9 @@ class MicroBatcher(Generic[T, R]):
 
     def _dispatch(self, alone: bool = False) -> None:
         """Start the next batch, if there is one to start (on the loop): in the worker thread, or here
-        when recent runs were short (`inline_below_s`; LONE_INLINE_FACTOR times that when `alone`,
-        a lone request dispatched at once by `submit`)."""
+        when recent runs were short (`inline_below_s`) and the batch holds `inline_min_batch` requests,
+        or when it is `alone` (a lone request dispatched at once by `submit`: runs up to
+        LONE_INLINE_FACTOR times as long)."""
         self._dispatch_scheduled = False
         if self._running is not None or self._closed:
             return
@@ -192,7 +198,9 @@ class MicroBatcher(Generic[T, R]):
         self._running = batch
         self._run_started = time.perf_counter()
         limit = self.inline_below_s * (LONE_INLINE_FACTOR if alone else 1)
-        if 0 < self._run_s < limit:  # cheaper here than a trip to the worker thread and back
+        # cheaper here than a trip to the worker thread and back, unless a small batch would take the
+        # loop from the calls that are about to form a bigger one
+        if 0 < self._run_s < limit and (alone or len(batch) >= self.inline_min_batch):
             results, error, cpu = self._run([entry.item for entry in batch])
             self._finish(batch, results, error, self._run_started, time.perf_counter(), cpu, then_dispatch=False)
             if self._pending:

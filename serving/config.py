@@ -24,6 +24,13 @@ ENV_PREFIX = "APRON_"
 # One default per fact: the backends' and the micro-batcher's own defaults are these.
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_QUEUE = 256
+# --inline-min-batch: a short run under load goes on the event loop only once its batch holds this
+# many requests (a lone request always may). Smaller batches pay the scorer's fixed cost per run (at
+# 1,000 items most of a batch-1 run's CPU: its weights streamed again) for one or two calls, on the
+# loop every call needs. 4 took the loop from 89% to 74% busy at 70% of the maximum throughput, at
+# the same CPU per call at saturation, but that open loop's p99 rose in all 6 rounds (11.6 -> 15.3 ms,
+# medians; benchmarks/inline_batch.py, serving/README.md): 1, every short run on the loop, stays.
+DEFAULT_INLINE_MIN_BATCH = 1
 MAX_PORT = 65535
 # --grpc-intake: each request waiting in core is a task per Recommender method and server, made at start
 MAX_GRPC_INTAKE = 1024
@@ -155,6 +162,12 @@ class ServingConfig:
     max_queue: int = _option(
         DEFAULT_MAX_QUEUE, "micro-batcher: most requests waiting for a run; more are refused with RESOURCE_EXHAUSTED and a retry-after"
     )
+    inline_min_batch: int = _option(
+        DEFAULT_INLINE_MIN_BATCH,
+        "micro-batcher: under load, a batch whose recent runs were short runs on the event loop only from this many "
+        "requests on (smaller ones go to its worker thread, leaving the loop to the calls; a lone request runs on the "
+        "loop either way; 1: every short run)",
+    )
     cache_ttl_s: int = _option(7 * 24 * 3600, "how long a cached profile lives in Redis (seconds)")
     max_history: int = _option(10_000, "most history ids one request may carry")
     max_edits: int = _option(256, "most edits one request may carry")
@@ -251,7 +264,8 @@ class ServingConfig:
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
         positive = (
-            "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "max_history", "max_edits", "cache_ttl_s",
+            "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "inline_min_batch", "max_history", "max_edits",
+            "cache_ttl_s",
             "edit_burst", "recommend_burst", "jwt_max_lifetime_s", "max_open_streams", "max_connection_idle_s",
             "max_connection_age_s",
         )  # fmt: skip
@@ -409,6 +423,7 @@ class BatchingConfig:
     max_batch_size: int
     max_batch_wait_ms: float
     max_queue: int
+    inline_min_batch: int
 
 
 @dataclass(frozen=True)

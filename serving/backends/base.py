@@ -17,7 +17,7 @@ import numpy as np
 from export import contract
 from serving import stages
 from serving.batching import BatchObserver, MicroBatcher
-from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
+from serving.config import DEFAULT_INLINE_MIN_BATCH, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BatchingConfig
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,10 @@ class Scorer(abc.ABC):
 
 def batcher_options(batching: BatchingConfig) -> dict[str, float | int]:
     """A BatchedScorer's keyword arguments from the gateway's batching section."""
-    return {"max_batch_size": batching.max_batch_size, "max_wait_s": batching.max_batch_wait_ms / 1000.0, "max_queue": batching.max_queue}
+    return {
+        "max_batch_size": batching.max_batch_size, "max_wait_s": batching.max_batch_wait_ms / 1000.0,
+        "max_queue": batching.max_queue, "inline_min_batch": batching.inline_min_batch,
+    }  # fmt: skip
 
 
 # one request to the micro-batched scorer: profile weights (H, K), excluded ids (E,), how many it wants
@@ -101,6 +104,7 @@ class BatchedScorer(Scorer):
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
     ):
         self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
             self._run_profiles,
@@ -109,6 +113,7 @@ class BatchedScorer(Scorer):
             name=contract.PROFILE_MODEL,
             observer=observer,
             max_queue=max_queue,
+            inline_min_batch=inline_min_batch,
             stages=stages.PROFILE_BATCH,
         )
         self._scores: MicroBatcher[ScorerRequest, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
@@ -118,6 +123,7 @@ class BatchedScorer(Scorer):
             name=contract.SCORER_MODEL,
             observer=observer,
             max_queue=max_queue,
+            inline_min_batch=inline_min_batch,
             stages=stages.SCORER_BATCH,
         )
 

@@ -26,7 +26,13 @@ from serving.backends.base import (
 )
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
+from serving.config import (
+    DEFAULT_INLINE_MIN_BATCH,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE,
+    BackendConfig,
+    BatchingConfig,
+)
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 
@@ -125,6 +131,7 @@ class OnnxRuntimeScorer(BatchedScorer):
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
     ):
         self.profile_session = profile_session
         self.scorer_session = scorer_session
@@ -132,7 +139,10 @@ class OnnxRuntimeScorer(BatchedScorer):
         on_cuda = scorer_session.get_providers()[0] == "CUDAExecutionProvider"
         self._run = run_bound if on_cuda else _run_plain
         self._takes_k = takes_top_k(scorer_session)
-        super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
+        super().__init__(
+            max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue,
+            inline_min_batch=inline_min_batch,
+        )  # fmt: skip
 
     @classmethod
     def from_config(

@@ -41,7 +41,13 @@ from export.served_model import (
 from serving.backends.base import BatchedScorer, ScorerRequest, batcher_options, default_threads
 from serving.batching import BatchObserver
 from serving.catalog import ServedModel
-from serving.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_QUEUE, BackendConfig, BatchingConfig
+from serving.config import (
+    DEFAULT_INLINE_MIN_BATCH,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_QUEUE,
+    BackendConfig,
+    BatchingConfig,
+)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 TORCH_DTYPES = ("auto", *DTYPES)
@@ -216,9 +222,13 @@ class TorchScorer(BatchedScorer):
         max_wait_s: float = 0.0,
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
+        inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
     ):
         self.model = model
-        super().__init__(max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue)
+        super().__init__(
+            max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue,
+            inline_min_batch=inline_min_batch,
+        )  # fmt: skip
 
     @classmethod
     def from_config(

@@ -30,7 +30,7 @@ def test_each_setting_gets_a_row_of_measured_figures_and_the_pick_is_marked(
         assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0 and gc_us >= 0
         assert open_rate == pytest.approx(0.7 * rate, abs=1) and open_p99 > 0  # 70 % of its own closed loop
     # 300 items make a small scorer graph: `--ort-threads 0` gives it the cores less one
-    assert [row.split("|")[3].strip() for row in rows if row.split("|")[12].strip() == "this"] == [str(default_threads())]
+    assert [row.split("|")[3].strip() for row in rows if row.split("|")[13].strip() == "this"] == [str(default_threads())]
     assert re.search(r"Medians of 1 rounds per setting", text)
 
 

@@ -265,7 +265,7 @@ async def test_each_run_reports_the_cpu_its_thread_spent_in_the_worker_and_on_th
 
     batcher = MicroBatcher(model, max_batch_size=4, name="m", observer=lambda *args: observed.append(args), inline_below_s=DEADLINE_S)
     assert await batcher.submit(1) == 1  # the first run: in the worker thread
-    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 1, 2]  # short runs: on the loop
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(4))) == [0, 1, 2, 3]  # a short run's full batch: on the loop
     assert len(observed) == 2
     for _, _, run_seconds, _, cpu_seconds in observed:
         assert cpu_seconds >= 0.002  # what the run burnt on its thread, whichever thread that was
@@ -285,3 +285,22 @@ async def test_a_failed_run_still_reports_its_cpu() -> None:
         await batcher.submit(1)
     assert observed and observed[0][4] >= 0.002
     await batcher.close()
+
+
+async def test_under_load_a_short_run_goes_on_the_loop_only_once_its_batch_is_big_enough() -> None:
+    model = GatedModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=8, name="m", inline_below_s=DEADLINE_S, inline_min_batch=3)
+    assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
+    here = threading.current_thread().name
+    model.threads.clear()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(2))) == [0, 2]  # not alone, 2 < 3: the worker
+    assert model.batches[-1] == [0, 1] and here not in model.threads
+    model.threads.clear()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]  # 3 requests: on the loop
+    assert model.batches[-1] == [0, 1, 2] and model.threads == {here}
+    await batcher.close()
+
+
+def test_inline_min_batch_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="inline_min_batch"):
+        MicroBatcher(lambda items: items, max_batch_size=4, inline_min_batch=0)

@@ -52,6 +52,9 @@ def test_bad_values_are_named() -> None:
         ServingConfig.from_env({"APRON_BACKEND": "tensorflow"})
     with pytest.raises(ValueError, match="max_batch_size must be at least 1"):
         ServingConfig(max_batch_size=0)
+    with pytest.raises(ValueError, match="inline_min_batch must be at least 1"):
+        ServingConfig(inline_min_batch=0)
+    assert ServingConfig.from_env({"APRON_INLINE_MIN_BATCH": "1"}).batching.inline_min_batch == 1  # the old policy
     parser = argparse.ArgumentParser()
     with pytest.raises(SystemExit):
         add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})
