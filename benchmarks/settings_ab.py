@@ -163,7 +163,7 @@ def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: 
         open_loop = offered.timing
         # the loop's CPU per call (its warm-up's calls included, as in the CPU window) at the rate it
         # served: how much of the loop, which every call needs, that rate left
-        busy = (gateway.loop_cpu_s() - loop0) / offered.calls_all * open_loop.throughput
+        busy = (gateway.loop_cpu_s() - loop0) / max(offered.calls_all, 1) * open_loop.throughput
         return Sample(
             load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
             rate, open_loop.p99_ms, asyncio.run(one_client()), gc_s / load.calls_all * 1e6, busy,

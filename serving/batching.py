@@ -15,9 +15,9 @@ The policy is adaptive, with no timer in the common path:
   wake-up, a self-pipe write, one loop iteration each way); with a larger `inline_min_batch` a
   smaller batch under load goes to the worker thread instead, leaving the loop, which every call
   needs, to the calls that form the next batch (config.DEFAULT_INLINE_MIN_BATCH: what that buys
-  and costs); a lone request (nothing else ready in the loop turn)
-  runs on the loop for runs up to LONE_INLINE_FACTOR times as long, as nothing else waits on it;
-  longer runs stay in the worker thread;
+  and costs); a lone request (nothing else ready in the loop turn) runs on the loop for runs up to
+  LONE_INLINE_FACTOR times as long, as nothing else waits on it; longer runs stay in the worker
+  thread;
 - the queue is bounded (`max_queue` waiting items): a request beyond it is refused at once with
   `ResourceExhausted`, whose `retry_after_s` is the time the queue ahead of it needs (batches ahead
   × the run time of recent batches), so overload sheds load instead of growing every caller's

@@ -25,10 +25,11 @@ ENV_PREFIX = "APRON_"
 DEFAULT_MAX_BATCH_SIZE = 32
 DEFAULT_MAX_QUEUE = 256
 # --inline-min-batch: a short run under load goes on the event loop only once its batch holds this
-# many requests (a lone request always may). Smaller batches pay the scorer's fixed cost per run (at
-# 1,000 items most of a batch-1 run's CPU: its weights streamed again) for one or two calls, on the
-# loop every call needs. 4 took the loop from 89% to 74% busy at 70% of the maximum throughput, at
-# the same CPU per call at saturation, but that open loop's p99 rose in all 6 rounds (11.6 -> 15.3 ms,
+# many requests (a lone request always may). A run costs much more than its rows (BENCHMARKS.md, cost
+# vs catalog size: at 1,000 items 0.05 ms at batch 1 against ~9 µs a row at batch 256), and at 70% of
+# the maximum throughput the batches are small (its tail evidence: ~4 requests a run), so the loop
+# every call needs pays that cost for few calls. 4 took the loop from 89% to 74% busy there, at the
+# same CPU per call at saturation, but that open loop's p99 rose in all 6 rounds (11.6 -> 15.3 ms,
 # medians; benchmarks/inline_batch.py, serving/README.md): 1, every short run on the loop, stays.
 DEFAULT_INLINE_MIN_BATCH = 1
 MAX_PORT = 65535

@@ -73,6 +73,17 @@ class MethodMetrics:
         return child
 
 
+class BatchSeries:
+    """One model's per-batch series for one backend and version, each resolved once: a run's metric
+    work is `observe` / `inc` on these children."""
+
+    def __init__(self, metrics: Metrics, model: str, backend: str, version: str):
+        self.batch_size = metrics.batch_size.labels(model)
+        self.latency = metrics.inference_latency.labels(model, backend, version)
+        self.thread_cpu = metrics.inference_thread_cpu.labels(model, backend)
+        self.queue_wait = metrics.queue_wait.labels(model)
+
+
 class GcPauses:
     """This process's garbage collections from `start()` until `stop()` (or over a `with` block):
     `pauses`, (generation, seconds) each, in order (`gc.callbacks`).
@@ -227,6 +238,8 @@ class Metrics:
         self._gc_timer = GcTimer(self.gc_pauses)
         self._gc_timer.start()  # until shutdown(): also in --workers processes, which serve no /metrics
         self._methods: dict[str, MethodMetrics] = {}
+        self._batches: dict[tuple[str, str, str], BatchSeries] = {}  # (model, backend, version)
+        self._inference_latency: dict[tuple[str, str, str], Any] = {}  # Triton's calls: (model, backend, version)
         self._server: ThreadingHTTPServer | None = None
 
     def observe_call(self, method: str, clock: StageClock) -> None:
@@ -252,15 +265,22 @@ class Metrics:
         backend: str = "onnxruntime",
         version: str = "",
     ) -> None:
-        self.batch_size.labels(model).observe(batch_size)
-        self.inference_latency.labels(model, backend, version).observe(run_seconds)
-        self.inference_thread_cpu.labels(model, backend).inc(cpu_seconds)
-        queue_wait = self.queue_wait.labels(model)  # once per batch, not per request
+        key = (model, backend, version)
+        series = self._batches.get(key)
+        if series is None:  # a model's first run: its series, once
+            series = self._batches[key] = BatchSeries(self, *key)
+        series.batch_size.observe(batch_size)
+        series.latency.observe(run_seconds)
+        series.thread_cpu.inc(cpu_seconds)
         for wait in queue_waits:
-            queue_wait.observe(wait)
+            series.queue_wait.observe(wait)
 
     def observe_inference(self, model: str, seconds: float, backend: str = "triton", version: str = "") -> None:
-        self.inference_latency.labels(model, backend, version).observe(seconds)
+        key = (model, backend, version)
+        child = self._inference_latency.get(key)
+        if child is None:  # resolved once per model, backend and version, as the batches' series are
+            child = self._inference_latency[key] = self.inference_latency.labels(*key)
+        child.observe(seconds)
 
     # -- the HTTP endpoint
     def serve(self, port: int, host: str = "127.0.0.1", probes: Mapping[str, Probe] | None = None) -> int:
