@@ -36,10 +36,12 @@ import fcntl
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -100,6 +102,30 @@ def _cpu_ticks(pid: int) -> int | None:
     except (OSError, IndexError):
         return None
     return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # what unwinds `apron serve` while it starts
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGTERM and SIGINT are held for the block and delivered once it ends, to the handlers they
+    had: Python runs a handler between any two bytecodes, also after `Popen` forked the child but
+    before its caller has it, and the exception the handler raises (runtime.unwinding_on_sigterm's
+    SystemExit, KeyboardInterrupt) would then leave that child running, orphaned, holding the data
+    directory. Off the main thread nothing is held: handlers run on the main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, _frame: held.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):
+            signal.raise_signal(sig)  # now, to the handler it was meant for
 
 
 class RedisProcess:
@@ -185,8 +211,9 @@ class RedisProcess:
             "--maxmemory", f"{self.maxmemory_mb}mb", "--maxmemory-policy", EVICTION_POLICY,
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
         try:
+            with _signals_deferred():  # a signal between the fork and the record would orphan it
+                self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
             self._wait_ready(timeout)
         except BaseException:  # a signal or an error while it starts: never leave it orphaned
             if self.process is not None and self.process.poll() is None:

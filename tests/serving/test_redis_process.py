@@ -88,6 +88,39 @@ def test_an_interrupted_start_leaves_no_server_and_the_data_is_private(tmp_path:
     assert files and all(p.stat().st_mode & 0o077 == 0 for p in files), [(p.name, oct(p.stat().st_mode)) for p in files]
 
 
+def test_a_sigterm_just_after_the_fork_still_leaves_no_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM delivered the moment `Popen` returns, before `start` holds the process (a race
+    `apron serve` met when stopped while starting): the handler's exception still comes out of
+    `start`, and the child is killed, not orphaned."""
+    import subprocess
+
+    import serving.redis_process as module
+
+    started: list[subprocess.Popen] = []
+    real_popen = subprocess.Popen
+
+    def popen_then_sigterm(*args: object, **kwargs: object) -> subprocess.Popen:
+        process = real_popen(*args, **kwargs)  # type: ignore[call-overload]
+        started.append(process)
+        signal.raise_signal(signal.SIGTERM)  # a handler raising here would skip the caller's record
+        return process
+
+    def unwind(signum: int, _frame: object) -> None:  # as runtime.unwinding_on_sigterm's
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        monkeypatch.setattr(module.subprocess, "Popen", popen_then_sigterm)
+        server = RedisProcess(data_dir=tmp_path / "redis")
+        with pytest.raises(SystemExit):
+            server.start()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert len(started) == 1 and started[0].poll() is not None  # killed and reaped
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handlers are back as they were
+    server.stop()
+
+
 def test_a_start_waits_as_long_as_the_server_makes_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A large AOF's replay may leave PING unanswered for long (redis-server answers between
     chunks): while the process uses CPU, no timeout gives up on it; one that neither answers nor
