@@ -10,7 +10,7 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -20,10 +20,11 @@ from benchmarks.gateway_bench import K as SERVED_K
 from benchmarks.synthetic import synthetic_apron
 from benchmarks.timing import CacheEvictor, Timing, time_alternating, time_calls
 from export import contract
-from export.onnx_export import export_onnx, ragged, random_histories, session
+from export.onnx_export import ExportedGraphs, export_onnx, ragged, random_histories, session
 from serving.backends.base import scorer_threads
 from serving.backends.onnxruntime import session_options
 from serving.config import ServingConfig
+from training.models.apron import APRON
 
 Runner = Callable[[], object]
 KMAX_BATCHES = (1, 256)  # also timed at K_MAX (bench_catalog)
@@ -38,6 +39,7 @@ class CatalogResult:
     scorer_onnx_mb: float
     profile_onnx_mb: float
     timings: dict[str, Timing]  # "<graph>/<runtime>/b<batch>" -> timing
+    histories: list[HistoryResult] = field(default_factory=list)  # bench_catalog's history_lengths
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,15 @@ def bench_catalog(
     history_length: int = 50,
     eager: bool = True,
     served_batches: Iterable[int] = (),
+    history_lengths: Iterable[int] = (),
 ) -> CatalogResult:
     """Export a synthetic model of `n_items` and time both graphs with ORT (and the scorer eager).
 
     ORT runs with its defaults (every core, spinning workers: the model alone at its fastest);
     `served_batches` also time the scorer with the gateway's own session settings
     ("scorer/ort-served/b<batch>": `served_session`, the threads serve gives a scorer of this size and no spinning), which is
-    what the gateway's scorer can do at best on this machine."""
+    what the gateway's scorer can do at best on this machine. `history_lengths`: `bench_history_lengths`
+    on the same export (half `min_seconds` each), which a model of this size takes seconds to make."""
     model = synthetic_apron(n_items)
     cfg = model.config
     start = time.perf_counter()
@@ -139,17 +143,20 @@ def bench_catalog(
         scorer_onnx_mb=len(graphs.onnx[contract.SCORER_MODEL]) / 2**20,
         profile_onnx_mb=len(graphs.onnx[contract.PROFILE_MODEL]) / 2**20,
         timings=timings,
+        histories=bench_history_lengths(model, graphs, history_lengths, min_seconds / 2),
     )
     del graphs, model
     gc.collect()
     return result
 
 
-def bench_history_lengths(n_items: int, lengths: Iterable[int], min_seconds: float) -> list[HistoryResult]:
-    """Batch-1 latency of both graphs as the history (and so the exclude list) grows."""
-    model = synthetic_apron(n_items)
+def bench_history_lengths(model: APRON, graphs: ExportedGraphs, lengths: Iterable[int], min_seconds: float) -> list[HistoryResult]:
+    """Batch-1 latency of `model`'s exported graphs as the history (and so the exclude list) grows."""
+    lengths = list(lengths)
+    if not lengths:
+        return []
     cfg = model.config
-    graphs = export_onnx(model, contract.DEFAULT_K_MAX)
+    n_items = cfg.n_items
     profile_sess, scorer_sess = session(graphs.onnx[contract.PROFILE_MODEL]), session(graphs.onnx[contract.SCORER_MODEL])
     results = []
     for length in lengths:
@@ -294,7 +301,7 @@ def bench_edit_penalty(
     from serving.backends.base import default_threads
     from serving.backends.onnxruntime import load_scorer_session
     from serving.backends.torch import TorchModel
-    from training.models.apron import APRON, PRESETS
+    from training.models.apron import PRESETS
 
     batches, runtimes = list(batches), list(runtimes)
     penalised = synthetic_apron(n_items, **PRESETS["controllable"])

@@ -32,7 +32,6 @@ from benchmarks.model_bench import (
     ProfileScaling,
     bench_catalog,
     bench_edit_penalty,
-    bench_history_lengths,
     bench_profile_scaling,
 )
 from benchmarks.request_path import EchoResults, PathPhase
@@ -601,10 +600,11 @@ def main(argv: list[str] | None = None) -> int:
         served_size = n_items == SERVED_CATALOG
         batches = (1, GATEWAY_BATCH, 256) if served_size else (1, 256)
         served_batches = (1, GATEWAY_BATCH) if served_size else ()  # a lone call's batch, and the gateway's largest
-        report.catalogs.append(bench_catalog(n_items, batches, args.seconds, eager=served_size, served_batches=served_batches))
+        histories = args.history_lengths if served_size else ()  # on the same export: it takes seconds at this size
+        catalog = bench_catalog(n_items, batches, args.seconds, eager=served_size, served_batches=served_batches, history_lengths=histories)
+        report.catalogs.append(catalog)
+        report.histories += catalog.histories
         print(f"catalog {n_items:,}: done ({time.perf_counter() - start:.0f} s)", flush=True)
-    report.histories = bench_history_lengths(SERVED_CATALOG, args.history_lengths, args.seconds / 2)
-    print(f"history lengths: done ({time.perf_counter() - start:.0f} s)", flush=True)
     report.profile_scaling = bench_profile_scaling(sorted(args.catalog_sizes), args.seconds / 2)
     print(f"profile scaling: done ({time.perf_counter() - start:.0f} s)", flush=True)
     for n_items in args.penalty_items:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 
-from benchmarks import gpu_scorer
+from benchmarks import gpu_scorer, model_bench
 from benchmarks.model_bench import (
     PENALTY_CASES,
+    bench_catalog,
     bench_edit_penalty,
     bench_profile_batches,
     bench_profile_scaling,
@@ -33,6 +35,16 @@ def test_profile_scaling_and_backends_report_every_shape() -> None:
     assert set(batches) == {1, 4} and all(t.throughput > 0 for t in batches.values())
     timings = bench_torch_vs_ort(300, (1, 2), min_seconds=0.01, history_length=10)
     assert set(timings) == {"onnxruntime/b1", "torch/b1", "onnxruntime/b2", "torch/b2"}
+
+
+def test_catalog_times_the_history_lengths_on_its_own_export() -> None:
+    """The history sweep runs on the catalog's export (one export per size), only when asked."""
+    with mock.patch("benchmarks.model_bench.export_onnx", wraps=model_bench.export_onnx) as export:
+        result = bench_catalog(300, (1,), min_seconds=0.01, eager=False, history_lengths=(5, 20))
+    assert export.call_count == 1
+    assert [(h.n_items, h.history_length) for h in result.histories] == [(300, 5), (300, 20)]
+    assert all(h.profile.calls > 0 and h.scorer.calls > 0 and h.scorer.p50_ms > 0 for h in result.histories)
+    assert bench_catalog(300, (1,), min_seconds=0.01, eager=False).histories == []
 
 
 def test_edit_penalty_benchmark_times_both_variants_of_every_case() -> None:
