@@ -10,6 +10,7 @@ import pytest
 
 from benchmarks import intake_depth
 from serving.intake import unsupported
+from tests.benchmarks.settings_cells import check_sample_cells
 
 
 @pytest.mark.skipif(unsupported() != "", reason="the deeper intake runs on the grpcio versions in VERIFIED_GRPC only")
@@ -22,11 +23,7 @@ def test_each_depth_gets_a_row_of_measured_figures(tmp_path: Path, capsys: pytes
     rows = re.findall(r"^\| (1 \(grpc.aio's own\)|8 \(default\)) \|(.*)\|$", text, re.M)
     assert [name for name, _ in rows] == ["1 (grpc.aio's own)", "8 (default)"]
     for _, row in rows:
-        *cells, busy = row.split("|")  # the last: the event loop's share in the open loop, a percentage
-        rate, p50, p99, cpu, open_rate, open_p99, one, gc_us = (float(cell) for cell in cells)
-        assert busy.strip().endswith("%")
-        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0 and gc_us >= 0
-        assert open_rate == pytest.approx(0.7 * rate, abs=1) and open_p99 > 0
+        check_sample_cells(row.split("|"))
     assert "Medians of 1 rounds per setting" in text and "300 items" in text
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks import gc_threshold, inline_batch
 from serving.config import DEFAULT_INLINE_MIN_BATCH, GC_GEN0_THRESHOLD
+from tests.benchmarks.settings_cells import check_sample_cells
 
 COMMANDS = {
     "gc_threshold": (gc_threshold, [f"{GC_GEN0_THRESHOLD:,} (the default)", "700 (Python's own)"], "per threshold, the thresholds"),
@@ -32,11 +33,7 @@ def test_each_value_gets_a_row_of_measured_figures(command: str, tmp_path: Path,
     rows = [line for line in text.splitlines() if line.startswith("| ") and "(" in line.split("|")[1]]
     assert [row.split("|")[1].strip() for row in rows] == labels
     for row in rows:
-        cells = [cell.strip() for cell in row.split("|")[2:-1]]
-        rate, p50, p99, cpu, open_rate, open_p99, one, gc_us = (float(cell) for cell in cells[:8])
-        assert rate > 0 and 0 < p50 <= p99 and cpu > 0 and one > 0 and gc_us >= 0
-        assert open_rate == pytest.approx(0.7 * rate, abs=1) and open_p99 > 0
-        assert cells[8].endswith("%") and 0 < int(cells[8][:-1]) <= 200  # a share of the loop (the open loop did work on it)
+        check_sample_cells(row.split("|")[2:-1])
     assert f"300 items; medians of 1 rounds {footer} alternating" in text
 
 
