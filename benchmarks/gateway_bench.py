@@ -147,10 +147,18 @@ class GatewayResults:
     cpu: CpuUse  # during the batched closed-loop run
     load_processes: int
     path: RequestPath | None = None  # with Settings.request_path
+    # the closed loop of `batched` again, right after the open loop: the machine's speed when the
+    # offered rate ran, which a shared machine need not keep from the run that set the rate
+    batched_after: Timing | None = None
 
     @property
     def max_throughput(self) -> float:
         return self.batched.throughput
+
+    @property
+    def offered_share_after(self) -> float | None:
+        """The offered rate as a share of the maximum measured right after the open loop."""
+        return self.offered_rate / self.batched_after.throughput if self.batched_after is not None and self.batched_after.throughput > 0 else None
 
     @property
     def at_load(self) -> Timing:
@@ -462,6 +470,7 @@ def run(settings: Settings) -> GatewayResults:
         miss = asyncio.run(misses(gateway))
         rate = settings.load_fraction * batched.throughput
         tail = open_loop_at(gateway, rate)
+        batched_after = saturate(gateway)[0]
     with gateway_process(repository, secret, 1) as gateway:
         asyncio.run(warm(gateway))
         unbatched, _, _ = saturate(gateway)
@@ -482,6 +491,7 @@ def run(settings: Settings) -> GatewayResults:
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
         tail=tail, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
+        batched_after=batched_after,
     )  # fmt: skip
 
 
@@ -829,7 +839,20 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         *gc_rows,
         "",
         *tail_reading(tail, g.cpu.gateway_threads_ms.get(request_path.EVENT_LOOP), g.load_fraction),
+        *([max_after_line(g), ""] if g.batched_after is not None else []),
     ]
+
+
+def max_after_line(g: GatewayResults) -> str:
+    """The maximum throughput measured twice, around the open loop: how much of the machine's
+    speed at that moment the offered rate (set from the first) took."""
+    assert g.batched_after is not None and g.offered_share_after is not None
+    return (
+        f"The maximum throughput, measured again right after the open loop (the same closed loop, the same gateway): "
+        f"{fmt(g.batched_after.throughput, 0)} req/s, against {fmt(g.max_throughput, 0)} req/s when the offered rate "
+        f"was set from it, so the open loop offered {g.offered_share_after:.0%} of the maximum measured after it "
+        f"({g.load_fraction:.0%} of the one before)."
+    )
 
 
 def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_fraction: float | None = None) -> list[str]:

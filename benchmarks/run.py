@@ -211,7 +211,8 @@ def scorer_b256(report: Report, n_items: int) -> Timing | None:
 def p99_row(g: gateway_bench.GatewayResults) -> tuple[str, str, bool | None]:
     return (
         f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {g.n_items:,} items",
-        f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered (p50 {fmt(g.at_load.p50_ms, 1)} ms)",
+        f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered (p50 {fmt(g.at_load.p50_ms, 1)} ms)"
+        + (f"; {g.offered_share_after:.0%} of the maximum measured right after it" if g.offered_share_after is not None else ""),
         g.at_load.p99_ms <= TARGET_P99_MS,
     )
 

@@ -7,6 +7,8 @@ import os
 import re
 from pathlib import Path
 
+import pytest
+
 from benchmarks.gateway_bench import COMPARED_INTAKE
 from benchmarks.run import main
 from serving.config import ServingConfig
@@ -66,6 +68,15 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     assert re.search(r"At the maximum throughput \(the closed loop, \d+% of whose rate was offered\) a call cost the loop "
                      r"[0-9.]+ ms: here each cost [0-9.]+× that \(its batches held [0-9.]+ requests\), so \d+% of the rate "
                      r"took \d+% of the loop\.", reading.group(0))
+    # the maximum measured again right after the open loop, and the offered rate's share of it
+    after = re.search(r"^The maximum throughput, measured again right after the open loop .*: ([0-9,]+) req/s, against "
+                      r"([0-9,]+) req/s when the offered rate was set from it, so the open loop offered (\d+)% of the "
+                      r"maximum measured after it \(70% of the one before\)\.$", text, re.M)
+    assert after, "no maximum measured after the open loop"
+    again, first, share = (float(v.replace(",", "")) for v in after.groups())
+    assert again > 0 and share == pytest.approx(100 * 0.7 * first / again, abs=1.5)
+    assert re.search(rf"\| p99 ≤ 50 ms at 70% of max throughput \(open loop\), 500 items \| .* req/s offered \(p50 [0-9.]+ ms\); "
+                     rf"{share:.0f}% of the maximum measured right after it \|", text)
     assert re.search(r"sent p99 [0-9.,]+ ms late \(its own garbage collections, its heap frozen after set-up: [0-9,]+ in all, "
                      r"[0-9.,]+ ms, the longest [0-9.,]+ ms\)", reading.group(0))
     # each request-path target in both pairings of the floor with the gateway measured next to it
