@@ -548,7 +548,8 @@ class ProfileCache:
             and time.monotonic() - kept.read_at < self.refresh_s
             and await self.store.get_version(user_id) == kept.version
         ):
-            self._local.move_to_end(user_id)
+            if self._local.get(user_id) is kept:  # other reads may have pushed it out during the await
+                self._local.move_to_end(user_id)
             self._count_read("version")
             return kept
         stored = await self.store.get_profile(self.model_version, user_id, self.shape)

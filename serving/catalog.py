@@ -21,6 +21,36 @@ from serving.search import NameIndex
 from serving.validation import check_catalog_names
 
 HISTORY_MEMO = 1024  # histories ServedModel.history remembers (least recently used dropped first)
+# and the ids their keys hold together: the key keeps a request's id strings alive, and 1,024
+# histories of 10,000 ids (--max-history) pinned ~1 GB; this keeps it to a few MB whatever is sent
+HISTORY_MEMO_IDS = 65_536
+
+
+class HistoryMemo:
+    """The history lookups seen last (`ServedModel.history`), bounded by entries and by ids."""
+
+    def __init__(self, entries: int = HISTORY_MEMO, ids: int = HISTORY_MEMO_IDS):
+        self.entries, self.ids = entries, ids
+        self._found: OrderedDict[tuple[str, ...], History] = OrderedDict()
+        self.held_ids = 0  # the ids the keys hold
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def get(self, key: tuple[str, ...]) -> History | None:
+        found = self._found.get(key)
+        if found is not None:
+            self._found.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[str, ...], found: History) -> None:
+        if len(key) > self.ids or key in self._found:
+            return
+        self._found[key] = found
+        self.held_ids += len(key)
+        while len(self._found) > self.entries or self.held_ids > self.ids:
+            dropped, _ = self._found.popitem(last=False)
+            self.held_ids -= len(dropped)
 
 
 @dataclass(frozen=True)
@@ -28,7 +58,7 @@ class ServedModel:
     metadata: ExportMetadata
     item_index: dict[str, int] = field(repr=False)
     tag_index: dict[str, int] = field(repr=False)
-    _histories: OrderedDict[tuple[str, ...], History] = field(default_factory=OrderedDict, repr=False, compare=False)
+    _histories: HistoryMemo = field(default_factory=HistoryMemo, repr=False, compare=False)
 
     @classmethod
     def from_metadata(cls, metadata: ExportMetadata) -> ServedModel:
@@ -77,20 +107,18 @@ class ServedModel:
         return found.indices, found.ignored
 
     def history(self, history: Sequence[str]) -> History:
-        """`history_indices` and the digest, remembered for the HISTORY_MEMO histories seen last (a
+        """`history_indices` and the digest, remembered for the histories seen last (`HistoryMemo`: a
         client that sends its whole history on every call pays the lookup once). The arrays are
         shared: read-only."""
         key = tuple(history)
         found = self._histories.get(key)
         if found is not None:
-            self._histories.move_to_end(key)
             return found
         known = [self.item_index[item] for item in key if item in self.item_index]
         indices = np.unique(np.asarray(known, dtype=np.int64))
         indices.setflags(write=False)
-        found = self._histories[key] = History(indices, len(key) - len(known), history_digest(indices))
-        while len(self._histories) > HISTORY_MEMO:
-            self._histories.popitem(last=False)
+        found = History(indices, len(key) - len(known), history_digest(indices))
+        self._histories.put(key, found)
         return found
 
 

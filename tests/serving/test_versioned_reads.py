@@ -111,6 +111,41 @@ async def test_a_kept_profile_is_read_in_full_when_its_version_changes(redis_ser
         await client.aclose()
 
 
+async def test_a_kept_copy_pushed_out_while_its_version_is_read_is_still_answered(redis_server: RedisProcess) -> None:
+    """Other users' reads may push a kept copy out of the process's copies while its version read is
+    in flight: the confirmed copy still answers (it was a KeyError, INTERNAL, before)."""
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(redis_server.url, decode_responses=False)
+    store = RedisStore(client, ttl_s=600)
+    cache = ProfileCache(store, scorer=None, model_version=7, shape=(2, 3), local_entries=2)  # type: ignore[arg-type]
+    users = [f"pushed-{i}-{time.monotonic_ns()}" for i in range(3)]
+    history = np.array([1, 4], np.int64)
+    try:
+        for user in users:
+            await store.put_profile(7, user, ProfileRecord(np.ones((2, 3), np.float32), 2, history_digest(history), history))
+        kept, _ = await cache.cached(users[0])
+        reading, release = asyncio.Event(), asyncio.Event()
+        get_version = store.get_version
+
+        async def held(user_id: str) -> bytes | None:
+            reading.set()
+            await release.wait()
+            return await get_version(user_id)
+
+        store.get_version = held  # type: ignore[method-assign]
+        pending = asyncio.ensure_future(cache.cached(users[0]))
+        await reading.wait()
+        store.get_version = get_version  # type: ignore[method-assign]
+        for user in users[1:]:  # two other users' full reads fill the two places meanwhile
+            await cache.cached(user)
+        release.set()
+        record, edits = await pending
+        assert record is kept and edits == {}
+    finally:
+        await client.aclose()
+
+
 def test_two_workers_see_each_others_writes_at_once(python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     with serve_workers(python_repository, redis_server.url) as (_process, output):
