@@ -45,10 +45,32 @@ class EditSpec:
 
     @classmethod
     def from_json(cls, prototype: str, text: str | bytes) -> EditSpec:
-        data = json.loads(text)
-        if data.get("kind") not in EDIT_KINDS or not isinstance(data.get("value"), int | float):
-            raise ValueError(f"stored edit for {prototype!r} is not a valid edit: {data!r}")
-        return cls(prototype, data["kind"], float(data["value"]))
+        """A stored edit; ValueError for anything `to_json` would not have written (another writer's
+        value): not JSON, not an object, an unknown kind, or a value a request could not set."""
+        try:
+            data = json.loads(text)
+            kind, value = (data.get("kind"), data.get("value")) if isinstance(data, dict) else (None, None)
+            if kind not in EDIT_KINDS or isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError("not an edit")
+            value = float(value)
+        except (ValueError, TypeError, OverflowError, RecursionError):  # JSON and UTF-8 errors are ValueErrors
+            raise ValueError(f"stored edit for {prototype!r} is not a valid edit: {text[:80]!r}") from None
+        problem = value_problem(kind, value)
+        if problem is not None:
+            raise ValueError(f"stored edit for {prototype!r}: its {kind} {problem}")
+        return cls(prototype, kind, value)
+
+
+def value_problem(kind: str, value: float) -> str | None:
+    """Why `value` cannot be a `kind` edit's value, or None: the one rule for a request's edits
+    (validation.validate_edit) and for stored ones (`EditSpec.from_json`)."""
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if kind == "scale" and value < 0:
+        return f"must be >= 0 (0 removes the prototype), got {value:g}"
+    if kind == "weight" and not 0 <= value <= 1:
+        return f"is a share and must be in [0, 1], got {value:g}"
+    return None
 
 
 def shares(weights: np.ndarray) -> np.ndarray:

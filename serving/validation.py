@@ -7,10 +7,9 @@ converts messages and calls them before anything touches Redis or a model.
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from serving.edits import EDIT_KINDS, EditSpec
+from serving.edits import EDIT_KINDS, EditSpec, value_problem
 from serving.errors import InvalidArgument
 from serving.profile_encoding import ALL_PROTOTYPES, NO_PROFILE, ProfileSelection
 
@@ -126,12 +125,9 @@ def validate_edit(index: int, prototype: str, kind: str | None, value: float, ta
     prototype = resolve_prototype(where, prototype, tag_index)
     if kind not in EDIT_KINDS:
         raise InvalidArgument(f"{where} ({prototype}) must set `scale` or `weight`")
-    if math.isnan(value) or math.isinf(value):
-        raise InvalidArgument(f"{where}.{kind} ({prototype}) must be a finite number, got {value}")
-    if kind == "scale" and value < 0:
-        raise InvalidArgument(f"{where}.scale ({prototype}) must be >= 0 (0 removes the prototype), got {value:g}")
-    if kind == "weight" and not 0 <= value <= 1:
-        raise InvalidArgument(f"{where}.weight ({prototype}) is a share and must be in [0, 1], got {value:g}")
+    problem = value_problem(kind, value)
+    if problem is not None:
+        raise InvalidArgument(f"{where}.{kind} ({prototype}) {problem}")
     return EditSpec(prototype, kind, float(value))  # type: ignore[arg-type]
 
 

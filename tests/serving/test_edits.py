@@ -107,6 +107,19 @@ def test_edit_json_round_trip_and_rejects_garbage() -> None:
         EditSpec.from_json("jazz", '{"kind": "boost", "value": 1}')
 
 
+@pytest.mark.parametrize("text", [
+    "5", "[]", '"scale"', "null", "{", b"\xff\xfe", '{"kind": "scale"}', '{"kind": "scale", "value": true}',
+    '{"kind": "scale", "value": "2"}', '{"kind": "scale", "value": ' + "9" * 400 + "}", "[" * 100_000 + "]" * 100_000,
+    '{"kind": "scale", "value": NaN}', '{"kind": "scale", "value": Infinity}', '{"kind": "scale", "value": 1e999}',
+    '{"kind": "scale", "value": -1}', '{"kind": "weight", "value": 1.5}', '{"kind": "weight", "value": -0.1}',
+])  # fmt: skip
+def test_a_stored_value_another_writer_made_is_a_value_error_whatever_it_holds(text: str | bytes) -> None:
+    """Stored edits are read on every call: anything a request could not have stored is a
+    ValueError (the store skips it), never another exception and never a NaN or negative scale."""
+    with pytest.raises(ValueError, match="stored edit for 'jazz'"):
+        EditSpec.from_json("jazz", text)
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     w=arrays(np.float64, (3, 5), elements=st.floats(0.01, 100.0)),

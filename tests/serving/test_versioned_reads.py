@@ -146,6 +146,37 @@ async def test_a_kept_copy_pushed_out_while_its_version_is_read_is_still_answere
         await client.aclose()
 
 
+async def test_stored_edits_another_writer_broke_are_skipped_and_the_rest_apply(
+    python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
+) -> None:
+    """Values in the user's edit hash that no EditProfile could have written (another writer's, a
+    bad migration's) are skipped on every read: the user's calls still answer, with the good edit."""
+    from redis.asyncio import Redis
+
+    from serving.cache import edits_key
+
+    config = gateway_config(python_repository, redis_server.url)
+    client = Redis.from_url(redis_server.url, decode_responses=False)
+    try:
+        async with running_gateway(config) as gateway:
+            await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, reset=True))
+            await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=5))
+            await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype="tag2", scale=0.5)]))
+            await client.hset(edits_key(user_id), mapping={
+                "tag0": b"5", "tag1": b'{"kind": "scale", "value": NaN}', "tag3": b'{"kind": "scale", "value": -2}',
+                "tag4": b"[]",
+            })  # fmt: skip
+            await client.set(version_key(user_id), b"written-elsewhere")  # as a writer changes the version
+            answer = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+            assert shown_edit(answer.profile, "tag2") == 0.5 and len(answer.items) == 5
+            assert all(shown_edit(answer.profile, tag) is None for tag in ("tag0", "tag1", "tag3", "tag4"))
+            assert all(np.isfinite(w.weight) for w in answer.profile.weights)
+            stored = await gateway.stub.GetProfile(pb.GetProfileRequest(user_id=user_id))
+            assert [(e.prototype, e.scale) for e in stored.stored_edits] == [("tag2", 0.5)]
+    finally:
+        await client.aclose()
+
+
 def test_two_workers_see_each_others_writes_at_once(python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str) -> None:
     deadline = time.monotonic() + DEADLINE_S
     with serve_workers(python_repository, redis_server.url) as (_process, output):
