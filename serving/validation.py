@@ -31,6 +31,8 @@ def validate_user_id(user_id: str) -> str:
         raise InvalidArgument(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES} are allowed")
     if any(ord(c) < 32 for c in user_id):
         raise InvalidArgument("user_id must not contain control characters")
+    if user_id[0] == "}":  # the Redis keys hold the id as their hash tag, `{<id>}`: this one would be empty
+        raise InvalidArgument("user_id must not begin with '}' (a Redis Cluster store places a user's keys by the id between braces)")
     return user_id
 
 

@@ -65,7 +65,7 @@ int32 = st.integers(-(2**31), 2**31 - 1)
 
 # Plain ids most of the time, so that the other fields get exercised too; the rest are hostile.
 plain_ids = st.from_regex(r"fuzz-[a-z0-9]{1,8}", fullmatch=True)
-special_ids = st.sampled_from(["", " ", "\x00", "a\nb", "a" * 256, "a" * 257, "é" * 200, "x" * 100_000])
+special_ids = st.sampled_from(["", " ", "\x00", "a\nb", "a" * 256, "a" * 257, "é" * 200, "x" * 100_000, "}", "}fuzz", "{}", "{fuzz}"])
 
 
 def user_ids() -> st.SearchStrategy[str]:

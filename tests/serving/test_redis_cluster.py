@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import redis
@@ -154,6 +155,16 @@ async def test_the_gateway_serves_from_a_cluster(
         assert [e.prototype for e in edited.stored_edits] == ["tag1"]
         profile = await gateway.stub.GetProfile(pb.GetProfileRequest(user_id=user_id))
         assert {w.prototype: w.weight for w in profile.profile.weights}["tag1"] == 0.0
+        # an id whose hash tag would be empty spreads its keys over slots: refused for what it is
+        # (it was INTERNAL: "all keys must map to the same key slot")
+        for call in (
+            gateway.stub.Recommend(pb.RecommendRequest(user_id="}" + user_id, history=history, k=5)),
+            gateway.stub.EditProfile(pb.EditProfileRequest(user_id="}" + user_id, reset=True)),
+            gateway.stub.GetProfile(pb.GetProfileRequest(user_id="}" + user_id)),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "must not begin with '}'" in refused.value.details()
 
 
 async def test_edits_of_the_first_layout_move_to_hash_tagged_keys() -> None:
