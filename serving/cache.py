@@ -266,6 +266,56 @@ return {version, profile, redis.call('HGETALL', KEYS[2])}
 """
 
 
+# Store the edits (KEYS[1]) and a new version (KEYS[2]) only while the version is still the one the
+# caller validated them against (ARGV[3]; empty: whatever it is): nil when it changed, else the
+# stored edits after the write. ARGV: ttl, new version, expected version, reset ("1"), then field,
+# value pairs. A script, not WATCH/MULTI: atomic on one node and on a cluster (one slot) alike.
+EDIT_SCRIPT = """
+if ARGV[3] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[3] then
+  return false
+end
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[1])
+end
+if #ARGV > 4 then
+  redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class VersionChanged(Exception):
+    """A conditional write found the user's version changed since the caller's read: nothing was written."""
+
+
+class UserLocks:
+    """One asyncio.Lock per user, kept only while someone holds or waits for it: a process's
+    read-check-write sequences on one user (EditProfile) run one at a time, so they never lose
+    the conditional write to each other; only other processes' writes can (`VersionChanged`)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # user -> (lock, holders and waiters)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, user_id: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(user_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._locks[user_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:  # cancelled while waiting, too
+            users = self._locks[user_id][1] - 1
+            if users:
+                self._locks[user_id] = (lock, users)
+            else:
+                del self._locks[user_id]
+
+
 def new_version() -> bytes:
     """A version token: random, so a version key that expired and came back never repeats an old one."""
     return secrets.token_hex(8).encode()
@@ -310,6 +360,7 @@ class RedisStore:
         self.down_since: float | None = None  # monotonic time Redis was first known down (None: not known down)
         self._next_trial = 0.0
         self._read = redis.register_script(READ_SCRIPT)  # EVALSHA, loaded on first use (and after a restart)
+        self._edit = redis.register_script(EDIT_SCRIPT)
         self._versions = VersionReads(self)  # version reads when the pipe cannot take them
         # version reads on their own pipelined connection (serving/redis_pipe.py): bounded by
         # `timeout_s` (the pipe has no socket timeout), not on a cluster (a user's keys live on one
@@ -442,19 +493,19 @@ class RedisStore:
         async with self._operation():
             return _decode_edits(await self.redis.hgetall(edits_key(user_id)))
 
-    async def store_edits(self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False) -> dict[str, EditSpec]:
-        """Reset (DEL) and/or set each edit's field (HSET) and replace the version in one
-        transaction; returns every stored edit afterwards (read inside the same transaction)."""
-        key = edits_key(user_id)
-        async with self._operation(), self.redis.pipeline(transaction=True) as pipe:
-            if reset:
-                pipe.delete(key)
-            if edits:
-                pipe.hset(key, mapping={tag: edit.to_json() for tag, edit in edits.items()})
-            pipe.set(version_key(user_id), new_version(), ex=self.ttl_s)
-            pipe.hgetall(key)
-            results = await pipe.execute()
-        return _decode_edits(results[-1])
+    async def store_edits(
+        self, user_id: str, edits: Mapping[str, EditSpec], reset: bool = False, expected: bytes | None = None
+    ) -> dict[str, EditSpec]:
+        """Reset (DEL) and/or set each edit's field (HSET) and replace the version, atomically (one
+        script); returns every stored edit afterwards. With `expected` (the version a read returned),
+        only if the version is still that one: else VersionChanged, and nothing was written."""
+        fields = [part for tag, edit in edits.items() for part in (tag, edit.to_json())]
+        args = [self.ttl_s, new_version(), expected or b"", b"1" if reset else b"0", *fields]
+        async with self._operation():
+            stored = await self._edit(keys=[edits_key(user_id), version_key(user_id)], args=args)
+        if stored is None:
+            raise VersionChanged(f"the version of {user_id!r} changed since {expected!r} was read")
+        return _decode_edits(_pairs(stored))
 
 
 def _decode_edits(fields: Mapping[bytes, bytes]) -> dict[str, EditSpec]:
@@ -572,6 +623,15 @@ class ProfileCache:
         stored = await self._read(user_id)
         stages.mark(stages.REDIS_READ)
         return stored.record, stored.edits
+
+    async def state(self, user_id: str) -> StoredProfile:
+        """The user's state for a write that depends on it (EditProfile validates edits against it
+        and stores them only at its version): `cached_or_recovered`'s, with the version."""
+        stored = await self._read(user_id)
+        stages.mark(stages.REDIS_READ)
+        if stored.record is None and await self._recovered(user_id) is not None:
+            stored = await self._read(user_id)  # the version the recovered profile's write left
+        return stored
 
     async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
         """`cached`, and when this version has no profile, one recomputed from another version's history."""

@@ -8,7 +8,8 @@
 
 Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the server sent them, after
 the retries that are safe (`retry_delay`): UNAVAILABLE (a replica draining or starting, Triton or
-Redis down for a moment), and CANCELLED only when the server says it cut the call while draining
+Redis down for a moment), ABORTED (an EditProfile that lost to other writes to the same user again
+and again, storing nothing), and CANCELLED only when the server says it cut the call while draining
 (trailer `apron-draining`, serving/drain.py); at most RETRY_ATTEMPTS attempts within the one
 `timeout_s`, with exponential backoff and jitter, or after the server's `retry-after-ms` when it
 sends one. Once a server has answered the client, a retry waits, within `timeout_s`, for a
@@ -54,8 +55,9 @@ BACKOFF_MULTIPLIER = 2.0
 # How clients call the gateway (gRPC service config): spread over every address of the target
 # (e.g. "ipv4:10.0.0.1:50051,10.0.0.2:50051" or a DNS name with several records), skip replicas whose
 # overall health ("": readiness, serving/health.py) says NOT_SERVING (draining, or its inference
-# backend down; not Redis: a Redis-less gateway still answers Recommend), and retry UNAVAILABLE with
-# backoff: every RPC is idempotent (an edit sets values; storing it twice changes nothing).
+# backend down; not Redis: a Redis-less gateway still answers Recommend), and retry UNAVAILABLE and
+# ABORTED (nothing was stored) with backoff: every RPC is idempotent (an edit sets values; storing it
+# twice changes nothing).
 SERVICE_CONFIG: dict[str, Any] = {
     "loadBalancingConfig": [{"round_robin": {}}],
     "healthCheckConfig": {"serviceName": ""},
@@ -67,7 +69,7 @@ SERVICE_CONFIG: dict[str, Any] = {
                 "initialBackoff": f"{INITIAL_BACKOFF_S}s",
                 "maxBackoff": f"{MAX_BACKOFF_S}s",
                 "backoffMultiplier": BACKOFF_MULTIPLIER,
-                "retryableStatusCodes": ["UNAVAILABLE"],
+                "retryableStatusCodes": ["UNAVAILABLE", "ABORTED"],
             },
         }
     ],
@@ -92,7 +94,7 @@ def retry_delay(code: grpc.StatusCode, trailers: Mapping[str, str], attempt: int
     if code is grpc.StatusCode.CANCELLED:
         if trailers.get(DRAINING_KEY) != "1":
             return None  # cancelled by the caller, or by grpc with no word from the server: maybe done
-    elif code is not grpc.StatusCode.UNAVAILABLE:
+    elif code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
         return None
     try:
         retry_after_ms = float(trailers.get(RETRY_AFTER_KEY, ""))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -94,6 +94,16 @@ def merge_edits(stored: Mapping[str, EditSpec], one_off: Mapping[str, EditSpec])
     return {**stored, **one_off}
 
 
+def check_set_weights(edits: Iterable[EditSpec]) -> float:
+    """The sum of the shares `weight` edits set; EditError above 1 (no profile needed to tell)."""
+    set_weights = [edit for edit in edits if edit.kind == "weight"]
+    total = sum(edit.value for edit in set_weights)
+    if total > 1 + 1e-9:
+        names = ", ".join(f"{edit.prototype}={edit.value:g}" for edit in set_weights)
+        raise EditError(f"set weights sum to {total:g} > 1 ({names})")
+    return total
+
+
 def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: Mapping[str, int]) -> np.ndarray:
     """(H, K) profile weights + edits by tag name -> (H, K) edited shares (float64, heads sum to 1).
 
@@ -127,10 +137,7 @@ def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: M
         return edited
     set_mask = np.zeros(weights.shape[-1], dtype=bool)
     set_mask[list(targets)] = True
-    target_total = sum(targets.values())
-    if target_total > 1 + 1e-9:
-        names = ", ".join(f"{e.prototype}={e.value:g}" for _, e in known if e.kind == "weight")
-        raise EditError(f"set weights sum to {target_total:g} > 1 ({names})")
+    target_total = check_set_weights([edit for _, edit in known])
     rest = edited[:, ~set_mask].sum(axis=-1, keepdims=True)  # (H, 1): mass of the prototypes not set
     remaining = max(0.0, 1.0 - target_total)
     if remaining > MIN_MASS and np.any(rest < MIN_MASS):

@@ -32,6 +32,13 @@ class FailedPrecondition(ApronError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Aborted(ApronError):
+    """A write lost a race with other writes to the same state, again and again; nothing was
+    stored and the client may retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class Unavailable(ApronError):
     """A dependency (Redis, Triton) cannot be reached; the client may retry."""
 

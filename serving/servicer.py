@@ -26,11 +26,20 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.message_factory import GetMessageClass
 
 from serving import auth, limits, stages, tracing
-from serving.cache import ProfileRecord, RedisStore, StoredProfile, StoreSkipped
+from serving.cache import ProfileRecord, RedisStore, StoredProfile, StoreSkipped, UserLocks, VersionChanged
 from serving.config import SecurityConfig, ServerConfig
-from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
+from serving.edits import (
+    EditError,
+    EditSpec,
+    apply_edits,
+    check_set_weights,
+    mean_shares,
+    merge_edits,
+    shares,
+)
 from serving.errors import (
     RETRY_AFTER_KEY,
+    Aborted,
     ApronError,
     FailedPrecondition,
     InvalidArgument,
@@ -63,6 +72,9 @@ REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 # EditProfile / GetProfile after a Redis error: how long to wait for Redis to answer again before
 # the one retry (the private redis-server is restarted within this; the call's deadline still applies).
 RECONNECT_WAIT_S = 2.0
+# EditProfile: how many times its conditional write may lose to other writes to the same user (each
+# time checked again against what won) before the call is ABORTED; each loss means another write landed
+EDIT_ATTEMPTS = 8
 
 
 class RawRequest:
@@ -249,6 +261,7 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         self.edit_limiter = limits.edit_limiter(security)  # reliability: per-user EditProfile rate (None: off)
         self.recommend_limiter = limits.recommend_limiter(security)  # per-user Recommend rate (None: off)
         self.concurrency = limits.concurrency_limit(server, queue)  # calls at once, queue delay (None: no limit)
+        self.edit_locks = UserLocks()  # one EditProfile of a user at a time in this process
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -450,19 +463,36 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
                 self.edit_limiter.check(user)
             stages.mark(stages.VALIDATE)
-            return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
+            async with self.edit_locks.hold(user):
+                return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
 
     async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> Reply:
-        record, before = await served.profiles.cached_or_recovered(user)
-        if record is not None:  # refuse, before storing anything, edits that would empty the profile
-            if reset:
-                before = {}
-            try:
-                apply_edits(record.weights, merge_edits(before, edits), served.model.tag_index)
+        """Edits are checked against the state they join and stored only if it is still that state
+        (its version): two EditProfiles at once cannot each pass against the old edits and together
+        store a set that fails every later call. The loser checks again against the winner's edits.
+        This process's own EditProfiles of the user wait for each other (`edit_locks`), so only
+        other processes' writes can make it lose."""
+        for _ in range(EDIT_ATTEMPTS):
+            state = await served.profiles.state(user)
+            record, merged = state.record, merge_edits({} if reset else state.edits, edits)
+            try:  # refuse, before storing anything, edits that would empty the profile (without one: the set shares)
+                if record is not None:
+                    apply_edits(record.weights, merged, served.model.tag_index)
+                else:
+                    check_set_weights(merged.values())
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
             stages.mark(stages.EDITS)
-        stored = await self.store.store_edits(user, edits, reset=reset)
+            try:
+                stored = await self.store.store_edits(user, edits, reset=reset, expected=state.version)
+                break
+            except VersionChanged:
+                stages.mark(stages.REDIS_WRITE)
+        else:
+            raise Aborted(
+                f"the profile of user {user!r} changed during each of {EDIT_ATTEMPTS} attempts to store these edits "
+                "(other writes to it at the same time); nothing was stored: send the request again"
+            )
         stages.mark(stages.REDIS_WRITE)
         if reset:
             self.metrics.edits.labels("reset", "stored").inc()

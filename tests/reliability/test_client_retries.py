@@ -40,6 +40,8 @@ def test_retry_delay_retries_only_what_is_safe() -> None:
     assert retry_delay(Code.UNAVAILABLE, {RETRY_AFTER_KEY: "250"}, 1, 0.1) == 0.25  # the server's word wins
     assert retry_delay(Code.UNAVAILABLE, {RETRY_AFTER_KEY: "soon"}, 1, 1.0) == INITIAL_BACKOFF_S  # unreadable: backoff
     assert retry_delay(Code.CANCELLED, DRAINING, 1, 1.0) == INITIAL_BACKOFF_S
+    assert retry_delay(Code.ABORTED, {}, 1, 1.0) == INITIAL_BACKOFF_S  # an EditProfile that stored nothing
+    assert retry_delay(Code.ABORTED, {}, RETRY_ATTEMPTS, 1.0) is None
     assert retry_delay(Code.CANCELLED, {}, 1, 1.0) is None  # cancelled by whom? maybe done: not retried
     assert retry_delay(Code.CANCELLED, {DRAINING_KEY: "0"}, 1, 1.0) is None
     for code in (Code.INVALID_ARGUMENT, Code.DEADLINE_EXCEEDED, Code.INTERNAL, Code.RESOURCE_EXHAUSTED, Code.NOT_FOUND):
