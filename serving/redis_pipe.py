@@ -21,7 +21,7 @@ Failures are redis-py's exceptions, so the store's handling of a Redis that is d
 a lost connection fails every read waiting on it with `ConnectionError`, and one unanswered for
 `timeout_s` (the store's own limit per operation) fails them with `TimeoutError` and drops the
 connection; the next read connects again. A caller that stops waiting leaves its reply to be read
-and dropped. An error reply is a `ResponseError` for its own read only.
+and dropped. An error reply fails its own read only (`reply_error`).
 
 Cheap on purpose, as it runs once per call: no task and no timer per read (one timer watches the
 oldest read in flight), and under load the reads sent in one event-loop turn go out in one write
@@ -171,7 +171,7 @@ class _Protocol(asyncio.Protocol):
             if future.done():  # its caller stopped waiting
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                _fail(future, redis.exceptions.ResponseError(str(reply)))
+                _fail(future, reply_error(str(reply)))
             else:
                 future.set_result(reply)
 
@@ -191,6 +191,15 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(redis.exceptions.ConnectionError(f"the connection to Redis was lost{f': {exc}' if exc else ''}"))
+
+
+def reply_error(message: str) -> redis.exceptions.RedisError:
+    """An error reply as redis-py raises it: LOADING (a restarted Redis still reading its data) is
+    its BusyLoadingError, a ConnectionError (the store is down for a moment: UNAVAILABLE, retried),
+    not a failed command; any other is a ResponseError."""
+    if message.startswith("LOADING"):
+        return redis.exceptions.BusyLoadingError(message)
+    return redis.exceptions.ResponseError(message)
 
 
 def _fail(future: asyncio.Future[Any], error: Exception) -> None:

@@ -204,6 +204,32 @@ async def test_a_lost_connection_fails_the_reads_waiting_on_it() -> None:
         server.close()
 
 
+async def test_a_redis_still_loading_its_data_is_down_for_a_moment_not_a_failed_read() -> None:
+    """A restarted Redis answers -LOADING while it reads its AOF: on the pipe as on redis-py, that is
+    BusyLoadingError (a ConnectionError: the store is known down, the call UNAVAILABLE), not the
+    ResponseError a failed command is (INTERNAL)."""
+
+    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"apron:version:{u}\r\n")
+        writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+        await writer.drain()
+
+    server = await asyncio.start_server(loading, "127.0.0.1", 0)
+    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", socket_timeout=None)
+    store = RedisStore(client, ttl_s=600, timeout_s=5.0, retry_s=0.0)
+    try:
+        assert store.pipe is not None
+        await store.pipe.connect()
+        sent = store.send_version_read("u")
+        assert sent is not None
+        with pytest.raises(redis.exceptions.BusyLoadingError, match="loading the dataset"):
+            await store.get_version("u", sent)
+        assert store.known_down
+    finally:
+        await store.aclose()
+        server.close()
+
+
 async def test_after_a_lost_connection_the_next_read_connects_again() -> None:
     with RedisProcess(port=0) as server:
         client = Redis(host="127.0.0.1", port=server.port)
