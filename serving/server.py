@@ -68,14 +68,22 @@ def load_model(config: ServingConfig) -> ServedModel:
     return ServedModel.load(config.repository, config.model_version)
 
 
+SECRET_QUERY_KEYS = frozenset({"password"})  # redis-py reads a password from the query string too
+
+
 def redacted_url(url: str) -> str:
-    """`url` with its password masked, for logs (a Redis URL may carry one: rediss://:PASSWORD@host)."""
+    """`url` with its password masked, for logs (a Redis URL may carry one: rediss://:PASSWORD@host,
+    or redis://host?password=PASSWORD)."""
     parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = f"{parts.username}:" if parts.username else ":"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}***@{netloc}"))
+    if parts.password is not None:
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:" if parts.username else ":"
+        parts = parts._replace(netloc=f"{user}***@{netloc}")
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() in SECRET_QUERY_KEYS for key, _ in query):
+        masked = [(key, "***" if key.lower() in SECRET_QUERY_KEYS else value) for key, value in query]
+        parts = parts._replace(query=urllib.parse.urlencode(masked, safe="/*"))
+    return urllib.parse.urlunsplit(parts)
 
 
 def batch_settings_warnings(config: ServingConfig, metadata: ExportMetadata) -> list[str]:

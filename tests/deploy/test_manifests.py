@@ -370,6 +370,8 @@ def test_a_redis_url_is_logged_without_its_password() -> None:
     assert redacted_url("rediss://:s3cr3t@redis-0.redis:6379/0?ssl_ca_certs=/ca.crt") == "rediss://:***@redis-0.redis:6379/0?ssl_ca_certs=/ca.crt"
     assert redacted_url("redis://user:pw@host:6379/0") == "redis://user:***@host:6379/0"
     assert redacted_url("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert redacted_url("redis://h:6379/0?password=s3cret&ssl_ca_certs=/ca.crt") == "redis://h:6379/0?password=***&ssl_ca_certs=/ca.crt"
+    assert "s3cret" not in redacted_url("redis://:a@h/0?Password=s3cret")
 
 
 def test_k8s_triton_gpu_health_and_repository(k8s: dict, compose: dict[str, Any]) -> None:
