@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -395,8 +396,8 @@ def _add_token(subparsers: argparse._SubParsersAction) -> None:
 def _run_token(args: argparse.Namespace) -> int:
     from serving import auth
 
-    if args.ttl <= 0:
-        raise UserFacingError(f"--ttl must be positive, got {args.ttl:g}")
+    if not (math.isfinite(args.ttl) and args.ttl > 0):
+        raise UserFacingError(f"--ttl must be a positive number of seconds, got {args.ttl:g}")
     try:
         token = auth.mint_with_configured_key(
             args.sub, args.role, secret_file=args.secret_file, private_key=args.private_key, issuer=args.issuer,

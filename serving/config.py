@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -264,6 +265,10 @@ class ServingConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}")
+            value = getattr(self, f.name)
+            # NaN passes every range check below (each comparison is False): "nan" would switch a limit off
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value}")
         positive = (
             "workers", "grpc_servers", "grpc_intake", "max_batch_size", "max_queue", "inline_min_batch", "max_history", "max_edits",
             "cache_ttl_s",

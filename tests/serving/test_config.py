@@ -60,6 +60,25 @@ def test_bad_values_are_named() -> None:
         add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})
 
 
+@pytest.mark.parametrize("variable", ["APRON_JWT_MAX_LIFETIME_S", "APRON_REQUEST_TIMEOUT_S", "APRON_SHUTDOWN_GRACE_S", "APRON_EDIT_RATE"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_setting_that_is_no_number_is_refused(variable: str, value: str) -> None:
+    """NaN passes every range check (each comparison is False): `nan` would switch a limit off,
+    e.g. the longest token lifetime the gateway accepts."""
+    with pytest.raises(ValueError, match="must be a finite number"):
+        ServingConfig.from_env({variable: value})
+
+
+@pytest.mark.parametrize("ttl", ["nan", "inf", "0", "-5"])
+def test_a_token_ttl_that_is_no_positive_number_is_refused(ttl: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cli
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    assert cli.main(["token", "--sub", "someone", "--secret-file", str(secret), "--ttl", ttl]) == 2
+    assert "--ttl must be a positive number of seconds" in capsys.readouterr().err
+
+
 def test_batch_settings_that_cannot_hold_together_are_named() -> None:
     from types import SimpleNamespace
 
