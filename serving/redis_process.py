@@ -58,6 +58,16 @@ APPENDFSYNC = "always"  # with AOF: every acknowledged write is on disk (the mod
 MAX_SOCKET_PATH = 100
 
 
+def exit_with_parent_prefix() -> list[str]:
+    """A command prefix under which redis-server gets SIGTERM (a clean shutdown) when the thread that
+    started it dies, even by SIGKILL (util-linux `setpriv --pdeathsig`, which execs it with
+    PR_SET_PDEATHSIG set: no Python runs between fork and exec); [] where setpriv is missing. The
+    gateway starts it on its main thread and its supervisor's thread restarts it; both live as long
+    as the runtime that owns the server."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv and sys.platform.startswith("linux") else []
+
+
 class RedisServerError(RuntimeError):
     """redis-server is missing, exited, or did not answer PING in time."""
 
@@ -200,6 +210,7 @@ class RedisProcess:
         else:
             listen = ["--port", str(self.port), "--bind", "127.0.0.1"]
         command = [
+            *exit_with_parent_prefix(),
             str(self.binary),
             *listen,
             "--dir", str(self.data_dir),
@@ -213,7 +224,12 @@ class RedisProcess:
         ]  # fmt: skip
         try:
             with _signals_deferred():  # a signal between the fork and the record would orphan it
-                self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077)
+                # it holds the data directory's lock too (the inherited fd shares the flock): a gateway
+                # killed without its cleanup (SIGKILL) frees the directory only once its server is gone,
+                # so a new one never starts a second server on the same append-only file
+                self.process = subprocess.Popen(
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077, pass_fds=(self._lock,)  # type: ignore[arg-type]
+                )
             self._wait_ready(timeout)
         except BaseException:  # a signal or an error while it starts: never leave it orphaned
             if self.process is not None and self.process.poll() is None:

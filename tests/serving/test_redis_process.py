@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import redis
 
-from serving.redis_process import RedisProcess, RedisServerError
+from serving.redis_process import RedisProcess, RedisServerError, exit_with_parent_prefix
+from tests.polling import wait_until
 
 
 def test_private_redis_with_aof_keeps_data_across_restarts(tmp_path: Path) -> None:
@@ -43,6 +46,50 @@ def test_one_server_per_data_directory(tmp_path: Path) -> None:
         RedisProcess(data_dir=tmp_path / "redis").start()
     with RedisProcess(data_dir=tmp_path / "redis") as again:  # free again once the first stopped
         assert redis.Redis.from_url(again.url).ping()
+
+
+def test_the_server_holds_its_directory_until_it_is_gone(tmp_path: Path) -> None:
+    """The redis-server holds the data directory's lock with its owner: were the owner killed
+    without its cleanup (here: its lock closed by hand), no second server starts on the directory
+    while the first one lives."""
+    server = RedisProcess(data_dir=tmp_path / "redis").start()
+    try:
+        assert server._lock is not None
+        os.close(server._lock)  # what the owner's death does to its own descriptor
+        server._lock = None
+        with pytest.raises(RedisServerError, match="another process runs a redis-server"):
+            RedisProcess(data_dir=tmp_path / "redis").prepare()
+    finally:
+        server.stop()
+    RedisProcess(data_dir=tmp_path / "redis").prepare().stop()  # free once the server is gone
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie waiting for a reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_server_whose_owner_is_killed_shuts_down(tmp_path: Path) -> None:
+    """A gateway killed by SIGKILL runs no cleanup: its redis-server gets SIGTERM from the kernel
+    (PR_SET_PDEATHSIG through setpriv) and exits, freeing the directory, instead of living on."""
+    if not exit_with_parent_prefix():
+        pytest.skip("no setpriv here: the server would outlive a killed owner")
+    owner = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from serving.redis_process import RedisProcess; "
+         f"server = RedisProcess(data_dir={str(tmp_path / 'redis')!r}).start(); print(server.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        pid = int(owner.stdout.readline())  # type: ignore[union-attr]
+        owner.kill()
+        owner.wait()
+        wait_until(lambda: not alive(pid), "the redis-server of a killed owner exits")
+        RedisProcess(data_dir=tmp_path / "redis").prepare().stop()  # the directory is free
+    finally:
+        owner.kill()
 
 
 def test_killed_server_is_reaped_and_restarted_with_its_data(tmp_path: Path) -> None:
