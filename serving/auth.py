@@ -477,12 +477,10 @@ def check_caller(
     return caller, clock
 
 
-def as_verified_caller(
-    verifier: TokenVerifier, metadata: Iterable[tuple[str, str | bytes]] | None, behavior: Callable
-) -> Callable:
-    """`behavior` (a unary handler) run with the caller `metadata`'s token proves, exactly as the
-    interceptor runs it: for a call that did not come through gRPC (HTTP/JSON)."""
-    caller, clock = check_caller(verifier, metadata)
+def with_caller(behavior: Callable, caller: Caller, clock: stages.StageClock) -> Callable:
+    """`behavior` (a unary handler) run with `check_caller`'s caller, exactly as the interceptor runs
+    it: for a call that did not come through gRPC (HTTP/JSON). Its boundary answers an AuthError
+    caller UNAUTHENTICATED before it touches the request (which may then be None)."""
     return _wrap_unary(behavior, caller, clock)
 
 

@@ -9,7 +9,7 @@ the .proto or lowerCamelCase, int64 as a string or a number, enums by name); the
 .proto field names and carries every field. There is no second copy of any logic: a request is
 parsed into the very message gRPC would deliver and handed to the servicer's method, so it runs
 inside the same `rpc_boundary` (serving/servicer.py: validation, limits, load shedding, deadline,
-metrics, access log) behind the same token check (`auth.as_verified_caller`, the interceptor's
+metrics, access log) behind the same token check (`auth.check_caller` and `with_caller`, the interceptor's
 verifier and stage clock). `HttpContext` is the part of a grpc.aio ServicerContext those use: the
 HTTP headers are the call's metadata (`authorization`, `traceparent`), `Connect-Timeout-Ms` its
 deadline, and the boundary's `abort` becomes the HTTP error.
@@ -79,8 +79,12 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 TOO_LARGE = 413  # a body over --max-message-bytes (gRPC: RESOURCE_EXHAUSTED, which 429 would make a retry)
+# A body over this is parsed in a thread: protobuf's JSON parser pays per element (4 MB of 800,000
+# one-letter history ids: 0.58 s, json_format.Parse on the 2-core machine), which on the event loop
+# would stall every other call meanwhile; validation refuses such a history only after the parse
+PARSE_ON_LOOP_BYTES = 64 * 1024
 
-Behavior = Callable[[Message, Any], Awaitable[Message | Reply]]
+Behavior = Callable[[Message | None, Any], Awaitable[Message | Reply]]
 
 
 def rpc_path(method: pb_descriptor.MethodDescriptor) -> str:
@@ -175,22 +179,35 @@ class RpcEndpoint:
         self.max_bytes = max_bytes
 
     async def handle(self, request: Request) -> Response:
-        body = await read_body(request, self.max_bytes)
-        if body is None:
-            message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
-            return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
         try:
             timeout_s = timeout_of(request)
-            message_in = json_format.Parse(body or b"{}", self.request_class())
-        except (ValueError, json_format.ParseError) as error:  # UnicodeDecodeError is a ValueError
-            name = self.request_class.DESCRIPTOR.full_name
-            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not a {name} in JSON: {error}")
+        except ValueError as error:
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         metadata = [(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.headers.raw]
         client = request.client
         context = HttpContext(metadata, timeout_s, grpc_peer(client.host, client.port) if client else "")
         behavior = self.behavior
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
-            behavior = auth.as_verified_caller(self.verifier, metadata, behavior)
+            caller, clock = auth.check_caller(self.verifier, metadata)
+            behavior = auth.with_caller(behavior, caller, clock)
+            if isinstance(caller, auth.AuthError):  # refused before its body is read, as over gRPC (auth._unread):
+                return await self._answer(behavior, None, context)  # a caller without a token costs no parse
+        body = await read_body(request, self.max_bytes)
+        if body is None:
+            message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
+            return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
+        try:
+            if len(body) > PARSE_ON_LOOP_BYTES:  # long to parse: the loop keeps the other calls going meanwhile
+                message_in = await asyncio.to_thread(json_format.Parse, body, self.request_class())
+            else:
+                message_in = json_format.Parse(body or b"{}", self.request_class())
+        except (ValueError, json_format.ParseError) as error:  # UnicodeDecodeError is a ValueError
+            name = self.request_class.DESCRIPTOR.full_name
+            return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not a {name} in JSON: {error}")
+        return await self._answer(behavior, message_in, context)
+
+    @staticmethod
+    async def _answer(behavior: Behavior, message_in: Message | None, context: HttpContext) -> Response:
         try:
             response = await behavior(message_in, context)
         except HttpAbort as error:

@@ -225,6 +225,17 @@ async def test_tokens_and_roles(python_repository, redis_server, tokens: Tokens,
         answer = await call_http(gateway, "ListPrototypes", pb.ListPrototypesRequest(), tokens.user("bob"))
         assert answer.status == 200
         assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="UNAUTHENTICATED") == 8  # 4 each way
+        # without a valid token the body is never read, let alone parsed: not JSON, or far over the
+        # size limit, the answer is still UNAUTHENTICATED (it was INVALID_ARGUMENT / 413, after the parse)
+        for body in (b"{not json", b'{"history": [' + b'"x",' * 300_000 + b'"x"]}'):
+            answer = await fetch_json(gateway.server.http_port, "/apron.v1.Recommender/Recommend", body, wrong_key)
+            assert answer.status == 401 and answer.body["code"] == "unauthenticated", answer
+        assert (await asyncio.to_thread(declare_huge_body, gateway.server.http_port, "/apron.v1.Recommender/Recommend"))[0] == 401
+        assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="UNAUTHENTICATED") == 11
+        # a valid token's large body is parsed (off the event loop) and answered as usual
+        many = pb.RecommendRequest(user_id="alice", history=[*liked_history(main_tags, 0, 1), *(f"unknown-{i}" for i in range(9_000))], k=5)
+        answer = await call_http(gateway, "Recommend", many, tokens.user("alice"))
+        assert answer.status == 200 and len(answer.body["items"]) == 5 and answer.body["ignored_history_items"] == 9_000
         document = (await fetch_json(gateway.server.http_port, OPENAPI_PATH, method="GET")).body  # public, like reflection
         assert document["security"] == [{"bearer": []}]
 
