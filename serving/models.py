@@ -38,6 +38,7 @@ import gc
 import hashlib
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +50,14 @@ from export.metadata import ExportMetadata, MetadataError
 from serving.backends.base import GraphSignature, Scorer
 from serving.cache import STORE_DOWN, ProfileCache, RedisStore
 from serving.catalog import ServedModel
+from serving.errors import Unavailable
 from serving.metrics import Metrics
 from serving.profile_encoding import ProfileEncoder
 
 log = logging.getLogger("apron.gateway")
 _VERSIONED = re.compile(r"^apron_metadata\.v(\d+)\.json$")
 WATCH_INTERVAL_S = 2.0
+WATCH_RETRY_MAX_S = 60.0  # the longest wait between tries of a version the backend could not serve yet
 # the version that answered the call being handled ("none" before one was chosen): the RPC metrics' label
 current_version: contextvars.ContextVar[str] = contextvars.ContextVar("apron_model_version", default="none")
 
@@ -243,6 +246,7 @@ class ModelSet:
 
     async def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         """--watch-repository: roll out a newer version as soon as the repository holds one (until cancelled)."""
+        waits, retry_at = 0, 0.0  # failed tries of a version the backend could not serve yet, and the next one
         while True:
             await asyncio.sleep(interval_s)
             routing = self.routing
@@ -252,11 +256,18 @@ class ModelSet:
                 newest = await asyncio.to_thread(self.newest_version)
             except ModelLoadError:
                 continue
-            if newest != routing.primary and newest != self._failed_newest:
+            if newest != routing.primary and newest != self._failed_newest and time.monotonic() >= retry_at:
                 try:
                     await self.reload()
-                except ModelLoadError:
-                    self._failed_newest = newest  # logged and counted; tried again once the repository changes
+                except ModelLoadError as error:  # logged and counted
+                    if isinstance(error.__cause__, Unavailable):  # the backend cannot serve it yet (Triton loads a
+                        # new version on its own repository poll, seconds later): tried again, less and less often
+                        waits += 1
+                        retry_at = time.monotonic() + min(WATCH_RETRY_MAX_S, interval_s * 2 ** (waits - 1))
+                    else:  # refused (mismatched metadata, a broken graph): tried again once the repository changes
+                        self._failed_newest = newest
+                else:
+                    waits, retry_at = 0, 0.0
 
     async def close(self) -> None:
         async with self._lock:
@@ -267,7 +278,8 @@ class ModelSet:
     async def _load(self, version: int) -> LoadedModel:
         model = await asyncio.to_thread(ServedModel.load, self.repository, version)
         refuse_mismatches(model, metadata_mismatches(model.metadata))
-        scorer = self.make_scorer(model)
+        # sessions and weights load for a second or more at large catalogs: not on the loop that serves
+        scorer = await asyncio.to_thread(self.make_scorer, model)
         try:
             await scorer.start()
             refuse_mismatches(model, graph_mismatches(model.metadata, await scorer.signatures()))

@@ -9,6 +9,8 @@ import asyncio
 import gc
 import math
 import shutil
+import threading
+import types
 from pathlib import Path
 
 import grpc
@@ -230,3 +232,50 @@ async def test_watch_repository_rolls_out_a_newly_exported_version_and_a_pin_hol
         assert (await pinned_gateway.server.models.reload()).primary == 1
         response = await pinned_gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
         assert response.model_version == 1
+
+
+async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(tiny_checkpoint: Path, second_checkpoint: Path, tmp_path: Path) -> None:
+    """Triton loads a new version on its own repository poll, seconds after the gateway's watch
+    sees it: a version refused as UNAVAILABLE is tried again (it was skipped for good, and the
+    gateway stayed on the old version); one refused for a mismatch is not."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer, load_scorer_session, load_session, onnx_path
+    from serving.errors import Unavailable
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    repository = tmp_path / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    served: set[int] = {1}
+    tries: list[int] = []
+    on_loop: list[bool] = []
+
+    class NotServedYet(OnnxRuntimeScorer):  # what TritonScorer.start says of a version Triton has not loaded
+        async def start(self) -> None:
+            tries.append(self.version)
+            if self.version not in served:
+                raise Unavailable(f"Triton does not serve version {self.version} yet")
+
+    def make(model):  # type: ignore[no-untyped-def]
+        on_loop.append(threading.current_thread() is threading.main_thread())  # loading sessions blocks
+        scorer = NotServedYet(
+            load_session(onnx_path(repository, "apron_profile", model.version)),
+            load_scorer_session(onnx_path(repository, "apron_scorer", model.version)),
+        )
+        scorer.version = model.version
+        return scorer
+
+    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
+    models = ModelSet(repository, no_calls, make, Metrics(), "triton")  # type: ignore[arg-type]
+    await models.apply(Routing(1))
+    watch = asyncio.ensure_future(models.watch(0.01))
+    try:
+        await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
+        await eventually(lambda: tries.count(2) >= 2, "the watch tried version 2 again after UNAVAILABLE")
+        assert models.routing.primary == 1
+        served.add(2)  # the backend's own poll loaded it
+        await eventually(lambda: models.routing.primary == 2, "the watch rolled out version 2 once it was served")
+        assert on_loop and not any(on_loop)  # every version's scorer was made off the event loop
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await models.close()
