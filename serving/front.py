@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.net import free_port
+from serving import auth
 from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
 from serving.limits import max_request_bytes
@@ -69,8 +70,14 @@ class FrontConfig:
             raise ValueError(f"max_calls must be at least 1, got {self.max_calls}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
-        split_address(self.listen, "listen")  # a bad address: this error, not nginx's or a timeout
+        host, _ = split_address(self.listen, "listen")  # a bad address: this error, not nginx's or a timeout
         split_address(self.upstream, "upstream")
+        # the gateway behind may be a laptop's (a development secret, no auth): plaintext stays on this machine
+        if not self.tls_cert and not auth.is_loopback(host):
+            raise ValueError(
+                f"listen {self.listen} is reachable from other machines: give --tls-cert and --tls-key (the front then "
+                "serves TLS, as the deploy's does), or listen on a loopback address (127.0.0.1:8443)"
+            )
 
 
 def split_address(address: str, what: str = "address") -> tuple[str, int]:
@@ -241,7 +248,7 @@ class NginxFront:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.front", description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="host:port of apron serve")
-    parser.add_argument("--listen", default="0.0.0.0:8443", help="host:port of the front")
+    parser.add_argument("--listen", default="127.0.0.1:8443", help="host:port of the front (beyond loopback: with --tls-cert)")
     parser.add_argument(MAX_CALLS_FLAG, dest="max_calls", type=int, default=DEFAULT_MAX_CALLS, help="calls in flight through the front")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/nginx"), help="--print-config: pid, log and temporary files")
     parser.add_argument("--tls-cert", default="", help="PEM certificate chain: the front serves TLS")

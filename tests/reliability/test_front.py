@@ -124,6 +124,12 @@ def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=0)
     with pytest.raises(ValueError):
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", tls_cert="cert.pem")  # no key
+    # plaintext only on loopback: the gateway behind may be a laptop's
+    for listen in ("0.0.0.0:8443", "[::]:8443", "10.1.2.3:8443"):
+        with pytest.raises(ValueError, match="reachable from other machines: give --tls-cert"):
+            FrontConfig(listen=listen, upstream="127.0.0.1:2")
+    for listen in ("localhost:8443", "[::1]:8443", "127.0.0.2:8443"):
+        FrontConfig(listen=listen, upstream="127.0.0.1:2")
     for listen in ("8443", "127.0.0.1:", "127.0.0.1:http", "::1:8443x", "127.0.0.1:70000"):
         with pytest.raises(ValueError, match="listen must be host:port"):
             FrontConfig(listen=listen, upstream="127.0.0.1:2")
