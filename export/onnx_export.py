@@ -48,12 +48,16 @@ def history_multi_hot(ids: torch.Tensor, n_items: int) -> torch.Tensor:
     return rows.scatter(1, columns, 1.0)[:, :n_items]  # (B, N)
 
 
+class UnservableModel(ValueError):
+    """The model is one the served graphs cannot represent (an ablation's profile, an activation)."""
+
+
 def activation_name(model: APRON) -> str:
     """f's hidden activation (training/models/common.py's `mlp`), by name for the weights file."""
     names = {nn.Tanh: "tanh", nn.ReLU: "relu"}
     found = {names.get(type(m)) for m in model.f if not isinstance(m, nn.Linear)}
     if len(found) > 1 or None in found:
-        raise ValueError(f"f's activations {found} cannot be exported (known: {sorted(names.values())})")
+        raise UnservableModel(f"f's activations {found} cannot be exported (known: {sorted(names.values())})")
     return found.pop() if found else "tanh"
 
 
@@ -69,7 +73,7 @@ def served_scorer(model: APRON, k_max: int, f_dtype: torch.dtype = torch.float32
     if getattr(cfg, "profile", "mean") != "mean":
         # the gateway's profiles and edits are shares (DESIGN.md section 2): a summed profile
         # (an ablation of Eq. 13) would be scored on other inputs than it was trained on
-        raise ValueError(f"APRON with profile={cfg.profile!r} cannot be served: only 'mean' profiles can")
+        raise UnservableModel(f"APRON with profile={cfg.profile!r} cannot be served: only 'mean' profiles can")
     with torch.no_grad():
         values = model.prototype_values()  # (K, H, D')
         layers = [(m.weight.detach(), m.bias.detach()) for m in model.f if isinstance(m, nn.Linear)]

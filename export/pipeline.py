@@ -18,7 +18,7 @@ import torch
 
 from export import contract
 from export.metadata import ExportMetadata, tensor_table
-from export.onnx_export import ParityResult, check_parity, export_onnx
+from export.onnx_export import ParityResult, UnservableModel, check_parity, export_onnx
 from export.quantize import QuantizationError
 from export.triton_repository import (
     RepositoryError,
@@ -145,6 +145,8 @@ def export_checkpoint(
         graphs = export_onnx(model, k_max=k_max, precision=settings.precision)
     except QuantizationError as error:
         raise ExportError(f"--int8: {error}; nothing written") from error
+    except UnservableModel as error:
+        raise ExportError(f"{checkpoint}: {error}; nothing written") from error
     parity = check_parity(graphs, model, precision=settings.precision)
     if report:
         for result in parity:

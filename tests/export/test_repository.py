@@ -362,6 +362,21 @@ def test_non_apron_checkpoints_refused(
         assert not repository.exists()
 
 
+def test_a_model_the_served_graphs_cannot_represent_is_refused_in_a_line(
+    tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An ablation checkpoint (a summed profile, Eq. 13 without shares) exports to no graph the
+    gateway could score with: a one-line error naming it (it was a ValueError's traceback)."""
+    payload = torch.load(tiny_checkpoint, weights_only=False)
+    summed = tmp_path / "summed.pt"
+    torch.save({**payload, "config": {**payload["config"], "profile": "sum"}}, summed)
+    repository = tmp_path / "repo"
+    assert run_cli(str(summed), "--repository", str(repository)) == 2
+    err = capsys.readouterr().err
+    assert "profile='sum' cannot be served: only 'mean' profiles can; nothing written" in err and str(summed) in err
+    assert "Traceback" not in err and not repository.exists()
+
+
 def test_parity_failure_writes_nothing(
     tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
