@@ -79,6 +79,7 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAUTHENTICATED: 401,
 }
 TOO_LARGE = 413  # a body over --max-message-bytes (gRPC: RESOURCE_EXHAUSTED, which 429 would make a retry)
+UNSUPPORTED_MEDIA_TYPE = 415  # with auth off, a body not sent as JSON (cross_site_refusal)
 # A body over this is parsed in a thread: protobuf's JSON parser pays per element (4 MB of 800,000
 # one-letter history ids: 0.58 s, json_format.Parse on the 2-core machine), which on the event loop
 # would stall every other call meanwhile; validation refuses such a history only after the parse
@@ -179,6 +180,8 @@ class RpcEndpoint:
         self.max_bytes = max_bytes
 
     async def handle(self, request: Request) -> Response:
+        if self.verifier is None and (refused := cross_site_refusal(request)) is not None:
+            return refused
         try:
             timeout_s = timeout_of(request)
         except ValueError as error:
@@ -213,6 +216,23 @@ class RpcEndpoint:
         except HttpAbort as error:
             return error_response(error.code, error.message, context.trailing_metadata)
         return Response(to_json(response), media_type=JSON)
+
+
+def cross_site_refusal(request: Request) -> Response | None:
+    """With auth off (only ever on loopback: auth.check_exposure) nothing but the transport tells a
+    call from this machine's browser, on any web page, from the developer's own: a cross-site form
+    or `text/plain` post needs no CORS preflight, and a DNS-rebinding page reaches 127.0.0.1 under
+    its own host name. So such a gateway takes only JSON bodies (a cross-site JSON post is preflighted,
+    and nothing here answers the preflight) sent to a loopback host name. None: the call may go on."""
+    host = request.url.hostname or ""
+    if not auth.is_loopback(host):
+        message = f"Host {host!r} is not a loopback name: this gateway runs without auth and answers only calls to 127.0.0.1, ::1 or localhost"
+        return error_response(grpc.StatusCode.PERMISSION_DENIED, message)
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != JSON:
+        message = f"the body must be sent as {JSON} (content-type {media_type or 'missing'}): this gateway runs without auth"
+        return error_response(grpc.StatusCode.INVALID_ARGUMENT, message, status=UNSUPPORTED_MEDIA_TYPE)
+    return None
 
 
 def grpc_peer(host: str, port: int) -> str:

@@ -211,6 +211,28 @@ async def test_redis_down_is_unavailable(ort_config: ServingConfig, user_id: str
         assert await assert_same_error(gateway, "EditProfile", edit) == Code.UNAVAILABLE
 
 
+async def test_without_auth_only_json_to_a_loopback_name_is_answered(http_gateway: Gateway, main_tags: np.ndarray, user_id: str) -> None:
+    """Auth off (loopback only): any web page in the developer's browser could post a form or
+    text/plain (no CORS preflight), or reach 127.0.0.1 under its own name (DNS rebinding), and
+    edit profiles; such calls are refused before anything is read or stored."""
+    await http_gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, reset=True))
+    await http_gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=5))
+    port = http_gateway.server.http_port
+    path = "/apron.v1.Recommender/EditProfile"
+    edit = json.dumps({"user_id": user_id, "edits": [{"prototype": "tag1", "scale": 0}]})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        answer = await fetch_json(port, path, edit, [("content-type", content_type)])
+        assert answer.status == 415 and answer.body["code"] == "invalid_argument", answer
+        assert f"content-type {content_type.partition(';')[0]}" in answer.body["message"]
+    answer = await fetch_json(port, path, edit, [("host", f"attacker.example:{port}")])
+    assert answer.status == 403 and "'attacker.example' is not a loopback name" in answer.body["message"], answer
+    stored = await http_gateway.stub.GetProfile(pb.GetProfileRequest(user_id=user_id))
+    assert not any(e.prototype == "tag1" for e in stored.stored_edits)  # nothing of it was stored
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"LOCALHOST:{port}"):
+        answer = await fetch_json(port, path, edit, [("host", host), ("content-type", "application/json; charset=utf-8")])
+        assert answer.status == 200, (host, answer)
+
+
 async def test_tokens_and_roles(python_repository, redis_server, tokens: Tokens, main_tags: np.ndarray) -> None:  # noqa: F811
     config = gateway_config(python_repository, redis_server.url, auth=True, jwt_secret_file=str(tokens.path), http_port=0)
     async with running_gateway(config) as gateway:
@@ -283,7 +305,7 @@ async def test_openapi_describes_the_answers(http_gateway: Gateway, main_tags: n
 
 
 def https_status(port: int, context: ssl.SSLContext) -> int:
-    request = urllib.request.Request(f"https://127.0.0.1:{port}/apron.v1.Recommender/ListPrototypes", data=b"{}")
+    request = urllib.request.Request(f"https://127.0.0.1:{port}/apron.v1.Recommender/ListPrototypes", data=b"{}", headers={"content-type": "application/json"})
     with urllib.request.urlopen(request, timeout=60, context=context) as response:
         return response.status
 

@@ -109,7 +109,8 @@ def test_two_workers_share_the_port_redis_and_metrics(
         while answered != worker_pids:
             assert time.monotonic() < deadline, f"only workers {answered} of {worker_pids} answered HTTP in {calls} calls"
             body = json.dumps({"user_id": user_id, "k": 3}).encode()
-            with urllib.request.urlopen(f"{http_base}/apron.v1.Recommender/Recommend", body, timeout=60) as response:
+            call = urllib.request.Request(f"{http_base}/apron.v1.Recommender/Recommend", body, {"content-type": "application/json"})
+            with urllib.request.urlopen(call, timeout=60) as response:
                 assert len(json.loads(response.read())["items"]) == 3  # urlopen: one connection per request
             calls += 1
             counts = samples(metrics_url, "apron_worker_rpcs")
