@@ -22,11 +22,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
 log = logging.getLogger("apron.gateway")
+T = TypeVar("T")
+
 DRAINING_KEY = "apron-draining"  # trailing metadata of a call the draining server cancelled
 DRAINING_MESSAGE = "the gateway is shutting down and cancelled this call: retry it (another replica answers)"
 MARGIN_S = 0.5  # cancel this long before grpc's own end of the grace (at most half the grace)
@@ -73,25 +75,33 @@ class Drain:
             self._wrapped[method] = found
         return found
 
+    async def run(self, call: Callable[[], Awaitable[T]], when_cut: Callable[[], Awaitable[T]]) -> T:
+        """`call()` as a call in flight (the current task): if `finish` cancels it, what `when_cut()`
+        answers instead (the signal, in the transport's terms: gRPC here, HTTP/JSON in serving/http.py)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.in_flight.add(task)
+        self._idle.clear()
+        try:
+            return await call()
+        except asyncio.CancelledError:
+            if task not in self._cut:
+                raise
+            task.uncancel()  # our own cancellation, answered below: the task goes on to send it
+            return await when_cut()
+        finally:
+            self.in_flight.discard(task)
+            self._cut.discard(task)
+            if not self.in_flight:
+                self._idle.set()
+
     def _tracked(self, behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Callable:
         async def tracked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            task = asyncio.current_task()
-            assert task is not None
-            self.in_flight.add(task)
-            self._idle.clear()
-            try:
-                return await behavior(request, context)
-            except asyncio.CancelledError:
-                if task not in self._cut:
-                    raise
-                task.uncancel()  # our own cancellation, answered below: the task goes on to send it
+            async def cut() -> Any:
                 context.set_trailing_metadata(((DRAINING_KEY, "1"),))
                 await context.abort(grpc.StatusCode.CANCELLED, DRAINING_MESSAGE)
-            finally:
-                self.in_flight.discard(task)
-                self._cut.discard(task)
-                if not self.in_flight:
-                    self._idle.set()
+
+            return await self.run(lambda: behavior(request, context), cut)
 
         return tracked
 

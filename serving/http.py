@@ -49,6 +49,7 @@ from starlette.routing import BaseRoute, Route
 
 from serving import auth, limits
 from serving.config import ServingConfig
+from serving.drain import DRAINING_KEY, DRAINING_MESSAGE, Drain
 from serving.errors import RETRY_AFTER_KEY
 from serving.profile_encoding import Reply
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -173,13 +174,22 @@ def timeout_of(request: Request) -> float | None:
 class RpcEndpoint:
     """One gRPC method over HTTP: parse, run the servicer's method (its boundary included), answer."""
 
-    def __init__(self, method: pb_descriptor.MethodDescriptor, behavior: Behavior, verifier: auth.TokenVerifier | None, max_bytes: int):
+    def __init__(
+        self, method: pb_descriptor.MethodDescriptor, behavior: Behavior, verifier: auth.TokenVerifier | None, max_bytes: int,
+        drain: Drain | None = None,
+    ):
         self.request_class = message_factory.GetMessageClass(method.input_type)
         self.behavior = behavior
         self.verifier = verifier
         self.max_bytes = max_bytes
+        self.drain = drain  # the server's: a call still running at the end of the grace answers as gRPC's do
 
     async def handle(self, request: Request) -> Response:
+        if self.drain is None:
+            return await self._handle(request)
+        return await self.drain.run(lambda: self._handle(request), _cut)
+
+    async def _handle(self, request: Request) -> Response:
         if self.verifier is None and (refused := cross_site_refusal(request)) is not None:
             return refused
         try:
@@ -216,6 +226,14 @@ class RpcEndpoint:
         except HttpAbort as error:
             return error_response(error.code, error.message, context.trailing_metadata)
         return Response(to_json(response), media_type=JSON)
+
+
+async def _cut() -> Response:
+    """A call the draining server cancelled (serving/drain.py): CANCELLED with the same message and
+    signal gRPC's get, the signal as a header (uvicorn would answer a plain-text 500 and log a traceback)."""
+    response = error_response(grpc.StatusCode.CANCELLED, DRAINING_MESSAGE)
+    response.headers[DRAINING_KEY] = "1"
+    return response
 
 
 def cross_site_refusal(request: Request) -> Response | None:
@@ -331,11 +349,14 @@ def http_methods() -> list[pb_descriptor.MethodDescriptor]:
     return list(SERVICE.methods)
 
 
-def build_app(servicer: object, security: auth.AuthSetup, config: ServingConfig, extra_routes: Sequence[BaseRoute] = ()) -> Starlette:
+def build_app(
+    servicer: object, security: auth.AuthSetup, config: ServingConfig, extra_routes: Sequence[BaseRoute] = (), drain: Drain | None = None
+) -> Starlette:
     methods = http_methods()
     document = json.dumps(openapi_document(methods, security.verifier is not None))
+    max_bytes = limits.max_json_request_bytes(config.security)
     routes: list[BaseRoute] = [
-        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, limits.max_json_request_bytes(config.security)).handle, methods=["POST"])
+        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, max_bytes, drain).handle, methods=["POST"])
         for method in methods
     ]
 

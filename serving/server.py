@@ -238,7 +238,7 @@ class ApronServer:
         if drain_delay_s:  # still serving, not ready: health-checking clients and balancers move away
             await asyncio.sleep(drain_delay_s)
         stopping = [asyncio.create_task(self.grpc_server.stop(grace))]  # new calls refused from here
-        if self.http is not None:  # the HTTP port drains beside it (uvicorn gives in-flight requests the grace)
+        if self.http is not None:  # the HTTP port drains beside it (its calls are in the same drain)
             stopping.append(asyncio.create_task(self.http.stop(grace)))
         await self.drain.finish(grace)  # in-flight calls finish; those left at the end: CANCELLED + apron-draining
         await asyncio.gather(*stopping)
@@ -363,7 +363,7 @@ async def create_server(
                 probe.bind(each)
         http = None
         if config.http_port >= 0:
-            http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security)), config)
+            http = HttpServer(build_app(servicer, resources.security, config, page_routes(resources.security), drain), config)
     except BaseException:
         if owns_resources:
             resources.close()

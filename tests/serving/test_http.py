@@ -25,9 +25,11 @@ from google.protobuf.message import Message
 
 from serving import auth
 from serving.config import ServingConfig
+from serving.drain import DRAINING_KEY, DRAINING_MESSAGE
 from serving.http import HTTP_STATUS, OPENAPI_PATH, SERVICE, TIMEOUT_HEADER, to_json
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.server import create_server
+from tests.polling import eventually
 from tests.reliability.conftest import Tokens, tokens  # noqa: F401  (pytest finds fixtures by name)
 from tests.serving.certs import make_pki
 from tests.serving.conftest import Gateway, gateway_config, liked_history, running_gateway
@@ -326,6 +328,32 @@ async def test_the_http_port_speaks_the_grpc_ports_tls(ort_config: ServingConfig
         assert await asyncio.to_thread(https_status, server.http_port, trusting) == 200
     finally:
         await server.stop(1.0)
+
+
+async def test_a_call_the_drain_cuts_answers_as_over_grpc(ort_config: ServingConfig, main_tags: np.ndarray, user_id: str) -> None:
+    """A call still running at the end of the shutdown grace: HTTP gets what gRPC gets (CANCELLED,
+    the drain's message and its signal, here a header), not uvicorn's plain-text 500 and a traceback."""
+    config = dataclasses.replace(ort_config, http_port=0, request_timeout_s=600.0)  # only the drain ends the call
+    server, _ = await create_server(config)
+    await server.start()
+    release = asyncio.Event()
+    top_k = server.scorer.top_k
+
+    async def held_top_k(*args: object, **kwargs: object) -> object:
+        await release.wait()  # never set before the stop: the drain must cut the call
+        return await top_k(*args, **kwargs)
+
+    server.scorer.top_k = held_top_k  # type: ignore[method-assign]
+    request = pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=3)
+    try:
+        held = asyncio.ensure_future(fetch_json(server.http_port, "/apron.v1.Recommender/Recommend", to_json(request)))
+        await eventually(lambda: len(server.drain.in_flight) == 1, "the HTTP call held in the gateway")
+        await server.stop(grace=1.0)
+        answer = await held
+    finally:
+        release.set()
+    assert answer.status == HTTP_STATUS[grpc.StatusCode.CANCELLED] and answer.body == {"code": "cancelled", "message": DRAINING_MESSAGE}
+    assert answer.headers.get(DRAINING_KEY) == "1"
 
 
 def test_the_http_peer_is_spelled_as_grpc_spells_it() -> None:
