@@ -25,7 +25,7 @@ from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
 from serving.server import ApronServer, create_server
 from tests.polling import eventually, wait_until
-from tests.serving.conftest import gateway_config, liked_history, running_gateway
+from tests.serving.conftest import gateway_config, hold_scores, liked_history, running_gateway
 
 Code = grpc.StatusCode
 DRAINING = {DRAINING_KEY: "1"}
@@ -60,14 +60,7 @@ async def test_a_call_cut_by_a_draining_gateway_says_so_and_the_client_retries_i
     config = gateway_config(python_repository, redis_server.url, reuse_port=True, request_timeout_s=600.0)
     first, port = await create_server(config)
     await first.start()
-    release = asyncio.Event()
-    top_k = first.scorer.top_k
-
-    async def held_top_k(*args: object, **kwargs: object) -> object:
-        await release.wait()  # never set before the stop: the drain must cut the call
-        return await top_k(*args, **kwargs)
-
-    first.scorer.top_k = held_top_k  # type: ignore[method-assign]
+    release = hold_scores(first)  # never set before the stop: the drain must cut the call
     request = pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=3)
     stopped = False
     try:

@@ -3,12 +3,14 @@ tritonserver, and gateways on free ports talking to them over real sockets."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -143,3 +145,17 @@ def user_id(request: pytest.FixtureRequest) -> str:
 
 
 __all__ = ["pb", "IN_PROCESS", "Gateway", "running_gateway", "gateway_config", "liked_history", "item_index"]
+
+
+def hold_scores(server: Any) -> asyncio.Event:
+    """`server`'s scorer waits, on every call, until the event returned is set: its calls stay in
+    flight (what a drain must cut)."""
+    release = asyncio.Event()
+    top_k = server.scorer.top_k
+
+    async def held_top_k(*args: object, **kwargs: object) -> object:
+        await release.wait()
+        return await top_k(*args, **kwargs)
+
+    server.scorer.top_k = held_top_k
+    return release

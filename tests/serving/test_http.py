@@ -32,7 +32,7 @@ from serving.server import create_server
 from tests.polling import eventually
 from tests.reliability.conftest import Tokens, tokens  # noqa: F401  (pytest finds fixtures by name)
 from tests.serving.certs import make_pki
-from tests.serving.conftest import Gateway, gateway_config, liked_history, running_gateway
+from tests.serving.conftest import Gateway, gateway_config, hold_scores, liked_history, running_gateway
 
 Code = grpc.StatusCode
 METHODS = [method.name for method in SERVICE.methods]
@@ -336,14 +336,7 @@ async def test_a_call_the_drain_cuts_answers_as_over_grpc(ort_config: ServingCon
     config = dataclasses.replace(ort_config, http_port=0, request_timeout_s=600.0)  # only the drain ends the call
     server, _ = await create_server(config)
     await server.start()
-    release = asyncio.Event()
-    top_k = server.scorer.top_k
-
-    async def held_top_k(*args: object, **kwargs: object) -> object:
-        await release.wait()  # never set before the stop: the drain must cut the call
-        return await top_k(*args, **kwargs)
-
-    server.scorer.top_k = held_top_k  # type: ignore[method-assign]
+    release = hold_scores(server)  # never set before the stop: the drain must cut the call
     request = pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=3)
     try:
         held = asyncio.ensure_future(fetch_json(server.http_port, "/apron.v1.Recommender/Recommend", to_json(request)))
