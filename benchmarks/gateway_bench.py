@@ -33,7 +33,7 @@ import numpy as np
 import psutil
 
 from benchmarks import request_path
-from benchmarks.load import LoadStats, closed_loop, run_load
+from benchmarks.load import LoadStats, Refused, closed_loop, run_load
 from benchmarks.request_path import CallSplit, EchoResults, PathPhase, TailEvidence
 from benchmarks.timing import Timing
 from common.net import free_ports
@@ -312,10 +312,15 @@ class Client:
 
     async def recommend(self, user_id: str, history: list[str], expect_cached: bool | None, view: int = 0) -> None:
         self.sent += 1
-        reply = await self.stubs[self.sent % len(self.stubs)].Recommend(
-            self.pb.RecommendRequest(user_id=user_id, history=history, k=K, profile_view=view),
-            metadata=self.metadata, timeout=30,
-        )  # fmt: skip
+        try:
+            reply = await self.stubs[self.sent % len(self.stubs)].Recommend(
+                self.pb.RecommendRequest(user_id=user_id, history=history, k=K, profile_view=view),
+                metadata=self.metadata, timeout=30,
+            )  # fmt: skip
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED:  # the gateway shedding load: an open loop counts it
+                raise Refused(error.details()) from error
+            raise
         if len(reply.items) != K or (expect_cached is not None and reply.profile_from_cache != expect_cached):
             raise RuntimeError(f"unexpected reply: {len(reply.items)} items, from cache {reply.profile_from_cache}")
 
@@ -806,8 +811,10 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
     return [
         f"### Tail latency at {g.load_fraction:.0%} of the maximum throughput ({g.n_items:,} items, open loop): the evidence",
         "",
-        f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s ({client.calls:,} calls): p50 "
-        f"{fmt(client.p50_ms, 1)} ms, p99 {fmt(client.p99_ms, 1)} ms. The client's latency is from each request's "
+        f"{fmt(g.offered_rate, 0)} req/s offered for {fmt(tail.wall_s)} s ({client.calls:,} calls answered"
+        + (f"; {tail.refused:,} more, {tail.refused_share:.1%} of the offered, refused with RESOURCE_EXHAUSTED: the gateway "
+           "shed them, and they are in no latency below" if tail.refused else "")
+        + f"): p50 {fmt(client.p50_ms, 1)} ms, p99 {fmt(client.p99_ms, 1)} ms. The client's latency is from each request's "
         "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
         "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
         "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "

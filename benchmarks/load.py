@@ -26,12 +26,19 @@ from serving.metrics import GcPauses
 Call = Callable[[int], Awaitable[object]]  # request number -> the RPC
 
 
+class Refused(Exception):
+    """What a call raises when the server refused it for its load (gRPC RESOURCE_EXHAUSTED): an
+    open loop counts it and goes on (`LoadStats.refused`), as a shedding server means it to; a
+    closed loop, whose callers wait for each other, fails."""
+
+
 @dataclass
 class LoadStats:
     """What a run saw beyond its measured latencies: every completed call (warm-up included, to set
     against a server's own counters) and, in an open loop, how late each request was sent."""
 
     calls: int = 0
+    refused: int = 0  # open loop: calls the server refused for its load (`Refused`), in no latency
     send_lags_s: list[float] = field(default_factory=list)
     # every completed call's send and receipt, time.perf_counter summed: set against the gateway's
     # own call log (request_path.call_split), the mean time before and after its handler
@@ -88,10 +95,14 @@ async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | 
     interval = 1.0 / rate
     n = max(1, int(rate * seconds))
 
-    async def one(i: int, scheduled: float) -> float:
+    async def one(i: int, scheduled: float) -> float | None:
         sent = time.perf_counter()
         stats.send_lags_s.append(sent - scheduled)
-        await call(i)
+        try:
+            await call(i)
+        except Refused:
+            stats.refused += 1
+            return None
         received = time.perf_counter()
         stats.calls += 1
         stats.sent_sum_s += sent
@@ -106,7 +117,7 @@ async def open_loop(call: Call, rate: float, seconds: float, stats: LoadStats | 
         if wait > 0:  # else it is due already (the loop was busy): sent at the loop's next turn
             await asyncio.sleep(wait)
         tasks.append(asyncio.create_task(one(i, scheduled)))
-    latencies = await asyncio.gather(*tasks)
+    latencies = [latency for latency in await asyncio.gather(*tasks) if latency is not None]
     return Timing(np.asarray(latencies), 1, time.perf_counter() - start)
 
 
@@ -132,6 +143,7 @@ class ProcessLoad:
     received_sum_s: float = 0.0
     send_lags_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # open loop: send time - scheduled time
     gc_pauses_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # the load processes' collections in the window
+    refused: int = 0  # open loop: calls the server refused for its load (LoadStats.refused)
     # the measured window, time.monotonic() (system-wide on Linux): the first process's start, the
     # last one's end; what other processes' CPU (the gateway's, /proc/stat) is measured over
     window: tuple[float, float] = (0.0, 0.0)
@@ -194,7 +206,7 @@ def run_load(
         Timing(latencies, 1, wall_s), sum(part[2] for part in parts), processes,
         calls_all=sum(part[5] for part in parts), send_lags_s=np.concatenate([part[6] for part in parts]),
         sent_sum_s=sum(part[7] for part in parts), received_sum_s=sum(part[8] for part in parts), window=(min(part[3] for part in parts), max(part[4] for part in parts)),
-        gc_pauses_s=np.concatenate([part[9] for part in parts]),
+        gc_pauses_s=np.concatenate([part[9] for part in parts]), refused=sum(part[10] for part in parts),
     )  # fmt: skip
 
 
@@ -209,7 +221,7 @@ def _load_process(
 
 async def _load(
     source: CallSource, method: str, clients: int, rate: float, seconds: float, warmup_s: float, start: Any
-) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray, float, float, np.ndarray]:
+) -> tuple[np.ndarray, float, float, float, float, int, np.ndarray, float, float, np.ndarray, int]:
     opened = source.open()
     call = getattr(opened, method)
     # What was imported and set up lives as long as the process: out of the collector's sight, so
@@ -234,4 +246,5 @@ async def _load(
     return (
         timing.latencies_s, timing.wall_s, cpu_s, ended - timing.wall_s, ended,
         stats.calls, np.asarray(stats.send_lags_s), stats.sent_sum_s, stats.received_sum_s, np.asarray(pauses.seconds),
+        stats.refused,
     )  # fmt: skip

@@ -442,6 +442,11 @@ class TailEvidence:
     over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
     load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
+    refused: int = 0  # calls the gateway refused for its load (RESOURCE_EXHAUSTED): in no latency above
+
+    @property
+    def refused_share(self) -> float:
+        return self.refused / (self.refused + self.client.calls) if self.refused else 0.0
 
     @property
     def mean_run_ms(self) -> float:
@@ -543,4 +548,5 @@ def tail_evidence(
         },
         load_gc_ms=(len(load.gc_pauses_s), float(load.gc_pauses_s.sum() * 1e3), float(load.gc_pauses_s.max() * 1e3) if len(load.gc_pauses_s) else 0.0),
         calls=calls,
+        refused=load.refused,
     )

@@ -8,7 +8,9 @@ import gc
 import math
 import time
 
-from benchmarks.load import LoadStats, open_loop, run_load
+import pytest
+
+from benchmarks.load import LoadStats, Refused, closed_loop, open_loop, run_load
 from serving.metrics import GcPauses
 
 
@@ -68,3 +70,30 @@ def test_load_processes_freeze_their_heap_and_report_their_collections() -> None
     load = run_load(FrozenHeapCheck(), "call", 2, 0.3, rate=200.0)
     assert load.calls_all == len(load.timing.latencies_s) > 0  # every call passed the check
     assert len(load.gc_pauses_s) >= 2 and (load.gc_pauses_s >= 0).all()  # each process collected at least once
+
+
+class RefusesEveryThird:
+    """A call source whose server refuses every third call for its load."""
+
+    def open(self) -> RefusesEveryThird:
+        return self
+
+    async def call(self, i: int) -> None:
+        if i % 3 == 2:
+            raise Refused("the gateway is at its limit")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_open_loop_counts_the_calls_a_server_refused_for_load_and_goes_on() -> None:
+    """A shedding server's RESOURCE_EXHAUSTED is an outcome an open loop reports (it ended a whole
+    benchmark run before), in no latency; across the load processes too."""
+    load = run_load(RefusesEveryThird(), "call", 2, 0.3, rate=200.0)
+    assert load.refused > 0 and load.refused + len(load.timing.latencies_s) == load.calls_all + load.refused
+    assert abs(load.refused - len(load.timing.latencies_s) / 2) <= 2  # one in three of each process's calls
+
+
+async def test_a_closed_loop_still_fails_on_a_refusal() -> None:
+    with pytest.raises(Refused):
+        await closed_loop(RefusesEveryThird().call, 2, 0.05, warmup_s=0.0)

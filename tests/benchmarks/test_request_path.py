@@ -103,3 +103,22 @@ def test_the_ceiling_adds_the_scorers_cpu_at_full_batches_to_what_the_gateway_sp
     assert "spent 0.500 CPU ms per request on its event loop and gRPC core's threads and 2.500 on its other threads" in text
     assert "could serve at most 1,000 req/s: 50% of the raw scorer" in text
     assert ceiling_lines(cpu, Timing(np.full(10, 0.016), 32, 0.16)) == []  # no CPU measured: no estimate
+
+
+def test_the_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loop() -> None:
+    """Refused calls are in no latency: a p99 under the target over the calls answered still misses
+    it when some were shed, and the row says how many."""
+    from types import SimpleNamespace
+
+    from benchmarks.run import p99_row
+
+    def gateway(refused: int) -> SimpleNamespace:
+        tail = SimpleNamespace(refused=refused, refused_share=refused / 1000)
+        return SimpleNamespace(
+            n_items=1000, at_load=SimpleNamespace(p99_ms=20.0, p50_ms=5.0), offered_rate=3500.0, offered_share_after=0.72, tail=tail
+        )
+
+    target, cell, met = p99_row(gateway(0))  # type: ignore[arg-type]
+    assert met and cell.endswith("72% of the maximum measured right after it")
+    _, cell, met = p99_row(gateway(12))  # type: ignore[arg-type]
+    assert not met and "12 calls (1.2%) refused for load, in no latency" in cell
