@@ -23,7 +23,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 
 F_NODES = "/f/"  # the traced name prefix of f's layers (ServedScorer.f)
 WEIGHT_OPS = ("Gemm", "MatMul")
@@ -75,9 +77,77 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
             f"ONNX Runtime's quantizer made integer products {products} of f's layers {layers}: "
             "this onnxruntime version quantizes differently; export without --int8"
         )
+    quantize_rows_apart(quantized.graph)
     sort_nodes(quantized.graph)
     onnx.checker.check_model(quantized)
     return quantized.SerializeToString()
+
+
+# Per-row input quantization (`quantize_rows_apart`): a non-negative input (the shares, a ReLU's
+# output) as uint8 from 0 (zero point 0, 8 bits of its row's maximum), any other (tanh's) around
+# 128 (7 bits of its row's largest magnitude either way). ONNX Runtime's MatMulInteger takes only
+# one zero point for all rows, so the zero point is fixed and only the scale follows the row.
+UNSIGNED, SIGNED = (0, 255.0), (128, 127.0)  # (zero point, levels above it)
+NON_NEGATIVE_OPS = ("Relu",)  # producers whose output is never below 0 (f's first input: the shares)
+SMALLEST_SCALE = 1e-30  # an all-zero row (an empty profile): any scale gives 0, this one no NaN
+
+
+def quantize_rows_apart(graph: onnx.GraphProto) -> None:
+    """Each of the quantizer's `DynamicQuantizeLinear` nodes (one scale and zero point for the
+    whole (B, D) input, the batch's rows together, so a row's scores depended on its batch
+    neighbours) becomes a per-row quantization: its row's own scale, a fixed zero point. The
+    products, their rescale (now (B, 1) × (N,)) and the weights are unchanged. In place."""
+    producers = {output: node for node in graph.node for output in node.output}
+    products = {node.input[0]: node for node in graph.node if node.op_type == QUANTIZED_OP}  # quantized input -> its product
+    for node in list(graph.node):
+        if node.op_type != "DynamicQuantizeLinear":
+            continue
+        (x,), (quantized, scale, zero_point) = node.input, node.output
+        producer = producers.get(x)
+        # f's first layer (traced as /f/f.0/) reads the shares; a later one reads its activation's output
+        non_negative = products[quantized].name.startswith(f"{F_NODES}f.0/") or (producer is not None and producer.op_type in NON_NEGATIVE_OPS)
+        zero, levels = UNSIGNED if non_negative else SIGNED
+        graph.node.remove(node)
+        graph.node.extend(_row_quantization(x, quantized, scale, f"{x}_rows", zero, levels))
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(zero, np.uint8), zero_point))
+        _rescale_rows_last(graph, scale)
+
+
+def _rescale_rows_last(graph: onnx.GraphProto, scale: str) -> None:
+    """The quantizer rescales a product by Mul(product, Mul(input scale, weight scales)); ONNX
+    Runtime's optimizer fuses that into one MatMulIntegerToFloat, which takes the input scale to be
+    one number and, given a (B, 1) one, scores wrong (the export's parity check fails). So the
+    weight scales rescale the product first (fused as before) and the row's scale after it."""
+    (combine,) = [node for node in graph.node if node.op_type == "Mul" and scale in node.input]  # Mul(scale, weight scales)
+    (weights,) = [name for name in combine.input if name != scale]
+    (rescale,) = [node for node in graph.node if combine.output[0] in node.input]  # Mul(product, combined)
+    combine.op_type, combine.input[:] = "Identity", [weights]
+    per_column = f"{rescale.output[0]}_per_column"
+    rescaled = rescale.output[0]
+    rescale.output[0] = per_column
+    graph.node.append(onnx.helper.make_node("Mul", [per_column, scale], [rescaled], name=f"{rescale.name}_rows"))
+
+
+def _row_quantization(x: str, quantized: str, scale: str, prefix: str, zero: int, levels: float) -> list[onnx.NodeProto]:
+    """Nodes: `scale` (B, 1) = the row's largest magnitude / `levels` (at least SMALLEST_SCALE),
+    `quantized` (B, D) uint8 = round(x / scale) + `zero`, saturated to [0, 255]."""
+    constant = lambda name, value: onnx.helper.make_node(  # noqa: E731
+        "Constant", [], [f"{prefix}_{name}"], value=onnx.numpy_helper.from_array(np.array(value, np.float32))
+    )
+    make = onnx.helper.make_node
+    return [
+        make("Abs", [x], [f"{prefix}_abs"]),
+        make("ReduceMax", [f"{prefix}_abs"], [f"{prefix}_max"], axes=[1], keepdims=1),
+        constant("levels", levels), constant("smallest", SMALLEST_SCALE), constant("zero", float(zero)),
+        constant("low", 0.0), constant("high", 255.0),
+        make("Div", [f"{prefix}_max", f"{prefix}_levels"], [f"{prefix}_raw_scale"]),
+        make("Max", [f"{prefix}_raw_scale", f"{prefix}_smallest"], [scale]),
+        make("Div", [x, scale], [f"{prefix}_scaled"]),
+        make("Round", [f"{prefix}_scaled"], [f"{prefix}_rounded"]),  # half to even, as DynamicQuantizeLinear
+        make("Add", [f"{prefix}_rounded", f"{prefix}_zero"], [f"{prefix}_shifted"]),
+        make("Clip", [f"{prefix}_shifted", f"{prefix}_low", f"{prefix}_high"], [f"{prefix}_saturated"]),
+        make("Cast", [f"{prefix}_saturated"], [quantized], to=onnx.TensorProto.UINT8),
+    ]
 
 
 class _QuantizerAdvice(logging.Filter):

@@ -481,6 +481,27 @@ def test_int8_scorer_excludes_edits_and_ranks_like_the_fp32_one(penalised: APRON
         np.testing.assert_allclose(scores8, scores32, atol=atol, rtol=rtol, err_msg=case)
 
 
+def test_an_int8_rows_scores_do_not_depend_on_the_rows_batched_with_it(penalised: APRON) -> None:
+    """Each row's input to f is quantized with its own scale (`quantize.quantize_rows_apart`): a
+    profile scored alone and beside a very different one (a concentrated profile, an empty one)
+    gets the same top k and scores, as in the fp32 graph (dynamic quantization's one scale per
+    batch made them depend on the neighbours)."""
+    int8 = session(export_onnx(penalised, k_max=TINY_K_MAX, precision=Precision.INT8).onnx[contract.SCORER_MODEL])
+    histories = random_histories(TINY["n_items"], 4, 30, np.random.default_rng(8))[1:]
+    with torch.no_grad():
+        spread = penalised.profile_weights(multi_hot(histories, TINY["n_items"])).numpy()
+    concentrated = np.full_like(spread[:1], 1e-30)
+    concentrated[0, :, 0] = 1.0  # every head on one prototype
+    exclude = np.full((1, 1), -1, np.int64)
+    for row in spread:
+        (alone_ids, alone_scores) = int8.run(None, {contract.PROFILE_WEIGHTS: row[None], contract.EXCLUDE_IDS: exclude})
+        for neighbour in (concentrated, np.zeros_like(concentrated), spread):
+            batch = np.concatenate([row[None], neighbour])
+            ids, scores = int8.run(None, {contract.PROFILE_WEIGHTS: batch, contract.EXCLUDE_IDS: np.repeat(exclude, len(batch), 0)})
+            np.testing.assert_array_equal(ids[0], alone_ids[0])
+            np.testing.assert_allclose(scores[0], alone_scores[0], rtol=0, atol=1e-5)
+
+
 def test_int8_is_refused_with_fp16_and_without_f_layers() -> None:
     from export.quantize import QuantizationError, quantize_scorer
 
