@@ -4,8 +4,9 @@ At 41,000 items nearly all of a scorer run is f's last layer (600 x N, about 98 
 whole on every run: on a CPU the scorer is bound by that stream, not by arithmetic. ONNX Runtime's
 dynamic quantization stores each of f's weight matrices as int8 (7-bit range, see `reduce_range`
 below) with one scale per output channel (a quarter of the bytes) and quantizes the layer's input
-(the shares, then tanh's output) to uint8 per run, so each layer is one integer matrix product
-(MatMulInteger) and a rescale.
+(the shares, then tanh's output) to uint8 per run, each row with its own scale
+(`quantize_rows_apart`: a request's scores never depend on the requests batched with it), so each
+layer is one integer matrix product (MatMulInteger) and a rescale.
 
 Only f is quantized: the shares, the edit penalty, the log-softmax, the exclusions and the top-k
 stay fp32, and so do the profile graph and the item encoder. What it costs in ranking is measured,
