@@ -213,7 +213,11 @@ def evaluate_checkpoint(
     torch_device = resolve_device(device)
     model.to(torch_device)
     dataset = load_dataset_for(info.dataset, dataset_dir)
-    result = {"model": info.model, "dataset": info.dataset["name"], **evaluate_model(model, dataset, split, torch_device)}
+    # the tag membership the model was trained with (APRON's `tag_min_share`), as the results runner
+    # evaluates it: another one would report a different Δ@20 under the same name
+    tag_min_share = getattr(getattr(model, "config", None), "tag_min_share", TAG_MIN_SHARE)
+    metrics = evaluate_model(model, dataset, split, torch_device, tag_min_share=tag_min_share)
+    result = {"model": info.model, "dataset": info.dataset["name"], **metrics}
     if plot is not None and "per_tag" in result:
         from training.plots import plot_tag_deltas
 

@@ -147,3 +147,26 @@ def test_apron_train_hides_labels_only_for_apron(dataset, tmp_path: Path, capsys
                      "--hide-tag-labels"]) == 0  # fmt: skip
     model, _ = load_checkpoint(out)
     assert model.config.hidden_label_share == 0.2 and model.unlabelled_items().sum() == round(0.2 * dataset.n_items)
+
+
+def test_apron_evaluate_uses_the_tag_membership_the_model_was_trained_with(
+    trained, dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint trained with tag_min_share 0 (any tag count) is evaluated with it, as the
+    results runner evaluates it; the CLI used 0.5 whatever the model, a different Δ@20 by one name."""
+    import dataclasses
+
+    import training.evaluate
+
+    model = copy.deepcopy(trained)
+    model.config = dataclasses.replace(model.config, tag_min_share=0.0)
+    path = save_checkpoint(tmp_path / "any-tag.pt", model, trained.info)
+    seen: list[float] = []
+
+    def recorded(*args: object, tag_min_share: float, **kwargs: object) -> dict:
+        seen.append(tag_min_share)
+        return {}
+
+    monkeypatch.setattr(training.evaluate, "evaluate_model", recorded)
+    training.evaluate.evaluate_checkpoint(path, dataset.path)
+    assert seen == [0.0]
