@@ -7,7 +7,7 @@ import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.results.catalogue import ABLATIONS, Job, Run, jobs, same_run_as
-from training.results.report import write_report
+from training.results.report import sweep_verdict, write_report
 from training.results.runner import carry_over, execute, load_records, needs_run
 from training.results.stats import aggregate
 
@@ -214,3 +214,13 @@ def test_not_run_counts_only_records_with_the_rows_current_settings(tmp_path: Pa
     assert "- main/lastfm-2k/multivae: 2 of 3 seeds (run with other settings than the row has now: seed 2)" in text
     stale["settings"] = job.settings()
     assert "main/lastfm-2k/multivae:" not in write_report([*current, stale], tmp_path / "R2.md").read_text()
+
+
+def test_a_sweep_options_verdict_says_what_was_measured() -> None:
+    """The verdict follows the numbers: a drop of %Δ@20 is a drop (it read "moved < 5 points"
+    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest."""
+    assert sweep_verdict(True, 7.7) == "helped (%Δ@20 +7.7 points, accuracy kept)"
+    assert sweep_verdict(True, -7.1) == "failed: %Δ@20 fell -7.1 points"
+    assert sweep_verdict(True, 2.0) == "failed: %Δ@20 moved +2.0 points, under 5"
+    assert sweep_verdict(True, float("nan")) == "failed: %Δ@20 not measured (N/A)"
+    assert sweep_verdict(False, 12.0) == "failed: accuracy fell"

@@ -379,6 +379,20 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
 SWEEP_NDCG_SLACK = 0.01  # an option "keeps accuracy" when its val NDCG@100 is at most this below the tuned row's
 
 
+def sweep_verdict(keeps: bool, gain: float) -> str:
+    """A sweep option's verdict against the tuned row, from its accuracy check and its %Δ@20 gain in
+    points: helped only with 5 points or more and accuracy kept; otherwise what failed, as measured."""
+    if not keeps:
+        return "failed: accuracy fell"
+    if math.isnan(gain):
+        return "failed: %Δ@20 not measured (N/A)"
+    if gain >= 5:
+        return f"helped (%Δ@20 {gain:+.1f} points, accuracy kept)"
+    if gain <= -5:
+        return f"failed: %Δ@20 fell {gain:+.1f} points"
+    return f"failed: %Δ@20 moved {gain:+.1f} points, under 5"
+
+
 def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
     """What was tried for the goal, with the verdict of each option computed from the sweep rows."""
     lines = [
@@ -405,8 +419,7 @@ def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
             base_pct = aggregate(base_rows, "pct_delta@20")
             keeps = ndcg.mean >= base.mean - SWEEP_NDCG_SLACK
             gain = served.mean - base_pct.mean if served and base_pct else float("nan")
-            verdict = (f"helped (%Δ@20 {gain:+.1f} points, accuracy kept)" if keeps and gain >= 5
-                       else "failed: accuracy fell" if not keeps else "failed: %Δ@20 moved < 5 points")  # fmt: skip
+            verdict = sweep_verdict(keeps, gain)
             lines.append(
                 f"- {features}, {variant.label}: val NDCG@100 {ndcg.mean:.4f} (tuned {base.mean:.4f}), val %Δ@20 "
                 f"{fmt(served.mean if served else None, 1)} (tuned {fmt(base_pct.mean if base_pct else None, 1)}): {verdict}."
