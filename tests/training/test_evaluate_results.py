@@ -7,7 +7,7 @@ import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.results.catalogue import ABLATIONS, Job, Run, jobs, same_run_as
-from training.results.report import sweep_verdict, write_report
+from training.results.report import SWEEP_DATASET, sweep_after_test, sweep_verdict, write_report
 from training.results.runner import carry_over, execute, load_records, needs_run
 from training.results.stats import aggregate
 
@@ -224,3 +224,19 @@ def test_a_sweep_options_verdict_says_what_was_measured() -> None:
     assert sweep_verdict(True, 2.0) == "failed: %Δ@20 moved +2.0 points, under 5"
     assert sweep_verdict(True, float("nan")) == "failed: %Δ@20 not measured (N/A)"
     assert sweep_verdict(False, 12.0) == "failed: accuracy fell"
+
+
+def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:
+    """Said only when the records show sweep rows run after the first ablation row was scored on
+    test users, with their count and dates (it was one fixed sentence)."""
+    def record(part: str, date: str) -> dict:
+        return {"part": part, "dataset": SWEEP_DATASET, "date": date}
+
+    before = [record("sweep", "2026-11-23 11:00 UTC"), record("ablations", "2026-11-23 12:08 UTC")]
+    assert sweep_after_test(before) == ""
+    after = [*before, record("sweep", "2026-11-23 12:40 UTC"), record("sweep", "2026-11-24 09:00 UTC")]
+    assert sweep_after_test(after) == (
+        ", and 2 of its sweep's 3 rows were run after the first ablation row was scored on test users "
+        "(2026-11-23 12:08 UTC; those sweep rows from 2026-11-23 12:40 UTC)"
+    )
+    assert sweep_after_test([record("sweep", "2026-11-23 12:40 UTC")]) == ""  # no test scores at all

@@ -171,6 +171,20 @@ def final_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
     return [*lines, ""]
 
 
+def sweep_after_test(records: list[dict[str, Any]]) -> str:
+    """", and N of its sweep's rows were run after ..." when the records show sweep rows (chosen on
+    validation users) run after ablation rows had been scored on test users; "" when none were."""
+    tested = sorted(r["date"] for r in records if r["part"] == "ablations" and r["dataset"] == SWEEP_DATASET)
+    sweep = [r for r in records if r["part"] == "sweep" and r["dataset"] == SWEEP_DATASET]
+    later = sorted(r["date"] for r in sweep if tested and r["date"] > tested[0])  # "YYYY-MM-DD HH:MM UTC" sorts by time
+    if not later:
+        return ""
+    return (
+        f", and {len(later)} of its sweep's {len(sweep)} rows were run after the first ablation row was scored on test "
+        f"users ({tested[0]}; those sweep rows from {later[0]})"
+    )
+
+
 def earlier_goal_lines(records: list[dict[str, Any]]) -> list[str]:
     """What became of issue 10's verdict, from the records: its row is compared with the best
     baseline of the main table by the paired interval when both keep per-user values (no verdict)."""
@@ -181,9 +195,8 @@ def earlier_goal_lines(records: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"- Issue 10 called the goal met on {SWEEP_DATASET} with the sweep's choice `{choice}` (ablation table), against "
         "a bar of the best baseline's mean − 1 per-user s.e. That bar is not a test of the difference of two models "
-        "scored on the same users (the paired interval is), its %Δ@20 is the served one (with the edit penalty γ), "
-        "and its sweep had a round added after an earlier choice was scored on test users, so no verdict is drawn "
-        "from it.",
+        "scored on the same users (the paired interval is), its %Δ@20 is the served one (with the edit penalty γ)"
+        f"{sweep_after_test(records)}, so no verdict is drawn from it.",
     ]  # fmt: skip
     chosen = (sweep[choice][0]["features"], sweep[choice][0]["settings"])
     rows = next((r for r in group(records, "ablations", SWEEP_DATASET).values()
