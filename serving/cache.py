@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import secrets
 import time
@@ -625,20 +626,20 @@ class ProfileCache:
         return stored.record, stored.edits
 
     async def state(self, user_id: str) -> StoredProfile:
-        """The user's state for a write that depends on it (EditProfile validates edits against it
-        and stores them only at its version): `cached_or_recovered`'s, with the version."""
+        """The user's state (`cached`'s, with its version), and when this version has no profile, one
+        recomputed from another version's history: EditProfile validates edits against it and stores
+        them only at its version, GetProfile shows it."""
         stored = await self._read(user_id)
         stages.mark(stages.REDIS_READ)
-        if stored.record is None and await self._recovered(user_id) is not None:
-            stored = await self._read(user_id)  # the version the recovered profile's write left
+        if stored.record is None and (recovered := await self._recovered(user_id)) is not None:
+            again = await self._read(user_id)  # the version the recovered profile's write left
+            stored = again if again.record is not None else dataclasses.replace(again, record=recovered)  # (not stored)
         return stored
 
     async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
-        """`cached`, and when this version has no profile, one recomputed from another version's history."""
-        record, edits = await self.cached(user_id)
-        if record is None:
-            record = await self._recovered(user_id)
-        return record, edits
+        """`state`'s profile and stored edits."""
+        stored = await self.state(user_id)
+        return stored.record, stored.edits
 
     async def _recovered(self, user_id: str) -> ProfileRecord | None:
         history = await self.recover(user_id) if self.recover is not None else None

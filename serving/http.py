@@ -81,9 +81,9 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
 }
 TOO_LARGE = 413  # a body over --max-message-bytes (gRPC: RESOURCE_EXHAUSTED, which 429 would make a retry)
 UNSUPPORTED_MEDIA_TYPE = 415  # with auth off, a body not sent as JSON (cross_site_refusal)
-# A body over this is parsed in a thread: protobuf's JSON parser pays per element (4 MB of 800,000
-# one-letter history ids: 0.58 s, json_format.Parse on the 2-core machine), which on the event loop
-# would stall every other call meanwhile; validation refuses such a history only after the parse
+# A body over this is parsed in a thread: protobuf's JSON parser walks it element by element in
+# Python, and a body up to the size limit on the event loop would hold every other call meanwhile
+# (validation refuses an over-long history only after the parse)
 PARSE_ON_LOOP_BYTES = 64 * 1024
 
 Behavior = Callable[[Message | None, Any], Awaitable[Message | Reply]]

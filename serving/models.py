@@ -246,7 +246,8 @@ class ModelSet:
 
     async def watch(self, interval_s: float = WATCH_INTERVAL_S) -> None:
         """--watch-repository: roll out a newer version as soon as the repository holds one (until cancelled)."""
-        waits, retry_at = 0, 0.0  # failed tries of a version the backend could not serve yet, and the next one
+        # the newest version seen, its tries the backend answered UNAVAILABLE, and when the next one may go
+        waiting_for, waits, retry_at = 0, 0, 0.0
         while True:
             await asyncio.sleep(interval_s)
             routing = self.routing
@@ -256,6 +257,8 @@ class ModelSet:
                 newest = await asyncio.to_thread(self.newest_version)
             except ModelLoadError:
                 continue
+            if newest != waiting_for:  # a newer version than the one waited for: tried at once
+                waiting_for, waits, retry_at = newest, 0, 0.0
             if newest != routing.primary and newest != self._failed_newest and time.monotonic() >= retry_at:
                 try:
                     await self.reload()
@@ -263,11 +266,9 @@ class ModelSet:
                     if isinstance(error.__cause__, Unavailable):  # the backend cannot serve it yet (Triton loads a
                         # new version on its own repository poll, seconds later): tried again, less and less often
                         waits += 1
-                        retry_at = time.monotonic() + min(WATCH_RETRY_MAX_S, interval_s * 2 ** (waits - 1))
+                        retry_at = time.monotonic() + min(WATCH_RETRY_MAX_S, interval_s * 2.0 ** min(waits - 1, 30))
                     else:  # refused (mismatched metadata, a broken graph): tried again once the repository changes
                         self._failed_newest = newest
-                else:
-                    waits, retry_at = 0, 0.0
 
     async def close(self) -> None:
         async with self._lock:

@@ -5,9 +5,10 @@ user, SELECT, TLS), and what a lost, silent or refusing Redis does to the reads 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -204,6 +205,21 @@ async def test_a_lost_connection_fails_the_reads_waiting_on_it() -> None:
         server.close()
 
 
+@contextlib.asynccontextmanager
+async def store_on(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]], timeout_s: float) -> AsyncIterator[RedisStore]:
+    """A store whose Redis is `handler` (a fake server on a free port), its pipe connected."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", socket_timeout=None)
+    store = RedisStore(client, ttl_s=600, timeout_s=timeout_s, retry_s=0.0)
+    try:
+        assert store.pipe is not None
+        await store.pipe.connect()
+        yield store
+    finally:
+        await store.aclose()
+        server.close()
+
+
 async def test_a_redis_still_loading_its_data_is_down_for_a_moment_not_a_failed_read() -> None:
     """A restarted Redis answers -LOADING while it reads its AOF: on the pipe as on redis-py, that is
     BusyLoadingError (a ConnectionError: the store is known down, the call UNAVAILABLE), not the
@@ -214,20 +230,12 @@ async def test_a_redis_still_loading_its_data_is_down_for_a_moment_not_a_failed_
         writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
         await writer.drain()
 
-    server = await asyncio.start_server(loading, "127.0.0.1", 0)
-    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", socket_timeout=None)
-    store = RedisStore(client, ttl_s=600, timeout_s=5.0, retry_s=0.0)
-    try:
-        assert store.pipe is not None
-        await store.pipe.connect()
+    async with store_on(loading, timeout_s=5.0) as store:
         sent = store.send_version_read("u")
         assert sent is not None
         with pytest.raises(redis.exceptions.BusyLoadingError, match="loading the dataset"):
             await store.get_version("u", sent)
         assert store.known_down
-    finally:
-        await store.aclose()
-        server.close()
 
 
 async def test_after_a_lost_connection_the_next_read_connects_again() -> None:
@@ -259,23 +267,17 @@ async def test_a_silent_redis_times_out_the_read_and_drops_the_connection() -> N
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(writer)
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    client = Redis.from_url(f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}", socket_timeout=None)
-    store = RedisStore(client, ttl_s=600, timeout_s=0.2, retry_s=0.0)
     try:
-        assert store.pipe is not None
-        await store.pipe.connect()
-        sent = store.send_version_read("u")
-        assert sent is not None
-        with pytest.raises(redis.exceptions.TimeoutError, match="did not answer within 0.2 s"):
-            await store.get_version("u", sent)
-        assert store.known_down and not store.pipe.connected
-        assert store.send_version_read("u") is None  # known down: not even sent
+        async with store_on(silent, timeout_s=0.2) as store:
+            sent = store.send_version_read("u")
+            assert sent is not None
+            with pytest.raises(redis.exceptions.TimeoutError, match="did not answer within 0.2 s"):
+                await store.get_version("u", sent)
+            assert store.known_down and store.pipe is not None and not store.pipe.connected
+            assert store.send_version_read("u") is None  # known down: not even sent
     finally:
-        await store.aclose()
         for writer in accepted:
             writer.close()
-        server.close()
 
 
 async def test_the_store_reads_versions_on_the_pipe_and_without_it_alike(redis_server: RedisProcess) -> None:
