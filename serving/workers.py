@@ -87,10 +87,18 @@ def run_workers(
     config = resources.config
     stopping = False
     serving = False  # SIGHUP goes to the workers only once they handle it (before, it would kill them)
+    draining = False
     workers: list[BaseProcess] = []
 
     def stop() -> None:
         nonlocal stopping
+        if stopping and draining:
+            # a second Ctrl-C / SIGTERM while the workers drain: stop them now (an acknowledged edit
+            # is already in Redis; calls still in flight get UNAVAILABLE), and still clean up below
+            log.warning("stop signal while the workers drain: killing them now")
+            for process in workers:
+                if process.is_alive():
+                    process.kill()
         stopping = True
 
     def hang_up() -> None:
@@ -103,55 +111,58 @@ def run_workers(
 
     metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
     metrics_server = None
-    try:
-        with (
-            forwarded_signals(stop, hang_up),
-            reserved_port(config.host, config.port) as port,
-            optional_reserved_port(config.host, config.http_port) as http_port,
-        ):
-            worker_config = dataclasses.replace(
-                config, port=port, http_port=http_port, metrics_port=-1, build_demo=False,
-                # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
-                ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
-            )  # fmt: skip
-            os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus_client when a worker imports it
-            context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked gRPC or ORT state
-            ready = []
-            for _ in range(config.workers):
-                event = context.Event()
-                process = context.Process(target=_worker, args=(worker_main, worker_config, event, os.getpid()), name="apron-worker")
-                process.start()
-                workers.append(process)
-                ready.append(event)
-            _wait_until_serving(workers, ready, lambda: stopping)
-            serving = True
-            if config.metrics_port >= 0:
-                registry = CollectorRegistry()
-                multiprocess.MultiProcessCollector(registry, path=metrics_dir)
-                # the parent's probes: live while it runs; ready while every worker serves and none is stopping
-                # (each worker's own health answers on the shared gRPC port)
-                probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
-                metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
-            metrics_port = metrics_server.server_port if metrics_server is not None else None
-            if on_serving is not None and not stopping:
-                meta = model.metadata
-                on_serving(Serving(
-                    config, port, metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids, meta.n_items,
-                    f"{config.backend} × {config.workers} workers", resources.security.service_token,
-                    tuple(p.pid for p in workers if p.pid is not None), http_port if http_port >= 0 else None,
-                ))  # fmt: skip
-            while not stopping:
-                dead = [p for p in workers if not p.is_alive()]
-                if dead:
-                    raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
-                multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
-            log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
-    finally:
-        _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
-        if metrics_server is not None:
-            stop_http(metrics_server)
-        os.environ.pop(MULTIPROC_ENV, None)
-        shutil.rmtree(metrics_dir, ignore_errors=True)
+    # the handlers stay for the drain: with the default ones back, a second Ctrl-C raised
+    # KeyboardInterrupt inside the joins and left the workers and their metrics directory behind
+    with forwarded_signals(stop, hang_up):
+        try:
+            with (
+                reserved_port(config.host, config.port) as port,
+                optional_reserved_port(config.host, config.http_port) as http_port,
+            ):
+                worker_config = dataclasses.replace(
+                    config, port=port, http_port=http_port, metrics_port=-1, build_demo=False,
+                    # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
+                    ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
+                )  # fmt: skip
+                os.environ[MULTIPROC_ENV] = metrics_dir  # read by prometheus_client when a worker imports it
+                context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked gRPC or ORT state
+                ready = []
+                for _ in range(config.workers):
+                    event = context.Event()
+                    process = context.Process(target=_worker, args=(worker_main, worker_config, event, os.getpid()), name="apron-worker")
+                    process.start()
+                    workers.append(process)
+                    ready.append(event)
+                _wait_until_serving(workers, ready, lambda: stopping)
+                serving = True
+                if config.metrics_port >= 0:
+                    registry = CollectorRegistry()
+                    multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+                    # the parent's probes: live while it runs; ready while every worker serves and none is stopping
+                    # (each worker's own health answers on the shared gRPC port)
+                    probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
+                    metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
+                metrics_port = metrics_server.server_port if metrics_server is not None else None
+                if on_serving is not None and not stopping:
+                    meta = model.metadata
+                    on_serving(Serving(
+                        config, port, metrics_port, meta.model_version, meta.tag_names, meta.prototype_item_ids, meta.n_items,
+                        f"{config.backend} × {config.workers} workers", resources.security.service_token,
+                        tuple(p.pid for p in workers if p.pid is not None), http_port if http_port >= 0 else None,
+                    ))  # fmt: skip
+                while not stopping:
+                    dead = [p for p in workers if not p.is_alive()]
+                    if dead:
+                        raise WorkerFailed(f"gateway worker {dead[0].pid} exited with {dead[0].exitcode}; stopping the others")
+                    multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
+                log.info("shutting down: the workers drain their in-flight calls", extra={"fields": {"grace_s": config.shutdown_grace_s}})
+        finally:
+            serving, draining = False, True
+            _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
+            if metrics_server is not None:
+                stop_http(metrics_server)
+            os.environ.pop(MULTIPROC_ENV, None)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h

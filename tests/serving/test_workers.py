@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
+from tests.polling import wait_until
 from tests.serving.conftest import liked_history
 
 DEADLINE_S = 240.0
@@ -149,3 +150,34 @@ def test_workers_exit_when_their_parent_is_killed(python_repository: Path, redis
         process.wait()
         _, alive = psutil.wait_procs(workers, timeout=max(1.0, deadline - time.monotonic()))
         assert not alive, f"workers {[p.pid for p in alive]} outlived their parent"
+
+
+def test_a_second_stop_signal_during_the_drain_stops_the_workers_and_still_cleans_up(tmp_path: Path) -> None:
+    """Ctrl-C, then Ctrl-C again while the workers drain (theirs never ends here): the parent kills
+    them, removes their metrics directory and returns, instead of dying of KeyboardInterrupt
+    halfway through its cleanup."""
+    command = [sys.executable, "-m", "tests.serving.stub_workers", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers: list[psutil.Process] = []
+    try:
+        wait_until(lambda: len(list(tmp_path.glob("ready-*"))) == 2, "both stub workers serve", DEADLINE_S)
+        ready = list(tmp_path.glob("ready-*"))
+        workers = [psutil.Process(int(path.name.split("-")[1])) for path in ready]
+        metrics_dir = Path(ready[0].read_text())
+        assert metrics_dir.is_dir()
+        process.send_signal(signal.SIGINT)
+        wait_until(lambda: len(list(tmp_path.glob("draining-*"))) == 2, "both stub workers drain", DEADLINE_S)
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=DEADLINE_S)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            for worker in workers:  # their drain never ends by itself
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    worker.kill()
+    assert process.returncode == 0, output
+    assert "stopped" in output and "killing them now" in output
+    assert not metrics_dir.exists()
+    _, alive = psutil.wait_procs(workers, timeout=DEADLINE_S)
+    assert not alive
