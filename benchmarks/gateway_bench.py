@@ -150,6 +150,9 @@ class GatewayResults:
     # the closed loop of `batched` again, right after the open loop: the machine's speed when the
     # offered rate ran, which a shared machine need not keep from the run that set the rate
     batched_after: Timing | None = None
+    # one client, cached Recommend, with the gateway's stages (`cache_hit`'s phase): the request-path
+    # section shows it at the first size; at the others, the gateway section does
+    one_client: PathPhase | None = None
 
     @property
     def max_throughput(self) -> float:
@@ -496,7 +499,7 @@ def run(settings: Settings) -> GatewayResults:
         n_items=settings.n_items, clients=clients, max_batch_size=max_batch, batched=batched, unbatched=unbatched,
         cache_hit=phases["one"].timing, cache_miss=miss, offered_rate=rate, load_fraction=settings.load_fraction,
         tail=tail, hotspots=hotspots, profiled_s=profiled_s, cpu=cpu, load_processes=processes, path=path,
-        batched_after=batched_after,
+        batched_after=batched_after, one_client=phases["one"],
     )  # fmt: skip
 
 
@@ -576,6 +579,7 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
         f"{fmt(g.cache_miss.p99_ms, 2)} |",
         f"| miss / hit (p50) | | {g.cache_miss.p50_ms / g.cache_hit.p50_ms:.2f}× | |",
         "",
+        *one_client_lines(g),
         *tail_lines(g, g.tail),
         f"### Where the CPU goes ({g.n_items:,} items, {g.clients} clients, cached profiles, {fmt(cpu.wall_s)} s)",
         "",
@@ -608,6 +612,32 @@ def render(results: GatewayResults, raw_throughput: float | None) -> list[str]:
         "",
     ]
     return lines
+
+
+def one_client_lines(g: GatewayResults) -> list[str]:
+    """Where a lone cached Recommend's time goes, for a gateway without the request-path section
+    (which holds this phase beside the echo floor at its own size)."""
+    phase = g.one_client
+    if phase is None or g.path is not None:
+        return []
+    split, name = phase.split, "1 client, Recommend"
+    mean_us = phase.timing.latencies_s.mean() * 1e6
+    return [
+        f"### One client, cached Recommend: where the time goes ({g.n_items:,} items)",
+        "",
+        "The cache-hit phase above, from the gateway's `apron_stage_seconds` histograms read before and after it "
+        "(mean µs per call; as in the request-path section) and the call log's split of what lies outside them.",
+        "",
+        *request_path.stage_rows({name: split}),
+        f"| client latency, mean µs | {mean_us:,.0f} |",
+        f"| client latency, p50 µs | {phase.timing.p50_ms * 1e3:,.0f} |",
+        f"| outside the stages, mean µs | {mean_us - split.total_us:,.0f} |",
+        f"| of which before the handler, mean µs | {call_cell(phase.calls, 'before_us')} |",
+        f"| of which after it, mean µs | {call_cell(phase.calls, 'after_us')} |",
+        f"| gateway CPU per call, µs (all threads) | {phase.cpu_ms_per_call * 1e3:,.0f} |",
+        f"| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | {phase.scorer_run_s / max(split.calls, 1) * 1e6:,.0f} |",
+        "",
+    ]
 
 
 def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_batch1_cold: Timing | None = None) -> list[str]:

@@ -122,3 +122,33 @@ def test_the_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loo
     assert met and cell.endswith("72% of the maximum measured right after it")
     _, cell, met = p99_row(gateway(12))  # type: ignore[arg-type]
     assert not met and "12 calls (1.2%) refused for load, in no latency" in cell
+
+
+def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_and_split() -> None:
+    """At a size without the request-path section (41k items in `make benchmarks`), the one-client
+    target's row says where the mean went and the gateway section holds the stage table it reads."""
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import one_client_lines
+    from benchmarks.request_path import CallSplit, PathPhase, StageSplit
+    from benchmarks.run import lone_call_split
+
+    calls = 100  # 2 ms in the scorer's runs, 0.5 ms in the other stages, 3.0 ms mean at the client
+    split = StageSplit("Recommend", calls, {"dispatch": 100, "scorer_run": 100}, {"dispatch": 0.05, "scorer_run": 0.2})
+    phase = PathPhase(
+        "1 client, Recommend", 1, Timing(np.full(calls, 3e-3), 1, 0.3), split, 0.35, 0.0, 1.0, 0.1,
+        CallSplit(300.0, 2500.0, 200.0), ThreadCpu({}), 0.19, 0.18,
+    )  # fmt: skip
+    gateway = SimpleNamespace(one_client=phase, path=None, n_items=41000)
+    assert lone_call_split(gateway) == (  # type: ignore[arg-type]
+        "; per call, mean: the scorer's runs 2.00 ms, the gateway's other stages 0.50 ms, outside the stages "
+        '0.50 ms (stage table: "Gateway at 41,000 items")'
+    )
+    lines = one_client_lines(gateway)  # type: ignore[arg-type]
+    assert lines[0] == "### One client, cached Recommend: where the time goes (41,000 items)"
+    assert "| `scorer_run` | 2,000 |" in lines and "| **sum of the stages** | **2,500** |" in lines
+    assert "| outside the stages, mean µs | 500 |" in lines and "| of which before the handler, mean µs | 300 |" in lines
+    assert "| gateway CPU per call, µs (all threads) | 3,500 |" in lines
+    assert "| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | 1,900 |" in lines
+    # where the request-path section is rendered at that size, it holds the phase: no second table
+    assert one_client_lines(SimpleNamespace(one_client=phase, path=object(), n_items=41000)) == []  # type: ignore[arg-type]
