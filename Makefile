@@ -2,6 +2,10 @@
 # (+ scripts/install_system.sh for Debian's prometheus/promtool, which the deploy tests run).
 VENV := .venv
 PY := $(VENV)/bin/python
+# what `make install` leaves when it is done: a file of the project's own, not $(PY), which is a
+# symlink to the system interpreter (touching it would follow the link: a system file's timestamp,
+# and Permission denied for anyone but root)
+INSTALLED := $(VENV)/.installed
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 LOADTEST_HOST ?= 127.0.0.1:50051
 LOADTEST_DATASET ?= artifacts/data/demo
@@ -9,35 +13,35 @@ LOADTEST_ARGS ?=
 
 .PHONY: install system serve test lint proto proto-check results benchmarks gpu-wheels gpu-check gpu-land loadtest deploy-secrets k8s-secrets model-archive
 
-$(PY): pyproject.toml scripts/install.sh
+$(INSTALLED): pyproject.toml scripts/install.sh
 	bash scripts/install.sh
-	touch $(PY)
+	touch $(INSTALLED)
 
-install: $(PY)
+install: $(INSTALLED)
 
 system:
 	bash scripts/install_system.sh
 
-serve: $(PY)
+serve: $(INSTALLED)
 	$(VENV)/bin/apron serve --http-port 8080
 
-lint: $(PY)
+lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 
-proto: $(PY)
+proto: $(INSTALLED)
 	bash scripts/gen_proto.sh
 
-proto-check: $(PY)
+proto-check: $(INSTALLED)
 	bash scripts/check_proto.sh
 
-test: $(PY) system lint proto-check
+test: $(INSTALLED) system lint proto-check
 	$(PY) -m pytest -q
 
 # Trains and evaluates all six models on lastfm-2k and ml-1m-implicit (~30 min on 2 CPUs).
-results: $(PY)
+results: $(INSTALLED)
 	$(PY) -m training.results --output RESULTS.md
 
-benchmarks: $(PY)
+benchmarks: $(INSTALLED)
 	$(PY) -m benchmarks.run --output BENCHMARKS.md
 
 # The GPU check (benchmarks/README.md). Here: `make gpu-wheels` builds the git-ignored folders a CUDA
@@ -47,31 +51,31 @@ benchmarks: $(PY)
 # writes its figures into BENCHMARKS.md.
 GPU_PY ?= python3
 GPU_OUT ?= benchmarks/out/gpu-check
-gpu-wheels: $(PY)
+gpu-wheels: $(INSTALLED)
 	$(PY) -m benchmarks.gpu_check wheels
 
 gpu-check:
 	$(GPU_PY) -m benchmarks.gpu_check run --out $(GPU_OUT)
 
-gpu-land: $(PY)
+gpu-land: $(INSTALLED)
 	$(PY) -m benchmarks.gpu_check land $(GPU_OUT)/gpu_check.json
 
 # Against a gateway you started (by default the demo of `make serve`, whose dataset's test users it
 # simulates, with a service token signed by the development secret); starts nothing itself.
 # Writes loadtests/out/; exits non-zero when a threshold breaks, e.g.
 #   make loadtest LOADTEST_ARGS="--users 64 --run-time 2m --max-p99-ms 50"
-loadtest: $(PY)
+loadtest: $(INSTALLED)
 	$(VENV)/bin/locust --config loadtests/locust.conf --host $(LOADTEST_HOST) --dataset $(LOADTEST_DATASET) \
 		--token "$$($(VENV)/bin/apron token --sub loadtest --role service)" $(LOADTEST_ARGS)
 
 # ./model_repository as one archive for a model volume (deploy/fill_models.py --url; the Kubernetes
 # Job in deploy/k8s/model-repository.yaml): prints its path and sha256.
-model-archive: $(PY)
+model-archive: $(INSTALLED)
 	$(PY) deploy/fill_models.py --pack model_repository --archive artifacts/apron-model-repository.tar.gz
 
 # Secrets for compose / Kubernetes, generated here at deploy time, never committed (deploy/secrets/):
 # a JWT secret, a private CA and the gateway's TLS certificate, Grafana's admin password.
-deploy-secrets: $(PY)
+deploy-secrets: $(INSTALLED)
 	$(PY) deploy/make_secrets.py --out deploy/secrets
 
 # The same files as Kubernetes Secrets (namespace apron; needs kubectl and a cluster). The gateway
