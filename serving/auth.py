@@ -557,7 +557,8 @@ def uses_dev_secret(config: SecurityConfig) -> bool:
 def check_exposure(config: SecurityConfig, host: str) -> None:
     """Refuse (UnsafeExposure, naming the fix) to serve beyond loopback with the development secret,
     which anyone with a checkout of the project can sign tokens with, or with auth off, unless
-    `insecure_dev` says so explicitly."""
+    `insecure_dev` says so explicitly; and in plaintext, where every bearer token crosses the network
+    readable, unless TLS ends in front of the gateway (`behind_tls_proxy`) or `insecure_dev`."""
     if is_loopback(host) or config.insecure_dev:
         return
     if not config.auth:
@@ -572,6 +573,13 @@ def check_exposure(config: SecurityConfig, host: str) -> None:
             "for it can be minted by anyone with this checkout. Configure --jwt-secret-file (e.g. the one "
             "`make deploy-secrets` writes) or --jwt-public-key, bind --host 127.0.0.1, or pass --insecure-dev "
             "on a trusted test network"
+        )
+    if not config.tls_cert and not config.behind_tls_proxy:
+        raise UnsafeExposure(
+            f"refusing to serve on {host} without TLS: every caller's bearer token would cross the network in "
+            "the clear. Give --tls-cert and --tls-key (e.g. the ones `make deploy-secrets` writes), bind --host "
+            "127.0.0.1, pass --behind-tls-proxy when TLS ends in front of the gateway on a private network, or "
+            "--insecure-dev on a trusted test network"
         )
 
 

@@ -213,6 +213,12 @@ class ServingConfig:
         "allow the development secret or --no-auth on an address other than loopback (a trusted test network "
         "only: anyone who can reach the port can mint a token or needs none)",
     )
+    behind_tls_proxy: bool = _option(
+        False,
+        "serve plaintext beyond loopback because TLS ends in front of the gateway on a network only it and that "
+        "front reach (a mesh sidecar, a load balancer on a private network); without it, an address other than "
+        "loopback needs --tls-cert: bearer tokens never cross a network in the clear",
+    )
     tls_cert: str = _option("", "PEM server certificate chain: serve TLS (with --tls-key)")
     tls_key: str = _option("", "PEM private key of --tls-cert")
     tls_client_ca: str = _option("", "PEM CA bundle: require client certificates signed by it (mutual TLS)")
@@ -443,6 +449,7 @@ class SecurityConfig:
     jwt_audience: str
     jwt_max_lifetime_s: float
     insecure_dev: bool
+    behind_tls_proxy: bool
     tls_cert: str
     tls_key: str
     tls_client_ca: str

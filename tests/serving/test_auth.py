@@ -441,7 +441,15 @@ def test_development_auth_is_refused_beyond_loopback(host: str, tmp_path, monkey
     # said explicitly: allowed, but the development token is never printed beyond loopback
     assert setup_of(ServingConfig(host=host, insecure_dev=True)).service_token is None
     (tmp_path / "secret").write_bytes(SECRET)
-    exposure_of(ServingConfig(host=host, jwt_secret_file=str(tmp_path / "secret")))  # a real key: fine
+    key = str(tmp_path / "secret")
+    # a real key, in plaintext: every bearer token would cross the network readable
+    with pytest.raises(auth.UnsafeExposure, match="without TLS") as refused:
+        exposure_of(ServingConfig(host=host, jwt_secret_file=key))
+    assert "--tls-cert" in str(refused.value) and "--behind-tls-proxy" in str(refused.value)
+    exposure_of(ServingConfig(host=host, jwt_secret_file=key, tls_cert="tls.crt", tls_key="tls.key"))  # a real key, TLS: fine
+    exposure_of(ServingConfig(host=host, jwt_secret_file=key, behind_tls_proxy=True))  # TLS ends in front of it: said so
+    with pytest.raises(auth.UnsafeExposure, match="development secret"):  # which says nothing of the key
+        exposure_of(ServingConfig(host=host, behind_tls_proxy=True))
 
 
 def test_setup_from_config(tmp_path, monkeypatch, caplog) -> None:
