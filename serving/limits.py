@@ -2,7 +2,8 @@
 servicer's boundary answers RESOURCE_EXHAUSTED with `retry-after-ms`):
 
 - `RateLimiter`: a token bucket per user id, for EditProfile (`--edit-rate`) and, optionally,
-  Recommend (`--recommend-rate`); charged only once a request has been validated;
+  Recommend (`--recommend-rate`); charged only once a request has been validated, and an
+  EditProfile that then stores nothing (refused against the stored edits, Redis down) is refunded;
 - `ConcurrencyLimit`: at most `--max-concurrent-rpcs` calls handled at once, and (when set) none admitted while
   calls wait longer than `--max-queue-delay-ms` to be taken up (`QueueDelay`); below that limit a
   share of new calls is shed so that the wait stays near half of it (`ShedProbability`, PIE); more
@@ -153,6 +154,14 @@ class RateLimiter:
                 f"({self.setting}); retry in {wait_s:.2f} s",
                 retry_after_s=wait_s,
             )
+
+    def refund(self, key: str, cost: float = 1.0) -> None:
+        """Give back what `try_acquire` took for a request that then failed without doing what the
+        rate limits (an edit refused against the stored state, Redis unavailable): it costs nothing.
+        A bucket dropped meanwhile is full again anyway."""
+        bucket = self._buckets.get(key)
+        if bucket is not None:
+            bucket.tokens = min(self.burst, bucket.tokens + cost)
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -463,8 +463,15 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
             if self.edit_limiter is not None:  # charged after validation: a rejected request costs nothing
                 self.edit_limiter.check(user)
             stages.mark(stages.VALIDATE)
-            async with self.edit_locks.hold(user):
-                return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
+            try:
+                async with self.edit_locks.hold(user):
+                    return await self._after_reconnect(lambda: self._edit_profile(served, user, edits, request.reset))
+            except BaseException:
+                # nor does one refused against the stored edits, or one Redis did not take (a write
+                # whose reply was lost may have landed: one edit over the rate, never one lost)
+                if self.edit_limiter is not None:
+                    self.edit_limiter.refund(user)
+                raise
 
     async def _edit_profile(self, served: LoadedModel, user: str, edits: dict[str, EditSpec], reset: bool) -> Reply:
         """Edits are checked against the state they join and stored only if it is still that state

@@ -200,11 +200,19 @@ async def test_limits_answer_clear_statuses(python_repository, redis_server, tok
         code, details = await status(stub.EditProfile, pb.EditProfileRequest(user_id="u-limits", edits=many))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "4 edits" in details
 
-        # The rate limit, charged after validation (the rejected request above cost nothing): the
-        # burst of 3, then RESOURCE_EXHAUSTED with a retry hint; another user is unaffected. The rate
-        # is so slow that no token comes back during the test (refill timing: test_limits.py).
+        # The rate limit, charged after validation (the rejected request above cost nothing), and
+        # given back when the edit is refused against the stored ones (nothing stored: set weights
+        # summing past 1): the burst of 3, then RESOURCE_EXHAUSTED with a retry hint; another user is
+        # unaffected. The rate is so slow that no token comes back by itself during the test (refill
+        # timing: test_limits.py).
+        weight = pb.EditProfileRequest(user_id="u-limits", edits=[pb.Edit(prototype="tag1", weight=0.6)])
+        assert (await status(stub.EditProfile, weight))[0] == grpc.StatusCode.OK
+        too_much = pb.EditProfileRequest(user_id="u-limits", edits=[pb.Edit(prototype="tag2", weight=0.6)])
+        for _ in range(3):  # each refused against the stored tag1, none charged
+            code, details = await status(stub.EditProfile, too_much)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and "nothing was stored" in details, details
         edit = pb.EditProfileRequest(user_id="u-limits", edits=[pb.Edit(prototype="tag0", scale=1.5)])
-        assert [(await status(stub.EditProfile, edit))[0] for _ in range(3)] == [grpc.StatusCode.OK] * 3
+        assert [(await status(stub.EditProfile, edit))[0] for _ in range(2)] == [grpc.StatusCode.OK] * 2
         call = stub.EditProfile(edit, metadata=service, timeout=TIMEOUT)
         with pytest.raises(grpc.aio.AioRpcError) as limited:
             await call

@@ -58,6 +58,18 @@ def test_refused_requests_take_no_tokens() -> None:
     assert limiter.try_acquire("a") == 0.0
 
 
+def test_a_refund_gives_back_what_was_taken_up_to_the_burst() -> None:
+    limiter = RateLimiter(rate_per_s=1.0, burst=2, clock=FakeClock())
+    assert [limiter.try_acquire("a") for _ in range(2)] == [0.0, 0.0]
+    limiter.refund("a")
+    assert limiter.try_acquire("a") == 0.0 and limiter.try_acquire("a") == pytest.approx(1.0)
+    for _ in range(5):  # never beyond the burst
+        limiter.refund("a")
+    assert [limiter.try_acquire("a") for _ in range(3)] == [0.0, 0.0, pytest.approx(1.0)]
+    limiter.refund("never-seen")  # no bucket: full anyway, nothing to give back
+    assert len(limiter) == 1
+
+
 def test_check_raises_resource_exhausted_with_retry_hint() -> None:
     clock = FakeClock()
     limiter = RateLimiter(rate_per_s=4.0, burst=1, clock=clock, setting="--edit-rate")
