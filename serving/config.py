@@ -294,7 +294,7 @@ class ServingConfig:
                 f"gil_switch_interval_ms must be above 0 and at most {MAX_GIL_SWITCH_INTERVAL_MS:g} "
                 f"(Python's own is 5), got {self.gil_switch_interval_ms}"
             )
-        for name in ("max_batch_wait_ms", "request_timeout_s", "redis_maxmemory_mb", "shutdown_grace_s", "ort_threads", "model_version",
+        for name in ("max_batch_wait_ms", "redis_maxmemory_mb", "shutdown_grace_s", "ort_threads", "model_version",
                      "edit_rate", "recommend_rate", "max_concurrent_rpcs", "drain_delay_s", "max_message_bytes",
                      "max_queue_delay_ms"):  # fmt: skip
             if getattr(self, name) < 0:
@@ -317,8 +317,9 @@ class ServingConfig:
             raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
         if self.ab_version < 0:
             raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
-        if self.redis_timeout_s <= 0:
-            raise ValueError(f"redis_timeout_s must be above 0, got {self.redis_timeout_s}")
+        for name in ("redis_timeout_s", "request_timeout_s"):  # 0 s would fail every call that waits on anything
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")
         if self.watch_interval_s <= 0:
             raise ValueError(f"watch_interval_s must be above 0, got {self.watch_interval_s}")
         if not 0 <= self.access_log_rate <= 1:

@@ -55,6 +55,9 @@ def test_bad_values_are_named() -> None:
     with pytest.raises(ValueError, match="inline_min_batch must be at least 1"):
         ServingConfig(inline_min_batch=0)
     assert ServingConfig.from_env({"APRON_INLINE_MIN_BATCH": "1"}).batching.inline_min_batch == 1  # the old policy
+    for name in ("request_timeout_s", "redis_timeout_s"):  # 0 s: every call that awaits anything would time out
+        with pytest.raises(ValueError, match=f"{name} must be above 0, got 0"):
+            ServingConfig(**{name: 0.0})
     parser = argparse.ArgumentParser()
     with pytest.raises(SystemExit):
         add_arguments(parser, {"APRON_REDIS_AOF": "maybe"})
