@@ -482,11 +482,12 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         for _ in range(EDIT_ATTEMPTS):
             state = await served.profiles.state(user)
             record, merged = state.record, merge_edits({} if reset else state.edits, edits)
-            try:  # refuse, before storing anything, edits that would empty the profile (without one: the set shares)
+            try:  # refuse, before storing anything, edits that would empty the profile
+                # set shares over every stored edit, those of prototypes this version lacks too: a
+                # rollback (or the other arm of a split) applies them all again
+                check_set_weights(merged.values())
                 if record is not None:
                     apply_edits(record.weights, merged, served.model.tag_index)
-                else:
-                    check_set_weights(merged.values())
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
             stages.mark(stages.EDITS)

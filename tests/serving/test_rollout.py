@@ -145,6 +145,30 @@ async def test_an_edit_of_a_prototype_the_new_version_lacks_is_kept_and_reported
         assert list(back.unapplied_edits) == [] and {w.prototype: w for w in back.profile.weights}[lost_tag].edit.scale == 0.5
 
 
+async def test_set_weights_add_up_over_the_prototypes_of_every_version(
+    renamed_repository: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str
+) -> None:
+    """A weight stored under version 1 for a prototype version 2 lacks still counts toward version 2's
+    edits' sum: stored past 1 there, a rollback to version 1 would fail every call of the user."""
+    config = gateway_config(renamed_repository, redis_server.url, model_version=1)
+    async with running_gateway(config) as gateway:
+        first = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 5, 0), k=5))
+        lost_tag, kept_tag = first.profile.weights[5].prototype, first.profile.weights[0].prototype
+        await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=lost_tag, weight=0.6)]))
+
+        await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2))
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=kept_tag, weight=0.6)]))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "sum to 1.2" in refused.value.details() and lost_tag in refused.value.details()
+        await gateway.stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=[pb.Edit(prototype=kept_tag, weight=0.4)]))
+
+        await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=1, pin=True))  # back: both apply, 1.0 in all
+        back = await gateway.stub.Recommend(pb.RecommendRequest(user_id=user_id, k=5))
+        shown = {w.prototype: w for w in back.profile.weights}
+        assert (shown[lost_tag].edit.weight, shown[kept_tag].edit.weight) == pytest.approx((0.6, 0.4))
+
+
 async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
     two_versions: Path, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str, tmp_path: Path
 ) -> None:
