@@ -45,6 +45,7 @@ def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticC
     pem.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_bytes = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(pem.key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # private from the first byte
+    os.fchmod(fd, 0o600)  # open's mode applies only to a new file: a key written over an old one keeps its mode
     with os.fdopen(fd, "wb") as handle:
         handle.write(key_bytes)
     return pem

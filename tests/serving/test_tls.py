@@ -76,3 +76,13 @@ def test_configuration_errors_name_the_file(pki, tmp_path) -> None:
         tls.server_credentials(pki.server.cert, pki.server.key, client_ca_path=tmp_path / "junk.pem")
     with pytest.raises(tls.TLSConfigError, match="both"):
         tls.channel_credentials(pki.ca.cert, pki.client.cert, None)
+
+
+def test_a_key_written_over_an_older_file_is_private_too(tmp_path) -> None:
+    from serving import pki
+
+    old = tmp_path / "apron_CA.key"  # make_ca's file for its default name
+    old.write_text("an older, world-readable file")
+    old.chmod(0o644)
+    authority = pki.make_ca(tmp_path)
+    assert authority.pem.key == old and old.stat().st_mode & 0o777 == 0o600
