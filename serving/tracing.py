@@ -101,12 +101,14 @@ def exporter_names(environ: Mapping[str, str]) -> list[str]:
     names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     if not names:  # the spec's default is otlp; ours is off unless an endpoint says where to send
         endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        return ["otlp"] if endpoint else []
-    if names == ["none"]:
+        names = ["otlp"] if endpoint else []
+    if names in ([], ["none"]):
         return []
     unknown = sorted(set(names) - set(EXPORTERS))
     if unknown:
         raise TracingConfigError(f"OTEL_TRACES_EXPORTER: unsupported {', '.join(unknown)} (use {', '.join(EXPORTERS)} or none)")
+    # the protocol, whichever way otlp was asked for (an endpoint alone too): a gRPC exporter sending
+    # to an HTTP collector loses every span without an error
     protocol = environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
     if "otlp" in names and protocol != "grpc":
         raise TracingConfigError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: this gateway exports OTLP over grpc only")

@@ -48,7 +48,13 @@ def test_the_otel_variables_switch_tracing_on(environ: dict[str, str], names: li
 
 @pytest.mark.parametrize(
     "environ",
-    [{"OTEL_TRACES_EXPORTER": "zipkin"}, {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}],
+    [
+        {"OTEL_TRACES_EXPORTER": "zipkin"},
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        # otlp asked for by an endpoint alone: the protocol is checked all the same
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+        {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/json"},
+    ],
 )
 def test_an_exporter_the_gateway_lacks_is_refused(environ: dict[str, str]) -> None:
     with pytest.raises(tracing.TracingConfigError, match="OTEL_"):
