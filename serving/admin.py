@@ -60,7 +60,7 @@ class ModelAdminServicer(pb_grpc.ModelAdminServicer):
             backend=self.models.backend,
         )
 
-    @rpc_boundary("LoadModel")
+    @rpc_boundary("LoadModel", ADMIN_SERVICE_NAME)
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
         require_service("LoadModel")
         available = await asyncio.to_thread(available_versions, self.models.repository)
@@ -85,7 +85,7 @@ class ModelAdminServicer(pb_grpc.ModelAdminServicer):
             raise FailedPrecondition(f"the rollout failed and the gateway still serves what it did: {error}") from error
         return await self._status()
 
-    @rpc_boundary("GetModelStatus")
+    @rpc_boundary("GetModelStatus", ADMIN_SERVICE_NAME)
     async def GetModelStatus(self, request: pb.GetModelStatusRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
         require_service("GetModelStatus")
         return await self._status()

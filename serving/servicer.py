@@ -124,7 +124,10 @@ def add_service(
     return {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
 
 
-def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
+def rpc_boundary(method: str, service: str = tracing.SERVICE) -> Callable[[Handler], Handler]:
+    """The boundary every unary RPC of `service` (its full name: spans name it) goes through: auth's
+    verdict, admission, the deadline, the status a failure answers, and the call's metrics, log line
+    and trace."""
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapped(self: RecommenderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -196,7 +199,7 @@ def rpc_boundary(method: str) -> Callable[[Handler], Handler]:
                     series.rejections(code).inc()
                 self.metrics.worker_rpcs.inc()
                 # tracing (serving/tracing.py): the call's span, its stages' spans added at its end
-                trace = tracing.start_call(method, context.invocation_metadata(), code.name, served_by) if tracing.enabled() else None
+                trace = tracing.start_call(method, context.invocation_metadata(), code.name, served_by, service) if tracing.enabled() else None
                 extra: dict[str, Any] | None = None
                 if code is not grpc.StatusCode.OK:  # every failure; successes sampled (--access-log-rate)
                     extra = {"error": message}

@@ -225,7 +225,9 @@ def parent_context(traceparent: str | None) -> SpanContext | None:
     return SpanContext(int(trace, 16), int(span, 16), is_remote=True, trace_flags=TraceFlags(flags))
 
 
-def start_call(method: str, metadata: Iterable[tuple[str, Any]] | None, code: str, version: str) -> CallTrace:
+def start_call(
+    method: str, metadata: Iterable[tuple[str, Any]] | None, code: str, version: str, service: str = SERVICE
+) -> CallTrace:
     """The call's trace: the caller's (`traceparent`) or a new one, and whether the sampler
     (OTEL_TRACES_SAMPLER, parent-based by default) records it. Only with tracing on; `end_call`
     records the spans."""
@@ -236,12 +238,12 @@ def start_call(method: str, metadata: Iterable[tuple[str, Any]] | None, code: st
     trace_id = parent.trace_id if parent is not None else _provider.id_generator.generate_trace_id()
     attributes = {
         "rpc.system": "grpc",
-        "rpc.service": SERVICE,
+        "rpc.service": service,
         "rpc.method": method,
         "rpc.grpc.status_code": code,
         "apron.model_version": version,
     }
-    name = f"{SERVICE}/{method}"
+    name = f"{service}/{method}"
     sampled = _provider.sampler.should_sample(
         set_span_in_context(NonRecordingSpan(parent)) if parent is not None else None,
         trace_id,
@@ -290,7 +292,7 @@ def end_call(call: CallTrace, clock: stages.StageClock, code: str = "OK", messag
     ran = {stage for stage, _, _ in intervals}
     spans = [
         ReadableSpan(
-            f"{SERVICE}/{call.attributes['rpc.method']}",
+            f"{call.attributes['rpc.service']}/{call.attributes['rpc.method']}",
             context=context,
             parent=call.parent,
             resource=_resource,

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from serving import stages, tracing
+from serving.proto_gen.apron.v1 import admin_pb2 as admin_pb
+from serving.proto_gen.apron.v1 import admin_pb2_grpc as admin_grpc
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
@@ -152,6 +154,11 @@ async def test_a_recommend_yields_its_spans_under_the_callers_traceparent(
         call, children = call_tree(spans.get_finished_spans(), "GetProfile")
         assert children == {"redis.read"}
         assert call.attributes["rpc.grpc.status_code"] == "NOT_FOUND"
+
+        spans.clear()  # the admin service's calls are named for it, not for the Recommender
+        await admin_grpc.ModelAdminStub(gateway.channel).GetModelStatus(admin_pb.GetModelStatusRequest())
+        [call] = spans.get_finished_spans()
+        assert call.name == "apron.v1.ModelAdmin/GetModelStatus" and call.attributes["rpc.service"] == "apron.v1.ModelAdmin"
 
 
 async def test_with_tracing_off_the_log_line_carries_the_callers_trace_id(
