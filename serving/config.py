@@ -317,6 +317,8 @@ class ServingConfig:
             raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
         if self.ab_version < 0:
             raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
+        if self.ab_version and self.ab_version == self.model_version:
+            raise ValueError(f"--ab-version {self.ab_version} is --model-version: an A/B split needs two versions")
         for name in ("redis_timeout_s", "request_timeout_s"):  # 0 s would fail every call that waits on anything
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")

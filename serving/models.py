@@ -98,11 +98,15 @@ class Routing:
             raise ValueError(f"the candidate's share of users must be in [0, 1], got {self.share}")
         if self.share > 0 and not self.candidate:
             raise ValueError("a share of users for a candidate needs the candidate's version")
+        # asked for, a split that would not happen is refused rather than quietly dropped
+        if self.candidate and not self.share > 0:
+            raise ValueError(f"an A/B split with candidate version {self.candidate} needs a share of users above 0")
+        if self.candidate and self.candidate == self.primary:
+            raise ValueError(f"the candidate version {self.candidate} is the primary: an A/B split needs two versions")
 
     @property
     def versions(self) -> tuple[int, ...]:
-        split = self.candidate and self.candidate != self.primary and self.share > 0
-        return (self.primary, self.candidate) if split else (self.primary,)
+        return (self.primary, self.candidate) if self.candidate else (self.primary,)
 
 
 @dataclass(eq=False)

@@ -125,7 +125,10 @@ def initial_routing(config: ServingConfig, repository_versions: Sequence[int]) -
         raise ModelLoadError(
             f"{config.repository} holds no model version: run `apron export CHECKPOINT --repository {config.repository}`"
         )
-    return Routing(primary, config.ab_version, config.ab_share, pinned=bool(config.model_version))
+    try:
+        return Routing(primary, config.ab_version, config.ab_share, pinned=bool(config.model_version))
+    except ValueError as error:  # the newest version is --ab-version's
+        raise ModelLoadError(f"{error} (the newest version in {config.repository} is {primary}; pin --model-version)") from error
 
 
 @dataclass

@@ -220,6 +220,12 @@ async def test_ab_split_serves_the_stated_share_stable_per_user(
         assert by_version["2"] == on_candidate + sum(first[u] == 2 for u in users[:200])
         info = {labels["role"]: (labels["version"], value) for labels, value in model_info(gateway)}
         assert info == {"primary": ("1", 1.0), "candidate": ("2", 0.3)}
+        # a split asked for through LoadModel that would not happen is refused, and the split stays
+        for request in (admin.LoadModelRequest(version=1, candidate_version=2), admin.LoadModelRequest(version=2, candidate_version=2, candidate_share=0.5)):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await admin_stub(gateway).LoadModel(request)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "split" in refused.value.details()
+        assert {labels["role"]: labels["version"] for labels, _ in model_info(gateway)} == {"primary": "1", "candidate": "2"}
 
 
 def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
@@ -232,9 +238,15 @@ def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
         Routing(1, 2, 1.5)
     with pytest.raises(ValueError, match="candidate"):
         Routing(1, 0, 0.2)
-    assert Routing(1, 2, 0.0).versions == (1,) and Routing(1, 2, 0.5).versions == (1, 2)
+    assert Routing(1).versions == (1,) and Routing(1, 2, 0.5).versions == (1, 2)
+    with pytest.raises(ValueError, match="needs a share of users above 0"):  # asked for, never dropped quietly
+        Routing(1, 2, 0.0)
+    with pytest.raises(ValueError, match="is the primary"):
+        Routing(2, 2, 0.5)
     with pytest.raises(ValueError, match="ab-share"):
         ServingConfig(ab_version=2)
+    with pytest.raises(ValueError, match="needs two versions"):
+        ServingConfig(model_version=2, ab_version=2, ab_share=0.5)
 
 
 async def test_watch_repository_rolls_out_a_newly_exported_version_and_a_pin_holds(
