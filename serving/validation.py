@@ -7,6 +7,7 @@ converts messages and calls them before anything touches Redis or a model.
 from __future__ import annotations
 
 import difflib
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 
 from serving.edits import EDIT_KINDS, EditSpec, value_problem
@@ -29,7 +30,7 @@ def validate_user_id(user_id: str) -> str:
         raise InvalidArgument("user_id is required (got an empty string)")
     if len(user_id.encode()) > MAX_USER_ID_BYTES:
         raise InvalidArgument(f"user_id is {len(user_id.encode())} bytes; at most {MAX_USER_ID_BYTES} are allowed")
-    if any(ord(c) < 32 for c in user_id):
+    if any(unicodedata.category(c) == "Cc" for c in user_id):  # C0, DEL and C1 alike
         raise InvalidArgument("user_id must not contain control characters")
     if user_id[0] == "}":  # the Redis keys hold the id as their hash tag, `{<id>}`: this one would be empty
         raise InvalidArgument("user_id must not begin with '}' (a Redis Cluster store places a user's keys by the id between braces)")

@@ -30,7 +30,7 @@ TAGS = {"jazz": 0, "rock": 1}
 
 
 @pytest.mark.parametrize(
-    ("user_id", "match"), [("", "user_id is required"), ("   ", "user_id is required"), ("a" * 300, "300 bytes"), ("a\nb", "control"), ("}alice", "must not begin with '}'")]
+    ("user_id", "match"), [("", "user_id is required"), ("   ", "user_id is required"), ("a" * 300, "300 bytes"), ("a\nb", "control"), ("a\x7fb", "control"), ("a\x85b", "control"), ("}alice", "must not begin with '}'")]
 )
 def test_bad_user_ids(user_id: str, match: str) -> None:
     with pytest.raises(InvalidArgument, match=match):
