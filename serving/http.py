@@ -86,6 +86,15 @@ UNSUPPORTED_MEDIA_TYPE = 415  # with auth off, a body not sent as JSON (cross_si
 # (validation refuses an over-long history only after the parse)
 PARSE_ON_LOOP_BYTES = 64 * 1024
 
+
+def parse_message(body: bytes, message: Message) -> Message:
+    """The request in proto3 JSON (empty: `{}`) into `message`. ParseError unless the top level is an
+    object: json_format alone reads `[]` (any list) as `{}`, a body that is no request at all."""
+    if body.lstrip()[:1] not in (b"{", b""):
+        raise json_format.ParseError("the top level is not a JSON object")
+    return json_format.Parse(body or b"{}", message)
+
+
 Behavior = Callable[[Message | None, Any], Awaitable[Message | Reply]]
 
 
@@ -211,9 +220,9 @@ class RpcEndpoint:
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
         try:
             if len(body) > PARSE_ON_LOOP_BYTES:  # long to parse: the loop keeps the other calls going meanwhile
-                message_in = await asyncio.to_thread(json_format.Parse, body, self.request_class())
+                message_in = await asyncio.to_thread(parse_message, body, self.request_class())
             else:
-                message_in = json_format.Parse(body or b"{}", self.request_class())
+                message_in = parse_message(body, self.request_class())
         except (ValueError, json_format.ParseError) as error:  # UnicodeDecodeError is a ValueError
             name = self.request_class.DESCRIPTOR.full_name
             return error_response(grpc.StatusCode.INVALID_ARGUMENT, f"the body is not a {name} in JSON: {error}")

@@ -173,7 +173,7 @@ async def test_transport_level_mistakes(http_gateway: Gateway) -> None:
     """What gRPC's own decoding would refuse before any handler: a body that is not the message,
     one over the size limit; and a malformed or spent deadline header."""
     port, path = http_gateway.server.http_port, "/apron.v1.Recommender/Recommend"
-    for body in ("{not json", '{"usr_id": "x"}', '{"k": "many"}', b"\xff\xfe"):
+    for body in ("{not json", '{"usr_id": "x"}', '{"k": "many"}', b"\xff\xfe", "[]", ' [{"user_id": "x"}]', '"x"', "null"):
         answer = await fetch_json(port, path, body)
         assert answer.status == 400 and answer.body["code"] == "invalid_argument", answer
         assert answer.body["message"].startswith("the body is not a apron.v1.RecommendRequest in JSON")
