@@ -297,6 +297,21 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     assert not differing, f"compose and Kubernetes disagree on {differing}"
 
 
+def test_every_deployed_gateway_rolls_out_new_model_versions(k8s: dict, compose: dict[str, Any], compose_cpu: dict[str, Any]) -> None:
+    """The model Job (and a new export under compose) adds versions while Triton keeps only the newest
+    `keep_versions` loaded: a gateway that does not watch the repository stays on its first version
+    until Triton unloads it, then turns unready. Every deployment watches, on the newest version."""
+    environments = {
+        "k8s": gateway_environment(k8s),
+        "compose": compose["services"]["gateway"]["environment"],
+        "compose.cpu": resolved_service(compose_cpu, "gateway")["environment"],
+    }
+    for where, environment in environments.items():
+        config = gateway_config(environment)
+        assert config.watch_repository, f"{where}: the gateway never rolls out a new version"
+        assert config.model_version == 0, f"{where}: a pinned version is kept by the watch and unloaded by Triton"
+
+
 def test_k8s_redis_requires_a_password_and_tls_and_the_gateway_uses_both(k8s: dict) -> None:
     redis_conf = k8s[("ConfigMap", "redis-config")]["data"]["redis.conf"]
     settings = dict(line.split("#")[0].split(None, 1) for line in redis_conf.splitlines() if line.strip())
