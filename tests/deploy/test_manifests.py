@@ -597,6 +597,10 @@ def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
     variables = k8s[("ConfigMap", source["configMapRef"]["name"])]["data"]
     assert set(variables) == {"MODEL_ARCHIVE_URL", "MODEL_ARCHIVE_SHA256"}  # what fill_models.main reads
     assert all(name in Path(fill_models.__file__).read_text() for name in variables)
+    # shipped as is, the Job fails loudly instead of installing an archive nobody checked
+    with pytest.raises(fill_models.FillError, match="sha256"):
+        fill_models.check_sha256(variables["MODEL_ARCHIVE_URL"], variables["MODEL_ARCHIVE_SHA256"], insecure_no_checksum=False)
+    assert "--insecure-no-checksum" not in container["command"]
     claim = "apron-model-repository"
     assert k8s[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
 
