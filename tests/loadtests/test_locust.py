@@ -118,14 +118,18 @@ def test_weights_select_the_tasks(gateway: Gateway, dataset: Path, tmp_path: Pat
     assert names == {"GetProfile", "ListPrototypes", "Recommend cached"}
 
 
+def only_edits() -> list[str]:
+    weights = [f"--{option.replace('_', '-')}" for option, _ in TASKS.values()]
+    return [arg for flag in weights for arg in (flag, "1" if flag == "--weight-edit-profile" else "0")]
+
+
 def test_shed_calls_are_retried_and_counted_as_throttled(strict_gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
     """4 simulated users edit ONE test user back to back against a 1/s limit: calls are shed, and
-    the users wait the retry-after-ms they are given, so nothing fails."""
-    weights = [f"--{option.replace('_', '-')}" for option, _ in TASKS.values()]
-    only_edits = [arg for flag in weights for arg in (flag, "1" if flag == "--weight-edit-profile" else "0")]
+    the users wait the retry-after-ms they are given, so nothing fails; each call's wait is in its
+    time (it waited at least one retry-after-ms of the front's or the limiter's)."""
     result = locust(
-        strict_gateway, dataset, tmp_path, *only_edits, "--max-test-users", "1", "--max-failure-ratio", "0",
-        "--min-requests", "4",
+        strict_gateway, dataset, tmp_path, *only_edits(), "--max-test-users", "1", "--max-failure-ratio", "0",
+        "--max-throttled-ratio", "1", "--min-requests", "4",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     stats = final_stats(tmp_path)
@@ -133,3 +137,14 @@ def test_shed_calls_are_retried_and_counted_as_throttled(strict_gateway: Gateway
     assert sum(entry["num_failures"] for entry in stats.values()) == 0, stats
     throttled = json.loads((tmp_path / "apron_throttled.json").read_text())
     assert throttled.get("EditProfile", 0) > 0, throttled
+    assert stats["EditProfile"]["max_response_time"] >= 50  # a shed call's time holds its retry wait
+    assert "throttled ratio" in result.stderr
+
+
+def test_a_run_mostly_shed_breaks_the_default_throttled_threshold(strict_gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
+    """The same shedding with the default --max-throttled-ratio (locust.conf's 0.01): no failure,
+    and still the run fails, saying why."""
+    result = locust(strict_gateway, dataset, tmp_path, *only_edits(), "--max-test-users", "1", "--min-requests", "4")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "--max-throttled-ratio 0.01" in result.stderr and "attempts shed" in result.stderr
+    assert sum(entry["num_failures"] for entry in final_stats(tmp_path).values()) == 0
