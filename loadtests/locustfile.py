@@ -27,6 +27,11 @@ only the lucky last attempt. Shed attempts are counted apart (not requests, not 
 logged at the end (`throttled: ...` with the throttled ratio, shed attempts / all attempts) and
 written to `<csv prefix>_throttled.json`; above `--max-throttled-ratio` the run fails.
 
+The deployed gateway (compose, Kubernetes) is reached through its TLS front only: `--tls-ca
+deploy/secrets/ca.crt` speaks TLS trusting that CA (`serving.tls.channel_credentials`, as `apron
+client --tls-ca`), and `--tls-server-name NAME` checks the certificate for NAME when the address
+dialled is not one of its names (a port-forward, a node IP). Without `--tls-ca` calls are plaintext.
+
 `--min-requests N` ends the run before `--run-time` once every task in the mix has N requests: a
 smoke run then waits on what it needs, not on the clock. `--until-file PATH` also waits for PATH
 to exist: a test that drives something else under this load (a model rollout) ends the run when it
@@ -55,6 +60,7 @@ from locust.exception import StopUser
 
 from loadtests.catalog import DATASET_HINT, catalog_mismatch
 from loadtests.mix import TASKS, task_weights
+from serving import tls
 from serving.client import channel_options
 from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -87,6 +93,10 @@ def add_options(parser: Any) -> None:
     group.add_argument("--max-test-users", type=int, default=0, help="use at most this many test users (0: all)")
     group.add_argument("--token", type=str, env_var="APRON_LOADTEST_TOKEN", default="",
                        help="bearer token (a `service` role token) sent with every call; empty: none")
+    group.add_argument("--tls-ca", type=str, env_var="APRON_TLS_CA", default="",
+                       help="speak TLS, trusting this PEM CA (e.g. deploy/secrets/ca.crt); empty: plaintext")
+    group.add_argument("--tls-server-name", type=str, default="",
+                       help="with --tls-ca: the name the gateway's certificate must carry, when --host is not one of its names")
     group.add_argument("--rpc-timeout", type=float, default=10.0, help="client deadline per call (seconds)")
     group.add_argument("--edits-per-call", type=int, default=2, help="one-off edits per recommend-edit call")
     for name, (option, weight) in TASKS.items():
@@ -207,6 +217,7 @@ class TestUsers:
 
 
 _test_users: TestUsers | None = None
+_credentials: grpc.ChannelCredentials | None = None  # --tls-ca's, read once at start (None: plaintext)
 _stopped_because: str | None = None  # the run cannot measure anything (stop_run)
 
 
@@ -232,10 +243,37 @@ def load_test_users(environment: Environment, **_kwargs: Any) -> None:
         print(f"loadtest: no test users in {options.dataset}: {error}\n{DATASET_HINT}", file=sys.stderr)
         raise SystemExit(2) from None
     task_weights(options)  # fail at start, not in every user
+    global _credentials
+    try:
+        _credentials = tls_credentials(options.tls_ca, options.tls_server_name)
+    except tls.TLSConfigError as error:  # a missing or unreadable CA: every user would fail its first call
+        print(f"loadtest: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("loaded %d test users from %s", len(_test_users.user_ids), options.dataset)
 
 
 # ----------------------------------------------------------------------------- gRPC client
+
+
+def tls_credentials(ca: str, server_name: str) -> grpc.ChannelCredentials | None:
+    """--tls-ca's credentials (the client's own helper, as `apron client --tls-ca`), None for plaintext."""
+    if not ca:
+        if server_name:  # a name to check on a channel that checks nothing: say so, do not ignore it
+            raise tls.TLSConfigError("--tls-server-name needs --tls-ca (the name is checked on a TLS channel only)")
+        return None
+    return tls.channel_credentials(ca)
+
+
+def open_channel(host: str, credentials: grpc.ChannelCredentials | None, server_name: str = "") -> grpc.Channel:
+    """A channel to `host` (HOST:PORT, `grpc://` allowed) as a real client opens it: every address
+    of the host, NOT_SERVING replicas skipped, UNAVAILABLE retried (channel_options); TLS with
+    `credentials`, checking the certificate for `server_name` when given, else for the host."""
+    target, options = host.removeprefix("grpc://"), channel_options()
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    if server_name:
+        options = [*options, ("grpc.ssl_target_name_override", server_name)]
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def retry_after_s(error: grpc.RpcError) -> float | None:
@@ -261,8 +299,7 @@ class ApronUser(User):
         self.options = options
         self.weights = task_weights(options)
         self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
-        # as a real client: every address of the host, NOT_SERVING replicas skipped, UNAVAILABLE retried
-        self.channel = grpc.insecure_channel(self.host.removeprefix("grpc://"), options=channel_options())
+        self.channel = open_channel(self.host, _credentials, options.tls_server_name)
         self.stub = pb_grpc.RecommenderStub(self.channel)
         index = random.randrange(len(_test_users.user_ids))
         self.user_id = _test_users.user_ids[index]
