@@ -497,6 +497,8 @@ def test_readme_names_only_real_metrics_and_variables() -> None:
     variables = set(re.findall(r"\bAPRON_[A-Z_]+\b", text))
     known = {env_name(name) for name in ServingConfig.__dataclass_fields__}
     assert variables and variables <= known, f"not in serving/config.py: {variables - known}"
+    # Redis Cluster is a setting (ServingConfig.redis_cluster), not a change to make: the README says which
+    assert "APRON_REDIS_CLUSTER" in variables and "needs `redis.asyncio.RedisCluster`" not in text
 
 
 # ----------------------------------------------------------------------------- the CPU compose, images, the model volume
