@@ -2,13 +2,17 @@
 them (compose: the `models` service; Kubernetes: the Job in deploy/k8s/model-repository.yaml).
 
     python fill_models.py --into /models --url https://host/apron-model-repository-3.tar.gz --sha256 HEX
+    python fill_models.py --into /models --url http://localhost:8000/repo.tar.gz --insecure-no-checksum   # a laptop only
     python fill_models.py --into /models --from /baked/model_repository
     python fill_models.py --into /models --demo lastfm-2k      # build the demo model (needs the `train` extra)
     python fill_models.py --pack model_repository --archive artifacts/apron-model-repository.tar.gz
 
 Sources:
 - `--url`: a .tar.gz of a repository `apron export` wrote (`--pack`, which `make model-archive`
-  runs on ./model_repository, makes one and prints its sha256). With `--sha256` the download must match it.
+  runs on ./model_repository, makes one and prints its sha256). The download must match `--sha256`
+  (64 hex digits): a URL without one is refused unless `--insecure-no-checksum` (env
+  MODEL_ARCHIVE_INSECURE_NO_CHECKSUM=true) says an unverified archive is acceptable here, since what
+  it installs is the model every gateway serves.
 - `--from`: a directory holding such a repository (e.g. baked into an image).
 - `--demo DATASET`: what `apron serve` builds when it has no model (export/demo.py): lastfm-2k
   (downloaded), or synthetic (offline).
@@ -33,6 +37,8 @@ import urllib.request
 from pathlib import Path, PurePosixPath
 
 METADATA = "apron_metadata.json"  # export/contract.py's METADATA_FILENAME (not imported: stdlib only)
+SHA256_HEX_DIGITS = 64
+TRUE_WORDS, FALSE_WORDS = frozenset({"1", "true", "yes"}), frozenset({"", "0", "false", "no"})
 
 
 class FillError(Exception):
@@ -61,6 +67,22 @@ def repository_root(extracted: Path) -> Path:
     if len(folders) == 1 and (folders[0] / METADATA).is_file():
         return folders[0]
     raise FillError(f"the source holds no {METADATA}: not a repository `apron export` wrote")
+
+
+def check_sha256(url: str, sha256: str | None, insecure_no_checksum: bool) -> None:
+    """Refuse, before anything is downloaded, a URL whose archive would not be verified: an empty
+    checksum, or a placeholder left unfilled, must fail the Job rather than install whatever the
+    URL serves."""
+    if sha256 is None or not sha256.strip():
+        if insecure_no_checksum:
+            return
+        raise FillError(
+            f"{url}: no sha256 to check the archive against; give --sha256 (MODEL_ARCHIVE_SHA256: the one "
+            "`make model-archive` printed), or --insecure-no-checksum (MODEL_ARCHIVE_INSECURE_NO_CHECKSUM=true) "
+            "to install an unverified archive (never in production)"
+        )
+    if len(sha256) != SHA256_HEX_DIGITS or any(c not in "0123456789abcdefABCDEF" for c in sha256):
+        raise FillError(f"sha256 {sha256!r} is not {SHA256_HEX_DIGITS} hex digits: set the one `make model-archive` printed")
 
 
 def download(url: str, into: Path, sha256: str | None) -> Path:
@@ -117,10 +139,20 @@ def build_demo(dataset: str, into: Path) -> Path:
     return build_demo_repository(into / "model_repository", DemoSettings(dataset=dataset))
 
 
-def fill(target: Path, url: str | None = None, sha256: str | None = None, source: Path | None = None, demo: str | None = None) -> bool:
-    """Fill `target` from exactly one source; True when it changed."""
+def fill(
+    target: Path,
+    url: str | None = None,
+    sha256: str | None = None,
+    source: Path | None = None,
+    demo: str | None = None,
+    insecure_no_checksum: bool = False,
+) -> bool:
+    """Fill `target` from exactly one source; True when it changed. A `url` needs its `sha256` unless
+    `insecure_no_checksum`."""
     if sum(x is not None for x in (url, source, demo)) != 1:
         raise FillError("give exactly one source: --url, --from or --demo")
+    if url is not None:
+        check_sha256(url, sha256, insecure_no_checksum)
     if demo is not None and (target / METADATA).is_file():
         return False  # a demo is built only into an empty volume: it would replace a real model
     with tempfile.TemporaryDirectory(prefix="apron-fill-") as work:  # $TMPDIR: the volume's parent may be read-only
@@ -134,13 +166,30 @@ def fill(target: Path, url: str | None = None, sha256: str | None = None, source
         return install(repository, target)
 
 
+def env_flag(name: str) -> bool:
+    """A boolean variable, read strictly: a misspelt value must not quietly mean either answer."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise FillError(f"{name}={value!r}: expected one of {sorted(TRUE_WORDS | (FALSE_WORDS - {''}))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--into", type=Path, help="the model volume (mounted where Triton and the gateway read it)")
     parser.add_argument("--pack", type=Path, default=None, help="instead: pack this repository into --archive, print its sha256")
     parser.add_argument("--archive", type=Path, default=Path("artifacts/apron-model-repository.tar.gz"), help="where --pack writes")
     parser.add_argument("--url", default=os.environ.get("MODEL_ARCHIVE_URL") or None, help="a .tar.gz of a repository [env MODEL_ARCHIVE_URL]")
-    parser.add_argument("--sha256", default=os.environ.get("MODEL_ARCHIVE_SHA256") or None, help="its sha256 [env MODEL_ARCHIVE_SHA256]")
+    parser.add_argument("--sha256", default=os.environ.get("MODEL_ARCHIVE_SHA256") or None, help="its sha256, required with --url [env MODEL_ARCHIVE_SHA256]")
+    parser.add_argument(
+        "--insecure-no-checksum",
+        action="store_true",
+        default=None,
+        help="install a --url archive without a sha256 to check it against (a laptop, never production) "
+        "[env MODEL_ARCHIVE_INSECURE_NO_CHECKSUM=true]",
+    )
     parser.add_argument("--from", dest="source", type=Path, default=None, help="a directory holding a repository")
     parser.add_argument("--demo", default=None, help="build the demo model from this dataset: lastfm-2k or synthetic")
     args = parser.parse_args(argv)
@@ -155,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.into is None:
         parser.error("--into is required (or --pack)")
     try:
-        changed = fill(args.into, args.url, args.sha256, args.source, args.demo)
+        insecure = args.insecure_no_checksum or env_flag("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM")
+        changed = fill(args.into, args.url, args.sha256, args.source, args.demo, insecure_no_checksum=insecure)
     except (FillError, OSError, tarfile.TarError) as error:
         print(f"fill_models: {error}", file=sys.stderr)
         return 1

@@ -10,8 +10,12 @@
     deploy/secrets/redis.crt, redis.key     Redis's TLS certificate (chain: leaf + CA) and key, for the names
                                             the StatefulSet's pod is reached by (Secret apron-redis-tls)
 
-Existing files are kept (rerunning changes nothing) unless --force. Compose mounts them as secrets;
-for Kubernetes: `make k8s-secrets` (kubectl create secret ... from these files).
+Existing files are kept (rerunning changes nothing) unless --force. Compose mounts them as secrets,
+as they are on the host, into containers of several users (the gateway 10001, the nginx front 101,
+Grafana 472): the files they read (SHARED) are 0640 in group SECRETS_GID, which each of those
+services joins (`group_add` in the compose files); the rest stay 0600. Where the group cannot be
+set (not root, not in it) they stay 0600 and the command to run is printed. For Kubernetes:
+`make k8s-secrets` (kubectl create secret ... from these files).
 
     python deploy/make_secrets.py [--out deploy/secrets] [--name gateway.example.com] [--force]
 """
@@ -35,6 +39,10 @@ GATEWAY_NAMES = (
 REDIS_NAMES = ("redis", "redis-0.redis", "redis-0.redis.apron", "redis-0.redis.apron.svc", "redis-0.redis.apron.svc.cluster.local")
 FILES = ("jwt_secret", "ca.crt", "ca.key", "tls.crt", "tls.key", "grafana_admin_password")
 REDIS_FILES = ("redis_password", "redis.crt", "redis.key")  # added later: written when missing, the others kept
+# the gateway image's group (deploy/Dockerfile's USER 10001:10001); the front and Grafana join it in compose
+SECRETS_GID = 10001
+# private files a compose container reads: the gateway (jwt_secret, tls.key), the front (tls.key), Grafana
+SHARED = ("jwt_secret", "tls.key", "grafana_admin_password")
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -52,7 +60,28 @@ def make_secrets(out: Path, names: tuple[str, ...] = GATEWAY_NAMES, force: bool 
         written += _make_base(out, names)
     if force or written or not all((out / name).is_file() for name in REDIS_FILES):
         written += _make_redis(out)
+    share_with_services(out)
     return written
+
+
+def share_with_services(out: Path, gid: int = SECRETS_GID) -> list[str]:
+    """SHARED files 0640 in group `gid` (group first, then the mode: never readable by the caller's
+    own group); the names it could not share (left 0600), after printing how to."""
+    unshared = []
+    for name in SHARED:
+        path = out / name
+        try:
+            os.chown(path, -1, gid)
+        except PermissionError:
+            unshared.append(name)
+            continue
+        os.chmod(path, 0o640)
+    if unshared:
+        files = " ".join(str(out / name) for name in unshared)
+        print(f"make_secrets: cannot give {', '.join(unshared)} to group {gid} (the compose services' shared group); "
+              f"they stay 0600 and the containers cannot read them until you run:\n"
+              f"  sudo chgrp {gid} {files} && sudo chmod 0640 {files}", file=sys.stderr)  # fmt: skip
+    return unshared
 
 
 def _make_redis(out: Path) -> list[Path]:

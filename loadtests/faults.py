@@ -271,7 +271,7 @@ def locust(target: str, dataset: Path, token: str, users: int, seconds: float, o
         sys.executable, "-m", "locust", "--config", str(ROOT / "loadtests" / "locust.conf"),
         "--host", target, "--dataset", str(dataset), "--token", token, "--users", str(users),
         "--spawn-rate", str(users), "--run-time", f"{int(seconds)}s", "--stop-timeout", "5",
-        "--max-failure-ratio", "1", "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
+        "--max-failure-ratio", "1", "--max-throttled-ratio", "1", "--csv", str(out / "locust"), "--html", str(out / "locust.html"),
         "--json-file", str(out / "locust"),
     ]  # fmt: skip
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)

@@ -14,15 +14,23 @@ catalog's item ids) and runs a weighted mix of calls:
 | `edit-profile` | EditProfile: store an edit (or reset) | `--weight-edit-profile` |
 | `get-profile` | GetProfile | `--weight-get-profile` |
 
-Every RPC's latency and failure goes to Locust's `events.request` (by the client interceptor
-below, as in Locust's gRPC example), so Locust's own stats, `--csv` and `--html` report them. At
-the end, `check_thresholds` sets the exit code when the failure ratio or p99 break the limits
-given with `--max-failure-ratio` / `--max-p99-ms`.
+Every call's latency and failure goes to Locust's `events.request` (`ApronUser.call`), so Locust's
+own stats, `--csv` and `--html` report them. At the end, `check_thresholds` sets the exit code when
+the failure ratio, p99 or throttled ratio break the limits given with `--max-failure-ratio` /
+`--max-p99-ms` / `--max-throttled-ratio`.
 
 A call the gateway sheds (RESOURCE_EXHAUSTED with `retry-after-ms`: a rate or concurrency limit)
 is handled as a real client would: wait that long, then retry (at most `--max-throttled-retries`
-times). Such calls are counted as throttled, apart from Locust's requests and failures, and the
-counts are logged at the end (`throttled: ...`) and written to `<csv prefix>_throttled.json`.
+times). Locust gets ONE request per call, timed from its first attempt to its answer, waits and
+retries included: what the caller waited, so shedding shows in the percentiles instead of leaving
+only the lucky last attempt. Shed attempts are counted apart (not requests, not failures), by task:
+logged at the end (`throttled: ...` with the throttled ratio, shed attempts / all attempts) and
+written to `<csv prefix>_throttled.json`; above `--max-throttled-ratio` the run fails.
+
+The deployed gateway (compose, Kubernetes) is reached through its TLS front only: `--tls-ca
+deploy/secrets/ca.crt` speaks TLS trusting that CA (`serving.tls.channel_credentials`, as `apron
+client --tls-ca`), and `--tls-server-name NAME` checks the certificate for NAME when the address
+dialled is not one of its names (a port-forward, a node IP). Without `--tls-ca` calls are plaintext.
 
 `--min-requests N` ends the run before `--run-time` once every task in the mix has N requests: a
 smoke run then waits on what it needs, not on the clock. `--until-file PATH` also waits for PATH
@@ -52,6 +60,7 @@ from locust.exception import StopUser
 
 from loadtests.catalog import DATASET_HINT, catalog_mismatch
 from loadtests.mix import TASKS, task_weights
+from serving import tls
 from serving.client import channel_options
 from serving.errors import RETRY_AFTER_KEY
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
@@ -69,8 +78,10 @@ TASK_LABELS = {
     "edit-profile": "EditProfile",
     "get-profile": "GetProfile",
 }
-# calls answered RESOURCE_EXHAUSTED + retry-after-ms, by label (retried, not failures)
+# attempts answered RESOURCE_EXHAUSTED + retry-after-ms, by label (retried, not failures)
 throttled: collections.Counter[str] = collections.Counter()
+# every attempt sent, shed or not, by label: the throttled ratio's denominator
+attempts: collections.Counter[str] = collections.Counter()
 
 
 @events.init_command_line_parser.add_listener
@@ -82,6 +93,10 @@ def add_options(parser: Any) -> None:
     group.add_argument("--max-test-users", type=int, default=0, help="use at most this many test users (0: all)")
     group.add_argument("--token", type=str, env_var="APRON_LOADTEST_TOKEN", default="",
                        help="bearer token (a `service` role token) sent with every call; empty: none")
+    group.add_argument("--tls-ca", type=str, env_var="APRON_TLS_CA", default="",
+                       help="speak TLS, trusting this PEM CA (e.g. deploy/secrets/ca.crt); empty: plaintext")
+    group.add_argument("--tls-server-name", type=str, default="",
+                       help="with --tls-ca: the name the gateway's certificate must carry, when --host is not one of its names")
     group.add_argument("--rpc-timeout", type=float, default=10.0, help="client deadline per call (seconds)")
     group.add_argument("--edits-per-call", type=int, default=2, help="one-off edits per recommend-edit call")
     for name, (option, weight) in TASKS.items():
@@ -91,6 +106,9 @@ def add_options(parser: Any) -> None:
                        help="exit non-zero when failures / requests exceed this")
     group.add_argument("--max-p99-ms", type=float, default=0.0,
                        help="exit non-zero when the p99 of all requests exceeds this (0: no limit)")
+    group.add_argument("--max-throttled-ratio", type=float, default=0.01,
+                       help="exit non-zero when shed attempts (RESOURCE_EXHAUSTED + retry-after-ms) / all attempts "
+                            "exceed this (1: no limit, for runs that measure shedding)")
     group.add_argument("--max-throttled-retries", type=int, default=100,
                        help="retries of a call shed with RESOURCE_EXHAUSTED (after its retry-after-ms) before it fails")
     group.add_argument("--min-requests", type=int, default=0,
@@ -113,7 +131,19 @@ def threshold_failures(environment: Environment) -> list[str]:
     p99 = total.get_response_time_percentile(0.99)
     if options.max_p99_ms > 0 and p99 > options.max_p99_ms:
         reasons.append(f"p99 {p99:.1f} ms > --max-p99-ms {options.max_p99_ms}")
+    ratio = throttled_ratio()
+    if ratio > options.max_throttled_ratio:
+        reasons.append(
+            f"throttled ratio {ratio:.4f} ({throttled.total()} of {attempts.total()} attempts shed) "
+            f"> --max-throttled-ratio {options.max_throttled_ratio}"
+        )
     return reasons
+
+
+def throttled_ratio() -> float:
+    """Shed attempts / all attempts of this process's users (0 before any attempt)."""
+    sent = attempts.total()
+    return throttled.total() / sent if sent else 0.0
 
 
 @events.quitting.add_listener
@@ -124,7 +154,8 @@ def check_thresholds(environment: Environment, **_kwargs: Any) -> None:
         log.error("run stopped: %s", _stopped_because)
         environment.process_exit_code = 2
         return
-    log.info("throttled: %s", json.dumps(dict(throttled), sort_keys=True))
+    log.info("throttled: %s; throttled ratio %.4f (%d of %d attempts shed)", json.dumps(dict(throttled), sort_keys=True),
+             throttled_ratio(), throttled.total(), attempts.total())  # fmt: skip
     if environment.parsed_options.csv_prefix:
         Path(f"{environment.parsed_options.csv_prefix}_throttled.json").write_text(json.dumps(dict(throttled)))
     reasons = threshold_failures(environment)
@@ -186,6 +217,7 @@ class TestUsers:
 
 
 _test_users: TestUsers | None = None
+_credentials: grpc.ChannelCredentials | None = None  # --tls-ca's, read once at start (None: plaintext)
 _stopped_because: str | None = None  # the run cannot measure anything (stop_run)
 
 
@@ -211,42 +243,37 @@ def load_test_users(environment: Environment, **_kwargs: Any) -> None:
         print(f"loadtest: no test users in {options.dataset}: {error}\n{DATASET_HINT}", file=sys.stderr)
         raise SystemExit(2) from None
     task_weights(options)  # fail at start, not in every user
+    global _credentials
+    try:
+        _credentials = tls_credentials(options.tls_ca, options.tls_server_name)
+    except tls.TLSConfigError as error:  # a missing or unreadable CA: every user would fail its first call
+        print(f"loadtest: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     log.info("loaded %d test users from %s", len(_test_users.user_ids), options.dataset)
 
 
 # ----------------------------------------------------------------------------- gRPC client
 
 
-class LocustInterceptor(grpc.UnaryUnaryClientInterceptor):
-    """Reports every unary call to Locust (`events.request`) with its latency and any gRPC error.
+def tls_credentials(ca: str, server_name: str) -> grpc.ChannelCredentials | None:
+    """--tls-ca's credentials (the client's own helper, as `apron client --tls-ca`), None for plaintext."""
+    if not ca:
+        if server_name:  # a name to check on a channel that checks nothing: say so, do not ignore it
+            raise tls.TLSConfigError("--tls-server-name needs --tls-ca (the name is checked on a TLS channel only)")
+        return None
+    return tls.channel_credentials(ca)
 
-    One interceptor per simulated user, whose calls are sequential: `name` is the task's label for
-    the next call (several tasks share one RPC method)."""
 
-    def __init__(self, environment: Environment):
-        self.environment = environment
-        self.name = ""
-
-    def intercept_unary_unary(self, continuation: Callable, client_call_details: Any, request: Any) -> Any:
-        start = time.perf_counter()
-        call = continuation(client_call_details, request)
-        exception, length = None, 0
-        try:
-            length = call.result().ByteSize()  # blocks this greenlet only; raises grpc.RpcError on failure
-        except grpc.RpcError as error:
-            exception = error
-            if retry_after_s(error) is not None:  # shed by the gateway: the caller retries
-                throttled[self.name] += 1
-                return call
-        self.environment.events.request.fire(
-            request_type="grpc",
-            name=self.name or client_call_details.method.rsplit("/", 1)[-1],
-            response_time=(time.perf_counter() - start) * 1000.0,
-            response_length=length,
-            exception=exception,
-            context={},
-        )
-        return call  # the stub calls .result() on it: the response, or the same RpcError again
+def open_channel(host: str, credentials: grpc.ChannelCredentials | None, server_name: str = "") -> grpc.Channel:
+    """A channel to `host` (HOST:PORT, `grpc://` allowed) as a real client opens it: every address
+    of the host, NOT_SERVING replicas skipped, UNAVAILABLE retried (channel_options); TLS with
+    `credentials`, checking the certificate for `server_name` when given, else for the host."""
+    target, options = host.removeprefix("grpc://"), channel_options()
+    if credentials is None:
+        return grpc.insecure_channel(target, options=options)
+    if server_name:
+        options = [*options, ("grpc.ssl_target_name_override", server_name)]
+    return grpc.secure_channel(target, credentials, options=options)
 
 
 def retry_after_s(error: grpc.RpcError) -> float | None:
@@ -272,10 +299,7 @@ class ApronUser(User):
         self.options = options
         self.weights = task_weights(options)
         self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
-        # as a real client: every address of the host, NOT_SERVING replicas skipped, UNAVAILABLE retried
-        channel = grpc.insecure_channel(self.host.removeprefix("grpc://"), options=channel_options())
-        self.interceptor = LocustInterceptor(self.environment)
-        self.channel = grpc.intercept_channel(channel, self.interceptor)
+        self.channel = open_channel(self.host, _credentials, options.tls_server_name)
         self.stub = pb_grpc.RecommenderStub(self.channel)
         index = random.randrange(len(_test_users.user_ids))
         self.user_id = _test_users.user_ids[index]
@@ -298,23 +322,33 @@ class ApronUser(User):
         self.channel.close()
 
     def call(self, name: str, method: Callable, request: Any) -> Any:
-        """The response, or None after a failure (which the interceptor reported). A shed call is
-        retried after the wait the gateway asked for, as a real client would."""
-        self.interceptor.name = name
-        for attempt in range(self.options.max_throttled_retries + 1):
+        """The response, or None after a failure. A shed call is retried after the wait the gateway
+        asked for, as a real client would; Locust gets one request for the whole call, timed from
+        the first attempt to the last answer (the caller's wait), and each shed attempt is counted
+        in `throttled`."""
+        retries = self.options.max_throttled_retries
+        response, exception = None, None
+        start = time.perf_counter()
+        for attempt in range(retries + 1):
+            attempts[name] += 1
             try:
-                return method(request, metadata=self.metadata, timeout=self.options.rpc_timeout)
+                response = method(request, metadata=self.metadata, timeout=self.options.rpc_timeout)
+                break
             except grpc.RpcError as error:
                 wait_s = retry_after_s(error)
-                if wait_s is None:
-                    return None  # already reported to Locust by the interceptor
-                if attempt < self.options.max_throttled_retries:
+                if wait_s is None:  # a real failure: the request's or the gateway's, not a shed
+                    exception = error
+                    break
+                throttled[name] += 1
+                if attempt < retries:
                     gevent.sleep(wait_s * random.uniform(1.0, 1.1))  # jitter: users shed together spread out
+        else:
+            exception = RuntimeError(f"still RESOURCE_EXHAUSTED after {retries} retries")
         self.environment.events.request.fire(
-            request_type="grpc", name=name, response_time=0.0, response_length=0, context={},
-            exception=RuntimeError(f"still RESOURCE_EXHAUSTED after {self.options.max_throttled_retries} retries"),
+            request_type="grpc", name=name, response_time=(time.perf_counter() - start) * 1000.0,
+            response_length=0 if response is None else response.ByteSize(), exception=exception, context={},
         )  # fmt: skip
-        return None
+        return response
 
     @task
     def one_call(self) -> None:

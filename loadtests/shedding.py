@@ -7,7 +7,9 @@ the users as a real client would) apart from failures.
 
 Each Locust user keeps at most one call in flight (it waits for each answer), so U users put at most
 U calls in flight: shedding starts once U exceeds --max-concurrent-rpcs (256 by default). Prints a
-Markdown table (users, requests/s, p50 and p99, shed calls, failures) and writes OUT/shedding.json.
+Markdown table (users, requests/s, p50 and p99, shed attempts, failures) and writes OUT/shedding.json.
+A call's time runs from its first attempt to its answer, its retry waits included (what the user
+waited; the locustfile's `ApronUser.call`).
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             target, pid, token = stack.enter_context(own_gateway(args.repository, args.serve_arg, args.out / "gateway.log"))
         common = ["--host", target, "--dataset", args.dataset, "--token", token]
         users = ["--users", str(args.capacity_users), "--spawn-rate", str(args.capacity_users)]
-        capacity = locust([*common, *users, "--max-failure-ratio", "1"], args.out / "capacity", args.capacity_seconds)
+        capacity = locust([*common, *users, "--max-failure-ratio", "1", "--max-throttled-ratio", "1"], args.out / "capacity", args.capacity_seconds)
         rate_per_user = args.fraction * capacity["rps"] / args.capacity_users
         print(f"capacity {capacity['rps']:.0f} req/s; soaking at {args.fraction:.0%}: {rate_per_user:.2f} req/s x {args.capacity_users} users", flush=True)
 

@@ -69,6 +69,55 @@ def test_an_archive_that_writes_outside_the_volume_is_refused(tmp_path: Path, na
         info = tarfile.TarInfo(name)
         info.size = len(data)
         archive.addfile(info, io.BytesIO(data))
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()  # a checksum vouches for the bytes, not for their paths
     with http_server(tmp_path) as base, pytest.raises(fill_models.FillError, match="outside the repository"):
-        fill_models.fill(tmp_path / "models", url=f"{base}/evil.tar.gz")
+        fill_models.fill(tmp_path / "models", url=f"{base}/evil.tar.gz", sha256=sha)
     assert not (tmp_path / "escape.txt").exists()
+
+
+class CountingHandler(http.server.SimpleHTTPRequestHandler):
+    requests: list[str] = []
+
+    def do_GET(self) -> None:
+        CountingHandler.requests.append(self.path)
+        super().do_GET()
+
+
+@pytest.mark.parametrize("sha256", [None, "", "REPLACE-with-the-sha256-make-model-archive-printed", "ab" * 31])
+def test_a_url_without_a_real_sha256_is_refused_before_downloading(
+    python_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sha256: str | None
+) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    assert fill_models.main(["--pack", str(python_repository), "--archive", str(served / "repo.tar.gz")]) == 0
+    CountingHandler.requests = []
+    handler = functools.partial(CountingHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/repo.tar.gz"
+    volume = tmp_path / "models"
+    try:
+        monkeypatch.delenv("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM", raising=False)
+        monkeypatch.setenv("MODEL_ARCHIVE_URL", url)  # the Job's way: the ConfigMap's variables
+        if sha256 is None:
+            monkeypatch.delenv("MODEL_ARCHIVE_SHA256", raising=False)
+        else:
+            monkeypatch.setenv("MODEL_ARCHIVE_SHA256", sha256)
+        assert fill_models.main(["--into", str(volume)]) == 1
+        error = capsys.readouterr().err
+        assert "--insecure-no-checksum" in error if not sha256 else "not 64 hex digits" in error
+        assert CountingHandler.requests == [] and not volume.exists()  # nothing fetched, nothing installed
+
+        # only an explicit opt-out installs an unchecked archive, by flag or by variable
+        monkeypatch.delenv("MODEL_ARCHIVE_SHA256", raising=False)
+        assert fill_models.main(["--into", str(volume), "--insecure-no-checksum"]) == 0
+        assert files(volume) == files(python_repository)
+        monkeypatch.setenv("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM", "true")
+        assert fill_models.main(["--into", str(tmp_path / "other")]) == 0
+        monkeypatch.setenv("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM", "ture")  # misspelt: neither answer
+        assert fill_models.main(["--into", str(tmp_path / "third")]) == 1
+        assert "MODEL_ARCHIVE_INSECURE_NO_CHECKSUM" in capsys.readouterr().err and not (tmp_path / "third").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

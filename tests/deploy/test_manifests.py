@@ -297,6 +297,21 @@ def test_k8s_gateway_matches_serving_config(k8s: dict, compose: dict[str, Any]) 
     assert not differing, f"compose and Kubernetes disagree on {differing}"
 
 
+def test_every_deployed_gateway_rolls_out_new_model_versions(k8s: dict, compose: dict[str, Any], compose_cpu: dict[str, Any]) -> None:
+    """The model Job (and a new export under compose) adds versions while Triton keeps only the newest
+    `keep_versions` loaded: a gateway that does not watch the repository stays on its first version
+    until Triton unloads it, then turns unready. Every deployment watches, on the newest version."""
+    environments = {
+        "k8s": gateway_environment(k8s),
+        "compose": compose["services"]["gateway"]["environment"],
+        "compose.cpu": resolved_service(compose_cpu, "gateway")["environment"],
+    }
+    for where, environment in environments.items():
+        config = gateway_config(environment)
+        assert config.watch_repository, f"{where}: the gateway never rolls out a new version"
+        assert config.model_version == 0, f"{where}: a pinned version is kept by the watch and unloaded by Triton"
+
+
 def test_k8s_redis_requires_a_password_and_tls_and_the_gateway_uses_both(k8s: dict) -> None:
     redis_conf = k8s[("ConfigMap", "redis-config")]["data"]["redis.conf"]
     settings = dict(line.split("#")[0].split(None, 1) for line in redis_conf.splitlines() if line.strip())
@@ -482,6 +497,8 @@ def test_readme_names_only_real_metrics_and_variables() -> None:
     variables = set(re.findall(r"\bAPRON_[A-Z_]+\b", text))
     known = {env_name(name) for name in ServingConfig.__dataclass_fields__}
     assert variables and variables <= known, f"not in serving/config.py: {variables - known}"
+    # Redis Cluster is a setting (ServingConfig.redis_cluster), not a change to make: the README says which
+    assert "APRON_REDIS_CLUSTER" in variables and "needs `redis.asyncio.RedisCluster`" not in text
 
 
 # ----------------------------------------------------------------------------- the CPU compose, images, the model volume
@@ -582,6 +599,10 @@ def test_k8s_job_fills_the_volume_the_pods_mount_read_only(k8s: dict) -> None:
     variables = k8s[("ConfigMap", source["configMapRef"]["name"])]["data"]
     assert set(variables) == {"MODEL_ARCHIVE_URL", "MODEL_ARCHIVE_SHA256"}  # what fill_models.main reads
     assert all(name in Path(fill_models.__file__).read_text() for name in variables)
+    # shipped as is, the Job fails loudly instead of installing an archive nobody checked
+    with pytest.raises(fill_models.FillError, match="sha256"):
+        fill_models.check_sha256(variables["MODEL_ARCHIVE_URL"], variables["MODEL_ARCHIVE_SHA256"], insecure_no_checksum=False)
+    assert "--insecure-no-checksum" not in container["command"]
     claim = "apron-model-repository"
     assert k8s[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
 

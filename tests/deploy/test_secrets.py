@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 
 from deploy import healthcheck, make_secrets
 from serving import auth, tls
 from serving.client import ApronClient
 from serving.redis_process import RedisProcess
+from tests.deploy.conftest import DEPLOY, image_user
 from tests.serving.conftest import gateway_config, running_gateway
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +32,9 @@ def test_secrets_are_private_and_kept(tmp_path: Path) -> None:
     assert {p.name for p in written} == set(every)
     assert out.stat().st_mode & 0o077 == 0
     for name in ("jwt_secret", "ca.key", "tls.key", "grafana_admin_password", "redis_password", "redis.key"):
-        assert (out / name).stat().st_mode & 0o077 == 0, name
+        assert (out / name).stat().st_mode & 0o007 == 0, name  # never others'
+        if name not in make_secrets.SHARED:  # the group reads only what a compose service needs
+            assert (out / name).stat().st_mode & 0o077 == 0, name
     before = {name: (out / name).read_bytes() for name in every}
     assert make_secrets.make_secrets(out) == []  # rerunning changes nothing
     assert {name: (out / name).read_bytes() for name in every} == before
@@ -47,6 +52,43 @@ def test_secrets_are_private_and_kept(tmp_path: Path) -> None:
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert "redis-0.redis" in names
     auth.read_secret_file(out / "jwt_secret")  # a usable HS256 secret
+
+
+def test_secrets_compose_services_read_are_shared_through_one_group(tmp_path: Path, compose: dict) -> None:
+    """The gateway (10001), the front (101) and Grafana (472) read secret files mounted as they are on
+    the host: those files are 0640 in SECRETS_GID, every service mounting one joins that group, and
+    the files no container reads stay 0600."""
+    if os.geteuid() != 0:
+        pytest.skip("chgrp to another group needs root (or membership)")
+    out = tmp_path / "secrets"
+    make_secrets.make_secrets(out)
+    for name in (*make_secrets.FILES, *make_secrets.REDIS_FILES):
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        if name in make_secrets.SHARED:
+            assert (mode, (out / name).stat().st_gid) == (0o640, make_secrets.SECRETS_GID), name
+        elif name.endswith((".key", "password")):
+            assert mode == 0o600, name
+    sources = {secret: Path(spec["file"]).name for secret, spec in compose["secrets"].items()}
+    for file in ("docker-compose.yml", "docker-compose.cpu.yml"):
+        services = yaml.safe_load((DEPLOY / file).read_text())["services"]
+        for name, service in services.items():
+            if "extends" in service and "secrets" not in service:
+                service = yaml.safe_load((DEPLOY / service["extends"]["file"]).read_text())["services"][service["extends"]["service"]]
+            shared = [s for s in service.get("secrets", []) if sources[s] in make_secrets.SHARED]
+            if shared:
+                assert str(make_secrets.SECRETS_GID) in service.get("group_add", []), (file, name, shared)
+    assert image_user()[1] == make_secrets.SECRETS_GID  # the gateway's own group
+
+
+def test_secrets_stay_private_where_the_group_cannot_be_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(*_args: object) -> None:
+        raise PermissionError("not permitted")
+
+    monkeypatch.setattr(make_secrets.os, "chown", refuse)
+    out = tmp_path / "secrets"
+    make_secrets.make_secrets(out)
+    assert all(stat.S_IMODE((out / name).stat().st_mode) == 0o600 for name in make_secrets.SHARED)
+    assert f"sudo chgrp {make_secrets.SECRETS_GID}" in capsys.readouterr().err
 
 
 async def test_gateway_health_check_and_client_speak_tls(

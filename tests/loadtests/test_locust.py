@@ -19,6 +19,7 @@ import pytest
 
 from loadtests.mix import TASKS
 from tests.deploy.gateway import Gateway, running_gateway, tiny_processed_dataset
+from tests.serving.certs import Pki, make_pki
 
 ROOT = Path(__file__).resolve().parents[2]
 TASK_NAMES = {"Recommend cached", "Recommend fresh", "Recommend one-off edits", "EditProfile", "GetProfile"}
@@ -118,14 +119,18 @@ def test_weights_select_the_tasks(gateway: Gateway, dataset: Path, tmp_path: Pat
     assert names == {"GetProfile", "ListPrototypes", "Recommend cached"}
 
 
+def only_edits() -> list[str]:
+    weights = [f"--{option.replace('_', '-')}" for option, _ in TASKS.values()]
+    return [arg for flag in weights for arg in (flag, "1" if flag == "--weight-edit-profile" else "0")]
+
+
 def test_shed_calls_are_retried_and_counted_as_throttled(strict_gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
     """4 simulated users edit ONE test user back to back against a 1/s limit: calls are shed, and
-    the users wait the retry-after-ms they are given, so nothing fails."""
-    weights = [f"--{option.replace('_', '-')}" for option, _ in TASKS.values()]
-    only_edits = [arg for flag in weights for arg in (flag, "1" if flag == "--weight-edit-profile" else "0")]
+    the users wait the retry-after-ms they are given, so nothing fails; each call's wait is in its
+    time (it waited at least one retry-after-ms of the front's or the limiter's)."""
     result = locust(
-        strict_gateway, dataset, tmp_path, *only_edits, "--max-test-users", "1", "--max-failure-ratio", "0",
-        "--min-requests", "4",
+        strict_gateway, dataset, tmp_path, *only_edits(), "--max-test-users", "1", "--max-failure-ratio", "0",
+        "--max-throttled-ratio", "1", "--min-requests", "4",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     stats = final_stats(tmp_path)
@@ -133,3 +138,61 @@ def test_shed_calls_are_retried_and_counted_as_throttled(strict_gateway: Gateway
     assert sum(entry["num_failures"] for entry in stats.values()) == 0, stats
     throttled = json.loads((tmp_path / "apron_throttled.json").read_text())
     assert throttled.get("EditProfile", 0) > 0, throttled
+    assert stats["EditProfile"]["max_response_time"] >= 50  # a shed call's time holds its retry wait
+    assert "throttled ratio" in result.stderr
+
+
+def test_a_run_mostly_shed_breaks_the_default_throttled_threshold(strict_gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
+    """The same shedding with the default --max-throttled-ratio (locust.conf's 0.01): no failure,
+    and still the run fails, saying why."""
+    result = locust(strict_gateway, dataset, tmp_path, *only_edits(), "--max-test-users", "1", "--min-requests", "4")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "--max-throttled-ratio 0.01" in result.stderr and "attempts shed" in result.stderr
+    assert sum(entry["num_failures"] for entry in final_stats(tmp_path).values()) == 0
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def tls_gateway(python_repository: Path, pki: Pki) -> Gateway:
+    """TLS on the gRPC port, as the deployed front: a certificate for localhost/127.0.0.1 from a test CA."""
+    with running_gateway(python_repository, edit_rate=10_000.0, edit_burst=10_000,
+                         tls_cert=str(pki.server.cert), tls_key=str(pki.server.key)) as running:  # fmt: skip
+        yield running
+
+
+def test_tls_ca_reaches_a_tls_gateway(tls_gateway: Gateway, pki: Pki, dataset: Path, tmp_path: Path) -> None:
+    """The deployment publishes only TLS: --tls-ca speaks it; --tls-server-name checks the certificate
+    for another name than the address dialled (127.0.0.1 here, `localhost` in the certificate too)."""
+    for extra in (["--tls-ca", str(pki.ca.cert)], ["--tls-ca", str(pki.ca.cert), "--tls-server-name", "localhost"]):
+        result = locust(tls_gateway, dataset, tmp_path, *extra, "--max-failure-ratio", "0", "--min-requests", "2")
+        assert result.returncode == 0, (extra, result.stderr[-3000:])
+        assert all(entry["num_failures"] == 0 for entry in final_stats(tmp_path).values())
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # plaintext against TLS
+        ["--tls-server-name", "gateway.example"],  # a name with no TLS to check it on
+    ],
+    ids=["plaintext", "name-without-ca"],
+)
+def test_a_tls_gateway_is_not_reached_without_the_right_tls(tls_gateway: Gateway, pki: Pki, dataset: Path, tmp_path: Path, extra: list[str]) -> None:
+    result = locust(tls_gateway, dataset, tmp_path, *extra, "--min-requests", "1", "--run-time", "5s", "--rpc-timeout", "2")
+    if extra:
+        assert result.returncode == 2 and "--tls-server-name needs --tls-ca" in result.stderr, result.stderr[-3000:]
+    else:
+        assert result.returncode == 1, result.stderr[-3000:]
+        assert final_stats(tmp_path)["ListPrototypes"]["num_failures"] > 0
+
+
+def test_a_certificate_for_another_name_is_refused(tls_gateway: Gateway, pki: Pki, dataset: Path, tmp_path: Path) -> None:
+    result = locust(tls_gateway, dataset, tmp_path, "--tls-ca", str(pki.ca.cert), "--tls-server-name", "gateway.example",
+                    "--min-requests", "1", "--run-time", "5s", "--rpc-timeout", "2")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-3000:]
+    stats = final_stats(tmp_path)
+    assert stats["ListPrototypes"]["num_failures"] == stats["ListPrototypes"]["num_requests"] > 0
