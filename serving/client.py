@@ -9,8 +9,10 @@
 Errors arrive as `grpc.RpcError` (`.code()`, `.details()`), exactly as the server sent them, after
 the retries that are safe (`retry_delay`): UNAVAILABLE (a replica draining or starting, Triton or
 Redis down for a moment), ABORTED (an EditProfile that lost to other writes to the same user again
-and again, storing nothing), and CANCELLED only when the server says it cut the call while draining
-(trailer `apron-draining`, serving/drain.py); at most RETRY_ATTEMPTS attempts within the one
+and again, storing nothing), RESOURCE_EXHAUSTED only when the server says when to come back
+(trailer `retry-after-ms`: a call shed by admission, a rate limit or a full batch queue did no
+work), and CANCELLED only when the server says it cut the call while draining (trailer
+`apron-draining`, serving/drain.py); at most RETRY_ATTEMPTS attempts within the one
 `timeout_s`, with exponential backoff and jitter, or after the server's `retry-after-ms` when it
 sends one. Once a server has answered the client, a retry waits, within `timeout_s`, for a
 connection (a replica replaced, or restarting, on the same address): if none comes, the call ends
@@ -88,18 +90,23 @@ def retry_delay(code: grpc.StatusCode, trailers: Mapping[str, str], attempt: int
     """Seconds to wait before retrying a call whose attempt number `attempt` (1: the first) failed
     with `code` and `trailers`, or None: not safe to retry, or the attempts are spent. `jitter` in
     [0, 1) scales the exponential backoff (full jitter: replicas' clients do not retry in step);
-    the server's `retry-after-ms` replaces it when present. Pure."""
+    the server's `retry-after-ms` replaces it when present, and a RESOURCE_EXHAUSTED is retried only
+    with it. Pure."""
     if attempt >= RETRY_ATTEMPTS:
-        return None
-    if code is grpc.StatusCode.CANCELLED:
-        if trailers.get(DRAINING_KEY) != "1":
-            return None  # cancelled by the caller, or by grpc with no word from the server: maybe done
-    elif code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
         return None
     try:
         retry_after_ms = float(trailers.get(RETRY_AFTER_KEY, ""))
     except ValueError:
         retry_after_ms = -1.0
+    if code is grpc.StatusCode.CANCELLED:
+        if trailers.get(DRAINING_KEY) != "1":
+            return None  # cancelled by the caller, or by grpc with no word from the server: maybe done
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        # shed (admission, a rate limit, a full batch queue) before any work, the server says when
+        # to come back; without its word (a message over the size limit) it would fail again
+        return retry_after_ms / 1000.0 if retry_after_ms >= 0 else None
+    elif code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED):
+        return None
     if retry_after_ms >= 0:  # (NaN compares False)
         return retry_after_ms / 1000.0
     return jitter * min(MAX_BACKOFF_S, INITIAL_BACKOFF_S * BACKOFF_MULTIPLIER ** (attempt - 1))

@@ -44,6 +44,11 @@ def test_retry_delay_retries_only_what_is_safe() -> None:
     assert retry_delay(Code.ABORTED, {}, RETRY_ATTEMPTS, 1.0) is None
     assert retry_delay(Code.CANCELLED, {}, 1, 1.0) is None  # cancelled by whom? maybe done: not retried
     assert retry_delay(Code.CANCELLED, {DRAINING_KEY: "0"}, 1, 1.0) is None
+    # shed before any work, with the server's word on when to come back: retried then
+    assert retry_delay(Code.RESOURCE_EXHAUSTED, {RETRY_AFTER_KEY: "199"}, 1, 0.5) == 0.199
+    assert retry_delay(Code.RESOURCE_EXHAUSTED, {RETRY_AFTER_KEY: "199"}, RETRY_ATTEMPTS, 0.5) is None
+    for trailers in ({}, {RETRY_AFTER_KEY: "soon"}):  # no word (a message over the size limit): it would fail again
+        assert retry_delay(Code.RESOURCE_EXHAUSTED, trailers, 1, 1.0) is None
     for code in (Code.INVALID_ARGUMENT, Code.DEADLINE_EXCEEDED, Code.INTERNAL, Code.RESOURCE_EXHAUSTED, Code.NOT_FOUND):
         assert retry_delay(code, DRAINING, 1, 1.0) is None, code
 
