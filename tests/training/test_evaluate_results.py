@@ -240,3 +240,18 @@ def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:
         "(2026-11-23 12:08 UTC; those sweep rows from 2026-11-23 12:40 UTC)"
     )
     assert sweep_after_test([record("sweep", "2026-11-23 12:40 UTC")]) == ""  # no test scores at all
+
+
+def test_records_of_a_summed_profile_made_before_its_dropout_fix_are_rerun(tmp_path: Path) -> None:
+    """The inverted-dropout fix of `profile="sum"` changed training, not settings: those rows'
+    records from before it are stale (their settings lack the training revision); others stay."""
+    ablations = {j.row: j for j in jobs("ablations", ["lastfm-2k"])}
+    for row, stale in (("sum-profile", True), ("paper-all", True), ("random-init", False), ("collab", False)):
+        job = ablations[row]
+        before = {k: v for k, v in job.settings().items() if k != "training_revision"}
+        path = job.path(tmp_path, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": before, "features": "text", "epochs_run": 30}))
+        assert needs_run(job, path, force=False) is stale, row
+        path.write_text(json.dumps({"settings": job.settings(), "features": "text", "epochs_run": 30}))
+        assert not needs_run(job, path, force=False), row

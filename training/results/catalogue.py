@@ -13,7 +13,7 @@ from typing import Any
 
 from training.data.hidden_labels import DEFAULT_HIDDEN_SHARE
 from training.metrics import TAG_MIN_SHARE
-from training.models.apron import PRESETS, APRONConfig
+from training.models.apron import PRESETS, APRONConfig, training_revision
 
 MODELS = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "sem-macridvae-tags", "apron")
 LABELS = {
@@ -319,6 +319,9 @@ class Job:
             hyperparameters["tag_min_share"] = run.tag_min_share
         settings = {"epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr, "patience": run.patience,
                     "hyperparameters": hyperparameters, "tag_min_share": run.tag_min_share}  # fmt: skip
+        # Only when not 0, so the records of every configuration the training change left alone stay current.
+        if self.model == "apron" and (revision := training_revision(hyperparameters)):
+            settings["training_revision"] = revision
         return json.loads(json.dumps(settings, default=_json_default))  # as it reads back from JSON
 
     def path(self, runs: Path, seed: int) -> Path:
