@@ -1,5 +1,6 @@
 """RESULTS.md generation: per-run JSONs aggregated over seeds, the goal verdict computed from them."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -255,3 +256,26 @@ def test_records_of_a_summed_profile_made_before_its_dropout_fix_are_rerun(tmp_p
         assert needs_run(job, path, force=False) is stale, row
         path.write_text(json.dumps({"settings": job.settings(), "features": "text", "epochs_run": 30}))
         assert not needs_run(job, path, force=False), row
+
+
+def test_a_rows_features_are_part_of_its_records_settings(tmp_path: Path) -> None:
+    """Editing a row's features makes its records stale; records written before settings named
+    the features (no "features" key there) read as the features stored beside them, so they stay
+    current, and a model that reads no features is not rerun for an edit it ignores."""
+    text = Job("ablations", "lastfm-2k", "x", "x", "apron", Run(epochs=3, features="text"), "test")
+    collab = Job("ablations", "lastfm-2k", "x", "x", "apron", Run(epochs=3, features="collab"), "test")
+    path = text.path(tmp_path, 0)
+    path.parent.mkdir(parents=True)
+    before = {k: v for k, v in text.settings().items() if k != "features"}  # the layout before the key
+    path.write_text(json.dumps({"settings": before, "features": "text", "epochs_run": 2}))
+    assert not needs_run(text, path, force=False)
+    assert needs_run(collab, path, force=False)
+    path.write_text(json.dumps({"settings": text.settings(), "features": "text", "epochs_run": 2}))
+    assert not needs_run(text, path, force=False) and needs_run(collab, path, force=False)
+    baseline = Job("main", "lastfm-2k", "multidae", "MultiDAE", "multidae", Run(epochs=3), "test")
+    path = baseline.path(tmp_path, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings": {k: v for k, v in baseline.settings().items() if k != "features"},
+                                "features": None, "epochs_run": 2}))  # fmt: skip
+    assert not needs_run(baseline, path, force=False)
+    assert not needs_run(dataclasses.replace(baseline, run=Run(epochs=3, features="collab")), path, force=False)

@@ -51,6 +51,7 @@ from training.results.catalogue import (
     Job,
     _json_default,
     jobs,
+    recorded_settings,
 )
 from training.results.report import fmt, write_report
 from training.results.selection import carries_over, final_jobs, is_current
@@ -102,7 +103,7 @@ def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> t
         return None
     checkpoint = Path(record.get("checkpoint") or "")
     if (
-        record.get("settings") != job.settings()
+        recorded_settings(record) != job.settings()
         or record.get("seed") != seed
         or record.get("dataset_info", {}).get("fingerprint") != dataset.fingerprint
         or not checkpoint.is_file()
@@ -226,7 +227,7 @@ def needs_run(job: Job, path: Path, force: bool) -> bool:
 def carry_over(job: Job, path: Path) -> None:
     """Rewrite a record that `carries_over` with the job's settings, keeping the cap it ran under."""
     record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("settings") == job.settings() or not carries_over(job, record):
+    if recorded_settings(record) == job.settings() or not carries_over(job, record):
         return
     record.setdefault("ran_under_cap", record["settings"]["epochs"])  # the first cap, if carried twice
     record["settings"] = job.settings()
