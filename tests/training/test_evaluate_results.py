@@ -4,13 +4,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.results.catalogue import ABLATIONS, Job, Run, jobs, same_run_as
 from training.results.report import SWEEP_DATASET, sweep_after_test, sweep_verdict, write_report
 from training.results.runner import carry_over, execute, load_records, needs_run
-from training.results.stats import aggregate
+from training.results.stats import Paired, aggregate
 
 INFO = {"fingerprint": "f" * 64, "n_items": 2813, "n_tags": 80, "users": {"train": 1487, "val_tr": 186, "test_tr": 186}}
 
@@ -219,12 +220,43 @@ def test_not_run_counts_only_records_with_the_rows_current_settings(tmp_path: Pa
 
 def test_a_sweep_options_verdict_says_what_was_measured() -> None:
     """The verdict follows the numbers: a drop of %Δ@20 is a drop (it read "moved < 5 points"
-    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest."""
-    assert sweep_verdict(True, 7.7) == "helped (%Δ@20 +7.7 points, accuracy kept)"
-    assert sweep_verdict(True, -7.1) == "failed: %Δ@20 fell -7.1 points"
-    assert sweep_verdict(True, 2.0) == "failed: %Δ@20 moved +2.0 points, under 5"
-    assert sweep_verdict(True, float("nan")) == "failed: %Δ@20 not measured (N/A)"
-    assert sweep_verdict(False, 12.0) == "failed: accuracy fell"
+    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest, and without
+    per-user values there is no accuracy test, so no verdict."""
+    kept, fell = Paired(-0.002, 0.003, -0.008, 0.004, 186), Paired(-0.004, 0.001, -0.006, -0.002, 186)
+    interval = "paired per-user Δ val NDCG@100 -0.0020, 95% interval [-0.0080, +0.0040] over 186 users"
+    assert sweep_verdict(kept, 7.7) == f"helped (%Δ@20 +7.7 points; accuracy kept: {interval}, reaches 0)"
+    assert sweep_verdict(kept, -7.1) == f"failed: %Δ@20 fell -7.1 points ({interval})"
+    assert sweep_verdict(kept, 2.0) == f"failed: %Δ@20 moved +2.0 points, under 5 ({interval})"
+    assert sweep_verdict(kept, float("nan")).startswith("failed: %Δ@20 not measured (N/A); accuracy kept (")
+    assert sweep_verdict(fell, 12.0) == ("failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0040, 95% interval "
+                                         "[-0.0060, -0.0020] over 186 users, below 0)")  # fmt: skip
+    assert sweep_verdict(None, 12.0).startswith("no verdict: its records or the tuned row's keep no per-user values")
+
+
+def _sweep_record(row: str, ndcg: np.ndarray, pct: float) -> dict:
+    users = list(range(len(ndcg)))
+    return {**_record("sweep", row, 0, float(ndcg.mean()), pct, "collab", "apron"), "split": "val",
+            "per_user": {"users": users, "ndcg@100": ndcg.tolist()}}  # fmt: skip
+
+
+def test_a_sweep_option_keeps_accuracy_by_the_paired_per_user_interval(tmp_path: Path) -> None:
+    """Not by a fixed 0.01 slack on the means: a fall of 0.005 that every user shares is a fall,
+    a fall of 0.02 that is noise across users is not; the report says the interval it read."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, 200)
+    consistent = base - 0.005 + rng.normal(0, 0.001, 200)  # within the old slack, yet below 0 for sure
+    noisy = base - 0.02 + rng.normal(0, 0.3, 200)  # beyond the old slack, but the interval holds 0
+    records = [_sweep_record("collab:tuned", base, 20.0), _sweep_record("collab:pen20", consistent, 40.0),
+               _sweep_record("collab:tagatt1", noisy, 40.0)]  # fmt: skip
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    line = {key: next(x for x in text.splitlines() if x.startswith(f"- collab, {label}:"))
+            for key, label in (("pen20", "edit penalty γ=20"), ("tagatt1", "tag-supervised attention λ=1"))}  # fmt: skip
+    assert "failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0051, 95% interval [-0.0052, -0.0049]" in line["pen20"]
+    assert "helped (%Δ@20 +20.0 points; accuracy kept: paired per-user Δ val NDCG@100" in line["tagatt1"]
+    without = [{k: v for k, v in r.items() if k != "per_user"} for r in records]
+    text = write_report(without, tmp_path / "R2.md").read_text()
+    assert "keep no per-user values, so accuracy has no paired test (%Δ@20 +20.0 points)" in text
+    assert "accuracy kept" not in text and "accuracy fell" not in text
 
 
 def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:
