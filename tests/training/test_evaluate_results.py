@@ -44,6 +44,16 @@ def _records(goal_ndcg: float, goal_pct: float) -> list[dict]:
     return out
 
 
+def test_the_sweeps_choice_finds_its_ablation_row_whichever_settings_layout_each_was_written_in(tmp_path: Path) -> None:
+    """A record written after settings named the features matches one written before them."""
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    records.append({**_record("sweep", "collab:tagatt1-pen20", 0, 0.46, 50.0, "collab", "apron"), "split": "val"})
+    for r in records:
+        if r["row"] == "goal-collab":
+            r["settings"] = {**r["settings"], "features": "collab"}
+    assert "keep no per-user values: no paired figure yet" in write_report(records, tmp_path / "R.md").read_text()
+
+
 def test_aggregate_gives_seed_and_per_user_standard_errors() -> None:
     cell = aggregate([r for r in _records(0.44, 45.0) if r["row"] == "macridvae"], "ndcg@100")
     assert cell.mean == pytest.approx(0.45) and cell.n_seeds == 3

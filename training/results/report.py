@@ -28,6 +28,7 @@ from training.results.catalogue import (
     SWEEP_FEATURES,
     TUNED_MODELS,
     jobs,
+    recorded_settings,
     same_run_as,
 )
 from training.results.selection import current_records, final_jobs, goal_choice, is_current, protocol, tunings
@@ -198,9 +199,9 @@ def earlier_goal_lines(records: list[dict[str, Any]]) -> list[str]:
         "scored on the same users (the paired interval is), its %Δ@20 is the served one (with the edit penalty γ)"
         f"{sweep_after_test(records)}, so no verdict is drawn from it.",
     ]  # fmt: skip
-    chosen = (sweep[choice][0]["features"], sweep[choice][0]["settings"])
+    chosen = (sweep[choice][0]["features"], recorded_settings(sweep[choice][0]))
     rows = next((r for r in group(records, "ablations", SWEEP_DATASET).values()
-                 if (r[0]["features"], r[0]["settings"]) == chosen), None)  # fmt: skip
+                 if (r[0]["features"], recorded_settings(r[0])) == chosen), None)  # fmt: skip
     main = group(records, "main", SWEEP_DATASET)
     baselines = {m: aggregate(main[m], "ndcg@100") for m in BASELINES if m in main}
     if rows is None or not baselines:
