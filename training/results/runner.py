@@ -13,7 +13,9 @@ Five parts, each runnable alone (so they can run in the background while others 
 Every (part, dataset, row, seed) writes one JSON record under `docs/results/runs/` (committed: it
 is the measurement RESULTS.md is assembled from, so a later session adds seeds or rows instead of
 retraining everything) and is skipped when that JSON exists with the row's current settings
-(`--force` reruns it), so an interrupted run resumes and parts add up. Checkpoints stay under
+(`--force` reruns it), so an interrupted run resumes and parts add up. The settings (`Job.settings`)
+include the features and, for configurations a fix of APRON's training code changed, its
+`training_revision`, so such a fix makes exactly their records stale. Checkpoints stay under
 `artifacts/results/` (built, not committed). RESULTS.md is assembled from whatever runs exist;
 rows or seeds that were not run are listed as such, never filled in. Datasets and their features
 are prepared when missing. `final` runs a model once its own `tune` sweep is complete (its seed 0
