@@ -210,3 +210,35 @@ def test_edit_penalty_equals_the_whole_table_formula_and_trains_alike(dataset) -
     assert gradients[0].keys() == gradients[1].keys() and gradients[0]["item_projection"].abs().max() > 0
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradient, gradients[1][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _training_profile_mass(model, x: torch.Tensor) -> float:
+    """The total profile mass f was trained on in one `loss` call (training mode, dropout drawn)."""
+    seen: list[torch.Tensor] = []
+    score = model.score
+
+    def spy(weights: torch.Tensor) -> torch.Tensor:
+        seen.append(weights.detach())
+        return score(weights)
+
+    model.score = spy
+    torch.manual_seed(1)
+    model.train().loss(x)
+    model.eval()
+    del model.score
+    return float(seen[0].sum())
+
+
+@pytest.mark.parametrize("dropout", [0.5, 0.2])
+def test_a_summed_profile_trains_on_inputs_the_size_it_is_evaluated_on(dataset, dropout: float) -> None:
+    """Eq. 13's sum is unnormalised: with history dropout p and no rescaling, f trained on profiles
+    (1 - p) times the size of those it scores at evaluation (half of them at p = 0.5)."""
+    x = torch.from_numpy(dataset.train[:400].toarray())
+    model = _model(dataset, profile="sum", dropout=dropout)
+    with torch.no_grad():
+        full = float(model.profile_weights(x).sum())  # what evaluation and serving feed f
+        ratio = _training_profile_mass(model, x) / full
+    assert ratio == pytest.approx(1.0, abs=0.05)
+    mean = _model(dataset, dropout=dropout)  # shares: the scale cancels, so no rescaling is added
+    with torch.no_grad():
+        assert _training_profile_mass(mean, x) / float(mean.profile_weights(x).sum()) == pytest.approx(1 - dropout, abs=0.05)

@@ -1,15 +1,17 @@
 """RESULTS.md generation: per-run JSONs aggregated over seeds, the goal verdict computed from them."""
 
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.results.catalogue import ABLATIONS, Job, Run, jobs, same_run_as
 from training.results.report import SWEEP_DATASET, sweep_after_test, sweep_verdict, write_report
 from training.results.runner import carry_over, execute, load_records, needs_run
-from training.results.stats import aggregate
+from training.results.stats import Paired, aggregate
 
 INFO = {"fingerprint": "f" * 64, "n_items": 2813, "n_tags": 80, "users": {"train": 1487, "val_tr": 186, "test_tr": 186}}
 
@@ -40,6 +42,16 @@ def _records(goal_ndcg: float, goal_pct: float) -> list[dict]:
         out.append(_record("main", "apron", seed, 0.41 + jitter, 25.0 + 10 * jitter, "text"))
         out.append(_record("ablations", "goal-collab", seed, goal_ndcg + jitter, goal_pct, "collab", "apron", "goal row"))
     return out
+
+
+def test_the_sweeps_choice_finds_its_ablation_row_whichever_settings_layout_each_was_written_in(tmp_path: Path) -> None:
+    """A record written after settings named the features matches one written before them."""
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    records.append({**_record("sweep", "collab:tagatt1-pen20", 0, 0.46, 50.0, "collab", "apron"), "split": "val"})
+    for r in records:
+        if r["row"] == "goal-collab":
+            r["settings"] = {**r["settings"], "features": "collab"}
+    assert "keep no per-user values: no paired figure yet" in write_report(records, tmp_path / "R.md").read_text()
 
 
 def test_aggregate_gives_seed_and_per_user_standard_errors() -> None:
@@ -73,8 +85,10 @@ def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> N
     text = write_report(_records(0.44, 45.0) + sweep, tmp_path / "RESULTS.md").read_text()
     assert "## Issue 10's sweep: APRON options on lastfm-2k, VALIDATION users" in text
     assert "collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20 60.0" in text
-    assert "sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 (tuned 12.0): failed: accuracy fell" in text
-    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 (tuned 12.0): failed: %Δ@20 moved" in text
+    # these records keep no per-user values: no paired accuracy test, so no verdict however far the means fell
+    assert ("sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 (tuned 12.0): no verdict: its "
+            "records or the tuned row's keep no per-user values, so accuracy has no paired test (%Δ@20 +58.0 points)") in text
+    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 (tuned 12.0): no verdict" in text
     assert "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20 (↑) | Δ@20 Eq. 16 (↑) | %Δ@20 served (↑) |" in text
     assert "| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] | N/A |" in text
     assert "| 0, 1, 2 |" in text and "test machine" in text
@@ -218,12 +232,43 @@ def test_not_run_counts_only_records_with_the_rows_current_settings(tmp_path: Pa
 
 def test_a_sweep_options_verdict_says_what_was_measured() -> None:
     """The verdict follows the numbers: a drop of %Δ@20 is a drop (it read "moved < 5 points"
-    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest."""
-    assert sweep_verdict(True, 7.7) == "helped (%Δ@20 +7.7 points, accuracy kept)"
-    assert sweep_verdict(True, -7.1) == "failed: %Δ@20 fell -7.1 points"
-    assert sweep_verdict(True, 2.0) == "failed: %Δ@20 moved +2.0 points, under 5"
-    assert sweep_verdict(True, float("nan")) == "failed: %Δ@20 not measured (N/A)"
-    assert sweep_verdict(False, 12.0) == "failed: accuracy fell"
+    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest, and without
+    per-user values there is no accuracy test, so no verdict."""
+    kept, fell = Paired(-0.002, 0.003, -0.008, 0.004, 186), Paired(-0.004, 0.001, -0.006, -0.002, 186)
+    interval = "paired per-user Δ val NDCG@100 -0.0020, 95% interval [-0.0080, +0.0040] over 186 users"
+    assert sweep_verdict(kept, 7.7) == f"helped (%Δ@20 +7.7 points; accuracy kept: {interval}, reaches 0)"
+    assert sweep_verdict(kept, -7.1) == f"failed: %Δ@20 fell -7.1 points ({interval})"
+    assert sweep_verdict(kept, 2.0) == f"failed: %Δ@20 moved +2.0 points, under 5 ({interval})"
+    assert sweep_verdict(kept, float("nan")).startswith("failed: %Δ@20 not measured (N/A); accuracy kept (")
+    assert sweep_verdict(fell, 12.0) == ("failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0040, 95% interval "
+                                         "[-0.0060, -0.0020] over 186 users, below 0)")  # fmt: skip
+    assert sweep_verdict(None, 12.0).startswith("no verdict: its records or the tuned row's keep no per-user values")
+
+
+def _sweep_record(row: str, ndcg: np.ndarray, pct: float) -> dict:
+    users = list(range(len(ndcg)))
+    return {**_record("sweep", row, 0, float(ndcg.mean()), pct, "collab", "apron"), "split": "val",
+            "per_user": {"users": users, "ndcg@100": ndcg.tolist()}}  # fmt: skip
+
+
+def test_a_sweep_option_keeps_accuracy_by_the_paired_per_user_interval(tmp_path: Path) -> None:
+    """Not by a fixed 0.01 slack on the means: a fall of 0.005 that every user shares is a fall,
+    a fall of 0.02 that is noise across users is not; the report says the interval it read."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, 200)
+    consistent = base - 0.005 + rng.normal(0, 0.001, 200)  # within the old slack, yet below 0 for sure
+    noisy = base - 0.02 + rng.normal(0, 0.3, 200)  # beyond the old slack, but the interval holds 0
+    records = [_sweep_record("collab:tuned", base, 20.0), _sweep_record("collab:pen20", consistent, 40.0),
+               _sweep_record("collab:tagatt1", noisy, 40.0)]  # fmt: skip
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    line = {key: next(x for x in text.splitlines() if x.startswith(f"- collab, {label}:"))
+            for key, label in (("pen20", "edit penalty γ=20"), ("tagatt1", "tag-supervised attention λ=1"))}  # fmt: skip
+    assert "failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0051, 95% interval [-0.0052, -0.0049]" in line["pen20"]
+    assert "helped (%Δ@20 +20.0 points; accuracy kept: paired per-user Δ val NDCG@100" in line["tagatt1"]
+    without = [{k: v for k, v in r.items() if k != "per_user"} for r in records]
+    text = write_report(without, tmp_path / "R2.md").read_text()
+    assert "keep no per-user values, so accuracy has no paired test (%Δ@20 +20.0 points)" in text
+    assert "accuracy kept" not in text and "accuracy fell" not in text
 
 
 def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:
@@ -240,3 +285,41 @@ def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:
         "(2026-11-23 12:08 UTC; those sweep rows from 2026-11-23 12:40 UTC)"
     )
     assert sweep_after_test([record("sweep", "2026-11-23 12:40 UTC")]) == ""  # no test scores at all
+
+
+def test_records_of_a_summed_profile_made_before_its_dropout_fix_are_rerun(tmp_path: Path) -> None:
+    """The inverted-dropout fix of `profile="sum"` changed training, not settings: those rows'
+    records from before it are stale (their settings lack the training revision); others stay."""
+    ablations = {j.row: j for j in jobs("ablations", ["lastfm-2k"])}
+    for row, stale in (("sum-profile", True), ("paper-all", True), ("random-init", False), ("collab", False)):
+        job = ablations[row]
+        before = {k: v for k, v in job.settings().items() if k != "training_revision"}
+        path = job.path(tmp_path, 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"settings": before, "features": "text", "epochs_run": 30}))
+        assert needs_run(job, path, force=False) is stale, row
+        path.write_text(json.dumps({"settings": job.settings(), "features": "text", "epochs_run": 30}))
+        assert not needs_run(job, path, force=False), row
+
+
+def test_a_rows_features_are_part_of_its_records_settings(tmp_path: Path) -> None:
+    """Editing a row's features makes its records stale; records written before settings named
+    the features (no "features" key there) read as the features stored beside them, so they stay
+    current, and a model that reads no features is not rerun for an edit it ignores."""
+    text = Job("ablations", "lastfm-2k", "x", "x", "apron", Run(epochs=3, features="text"), "test")
+    collab = Job("ablations", "lastfm-2k", "x", "x", "apron", Run(epochs=3, features="collab"), "test")
+    path = text.path(tmp_path, 0)
+    path.parent.mkdir(parents=True)
+    before = {k: v for k, v in text.settings().items() if k != "features"}  # the layout before the key
+    path.write_text(json.dumps({"settings": before, "features": "text", "epochs_run": 2}))
+    assert not needs_run(text, path, force=False)
+    assert needs_run(collab, path, force=False)
+    path.write_text(json.dumps({"settings": text.settings(), "features": "text", "epochs_run": 2}))
+    assert not needs_run(text, path, force=False) and needs_run(collab, path, force=False)
+    baseline = Job("main", "lastfm-2k", "multidae", "MultiDAE", "multidae", Run(epochs=3), "test")
+    path = baseline.path(tmp_path, 0)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"settings": {k: v for k, v in baseline.settings().items() if k != "features"},
+                                "features": None, "epochs_run": 2}))  # fmt: skip
+    assert not needs_run(baseline, path, force=False)
+    assert not needs_run(dataclasses.replace(baseline, run=Run(epochs=3, features="collab")), path, force=False)

@@ -82,6 +82,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def training_revision(hyperparameters: dict[str, Any]) -> int:
+    """The revision of APRON's training code that a configuration trains under. It is bumped for
+    the configurations a change of the training code (not of their settings) trains differently,
+    so that run records made before it no longer read as current (`training.results` stores it
+    in a record's settings when it is not 0). 1: a summed profile's history dropout is rescaled
+    by 1 / (1 - p) in training (inverted dropout, Eq. 13; `APRON.loss`)."""
+    return 1 if hyperparameters.get("profile", APRONConfig.profile) == "sum" else 0
+
+
 @dataclass(frozen=True)
 class APRONConfig:
     n_items: int
@@ -278,7 +287,11 @@ class APRON(nn.Module):
         """Eq. 11: L = L_RecSys + λ1 L_prototype-sep + λ2 L_controllability."""
         cfg = self.config
         item_weights = self.item_prototype_weights()  # (N, H, K), once per batch
-        weights = self.profile_weights(drop_history(x, cfg.dropout, self.training), item_weights)
+        # Eq. 13's sum is not normalised, so a history thinned by dropout p would train f on
+        # profiles (1 - p) times the size of the full ones it scores at evaluation: the kept
+        # interactions are scaled by 1 / (1 - p) in training only. "mean" normalises them away.
+        history = drop_history(x, cfg.dropout, self.training, rescale=cfg.profile == "sum")
+        weights = self.profile_weights(history, item_weights)
         logits = self.score(weights)
         if cfg.recsys_loss == "bce":
             recsys = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).mean()

@@ -40,13 +40,16 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=-1)).mean()
 
 
-def drop_history(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+def drop_history(x: torch.Tensor, p: float, training: bool, rescale: bool = False) -> torch.Tensor:
     """Denoising input corruption: each interaction is dropped with probability p while training.
 
-    Models normalise their input afterwards, so no 1/(1-p) rescaling is needed."""
+    A model that normalises its input afterwards needs no 1/(1-p) rescaling; one that does not
+    (APRON's summed profile) passes rescale=True, so that what it reads in training has the
+    expected size of the full history it reads at evaluation (inverted dropout)."""
     if not training or p <= 0:
         return x
-    return x * (torch.rand_like(x) >= p).to(x.dtype)
+    kept = x * (torch.rand_like(x) >= p).to(x.dtype)
+    return kept / (1.0 - p) if rescale else kept
 
 
 def standardize_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

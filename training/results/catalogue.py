@@ -13,7 +13,8 @@ from typing import Any
 
 from training.data.hidden_labels import DEFAULT_HIDDEN_SHARE
 from training.metrics import TAG_MIN_SHARE
-from training.models.apron import PRESETS, APRONConfig
+from training.models.apron import PRESETS, APRONConfig, training_revision
+from training.models.registry import model_class
 
 MODELS = ("multidae", "multivae", "recvae", "macridvae", "sem-macridvae", "sem-macridvae-tags", "apron")
 LABELS = {
@@ -318,8 +319,18 @@ class Job:
         if self.model == "apron" and run.tag_min_share != TAG_MIN_SHARE:
             hyperparameters["tag_min_share"] = run.tag_min_share
         settings = {"epochs": run.epochs, "batch_size": run.batch_size, "lr": run.lr, "patience": run.patience,
-                    "hyperparameters": hyperparameters, "tag_min_share": run.tag_min_share}  # fmt: skip
+                    "hyperparameters": hyperparameters, "tag_min_share": run.tag_min_share,
+                    "features": self.features}  # fmt: skip
+        # Only when not 0, so the records of every configuration the training change left alone stay current.
+        if self.model == "apron" and (revision := training_revision(hyperparameters)):
+            settings["training_revision"] = revision
         return json.loads(json.dumps(settings, default=_json_default))  # as it reads back from JSON
+
+    @property
+    def features(self) -> str | None:
+        """The content features the job's model trains on; None for a model that reads none (its
+        run's `features` is then unused, so editing it changes nothing)."""
+        return self.run.features if getattr(model_class(self.model), "uses_features", False) else None
 
     def path(self, runs: Path, seed: int) -> Path:
         return runs / self.part / self.dataset / self.row.replace(":", "_") / f"seed{seed}.json"
@@ -329,6 +340,18 @@ class Job:
         if self.tuned_row is None:
             return None
         return replace(self, part="tune", row=self.tuned_row).path(runs, seed)
+
+
+def recorded_settings(record: dict[str, Any]) -> Any:
+    """A record's settings in the current layout, to compare with `Job.settings()`. Settings name the
+    job's features since 2026-12-05; a record written before has no "features" key there and reads
+    as the features its run used, which every record stores beside its settings (`features`, None
+    for a model that reads none, as `Job.features`). So the records made before stay current, and
+    a row whose features are edited makes its records stale."""
+    settings = record.get("settings")
+    if not isinstance(settings, dict) or "features" in settings:
+        return settings
+    return {**settings, "features": record.get("features")}
 
 
 def jobs(part: str, datasets: list[str], models: list[str] | None = None) -> list[Job]:

@@ -13,7 +13,9 @@ Five parts, each runnable alone (so they can run in the background while others 
 Every (part, dataset, row, seed) writes one JSON record under `docs/results/runs/` (committed: it
 is the measurement RESULTS.md is assembled from, so a later session adds seeds or rows instead of
 retraining everything) and is skipped when that JSON exists with the row's current settings
-(`--force` reruns it), so an interrupted run resumes and parts add up. Checkpoints stay under
+(`--force` reruns it), so an interrupted run resumes and parts add up. The settings (`Job.settings`)
+include the features and, for configurations a fix of APRON's training code changed, its
+`training_revision`, so such a fix makes exactly their records stale. Checkpoints stay under
 `artifacts/results/` (built, not committed). RESULTS.md is assembled from whatever runs exist;
 rows or seeds that were not run are listed as such, never filled in. Datasets and their features
 are prepared when missing. `final` runs a model once its own `tune` sweep is complete (its seed 0
@@ -51,6 +53,7 @@ from training.results.catalogue import (
     Job,
     _json_default,
     jobs,
+    recorded_settings,
 )
 from training.results.report import fmt, write_report
 from training.results.selection import carries_over, final_jobs, is_current
@@ -102,7 +105,7 @@ def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> t
         return None
     checkpoint = Path(record.get("checkpoint") or "")
     if (
-        record.get("settings") != job.settings()
+        recorded_settings(record) != job.settings()
         or record.get("seed") != seed
         or record.get("dataset_info", {}).get("fingerprint") != dataset.fingerprint
         or not checkpoint.is_file()
@@ -226,7 +229,7 @@ def needs_run(job: Job, path: Path, force: bool) -> bool:
 def carry_over(job: Job, path: Path) -> None:
     """Rewrite a record that `carries_over` with the job's settings, keeping the cap it ran under."""
     record = json.loads(path.read_text(encoding="utf-8"))
-    if record.get("settings") == job.settings() or not carries_over(job, record):
+    if recorded_settings(record) == job.settings() or not carries_over(job, record):
         return
     record.setdefault("ran_under_cap", record["settings"]["epochs"])  # the first cap, if carried twice
     record["settings"] = job.settings()

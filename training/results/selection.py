@@ -28,20 +28,21 @@ from training.results.catalogue import (
     TUNED_MODELS,
     Job,
     jobs,
+    recorded_settings,
 )
 from training.results.stats import aggregate, record_time
 
 
 def is_current(job: Job, record: dict[str, Any]) -> bool:
     """Whether a record is the run `job` would make now (`carries_over`: a raised cap)."""
-    return record.get("settings") == job.settings() or carries_over(job, record)
+    return recorded_settings(record) == job.settings() or carries_over(job, record)
 
 
 def carries_over(job: Job, record: dict[str, Any]) -> bool:
     """A record made under a lower epoch cap is the job's run when only the cap changed, the model's
     training ignores the cap (CAP_FREE_MODELS) and early stopping ended the run before that cap:
     the epochs it ran are the ones a higher cap runs, and the higher cap stops where it stopped."""
-    recorded, now = record.get("settings"), job.settings()
+    recorded, now = recorded_settings(record), job.settings()
     if not isinstance(recorded, dict) or job.model not in CAP_FREE_MODELS:
         return False
     old_cap = recorded.get("epochs")
