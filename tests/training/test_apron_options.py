@@ -36,6 +36,9 @@ def test_defaults_are_the_current_model_and_bad_values_are_refused(dataset) -> N
     assert model.config.attention == "softmax" and model.config.edit_penalty == 0
     with pytest.raises(ValueError, match="profile"):
         _model(dataset, profile="median")
+    for dropout in (1.0, -0.1):  # 1 drops every history, and a summed profile's 1 / (1 - p) divides by 0
+        with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+            _model(dataset, profile="sum", dropout=dropout)
 
 
 def test_prototype_init_copy_vs_random(dataset) -> None:

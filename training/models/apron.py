@@ -125,6 +125,8 @@ class APRONConfig:
                 raise ValueError(f"APRON {name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.attention_temperature <= 0 or self.edit_penalty < 0 or self.lambda_tag_attention < 0:
             raise ValueError("APRON attention_temperature must be > 0, edit_penalty and lambda_tag_attention >= 0")
+        if not 0 <= self.dropout < 1:  # 1 would drop every history (and a summed profile's rescale divide by 0)
+            raise ValueError(f"APRON dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.tag_groups <= min(self.n_heads, self.n_tags):
             raise ValueError(f"APRON tag_groups must be in [0, min(n_heads, n_tags)], got {self.tag_groups}")
         if not 0 <= self.hidden_label_share < 1:
