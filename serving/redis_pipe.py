@@ -41,6 +41,7 @@ from typing import Any
 
 import hiredis
 import redis.exceptions
+from redis._parsers.base import BaseParser  # its error table: how redis-py itself raises each reply
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
 
@@ -167,6 +168,13 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
+            if not self.waiting:  # no read asked for it (Redis refusing the connection as it accepts
+                # it, "max number of clients reached"): the replies no longer pair with the reads
+                error = reply_error(str(reply)) if isinstance(reply, hiredis.ReplyError) else None
+                self.fail(error if isinstance(error, redis.exceptions.ConnectionError) else redis.exceptions.ConnectionError(
+                    f"Redis sent a reply no read asked for: {reply!r}"
+                ))  # fmt: skip
+                return
             future, _ = self.waiting.popleft()
             if future.done():  # its caller stopped waiting
                 continue
@@ -194,12 +202,11 @@ class _Protocol(asyncio.Protocol):
 
 
 def reply_error(message: str) -> redis.exceptions.RedisError:
-    """An error reply as redis-py raises it: LOADING (a restarted Redis still reading its data) is
-    its BusyLoadingError, a ConnectionError (the store is down for a moment: UNAVAILABLE, retried),
-    not a failed command; any other is a ResponseError."""
-    if message.startswith("LOADING"):
-        return redis.exceptions.BusyLoadingError(message)
-    return redis.exceptions.ResponseError(message)
+    """An error reply as redis-py raises it (its own parser's table, one source for both): LOADING
+    (a restarted Redis still reading its data), "max number of clients reached", NOAUTH / WRONGPASS
+    are ConnectionErrors (the store unusable for now: UNAVAILABLE, or answered without the cache),
+    not a failed command; any other is a ResponseError or one of its kinds."""
+    return BaseParser.parse_error(message)
 
 
 def _fail(future: asyncio.Future[Any], error: Exception) -> None:
@@ -274,7 +281,7 @@ class RedisPipe:
                 raise redis.exceptions.TimeoutError("connecting to Redis timed out") from error
             if isinstance(error, OSError):
                 raise redis.exceptions.ConnectionError(f"could not connect to Redis: {error}") from error
-            if isinstance(error, redis.exceptions.ResponseError):  # as redis-py: a refused set-up is no connection
+            if isinstance(error, redis.exceptions.ResponseError | redis.exceptions.AuthenticationError):  # as redis-py: a refused set-up is no connection
                 raise redis.exceptions.AuthenticationError(f"Redis refused the connection's set-up (AUTH, SELECT): {error}") from error
             raise
         self._protocol = protocol

@@ -19,6 +19,7 @@ from serving.cache import RedisStore, version_key
 from serving.loop_turn import nothing_else_ready
 from serving.redis_pipe import Endpoint, RedisPipe, encode_command
 from serving.redis_process import RedisProcess
+from tests.polling import eventually
 from tests.serving.certs import make_pki
 
 
@@ -220,22 +221,50 @@ async def store_on(handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter
         server.close()
 
 
-async def test_a_redis_still_loading_its_data_is_down_for_a_moment_not_a_failed_read() -> None:
-    """A restarted Redis answers -LOADING while it reads its AOF: on the pipe as on redis-py, that is
-    BusyLoadingError (a ConnectionError: the store is known down, the call UNAVAILABLE), not the
-    ResponseError a failed command is (INTERNAL)."""
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        (b"-LOADING Redis is loading the dataset in memory", redis.exceptions.BusyLoadingError),
+        (b"-ERR max number of clients reached", redis.exceptions.MaxClientsReachedError),
+        (b"-NOAUTH Authentication required.", redis.exceptions.AuthenticationError),
+    ],
+)
+async def test_a_redis_unusable_for_now_is_down_not_a_failed_read(reply: bytes, error: type[Exception]) -> None:
+    """A restarted Redis answers -LOADING while it reads its AOF, a full one refuses more clients, one
+    whose password changed -NOAUTH: on the pipe as on redis-py, each is a ConnectionError (the store
+    known down, a call UNAVAILABLE or answered without the cache), not the ResponseError a failed
+    command is (INTERNAL)."""
 
-    async def loading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def unusable(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"apron:version:{u}\r\n")
-        writer.write(b"-LOADING Redis is loading the dataset in memory\r\n")
+        writer.write(reply + b"\r\n")
         await writer.drain()
 
-    async with store_on(loading, timeout_s=5.0) as store:
+    async with store_on(unusable, timeout_s=5.0) as store:
         sent = store.send_version_read("u")
         assert sent is not None
-        with pytest.raises(redis.exceptions.BusyLoadingError, match="loading the dataset"):
+        with pytest.raises(error) as raised:
             await store.get_version("u", sent)
-        assert store.known_down
+        assert isinstance(raised.value, redis.exceptions.ConnectionError) and store.known_down
+
+
+async def test_a_reply_no_read_asked_for_drops_the_connection_with_its_error() -> None:
+    """A full Redis sends its refusal as it accepts the connection, before any command: the pipe
+    drops that connection with the refusal as its cause (no reply can be paired with a read after it)."""
+    accepted = asyncio.Event()
+
+    async def full(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"-ERR max number of clients reached\r\n")
+        await writer.drain()
+        accepted.set()
+        await reader.read()  # until the pipe hangs up
+
+    async with store_on(full, timeout_s=5.0) as store:
+        pipe = store.pipe
+        assert pipe is not None
+        await accepted.wait()
+        await eventually(lambda: not pipe.connected, "the pipe dropped the connection")
+        assert isinstance(pipe._protocol.lost, redis.exceptions.MaxClientsReachedError)  # type: ignore[union-attr]
 
 
 async def test_after_a_lost_connection_the_next_read_connects_again() -> None:
