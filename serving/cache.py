@@ -140,6 +140,13 @@ async def migrate_legacy_edits(redis: Redis) -> int:
     return moved
 
 
+def kept_weights(weights: np.ndarray) -> np.ndarray:
+    """A profile's (H, K) weights as a record keeps them: float32, in an array of their own. A
+    backend's row is a view of its whole batch's output, which a kept view would keep alive (32
+    profiles' worth for one, for as long as the record is held)."""
+    return np.array(weights, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class ProfileRecord:
     weights: np.ndarray  # (H, K) float32, Eq. 13 before the value projection (unedited)
@@ -652,7 +659,7 @@ class ProfileCache:
         weights, length = await self.scorer.profile(history_ids)
         stages.mark(stages.PROFILE)
         digest = digest or history_digest(history_ids)
-        record = ProfileRecord(np.asarray(weights, dtype=np.float32), length, digest, np.asarray(history_ids, dtype=np.int64))
+        record = ProfileRecord(kept_weights(weights), length, digest, np.asarray(history_ids, dtype=np.int64))
         try:
             stored = await self.store.put_profile(self.model_version, user_id, record)
         except STORE_UNUSABLE:  # Redis went away (or filled up) after the read: answer, a later call stores it
@@ -683,7 +690,7 @@ class ProfileCache:
             weights, length = await self.scorer.profile(history_ids)
             stages.mark(stages.PROFILE)
             digest = digest or history_digest(history_ids)
-            record = ProfileRecord(np.asarray(weights, np.float32), length, digest, np.asarray(history_ids, np.int64))
+            record = ProfileRecord(kept_weights(weights), length, digest, np.asarray(history_ids, np.int64))
             return record, False, {}
         if history_ids is None:
             if cached is None and (recovered := await self._recovered(user_id)) is not None:

@@ -363,3 +363,27 @@ async def test_an_edit_elsewhere_while_a_kept_copy_is_scored_is_in_the_very_next
         assert after.items == (await writer.stub.Recommend(request)).items
         assert [i.item_id for i in after.items] != [i.item_id for i in before.items]  # the edit changed them
 
+
+
+async def test_a_computed_profile_keeps_its_own_weights_not_its_batchs(redis_server: RedisProcess) -> None:
+    """A backend answers each profile of a batch with a view of the batch's output; the record the
+    cache keeps (and stores) holds its own copy, or every kept copy would keep its whole batch alive."""
+    from redis.asyncio import Redis
+
+    batch = np.random.default_rng(0).random((32, 2, 3), dtype=np.float32)  # one run's output, 32 rows
+
+    class BatchScorer:
+        async def profile(self, history_ids: np.ndarray) -> tuple[np.ndarray, int]:
+            return batch[5], len(history_ids)  # row 5: a view, as the backends return it
+
+    client = Redis.from_url(redis_server.url, decode_responses=False)
+    cache = ProfileCache(RedisStore(client, ttl_s=600), scorer=BatchScorer(), model_version=7, shape=(2, 3))  # type: ignore[arg-type]
+    user = f"batch-view-{time.monotonic_ns()}"
+    try:
+        record, from_cache, _ = await cache.resolve(user, np.array([1, 4], np.int64))
+        assert not from_cache and np.array_equal(record.weights, batch[5])
+        assert record.weights.base is None and record.weights.flags.owndata  # not a view of the (32, 2, 3) output
+        kept, _ = await cache.cached(user)  # the copy kept for the next call: the same record
+        assert kept is record
+    finally:
+        await client.aclose()
