@@ -148,6 +148,8 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         if self._closed:
             raise BatcherClosed(f"{self.name} is closed")
+        if len(self._pending) >= self.max_queue:  # callers that gave up hold no place (dropped here, not only at dispatch)
+            self._pending = collections.deque(entry for entry in self._pending if not entry.future.done())
         if len(self._pending) >= self.max_queue:
             wait = self.retry_after_s()
             raise ResourceExhausted(

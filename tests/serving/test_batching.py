@@ -138,6 +138,24 @@ async def test_a_full_queue_sheds_with_resource_exhausted_and_a_retry_after() ->
     await batcher.close()
 
 
+async def test_callers_that_gave_up_hold_no_place_in_a_full_queue() -> None:
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=2, max_queue=3, name="m", inline_below_s=0)
+    first = asyncio.create_task(batcher.submit(0))
+    await model.run_started()  # the run in progress holds the rest in the queue
+    gave_up = [asyncio.create_task(batcher.submit(i)) for i in range(1, 4)]
+    await until(lambda: batcher.queued == 3, "the queue fills")
+    for task in gave_up:  # their deadlines passed
+        task.cancel()
+    await asyncio.gather(*gave_up, return_exceptions=True)
+    waiting = asyncio.create_task(batcher.submit(7))  # taken, not refused for callers nobody waits for
+    await until(lambda: batcher.queued == 1, "the new caller queued alone")
+    model.gate.set()
+    assert await first == 0 and await waiting == 14
+    assert model.batches == [[0], [7]]
+    await batcher.close()
+
+
 def test_retry_after_counts_the_batches_ahead_and_the_run_in_progress() -> None:
     # 5 queued at 2 per batch: 3 batches of 10 ms, after the 4 ms left of the current 10 ms run
     assert retry_after_s(5, 2, 0.010, 0.006) == pytest.approx(0.034)
