@@ -281,4 +281,6 @@ class MicroBatcher(Generic[T, R]):
             entry = self._pending.popleft()
             if not entry.future.done():
                 entry.future.set_exception(BatcherClosed(f"{self.name} closed before this request ran"))
-        self._executor.shutdown(wait=True)
+        # the run in progress ends before the model it runs is released (the caller's next step), but
+        # off the loop: a retired version's last batch must not stop every other call meanwhile
+        await asyncio.to_thread(self._executor.shutdown, True)

@@ -156,6 +156,29 @@ async def test_callers_that_gave_up_hold_no_place_in_a_full_queue() -> None:
     await batcher.close()
 
 
+async def test_close_waits_for_the_run_in_progress_off_the_event_loop() -> None:
+    """A retired version's batcher closes while its last run goes on: the loop keeps serving
+    meanwhile, and close returns only once that run is over (its model may be released then)."""
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=2, name="m", inline_below_s=0)
+    running = asyncio.create_task(batcher.submit(0))
+    await model.run_started()
+    turned = threading.Event()
+    # opens the gate once the loop turned during close (or, if close holds the loop, when the wait
+    # ends: the test then fails instead of hanging)
+    opener = threading.Thread(target=lambda: (turned.wait(DEADLINE_S), model.gate.set()), daemon=True)
+    opener.start()
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0)  # close starts, and waits for the run
+    assert not model.gate.is_set(), "close held the event loop until the run ended"
+    turned.set()
+    await closing
+    assert model.gate.is_set()  # close returned after the run, not before
+    with pytest.raises(BatcherClosed):
+        await running
+    opener.join()
+
+
 def test_retry_after_counts_the_batches_ahead_and_the_run_in_progress() -> None:
     # 5 queued at 2 per batch: 3 batches of 10 ms, after the 4 ms left of the current 10 ms run
     assert retry_after_s(5, 2, 0.010, 0.006) == pytest.approx(0.034)
