@@ -170,8 +170,14 @@ class ModelSet:
         """The version that answers `user_id`, held until the block ends (a rollout meanwhile
         closes it only after this call)."""
         served = self.route(user_id)
-        served.in_flight += 1
         current_version.set(str(served.version))
+        with self._held(served):
+            yield served
+
+    @contextlib.contextmanager
+    def _held(self, served: LoadedModel) -> Iterator[LoadedModel]:
+        """`served` kept open until the block ends: a version retired meanwhile closes after it."""
+        served.in_flight += 1
         try:
             yield served
         finally:
@@ -180,9 +186,15 @@ class ModelSet:
                 asyncio.get_running_loop().create_task(self._close(served))
 
     async def healthy(self) -> bool:
-        """Whether every routed version's backend answers (the gateway's readiness)."""
+        """Whether every routed version's backend answers (the gateway's readiness). Each is held
+        while it is asked, as a call holds it: a rollout during the poll closes it afterwards (a
+        closed Triton scorer asked again opened a client nothing closed)."""
         served = [m for m in (self._primary, self._candidate) if m is not None]
-        return bool(served) and all([await m.scorer.healthy() for m in served])
+        answers = []
+        for model in served:
+            with self._held(model):
+                answers.append(await model.scorer.healthy())
+        return bool(served) and all(answers)
 
     # ------------------------------------------------------------------------------ rollout
 

@@ -315,3 +315,48 @@ async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(t
         watch.cancel()
         await asyncio.gather(watch, return_exceptions=True)
         await models.close()
+
+
+async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_versions: Path) -> None:
+    """Readiness asks each routed version's backend; a rollout meanwhile retires the one being asked,
+    which is closed only once the poll is done with it (a closed Triton scorer asked again opened a
+    client that nothing closed)."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer, load_scorer_session, load_session, onnx_path
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    asked, answer = asyncio.Event(), asyncio.Event()
+    closed: list[int] = []
+
+    class SlowHealth(OnnxRuntimeScorer):
+        async def healthy(self) -> bool:
+            if self.version == 1:
+                asked.set()
+                await answer.wait()
+            return self.version not in closed
+
+        async def close(self) -> None:
+            closed.append(self.version)
+            await super().close()
+
+    def make(model):  # type: ignore[no-untyped-def]
+        scorer = SlowHealth(
+            load_session(onnx_path(two_versions, "apron_profile", model.version)),
+            load_scorer_session(onnx_path(two_versions, "apron_scorer", model.version)),
+        )
+        scorer.version = model.version
+        return scorer
+
+    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
+    models = ModelSet(two_versions, no_calls, make, Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    await models.apply(Routing(1))
+    try:
+        poll = asyncio.ensure_future(models.healthy())
+        await asyncio.wait_for(asked.wait(), 60)
+        await models.apply(Routing(2))  # version 1 retired while the poll still asks it
+        assert closed == []  # held by the poll
+        answer.set()
+        assert await poll  # it answered before it was closed
+        await eventually(lambda: closed == [1], "version 1 closed once the poll let go of it")
+    finally:
+        await models.close()
