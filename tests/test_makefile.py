@@ -24,8 +24,12 @@ def test_install_marks_its_own_file_and_never_the_interpreter_the_venv_links_to(
     (tmp_path / ".venv" / "bin" / "python").symlink_to(os.path.realpath(sys.executable))
 
     def dry_run() -> list[str]:
-        # -n: print what would run; the recipes read nothing but the files above
-        result = subprocess.run(["make", "-n", "install"], cwd=tmp_path, capture_output=True, text=True, check=True)
+        # -n: print what would run; the recipes read nothing but the files above. Under `make test`
+        # the outer make's variables would make this one a sub-make that prints its directory.
+        environ = {key: value for key, value in os.environ.items() if key not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        result = subprocess.run(
+            ["make", "--no-print-directory", "-n", "install"], cwd=tmp_path, env=environ, capture_output=True, text=True, check=True
+        )
         return result.stdout.splitlines()
 
     steps = dry_run()
