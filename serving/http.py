@@ -212,8 +212,12 @@ class RpcEndpoint:
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
             caller, clock = auth.check_caller(self.verifier, metadata)
             behavior = auth.with_caller(behavior, caller, clock)
-            if isinstance(caller, auth.AuthError):  # refused before its body is read, as over gRPC (auth._unread):
-                return await self._answer(behavior, None, context)  # a caller without a token costs no parse
+            if isinstance(caller, auth.AuthError):  # refused before its body is parsed, as over gRPC (auth._unread):
+                # a caller without a token costs no parse. A body within the limit is still read (and
+                # dropped): closing with it unread resets the connection, and the client, still
+                # sending, would see a broken pipe instead of this answer. One over it is not read.
+                await read_body(request, self.max_bytes)
+                return await self._answer(behavior, None, context)
         body = await read_body(request, self.max_bytes)
         if body is None:
             message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
