@@ -124,6 +124,28 @@ def test_the_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loo
     assert not met and "12 calls (1.2%) refused for load, in no latency" in cell
 
 
+
+def test_the_int8_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loop() -> None:
+    """The int8 gateway's row reads its open loop as `p99_row` does: a p99 under the target over the
+    calls answered misses it when some were shed (60% here), and the row says how many."""
+    from benchmarks.run import Int8Gateway, Report, int8_rows
+    from benchmarks.settings_ab import Sample
+
+    def row(refused: int) -> tuple[str, str, bool | None]:
+        sample = Sample(
+            rate=2316.0, p50_ms=20.0, p99_ms=30.0, cpu_ms=0.5, open_rate=1621.0, open_p99_ms=3.4, one_p50_ms=1.96,
+            gc_us=1.0, open_loop_busy=0.5, open_answered=200, refused=refused,
+        )  # fmt: skip
+        report = Report()
+        report.int8 = Int8Gateway(41000, 64, sample)
+        (only,) = int8_rows(report)
+        return only
+
+    _, cell, met = row(0)
+    assert met and "refused" not in cell
+    _, cell, met = row(300)
+    assert met is False and cell.endswith("; 300 calls (60.0%) refused for load, in no latency")
+
 def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_and_split() -> None:
     """At a size without the request-path section (41k items in `make benchmarks`), the one-client
     target's row says where the mean went and the gateway section holds the stage table it reads."""
