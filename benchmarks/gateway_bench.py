@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -654,6 +654,20 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
             "read before each call, as a gateway's own work between two runs does; `timing.CacheEvictor`): the "
             "`scorer_run` stage below pays the second"
         )
+
+    def echo_at(p: PathPhase) -> tuple[float, float] | None:
+        """The echo server's (CPU ms per call, p50 ms) at the phase's client count: its one-client run
+        for a one-client phase, its saturated run for the saturated one (a lone call costs a server
+        more CPU per call than a saturated one's, so a ratio across client counts means nothing)."""
+        if p.clients == 1:
+            return echo.one_client_cpu_ms_per_call, echo.one_client.p50_ms
+        if p.clients == g.clients:
+            return echo.cpu_ms_per_call, echo.saturated.p50_ms
+        return None  # no echo run at that count: no figure
+
+    def against_echo(figure: Callable[[PathPhase, tuple[float, float]], str]) -> str:
+        return " | ".join("" if (floor := echo_at(p)) is None else figure(p, floor) for p in ordered.values())
+
     lines = [
         f"## Request path ({g.n_items:,} items)",
         "",
@@ -661,9 +675,11 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "the two pooled (the machine's speed drifts over a run): a bare grpc.aio unary echo server (200-byte "
         f"messages, no work; `benchmarks/request_path.py`). One client, one call in flight: **p50 "
         f"{fmt(echo.one_client.p50_ms, 2)} ms** (before {fmt(before.one_client.p50_ms, 2)}, after "
-        f"{fmt(after.one_client.p50_ms, 2)}). {g.clients} calls in flight from the load processes: "
+        f"{fmt(after.one_client.p50_ms, 2)}), {fmt(echo.one_client_cpu_ms_per_call, 3)} server CPU ms per call (its "
+        f"threads' CPU from /proc over the run, warm-up included). {g.clients} calls in flight from the load processes: "
         f"{fmt(echo.saturated.throughput, 0)} req/s at **{fmt(echo.cpu_ms_per_call, 3)} server CPU ms per call** "
-        f"(before {fmt(before.cpu_ms_per_call, 3)}, after {fmt(after.cpu_ms_per_call, 3)}){batch1}.",
+        f"(before {fmt(before.cpu_ms_per_call, 3)}, after {fmt(after.cpu_ms_per_call, 3)}){batch1}. Each gateway phase "
+        "below is set against the echo server at its own client count.",
         "",
         *pairing_lines(path),
         "Where a call's time goes, from the gateway's own `apron_stage_seconds{method,stage}` histograms "
@@ -685,10 +701,14 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         + " | ".join(call_cell(p.calls, "after_us") for p in ordered.values()) + " |",
         "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| of which its event-loop thread, µs | " + " | ".join(f"{p.loop_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| gateway CPU per call / echo server CPU per call | "
-        + " | ".join(f"{p.cpu_ms_per_call / echo.cpu_ms_per_call:.1f}×" for p in ordered.values()) + " |",
+        f"| echo server CPU per call at the same client count, µs (1 client: its one-client run; {g.clients} clients: "
+        "its saturated run) | " + against_echo(lambda p, floor: f"{floor[0] * 1e3:,.0f}") + " |",
+        "| gateway CPU per call / that echo server CPU per call | "
+        + against_echo(lambda p, floor: f"{p.cpu_ms_per_call / floor[0]:.1f}×") + " |",
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
-        "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
+        f"| echo p50 at the same client count, µs (1 client: its one-client run; {g.clients} clients: its saturated run) | "
+        + against_echo(lambda p, floor: f"{floor[1] * 1e3:,.0f}") + " |",
+        "| client p50 − that echo p50, µs | " + against_echo(lambda p, floor: f"{(p.timing.p50_ms - floor[1]) * 1e3:,.0f}") + " |",
         "",
         *thread_lines(path),
         *intake_lines(phases[SATURATED], path.own_intake),

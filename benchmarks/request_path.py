@@ -198,7 +198,14 @@ class EchoResults:
 
     @property
     def cpu_ms_per_call(self) -> float:
+        """The server's CPU per call with `clients` in flight (the saturated run)."""
         return self.server_cpu_s / self.server_calls * 1e3
+
+    @property
+    def one_client_cpu_ms_per_call(self) -> float:
+        """The server's CPU per call with one call in flight: a lone call pays wake-ups and syscalls
+        that a saturated server shares among many, so a one-client gateway phase is set against this."""
+        return self.one_client_threads.total_s / self.one_client_calls * 1e3 if self.one_client_calls else float("nan")
 
 
 def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:

@@ -10,6 +10,7 @@ from benchmarks.request_path import (
     GRPC_CORE,
     OTHER_THREADS,
     EchoResults,
+    PathPhase,
     ThreadCpu,
     pooled,
     thread_cpu,
@@ -174,3 +175,52 @@ def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_a
     assert "| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | 1,900 |" in lines
     # where the request-path section is rendered at that size, it holds the phase: no second table
     assert one_client_lines(SimpleNamespace(one_client=phase, path=object(), n_items=41000)) == []  # type: ignore[arg-type]
+
+
+def _threads(us_per_call: float, calls: int) -> ThreadCpu:
+    """All of a run's CPU on the event loop, user mode: `us_per_call` µs for each of `calls`."""
+    from benchmarks.request_path import MODES, THREAD_GROUPS
+
+    seconds = dict.fromkeys([(group, mode) for group in THREAD_GROUPS for mode in MODES], 0.0)
+    seconds[EVENT_LOOP, "user"] = us_per_call * calls / 1e6
+    return ThreadCpu(seconds)
+
+
+def _path_phase(name: str, method: str, clients: int, cpu_us: float, p50_ms: float, calls: int = 5000) -> PathPhase:
+    """A phase of `calls` at `p50_ms` each, `cpu_us` of gateway CPU per call, 4 µs in its one stage."""
+    from benchmarks.request_path import StageSplit
+
+    split = StageSplit(method, calls, {"auth": calls}, {"auth": 4e-6 * calls})
+    cpu_s = cpu_us * calls / 1e6
+    return PathPhase(
+        name, clients, Timing(np.full(calls, p50_ms / 1e3), 1, 4.0), split, cpu_s, 0.0, 1.0, cpu_s * 0.8,
+        None, _threads(cpu_us, calls), 0.0, 0.0,
+    )  # fmt: skip
+
+
+def test_the_stage_table_sets_each_phase_against_the_echo_server_at_its_own_client_count() -> None:
+    """The echo server: one client 228 µs CPU and p50 0.35 ms per call, 64 clients 127 µs and 15 ms.
+    A one-client column is divided by (and subtracts) the one-client figures, the 64-client column
+    the saturated ones: not every column by the saturated CPU and the one-client p50."""
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, render_path
+
+    def t(ms: float, n: int = 1000) -> Timing:
+        return Timing(np.full(n, ms / 1e3), 1, 4.0)
+
+    echo = EchoResults(t(0.35), t(15.0), 0.127e-3 * 10000, 10000, _threads(127, 10000), _threads(228, 5000), 5000)
+    assert round(echo.one_client_cpu_ms_per_call, 9) == 0.228
+    phases = {
+        "saturated": _path_phase("64 clients, Recommend", "Recommend", 64, 282, 16.0),
+        "one": _path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81),
+        "one_bare": _path_phase("1 client, Recommend, profile_view NONE", "Recommend", 1, 653, 0.81),
+        "get": _path_phase("1 client, GetProfile", "GetProfile", 1, 359, 0.51),
+    }
+    lines = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    rows = {line.split(" | ")[0].lstrip("| ").split(",")[0]: line.split(" | ")[1:] for line in lines if line.startswith("| ")}
+    # columns: 1 client Recommend, its profile_view NONE twin, 1 client GetProfile, 64 clients Recommend
+    assert rows["echo server CPU per call at the same client count"] == ["228", "228", "228", "127 |"]
+    assert rows["gateway CPU per call / that echo server CPU per call"] == ["2.9×", "2.9×", "1.6×", "2.2× |"]
+    assert rows["echo p50 at the same client count"] == ["350", "350", "350", "15,000 |"]
+    assert rows["client p50 − that echo p50"] == ["460", "460", "160", "1,000 |"]
