@@ -865,8 +865,9 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         + (f"; {tail.refused:,} more, {tail.refused_share:.1%} of the offered, refused with RESOURCE_EXHAUSTED: the gateway "
            "shed them, and they are in no latency below" if tail.refused else "")
         + f"): p50 {fmt(client.p50_ms, 1)} ms, p99 {fmt(client.p99_ms, 1)} ms. The client's latency is from each request's "
-        "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
-        "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
+        "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram over the calls "
+        "it answered (code=\"OK\", as the client's: the refused are in neither; the upper bound of the bucket holding "
+        "the quantile); the send lag is how late the load generator sent a "
         "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "
         "is how late the machine woke an otherwise idle thread that sleeps 1 ms at a time "
         "(`request_path.SchedulingProbe`), i.e. how long a runnable process waited for a core.",
@@ -879,9 +880,7 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         f"| the machine's scheduling delay (a 1 ms sleep's overrun; max {fmt(tail.scheduling_ms[2], 1)} ms) | "
         f"{fmt(tail.scheduling_ms[0], 2)} | {fmt(tail.scheduling_ms[1], 1)} |",
         "",
-        "| calls slower than | as the client saw them | the gateway's own RPC duration |",
-        "| --- | ---: | ---: |",
-        *[f"| {threshold:g} ms | {client:.2%} | {server:.2%} |" for threshold, (client, server) in tail.over_ms.items()],
+        *over_rows(tail),
         "",
         f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests and "
         f"{fmt(tail.mean_run_ms, 2)} ms on average (`apron_inference_duration_seconds`): the scorer, one run at a "
@@ -912,6 +911,21 @@ def max_after_line(g: GatewayResults) -> str:
     )
 
 
+NOT_MEASURED_SHARE = "not measured (no answered call in the gateway's `apron_rpc_duration_seconds`)"
+
+
+def over_rows(tail: TailEvidence) -> list[str]:
+    """The shares of the answered calls over each threshold, the client's beside the gateway's own."""
+    return [
+        "| answered calls slower than | as the client saw them | the gateway's own RPC duration (its code=\"OK\" calls) |",
+        "| --- | ---: | ---: |",
+        *[
+            f"| {threshold:g} ms | {client:.2%} | {NOT_MEASURED_SHARE if math.isnan(server) else f'{server:.2%}'} |"
+            for threshold, (client, server) in tail.over_ms.items()
+        ],
+    ]
+
+
 def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_fraction: float | None = None) -> list[str]:
     """What the evidence says about the tail, in words computed from it (true on any machine's run);
     `closed_loop_ms`: the event loop's CPU per call at the maximum throughput the offered rate is a
@@ -920,13 +934,25 @@ def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_f
     client, server = tail.over_ms[threshold]
     gc_s = sum(seconds for _, seconds, _ in tail.gc.values())
     full_collections = tail.gc.get("2", (0.0, 0.0, 0.0))[0]
-    outside = 1 - server / client if client > 0 else float("nan")
-    where = (
-        f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
-        "handler but before it ran or after it answered (waiting for the gateway's event loop or for a core, the "
-        "transport, the load generator)"
-        if client > 0 else f"no call took over {threshold:g} ms"
-    )
+    if client <= 0:
+        where = f"no call took over {threshold:g} ms"
+    elif math.isnan(server):  # no share of the gateway's own to set against the client's
+        where = (
+            f"{client:.2%} of the answered calls took over {threshold:g} ms as the client saw them; how many of them "
+            f"were slow inside the gateway's handler is {NOT_MEASURED_SHARE}"
+        )
+    elif server >= client:  # the gateway's own durations hold the whole tail: no share of it is outside
+        where = (
+            f"{server:.2%} of the answered calls took over {threshold:g} ms in the gateway's own durations and "
+            f"{client:.2%} as the client saw them: the calls slow at the client were slow inside the gateway's handler"
+        )
+    else:
+        outside = 1 - server / client  # both shares over the answered calls (`request_path.ANSWERED`)
+        where = (
+            f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
+            "handler but before it ran or after it answered (waiting for the gateway's event loop or for a core, the "
+            "transport, the load generator)"
+        )
     calls = tail.calls
     split = (
         f" On average a call spent {calls.before_us / 1e3:,.2f} ms from its send to the gateway's first stage, "

@@ -446,7 +446,8 @@ class TailEvidence:
     loop_ms_per_call: float  # CPU of the gateway's event-loop thread per call
     loop_busy: float  # its share of the time at the offered rate
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
-    over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
+    # threshold -> share of the answered calls over it (client, the gateway's own: nan without its histogram)
+    over_ms: dict[float, tuple[float, float]]
     load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
     refused: int = 0  # calls the gateway refused for its load (RESOURCE_EXHAUSTED): in no latency above
@@ -500,19 +501,31 @@ def stage_rows(splits: Mapping[str, StageSplit], method_stages: Mapping[str, tup
 
 
 def share_over(samples: Snapshot, name: str, threshold_s: float, **labels: str) -> float:
-    """Share of a histogram's observations above `threshold_s` (a bucket bound)."""
+    """Share of a histogram's observations above `threshold_s`, which must be one of its bucket
+    bounds (between two bounds the share is not known: ValueError); nan when it holds no
+    observations with `labels` (nothing to share)."""
     below = count = 0.0
+    bounds: set[float] = set()
     for (sample, ls), value in samples.items():
         label = dict(ls)
         if sample == f"{name}_bucket" and all(label.get(k) == x for k, x in labels.items()):
             if label["le"] == "+Inf":
                 count += value
-            elif abs(float(label["le"]) - threshold_s) < 1e-12:
+                continue
+            bounds.add(float(label["le"]))
+            if abs(float(label["le"]) - threshold_s) < 1e-12:
                 below += value
-    return 1 - below / count if count else float("nan")
+    if bounds and not any(abs(bound - threshold_s) < 1e-12 for bound in bounds):
+        # summing no bucket would read as "every call over it": refuse instead
+        raise ValueError(f"{threshold_s:g} s is not a bucket bound of {name} (bounds: {sorted(bounds)})")
+    return (count - below) / count if count else float("nan")  # not 1 - below / count: 10 / 1000 stays 0.01
 
 
 TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
+# the client's latencies are of the calls the gateway answered (a refused call raises `load.Refused`
+# and is counted apart): the gateway's own durations are read over the same calls, its code="OK"
+# series, not over the refusals it answered in microseconds, which would dilute its tail share
+ANSWERED = {"method": "Recommend", "code": "OK"}
 
 
 def tail_evidence(
@@ -529,8 +542,8 @@ def tail_evidence(
     return TailEvidence(
         client=load.timing,
         send_lag_ms=(float(np.percentile(lags, 50) * 1e3), float(np.percentile(lags, 99) * 1e3)) if len(lags) else (0.0, 0.0),
-        server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, method="Recommend") * 1e3,
-        server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, method="Recommend") * 1e3,
+        server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, **ANSWERED) * 1e3,
+        server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, **ANSWERED) * 1e3,
         split=split,
         mean_batch=mean_batch(samples),
         batches=int(batches),
@@ -549,7 +562,7 @@ def tail_evidence(
         over_ms={
             threshold: (
                 float(np.mean(latencies_ms > threshold)),
-                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, method="Recommend"),
+                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, **ANSWERED),
             )
             for threshold in TAIL_THRESHOLDS_MS
         },

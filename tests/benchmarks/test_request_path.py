@@ -224,3 +224,51 @@ def test_the_stage_table_sets_each_phase_against_the_echo_server_at_its_own_clie
     assert rows["gateway CPU per call / that echo server CPU per call"] == ["2.9×", "2.9×", "1.6×", "2.2× |"]
     assert rows["echo p50 at the same client count"] == ["350", "350", "350", "15,000 |"]
     assert rows["client p50 − that echo p50"] == ["460", "460", "160", "1,000 |"]
+
+
+def _rpc_histogram(code: str, durations_s: np.ndarray) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """`apron_rpc_duration_seconds`' cumulative buckets for Recommend calls of one status code."""
+    from serving.metrics import LATENCY_BUCKETS
+
+    out = {}
+    for bound in (*LATENCY_BUCKETS, float("inf")):
+        labels = {"method": "Recommend", "code": code, "version": "1", "le": "+Inf" if bound == float("inf") else str(bound)}
+        out["apron_rpc_duration_seconds_bucket", tuple(sorted(labels.items()))] = float(np.sum(durations_s <= bound))
+    return out
+
+
+def test_the_tail_share_over_a_threshold_is_read_over_the_answered_calls_on_both_sides() -> None:
+    """1,000 answered calls, 10 of them 80 ms inside the handler, and 1,000 refused at once: the
+    gateway's own share over 50 ms is 1% as the client's (the handler's tail, none outside it), not
+    0.5% with the refused in its denominator; a threshold between bucket bounds is refused."""
+    import pytest
+
+    from benchmarks.gateway_bench import tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, share_over, tail_evidence
+
+    handler = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
+    samples = {**_rpc_histogram("OK", handler), **_rpc_histogram("RESOURCE_EXHAUSTED", np.full(1000, 0.0003))}
+    load = ProcessLoad(Timing(handler + 0.0005, 1, 8.0), 1.0, 2, calls_all=1000, refused=1000, window=(0.0, 8.0))
+    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe())
+    assert tail.over_ms[50.0] == (0.01, 0.01)
+    assert tail.server_p50_ms == 2.5  # the bucket holding the answered calls' p50 (2 ms), not the refusals' (0.3 ms)
+    assert tail_reading(tail)[0].startswith(
+        "Reading: 1.00% of the answered calls took over 50 ms in the gateway's own durations and 1.00% as the client saw them"
+    )
+    with pytest.raises(ValueError, match="not a bucket bound"):
+        share_over(samples, "apron_rpc_duration_seconds", 0.03, method="Recommend", code="OK")
+
+
+def test_a_tail_without_the_gateways_histogram_says_not_measured_never_nan() -> None:
+    from benchmarks.gateway_bench import over_rows, tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, tail_evidence
+
+    latencies = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
+    load = ProcessLoad(Timing(latencies, 1, 8.0), 1.0, 2, calls_all=1000, window=(0.0, 8.0))
+    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe())
+    text = "\n".join([*over_rows(tail), *tail_reading(tail)])
+    assert "nan%" not in text  # (the other figures of these synthetic inputs are not the point here)
+    assert "| 50 ms | 1.00% | not measured (no answered call in the gateway's `apron_rpc_duration_seconds`) |" in text
+    assert "1.00% of the answered calls took over 50 ms as the client saw them; how many of them were slow inside" in text
