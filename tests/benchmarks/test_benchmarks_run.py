@@ -35,7 +35,8 @@ def test_benchmark_command_writes_every_section(tmp_path: Path) -> None:
     workers = re.findall(r"^\| (\d+) \| [0-9,]+ \| [0-9.,]+ \| [0-9.,]+ \| (\d+)% \| (\d+)% \| (\d+)% \| -?\d+% \|$", text, re.M)
     assert [int(w[0]) for w in workers] == sorted({1, cores})
     assert all(0 <= int(idle) <= 100 and int(gateway) > 0 and int(load) > 0 for _, idle, gateway, load in workers)
-    assert re.search(r"\| at saturation with 64 clients, `--workers \d+` .* \| \d+% idle at [0-9,]+ req/s", text)
+    assert re.search(r"\| at saturation with 64 clients, `--workers \d+` .* \| -?\d+% unused at [0-9,]+ req/s, \d+ clients: idle \d+% "
+                     r"\+ other processes on the shared machine -?\d+%", text)
     ratio = re.search(r"\| ratio on / off \| ([0-9.]+)× \|", text)
     assert ratio and float(ratio.group(1)) > 0
     busy = re.search(r"\| all three \| [0-9.,]+ \| (\d+)% \|", text)
