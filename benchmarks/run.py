@@ -468,21 +468,24 @@ def penalty_lines(results: list[PenaltyResult]) -> list[str]:
         "`unedited`: no share is 0 (the graph's `If` skips the penalty); `edited`: one tag removed in every "
         "head of every row (its row of the precomputed penalty table is gathered). ONNX Runtime runs the "
         "`apron_scorer` graph in the in-process backend's session, torch the torch backend's "
-        "`TorchModel.top_k` (CPU, fp32), both with the threads `apron serve` gives them (the cores less "
-        "one); the four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
+        "`TorchModel.top_k` (CPU, fp32), both with the intra-op threads `apron serve` gives them (ONNX Runtime: "
+        f"`load_scorer_session`, every core for a scorer graph of {WIDE_SCORER_BYTES / 2**20:g} MiB or more, else "
+        "the cores less one; torch: the cores less one), as each runner reported them in the threads column; the "
+        "four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
         f"K_MAX {results[0].k_max}; {DEMO_CATALOG:,} items is the demo model's catalog (`make serve`).",
         "",
-        "| items | runtime | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
-        "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
+        "| items | runtime | intra-op threads (γ > 0; γ = 0) | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for result in results:
         for runtime in result.runtimes:
+            threads = f"{result.threads[runtime, 'penalty']}; {result.threads[runtime, 'plain']}"
             for batch in result.batches:
                 for case in PENALTY_CASES:
                     penalty = result.timings[(runtime, "penalty", case, batch)]
                     plain = result.timings[(runtime, "plain", case, batch)]
                     lines.append(
-                        f"| {result.n_items:,} | {runtime} | {batch} | {case} | {fmt(penalty.p50_ms, 2)} | "
+                        f"| {result.n_items:,} | {runtime} | {threads} | {batch} | {case} | {fmt(penalty.p50_ms, 2)} | "
                         f"{fmt(plain.p50_ms, 2)} | {result.ratio(runtime, case, batch):.2f}× |"
                     )
     return [*lines, ""]
