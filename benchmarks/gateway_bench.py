@@ -626,12 +626,14 @@ def one_client_lines(g: GatewayResults) -> list[str]:
         f"### One client, cached Recommend: where the time goes ({g.n_items:,} items)",
         "",
         "The cache-hit phase above, from the gateway's `apron_stage_seconds` histograms read before and after it "
-        "(mean µs per call; as in the request-path section) and the call log's split of what lies outside them.",
+        "(mean µs per call; as in the request-path section) and the call log's split of what lies outside them "
+        "(the client latency rows: the measured window; the rows below them: every call of the phase, warm-up "
+        "included, the calls the stages and the call log hold, so outside = before + after).",
         "",
         *request_path.stage_rows({name: split}),
         f"| client latency, mean µs | {mean_us:,.0f} |",
         f"| client latency, p50 µs | {phase.timing.p50_ms * 1e3:,.0f} |",
-        f"| outside the stages, mean µs | {mean_us - split.total_us:,.0f} |",
+        f"| outside the stages, mean µs | {call_cell(phase.calls, 'outside_us')} |",
         f"| of which before the handler, mean µs | {call_cell(phase.calls, 'before_us')} |",
         f"| of which after it, mean µs | {call_cell(phase.calls, 'after_us')} |",
         f"| gateway CPU per call, µs (all threads) | {phase.cpu_ms_per_call * 1e3:,.0f} |",
@@ -688,13 +690,14 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         f"{g.clients} clients they include waiting for the event loop and the cores. The gateway's CPU "
         "includes ONNX Runtime's threads. What lies outside the stages is split at the handler by the gateway's "
         "call log (each call's first and last stage) against the clients' send and receipt times, one clock for "
-        "both processes (`request_path.call_split`; every call of the phase, its warm-up included).",
+        "both processes (`request_path.call_split`). The client latency rows are over each phase's measured window; "
+        "the stages and what lies outside them over every call of the phase, its warm-up included (the calls both "
+        "the histograms and the call log hold): outside = before + after, over the same calls.",
         "",
         *request_path.stage_rows(splits),
         "| client latency, mean µs | " + " | ".join(f"{p.timing.latencies_s.mean() * 1e6:,.0f}" for p in ordered.values()) + " |",
         "| client latency, p50 µs | " + " | ".join(f"{p.timing.p50_ms * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| outside the stages, mean µs | "
-        + " | ".join(f"{p.timing.latencies_s.mean() * 1e6 - p.split.total_us:,.0f}" for p in ordered.values()) + " |",
+        "| outside the stages, mean µs (before + after, below) | " + " | ".join(call_cell(p.calls, "outside_us") for p in ordered.values()) + " |",
         "| of which before the handler: the client's send to the first stage (the transport, grpc core's queue, the event loop), mean µs | "
         + " | ".join(call_cell(p.calls, "before_us") for p in ordered.values()) + " |",
         "| of which after it: the last stage to the client's receipt (grpc's send, the transport, the client), mean µs | "

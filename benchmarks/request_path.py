@@ -338,6 +338,13 @@ class CallSplit:
     handler_us: float
     after_us: float
 
+    @property
+    def outside_us(self) -> float:
+        """Outside the stages, over the same calls as its two parts (every call of the phase, warm-up
+        included): the client's latency mean over its measured window less the stages' mean would be
+        over other calls, and would not be the sum of the two."""
+        return self.before_us + self.after_us
+
 
 def call_split(
     log: Path, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float

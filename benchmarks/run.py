@@ -179,10 +179,12 @@ def lone_call_split(g: gateway_bench.GatewayResults) -> str:
         return ""
     split = phase.split
     run_us = split.per_call_us("scorer_run")
-    outside_us = phase.timing.latencies_s.mean() * 1e6 - split.total_us
+    # outside the stages from the call log, over the calls the stages cover (every call of the phase,
+    # warm-up included), not the client's measured window less the stages: those are other calls
+    outside = "not measured (no call log for the phase)" if phase.calls is None else f"{fmt(phase.calls.outside_us / 1e3, 2)} ms"
     return (
         f"; per call, mean: the scorer's runs {fmt(run_us / 1e3, 2)} ms, the gateway's other stages "
-        f"{fmt((split.total_us - run_us) / 1e3, 2)} ms, outside the stages {fmt(outside_us / 1e3, 2)} ms "
+        f"{fmt((split.total_us - run_us) / 1e3, 2)} ms, outside the stages {outside} "
         f"(stage table: \"{'Request path' if g.path is not None else 'Gateway at'} {g.n_items:,} items\")"
     )
 

@@ -272,3 +272,35 @@ def test_a_tail_without_the_gateways_histogram_says_not_measured_never_nan() -> 
     assert "nan%" not in text  # (the other figures of these synthetic inputs are not the point here)
     assert "| 50 ms | 1.00% | not measured (no answered call in the gateway's `apron_rpc_duration_seconds`) |" in text
     assert "1.00% of the answered calls took over 50 ms as the client saw them; how many of them were slow inside" in text
+
+
+def test_outside_the_stages_is_the_sum_of_its_split_over_the_same_calls() -> None:
+    """At 64 clients the measured window's client mean less the stages is 7,320 µs, while the call
+    log over every call of the phase (warm-up included, the calls the stages cover) puts 6,416 µs
+    before the handler and 979 after: the row is their sum, 7,395, and the lone call's Targets text
+    reads the same log."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, render_path
+    from benchmarks.request_path import CallSplit
+    from benchmarks.run import lone_call_split
+
+    echo = EchoResults(
+        Timing(np.full(100, 3.5e-4), 1, 1.0), Timing(np.full(100, 0.015), 1, 1.0), 0.1, 1000, _threads(100, 1000), _threads(200, 100), 100
+    )  # fmt: skip
+    one = dataclasses.replace(_path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81), calls=CallSplit(300.0, 4.0, 200.0))
+    saturated = dataclasses.replace(
+        _path_phase("64 clients, Recommend", "Recommend", 64, 282, 7.324), calls=CallSplit(6416.0, 4.0, 979.0)
+    )
+    phases = {"saturated": saturated, "one": one, "get": _path_phase("1 client, GetProfile", "GetProfile", 1, 359, 0.51)}
+    lines = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    row = next(line for line in lines if line.startswith("| outside the stages, mean µs"))
+    assert row.endswith("| 500 | n/a | 7,395 |")  # GetProfile's phase has no call log here: no split, no total
+    assert next(line for line in lines if line.startswith("| client latency, mean µs")).endswith("| 7,324 |")
+    assert "; per call, mean: the scorer's runs 0.00 ms, the gateway's other stages 0.00 ms, outside the stages 0.50 ms" in (
+        lone_call_split(SimpleNamespace(one_client=one, path=None, n_items=1000))  # type: ignore[arg-type]
+    )
+    assert "outside the stages not measured (no call log for the phase)" in lone_call_split(
+        SimpleNamespace(one_client=phases["get"], path=None, n_items=1000)  # type: ignore[arg-type]
+    )
