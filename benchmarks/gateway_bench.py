@@ -101,6 +101,9 @@ class GatewayHandle:
     address: str
     pid: int
     metrics_url: str  # its Prometheus /metrics
+    # its micro-batcher's --max-batch-wait-ms, read from the environment it was started with as it
+    # reads it (ServingConfig.from_env): the tail's reading says whether a request waited for company
+    max_batch_wait_ms: float
     call_log: Path | None = None  # each call's first and last mark (request_path.CALL_LOG_ENV), when asked for
 
     def calls(self, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float) -> CallSplit | None:
@@ -233,7 +236,7 @@ def gateway_process(
     first and last mark are written there (`GatewayHandle.calls`)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from serving.config import env_name
+    from serving.config import ServingConfig, env_name
 
     port, metrics_port = free_ports(2)
     settings = {
@@ -248,6 +251,7 @@ def gateway_process(
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
     if call_log is not None:
         env[request_path.CALL_LOG_ENV] = str(call_log)
+    wait_ms = ServingConfig.from_env(env).max_batch_wait_ms  # as benchmarks/gateway_process.py reads it
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
     if profile_to is not None:
         command = [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(profile_to), "-m", "benchmarks.gateway_process"]
@@ -269,7 +273,7 @@ def gateway_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics", call_log)
+        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics", wait_ms, call_log)
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:
@@ -457,7 +461,9 @@ def run(settings: Settings) -> GatewayResults:
         window = (window0, time.perf_counter())
         after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         calls = gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s)
-        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls)
+        return request_path.tail_evidence(
+            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls, gateway.max_batch_wait_ms
+        )
 
     with gateway_process(repository, secret, max_batch, call_log=repository.parent / "calls.log") as gateway:
         asyncio.run(warm(gateway))
@@ -857,7 +863,9 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
     """Item 4 of issue 19: the open-loop run's tail beside what the gateway and the load generator saw."""
     client = tail.client
     gc_rows = [
-        f"| generation {generation} | {count:,.0f} | {seconds * 1e3:,.1f} | {seconds / tail.wall_s:.1%} | ≤ {p99:,.2f} |"
+        # no collection of a generation: no pause to bound, "none" rather than a "≤ 0.00" no run measured
+        f"| generation {generation} | {count:,.0f} | {seconds * 1e3:,.1f} | {seconds / tail.wall_s:.1%} | "
+        f"{f'≤ {p99:,.2f}' if count else 'none'} |"
         for generation, (count, seconds, p99) in tail.gc.items()
     ]
     top = sorted(tail.split.seconds, key=lambda stage: -tail.split.seconds[stage])[:4]
@@ -929,6 +937,19 @@ def over_rows(tail: TailEvidence) -> list[str]:
     ]
 
 
+def batch_wait(max_batch_wait_ms: float | None) -> str:
+    """Whether a request waited for others to join its batch, from the gateway's own setting ("" when
+    not known)."""
+    if max_batch_wait_ms is None:
+        return ""
+    if max_batch_wait_ms == 0:
+        return ": no request waited for company (`--max-batch-wait-ms` 0)"
+    return (
+        f": a request that found the scorer idle waited up to {max_batch_wait_ms:g} ms for others to join its batch "
+        f"(`--max-batch-wait-ms` {max_batch_wait_ms:g})"
+    )
+
+
 def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_fraction: float | None = None) -> list[str]:
     """What the evidence says about the tail, in words computed from it (true on any machine's run);
     `closed_loop_ms`: the event loop's CPU per call at the maximum throughput the offered rate is a
@@ -969,7 +990,7 @@ def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_f
         f"the time, and a call that arrives while it is busy waits before its handler runs.{loop_share(tail, closed_loop_ms, load_fraction)} Garbage collection "
         f"paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
-        f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
+        f"{fmt(tail.mean_batch, 1)} requests on average{batch_wait(tail.max_batch_wait_ms)}. "
         f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late (its own garbage "
         f"collections, its heap frozen after set-up: {tail.load_gc_ms[0]:,} in all, {fmt(tail.load_gc_ms[1], 1)} ms, "
         f"the longest {fmt(tail.load_gc_ms[2], 1)} ms), and the machine "

@@ -446,7 +446,7 @@ class TailEvidence:
     mean_batch: float  # requests per apron_scorer run
     batches: int
     scorer_run_s: float  # apron_scorer's runs, summed (apron_inference_duration_seconds)
-    gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms)
+    gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms: nan if none)
     wall_s: float
     load_cpu_share: float  # the load generator's share of the machine's cores
     gateway_cpu_share: float
@@ -458,6 +458,7 @@ class TailEvidence:
     load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
     refused: int = 0  # calls the gateway refused for its load (RESOURCE_EXHAUSTED): in no latency above
+    max_batch_wait_ms: float | None = None  # the gateway's --max-batch-wait-ms (None: not known)
 
     @property
     def refused_share(self) -> float:
@@ -486,7 +487,8 @@ def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
     for generation in ("0", "1", "2"):
         count = total(samples, "apron_gc_pause_seconds_count", generation=generation)
         seconds = total(samples, "apron_gc_pause_seconds_sum", generation=generation)
-        p99 = bucket_quantile(samples, "apron_gc_pause_seconds", 0.99, generation=generation) * 1e3 if count else 0.0
+        # no collection: no pause to take a quantile of (nan, not a 0.0 that reads as a measured bound)
+        p99 = bucket_quantile(samples, "apron_gc_pause_seconds", 0.99, generation=generation) * 1e3 if count else float("nan")
         found[generation] = (count, seconds, p99)
     return found
 
@@ -536,7 +538,13 @@ ANSWERED = {"method": "Recommend", "code": "OK"}
 
 
 def tail_evidence(
-    load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, loop_cpu_s: float, probe: SchedulingProbe, calls: CallSplit | None = None
+    load: ProcessLoad,
+    samples: Snapshot,
+    gateway_cpu_s: float,
+    loop_cpu_s: float,
+    probe: SchedulingProbe,
+    calls: CallSplit | None = None,
+    max_batch_wait_ms: float | None = None,
 ) -> TailEvidence:
     """The open-loop run's client latencies beside what the gateway, the load generator and the
     machine's scheduler saw."""
@@ -576,4 +584,5 @@ def tail_evidence(
         load_gc_ms=(len(load.gc_pauses_s), float(load.gc_pauses_s.sum() * 1e3), float(load.gc_pauses_s.max() * 1e3) if len(load.gc_pauses_s) else 0.0),
         calls=calls,
         refused=load.refused,
+        max_batch_wait_ms=max_batch_wait_ms,
     )

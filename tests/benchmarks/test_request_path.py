@@ -3,6 +3,8 @@ the request-path targets read in each pairing of a floor with the gateway measur
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from benchmarks.request_path import (
@@ -304,3 +306,28 @@ def test_outside_the_stages_is_the_sum_of_its_split_over_the_same_calls() -> Non
     assert "outside the stages not measured (no call log for the phase)" in lone_call_split(
         SimpleNamespace(one_client=phases["get"], path=None, n_items=1000)  # type: ignore[arg-type]
     )
+
+
+def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_without_collections_has_no_p99() -> None:
+    """The reading says what `--max-batch-wait-ms` the gateway ran with (0 or not); a generation that
+    never collected gets "none" in the GC table, not "≤ 0.00"."""
+    import dataclasses
+
+    from benchmarks.gateway_bench import tail_lines, tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, tail_evidence
+
+    pause = {  # generation 0 collected 4 times, under 1 ms each; generations 1 and 2 never
+        ("apron_gc_pause_seconds_count", (("generation", "0"),)): 4.0,
+        ("apron_gc_pause_seconds_sum", (("generation", "0"),)): 0.002,
+        **{("apron_gc_pause_seconds_bucket", (("generation", "0"), ("le", le))): 4.0 for le in ("0.001", "+Inf")},
+    }
+    load = ProcessLoad(Timing(np.full(100, 0.002), 1, 8.0), 1.0, 2, calls_all=100, window=(0.0, 8.0))
+    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), None, 2.5)
+    assert "requests on average: a request that found the scorer idle waited up to 2.5 ms for others to join its batch " \
+        "(`--max-batch-wait-ms` 2.5)." in tail_reading(tail)[0]  # fmt: skip
+    assert ": no request waited for company (`--max-batch-wait-ms` 0)." in tail_reading(dataclasses.replace(tail, max_batch_wait_ms=0.0))[0]
+    gateway = SimpleNamespace(load_fraction=0.7, n_items=1000, offered_rate=50.0, cpu=SimpleNamespace(gateway_threads_ms={}), batched_after=None)
+    lines = tail_lines(gateway, tail)  # type: ignore[arg-type]
+    assert "| generation 0 | 4 | 2.0 | 0.0% | ≤ 1.00 |" in lines
+    assert "| generation 1 | 0 | 0.0 | 0.0% | none |" in lines and "| generation 2 | 0 | 0.0 | 0.0% | none |" in lines
