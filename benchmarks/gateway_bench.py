@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +101,9 @@ class GatewayHandle:
     address: str
     pid: int
     metrics_url: str  # its Prometheus /metrics
+    # its micro-batcher's --max-batch-wait-ms, read from the environment it was started with as it
+    # reads it (ServingConfig.from_env): the tail's reading says whether a request waited for company
+    max_batch_wait_ms: float
     call_log: Path | None = None  # each call's first and last mark (request_path.CALL_LOG_ENV), when asked for
 
     def calls(self, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float) -> CallSplit | None:
@@ -233,7 +236,7 @@ def gateway_process(
     first and last mark are written there (`GatewayHandle.calls`)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from serving.config import env_name
+    from serving.config import ServingConfig, env_name
 
     port, metrics_port = free_ports(2)
     settings = {
@@ -248,6 +251,7 @@ def gateway_process(
     env = {**os.environ, **{env_name(key): str(value) for key, value in settings.items()}}
     if call_log is not None:
         env[request_path.CALL_LOG_ENV] = str(call_log)
+    wait_ms = ServingConfig.from_env(env).max_batch_wait_ms  # as benchmarks/gateway_process.py reads it
     command = [sys.executable, "-m", "benchmarks.gateway_process"]
     if profile_to is not None:
         command = [sys.executable, "-m", "pyinstrument", "-r", "json", "-o", str(profile_to), "-m", "benchmarks.gateway_process"]
@@ -269,7 +273,7 @@ def gateway_process(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"gateway not serving after 180 s: see {log.name}")
             time.sleep(0.3)
-        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics", call_log)
+        yield GatewayHandle(address, process.pid, f"http://127.0.0.1:{metrics_port}/metrics", wait_ms, call_log)
     finally:
         process.send_signal(signal.SIGTERM)  # graceful: pyinstrument writes its profile on exit
         try:
@@ -457,7 +461,9 @@ def run(settings: Settings) -> GatewayResults:
         window = (window0, time.perf_counter())
         after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         calls = gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s)
-        return request_path.tail_evidence(load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls)
+        return request_path.tail_evidence(
+            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls, gateway.max_batch_wait_ms
+        )
 
     with gateway_process(repository, secret, max_batch, call_log=repository.parent / "calls.log") as gateway:
         asyncio.run(warm(gateway))
@@ -626,12 +632,14 @@ def one_client_lines(g: GatewayResults) -> list[str]:
         f"### One client, cached Recommend: where the time goes ({g.n_items:,} items)",
         "",
         "The cache-hit phase above, from the gateway's `apron_stage_seconds` histograms read before and after it "
-        "(mean µs per call; as in the request-path section) and the call log's split of what lies outside them.",
+        "(mean µs per call; as in the request-path section) and the call log's split of what lies outside them "
+        "(the client latency rows: the measured window; the rows below them: every call of the phase, warm-up "
+        "included, the calls the stages and the call log hold, so outside = before + after).",
         "",
         *request_path.stage_rows({name: split}),
         f"| client latency, mean µs | {mean_us:,.0f} |",
         f"| client latency, p50 µs | {phase.timing.p50_ms * 1e3:,.0f} |",
-        f"| outside the stages, mean µs | {mean_us - split.total_us:,.0f} |",
+        f"| outside the stages, mean µs | {call_cell(phase.calls, 'outside_us')} |",
         f"| of which before the handler, mean µs | {call_cell(phase.calls, 'before_us')} |",
         f"| of which after it, mean µs | {call_cell(phase.calls, 'after_us')} |",
         f"| gateway CPU per call, µs (all threads) | {phase.cpu_ms_per_call * 1e3:,.0f} |",
@@ -654,6 +662,20 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
             "read before each call, as a gateway's own work between two runs does; `timing.CacheEvictor`): the "
             "`scorer_run` stage below pays the second"
         )
+
+    def echo_at(p: PathPhase) -> tuple[float, float] | None:
+        """The echo server's (CPU ms per call, p50 ms) at the phase's client count: its one-client run
+        for a one-client phase, its saturated run for the saturated one (a lone call costs a server
+        more CPU per call than a saturated one's, so a ratio across client counts means nothing)."""
+        if p.clients == 1:
+            return echo.one_client_cpu_ms_per_call, echo.one_client.p50_ms
+        if p.clients == g.clients:
+            return echo.cpu_ms_per_call, echo.saturated.p50_ms
+        return None  # no echo run at that count: no figure
+
+    def against_echo(figure: Callable[[PathPhase, tuple[float, float]], str]) -> str:
+        return " | ".join("" if (floor := echo_at(p)) is None else figure(p, floor) for p in ordered.values())
+
     lines = [
         f"## Request path ({g.n_items:,} items)",
         "",
@@ -661,9 +683,11 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "the two pooled (the machine's speed drifts over a run): a bare grpc.aio unary echo server (200-byte "
         f"messages, no work; `benchmarks/request_path.py`). One client, one call in flight: **p50 "
         f"{fmt(echo.one_client.p50_ms, 2)} ms** (before {fmt(before.one_client.p50_ms, 2)}, after "
-        f"{fmt(after.one_client.p50_ms, 2)}). {g.clients} calls in flight from the load processes: "
+        f"{fmt(after.one_client.p50_ms, 2)}), {fmt(echo.one_client_cpu_ms_per_call, 3)} server CPU ms per call (its "
+        f"threads' CPU from /proc over the run, warm-up included). {g.clients} calls in flight from the load processes: "
         f"{fmt(echo.saturated.throughput, 0)} req/s at **{fmt(echo.cpu_ms_per_call, 3)} server CPU ms per call** "
-        f"(before {fmt(before.cpu_ms_per_call, 3)}, after {fmt(after.cpu_ms_per_call, 3)}){batch1}.",
+        f"(before {fmt(before.cpu_ms_per_call, 3)}, after {fmt(after.cpu_ms_per_call, 3)}){batch1}. Each gateway phase "
+        "below is set against the echo server at its own client count.",
         "",
         *pairing_lines(path),
         "Where a call's time goes, from the gateway's own `apron_stage_seconds{method,stage}` histograms "
@@ -672,23 +696,28 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         f"{g.clients} clients they include waiting for the event loop and the cores. The gateway's CPU "
         "includes ONNX Runtime's threads. What lies outside the stages is split at the handler by the gateway's "
         "call log (each call's first and last stage) against the clients' send and receipt times, one clock for "
-        "both processes (`request_path.call_split`; every call of the phase, its warm-up included).",
+        "both processes (`request_path.call_split`). The client latency rows are over each phase's measured window; "
+        "the stages and what lies outside them over every call of the phase, its warm-up included (the calls both "
+        "the histograms and the call log hold): outside = before + after, over the same calls.",
         "",
         *request_path.stage_rows(splits),
         "| client latency, mean µs | " + " | ".join(f"{p.timing.latencies_s.mean() * 1e6:,.0f}" for p in ordered.values()) + " |",
         "| client latency, p50 µs | " + " | ".join(f"{p.timing.p50_ms * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| outside the stages, mean µs | "
-        + " | ".join(f"{p.timing.latencies_s.mean() * 1e6 - p.split.total_us:,.0f}" for p in ordered.values()) + " |",
+        "| outside the stages, mean µs (before + after, below) | " + " | ".join(call_cell(p.calls, "outside_us") for p in ordered.values()) + " |",
         "| of which before the handler: the client's send to the first stage (the transport, grpc core's queue, the event loop), mean µs | "
         + " | ".join(call_cell(p.calls, "before_us") for p in ordered.values()) + " |",
         "| of which after it: the last stage to the client's receipt (grpc's send, the transport, the client), mean µs | "
         + " | ".join(call_cell(p.calls, "after_us") for p in ordered.values()) + " |",
         "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         "| of which its event-loop thread, µs | " + " | ".join(f"{p.loop_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| gateway CPU per call / echo server CPU per call | "
-        + " | ".join(f"{p.cpu_ms_per_call / echo.cpu_ms_per_call:.1f}×" for p in ordered.values()) + " |",
+        f"| echo server CPU per call at the same client count, µs (1 client: its one-client run; {g.clients} clients: "
+        "its saturated run) | " + against_echo(lambda p, floor: f"{floor[0] * 1e3:,.0f}") + " |",
+        "| gateway CPU per call / that echo server CPU per call | "
+        + against_echo(lambda p, floor: f"{p.cpu_ms_per_call / floor[0]:.1f}×") + " |",
         "| requests per `apron_scorer` run | " + " | ".join("" if math.isnan(p.mean_batch) else fmt(p.mean_batch, 1) for p in ordered.values()) + " |",
-        "| client p50 − echo p50, µs | " + " | ".join(f"{(p.timing.p50_ms - echo.one_client.p50_ms) * 1e3:,.0f}" for p in ordered.values()) + " |",
+        f"| echo p50 at the same client count, µs (1 client: its one-client run; {g.clients} clients: its saturated run) | "
+        + against_echo(lambda p, floor: f"{floor[1] * 1e3:,.0f}") + " |",
+        "| client p50 − that echo p50, µs | " + against_echo(lambda p, floor: f"{(p.timing.p50_ms - floor[1]) * 1e3:,.0f}") + " |",
         "",
         *thread_lines(path),
         *intake_lines(phases[SATURATED], path.own_intake),
@@ -834,7 +863,9 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
     """Item 4 of issue 19: the open-loop run's tail beside what the gateway and the load generator saw."""
     client = tail.client
     gc_rows = [
-        f"| generation {generation} | {count:,.0f} | {seconds * 1e3:,.1f} | {seconds / tail.wall_s:.1%} | ≤ {p99:,.2f} |"
+        # no collection of a generation: no pause to bound, "none" rather than a "≤ 0.00" no run measured
+        f"| generation {generation} | {count:,.0f} | {seconds * 1e3:,.1f} | {seconds / tail.wall_s:.1%} | "
+        f"{f'≤ {p99:,.2f}' if count else 'none'} |"
         for generation, (count, seconds, p99) in tail.gc.items()
     ]
     top = sorted(tail.split.seconds, key=lambda stage: -tail.split.seconds[stage])[:4]
@@ -845,8 +876,9 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         + (f"; {tail.refused:,} more, {tail.refused_share:.1%} of the offered, refused with RESOURCE_EXHAUSTED: the gateway "
            "shed them, and they are in no latency below" if tail.refused else "")
         + f"): p50 {fmt(client.p50_ms, 1)} ms, p99 {fmt(client.p99_ms, 1)} ms. The client's latency is from each request's "
-        "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram (the "
-        "upper bound of the bucket holding the quantile); the send lag is how late the load generator sent a "
+        "scheduled start; the gateway's own RPC duration is its `apron_rpc_duration_seconds` histogram over the calls "
+        "it answered (code=\"OK\", as the client's: the refused are in neither; the upper bound of the bucket holding "
+        "the quantile); the send lag is how late the load generator sent a "
         "request after its scheduled time (its own event loop busy, or the cores taken); the scheduling delay "
         "is how late the machine woke an otherwise idle thread that sleeps 1 ms at a time "
         "(`request_path.SchedulingProbe`), i.e. how long a runnable process waited for a core.",
@@ -859,9 +891,7 @@ def tail_lines(g: GatewayResults, tail: TailEvidence) -> list[str]:
         f"| the machine's scheduling delay (a 1 ms sleep's overrun; max {fmt(tail.scheduling_ms[2], 1)} ms) | "
         f"{fmt(tail.scheduling_ms[0], 2)} | {fmt(tail.scheduling_ms[1], 1)} |",
         "",
-        "| calls slower than | as the client saw them | the gateway's own RPC duration |",
-        "| --- | ---: | ---: |",
-        *[f"| {threshold:g} ms | {client:.2%} | {server:.2%} |" for threshold, (client, server) in tail.over_ms.items()],
+        *over_rows(tail),
         "",
         f"Batches: {tail.batches:,} `apron_scorer` runs of {fmt(tail.mean_batch, 1)} requests and "
         f"{fmt(tail.mean_run_ms, 2)} ms on average (`apron_inference_duration_seconds`): the scorer, one run at a "
@@ -892,6 +922,34 @@ def max_after_line(g: GatewayResults) -> str:
     )
 
 
+NOT_MEASURED_SHARE = "not measured (no answered call in the gateway's `apron_rpc_duration_seconds`)"
+
+
+def over_rows(tail: TailEvidence) -> list[str]:
+    """The shares of the answered calls over each threshold, the client's beside the gateway's own."""
+    return [
+        "| answered calls slower than | as the client saw them | the gateway's own RPC duration (its code=\"OK\" calls) |",
+        "| --- | ---: | ---: |",
+        *[
+            f"| {threshold:g} ms | {client:.2%} | {NOT_MEASURED_SHARE if math.isnan(server) else f'{server:.2%}'} |"
+            for threshold, (client, server) in tail.over_ms.items()
+        ],
+    ]
+
+
+def batch_wait(max_batch_wait_ms: float | None) -> str:
+    """Whether a request waited for others to join its batch, from the gateway's own setting ("" when
+    not known)."""
+    if max_batch_wait_ms is None:
+        return ""
+    if max_batch_wait_ms == 0:
+        return ": no request waited for company (`--max-batch-wait-ms` 0)"
+    return (
+        f": a request that found the scorer idle waited up to {max_batch_wait_ms:g} ms for others to join its batch "
+        f"(`--max-batch-wait-ms` {max_batch_wait_ms:g})"
+    )
+
+
 def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_fraction: float | None = None) -> list[str]:
     """What the evidence says about the tail, in words computed from it (true on any machine's run);
     `closed_loop_ms`: the event loop's CPU per call at the maximum throughput the offered rate is a
@@ -900,13 +958,25 @@ def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_f
     client, server = tail.over_ms[threshold]
     gc_s = sum(seconds for _, seconds, _ in tail.gc.values())
     full_collections = tail.gc.get("2", (0.0, 0.0, 0.0))[0]
-    outside = 1 - server / client if client > 0 else float("nan")
-    where = (
-        f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
-        "handler but before it ran or after it answered (waiting for the gateway's event loop or for a core, the "
-        "transport, the load generator)"
-        if client > 0 else f"no call took over {threshold:g} ms"
-    )
+    if client <= 0:
+        where = f"no call took over {threshold:g} ms"
+    elif math.isnan(server):  # no share of the gateway's own to set against the client's
+        where = (
+            f"{client:.2%} of the answered calls took over {threshold:g} ms as the client saw them; how many of them "
+            f"were slow inside the gateway's handler is {NOT_MEASURED_SHARE}"
+        )
+    elif server >= client:  # the gateway's own durations hold the whole tail: no share of it is outside
+        where = (
+            f"{server:.2%} of the answered calls took over {threshold:g} ms in the gateway's own durations and "
+            f"{client:.2%} as the client saw them: the calls slow at the client were slow inside the gateway's handler"
+        )
+    else:
+        outside = 1 - server / client  # both shares over the answered calls (`request_path.ANSWERED`)
+        where = (
+            f"{outside:.0%} of the calls the client saw take over {threshold:g} ms were not slow inside the gateway's "
+            "handler but before it ran or after it answered (waiting for the gateway's event loop or for a core, the "
+            "transport, the load generator)"
+        )
     calls = tail.calls
     split = (
         f" On average a call spent {calls.before_us / 1e3:,.2f} ms from its send to the gateway's first stage, "
@@ -920,7 +990,7 @@ def tail_reading(tail: TailEvidence, closed_loop_ms: float | None = None, load_f
         f"the time, and a call that arrives while it is busy waits before its handler runs.{loop_share(tail, closed_loop_ms, load_fraction)} Garbage collection "
         f"paused the gateway {gc_s * 1e3:,.1f} ms in all "
         f"({gc_s / tail.wall_s:.1%} of the run; {full_collections:.0f} full collections). The batches held "
-        f"{fmt(tail.mean_batch, 1)} requests on average: no request waited for company (`--max-batch-wait-ms` 0). "
+        f"{fmt(tail.mean_batch, 1)} requests on average{batch_wait(tail.max_batch_wait_ms)}. "
         f"The load generator, on the same cores, sent p99 {fmt(tail.send_lag_ms[1], 1)} ms late (its own garbage "
         f"collections, its heap frozen after set-up: {tail.load_gc_ms[0]:,} in all, {fmt(tail.load_gc_ms[1], 1)} ms, "
         f"the longest {fmt(tail.load_gc_ms[2], 1)} ms), and the machine "

@@ -263,6 +263,9 @@ class PenaltyResult:
     gamma: float
     k_max: int
     timings: dict[tuple[str, str, str, int], Timing]
+    # (runtime, "penalty" | "plain") -> the intra-op threads its runner got, read back from it: a
+    # scorer graph's size decides them (`scorer_threads`), and the two graphs' sizes differ
+    threads: dict[tuple[str, str], int]
 
     @property
     def batches(self) -> list[int]:
@@ -309,6 +312,7 @@ def bench_edit_penalty(
     plain.load_state_dict(penalised.state_dict())
     cfg = penalised.config
     runners: dict[tuple[str, str], Callable[[np.ndarray, np.ndarray], object]] = {}
+    runner_threads: dict[tuple[str, str], int] = {}
     threads = torch.get_num_threads()
     torch.set_num_threads(default_threads())
     try:
@@ -319,6 +323,7 @@ def bench_edit_penalty(
                     path = Path(directory) / f"{variant}.onnx"
                     path.write_bytes(graphs.onnx[contract.SCORER_MODEL])
                     sess = load_scorer_session(path)
+                    runner_threads[("onnxruntime", variant)] = sess.get_session_options().intra_op_num_threads
                     runners[("onnxruntime", variant)] = lambda w, e, s=sess: s.run(
                         None, {contract.PROFILE_WEIGHTS: w, contract.EXCLUDE_IDS: e}
                     )
@@ -327,6 +332,7 @@ def bench_edit_penalty(
                     torch_model = TorchModel(modules[contract.PROFILE_MODEL], modules[contract.SCORER_MODEL], "cpu", max(batches))
                     torch_model.capture()
                     runners[("torch", variant)] = lambda w, e, m=torch_model: m.top_k(w, list(e))
+                    runner_threads[("torch", variant)] = torch.get_num_threads()  # process-wide, set above
                 del graphs
                 gc.collect()
         timings: dict[tuple[str, str, str, int], Timing] = {}
@@ -342,7 +348,7 @@ def bench_edit_penalty(
                     timings[(runtime, variant, case, batch)] = timing
     finally:
         torch.set_num_threads(threads)
-    return PenaltyResult(n_items, cfg.edit_penalty, min(k_max, n_items), timings)
+    return PenaltyResult(n_items, cfg.edit_penalty, min(k_max, n_items), timings, runner_threads)
 
 
 def main() -> int:

@@ -198,7 +198,14 @@ class EchoResults:
 
     @property
     def cpu_ms_per_call(self) -> float:
+        """The server's CPU per call with `clients` in flight (the saturated run)."""
         return self.server_cpu_s / self.server_calls * 1e3
+
+    @property
+    def one_client_cpu_ms_per_call(self) -> float:
+        """The server's CPU per call with one call in flight: a lone call pays wake-ups and syscalls
+        that a saturated server shares among many, so a one-client gateway phase is set against this."""
+        return self.one_client_threads.total_s / self.one_client_calls * 1e3 if self.one_client_calls else float("nan")
 
 
 def measure_echo(clients: int, seconds: float, processes: int) -> EchoResults:
@@ -331,6 +338,13 @@ class CallSplit:
     handler_us: float
     after_us: float
 
+    @property
+    def outside_us(self) -> float:
+        """Outside the stages, over the same calls as its two parts (every call of the phase, warm-up
+        included): the client's latency mean over its measured window less the stages' mean would be
+        over other calls, and would not be the sum of the two."""
+        return self.before_us + self.after_us
+
 
 def call_split(
     log: Path, method: str, window: tuple[float, float], calls: int, sent_sum_s: float, received_sum_s: float
@@ -432,17 +446,19 @@ class TailEvidence:
     mean_batch: float  # requests per apron_scorer run
     batches: int
     scorer_run_s: float  # apron_scorer's runs, summed (apron_inference_duration_seconds)
-    gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms)
+    gc: dict[str, tuple[float, float, float]]  # generation -> (collections, seconds in all, p99 bucket ms: nan if none)
     wall_s: float
     load_cpu_share: float  # the load generator's share of the machine's cores
     gateway_cpu_share: float
     loop_ms_per_call: float  # CPU of the gateway's event-loop thread per call
     loop_busy: float  # its share of the time at the offered rate
     scheduling_ms: tuple[float, float, float]  # SchedulingProbe's overrun (p50, p99, max) in the measured window
-    over_ms: dict[float, tuple[float, float]]  # threshold -> share of calls over it (client, the gateway's own)
+    # threshold -> share of the answered calls over it (client, the gateway's own: nan without its histogram)
+    over_ms: dict[float, tuple[float, float]]
     load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
     refused: int = 0  # calls the gateway refused for its load (RESOURCE_EXHAUSTED): in no latency above
+    max_batch_wait_ms: float | None = None  # the gateway's --max-batch-wait-ms (None: not known)
 
     @property
     def refused_share(self) -> float:
@@ -471,7 +487,8 @@ def gc_pauses(samples: Snapshot) -> dict[str, tuple[float, float, float]]:
     for generation in ("0", "1", "2"):
         count = total(samples, "apron_gc_pause_seconds_count", generation=generation)
         seconds = total(samples, "apron_gc_pause_seconds_sum", generation=generation)
-        p99 = bucket_quantile(samples, "apron_gc_pause_seconds", 0.99, generation=generation) * 1e3 if count else 0.0
+        # no collection: no pause to take a quantile of (nan, not a 0.0 that reads as a measured bound)
+        p99 = bucket_quantile(samples, "apron_gc_pause_seconds", 0.99, generation=generation) * 1e3 if count else float("nan")
         found[generation] = (count, seconds, p99)
     return found
 
@@ -493,23 +510,41 @@ def stage_rows(splits: Mapping[str, StageSplit], method_stages: Mapping[str, tup
 
 
 def share_over(samples: Snapshot, name: str, threshold_s: float, **labels: str) -> float:
-    """Share of a histogram's observations above `threshold_s` (a bucket bound)."""
+    """Share of a histogram's observations above `threshold_s`, which must be one of its bucket
+    bounds (between two bounds the share is not known: ValueError); nan when it holds no
+    observations with `labels` (nothing to share)."""
     below = count = 0.0
+    bounds: set[float] = set()
     for (sample, ls), value in samples.items():
         label = dict(ls)
         if sample == f"{name}_bucket" and all(label.get(k) == x for k, x in labels.items()):
             if label["le"] == "+Inf":
                 count += value
-            elif abs(float(label["le"]) - threshold_s) < 1e-12:
+                continue
+            bounds.add(float(label["le"]))
+            if abs(float(label["le"]) - threshold_s) < 1e-12:
                 below += value
-    return 1 - below / count if count else float("nan")
+    if bounds and not any(abs(bound - threshold_s) < 1e-12 for bound in bounds):
+        # summing no bucket would read as "every call over it": refuse instead
+        raise ValueError(f"{threshold_s:g} s is not a bucket bound of {name} (bounds: {sorted(bounds)})")
+    return (count - below) / count if count else float("nan")  # not 1 - below / count: 10 / 1000 stays 0.01
 
 
 TAIL_THRESHOLDS_MS = (25.0, 50.0)  # bucket bounds of apron_rpc_duration_seconds
+# the client's latencies are of the calls the gateway answered (a refused call raises `load.Refused`
+# and is counted apart): the gateway's own durations are read over the same calls, its code="OK"
+# series, not over the refusals it answered in microseconds, which would dilute its tail share
+ANSWERED = {"method": "Recommend", "code": "OK"}
 
 
 def tail_evidence(
-    load: ProcessLoad, samples: Snapshot, gateway_cpu_s: float, loop_cpu_s: float, probe: SchedulingProbe, calls: CallSplit | None = None
+    load: ProcessLoad,
+    samples: Snapshot,
+    gateway_cpu_s: float,
+    loop_cpu_s: float,
+    probe: SchedulingProbe,
+    calls: CallSplit | None = None,
+    max_batch_wait_ms: float | None = None,
 ) -> TailEvidence:
     """The open-loop run's client latencies beside what the gateway, the load generator and the
     machine's scheduler saw."""
@@ -522,8 +557,8 @@ def tail_evidence(
     return TailEvidence(
         client=load.timing,
         send_lag_ms=(float(np.percentile(lags, 50) * 1e3), float(np.percentile(lags, 99) * 1e3)) if len(lags) else (0.0, 0.0),
-        server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, method="Recommend") * 1e3,
-        server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, method="Recommend") * 1e3,
+        server_p50_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.5, **ANSWERED) * 1e3,
+        server_p99_ms=bucket_quantile(samples, "apron_rpc_duration_seconds", 0.99, **ANSWERED) * 1e3,
         split=split,
         mean_batch=mean_batch(samples),
         batches=int(batches),
@@ -542,11 +577,12 @@ def tail_evidence(
         over_ms={
             threshold: (
                 float(np.mean(latencies_ms > threshold)),
-                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, method="Recommend"),
+                share_over(samples, "apron_rpc_duration_seconds", threshold / 1e3, **ANSWERED),
             )
             for threshold in TAIL_THRESHOLDS_MS
         },
         load_gc_ms=(len(load.gc_pauses_s), float(load.gc_pauses_s.sum() * 1e3), float(load.gc_pauses_s.max() * 1e3) if len(load.gc_pauses_s) else 0.0),
         calls=calls,
         refused=load.refused,
+        max_batch_wait_ms=max_batch_wait_ms,
     )

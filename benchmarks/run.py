@@ -179,10 +179,12 @@ def lone_call_split(g: gateway_bench.GatewayResults) -> str:
         return ""
     split = phase.split
     run_us = split.per_call_us("scorer_run")
-    outside_us = phase.timing.latencies_s.mean() * 1e6 - split.total_us
+    # outside the stages from the call log, over the calls the stages cover (every call of the phase,
+    # warm-up included), not the client's measured window less the stages: those are other calls
+    outside = "not measured (no call log for the phase)" if phase.calls is None else f"{fmt(phase.calls.outside_us / 1e3, 2)} ms"
     return (
         f"; per call, mean: the scorer's runs {fmt(run_us / 1e3, 2)} ms, the gateway's other stages "
-        f"{fmt((split.total_us - run_us) / 1e3, 2)} ms, outside the stages {fmt(outside_us / 1e3, 2)} ms "
+        f"{fmt((split.total_us - run_us) / 1e3, 2)} ms, outside the stages {outside} "
         f"(stage table: \"{'Request path' if g.path is not None else 'Gateway at'} {g.n_items:,} items\")"
     )
 
@@ -244,8 +246,9 @@ def int8_rows(report: Report) -> list[tuple[str, str, bool | None]]:
         f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {n_items:,} items, "
         "the scorer exported with `apron export --int8` (ranking vs fp32: export/README.md, \"int8\")",
         f"{fmt(s.open_p99_ms, 1)} ms at {fmt(s.open_rate, 0)} req/s offered (closed loop: {fmt(s.rate, 0)} req/s at "
-        f"{clients} clients; one client p50 {fmt(s.one_p50_ms, 2)} ms)",
-        s.open_p99_ms <= TARGET_P99_MS,
+        f"{clients} clients; one client p50 {fmt(s.one_p50_ms, 2)} ms)"
+        + (f"; {s.refused:,} calls ({s.refused_share:.1%}) refused for load, in no latency" if s.refused else ""),
+        s.open_p99_ms <= TARGET_P99_MS and not s.refused,  # as p99_row: a call shed was not served within 50 ms
     )]  # fmt: skip
 
 
@@ -467,21 +470,24 @@ def penalty_lines(results: list[PenaltyResult]) -> list[str]:
         "`unedited`: no share is 0 (the graph's `If` skips the penalty); `edited`: one tag removed in every "
         "head of every row (its row of the precomputed penalty table is gathered). ONNX Runtime runs the "
         "`apron_scorer` graph in the in-process backend's session, torch the torch backend's "
-        "`TorchModel.top_k` (CPU, fp32), both with the threads `apron serve` gives them (the cores less "
-        "one); the four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
+        "`TorchModel.top_k` (CPU, fp32), both with the intra-op threads `apron serve` gives them (ONNX Runtime: "
+        f"`load_scorer_session`, every core for a scorer graph of {WIDE_SCORER_BYTES / 2**20:g} MiB or more, else "
+        "the cores less one; torch: the cores less one), as each runner reported them in the threads column; the "
+        "four runners are called in turn, call after call (`model_bench.bench_edit_penalty`). "
         f"K_MAX {results[0].k_max}; {DEMO_CATALOG:,} items is the demo model's catalog (`make serve`).",
         "",
-        "| items | runtime | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
-        "| ---: | --- | ---: | --- | ---: | ---: | ---: |",
+        "| items | runtime | intra-op threads (γ > 0; γ = 0) | batch | profile | γ > 0 p50 ms | γ = 0 p50 ms | ratio |",
+        "| ---: | --- | ---: | ---: | --- | ---: | ---: | ---: |",
     ]
     for result in results:
         for runtime in result.runtimes:
+            threads = f"{result.threads[runtime, 'penalty']}; {result.threads[runtime, 'plain']}"
             for batch in result.batches:
                 for case in PENALTY_CASES:
                     penalty = result.timings[(runtime, "penalty", case, batch)]
                     plain = result.timings[(runtime, "plain", case, batch)]
                     lines.append(
-                        f"| {result.n_items:,} | {runtime} | {batch} | {case} | {fmt(penalty.p50_ms, 2)} | "
+                        f"| {result.n_items:,} | {runtime} | {threads} | {batch} | {case} | {fmt(penalty.p50_ms, 2)} | "
                         f"{fmt(plain.p50_ms, 2)} | {result.ratio(runtime, case, batch):.2f}× |"
                     )
     return [*lines, ""]

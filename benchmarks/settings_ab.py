@@ -67,6 +67,16 @@ class Sample:
     one_p50_ms: float  # one client, one call in flight
     gc_us: float  # the gateway's garbage-collection pauses per call at `clients` (apron_gc_pause_seconds)
     open_loop_busy: float  # share of the open loop's time its event-loop thread spent on the CPU
+    # the open loop's calls answered and refused for load (RESOURCE_EXHAUSTED): a refused call is in
+    # no latency, so open_p99_ms alone would let a gateway that sheds most calls meet a p99 target
+    # (not in `FIELDS`: counts, not medians)
+    open_answered: int
+    refused: int
+
+    @property
+    def refused_share(self) -> float:
+        """The refused calls' share of the open loop's offered calls (answered and refused)."""
+        return self.refused / (self.refused + self.open_answered) if self.refused else 0.0
 
 
 FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us", "open_loop_busy")
@@ -167,6 +177,7 @@ def measure(target: Target, settings: Mapping[str, Any], clients: int, seconds: 
         return Sample(
             load.timing.throughput, load.timing.p50_ms, load.timing.p99_ms, (cpu1 - cpu0) / load.calls_all * 1e3,
             rate, open_loop.p99_ms, asyncio.run(one_client()), gc_s / load.calls_all * 1e6, busy,
+            open_loop.calls, offered.refused,
         )  # fmt: skip
 
 

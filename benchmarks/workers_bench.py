@@ -251,14 +251,18 @@ def render(results: WorkersResults) -> list[str]:
 def targets(results: WorkersResults | None, reason: str) -> list[tuple[str, str, bool | None]]:
     """Issue 19's scale-out row: at saturation, one worker per core, < 10 % of the cores idle."""
     cores = machine_cores()
-    name = f"at saturation with 64 clients, `--workers {cores}` (one per core): < {TARGET_IDLE:.0%} of the cores idle"
+    name = (f"at saturation with 64 clients, `--workers {cores}` (one per core): < {TARGET_IDLE:.0%} of the cores idle "
+            "(idle or taken by other processes: what the gateway and its load generator left unused)")  # fmt: skip
     row = next((r for r in results.rows if r.workers == cores), None) if results else None
     if row is None:
         return [(name, f"not measured: {reason or f'no run with {cores} workers'}", None)]
     other = other_share(row.idle, row.gateway, row.load)
-    measured = (f"{row.idle:.0%} idle at {row.throughput:,.0f} req/s, {row.clients} clients (gateway {row.gateway:.0%}, "
-                f"load generator {row.load:.0%}, other processes on the shared machine {other:.0%})")  # fmt: skip
-    return [(name, measured, row.idle < TARGET_IDLE)]
+    # /proc/stat's idle is lowered by whatever else runs on the shared machine: cores another session
+    # took are cores the gateway did not use, so they count as idle for the target
+    unused = row.idle + other
+    measured = (f"{unused:.0%} unused at {row.throughput:,.0f} req/s, {row.clients} clients: idle {row.idle:.0%} + other "
+                f"processes on the shared machine {other:.0%} (gateway {row.gateway:.0%}, load generator {row.load:.0%})")  # fmt: skip
+    return [(name, measured, unused < TARGET_IDLE)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,12 +10,14 @@ import pytest
 from benchmarks import gpu_scorer, model_bench
 from benchmarks.model_bench import (
     PENALTY_CASES,
+    PenaltyResult,
     bench_catalog,
     bench_edit_penalty,
     bench_profile_batches,
     bench_profile_scaling,
     bench_torch_vs_ort,
 )
+from serving.backends.base import default_threads
 
 
 def test_gpu_scorer_smoke_test_on_cpu(capsys: pytest.CaptureFixture[str]) -> None:
@@ -54,3 +56,25 @@ def test_edit_penalty_benchmark_times_both_variants_of_every_case() -> None:
     assert set(result.timings) == keys
     assert all(t.calls >= 5 and t.batch == key[3] for key, t in result.timings.items())
     assert all(result.ratio(r, c, b) > 0 for r in result.runtimes for c in PENALTY_CASES for b in (1, 3))
+    # 300 items make small scorer graphs: the cores less one for each, as `apron serve` gives them
+    assert result.threads == dict.fromkeys(((r, v) for r in result.runtimes for v in ("penalty", "plain")), default_threads())
+
+
+def test_the_edit_penalty_section_prints_the_threads_each_runner_got() -> None:
+    """41,000 items on 2 cores: ONNX Runtime gave the (≥ 64 MiB) scorer graphs both cores, torch one;
+    the section says so, not "the cores less one" for both."""
+    import numpy as np
+
+    from benchmarks.run import penalty_lines
+    from benchmarks.timing import Timing
+
+    timings = {
+        (runtime, variant, case, 1): Timing(np.full(5, 1e-3), 1, 1.0)
+        for runtime in ("onnxruntime", "torch") for variant in ("penalty", "plain") for case in PENALTY_CASES
+    }  # fmt: skip
+    threads = {("onnxruntime", "penalty"): 2, ("onnxruntime", "plain"): 2, ("torch", "penalty"): 1, ("torch", "plain"): 1}
+    lines = penalty_lines([PenaltyResult(41_000, 50.0, 1000, timings, threads)])
+    assert "| items | runtime | intra-op threads (γ > 0; γ = 0) | batch |" in lines[4]
+    assert sum(line.startswith("| 41,000 | onnxruntime | 2; 2 | 1 |") for line in lines) == len(PENALTY_CASES)
+    assert sum(line.startswith("| 41,000 | torch | 1; 1 | 1 |") for line in lines) == len(PENALTY_CASES)
+    assert "(the cores less one)" not in lines[2]

@@ -3,6 +3,8 @@ the request-path targets read in each pairing of a floor with the gateway measur
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from benchmarks.request_path import (
@@ -10,6 +12,7 @@ from benchmarks.request_path import (
     GRPC_CORE,
     OTHER_THREADS,
     EchoResults,
+    PathPhase,
     ThreadCpu,
     pooled,
     thread_cpu,
@@ -124,6 +127,28 @@ def test_the_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loo
     assert not met and "12 calls (1.2%) refused for load, in no latency" in cell
 
 
+
+def test_the_int8_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loop() -> None:
+    """The int8 gateway's row reads its open loop as `p99_row` does: a p99 under the target over the
+    calls answered misses it when some were shed (60% here), and the row says how many."""
+    from benchmarks.run import Int8Gateway, Report, int8_rows
+    from benchmarks.settings_ab import Sample
+
+    def row(refused: int) -> tuple[str, str, bool | None]:
+        sample = Sample(
+            rate=2316.0, p50_ms=20.0, p99_ms=30.0, cpu_ms=0.5, open_rate=1621.0, open_p99_ms=3.4, one_p50_ms=1.96,
+            gc_us=1.0, open_loop_busy=0.5, open_answered=200, refused=refused,
+        )  # fmt: skip
+        report = Report()
+        report.int8 = Int8Gateway(41000, 64, sample)
+        (only,) = int8_rows(report)
+        return only
+
+    _, cell, met = row(0)
+    assert met and "refused" not in cell
+    _, cell, met = row(300)
+    assert met is False and cell.endswith("; 300 calls (60.0%) refused for load, in no latency")
+
 def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_and_split() -> None:
     """At a size without the request-path section (41k items in `make benchmarks`), the one-client
     target's row says where the mean went and the gateway section holds the stage table it reads."""
@@ -152,3 +177,157 @@ def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_a
     assert "| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | 1,900 |" in lines
     # where the request-path section is rendered at that size, it holds the phase: no second table
     assert one_client_lines(SimpleNamespace(one_client=phase, path=object(), n_items=41000)) == []  # type: ignore[arg-type]
+
+
+def _threads(us_per_call: float, calls: int) -> ThreadCpu:
+    """All of a run's CPU on the event loop, user mode: `us_per_call` µs for each of `calls`."""
+    from benchmarks.request_path import MODES, THREAD_GROUPS
+
+    seconds = dict.fromkeys([(group, mode) for group in THREAD_GROUPS for mode in MODES], 0.0)
+    seconds[EVENT_LOOP, "user"] = us_per_call * calls / 1e6
+    return ThreadCpu(seconds)
+
+
+def _path_phase(name: str, method: str, clients: int, cpu_us: float, p50_ms: float, calls: int = 5000) -> PathPhase:
+    """A phase of `calls` at `p50_ms` each, `cpu_us` of gateway CPU per call, 4 µs in its one stage."""
+    from benchmarks.request_path import StageSplit
+
+    split = StageSplit(method, calls, {"auth": calls}, {"auth": 4e-6 * calls})
+    cpu_s = cpu_us * calls / 1e6
+    return PathPhase(
+        name, clients, Timing(np.full(calls, p50_ms / 1e3), 1, 4.0), split, cpu_s, 0.0, 1.0, cpu_s * 0.8,
+        None, _threads(cpu_us, calls), 0.0, 0.0,
+    )  # fmt: skip
+
+
+def test_the_stage_table_sets_each_phase_against_the_echo_server_at_its_own_client_count() -> None:
+    """The echo server: one client 228 µs CPU and p50 0.35 ms per call, 64 clients 127 µs and 15 ms.
+    A one-client column is divided by (and subtracts) the one-client figures, the 64-client column
+    the saturated ones: not every column by the saturated CPU and the one-client p50."""
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, render_path
+
+    def t(ms: float, n: int = 1000) -> Timing:
+        return Timing(np.full(n, ms / 1e3), 1, 4.0)
+
+    echo = EchoResults(t(0.35), t(15.0), 0.127e-3 * 10000, 10000, _threads(127, 10000), _threads(228, 5000), 5000)
+    assert round(echo.one_client_cpu_ms_per_call, 9) == 0.228
+    phases = {
+        "saturated": _path_phase("64 clients, Recommend", "Recommend", 64, 282, 16.0),
+        "one": _path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81),
+        "one_bare": _path_phase("1 client, Recommend, profile_view NONE", "Recommend", 1, 653, 0.81),
+        "get": _path_phase("1 client, GetProfile", "GetProfile", 1, 359, 0.51),
+    }
+    lines = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    rows = {line.split(" | ")[0].lstrip("| ").split(",")[0]: line.split(" | ")[1:] for line in lines if line.startswith("| ")}
+    # columns: 1 client Recommend, its profile_view NONE twin, 1 client GetProfile, 64 clients Recommend
+    assert rows["echo server CPU per call at the same client count"] == ["228", "228", "228", "127 |"]
+    assert rows["gateway CPU per call / that echo server CPU per call"] == ["2.9×", "2.9×", "1.6×", "2.2× |"]
+    assert rows["echo p50 at the same client count"] == ["350", "350", "350", "15,000 |"]
+    assert rows["client p50 − that echo p50"] == ["460", "460", "160", "1,000 |"]
+
+
+def _rpc_histogram(code: str, durations_s: np.ndarray) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """`apron_rpc_duration_seconds`' cumulative buckets for Recommend calls of one status code."""
+    from serving.metrics import LATENCY_BUCKETS
+
+    out = {}
+    for bound in (*LATENCY_BUCKETS, float("inf")):
+        labels = {"method": "Recommend", "code": code, "version": "1", "le": "+Inf" if bound == float("inf") else str(bound)}
+        out["apron_rpc_duration_seconds_bucket", tuple(sorted(labels.items()))] = float(np.sum(durations_s <= bound))
+    return out
+
+
+def test_the_tail_share_over_a_threshold_is_read_over_the_answered_calls_on_both_sides() -> None:
+    """1,000 answered calls, 10 of them 80 ms inside the handler, and 1,000 refused at once: the
+    gateway's own share over 50 ms is 1% as the client's (the handler's tail, none outside it), not
+    0.5% with the refused in its denominator; a threshold between bucket bounds is refused."""
+    import pytest
+
+    from benchmarks.gateway_bench import tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, share_over, tail_evidence
+
+    handler = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
+    samples = {**_rpc_histogram("OK", handler), **_rpc_histogram("RESOURCE_EXHAUSTED", np.full(1000, 0.0003))}
+    load = ProcessLoad(Timing(handler + 0.0005, 1, 8.0), 1.0, 2, calls_all=1000, refused=1000, window=(0.0, 8.0))
+    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe())
+    assert tail.over_ms[50.0] == (0.01, 0.01)
+    assert tail.server_p50_ms == 2.5  # the bucket holding the answered calls' p50 (2 ms), not the refusals' (0.3 ms)
+    assert tail_reading(tail)[0].startswith(
+        "Reading: 1.00% of the answered calls took over 50 ms in the gateway's own durations and 1.00% as the client saw them"
+    )
+    with pytest.raises(ValueError, match="not a bucket bound"):
+        share_over(samples, "apron_rpc_duration_seconds", 0.03, method="Recommend", code="OK")
+
+
+def test_a_tail_without_the_gateways_histogram_says_not_measured_never_nan() -> None:
+    from benchmarks.gateway_bench import over_rows, tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, tail_evidence
+
+    latencies = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
+    load = ProcessLoad(Timing(latencies, 1, 8.0), 1.0, 2, calls_all=1000, window=(0.0, 8.0))
+    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe())
+    text = "\n".join([*over_rows(tail), *tail_reading(tail)])
+    assert "nan%" not in text  # (the other figures of these synthetic inputs are not the point here)
+    assert "| 50 ms | 1.00% | not measured (no answered call in the gateway's `apron_rpc_duration_seconds`) |" in text
+    assert "1.00% of the answered calls took over 50 ms as the client saw them; how many of them were slow inside" in text
+
+
+def test_outside_the_stages_is_the_sum_of_its_split_over_the_same_calls() -> None:
+    """At 64 clients the measured window's client mean less the stages is 7,320 µs, while the call
+    log over every call of the phase (warm-up included, the calls the stages cover) puts 6,416 µs
+    before the handler and 979 after: the row is their sum, 7,395, and the lone call's Targets text
+    reads the same log."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, render_path
+    from benchmarks.request_path import CallSplit
+    from benchmarks.run import lone_call_split
+
+    echo = EchoResults(
+        Timing(np.full(100, 3.5e-4), 1, 1.0), Timing(np.full(100, 0.015), 1, 1.0), 0.1, 1000, _threads(100, 1000), _threads(200, 100), 100
+    )  # fmt: skip
+    one = dataclasses.replace(_path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81), calls=CallSplit(300.0, 4.0, 200.0))
+    saturated = dataclasses.replace(
+        _path_phase("64 clients, Recommend", "Recommend", 64, 282, 7.324), calls=CallSplit(6416.0, 4.0, 979.0)
+    )
+    phases = {"saturated": saturated, "one": one, "get": _path_phase("1 client, GetProfile", "GetProfile", 1, 359, 0.51)}
+    lines = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    row = next(line for line in lines if line.startswith("| outside the stages, mean µs"))
+    assert row.endswith("| 500 | n/a | 7,395 |")  # GetProfile's phase has no call log here: no split, no total
+    assert next(line for line in lines if line.startswith("| client latency, mean µs")).endswith("| 7,324 |")
+    assert "; per call, mean: the scorer's runs 0.00 ms, the gateway's other stages 0.00 ms, outside the stages 0.50 ms" in (
+        lone_call_split(SimpleNamespace(one_client=one, path=None, n_items=1000))  # type: ignore[arg-type]
+    )
+    assert "outside the stages not measured (no call log for the phase)" in lone_call_split(
+        SimpleNamespace(one_client=phases["get"], path=None, n_items=1000)  # type: ignore[arg-type]
+    )
+
+
+def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_without_collections_has_no_p99() -> None:
+    """The reading says what `--max-batch-wait-ms` the gateway ran with (0 or not); a generation that
+    never collected gets "none" in the GC table, not "≤ 0.00"."""
+    import dataclasses
+
+    from benchmarks.gateway_bench import tail_lines, tail_reading
+    from benchmarks.load import ProcessLoad
+    from benchmarks.request_path import SchedulingProbe, tail_evidence
+
+    pause = {  # generation 0 collected 4 times, under 1 ms each; generations 1 and 2 never
+        ("apron_gc_pause_seconds_count", (("generation", "0"),)): 4.0,
+        ("apron_gc_pause_seconds_sum", (("generation", "0"),)): 0.002,
+        **{("apron_gc_pause_seconds_bucket", (("generation", "0"), ("le", le))): 4.0 for le in ("0.001", "+Inf")},
+    }
+    load = ProcessLoad(Timing(np.full(100, 0.002), 1, 8.0), 1.0, 2, calls_all=100, window=(0.0, 8.0))
+    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), None, 2.5)
+    assert "requests on average: a request that found the scorer idle waited up to 2.5 ms for others to join its batch " \
+        "(`--max-batch-wait-ms` 2.5)." in tail_reading(tail)[0]  # fmt: skip
+    assert ": no request waited for company (`--max-batch-wait-ms` 0)." in tail_reading(dataclasses.replace(tail, max_batch_wait_ms=0.0))[0]
+    gateway = SimpleNamespace(load_fraction=0.7, n_items=1000, offered_rate=50.0, cpu=SimpleNamespace(gateway_threads_ms={}), batched_after=None)
+    lines = tail_lines(gateway, tail)  # type: ignore[arg-type]
+    assert "| generation 0 | 4 | 2.0 | 0.0% | ≤ 1.00 |" in lines
+    assert "| generation 1 | 0 | 0.0 | 0.0% | none |" in lines and "| generation 2 | 0 | 0.0 | 0.0% | none |" in lines
