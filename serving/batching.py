@@ -9,8 +9,8 @@ The policy is adaptive, with no timer in the common path:
   the batch size follows the load instead of a timer;
 - `max_wait_s` > 0 (off by default) additionally holds a batch that is not full until its oldest
   item has waited that long, trading a lone request's latency for bigger batches;
-- a batch whose recent runs took less than `inline_below_s` (a few tenths of a millisecond: a small
-  catalog) runs on the event loop itself when it holds at least `inline_min_batch` requests (1 by
+- a batch whose recent runs took less than `inline_below_s` of CPU on the thread that ran them (a
+  few tenths of a millisecond: a small catalog) runs on the event loop itself when it holds at least `inline_min_batch` requests (1 by
   default): handing it to the worker thread and back would cost more than the run (a thread
   wake-up, a self-pipe write, one loop iteration each way); with a larger `inline_min_batch` a
   smaller batch under load goes to the worker thread instead, leaving the loop, which every call
@@ -135,6 +135,12 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._run_started: float | None = None  # perf_counter at the start of the run in progress
         self._run_s = 0.0  # smoothed run time of recent batches (0 until the first one finishes)
+        # smoothed CPU time of recent runs on the thread that ran them: what a run would take from the
+        # loop if it ran there. Not their wall time: in the worker thread a run also waits for the GIL
+        # the busy loop holds (its inputs stacked, its outputs built) and for a core, so under load
+        # the wall time of thread runs stayed above `inline_below_s` and the batcher never came back
+        # to the loop, at a higher cost per call (BENCHMARKS.md's 1k open loop, 2026-12-05 05:31)
+        self._run_cpu_s = 0.0
 
     @property
     def queued(self) -> int:
@@ -202,7 +208,7 @@ class MicroBatcher(Generic[T, R]):
         limit = self.inline_below_s * (LONE_INLINE_FACTOR if alone else 1)
         # cheaper here than a trip to the worker thread and back, unless a small batch would take the
         # loop from the calls that are about to form a bigger one
-        if 0 < self._run_s < limit and (alone or len(batch) >= self.inline_min_batch):
+        if 0 < self._run_cpu_s < limit and (alone or len(batch) >= self.inline_min_batch):
             results, error, cpu = self._run([entry.item for entry in batch])
             self._finish(batch, results, error, self._run_started, time.perf_counter(), cpu, then_dispatch=False)
             if self._pending:
@@ -254,6 +260,8 @@ class MicroBatcher(Generic[T, R]):
             self._run_started = None
         seconds = ended - start
         self._run_s = seconds if self._run_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_s + RUN_TIME_SMOOTHING * seconds
+        cpu = max(cpu_seconds, 1e-9)  # > 0 once a run is seen (0: none yet, the first goes to the thread)
+        self._run_cpu_s = cpu if self._run_cpu_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_cpu_s + RUN_TIME_SMOOTHING * cpu
         for entry, result in zip(batch, results if results is not None else [None] * len(batch), strict=True):
             if entry.future.done():  # gave up during the run, or failed by close()
                 continue

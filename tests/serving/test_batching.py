@@ -249,8 +249,8 @@ async def test_a_lone_request_runs_on_the_loop_for_runs_a_batch_would_hand_to_th
     model = GatedModel(gated=False)
     batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=10.0)
     assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
-    # recent runs took 3 x inline_below_s (a real run here is ~0 s: the smoothed time stays above it)
-    batcher._run_s = 3 * batcher.inline_below_s
+    # recent runs took 3 x inline_below_s of CPU (a real run here is ~0 s: the smoothed time stays above it)
+    batcher._run_cpu_s = 3 * batcher.inline_below_s
     loop = asyncio.get_running_loop()
     await until(lambda: nothing_else_ready(loop), "no other callback ready")
     lone = batcher.submit(3)
@@ -260,6 +260,27 @@ async def test_a_lone_request_runs_on_the_loop_for_runs_a_batch_would_hand_to_th
     model.threads.clear()
     assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]  # not alone: the worker
     assert model.batches[-1] == [0, 1, 2] and all(t.startswith("apron-m") for t in model.threads)
+    await batcher.close()
+
+
+async def test_runs_that_waited_in_the_worker_thread_do_not_keep_the_batcher_off_the_loop() -> None:
+    """A run in the worker thread waits for the GIL the busy loop holds and for a core: its wall time
+    then says nothing of what it would take from the loop. The choice follows the runs' CPU time, so
+    short runs come back to the loop (on wall time they stayed in the thread under load)."""
+
+    class WaitingModel(GatedModel):
+        def __call__(self, items: list[int]) -> list[int]:
+            if len(self.batches) == 0:
+                threading.Event().wait(0.02)  # 20 ms of wall without CPU: a wait, as for the GIL or a core
+            return super().__call__(items)
+
+    model = WaitingModel(gated=False)
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=0.005)
+    assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
+    assert batcher._run_s >= 0.02 > batcher.inline_below_s  # its wall time: 4 x the limit
+    model.threads.clear()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
+    assert model.threads == {threading.current_thread().name}  # its CPU time was short: on the loop
     await batcher.close()
 
 
