@@ -9,8 +9,9 @@ The policy is adaptive, with no timer in the common path:
   the batch size follows the load instead of a timer;
 - `max_wait_s` > 0 (off by default) additionally holds a batch that is not full until its oldest
   item has waited that long, trading a lone request's latency for bigger batches;
-- a batch whose recent runs took less than `inline_below_s` of CPU on the thread that ran them (a
-  few tenths of a millisecond: a small catalog) runs on the event loop itself when it holds at least `inline_min_batch` requests (1 by
+- a batch whose recent runs took less than `inline_below_s` (a few tenths of a millisecond: a small
+  catalog; the CPU time on the thread that ran them where that thread does all of a run's work,
+  `runs_on_caller`, else their wall time) runs on the event loop itself when it holds at least `inline_min_batch` requests (1 by
   default): handing it to the worker thread and back would cost more than the run (a thread
   wake-up, a self-pipe write, one loop iteration each way); with a larger `inline_min_batch` a
   smaller batch under load goes to the worker thread instead, leaving the loop, which every call
@@ -111,6 +112,7 @@ class MicroBatcher(Generic[T, R]):
         stages: tuple[str, str, str] | None = None,
         inline_below_s: float = INLINE_BELOW_S,
         inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
+        runs_on_caller: bool = False,
     ):
         if max_batch_size < 1 or max_wait_s < 0 or max_queue < 1 or inline_min_batch < 1:
             raise ValueError(
@@ -135,12 +137,18 @@ class MicroBatcher(Generic[T, R]):
         self._closed = False
         self._run_started: float | None = None  # perf_counter at the start of the run in progress
         self._run_s = 0.0  # smoothed run time of recent batches (0 until the first one finishes)
-        # smoothed CPU time of recent runs on the thread that ran them: what a run would take from the
-        # loop if it ran there. Not their wall time: in the worker thread a run also waits for the GIL
-        # the busy loop holds (its inputs stacked, its outputs built) and for a core, so under load
-        # the wall time of thread runs stayed above `inline_below_s` and the batcher never came back
-        # to the loop, at a higher cost per call (BENCHMARKS.md's 1k open loop, 2026-12-05 05:31)
-        self._run_cpu_s = 0.0
+        # What a run would take from the loop if it ran there, smoothed (0 until the first one ends).
+        # With `runs_on_caller` (the run's whole work is on the thread that calls it: a CPU session of
+        # one intra-op thread) its CPU time on that thread: in the worker thread a run's wall time also
+        # holds its waits for the GIL the busy loop has (its inputs stacked, its outputs built) and for
+        # a core, so under load it stayed above `inline_below_s` and the batcher did not come back to
+        # the loop (BENCHMARKS.md of 5bdd677, the 1k open loop: 0.41 ms runs of 3.4 requests). Otherwise
+        # (helper threads, a GPU) the CPU of the calling thread says nothing of the wait: wall time.
+        self.runs_on_caller = runs_on_caller
+        self._run_cost_s = 0.0
+        # callers that gave up while queued (their entries are dropped at the next dispatch, or when a
+        # full queue would refuse a newcomer for them)
+        self._abandoned = 0
 
     @property
     def queued(self) -> int:
@@ -154,8 +162,9 @@ class MicroBatcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         if self._closed:
             raise BatcherClosed(f"{self.name} is closed")
-        if len(self._pending) >= self.max_queue:  # callers that gave up hold no place (dropped here, not only at dispatch)
+        if len(self._pending) >= self.max_queue and self._abandoned:  # callers that gave up hold no place
             self._pending = collections.deque(entry for entry in self._pending if not entry.future.done())
+            self._abandoned = 0
         if len(self._pending) >= self.max_queue:
             wait = self.retry_after_s()
             raise ResourceExhausted(
@@ -171,7 +180,11 @@ class MicroBatcher(Generic[T, R]):
                 self._dispatch(alone=True)
             else:
                 self._schedule()  # at the end of this loop turn: what arrives meanwhile joins
-        result = await entry.future
+        try:
+            result = await entry.future
+        except asyncio.CancelledError:
+            self._abandoned += 1  # counted here, free on the calls that wait to the end
+            raise
         stage_clock.mark_batch(self.stages, entry.started, entry.ended)
         return result
 
@@ -208,7 +221,7 @@ class MicroBatcher(Generic[T, R]):
         limit = self.inline_below_s * (LONE_INLINE_FACTOR if alone else 1)
         # cheaper here than a trip to the worker thread and back, unless a small batch would take the
         # loop from the calls that are about to form a bigger one
-        if 0 < self._run_cpu_s < limit and (alone or len(batch) >= self.inline_min_batch):
+        if 0 < self._run_cost_s < limit and (alone or len(batch) >= self.inline_min_batch):
             results, error, cpu = self._run([entry.item for entry in batch])
             self._finish(batch, results, error, self._run_started, time.perf_counter(), cpu, then_dispatch=False)
             if self._pending:
@@ -260,8 +273,8 @@ class MicroBatcher(Generic[T, R]):
             self._run_started = None
         seconds = ended - start
         self._run_s = seconds if self._run_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_s + RUN_TIME_SMOOTHING * seconds
-        cpu = max(cpu_seconds, 1e-9)  # > 0 once a run is seen (0: none yet, the first goes to the thread)
-        self._run_cpu_s = cpu if self._run_cpu_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_cpu_s + RUN_TIME_SMOOTHING * cpu
+        cost = max(cpu_seconds, 1e-9) if self.runs_on_caller else seconds  # > 0 once a run is seen
+        self._run_cost_s = cost if self._run_cost_s == 0 else (1 - RUN_TIME_SMOOTHING) * self._run_cost_s + RUN_TIME_SMOOTHING * cost
         for entry, result in zip(batch, results if results is not None else [None] * len(batch), strict=True):
             if entry.future.done():  # gave up during the run, or failed by close()
                 continue

@@ -105,7 +105,10 @@ class BatchedScorer(Scorer):
         observer: BatchObserver | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         inline_min_batch: int = DEFAULT_INLINE_MIN_BATCH,
+        on_caller: tuple[bool, bool] = (False, False),
     ):
+        """`on_caller`: whether the thread that calls `_run_profiles` / `_run_scorer` does all of its
+        work (MicroBatcher's `runs_on_caller`: a CPU session of one intra-op thread)."""
         self._profiles: MicroBatcher[np.ndarray, tuple[np.ndarray, int]] = MicroBatcher(
             self._run_profiles,
             max_batch_size=max_batch_size,
@@ -115,6 +118,7 @@ class BatchedScorer(Scorer):
             max_queue=max_queue,
             inline_min_batch=inline_min_batch,
             stages=stages.PROFILE_BATCH,
+            runs_on_caller=on_caller[0],
         )
         self._scores: MicroBatcher[ScorerRequest, tuple[np.ndarray, np.ndarray]] = MicroBatcher(
             self._run_scorer,
@@ -125,6 +129,7 @@ class BatchedScorer(Scorer):
             max_queue=max_queue,
             inline_min_batch=inline_min_batch,
             stages=stages.SCORER_BATCH,
+            runs_on_caller=on_caller[1],
         )
 
     @abc.abstractmethod

@@ -119,6 +119,12 @@ def _run_plain(session: ort.InferenceSession, outputs: list[str], feeds: dict[st
     return session.run(outputs, feeds)
 
 
+def single_threaded_cpu(session: ort.InferenceSession) -> bool:
+    """Whether a run of `session` is all done on the thread that calls it: the CPU provider with one
+    intra-op thread (its CPU time there is then the whole run's)."""
+    return session.get_providers()[0] == "CPUExecutionProvider" and session.get_session_options().intra_op_num_threads == 1
+
+
 class OnnxRuntimeScorer(BatchedScorer):
     backend = "onnxruntime"
 
@@ -141,7 +147,7 @@ class OnnxRuntimeScorer(BatchedScorer):
         self._takes_k = takes_top_k(scorer_session)
         super().__init__(
             max_batch_size=max_batch_size, max_wait_s=max_wait_s, observer=observer, max_queue=max_queue,
-            inline_min_batch=inline_min_batch,
+            inline_min_batch=inline_min_batch, on_caller=(single_threaded_cpu(profile_session), single_threaded_cpu(scorer_session)),
         )  # fmt: skip
 
     @classmethod

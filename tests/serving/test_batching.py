@@ -249,8 +249,8 @@ async def test_a_lone_request_runs_on_the_loop_for_runs_a_batch_would_hand_to_th
     model = GatedModel(gated=False)
     batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=10.0)
     assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
-    # recent runs took 3 x inline_below_s of CPU (a real run here is ~0 s: the smoothed time stays above it)
-    batcher._run_cpu_s = 3 * batcher.inline_below_s
+    # recent runs took 3 x inline_below_s (a real run here is ~0 s: the smoothed time stays above it)
+    batcher._run_cost_s = 3 * batcher.inline_below_s
     loop = asyncio.get_running_loop()
     await until(lambda: nothing_else_ready(loop), "no other callback ready")
     lone = batcher.submit(3)
@@ -263,24 +263,31 @@ async def test_a_lone_request_runs_on_the_loop_for_runs_a_batch_would_hand_to_th
     await batcher.close()
 
 
-async def test_runs_that_waited_in_the_worker_thread_do_not_keep_the_batcher_off_the_loop() -> None:
-    """A run in the worker thread waits for the GIL the busy loop holds and for a core: its wall time
-    then says nothing of what it would take from the loop. The choice follows the runs' CPU time, so
-    short runs come back to the loop (on wall time they stayed in the thread under load)."""
+class WaitingModel(GatedModel):
+    """Its first run waits 20 ms without CPU (as a run in the worker thread waits for the GIL or a
+    core, or for helper threads or a GPU that do its work)."""
 
-    class WaitingModel(GatedModel):
-        def __call__(self, items: list[int]) -> list[int]:
-            if len(self.batches) == 0:
-                threading.Event().wait(0.02)  # 20 ms of wall without CPU: a wait, as for the GIL or a core
-            return super().__call__(items)
+    def __call__(self, items: list[int]) -> list[int]:
+        if len(self.batches) == 0:
+            threading.Event().wait(0.02)
+        return super().__call__(items)
 
+
+@pytest.mark.parametrize(("runs_on_caller", "where"), [(True, "the loop"), (False, "the worker")])
+async def test_a_run_that_waited_counts_its_cpu_where_its_thread_does_all_its_work(runs_on_caller: bool, where: str) -> None:
+    """Where the calling thread does all of a run's work (a CPU session of one intra-op thread), the
+    choice follows the runs' CPU time: their wait in the worker thread says nothing of what they would
+    take from the loop, and short runs come back to it (on wall time they stayed in the thread under
+    load). Where helper threads or a GPU do the work, the calling thread's CPU says nothing of the
+    wait: wall time, and a slow run stays in the worker thread."""
     model = WaitingModel(gated=False)
-    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=0.005)
+    batcher = MicroBatcher(model, max_batch_size=4, name="m", inline_below_s=0.005, runs_on_caller=runs_on_caller)
     assert await batcher.submit(1) == 2  # the first run's time is unknown: the worker thread
     assert batcher._run_s >= 0.02 > batcher.inline_below_s  # its wall time: 4 x the limit
     model.threads.clear()
     assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
-    assert model.threads == {threading.current_thread().name}  # its CPU time was short: on the loop
+    on_loop = model.threads == {threading.current_thread().name}
+    assert on_loop == (where == "the loop"), model.threads
     await batcher.close()
 
 

@@ -96,3 +96,17 @@ def test_from_config_gives_a_large_scorer_every_core_and_the_profile_graph_the_c
     monkeypatch.setattr(base, "WIDE_SCORER_BYTES", 1)
     assert threads() == {contract.PROFILE_MODEL: narrow, contract.SCORER_MODEL: cores}
     assert threads(ort_threads=3) == {contract.PROFILE_MODEL: 3, contract.SCORER_MODEL: 3}
+
+
+def test_a_single_threaded_cpu_session_tells_its_batcher_that_the_caller_does_all_the_work(python_repository: Path) -> None:
+    """MicroBatcher's `runs_on_caller`: with one intra-op thread a run's CPU time on the calling
+    thread is the whole run's (its inline choice may follow it); with helper threads it is not."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer, onnx_path
+    from serving.catalog import ServedModel
+
+    version = ServedModel.load(python_repository).version
+    for threads in (1, 2):
+        profile, scorer = (load_session(onnx_path(python_repository, name, version), threads=threads)
+                           for name in (contract.PROFILE_MODEL, contract.SCORER_MODEL))  # fmt: skip
+        batched = OnnxRuntimeScorer(profile, scorer)
+        assert (batched._profiles.runs_on_caller, batched._scores.runs_on_caller) == (threads == 1, threads == 1)
