@@ -72,7 +72,7 @@ def share_with_services(out: Path, gid: int = SECRETS_GID) -> list[str]:
         path = out / name
         try:
             os.chown(path, -1, gid)
-        except PermissionError:
+        except OSError:  # not permitted; or (EINVAL) a user namespace that maps no such group
             unshared.append(name)
             continue
         os.chmod(path, 0o640)
