@@ -250,7 +250,7 @@ def _add_client(subparsers: argparse._SubParsersAction) -> None:
     load.add_argument("--version", type=int, default=0, help="the primary version (0: the newest in the repository)")
     load.add_argument("--pin", action="store_true", help="keep it through SIGHUP and --watch-repository (a rollback)")
     load.add_argument("--candidate", type=int, default=0, help="A/B: a second version for --share of the users")
-    load.add_argument("--share", type=float, default=0.0, help="A/B: the candidate's share of users, in [0, 1]")
+    load.add_argument("--share", type=float, default=0.0, help="A/B: the candidate's share of users, in (0, 1] (needed with --candidate)")
     parser.set_defaults(func=_run_client)
 
 
