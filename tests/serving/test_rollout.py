@@ -58,6 +58,18 @@ def renamed_repository(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathF
     return repository
 
 
+def onnx_scorer(cls: type, repository: Path, version: int):  # type: ignore[no-untyped-def]
+    """`cls` (an OnnxRuntimeScorer) on `version`'s two graphs, tagged with the version."""
+    from serving.backends.onnxruntime import load_scorer_session, load_session, onnx_path
+
+    scorer = cls(
+        load_session(onnx_path(repository, "apron_profile", version)),
+        load_scorer_session(onnx_path(repository, "apron_scorer", version)),
+    )
+    scorer.version = version
+    return scorer
+
+
 def admin_stub(gateway: Gateway) -> admin_grpc.ModelAdminStub:
     return admin_grpc.ModelAdminStub(gateway.channel)
 
@@ -274,7 +286,7 @@ async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(t
     """Triton loads a new version on its own repository poll, seconds after the gateway's watch
     sees it: a version refused as UNAVAILABLE is tried again (it was skipped for good, and the
     gateway stayed on the old version); one refused for a mismatch is not."""
-    from serving.backends.onnxruntime import OnnxRuntimeScorer, load_scorer_session, load_session, onnx_path
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
     from serving.errors import Unavailable
     from serving.metrics import Metrics
     from serving.models import ModelSet
@@ -293,12 +305,7 @@ async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(t
 
     def make(model):  # type: ignore[no-untyped-def]
         on_loop.append(threading.current_thread() is threading.main_thread())  # loading sessions blocks
-        scorer = NotServedYet(
-            load_session(onnx_path(repository, "apron_profile", model.version)),
-            load_scorer_session(onnx_path(repository, "apron_scorer", model.version)),
-        )
-        scorer.version = model.version
-        return scorer
+        return onnx_scorer(NotServedYet, repository, model.version)
 
     no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
     models = ModelSet(repository, no_calls, make, Metrics(), "triton")  # type: ignore[arg-type]
@@ -321,7 +328,7 @@ async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_ver
     """Readiness asks each routed version's backend; a rollout meanwhile retires the one being asked,
     which is closed only once the poll is done with it (a closed Triton scorer asked again opened a
     client that nothing closed)."""
-    from serving.backends.onnxruntime import OnnxRuntimeScorer, load_scorer_session, load_session, onnx_path
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
     from serving.metrics import Metrics
     from serving.models import ModelSet
 
@@ -340,12 +347,7 @@ async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_ver
             await super().close()
 
     def make(model):  # type: ignore[no-untyped-def]
-        scorer = SlowHealth(
-            load_session(onnx_path(two_versions, "apron_profile", model.version)),
-            load_scorer_session(onnx_path(two_versions, "apron_scorer", model.version)),
-        )
-        scorer.version = model.version
-        return scorer
+        return onnx_scorer(SlowHealth, two_versions, model.version)
 
     no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
     models = ModelSet(two_versions, no_calls, make, Metrics(), "onnxruntime")  # type: ignore[arg-type]
