@@ -84,15 +84,17 @@ def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> N
              _record("sweep", "collab:temp0.25", 0, 0.44, 14.0, "collab", "apron")]  # fmt: skip
     text = write_report(_records(0.44, 45.0) + sweep, tmp_path / "RESULTS.md").read_text()
     assert "## Issue 10's sweep: APRON options on lastfm-2k, VALIDATION users" in text
-    assert "collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20 60.0" in text
+    assert "collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20 60.0 served" in text
     # these records keep no per-user values: no paired accuracy test, so no verdict however far the means fell
-    assert ("sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 (tuned 12.0): no verdict: its "
+    assert ("sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 served (tuned 12.0): no verdict: its "
             "records or the tuned row's keep no per-user values, so accuracy has no paired test (%Δ@20 +58.0 points)") in text
-    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 (tuned 12.0): no verdict" in text
-    assert "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20 (↑) | Δ@20 Eq. 16 (↑) | %Δ@20 served (↑) |" in text
+    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 served (tuned 12.0): no verdict" in text
+    assert "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20 served (↑) | Δ@20 Eq. 16 served (↑) | %Δ@20 served (↑) |" in text
     assert "| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] | N/A |" in text
     assert "| 0, 1, 2 |" in text and "test machine" in text
     assert "%Δ@20 = 100 · mean_τ Δ@20(τ) / mean_τ NDCG_t^F@20(τ)" in text
+    assert "Recall@K = hits in the top K / min(K, the user's items to be found)" in text
+    assert "on rows with an edit penalty they count γ, a term the model was not trained with" in text
     assert "### APRON ablations on lastfm-2k" in text and "goal **met**" not in text
     assert "## Not run (yet)" in text and "main/ml-1m-implicit/recvae: 0 of 3 seeds" in text
     assert "tune/ml-1m-implicit/multidae:l2-liang: 0 of 1 seeds" in text
