@@ -151,6 +151,13 @@ def test_paired_records_average_each_user_over_seeds() -> None:
     b = [_record(job, s, np.linspace(0.3, 0.7, USERS), 0.0) for s in range(3)]
     paired = paired_records(a, b)
     assert paired.mean == pytest.approx(0.0, abs=1e-9) and paired.n_users == USERS
+    # the same row numbers from another preparation of the data are other people
+    for record, fingerprint in zip((*a, *b), ("416ded8629e3", "416ded8629e3", "416ded8629e3", "7f43d2ab9aff", "416ded8629e3"), strict=True):
+        record["dataset_info"] = {"fingerprint": fingerprint}
+    with pytest.raises(ValueError, match="different preparations of the data"):
+        paired_records(a, b)
+    b[1]["dataset_info"]["fingerprint"] = "416ded8629e3"
+    assert paired_records(a, b).mean == pytest.approx(0.0, abs=1e-9)
     b[1]["per_user"]["users"] = list(range(1, USERS + 1))
     with pytest.raises(ValueError, match="other users"):
         paired_records(a, b)

@@ -100,6 +100,11 @@ def paired_records(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str
     ma, mb = per_user_mean(a, metric), per_user_mean(b, metric)
     if ma is None or mb is None:
         return None
+    # users are the rows of one prepared split: rows of two preparations (other filters, another
+    # split) are other people under the same numbers
+    fingerprints = {r.get("dataset_info", {}).get("fingerprint") for r in (*a, *b)} - {None}
+    if len(fingerprints) > 1:
+        raise ValueError(f"the two rows were scored on different preparations of the data ({', '.join(sorted(f[:12] for f in fingerprints))}): no paired comparison")
     if not np.array_equal(ma[0], mb[0]):
         raise ValueError("the two rows were scored on different users: no paired comparison")
     return paired_difference(ma[1], mb[1])
