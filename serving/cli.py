@@ -194,9 +194,12 @@ def _tag_values(pairs: list[str], flag: str) -> dict[str, float]:
         try:
             if not sep or not tag:
                 raise ValueError
-            values[tag] = float(raw)
+            value = float(raw)
         except ValueError:
             raise UserFacingError(f"{flag} {pair!r}: expected TAG=NUMBER, e.g. {flag} jazz=0") from None
+        if tag in values and values[tag] != value:  # the last one silently won before: say which is meant
+            raise UserFacingError(f"{flag} {tag}: given twice ({values[tag]:g} and {value:g}); give it once")
+        values[tag] = value
     return values
 
 

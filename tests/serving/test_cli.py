@@ -97,6 +97,8 @@ def test_serve_and_client_round_trip(served: tuple[str, subprocess.Popen], tmp_p
     assert bad.returncode == 2 and "INVALID_ARGUMENT: k must be in [1, 20]" in bad.stderr
     unknown = apron("client", "--target", target, "edit", "--user", "alice", "--scale", "jazz", cwd=tmp_path)
     assert unknown.returncode == 2 and "expected TAG=NUMBER" in unknown.stderr
+    twice = apron("client", "--target", target, "edit", "--user", "alice", "--scale", "jazz=0", "--scale", "jazz=2", cwd=tmp_path)
+    assert twice.returncode == 2 and "--scale jazz: given twice (0 and 2)" in twice.stderr, twice.stderr
     # auth is on: without the development secret (another directory) the call is refused
     stranger = apron("client", "--target", target, "prototypes", cwd=tmp_path.parent)
     assert stranger.returncode == 2 and "UNAUTHENTICATED" in stranger.stderr
