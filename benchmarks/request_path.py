@@ -434,6 +434,17 @@ class SchedulingProbe:
         return np.asarray([late * 1e3 for woke, late in self.samples if start <= woke <= end])
 
 
+def refused_share(refused: int, answered: int) -> float:
+    """The calls refused for load as a share of those offered (answered and refused)."""
+    return refused / (refused + answered) if refused else 0.0
+
+
+def refused_note(refused: int, answered: int) -> str:
+    """An open loop's p99 cell's word on the calls the gateway refused for load, which are in no
+    latency ("" when none was)."""
+    return f"; {refused:,} calls ({refused_share(refused, answered):.1%}) refused for load, in no latency" if refused else ""
+
+
 @dataclass(frozen=True)
 class TailEvidence:
     """Where the open-loop run at 70 % load spent its tail (item 4 of issue 19)."""
@@ -462,7 +473,7 @@ class TailEvidence:
 
     @property
     def refused_share(self) -> float:
-        return self.refused / (self.refused + self.client.calls) if self.refused else 0.0
+        return refused_share(self.refused, self.client.calls)
 
     @property
     def mean_run_ms(self) -> float:

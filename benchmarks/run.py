@@ -231,7 +231,7 @@ def p99_row(g: gateway_bench.GatewayResults) -> tuple[str, str, bool | None]:
         f"p99 ≤ {TARGET_P99_MS:g} ms at {LOAD_FRACTION:.0%} of max throughput (open loop), {g.n_items:,} items",
         f"{fmt(g.at_load.p99_ms, 1)} ms at {fmt(g.offered_rate, 0)} req/s offered (p50 {fmt(g.at_load.p50_ms, 1)} ms)"
         + (f"; {g.offered_share_after:.0%} of the maximum measured right after it" if g.offered_share_after is not None else "")
-        + (f"; {g.tail.refused:,} calls ({g.tail.refused_share:.1%}) refused for load, in no latency" if g.tail.refused else ""),
+        + request_path.refused_note(g.tail.refused, g.tail.client.calls),
         g.at_load.p99_ms <= TARGET_P99_MS and not g.tail.refused,  # a call shed was not served within 50 ms
     )
 
@@ -247,7 +247,7 @@ def int8_rows(report: Report) -> list[tuple[str, str, bool | None]]:
         "the scorer exported with `apron export --int8` (ranking vs fp32: export/README.md, \"int8\")",
         f"{fmt(s.open_p99_ms, 1)} ms at {fmt(s.open_rate, 0)} req/s offered (closed loop: {fmt(s.rate, 0)} req/s at "
         f"{clients} clients; one client p50 {fmt(s.one_p50_ms, 2)} ms)"
-        + (f"; {s.refused:,} calls ({s.refused_share:.1%}) refused for load, in no latency" if s.refused else ""),
+        + request_path.refused_note(s.refused, s.open_answered),
         s.open_p99_ms <= TARGET_P99_MS and not s.refused,  # as p99_row: a call shed was not served within 50 ms
     )]  # fmt: skip
 

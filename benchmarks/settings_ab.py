@@ -76,7 +76,7 @@ class Sample:
     @property
     def refused_share(self) -> float:
         """The refused calls' share of the open loop's offered calls (answered and refused)."""
-        return self.refused / (self.refused + self.open_answered) if self.refused else 0.0
+        return request_path.refused_share(self.refused, self.open_answered)
 
 
 FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us", "open_loop_busy")
@@ -109,12 +109,24 @@ def settings_table(leading: Sequence[str], rows: Iterable[Row], clients: int, lo
     """The A/B's Markdown table: the `leading` columns (a setting, its catalog...), the medians of
     each row's samples (`median_cells`), then the `trailing` columns."""
     header, align = header_cells(clients, load_fraction)
+    rows = list(rows)
     lines = [
         "| " + " | ".join([*leading, header, *trailing]) + " |",
         "| " + " | ".join(["---:"] * len(leading) + [align] + ["---:"] * len(trailing)) + " |",
     ]
     lines += ["| " + " | ".join([*row.cells, median_cells(row.samples), *row.after]) + " |" for row in rows]
-    return lines
+    return [*lines, "", refused_line(rows)]
+
+
+def refused_line(rows: Sequence[Row]) -> str:
+    """What the open loops' p99 leaves out: the calls each row's gateways refused for load, over
+    all its rounds (a refused call is in no latency)."""
+    counts = [(row, sum(s.refused for s in row.samples), sum(s.refused + s.open_answered for s in row.samples)) for row in rows]
+    if not any(refused for _, refused, _ in counts):
+        return "Calls refused for load in the open loops (in no p99 above): none."
+    return "Calls refused for load in the open loops (in no p99 above): " + "; ".join(
+        f"{' / '.join(row.cells)}: {refused:,} of {offered:,}" for row, refused, offered in counts
+    ) + "."
 
 
 def median_cells(samples: list[Sample]) -> str:

@@ -219,6 +219,7 @@ class TestUsers:
 _test_users: TestUsers | None = None
 _credentials: grpc.ChannelCredentials | None = None  # --tls-ca's, read once at start (None: plaintext)
 _stopped_because: str | None = None  # the run cannot measure anything (stop_run)
+_setup_failures = 0  # users whose set-up call failed (each stopped: `setup_failed`)
 
 
 def stop_run(environment: Environment, message: str) -> None:
@@ -229,6 +230,16 @@ def stop_run(environment: Environment, message: str) -> None:
         log.error("%s", message)
         if environment.runner is not None:
             gevent.spawn(environment.runner.quit)  # not from this user's greenlet, which quit() kills
+
+
+def setup_failed(environment: Environment) -> None:
+    """One user's set-up call failed (it is recorded, and the user stops). Once every user has, nothing
+    more can happen: the run ends now rather than at --run-time, its thresholds deciding the exit code."""
+    global _setup_failures
+    _setup_failures += 1
+    runner = environment.runner
+    if runner is not None and _setup_failures >= runner.target_user_count:
+        gevent.spawn(runner.quit)  # not from this user's greenlet, which quit() kills
 
 
 @events.init.add_listener
@@ -307,6 +318,7 @@ class ApronUser(User):
         self.fresh_round = 0
         reply = self.call("ListPrototypes", self.stub.ListPrototypes, pb.ListPrototypesRequest())
         if reply is None:
+            setup_failed(self.environment)
             raise StopUser("ListPrototypes failed")
         mismatch = catalog_mismatch(
             _test_users.item_set, [p.item_id for p in reply.prototypes], reply.model_version, options.dataset

@@ -643,11 +643,6 @@ class ProfileCache:
             stored = again if again.record is not None else dataclasses.replace(again, record=recovered)  # (not stored)
         return stored
 
-    async def cached_or_recovered(self, user_id: str) -> tuple[ProfileRecord | None, dict[str, EditSpec]]:
-        """`state`'s profile and stored edits."""
-        stored = await self.state(user_id)
-        return stored.record, stored.edits
-
     async def _recovered(self, user_id: str) -> ProfileRecord | None:
         history = await self.recover(user_id) if self.recover is not None else None
         if history is None:

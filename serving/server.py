@@ -127,7 +127,7 @@ def initial_routing(config: ServingConfig, repository_versions: Sequence[int]) -
         )
     try:
         return Routing(primary, config.ab_version, config.ab_share, pinned=bool(config.model_version))
-    except ValueError as error:  # the newest version is --ab-version's
+    except ValueError as error:  # unpinned, the newest version is --ab-version's (pinned, config refuses it)
         raise ModelLoadError(f"{error} (the newest version in {config.repository} is {primary}; pin --model-version)") from error
 
 

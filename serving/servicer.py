@@ -522,7 +522,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
         auth.authorize(auth.current_principal(), "GetProfile", user)
         with self.models.use(user) as served:
             stages.mark(stages.VALIDATE)
-            record, stored = await self._after_reconnect(lambda: served.profiles.cached_or_recovered(user))
+            state = await self._after_reconnect(lambda: served.profiles.state(user))
+            record, stored = state.record, state.edits
             if record is None:
                 raise NotFound(
                     f"no profile for user {user!r} under model version {served.model.version}: "

@@ -116,7 +116,7 @@ def test_the_p99_target_is_missed_when_the_gateway_refused_calls_of_the_open_loo
     from benchmarks.run import p99_row
 
     def gateway(refused: int) -> SimpleNamespace:
-        tail = SimpleNamespace(refused=refused, refused_share=refused / 1000)
+        tail = SimpleNamespace(refused=refused, client=SimpleNamespace(calls=1000 - refused))  # 1,000 offered
         return SimpleNamespace(
             n_items=1000, at_load=SimpleNamespace(p99_ms=20.0, p50_ms=5.0), offered_rate=3500.0, offered_share_after=0.72, tail=tail
         )

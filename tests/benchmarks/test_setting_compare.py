@@ -35,6 +35,21 @@ def test_each_value_gets_a_row_of_measured_figures(command: str, tmp_path: Path,
     for row in rows:
         check_sample_cells(row.split("|")[2:-1])
     assert f"300 items; medians of 1 rounds {footer} alternating" in text
+    assert "Calls refused for load in the open loops (in no p99 above): " in text  # none, or how many of each row
+
+
+def test_the_table_says_what_the_open_loops_refused() -> None:
+    """A refused call is in no latency: the p99 column's medians leave it out, the line under the
+    table counts it, row by row over every round."""
+    from benchmarks.settings_ab import Row, Sample, settings_table
+
+    def sample(refused: int) -> Sample:
+        return Sample(100.0, 1.0, 2.0, 0.2, 70.0, 3.0, 0.5, 1.0, 0.5, open_answered=560 - refused, refused=refused)
+
+    quiet = settings_table(["setting"], [Row(["1"], [sample(0)]), Row(["4"], [sample(0)])], 64, 0.7)
+    assert quiet[-2:] == ["", "Calls refused for load in the open loops (in no p99 above): none."]
+    shed = settings_table(["setting"], [Row(["1"], [sample(0)]), Row(["4"], [sample(40), sample(2)])], 64, 0.7)
+    assert shed[-1] == "Calls refused for load in the open loops (in no p99 above): 1: 0 of 560; 4: 42 of 1,120."
 
 
 @pytest.mark.parametrize(("module", "argv", "message"), [

@@ -447,7 +447,7 @@ def test_development_auth_is_refused_beyond_loopback(host: str, tmp_path, monkey
     # a real key, in plaintext: every bearer token would cross the network readable
     with pytest.raises(auth.UnsafeExposure, match="without TLS") as refused:
         exposure_of(ServingConfig(host=host, jwt_secret_file=key))
-    assert "--tls-cert" in str(refused.value) and "--behind-tls-proxy" in str(refused.value)
+    assert all(fix in str(refused.value) for fix in ("--tls-cert", "--behind-tls-proxy", "--insecure-dev"))
     exposure_of(ServingConfig(host=host, jwt_secret_file=key, tls_cert="tls.crt", tls_key="tls.key"))  # a real key, TLS: fine
     exposure_of(ServingConfig(host=host, jwt_secret_file=key, behind_tls_proxy=True))  # TLS ends in front of it: said so
     with pytest.raises(auth.UnsafeExposure, match="development secret"):  # which says nothing of the key

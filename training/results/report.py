@@ -92,7 +92,7 @@ def goal_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
     if any(p is None for p in paired.values()):
         return [*lines, f"- **{dataset}: no verdict** — a final record keeps no per-user values, so no paired interval."]
     p = paired[best]
-    accuracy, control = p.high >= 0, intrinsic is not None and intrinsic.mean >= GOAL_PCT_DELTA
+    accuracy, control = keeps_accuracy(p), intrinsic is not None and intrinsic.mean >= GOAL_PCT_DELTA
     lines.append(
         f"- {dataset}: paired per-user difference APRON − {LABELS[best]} in NDCG@100 (each user's value averaged over "
         f"seeds, {p.n_users} users): {p.mean:+.4f}, s.e. {p.stderr:.4f}, {CONFIDENCE:.0%} interval [{p.low:+.4f}, "

@@ -157,7 +157,7 @@ def execute(
     record: dict[str, Any] = {
         "part": job.part, "dataset": job.dataset, "row": job.row, "label": job.label, "model": job.model,
         "seed": seed, "split": job.split, "metrics": metrics,
-        "features": run.features if getattr(model, "uses_features", False) else None,
+        "features": job.features,
         "settings": settings,
         **trained, "total_wall_time_s": round(time.perf_counter() - start, 1),
         "machine": machine_description(torch_device), "torch": torch.__version__, "python": platform.python_version(),
