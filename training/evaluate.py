@@ -98,8 +98,9 @@ def evaluate_model(
     result["per_user"] = per_user
 
     if not getattr(model, "controllable", False):
-        for key in ("delta", "pct_delta", "delta_intrinsic", "pct_delta_intrinsic"):
-            result[_control_key(key)] = NOT_APPLICABLE
+        for name in ("delta", "pct_delta"):
+            for reading in ("", "_intrinsic"):
+                result[_control_key(name, reading)] = NOT_APPLICABLE
         return result
     tag_items = tag_membership(dataset.item_tags, tag_min_share)  # (N, K)
     unlabelled = model.unlabelled_items() if hasattr(model, "unlabelled_items") else None

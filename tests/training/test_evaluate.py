@@ -45,6 +45,8 @@ def test_apron_is_controllable_on_planted_tags_and_multivae_is_not(checkpoints, 
     assert len(apron["per_tag"]) == dataset.n_tags
     assert sum(tag["delta"] > 0 for tag in apron["per_tag"]) >= dataset.n_tags - 1
     assert multivae["delta@20"] == "N/A" and multivae["pct_delta@20"] == "N/A" and "per_tag" not in multivae
+    assert multivae["delta@20_intrinsic"] == "N/A" and multivae["pct_delta@20_intrinsic"] == "N/A"  # the report's names
+    assert not [key for key in multivae if key.endswith("_intrinsic@20")]
     # both rank far better than chance on the planted structure
     for result in (apron, multivae):
         assert result["ndcg@100"] > 0.35 and 0 < result["ndcg@100_stderr"] < 0.1

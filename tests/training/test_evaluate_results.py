@@ -77,24 +77,38 @@ def test_the_report_no_longer_draws_a_verdict_from_the_per_user_bar(tmp_path: Pa
     assert "(stays below 0)" in text and "goal **met**" not in text
 
 
+def _penalised(record: dict, gamma: float, intrinsic_pct: float | None) -> dict:
+    """`record` run with edit penalty γ; its γ = 0 %Δ@20 (and Δ@20) when measured."""
+    record["settings"]["hyperparameters"] = {"edit_penalty": gamma}
+    if intrinsic_pct is not None:
+        record["metrics"].update({"pct_delta@20_intrinsic": intrinsic_pct, "delta@20_intrinsic": intrinsic_pct / 300,
+                                  "delta@20_intrinsic_stderr": 0.003})  # fmt: skip
+    return record
+
+
 def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> None:
     sweep = [_record("sweep", "collab:tuned", 0, 0.44, 12.0, "collab", "apron"),
-             _record("sweep", "collab:tagatt1-pen20", 0, 0.435, 60.0, "collab", "apron"),
+             _penalised(_record("sweep", "collab:tagatt1-pen20", 0, 0.435, 60.0, "collab", "apron"), 20.0, 13.0),
              _record("sweep", "collab:sparsemax", 0, 0.40, 70.0, "collab", "apron"),
              _record("sweep", "collab:temp0.25", 0, 0.44, 14.0, "collab", "apron")]  # fmt: skip
     text = write_report(_records(0.44, 45.0) + sweep, tmp_path / "RESULTS.md").read_text()
     assert "## Issue 10's sweep: APRON options on lastfm-2k, VALIDATION users" in text
-    assert "collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20 60.0 served" in text
+    # the verdict's gain is the model's own (γ = 0): the penalty's served +48 points stand apart
+    assert ("collab, tag attention λ=1 + edit penalty γ=20: val NDCG@100 0.4350 (tuned 0.4400), val %Δ@20, γ = 0: 13.0 "
+            "(tuned 12.0); served, with γ: 60.0 (tuned 12.0): no verdict") in text
+    assert "so accuracy has no paired test (%Δ@20 +1.0 points)" in text
     # these records keep no per-user values: no paired accuracy test, so no verdict however far the means fell
-    assert ("sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20 70.0 served (tuned 12.0): no verdict: its "
-            "records or the tuned row's keep no per-user values, so accuracy has no paired test (%Δ@20 +58.0 points)") in text
-    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20 14.0 served (tuned 12.0): no verdict" in text
-    assert "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20 served (↑) | Δ@20 Eq. 16 served (↑) | %Δ@20 served (↑) |" in text
+    assert ("sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20, γ = 0: 70.0 (tuned 12.0); served, with γ: "
+            "70.0 (tuned 12.0): no verdict: its records or the tuned row's keep no per-user values, so accuracy has no "
+            "paired test (%Δ@20 +58.0 points)") in text
+    assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20, γ = 0: 14.0 (tuned 12.0); served, with γ: 14.0" in text
+    assert ("| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20, γ = 0 (↑) | Δ@20 Eq. 16, γ = 0 (↑) "
+            "| %Δ@20, γ = 0 (↑) | %Δ@20 served, with γ (↑) |") in text
     assert "| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] | N/A |" in text
     assert "| 0, 1, 2 |" in text and "test machine" in text
     assert "%Δ@20 = 100 · mean_τ Δ@20(τ) / mean_τ NDCG_t^F@20(τ)" in text
     assert "Recall@K = hits in the top K / min(K, the user's items to be found)" in text
-    assert "on rows with an edit penalty they count γ, a term the model was not trained with" in text
+    assert "Every Δ@20 and %Δ@20 headline column is the intrinsic one" in text
     assert "### APRON ablations on lastfm-2k" in text and "goal **met**" not in text
     assert "## Not run (yet)" in text and "main/ml-1m-implicit/recvae: 0 of 3 seeds" in text
     assert "tune/ml-1m-implicit/multidae:l2-liang: 0 of 1 seeds" in text
@@ -325,3 +339,25 @@ def test_a_rows_features_are_part_of_its_records_settings(tmp_path: Path) -> Non
                                 "features": None, "epochs_run": 2}))  # fmt: skip
     assert not needs_run(baseline, path, force=False)
     assert not needs_run(dataclasses.replace(baseline, run=Run(epochs=3, features="collab")), path, force=False)
+
+
+def test_the_headline_controllability_is_the_models_own_and_served_stands_apart(tmp_path: Path) -> None:
+    """Δ@20, its Eq. 16 form and %Δ@20 are read with γ = 0; a penalised row measured before γ = 0
+    was shows N/A there, never its served figure; the served %Δ@20 has its own column."""
+    from training.metrics import ideal_tag_dcg
+
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    for r in records:
+        if r["row"] == "apron":
+            _penalised(r, 50.0, 30.0)
+        elif r["row"] == "goal-collab":
+            _penalised(r, 20.0, None)
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    apron = next(line for line in text.splitlines() if line.startswith("| APRON (ours) |"))
+    cells = [c.strip() for c in apron.split("|")[1:-1]]
+    assert cells[4] == "0.1000 ± 0.0000 [0.0030]"  # Δ@20 = 30 / 300, γ = 0 (3 equal seeds)
+    eq16 = ideal_tag_dcg(20)  # Eq. 16: Δ@20 × the ideal DCG@20
+    assert cells[5] == f"{0.1 * eq16:.3f} ± 0.000 [{0.003 * eq16:.3f}]"
+    assert cells[6] == "30.0 ± 0.0" and cells[7].startswith("25.0 ± ")  # γ = 0, then served
+    goal = next(line for line in text.splitlines() if line.startswith("| collab + tag-supervised attention + edit penalty |"))
+    assert [c.strip() for c in goal.split("|")[1:-1]][4:7] == ["N/A", "N/A", "45.0 ± 0.0"]

@@ -92,7 +92,8 @@ def test_the_verdict_is_the_paired_interval_and_the_intrinsic_figure() -> None:
     met = "\n".join(goal_lines(_tuned(apron_gap=0.0, apron_pct=45.0), DATASET))
     assert "**Verdict on lastfm-2k**: goal **met**." in met and "best tuned baseline on test: SEM-MacridVAE" in met
     assert "paired per-user difference APRON − SEM-MacridVAE" in met and "(reaches 0)" in met
-    assert "intrinsic (γ = 0) 45.0 ± 0.0" in met and "served 40.0 ± 0.0, intrinsic 35.0 ± 0.0" in met  # unlabelled
+    assert "%Δ@20 intrinsic (γ = 0) 45.0 ± 0.0 (served, with γ: 65.0 ± 0.0)" in met
+    assert "not see: intrinsic 35.0 ± 0.0 (served, with γ: 40.0 ± 0.0)" in met  # unlabelled
     below = "\n".join(goal_lines(_tuned(apron_gap=-0.01, apron_pct=45.0), DATASET))
     assert "goal **missed** (the paired interval is below 0)" in below and "(stays below 0)" in below
     weak = "\n".join(goal_lines(_tuned(apron_gap=0.0, apron_pct=35.0), DATASET))

@@ -34,13 +34,21 @@ class Cell:
 
 
 def metric_value(record: dict[str, Any], metric: str) -> Any:
-    """A record's metric. `*_intrinsic` (γ = 0) figures of records made before they were measured
-    are the served ones when the record's run had no edit penalty: the two are equal by definition."""
+    """A record's metric. `*_intrinsic*` (γ = 0) figures (`pct_delta@20_intrinsic`,
+    `delta@20_intrinsic_stderr`, ...) of records made before they were measured are the served ones
+    when the record's run had no edit penalty: the two are equal by definition."""
     metrics = record["metrics"]
-    if metric in metrics or not metric.endswith("_intrinsic"):
+    if metric in metrics or "_intrinsic" not in metric:
         return metrics.get(metric)
     gamma = record.get("settings", {}).get("hyperparameters", {}).get("edit_penalty", 0.0)
-    return metrics.get(metric.removesuffix("_intrinsic")) if not gamma else None
+    return metrics.get(metric.replace("_intrinsic", "", 1)) if not gamma else None
+
+
+def scaled(value: Cell | None, factor: float) -> Cell | None:
+    """A cell of `factor` × the metric (mean and both standard errors scale with it)."""
+    if value is None:
+        return None
+    return Cell(value.mean * factor, value.seed_stderr * factor, value.user_stderr * factor, value.n_seeds)
 
 
 def aggregate(records: list[dict[str, Any]], metric: str) -> Cell | None:
