@@ -431,6 +431,27 @@ def parity_lines(record: dict[str, Any]) -> list[str]:
             for d in result["dtypes"]
         ],
         "",
+        *rollout_lines(result.get("rollout")),
+    ]
+
+
+def rollout_lines(rollout: dict[str, Any] | None) -> list[str]:
+    """The capture-during-serving check (gpu_stages.check_rollout) in a sentence."""
+    if rollout is None:
+        return ["A rollout (a new version capturing its graphs while the old one serves): not measured.", ""]
+    exercised = rollout["batches_during_capture"] > 0
+    if rollout["passed"]:
+        outcome = "passed"
+    elif rollout["errors"]:
+        outcome = f"**failed**: {'; '.join(rollout['errors'])}"
+    else:
+        outcome = f"**failed**: {rollout['differing']} batches answered differently"
+    return [
+        f"A rollout (the torch backend's next version loading and capturing its CUDA graphs while the serving one "
+        f"answers batches from another thread, `gpu_stages.check_rollout`): {rollout['batches_during_capture']} "
+        f"batches served during the capture{'' if exercised else ' (none overlapped it: not exercised)'}, "
+        f"{outcome}; the new version {'agrees' if rollout['new_model_agrees'] else '**disagrees**'} with the old.",
+        "",
     ]
 
 

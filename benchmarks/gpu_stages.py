@@ -154,9 +154,56 @@ def check_parity(device: str, plan: Plan, workdir: Path, output: Output) -> None
         parts = [compare_top_k(*model.top_k(w, e), ids, every) for w, e, ids, every in cases]
         output.save(dtypes=[*output.data["dtypes"], merge_comparisons(parts, chosen)])
         del model
+    output.save(rollout=check_rollout(lambda: TorchModel.load(repository, 1, device, "auto", max_batch_size=max_batch),
+                                      [(w, e) for w, e, _, _ in cases]))  # fmt: skip
     failed = [d["dtype"] for d in output.data["dtypes"] if not d["passed"]]
     if failed:
         raise SystemExit(f"the torch backend on {device} disagrees with the CPU backend in {', '.join(failed)}")
+    if not output.data["rollout"]["passed"]:
+        raise SystemExit(f"a capture during serving broke the serving model on {device}: {output.data['rollout']}")
+
+
+def check_rollout(load: Callable[[], Any], cases: Sequence[tuple[np.ndarray, list[np.ndarray]]]) -> dict[str, Any]:
+    """A rollout as the gateway does it: one model serves batches from a thread (its micro-batcher's)
+    while the next version loads and captures its CUDA graphs. Passed when every batch served during
+    the capture answered, each as the serving model answered it before, and the new model answers
+    the same. `load()` returns a model not yet captured."""
+    import threading
+
+    serving = load()
+    serving.capture()
+    expected = [serving.top_k(w, e) for w, e in cases]
+    done, calls, errors, differing = threading.Event(), [0], [], [0]
+
+    def serve() -> None:
+        while not done.is_set():
+            for (w, e), (ids, scores) in zip(cases, expected, strict=True):
+                try:
+                    got_ids, got_scores = serving.top_k(w, e)
+                except Exception as error:  # noqa: BLE001 (what the batcher's callers would have got)
+                    errors.append(f"{type(error).__name__}: {error}")
+                    return
+                calls[0] += 1
+                differing[0] += not (np.array_equal(got_ids, ids) and np.array_equal(got_scores, scores))
+
+    thread = threading.Thread(target=serve, name="serving-version", daemon=True)
+    thread.start()
+    try:
+        while calls[0] == 0 and not errors and thread.is_alive():  # serving before the capture starts
+            time.sleep(0.001)
+        started = calls[0]
+        new = load()
+        new.capture()
+        during = calls[0] - started
+    finally:
+        done.set()
+        thread.join()
+    answers = [new.top_k(w, e) for w, e in cases]
+    same = all(np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1]) for a, b in zip(answers, expected, strict=True))
+    return {
+        "batches_during_capture": during, "errors": errors[:3], "differing": differing[0], "new_model_agrees": same,
+        "passed": not errors and differing[0] == 0 and same,
+    }  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- scorer, ceiling

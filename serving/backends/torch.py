@@ -158,7 +158,11 @@ class TorchModel:
                         self._fill(bucket)
                 torch.cuda.current_stream(self.device).wait_stream(stream)
                 graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
+                # thread_local: a rollout captures the new version while the old one serves from
+                # its batcher's thread; "global" (the default) would forbid that thread's unsafe
+                # calls (allocations, pinned host memory) for the whole capture and fail its
+                # batches. Checked on the GPU by `make gpu-check` (gpu_stages.check_rollout).
+                with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                     self._fill(bucket)  # the buffers it assigns are the graph's static outputs
                 bucket.graph = graph
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks import gpu_check
-from benchmarks.gpu_stages import compare_top_k, merge_comparisons
+from benchmarks.gpu_stages import check_rollout, compare_top_k, merge_comparisons
 from benchmarks.timing import target_row
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +53,8 @@ def test_the_cpu_path_runs_every_stage_and_records_sane_figures(quick_run: tuple
     for checked in parity["dtypes"]:
         assert checked["passed"] and checked["excluded_returned"] == 0 and 0 <= checked["max_slack"] <= checked["tolerance"]
     assert parity["dtypes"][0]["exact_ids"] == 1.0  # the same float32 math on the same device
+    rollout = parity["rollout"]  # a capture while another thread serves: on the CPU an eager warm-up
+    assert rollout["passed"] and not rollout["errors"] and rollout["differing"] == 0 and rollout["new_model_agrees"]
 
     rows = record["stages"]["scorer"]["result"]["rows"]
     assert [(r["items"], r["batch"]) for r in rows] == [(n, b) for n in plan.catalogs for b in plan.scorer_batches]
@@ -182,3 +184,52 @@ def test_top_k_comparison_flags_what_a_backend_gets_wrong() -> None:
     assert excluded["excluded_returned"] == 1 and not merge_comparisons([excluded], "float32")["passed"]
     unordered = compare_top_k(np.array([[1, 0, 2]]), np.array([[-1.0, 0.0, -1.0004]]), ids, reference)
     assert not unordered["in_order"] and not merge_comparisons([unordered], "float32")["passed"]
+
+
+class _Capturing:
+    """A stand-in for the torch backend's model: while a later one is capturing, this one's calls
+    fail as a CUDA capture in "global" mode fails other threads' unsafe calls."""
+
+    capturing = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def capture(self) -> None:
+        type(self).capturing = True
+        try:  # stay in the capture until the serving model has answered (or failed) during it
+            while not self.serving_seen():
+                pass
+        finally:
+            type(self).capturing = False
+
+    def serving_seen(self) -> bool:
+        return _Capturing.first is None or _Capturing.first is self or _Capturing.first.calls > _Capturing.before
+
+    def top_k(self, weights: np.ndarray, excludes: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        self.calls += 1
+        if type(self).capturing and self is _Capturing.first and self.fails:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        return np.arange(3)[None].repeat(len(weights), 0), np.zeros((len(weights), 3))
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_rollout_check_fails_when_the_serving_model_fails_during_a_capture(fails: bool) -> None:
+    _Capturing.first, _Capturing.before = None, 0
+    models: list[_Capturing] = []
+
+    def load() -> _Capturing:
+        model = _Capturing()
+        model.fails = fails
+        if _Capturing.first is None:
+            _Capturing.first = model
+        else:
+            _Capturing.before = _Capturing.first.calls
+        models.append(model)
+        return model
+
+    result = check_rollout(load, [(np.zeros((2, 4, 5), np.float32), [np.zeros(1, np.int64)] * 2)])
+    assert result["passed"] is not fails and bool(result["errors"]) is fails
+    assert result["batches_during_capture"] >= (0 if fails else 1)
+    text = " ".join(gpu_check.rollout_lines(result))
+    assert ("**failed**: RuntimeError: operation not permitted" in text) is fails and ("passed" in text) is not fails
