@@ -172,11 +172,38 @@ def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_a
     lines = one_client_lines(gateway)  # type: ignore[arg-type]
     assert lines[0] == "### One client, cached Recommend: where the time goes (41,000 items)"
     assert "| `scorer_run` | 2,000 |" in lines and "| **sum of the stages** | **2,500** |" in lines
-    assert "| outside the stages, mean µs | 500 |" in lines and "| of which before the handler, mean µs | 300 |" in lines
+    assert "| outside the stages, mean µs (before + after, below) | 500 |" in lines
+    assert any(line.startswith("| of which before the handler: ") and line.endswith(" | 300 |") for line in lines)
     assert "| gateway CPU per call, µs (all threads) | 3,500 |" in lines
     assert "| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | 1,900 |" in lines
     # where the request-path section is rendered at that size, it holds the phase: no second table
     assert one_client_lines(SimpleNamespace(one_client=phase, path=object(), n_items=41000)) == []  # type: ignore[arg-type]
+
+
+def test_a_lone_calls_own_table_reads_as_the_request_path_sections_column_for_it() -> None:
+    """The lone call's table (a size without the request-path section) and the request-path section
+    build their rows in one place: the same phase gives the same labelled rows, the stage table's
+    and the ones below it, in both (only the section's other columns differ)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, one_client_lines, render_path
+    from benchmarks.request_path import CallSplit
+
+    one = dataclasses.replace(_path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81), calls=CallSplit(300.0, 4.0, 200.0))
+    lone = one_client_lines(SimpleNamespace(one_client=one, path=None, n_items=1000))  # type: ignore[arg-type]
+    echo = EchoResults(
+        Timing(np.full(100, 3.5e-4), 1, 1.0), Timing(np.full(100, 0.015), 1, 1.0), 0.1, 1000, _threads(100, 1000), _threads(200, 100), 100
+    )  # fmt: skip
+    # the same figures in every column (under their own names): each row of the section repeats the lone table's cell
+    names = {"saturated": "64 clients, Recommend", "one": one.name, "get": "1 client, GetProfile"}
+    phases = {key: dataclasses.replace(one, name=name) for key, name in names.items()}
+    section = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    repeated = {line.split(" | ", 2)[0] + " | " + line.split(" | ", 2)[1] + " |" for line in section if line.startswith("| ") and "---" not in line}
+    rows = [line for line in lone if line.startswith("| ") and "---" not in line and not line.startswith("| stage |")]
+    shared = rows[: rows.index(next(line for line in rows if line.startswith("| gateway CPU per call"))) + 1]
+    assert len(shared) == 8  # one stage, their sum, the two client latency rows, outside and its two parts, the CPU
+    assert all(line in repeated for line in shared), [line for line in shared if line not in repeated]
 
 
 def _threads(us_per_call: float, calls: int) -> ThreadCpu:
