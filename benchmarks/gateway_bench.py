@@ -462,7 +462,8 @@ def run(settings: Settings) -> GatewayResults:
         after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         calls = gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s)
         return request_path.tail_evidence(
-            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls, gateway.max_batch_wait_ms
+            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls,
+            max_batch_wait_ms=gateway.max_batch_wait_ms,
         )
 
     with gateway_process(repository, secret, max_batch, call_log=repository.parent / "calls.log") as gateway:
@@ -948,11 +949,8 @@ def over_rows(tail: TailEvidence) -> list[str]:
     ]
 
 
-def batch_wait(max_batch_wait_ms: float | None) -> str:
-    """Whether a request waited for others to join its batch, from the gateway's own setting ("" when
-    not known)."""
-    if max_batch_wait_ms is None:
-        return ""
+def batch_wait(max_batch_wait_ms: float) -> str:
+    """Whether a request waited for others to join its batch, from the gateway's own setting."""
     if max_batch_wait_ms == 0:
         return ": no request waited for company (`--max-batch-wait-ms` 0)"
     return (

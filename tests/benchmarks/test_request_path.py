@@ -279,7 +279,7 @@ def test_the_tail_share_over_a_threshold_is_read_over_the_answered_calls_on_both
     handler = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
     samples = {**_rpc_histogram("OK", handler), **_rpc_histogram("RESOURCE_EXHAUSTED", np.full(1000, 0.0003))}
     load = ProcessLoad(Timing(handler + 0.0005, 1, 8.0), 1.0, 2, calls_all=1000, refused=1000, window=(0.0, 8.0))
-    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe())
+    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=0.0)
     assert tail.over_ms[50.0] == (0.01, 0.01)
     assert tail.server_p50_ms == 2.5  # the bucket holding the answered calls' p50 (2 ms), not the refusals' (0.3 ms)
     assert tail_reading(tail)[0].startswith(
@@ -296,7 +296,7 @@ def test_a_tail_without_the_gateways_histogram_says_not_measured_never_nan() -> 
 
     latencies = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
     load = ProcessLoad(Timing(latencies, 1, 8.0), 1.0, 2, calls_all=1000, window=(0.0, 8.0))
-    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe())
+    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=0.0)
     text = "\n".join([*over_rows(tail), *tail_reading(tail)])
     assert "nan%" not in text  # (the other figures of these synthetic inputs are not the point here)
     assert "| 50 ms | 1.00% | not measured (no answered call in the gateway's `apron_rpc_duration_seconds`) |" in text
@@ -340,9 +340,11 @@ def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_wi
     never collected gets "none" in the GC table, not "≤ 0.00"."""
     import dataclasses
 
+    import pytest
+
     from benchmarks.gateway_bench import tail_lines, tail_reading
     from benchmarks.load import ProcessLoad
-    from benchmarks.request_path import SchedulingProbe, tail_evidence
+    from benchmarks.request_path import SchedulingProbe, TailEvidence, tail_evidence
 
     pause = {  # generation 0 collected 4 times, under 1 ms each; generations 1 and 2 never
         ("apron_gc_pause_seconds_count", (("generation", "0"),)): 4.0,
@@ -350,10 +352,15 @@ def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_wi
         **{("apron_gc_pause_seconds_bucket", (("generation", "0"), ("le", le))): 4.0 for le in ("0.001", "+Inf")},
     }
     load = ProcessLoad(Timing(np.full(100, 0.002), 1, 8.0), 1.0, 2, calls_all=100, window=(0.0, 8.0))
-    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), None, 2.5)
+    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=2.5)
     assert "requests on average: a request that found the scorer idle waited up to 2.5 ms for others to join its batch " \
         "(`--max-batch-wait-ms` 2.5)." in tail_reading(tail)[0]  # fmt: skip
     assert ": no request waited for company (`--max-batch-wait-ms` 0)." in tail_reading(dataclasses.replace(tail, max_batch_wait_ms=0.0))[0]
+    # the one caller always knows the setting (GatewayHandle.max_batch_wait_ms): no reading goes without it
+    with pytest.raises(TypeError, match="max_batch_wait_ms"):
+        tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="max_batch_wait_ms"):
+        TailEvidence(**{f.name: getattr(tail, f.name) for f in dataclasses.fields(tail) if f.name != "max_batch_wait_ms"})
     gateway = SimpleNamespace(load_fraction=0.7, n_items=1000, offered_rate=50.0, cpu=SimpleNamespace(gateway_threads_ms={}), batched_after=None)
     lines = tail_lines(gateway, tail)  # type: ignore[arg-type]
     assert "| generation 0 | 4 | 2.0 | 0.0% | ≤ 1.00 |" in lines
