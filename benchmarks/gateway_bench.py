@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -462,7 +462,8 @@ def run(settings: Settings) -> GatewayResults:
         after, (gateway1, _), loop1 = request_path.scrape(gateway.metrics_url), gateway.cpu_s(), gateway.loop_cpu_s()
         calls = gateway.calls("Recommend", window, load.calls_all, load.sent_sum_s, load.received_sum_s)
         return request_path.tail_evidence(
-            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls, gateway.max_batch_wait_ms
+            load, request_path.delta(before, after), gateway1 - gateway0, loop1 - loop0, probe, calls,
+            max_batch_wait_ms=gateway.max_batch_wait_ms,
         )
 
     with gateway_process(repository, secret, max_batch, call_log=repository.parent / "calls.log") as gateway:
@@ -626,8 +627,7 @@ def one_client_lines(g: GatewayResults) -> list[str]:
     phase = g.one_client
     if phase is None or g.path is not None:
         return []
-    split, name = phase.split, "1 client, Recommend"
-    mean_us = phase.timing.latencies_s.mean() * 1e6
+    split = phase.split
     return [
         f"### One client, cached Recommend: where the time goes ({g.n_items:,} items)",
         "",
@@ -636,15 +636,36 @@ def one_client_lines(g: GatewayResults) -> list[str]:
         "(the client latency rows: the measured window; the rows below them: every call of the phase, warm-up "
         "included, the calls the stages and the call log hold, so outside = before + after).",
         "",
-        *request_path.stage_rows({name: split}),
-        f"| client latency, mean µs | {mean_us:,.0f} |",
-        f"| client latency, p50 µs | {phase.timing.p50_ms * 1e3:,.0f} |",
-        f"| outside the stages, mean µs | {call_cell(phase.calls, 'outside_us')} |",
-        f"| of which before the handler, mean µs | {call_cell(phase.calls, 'before_us')} |",
-        f"| of which after it, mean µs | {call_cell(phase.calls, 'after_us')} |",
-        f"| gateway CPU per call, µs (all threads) | {phase.cpu_ms_per_call * 1e3:,.0f} |",
+        *phase_rows([phase]),
         f"| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | {phase.scorer_run_s / max(split.calls, 1) * 1e6:,.0f} |",
         "",
+    ]
+
+
+def phase_rows(phases: Sequence[PathPhase]) -> list[str]:
+    """The stage table of `phases`, one column each (headed by its name), and the rows every phase
+    table has below the stages: the client's latency, what lies outside the stages and its split at
+    the handler, and the gateway's CPU per call. The request-path section and a lone call's own
+    table (at a size without that section) both build theirs here, so the two read alike."""
+
+    def row(label: str, cell: Callable[[PathPhase], str]) -> str:
+        return f"| {label} | " + " | ".join(cell(p) for p in phases) + " |"
+
+    return [
+        *request_path.stage_rows({p.name: p.split for p in phases}),
+        row("client latency, mean µs", lambda p: f"{p.timing.latencies_s.mean() * 1e6:,.0f}"),
+        row("client latency, p50 µs", lambda p: f"{p.timing.p50_ms * 1e3:,.0f}"),
+        row("outside the stages, mean µs (before + after, below)", lambda p: call_cell(p.calls, "outside_us")),
+        row(
+            "of which before the handler: the client's send to the first stage (the transport, grpc core's queue, "
+            "the event loop), mean µs",
+            lambda p: call_cell(p.calls, "before_us"),
+        ),
+        row(
+            "of which after it: the last stage to the client's receipt (grpc's send, the transport, the client), mean µs",
+            lambda p: call_cell(p.calls, "after_us"),
+        ),
+        row("gateway CPU per call, µs (all threads)", lambda p: f"{p.cpu_ms_per_call * 1e3:,.0f}"),
     ]
 
 
@@ -654,7 +675,6 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
     assert path is not None
     echo, before, after, phases = path.echo, path.echo_before, path.echo_after, path.phases
     ordered = {phase.name: phase for phase in (*(phases[key] for key in PHASES if key in phases), phases[SATURATED])}
-    splits = {name: phase.split for name, phase in ordered.items()}
     batch1 = f"; the raw scorer at batch 1: p50 {fmt(scorer_batch1.p50_ms, 2)} ms" if scorer_batch1 else ""
     if scorer_batch1 and scorer_batch1_cold:
         batch1 += (
@@ -700,15 +720,7 @@ def render_path(results: GatewayResults, scorer_batch1: Timing | None, scorer_ba
         "the stages and what lies outside them over every call of the phase, its warm-up included (the calls both "
         "the histograms and the call log hold): outside = before + after, over the same calls.",
         "",
-        *request_path.stage_rows(splits),
-        "| client latency, mean µs | " + " | ".join(f"{p.timing.latencies_s.mean() * 1e6:,.0f}" for p in ordered.values()) + " |",
-        "| client latency, p50 µs | " + " | ".join(f"{p.timing.p50_ms * 1e3:,.0f}" for p in ordered.values()) + " |",
-        "| outside the stages, mean µs (before + after, below) | " + " | ".join(call_cell(p.calls, "outside_us") for p in ordered.values()) + " |",
-        "| of which before the handler: the client's send to the first stage (the transport, grpc core's queue, the event loop), mean µs | "
-        + " | ".join(call_cell(p.calls, "before_us") for p in ordered.values()) + " |",
-        "| of which after it: the last stage to the client's receipt (grpc's send, the transport, the client), mean µs | "
-        + " | ".join(call_cell(p.calls, "after_us") for p in ordered.values()) + " |",
-        "| gateway CPU per call, µs (all threads) | " + " | ".join(f"{p.cpu_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
+        *phase_rows(list(ordered.values())),
         "| of which its event-loop thread, µs | " + " | ".join(f"{p.loop_ms_per_call * 1e3:,.0f}" for p in ordered.values()) + " |",
         f"| echo server CPU per call at the same client count, µs (1 client: its one-client run; {g.clients} clients: "
         "its saturated run) | " + against_echo(lambda p, floor: f"{floor[0] * 1e3:,.0f}") + " |",
@@ -937,11 +949,8 @@ def over_rows(tail: TailEvidence) -> list[str]:
     ]
 
 
-def batch_wait(max_batch_wait_ms: float | None) -> str:
-    """Whether a request waited for others to join its batch, from the gateway's own setting ("" when
-    not known)."""
-    if max_batch_wait_ms is None:
-        return ""
+def batch_wait(max_batch_wait_ms: float) -> str:
+    """Whether a request waited for others to join its batch, from the gateway's own setting."""
     if max_batch_wait_ms == 0:
         return ": no request waited for company (`--max-batch-wait-ms` 0)"
     return (

@@ -467,9 +467,9 @@ class TailEvidence:
     # threshold -> share of the answered calls over it (client, the gateway's own: nan without its histogram)
     over_ms: dict[float, tuple[float, float]]
     load_gc_ms: tuple[int, float, float]  # the load processes' own collections: (count, ms in all, longest ms)
+    max_batch_wait_ms: float  # the gateway's --max-batch-wait-ms: the reading says whether a request waited for company
     calls: CallSplit | None = None  # from the actual send: before the handler, in it, after it
     refused: int = 0  # calls the gateway refused for its load (RESOURCE_EXHAUSTED): in no latency above
-    max_batch_wait_ms: float | None = None  # the gateway's --max-batch-wait-ms (None: not known)
 
     @property
     def refused_share(self) -> float:
@@ -555,7 +555,8 @@ def tail_evidence(
     loop_cpu_s: float,
     probe: SchedulingProbe,
     calls: CallSplit | None = None,
-    max_batch_wait_ms: float | None = None,
+    *,
+    max_batch_wait_ms: float,
 ) -> TailEvidence:
     """The open-loop run's client latencies beside what the gateway, the load generator and the
     machine's scheduler saw."""

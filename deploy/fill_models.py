@@ -204,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.into is None:
         parser.error("--into is required (or --pack)")
     try:
-        insecure = args.insecure_no_checksum or env_flag("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM")
+        # the opt-out only means something for a --url: a --from or --demo fill does not read it, so a
+        # value left in the environment (or misspelt there) cannot stop a fill it has no part in
+        insecure = bool(args.insecure_no_checksum) or (args.url is not None and env_flag("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM"))
         changed = fill(args.into, args.url, args.sha256, args.source, args.demo, insecure_no_checksum=insecure)
     except (FillError, OSError, tarfile.TarError) as error:
         print(f"fill_models: {error}", file=sys.stderr)

@@ -305,8 +305,10 @@ class UserLocks:
     def __init__(self) -> None:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}  # user -> (lock, holders and waiters)
 
-    def __len__(self) -> int:
-        return len(self._locks)
+    def kept(self) -> dict[str, int]:
+        """The users whose lock is kept now, each with how many calls hold or wait for it: only users
+        with some, so the registry is bounded by the calls in flight, not by every user ever seen."""
+        return {user: users for user, (_, users) in self._locks.items()}
 
     @contextlib.asynccontextmanager
     async def hold(self, user_id: str) -> AsyncIterator[None]:

@@ -49,6 +49,38 @@ GC_GEN0_THRESHOLD = 10_000
 MAX_GC_GEN0_THRESHOLD = 1_000_000  # gc.set_threshold takes a C int; beyond this the young heap only grows
 
 
+@dataclass(frozen=True)
+class SplitNames:
+    """What an A/B split's refusal calls its three numbers: the flags where `apron serve` was given
+    them, the candidate and the primary where a rollout (LoadModel, start-up) was."""
+
+    candidate: str
+    share: str
+    primary: str
+
+
+SPLIT_FLAGS = SplitNames("--ab-version", "--ab-share", "--model-version")
+
+
+def check_ab_split(candidate: int, share: float, primary: int, names: SplitNames) -> None:
+    """The A/B split's rule, wherever one is asked for (ServingConfig before loading anything,
+    models.Routing for LoadModel and start-up): a non-negative candidate version and a share of
+    users in [0, 1], both or neither (a split asked for that would not happen is refused, never
+    quietly dropped), and two versions, not one twice (`primary` 0: not known yet). ValueError
+    naming what is wrong in `names`' terms."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"{names.share} must be between 0 and 1, got {share:g}")
+    if candidate < 0:
+        raise ValueError(f"{names.candidate} must not be negative, got {candidate}")
+    if (candidate > 0) != (share > 0):
+        raise ValueError(
+            f"an A/B split needs both {names.candidate} (the second version) and {names.share} (above 0), "
+            f"got {candidate} and {share:g}"
+        )
+    if candidate and candidate == primary:
+        raise ValueError(f"{names.candidate} {candidate} is {names.primary}: an A/B split needs two versions")
+
+
 def _option(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -311,14 +343,8 @@ class ServingConfig:
                 raise ValueError(f"{name} must be -1 (off), 0 (any free port) or a port up to {MAX_PORT}, got {getattr(self, name)}")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
-        if not 0 <= self.ab_share <= 1:
-            raise ValueError(f"ab_share must be between 0 and 1, got {self.ab_share}")
-        if (self.ab_version > 0) != (self.ab_share > 0):
-            raise ValueError("an A/B split needs both --ab-version (the second version) and --ab-share (above 0)")
-        if self.ab_version < 0:
-            raise ValueError(f"ab_version must not be negative, got {self.ab_version}")
-        if self.ab_version and self.ab_version == self.model_version:
-            raise ValueError(f"--ab-version {self.ab_version} is --model-version: an A/B split needs two versions")
+        # model_version 0 (the newest) is not known before loading: Routing checks that pair at start-up
+        check_ab_split(self.ab_version, self.ab_share, self.model_version, SPLIT_FLAGS)
         for name in ("redis_timeout_s", "request_timeout_s"):  # 0 s would fail every call that waits on anything
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be above 0, got {getattr(self, name)}")

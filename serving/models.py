@@ -50,6 +50,7 @@ from export.metadata import ExportMetadata, MetadataError
 from serving.backends.base import GraphSignature, Scorer
 from serving.cache import STORE_DOWN, ProfileCache, RedisStore
 from serving.catalog import ServedModel
+from serving.config import SplitNames, check_ab_split
 from serving.errors import Unavailable
 from serving.metrics import Metrics
 from serving.profile_encoding import ProfileEncoder
@@ -82,6 +83,11 @@ def user_bucket(user_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
+# a rollout's split in its own terms (LoadModel and `apron serve`'s start-up both build a Routing):
+# "the candidate version is the primary", where ServingConfig's refusal names the flags
+ROUTING_NAMES = SplitNames("the candidate version", "the candidate's share of users", "the primary")
+
+
 @dataclass(frozen=True)
 class Routing:
     """Which versions answer: `primary` for everyone but the candidate's share."""
@@ -92,17 +98,9 @@ class Routing:
     pinned: bool = False  # SIGHUP and --watch-repository leave a pinned primary alone
 
     def __post_init__(self) -> None:
-        if self.primary < 1 or self.candidate < 0:
-            raise ValueError(f"model versions are positive integers, got {self.primary} and {self.candidate}")
-        if not 0.0 <= self.share <= 1.0:
-            raise ValueError(f"the candidate's share of users must be in [0, 1], got {self.share}")
-        if self.share > 0 and not self.candidate:
-            raise ValueError("a share of users for a candidate needs the candidate's version")
-        # asked for, a split that would not happen is refused rather than quietly dropped
-        if self.candidate and not self.share > 0:
-            raise ValueError(f"an A/B split with candidate version {self.candidate} needs a share of users above 0")
-        if self.candidate and self.candidate == self.primary:
-            raise ValueError(f"the candidate version {self.candidate} is the primary: an A/B split needs two versions")
+        if self.primary < 1:
+            raise ValueError(f"the primary version must be a positive integer, got {self.primary}")
+        check_ab_split(self.candidate, self.share, self.primary, ROUTING_NAMES)
 
     @property
     def versions(self) -> tuple[int, ...]:

@@ -172,11 +172,38 @@ def test_a_lone_call_without_the_request_path_section_gets_its_own_stage_table_a
     lines = one_client_lines(gateway)  # type: ignore[arg-type]
     assert lines[0] == "### One client, cached Recommend: where the time goes (41,000 items)"
     assert "| `scorer_run` | 2,000 |" in lines and "| **sum of the stages** | **2,500** |" in lines
-    assert "| outside the stages, mean µs | 500 |" in lines and "| of which before the handler, mean µs | 300 |" in lines
+    assert "| outside the stages, mean µs (before + after, below) | 500 |" in lines
+    assert any(line.startswith("| of which before the handler: ") and line.endswith(" | 300 |") for line in lines)
     assert "| gateway CPU per call, µs (all threads) | 3,500 |" in lines
     assert "| the scorer's runs, wall µs per call (`apron_inference_duration_seconds`) | 1,900 |" in lines
     # where the request-path section is rendered at that size, it holds the phase: no second table
     assert one_client_lines(SimpleNamespace(one_client=phase, path=object(), n_items=41000)) == []  # type: ignore[arg-type]
+
+
+def test_a_lone_calls_own_table_reads_as_the_request_path_sections_column_for_it() -> None:
+    """The lone call's table (a size without the request-path section) and the request-path section
+    build their rows in one place: the same phase gives the same labelled rows, the stage table's
+    and the ones below it, in both (only the section's other columns differ)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from benchmarks.gateway_bench import RequestPath, one_client_lines, render_path
+    from benchmarks.request_path import CallSplit
+
+    one = dataclasses.replace(_path_phase("1 client, Recommend", "Recommend", 1, 660, 0.81), calls=CallSplit(300.0, 4.0, 200.0))
+    lone = one_client_lines(SimpleNamespace(one_client=one, path=None, n_items=1000))  # type: ignore[arg-type]
+    echo = EchoResults(
+        Timing(np.full(100, 3.5e-4), 1, 1.0), Timing(np.full(100, 0.015), 1, 1.0), 0.1, 1000, _threads(100, 1000), _threads(200, 100), 100
+    )  # fmt: skip
+    # the same figures in every column (under their own names): each row of the section repeats the lone table's cell
+    names = {"saturated": "64 clients, Recommend", "one": one.name, "get": "1 client, GetProfile"}
+    phases = {key: dataclasses.replace(one, name=name) for key, name in names.items()}
+    section = render_path(SimpleNamespace(path=RequestPath(echo, echo, phases, dict(phases)), n_items=1000, clients=64), None)  # type: ignore[arg-type]
+    repeated = {line.split(" | ", 2)[0] + " | " + line.split(" | ", 2)[1] + " |" for line in section if line.startswith("| ") and "---" not in line}
+    rows = [line for line in lone if line.startswith("| ") and "---" not in line and not line.startswith("| stage |")]
+    shared = rows[: rows.index(next(line for line in rows if line.startswith("| gateway CPU per call"))) + 1]
+    assert len(shared) == 8  # one stage, their sum, the two client latency rows, outside and its two parts, the CPU
+    assert all(line in repeated for line in shared), [line for line in shared if line not in repeated]
 
 
 def _threads(us_per_call: float, calls: int) -> ThreadCpu:
@@ -252,7 +279,7 @@ def test_the_tail_share_over_a_threshold_is_read_over_the_answered_calls_on_both
     handler = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
     samples = {**_rpc_histogram("OK", handler), **_rpc_histogram("RESOURCE_EXHAUSTED", np.full(1000, 0.0003))}
     load = ProcessLoad(Timing(handler + 0.0005, 1, 8.0), 1.0, 2, calls_all=1000, refused=1000, window=(0.0, 8.0))
-    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe())
+    tail = tail_evidence(load, samples, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=0.0)
     assert tail.over_ms[50.0] == (0.01, 0.01)
     assert tail.server_p50_ms == 2.5  # the bucket holding the answered calls' p50 (2 ms), not the refusals' (0.3 ms)
     assert tail_reading(tail)[0].startswith(
@@ -269,7 +296,7 @@ def test_a_tail_without_the_gateways_histogram_says_not_measured_never_nan() -> 
 
     latencies = np.r_[np.full(990, 0.002), np.full(10, 0.080)]
     load = ProcessLoad(Timing(latencies, 1, 8.0), 1.0, 2, calls_all=1000, window=(0.0, 8.0))
-    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe())
+    tail = tail_evidence(load, {}, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=0.0)
     text = "\n".join([*over_rows(tail), *tail_reading(tail)])
     assert "nan%" not in text  # (the other figures of these synthetic inputs are not the point here)
     assert "| 50 ms | 1.00% | not measured (no answered call in the gateway's `apron_rpc_duration_seconds`) |" in text
@@ -313,9 +340,11 @@ def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_wi
     never collected gets "none" in the GC table, not "≤ 0.00"."""
     import dataclasses
 
+    import pytest
+
     from benchmarks.gateway_bench import tail_lines, tail_reading
     from benchmarks.load import ProcessLoad
-    from benchmarks.request_path import SchedulingProbe, tail_evidence
+    from benchmarks.request_path import SchedulingProbe, TailEvidence, tail_evidence
 
     pause = {  # generation 0 collected 4 times, under 1 ms each; generations 1 and 2 never
         ("apron_gc_pause_seconds_count", (("generation", "0"),)): 4.0,
@@ -323,10 +352,15 @@ def test_the_tail_reading_states_the_gateways_own_batch_wait_and_a_generation_wi
         **{("apron_gc_pause_seconds_bucket", (("generation", "0"), ("le", le))): 4.0 for le in ("0.001", "+Inf")},
     }
     load = ProcessLoad(Timing(np.full(100, 0.002), 1, 8.0), 1.0, 2, calls_all=100, window=(0.0, 8.0))
-    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), None, 2.5)
+    tail = tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe(), max_batch_wait_ms=2.5)
     assert "requests on average: a request that found the scorer idle waited up to 2.5 ms for others to join its batch " \
         "(`--max-batch-wait-ms` 2.5)." in tail_reading(tail)[0]  # fmt: skip
     assert ": no request waited for company (`--max-batch-wait-ms` 0)." in tail_reading(dataclasses.replace(tail, max_batch_wait_ms=0.0))[0]
+    # the one caller always knows the setting (GatewayHandle.max_batch_wait_ms): no reading goes without it
+    with pytest.raises(TypeError, match="max_batch_wait_ms"):
+        tail_evidence(load, pause, 1.0, 0.5, SchedulingProbe())  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="max_batch_wait_ms"):
+        TailEvidence(**{f.name: getattr(tail, f.name) for f in dataclasses.fields(tail) if f.name != "max_batch_wait_ms"})
     gateway = SimpleNamespace(load_fraction=0.7, n_items=1000, offered_rate=50.0, cpu=SimpleNamespace(gateway_threads_ms={}), batched_after=None)
     lines = tail_lines(gateway, tail)  # type: ignore[arg-type]
     assert "| generation 0 | 4 | 2.0 | 0.0% | ≤ 1.00 |" in lines

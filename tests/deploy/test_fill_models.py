@@ -61,6 +61,20 @@ def test_a_directory_source_and_the_demo_only_into_an_empty_volume(python_reposi
         fill_models.fill(tmp_path / "x", source=tmp_path / "models" / "apron_profile")
 
 
+def test_the_checksum_opt_out_is_read_only_for_a_url(
+    python_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MODEL_ARCHIVE_INSECURE_NO_CHECKSUM is about a --url's archive: a --from fill neither reads it
+    nor fails on a value it would refuse for a URL (which still refuses it)."""
+    monkeypatch.delenv("MODEL_ARCHIVE_URL", raising=False)
+    monkeypatch.setenv("MODEL_ARCHIVE_INSECURE_NO_CHECKSUM", "ture")  # misspelt: refused where it is read
+    volume = tmp_path / "volume"
+    assert fill_models.main(["--into", str(volume), "--from", str(python_repository)]) == 0, capsys.readouterr().err
+    assert files(volume) == files(python_repository)
+    assert fill_models.main(["--into", str(tmp_path / "other"), "--url", "http://127.0.0.1:9/repo.tar.gz"]) == 1
+    assert "MODEL_ARCHIVE_INSECURE_NO_CHECKSUM='ture'" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/etc/escape.txt"])
 def test_an_archive_that_writes_outside_the_volume_is_refused(tmp_path: Path, name: str) -> None:
     path = tmp_path / "evil.tar.gz"

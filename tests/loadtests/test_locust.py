@@ -143,7 +143,7 @@ def test_shed_calls_are_retried_and_counted_as_throttled(strict_gateway: Gateway
 
 
 def test_a_run_mostly_shed_breaks_the_default_throttled_threshold(strict_gateway: Gateway, dataset: Path, tmp_path: Path) -> None:
-    """The same shedding with the default --max-throttled-ratio (locust.conf's 0.01): no failure,
+    """The same shedding with the default --max-throttled-ratio (the option's own, 0.01): no failure,
     and still the run fails, saying why."""
     result = locust(strict_gateway, dataset, tmp_path, *only_edits(), "--max-test-users", "1", "--min-requests", "4")
     assert result.returncode == 1, result.stderr[-3000:]

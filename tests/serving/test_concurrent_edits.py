@@ -19,6 +19,7 @@ from serving.edits import EditSpec
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from serving.servicer import EDIT_ATTEMPTS
+from tests.polling import eventually
 from tests.serving.conftest import gateway_config, liked_history, running_gateway
 
 
@@ -159,15 +160,16 @@ def test_user_locks_are_kept_only_while_held_or_awaited() -> None:
 
         waiter = asyncio.ensure_future(second())
         await asyncio.gather(first(), waiter)
-        assert order == ["first in", "first out", "second"] and len(locks) == 0
+        assert order == ["first in", "first out", "second"] and locks.kept() == {}
         async with locks.hold("u"):  # a waiter cancelled while waiting leaves nothing behind
+            assert locks.kept() == {"u": 1}
             cancelled = asyncio.ensure_future(locks.hold("u").__aenter__())
-            await asyncio.sleep(0)
-            assert len(locks) == 1
+            await eventually(lambda: locks.kept() == {"u": 2}, "the second call waits for u's lock")
             cancelled.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await cancelled
-        assert len(locks) == 0
+            assert locks.kept() == {"u": 1}  # the holder's count only
+        assert locks.kept() == {}
 
     asyncio.run(scenario())
 

@@ -251,7 +251,7 @@ def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
     with pytest.raises(ValueError, match="candidate"):
         Routing(1, 0, 0.2)
     assert Routing(1).versions == (1,) and Routing(1, 2, 0.5).versions == (1, 2)
-    with pytest.raises(ValueError, match="needs a share of users above 0"):  # asked for, never dropped quietly
+    with pytest.raises(ValueError, match="needs both"):  # asked for, never dropped quietly
         Routing(1, 2, 0.0)
     with pytest.raises(ValueError, match="is the primary"):
         Routing(2, 2, 0.5)
@@ -259,6 +259,28 @@ def test_user_bucket_is_uniform_and_routing_is_validated() -> None:
         ServingConfig(ab_version=2)
     with pytest.raises(ValueError, match="needs two versions"):
         ServingConfig(model_version=2, ab_version=2, ab_share=0.5)
+
+
+@pytest.mark.parametrize(
+    ("primary", "candidate", "share"),
+    [(1, 2, 1.5), (1, 2, -0.1), (1, -1, 0.0), (1, 0, 0.2), (1, 2, 0.0), (2, 2, 0.5)],
+    ids=["share above 1", "share below 0", "negative candidate", "share without a candidate", "candidate without a share", "one version twice"],
+)
+def test_the_flags_and_a_rollout_refuse_a_split_by_one_rule_in_their_own_terms(primary: int, candidate: int, share: float) -> None:
+    """`apron serve`'s flags (ServingConfig, before loading) and a rollout (Routing: LoadModel, the
+    start-up) refuse the same splits with the same sentence, only the names of the three numbers told
+    apart: one rule (config.check_ab_split), not two copies that can drift."""
+    from serving.config import SPLIT_FLAGS
+    from serving.models import ROUTING_NAMES
+
+    with pytest.raises(ValueError) as flags:
+        ServingConfig(model_version=primary, ab_version=candidate, ab_share=share)
+    with pytest.raises(ValueError) as rollout:
+        Routing(primary, candidate, share)
+    in_rollout_terms = str(flags.value)
+    for field in ("candidate", "share", "primary"):
+        in_rollout_terms = in_rollout_terms.replace(getattr(SPLIT_FLAGS, field), getattr(ROUTING_NAMES, field))
+    assert in_rollout_terms == str(rollout.value)
 
 
 async def test_watch_repository_rolls_out_a_newly_exported_version_and_a_pin_holds(

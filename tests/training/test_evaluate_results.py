@@ -86,6 +86,28 @@ def _penalised(record: dict, gamma: float, intrinsic_pct: float | None) -> dict:
     return record
 
 
+def test_rows_of_another_preparation_of_the_data_get_a_line_in_place_of_their_paired_comparison(tmp_path: Path) -> None:
+    """Rows whose records carry other dataset fingerprints scored other people under the same row
+    numbers: the report says so where their paired comparison would be, naming both rows, and the
+    rest of it is written (not a traceback that names the cause but not the rows)."""
+    records = _records(goal_ndcg=0.44, goal_pct=45.0) + [
+        {**_record("sweep", row, 0, ndcg, pct, "collab", "apron"), "split": "val"}
+        for row, ndcg, pct in (("collab:tagatt1-pen20", 0.46, 50.0), ("collab:tuned", 0.44, 12.0), ("collab:sparsemax", 0.40, 70.0))
+    ]  # fmt: skip
+    for r in records:
+        r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
+        if r["row"] in ("macridvae", "collab:tuned"):  # the best baseline and the sweep's tuned row: prepared again
+            r["dataset_info"] = {**INFO, "fingerprint": "a" * 64}
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    why = "the two rows were scored on different preparations of the data (dataset fingerprint ffffffffffff against aaaaaaaaaaaa)"
+    assert (f"- That row on test users against MacridVAE (main table): no paired comparison of `ablations/lastfm-2k/goal-collab` "
+            f"with `main/lastfm-2k/macridvae`: {why}.") in text  # fmt: skip
+    assert (f"sparsemax attention: val NDCG@100 0.4000 (tuned 0.4400), val %Δ@20, γ = 0: 70.0 (tuned 12.0); served, with γ: 70.0 "
+            f"(tuned 12.0): no verdict: no paired "
+            f"comparison of `sweep/lastfm-2k/collab:sparsemax` with `sweep/lastfm-2k/collab:tuned`: {why} (%Δ@20 +58.0 points).") in text  # fmt: skip
+    assert "## Not run (yet)" in text  # the sections after them written too
+
+
 def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> None:
     sweep = [_record("sweep", "collab:tuned", 0, 0.44, 12.0, "collab", "apron"),
              _penalised(_record("sweep", "collab:tagatt1-pen20", 0, 0.435, 60.0, "collab", "apron"), 20.0, 13.0),

@@ -102,6 +102,21 @@ def test_the_verdict_is_the_paired_interval_and_the_intrinsic_figure() -> None:
         tuning_lines(_tuned(apron_gap=0.0, apron_pct=35.0), DATASET))
 
 
+def test_no_verdict_where_a_final_row_was_scored_on_another_preparation_of_the_data() -> None:
+    """A baseline's final records from another preparation (their dataset fingerprint differs from
+    APRON's): no paired interval against it, so no verdict, with the two rows named and why."""
+    records = _tuned(apron_gap=0.0, apron_pct=45.0)
+    for r in records:
+        if (r["part"], r["model"]) == ("final", "multidae"):
+            r["dataset_info"] = {**INFO, "fingerprint": "a" * 64}
+    apron, multidae = (next(r["row"] for r in records if (r["part"], r["model"]) == ("final", m)) for m in ("apron", "multidae"))
+    text = "\n".join(goal_lines(records, DATASET))
+    assert (f"- **lastfm-2k: no verdict** — no paired comparison of `final/lastfm-2k/{apron}` with `final/lastfm-2k/{multidae}`: "
+            "the two rows were scored on different preparations of the data (dataset fingerprint ffffffffffff against "
+            "aaaaaaaaaaaa).") in text  # fmt: skip
+    assert "goal **met**" not in text and "goal **missed**" not in text
+
+
 def test_no_verdict_when_a_validation_record_postdates_the_test_records(tmp_path: Path) -> None:
     records = _tuned(apron_gap=0.0, apron_pct=45.0)
     assert protocol(DATASET, records).allowed

@@ -33,7 +33,7 @@ from training.results.catalogue import (
     same_run_as,
 )
 from training.results.selection import current_records, final_jobs, goal_choice, is_current, protocol, tunings
-from training.results.stats import CONFIDENCE, Cell, Paired, aggregate, paired_records, scaled
+from training.results.stats import CONFIDENCE, Cell, Paired, Unpaired, aggregate, paired_records, scaled
 
 
 def cell(value: Cell | None, digits: int = 4, per_user: bool = True) -> str:
@@ -52,6 +52,22 @@ def fmt(value: Any, digits: int = 4) -> str:
     if not isinstance(value, int | float) or (isinstance(value, float) and math.isnan(value)):
         return "N/A"
     return f"{value:.{digits}f}"
+
+
+def row_name(rows: list[dict[str, Any]]) -> str:
+    """A row of the records as the report names it: `part/dataset/row`."""
+    first = rows[0]
+    return f"`{first['part']}/{first['dataset']}/{first['row']}`"
+
+
+def pairing(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Paired | str | None:
+    """`paired_records` of rows a and b on NDCG@100; where the two cannot be paired (scored on other
+    people: `stats.Unpaired`), the line that stands in place of their comparison, naming both rows and
+    why, so one such pair costs its comparison and not the whole report."""
+    try:
+        return paired_records(a, b)
+    except Unpaired as error:
+        return f"no paired comparison of {row_name(a)} with {row_name(b)}: {error}"
 
 
 def group(records: list[dict[str, Any]], part: str, dataset: str) -> dict[str, list[dict[str, Any]]]:
@@ -102,9 +118,13 @@ def goal_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
              f"{cell(ndcg)}; %Δ@20 intrinsic (γ = 0) {pct(apron, '_intrinsic')} ({SERVED}: {pct(apron)}); on the items "
              f"whose labels training did not see: intrinsic {pct(apron, '_unlabelled_intrinsic')} ({SERVED}: "
              f"{pct(apron, '_unlabelled')})."]  # fmt: skip
-    paired = {m: paired_records(apron, check.final[m]) for m in BASELINES}
-    if any(p is None for p in paired.values()):
+    pairings = {m: pairing(apron, check.final[m]) for m in BASELINES}
+    if any(p is None for p in pairings.values()):
         return [*lines, f"- **{dataset}: no verdict** — a final record keeps no per-user values, so no paired interval."]
+    unpaired = [p for p in pairings.values() if isinstance(p, str)]
+    if unpaired:
+        return [*lines, f"- **{dataset}: no verdict** — {'; '.join(unpaired)}."]
+    paired = {m: p for m, p in pairings.items() if isinstance(p, Paired)}
     p = paired[best]
     accuracy, control = keeps_accuracy(p), intrinsic is not None and intrinsic.mean >= GOAL_PCT_DELTA
     lines.append(
@@ -221,11 +241,13 @@ def earlier_goal_lines(records: list[dict[str, Any]]) -> list[str]:
     if rows is None or not baselines:
         return lines
     best = max(baselines, key=lambda m: baselines[m].mean)
-    paired = paired_records(rows, main[best])
+    paired = pairing(rows, main[best])
     intrinsic = aggregate(rows, GOAL_METRIC)
     intrinsic_note = "" if intrinsic is None else f" ({'≥' if intrinsic.mean >= GOAL_PCT_DELTA else '<'} {GOAL_PCT_DELTA:.0f})"
     if paired is None:
         return [*lines, f"- Its test records or {LABELS[best]}'s keep no per-user values: no paired figure yet."]
+    if isinstance(paired, str):
+        return [*lines, f"- That row on test users against {LABELS[best]} (main table): {paired}."]
     return [*lines, (
         f"- That row on test users against {LABELS[best]} (main table), paired per user over {paired.n_users} users: "
         f"{paired.mean:+.4f}, s.e. {paired.stderr:.4f}, {CONFIDENCE:.0%} interval [{paired.low:+.4f}, {paired.high:+.4f}]"
@@ -427,15 +449,18 @@ def paired_text(paired: Paired) -> str:
             f"{paired.high:+.4f}] over {paired.n_users} users")  # fmt: skip
 
 
-def sweep_verdict(paired: Paired | None, gain: float) -> str:
+def sweep_verdict(paired: Paired | str | None, gain: float) -> str:
     """A sweep option's verdict against the tuned row, from the paired per-user accuracy test
-    (`keeps_accuracy`; None: a row keeps no per-user values, so there is no test and no verdict) and
-    its %Δ@20 gain in points, γ = 0 (the model's own: an edit penalty γ, a scoring-time term, moves
-    only the served figure, which the caller states apart): helped only with 5 points or more and
-    accuracy kept; otherwise what failed, as measured, with the interval the accuracy verdict was read from."""
+    (`keeps_accuracy`; None: a row keeps no per-user values, a line: `pairing`'s why the two cannot
+    be paired, so there is no test and no verdict) and its %Δ@20 gain in points, γ = 0 (the model's
+    own: an edit penalty γ, a scoring-time term, moves only the served figure, which the caller
+    states apart): helped only with 5 points or more and accuracy kept; otherwise what failed, as
+    measured, with the interval the accuracy verdict was read from."""
     moved = "N/A" if math.isnan(gain) else f"{gain:+.1f} points"
     if paired is None:
         return f"no verdict: its records or the tuned row's keep no per-user values, so accuracy has no paired test (%Δ@20 {moved})"
+    if isinstance(paired, str):
+        return f"no verdict: {paired} (%Δ@20 {moved})"
     interval = paired_text(paired)
     if not keeps_accuracy(paired):
         return f"failed: accuracy fell ({interval}, below 0)"
@@ -478,7 +503,7 @@ def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
             own, base_own = aggregate(rows, "pct_delta@20_intrinsic"), aggregate(base_rows, "pct_delta@20_intrinsic")
             served, base_served = aggregate(rows, "pct_delta@20"), aggregate(base_rows, "pct_delta@20")
             gain = own.mean - base_own.mean if own and base_own else float("nan")
-            verdict = sweep_verdict(paired_records(rows, base_rows), gain)
+            verdict = sweep_verdict(pairing(rows, base_rows), gain)
             lines.append(
                 f"- {features}, {variant.label}: val NDCG@100 {ndcg.mean:.4f} (tuned {base.mean:.4f}), val %Δ@20, γ = 0: "
                 f"{fmt(own.mean if own else None, 1)} (tuned {fmt(base_own.mean if base_own else None, 1)}); {SERVED}: "

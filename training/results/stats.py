@@ -102,19 +102,25 @@ def per_user_mean(records: list[dict[str, Any]], metric: str) -> tuple[np.ndarra
     return users, np.mean(values, axis=0)
 
 
+class Unpaired(ValueError):
+    """Two rows that cannot be compared user by user: the message says why (the report prints it
+    in place of their paired comparison, naming the rows)."""
+
+
 def paired_records(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str = "ndcg@100") -> Paired | None:
     """The paired statistic of rows a and b (each a list of seed records) on `metric`; None when
-    either keeps no per-user values."""
+    either keeps no per-user values; Unpaired when the two scored different people."""
     ma, mb = per_user_mean(a, metric), per_user_mean(b, metric)
     if ma is None or mb is None:
         return None
     # users are the rows of one prepared split: rows of two preparations (other filters, another
     # split) are other people under the same numbers
-    fingerprints = {r.get("dataset_info", {}).get("fingerprint") for r in (*a, *b)} - {None}
-    if len(fingerprints) > 1:
-        raise ValueError(f"the two rows were scored on different preparations of the data ({', '.join(sorted(f[:12] for f in fingerprints))}): no paired comparison")
+    fingerprints = [sorted({r.get("dataset_info", {}).get("fingerprint") for r in rows} - {None}) for rows in (a, b)]
+    if len(set(fingerprints[0]) | set(fingerprints[1])) > 1:
+        first, second = (", ".join(f[:12] for f in prints) or "none recorded" for prints in fingerprints)
+        raise Unpaired(f"the two rows were scored on different preparations of the data (dataset fingerprint {first} against {second})")
     if not np.array_equal(ma[0], mb[0]):
-        raise ValueError("the two rows were scored on different users: no paired comparison")
+        raise Unpaired("the two rows were scored on different users")
     return paired_difference(ma[1], mb[1])
 
 
