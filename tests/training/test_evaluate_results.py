@@ -382,4 +382,20 @@ def test_the_headline_controllability_is_the_models_own_and_served_stands_apart(
     assert cells[5] == f"{0.1 * eq16:.3f} ± 0.000 [{0.003 * eq16:.3f}]"
     assert cells[6] == "30.0 ± 0.0" and cells[7].startswith("25.0 ± ")  # γ = 0, then served
     goal = next(line for line in text.splitlines() if line.startswith("| collab + tag-supervised attention + edit penalty |"))
-    assert [c.strip() for c in goal.split("|")[1:-1]][4:7] == ["N/A", "N/A", "45.0 ± 0.0"]
+    assert [c.strip() for c in goal.split("|")[1:-1]][3:8] == ["no per-user values", "0.3960 ± 0.0052 [0.0100]", "N/A", "N/A", "45.0 ± 0.0"]
+
+
+def test_each_ablation_row_is_paired_with_the_tuned_row_user_by_user(tmp_path: Path) -> None:
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    for r in records:  # the goal row beats the tuned (main) row by 0.03 on every user
+        r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    goal = next(line for line in text.splitlines() if line.startswith("| collab + tag-supervised attention + edit penalty |"))
+    tuned = next(line for line in text.splitlines() if line.startswith("| tuned APRON"))
+    assert goal.split("|")[4].strip() == "+0.0300 [+0.0300, +0.0300]" and tuned.split("|")[4].strip() == "-"
+    for r in records:  # the tuned row prepared again: not the same people under the same row numbers
+        if r["row"] == "apron":
+            r["dataset_info"] = {**INFO, "fingerprint": "a" * 64}
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    assert "| not paired (below) |" in text
+    assert "- no paired comparison of `ablations/lastfm-2k/goal-collab` with `main/lastfm-2k/apron`: the two rows" in text

@@ -70,6 +70,19 @@ def pairing(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Paired | str | 
         return f"no paired comparison of {row_name(a)} with {row_name(b)}: {error}"
 
 
+def paired_cell(rows: list[dict[str, Any]], base: list[dict[str, Any]] | None, unpaired: list[str]) -> str:
+    """A table cell: `rows`' NDCG@100 minus `base`'s, paired per user, 'mean [low, high]'; where
+    the two cannot be paired, 'not paired' with `pairing`'s line added to `unpaired` (printed
+    under the table)."""
+    result = pairing(rows, base) if base else None
+    if result is None:
+        return "N/A" if not base else "no per-user values"
+    if isinstance(result, str):
+        unpaired.append(result)
+        return "not paired (below)"
+    return f"{result.mean:+.4f} [{result.low:+.4f}, {result.high:+.4f}]"
+
+
 def group(records: list[dict[str, Any]], part: str, dataset: str) -> dict[str, list[dict[str, Any]]]:
     rows: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -377,25 +390,31 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
             lines += [
                 f"### APRON ablations on {name} (test users)",
                 "",
-                f"| Row | features | NDCG@100 (↑) | Recall@20 (↑) | Δ@20, γ = 0 (↑) | %Δ@20, γ = 0 (↑) | %Δ@20 {SERVED} (↑) | seeds | changed settings |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+                "Paired: a row's NDCG@100 minus the tuned row's on the same test users (each user's value averaged "
+                f"over seeds), mean [{CONFIDENCE:.0%} t interval]; records written before per-user values were kept "
+                "have none to pair.",
+                "",
+                f"| Row | features | NDCG@100 (↑) | NDCG@100 − tuned, paired | Recall@20 (↑) | Δ@20, γ = 0 (↑) | %Δ@20, γ = 0 (↑) | %Δ@20 {SERVED} (↑) | seeds | changed settings |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
+            unpaired: list[str] = []
             same_as = {v.key: same_run_as(name, v) for v in ABLATIONS}
             for variant in [v for v in ABLATIONS if v.key in ablations or same_as[v.key]]:
                 if (same := same_as[variant.key]) is not None:
                     lines.append(f"| {variant.label} | same run as \"{same.label}\": the two rows' settings are "
-                                 f"equal on {name} (its defaults), so it is not trained twice | | | | | | | - |")  # fmt: skip
+                                 f"equal on {name} (its defaults), so it is not trained twice | | | | | | | | - |")  # fmt: skip
                     continue
                 rows = ablations[variant.key]
                 changed = ", ".join(f"{k}={v}" for k, v in variant.hyperparameters.items())
                 if variant.tag_min_share is not None:
                     changed = ", ".join(filter(None, [changed, f"tag_min_share={variant.tag_min_share}"]))
+                against = "-" if variant.key == "tuned" else paired_cell(rows, ablations.get("tuned"), unpaired)
                 lines.append(
-                    f"| {variant.label} | {rows[0]['features']} | {cell(aggregate(rows, 'ndcg@100'))} "
+                    f"| {variant.label} | {rows[0]['features']} | {cell(aggregate(rows, 'ndcg@100'))} | {against} "
                     f"| {cell(aggregate(rows, 'recall@20'))} | {delta_cell(rows)} "
                     f"| {pct(rows, '_intrinsic')} | {pct(rows)} | {len(rows)} | {changed or '-'} |"
                 )
-            lines.append("")
+            lines += ["", *[f"- {line}." for line in unpaired], *([""] if unpaired else [])]
         lines += tuned
     sweep = group(records, "sweep", SWEEP_DATASET)
     if sweep:
