@@ -309,7 +309,7 @@ class Job:
     run: Run
     split: str  # "test", or "val" for the sweep
     # final part: the tune row whose seed-0 run trained this very model (same settings, same seed;
-    # training is deterministic), so seed 0 scores that checkpoint instead of training it again
+    # on one machine training is deterministic), so seed 0 scores that checkpoint instead of training it again
     tuned_row: str | None = None
 
     def settings(self) -> dict[str, Any]:

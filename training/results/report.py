@@ -214,7 +214,7 @@ def final_lines(records: list[dict[str, Any]], dataset: str) -> list[str]:
     if reused:
         names = ", ".join(sorted({LABELS[r["model"]] for r in reused}))
         lines += ["", f"Seed 0 of {names}: the tune part's seed-0 model of the chosen configuration (same settings, "
-                  "same seed: training is deterministic), scored on the test users rather than trained again "
+                  "same seed: on one machine training is deterministic), scored on the test users rather than trained again "
                   "(`trained_in` in its record)."]  # fmt: skip
     return [*lines, ""]
 

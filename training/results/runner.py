@@ -92,8 +92,10 @@ def ensure_dataset(name: str, root: Path, features: set[str], progress: bool) ->
 def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> tuple[Any, Any, dict[str, Any]] | None:
     """The model the tune part trained for this final job's seed, when its record and checkpoint
     show the same settings, seed and dataset: (model, checkpoint info, what the record says of its
-    training). Training is deterministic for a seed (the lastfm-2k finals stopped at the tune runs'
-    epochs exactly), so this is the model a fresh run would train, at no cost."""
+    training). On one machine training is deterministic for a seed (the lastfm-2k finals stopped at
+    the tune runs' epochs exactly), so this is the model a fresh run would train, at no cost. (On
+    another host floating-point sums differ by ~1e-5, which can move early stopping: Last.fm's
+    goal-collab seed 1, run again on 2026-12-05, stopped 10 epochs later.)"""
     from training.checkpoint import load_checkpoint
 
     path = job.tuned_path(runs, seed)
