@@ -439,18 +439,20 @@ def rollout_lines(rollout: dict[str, Any] | None) -> list[str]:
     """The capture-during-serving check (gpu_stages.check_rollout) in a sentence."""
     if rollout is None:
         return ["A rollout (a new version capturing its graphs while the old one serves): not measured.", ""]
-    exercised = rollout["batches_during_capture"] > 0
-    if rollout["passed"]:
-        outcome = "passed"
-    elif rollout["errors"]:
+    if rollout["errors"]:
         outcome = f"**failed**: {'; '.join(rollout['errors'])}"
-    else:
+    elif rollout["differing"]:
         outcome = f"**failed**: {rollout['differing']} batches answered differently"
+    elif not rollout["new_model_agrees"]:
+        outcome = "**failed**: the new version answers differently"
+    elif rollout["batches_during_capture"] == 0:
+        outcome = "not exercised: no batch overlapped the capture, so it shows nothing"
+    else:
+        outcome = "passed"
     return [
-        f"A rollout (the torch backend's next version loading and capturing its CUDA graphs while the serving one "
+        f"A rollout (the torch backend's next version capturing its CUDA graphs while the serving one "
         f"answers batches from another thread, `gpu_stages.check_rollout`): {rollout['batches_during_capture']} "
-        f"batches served during the capture{'' if exercised else ' (none overlapped it: not exercised)'}, "
-        f"{outcome}; the new version {'agrees' if rollout['new_model_agrees'] else '**disagrees**'} with the old.",
+        f"batches served during the capture, {outcome}.",
         "",
     ]
 

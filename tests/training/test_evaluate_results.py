@@ -277,7 +277,7 @@ def test_a_sweep_options_verdict_says_what_was_measured() -> None:
     assert sweep_verdict(kept, 7.7) == f"helped (%Δ@20 +7.7 points; accuracy kept: {interval}, reaches 0)"
     assert sweep_verdict(kept, -7.1) == f"failed: %Δ@20 fell -7.1 points ({interval})"
     assert sweep_verdict(kept, 2.0) == f"failed: %Δ@20 moved +2.0 points, under 5 ({interval})"
-    assert sweep_verdict(kept, float("nan")).startswith("failed: %Δ@20 not measured (N/A); accuracy kept (")
+    assert sweep_verdict(kept, float("nan")).startswith("no verdict: %Δ@20 with γ = 0 not measured (N/A); accuracy kept (")
     assert sweep_verdict(fell, 12.0) == ("failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0040, 95% interval "
                                          "[-0.0060, -0.0020] over 186 users, below 0)")  # fmt: skip
     assert sweep_verdict(None, 12.0).startswith("no verdict: its records or the tuned row's keep no per-user values")
@@ -399,3 +399,25 @@ def test_each_ablation_row_is_paired_with_the_tuned_row_user_by_user(tmp_path: P
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
     assert "| not paired (below) |" in text
     assert "- no paired comparison of `ablations/lastfm-2k/goal-collab` with `main/lastfm-2k/apron`: the two rows" in text
+
+
+def test_a_row_whose_seeds_scored_other_users_costs_its_comparison_not_the_report(tmp_path: Path) -> None:
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    for r in records:
+        r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
+        if r["row"] == "goal-collab" and r["seed"] == 2:
+            r["per_user"]["users"] = [0, 1, 2, 5]
+    text = write_report(records, tmp_path / "RESULTS.md").read_text()
+    assert ("- no paired comparison of `ablations/lastfm-2k/goal-collab` with `main/lastfm-2k/apron`: ablations/lastfm-2k/"
+            "goal-collab seed 2 scored other users than its row's other seeds.") in text
+    assert "## Not run (yet)" in text  # the report went on
+
+
+def test_the_ablation_pairing_says_which_row_lacks_per_user_values(tmp_path: Path) -> None:
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    for r in records:
+        if r["row"] == "goal-collab":  # only the ablation row keeps them: the tuned row is what lacks them
+            r["per_user"] = {"users": [0, 1], "ndcg@100": [0.4, 0.5]}
+    goal = next(line for line in write_report(records, tmp_path / "R.md").read_text().splitlines() if line.startswith("| collab +"))
+    assert goal.split("|")[4].strip() == "the tuned row keeps no per-user values"
+

@@ -33,7 +33,16 @@ from training.results.catalogue import (
     same_run_as,
 )
 from training.results.selection import current_records, final_jobs, goal_choice, is_current, protocol, tunings
-from training.results.stats import CONFIDENCE, Cell, Paired, Unpaired, aggregate, paired_records, scaled
+from training.results.stats import (
+    CONFIDENCE,
+    Cell,
+    Paired,
+    Unpaired,
+    aggregate,
+    paired_records,
+    per_user_mean,
+    scaled,
+)
 
 
 def cell(value: Cell | None, digits: int = 4, per_user: bool = True) -> str:
@@ -76,7 +85,9 @@ def paired_cell(rows: list[dict[str, Any]], base: list[dict[str, Any]] | None, u
     under the table)."""
     result = pairing(rows, base) if base else None
     if result is None:
-        return "N/A" if not base else "no per-user values"
+        if not base:
+            return "N/A"
+        return "no per-user values" if per_user_mean(rows, "ndcg@100") is None else "the tuned row keeps no per-user values"
     if isinstance(result, str):
         unpaired.append(result)
         return "not paired (below)"
@@ -483,8 +494,8 @@ def sweep_verdict(paired: Paired | str | None, gain: float) -> str:
     interval = paired_text(paired)
     if not keeps_accuracy(paired):
         return f"failed: accuracy fell ({interval}, below 0)"
-    if math.isnan(gain):
-        return f"failed: %Δ@20 not measured (N/A); accuracy kept ({interval}, reaches 0)"
+    if math.isnan(gain):  # a penalised row recorded before γ = 0 was measured, say: nothing to judge
+        return f"no verdict: %Δ@20 with γ = 0 not measured (N/A); accuracy kept ({interval}, reaches 0)"
     if gain >= 5:
         return f"helped (%Δ@20 {gain:+.1f} points; accuracy kept: {interval}, reaches 0)"
     if gain <= -5:

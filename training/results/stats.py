@@ -74,15 +74,20 @@ class Paired:
     n_users: int
 
 
+class Unpaired(ValueError):
+    """Two rows that cannot be compared user by user: the message says why (the report prints it
+    in place of their paired comparison, naming the rows)."""
+
+
 def paired_difference(a: np.ndarray, b: np.ndarray) -> Paired:
     """Paired statistic of two (U,) arrays of the same users' values (NaN users dropped)."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise ValueError(f"paired values need the same users: shapes {a.shape} and {b.shape}")
+        raise Unpaired(f"paired values need the same users: shapes {a.shape} and {b.shape}")
     diff = a - b
     diff = diff[~np.isnan(diff)]
     if diff.size < 2:
-        raise ValueError("a paired interval needs at least 2 users")
+        raise Unpaired(f"a paired interval needs at least 2 users with values in both rows, not {diff.size}")
     mean, stderr = mean_stderr(diff)
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, diff.size - 1)) * stderr
     return Paired(mean, stderr, mean - half, mean + half, int(diff.size))
@@ -97,14 +102,9 @@ def per_user_mean(records: list[dict[str, Any]], metric: str) -> tuple[np.ndarra
     values = []
     for r in records:
         if not np.array_equal(np.asarray(r["per_user"]["users"]), users):
-            raise ValueError(f"{r['part']}/{r['dataset']}/{r['row']} seed {r['seed']} scored other users")
+            raise Unpaired(f"{r['part']}/{r['dataset']}/{r['row']} seed {r['seed']} scored other users than its row's other seeds")
         values.append(np.asarray(r["per_user"][metric], dtype=np.float64))
     return users, np.mean(values, axis=0)
-
-
-class Unpaired(ValueError):
-    """Two rows that cannot be compared user by user: the message says why (the report prints it
-    in place of their paired comparison, naming the rows)."""
 
 
 def paired_records(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str = "ndcg@100") -> Paired | None:
