@@ -275,7 +275,6 @@ def _grpc_server(
     health_servicer: health.aio.HealthServicer,
     interceptors: list[grpc.aio.ServerInterceptor],
     options: list[tuple[str, int]],
-    one_queue: bool,
     intake_depth: int,
 ) -> tuple[grpc.aio.Server, CallIntake | None]:
     """One grpc.aio server of the gateway's services (Recommender, ModelAdmin, health, reflection),
@@ -283,8 +282,8 @@ def _grpc_server(
     # no maximum_concurrent_rpcs: the gateway's own limit is the servicer's (--max-concurrent-rpcs),
     # which the deeper intake's calls meet as every other call does
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    methods = add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"], one_queue=one_queue)
-    add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"], one_queue=one_queue)
+    methods = add_service(server, servicer, pb.DESCRIPTOR.services_by_name["Recommender"])
+    add_service(server, admin, admin_pb2.DESCRIPTOR.services_by_name["ModelAdmin"])
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, ADMIN_SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -323,7 +322,9 @@ async def create_server(
         )
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
-        probe = QueueProbe() if config.max_queue_delay_ms > 0 else None  # reliability: shed a queue, never grow it
+        # reliability: shed a queue, never grow it; the probe waits in each Recommender method's own queue
+        recommender = [f"/{SERVICE_NAME}/{method.name}" for method in pb.DESCRIPTOR.services_by_name["Recommender"].methods]
+        probe = QueueProbe(recommender) if config.max_queue_delay_ms > 0 else None
         servicer = RecommenderServicer(config.server, config.security, models, store, metrics, probe and probe.delay)
         # --grpc-servers N: N servers on the port (serving/intake.py), so SO_REUSEPORT whenever N > 1
         shared_port = config.workers > 1 or config.reuse_port
@@ -344,12 +345,11 @@ async def create_server(
         drain = Drain()  # innermost: it sees the servicer's own handlers
         admin = ModelAdminServicer(config.server, config.security, models, metrics, servicer.concurrency)
         health_servicer = health.aio.HealthServicer()
-        one_queue = probe is not None  # the probe measures the queue it waits in: every call's
         servers = GrpcServers([
             _grpc_server(
                 servicer, admin, health_servicer,
                 [*([probe] if probe else []), streams, *resources.security.interceptors, *interceptors, drain.interceptor()],
-                options, one_queue, config.grpc_intake,
+                options, config.grpc_intake,
             )
             for _ in range(config.grpc_servers)
         ])  # fmt: skip

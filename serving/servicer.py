@@ -101,12 +101,12 @@ class RawRequest:
 
 
 def add_service(
-    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor, *, one_queue: bool = False
+    server: grpc.aio.Server, servicer: object, service: ServiceDescriptor
 ) -> dict[str, grpc.RpcMethodHandler]:
     """Register `servicer`'s methods of `service` (unary, each behind `rpc_boundary`) as the
-    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`);
-    with `one_queue`, as generic handlers only (below). Returns the handlers registered with grpc
-    core by fully qualified method (none with `one_queue`), for the deeper intake (serving/intake.py)."""
+    generated `add_*Servicer_to_server` does, but with requests handed over unparsed (`RawRequest`).
+    Returns the handlers registered with grpc core by fully qualified method, for the deeper intake
+    (serving/intake.py) and the queue probe (serving/queue_probe.py), which waits in their queues."""
     handlers = {}
     for method in service.methods:
         if method.client_streaming or method.server_streaming:
@@ -117,8 +117,6 @@ def add_service(
             response_serializer=serialize,  # a message, or a Reply with its profile already encoded
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
-    if one_queue:  # generic only: every call waits in core's one queue of unregistered calls, with the
-        return {}  # probe that measures it (serving/queue_probe.py)
     # registered with grpc core one by one: a pending-call queue per method
     server.add_registered_method_handlers(service.full_name, handlers)
     return {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
