@@ -124,9 +124,10 @@ def test_report_has_table_one_layout_seeds_and_missing_runs(tmp_path: Path) -> N
             "70.0 (tuned 12.0): no verdict: its records or the tuned row's keep no per-user values, so accuracy has no "
             "paired test (%Δ@20 +58.0 points)") in text
     assert "temperature 0.25: val NDCG@100 0.4400 (tuned 0.4400), val %Δ@20, γ = 0: 14.0 (tuned 12.0); served, with γ: 14.0" in text
-    assert ("| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20, γ = 0 (↑) | Δ@20 Eq. 16, γ = 0 (↑) "
-            "| %Δ@20, γ = 0 (↑) | %Δ@20 served, with γ (↑) |") in text
-    assert "| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] | N/A |" in text
+    assert ("| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | APRON − row, NDCG@100 paired | Δ@20, γ = 0 (↑) "
+            "| Δ@20 Eq. 16, γ = 0 (↑) | %Δ@20, γ = 0 (↑) | %Δ@20 served, with γ (↑) |") in text
+    assert ("| MacridVAE | 0.4050 ± 0.0052 [0.0100] | 0.5400 ± 0.0069 [0.0100] | 0.4500 ± 0.0058 [0.0200] "
+            "| APRON keeps no per-user values | N/A |") in text
     assert "| 0, 1, 2 |" in text and "test machine" in text
     assert "%Δ@20 = 100 · mean_τ Δ@20(τ) / mean_τ NDCG_t^F@20(τ)" in text
     assert "Recall@K = hits in the top K / min(K, the user's items to be found)" in text
@@ -377,10 +378,11 @@ def test_the_headline_controllability_is_the_models_own_and_served_stands_apart(
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
     apron = next(line for line in text.splitlines() if line.startswith("| APRON (ours) |"))
     cells = [c.strip() for c in apron.split("|")[1:-1]]
-    assert cells[4] == "0.1000 ± 0.0000 [0.0030]"  # Δ@20 = 30 / 300, γ = 0 (3 equal seeds)
+    assert cells[4] == "-"  # APRON − itself
+    assert cells[5] == "0.1000 ± 0.0000 [0.0030]"  # Δ@20 = 30 / 300, γ = 0 (3 equal seeds)
     eq16 = ideal_tag_dcg(20)  # Eq. 16: Δ@20 × the ideal DCG@20
-    assert cells[5] == f"{0.1 * eq16:.3f} ± 0.000 [{0.003 * eq16:.3f}]"
-    assert cells[6] == "30.0 ± 0.0" and cells[7].startswith("25.0 ± ")  # γ = 0, then served
+    assert cells[6] == f"{0.1 * eq16:.3f} ± 0.000 [{0.003 * eq16:.3f}]"
+    assert cells[7] == "30.0 ± 0.0" and cells[8].startswith("25.0 ± ")  # γ = 0, then served
     goal = next(line for line in text.splitlines() if line.startswith("| collab + tag-supervised attention + edit penalty |"))
     assert [c.strip() for c in goal.split("|")[1:-1]][3:8] == ["no per-user values", "0.3960 ± 0.0052 [0.0100]", "N/A", "N/A", "45.0 ± 0.0"]
 
@@ -421,3 +423,14 @@ def test_the_ablation_pairing_says_which_row_lacks_per_user_values(tmp_path: Pat
     goal = next(line for line in write_report(records, tmp_path / "R.md").read_text().splitlines() if line.startswith("| collab +"))
     assert goal.split("|")[4].strip() == "the tuned row keeps no per-user values"
 
+
+
+def test_the_main_table_pairs_apron_with_each_row_user_by_user(tmp_path: Path) -> None:
+    records = _records(goal_ndcg=0.44, goal_pct=45.0)
+    for r in records:  # APRON 0.41, MultiVAE 0.42, MacridVAE 0.45 (+ the same user offsets)
+        if r["row"] != "macridvae":  # MacridVAE's records predate per-user values
+            r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
+    lines = write_report(records, tmp_path / "RESULTS.md").read_text().splitlines()
+    cell = {name: next(line for line in lines if line.startswith(f"| {name} |")).split("|")[5].strip()
+            for name in ("MultiVAE", "MacridVAE", "APRON (ours)")}  # fmt: skip
+    assert cell == {"MultiVAE": "-0.0100 [-0.0100, -0.0100]", "MacridVAE": "no per-user values", "APRON (ours)": "-"}

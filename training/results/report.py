@@ -79,15 +79,17 @@ def pairing(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> Paired | str | 
         return f"no paired comparison of {row_name(a)} with {row_name(b)}: {error}"
 
 
-def paired_cell(rows: list[dict[str, Any]], base: list[dict[str, Any]] | None, unpaired: list[str]) -> str:
+def paired_cell(
+    rows: list[dict[str, Any]], base: list[dict[str, Any]] | None, unpaired: list[str], lacking: tuple[str, str]
+) -> str:
     """A table cell: `rows`' NDCG@100 minus `base`'s, paired per user, 'mean [low, high]'; where
-    the two cannot be paired, 'not paired' with `pairing`'s line added to `unpaired` (printed
-    under the table)."""
+    one keeps no per-user values, `lacking`'s text for it (rows', base's); where the two cannot be
+    paired, 'not paired' with `pairing`'s line added to `unpaired` (printed under the table)."""
     result = pairing(rows, base) if base else None
     if result is None:
         if not base:
             return "N/A"
-        return "no per-user values" if per_user_mean(rows, "ndcg@100") is None else "the tuned row keeps no per-user values"
+        return lacking[0] if per_user_mean(rows, "ndcg@100") is None else lacking[1]
     if isinstance(result, str):
         unpaired.append(result)
         return "not paired (below)"
@@ -374,22 +376,30 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
             "main rows with `text` features.",
             "",
         ]
+        unpaired_main: list[str] = []
         if main:
             lines += [
-            "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | Δ@20, γ = 0 (↑) | Δ@20 Eq. 16, γ = 0 (↑) | %Δ@20, γ = 0 (↑) "
-            f"| %Δ@20 {SERVED} (↑) | seeds | epochs (best) | train time |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "APRON − row: APRON's NDCG@100 minus the row's on the same test users (each user's value averaged over "
+            f"seeds), mean [{CONFIDENCE:.0%} t interval]; records written before per-user values were kept have none "
+            "to pair.",
+            "",
+            "| Method | Recall@20 (↑) | Recall@50 (↑) | NDCG@100 (↑) | APRON − row, NDCG@100 paired | Δ@20, γ = 0 (↑) "
+            f"| Δ@20 Eq. 16, γ = 0 (↑) | %Δ@20, γ = 0 (↑) | %Δ@20 {SERVED} (↑) | seeds | epochs (best) | train time |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             ]
         for model in [m for m in MODELS if m in main]:
             rows = main[model]
+            against = "-" if model == "apron" else "N/A" if "apron" not in main else paired_cell(
+                main["apron"], rows, unpaired_main, ("APRON keeps no per-user values", "no per-user values")
+            )
             lines.append(
                 f"| {LABELS[model]} | {cell(aggregate(rows, 'recall@20'))} | {cell(aggregate(rows, 'recall@50'))} "
-                f"| {cell(aggregate(rows, 'ndcg@100'))} | {delta_cell(rows)} "
+                f"| {cell(aggregate(rows, 'ndcg@100'))} | {against} | {delta_cell(rows)} "
                 f"| {delta_cell(rows, eq16=True)} | {pct(rows, '_intrinsic')} | {pct(rows)} "
                 f"| {', '.join(str(r['seed']) for r in sorted(rows, key=lambda r: r['seed']))} "
                 f"| {_epochs(rows)} | {np.mean([r['train_wall_time_s'] for r in rows]):.0f} s |"
             )
-        lines.append("")
+        lines += ["", *[f"- {line}." for line in unpaired_main], *([""] if unpaired_main else [])]
         for model in [m for m in MODELS if m in main]:
             figure = next((r.get("figure") for r in main[model] if r.get("figure")), None)
             if figure:
@@ -419,7 +429,9 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
                 changed = ", ".join(f"{k}={v}" for k, v in variant.hyperparameters.items())
                 if variant.tag_min_share is not None:
                     changed = ", ".join(filter(None, [changed, f"tag_min_share={variant.tag_min_share}"]))
-                against = "-" if variant.key == "tuned" else paired_cell(rows, ablations.get("tuned"), unpaired)
+                against = "-" if variant.key == "tuned" else paired_cell(
+                    rows, ablations.get("tuned"), unpaired, ("no per-user values", "the tuned row keeps no per-user values")
+                )
                 lines.append(
                     f"| {variant.label} | {rows[0]['features']} | {cell(aggregate(rows, 'ndcg@100'))} | {against} "
                     f"| {cell(aggregate(rows, 'recall@20'))} | {delta_cell(rows)} "
