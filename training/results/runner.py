@@ -94,7 +94,7 @@ def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> t
     show the same settings, seed and dataset: (model, checkpoint info, what the record says of its
     training). On one machine training is deterministic for a seed (the lastfm-2k finals stopped at
     the tune runs' epochs exactly), so this is the model a fresh run would train, at no cost. (On
-    another host floating-point sums differ slightly, which can move early stopping: of 113 runs
+    another host floating-point sums differ slightly, which can move early stopping: of 122 runs
     repeated on 2026-12-05, most moved NDCG@100 by ~1e-5, the most 3e-3 at the same epochs, and 5
     stopped at other epochs.)"""
     from training.checkpoint import load_checkpoint
