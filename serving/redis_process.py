@@ -51,6 +51,11 @@ from common.net import free_port
 log = logging.getLogger("apron.redis")
 LOADING_LOG_INTERVAL_S = 10.0  # a long AOF replay says how far it is this often
 EVICTION_POLICY = "volatile-lru"  # only keys with a TTL (cached profiles) are evicted: never stored edits
+# How long `prepare` waits for the directory's lock before calling it another server's. A server
+# that has just exited can hold it a moment longer: its main thread is a zombie (what /proc shows of
+# the process) while its other threads still end, and they hold the inherited lock's file until the
+# last one has (a CI run saw it once, starting right after a killed gateway's server was gone).
+LOCK_WAIT_S = 2.0
 APPENDFSYNC = "always"  # with AOF: every acknowledged write is on disk (the module docstring says why not everysec)
 
 # Unix socket paths are limited to ~107 bytes (sun_path); a longer data directory gets its socket
@@ -138,6 +143,19 @@ def _signals_deferred() -> Iterator[None]:
             signal.raise_signal(sig)  # now, to the handler it was meant for
 
 
+def _flock_within(fd: int, wait_s: float) -> bool:
+    """Whether an exclusive flock on `fd` was had within `wait_s` (polled every 20 ms)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+
 class RedisProcess:
     def __init__(
         self,
@@ -183,9 +201,7 @@ class RedisProcess:
                 path.chmod(0o600)
         if self._lock is None:
             fd = os.open(self.data_dir / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not _flock_within(fd, LOCK_WAIT_S):
                 os.close(fd)
                 raise RedisServerError(
                     f"another process runs a redis-server in {self.data_dir}: give this one its own "

@@ -3,6 +3,7 @@ server per data directory, and a killed server is reaped and restarted with its 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -192,3 +193,19 @@ def test_a_start_waits_as_long_as_the_server_makes_progress(tmp_path: Path, monk
     with pytest.raises(RedisServerError, match="nor made progress"):
         stuck.start(timeout=0.0)
     assert stuck.process is None  # stopped, not left running
+
+
+def test_the_directory_lock_is_had_once_its_holder_lets_go(tmp_path: Path) -> None:
+    """`prepare` waits up to LOCK_WAIT_S for the lock (a just-exited server's last threads may still
+    hold it), and no longer: one held throughout is another server's."""
+    from serving.redis_process import _flock_within
+
+    held = os.open(tmp_path / "gateway.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    fd = os.open(tmp_path / "gateway.lock", os.O_RDWR)
+    try:
+        assert not _flock_within(fd, 0.0)  # held: refused once the wait is over
+        os.close(held)  # the holder lets go
+        assert _flock_within(fd, 0.0)
+    finally:
+        os.close(fd)
