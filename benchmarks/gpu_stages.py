@@ -180,6 +180,8 @@ def check_rollout(load: Callable[[], Any], cases: Sequence[tuple[np.ndarray, lis
     captured."""
     import threading
 
+    if not cases:  # the serving thread would spin on nothing and never count a batch
+        raise ValueError("check_rollout needs at least one (weights, excludes) case")
     serving = load()
     serving.capture()
     expected = [serving.top_k(w, e) for w, e in cases]

@@ -73,11 +73,6 @@ class Sample:
     open_answered: int
     refused: int
 
-    @property
-    def refused_share(self) -> float:
-        """The refused calls' share of the open loop's offered calls (answered and refused)."""
-        return request_path.refused_share(self.refused, self.open_answered)
-
 
 FIELDS = ("rate", "p50_ms", "p99_ms", "cpu_ms", "open_rate", "open_p99_ms", "one_p50_ms", "gc_us", "open_loop_busy")
 

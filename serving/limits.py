@@ -197,7 +197,8 @@ class QueueDelay:
         self._recent: collections.deque[float] = collections.deque(maxlen=1)  # the last wait of each queue probed
 
     def track(self, queues: int) -> None:
-        """Probes take turns over `queues` queues (one per gRPC server, serving/intake.py): the
+        """Probes take turns over `queues` queues (one per gRPC server and Recommender method,
+        serving/queue_probe.py): the
         estimate keeps the longest of their last waits, so one long queue is not forgotten while the
         others are probed."""
         self._recent = collections.deque(self._recent, maxlen=queues)

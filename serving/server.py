@@ -42,7 +42,7 @@ from serving.config import ServingConfig
 from serving.control_page import page_routes
 from serving.drain import Drain
 from serving.health import RECOMMENDER, GatewayHealth
-from serving.http import HttpServer, build_app
+from serving.http import HttpServer, build_app, rpc_path
 from serving.intake import CallIntake, GrpcServers, call_intake, refuse_taken
 from serving.metrics import Metrics
 from serving.models import ModelLoadError, ModelSet, Routing, available_versions
@@ -323,7 +323,7 @@ async def create_server(
         make_scorer = functools.partial(create_scorer, config.inference, config.batching, config.repository, metrics=metrics)
         models = ModelSet(config.repository, store, make_scorer, metrics, config.backend)
         # reliability: shed a queue, never grow it; the probe waits in each Recommender method's own queue
-        recommender = [f"/{SERVICE_NAME}/{method.name}" for method in pb.DESCRIPTOR.services_by_name["Recommender"].methods]
+        recommender = [rpc_path(method) for method in pb.DESCRIPTOR.services_by_name["Recommender"].methods]
         probe = QueueProbe(recommender) if config.max_queue_delay_ms > 0 else None
         servicer = RecommenderServicer(config.server, config.security, models, store, metrics, probe and probe.delay)
         # --grpc-servers N: N servers on the port (serving/intake.py), so SO_REUSEPORT whenever N > 1

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -205,9 +206,10 @@ class _Capturing:
         if serving is None or serving is self:  # the serving model's own capture, before it serves
             return
         _Capturing.capturing = True
+        backstop = time.monotonic() + 60  # only if check_rollout stopped serving: fail, never spin forever
         try:
             while serving.seen < (1 if serving.fails else 2):
-                pass
+                assert time.monotonic() < backstop, "the serving model stopped answering during the capture"
         finally:
             _Capturing.capturing = False
 
@@ -241,3 +243,8 @@ def test_a_rollout_with_no_batch_during_the_capture_is_not_called_passed() -> No
     assert {rollout_status(*case) for case in [(True, 0, True, 3), (False, 1, True, 3), (False, 0, False, 3)]} == {"failed"}
     result = {"batches_during_capture": 0, "errors": [], "differing": 0, "new_model_agrees": True, "status": "not exercised"}
     assert "not exercised: no batch overlapped the capture" in " ".join(gpu_check.rollout_lines(result))
+
+
+def test_a_rollout_check_without_cases_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        check_rollout(lambda: None, [])
