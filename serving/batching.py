@@ -84,6 +84,8 @@ class _Pending(Generic[T, R]):
     queued_at: float = field(default_factory=time.perf_counter)
     started: float = 0.0  # perf_counter when its batch's run started and ended (the caller's stages)
     ended: float = 0.0
+    dequeued: bool = False  # taken out of the queue: into a batch, or dropped as given up
+    counted: bool = False  # counted in `_abandoned`: gave up while still queued
 
 
 class BatcherClosed(RuntimeError):
@@ -146,14 +148,19 @@ class MicroBatcher(Generic[T, R]):
         # (helper threads, a GPU) the CPU of the calling thread says nothing of the wait: wall time.
         self.runs_on_caller = runs_on_caller
         self._run_cost_s = 0.0
-        # callers that gave up while queued (their entries are dropped at the next dispatch, or when a
-        # full queue would refuse a newcomer for them)
+        # queue entries of callers that gave up (dropped at the next dispatch, or when a full queue
+        # would refuse a newcomer for them); a caller that gives up once its batch took it is not one
         self._abandoned = 0
 
     @property
     def queued(self) -> int:
         """Items waiting for a run (not counting the run in progress)."""
         return len(self._pending)
+
+    @property
+    def abandoned(self) -> int:
+        """Queue entries whose callers gave up (counted in `queued` until dropped)."""
+        return self._abandoned
 
     def retry_after_s(self) -> float:
         running_for = None if self._run_started is None else time.perf_counter() - self._run_started
@@ -163,8 +170,13 @@ class MicroBatcher(Generic[T, R]):
         if self._closed:
             raise BatcherClosed(f"{self.name} is closed")
         if len(self._pending) >= self.max_queue and self._abandoned:  # callers that gave up hold no place
-            self._pending = collections.deque(entry for entry in self._pending if not entry.future.done())
-            self._abandoned = 0
+            kept: collections.deque[_Pending[T, R]] = collections.deque()
+            for entry in self._pending:
+                if entry.future.done():
+                    entry.dequeued = True
+                else:
+                    kept.append(entry)
+            self._pending, self._abandoned = kept, 0
         if len(self._pending) >= self.max_queue:
             wait = self.retry_after_s()
             raise ResourceExhausted(
@@ -183,7 +195,9 @@ class MicroBatcher(Generic[T, R]):
         try:
             result = await entry.future
         except asyncio.CancelledError:
-            self._abandoned += 1  # counted here, free on the calls that wait to the end
+            if not entry.dequeued:  # counted here, free on the calls that wait to the end
+                entry.counted = True
+                self._abandoned += 1
             raise
         stage_clock.mark_batch(self.stages, entry.started, entry.ended)
         return result
@@ -197,7 +211,7 @@ class MicroBatcher(Generic[T, R]):
         if self._running is not None or self._closed:
             return
         while self._pending and self._pending[0].future.done():  # callers that gave up
-            self._pending.popleft()
+            self._drop(self._pending.popleft())
         if not self._pending:
             return
         if self.max_wait_s > 0 and len(self._pending) < self.max_batch_size:
@@ -212,7 +226,10 @@ class MicroBatcher(Generic[T, R]):
         batch = []
         while self._pending and len(batch) < self.max_batch_size:
             entry = self._pending.popleft()
-            if not entry.future.done():  # skip callers that gave up
+            if entry.future.done():  # skip callers that gave up
+                self._drop(entry)
+            else:
+                entry.dequeued = True
                 batch.append(entry)
         if not batch:
             return
@@ -228,6 +245,12 @@ class MicroBatcher(Generic[T, R]):
                 self._schedule()
             return
         self._executor.submit(self._work, batch, [entry.item for entry in batch], self._loop)
+
+    def _drop(self, entry: _Pending[T, R]) -> None:
+        """A given-up caller's entry leaves the queue (its future is done: cancelled)."""
+        entry.dequeued = True
+        if entry.counted:
+            self._abandoned -= 1
 
     def _schedule(self) -> None:
         if not self._dispatch_scheduled:

@@ -148,11 +148,33 @@ async def test_callers_that_gave_up_hold_no_place_in_a_full_queue() -> None:
     for task in gave_up:  # their deadlines passed
         task.cancel()
     await asyncio.gather(*gave_up, return_exceptions=True)
+    assert batcher.abandoned == 3
     waiting = asyncio.create_task(batcher.submit(7))  # taken, not refused for callers nobody waits for
     await until(lambda: batcher.queued == 1, "the new caller queued alone")
     model.gate.set()
     assert await first == 0 and await waiting == 14
     assert model.batches == [[0], [7]]
+    assert batcher.abandoned == 0
+    await batcher.close()
+
+
+async def test_only_callers_that_gave_up_while_queued_count_as_abandoned() -> None:
+    """A caller that gives up once its batch took it holds no queue entry: counting it would make a
+    full queue look for entries to drop that are not there."""
+    model = GatedModel()
+    batcher = MicroBatcher(model, max_batch_size=2, max_queue=4, name="m", inline_below_s=0)
+    running = [asyncio.create_task(batcher.submit(i)) for i in range(2)]
+    await model.run_started()  # both were taken into the run in progress
+    queued = [asyncio.create_task(batcher.submit(i)) for i in range(2, 4)]
+    await until(lambda: batcher.queued == 2, "two queue behind the run")
+    for task in (*running, queued[0]):
+        task.cancel()
+    await asyncio.gather(*running, queued[0], return_exceptions=True)
+    assert batcher.abandoned == 1  # the queued one only
+    model.gate.set()
+    assert await queued[1] == 6  # its batch dropped the one that gave up
+    assert batcher.abandoned == 0 and batcher.queued == 0
+    assert model.batches == [[0, 1], [3]]
     await batcher.close()
 
 
