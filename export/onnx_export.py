@@ -236,7 +236,8 @@ def export_onnx(model: APRON, k_max: int = contract.DEFAULT_K_MAX, precision: Pr
 def with_int8_scorer(graphs: ExportedGraphs) -> ExportedGraphs:
     """fp32 `graphs` with the scorer's f quantized to int8 (`export/quantize.py`), all else shared:
     what `export_onnx(..., precision=INT8)` returns, without tracing the model again."""
-    onnx_bytes = {**graphs.onnx, contract.SCORER_MODEL: quantize_scorer(graphs.onnx[contract.SCORER_MODEL])}
+    scorer = graphs.modules[contract.SCORER_MODEL]
+    onnx_bytes = {**graphs.onnx, contract.SCORER_MODEL: quantize_scorer(graphs.onnx[contract.SCORER_MODEL], bool(scorer.folded))}
     return replace(graphs, onnx=onnx_bytes)
 
 

@@ -4,7 +4,7 @@ At 41,000 items nearly all of a scorer run is f's last layer (600 x N, about 98 
 whole on every run: on a CPU the scorer is bound by that stream, not by arithmetic. ONNX Runtime's
 dynamic quantization stores each of f's weight matrices as int8 (7-bit range, see `reduce_range`
 below) with one scale per output channel (a quarter of the bytes) and quantizes the layer's input
-(the shares, then tanh's output) to uint8 per run, each row with its own scale
+(the shares, or u where f has no hidden layer to fold u into; then tanh's output) to uint8 per run, each row with its own scale
 (`quantize_rows_apart`: a request's scores never depend on the requests batched with it), so each
 layer is one integer matrix product (MatMulInteger) and a rescale.
 
@@ -42,10 +42,11 @@ def f_layers(graph: onnx.GraphProto) -> list[str]:
     return [node.name for node in graph.node if node.op_type in WEIGHT_OPS and node.name.startswith(F_NODES)]
 
 
-def quantize_scorer(scorer_onnx: bytes) -> bytes:
+def quantize_scorer(scorer_onnx: bytes, reads_shares: bool = True) -> bytes:
     """The scorer graph with f's weights int8 (per output channel) and its layer inputs quantized
     to uint8 at run time; raises QuantizationError unless every one of f's layers, and nothing
-    else, became an integer product."""
+    else, became an integer product. `reads_shares`: f's first layer reads the (non-negative)
+    shares, u folded into it (`ServedScorer.folded`); otherwise it reads u, of either sign."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load_from_string(scorer_onnx)
@@ -78,7 +79,7 @@ def quantize_scorer(scorer_onnx: bytes) -> bytes:
             f"ONNX Runtime's quantizer made integer products {products} of f's layers {layers}: "
             "this onnxruntime version quantizes differently; export without --int8"
         )
-    quantize_rows_apart(quantized.graph)
+    quantize_rows_apart(quantized.graph, reads_shares)
     sort_nodes(quantized.graph)
     onnx.checker.check_model(quantized)
     return quantized.SerializeToString()
@@ -93,11 +94,12 @@ NON_NEGATIVE_OPS = ("Relu",)  # producers whose output is never below 0 (f's fir
 SMALLEST_SCALE = 1e-30  # an all-zero row (an empty profile): any scale gives 0, this one no NaN
 
 
-def quantize_rows_apart(graph: onnx.GraphProto) -> None:
+def quantize_rows_apart(graph: onnx.GraphProto, reads_shares: bool = True) -> None:
     """Each of the quantizer's `DynamicQuantizeLinear` nodes (one scale and zero point for the
     whole (B, D) input, the batch's rows together, so a row's scores depended on its batch
     neighbours) becomes a per-row quantization: its row's own scale, a fixed zero point. The
-    products, their rescale (now (B, 1) × (N,)) and the weights are unchanged. In place."""
+    products, their rescale (now (B, 1) × (N,)) and the weights are unchanged. In place.
+    `reads_shares`: f's first layer reads the shares (see `quantize_scorer`)."""
     producers = {output: node for node in graph.node for output in node.output}
     products = {node.input[0]: node for node in graph.node if node.op_type == QUANTIZED_OP}  # quantized input -> its product
     for node in list(graph.node):
@@ -105,8 +107,10 @@ def quantize_rows_apart(graph: onnx.GraphProto) -> None:
             continue
         (x,), (quantized, scale, zero_point) = node.input, node.output
         producer = producers.get(x)
-        # f's first layer (traced as /f/f.0/) reads the shares; a later one reads its activation's output
-        non_negative = products[quantized].name.startswith(f"{F_NODES}f.0/") or (producer is not None and producer.op_type in NON_NEGATIVE_OPS)
+        # f's first layer (traced as /f/f.0/) reads the shares when u is folded into it, else u (signed:
+        # from 0 its negative half would be clipped); a later one reads its activation's output
+        first = products[quantized].name.startswith(f"{F_NODES}f.0/")
+        non_negative = (first and reads_shares) or (producer is not None and producer.op_type in NON_NEGATIVE_OPS)
         zero, levels = UNSIGNED if non_negative else SIGNED
         graph.node.remove(node)
         graph.node.extend(_row_quantization(x, quantized, scale, f"{x}_rows", zero, levels))

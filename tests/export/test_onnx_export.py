@@ -458,6 +458,20 @@ def test_int8_quantizes_f_alone_and_scores_within_its_tolerance(penalised: APRON
     assert not all(r.ok for r in check_parity(int8, penalised, batch=12, seed=3))  # not within fp32's 1e-4
 
 
+def test_int8_quantizes_u_as_signed_where_f_has_no_hidden_layer(model: APRON) -> None:
+    """f of one layer: u is not folded into it (`ServedScorer.folded`), so the layer reads u, of
+    either sign, not the shares; quantized from 0 like the shares, its negative half was clipped
+    and the int8 export failed its parity check."""
+    import dataclasses
+
+    torch.manual_seed(5)
+    shallow = APRON(dataclasses.replace(model.config, hidden_dims=())).eval()
+    int8 = export_onnx(shallow, k_max=TINY_K_MAX, precision=Precision.INT8)
+    assert not int8.modules[contract.SCORER_MODEL].folded
+    results = check_parity(int8, shallow, Precision.INT8, batch=12, seed=3)
+    assert all(r.ok for r in results), [str(r) for r in results if not r.ok]
+
+
 def test_int8_scorer_excludes_edits_and_ranks_like_the_fp32_one(penalised: APRON) -> None:
     """Exclusions, k and the edit penalty are exact in the int8 graph; its top k is the fp32 one's
     but for items whose fp32 scores lie within the int8 tolerance of each other."""
