@@ -132,6 +132,12 @@ class ServingConfig:
         "1: grpc.aio's own intake alone; on a grpcio whose internals it was not written for, 1 with a warning",
     )
     metrics_port: int = _option(9464, "Prometheus /metrics port (0: any free port; -1: no metrics server)")
+    front_refusals_port: int = _option(
+        -1,
+        "UDP port, on --host, that the nginx front (python -m serving.front --refusals-to) reports each call it "
+        "refused to: counted as apron_front_refused_total on /metrics, read only when scraped "
+        "(serving/front_refusals.py; -1: off; 0: any free port)",
+    )
     http_port: int = _option(
         -1,
         "HTTP/JSON port beside gRPC, same calls, tokens and limits, with /v1/openapi.json and the control page at / "
@@ -338,9 +344,11 @@ class ServingConfig:
             )
         if not 0 <= self.port <= MAX_PORT:  # checked here, not by the first bind: a clear error, not a socket's OverflowError
             raise ValueError(f"port must be 0 (any free port) or a port up to {MAX_PORT}, got {self.port}")
-        for name in ("http_port", "metrics_port"):
+        for name in ("http_port", "metrics_port", "front_refusals_port"):
             if not -1 <= getattr(self, name) <= MAX_PORT:
                 raise ValueError(f"{name} must be -1 (off), 0 (any free port) or a port up to {MAX_PORT}, got {getattr(self, name)}")
+        if self.front_refusals_port >= 0 and self.metrics_port < 0:
+            raise ValueError("front_refusals_port counts on /metrics: it needs metrics_port (not -1)")
         if self.redis_cluster and not self.redis_url:
             raise ValueError("redis_cluster needs redis_url (a node of the cluster); the private redis-server is not a cluster")
         # model_version 0 (the newest) is not known before loading: Routing checks that pair at start-up
@@ -426,6 +434,7 @@ class ServerConfig:
     grpc_servers: int
     grpc_intake: int
     metrics_port: int
+    front_refusals_port: int
     http_port: int
     request_timeout_s: float
     shutdown_grace_s: float

@@ -38,6 +38,7 @@ from common.net import free_port
 from serving import auth
 from serving.config import ServingConfig
 from serving.errors import RETRY_AFTER_KEY
+from serving.front_refusals import REPORT_MESSAGE, SYSLOG_TAG
 from serving.limits import max_request_bytes
 
 DEFAULT_MAX_CALLS = 64  # Locust's throughput on the 2-core gateway peaks near 64 users (RELIABILITY.md, loadtests.shedding)
@@ -64,6 +65,9 @@ class FrontConfig:
     # the gateway behind serves TLS too (the deploy): the front connects with TLS, without verifying
     # its certificate, which names the Service, not the pod's loopback it is reached on
     upstream_tls: bool = False
+    # host:port of the gateway's --front-refusals-port: one syslog datagram per refused call, counted
+    # on its /metrics (serving/front_refusals.py); empty: refusals are not reported
+    refusals_to: str = ""
 
     def __post_init__(self) -> None:
         if self.max_calls < 1:
@@ -72,6 +76,8 @@ class FrontConfig:
             raise ValueError("tls_cert and tls_key go together")
         host, _ = split_address(self.listen, "listen")  # a bad address: this error, not nginx's or a timeout
         split_address(self.upstream, "upstream")
+        if self.refusals_to:
+            split_address(self.refusals_to, "refusals_to")
         # the gateway behind may be a laptop's (a development secret, no auth): plaintext stays on this machine
         if not self.tls_cert and not auth.is_loopback(host):
             raise ValueError(
@@ -103,6 +109,12 @@ def render_nginx_conf(config: FrontConfig, workdir: Path, error_log: str = "") -
     ssl_certificate_key {config.tls_key};
     ssl_protocols TLSv1.2 TLSv1.3;""" if config.tls_cert else ""
     scheme = "grpcs" if config.upstream_tls else "grpc"
+    # a refused call's report: one datagram, sent without waiting, read by nobody until a scrape
+    report_format = f"\n  log_format apron_refused '{REPORT_MESSAGE}';" if config.refusals_to else ""
+    report = (
+        f"\n      access_log syslog:server={config.refusals_to},tag={SYSLOG_TAG},nohostname apron_refused;"
+        if config.refusals_to else ""
+    )  # fmt: skip
     return f"""# rendered by serving/front.py: do not edit, render again
 worker_processes 1;
 daemon off;
@@ -110,7 +122,7 @@ pid {workdir}/nginx.pid;
 error_log {error_log or f'{workdir}/error.log'} warn;
 events {{ worker_connections 16384; }}
 http {{
-  access_log off;
+  access_log off;{report_format}
   client_body_temp_path {workdir}/body;
   proxy_temp_path {workdir}/proxy;
   fastcgi_temp_path {workdir}/fastcgi;
@@ -152,7 +164,7 @@ http {{
       grpc_read_timeout 1d;
       grpc_send_timeout 1d;
     }}
-    location @shed {{
+    location @shed {{{report}
       default_type application/grpc;
       add_header grpc-status 8 always;
       add_header grpc-message "{message}" always;
@@ -254,13 +266,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tls-cert", default="", help="PEM certificate chain: the front serves TLS")
     parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
     parser.add_argument("--upstream-tls", action="store_true", help="the gateway behind serves TLS")
+    parser.add_argument(
+        "--refusals-to", default="", help="host:port of the gateway's --front-refusals-port: each refused call is counted there"
+    )
     parser.add_argument("--error-log", default="", help="--print-config: where nginx logs errors (default: in --workdir)")
     parser.add_argument("--print-config", action="store_true", help="print nginx.conf (the deploy's) instead of running nginx")
     args = parser.parse_args(argv)
     try:
         config = FrontConfig(
             listen=args.listen, upstream=args.upstream, max_calls=args.max_calls, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            upstream_tls=args.upstream_tls,
+            upstream_tls=args.upstream_tls, refusals_to=args.refusals_to,
         )  # fmt: skip
     except ValueError as error:
         parser.error(str(error))

@@ -41,6 +41,7 @@ from serving.catalog import ServedModel
 from serving.config import ServingConfig
 from serving.control_page import page_routes
 from serving.drain import Drain
+from serving.front_refusals import FrontRefusals, open_front_refusals
 from serving.health import RECOMMENDER, GatewayHealth
 from serving.http import HttpServer, build_app, rpc_path
 from serving.intake import CallIntake, GrpcServers, call_intake, refuse_taken
@@ -144,6 +145,7 @@ class ApronServer:
     resources: Resources
     owns_resources: bool  # a test's gateway opened its own; `apron serve`'s belong to the runtime
     metrics_port: int | None = None
+    front_refusals: FrontRefusals | None = None  # --front-refusals-port: the front's refusals, counted on /metrics
     http: HttpServer | None = None  # --http-port: the same calls as HTTP/JSON (serving/http.py)
     redis_watch: RedisWatch | None = None
     queue_probe: QueueProbe | None = None  # measures the wait before the loop takes a call up (admission)
@@ -188,6 +190,7 @@ class ApronServer:
         if self.http is not None:
             await self.http.start()
         if self.config.metrics_port >= 0:
+            self.front_refusals = open_front_refusals(self.config.host, self.config.front_refusals_port, self.metrics.registry)
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host, self.status.http_probes())
         # reliability: the dependencies' health is watched (the runtime restarts a private redis-server that died);
         # readiness follows the inference backend, not Redis (serving/health.py); while Redis is known down
@@ -211,6 +214,7 @@ class ApronServer:
                 "fields": {
                     "port": self.port,
                     "metrics_port": self.metrics_port,
+                    "front_refusals_port": self.front_refusals.port if self.front_refusals is not None else None,
                     "http_port": self.http_port,
                     "model_version": self.model.version,
                     "backend": self.scorer.backend,
@@ -252,6 +256,8 @@ class ApronServer:
         if self.owns_resources:
             self.resources.close()
         self.metrics.shutdown()
+        if self.front_refusals is not None:
+            self.front_refusals.close()
         log.info("stopped", extra={"fields": {"port": self.port}})
 
     @property

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from serving.catalog import ServedModel
     from serving.config import ServingConfig
+    from serving.front_refusals import FrontRefusals
     from serving.resources import OnServing, Resources
 
 log = logging.getLogger("apron.gateway")
@@ -81,6 +82,7 @@ def run_workers(
     worker's death; SIGHUP is forwarded (each worker rolls out the newest model version)."""
     from prometheus_client import CollectorRegistry, multiprocess
 
+    from serving.front_refusals import open_front_refusals
     from serving.metrics import serve_http, stop_http
     from serving.resources import Serving, forwarded_signals
 
@@ -111,6 +113,7 @@ def run_workers(
 
     metrics_dir = tempfile.mkdtemp(prefix="apron-metrics-")
     metrics_server = None
+    front_refusals: FrontRefusals | None = None  # in the process that serves /metrics: this one
     # the handlers stay for the drain: with the default ones back, a second Ctrl-C raised
     # KeyboardInterrupt inside the joins and left the workers and their metrics directory behind
     with forwarded_signals(stop, hang_up):
@@ -141,6 +144,7 @@ def run_workers(
                     # the parent's probes: live while it runs; ready while every worker serves and none is stopping
                     # (each worker's own health answers on the shared gRPC port)
                     probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
+                    front_refusals = open_front_refusals(config.host, config.front_refusals_port, registry)
                     metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
                 metrics_port = metrics_server.server_port if metrics_server is not None else None
                 if on_serving is not None and not stopping:
@@ -161,6 +165,8 @@ def run_workers(
             _stop_workers(workers, config.shutdown_grace_s, metrics_dir)
             if metrics_server is not None:
                 stop_http(metrics_server)
+            if front_refusals is not None:
+                front_refusals.close()
             os.environ.pop(MULTIPROC_ENV, None)
             shutil.rmtree(metrics_dir, ignore_errors=True)
 

@@ -23,6 +23,7 @@ from export import contract, triton_server
 from export.triton_repository import parse_config
 from serving import auth
 from serving.config import ServingConfig, env_name
+from serving.front_refusals import FrontRefusals
 from serving.metrics import Metrics
 from tests.deploy.conftest import (
     DEPLOY,
@@ -109,9 +110,11 @@ def check_compose_front(front: dict[str, Any], config: ServingConfig, compose: d
     assert front["command"] == ["nginx", "-c", "/etc/apron-front/nginx.conf"]
     expected = render_nginx_conf(
         FrontConfig(listen=f"0.0.0.0:{front_port}", upstream=f"gateway:{config.port}", max_calls=DEFAULT_MAX_CALLS,
-                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert)),
+                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert),
+                    refusals_to=f"gateway:{config.front_refusals_port}"),
         Path(front["tmpfs"][0]), "stderr",
     )  # fmt: skip
+    assert config.front_refusals_port > 0  # the front's refusals are counted on the gateway's /metrics
     assert conf.read_text() == expected
     assert set(front["secrets"]) == {Path(config.tls_cert).name, Path(config.tls_key).name} <= set(compose["secrets"])
     assert front["depends_on"] == {"gateway": {"condition": "service_healthy"}}
@@ -430,7 +433,12 @@ def test_prometheus_scrapes_the_ports_compose_uses(compose: dict[str, Any]) -> N
 def gateway_metric_families() -> set[str]:
     """Every sample name the gateway's registry can expose (histograms' and counters' suffixes)."""
     names = set()
-    for family in Metrics().registry.collect():
+    refusals = FrontRefusals("127.0.0.1", 0)  # on the registry with --front-refusals-port
+    try:
+        families = [*Metrics().registry.collect(), *refusals.collect()]
+    finally:
+        refusals.close()
+    for family in families:
         if family.type == "histogram":
             names.update(family.name + suffix for suffix in HISTOGRAM_SUFFIXES)
         elif family.type == "counter":
@@ -445,7 +453,7 @@ def test_alert_and_dashboard_metrics_exist_in_the_gateway(alert_rules: dict, das
     expressions = [rule["expr"] for rule in rules] + dashboard_expressions
     used = {name for name in metric_names(expressions) if name.startswith("apron_")}
     missing = used - gateway_metric_families()
-    assert not missing, f"not exported by serving/metrics.py: {missing}"
+    assert not missing, f"not exported by serving/metrics.py or serving/front_refusals.py: {missing}"
     assert {"apron_rpc_duration_seconds_bucket", "apron_profile_cache_requests_total"} <= used
 
     recorded = {rule["record"] for rule in rules if "record" in rule}
@@ -649,9 +657,11 @@ def test_k8s_front_sheds_before_the_gateway_with_the_rendered_config(k8s: dict) 
     assert mounts["tls"] == str(Path(config.tls_cert).parent)  # the gateway's certificate, served by the front
     expected = render_nginx_conf(
         FrontConfig(listen=f"0.0.0.0:{front_ports['grpc']}", upstream=f"127.0.0.1:{config.port}", max_calls=DEFAULT_MAX_CALLS,
-                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert)),
+                    tls_cert=config.tls_cert, tls_key=config.tls_key, upstream_tls=bool(config.tls_cert),
+                    refusals_to=f"127.0.0.1:{config.front_refusals_port}"),
         Path(mounts["front-tmp"]), "stderr",
     )  # fmt: skip
+    assert config.front_refusals_port > 0  # the front's refusals are counted on the gateway's /metrics
     assert k8s[("ConfigMap", "apron-front")]["data"]["nginx.conf"] == expected
     assert front["command"] == ["nginx", "-c", f"{mounts['front-config']}/nginx.conf"]
     assert front["securityContext"]["readOnlyRootFilesystem"] is True

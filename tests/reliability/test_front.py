@@ -5,6 +5,8 @@ grpc core and never CANCELLED or UNAVAILABLE; what the front passes on is the ga
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from serving.front import (
 )
 from serving.front import main as front_main
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from tests.polling import wait_until
 from tests.reliability.conftest import Tokens
 from tests.serving.certs import make_pki
 
@@ -40,14 +43,24 @@ BURST_CHANNELS = 8  # hostile.burst's default: one warm-up call per channel befo
 @pytest.fixture(scope="module")
 def gateway(python_repository: Path, redis_server, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory):
     args = ["--repository", str(python_repository), "--no-build-demo", "--redis-url", redis_server.url,
-            "--jwt-secret-file", str(tokens.path)]  # fmt: skip
+            "--jwt-secret-file", str(tokens.path), "--front-refusals-port", "0"]  # fmt: skip
     with run_gateway(args, tmp_path_factory.mktemp("front-gateway")) as gateway:
         yield gateway
 
 
+def refusals_port(gateway: GatewayProcess) -> int:
+    """The UDP port the gateway took for --front-refusals-port 0 (its "serving" log line)."""
+    found = re.search(r"front_refusals_port=(\d+)", gateway.log())
+    assert found, gateway.log_tail()
+    return int(found[1])
+
+
 @pytest.fixture(scope="module")
 def front(gateway: GatewayProcess):
-    with NginxFront(FrontConfig(listen="127.0.0.1:0", upstream=gateway.target, max_calls=FRONT_MAX_CALLS)) as front:
+    config = FrontConfig(
+        listen="127.0.0.1:0", upstream=gateway.target, max_calls=FRONT_MAX_CALLS, refusals_to=f"127.0.0.1:{refusals_port(gateway)}"
+    )
+    with NginxFront(config) as front:
         yield front
 
 
@@ -61,6 +74,7 @@ async def test_a_burst_through_the_front_is_answered_or_shed_at_once(
     history = ServedModel.load(python_repository).metadata.item_ids[:10]
     answered_before = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="OK")
     shed_before = gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED")
+    front_shed_before = gateway.metric("apron_front_refused_total")
     report = await hostile.burst(front.target, service_token(tokens), history, calls=BURST_CALLS, channels=BURST_CHANNELS)
     assert set(report["statuses"]) <= {"OK", "RESOURCE_EXHAUSTED"}, report
     assert sum(report["statuses"].values()) == BURST_CALLS, report
@@ -71,6 +85,10 @@ async def test_a_burst_through_the_front_is_answered_or_shed_at_once(
     assert gateway.metric("apron_rpc_rejections_total", method="Recommend", code="RESOURCE_EXHAUSTED") == shed_before
     answered = gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="OK") - answered_before
     assert answered == ok + BURST_CHANNELS
+    # ... and counted each on its /metrics all the same, from the front's reports (sent as they happen;
+    # nginx may still be sending the last ones)
+    wait_until(lambda: gateway.metric("apron_front_refused_total") - front_shed_before >= shed, "the refusals counted")
+    assert gateway.metric("apron_front_refused_total") - front_shed_before == shed
 
 
 async def test_the_front_passes_the_gateways_answers_through(front: NginxFront, tokens: Tokens, python_repository: Path):
@@ -120,6 +138,15 @@ def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stderr
     assert "limit_conn apron_calls 7;" in text and f"{MAX_CALLS_FLAG})" in text
     assert all(f" {ms};" in text for ms in RETRY_AFTER_MS) and RETRY_AFTER_KEY in text
+    assert "syslog:" not in text  # no --refusals-to: nothing reported
+    reporting = render_nginx_conf(dataclasses.replace(config, refusals_to="127.0.0.1:5140"), tmp_path)
+    (tmp_path / "nginx.conf").write_text(reporting)
+    checked = subprocess.run([nginx_binary(), "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+    shed = reporting[reporting.index("location @shed"):]
+    assert reporting.count("access_log syslog:server=127.0.0.1:5140,") == shed.count("access_log syslog:") == 1  # refusals only
+    with pytest.raises(ValueError, match="refusals_to must be host:port"):
+        FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", refusals_to="gateway")
     with pytest.raises(ValueError):
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=0)
     with pytest.raises(ValueError):
