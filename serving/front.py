@@ -44,6 +44,7 @@ from serving.limits import max_request_bytes
 DEFAULT_MAX_CALLS = 64  # Locust's throughput on the 2-core gateway peaks near 64 users (RELIABILITY.md, loadtests.shedding)
 RETRY_AFTER_MS = (50, 100, 150, 200)  # one drawn per shed call
 MAX_CALLS_FLAG = "--max-calls"  # named in the shed message, as the gateway names its own settings
+MAX_BODY_FLAG = "--max-body-bytes"  # named in the answer to a request over it
 START_TIMEOUT_S = 20.0
 START_ATTEMPTS = 5  # a free port picked for the front may be taken before nginx binds it: pick another
 
@@ -72,6 +73,8 @@ class FrontConfig:
     def __post_init__(self) -> None:
         if self.max_calls < 1:
             raise ValueError(f"max_calls must be at least 1, got {self.max_calls}")
+        if self.max_body_bytes < 0:
+            raise ValueError(f"max_body_bytes must be 0 (the gateway's default limits) or more, got {self.max_body_bytes}")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         host, _ = split_address(self.listen, "listen")  # a bad address: this error, not nginx's or a timeout
@@ -103,6 +106,10 @@ def render_nginx_conf(config: FrontConfig, workdir: Path, error_log: str = "") -
     message = (
         f"overloaded: the gateway's front is at its limit of {config.max_calls} calls at once ({MAX_CALLS_FLAG}); "
         f"retry after {RETRY_AFTER_KEY}"
+    )
+    too_large = (
+        f"the request is larger than the gateway's front accepts ({body} bytes, {MAX_BODY_FLAG}: render the front "
+        "again with the gateway's own limits when --max-history, --max-edits or --max-message-bytes are raised)"
     )
     tls = f"""
     ssl_certificate {config.tls_cert};
@@ -152,6 +159,8 @@ http {{
       limit_conn apron_calls {config.max_calls};
       limit_conn_status 429;
       error_page 429 = @shed;
+      # a gRPC status, not HTTP 413 (which clients see as UNKNOWN), naming the limit
+      error_page 413 = @too_large;
       grpc_pass {scheme}://apron_gateway;
       grpc_read_timeout {config.read_timeout_s:g}s;
       grpc_send_timeout {config.read_timeout_s:g}s;
@@ -169,6 +178,12 @@ http {{
       add_header grpc-status 8 always;
       add_header grpc-message "{message}" always;
       add_header {RETRY_AFTER_KEY} $apron_retry_after_ms always;
+      return 204;
+    }}
+    location @too_large {{
+      default_type application/grpc;
+      add_header grpc-status 8 always;
+      add_header grpc-message "{too_large}" always;
       return 204;
     }}
   }}
@@ -262,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", required=True, help="host:port of apron serve")
     parser.add_argument("--listen", default="127.0.0.1:8443", help="host:port of the front (beyond loopback: with --tls-cert)")
     parser.add_argument(MAX_CALLS_FLAG, dest="max_calls", type=int, default=DEFAULT_MAX_CALLS, help="calls in flight through the front")
+    parser.add_argument(
+        MAX_BODY_FLAG, dest="max_body_bytes", type=int, default=0,
+        help="largest request body passed on (0: the largest the gateway's default limits accept; the gateway's "
+        "--max-history, --max-edits and --max-message-bytes set its own)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/nginx"), help="--print-config: pid, log and temporary files")
     parser.add_argument("--tls-cert", default="", help="PEM certificate chain: the front serves TLS")
     parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
@@ -274,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         config = FrontConfig(
-            listen=args.listen, upstream=args.upstream, max_calls=args.max_calls, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            listen=args.listen, upstream=args.upstream, max_calls=args.max_calls, max_body_bytes=args.max_body_bytes,
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
             upstream_tls=args.upstream_tls, refusals_to=args.refusals_to,
         )  # fmt: skip
     except ValueError as error:

@@ -19,6 +19,7 @@ from loadtests.gateway_process import GatewayProcess, run_gateway
 from serving.catalog import ServedModel
 from serving.errors import RETRY_AFTER_KEY
 from serving.front import (
+    MAX_BODY_FLAG,
     MAX_CALLS_FLAG,
     RETRY_AFTER_MS,
     FrontConfig,
@@ -112,6 +113,26 @@ async def test_the_front_passes_the_gateways_answers_through(front: NginxFront, 
         assert len(pb.RecommendResponse.FromString(await recommend(big, metadata=tokens.service(), timeout=60)).items) == 3
 
 
+async def test_a_request_over_the_fronts_body_limit_gets_a_grpc_status_naming_it(
+    gateway: GatewayProcess, tokens: Tokens, python_repository: Path
+):
+    """nginx answers a body over client_max_body_size with HTTP 413, which a gRPC client reads as
+    UNKNOWN "status: 413"; the front answers RESOURCE_EXHAUSTED naming its limit and the flag."""
+    history = ServedModel.load(python_repository).metadata.item_ids[:5]
+    small = FrontConfig(listen="127.0.0.1:0", upstream=gateway.target, max_body_bytes=2_000)
+    with NginxFront(small) as front:
+        async with grpc.aio.insecure_channel(front.target) as channel:
+            recommend = channel.unary_unary(hostile.RECOMMEND, request_serializer=None, response_deserializer=None)
+            fits = pb.RecommendRequest(user_id="front-small", history=history, k=3).SerializeToString()
+            assert len(pb.RecommendResponse.FromString(await recommend(fits, metadata=tokens.service(), timeout=30)).items) == 3
+            large = pb.RecommendRequest(user_id="front-small", history=list(history) * 200, k=3).SerializeToString()
+            assert len(large) > 2_000
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await recommend(large, metadata=tokens.service(), timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value
+    assert "2000 bytes" in (refused.value.details() or "") and MAX_BODY_FLAG in (refused.value.details() or "")
+
+
 async def test_health_watches_through_the_front_are_not_counted_as_calls(front: NginxFront, tokens: Tokens, python_repository: Path):
     """More open Health.Watch streams than the front's call limit: a Recommend still gets through
     (the watches are bounded by the gateway's --max-open-streams, not by the front)."""
@@ -149,6 +170,8 @@ def test_the_rendered_config_is_valid_nginx(tmp_path: Path) -> None:
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", refusals_to="gateway")
     with pytest.raises(ValueError):
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_calls=0)
+    with pytest.raises(ValueError, match="max_body_bytes must be 0"):
+        FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", max_body_bytes=-1)
     with pytest.raises(ValueError):
         FrontConfig(listen="127.0.0.1:1", upstream="127.0.0.1:2", tls_cert="cert.pem")  # no key
     # plaintext only on loopback: the gateway behind may be a laptop's
