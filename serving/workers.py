@@ -123,7 +123,7 @@ def run_workers(
                 optional_reserved_port(config.host, config.http_port) as http_port,
             ):
                 worker_config = dataclasses.replace(
-                    config, port=port, http_port=http_port, metrics_port=-1, build_demo=False,
+                    config, port=port, http_port=http_port, metrics_port=-1, front_refusals_port=-1, build_demo=False,
                     # the cores split between the workers' ONNX Runtime sessions, not cores - 1 threads each
                     ort_threads=config.ort_threads or max(1, len(os.sched_getaffinity(0)) // config.workers),
                 )  # fmt: skip

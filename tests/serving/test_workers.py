@@ -8,6 +8,7 @@ import json
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import grpc
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.front_refusals import REPORT_SUFFIX
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.proto_gen.apron.v1 import recommender_pb2_grpc as pb_grpc
 from serving.redis_process import RedisProcess
@@ -54,11 +56,11 @@ class Lines:
 
 
 @contextlib.contextmanager
-def serve_workers(repository: Path, redis_url: str) -> Iterator[tuple[subprocess.Popen, Lines]]:
+def serve_workers(repository: Path, redis_url: str, *args: str) -> Iterator[tuple[subprocess.Popen, Lines]]:
     command = [
         sys.executable, "-m", "cli", "serve", "--workers", "2", "--port", "0", "--metrics-port", "0", "--http-port", "0",
         "--repository", str(repository), "--redis-url", redis_url, "--no-build-demo", "--no-auth",
-        "--log-format", "text", "--access-log-rate", "0",
+        "--log-format", "text", "--access-log-rate", "0", *args,
     ]  # fmt: skip
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -84,7 +86,10 @@ def test_two_workers_share_the_port_redis_and_metrics(
     python_repository: Path, redis_server: RedisProcess, main_tags, user_id: str
 ) -> None:
     deadline = time.monotonic() + DEADLINE_S
-    with serve_workers(python_repository, redis_server.url) as (process, output):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # a free UDP port for the front's reports
+        probe.bind(("127.0.0.1", 0))
+        refusals_port = probe.getsockname()[1]
+    with serve_workers(python_repository, redis_server.url, "--front-refusals-port", str(refusals_port)) as (process, output):
         banner = output.wait_for(r"APRON gateway on ([\d.]+:\d+) .*metrics: (http://\S+/metrics)", deadline)
         address, metrics_url = banner.group(1), banner.group(2)
         http_base = output.wait_for(r"OpenAPI: (http://\S+)/v1/openapi.json", deadline).group(1)
@@ -129,6 +134,11 @@ def test_two_workers_share_the_port_redis_and_metrics(
         cache = {labels["result"]: value for labels, value in samples(metrics_url, "apron_profile_cache_requests_total")}
         assert (cache.get("miss"), cache.get("hit")) == (1, calls - 1)
         assert [value for labels, value in samples(metrics_url, "apron_backend_up") if labels == {"backend": "redis"}] == [1]
+        # the front's refusals, reported to the parent (which serves /metrics), counted once each
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as front:
+            for _ in range(3):
+                front.sendto(b"<190>Dec  5 11:00:00 " + REPORT_SUFFIX, ("127.0.0.1", refusals_port))
+        assert [value for _, value in samples(metrics_url, "apron_front_refused_total")] == [3]
         # the parent's probes beside its /metrics: live while it runs, ready while every worker serves
         for probe in ("live", "ready"):
             with urllib.request.urlopen(metrics_url.replace("/metrics", f"/healthz/{probe}"), timeout=10) as response:
@@ -143,7 +153,10 @@ def test_workers_exit_when_their_parent_is_killed(python_repository: Path, redis
     """kill -9 of the runtime (OOM killer, a test's cleanup): its workers drain and exit instead of
     serving on as orphans on the shared port."""
     deadline = time.monotonic() + DEADLINE_S
-    with serve_workers(python_repository, redis_server.url) as (process, output):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # a free UDP port for the front's reports
+        probe.bind(("127.0.0.1", 0))
+        refusals_port = probe.getsockname()[1]
+    with serve_workers(python_repository, redis_server.url, "--front-refusals-port", str(refusals_port)) as (process, output):
         worker_pids = {int(pid) for pid in output.wait_for(r"worker pids: ([\d ]+)", deadline).group(1).split()}
         workers = [psutil.Process(pid) for pid in worker_pids]
         process.kill()
