@@ -41,7 +41,8 @@ sees it answer again (a store without a watch lets one trial operation through e
 Recommend with a history then answers uncached at once; what needs Redis answers UNAVAILABLE at
 once. A Redis at its maxmemory with nothing left to evict (only edits: they have no TTL;
 `serving/redis_process.py`) refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit,
-an uncached answer for a Recommend with a history. So does a Redis that refuses writes for its own
+an uncached answer for a Recommend with a history, with the user's stored edits read on their own
+(a read needs no memory; `ProfileCache.resolve`). So does a Redis that refuses writes for its own
 state (a read-only replica after a failover, failed persistence: `StoreRefused`, with why and what
 mends it); it answers, so it is not known down.
 """
@@ -731,19 +732,25 @@ class ProfileCache:
         cached one. With Redis down, a history is still answered: computed and not stored, with no
         stored edits (counted as "unavailable"; the response's profile then shows no edit, which
         tells the client they were not applied); without a history there is nothing to compute
-        from (UNAVAILABLE). A full Redis (`StoreFull`) is treated alike: answered, not stored."""
+        from (UNAVAILABLE). A Redis that refuses writes (`StoreRefused`) is treated alike: answered,
+        not stored. A full one (`StoreFull`: the read refused because the user's version, which has a
+        TTL, was evicted and writing a new one needs memory) still holds the stored edits, which have
+        none: they are read on their own (a read needs no memory) and applied, or, if even that
+        fails, UNAVAILABLE: an answer that ignores acknowledged edits would break the promise that
+        recommendations follow them at once."""
         try:
             cached, edits = await self.cached(user_id)
-        except STORE_UNUSABLE:  # down, known down (skipped at once) or full (a new user's read writes its version)
+        except STORE_UNUSABLE as error:  # down, known down (skipped at once), full or refusing writes
             stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise
+            edits = await self._edits_when_full(user_id, error) if isinstance(error, StoreFull) else {}
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
             stages.mark(stages.PROFILE)
             digest = digest or history_digest(history_ids)
             record = ProfileRecord(kept_weights(weights), length, digest, np.asarray(history_ids, np.int64))
-            return record, False, {}
+            return record, False, edits
         if history_ids is None:
             if cached is None and (recovered := await self._recovered(user_id)) is not None:
                 return recovered, False, edits
@@ -761,6 +768,20 @@ class ProfileCache:
             return cached, True, edits
         self._count("miss")
         return await self._compute_and_store(user_id, history_ids, digest), False, edits
+
+
+    async def _edits_when_full(self, user_id: str, full: StoreFull) -> dict[str, EditSpec]:
+        """The user's stored edits, read on their own (HGETALL: Redis serves reads at its maxmemory)
+        after `full` refused the versioned read; Unavailable when even that fails."""
+        try:
+            edits = await self.store.get_edits(user_id)
+        except (redis.exceptions.RedisError, Unavailable) as error:  # down now, refused, ...: not a reason to ignore edits
+            raise Unavailable(
+                f"the profile store (Redis) is full ({full}), and the user's stored edits could not be read either "
+                f"({error}): a recommendation without them would ignore edits the user stored, so none was made"
+            ) from error
+        stages.mark(stages.REDIS_READ)
+        return edits
 
 
 class Confirmation:

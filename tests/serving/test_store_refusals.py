@@ -2,7 +2,8 @@
 real redis-server put in that state: a read-only replica (READONLY, as a primary is after a
 failover) and failed persistence (MISCONF). What needs a write answers UNAVAILABLE saying why and
 what mends it, never INTERNAL; Recommend with a history answers uncached, as with Redis down; and
-once Redis takes writes again the very next call does, without waiting for a watch."""
+once Redis takes writes again the very next call does, without waiting for a watch. And a full
+Redis (its maxmemory reached, only stored edits left): Recommend still follows the edits it holds."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from serving.cache import edits_key
+from serving.cache import edits_key, version_key
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
 from tests.polling import eventually
@@ -131,3 +132,63 @@ async def test_a_redis_that_cannot_persist_answers_unavailable_and_recommend_goe
 
 async def rdb_failed(client: Redis) -> bool:
     return (await client.info("persistence"))["rdb_last_bgsave_status"] == "err"
+
+
+OVER_LIMIT_MARGIN = 256 * 1024  # bytes the full store is held over its limit (tests/reliability/test_redis_bounds.py)
+
+
+async def fill(client: Redis) -> None:
+    """Redis at its maxmemory with only stored edits left: filler edits (no TTL) until it refuses
+    one, every key with a TTL (cached profiles, versions) evicted on the way (volatile-lru, as the
+    private redis-server runs); then its limit well below what it uses, so every write is refused
+    whatever its buffers do."""
+    await client.config_set("maxmemory-policy", "volatile-lru")
+    await client.config_set("maxmemory", (await client.info("memory"))["used_memory"] + 200_000)
+    written = 0
+    while True:
+        try:
+            await client.hset(f"apron:edits:{{filler-{written}}}", "tag0", b"x" * 1024)
+        except redis.exceptions.OutOfMemoryError:
+            break
+        written += 1
+    await client.config_set("maxmemory", (await client.info("memory"))["used_memory"] - OVER_LIMIT_MARGIN)
+
+
+def shown(profile: pb.Profile, tag: str) -> tuple[float, float | None]:
+    """(share, the scale edit shown) of `tag` in a response's profile."""
+    (entry,) = [w for w in profile.weights if w.prototype == tag]
+    return entry.weight, entry.edit.scale if entry.HasField("edit") else None
+
+
+async def test_a_full_redis_still_applies_the_edits_it_holds_or_answers_unavailable(
+    python_repository: Path, private_redis: RedisProcess, main_tags: np.ndarray
+) -> None:
+    """Redis full: the user's version (with a TTL) is evicted, its stored edits (none) are not, and
+    the versioned read, which would write a new version, is refused. Recommend with a history
+    answers uncached with those edits; when even they cannot be read, UNAVAILABLE, never an answer
+    that ignores them. GetProfile says its read was refused."""
+    client = Redis.from_url(private_redis.url)
+    user, history = "edited", liked_history(main_tags, 0, 1)
+    recommend = pb.RecommendRequest(user_id=user, history=history, k=5)
+    try:
+        async with running_gateway(gateway_config(python_repository, private_redis.url)) as gateway:
+            stub = gateway.stub
+            unedited = await stub.Recommend(recommend)
+            assert shown(unedited.profile, "tag0")[0] > 0.1  # the user's main tag
+            await stub.EditProfile(pb.EditProfileRequest(user_id=user, edits=[pb.Edit(prototype="tag0", scale=0)]))
+            edited = await stub.Recommend(recommend)
+            assert shown(edited.profile, "tag0") == (0.0, 0.0)
+
+            await fill(client)
+            assert await client.exists(version_key(user)) == 0 and await client.hgetall(edits_key(user)) != {}
+            full = await stub.Recommend(recommend)
+            assert not full.profile_from_cache and shown(full.profile, "tag0") == (0.0, 0.0)
+            assert [i.item_id for i in full.items] == [i.item_id for i in edited.items] != [i.item_id for i in unedited.items]
+            code, details = await status_of(stub.GetProfile(pb.GetProfileRequest(user_id=user)))
+            assert code == Code.UNAVAILABLE and "full" in details and "the profile was not read" in details, details
+
+            await client.execute_command("ACL", "SETUSER", "default", "-hgetall")  # the edits' own read fails too
+            code, details = await status_of(stub.Recommend(recommend))
+            assert code == Code.UNAVAILABLE and "stored edits could not be read either" in details, details
+    finally:
+        await client.aclose()
