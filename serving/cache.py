@@ -41,7 +41,10 @@ sees it answer again (a store without a watch lets one trial operation through e
 Recommend with a history then answers uncached at once; what needs Redis answers UNAVAILABLE at
 once. A Redis at its maxmemory with nothing left to evict (only edits: they have no TTL;
 `serving/redis_process.py`) refuses writes: `StoreFull` (UNAVAILABLE, nothing stored) for an edit,
-an uncached answer for a Recommend with a history.
+an uncached answer for a Recommend with a history, with the user's stored edits read on their own
+(a read needs no memory; `ProfileCache.resolve`). So does a Redis that refuses writes for its own
+state (a read-only replica after a failover, failed persistence: `StoreRefused`, with why and what
+mends it); it answers, so it is not known down.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import asyncio
 import contextlib
 import dataclasses
 import math
+import re
 import secrets
 import time
 from collections import OrderedDict
@@ -77,14 +81,31 @@ class StoreSkipped(redis.exceptions.ConnectionError):
     """Redis is known to be down: the operation was not tried (`RedisStore`)."""
 
 
-class StoreFull(Unavailable):
+class StoreRefused(Unavailable):
+    """Redis answered but refused a write (UNAVAILABLE): a read-only replica (READONLY, as a primary
+    is after a failover), failed persistence (MISCONF), too few replicas (NOREPLICAS), or its
+    maxmemory (`StoreFull`). Not "known down" (`RedisStore.mark`): Redis answers, the watch's PING
+    says so within 0.1 s, a refusal costs one round trip rather than a timeout, and its reads (the
+    version GETs) still work; so each operation asks, and the first one after the cause is mended
+    succeeds."""
+
+
+class StoreFull(StoreRefused):
     """Redis refused a write: its maxmemory is reached with nothing left to evict (UNAVAILABLE)."""
 
 
 # Redis unreachable, too slow, or known down (the servicer answers UNAVAILABLE for them, except where noted).
 STORE_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-# Redis too full to store: a Recommend goes on uncached, as with STORE_DOWN.
-STORE_UNUSABLE = (*STORE_DOWN, StoreFull)
+# Redis refuses to store (full, read-only, ...): a Recommend goes on uncached, as with STORE_DOWN.
+STORE_UNUSABLE = (*STORE_DOWN, StoreRefused)
+# What an operation that Redis refused did not do (StoreRefused's message): a write stored nothing;
+# a full read writes too (the user's version, the TTLs: READ_SCRIPT), so a GetProfile, or an
+# EditProfile's read before its write, got nothing to answer or check against
+NOTHING_STORED = "nothing was stored"
+NOTHING_READ = (
+    "it refused the write that reading a user's profile makes (a new version token, the TTLs): "
+    "the profile was not read and nothing was stored"
+)
 RETRY_S = 0.5  # while Redis is known down: one operation is let through this often, to see it answer again
 PROFILE_PREFIX = "apron:profile"
 EDITS_PREFIX = "apron:edits"
@@ -341,6 +362,35 @@ def _is_oom(error: redis.exceptions.ResponseError) -> bool:
     return isinstance(error, redis.exceptions.OutOfMemoryError) or "OOM command not allowed" in str(error)
 
 
+# Redis' refusals of a write for a state of the server, not of the request, by error code: why, and
+# what mends it. redis-py strips the code it has a class for (ReadOnlyError), a script's refusal
+# arrives as a plain ResponseError that quotes it ("... -READONLY You can't write ...").
+WRITE_REFUSALS = {
+    "READONLY": (
+        "refuses writes: it is a read-only replica (READONLY), as a primary is after a failover",
+        "point --redis-url at the current primary",
+    ),
+    "MISCONF": (
+        "refuses writes because it cannot persist them (MISCONF: its last snapshot failed, e.g. a full or "
+        "read-only disk)",
+        "give its data directory room or write access; it takes writes again once a save succeeds (BGSAVE)",
+    ),
+    "NOREPLICAS": (
+        "refuses writes: fewer replicas acknowledge it than its min-replicas-to-write (NOREPLICAS)",
+        "bring its replicas back or lower min-replicas-to-write",
+    ),
+}
+_REFUSAL_CODE = re.compile(r"(?:^|[\s-])(" + "|".join(WRITE_REFUSALS) + r")\b")
+
+
+def _refusal(error: redis.exceptions.ResponseError) -> str | None:
+    """The WRITE_REFUSALS code of a write Redis refused for its own state, or None (another error)."""
+    if isinstance(error, redis.exceptions.ReadOnlyError):
+        return "READONLY"
+    found = _REFUSAL_CODE.search(str(error))
+    return found.group(1) if found else None
+
+
 class RedisStore:
     """Profiles, edits and their versions in Redis; no model logic.
 
@@ -404,9 +454,11 @@ class RedisStore:
         return up
 
     @contextlib.asynccontextmanager
-    async def _operation(self) -> AsyncIterator[None]:
+    async def _operation(self, refused: str = NOTHING_STORED) -> AsyncIterator[None]:
         """One Redis operation: skipped at once while Redis is known down (but for one trial per
-        `retry_s`), limited to `timeout_s`, and what its failure says about Redis recorded."""
+        `retry_s`), limited to `timeout_s`, and what its failure says about Redis recorded. A write
+        Redis refused for its state is `StoreRefused` (UNAVAILABLE), its message saying why, what
+        was not done (`refused`) and what mends it."""
         if self.down_since is not None:
             now = time.monotonic()
             if now < self._next_trial:
@@ -425,20 +477,24 @@ class RedisStore:
             self.mark(False)
             raise
         except redis.exceptions.ResponseError as error:
+            self.down_since = None  # it answered, if only to refuse
             if _is_oom(error):
                 raise StoreFull(
                     "the profile store (Redis) is full: its maxmemory is reached and only stored edits are left "
-                    "(cached profiles are evicted first), so nothing was stored; raise its limit "
+                    f"(cached profiles are evicted first), so {refused}; raise its limit "
                     "(--redis-maxmemory-mb for the private redis-server, maxmemory for your own)"
                 ) from error
-            raise
+            if (code := _refusal(error)) is not None:
+                why, mend = WRITE_REFUSALS[code]
+                raise StoreRefused(f"the profile store (Redis) {why}, so {refused}; {mend} ({error})") from error
+            raise  # a bug of ours (a wrong key type, a bad script): INTERNAL, logged
         self.down_since = None  # it answered
 
     async def get_profile(self, model_version: int, user_id: str, shape: tuple[int, int]) -> StoredProfile:
         """The cached profile, the stored edits and their version, in one round trip (one script,
         atomic: the three belong together), refreshing the profile's and the version's TTL."""
         keys = [profile_key(model_version, user_id), edits_key(user_id), version_key(user_id)]
-        async with self._operation():
+        async with self._operation(refused=NOTHING_READ):
             version, fields, edits = await self._read(keys=keys, args=[self.ttl_s, new_version()])
         record = ProfileRecord.from_redis(_pairs(fields), shape) if fields else None
         return StoredProfile(version, record, _decode_edits(_pairs(edits)))
@@ -676,19 +732,25 @@ class ProfileCache:
         cached one. With Redis down, a history is still answered: computed and not stored, with no
         stored edits (counted as "unavailable"; the response's profile then shows no edit, which
         tells the client they were not applied); without a history there is nothing to compute
-        from (UNAVAILABLE). A full Redis (`StoreFull`) is treated alike: answered, not stored."""
+        from (UNAVAILABLE). A Redis that refuses writes (`StoreRefused`) is treated alike: answered,
+        not stored. A full one (`StoreFull`: the read refused because the user's version, which has a
+        TTL, was evicted and writing a new one needs memory) still holds the stored edits, which have
+        none: they are read on their own (a read needs no memory) and applied, or, if even that
+        fails, UNAVAILABLE: an answer that ignores acknowledged edits would break the promise that
+        recommendations follow them at once."""
         try:
             cached, edits = await self.cached(user_id)
-        except STORE_UNUSABLE:  # down, known down (skipped at once) or full (a new user's read writes its version)
+        except STORE_UNUSABLE as error:  # down, known down (skipped at once), full or refusing writes
             stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise
+            edits = await self._edits_when_full(user_id, error) if isinstance(error, StoreFull) else {}
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
             stages.mark(stages.PROFILE)
             digest = digest or history_digest(history_ids)
             record = ProfileRecord(kept_weights(weights), length, digest, np.asarray(history_ids, np.int64))
-            return record, False, {}
+            return record, False, edits
         if history_ids is None:
             if cached is None and (recovered := await self._recovered(user_id)) is not None:
                 return recovered, False, edits
@@ -706,6 +768,20 @@ class ProfileCache:
             return cached, True, edits
         self._count("miss")
         return await self._compute_and_store(user_id, history_ids, digest), False, edits
+
+
+    async def _edits_when_full(self, user_id: str, full: StoreFull) -> dict[str, EditSpec]:
+        """The user's stored edits, read on their own (HGETALL: Redis serves reads at its maxmemory)
+        after `full` refused the versioned read; Unavailable when even that fails."""
+        try:
+            edits = await self.store.get_edits(user_id)
+        except (redis.exceptions.RedisError, Unavailable) as error:  # down now, refused, ...: not a reason to ignore edits
+            raise Unavailable(
+                f"the profile store (Redis) is full ({full}), and the user's stored edits could not be read either "
+                f"({error}): a recommendation without them would ignore edits the user stored, so none was made"
+            ) from error
+        stages.mark(stages.REDIS_READ)
+        return edits
 
 
 class Confirmation:

@@ -104,6 +104,40 @@ def check_set_weights(edits: Iterable[EditSpec]) -> float:
     return total
 
 
+NOTHING_LEFT = "these edits remove every prototype that has weight in the profile"
+
+
+def _nothing_takes_the_rest(target_total: float, remaining: float) -> str:
+    return (
+        f"set weights sum to {target_total:g} < 1, but no other prototype has weight left to take "
+        f"the remaining {remaining:g}"
+    )
+
+
+def check_applicable(edits: Mapping[str, EditSpec], tag_index: Mapping[str, int]) -> None:
+    """EditError, with `apply_edits`' message, when the edits cannot apply to any profile of a model
+    with these tags (EditProfile of a user without a profile: stored, such a set would refuse every
+    later call until a reset).
+
+    Edits act alike in every head. A prototype with no edit or a scale > 0 (a tiny one too: some
+    profile's weight outlasts it) keeps its weight, so a profile with weight there passes both of
+    `apply_edits`' checks. Without one, only the set prototypes keep weight: no profile survives
+    when the set weights leave a share for the others to fill (no set weight: all of it), and one
+    with weight on the set prototypes does when they fill the whole head."""
+    known = [edit for edit in edits.values() if edit.prototype in tag_index]
+    removed = {edit.prototype for edit in known if edit.kind == "scale" and edit.value == 0}
+    set_weights = [edit for edit in known if edit.kind == "weight"]
+    set_tags = {edit.prototype for edit in set_weights}
+    if any(tag not in removed and tag not in set_tags for tag in tag_index):
+        return
+    if not set_weights:
+        raise EditError(NOTHING_LEFT)
+    target_total = check_set_weights(set_weights)
+    remaining = max(0.0, 1.0 - target_total)
+    if remaining > MIN_MASS:
+        raise EditError(_nothing_takes_the_rest(target_total, remaining))
+
+
 def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: Mapping[str, int]) -> np.ndarray:
     """(H, K) profile weights + edits by tag name -> (H, K) edited shares (float64, heads sum to 1).
 
@@ -130,7 +164,7 @@ def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: M
         weights = scaled
     edited = shares(weights)  # (H, K)
     if np.any(edited.sum(axis=-1) < MIN_MASS):
-        raise EditError("these edits remove every prototype that has weight in the profile")
+        raise EditError(NOTHING_LEFT)
 
     targets = {k: edit.value for k, edit in known if edit.kind == "weight"}
     if not targets:
@@ -141,10 +175,7 @@ def apply_edits(weights: np.ndarray, edits: Mapping[str, EditSpec], tag_index: M
     rest = edited[:, ~set_mask].sum(axis=-1, keepdims=True)  # (H, 1): mass of the prototypes not set
     remaining = max(0.0, 1.0 - target_total)
     if remaining > MIN_MASS and np.any(rest < MIN_MASS):
-        raise EditError(
-            f"set weights sum to {target_total:g} < 1, but no other prototype has weight left to take "
-            f"the remaining {remaining:g}"
-        )
+        raise EditError(_nothing_takes_the_rest(target_total, remaining))
     # (Eq. of the proto comment) others keep their ratios and fill what the set shares leave.
     factor = np.divide(remaining, rest, out=np.zeros_like(rest), where=rest >= MIN_MASS)  # (H, 1)
     result = edited * factor

@@ -32,6 +32,7 @@ from serving.edits import (
     EditError,
     EditSpec,
     apply_edits,
+    check_applicable,
     check_set_weights,
     mean_shares,
     merge_edits,
@@ -489,6 +490,8 @@ class RecommenderServicer(pb_grpc.RecommenderServicer):
                 check_set_weights(merged.values())
                 if record is not None:
                     apply_edits(record.weights, merged, served.model.tag_index)
+                else:  # no profile to try them on: refuse a set that no profile could take
+                    check_applicable(merged, served.model.tag_index)
             except EditError as error:
                 raise InvalidArgument(f"edits: {error}; nothing was stored") from error
             stages.mark(stages.EDITS)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from serving.edits import EditError, EditSpec, apply_edits, mean_shares, merge_edits, shares
+from serving.edits import EditError, EditSpec, apply_edits, check_applicable, mean_shares, merge_edits, shares
 
 TAGS = {"jazz": 0, "rock": 1, "80s": 2, "ambient": 3}
 
@@ -151,3 +151,48 @@ def test_a_head_left_with_only_the_profile_floor_has_no_mass() -> None:
         apply_edits(floored, {"jazz": scale("jazz", 0.0)}, TAGS)
     kept = apply_edits(floored, {"80s": scale("80s", 0.0)}, TAGS)
     assert kept[0, 0] == pytest.approx(1.0) and kept[0, 2] == 0.0
+
+
+EDIT_CHOICES = st.one_of(
+    st.none(),
+    st.builds(scale, st.just(""), st.sampled_from([0.0, 1e-9, 0.5, 3.0])),
+    st.builds(weight, st.just(""), st.sampled_from([0.0, 0.25, 0.5, 1.0])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(choices=st.lists(EDIT_CHOICES, min_size=4, max_size=4))
+def test_a_set_is_refused_without_a_profile_exactly_when_no_profile_takes_it(choices: list[EditSpec | None]) -> None:
+    """check_applicable (EditProfile before the user has a profile) refuses a set exactly when
+    apply_edits refuses it for every profile: tried on each profile with weight on one prototype
+    only (the others at the model's floor), and on a uniform one, which between them take every
+    set some profile takes."""
+    edits = {tag: EditSpec(tag, edit.kind, edit.value) for tag, edit in zip(TAGS, choices, strict=True) if edit is not None}
+    if sum(e.value for e in edits.values() if e.kind == "weight") > 1:
+        return  # refused before either check (check_set_weights)
+    profiles = [np.full((2, 4), 1e-30) + np.eye(4)[k] * 5.0 for k in range(4)] + [np.ones((2, 4))]
+    errors = []
+    for profile in profiles:
+        try:
+            apply_edits(profile, edits, TAGS)
+        except EditError as error:
+            errors.append(str(error))
+    try:
+        check_applicable(edits, TAGS)
+    except EditError as error:
+        assert len(errors) == len(profiles), f"{edits}: refused, but a profile takes it"
+        assert str(error) in errors  # the message a user with a profile gets
+    else:
+        assert len(errors) < len(profiles), f"{edits}: accepted, but no profile takes it"
+
+
+def test_the_reviewers_sets_are_refused_without_a_profile_and_a_full_set_weight_is_not() -> None:
+    with pytest.raises(EditError, match="remove every prototype"):
+        check_applicable({t: scale(t, 0.0) for t in TAGS}, TAGS)
+    half = {t: scale(t, 0.0) for t in TAGS} | {"jazz": weight("jazz", 0.5)}
+    with pytest.raises(EditError, match="no other prototype has weight left to take the remaining 0.5"):
+        check_applicable(half, TAGS)
+    check_applicable(half | {"jazz": weight("jazz", 1.0)}, TAGS)  # a profile with weight on jazz takes it
+    with pytest.raises(EditError):  # a tag the model lacks keeps no weight...
+        check_applicable(half | {"polka": scale("polka", 1.0)}, TAGS)
+    check_applicable(half | {"rock": scale("rock", 1e-9)}, TAGS)  # ...a tiny scale does

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from redis.asyncio import Redis
 
+from serving.cache import edits_key
 from serving.config import ServingConfig
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.redis_process import RedisProcess
 from tests.polling import eventually
 from tests.serving.conftest import Gateway, liked_history, running_gateway
 
@@ -158,6 +161,42 @@ async def test_edits_before_any_history_are_stored(ort_gateway: Gateway, main_ta
     assert not response.HasField("profile") and [e.prototype for e in response.stored_edits] == ["tag0"]
     recommended = await stub.Recommend(pb.RecommendRequest(user_id=user_id, history=liked_history(main_tags, 0, 1), k=5))
     assert recommended.profile.weights[0].weight == 0.0
+
+
+async def test_a_new_users_edits_that_no_profile_could_take_are_refused_and_not_stored(
+    ort_gateway: Gateway, redis_server: RedisProcess, main_tags: np.ndarray, user_id: str
+) -> None:
+    """Without a profile, EditProfile refuses (INVALID_ARGUMENT, nothing stored) a set that would
+    empty every profile, with the message a user with a profile gets; stored, it would refuse every
+    later Recommend and GetProfile until a reset. A set some profile takes is stored."""
+    stub, history = ort_gateway.stub, liked_history(main_tags, 0, 1)
+    tags = [p.name for p in (await stub.ListPrototypes(pb.ListPrototypesRequest())).prototypes]
+    removed = [pb.Edit(prototype=tag, scale=0) for tag in tags]
+    half = [pb.Edit(prototype=tags[0], weight=0.5), *removed[1:]]
+    client = Redis.from_url(redis_server.url)
+    try:
+        await stub.Recommend(pb.RecommendRequest(user_id=f"{user_id}-old", history=history, k=5))
+        for edits, text in [
+            (removed, "these edits remove every prototype that has weight in the profile; nothing was stored"),
+            (half, "no other prototype has weight left to take the remaining 0.5; nothing was stored"),
+        ]:
+            with_profile = await status_of(stub.EditProfile(pb.EditProfileRequest(user_id=f"{user_id}-old", edits=edits)))
+            code, details = await status_of(stub.EditProfile(pb.EditProfileRequest(user_id=user_id, edits=edits)))
+            assert code == Code.INVALID_ARGUMENT and text in details, f"{code} {details}"
+            assert (code, details) == with_profile
+            assert await client.hgetall(edits_key(user_id)) == {}
+        answer = await stub.Recommend(pb.RecommendRequest(user_id=user_id, history=history, k=5))  # not locked out
+        assert len(answer.items) == 5 and not any(w.HasField("edit") for w in answer.profile.weights)
+
+        # the whole head set on one prototype, the others removed: a profile with weight there takes it
+        whole = [pb.Edit(prototype=tags[0], weight=1.0), *removed[1:]]
+        fresh = f"{user_id}-whole"
+        stored = await stub.EditProfile(pb.EditProfileRequest(user_id=fresh, edits=whole))
+        assert len(stored.stored_edits) == len(tags) and not stored.HasField("profile")
+        answer = await stub.Recommend(pb.RecommendRequest(user_id=fresh, history=history, k=5))
+        assert {w.prototype: w.weight for w in answer.profile.weights}[tags[0]] == pytest.approx(1.0)
+    finally:
+        await client.aclose()
 
 
 async def test_oversized_request_is_refused(ort_config: ServingConfig, user_id: str) -> None:
