@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 from pathlib import Path
@@ -40,6 +41,7 @@ from training.results.stats import (
     Unpaired,
     aggregate,
     paired_records,
+    record_time,
     scaled,
 )
 
@@ -112,6 +114,76 @@ def pct(rows: list[dict[str, Any]], suffix: str = "") -> str:
 # ("intrinsic"). The edit penalty γ is a scoring-time term the model was not trained with, so the
 # served figures (with γ as configured) stand apart, in a column of their own.
 SERVED = "served, with γ"
+
+# Until this fix, APRON's training loss scored with the edit penalty too: a training row whose
+# history dropout removed every item has all shares 0, read as "every prototype removed", and got
+# a uniform −γ shift. Equal in exact arithmetic, it moved float32 gradients (~1e-8) and with them
+# early stopping. The records made before it are kept (not retrained), so the report says which
+# were trained with it and reads rows that differ only in γ as run-to-run noise, not γ's effect.
+GAMMA_IN_LOSS_UNTIL = dt.datetime(2026, 12, 5, 10, 30, tzinfo=dt.UTC)
+
+
+def gamma_of(record: dict[str, Any]) -> float:
+    return float(record.get("settings", {}).get("hyperparameters", {}).get("edit_penalty", 0.0) or 0.0)
+
+
+def trained_with_gamma(record: dict[str, Any]) -> bool:
+    """Whether a record's model was trained with the edit penalty in its loss (γ > 0, before the fix)."""
+    return gamma_of(record) > 0 and record_time(record) < GAMMA_IN_LOSS_UNTIL.timestamp()
+
+
+def gamma_twins(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    """Whether two rows' settings differ only in γ and one was trained with γ in its loss."""
+    def without_gamma(rows: list[dict[str, Any]]) -> tuple[Any, ...]:
+        settings = recorded_settings(rows[0])
+        hyper = {k: v for k, v in settings.get("hyperparameters", {}).items() if k != "edit_penalty"}
+        return rows[0]["dataset"], rows[0]["features"], repr({**settings, "hyperparameters": hyper})
+
+    return (
+        bool(a and b) and without_gamma(a) == without_gamma(b) and gamma_of(a[0]) != gamma_of(b[0])
+        and any(trained_with_gamma(r) for r in (*a, *b))
+    )
+
+
+def gamma_noise_note(rows: list[dict[str, Any]], base: list[dict[str, Any]], name: str) -> str:
+    """What a row that differs from `base` only in γ shows, for records trained with γ in the loss:
+    any difference is that defect's run-to-run noise, not γ's effect (γ acts only when scoring)."""
+    if not gamma_twins(rows, base):
+        return ""
+    epochs, base_epochs = _epochs(rows), _epochs(base)
+    same = epochs == base_epochs and all(
+        r["metrics"].get("ndcg@100") == b["metrics"].get("ndcg@100")
+        for r, b in zip(sorted(rows, key=lambda r: r["seed"]), sorted(base, key=lambda r: r["seed"]), strict=False)
+    )
+    head = (f" Its settings differ from {name}'s only in γ, and it was trained before {GAMMA_IN_LOSS_UNTIL:%Y-%m-%d} "
+            "with γ in the training loss (a defect, since fixed)")  # fmt: skip
+    if same:
+        return f"{head}; here the two trained alike (epochs {epochs}), so γ moved only the served figure."
+    return (f"{head}: the two trained differently (epochs {epochs} against {base_epochs}), so their difference "
+            "in NDCG@100 and in %Δ@20 with γ = 0 is run-to-run noise of that defect, not an effect of γ.")  # fmt: skip
+
+
+def gamma_in_loss_lines(records: list[dict[str, Any]]) -> list[str]:
+    """The records trained with γ in the loss, counted, and the rows differing only in γ that it
+    made train differently, named (from the records: nothing is printed when there are none)."""
+    trained = [r for r in records if trained_with_gamma(r)]
+    if not trained:
+        return []
+    rows: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        rows.setdefault((r["part"], r["dataset"], r["row"]), []).append(r)
+    apart = []
+    for key, a in rows.items():
+        for other, b in rows.items():
+            if key < other and key[:2] == other[:2] and gamma_twins(a, b) and _epochs(a) != _epochs(b):
+                apart.append(f"{row_name(a)} ({_epochs(a)} epochs) and {row_name(b)} ({_epochs(b)})")
+    moved = (f" Rows that differ only in γ and trained differently because of it: {'; '.join(apart)}; their "
+             "differences are run-to-run noise, not γ's effect." if apart else "")  # fmt: skip
+    return [f"- **γ in training (a defect, fixed {GAMMA_IN_LOSS_UNTIL:%Y-%m-%d %H:%M} UTC).** Before the fix, the "
+            "training loss applied the edit penalty to a row whose history dropout removed every item (all shares "
+            "0): a uniform −γ shift of its logits, equal in exact arithmetic, but float32 gradients moved (~1e-8) "
+            f"and with them early stopping. {len(trained)} records with γ > 0 were trained so; they are kept, not "
+            f"trained again.{moved}"]  # fmt: skip
 
 
 def delta_cell(rows: list[dict[str, Any]], eq16: bool = False) -> str:
@@ -325,14 +397,15 @@ def write_report(records: list[dict[str, Any]], output: Path, live: dict[str, An
         "(~8 tags per item on Last.fm). N/A: the model has no tag prototypes.",
         "- **%Δ@20 served and intrinsic.** APRON's edit penalty γ (`edit_penalty`) is a scoring term that is "
         "**not in the paper**: when an edit sets a prototype's share to 0 (\"less X\" at the gateway), every item "
-        "loses γ × its own attention on that prototype from its logit. It acts only when scoring, never in "
-        "training, and the gateway applies it to every \"less X\". *Served* %Δ@20 is measured with γ as "
+        "loses γ × its own attention on that prototype from its logit. It acts only when scoring (never in "
+        f"training since {GAMMA_IN_LOSS_UNTIL:%Y-%m-%d}; records trained before: below), and the gateway applies it to every \"less X\". *Served* %Δ@20 is measured with γ as "
         "configured (what a user of the service gets); *intrinsic* (γ = 0) scores the same checkpoint without it "
         "(the model's own controllability, what the paper measures). **Every Δ@20 and %Δ@20 headline column is "
         "the intrinsic one (\"γ = 0\")**, and so are the sweep's verdicts; the served %Δ@20 stands apart in a "
         f"column of its own (\"{SERVED}\"), and the live table, measured through the gateway, is served by "
         "nature. The two are equal when γ = 0; records made before intrinsic was measured show it only then "
         "(N/A otherwise).",
+        *gamma_in_loss_lines(records),
         f"- **Unlabelled items.** The tuned APRON options hide the tag labels of {DEFAULT_HIDDEN_SHARE:.0%} of "
         "the items (fixed, seeded, never a prototype; `hidden_label_share`) from every tag-driven loss, the "
         "tag-attention supervision included; %Δ@20 *unlabelled* counts NDCG_t over those items only, the "
@@ -549,6 +622,7 @@ def _tried_lines(sweep: dict[str, list[dict[str, Any]]]) -> list[str]:
                 f"- {features}, {variant.label}: val NDCG@100 {ndcg.mean:.4f} (tuned {base.mean:.4f}), val %Δ@20, γ = 0: "
                 f"{fmt(own.mean if own else None, 1)} (tuned {fmt(base_own.mean if base_own else None, 1)}); {SERVED}: "
                 f"{fmt(served.mean if served else None, 1)} (tuned {fmt(base_served.mean if base_served else None, 1)}): {verdict}."
+                + gamma_noise_note(rows, base_rows, "the tuned row")
             )
     key = goal_choice(sweep)
     if key:

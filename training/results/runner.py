@@ -92,8 +92,11 @@ def ensure_dataset(name: str, root: Path, features: set[str], progress: bool) ->
 def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> tuple[Any, Any, dict[str, Any]] | None:
     """The model the tune part trained for this final job's seed, when its record and checkpoint
     show the same settings, seed and dataset: (model, checkpoint info, what the record says of its
-    training). On one machine training is deterministic for a seed (the lastfm-2k finals stopped at
-    the tune runs' epochs exactly), so this is the model a fresh run would train, at no cost. (On
+    training). On one machine training is deterministic for a seed and the same settings (the
+    lastfm-2k finals stopped at the tune runs' epochs exactly), so this is the model a fresh run
+    would train, at no cost. Settings that differ only in the edit penalty γ were not the same
+    training until γ was kept out of the loss (`report.GAMMA_IN_LOSS_UNTIL`): on one machine,
+    sweep rows `collab:tuned` and `collab:pen20` trained 38 and 35 epochs. (On
     another host floating-point sums differ slightly, which can move early stopping: of 122 runs
     repeated on 2026-12-05, most moved NDCG@100 by ~1e-5, the most 3e-3 at the same epochs, and 5
     stopped at other epochs.)"""

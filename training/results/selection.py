@@ -63,7 +63,9 @@ def current_records(job: Job, records: list[dict[str, Any]]) -> list[dict[str, A
 def goal_choice(sweep: dict[str, list[dict[str, Any]]]) -> str | None:
     """Issue 10's rule on the old sweep, on validation users: of the options with val %Δ@20 >= 40
     (served), the one with the highest val NDCG@100, ties (options that differ only in the edit
-    penalty γ, which does not change training) to the higher val %Δ@20. None: none reaches it."""
+    penalty γ, a scoring-time term: their records tie where γ did not move training, which records
+    made before it was kept out of the loss do not promise) to the higher val %Δ@20. None: none
+    reaches it."""
     pct = {key: aggregate(rows, f"pct_delta@{CONTROL_K}") for key, rows in sweep.items()}
     eligible = [key for key, cell in pct.items() if cell and cell.mean >= GOAL_PCT_DELTA]
     ranked = sorted(eligible, key=lambda k: (aggregate(sweep[k], "ndcg@100").mean, pct[k].mean, k))
