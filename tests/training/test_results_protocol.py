@@ -158,7 +158,32 @@ def test_apron_is_chosen_before_any_test_record_and_a_baseline_before_its_own() 
     apron = next(r for r in records if r["part"] == "tune" and r["model"] == "apron")
     apron["created_at"] = 70.0  # APRON chosen with MultiDAE's test numbers in view: refused
     check = protocol(DATASET, records)
-    assert not check.allowed and f"`{apron['row']}`" in check.reason and "multi" not in check.reason
+    assert not check.allowed and f"`{apron['row']}`" in check.reason and "MultiDAE:" not in check.reason
+    assert "APRON (ours): test record `final/lastfm-2k/multidae` seed 0" in check.reason  # the record in view
+
+
+def test_a_test_record_of_any_part_breaks_blindness(tmp_path: Path) -> None:
+    """A test-split record of the same model from another part (an ablation row of APRON, a main
+    row of a baseline) written before the tuning puts test numbers in view just as a final one
+    does: refused, naming the record and its date, and the report says so."""
+    records = _tuned(apron_gap=0.0, apron_pct=45.0)  # validation records at 100+, final records at 1000+
+    assert protocol(DATASET, records).allowed
+    final_apron = next(r for r in records if (r["part"], r["model"], r["seed"]) == ("final", "apron", 0))
+    ablation = {**final_apron, "part": "ablations", "row": "goal-collab-full", "created_at": 50.0}  # 2026: before tuning
+    check = protocol(DATASET, [*records, ablation])
+    assert not check.allowed and "not blind to test" in check.reason
+    assert ("APRON (ours): test record `ablations/lastfm-2k/goal-collab-full` seed 0 (1970-01-01 00:00 UTC, the same "
+            "model) precedes 5 of its 5 validation records") in check.reason  # fmt: skip
+    assert "candidate set was defined with that test number in view" in check.reason
+    main_row = {**next(r for r in records if (r["part"], r["model"]) == ("final", "recvae")), "part": "main",
+                "row": "recvae", "created_at": 50.0}  # fmt: skip
+    check = protocol(DATASET, [*records, main_row])
+    assert not check.allowed and "RecVAE: test record `main/lastfm-2k/recvae` seed 0" in check.reason
+    assert "APRON (ours):" not in check.reason  # another model's main row is not APRON's concern
+    later = {**ablation, "created_at": 900.0}  # after the tuning, before the final part: allowed
+    assert protocol(DATASET, [*records, later]).allowed
+    text = write_report([*records, ablation], tmp_path / "RESULTS.md").read_text()
+    assert "**lastfm-2k: no verdict** — refused, the choice is not blind to test" in text and "goal **met**" not in text
 
 
 def test_paired_records_average_each_user_over_seeds() -> None:

@@ -21,8 +21,8 @@ rows or seeds that were not run are listed as such, never filled in. Datasets an
 are prepared when missing. `final` runs a model once its own `tune` sweep is complete (its seed 0
 scores the tune run's saved model of the chosen configuration when there is one: `tuned_model`),
 and the report prints a verdict only when every validation record it chose from predates the test
-records it must not see: APRON's any of `final`, a baseline's its own
-(`training.results.selection.protocol`).
+records it must not see: every test record of the same model on the dataset, whatever its part,
+and for APRON also any of `final` (`training.results.selection.protocol`).
 """
 
 from __future__ import annotations
