@@ -215,14 +215,53 @@ def test_edit_penalty_equals_the_whole_table_formula_and_trains_alike(dataset) -
         torch.testing.assert_close(gradient, gradients[1][name], rtol=1e-4, atol=1e-6, msg=name)
 
 
+def _loss_and_gradients(model, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    torch.manual_seed(1)  # the same history dropout for every model
+    model.train().zero_grad()
+    loss, _ = model.loss(x)
+    loss.backward()
+    model.eval()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_the_edit_penalty_never_enters_the_training_loss(dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """γ is a scoring-time term: a training row whose history dropout removed every item (all
+    shares 0, which reads as "every prototype removed") must not get the −γ shift, which moved
+    float32 gradients and hence early stopping. Loss and gradients are bit-identical for γ = 0 and
+    γ = 50."""
+    import training.models.apron as apron
+
+    x = torch.from_numpy(dataset.train[:64].toarray())
+    assert x[0].sum() > 0  # items to be found, so the row's loss has gradients ...
+    drop = apron.drop_history
+
+    def drop_all_of_row_0(history: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        kept = drop(history, *args, **kwargs).clone()
+        kept[0] = 0.0  # ... and an empty history after dropout, as p = 0.5 makes for a short one
+        return kept
+
+    monkeypatch.setattr(apron, "drop_history", drop_all_of_row_0)
+    plain = _model(dataset, lambda_tag_attention=1.0)
+    penalised = _model(dataset, lambda_tag_attention=1.0, edit_penalty=50.0)
+    penalised.load_state_dict(plain.state_dict())
+    with torch.no_grad():  # an empty history does reach the penalty when scoring: the test is not vacuous
+        assert not torch.equal(plain(torch.zeros_like(x[:1])), penalised(torch.zeros_like(x[:1])))
+    loss, gradients = _loss_and_gradients(plain, x)
+    penalised_loss, penalised_gradients = _loss_and_gradients(penalised, x)
+    assert torch.equal(loss, penalised_loss)
+    assert gradients.keys() == penalised_gradients.keys() and gradients
+    for name, gradient in gradients.items():
+        assert torch.equal(gradient, penalised_gradients[name]), name
+
+
 def _training_profile_mass(model, x: torch.Tensor) -> float:
     """The total profile mass f was trained on in one `loss` call (training mode, dropout drawn)."""
     seen: list[torch.Tensor] = []
     score = model.score
 
-    def spy(weights: torch.Tensor) -> torch.Tensor:
+    def spy(weights: torch.Tensor, **options: bool) -> torch.Tensor:
         seen.append(weights.detach())
-        return score(weights)
+        return score(weights, **options)
 
     model.score = spy
     torch.manual_seed(1)

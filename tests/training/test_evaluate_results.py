@@ -11,7 +11,16 @@ from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.results.catalogue import ABLATIONS, Job, Run, jobs, same_run_as
 from training.results.report import SWEEP_DATASET, sweep_after_test, sweep_verdict, write_report
 from training.results.runner import carry_over, execute, load_records, needs_run
-from training.results.stats import Paired, aggregate
+from training.results.stats import (
+    KEPT,
+    LOST,
+    NONINFERIORITY_MARGIN,
+    NOT_SHOWN,
+    Paired,
+    accuracy,
+    aggregate,
+    paired_difference,
+)
 
 INFO = {"fingerprint": "f" * 64, "n_items": 2813, "n_tags": 80, "users": {"train": 1487, "val_tr": 186, "test_tr": 186}}
 
@@ -74,7 +83,7 @@ def test_the_report_no_longer_draws_a_verdict_from_the_per_user_bar(tmp_path: Pa
         r["per_user"] = {"users": [0, 1, 2, 3], "ndcg@100": [r["metrics"]["ndcg@100"] + u for u in (0.1, -0.1, 0.2, -0.2)]}
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
     assert "That row on test users against MacridVAE (main table), paired per user over 4 users: -0.0100, s.e. 0.0000" in text
-    assert "(stays below 0)" in text and "goal **met**" not in text
+    assert "(accuracy lost: upper end -0.0100 < −margin" in text and "goal **met**" not in text
 
 
 def _penalised(record: dict, gamma: float, intrinsic_pct: float | None) -> dict:
@@ -271,17 +280,38 @@ def test_not_run_counts_only_records_with_the_rows_current_settings(tmp_path: Pa
 
 def test_a_sweep_options_verdict_says_what_was_measured() -> None:
     """The verdict follows the numbers: a drop of %Δ@20 is a drop (it read "moved < 5 points"
-    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest, and without
-    per-user values there is no accuracy test, so no verdict."""
-    kept, fell = Paired(-0.002, 0.003, -0.008, 0.004, 186), Paired(-0.004, 0.001, -0.006, -0.002, 186)
+    for a 7-point fall), an unmeasured one is N/A, accuracy lost outranks the rest, an accuracy
+    not shown is said (a gain with it is 'not shown', not 'helped'), and without per-user values
+    there is no accuracy test, so no verdict. Reference 0.5: margin 0.01."""
+    kept, fell = Paired(-0.002, 0.003, -0.008, 0.004, 186), Paired(-0.02, 0.001, -0.03, -0.012, 186)
+    wide = Paired(-0.002, 0.006, -0.014, 0.010, 186)  # reaches 0, but also below −margin
     interval = "paired per-user Δ val NDCG@100 -0.0020, 95% interval [-0.0080, +0.0040] over 186 users"
-    assert sweep_verdict(kept, 7.7) == f"helped (%Δ@20 +7.7 points; accuracy kept: {interval}, reaches 0)"
-    assert sweep_verdict(kept, -7.1) == f"failed: %Δ@20 fell -7.1 points ({interval})"
-    assert sweep_verdict(kept, 2.0) == f"failed: %Δ@20 moved +2.0 points, under 5 ({interval})"
-    assert sweep_verdict(kept, float("nan")).startswith("no verdict: %Δ@20 with γ = 0 not measured (N/A); accuracy kept (")
-    assert sweep_verdict(fell, 12.0) == ("failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0040, 95% interval "
-                                         "[-0.0060, -0.0020] over 186 users, below 0)")  # fmt: skip
-    assert sweep_verdict(None, 12.0).startswith("no verdict: its records or the tuned row's keep no per-user values")
+    reading = "accuracy kept: lower end -0.0080 ≥ −margin -0.0100"
+    assert sweep_verdict(kept, 7.7, 0.5) == f"helped (%Δ@20 +7.7 points; {reading}; {interval})"
+    assert sweep_verdict(kept, -7.1, 0.5) == f"failed: %Δ@20 fell -7.1 points ({interval}; {reading})"
+    assert sweep_verdict(kept, 2.0, 0.5) == f"failed: %Δ@20 moved +2.0 points, under 5 ({interval}; {reading})"
+    assert sweep_verdict(kept, float("nan"), 0.5).startswith(f"no verdict: %Δ@20 with γ = 0 not measured (N/A); {reading} (")
+    assert sweep_verdict(fell, 12.0, 0.5) == ("failed: accuracy lost: upper end -0.0120 < −margin -0.0100 (paired per-user "
+                                              "Δ val NDCG@100 -0.0200, 95% interval [-0.0300, -0.0120] over 186 users)")  # fmt: skip
+    assert sweep_verdict(wide, 12.0, 0.5).startswith(
+        "not shown: %Δ@20 +12.0 points, but accuracy not shown: lower end -0.0140 < −margin -0.0100 ≤ upper end "
+        "+0.0100, more users needed")  # fmt: skip
+    assert sweep_verdict(None, 12.0, 0.5).startswith("no verdict: its records or the tuned row's keep no per-user values")
+
+
+def test_accuracy_is_kept_only_when_non_inferiority_is_shown() -> None:
+    """Failing to reject is not equivalence: a 4.8 % deficit read on few users reaches 0 (the old
+    rule kept accuracy there); the margin test says 'not shown' on few users and 'lost' on many."""
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.2, 0.8, 4000)
+    row = reference * (1 - 0.048) + rng.normal(0, 0.15, 4000)  # 4.8 % below, noisy per user
+    few, many = paired_difference(row[:30], reference[:30]), paired_difference(row, reference)
+    assert few.high >= 0  # what the old rule read as "accuracy kept"
+    assert accuracy(few, reference.mean()).outcome == NOT_SHOWN
+    assert accuracy(many, reference.mean()).outcome == LOST
+    tied = paired_difference(reference + rng.normal(0, 0.01, 4000), reference)
+    kept = accuracy(tied, reference.mean())
+    assert kept.outcome == KEPT and kept.margin == pytest.approx(NONINFERIORITY_MARGIN * reference.mean())
 
 
 def _sweep_record(row: str, ndcg: np.ndarray, pct: float) -> dict:
@@ -291,23 +321,28 @@ def _sweep_record(row: str, ndcg: np.ndarray, pct: float) -> dict:
 
 
 def test_a_sweep_option_keeps_accuracy_by_the_paired_per_user_interval(tmp_path: Path) -> None:
-    """Not by a fixed 0.01 slack on the means: a fall of 0.005 that every user shares is a fall,
-    a fall of 0.02 that is noise across users is not; the report says the interval it read."""
+    """Not by a fixed 0.01 slack on the means, nor by an interval that merely reaches 0: a fall
+    of 0.02 that every user shares is lost, the same fall as noise across users is not shown (the
+    old rule kept it), a fall of 0.002 that every user shares is within the margin; the report
+    says the interval and the bound it read."""
     rng = np.random.default_rng(0)
-    base = rng.uniform(0.2, 0.6, 200)
-    consistent = base - 0.005 + rng.normal(0, 0.001, 200)  # within the old slack, yet below 0 for sure
-    noisy = base - 0.02 + rng.normal(0, 0.3, 200)  # beyond the old slack, but the interval holds 0
+    base = rng.uniform(0.2, 0.6, 200)  # mean ≈ 0.41: margin ≈ 0.0083
+    consistent = base - 0.02 + rng.normal(0, 0.001, 200)
+    noisy = base - 0.02 + rng.normal(0, 0.3, 200)  # the interval reaches 0 and below −margin
+    small = base - 0.002 + rng.normal(0, 0.001, 200)  # below 0 for sure, but within the margin
     records = [_sweep_record("collab:tuned", base, 20.0), _sweep_record("collab:pen20", consistent, 40.0),
-               _sweep_record("collab:tagatt1", noisy, 40.0)]  # fmt: skip
+               _sweep_record("collab:tagatt1", noisy, 40.0), _sweep_record("collab:sparsemax", small, 40.0)]  # fmt: skip
     text = write_report(records, tmp_path / "RESULTS.md").read_text()
     line = {key: next(x for x in text.splitlines() if x.startswith(f"- collab, {label}:"))
-            for key, label in (("pen20", "edit penalty γ=20"), ("tagatt1", "tag-supervised attention λ=1"))}  # fmt: skip
-    assert "failed: accuracy fell (paired per-user Δ val NDCG@100 -0.0051, 95% interval [-0.0052, -0.0049]" in line["pen20"]
-    assert "helped (%Δ@20 +20.0 points; accuracy kept: paired per-user Δ val NDCG@100" in line["tagatt1"]
+            for key, label in (("pen20", "edit penalty γ=20"), ("tagatt1", "tag-supervised attention λ=1"),
+                               ("sparsemax", "sparsemax attention"))}  # fmt: skip
+    assert ": failed: accuracy lost: upper end -0.0199 < −margin -0.0083 (paired per-user Δ val NDCG@100 -0.0201" in line["pen20"]
+    assert ": not shown: %Δ@20 +20.0 points, but accuracy not shown: lower end" in line["tagatt1"]
+    assert ": helped (%Δ@20 +20.0 points; accuracy kept: lower end -0.0022 ≥ −margin -0.0083;" in line["sparsemax"]
     without = [{k: v for k, v in r.items() if k != "per_user"} for r in records]
     text = write_report(without, tmp_path / "R2.md").read_text()
     assert "keep no per-user values, so accuracy has no paired test (%Δ@20 +20.0 points)" in text
-    assert "accuracy kept" not in text and "accuracy fell" not in text
+    assert "accuracy kept" not in text and "accuracy lost" not in text
 
 
 def test_the_sweep_after_test_clause_is_read_from_the_records() -> None:

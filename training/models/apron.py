@@ -87,7 +87,10 @@ def training_revision(hyperparameters: dict[str, Any]) -> int:
     the configurations a change of the training code (not of their settings) trains differently,
     so that run records made before it no longer read as current (`training.results` stores it
     in a record's settings when it is not 0). 1: a summed profile's history dropout is rescaled
-    by 1 / (1 - p) in training (inverted dropout, Eq. 13; `APRON.loss`)."""
+    by 1 / (1 - p) in training (inverted dropout, Eq. 13; `APRON.loss`). Keeping the edit penalty
+    out of the loss (it shifted an emptied row's logits uniformly, which moved only float32
+    rounding) is no bump: its records are kept and the report says which were trained with it
+    (`training.results.report.GAMMA_IN_LOSS_UNTIL`)."""
     return 1 if hyperparameters.get("profile", APRONConfig.profile) == "sum" else 0
 
 
@@ -252,16 +255,23 @@ class APRON(nn.Module):
         """What u is built from: per-head shares ("mean") or the summed weights themselves ("sum")."""
         return profile_shares(profile_weights) if self.config.profile == "mean" else profile_weights
 
-    def score(self, profile_weights: torch.Tensor) -> torch.Tensor:
-        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6). (B, H, K) -> (B, N)"""
-        return self.score_shares(self.shares(profile_weights))
+    def score(self, profile_weights: torch.Tensor, penalise: bool = True) -> torch.Tensor:
+        """Shares per head, u (Eq. 13-14), logits f(u) (Eq. 6). (B, H, K) -> (B, N)
+        `penalise`: apply the edit penalty γ (scoring); `loss` passes False (`score_shares`)."""
+        return self.score_shares(self.shares(profile_weights), penalise)
 
-    def score_shares(self, shares: torch.Tensor) -> torch.Tensor:
-        """u = concat_h sum_k shares_{h,k} P~_{k,h} (Eq. 13-14), then f (Eq. 6), then the edit penalty."""
+    def score_shares(self, shares: torch.Tensor, penalise: bool = True) -> torch.Tensor:
+        """u = concat_h sum_k shares_{h,k} P~_{k,h} (Eq. 13-14), then f (Eq. 6), then the edit penalty.
+
+        `penalise=False` leaves the penalty out: the training loss, where it has no place. There a
+        row whose history dropout removed every item has all shares 0, which reads as "every
+        prototype removed", and γ shifted all its logits by −γ: equal in exact arithmetic, but in
+        float32 it moved the gradients (~1e-8) and with them early stopping, so options differing
+        only in γ trained differently."""
         u = torch.einsum("bhk,khd->bhd", shares, self.prototype_values())  # (B, H, D')
         logits = self.f(u.flatten(1))  # Eq. 14 concatenates the heads
         removed = shares == 0  # (B, H, K): prototypes an edit set to 0 (profiles are floored)
-        if self.config.edit_penalty > 0 and bool(removed.any()):  # the catalog's attention only when needed
+        if penalise and self.config.edit_penalty > 0 and bool(removed.any()):  # the catalog's attention only when needed
             table = penalty_table(self.item_prototype_weights())  # (K + H*K, N)
             logits = edit_penalty(logits, removed, table, self.config.edit_penalty)
         return logits
@@ -294,7 +304,9 @@ class APRON(nn.Module):
         # interactions are scaled by 1 / (1 - p) in training only. "mean" normalises them away.
         history = drop_history(x, cfg.dropout, self.training, rescale=cfg.profile == "sum")
         weights = self.profile_weights(history, item_weights)
-        logits = self.score(weights)
+        # γ is a scoring-time term: the loss never applies it, so the weights trained are the
+        # same for every γ, bit for bit (`without_edit_penalty` relies on it)
+        logits = self.score(weights, penalise=False)
         if cfg.recsys_loss == "bce":
             recsys = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1).mean()
         else:

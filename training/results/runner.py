@@ -21,8 +21,8 @@ rows or seeds that were not run are listed as such, never filled in. Datasets an
 are prepared when missing. `final` runs a model once its own `tune` sweep is complete (its seed 0
 scores the tune run's saved model of the chosen configuration when there is one: `tuned_model`),
 and the report prints a verdict only when every validation record it chose from predates the test
-records it must not see: APRON's any of `final`, a baseline's its own
-(`training.results.selection.protocol`).
+records it must not see: every test record of the same model on the dataset, whatever its part,
+and for APRON also any of `final` (`training.results.selection.protocol`).
 """
 
 from __future__ import annotations
@@ -92,8 +92,11 @@ def ensure_dataset(name: str, root: Path, features: set[str], progress: bool) ->
 def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> tuple[Any, Any, dict[str, Any]] | None:
     """The model the tune part trained for this final job's seed, when its record and checkpoint
     show the same settings, seed and dataset: (model, checkpoint info, what the record says of its
-    training). On one machine training is deterministic for a seed (the lastfm-2k finals stopped at
-    the tune runs' epochs exactly), so this is the model a fresh run would train, at no cost. (On
+    training). On one machine training is deterministic for a seed and the same settings (the
+    lastfm-2k finals stopped at the tune runs' epochs exactly), so this is the model a fresh run
+    would train, at no cost. Settings that differ only in the edit penalty γ were not the same
+    training until γ was kept out of the loss (`report.GAMMA_IN_LOSS_UNTIL`): on one machine,
+    sweep rows `collab:tuned` and `collab:pen20` trained 38 and 35 epochs. (On
     another host floating-point sums differ slightly, which can move early stopping: of 122 runs
     repeated on 2026-12-05, most moved NDCG@100 by ~1e-5, the most 3e-3 at the same epochs, and 5
     stopped at other epochs.)"""

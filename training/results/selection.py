@@ -8,14 +8,15 @@
   final job exists only once every tuning configuration of that model has a current record.
 - `protocol`: whether a dataset's verdict may be printed: the tuning is complete, the final
   records have the chosen settings, and every validation record considered was written before
-  the test records it must not see (`first_test`: APRON's before any final record of the dataset,
-  a baseline's before its own), so a sweep round added after test numbers were seen, which would
-  select with test in view, is refused.
+  the test records it must not see (`first_test`: a model's before every test-split record of
+  the same model on the dataset, whatever its part (main, ablations, final), and APRON's also
+  before any final record), so a candidate set defined, or a sweep round added, with test
+  numbers in view is refused, naming the test record and its date.
 """
 
 from __future__ import annotations
 
-import math
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,9 @@ def current_records(job: Job, records: list[dict[str, Any]]) -> list[dict[str, A
 def goal_choice(sweep: dict[str, list[dict[str, Any]]]) -> str | None:
     """Issue 10's rule on the old sweep, on validation users: of the options with val %Δ@20 >= 40
     (served), the one with the highest val NDCG@100, ties (options that differ only in the edit
-    penalty γ, which does not change training) to the higher val %Δ@20. None: none reaches it."""
+    penalty γ, a scoring-time term: their records tie where γ did not move training, which records
+    made before it was kept out of the loss do not promise) to the higher val %Δ@20. None: none
+    reaches it."""
     pct = {key: aggregate(rows, f"pct_delta@{CONTROL_K}") for key, rows in sweep.items()}
     eligible = [key for key, cell in pct.items() if cell and cell.mean >= GOAL_PCT_DELTA]
     ranked = sorted(eligible, key=lambda k: (aggregate(sweep[k], "ndcg@100").mean, pct[k].mean, k))
@@ -137,14 +140,45 @@ class Protocol:
     allowed: bool
     reason: str
     final: dict[str, list[dict[str, Any]]]  # model -> current final records (the chosen settings)
+    # `blindness_breaches`: the choice saw test numbers; the figures can still be shown, as measured
+    breaches: tuple[str, ...] = ()
 
 
-def first_test(model: str, final: list[dict[str, Any]]) -> float:
-    """When the first test record that `model`'s validation records must precede was written: APRON's
-    (the goal row) precede every final record of the dataset, so no test number of any model was in
-    view when its configuration was chosen; a baseline's precede its own."""
-    times = [record_time(r) for r in final if model == "apron" or r["model"] == model]
-    return min(times, default=math.inf)
+def first_test(model: str, dataset: str, records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first test-split record that `model`'s validation records on `dataset` must precede:
+    any test record of the same model, whatever its part (a main or ablation row scored on test
+    users shows test numbers as much as a final one does), and for APRON (the goal row) also any
+    final record, so no test number of any tuned model was in view when its configuration was
+    chosen. None: there is none."""
+    seen = [r for r in records if r["dataset"] == dataset and _is_test(r)
+            and (r["model"] == model or (model == "apron" and r["part"] == "final"))]  # fmt: skip
+    return min(seen, key=record_time, default=None)
+
+
+def _is_test(record: dict[str, Any]) -> bool:
+    """A test-split record (`split`; records without one: every part but the validation ones)."""
+    return record.get("split", "val" if record["part"] in ("tune", "sweep") else "test") == "test"
+
+
+def blindness_breaches(dataset: str, sweeps: list[Tuning], records: list[dict[str, Any]]) -> list[str]:
+    """One sentence per model whose validation records do not all precede `first_test`: the
+    validation rows written later, the test record and its date, said plainly."""
+    out = []
+    for t in sweeps:
+        first = first_test(t.model, dataset, records)
+        if first is None:
+            continue
+        late = sorted({r["row"] for rows in t.records.values() for r in rows if record_time(r) >= record_time(first)})
+        if late:
+            whose = "the same model" if first["model"] == t.model else f"{LABELS[first['model']]}, in the final part"
+            when = dt.datetime.fromtimestamp(record_time(first), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            runs = sum(1 for rows in t.records.values() for _ in rows)
+            out.append(
+                f"{LABELS[t.model]}: test record `{first['part']}/{dataset}/{first['row']}` seed {first['seed']} "
+                f"({when}, {whose}) precedes {len(late)} of its {runs} validation records (e.g. `{late[0]}`), so its "
+                "candidate set was defined with that test number in view"
+            )
+    return out
 
 
 def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
@@ -157,14 +191,12 @@ def protocol(dataset: str, records: list[dict[str, Any]]) -> Protocol:
     final = {job.model: current_records(job, records) for job in chosen}
     stale = sorted({r["row"] for r in records if (r["part"], r["dataset"]) == ("final", dataset)}
                    - {m for m, rows in final.items() if rows})  # fmt: skip
-    all_final = [r for r in records if (r["part"], r["dataset"]) == ("final", dataset)]
-    considered = [r for t in sweeps for rows in t.records.values() for r in rows]
-    if all_final:
-        late = sorted({r["row"] for r in considered if record_time(r) >= first_test(r["model"], all_final)})
-        if late:
-            return Protocol(False, f"refused: validation records of {', '.join(f'`{x}`' for x in late)} were written "
-                            "after test records they must precede (APRON's: any of the final part; a baseline's: its "
-                            "own), so the choice could have seen test numbers; rerun the final part (`--part final --force`) after the tuning", final)  # fmt: skip
+    breaches = blindness_breaches(dataset, sweeps, records)
+    if breaches:
+        return Protocol(False, "refused, the choice is not blind to test: " + "; ".join(breaches) + " (the rule: a "
+                        "model's validation records precede every test record of that model on the dataset, whatever "
+                        "its part, and APRON's every final record; rerun the tuning with no such record in view, then "
+                        "the final part)", final, tuple(breaches))  # fmt: skip
     if stale:
         return Protocol(False, f"final records of {', '.join(stale)} were made with other settings than the "
                         "configuration chosen on validation now; rerun them", final)  # fmt: skip
