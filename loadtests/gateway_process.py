@@ -92,10 +92,13 @@ def run_gateway(
 
 
 def start_gateway(
-    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None
+    args: Sequence[str], log_dir: Path, startup_timeout: float = 120.0, *, user: tuple[int, int] | None = None,
+    new_session: bool = False,
 ) -> GatewayProcess:
     """A started `apron serve` (the caller stops it: `terminate()`), SERVING. `user` (uid, gid):
-    run it as that user, without supplementary groups, as a container's USER does (needs root)."""
+    run it as that user, without supplementary groups, as a container's USER does (needs root).
+    `new_session`: in a session and process group of its own, as a shell runs a command (a signal
+    to its group, as a terminal's Ctrl-C sends, reaches it and its children, not the caller)."""
     # --request-timeout-s: the server's own deadline far beyond any call on a loaded CI machine (ARGS may lower it)
     command = [*APRON, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "text", "--request-timeout-s", "120", *args]
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,9 @@ def start_gateway(
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_path, "wb") as log:
         as_user = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, **as_user)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, start_new_session=new_session, **as_user
+        )
     try:
         port, metrics_port = wait_serving(process, log_path, startup_timeout)
     except BaseException:

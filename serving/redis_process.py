@@ -243,9 +243,14 @@ class RedisProcess:
                 # it holds the data directory's lock too (the inherited fd shares the flock): a gateway
                 # killed without its cleanup (SIGKILL) frees the directory only once its server is gone,
                 # so a new one never starts a second server on the same append-only file
+                # in a process group of its own: a terminal's Ctrl-C (SIGINT to the whole foreground
+                # group, `make serve`) is the gateway's to handle; the server would exit during the
+                # gateway's drain and be taken for a crash. It stops when its owner stops it, or dies
+                # (the pdeathsig above)
                 self.process = subprocess.Popen(
-                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077, pass_fds=(self._lock,)  # type: ignore[arg-type]
-                )
+                    command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, umask=0o077, pass_fds=(self._lock,),  # type: ignore[arg-type]
+                    process_group=0,
+                )  # fmt: skip
             self._wait_ready(timeout)
         except BaseException:  # a signal or an error while it starts: never leave it orphaned
             if self.process is not None and self.process.poll() is None:

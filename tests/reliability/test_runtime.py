@@ -4,6 +4,7 @@ shapes, with every acknowledged edit still there and the gateway answering again
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -57,3 +58,22 @@ async def test_a_killed_private_redis_is_restarted_by_the_runtime(
         assert "the private redis-server died" in gateway.log()
     finally:
         assert gateway.terminate() == 0
+
+
+def test_ctrl_c_stops_the_gateway_and_then_its_private_redis(python_repository: Path, tokens: Tokens, tmp_path: Path) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group (`make serve`). The
+    private redis-server must not get it: it would exit while the gateway drains its calls, be taken
+    for a crash (an ERROR) and be started again, only to be stopped a moment later."""
+    args = ["--repository", str(python_repository), "--no-build-demo", "--jwt-secret-file", str(tokens.path),
+            "--redis-dir", str(tmp_path / "redis")]  # fmt: skip
+    gateway = start_gateway(args, tmp_path, new_session=True)
+    try:
+        redis = redis_child(gateway.process.pid)
+        assert redis is not None
+        os.killpg(gateway.process.pid, signal.SIGINT)  # the group: what the terminal does
+        gateway.process.wait(timeout=120)
+    finally:
+        gateway.terminate()
+    assert "redis-server died" not in gateway.log(), gateway.log_tail()
+    assert gateway.process.returncode == 0, gateway.log_tail()
+    assert not redis.is_running() or redis.status() == psutil.STATUS_ZOMBIE  # stopped by the gateway, after its drain
