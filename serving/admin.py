@@ -60,7 +60,10 @@ class ModelAdminServicer(pb_grpc.ModelAdminServicer):
             backend=self.models.backend,
         )
 
-    @rpc_boundary("LoadModel", ADMIN_SERVICE_NAME)
+    # a load and warm-up take what the version needs (large catalogs, the torch backend's CUDA graph
+    # capture: minutes), not the request path's --request-timeout-s: the caller's deadline bounds it
+    # (`ApronClient.load_model`: 120 s or more)
+    @rpc_boundary("LoadModel", ADMIN_SERVICE_NAME, server_limit=False)
     async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
         require_service("LoadModel")
         available = await asyncio.to_thread(available_versions, self.models.repository)

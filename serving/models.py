@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from export import contract
-from export.metadata import ExportMetadata, MetadataError
+from export.metadata import ExportMetadata, MetadataError, metadata_path
 from serving.backends.base import GraphSignature, Scorer
 from serving.cache import STORE_DOWN, ProfileCache, RedisStore
 from serving.catalog import ServedModel
@@ -147,7 +147,8 @@ class ModelSet:
         self._metadata: dict[int, ServedModel] = {}  # older versions' catalogs, for recover_history
         self.last_error = ""
         self._published: set[tuple[str, str, str]] = set()
-        self._failed_newest = 0  # the watch does not retry a version that failed until it changes
+        # the watch does not retry a version that failed until it changes: (version, its metadata file's identity)
+        self._failed_newest: tuple[int, tuple[int, int, int] | None] = (0, None)
 
     # ------------------------------------------------------------------------------ the request path
 
@@ -189,8 +190,10 @@ class ModelSet:
         closed Triton scorer asked again opened a client nothing closed)."""
         served = [m for m in (self._primary, self._candidate) if m is not None]
         answers = []
-        for model in served:
-            with self._held(model):
+        with contextlib.ExitStack() as held:  # all of them before the first wait: a rollout during the
+            for model in served:  # wait on one must not close another still to be asked
+                held.enter_context(self._held(model))
+            for model in served:
                 answers.append(await model.scorer.healthy())
         return bool(served) and all(answers)
 
@@ -212,13 +215,16 @@ class ModelSet:
                     if version not in self._loaded:
                         fresh.append(await self._load(version))
                         self._loaded[version] = fresh[-1]
-            except Exception as error:
+            except BaseException as error:  # cancelled too (the caller's deadline): nothing half-loaded stays
                 for served in fresh:
                     self._loaded.pop(served.version, None)
                     await self._close(served)
-                self.last_error = str(error)
+                reason = str(error) if isinstance(error, Exception) else f"cancelled ({type(error).__name__})"
+                self.last_error = reason
                 self.metrics.model_loads.labels("failed").inc()
-                log.error("model rollout failed, still serving %s: %s", self._describe(self.routing), error)
+                log.error("model rollout failed, still serving %s: %s", self._describe(self.routing), reason)
+                if not isinstance(error, Exception):
+                    raise
                 raise ModelLoadError(str(error)) from error
             previous = self.routing
             self._primary = self._loaded[routing.primary]
@@ -273,7 +279,10 @@ class ModelSet:
                 continue
             if newest != waiting_for:  # a newer version than the one waited for: tried at once
                 waiting_for, waits, retry_at = newest, 0, 0.0
-            if newest != routing.primary and newest != self._failed_newest and time.monotonic() >= retry_at:
+            failed_before = self._failed_newest[0] == newest and self._failed_newest[1] == await asyncio.to_thread(
+                self._identity, newest
+            )
+            if newest != routing.primary and not failed_before and time.monotonic() >= retry_at:
                 try:
                     await self.reload()
                 except ModelLoadError as error:  # logged and counted
@@ -281,8 +290,18 @@ class ModelSet:
                         # new version on its own repository poll, seconds later): tried again, less and less often
                         waits += 1
                         retry_at = time.monotonic() + min(WATCH_RETRY_MAX_S, interval_s * 2.0 ** min(waits - 1, 30))
-                    else:  # refused (mismatched metadata, a broken graph): tried again once the repository changes
-                        self._failed_newest = newest
+                    else:  # refused (mismatched metadata, a broken graph): tried again once that version's files
+                        # change (the same number exported again after a roll-back, model_repository/README.md)
+                        self._failed_newest = (newest, await asyncio.to_thread(self._identity, newest))
+
+    def _identity(self, version: int) -> tuple[int, int, int] | None:
+        """What tells one export of `version` from another: its metadata file's inode, size and
+        modification time (an export writes it last, a new file each time); None when it is gone."""
+        try:
+            stat = metadata_path(self.repository, version).stat()
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
     async def close(self) -> None:
         async with self._lock:

@@ -123,10 +123,11 @@ def add_service(
     return {f"/{service.full_name}/{name}": handler for name, handler in handlers.items()}
 
 
-def rpc_boundary(method: str, service: str = tracing.SERVICE) -> Callable[[Handler], Handler]:
+def rpc_boundary(method: str, service: str = tracing.SERVICE, server_limit: bool = True) -> Callable[[Handler], Handler]:
     """The boundary every unary RPC of `service` (its full name: spans name it) goes through: auth's
     verdict, admission, the deadline, the status a failure answers, and the call's metrics, log line
-    and trace."""
+    and trace. `server_limit=False`: only the caller's deadline bounds the call, not the server's
+    --request-timeout-s (a model load takes as long as its version needs)."""
     def decorate(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def wrapped(self: RecommenderServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -156,8 +157,9 @@ def rpc_boundary(method: str, service: str = tracing.SERVICE) -> Callable[[Handl
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
-                limit = self.server.request_timeout_s
-                async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:
+                limit = self.server.request_timeout_s if server_limit else None
+                bound = min((t for t in (remaining, limit) if t is not None), default=None)
+                async with asyncio.timeout(bound) as deadline:
                     clock.mark(stages.ADMISSION)
                     if isinstance(request, RawRequest):
                         request = request.parse()

@@ -203,6 +203,56 @@ async def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
         assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "[1, 2]" in unknown.value.details()
 
 
+async def test_a_load_longer_than_the_request_timeout_is_bounded_by_the_callers_deadline_only(
+    two_versions: Path, redis_server: RedisProcess
+) -> None:
+    """--request-timeout-s bounds the request path; a load takes what its version needs (the torch
+    backend's CUDA graph capture: minutes), so LoadModel answers when it is done, within the caller's
+    deadline. With a 1 µs request timeout any load outlasts it: it used to answer DEADLINE_EXCEEDED,
+    cut halfway."""
+    config = gateway_config(two_versions, redis_server.url, model_version=1, request_timeout_s=1e-6)
+    async with running_gateway(config) as gateway:
+        status = await admin_stub(gateway).LoadModel(admin.LoadModelRequest(version=2), timeout=120)
+        assert serving(status) == {"primary": 2} and not status.last_error
+
+
+async def test_a_cancelled_load_leaves_nothing_loaded_and_is_recorded(two_versions: Path) -> None:
+    """A rollout cut short (the caller's deadline, a client gone) closes what it loaded, keeps the
+    routing, and is counted and reported as a failed load, like any other failure."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    started, closed = asyncio.Event(), []
+
+    class Hangs(OnnxRuntimeScorer):  # version 2's warm-up never ends
+        async def warm_up(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if self.version == 2:
+                started.set()
+                await asyncio.Event().wait()
+            return await super().warm_up(*args, **kwargs)
+
+        async def close(self) -> None:
+            closed.append(self.version)
+            await super().close()
+
+    metrics = Metrics()
+    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
+    models = ModelSet(two_versions, no_calls, lambda model: onnx_scorer(Hangs, two_versions, model.version), metrics, "onnxruntime")  # type: ignore[arg-type]
+    await models.apply(Routing(1))
+    try:
+        loading = asyncio.ensure_future(models.apply(Routing(1, 2, 0.5)))
+        await asyncio.wait_for(started.wait(), 60)
+        loading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await loading
+        assert models.routing == Routing(1) and sorted(models._loaded) == [1]
+        assert closed == [2] and "cancelled" in models.last_error
+        assert metrics.model_loads.labels("failed")._value.get() == 1
+    finally:
+        await models.close()
+
+
 def share_bounds(n: int, p: float, z: float = 5.0) -> tuple[float, float]:
     """Where the count of n Bernoulli(p) draws falls but with probability ~6e-7 (z = 5)."""
     sd = math.sqrt(n * p * (1 - p))
@@ -383,4 +433,86 @@ async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_ver
         assert await poll  # it answered before it was closed
         await eventually(lambda: closed == [1], "version 1 closed once the poll let go of it")
     finally:
+        await models.close()
+
+
+async def test_a_candidate_dropped_during_the_primarys_health_poll_is_asked_before_it_closes(two_versions: Path) -> None:
+    """The poll holds every routed version before its first wait: a rollout that drops the candidate
+    while the primary is being asked closes it only after the poll (the poll used to ask the closed
+    candidate: a Triton scorer opened a client nothing closed, and readiness read False)."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    asked, answer = asyncio.Event(), asyncio.Event()
+    closed: list[int] = []
+    asked_closed: list[int] = []
+
+    class SlowPrimary(OnnxRuntimeScorer):
+        async def healthy(self) -> bool:
+            if self.version == 1:
+                asked.set()
+                await answer.wait()
+            elif self.version in closed:
+                asked_closed.append(self.version)
+            return self.version not in closed
+
+        async def close(self) -> None:
+            closed.append(self.version)
+            await super().close()
+
+    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
+    models = ModelSet(two_versions, no_calls, lambda model: onnx_scorer(SlowPrimary, two_versions, model.version), Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    await models.apply(Routing(1, 2, 0.5))
+    try:
+        poll = asyncio.ensure_future(models.healthy())
+        await asyncio.wait_for(asked.wait(), 60)
+        await models.apply(Routing(1))  # the split ends while the poll asks the primary
+        assert closed == []  # the candidate is held by the poll
+        answer.set()
+        assert await poll and asked_closed == []
+        await eventually(lambda: closed == [2], "the candidate closed once the poll let go of it")
+    finally:
+        await models.close()
+
+
+async def test_the_watch_tries_a_version_number_again_once_it_was_exported_again(
+    tiny_checkpoint: Path, second_checkpoint: Path, tmp_path: Path
+) -> None:
+    """model_repository/README.md, "Roll back": a version that failed to load is removed and a fixed
+    model exported, which takes the same number; the watch skipped that number for good."""
+    from serving.backends.onnxruntime import OnnxRuntimeScorer
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    repository = tmp_path / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository)
+    broken = {2}
+    tries: list[int] = []
+
+    def make(model):  # type: ignore[no-untyped-def]
+        tries.append(model.version)
+        if model.version in broken:
+            raise RuntimeError(f"version {model.version} is broken")  # refused, not UNAVAILABLE: not retried as is
+        return onnx_scorer(OnnxRuntimeScorer, repository, model.version)
+
+    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
+    models = ModelSet(repository, no_calls, make, Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    await models.apply(Routing(1))
+    watch = asyncio.ensure_future(models.watch(0.01))
+    try:
+        await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
+        await eventually(lambda: tries.count(2) == 1 and models.last_error != "", "version 2 refused")
+        # roll back: version 2's files go, and the fixed model is exported as version 2 again
+        for name in ("apron_profile", "apron_scorer", "apron_item_encoder", "apron_recommend"):
+            shutil.rmtree(repository / name / "2", ignore_errors=True)
+        (repository / "apron_metadata.v2.json").unlink()
+        shutil.copy(repository / "apron_metadata.v1.json", repository / "apron_metadata.json")
+        broken.clear()
+        await asyncio.to_thread(export_tiny_repository, tiny_checkpoint, repository)
+        assert available_versions(repository) == [1, 2]
+        await eventually(lambda: models.routing.primary == 2, "the watch rolled out the new version 2")
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
         await models.close()
