@@ -432,7 +432,7 @@ def test_an_int8_quantization_that_fails_is_a_one_line_error_and_writes_nothing(
     import export.onnx_export
     from export.quantize import QuantizationError
 
-    def refuse(scorer_onnx: bytes) -> bytes:
+    def refuse(scorer_onnx: bytes, reads_shares: bool = True) -> bytes:
         raise QuantizationError("ONNX Runtime's quantizer made integer products [] of f's layers ['/f/f.0/Gemm']")
 
     monkeypatch.setattr(export.onnx_export, "quantize_scorer", refuse)
