@@ -6,6 +6,7 @@ the A/B split's shares. The rollout under Locust load, SIGHUP and Triton: tests/
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import shutil
@@ -68,6 +69,27 @@ def onnx_scorer(cls: type, repository: Path, version: int):  # type: ignore[no-u
     )
     scorer.version = version
     return scorer
+
+
+def model_set(repository: Path, make, backend: str = "onnxruntime", metrics=None):  # type: ignore[no-untyped-def]
+    """A ModelSet of `make`'s scorers without a gateway: no call reaches its profile caches' store."""
+    from serving.metrics import Metrics
+    from serving.models import ModelSet
+
+    no_calls = types.SimpleNamespace(ttl_s=3600)
+    return ModelSet(repository, no_calls, make, metrics or Metrics(), backend)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def watching(models, interval_s: float = 0.01):  # type: ignore[no-untyped-def]
+    """`models.watch` running for the block; then stopped, and the models closed."""
+    watch = asyncio.ensure_future(models.watch(interval_s))
+    try:
+        yield
+    finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
+        await models.close()
 
 
 def admin_stub(gateway: Gateway) -> admin_grpc.ModelAdminStub:
@@ -221,7 +243,6 @@ async def test_a_cancelled_load_leaves_nothing_loaded_and_is_recorded(two_versio
     routing, and is counted and reported as a failed load, like any other failure."""
     from serving.backends.onnxruntime import OnnxRuntimeScorer
     from serving.metrics import Metrics
-    from serving.models import ModelSet
 
     started, closed = asyncio.Event(), []
 
@@ -237,8 +258,7 @@ async def test_a_cancelled_load_leaves_nothing_loaded_and_is_recorded(two_versio
             await super().close()
 
     metrics = Metrics()
-    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
-    models = ModelSet(two_versions, no_calls, lambda model: onnx_scorer(Hangs, two_versions, model.version), metrics, "onnxruntime")  # type: ignore[arg-type]
+    models = model_set(two_versions, lambda model: onnx_scorer(Hangs, two_versions, model.version), metrics=metrics)
     await models.apply(Routing(1))
     try:
         loading = asyncio.ensure_future(models.apply(Routing(1, 2, 0.5)))
@@ -360,8 +380,6 @@ async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(t
     gateway stayed on the old version); one refused for a mismatch is not."""
     from serving.backends.onnxruntime import OnnxRuntimeScorer
     from serving.errors import Unavailable
-    from serving.metrics import Metrics
-    from serving.models import ModelSet
 
     repository = tmp_path / "model_repository"
     export_tiny_repository(tiny_checkpoint, repository)
@@ -379,21 +397,15 @@ async def test_the_watch_tries_again_a_version_the_backend_could_not_serve_yet(t
         on_loop.append(threading.current_thread() is threading.main_thread())  # loading sessions blocks
         return onnx_scorer(NotServedYet, repository, model.version)
 
-    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
-    models = ModelSet(repository, no_calls, make, Metrics(), "triton")  # type: ignore[arg-type]
+    models = model_set(repository, make, "triton")
     await models.apply(Routing(1))
-    watch = asyncio.ensure_future(models.watch(0.01))
-    try:
+    async with watching(models):
         await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
         await eventually(lambda: tries.count(2) >= 2, "the watch tried version 2 again after UNAVAILABLE")
         assert models.routing.primary == 1
         served.add(2)  # the backend's own poll loaded it
         await eventually(lambda: models.routing.primary == 2, "the watch rolled out version 2 once it was served")
         assert on_loop and not any(on_loop)  # every version's scorer was made off the event loop
-    finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
-        await models.close()
 
 
 async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_versions: Path) -> None:
@@ -401,8 +413,6 @@ async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_ver
     which is closed only once the poll is done with it (a closed Triton scorer asked again opened a
     client that nothing closed)."""
     from serving.backends.onnxruntime import OnnxRuntimeScorer
-    from serving.metrics import Metrics
-    from serving.models import ModelSet
 
     asked, answer = asyncio.Event(), asyncio.Event()
     closed: list[int] = []
@@ -421,8 +431,7 @@ async def test_a_version_retired_during_a_health_poll_is_closed_after_it(two_ver
     def make(model):  # type: ignore[no-untyped-def]
         return onnx_scorer(SlowHealth, two_versions, model.version)
 
-    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
-    models = ModelSet(two_versions, no_calls, make, Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    models = model_set(two_versions, make)
     await models.apply(Routing(1))
     try:
         poll = asyncio.ensure_future(models.healthy())
@@ -441,8 +450,6 @@ async def test_a_candidate_dropped_during_the_primarys_health_poll_is_asked_befo
     while the primary is being asked closes it only after the poll (the poll used to ask the closed
     candidate: a Triton scorer opened a client nothing closed, and readiness read False)."""
     from serving.backends.onnxruntime import OnnxRuntimeScorer
-    from serving.metrics import Metrics
-    from serving.models import ModelSet
 
     asked, answer = asyncio.Event(), asyncio.Event()
     closed: list[int] = []
@@ -461,8 +468,7 @@ async def test_a_candidate_dropped_during_the_primarys_health_poll_is_asked_befo
             closed.append(self.version)
             await super().close()
 
-    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
-    models = ModelSet(two_versions, no_calls, lambda model: onnx_scorer(SlowPrimary, two_versions, model.version), Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    models = model_set(two_versions, lambda model: onnx_scorer(SlowPrimary, two_versions, model.version))
     await models.apply(Routing(1, 2, 0.5))
     try:
         poll = asyncio.ensure_future(models.healthy())
@@ -482,8 +488,6 @@ async def test_the_watch_tries_a_version_number_again_once_it_was_exported_again
     """model_repository/README.md, "Roll back": a version that failed to load is removed and a fixed
     model exported, which takes the same number; the watch skipped that number for good."""
     from serving.backends.onnxruntime import OnnxRuntimeScorer
-    from serving.metrics import Metrics
-    from serving.models import ModelSet
 
     repository = tmp_path / "model_repository"
     export_tiny_repository(tiny_checkpoint, repository)
@@ -496,11 +500,9 @@ async def test_the_watch_tries_a_version_number_again_once_it_was_exported_again
             raise RuntimeError(f"version {model.version} is broken")  # refused, not UNAVAILABLE: not retried as is
         return onnx_scorer(OnnxRuntimeScorer, repository, model.version)
 
-    no_calls = types.SimpleNamespace(ttl_s=3600)  # the profile caches' store: no call reaches it here
-    models = ModelSet(repository, no_calls, make, Metrics(), "onnxruntime")  # type: ignore[arg-type]
+    models = model_set(repository, make)
     await models.apply(Routing(1))
-    watch = asyncio.ensure_future(models.watch(0.01))
-    try:
+    async with watching(models):
         await asyncio.to_thread(export_tiny_repository, second_checkpoint, repository)
         await eventually(lambda: tries.count(2) == 1 and models.last_error != "", "version 2 refused")
         # roll back: version 2's files go, and the fixed model is exported as version 2 again
@@ -512,7 +514,3 @@ async def test_the_watch_tries_a_version_number_again_once_it_was_exported_again
         await asyncio.to_thread(export_tiny_repository, tiny_checkpoint, repository)
         assert available_versions(repository) == [1, 2]
         await eventually(lambda: models.routing.primary == 2, "the watch rolled out the new version 2")
-    finally:
-        watch.cancel()
-        await asyncio.gather(watch, return_exceptions=True)
-        await models.close()
