@@ -157,9 +157,8 @@ def rpc_boundary(method: str, service: str = tracing.SERVICE, server_limit: bool
                 # the client's deadline when it set one (grpc reports none as None or as ~forever),
                 # never more than the server's own limit
                 remaining = context.time_remaining()
-                limit = self.server.request_timeout_s if server_limit else None
-                bound = min((t for t in (remaining, limit) if t is not None), default=None)
-                async with asyncio.timeout(bound) as deadline:
+                limit = self.server.request_timeout_s if server_limit else remaining
+                async with asyncio.timeout(limit if remaining is None else min(remaining, limit)) as deadline:  # type: ignore[type-var]
                     clock.mark(stages.ADMISSION)
                     if isinstance(request, RawRequest):
                         request = request.parse()
