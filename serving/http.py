@@ -18,7 +18,10 @@ Errors: the gRPC status mapped as google.rpc.Code documents it (`HTTP_STATUS`), 
 `{"code": "<status in lower case>", "message": "<the gRPC status message>"}`; RESOURCE_EXHAUSTED
 adds `Retry-After` (whole seconds, rounded up) and `retry-after-ms` (the gRPC trailer's value).
 Before any handler, like gRPC's own decoding: a body that is not the request message is 400
-(invalid_argument), one over `--max-message-bytes` 413.
+(invalid_argument), one over `--max-message-bytes` 413. A caller the token check refuses is answered
+from its headers, its body never read. The body's arrival is bounded by the call's deadline
+(`Connect-Timeout-Ms`, at most `--request-timeout-s`): past it DEADLINE_EXCEEDED, through the
+boundary (counted and logged like any call).
 
 The server is uvicorn on the gateway's own event loop (`HttpServer`, started and stopped with the
 gRPC server by serving/server.py); with `--workers N` each worker serves it on the shared port
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import resource
 import socket
 import ssl
 import time
@@ -46,6 +50,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import auth, limits
 from serving.config import ServingConfig
@@ -53,6 +58,7 @@ from serving.drain import DRAINING_KEY, DRAINING_MESSAGE, Drain
 from serving.errors import RETRY_AFTER_KEY
 from serving.profile_encoding import Reply
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.servicer import RawRequest
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
 OPENAPI_PATH = "/v1/openapi.json"
@@ -95,7 +101,7 @@ def parse_message(body: bytes, message: Message) -> Message:
     return json_format.Parse(body or b"{}", message)
 
 
-Behavior = Callable[[Message | None, Any], Awaitable[Message | Reply]]
+Behavior = Callable[[Message | RawRequest | None, Any], Awaitable[Message | Reply]]
 
 
 def rpc_path(method: pb_descriptor.MethodDescriptor) -> str:
@@ -171,6 +177,23 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+class Unarrived(RawRequest):
+    """A request whose body never fully arrived (its deadline passed, or the client hung up). Handed
+    to the servicer's boundary like gRPC's unparsed `RawRequest`, whose parse raises `error` there:
+    the call is then answered, counted (apron_rpc_duration_seconds, rejections) and access-logged
+    exactly as a gRPC call that hit its deadline (TimeoutError: DEADLINE_EXCEEDED), with no second
+    copy of that bookkeeping here."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, message_type: type[Message], error: Exception):
+        super().__init__(message_type, b"")
+        self.error = error
+
+    def parse(self) -> Message:
+        raise self.error
+
+
 def timeout_of(request: Request) -> float | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
@@ -185,13 +208,14 @@ class RpcEndpoint:
 
     def __init__(
         self, method: pb_descriptor.MethodDescriptor, behavior: Behavior, verifier: auth.TokenVerifier | None, max_bytes: int,
-        drain: Drain | None = None,
+        drain: Drain | None = None, request_timeout_s: float | None = None,
     ):
         self.request_class = message_factory.GetMessageClass(method.input_type)
         self.behavior = behavior
         self.verifier = verifier
         self.max_bytes = max_bytes
         self.drain = drain  # the server's: a call still running at the end of the grace answers as gRPC's do
+        self.request_timeout_s = request_timeout_s  # --request-timeout-s: caps the body's arrival too
 
     async def handle(self, request: Request) -> Response:
         if self.drain is None:
@@ -212,13 +236,21 @@ class RpcEndpoint:
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
             caller, clock = auth.check_caller(self.verifier, metadata)
             behavior = auth.with_caller(behavior, caller, clock)
-            if isinstance(caller, auth.AuthError):  # refused before its body is parsed, as over gRPC (auth._unread):
-                # a caller without a token costs no parse. A body within the limit is still read (and
-                # dropped): closing with it unread resets the connection, and the client, still
-                # sending, would see a broken pipe instead of this answer. One over it is not read.
-                await read_body(request, self.max_bytes)
+            if isinstance(caller, auth.AuthError):  # refused before its body is read, as over gRPC (auth._unread):
+                # answered from the headers alone, so a caller without a token costs neither memory
+                # nor a wait for its body. The connection stays open: uvicorn discards (never stores)
+                # whatever of the body still arrives, so a client still sending reads this answer
+                # instead of a reset; GuardedH11Protocol closes it if no next request follows within
+                # its head timeout, however slowly the rest trickles in.
                 return await self._answer(behavior, None, context)
-        body = await read_body(request, self.max_bytes)
+        # the body's arrival counts against the call's deadline, as over gRPC (whose deadline runs from
+        # the client's send): a client that sends slowly, or declares more than it sends, is cut at it
+        bound = min((t for t in (context.time_remaining(), self.request_timeout_s) if t is not None), default=None)
+        try:
+            async with asyncio.timeout(bound):
+                body = await read_body(request, self.max_bytes)
+        except TimeoutError as error:
+            return await self._answer(behavior, Unarrived(self.request_class, error), context)
         if body is None:
             message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
@@ -233,7 +265,7 @@ class RpcEndpoint:
         return await self._answer(behavior, message_in, context)
 
     @staticmethod
-    async def _answer(behavior: Behavior, message_in: Message | None, context: HttpContext) -> Response:
+    async def _answer(behavior: Behavior, message_in: Message | RawRequest | None, context: HttpContext) -> Response:
         try:
             response = await behavior(message_in, context)
         except HttpAbort as error:
@@ -369,7 +401,7 @@ def build_app(
     document = json.dumps(openapi_document(methods, security.verifier is not None))
     max_bytes = limits.max_json_request_bytes(config.security)
     routes: list[BaseRoute] = [
-        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, max_bytes, drain).handle, methods=["POST"])
+        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, max_bytes, drain, config.request_timeout_s).handle, methods=["POST"])
         for method in methods
     ]
 
@@ -405,6 +437,89 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+# What one HTTP connection may hold, and how many there may be. uvicorn bounds neither on its own:
+# it accepts every connection and arms no timer until a first response is sent, so a client that
+# opens connections and sends half a request head (or nothing) holds a file descriptor each for
+# good; a flood of them used up the process's descriptors, and gRPC, in the same process, could then
+# accept no connection either. gRPC's own port bounds these with --max-connection-idle-s and core's
+# handshake timeouts.
+#   - at most a quarter of the process's descriptor limit (RLIMIT_NOFILE, soft) in HTTP connections,
+#     at least HTTP_MIN_CONNECTIONS: one over it is closed as accepted, before anything is read, and
+#     three quarters stay for gRPC's connections, Redis, the model files and the rest;
+#   - a request's head (request line and headers, at most H11_MAX_HEAD_BYTES) must arrive within
+#     --request-timeout-s of the connection opening or of the previous answer (at least
+#     HEAD_TIMEOUT_FLOOR_S, the round trip of a client on a slow link), else the connection is
+#     closed; this also ends the discarding of a body left unread (a refused caller's) however slowly
+#     it trickles in. The body itself is bounded by the call's deadline (RpcEndpoint);
+#   - uvicorn's limit_concurrency stays off: it counts connections and calls together and answers
+#     a plain-text 503; calls are shed by --max-concurrent-rpcs in the servicer, as over gRPC, with
+#     the JSON 429 and Retry-After. timeout_keep_alive stays uvicorn's 5 s (an idle kept-alive
+#     connection closes then) and backlog its 2048 (the kernel's queue, capped by somaxconn: no
+#     descriptors of this process).
+HTTP_CONNECTION_SHARE = 4
+HTTP_MIN_CONNECTIONS = 64
+HEAD_TIMEOUT_FLOOR_S = 5.0
+H11_MAX_HEAD_BYTES = 16 * 1024  # uvicorn's default, stated: a bearer JWT and the usual headers fit
+
+
+def http_connection_cap() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(HTTP_MIN_CONNECTIONS, soft // HTTP_CONNECTION_SHARE)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the two bounds it lacks (see above): `max_connections` open at
+    once, and `head_timeout_s` for a request's head to arrive. Set per server (`guarded_protocol`)."""
+
+    max_connections: int = HTTP_MIN_CONNECTIONS
+    head_timeout_s: float = HEAD_TIMEOUT_FLOOR_S
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._timed_cycle: object = None
+        super().connection_made(transport)  # type: ignore[arg-type]
+        if len(self.connections) > self.max_connections:
+            transport.abort()  # type: ignore[attr-defined]  # nothing read, its descriptor freed at once
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None and self.cycle is not self._timed_cycle:  # a new request's head is in
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # the next head is timed from this answer (unless a pipelined one already arrived)
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._timed_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+
+def guarded_protocol(max_connections: int, head_timeout_s: float) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"max_connections": max_connections, "head_timeout_s": head_timeout_s})
+
+
 class HttpServer:
     """uvicorn serving `app` on the gateway's event loop and a socket bound at construction."""
 
@@ -419,7 +534,8 @@ class HttpServer:
         self.uvicorn = uvicorn.Server(
             uvicorn.Config(
                 app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                timeout_graceful_shutdown=config.shutdown_grace_s, **tls,
+                timeout_graceful_shutdown=config.shutdown_grace_s, h11_max_incomplete_event_size=H11_MAX_HEAD_BYTES,
+                http=guarded_protocol(http_connection_cap(), max(config.request_timeout_s, HEAD_TIMEOUT_FLOOR_S)), **tls,
             )
         )  # fmt: skip
         self._ticks: asyncio.Task | None = None
