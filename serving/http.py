@@ -20,8 +20,8 @@ adds `Retry-After` (whole seconds, rounded up) and `retry-after-ms` (the gRPC tr
 Before any handler, like gRPC's own decoding: a body that is not the request message is 400
 (invalid_argument), one over `--max-message-bytes` 413. A caller the token check refuses is answered
 from its headers, its body never read. The body's arrival is bounded by the call's deadline
-(`Connect-Timeout-Ms`, at most `--request-timeout-s`): past it DEADLINE_EXCEEDED, through the
-boundary (counted and logged like any call).
+(`Connect-Timeout-Ms`, at most `--request-timeout-s`): past it DEADLINE_EXCEEDED, and a client that
+hangs up mid-body CANCELLED, both through the boundary (counted and logged like any call).
 
 The server is uvicorn on the gateway's own event loop (`HttpServer`, started and stopped with the
 gRPC server by serving/server.py); with `--workers N` each worker serves it on the shared port
@@ -47,7 +47,7 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -55,7 +55,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from serving import auth, limits
 from serving.config import ServingConfig
 from serving.drain import DRAINING_KEY, DRAINING_MESSAGE, Drain
-from serving.errors import RETRY_AFTER_KEY
+from serving.errors import RETRY_AFTER_KEY, ApronError
 from serving.profile_encoding import Reply
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.servicer import RawRequest
@@ -177,12 +177,18 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+class ClientGone(ApronError):
+    """The client hung up before its whole body arrived: what gRPC reports as a cancelled call."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
 class Unarrived(RawRequest):
     """A request whose body never fully arrived (its deadline passed, or the client hung up). Handed
     to the servicer's boundary like gRPC's unparsed `RawRequest`, whose parse raises `error` there:
     the call is then answered, counted (apron_rpc_duration_seconds, rejections) and access-logged
-    exactly as a gRPC call that hit its deadline (TimeoutError: DEADLINE_EXCEEDED), with no second
-    copy of that bookkeeping here."""
+    exactly as a gRPC call that hit its deadline (TimeoutError: DEADLINE_EXCEEDED) or was cancelled
+    (ClientGone: CANCELLED), with no second copy of that bookkeeping here."""
 
     __slots__ = ("error",)
 
@@ -251,6 +257,9 @@ class RpcEndpoint:
                 body = await read_body(request, self.max_bytes)
         except TimeoutError as error:
             return await self._answer(behavior, Unarrived(self.request_class, error), context)
+        except ClientDisconnect:  # uvicorn would log it as an ERROR with a traceback, the call uncounted
+            gone = ClientGone("the client closed the connection before its request body arrived")
+            return await self._answer(behavior, Unarrived(self.request_class, gone), context)
         if body is None:
             message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)

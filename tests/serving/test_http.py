@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
@@ -443,3 +444,20 @@ async def test_idle_and_half_sent_connections_are_bounded(ort_config: ServingCon
         finally:
             for sock in held:
                 sock.close()
+
+
+async def test_a_client_that_hangs_up_mid_body_is_a_cancelled_call(http_gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """As a cancelled gRPC call: CANCELLED in the call metrics and the access log (INFO), not an
+    uncounted call and uvicorn's ERROR traceback."""
+    caplog.set_level(logging.INFO)
+    port = http_gateway.server.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(partial_post("/apron.v1.Recommender/Recommend"))
+        await eventually(lambda: len(http_gateway.server.drain.in_flight) == 1, "the call waiting for its body")
+    await eventually(
+        lambda: http_gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="CANCELLED") == 1, "the call counted"
+    )
+    assert http_gateway.server.drain.in_flight == set()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+    logged = [record for record in caplog.records if record.getMessage() == "rpc" and record.fields.get("code") == "CANCELLED"]  # type: ignore[attr-defined]
+    assert len(logged) == 1 and logged[0].levelno == logging.INFO
