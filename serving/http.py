@@ -331,7 +331,9 @@ def _field_schema(field: pb_descriptor.FieldDescriptor, schemas: dict[str, Any])
         _message_schema(field.message_type, schemas)
         schema: dict[str, Any] = {"$ref": f"#/components/schemas/{field.message_type.full_name}"}
     elif field.enum_type is not None:
-        schema = {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+        # proto3 JSON: the server reads an enum by name or by number (and answers by name)
+        values = field.enum_type.values
+        schema = {"type": ["string", "integer"], "enum": [value.name for value in values] + [value.number for value in values]}
     else:
         schema = dict(_SCALARS[field.type])
     if field.containing_oneof is not None:
@@ -346,7 +348,36 @@ def _message_schema(message: pb_descriptor.Descriptor, schemas: dict[str, Any]) 
         return
     schemas[message.full_name] = {}  # before the fields: a message that refers to itself terminates
     properties = {field.name: _field_schema(field, schemas) for field in message.fields}
-    schemas[message.full_name] = {"type": "object", "properties": properties, "additionalProperties": False}
+    # the properties by their .proto names (as answers carry them); requests are read by the proto3
+    # JSON mapping, which also takes each field's lowerCamelCase name and refuses any other name:
+    # said in words, as a schema listing both spellings would allow a field twice
+    schemas[message.full_name] = {"type": "object", "properties": properties, "description": PROTO3_JSON}
+
+
+PROTO3_JSON = (
+    "proto3 JSON mapping (google.protobuf.json_format): a request field may also be named in lowerCamelCase "
+    "(user_id or userId), an int64 be a string or a number, an enum its name or its number; a name that is not "
+    "a field is refused (400)"
+)
+# HTTP statuses answered besides the gRPC statuses' own (HTTP_STATUS): (gRPC code in the body, when)
+TRANSPORT_STATUSES: dict[int, tuple[grpc.StatusCode, str]] = {
+    404: (grpc.StatusCode.UNIMPLEMENTED, "no such path"),
+    405: (grpc.StatusCode.UNIMPLEMENTED, "a method other than POST"),
+    TOO_LARGE: (grpc.StatusCode.RESOURCE_EXHAUSTED, "a body over --max-message-bytes (its JSON form)"),
+    UNSUPPORTED_MEDIA_TYPE: (grpc.StatusCode.INVALID_ARGUMENT, "auth off: a body not sent as application/json"),
+}
+
+
+def error_statuses() -> dict[int, str]:
+    """Each HTTP error status the calls answer, described by every gRPC code that maps to it (several
+    share one: 400 is INVALID_ARGUMENT, FAILED_PRECONDITION and OUT_OF_RANGE) and the transport's own."""
+    described: dict[int, list[str]] = {}
+    for code, status in HTTP_STATUS.items():
+        if code is not grpc.StatusCode.OK:
+            described.setdefault(status, []).append(code.name)
+    for status, (code, when) in TRANSPORT_STATUSES.items():
+        described.setdefault(status, []).append(f"{code.name} ({when})")
+    return {status: ", ".join(names) for status, names in sorted(described.items())}
 
 
 def openapi_document(methods: Sequence[pb_descriptor.MethodDescriptor], auth_on: bool) -> dict[str, Any]:
@@ -367,9 +398,8 @@ def openapi_document(methods: Sequence[pb_descriptor.MethodDescriptor], auth_on:
         _message_schema(method.input_type, schemas)
         _message_schema(method.output_type, schemas)
         errors = {
-            str(status): {"description": code.name, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for code, status in sorted(HTTP_STATUS.items(), key=lambda pair: pair[1])
-            if code is not grpc.StatusCode.OK
+            str(status): {"description": codes, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for status, codes in error_statuses().items()
         }
         paths[rpc_path(method)] = {
             "post": {

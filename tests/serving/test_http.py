@@ -313,6 +313,29 @@ async def test_openapi_describes_the_answers(http_gateway: Gateway, main_tags: n
     conforms(recommended.body, operation["responses"]["200"]["content"]["application/json"]["schema"])
     refused = await call_http(http_gateway, "Recommend", pb.RecommendRequest(user_id="", k=5))
     conforms(refused.body, operation["responses"]["400"]["content"]["application/json"]["schema"])
+    # every status the server answers is documented, with every gRPC code that maps to it
+    port, path = http_gateway.server.http_port, "/apron.v1.Recommender/Recommend"
+    answered = {
+        (await fetch_json(port, path, method="GET")).status,  # 405
+        (await fetch_json(port, path, "{}", [("content-type", "text/plain")])).status,  # 415 (auth off)
+        (await asyncio.to_thread(declare_huge_body, port, path))[0],  # 413
+        refused.status,
+    }
+    assert answered == {400, 405, 413, 415}
+    for status in answered | set(HTTP_STATUS.values()) - {200}:
+        assert str(status) in operation["responses"], status
+    for code, status in HTTP_STATUS.items():
+        assert code.name in operation["responses"][str(status)]["description"], (code, status)
+    assert "INVALID_ARGUMENT" in operation["responses"]["400"]["description"]  # not only OUT_OF_RANGE, the last one mapped
+    # the schemas say what the server reads: lowerCamelCase names too (proto3 JSON), no closed property list
+    request_schema = schemas["apron.v1.RecommendRequest"]
+    assert "additionalProperties" not in request_schema and "lowerCamelCase" in request_schema["description"]
+    camel = await fetch_json(port, path, json.dumps({"userId": user_id, "k": 5}))
+    assert camel.status == 200
+    for schema in schemas.values():  # enums: by name or by number, as json_format reads them
+        for field in schema.get("properties", {}).values():
+            if "enum" in field:
+                assert field["type"] == ["string", "integer"] and any(isinstance(value, int) for value in field["enum"])
 
 
 def https_status(port: int, context: ssl.SSLContext) -> int:
