@@ -18,7 +18,10 @@ Errors: the gRPC status mapped as google.rpc.Code documents it (`HTTP_STATUS`), 
 `{"code": "<status in lower case>", "message": "<the gRPC status message>"}`; RESOURCE_EXHAUSTED
 adds `Retry-After` (whole seconds, rounded up) and `retry-after-ms` (the gRPC trailer's value).
 Before any handler, like gRPC's own decoding: a body that is not the request message is 400
-(invalid_argument), one over `--max-message-bytes` 413.
+(invalid_argument), one over `--max-message-bytes` 413. A caller the token check refuses is answered
+from its headers, its body never read. The body's arrival is bounded by the call's deadline
+(`Connect-Timeout-Ms`, at most `--request-timeout-s`): past it DEADLINE_EXCEEDED, and a client that
+hangs up mid-body CANCELLED, both through the boundary (counted and logged like any call).
 
 The server is uvicorn on the gateway's own event loop (`HttpServer`, started and stopped with the
 gRPC server by serving/server.py); with `--workers N` each worker serves it on the shared port
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import resource
 import socket
 import ssl
 import time
@@ -43,16 +47,18 @@ from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from serving import auth, limits
 from serving.config import ServingConfig
 from serving.drain import DRAINING_KEY, DRAINING_MESSAGE, Drain
-from serving.errors import RETRY_AFTER_KEY
+from serving.errors import RETRY_AFTER_KEY, ApronError
 from serving.profile_encoding import Reply
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from serving.servicer import RawRequest
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
 OPENAPI_PATH = "/v1/openapi.json"
@@ -95,7 +101,7 @@ def parse_message(body: bytes, message: Message) -> Message:
     return json_format.Parse(body or b"{}", message)
 
 
-Behavior = Callable[[Message | None, Any], Awaitable[Message | Reply]]
+Behavior = Callable[[Message | RawRequest | None, Any], Awaitable[Message | Reply]]
 
 
 def rpc_path(method: pb_descriptor.MethodDescriptor) -> str:
@@ -171,6 +177,29 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return bytes(body)
 
 
+class ClientGone(ApronError):
+    """The client hung up before its whole body arrived: what gRPC reports as a cancelled call."""
+
+    code = grpc.StatusCode.CANCELLED
+
+
+class Unarrived(RawRequest):
+    """A request whose body never fully arrived (its deadline passed, or the client hung up). Handed
+    to the servicer's boundary like gRPC's unparsed `RawRequest`, whose parse raises `error` there:
+    the call is then answered, counted (apron_rpc_duration_seconds, rejections) and access-logged
+    exactly as a gRPC call that hit its deadline (TimeoutError: DEADLINE_EXCEEDED) or was cancelled
+    (ClientGone: CANCELLED), with no second copy of that bookkeeping here."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, message_type: type[Message], error: Exception):
+        super().__init__(message_type, b"")
+        self.error = error
+
+    def parse(self) -> Message:
+        raise self.error
+
+
 def timeout_of(request: Request) -> float | None:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
@@ -185,13 +214,14 @@ class RpcEndpoint:
 
     def __init__(
         self, method: pb_descriptor.MethodDescriptor, behavior: Behavior, verifier: auth.TokenVerifier | None, max_bytes: int,
-        drain: Drain | None = None,
+        drain: Drain | None = None, request_timeout_s: float | None = None,
     ):
         self.request_class = message_factory.GetMessageClass(method.input_type)
         self.behavior = behavior
         self.verifier = verifier
         self.max_bytes = max_bytes
         self.drain = drain  # the server's: a call still running at the end of the grace answers as gRPC's do
+        self.request_timeout_s = request_timeout_s  # --request-timeout-s: caps the body's arrival too
 
     async def handle(self, request: Request) -> Response:
         if self.drain is None:
@@ -212,13 +242,24 @@ class RpcEndpoint:
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
             caller, clock = auth.check_caller(self.verifier, metadata)
             behavior = auth.with_caller(behavior, caller, clock)
-            if isinstance(caller, auth.AuthError):  # refused before its body is parsed, as over gRPC (auth._unread):
-                # a caller without a token costs no parse. A body within the limit is still read (and
-                # dropped): closing with it unread resets the connection, and the client, still
-                # sending, would see a broken pipe instead of this answer. One over it is not read.
-                await read_body(request, self.max_bytes)
+            if isinstance(caller, auth.AuthError):  # refused before its body is read, as over gRPC (auth._unread):
+                # answered from the headers alone, so a caller without a token costs neither memory
+                # nor a wait for its body. The connection stays open: uvicorn discards (never stores)
+                # whatever of the body still arrives, so a client still sending reads this answer
+                # instead of a reset; GuardedH11Protocol closes it if no next request follows within
+                # its head timeout, however slowly the rest trickles in.
                 return await self._answer(behavior, None, context)
-        body = await read_body(request, self.max_bytes)
+        # the body's arrival counts against the call's deadline, as over gRPC (whose deadline runs from
+        # the client's send): a client that sends slowly, or declares more than it sends, is cut at it
+        bound = min((t for t in (context.time_remaining(), self.request_timeout_s) if t is not None), default=None)
+        try:
+            async with asyncio.timeout(bound):
+                body = await read_body(request, self.max_bytes)
+        except TimeoutError as error:
+            return await self._answer(behavior, Unarrived(self.request_class, error), context)
+        except ClientDisconnect:  # uvicorn would log it as an ERROR with a traceback, the call uncounted
+            gone = ClientGone("the client closed the connection before its request body arrived")
+            return await self._answer(behavior, Unarrived(self.request_class, gone), context)
         if body is None:
             message = f"the request body is larger than the limit of {self.max_bytes} bytes (--max-message-bytes)"
             return error_response(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=TOO_LARGE)
@@ -233,7 +274,7 @@ class RpcEndpoint:
         return await self._answer(behavior, message_in, context)
 
     @staticmethod
-    async def _answer(behavior: Behavior, message_in: Message | None, context: HttpContext) -> Response:
+    async def _answer(behavior: Behavior, message_in: Message | RawRequest | None, context: HttpContext) -> Response:
         try:
             response = await behavior(message_in, context)
         except HttpAbort as error:
@@ -290,7 +331,9 @@ def _field_schema(field: pb_descriptor.FieldDescriptor, schemas: dict[str, Any])
         _message_schema(field.message_type, schemas)
         schema: dict[str, Any] = {"$ref": f"#/components/schemas/{field.message_type.full_name}"}
     elif field.enum_type is not None:
-        schema = {"type": "string", "enum": [value.name for value in field.enum_type.values]}
+        # proto3 JSON: the server reads an enum by name or by number (and answers by name)
+        values = field.enum_type.values
+        schema = {"type": ["string", "integer"], "enum": [value.name for value in values] + [value.number for value in values]}
     else:
         schema = dict(_SCALARS[field.type])
     if field.containing_oneof is not None:
@@ -305,7 +348,36 @@ def _message_schema(message: pb_descriptor.Descriptor, schemas: dict[str, Any]) 
         return
     schemas[message.full_name] = {}  # before the fields: a message that refers to itself terminates
     properties = {field.name: _field_schema(field, schemas) for field in message.fields}
-    schemas[message.full_name] = {"type": "object", "properties": properties, "additionalProperties": False}
+    # the properties by their .proto names (as answers carry them); requests are read by the proto3
+    # JSON mapping, which also takes each field's lowerCamelCase name and refuses any other name:
+    # said in words, as a schema listing both spellings would allow a field twice
+    schemas[message.full_name] = {"type": "object", "properties": properties, "description": PROTO3_JSON}
+
+
+PROTO3_JSON = (
+    "proto3 JSON mapping (google.protobuf.json_format): a request field may also be named in lowerCamelCase "
+    "(user_id or userId), an int64 be a string or a number, an enum its name or its number; a name that is not "
+    "a field is refused (400)"
+)
+# HTTP statuses answered besides the gRPC statuses' own (HTTP_STATUS): (gRPC code in the body, when)
+TRANSPORT_STATUSES: dict[int, tuple[grpc.StatusCode, str]] = {
+    404: (grpc.StatusCode.UNIMPLEMENTED, "no such path"),
+    405: (grpc.StatusCode.UNIMPLEMENTED, "a method other than POST"),
+    TOO_LARGE: (grpc.StatusCode.RESOURCE_EXHAUSTED, "a body over --max-message-bytes (its JSON form)"),
+    UNSUPPORTED_MEDIA_TYPE: (grpc.StatusCode.INVALID_ARGUMENT, "auth off: a body not sent as application/json"),
+}
+
+
+def error_statuses() -> dict[int, str]:
+    """Each HTTP error status the calls answer, described by every gRPC code that maps to it (several
+    share one: 400 is INVALID_ARGUMENT, FAILED_PRECONDITION and OUT_OF_RANGE) and the transport's own."""
+    described: dict[int, list[str]] = {}
+    for code, status in HTTP_STATUS.items():
+        if code is not grpc.StatusCode.OK:
+            described.setdefault(status, []).append(code.name)
+    for status, (code, when) in TRANSPORT_STATUSES.items():
+        described.setdefault(status, []).append(f"{code.name} ({when})")
+    return {status: ", ".join(names) for status, names in sorted(described.items())}
 
 
 def openapi_document(methods: Sequence[pb_descriptor.MethodDescriptor], auth_on: bool) -> dict[str, Any]:
@@ -326,9 +398,8 @@ def openapi_document(methods: Sequence[pb_descriptor.MethodDescriptor], auth_on:
         _message_schema(method.input_type, schemas)
         _message_schema(method.output_type, schemas)
         errors = {
-            str(status): {"description": code.name, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
-            for code, status in sorted(HTTP_STATUS.items(), key=lambda pair: pair[1])
-            if code is not grpc.StatusCode.OK
+            str(status): {"description": codes, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for status, codes in error_statuses().items()
         }
         paths[rpc_path(method)] = {
             "post": {
@@ -369,7 +440,7 @@ def build_app(
     document = json.dumps(openapi_document(methods, security.verifier is not None))
     max_bytes = limits.max_json_request_bytes(config.security)
     routes: list[BaseRoute] = [
-        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, max_bytes, drain).handle, methods=["POST"])
+        Route(rpc_path(method), RpcEndpoint(method, getattr(servicer, method.name), security.verifier, max_bytes, drain, config.request_timeout_s).handle, methods=["POST"])
         for method in methods
     ]
 
@@ -405,6 +476,89 @@ def bind_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
+# What one HTTP connection may hold, and how many there may be. uvicorn bounds neither on its own:
+# it accepts every connection and arms no timer until a first response is sent, so a client that
+# opens connections and sends half a request head (or nothing) holds a file descriptor each for
+# good; a flood of them used up the process's descriptors, and gRPC, in the same process, could then
+# accept no connection either. gRPC's own port bounds these with --max-connection-idle-s and core's
+# handshake timeouts.
+#   - at most a quarter of the process's descriptor limit (RLIMIT_NOFILE, soft) in HTTP connections,
+#     at least HTTP_MIN_CONNECTIONS: one over it is closed as accepted, before anything is read, and
+#     three quarters stay for gRPC's connections, Redis, the model files and the rest;
+#   - a request's head (request line and headers, at most H11_MAX_HEAD_BYTES) must arrive within
+#     --request-timeout-s of the connection opening or of the previous answer (at least
+#     HEAD_TIMEOUT_FLOOR_S, the round trip of a client on a slow link), else the connection is
+#     closed; this also ends the discarding of a body left unread (a refused caller's) however slowly
+#     it trickles in. The body itself is bounded by the call's deadline (RpcEndpoint);
+#   - uvicorn's limit_concurrency stays off: it counts connections and calls together and answers
+#     a plain-text 503; calls are shed by --max-concurrent-rpcs in the servicer, as over gRPC, with
+#     the JSON 429 and Retry-After. timeout_keep_alive stays uvicorn's 5 s (an idle kept-alive
+#     connection closes then) and backlog its 2048 (the kernel's queue, capped by somaxconn: no
+#     descriptors of this process).
+HTTP_CONNECTION_SHARE = 4
+HTTP_MIN_CONNECTIONS = 64
+HEAD_TIMEOUT_FLOOR_S = 5.0
+H11_MAX_HEAD_BYTES = 16 * 1024  # uvicorn's default, stated: a bearer JWT and the usual headers fit
+
+
+def http_connection_cap() -> int:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(HTTP_MIN_CONNECTIONS, soft // HTTP_CONNECTION_SHARE)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with the two bounds it lacks (see above): `max_connections` open at
+    once, and `head_timeout_s` for a request's head to arrive. Set per server (`guarded_protocol`)."""
+
+    max_connections: int = HTTP_MIN_CONNECTIONS
+    head_timeout_s: float = HEAD_TIMEOUT_FLOOR_S
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._timed_cycle: object = None
+        super().connection_made(transport)  # type: ignore[arg-type]
+        if len(self.connections) > self.max_connections:
+            transport.abort()  # type: ignore[attr-defined]  # nothing read, its descriptor freed at once
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._head_timer is not None and self.cycle is not self._timed_cycle:  # a new request's head is in
+            self._cancel_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # the next head is timed from this answer (unless a pipelined one already arrived)
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._timed_cycle = self.cycle
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()
+
+
+def guarded_protocol(max_connections: int, head_timeout_s: float) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"max_connections": max_connections, "head_timeout_s": head_timeout_s})
+
+
 class HttpServer:
     """uvicorn serving `app` on the gateway's event loop and a socket bound at construction."""
 
@@ -419,7 +573,8 @@ class HttpServer:
         self.uvicorn = uvicorn.Server(
             uvicorn.Config(
                 app, lifespan="off", log_config=None, access_log=False, server_header=False,
-                timeout_graceful_shutdown=config.shutdown_grace_s, **tls,
+                timeout_graceful_shutdown=config.shutdown_grace_s, h11_max_incomplete_event_size=H11_MAX_HEAD_BYTES,
+                http=guarded_protocol(http_connection_cap(), max(config.request_timeout_s, HEAD_TIMEOUT_FLOOR_S)), **tls,
             )
         )  # fmt: skip
         self._ticks: asyncio.Task | None = None

@@ -4,7 +4,9 @@
 
 const API = "/apron.v1.Recommender/";
 const SHOWN_ROWS = 12; // profile rows shown (plus every edited tag)
-const state = { token: "", user: "", history: [], lastItems: [] };
+// kMax: the model's k_max (ListPrototypes); a list asks for min(LIST_LENGTH, kMax), as more is refused
+const LIST_LENGTH = 10;
+const state = { token: "", user: "", history: [], lastItems: [], kMax: LIST_LENGTH };
 const $ = (id) => document.getElementById(id);
 
 function log(text, bad) {
@@ -85,6 +87,7 @@ async function start() {
     useToken(answer.auth ? answer.token : "", answer.user_id);
   }
   const listed = await call("ListPrototypes", {});
+  state.kMax = listed.k_max;
   log(`model version ${listed.model_version}: ${listed.prototypes.length} tags`);
 }
 
@@ -94,7 +97,12 @@ $("token-form").addEventListener("submit", (event) => {
   sessionStorage.setItem("apron-token", token);
   sessionStorage.setItem("apron-user", $("user").value.trim());
   useToken(token, $("user").value.trim());
-  call("ListPrototypes", {}).then(refresh).catch(() => {});
+  call("ListPrototypes", {})
+    .then((listed) => {
+      state.kMax = listed.k_max;
+      return refresh();
+    })
+    .catch(() => {});
 });
 
 let searching = null;
@@ -153,7 +161,7 @@ async function refresh() {
     return;
   }
   const history = state.history.map((item) => item.item_id);
-  const answer = await call("Recommend", { user_id: state.user, history, k: 10 });
+  const answer = await call("Recommend", { user_id: state.user, history, k: Math.min(LIST_LENGTH, state.kMax) });
   renderItems(answer.items);
   renderProfile(answer.profile);
 }

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import http.client
 import json
+import logging
 import re
 import socket
 import ssl
@@ -312,6 +313,29 @@ async def test_openapi_describes_the_answers(http_gateway: Gateway, main_tags: n
     conforms(recommended.body, operation["responses"]["200"]["content"]["application/json"]["schema"])
     refused = await call_http(http_gateway, "Recommend", pb.RecommendRequest(user_id="", k=5))
     conforms(refused.body, operation["responses"]["400"]["content"]["application/json"]["schema"])
+    # every status the server answers is documented, with every gRPC code that maps to it
+    port, path = http_gateway.server.http_port, "/apron.v1.Recommender/Recommend"
+    answered = {
+        (await fetch_json(port, path, method="GET")).status,  # 405
+        (await fetch_json(port, path, "{}", [("content-type", "text/plain")])).status,  # 415 (auth off)
+        (await asyncio.to_thread(declare_huge_body, port, path))[0],  # 413
+        refused.status,
+    }
+    assert answered == {400, 405, 413, 415}
+    for status in answered | set(HTTP_STATUS.values()) - {200}:
+        assert str(status) in operation["responses"], status
+    for code, status in HTTP_STATUS.items():
+        assert code.name in operation["responses"][str(status)]["description"], (code, status)
+    assert "INVALID_ARGUMENT" in operation["responses"]["400"]["description"]  # not only OUT_OF_RANGE, the last one mapped
+    # the schemas say what the server reads: lowerCamelCase names too (proto3 JSON), no closed property list
+    request_schema = schemas["apron.v1.RecommendRequest"]
+    assert "additionalProperties" not in request_schema and "lowerCamelCase" in request_schema["description"]
+    camel = await fetch_json(port, path, json.dumps({"userId": user_id, "k": 5}))
+    assert camel.status == 200
+    for schema in schemas.values():  # enums: by name or by number, as json_format reads them
+        for field in schema.get("properties", {}).values():
+            if "enum" in field:
+                assert field["type"] == ["string", "integer"] and any(isinstance(value, int) for value in field["enum"])
 
 
 def https_status(port: int, context: ssl.SSLContext) -> int:
@@ -362,3 +386,101 @@ def test_the_http_peer_is_spelled_as_grpc_spells_it() -> None:
 
     assert grpc_peer("127.0.0.1", 5000) == "ipv4:127.0.0.1:5000"
     assert grpc_peer("::1", 5000) == "ipv6:[::1]:5000"  # not "ipv4:::1:5000"
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    """Send `data` on a fresh connection (and nothing more) and read until the server answers or
+    closes; the socket's timeout only fails a server that does neither."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(data)
+        received = b""
+        try:
+            while b"\r\n\r\n" not in received or not received.rstrip().endswith(b"}"):
+                chunk = sock.recv(65536)
+                if not chunk:  # closed by the server
+                    break
+                received += chunk
+        except ConnectionResetError:  # closed with our unread bytes in its buffer: a reset, an answer too
+            pass
+        except TimeoutError:
+            raise AssertionError(f"no answer: {received!r}") from None
+        return received
+
+
+def partial_post(path: str, headers: Iterable[tuple[str, str]] = (), declared: int = 100) -> bytes:
+    """A POST whose head is complete, declaring `declared` body bytes, of which it sends 5."""
+    head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n"
+    head += "".join(f"{key}: {value}\r\n" for key, value in headers)
+    return (head + "\r\n").encode() + b'{"use'
+
+
+async def test_a_refused_or_late_body_is_not_waited_for(python_repository, redis_server, tokens: Tokens, main_tags: np.ndarray) -> None:  # noqa: F811
+    """A caller the token check refuses is answered from its headers, its body never awaited; a
+    caller's body that does not arrive within the call's deadline is DEADLINE_EXCEEDED, counted
+    like any call (it waited for good, on every connection it opened: a flood held memory and
+    descriptors)."""
+    config = gateway_config(python_repository, redis_server.url, auth=True, jwt_secret_file=str(tokens.path), http_port=0)
+    async with running_gateway(config) as gateway:
+        port, path = gateway.server.http_port, "/apron.v1.Recommender/Recommend"
+        wrong_key = auth.bearer_metadata(auth.mint_token(b"k" * 32, "alice", "service"))
+        answer = await asyncio.to_thread(raw_exchange, port, partial_post(path, wrong_key))
+        assert answer.startswith(b"HTTP/1.1 401 ") and b'"code":"unauthenticated"' in answer.replace(b" ", b""), answer
+        # a valid caller's body that stops arriving: cut at its own deadline
+        late = partial_post(path, [*tokens.user("alice"), (TIMEOUT_HEADER, "50")])
+        answer = await asyncio.to_thread(raw_exchange, port, late)
+        assert answer.startswith(b"HTTP/1.1 504 ") and b"Recommend did not finish before the deadline" in answer, answer
+        assert gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="DEADLINE_EXCEEDED") == 1
+    # ... and, without a deadline of its own, at the server's --request-timeout-s
+    capped = gateway_config(python_repository, redis_server.url, http_port=0, request_timeout_s=0.05)
+    async with running_gateway(capped) as gateway:
+        answer = await asyncio.to_thread(raw_exchange, gateway.server.http_port, partial_post(path))
+        assert answer.startswith(b"HTTP/1.1 504 ") and b"deadline_exceeded" in answer, answer
+        assert gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="DEADLINE_EXCEEDED") == 1
+
+
+async def test_idle_and_half_sent_connections_are_bounded(ort_config: ServingConfig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn alone accepts every connection and times none out until a first answer: a flood of
+    connections sending half a head held a descriptor each for good (gRPC, in the same process,
+    then could accept none). Here: a head must arrive within --request-timeout-s, and past the cap
+    a connection is closed as accepted."""
+    from serving import http as http_module
+
+    monkeypatch.setattr(http_module, "HEAD_TIMEOUT_FLOOR_S", 0.0)  # the head timeout is the server's 0.2 s
+    monkeypatch.setattr(http_module, "http_connection_cap", lambda: 2)
+    async with running_gateway(dataclasses.replace(ort_config, http_port=0, request_timeout_s=0.2)) as gateway:
+        port = gateway.server.http_port
+        half_head = b"POST /apron.v1.Recommender/Recommend HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        assert await asyncio.to_thread(raw_exchange, port, half_head) == b""  # closed, unanswered
+        connections = gateway.server.http.uvicorn.server_state.connections
+        await eventually(lambda: not connections, "the half-sent connection closed")
+    async with running_gateway(dataclasses.replace(ort_config, http_port=0)) as gateway:
+        port = gateway.server.http_port
+        connections = gateway.server.http.uvicorn.server_state.connections
+        held = [socket.create_connection(("127.0.0.1", port), timeout=60) for _ in range(2)]
+        try:
+            await eventually(lambda: len(connections) == 2, "both connections accepted")
+            assert await asyncio.to_thread(raw_exchange, port, b"GET /v1/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n") == b""
+            held.pop().close()
+            await eventually(lambda: len(connections) == 1, "a connection closed")
+            answer = await fetch_json(port, OPENAPI_PATH, method="GET")  # room again
+            assert answer.status == 200
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def test_a_client_that_hangs_up_mid_body_is_a_cancelled_call(http_gateway: Gateway, caplog: pytest.LogCaptureFixture) -> None:
+    """As a cancelled gRPC call: CANCELLED in the call metrics and the access log (INFO), not an
+    uncounted call and uvicorn's ERROR traceback."""
+    caplog.set_level(logging.INFO)
+    port = http_gateway.server.http_port
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(partial_post("/apron.v1.Recommender/Recommend"))
+        await eventually(lambda: len(http_gateway.server.drain.in_flight) == 1, "the call waiting for its body")
+    await eventually(
+        lambda: http_gateway.metric("apron_rpc_duration_seconds_count", method="Recommend", code="CANCELLED") == 1, "the call counted"
+    )
+    assert http_gateway.server.drain.in_flight == set()
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR], caplog.text
+    logged = [record for record in caplog.records if record.getMessage() == "rpc" and record.fields.get("code") == "CANCELLED"]  # type: ignore[attr-defined]
+    assert len(logged) == 1 and logged[0].levelno == logging.INFO

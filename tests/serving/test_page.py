@@ -20,6 +20,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from serving import auth
 from serving.control_page import DEV_TOKEN_PATH, PAGE_USER
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
+from tests.export.fixtures import export_tiny_repository
 from tests.reliability.conftest import Tokens, tokens  # noqa: F401  (pytest finds fixtures by name)
 from tests.serving.conftest import gateway_config, item_index, liked_history, running_gateway
 from tests.serving.page_browser import (
@@ -125,3 +126,23 @@ async def test_the_page_asks_for_a_token_without_the_quick_start(
         assert status == 404 and "paste a token" in refused["message"]
         who = await asyncio.to_thread(token_form_session, browser, base, auth.mint_token(tokens.secret, "alice", auth.Role.USER))
         assert "profile of user alice" in who  # a user token: its own profile
+
+
+async def test_the_page_asks_for_no_more_than_the_models_k_max(
+    browser: WebDriver, tiny_checkpoint: Path, redis_server, main_tags: np.ndarray, tmp_path: Path
+) -> None:
+    """A model exported with k_max 5: the page asks for 5 items, not its usual 10 (which every
+    Recommend would refuse: INVALID_ARGUMENT, an empty list)."""
+    repository = tmp_path / "model_repository"
+    export_tiny_repository(tiny_checkpoint, repository, k_max=5)
+    config = gateway_config(repository, redis_server.url, auth=True, http_port=0)
+    async with running_gateway(config) as gateway:
+        base = f"http://127.0.0.1:{gateway.server.http_port}"
+        names = [f"Track {item_index(item)}" for item in liked_history(main_tags, 0, 1)[:2]]
+
+        def session() -> list[str]:
+            open_page(browser, base)
+            pick_artists(browser, names)
+            return item_ids(browser)
+
+        assert len(await asyncio.to_thread(session)) == 5
