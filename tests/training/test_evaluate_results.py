@@ -469,3 +469,30 @@ def test_the_main_table_pairs_apron_with_each_row_user_by_user(tmp_path: Path) -
     cell = {name: next(line for line in lines if line.startswith(f"| {name} |")).split("|")[5].strip()
             for name in ("MultiVAE", "MacridVAE", "APRON (ours)")}  # fmt: skip
     assert cell == {"MultiVAE": "-0.0100 [-0.0100, -0.0100]", "MacridVAE": "no per-user values", "APRON (ours)": "-"}
+
+
+def test_records_trained_with_gamma_in_the_loss_are_told_by_when_the_model_was_trained() -> None:
+    """The defect's cutoff reads when the model was trained: a final record written after the fix
+    that reuses a tune model trained before it (`trained_at`, carried by the runner) still counts."""
+    from training.results.report import GAMMA_IN_LOSS_UNTIL, gamma_in_loss_lines, trained_with_gamma
+
+    before, after = GAMMA_IN_LOSS_UNTIL.timestamp() - 60, GAMMA_IN_LOSS_UNTIL.timestamp() + 60
+    written_after = {**_penalised(_record("final", "apron", 0, 0.4), 50.0, 30.0), "created_at": after}
+    assert not trained_with_gamma(written_after)  # trained when written: after the fix
+    assert trained_with_gamma({**written_after, "trained_at": before})  # a reused pre-fix model
+    assert not trained_with_gamma({**written_after, "trained_at": after})
+    assert not trained_with_gamma({**_record("final", "apron", 0, 0.4), "created_at": before})  # γ = 0
+    # twins that differ only in γ: named as moved by the defect only when trained on one host alike
+    tuned = {**_penalised(_record("sweep", "collab:tuned", 0, 0.4), 0.0, 20.0), "created_at": before,
+             "machine": "m", "threads": 1, "torch": "t"}  # fmt: skip
+    pen = {**_penalised(_record("sweep", "collab:pen20", 0, 0.4), 20.0, 20.0), "created_at": before,
+           "machine": "m", "threads": 1, "torch": "t", "epochs_run": 9}  # fmt: skip
+    (line,) = gamma_in_loss_lines([tuned, pen])
+    assert "1 records with γ > 0 were trained so" in line and "`sweep/lastfm-2k/collab:pen20`" in line
+    assert "multinomial loss, which every one of them uses" in line
+    (line,) = gamma_in_loss_lines([tuned, {**pen, "machine": "other"}])  # another host: not the defect's doing
+    assert "trained differently because of it" not in line
+    bce = {**pen, "settings": {**pen["settings"], "hyperparameters": {"edit_penalty": 20.0, "recsys_loss": "bce"}}}
+    (line,) = gamma_in_loss_lines([tuned, bce])
+    assert "the bce loss of 1 of them does not" in line
+    assert gamma_in_loss_lines([tuned]) == []  # none trained with γ: nothing said

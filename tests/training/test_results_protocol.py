@@ -1,6 +1,7 @@
 """Issue 21's report: the paired statistic, selection on validation users and the protocol that
 refuses a verdict when a validation record was written after test records existed."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,11 @@ def test_a_test_record_of_any_part_breaks_blindness(tmp_path: Path) -> None:
     assert "APRON (ours):" not in check.reason  # another model's main row is not APRON's concern
     later = {**ablation, "created_at": 900.0}  # after the tuning, before the final part: allowed
     assert protocol(DATASET, [*records, later]).allowed
+    # ... unless it replaced (a --force rerun) a record first written before the tuning: its numbers
+    # were in view from then on (`first_created_at`, which the runner carries across reruns)
+    rerun = {**later, "first_created_at": 50.0}
+    check = protocol(DATASET, [*records, rerun])
+    assert not check.allowed and "`ablations/lastfm-2k/goal-collab-full` seed 0 (1970-01-01 00:00 UTC" in check.reason
     text = write_report([*records, ablation], tmp_path / "RESULTS.md").read_text()
     assert "**lastfm-2k: no verdict** — refused, the choice is not blind to test" in text and "goal **met**" not in text
 
@@ -215,3 +221,25 @@ def test_paired_records_average_each_user_over_seeds() -> None:
         paired_records(a, b)
     del b[0]["per_user"]
     assert paired_records(a, b) is None  # an earlier record without per-user values: no paired figure
+
+
+def test_a_rerun_record_keeps_when_it_was_first_written(tmp_path: Path) -> None:
+    from training.results.runner import first_shown
+
+    path = tmp_path / "seed0.json"
+    assert first_shown(path, 500.0) == 500.0  # nothing there: now
+    path.write_text(json.dumps({"created_at": 300.0, "date": "1970-01-01 00:05 UTC"}))
+    assert first_shown(path, 500.0) == 300.0  # a rerun: the first one's time
+    path.write_text(json.dumps({"created_at": 400.0, "first_created_at": 100.0, "date": "1970-01-01 00:06 UTC"}))
+    assert first_shown(path, 500.0) == 100.0  # and its first one's, across reruns
+
+
+def test_a_breach_is_named_even_while_final_seeds_are_missing(tmp_path: Path) -> None:
+    """More seeds cannot make a verdict where the choice saw test numbers: the line says why."""
+    records = _tuned(apron_gap=0.0, apron_pct=45.0)
+    final_apron = next(r for r in records if (r["part"], r["model"], r["seed"]) == ("final", "apron", 0))
+    ablation = {**final_apron, "part": "ablations", "row": "goal-collab-full", "created_at": 50.0}
+    fewer = [r for r in records if not (r["part"] == "final" and r["model"] == "recvae" and r["seed"] == 2)]
+    text = write_report([*fewer, ablation], tmp_path / "RESULTS.md").read_text()
+    assert "no verdict yet" not in text
+    assert "**lastfm-2k: no verdict** — refused, the choice is not blind to test" in text and "lacks seeds of RecVAE" in text

@@ -57,6 +57,7 @@ from training.results.catalogue import (
 )
 from training.results.report import fmt, write_report
 from training.results.selection import carries_over, final_jobs, is_current
+from training.results.stats import record_time, shown_time
 from training.train import train
 
 DEFAULT_SEEDS = {"main": [0, 1, 2], "ablations": [0, 1, 2], "sweep": [0], "tune": [0], "final": [0, 1, 2]}
@@ -123,7 +124,9 @@ def tuned_model(job: Job, seed: int, dataset: Any, runs: Path, device: str) -> t
         return None
     model.to(torch_device)
     trained = {key: record[key] for key in ("epochs_run", "best_epoch", "train_wall_time_s", "threads")}
-    return model, info, {**trained, "trained_in": str(path)}
+    # when the model was trained: the tune record's (what `report.trained_with_gamma` reads)
+    trained_at = record.get("trained_at", record_time(record))
+    return model, info, {**trained, "trained_in": str(path), "trained_at": trained_at}
 
 
 def execute(
@@ -155,7 +158,8 @@ def execute(
             progress=progress,
         )
         trained = {"epochs_run": info.train["epochs_run"], "best_epoch": info.train["best_epoch"],
-                   "train_wall_time_s": info.train["wall_time_s"], "threads": torch.get_num_threads()}  # fmt: skip
+                   "train_wall_time_s": info.train["wall_time_s"], "threads": torch.get_num_threads(),
+                   "trained_at": round(time.time(), 3)}  # fmt: skip
     torch_device = next(model.parameters()).device
     metrics = evaluate_model(model, dataset, job.split, torch_device, tag_min_share=run.tag_min_share)
     per_tag = metrics.pop("per_tag", None)
@@ -186,8 +190,19 @@ def execute(
     if per_tag:
         record["per_tag"] = per_tag
     record["per_user"] = per_user
+    record["first_created_at"] = first_shown(job.path(runs, seed), record["created_at"])
     atomic_write_text(job.path(runs, seed), json.dumps(record, indent=1, default=_json_default))
     return record
+
+
+def first_shown(path: Path, now: float) -> float:
+    """When a record at `path` was first written: a rerun (`--force`) replaces the record, but its
+    numbers were in view from the first time on (`selection.first_test` reads this)."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return now
+    return min(now, shown_time(earlier))
 
 
 def run_part(

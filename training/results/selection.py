@@ -31,7 +31,7 @@ from training.results.catalogue import (
     jobs,
     recorded_settings,
 )
-from training.results.stats import aggregate, record_time
+from training.results.stats import aggregate, record_time, shown_time
 
 
 def is_current(job: Job, record: dict[str, Any]) -> bool:
@@ -152,7 +152,7 @@ def first_test(model: str, dataset: str, records: list[dict[str, Any]]) -> dict[
     chosen. None: there is none."""
     seen = [r for r in records if r["dataset"] == dataset and _is_test(r)
             and (r["model"] == model or (model == "apron" and r["part"] == "final"))]  # fmt: skip
-    return min(seen, key=record_time, default=None)
+    return min(seen, key=shown_time, default=None)
 
 
 def _is_test(record: dict[str, Any]) -> bool:
@@ -168,10 +168,10 @@ def blindness_breaches(dataset: str, sweeps: list[Tuning], records: list[dict[st
         first = first_test(t.model, dataset, records)
         if first is None:
             continue
-        late = sorted({r["row"] for rows in t.records.values() for r in rows if record_time(r) >= record_time(first)})
+        late = sorted({r["row"] for rows in t.records.values() for r in rows if record_time(r) >= shown_time(first)})
         if late:
             whose = "the same model" if first["model"] == t.model else f"{LABELS[first['model']]}, in the final part"
-            when = dt.datetime.fromtimestamp(record_time(first), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            when = dt.datetime.fromtimestamp(shown_time(first), dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
             runs = sum(1 for rows in t.records.values() for _ in rows)
             out.append(
                 f"{LABELS[t.model]}: test record `{first['part']}/{dataset}/{first['row']}` seed {first['seed']} "

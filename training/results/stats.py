@@ -162,6 +162,13 @@ def paired_records(a: list[dict[str, Any]], b: list[dict[str, Any]], metric: str
     return paired_difference(ma[1], mb[1])
 
 
+def shown_time(record: dict[str, Any]) -> float:
+    """When a record's numbers were first in view: `first_created_at` (kept across reruns), else
+    when it was written."""
+    first = record.get("first_created_at")
+    return float(first) if isinstance(first, int | float) else record_time(record)
+
+
 def record_time(record: dict[str, Any]) -> float:
     """When a record was written (seconds since the epoch): `created_at`, else its minute `date`."""
     if isinstance(record.get("created_at"), int | float):
