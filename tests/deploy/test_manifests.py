@@ -478,6 +478,35 @@ def test_promtool_checks_config_and_rules() -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_fronts_refusals_alone_raise_the_error_ratio(tmp_path: Path) -> None:
+    """promtool's rule tests on the deploy's rules: a gateway that answered only OK (no error code's
+    series exists yet) behind a front refusing 90% of the calls pages; with neither, no value."""
+    promtool = require_tool("promtool")
+    tests = {
+        "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [
+                {"series": 'apron_rpc_duration_seconds_count{method="Recommend",code="OK",version="1"}', "values": "0+100x30"},
+                {"series": "apron_front_refused_total", "values": "0+900x30"},
+            ],
+            "promql_expr_test": [{"expr": "apron:rpc_server_error_ratio:rate5m", "eval_time": "15m",
+                                  "exp_samples": [{"labels": "apron:rpc_server_error_ratio:rate5m", "value": 0.9}]}],
+            "alert_rule_test": [{"alertname": "ApronHighErrorRatio", "eval_time": "15m", "exp_alerts": [{
+                "exp_labels": {"severity": "page"},
+                "exp_annotations": {
+                    "summary": "90% of gateway calls fail server-side",
+                    "description": "Look at the gateway's logs by status code; UNAVAILABLE usually means Triton or Redis is down.",
+                },
+            }]}],
+        }],
+    }  # fmt: skip
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = subprocess.run([promtool, "test", "rules", str(tmp_path / "tests.yml")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 # ----------------------------------------------------------------------------- the Triton repository
 
 
