@@ -733,18 +733,18 @@ class ProfileCache:
         stored edits (counted as "unavailable"; the response's profile then shows no edit, which
         tells the client they were not applied); without a history there is nothing to compute
         from (UNAVAILABLE). A Redis that refuses writes (`StoreRefused`) is treated alike: answered,
-        not stored. A full one (`StoreFull`: the read refused because the user's version, which has a
-        TTL, was evicted and writing a new one needs memory) still holds the stored edits, which have
-        none: they are read on their own (a read needs no memory) and applied, or, if even that
-        fails, UNAVAILABLE: an answer that ignores acknowledged edits would break the promise that
-        recommendations follow them at once."""
+        not stored. It still holds the stored edits, and serves reads: full (`StoreFull`: the read
+        was refused because the user's version, which has a TTL, was evicted and writing a new one
+        needs memory; the edits have none), a read-only replica, one that cannot persist. So they
+        are read on their own and applied, or, if even that fails, UNAVAILABLE: an answer that
+        ignores acknowledged edits would break the promise that recommendations follow them at once."""
         try:
             cached, edits = await self.cached(user_id)
         except STORE_UNUSABLE as error:  # down, known down (skipped at once), full or refusing writes
             stages.mark(stages.REDIS_READ)
             if history_ids is None:
                 raise
-            edits = await self._edits_when_full(user_id, error) if isinstance(error, StoreFull) else {}
+            edits = await self._edits_when_refused(user_id, error) if isinstance(error, StoreRefused) else {}
             self._count("unavailable")
             weights, length = await self.scorer.profile(history_ids)
             stages.mark(stages.PROFILE)
@@ -770,15 +770,16 @@ class ProfileCache:
         return await self._compute_and_store(user_id, history_ids, digest), False, edits
 
 
-    async def _edits_when_full(self, user_id: str, full: StoreFull) -> dict[str, EditSpec]:
-        """The user's stored edits, read on their own (HGETALL: Redis serves reads at its maxmemory)
-        after `full` refused the versioned read; Unavailable when even that fails."""
+    async def _edits_when_refused(self, user_id: str, refused: StoreRefused) -> dict[str, EditSpec]:
+        """The user's stored edits, read on their own (HGETALL, a read: Redis serves it at its
+        maxmemory, as a read-only replica, or unable to persist) after `refused` (the versioned
+        read's write of a version) was refused; Unavailable when even that fails."""
         try:
             edits = await self.store.get_edits(user_id)
         except (redis.exceptions.RedisError, Unavailable) as error:  # down now, refused, ...: not a reason to ignore edits
             raise Unavailable(
-                f"the profile store (Redis) is full ({full}), and the user's stored edits could not be read either "
-                f"({error}): a recommendation without them would ignore edits the user stored, so none was made"
+                f"{refused}; and the user's stored edits could not be read either ({error}): a recommendation "
+                "without them would ignore edits the user stored, so none was made"
             ) from error
         stages.mark(stages.REDIS_READ)
         return edits
