@@ -138,6 +138,11 @@ class ServingConfig:
         "refused to: counted as apron_front_refused_total on /metrics, read only when scraped "
         "(serving/front_refusals.py; -1: off; 0: any free port)",
     )
+    front_refusals_host: str = _option(
+        "",
+        "address the --front-refusals-port socket binds (empty: --host); 127.0.0.1 where the front runs beside the "
+        "gateway (the k8s pod): anyone who can send it a datagram can raise apron_front_refused_total",
+    )
     http_port: int = _option(
         -1,
         "HTTP/JSON port beside gRPC, same calls, tokens and limits, with /v1/openapi.json and the control page at / "
@@ -435,6 +440,7 @@ class ServerConfig:
     grpc_intake: int
     metrics_port: int
     front_refusals_port: int
+    front_refusals_host: str
     http_port: int
     request_timeout_s: float
     shutdown_grace_s: float

@@ -190,7 +190,7 @@ class ApronServer:
         if self.http is not None:
             await self.http.start()
         if self.config.metrics_port >= 0:
-            self.front_refusals = open_front_refusals(self.config.host, self.config.front_refusals_port, self.metrics.registry)
+            self.front_refusals = open_front_refusals(self.config.front_refusals_host or self.config.host, self.config.front_refusals_port, self.metrics.registry)
             self.metrics_port = self.metrics.serve(self.config.metrics_port, self.config.host, self.status.http_probes())
         # reliability: the dependencies' health is watched (the runtime restarts a private redis-server that died);
         # readiness follows the inference backend, not Redis (serving/health.py); while Redis is known down

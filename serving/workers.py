@@ -144,7 +144,7 @@ def run_workers(
                     # the parent's probes: live while it runs; ready while every worker serves and none is stopping
                     # (each worker's own health answers on the shared gRPC port)
                     probes = {"live": lambda: True, "ready": lambda: not stopping and all(p.is_alive() for p in workers)}
-                    front_refusals = open_front_refusals(config.host, config.front_refusals_port, registry)
+                    front_refusals = open_front_refusals(config.front_refusals_host or config.host, config.front_refusals_port, registry)
                     metrics_server = serve_http(config.metrics_port, config.host, registry, probes)
                 metrics_port = metrics_server.server_port if metrics_server is not None else None
                 if on_serving is not None and not stopping:

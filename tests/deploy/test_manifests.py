@@ -691,6 +691,7 @@ def test_k8s_front_sheds_before_the_gateway_with_the_rendered_config(k8s: dict) 
         Path(mounts["front-tmp"]), "stderr",
     )  # fmt: skip
     assert config.front_refusals_port > 0  # the front's refusals are counted on the gateway's /metrics
+    assert config.front_refusals_host == "127.0.0.1"  # ... from the pod's front only
     assert k8s[("ConfigMap", "apron-front")]["data"]["nginx.conf"] == expected
     assert front["command"] == ["nginx", "-c", f"{mounts['front-config']}/nginx.conf"]
     assert front["securityContext"]["readOnlyRootFilesystem"] is True

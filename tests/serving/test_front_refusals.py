@@ -67,3 +67,4 @@ def test_the_port_counts_on_metrics_only() -> None:
     with pytest.raises(ValueError, match="front_refusals_port must be -1 \\(off\\)"):
         ServingConfig(front_refusals_port=-2)
     assert ServingConfig(front_refusals_port=5140).server.front_refusals_port == 5140
+    assert ServingConfig(front_refusals_host="127.0.0.1").server.front_refusals_host == "127.0.0.1"
