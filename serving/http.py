@@ -243,9 +243,10 @@ class RpcEndpoint:
             caller, clock = auth.check_caller(self.verifier, metadata)
             behavior = auth.with_caller(behavior, caller, clock)
             if isinstance(caller, auth.AuthError):  # refused before its body is read, as over gRPC (auth._unread):
-                # answered from the headers alone, so a caller without a token costs neither memory
-                # nor a wait for its body. The connection stays open: uvicorn discards (never stores)
-                # whatever of the body still arrives, so a client still sending reads this answer
+                # answered from the headers alone, so a caller without a token costs no wait for its
+                # body and at most uvicorn's read buffer of it (what arrived before the answer, up to
+                # its 64 KiB high-water mark; dropped at the next request or the close; what arrives
+                # after the answer is discarded). The connection stays open, so a client still sending reads this answer
                 # instead of a reset; GuardedH11Protocol closes it if no next request follows within
                 # its head timeout, however slowly the rest trickles in.
                 return await self._answer(behavior, None, context)

@@ -279,9 +279,9 @@ class ModelSet:
                 continue
             if newest != waiting_for:  # a newer version than the one waited for: tried at once
                 waiting_for, waits, retry_at = newest, 0, 0.0
-            failed_before = self._failed_newest[0] == newest and self._failed_newest[1] == await asyncio.to_thread(
-                self._identity, newest
-            )
+            # the files' identity before the load: one re-exported while it ran is not the one that failed
+            identity = await asyncio.to_thread(self._identity, newest)
+            failed_before = self._failed_newest == (newest, identity)
             if newest != routing.primary and not failed_before and time.monotonic() >= retry_at:
                 try:
                     await self.reload()
@@ -292,7 +292,7 @@ class ModelSet:
                         retry_at = time.monotonic() + min(WATCH_RETRY_MAX_S, interval_s * 2.0 ** min(waits - 1, 30))
                     else:  # refused (mismatched metadata, a broken graph): tried again once that version's files
                         # change (the same number exported again after a roll-back, model_repository/README.md)
-                        self._failed_newest = (newest, await asyncio.to_thread(self._identity, newest))
+                        self._failed_newest = (newest, identity)
 
     def _identity(self, version: int) -> tuple[int, int, int] | None:
         """What tells one export of `version` from another: its metadata file's inode, size and
