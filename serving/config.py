@@ -171,7 +171,7 @@ class ServingConfig:
     )
     redis_timeout_s: float = _option(
         1.0,
-        "longest one Redis operation may take (seconds): then Recommend with a history answers uncached, calls "
+        "longest one Redis operation, or the health watch's PING, may take (seconds): then Recommend with a history answers uncached, calls "
         "that need Redis answer UNAVAILABLE, and Redis is skipped until it answers again",
     )
     redis_pipe: bool = _option(

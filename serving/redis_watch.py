@@ -28,10 +28,11 @@ WATCH_INTERVAL_S = 0.1  # an outage is seen, and health changed, well within a s
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError)
 
 
-async def ping(redis: Redis | RedisCluster) -> bool:
-    """Whether Redis answers a PING (within a second)."""
+async def ping(redis: Redis | RedisCluster, timeout_s: float = 1.0) -> bool:
+    """Whether Redis answers a PING within `timeout_s` (the gateway's: --redis-timeout-s, the
+    longest one Redis operation may take)."""
     try:
-        async with asyncio.timeout(1.0):
+        async with asyncio.timeout(timeout_s):
             return bool(await redis.ping())
     except (*REDIS_ERRORS, TimeoutError):
         return False
@@ -117,7 +118,8 @@ class RedisWatch(Watch):
         on_change: Callable[[bool], Awaitable[None]],
         interval_s: float = WATCH_INTERVAL_S,
         on_check: Callable[[bool], None] | None = None,
+        timeout_s: float = 1.0,
     ):
         while_down = "Recommend answers uncached, EditProfile and GetProfile UNAVAILABLE (skipped at once), until it does"
-        super().__init__("Redis", lambda: ping(redis), on_change, interval_s, while_down, log, on_check)
+        super().__init__("Redis", lambda: ping(redis, timeout_s), on_change, interval_s, while_down, log, on_check)
         self.redis = redis

@@ -195,7 +195,9 @@ class ApronServer:
         # reliability: the dependencies' health is watched (the runtime restarts a private redis-server that died);
         # readiness follows the inference backend, not Redis (serving/health.py); while Redis is known down
         # the store skips it at once (`on_check`)
-        self.redis_watch = RedisWatch(self.redis, self.status.redis_changed, on_check=self.models.store.mark)
+        self.redis_watch = RedisWatch(
+            self.redis, self.status.redis_changed, on_check=self.models.store.mark, timeout_s=self.config.redis_timeout_s
+        )
         backend_watch = Watch(
             f"the inference backend ({self.config.backend})", self.models.healthy, self.status.inference_changed,
             BACKEND_WATCH_INTERVAL_S, "readiness NOT_SERVING until it does", log,
