@@ -193,6 +193,31 @@ def test_a_start_that_failed_for_a_reason_of_the_moment_is_tried_again(tmp_path:
     assert len(count.read_text().splitlines()) == starts
 
 
+def test_what_a_failed_server_leaves_running_is_stopped_with_it(tmp_path: Path) -> None:
+    """A python stub outlives a tritonserver that aborted (or was killed), waiting on its shared
+    memory for good; the server runs in a process group of its own, and stopping it ends the group.
+    Here a stand-in server leaves a child behind and exits."""
+    import psutil
+
+    binary, pid_file = tmp_path / "tritonserver", tmp_path / "child.pid"
+    binary.write_text(f"#!/bin/sh\nsleep 1000 &\necho $! > {pid_file}\necho \"failed to load 'apron_scorer'\"\nexit 134\n")
+    binary.chmod(0o755)
+    with (
+        pytest.raises(TritonServerError, match="failed to load"),
+        run_triton_server(tmp_path, tritonserver=binary, backend_directory=tmp_path, startup_timeout=60),
+    ):
+        pass
+    child = int(pid_file.read_text())
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_until(gone, "the server's child stopped with it")
+
+
 def test_version_exported_while_serving_is_loaded_beside_the_old(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """Triton polls the repository (export/triton_server.py, as deploy/ runs it): a version
     exported into the repository it serves is loaded beside the old one (version_policy keeps the
