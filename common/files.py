@@ -47,8 +47,25 @@ def atomic_write_text(path: str | Path, text: str, mode: int = FILE_MODE) -> Pat
     return atomic_write_bytes(path, text.encode("utf-8"), mode)
 
 
-def replace_dir(staging: Path, path: Path) -> None:
-    """Rename `staging` to `path`; an existing `path` is moved aside first and deleted after."""
+class NotOurs(FileExistsError):
+    """`replace_dir` was asked to replace something it did not write (user data): refused."""
+
+
+def check_replaceable(path: Path, marker: str) -> None:
+    """NotOurs unless `path` is free, or a directory holding `marker` (see `replace_dir`): for a
+    command to refuse before its work, not after."""
+    ours = path.is_dir() and not path.is_symlink() and (path / marker).is_file()
+    if (path.exists() or path.is_symlink()) and not ours:
+        kind = "a directory" if path.is_dir() and not path.is_symlink() else "a file"
+        raise NotOurs(f"{path} exists and is {kind} this did not write (no {marker}): it is left as it is; "
+                      "choose another path, or remove it first")  # fmt: skip
+
+
+def replace_dir(staging: Path, path: Path, marker: str) -> None:
+    """Rename `staging` to `path`; an existing `path` is moved aside first and deleted after, but
+    only a directory that holds `marker` (the file that marks what this writer makes: a processed
+    dataset's dataset.json, say). Anything else there is the user's: NotOurs, nothing touched."""
+    check_replaceable(path, marker)
     old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
     if path.exists():
         path.rename(old)

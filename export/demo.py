@@ -150,7 +150,7 @@ def build_demo_repository(repository: str | Path, settings: DemoSettings = DemoS
         export_checkpoint(checkpoint, repository, k_max=settings.k_max, settings=RepositorySettings(backend="python"))
         kept = demo_dataset_dir(repository)
         kept.parent.mkdir(parents=True, exist_ok=True)
-        replace_dir(data, kept)  # a stale one would not match the new catalog
+        replace_dir(data, kept, "dataset.json")  # a stale one would not match the new catalog
         log.info("demo: its dataset (the simulated users of `make loadtest`) is in %s", kept)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,8 @@ import dataclasses
 import json
 import math
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +89,7 @@ def _add_prepare(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_prepare(args: argparse.Namespace) -> int:
+    from common.files import NotOurs, check_replaceable
     from training.data.raw import DataError
     from training.data.sources import SOURCES, prepare
     from training.data.splits import FilterConfig, SplitConfig
@@ -112,11 +115,12 @@ def _run_prepare(args: argparse.Namespace) -> int:
         )
         name = args.path.name if args.dataset == "movielens" and args.path else args.dataset
         out = args.out or Path("artifacts") / "data" / name
+        check_replaceable(out, "dataset.json")  # before the work: an --out that is not a dataset stays
         dataset = prepare(
             args.dataset, out, args.path, filters, split, args.min_tag_share, synthetic, strict=args.strict,
             url=args.url, sha256=args.sha256,
         )
-    except (DataError, ValueError) as error:
+    except (DataError, ValueError, NotOurs) as error:
         raise UserFacingError(str(error)) from error
     c = dataset.counts
     print(
@@ -216,11 +220,11 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
         help="content features for apron / sem-macridvae: text (default), text-stripped (`apron features --kind text "
         "--strip-tags`), audio, collab, collab-<dim> (`apron features --kind collab --dim <dim>`), synthetic",
     )
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=at_least(1), default=50)
+    parser.add_argument("--batch-size", type=at_least(1), default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--patience", type=int, default=10, help="epochs without a better validation NDCG@100")
+    parser.add_argument("--patience", type=at_least(0), default=10, help="epochs without a better validation NDCG@100")
     parser.add_argument("--anneal-steps", type=int, default=None, help="updates to reach the β cap (default: 80%% of training)")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     parser.add_argument(
@@ -298,9 +302,39 @@ def _load_dataset(path: str | Path) -> Any:
         raise UserFacingError(f"cannot load processed dataset {path}: {error}") from error
 
 
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum` (a usage error otherwise)."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {number}")
+        return number
+
+    return parse
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """UserFacingError unless a file can be written at `path` (checked before the work, not after):
+    not a directory, and its directory exists (or can be made) and takes files."""
+    if path.is_dir():
+        raise UserFacingError(f"{flag} {path} is a directory: give a file path (e.g. {path / 'model.pt'})")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.probe-"):
+            pass
+    except OSError as error:
+        raise UserFacingError(f"{flag} {path}: cannot write there ({error.strerror or error})") from error
+
+
 def _run_train(args: argparse.Namespace) -> int:
     from training.checkpoint import save_checkpoint
     from training.train import train
+
+    check_writable_file(Path(args.out), "--out")  # before training: a run is not thrown away at its end
 
     hyperparameters = {**preset_hyperparameters(args.preset, args.model), **parse_overrides(args.overrides, args.model)}
     if args.hide_tag_labels is not None:

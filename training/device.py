@@ -16,7 +16,10 @@ def resolve_device(device: str | None) -> torch.device:
     """'auto' (or None) picks CUDA when present, else the CPU."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:  # torch's own words list every device type it knows
+        raise ValueError(f"unknown device {device!r}: auto, cpu, cuda or cuda:<index>") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
     return resolved

@@ -35,3 +35,32 @@ def test_the_temp_file_sits_beside_the_target_with_the_asked_suffix(tmp_path: Pa
         assert tmp.parent == tmp_path and tmp.name.endswith(".npy") and tmp.name.startswith(".features.npy.")
         tmp.write_bytes(b"x")
     assert target.read_bytes() == b"x"
+
+
+def test_replace_dir_replaces_only_what_it_wrote(tmp_path: Path) -> None:
+    """`apron prepare --out` over a directory of the user's deleted it (and over a file, failed
+    half-way with a traceback): only a directory holding the writer's marker is replaced."""
+    from common.files import NotOurs, replace_dir
+
+    def staged(name: str) -> Path:
+        staging = tmp_path / f".{name}.tmp"
+        staging.mkdir()
+        (staging / "dataset.json").write_text(name)
+        return staging
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("important")
+    file = tmp_path / "file.pt"
+    file.write_text("weights")
+    for target in (precious, file):
+        staging = staged(target.name)
+        with pytest.raises(NotOurs, match="this did not write \\(no dataset.json\\): it is left as it is"):
+            replace_dir(staging, target, "dataset.json")
+        assert staging.is_dir()  # the caller's to clean up
+    assert (precious / "notes.txt").read_text() == "important" and file.read_text() == "weights"
+    ours = tmp_path / "ours"
+    replace_dir(staged("first"), ours, "dataset.json")  # free: taken
+    replace_dir(staged("second"), ours, "dataset.json")  # its own: replaced
+    assert (ours / "dataset.json").read_text() == "second"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")) == []

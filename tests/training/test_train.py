@@ -1,5 +1,6 @@
 """The trainer: seeding, early stopping, best-state restore, and the `apron train` CLI."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -126,3 +127,33 @@ def test_cli_train_reports_missing_features(dataset, tmp_path: Path, capsys) -> 
     code = cli.main(["train", str(dataset.path), "--model", "apron", "--features", "audio", "--out", str(tmp_path / "m.pt")])
     assert code == 2
     assert "audio" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flags", "says"), [
+    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--patience", "-1"], "argument --patience: must be at least 0, got -1"),
+    (["--epochs", "x"], "argument --epochs: expected an integer, got 'x'"),
+    (["--device", "banana"], "unknown device 'banana': auto, cpu, cuda or cuda:<index>"),
+])  # fmt: skip
+def test_cli_train_refuses_bad_settings_with_a_usage_error(dataset, tmp_path: Path, capsys, flags: list[str], says: str) -> None:
+    """Before any training: --epochs 0 wrote an untrained checkpoint and exited 0; --batch-size 0
+    and an unknown device ended in a traceback."""
+    with contextlib.suppress(SystemExit):  # argparse's own usage errors exit 2
+        assert cli.main(["train", str(dataset.path), "--model", "multidae", "--out", str(tmp_path / "m.pt"), *flags]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_train_refuses_an_out_it_cannot_write_before_training(dataset, tmp_path: Path, capsys, monkeypatch) -> None:
+    """--out was written only after training, so a directory (or a path that cannot be written)
+    threw the whole run away with a traceback."""
+    import training.train
+
+    monkeypatch.setattr(training.train, "train", lambda *a, **k: pytest.fail("trained before --out was checked"))
+    (tmp_path / "adir").mkdir()
+    assert cli.main(["train", str(dataset.path), "--model", "multidae", "--out", str(tmp_path / "adir")]) == 2
+    assert "--out" in (err := capsys.readouterr().err) and "is a directory" in err
+    (tmp_path / "file").write_text("")
+    assert cli.main(["train", str(dataset.path), "--model", "multidae", "--out", str(tmp_path / "file" / "m.pt")]) == 2
+    assert "cannot write there" in capsys.readouterr().err

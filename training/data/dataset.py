@@ -127,7 +127,7 @@ class ProcessedDataset:
             (staging / "dataset.json").write_text(
                 json.dumps(self.metadata(), ensure_ascii=False), encoding="utf-8"
             )
-            replace_dir(staging, path)
+            replace_dir(staging, path, "dataset.json")
         finally:
             if staging.exists():
                 shutil.rmtree(staging)

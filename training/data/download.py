@@ -120,7 +120,7 @@ def _extract(zip_path: Path, target: Path) -> Path:
                         shutil.copyfileobj(source, out)
         except zipfile.BadZipFile as error:
             raise DownloadError(f"{zip_path} is not a zip file ({error})") from error
-        replace_dir(staging, target)
+        replace_dir(staging, target, LASTFM_FILES[0])  # a copy this wrote holds every one of them
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
