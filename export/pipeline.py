@@ -49,8 +49,12 @@ class ExportResult:
 def load_apron(path: str | Path) -> tuple[APRON, Checkpoint]:
     """The checkpoint's APRON model, or an ExportError that names the file and what it is."""
     path = Path(path)
+    if path.is_dir():
+        raise ExportError(f"{path} is a directory, not a checkpoint file (`apron train --out` writes one)")
     if not path.is_file():
         raise ExportError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ExportError(f"{path} is empty, not a checkpoint (an interrupted copy?)")
     try:  # mmap: read the header fields without loading the tensors twice
         payload = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as error:  # torch raises many types for a file that is not a torch checkpoint

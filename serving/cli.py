@@ -401,6 +401,8 @@ def _run_token(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.ttl) and args.ttl > 0):
         raise UserFacingError(f"--ttl must be a positive number of seconds, got {args.ttl:g}")
+    if not args.sub.strip():  # a token for nobody: every call it made would name no user
+        raise UserFacingError("--sub must name the user (role user) or the service, got an empty name")
     try:
         token = auth.mint_with_configured_key(
             args.sub, args.role, secret_file=args.secret_file, private_key=args.private_key, issuer=args.issuer,

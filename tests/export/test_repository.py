@@ -345,6 +345,9 @@ def test_non_apron_checkpoints_refused(
     text.write_text("not a checkpoint")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
+    empty, folder = tmp_path / "empty.pt", tmp_path / "folder"
+    empty.write_bytes(b"")
+    folder.mkdir()
     baseline = tmp_path / "multidae.pt"
     payload = torch.load(tiny_checkpoint, weights_only=False)
     torch.save({**payload, "model": "multidae"}, baseline)
@@ -353,6 +356,8 @@ def test_non_apron_checkpoints_refused(
         foreign: "is not an APRON project checkpoint",
         baseline: "holds a 'multidae' model; only APRON checkpoints",
         tmp_path / "missing.pt": "does not exist",
+        empty: "is empty, not a checkpoint",
+        folder: "is a directory, not a checkpoint file",
     }
     for path, message in cases.items():
         repository = tmp_path / f"repo-{path.stem}"

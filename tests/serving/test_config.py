@@ -82,6 +82,16 @@ def test_a_token_ttl_that_is_no_positive_number_is_refused(ttl: str, tmp_path, c
     assert "--ttl must be a positive number of seconds" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("sub", ["", "   "])
+def test_a_token_for_no_one_is_refused(sub: str, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    import cli
+
+    secret = tmp_path / "secret"
+    secret.write_text("x" * 64)
+    assert cli.main(["token", "--sub", sub, "--secret-file", str(secret)]) == 2
+    assert "--sub must name the user" in capsys.readouterr().err
+
+
 def test_batch_settings_that_cannot_hold_together_are_named() -> None:
     from types import SimpleNamespace
 
