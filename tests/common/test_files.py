@@ -38,8 +38,8 @@ def test_the_temp_file_sits_beside_the_target_with_the_asked_suffix(tmp_path: Pa
 
 
 def test_replace_dir_replaces_only_what_it_wrote(tmp_path: Path) -> None:
-    """`apron prepare --out` over a directory of the user's deleted it (and over a file, failed
-    half-way with a traceback): only a directory holding the writer's marker is replaced."""
+    """Only a directory holding the writer's marker is replaced; anything else at the path is left
+    as it is (`apron prepare --out` over the user's data: tests/training/data/test_prepare_cli.py)."""
     from common.files import NotOurs, replace_dir
 
     def staged(name: str) -> Path:
@@ -48,19 +48,14 @@ def test_replace_dir_replaces_only_what_it_wrote(tmp_path: Path) -> None:
         (staging / "dataset.json").write_text(name)
         return staging
 
-    precious = tmp_path / "precious"
-    precious.mkdir()
-    (precious / "notes.txt").write_text("important")
-    file = tmp_path / "file.pt"
-    file.write_text("weights")
-    for target in (precious, file):
-        staging = staged(target.name)
-        with pytest.raises(NotOurs, match="this did not write \\(no dataset.json\\): it is left as it is"):
-            replace_dir(staging, target, "dataset.json")
-        assert staging.is_dir()  # the caller's to clean up
-    assert (precious / "notes.txt").read_text() == "important" and file.read_text() == "weights"
+    unmarked = tmp_path / "unmarked"
+    unmarked.mkdir()
+    staging = staged("refused")
+    with pytest.raises(NotOurs, match="unmarked exists and is a directory this did not write \\(no dataset.json\\)"):
+        replace_dir(staging, unmarked, "dataset.json")
+    assert staging.is_dir() and list(unmarked.iterdir()) == []  # both as they were: the caller cleans up
     ours = tmp_path / "ours"
     replace_dir(staged("first"), ours, "dataset.json")  # free: taken
     replace_dir(staged("second"), ours, "dataset.json")  # its own: replaced
     assert (ours / "dataset.json").read_text() == "second"
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".ours")] == []
