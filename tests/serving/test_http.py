@@ -415,10 +415,10 @@ def partial_post(path: str, headers: Iterable[tuple[str, str]] = (), declared: i
 
 
 async def test_a_refused_or_late_body_is_not_waited_for(python_repository, redis_server, tokens: Tokens, main_tags: np.ndarray) -> None:  # noqa: F811
-    """A caller the token check refuses is answered from its headers, its body never awaited; a
-    caller's body that does not arrive within the call's deadline is DEADLINE_EXCEEDED, counted
-    like any call (it waited for good, on every connection it opened: a flood held memory and
-    descriptors)."""
+    """A caller the token check refuses whose body stops arriving is answered once no more comes
+    (REFUSED_IDLE_S), its body dropped, not kept; a caller's body that does not arrive within the
+    call's deadline is DEADLINE_EXCEEDED, counted like any call (it waited for good, on every
+    connection it opened: a flood held memory and descriptors)."""
     config = gateway_config(python_repository, redis_server.url, auth=True, jwt_secret_file=str(tokens.path), http_port=0)
     async with running_gateway(config) as gateway:
         port, path = gateway.server.http_port, "/apron.v1.Recommender/Recommend"
