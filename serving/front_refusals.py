@@ -58,9 +58,9 @@ class FrontRefusals:
         try:
             self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer_bytes)
             self._socket.bind((host.strip("[]"), port))
-        except OSError:
+        except OSError as error:
             self._socket.close()
-            raise
+            raise OSError(f"--front-refusals-port {port} on {host!r} (--front-refusals-host, else --host): {error}") from error
         self._socket.setblocking(False)
         self._inode = os.fstat(self._socket.fileno()).st_ino
         self._reports = 0

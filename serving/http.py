@@ -165,10 +165,15 @@ def to_json(message: Message | Reply) -> str:
     )
 
 
+def declared_over(request: Request, limit: int) -> bool:
+    """Whether the request's Content-Length announces more than `limit` bytes (then none is read)."""
+    declared = request.headers.get("content-length")
+    return declared is not None and declared.isdigit() and int(declared) > limit
+
+
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None when it is over `limit` bytes (read no further than that)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(request, limit):
         return None
     body = bytearray()
     async for chunk in request.stream():
@@ -184,8 +189,7 @@ REFUSED_IDLE_S = 1.0  # a refused caller's body: the longest wait for its next c
 async def drain_body(request: Request, limit: int, idle_s: float) -> None:
     """Read the body and drop it, up to `limit` bytes (none when it declares more), until it ends or
     no chunk comes for `idle_s`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared_over(request, limit):
         return
     chunks, drained = request.stream().__aiter__(), 0
     while drained <= limit:

@@ -279,10 +279,12 @@ class ModelSet:
                 continue
             if newest != waiting_for:  # a newer version than the one waited for: tried at once
                 waiting_for, waits, retry_at = newest, 0, 0.0
+            if newest == routing.primary or time.monotonic() < retry_at:
+                continue
             # the files' identity before the load: one re-exported while it ran is not the one that failed
+            # (read only when a load may follow, not on every tick)
             identity = await asyncio.to_thread(self._identity, newest)
-            failed_before = self._failed_newest == (newest, identity)
-            if newest != routing.primary and not failed_before and time.monotonic() >= retry_at:
+            if self._failed_newest != (newest, identity):
                 try:
                     await self.reload()
                 except ModelLoadError as error:  # logged and counted

@@ -68,3 +68,8 @@ def test_the_port_counts_on_metrics_only() -> None:
         ServingConfig(front_refusals_port=-2)
     assert ServingConfig(front_refusals_port=5140).server.front_refusals_port == 5140
     assert ServingConfig(front_refusals_host="127.0.0.1").server.front_refusals_host == "127.0.0.1"
+
+
+def test_a_port_it_cannot_bind_is_named_by_its_flags() -> None:
+    with pytest.raises(OSError, match="--front-refusals-port 0 on '192.0.2.1' \\(--front-refusals-host, else --host\\)"):
+        FrontRefusals("192.0.2.1", 0)  # TEST-NET-1: no interface of this machine's
