@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 log = logging.getLogger("apron.redis")
 
@@ -34,6 +34,8 @@ async def ping(redis: Redis | RedisCluster, timeout_s: float = 1.0) -> bool:
     try:
         async with asyncio.timeout(timeout_s):
             return bool(await redis.ping())
+    except ResponseError:  # it answered, if only to refuse: a Redis that cannot persist refuses PING
+        return True  # too (MISCONF); the store's operations say what each refusal means
     except (*REDIS_ERRORS, TimeoutError):
         return False
 

@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from serving.cache import edits_key, version_key
 from serving.proto_gen.apron.v1 import recommender_pb2 as pb
 from serving.redis_process import RedisProcess
+from serving.redis_watch import ping
 from tests.polling import eventually
 from tests.serving.conftest import Gateway, gateway_config, liked_history, running_gateway
 
@@ -121,6 +122,9 @@ async def test_a_redis_that_cannot_persist_answers_unavailable_and_recommend_goe
         await eventually(lambda: rdb_failed(client), "the snapshot failed")
         with pytest.raises(redis.exceptions.ResponseError, match="MISCONF"):
             await client.set("probe", "1")
+        with pytest.raises(redis.exceptions.ResponseError, match="MISCONF"):
+            await client.ping()  # Redis refuses PING too in this state ...
+        assert await ping(client)  # ... which the health watch reads as an answer: Redis is up
 
     async def restore() -> None:  # no snapshot at exit either (a failing one would hold redis-server's shutdown)
         await client.config_set("stop-writes-on-bgsave-error", "no")
