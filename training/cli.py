@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import tempfile
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -260,7 +261,9 @@ def parse_overrides(pairs: list[str], model_name: str) -> dict[str, Any]:
     """`key=value` strings -> hyperparameters checked against the model's config fields."""
     from training.models.registry import model_class
 
-    fields = {f.name: f for f in dataclasses.fields(model_class(model_name).config_class)}
+    config_class = model_class(model_name).config_class
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    hints = typing.get_type_hints(config_class)
     hyperparameters: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
@@ -269,7 +272,12 @@ def parse_overrides(pairs: list[str], model_name: str) -> dict[str, Any]:
             raise UserFacingError(f"--set {pair!r}: expected KEY=VALUE")
         if key not in fields:
             raise UserFacingError(f"--set {key}: {model_name} has no such hyperparameter; known: {', '.join(fields)}")
-        hyperparameters[key] = _parse_value(raw.strip())
+        value = _as_declared(_parse_value(raw.strip()), hints[key])
+        if value is None:
+            default = fields[key].default
+            example = "" if default is dataclasses.MISSING else f", e.g. --set {key}={_shown(default)}"
+            raise UserFacingError(f"--set {pair}: {model_name}'s {key} takes {_described(hints[key])}{example}")
+        hyperparameters[key] = value
     return hyperparameters
 
 
@@ -282,6 +290,49 @@ def preset_hyperparameters(preset: str | None, model_name: str) -> dict[str, Any
     from training.models.apron import PRESETS
 
     return dict(PRESETS[preset])
+
+
+def _as_declared(value: Any, hint: Any) -> Any:
+    """`value` as a hyperparameter of type `hint` takes it (an int for a float, a lone value for a
+    tuple), or None where it cannot be: the model's own checks then see only values of their type."""
+    def number(item: Any, kind: type) -> Any:
+        if isinstance(item, bool) or not isinstance(item, int | float) or (kind is int and not isinstance(item, int)):
+            return None
+        return kind(item)
+
+    if hint is bool or hint is str:
+        return value if isinstance(value, hint) else None
+    if hint is int or hint is float:
+        return number(value, hint)
+    if typing.get_origin(hint) is tuple:
+        items, kinds = value if isinstance(value, tuple) else (value,), typing.get_args(hint)
+        if len(kinds) == 2 and kinds[1] is Ellipsis:
+            kinds = (kinds[0],) * len(items)
+        if len(items) != len(kinds):
+            return None
+        typed = tuple(number(item, kind) for item, kind in zip(items, kinds, strict=True))
+        return None if None in typed else typed
+    return value  # a type these checks do not know: the model's own checks decide
+
+
+def _described(hint: Any) -> str:
+    """What a hyperparameter of type `hint` takes, for a person typing --set."""
+    names = {bool: "True or False", str: "text", int: "an integer", float: "a number"}
+    if hint in names:
+        return names[hint]
+    kinds = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and kinds:
+        if len(kinds) == 2 and kinds[1] is Ellipsis:
+            return f"{'integers' if kinds[0] is int else 'numbers'} separated by commas (one alone: 600,; none: ())"
+        return f"{len(kinds)} numbers separated by commas"
+    return str(hint)
+
+
+def _shown(default: Any) -> str:
+    """A default as --set takes it."""
+    if isinstance(default, tuple):
+        return ",".join(str(item) for item in default) + ("," if len(default) == 1 else "")
+    return str(default)
 
 
 def _parse_value(raw: str) -> Any:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cli
+from common.errors import UserFacingError
 from tests.training.model_helpers import SMALL, synthetic_dataset
 from training.checkpoint import load_checkpoint
 from training.results.catalogue import CAP_FREE_MODELS
@@ -112,6 +113,34 @@ def test_cli_train_rejects_unknown_hyperparameter(dataset, tmp_path: Path, capsy
     assert code == 2
     assert "multidae has no such hyperparameter" in capsys.readouterr().err
     assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("pair", "said"),
+    [
+        ("n_heads=abc", "apron's n_heads takes an integer, e.g. --set n_heads=16"),
+        ("n_heads=4.5", "apron's n_heads takes an integer"),
+        ("hidden_dims=a,b", "apron's hidden_dims takes integers separated by commas"),
+        ("drop_renormalise=1", "apron's drop_renormalise takes True or False"),
+        ("n_heads=-3", "APRON n_heads, head_dim and hidden_dims must be at least 1"),
+        ("hidden_dims=600,0", "APRON n_heads, head_dim and hidden_dims must be at least 1"),
+    ],
+)
+def test_cli_train_names_a_hyperparameter_of_the_wrong_type_or_range(dataset, tmp_path: Path, capsys, pair: str, said: str) -> None:
+    code = cli.main(["train", str(dataset.path), "--model", "apron", "--features", "synthetic", "--set", pair, "--out", str(tmp_path / "m.pt")])
+    assert code == 2
+    assert said in capsys.readouterr().err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_set_takes_each_hyperparameter_as_its_declared_type() -> None:
+    from training.cli import parse_overrides
+
+    assert parse_overrides(["hidden_dims=600", "dropout=1", "head_dim=8"], "apron") == {"hidden_dims": (600,), "dropout": 1.0, "head_dim": 8}
+    assert parse_overrides(["hidden_dims=()", "recsys_loss=bpr"], "apron") == {"hidden_dims": (), "recsys_loss": "bpr"}
+    assert parse_overrides(["mixture_weights=0.1,0.2,0.7"], "recvae") == {"mixture_weights": (0.1, 0.2, 0.7)}
+    with pytest.raises(UserFacingError, match="recvae's mixture_weights takes 3 numbers separated by commas"):
+        parse_overrides(["mixture_weights=0.1,0.2"], "recvae")
 
 
 def test_cli_train_refuses_a_preset_for_a_baseline(dataset, tmp_path: Path, capsys) -> None:

@@ -130,6 +130,8 @@ class APRONConfig:
             raise ValueError("APRON attention_temperature must be > 0, edit_penalty and lambda_tag_attention >= 0")
         if not 0 <= self.dropout < 1:  # 1 would drop every history (and a summed profile's rescale divide by 0)
             raise ValueError(f"APRON dropout must be in [0, 1), got {self.dropout}")
+        if self.n_heads < 1 or self.head_dim < 1 or any(width < 1 for width in self.hidden_dims):
+            raise ValueError(f"APRON n_heads, head_dim and hidden_dims must be at least 1, got {self.n_heads}, {self.head_dim}, {self.hidden_dims}")
         if not 0 <= self.tag_groups <= min(self.n_heads, self.n_tags):
             raise ValueError(f"APRON tag_groups must be in [0, min(n_heads, n_tags)], got {self.tag_groups}")
         if not 0 <= self.hidden_label_share < 1:
