@@ -186,9 +186,8 @@ def load_dataset_for(info_dataset: dict[str, Any], dataset_dir: str | Path | Non
 
     path = Path(dataset_dir) if dataset_dir is not None else Path(info_dataset.get("path", ""))
     if not (path / "dataset.json").is_file():
-        raise FileNotFoundError(
-            f"no processed dataset at {path} (the checkpoint's recorded path); pass --dataset DIR"
-        )
+        where = "--dataset" if dataset_dir is not None else "the checkpoint's recorded path; pass --dataset DIR"
+        raise FileNotFoundError(f"no processed dataset at {path} ({where})")
     dataset = ProcessedDataset.load(path)
     if dataset.fingerprint != info_dataset["fingerprint"]:
         raise ValueError(

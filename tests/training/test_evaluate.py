@@ -84,6 +84,13 @@ def test_cli_evaluate_refuses_another_dataset(checkpoints, tmp_path: Path, capsy
     assert "fingerprint" in capsys.readouterr().err
 
 
+def test_cli_evaluate_names_a_missing_dataset_as_the_one_given(checkpoints, tmp_path: Path, capsys) -> None:
+    code = cli.main(["evaluate", str(checkpoints["multivae"][1]), "--dataset", str(tmp_path / "nowhere")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"no processed dataset at {tmp_path / 'nowhere'} (--dataset)" in err and "recorded path" not in err
+
+
 def test_cli_evaluate_missing_checkpoint(tmp_path: Path, capsys) -> None:
     assert cli.main(["evaluate", str(tmp_path / "nope.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -111,6 +111,8 @@ def text_features(
     """Features and their metadata for `write_features`; `strip_tags`: tag names to remove from
     the texts first (`strip_tag_words`)."""
     path = Path(model_path) if model_path is not None else default_model_path()
+    if not (path / "config.json").is_file():  # else transformers blames the tokenizer, or asks the Hub
+        raise ValueError(f"no sentence encoder at {path}: expected a directory with its config.json, tokenizer and weights")
     if strip_tags is not None:
         texts = strip_tag_words(texts, strip_tags)
     features = encode_texts(texts, path, batch_size, device, progress)

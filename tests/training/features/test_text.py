@@ -45,6 +45,16 @@ def test_apron_features_text_writes_features_for_a_prepared_dataset(tmp_path: Pa
     assert meta["model_path"] == str(default_model_path()) and meta["dim"] == 384
 
 
+def test_apron_features_text_names_a_model_path_that_holds_no_encoder(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "syn"
+    assert cli.main(["prepare", "--dataset", "synthetic", "--out", str(out), "--n-items", "40", "--n-users", "300", "--n-tags", "4"]) == 0
+    capsys.readouterr()
+    for where in (tmp_path / "missing", out):  # nothing there; a directory of something else
+        assert cli.main(["features", str(out), "--kind", "text", "--quiet", "--model-path", str(where)]) == 2
+        assert f"no sentence encoder at {where}: expected a directory with its config.json" in capsys.readouterr().err
+    assert not (out / "features" / "text.npy").exists()
+
+
 def test_strip_tag_words_removes_tag_sentences_and_tag_names() -> None:
     from training.features.text import strip_tag_words
 
