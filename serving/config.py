@@ -540,6 +540,28 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
+def _backend_readers(config: ServingConfig) -> dict[str, bool]:
+    """The settings that only some backends read, and whether this gateway's backend reads them
+    (ONNX Runtime's also for Triton with --triton-fallback; --ort-threads sizes torch on the CPU too)."""
+    onnxruntime = config.backend == "onnxruntime" or (config.backend == "triton" and config.triton_fallback)
+    return {
+        "triton_url": config.backend == "triton", "triton_fallback": config.backend == "triton",
+        "device": config.backend == "torch", "torch_dtype": config.backend == "torch", "cuda_graphs": config.backend == "torch",
+        "ort_device": onnxruntime, "ort_spinning": onnxruntime,
+    }  # fmt: skip
+
+
+def ignored_settings(config: ServingConfig) -> list[str]:
+    """A line for each backend setting `config` sets away from its default that its --backend never
+    reads (a --triton-url given to an onnxruntime gateway does nothing): `apron serve` logs them."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ServingConfig)}
+    return [
+        f"{flag_name(name)} ({env_name(name)}) is {getattr(config, name)!r}, but --backend {config.backend} never reads it"
+        for name, read in _backend_readers(config).items()
+        if not read and getattr(config, name) != defaults[name]
+    ]
+
+
 _TYPES = {"int": int, "float": float, "bool": bool, "str": str}
 
 

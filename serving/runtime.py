@@ -26,7 +26,7 @@ import sys
 from collections.abc import Iterator
 
 from serving import tracing
-from serving.config import ServingConfig
+from serving.config import ServingConfig, ignored_settings
 from serving.models import ModelLoadError
 from serving.resources import OnServing, Resources
 from serving.server import create_server, load_model
@@ -38,6 +38,8 @@ log = logging.getLogger("apron.gateway")
 def serve(config: ServingConfig, on_serving: OnServing | None = None) -> None:
     """`apron serve`: one gateway process, or with `--workers N` a parent and N worker processes,
     until SIGTERM / SIGINT (or a worker's death)."""
+    for line in ignored_settings(config):
+        log.warning(line)
     model = load_model(config)  # a repository without the model is refused before anything starts
     tracing.exporter_names(os.environ)  # so are OTEL_* variables asking for what it cannot export
     with unwinding_on_sigterm():

@@ -136,3 +136,21 @@ def test_the_gil_switch_interval_must_be_positive_and_at_most_a_second() -> None
     for bad in (0.0, -1.0, 1001.0):
         with pytest.raises(ValueError, match=r"gil_switch_interval_ms must be above 0 and at most 1000 \(Python's own is 5\)"):
             ServingConfig(gil_switch_interval_ms=bad)
+
+
+def test_a_setting_the_backend_never_reads_is_named_at_startup(tmp_path, caplog: pytest.LogCaptureFixture) -> None:
+    from serving import runtime
+    from serving.config import ignored_settings
+
+    assert ignored_settings(parse([], {})) == []  # defaults say nothing
+    assert ignored_settings(parse(["--backend", "triton", "--triton-url", "triton:8001", "--ort-device", "cuda"], {})) == [
+        "--ort-device (APRON_ORT_DEVICE) is 'cuda', but --backend triton never reads it"
+    ]
+    assert ignored_settings(parse(["--backend", "triton", "--triton-fallback", "--ort-device", "cuda"], {})) == []
+    config = parse(["--repository", str(tmp_path / "none"), "--device", "cuda"], {"APRON_TRITON_URL": "triton:8001"})
+    with pytest.raises(ValueError, match="apron_metadata.json does not exist"), caplog.at_level("WARNING", logger="apron.gateway"):
+        runtime.serve(config)  # no model there: what matters is what came before
+    assert [r.getMessage() for r in caplog.records if r.name == "apron.gateway"] == [
+        "--triton-url (APRON_TRITON_URL) is 'triton:8001', but --backend onnxruntime never reads it",
+        "--device (APRON_DEVICE) is 'cuda', but --backend onnxruntime never reads it",
+    ]
