@@ -34,8 +34,10 @@ proto: $(INSTALLED)
 proto-check: $(INSTALLED)
 	bash scripts/check_proto.sh
 
+# -v: each test is named as it starts, so a crash of the pytest process itself (a native fault, which
+# pytest cannot report: its faulthandler prints only the threads' Python stacks) shows the test it was in
 test: $(INSTALLED) system lint proto-check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -v
 
 # Trains and evaluates all six models on lastfm-2k and ml-1m-implicit (~30 min on 2 CPUs).
 results: $(INSTALLED)
