@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,10 +107,18 @@ def start_gateway(
     os.close(fd)
     log_path = Path(name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(CODE_ROOT), os.environ.get("PYTHONPATH")]))}
+    as_user: dict[str, object] = {}
+    if user is not None:
+        setpriv = shutil.which("setpriv")
+        if setpriv:  # util-linux drops to the user in the child, so Popen can vfork
+            command = [setpriv, f"--reuid={user[0]}", f"--regid={user[1]}", "--clear-groups", "--", *command]
+        else:
+            # Popen then forks, not vforks, and grpc core's pthread_atfork handlers stop and restart
+            # its threads around the fork in this process (grpcio is built with fork support)
+            as_user = {"user": user[0], "group": user[1], "extra_groups": []}
     with open(log_path, "wb") as log:
-        as_user = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": []}
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, start_new_session=new_session, **as_user
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env, start_new_session=new_session, **as_user  # type: ignore[arg-type]
         )
     try:
         port, metrics_port = wait_serving(process, log_path, startup_timeout)
@@ -138,7 +147,8 @@ def wait_serving(process: subprocess.Popen, log_path: Path, timeout: float) -> t
     while True:
         text = log_path.read_text(errors="replace")
         found = SERVING_LINE.search(text)
-        if found and health_status(f"127.0.0.1:{found[1]}") == health_pb2.HealthCheckResponse.SERVING:
+        # ipv4: the address as it is, no DNS resolver set up for each poll
+        if found and health_status(f"ipv4:127.0.0.1:{found[1]}") == health_pb2.HealthCheckResponse.SERVING:
             return int(found[1]), int(found[2]) if found[2] != "None" else -1
         tail = "\n".join(text.splitlines()[-40:])
         if process.poll() is not None:
