@@ -263,14 +263,14 @@ class RpcEndpoint:
         client = request.client
         context = HttpContext(metadata, timeout_s, grpc_peer(client.host, client.port) if client else "")
         behavior = self.behavior
-        caller: object = None
+        caller: object = None  # no token check: nobody is refused
         if self.verifier is not None:  # auth on: the interceptor's check, on the same verifier
             caller, clock = auth.check_caller(self.verifier, metadata)
             behavior = auth.with_caller(behavior, caller, clock)
         # the body's arrival counts against the call's deadline, as over gRPC (whose deadline runs from
         # the client's send): a client that sends slowly, or declares more than it sends, is cut at it
         bound = min((t for t in (context.time_remaining(), self.request_timeout_s) if t is not None), default=None)
-        if self.verifier is not None and isinstance(caller, auth.AuthError):
+        if isinstance(caller, auth.AuthError):
             # refused before its body is parsed, as over gRPC (auth._unread). The body is drained, not
             # kept (each chunk dropped as it comes): answered with it unread, the connection closes
             # with data in its buffer and the client, still sending, reads a reset instead of this
